@@ -1,0 +1,34 @@
+//! SQLite partition stores for weir.
+//!
+//! One [`PartitionStore`] per owned partition holds the partition's keyed state (named stores of
+//! JSON-encoded keys and values) and the next offset to process. A batch's state changes are
+//! buffered in a [`WriteSet`] and written together with the batch's offset in ONE transaction
+//! by [`PartitionStore::commit`], so after any crash the store reflects exactly the messages
+//! before its stored offset.
+//!
+//! ```
+//! use weir_state::{PartitionStore, WriteSet};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let path = dir.path().join("orders/0.sqlite");
+//! let store = PartitionStore::open(&path)?;
+//! assert_eq!(store.next_offset("orders", 0)?, None);
+//!
+//! let mut batch = WriteSet::default();
+//! batch.put("totals", &"alice", &42u64)?;
+//! store.commit(&batch, "orders", 0, 7)?;
+//! drop(store);
+//!
+//! let store = PartitionStore::open(&path)?;
+//! assert_eq!(store.next_offset("orders", 0)?, Some(7));
+//! assert_eq!(store.get::<_, u64>("totals", &"alice")?, Some(42));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod error;
+mod partition_store;
+mod write_set;
+
+pub use error::{Error, Result};
+pub use partition_store::{PartitionStore, SCHEMA_VERSION};
+pub use write_set::WriteSet;

@@ -1,0 +1,264 @@
+//! One SQLite database per partition: keyed state and the partition's next offset.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::write_set::{decode, encode};
+use crate::{Error, Result, WriteSet};
+
+/// `PRAGMA application_id` of every weir store: ASCII "weir".
+const APPLICATION_ID: i32 = 0x7765_6972;
+
+/// The schema version this build writes (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: i32 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS state (
+    store TEXT NOT NULL,
+    key   TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (store, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS offsets (
+    topic         TEXT    NOT NULL,
+    partition     INTEGER NOT NULL,
+    next_offset   INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (topic, partition)
+);
+";
+
+const UPSERT_STATE: &str = "INSERT INTO state (store, key, value) VALUES (?1, ?2, ?3) \
+     ON CONFLICT (store, key) DO UPDATE SET value = excluded.value";
+const DELETE_STATE: &str = "DELETE FROM state WHERE store = ?1 AND key = ?2";
+const SELECT_STATE: &str = "SELECT value FROM state WHERE store = ?1 AND key = ?2";
+const UPSERT_OFFSET: &str =
+    "INSERT INTO offsets (topic, partition, next_offset, updated_at_ms) VALUES (?1, ?2, ?3, ?4) \
+     ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset, \
+     updated_at_ms = excluded.updated_at_ms";
+
+/// The SQLite store of one partition.
+///
+/// Reads may come from any thread; the connection sits behind a mutex so that a handler's
+/// future holding `&PartitionStore` stays `Send`.
+#[derive(Debug)]
+pub struct PartitionStore {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+impl PartitionStore {
+    /// Opens (creating if missing) the store at `path`, creating parent directories.
+    ///
+    /// A file that is not a weir store, or was written by a newer schema, is an error: state is
+    /// never silently reset.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| Error::Dir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let open_err = |source| Error::Open {
+            path: path.clone(),
+            source,
+        };
+        let conn = Connection::open(&path).map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(open_err)?;
+        let app_id: i32 = conn
+            .query_row("PRAGMA application_id", [], |r| r.get(0))
+            .map_err(open_err)?;
+        let version: i32 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(open_err)?;
+        if app_id == 0 {
+            let tables: i64 = conn
+                .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+                .map_err(open_err)?;
+            if tables > 0 {
+                return Err(Error::Foreign { path, found: 0 });
+            }
+        } else if app_id != APPLICATION_ID {
+            return Err(Error::Foreign { path, found: app_id });
+        }
+        if version > SCHEMA_VERSION {
+            return Err(Error::NewerSchema {
+                path,
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        // WAL + NORMAL is durable against process crashes; a power loss may drop the newest
+        // transactions, but state and offset roll back together, so counts stay exact.
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_err)?;
+        if app_id == 0 {
+            conn.execute_batch(SCHEMA).map_err(open_err)?;
+            conn.pragma_update(None, "application_id", APPLICATION_ID)
+                .map_err(open_err)?;
+            conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+                .map_err(open_err)?;
+        }
+        Ok(Self {
+            conn: Mutex::new(conn),
+            path,
+        })
+    }
+
+    /// The file this store lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The next offset to process for `topic`/`partition`, if a batch was ever committed.
+    pub fn next_offset(&self, topic: &str, partition: i32) -> Result<Option<i64>> {
+        self.conn()
+            .prepare_cached("SELECT next_offset FROM offsets WHERE topic = ?1 AND partition = ?2")
+            .and_then(|mut s| {
+                s.query_row(params![topic, partition], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(|source| self.sqlite_err(source))
+    }
+
+    /// Reads `key` from the named `store`.
+    pub fn get<K: Serialize + ?Sized, V: DeserializeOwned>(
+        &self,
+        store: &str,
+        key: &K,
+    ) -> Result<Option<V>> {
+        let key = encode(store, key)?;
+        self.get_encoded(store, &key)?
+            .map(|json| decode(store, &json))
+            .transpose()
+    }
+
+    /// Reads `key` through the batch's `pending` changes first, then the committed state.
+    pub fn get_through<K: Serialize + ?Sized, V: DeserializeOwned>(
+        &self,
+        pending: &WriteSet,
+        store: &str,
+        key: &K,
+    ) -> Result<Option<V>> {
+        let key = encode(store, key)?;
+        match pending.lookup_encoded(store, &key) {
+            Some(Some(json)) => decode(store, json).map(Some),
+            Some(None) => Ok(None),
+            None => self
+                .get_encoded(store, &key)?
+                .map(|json| decode(store, &json))
+                .transpose(),
+        }
+    }
+
+    /// Every committed entry of the named `store`, in key order.
+    pub fn entries<K: DeserializeOwned, V: DeserializeOwned>(
+        &self,
+        store: &str,
+    ) -> Result<Vec<(K, V)>> {
+        let rows: Vec<(String, String)> = self
+            .conn()
+            .prepare_cached("SELECT key, value FROM state WHERE store = ?1 ORDER BY key")
+            .and_then(|mut s| {
+                s.query_map([store], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect()
+            })
+            .map_err(|source| self.sqlite_err(source))?;
+        rows.iter()
+            .map(|(k, v)| Ok((decode(store, k)?, decode(store, v)?)))
+            .collect()
+    }
+
+    /// Writes the batch's state changes and its next offset in ONE transaction.
+    ///
+    /// Either all of it is durable afterwards or none of it (on error, or a crash at any point).
+    pub fn commit(
+        &self,
+        batch: &WriteSet,
+        topic: &str,
+        partition: i32,
+        next_offset: i64,
+    ) -> Result<()> {
+        self.commit_inner(batch, topic, partition, next_offset, None)
+    }
+
+    /// `commit`, but abandons the transaction after `crash_after` row writes when set: the
+    /// on-disk effect of a process that dies in the middle of a commit.
+    pub(crate) fn commit_inner(
+        &self,
+        batch: &WriteSet,
+        topic: &str,
+        partition: i32,
+        next_offset: i64,
+        crash_after: Option<usize>,
+    ) -> Result<()> {
+        let mut conn = self.conn();
+        let run = |conn: &mut Connection| -> rusqlite::Result<()> {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            {
+                let mut upsert = tx.prepare_cached(UPSERT_STATE)?;
+                let mut delete = tx.prepare_cached(DELETE_STATE)?;
+                for (written, (store, key, value)) in batch.iter().enumerate() {
+                    if crash_after == Some(written) {
+                        return Ok(()); // dropping `tx` rolls back, as a dead process would
+                    }
+                    match value {
+                        Some(value) => upsert.execute(params![store, key, value])?,
+                        None => delete.execute(params![store, key])?,
+                    };
+                }
+                if crash_after.is_some() {
+                    return Ok(());
+                }
+                tx.prepare_cached(UPSERT_OFFSET)?.execute(params![
+                    topic,
+                    partition,
+                    next_offset,
+                    now_ms()
+                ])?;
+            }
+            tx.commit()
+        };
+        run(&mut conn).map_err(|source| self.sqlite_err(source))
+    }
+
+    fn get_encoded(&self, store: &str, key: &str) -> Result<Option<String>> {
+        self.conn()
+            .prepare_cached(SELECT_STATE)
+            .and_then(|mut s| s.query_row(params![store, key], |r| r.get(0)).optional())
+            .map_err(|source| self.sqlite_err(source))
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave the connection half-written: SQLite rolls
+        // back an unfinished transaction, so a poisoned lock is safe to take over.
+        self.conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn sqlite_err(&self, source: rusqlite::Error) -> Error {
+        Error::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests;

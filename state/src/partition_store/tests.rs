@@ -1,0 +1,147 @@
+//! Crash properties: the reopened store always equals the fold of exactly the messages before
+//! its stored offset, whatever the batch sizes and wherever the process dies.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+
+use super::*;
+
+/// One message: add `amount` to `key`, or delete `key` when `amount` is 0.
+type Msg = (u8, u8);
+
+#[derive(Debug, Clone)]
+enum Crash {
+    /// The process dies while the batch is being processed: the write-set is lost.
+    BeforeCommit { after_msgs: usize },
+    /// The process dies inside the commit transaction after `rows` row writes.
+    MidCommit { rows: usize },
+}
+
+fn fold(msgs: &[Msg]) -> BTreeMap<u8, u64> {
+    let mut m = BTreeMap::new();
+    for &(k, a) in msgs {
+        if a == 0 {
+            m.remove(&k);
+        } else {
+            *m.entry(k).or_insert(0) += u64::from(a);
+        }
+    }
+    m
+}
+
+fn reopen_and_check(path: &Path, msgs: &[Msg]) -> i64 {
+    let store = PartitionStore::open(path).expect("reopen");
+    let next = store.next_offset("t", 3).expect("offset").unwrap_or(0);
+    let got: BTreeMap<u8, u64> = store.entries("sum").expect("entries").into_iter().collect();
+    assert_eq!(got, fold(&msgs[..next as usize]), "state != fold of msgs[..{next}]");
+    next
+}
+
+/// Processes `msgs` from offset `start` in batches of `sizes`; a crash, if any, hits the first
+/// batch. Returns when all are done or the process "died".
+fn run(path: &Path, msgs: &[Msg], start: i64, sizes: &[usize], crash: Option<&Crash>) {
+    let store = PartitionStore::open(path).expect("open");
+    let mut offset = start as usize;
+    let mut sizes = sizes.iter().cycle();
+    let mut crash = crash;
+    while offset < msgs.len() {
+        let size = (*sizes.next().expect("cycle")).max(1);
+        let end = (offset + size).min(msgs.len());
+        let mut ws = WriteSet::default();
+        for (i, &(k, a)) in msgs[offset..end].iter().enumerate() {
+            if let Some(Crash::BeforeCommit { after_msgs }) = crash {
+                if i == *after_msgs % size {
+                    return;
+                }
+            }
+            if a == 0 {
+                ws.delete("sum", &k).expect("delete");
+            } else {
+                let v: u64 = store.get_through(&ws, "sum", &k).expect("get").unwrap_or(0);
+                ws.put("sum", &k, &(v + u64::from(a))).expect("put");
+            }
+        }
+        if let Some(Crash::MidCommit { rows }) = crash {
+            store
+                .commit_inner(&ws, "t", 3, end as i64, Some(rows % (ws.len() + 1)))
+                .expect("interrupted commit");
+            return;
+        }
+        store.commit(&ws, "t", 3, end as i64).expect("commit");
+        offset = end;
+        crash = None;
+    }
+}
+
+fn crash_strategy() -> impl Strategy<Value = Crash> {
+    prop_oneof![
+        (0usize..64).prop_map(|after_msgs| Crash::BeforeCommit { after_msgs }),
+        (0usize..64).prop_map(|rows| Crash::MidCommit { rows }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn reopened_store_is_fold_of_messages_before_its_offset(
+        msgs in prop::collection::vec((0u8..8, 0u8..5), 1..300),
+        sizes in prop::collection::vec(1usize..40, 1..8),
+        crashes in prop::collection::vec((0usize..300, crash_strategy()), 0..5),
+    ) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("g/t/3.sqlite");
+        let mut next = 0;
+        for (skip, crash) in &crashes {
+            // Process a random amount cleanly, then die in the next batch.
+            let clean_until = (next as usize + skip).min(msgs.len());
+            run(&path, &msgs[..clean_until], next, &sizes, None);
+            next = reopen_and_check(&path, &msgs);
+            run(&path, &msgs, next, &sizes, Some(crash));
+            next = reopen_and_check(&path, &msgs);
+        }
+        run(&path, &msgs, next, &sizes, None);
+        let done = reopen_and_check(&path, &msgs);
+        prop_assert_eq!(done as usize, msgs.len());
+    }
+}
+
+#[test]
+fn foreign_sqlite_file_is_refused_not_reset() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("0.sqlite");
+    let conn = Connection::open(&path).expect("open");
+    conn.execute_batch("CREATE TABLE customers (id INTEGER); INSERT INTO customers VALUES (1);")
+        .expect("create");
+    drop(conn);
+    let err = PartitionStore::open(&path).expect_err("foreign file must be refused");
+    assert!(matches!(err, Error::Foreign { .. }), "{err}");
+    assert!(err.to_string().contains("0.sqlite"), "{err}");
+    let conn = Connection::open(&path).expect("open");
+    let n: i64 = conn.query_row("SELECT count(*) FROM customers", [], |r| r.get(0)).expect("count");
+    assert_eq!(n, 1, "the foreign file was modified");
+}
+
+#[test]
+fn corrupt_file_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("7.sqlite");
+    std::fs::write(&path, b"this is not a database, it is forty bytes or more of junk text")
+        .expect("write");
+    let err = PartitionStore::open(&path).expect_err("corrupt file must be refused");
+    assert!(matches!(err, Error::Open { .. }), "{err}");
+    assert!(err.to_string().contains("7.sqlite"), "{err}");
+}
+
+#[test]
+fn newer_schema_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("1.sqlite");
+    drop(PartitionStore::open(&path).expect("open"));
+    let conn = Connection::open(&path).expect("open");
+    conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1).expect("bump");
+    drop(conn);
+    let err = PartitionStore::open(&path).expect_err("newer schema must be refused");
+    assert!(matches!(err, Error::NewerSchema { found, .. } if found == SCHEMA_VERSION + 1), "{err}");
+}

@@ -1,0 +1,106 @@
+//! The state changes of one batch, buffered in memory until the batch commits.
+
+use std::collections::HashMap;
+
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::{Error, Result};
+
+/// State changes of one batch: per named store, key (JSON) to new value (JSON) or deletion.
+///
+/// Repeated writes to the same key coalesce, so a hot key costs one row write per batch.
+#[derive(Debug, Default, Clone)]
+pub struct WriteSet {
+    changes: HashMap<String, HashMap<String, Option<String>>>,
+}
+
+impl WriteSet {
+    /// Buffers `key = value` in `store`.
+    pub fn put<K: Serialize + ?Sized, V: Serialize + ?Sized>(
+        &mut self,
+        store: &str,
+        key: &K,
+        value: &V,
+    ) -> Result<()> {
+        let key = encode(store, key)?;
+        let value = encode(store, value)?;
+        self.put_encoded(store, key, Some(value));
+        Ok(())
+    }
+
+    /// Buffers the deletion of `key` from `store`.
+    pub fn delete<K: Serialize + ?Sized>(&mut self, store: &str, key: &K) -> Result<()> {
+        let key = encode(store, key)?;
+        self.put_encoded(store, key, None);
+        Ok(())
+    }
+
+    /// What this batch wrote for `key`: `None` if untouched, `Some(None)` if deleted.
+    pub fn lookup<K: Serialize + ?Sized, V: DeserializeOwned>(
+        &self,
+        store: &str,
+        key: &K,
+    ) -> Result<Option<Option<V>>> {
+        let key = encode(store, key)?;
+        match self.lookup_encoded(store, &key) {
+            None => Ok(None),
+            Some(None) => Ok(Some(None)),
+            Some(Some(json)) => decode(store, json).map(|v| Some(Some(v))),
+        }
+    }
+
+    /// Number of buffered key changes.
+    pub fn len(&self) -> usize {
+        self.changes.values().map(HashMap::len).sum()
+    }
+
+    /// True when the batch changed no state.
+    pub fn is_empty(&self) -> bool {
+        self.changes.values().all(HashMap::is_empty)
+    }
+
+    /// Drops every buffered change (a failed batch).
+    pub fn clear(&mut self) {
+        self.changes.clear();
+    }
+
+    pub(crate) fn put_encoded(&mut self, store: &str, key: String, value: Option<String>) {
+        if let Some(map) = self.changes.get_mut(store) {
+            map.insert(key, value);
+        } else {
+            self.changes
+                .entry(store.to_owned())
+                .or_default()
+                .insert(key, value);
+        }
+    }
+
+    pub(crate) fn lookup_encoded(&self, store: &str, key: &str) -> Option<Option<&str>> {
+        self.changes
+            .get(store)
+            .and_then(|m| m.get(key))
+            .map(Option::as_deref)
+    }
+
+    /// Every change as (store, key, value-or-deletion).
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &str, Option<&str>)> {
+        self.changes.iter().flat_map(|(store, m)| {
+            m.iter()
+                .map(move |(k, v)| (store.as_str(), k.as_str(), v.as_deref()))
+        })
+    }
+}
+
+pub(crate) fn encode<T: Serialize + ?Sized>(store: &str, value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|source| Error::Codec {
+        store: store.to_owned(),
+        source,
+    })
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(store: &str, json: &str) -> Result<T> {
+    serde_json::from_str(json).map_err(|source| Error::Codec {
+        store: store.to_owned(),
+        source,
+    })
+}
