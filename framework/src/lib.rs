@@ -1,1 +1,62 @@
-//! placeholder
+//! # weir
+//!
+//! Stream-processing workers on partitioned logs (the Kafka protocol), with keyed state in
+//! local SQLite that counts every record exactly once, even across crashes and rebalances.
+//!
+//! A [`Worker`] joins a consumer group; each partition it owns gets its own task, which runs
+//! your [`Handler`] over the partition's records in order. A batch's state writes and its
+//! offset commit in ONE SQLite transaction (one database per partition); only then is the
+//! offset committed to Kafka. On restart or reassignment a partition resumes after the offset
+//! stored in SQLite.
+//!
+//! ```no_run
+//! use weir::prelude::*;
+//!
+//! struct WordCount;
+//!
+//! impl Handler for WordCount {
+//!     type Value = Utf8;
+//!     type Error = weir::Error;
+//!
+//!     async fn process(&self, line: Record<'_, String>, ctx: &mut Ctx<'_>) -> Result<(), weir::Error> {
+//!         let mut counts = ctx.state::<str, u64>("counts");
+//!         for word in line.value().split_whitespace() {
+//!             counts.update(word, |n| Some(n.unwrap_or(0) + 1))?;
+//!         }
+//!         Ok(())
+//!     }
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> weir::Result<()> {
+//!     // No WEIR_BROKERS set: runs on an embedded in-process broker.
+//!     Worker::builder().topic("lines").with_env()?.build(WordCount)?.run_until_signal().await
+//! }
+//! ```
+
+mod codec;
+mod config;
+mod consumer_loop;
+mod context;
+mod embedded_broker;
+mod error;
+mod handler;
+mod metric_names;
+mod partition_task;
+mod rebalance;
+mod record;
+mod shared;
+mod worker;
+
+pub use codec::{Codec, DecodeError, Json, Raw, Utf8};
+pub use context::{Ctx, State, StoreDef};
+pub use embedded_broker::EmbeddedBroker;
+pub use error::{Error, Result};
+pub use handler::{BoxError, Handler};
+pub use record::Record;
+pub use worker::{Worker, WorkerBuilder};
+
+/// The types a handler and its `main` need.
+pub mod prelude {
+    pub use crate::{Codec, Ctx, Handler, Json, Raw, Record, State, StoreDef, Utf8, Worker};
+}

@@ -1,1 +1,423 @@
-//! placeholder
+//! Test harness for weir: the two brokers (embedded mock cluster and tansu), producing test
+//! data, a counting handler with fault injection, and readers of partition stores.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use weir::prelude::*;
+use weir::EmbeddedBroker;
+use weir_state::PartitionStore;
+
+/// Environment variable with the real broker's address, set by `scripts/test.sh`.
+pub const TANSU_ENV: &str = "WEIR_TEST_TANSU";
+
+/// Session timeout for tests: short, so a killed member leaves the group quickly.
+pub const SESSION_TIMEOUT_MS: &str = "6000";
+
+/// Which broker a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerKind {
+    /// librdkafka's in-process mock cluster.
+    Mock,
+    /// tansu on 127.0.0.1, started by `scripts/broker.sh`.
+    Tansu,
+}
+
+/// A broker a test talks to.
+#[derive(Debug)]
+pub struct TestBroker {
+    kind: BrokerKind,
+    bootstrap: String,
+    embedded: Option<EmbeddedBroker>,
+}
+
+impl TestBroker {
+    /// A fresh mock cluster, or the shared tansu broker.
+    pub fn start(kind: BrokerKind) -> Self {
+        init_tracing();
+        match kind {
+            BrokerKind::Mock => {
+                let broker = EmbeddedBroker::start(1).expect("start mock cluster");
+                Self {
+                    kind,
+                    bootstrap: broker.bootstrap_servers().to_owned(),
+                    embedded: Some(broker),
+                }
+            }
+            BrokerKind::Tansu => {
+                let bootstrap = std::env::var(TANSU_ENV).unwrap_or_else(|_| {
+                    panic!(
+                        "{TANSU_ENV} is not set: the real-broker tests need tansu running. \
+                         Run the suite with scripts/test.sh, which installs and starts it."
+                    )
+                });
+                Self {
+                    kind,
+                    bootstrap,
+                    embedded: None,
+                }
+            }
+        }
+    }
+
+    /// Which broker this is.
+    pub fn kind(&self) -> BrokerKind {
+        self.kind
+    }
+
+    /// Its bootstrap servers.
+    pub fn bootstrap(&self) -> &str {
+        &self.bootstrap
+    }
+
+    /// The mock cluster, for fault injection.
+    pub fn embedded(&self) -> Option<&EmbeddedBroker> {
+        self.embedded.as_ref()
+    }
+
+    /// Creates `topic` with `partitions` partitions.
+    pub async fn create_topic(&self, topic: &str, partitions: i32) {
+        if let Some(broker) = &self.embedded {
+            broker.create_topic(topic, partitions).expect("create topic");
+            return;
+        }
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .create()
+            .expect("admin client");
+        // tansu answers DescribeConfigs with {}: give topics explicit retention settings.
+        let topic_def = NewTopic::new(topic, partitions, TopicReplication::Fixed(1))
+            .set("retention.ms", "-1")
+            .set("retention.bytes", "-1");
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        let results = admin.create_topics([&topic_def], &opts).await.expect("create topics");
+        for r in results {
+            r.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));
+        }
+    }
+
+    /// A worker builder for this broker, with test-friendly group timings.
+    pub fn worker(&self, group: &str, topic: &str, state_dir: &Path) -> weir::WorkerBuilder {
+        Worker::builder()
+            .brokers(&self.bootstrap)
+            .group(group)
+            .topic(topic)
+            .state_dir(state_dir)
+            .kafka("session.timeout.ms", SESSION_TIMEOUT_MS)
+            .kafka("heartbeat.interval.ms", "500")
+    }
+
+    /// Produces `(key, value)` records (to `partition` when given, else by key hash) and waits
+    /// until every one is acknowledged.
+    pub async fn produce(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        records: impl IntoIterator<Item = (String, String)>,
+    ) {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("linger.ms", "5")
+            .set("batch.num.messages", "10000")
+            .set("queue.buffering.max.messages", "1000000")
+            .set("message.timeout.ms", "60000")
+            .create()
+            .expect("producer");
+        let mut inflight = Vec::new();
+        for (key, value) in records {
+            let mut rec = FutureRecord::to(topic).key(&key).payload(&value);
+            if let Some(p) = partition {
+                rec = rec.partition(p);
+            }
+            let fut = producer
+                .send_result(rec)
+                .unwrap_or_else(|(e, _)| panic!("enqueue record: {e}"));
+            inflight.push(fut);
+            if inflight.len() >= 50_000 {
+                await_all(&mut inflight).await;
+            }
+        }
+        await_all(&mut inflight).await;
+        producer.flush(Duration::from_secs(30)).expect("flush");
+    }
+}
+
+async fn await_all(
+    inflight: &mut Vec<rdkafka::producer::DeliveryFuture>,
+) {
+    for fut in inflight.drain(..) {
+        match fut.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => panic!("delivery failed: {e}"),
+            Err(_) => panic!("delivery canceled"),
+        }
+    }
+}
+
+/// `n` keyed records over `keys` distinct keys: key `k{i % keys}`, value `v{i}`.
+pub fn keyed_records(start: usize, n: usize, keys: usize) -> Vec<(String, String)> {
+    (start..start + n)
+        .map(|i| (format!("k{}", i % keys), format!("v{i}")))
+        .collect()
+}
+
+/// The per-key counts `records` should produce.
+pub fn expected_counts(records: &[(String, String)]) -> BTreeMap<String, u64> {
+    let mut m = BTreeMap::new();
+    for (k, _) in records {
+        *m.entry(k.clone()).or_insert(0) += 1;
+    }
+    m
+}
+
+/// A name unique to this test run: `<prefix>-<pid>-<n>`.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}-{}-{nanos}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// Waits until `check` returns `Ok`, polling every 100 ms; past `timeout` panics with the last
+/// thing `check` saw.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(()) => return,
+            Err(seen) if Instant::now() >= deadline => {
+                panic!("timed out after {timeout:?} waiting for {what}; last seen: {seen}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// The partition stores of `topic` in `state_dir` for `group`, by partition.
+pub fn store_files(state_dir: &Path, group: &str, topic: &str) -> BTreeMap<i32, PathBuf> {
+    let dir = state_dir.join(group).join(topic);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return BTreeMap::new();
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let path = e.path();
+            let name = path.file_name()?.to_str()?;
+            let p = name.strip_suffix(".sqlite")?.parse().ok()?;
+            Some((p, path))
+        })
+        .collect()
+}
+
+/// What the stores of one topic hold: per-key counts summed over partitions, and each
+/// partition's next offset.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StoredCounts {
+    /// Per key, summed over partitions.
+    pub counts: BTreeMap<String, u64>,
+    /// Next offset per partition.
+    pub offsets: BTreeMap<i32, i64>,
+}
+
+impl StoredCounts {
+    /// Reads the committed state of every partition store of `topic`.
+    pub fn read(state_dir: &Path, group: &str, topic: &str) -> Self {
+        let mut out = Self::default();
+        for (p, path) in store_files(state_dir, group, topic) {
+            let store = PartitionStore::open(&path).expect("open store");
+            if let Some(o) = store.next_offset(topic, p).expect("offset") {
+                out.offsets.insert(p, o);
+            }
+            for (k, v) in store.entries::<String, u64>(COUNTS).expect("entries") {
+                *out.counts.entry(k).or_insert(0) += v;
+            }
+        }
+        out
+    }
+
+    /// Records counted in all.
+    pub fn total(&self) -> u64 {
+        self.counts.values().sum()
+    }
+}
+
+/// Waits until the stores count `expected` records in all, then checks per-key equality.
+pub async fn wait_for_counts(
+    state_dir: &Path,
+    group: &str,
+    topic: &str,
+    expected: &BTreeMap<String, u64>,
+    timeout: Duration,
+) -> StoredCounts {
+    let want: u64 = expected.values().sum();
+    wait_until(&format!("{want} records counted"), timeout, || async {
+        let s = StoredCounts::read(state_dir, group, topic);
+        if s.total() >= want {
+            Ok(())
+        } else {
+            Err(format!("{} counted, offsets {:?}", s.total(), s.offsets))
+        }
+    })
+    .await;
+    let s = StoredCounts::read(state_dir, group, topic);
+    assert_counts_exact(&s.counts, expected);
+    s
+}
+
+/// Panics, listing the differing keys, unless `got == expected`.
+pub fn assert_counts_exact(got: &BTreeMap<String, u64>, expected: &BTreeMap<String, u64>) {
+    if got == expected {
+        return;
+    }
+    let diffs: Vec<String> = expected
+        .keys()
+        .chain(got.keys())
+        .filter(|k| got.get(*k) != expected.get(*k))
+        .take(10)
+        .map(|k| format!("{k}: got {:?}, expected {:?}", got.get(k), expected.get(k)))
+        .collect();
+    panic!(
+        "counts differ (got {} in all, expected {}): {}",
+        got.values().sum::<u64>(),
+        expected.values().sum::<u64>(),
+        diffs.join("; ")
+    );
+}
+
+/// The state store the counting handler writes.
+pub const COUNTS: &str = "counts";
+
+/// Counts records per key in state. Optionally fails on records whose value is `poison`, and
+/// notes which partitions it processed.
+#[derive(Debug, Default, Clone)]
+pub struct CountHandler {
+    /// Failures left per poison value: each failing attempt takes one; `u64::MAX` never heals.
+    pub poison: Arc<Mutex<HashMap<String, u64>>>,
+    /// Partitions this handler processed records of.
+    pub seen_partitions: Arc<Mutex<std::collections::BTreeSet<i32>>>,
+    /// Records processed (attempts, including failed ones).
+    pub attempts: Arc<AtomicU64>,
+    /// Panic instead of returning an error on poison.
+    pub panic_on_poison: bool,
+    /// Hang forever at the record with this value (to crash a worker mid-batch).
+    pub stall_on: Option<String>,
+    /// Set once the handler reached `stall_on`.
+    pub stalled: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl CountHandler {
+    /// A handler that fails `times` attempts at a record whose value is `value`.
+    pub fn with_poison(value: &str, times: u64) -> Self {
+        let h = Self::default();
+        h.poison
+            .lock()
+            .expect("lock")
+            .insert(value.to_owned(), times);
+        h
+    }
+
+    /// Failing attempts left for `value`.
+    pub fn poison_left(&self, value: &str) -> u64 {
+        self.poison.lock().expect("lock").get(value).copied().unwrap_or(0)
+    }
+}
+
+/// Error of the counting handler.
+#[derive(Debug, thiserror::Error)]
+pub enum CountError {
+    /// An injected failure.
+    #[error("poison record {0}")]
+    Poison(String),
+    /// A state error.
+    #[error(transparent)]
+    Weir(#[from] weir::Error),
+}
+
+impl Handler for CountHandler {
+    type Value = Utf8;
+    type Error = CountError;
+
+    async fn process(&self, rec: Record<'_, String>, ctx: &mut Ctx<'_>) -> Result<(), CountError> {
+        self.attempts.fetch_add(1, Ordering::Relaxed);
+        self.seen_partitions
+            .lock()
+            .expect("lock")
+            .insert(rec.partition());
+        let failing = {
+            let mut poison = self.poison.lock().expect("lock");
+            match poison.get_mut(rec.value().as_str()) {
+                Some(left) if *left > 0 => {
+                    if *left != u64::MAX {
+                        *left -= 1;
+                    }
+                    true
+                }
+                _ => false,
+            }
+        };
+        let key = rec.key_str().unwrap_or("").to_owned();
+        if self.stall_on.as_deref() == Some(rec.value().as_str()) {
+            ctx.state::<str, u64>(COUNTS).update(&key, |n| Some(n.unwrap_or(0) + 1))?;
+            self.stalled.store(true, Ordering::SeqCst);
+            std::future::pending::<()>().await;
+        }
+        let mut counts = ctx.state::<str, u64>(COUNTS);
+        // Write before failing, so a failed batch really has writes to throw away.
+        counts.update(&key, |n| Some(n.unwrap_or(0) + 1))?;
+        if failing {
+            if self.panic_on_poison {
+                panic!("injected panic at {}", rec.value());
+            }
+            return Err(CountError::Poison(rec.value().clone()));
+        }
+        Ok(())
+    }
+}
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,librdkafka=warn,rdkafka=warn".into()),
+        )
+        .with_test_writer()
+        .with_ansi(false)
+        .try_init();
+}
+
+/// Runs `test` once per broker kind, as two `#[tokio::test]`s named `<name>_mock` and
+/// `<name>_tansu`.
+#[macro_export]
+macro_rules! on_both_brokers {
+    ($name:ident, $body:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn mock() {
+                super::$body($crate::BrokerKind::Mock).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn tansu() {
+                super::$body($crate::BrokerKind::Tansu).await
+            }
+        }
+    };
+}

@@ -1,0 +1,97 @@
+//! Codecs: how a record's payload bytes become the value a handler sees.
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::de::DeserializeOwned;
+
+/// A payload that could not be decoded. The record's raw bytes stay with the runtime, which
+/// reports them with this error.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct DecodeError(String);
+
+impl DecodeError {
+    /// A decode error with the given message.
+    pub fn new(message: impl fmt::Display) -> Self {
+        Self(message.to_string())
+    }
+}
+
+/// Turns a record's payload into a typed value.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a weir codec",
+    note = "use one of weir's codecs, e.g. `Json<{Self}>`, `Utf8` or `Raw`, or implement `weir::Codec`"
+)]
+pub trait Codec: Send + Sync + 'static {
+    /// The decoded value.
+    type Value: Send + Sync + 'static;
+
+    /// Decodes a payload; `None` is a record without payload (a tombstone).
+    fn decode(payload: Option<&[u8]>) -> Result<Self::Value, DecodeError>;
+}
+
+/// JSON payloads decoded with serde into `T`.
+pub struct Json<T>(PhantomData<fn() -> T>);
+
+impl<T> fmt::Debug for Json<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Json<{}>", std::any::type_name::<T>())
+    }
+}
+
+impl<T: DeserializeOwned + Send + Sync + 'static> Codec for Json<T> {
+    type Value = T;
+
+    fn decode(payload: Option<&[u8]>) -> Result<T, DecodeError> {
+        let bytes = payload.ok_or_else(|| DecodeError::new("record has no payload"))?;
+        serde_json::from_slice(bytes).map_err(|e| DecodeError::new(format!("invalid JSON: {e}")))
+    }
+}
+
+/// UTF-8 text payloads.
+#[derive(Debug)]
+pub struct Utf8;
+
+impl Codec for Utf8 {
+    type Value = String;
+
+    fn decode(payload: Option<&[u8]>) -> Result<String, DecodeError> {
+        let bytes = payload.ok_or_else(|| DecodeError::new("record has no payload"))?;
+        String::from_utf8(bytes.to_vec())
+            .map_err(|e| DecodeError::new(format!("invalid UTF-8: {e}")))
+    }
+}
+
+/// Raw bytes, unchanged; a tombstone is an empty vector.
+#[derive(Debug)]
+pub struct Raw;
+
+impl Codec for Raw {
+    type Value = Vec<u8>;
+
+    fn decode(payload: Option<&[u8]>) -> Result<Vec<u8>, DecodeError> {
+        Ok(payload.map(<[u8]>::to_vec).unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_errors_are_values_not_panics() {
+        let err = Json::<u32>::decode(Some(b"{not json")).expect_err("invalid");
+        assert!(err.to_string().contains("invalid JSON"), "{err}");
+        let err = Json::<u32>::decode(None).expect_err("tombstone");
+        assert!(err.to_string().contains("no payload"), "{err}");
+        assert_eq!(Json::<u32>::decode(Some(b"7")).ok(), Some(7));
+    }
+
+    #[test]
+    fn utf8_and_raw() {
+        assert!(Utf8::decode(Some(&[0xff, 0xfe])).is_err());
+        assert_eq!(Utf8::decode(Some(b"hi")).ok().as_deref(), Some("hi"));
+        assert_eq!(Raw::decode(None).ok(), Some(vec![]));
+    }
+}

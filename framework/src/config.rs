@@ -1,0 +1,207 @@
+//! Worker settings: builder values, overridden by `WEIR_*` environment variables.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::{Error, Result};
+
+/// Prefix of environment variables that set librdkafka properties:
+/// `WEIR_KAFKA_SESSION_TIMEOUT_MS=6000` sets `session.timeout.ms`.
+pub(crate) const KAFKA_ENV_PREFIX: &str = "WEIR_KAFKA_";
+
+/// Every setting of a worker.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    /// Bootstrap servers; `None` starts the embedded broker.
+    pub(crate) brokers: Option<String>,
+    pub(crate) group: String,
+    pub(crate) topics: Vec<String>,
+    pub(crate) state_dir: PathBuf,
+    pub(crate) batch_size: usize,
+    pub(crate) linger: Duration,
+    pub(crate) queue_capacity: usize,
+    pub(crate) embedded_partitions: i32,
+    /// librdkafka properties with where each came from (for error messages).
+    pub(crate) kafka: Vec<KafkaProperty>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct KafkaProperty {
+    pub(crate) name: String,
+    pub(crate) value: String,
+    /// The builder call or environment variable that set it.
+    pub(crate) origin: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            brokers: None,
+            group: "weir".into(),
+            topics: Vec::new(),
+            state_dir: PathBuf::from("weir-state"),
+            batch_size: 1000,
+            linger: Duration::from_millis(5),
+            queue_capacity: 2000,
+            embedded_partitions: 4,
+            kafka: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Overrides settings from the environment variables in `vars`.
+    pub(crate) fn apply_env(&mut self, vars: impl IntoIterator<Item = (String, String)>) -> Result<()> {
+        for (name, value) in vars {
+            match name.as_str() {
+                "WEIR_BROKERS" => {
+                    self.brokers = (!value.trim().is_empty()).then(|| value.trim().to_owned())
+                }
+                "WEIR_GROUP" => self.group = value,
+                "WEIR_TOPICS" => {
+                    self.topics = value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|t| !t.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                }
+                "WEIR_STATE_DIR" => self.state_dir = PathBuf::from(value),
+                "WEIR_BATCH_SIZE" => self.batch_size = parse(&name, &value)?,
+                "WEIR_LINGER_MS" => self.linger = Duration::from_millis(parse(&name, &value)?),
+                "WEIR_QUEUE_CAPACITY" => self.queue_capacity = parse(&name, &value)?,
+                "WEIR_EMBEDDED_PARTITIONS" => self.embedded_partitions = parse(&name, &value)?,
+                _ => {
+                    if let Some(prop) = name.strip_prefix(KAFKA_ENV_PREFIX) {
+                        let prop = prop.to_ascii_lowercase().replace('_', ".");
+                        self.set_kafka(prop, value, name.clone());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn set_kafka(&mut self, name: String, value: String, origin: String) {
+        self.kafka.retain(|p| p.name != name);
+        self.kafka.push(KafkaProperty { name, value, origin });
+    }
+
+    /// Checks every setting; the error names the first invalid one.
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.group.trim().is_empty() {
+            return Err(Error::config("group (WEIR_GROUP)", "must not be empty"));
+        }
+        if self.topics.is_empty() {
+            return Err(Error::config(
+                "topics (WEIR_TOPICS)",
+                "no topic to consume; call .topic(\"name\") or set WEIR_TOPICS",
+            ));
+        }
+        for topic in &self.topics {
+            validate_topic_name(topic)
+                .map_err(|m| Error::config("topics (WEIR_TOPICS)", format!("{topic:?}: {m}")))?;
+        }
+        if self.batch_size == 0 {
+            return Err(Error::config("batch_size (WEIR_BATCH_SIZE)", "must be at least 1"));
+        }
+        if self.queue_capacity < 2 {
+            return Err(Error::config(
+                "queue_capacity (WEIR_QUEUE_CAPACITY)",
+                "must be at least 2",
+            ));
+        }
+        if !(1..=10_000).contains(&self.embedded_partitions) {
+            return Err(Error::config(
+                "embedded_partitions (WEIR_EMBEDDED_PARTITIONS)",
+                "must be between 1 and 10000",
+            ));
+        }
+        for p in &self.kafka {
+            if matches!(p.name.as_str(), "enable.auto.commit" | "group.id" | "bootstrap.servers") {
+                return Err(Error::config(
+                    &p.origin,
+                    format!("`{}` is managed by weir; use the worker's own setting", p.name),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn parse<T: std::str::FromStr>(name: &str, value: &str) -> Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    value
+        .trim()
+        .parse()
+        .map_err(|e| Error::config(name, format!("{value:?} is not valid: {e}")))
+}
+
+/// Kafka's rules for topic names: 1 to 249 of `[a-zA-Z0-9._-]`, not `.` or `..`.
+pub(crate) fn validate_topic_name(topic: &str) -> Result<(), String> {
+    if topic.is_empty() || topic.len() > 249 {
+        return Err("a topic name has 1 to 249 characters".into());
+    }
+    if topic == "." || topic == ".." {
+        return Err("a topic cannot be named \".\" or \"..\"".into());
+    }
+    if let Some(c) = topic
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!("{c:?} is not allowed; use letters, digits, '.', '_' and '-'"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn env_overrides_and_kafka_properties() {
+        let mut c = Config::default();
+        c.apply_env(env(&[
+            ("WEIR_BROKERS", "127.0.0.1:9092"),
+            ("WEIR_GROUP", "g1"),
+            ("WEIR_TOPICS", "a, b"),
+            ("WEIR_BATCH_SIZE", "50"),
+            ("WEIR_KAFKA_SESSION_TIMEOUT_MS", "6000"),
+            ("PATH", "/bin"),
+        ]))
+        .expect("valid");
+        assert_eq!(c.brokers.as_deref(), Some("127.0.0.1:9092"));
+        assert_eq!(c.group, "g1");
+        assert_eq!(c.topics, ["a", "b"]);
+        assert_eq!(c.batch_size, 50);
+        assert_eq!(c.kafka.len(), 1);
+        assert_eq!(c.kafka[0].name, "session.timeout.ms");
+        assert_eq!(c.kafka[0].origin, "WEIR_KAFKA_SESSION_TIMEOUT_MS");
+        c.validate().expect("valid");
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let err = Config::default()
+            .apply_env(env(&[("WEIR_BATCH_SIZE", "many")]))
+            .expect_err("invalid");
+        assert!(err.to_string().contains("WEIR_BATCH_SIZE"), "{err}");
+
+        let mut c = Config::default();
+        c.topics = vec!["orders/eu".into()];
+        let err = c.validate().expect_err("invalid topic");
+        assert!(err.to_string().contains("WEIR_TOPICS") && err.to_string().contains("'/'"), "{err}");
+
+        let mut c = Config::default();
+        c.topics = vec!["t".into()];
+        c.set_kafka("enable.auto.commit".into(), "true".into(), "WEIR_KAFKA_ENABLE_AUTO_COMMIT".into());
+        let err = c.validate().expect_err("managed property");
+        assert!(err.to_string().contains("WEIR_KAFKA_ENABLE_AUTO_COMMIT"), "{err}");
+    }
+}

@@ -1,0 +1,96 @@
+//! The per-record context: typed access to the partition's state.
+
+use std::marker::PhantomData;
+
+use serde::{de::DeserializeOwned, Serialize};
+use weir_state::{PartitionStore, WriteSet};
+
+use crate::Result;
+
+/// What a handler can do besides reading its record: read and write keyed state.
+///
+/// Reads see the writes of earlier records of the same batch; writes become durable when the
+/// batch commits, together with its offset.
+#[derive(Debug)]
+pub struct Ctx<'a> {
+    store: &'a PartitionStore,
+    writes: &'a mut WriteSet,
+}
+
+impl<'a> Ctx<'a> {
+    pub(crate) fn new(store: &'a PartitionStore, writes: &'a mut WriteSet) -> Self {
+        Self { store, writes }
+    }
+
+    /// The named keyed state store with keys `K` and values `V` (both serde, stored as JSON).
+    pub fn state<K, V>(&mut self, name: &'static str) -> State<'_, K, V>
+    where
+        K: Serialize + ?Sized,
+        V: Serialize + DeserializeOwned,
+    {
+        State {
+            name,
+            store: self.store,
+            writes: self.writes,
+            types: PhantomData,
+        }
+    }
+
+    /// The store declared by `S`, with its key and value types checked at compile time.
+    pub fn store<S: StoreDef>(&mut self) -> State<'_, S::Key, S::Value> {
+        self.state(S::NAME)
+    }
+}
+
+/// A named state store with fixed key and value types.
+///
+/// ```
+/// struct Totals;
+/// impl weir::StoreDef for Totals {
+///     const NAME: &'static str = "totals";
+///     type Key = str;
+///     type Value = u64;
+/// }
+/// ```
+pub trait StoreDef {
+    /// The store's name (its rows carry it in the `store` column).
+    const NAME: &'static str;
+    /// The key type.
+    type Key: Serialize + ?Sized;
+    /// The value type.
+    type Value: Serialize + DeserializeOwned;
+}
+
+/// A typed view of one named store for the current batch.
+#[derive(Debug)]
+pub struct State<'c, K: ?Sized, V> {
+    name: &'static str,
+    store: &'c PartitionStore,
+    writes: &'c mut WriteSet,
+    types: PhantomData<fn(&K) -> V>,
+}
+
+impl<K: Serialize + ?Sized, V: Serialize + DeserializeOwned> State<'_, K, V> {
+    /// The current value of `key`, including this batch's earlier writes.
+    pub fn get(&self, key: &K) -> Result<Option<V>> {
+        Ok(self.store.get_through(self.writes, self.name, key)?)
+    }
+
+    /// Sets `key` to `value`.
+    pub fn put(&mut self, key: &K, value: &V) -> Result<()> {
+        Ok(self.writes.put(self.name, key, value)?)
+    }
+
+    /// Removes `key`.
+    pub fn delete(&mut self, key: &K) -> Result<()> {
+        Ok(self.writes.delete(self.name, key)?)
+    }
+
+    /// Applies `f` to the current value (or `None`) and stores its result; `None` deletes.
+    pub fn update(&mut self, key: &K, f: impl FnOnce(Option<V>) -> Option<V>) -> Result<()> {
+        match f(self.get(key)?) {
+            Some(v) => self.put(key, &v),
+            None => self.delete(key),
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! The embedded broker: librdkafka's in-process mock cluster, for running with nothing
+//! installed and for tests with fault injection.
+
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use rdkafka::mocking::MockCluster;
+
+use crate::{Error, Result};
+
+type Reply = mpsc::Sender<Result<(), String>>;
+
+enum Command {
+    CreateTopic {
+        name: String,
+        partitions: i32,
+        reply: Reply,
+    },
+    BrokerDown {
+        broker: i32,
+        reply: Reply,
+    },
+    BrokerUp {
+        broker: i32,
+        reply: Reply,
+    },
+}
+
+/// An in-process Kafka-protocol broker (librdkafka's mock cluster) listening on loopback.
+///
+/// Clients in this or other processes reach it at [`bootstrap_servers`](Self::bootstrap_servers).
+/// It keeps only the newest few MiB of each partition, and forgets everything when dropped.
+#[derive(Debug)]
+pub struct EmbeddedBroker {
+    bootstrap: String,
+    commands: Option<mpsc::Sender<Command>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EmbeddedBroker {
+    /// Starts a cluster of `brokers` brokers.
+    pub fn start(brokers: i32) -> Result<Self> {
+        let (tx, rx) = mpsc::channel::<Command>();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        // The mock cluster is not `Send`: one thread owns it and serves commands.
+        let thread = std::thread::Builder::new()
+            .name("weir-embedded-broker".into())
+            .spawn(move || {
+                let cluster = match MockCluster::new(brokers) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(cluster.bootstrap_servers()));
+                for cmd in rx {
+                    let (result, reply) = match cmd {
+                        Command::CreateTopic {
+                            name,
+                            partitions,
+                            reply,
+                        } => (cluster.create_topic(&name, partitions, 1), reply),
+                        Command::BrokerDown { broker, reply } => (cluster.broker_down(broker), reply),
+                        Command::BrokerUp { broker, reply } => (cluster.broker_up(broker), reply),
+                    };
+                    let _ = reply.send(result.map_err(|e| e.to_string()));
+                }
+            })
+            .map_err(|source| Error::Io {
+                context: "starting the embedded broker thread",
+                source,
+            })?;
+        let bootstrap = ready_rx
+            .recv()
+            .map_err(|_| Error::Embedded("the broker thread died while starting".into()))?
+            .map_err(Error::Embedded)?;
+        Ok(Self {
+            bootstrap,
+            commands: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// The `bootstrap.servers` list of the cluster.
+    pub fn bootstrap_servers(&self) -> &str {
+        &self.bootstrap
+    }
+
+    /// Creates `topic` with `partitions` partitions (the mock cluster has no CreateTopics API).
+    pub fn create_topic(&self, topic: &str, partitions: i32) -> Result<()> {
+        self.call(|reply| Command::CreateTopic {
+            name: topic.to_owned(),
+            partitions,
+            reply,
+        })
+        .map_err(|e| Error::Embedded(format!("creating topic {topic:?}: {e}")))
+    }
+
+    /// Takes broker `broker` (1-based) down: its connections close and it answers nothing.
+    pub fn broker_down(&self, broker: i32) -> Result<()> {
+        self.call(|reply| Command::BrokerDown { broker, reply })
+            .map_err(|e| Error::Embedded(format!("broker {broker} down: {e}")))
+    }
+
+    /// Brings broker `broker` back up.
+    pub fn broker_up(&self, broker: i32) -> Result<()> {
+        self.call(|reply| Command::BrokerUp { broker, reply })
+            .map_err(|e| Error::Embedded(format!("broker {broker} up: {e}")))
+    }
+
+    fn call(&self, cmd: impl FnOnce(Reply) -> Command) -> Result<(), String> {
+        let (reply, rx) = mpsc::channel();
+        self.commands
+            .as_ref()
+            .ok_or("stopped")?
+            .send(cmd(reply))
+            .map_err(|_| "the broker thread is gone".to_string())?;
+        rx.recv().map_err(|_| "the broker thread is gone".to_string())?
+    }
+}
+
+impl Drop for EmbeddedBroker {
+    fn drop(&mut self) {
+        self.commands.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

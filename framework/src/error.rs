@@ -1,0 +1,46 @@
+//! Errors of the weir runtime.
+
+/// What can stop a worker.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A setting is invalid; `setting` names it as the user wrote it (builder method or
+    /// environment variable).
+    #[error("invalid setting {setting}: {message}")]
+    Config {
+        /// The setting, e.g. `WEIR_BATCH_SIZE` or `kafka property session.timeout.ms`.
+        setting: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A partition's state store failed (corrupt or foreign file, disk error, codec error).
+    #[error(transparent)]
+    State(#[from] weir_state::Error),
+    /// The Kafka client failed.
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// The embedded broker could not be started or used.
+    #[error("embedded broker: {0}")]
+    Embedded(String),
+    /// An I/O error outside the state stores (threads, signals).
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: &'static str,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn config(setting: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Config {
+            setting: setting.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// `Result` with weir's [`Error`] as the default error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,285 @@
+//! One tokio task per owned partition: takes batches from the partition's queue, runs the
+//! handler on each record in order, and commits the batch's state and offset in one SQLite
+//! transaction.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use rdkafka::message::{Message, OwnedMessage};
+use tokio::sync::{mpsc, Notify};
+use weir_state::{PartitionStore, WriteSet};
+
+use crate::handler::BoxError;
+use crate::metric_names::{BATCH_DURATION_SECONDS, COMMIT_DURATION_SECONDS, MESSAGES_TOTAL};
+use crate::{Codec, Ctx, Handler, Record};
+
+/// Messages from partition tasks to the consumer thread.
+#[derive(Debug)]
+pub(crate) enum Control {
+    /// A batch is durable in SQLite: `next_offset` may be committed to Kafka.
+    Committed {
+        topic: String,
+        partition: i32,
+        next_offset: i64,
+    },
+    /// A paused partition's queue drained below its low-water mark.
+    Wake,
+}
+
+/// State shared between a partition's task and the consumer thread.
+#[derive(Debug, Default)]
+pub(crate) struct PartitionFlow {
+    stop: AtomicBool,
+    stop_notify: Notify,
+    /// Set by the consumer thread while the partition is paused.
+    pub(crate) paused: AtomicBool,
+    /// Set by the task once it asked to be woken, cleared by the consumer thread.
+    pub(crate) wake_sent: AtomicBool,
+    /// The last next-offset committed to SQLite, -1 before the first commit.
+    pub(crate) committed: AtomicI64,
+}
+
+impl PartitionFlow {
+    pub(crate) fn new() -> Self {
+        Self {
+            committed: AtomicI64::new(-1),
+            ..Self::default()
+        }
+    }
+
+    /// Asks the task to finish its current batch and stop.
+    pub(crate) fn request_stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.stop_notify.notify_one();
+    }
+
+    fn stop_requested(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    async fn stopped(&self) {
+        while !self.stop_requested() {
+            self.stop_notify.notified().await;
+        }
+    }
+
+    pub(crate) fn committed_offset(&self) -> Option<i64> {
+        Some(self.committed.load(Ordering::SeqCst)).filter(|o| *o >= 0)
+    }
+}
+
+/// The partition's store, and the signal that it is closed: `closed` disconnects once the last
+/// holder (the task or an in-flight commit) drops it.
+#[derive(Debug)]
+pub(crate) struct TaskStore {
+    pub(crate) store: PartitionStore,
+    _closed: std_mpsc::Sender<()>,
+}
+
+impl TaskStore {
+    pub(crate) fn new(store: PartitionStore) -> (Arc<Self>, std_mpsc::Receiver<()>) {
+        let (tx, rx) = std_mpsc::channel();
+        (
+            Arc::new(Self {
+                store,
+                _closed: tx,
+            }),
+            rx,
+        )
+    }
+}
+
+/// Batching settings of a partition task.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BatchSettings {
+    pub(crate) batch_size: usize,
+    pub(crate) linger: Duration,
+    pub(crate) low_water: usize,
+}
+
+pub(crate) struct PartitionTask<H: Handler> {
+    pub(crate) handler: Arc<H>,
+    pub(crate) store: Arc<TaskStore>,
+    pub(crate) topic: String,
+    pub(crate) partition: i32,
+    pub(crate) queue: mpsc::Receiver<OwnedMessage>,
+    pub(crate) flow: Arc<PartitionFlow>,
+    pub(crate) control: std_mpsc::Sender<Control>,
+    /// The next offset to process, when known (from SQLite or the last commit).
+    pub(crate) next_offset: Option<i64>,
+    pub(crate) settings: BatchSettings,
+}
+
+/// Why a batch failed.
+enum BatchError {
+    Record { offset: i64, error: BoxError },
+    Commit(weir_state::Error),
+}
+
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(10);
+
+impl<H: Handler> PartitionTask<H> {
+    pub(crate) async fn run(mut self) {
+        let mut batch: Vec<OwnedMessage> = Vec::with_capacity(self.settings.batch_size);
+        while self.next_batch(&mut batch).await {
+            if let Some(next) = self.next_offset {
+                // Refetched records (after pause/resume or a seek) that are already in state.
+                batch.retain(|m| m.offset() >= next);
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            if !self.process_until_committed(&batch).await {
+                break;
+            }
+            batch.clear();
+        }
+        tracing::debug!(topic = %self.topic, partition = self.partition, "partition task stopped");
+    }
+
+    /// Fills `batch` with up to `batch_size` records, waiting at most `linger` after the first.
+    /// Returns false when the task should stop instead.
+    async fn next_batch(&mut self, batch: &mut Vec<OwnedMessage>) -> bool {
+        let first = tokio::select! {
+            biased;
+            _ = self.flow.stopped() => return false,
+            m = self.queue.recv() => match m {
+                Some(m) => m,
+                None => return false,
+            },
+        };
+        batch.push(first);
+        let deadline = tokio::time::Instant::now() + self.settings.linger;
+        while batch.len() < self.settings.batch_size {
+            match self.queue.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    if self.settings.linger.is_zero() || self.flow.stop_requested() {
+                        break;
+                    }
+                    tokio::select! {
+                        biased;
+                        _ = self.flow.stopped() => break,
+                        _ = tokio::time::sleep_until(deadline) => break,
+                        m = self.queue.recv() => match m {
+                            Some(m) => batch.push(m),
+                            None => break,
+                        },
+                    }
+                }
+            }
+        }
+        self.wake_if_drained();
+        true
+    }
+
+    fn wake_if_drained(&self) {
+        if self.flow.paused.load(Ordering::SeqCst)
+            && self.queue.len() <= self.settings.low_water
+            && !self.flow.wake_sent.swap(true, Ordering::SeqCst)
+        {
+            let _ = self.control.send(Control::Wake);
+        }
+    }
+
+    /// Processes and commits `batch`, retrying the whole batch with backoff after a failure.
+    /// Returns false if a stop was requested while waiting to retry (nothing of the batch is
+    /// committed then, so it is processed again by the partition's next owner).
+    async fn process_until_committed(&mut self, batch: &[OwnedMessage]) -> bool {
+        let mut backoff = RETRY_MIN;
+        let mut attempt = 1u32;
+        loop {
+            let started = Instant::now();
+            match self.process(batch).await {
+                Ok(next) => {
+                    metrics::histogram!(BATCH_DURATION_SECONDS).record(started.elapsed());
+                    metrics::counter!(MESSAGES_TOTAL, "outcome" => "ok").increment(batch.len() as u64);
+                    self.next_offset = Some(next);
+                    self.flow.committed.store(next, Ordering::SeqCst);
+                    let _ = self.control.send(Control::Committed {
+                        topic: self.topic.clone(),
+                        partition: self.partition,
+                        next_offset: next,
+                    });
+                    return true;
+                }
+                Err(BatchError::Record { offset, error }) => {
+                    metrics::counter!(MESSAGES_TOTAL, "outcome" => "error").increment(1);
+                    tracing::error!(
+                        topic = %self.topic, partition = self.partition, offset, attempt,
+                        retry_in_ms = backoff.as_millis() as u64,
+                        "record failed; its batch is not committed and will be retried: {error}"
+                    );
+                }
+                Err(BatchError::Commit(error)) => {
+                    tracing::error!(
+                        topic = %self.topic, partition = self.partition, attempt,
+                        retry_in_ms = backoff.as_millis() as u64,
+                        "batch commit failed; nothing of it is kept and it will be retried: {error}"
+                    );
+                }
+            }
+            tokio::select! {
+                biased;
+                _ = self.flow.stopped() => return false,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(RETRY_MAX);
+            attempt += 1;
+        }
+    }
+
+    /// Runs the handler over `batch` and commits; returns the committed next offset.
+    async fn process(&self, batch: &[OwnedMessage]) -> Result<i64, BatchError> {
+        let mut writes = WriteSet::default();
+        for msg in batch {
+            let offset = msg.offset();
+            let value = <H::Value as Codec>::decode(msg.payload()).map_err(|e| BatchError::Record {
+                offset,
+                error: format!("cannot decode payload ({} bytes): {e}", msg.payload().map_or(0, <[u8]>::len)).into(),
+            })?;
+            let mut ctx = Ctx::new(&self.store.store, &mut writes);
+            let outcome = AssertUnwindSafe(self.handler.process(Record::new(msg, value), &mut ctx))
+                .catch_unwind()
+                .await;
+            match outcome {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(BatchError::Record { offset, error: e.into() }),
+                Err(panic) => {
+                    let text = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "non-string panic payload".into());
+                    return Err(BatchError::Record {
+                        offset,
+                        error: format!("handler panicked: {text}").into(),
+                    });
+                }
+            }
+        }
+        let next = batch.last().map_or(0, |m| m.offset() + 1);
+        let store = Arc::clone(&self.store);
+        let topic = self.topic.clone();
+        let partition = self.partition;
+        let started = Instant::now();
+        let committed = tokio::task::spawn_blocking(move || {
+            store.store.commit(&writes, &topic, partition, next)
+        })
+        .await;
+        metrics::histogram!(COMMIT_DURATION_SECONDS).record(started.elapsed());
+        match committed {
+            Ok(Ok(())) => Ok(next),
+            Ok(Err(e)) => Err(BatchError::Commit(e)),
+            Err(join) => Err(BatchError::Record {
+                offset: next - 1,
+                error: format!("commit task failed: {join}").into(),
+            }),
+        }
+    }
+}

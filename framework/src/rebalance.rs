@@ -1,0 +1,210 @@
+//! Rebalance callbacks: on assign, open each partition's store, seek to its stored offset and
+//! start its task; on revoke, let each task finish its batch, commit, and close its store
+//! before the callback returns.
+
+use std::path::PathBuf;
+use std::sync::{mpsc as std_mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::ClientContext;
+use tokio::sync::mpsc;
+use weir_state::PartitionStore;
+
+use crate::metric_names::{OWNED_PARTITIONS, REBALANCES_TOTAL};
+use crate::partition_task::{BatchSettings, PartitionFlow, PartitionTask, TaskStore};
+use crate::shared::{PartitionHandle, Shared};
+use crate::Handler;
+
+/// The consumer's context: librdkafka calls it from the consumer thread's `poll`.
+pub(crate) struct WeirContext<H> {
+    pub(crate) shared: Arc<Shared<H>>,
+}
+
+impl<H: Handler> ClientContext for WeirContext<H> {}
+
+impl<H: Handler> ConsumerContext for WeirContext<H> {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let result = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.assign(tpl);
+                if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.revoke(consumer, tpl, consumer.assignment_lost());
+                if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                }
+            }
+            other => {
+                tracing::error!("rebalance error: {other:?}");
+                let _ = consumer.unassign();
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!("applying the new assignment failed: {e}");
+        }
+    }
+
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        offsets: &TopicPartitionList,
+    ) {
+        if let Err(e) = result {
+            // Kafka's committed offset is progress only; the truth is in SQLite.
+            tracing::debug!("offset commit to Kafka failed ({e}): {offsets:?}");
+        }
+    }
+}
+
+impl<H: Handler> WeirContext<H> {
+    fn store_path(&self, topic: &str, partition: i32) -> PathBuf {
+        let c = &self.shared.config;
+        c.state_dir
+            .join(&c.group)
+            .join(topic)
+            .join(format!("{partition}.sqlite"))
+    }
+
+    fn assign(&self, tpl: &mut TopicPartitionList) {
+        metrics::counter!(REBALANCES_TOTAL, "kind" => "assign").increment(1);
+        let shared = &self.shared;
+        let c = &shared.config;
+        let mut seeks = Vec::new();
+        let mut owned = shared.owned();
+        for el in tpl.elements() {
+            let (topic, partition) = (el.topic().to_owned(), el.partition());
+            let path = self.store_path(&topic, partition);
+            let store = match PartitionStore::open(&path) {
+                Ok(s) => s,
+                Err(e) => {
+                    shared.fail(e.into());
+                    continue;
+                }
+            };
+            let next_offset = match store.next_offset(&topic, partition) {
+                Ok(o) => o,
+                Err(e) => {
+                    shared.fail(e.into());
+                    continue;
+                }
+            };
+            // No stored offset: state is empty, so it must see the partition from its start.
+            seeks.push((
+                topic.clone(),
+                partition,
+                next_offset.map_or(Offset::Beginning, Offset::Offset),
+            ));
+            tracing::info!(%topic, partition, ?next_offset, store = %path.display(), "partition assigned");
+            let (store, closed) = TaskStore::new(store);
+            let (tx, rx) = mpsc::channel(c.queue_capacity);
+            let flow = Arc::new(PartitionFlow::new());
+            let task = PartitionTask {
+                handler: Arc::clone(&shared.handler),
+                store,
+                topic: topic.clone(),
+                partition,
+                queue: rx,
+                flow: Arc::clone(&flow),
+                control: shared.control.clone(),
+                next_offset,
+                settings: BatchSettings {
+                    batch_size: c.batch_size,
+                    linger: c.linger,
+                    low_water: c.queue_capacity / 2,
+                },
+            };
+            let task = shared.runtime.spawn(task.run());
+            owned.entry(topic).or_default().insert(
+                partition,
+                PartitionHandle {
+                    queue: tx,
+                    flow,
+                    overflow: Default::default(),
+                    closed,
+                    task,
+                },
+            );
+        }
+        metrics::gauge!(OWNED_PARTITIONS).set(owned.values().map(|m| m.len()).sum::<usize>() as f64);
+        drop(owned);
+        for (topic, partition, offset) in seeks {
+            if let Err(e) = tpl.set_partition_offset(&topic, partition, offset) {
+                tracing::error!(%topic, partition, "cannot set start offset: {e}");
+            }
+        }
+    }
+
+    fn revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList, lost: bool) {
+        let kind = if lost { "lost" } else { "revoke" };
+        metrics::counter!(REBALANCES_TOTAL, "kind" => kind).increment(1);
+        let abandon = self.shared.abandon.load(std::sync::atomic::Ordering::SeqCst);
+        let mut handles = Vec::new();
+        {
+            let mut owned = self.shared.owned();
+            for el in tpl.elements() {
+                let removed = owned
+                    .get_mut(el.topic())
+                    .and_then(|m| m.remove(&el.partition()));
+                if let Some(h) = removed {
+                    handles.push((el.topic().to_owned(), el.partition(), h));
+                }
+            }
+            owned.retain(|_, m| !m.is_empty());
+            metrics::gauge!(OWNED_PARTITIONS)
+                .set(owned.values().map(|m| m.len()).sum::<usize>() as f64);
+        }
+        for (_, _, h) in &handles {
+            if abandon {
+                h.task.abort();
+            } else {
+                h.flow.request_stop();
+            }
+        }
+        let mut final_offsets = TopicPartitionList::new();
+        for (topic, partition, h) in handles {
+            let PartitionHandle { queue, flow, closed, .. } = h;
+            drop(queue);
+            wait_closed(&closed, &topic, partition);
+            if let Some(next) = flow.committed_offset() {
+                let _ = final_offsets.add_partition_offset(&topic, partition, Offset::Offset(next));
+            }
+            tracing::info!(%topic, partition, kind, committed = ?flow.committed_offset(), "partition released");
+        }
+        if !lost && !abandon && final_offsets.count() > 0 {
+            if let Err(e) = consumer.commit(&final_offsets, CommitMode::Sync) {
+                tracing::warn!("final offset commit to Kafka failed (state is safe in SQLite): {e}");
+            }
+        }
+    }
+}
+
+/// Blocks until a partition's store is closed, logging while it takes long.
+fn wait_closed(closed: &std_mpsc::Receiver<()>, topic: &str, partition: i32) {
+    let started = Instant::now();
+    loop {
+        match closed.recv_timeout(Duration::from_secs(5)) {
+            Err(std_mpsc::RecvTimeoutError::Timeout) => tracing::warn!(
+                %topic, partition, waited_s = started.elapsed().as_secs(),
+                "waiting for the partition's batch to finish before releasing it"
+            ),
+            _ => return,
+        }
+    }
+}

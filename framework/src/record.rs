@@ -1,0 +1,74 @@
+//! The record a handler receives.
+
+use rdkafka::message::{Headers, Message, OwnedMessage};
+
+/// One record of a partition, with its decoded value.
+#[derive(Debug)]
+pub struct Record<'a, V> {
+    msg: &'a OwnedMessage,
+    value: V,
+}
+
+impl<'a, V> Record<'a, V> {
+    pub(crate) fn new(msg: &'a OwnedMessage, value: V) -> Self {
+        Self { msg, value }
+    }
+
+    /// The decoded value.
+    pub fn value(&self) -> &V {
+        &self.value
+    }
+
+    /// The decoded value, owned.
+    pub fn into_value(self) -> V {
+        self.value
+    }
+
+    /// The raw key, if the record has one.
+    pub fn key(&self) -> Option<&'a [u8]> {
+        self.msg.key()
+    }
+
+    /// The key as UTF-8 text, if it is present and valid UTF-8.
+    pub fn key_str(&self) -> Option<&'a str> {
+        self.msg.key().and_then(|k| std::str::from_utf8(k).ok())
+    }
+
+    /// The raw payload bytes.
+    pub fn payload(&self) -> Option<&'a [u8]> {
+        self.msg.payload()
+    }
+
+    /// The topic the record was read from.
+    pub fn topic(&self) -> &'a str {
+        self.msg.topic()
+    }
+
+    /// The partition the record was read from.
+    pub fn partition(&self) -> i32 {
+        self.msg.partition()
+    }
+
+    /// The record's offset in its partition.
+    pub fn offset(&self) -> i64 {
+        self.msg.offset()
+    }
+
+    /// The record's timestamp in milliseconds since the Unix epoch, if it has one.
+    pub fn timestamp_ms(&self) -> Option<i64> {
+        self.msg.timestamp().to_millis()
+    }
+
+    /// The value of the first header called `name`.
+    pub fn header(&self, name: &str) -> Option<&'a [u8]> {
+        self.headers().find(|(k, _)| *k == name).and_then(|(_, v)| v)
+    }
+
+    /// Every header, in order.
+    pub fn headers(&self) -> impl Iterator<Item = (&'a str, Option<&'a [u8]>)> + 'a {
+        self.msg
+            .headers()
+            .into_iter()
+            .flat_map(|h| h.iter().map(|h| (h.key, h.value)))
+    }
+}

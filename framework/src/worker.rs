@@ -1,0 +1,296 @@
+//! The worker: configuration, the embedded broker, the consumer thread and shutdown.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc as std_mpsc, Arc};
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::BaseConsumer;
+
+use crate::config::{Config, KafkaProperty};
+use crate::rebalance::WeirContext;
+use crate::shared::Shared;
+use crate::{consumer_loop, EmbeddedBroker, Error, Handler, Result};
+
+/// Builds a [`Worker`]. Every setting can also come from the environment (see
+/// [`with_env`](Self::with_env)).
+#[derive(Debug, Clone, Default)]
+pub struct WorkerBuilder {
+    config: Config,
+}
+
+impl WorkerBuilder {
+    /// Kafka bootstrap servers (`WEIR_BROKERS`). Without them the worker starts an embedded
+    /// broker.
+    pub fn brokers(mut self, brokers: impl Into<String>) -> Self {
+        self.config.brokers = Some(brokers.into());
+        self
+    }
+
+    /// The consumer group (`WEIR_GROUP`, default `weir`).
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.config.group = group.into();
+        self
+    }
+
+    /// Adds a topic to consume (`WEIR_TOPICS`, comma-separated, replaces the list).
+    pub fn topic(mut self, topic: impl Into<String>) -> Self {
+        self.config.topics.push(topic.into());
+        self
+    }
+
+    /// Where partition stores live (`WEIR_STATE_DIR`, default `weir-state`):
+    /// `<state_dir>/<group>/<topic>/<partition>.sqlite`.
+    pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config.state_dir = dir.into();
+        self
+    }
+
+    /// Most records per batch, i.e. per SQLite transaction (`WEIR_BATCH_SIZE`, default 1000).
+    pub fn batch_size(mut self, n: usize) -> Self {
+        self.config.batch_size = n;
+        self
+    }
+
+    /// How long a batch waits for more records after its first (`WEIR_LINGER_MS`, default 5).
+    pub fn linger(mut self, linger: Duration) -> Self {
+        self.config.linger = linger;
+        self
+    }
+
+    /// Records buffered per partition before it is paused (`WEIR_QUEUE_CAPACITY`, default 2000).
+    pub fn queue_capacity(mut self, n: usize) -> Self {
+        self.config.queue_capacity = n;
+        self
+    }
+
+    /// Partitions of each topic the embedded broker creates (`WEIR_EMBEDDED_PARTITIONS`,
+    /// default 4).
+    pub fn embedded_partitions(mut self, n: i32) -> Self {
+        self.config.embedded_partitions = n;
+        self
+    }
+
+    /// Sets a librdkafka consumer property (`WEIR_KAFKA_<PROPERTY>`, dots as underscores).
+    pub fn kafka(mut self, property: impl Into<String>, value: impl Into<String>) -> Self {
+        let property = property.into();
+        let origin = format!("kafka property {property}");
+        self.config.set_kafka(property, value.into(), origin);
+        self
+    }
+
+    /// Overrides settings with the `WEIR_*` environment variables that are set.
+    pub fn with_env(mut self) -> Result<Self> {
+        self.config.apply_env(std::env::vars())?;
+        Ok(self)
+    }
+
+    /// Checks the settings and prepares the worker; starts the embedded broker (creating the
+    /// topics) when no broker is configured.
+    pub fn build<H: Handler>(self, handler: H) -> Result<Worker<H>> {
+        let config = self.config;
+        config.validate()?;
+        check_state_dir(&config)?;
+        let (brokers, embedded) = match &config.brokers {
+            Some(b) => (b.clone(), None),
+            None => {
+                let broker = EmbeddedBroker::start(1)?;
+                for topic in &config.topics {
+                    broker.create_topic(topic, config.embedded_partitions)?;
+                }
+                tracing::warn!(
+                    bootstrap = broker.bootstrap_servers(),
+                    "no broker configured (WEIR_BROKERS): running on the embedded in-process \
+                     broker; it keeps only the newest ~5 MiB per partition and forgets \
+                     everything on exit"
+                );
+                (broker.bootstrap_servers().to_owned(), Some(broker))
+            }
+        };
+        let client = client_config(&config, &brokers)?;
+        Ok(Worker {
+            config,
+            brokers,
+            client,
+            handler: Arc::new(handler),
+            embedded,
+        })
+    }
+}
+
+/// A worker process's runtime: one consumer in the group, one task per owned partition.
+///
+/// ```no_run
+/// # use weir::prelude::*;
+/// # struct Count;
+/// # impl Handler for Count {
+/// #     type Value = Utf8;
+/// #     type Error = weir::Error;
+/// #     async fn process(&self, _: Record<'_, String>, _: &mut Ctx<'_>) -> Result<(), weir::Error> { Ok(()) }
+/// # }
+/// # async fn run() -> weir::Result<()> {
+/// Worker::builder().topic("lines").with_env()?.build(Count)?.run_until_signal().await
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Worker<H> {
+    config: Config,
+    brokers: String,
+    client: ClientConfig,
+    handler: Arc<H>,
+    embedded: Option<EmbeddedBroker>,
+}
+
+impl Worker<()> {
+    /// A builder with the defaults.
+    pub fn builder() -> WorkerBuilder {
+        WorkerBuilder::default()
+    }
+
+    /// A builder with the defaults overridden by the `WEIR_*` environment variables.
+    pub fn from_env() -> Result<WorkerBuilder> {
+        WorkerBuilder::default().with_env()
+    }
+}
+
+impl<H: Handler> Worker<H> {
+    /// The bootstrap servers the worker uses (the embedded broker's when it runs embedded).
+    pub fn brokers(&self) -> &str {
+        &self.brokers
+    }
+
+    /// The embedded broker, when no broker was configured.
+    pub fn embedded_broker(&self) -> Option<&EmbeddedBroker> {
+        self.embedded.as_ref()
+    }
+
+    /// Runs until SIGINT or SIGTERM, then stops gracefully.
+    pub async fn run_until_signal(self) -> Result<()> {
+        self.run(shutdown_signal()).await
+    }
+
+    /// Runs until `shutdown` completes, then stops gracefully: in-flight batches finish and
+    /// commit, stores close, the worker leaves the group.
+    ///
+    /// Dropping this future instead abandons the work like a crash would: tasks are aborted,
+    /// uncommitted batches are lost from memory and processed again by the next owner.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        let (control_tx, control_rx) = std_mpsc::channel();
+        let shared = Arc::new(Shared::new(
+            Arc::clone(&self.handler),
+            self.config.clone(),
+            tokio::runtime::Handle::current(),
+            control_tx,
+        ));
+        let consumer: BaseConsumer<WeirContext<H>> =
+            self.client.create_with_context(WeirContext {
+                shared: Arc::clone(&shared),
+            })?;
+        tracing::info!(
+            group = %self.config.group, topics = ?self.config.topics, brokers = %self.brokers,
+            embedded = self.embedded.is_some(), "worker starting"
+        );
+        let guard = AbandonOnDrop(Arc::clone(&shared));
+        let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
+        let thread_shared = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("weir-consumer".into())
+            .spawn(move || {
+                let result = consumer_loop::run(consumer, thread_shared, control_rx);
+                let _ = done_tx.send(result);
+            })
+            .map_err(|source| Error::Io {
+                context: "starting the consumer thread",
+                source,
+            })?;
+        tokio::pin!(shutdown);
+        let result = tokio::select! {
+            r = &mut done_rx => r,
+            () = &mut shutdown => {
+                tracing::info!("shutdown requested: finishing in-flight batches");
+                shared.stop.store(true, Ordering::SeqCst);
+                done_rx.await
+            }
+        };
+        std::mem::forget(guard);
+        let result = result.unwrap_or_else(|_| Err(Error::Embedded("consumer thread died".into())));
+        if result.is_ok() {
+            tracing::info!("worker stopped");
+        }
+        result
+    }
+}
+
+/// Abandons the worker when its `run` future is dropped before finishing.
+struct AbandonOnDrop<H>(Arc<Shared<H>>);
+
+impl<H> Drop for AbandonOnDrop<H> {
+    fn drop(&mut self) {
+        self.0.abandon.store(true, Ordering::SeqCst);
+    }
+}
+
+fn client_config(config: &Config, brokers: &str) -> Result<ClientConfig> {
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", brokers)
+        .set("group.id", &config.group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("session.timeout.ms", "10000")
+        .set("enable.partition.eof", "false");
+    for KafkaProperty { name, value, origin } in &config.kafka {
+        client.set(name, value);
+        let mut single = ClientConfig::new();
+        single.set(name, value);
+        if let Err(e) = single.create_native_config() {
+            return Err(Error::config(origin, e.to_string()));
+        }
+    }
+    client
+        .create_native_config()
+        .map_err(|e| Error::config("kafka properties", e.to_string()))?;
+    Ok(client)
+}
+
+fn check_state_dir(config: &Config) -> Result<()> {
+    let dir = config.state_dir.join(&config.group);
+    let err = |e: std::io::Error| {
+        Error::config(
+            "state_dir (WEIR_STATE_DIR)",
+            format!("{} is not a writable directory: {e}", dir.display()),
+        )
+    };
+    std::fs::create_dir_all(&dir).map_err(err)?;
+    let probe = dir.join(".weir-write-probe");
+    std::fs::write(&probe, b"ok").map_err(err)?;
+    std::fs::remove_file(&probe).map_err(err)?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+            (Ok(mut int), Ok(mut term)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            _ => {
+                tracing::error!("cannot listen for SIGINT/SIGTERM; stop with Ctrl-C");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

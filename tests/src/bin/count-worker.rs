@@ -1,0 +1,27 @@
+//! A worker process running [`weir_tests::CountHandler`], configured by `WEIR_*` variables
+//! (and `COUNT_WORKER_STALL_ON=<value>` to hang at that record);
+//! the crash tests SIGKILL and restart it.
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,librdkafka=warn".into()),
+        )
+        .init();
+    let result = async {
+        weir::Worker::from_env()?
+            .build(weir_tests::CountHandler {
+                stall_on: std::env::var("COUNT_WORKER_STALL_ON").ok(),
+                ..Default::default()
+            })?
+            .run_until_signal()
+            .await
+    }
+    .await;
+    if let Err(e) = result {
+        eprintln!("count-worker: {e}");
+        std::process::exit(1);
+    }
+}
