@@ -115,6 +115,36 @@ impl TestBroker {
             .kafka("heartbeat.interval.ms", "500")
     }
 
+    /// Waits until `group` has no members (a dropped worker's consumer has left).
+    pub async fn wait_group_empty(&self, group: &str, timeout: Duration) {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let client: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .create()
+            .expect("client");
+        let client = Arc::new(client);
+        wait_until(&format!("group {group} to be empty"), timeout, || {
+            let client = Arc::clone(&client);
+            let group = group.to_owned();
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    let list = client
+                        .fetch_group_list(Some(&group), Duration::from_secs(5))
+                        .map_err(|e| e.to_string())?;
+                    let members: Vec<String> = list
+                        .groups()
+                        .iter()
+                        .flat_map(|g| g.members().iter().map(|m| m.id().to_owned()))
+                        .collect();
+                    if members.is_empty() { Ok(()) } else { Err(format!("members {members:?}")) }
+                })
+                .await
+                .map_err(|e| e.to_string())?
+            }
+        })
+        .await;
+    }
+
     /// Produces `(key, value)` records (to `partition` when given, else by key hash) and waits
     /// until every one is acknowledged.
     pub async fn produce(
