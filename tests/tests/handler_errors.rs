@@ -1,0 +1,125 @@
+//! A handler that fails (error or panic) on a record: its batch is not committed, nothing is
+//! lost, other partitions go on, and once the record succeeds every count is exact.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use weir_tests::*;
+
+const PER_PARTITION: usize = 5_000;
+const POISON_AT: usize = 2_500;
+
+/// Records of partition `p`: key `k{i % 50}`, value `p{p}-{i}`, the one at POISON_AT in
+/// partition 0 is `poison`.
+fn partition_records(p: i32) -> Vec<(String, String)> {
+    (0..PER_PARTITION)
+        .map(|i| {
+            let value = if p == 0 && i == POISON_AT { "poison".to_owned() } else { format!("p{p}-{i}") };
+            (format!("k{}", i % 50), value)
+        })
+        .collect()
+}
+
+async fn produce_partitions(broker: &TestBroker, topic: &str) -> Vec<(String, String)> {
+    let mut all = Vec::new();
+    for p in 0..4 {
+        let records = partition_records(p);
+        broker.produce(topic, Some(p), records.clone()).await;
+        all.extend(records);
+    }
+    all
+}
+
+async fn failing_record_heals(kind: BrokerKind, panic: bool) {
+    let broker = TestBroker::start(kind);
+    let (topic, group) = (unique("fail"), unique("g"));
+    broker.create_topic(&topic, 4).await;
+    let all = produce_partitions(&broker, &topic).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let handler = CountHandler {
+        panic_on_poison: panic,
+        ..CountHandler::with_poison("poison", 3)
+    };
+    let probe = handler.clone();
+    let worker = broker.worker(&group, &topic, dir.path()).batch_size(100).build(handler).expect("build");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+    wait_for_counts(dir.path(), &group, &topic, &expected_counts(&all), Duration::from_secs(120)).await;
+    assert_eq!(probe.poison_left("poison"), 0, "the poison record failed 3 times before it passed");
+    stop.send(()).expect("running");
+    run.await.expect("join").expect("clean stop");
+    let s = StoredCounts::read(dir.path(), &group, &topic);
+    assert_counts_exact(&s.counts, &expected_counts(&all));
+    assert_eq!(s.offsets.values().sum::<i64>(), all.len() as i64);
+}
+
+async fn handler_error_is_retried(kind: BrokerKind) {
+    failing_record_heals(kind, false).await
+}
+on_both_brokers!(error_retried, handler_error_is_retried);
+
+async fn handler_panic_is_retried(kind: BrokerKind) {
+    failing_record_heals(kind, true).await
+}
+on_both_brokers!(panic_retried, handler_panic_is_retried);
+
+async fn record_that_always_fails(kind: BrokerKind) {
+    let broker = TestBroker::start(kind);
+    let (topic, group) = (unique("poison"), unique("g"));
+    broker.create_topic(&topic, 4).await;
+    let all = produce_partitions(&broker, &topic).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let handler = CountHandler::with_poison("poison", u64::MAX);
+    let attempts = handler.attempts.clone();
+    let worker = broker.worker(&group, &topic, dir.path()).batch_size(100).build(handler).expect("build");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+
+    // Partitions 1-3 finish; partition 0 stops before the poison record and stays there.
+    let n = PER_PARTITION as i64;
+    wait_until("partitions 1-3 done, partition 0 held before the poison", Duration::from_secs(120), || async {
+        let s = StoredCounts::read(dir.path(), &group, &topic);
+        let done = (1..4).all(|p| s.offsets.get(&p) == Some(&n));
+        let held = s.offsets.get(&0).is_some_and(|o| *o > 0 && *o <= POISON_AT as i64);
+        if done && held { Ok(()) } else { Err(format!("offsets {:?}", s.offsets)) }
+    })
+    .await;
+    // It keeps failing (retries with backoff), and the stored offset never passes it.
+    let tried = attempts.load(Ordering::SeqCst);
+    wait_until("two more failed attempts", Duration::from_secs(30), || async {
+        let now = attempts.load(Ordering::SeqCst);
+        if now >= tried + 2 { Ok(()) } else { Err(format!("{now} attempts")) }
+    })
+    .await;
+    stop.send(()).expect("running");
+    run.await.expect("join").expect("clean stop while retrying");
+
+    let s = StoredCounts::read(dir.path(), &group, &topic);
+    let held = *s.offsets.get(&0).expect("partition 0 offset");
+    assert!(held <= POISON_AT as i64, "offset passed the failing record: {held}");
+    // State is exactly the fold of the records before each stored offset.
+    let mut expected = BTreeMap::new();
+    for p in 0..4 {
+        let upto = *s.offsets.get(&p).expect("offset") as usize;
+        for (k, _) in &partition_records(p)[..upto] {
+            *expected.entry(k.clone()).or_insert(0) += 1;
+        }
+    }
+    assert_counts_exact(&s.counts, &expected);
+
+    // A fixed handler picks up at the poison record: nothing was lost.
+    let worker = broker.worker(&group, &topic, dir.path()).build(CountHandler::default()).expect("build");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+    wait_for_counts(dir.path(), &group, &topic, &expected_counts(&all), Duration::from_secs(120)).await;
+    stop.send(()).expect("running");
+    run.await.expect("join").expect("clean stop");
+}
+on_both_brokers!(always_failing, record_that_always_fails);
