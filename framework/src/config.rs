@@ -51,7 +51,10 @@ impl Default for Config {
 
 impl Config {
     /// Overrides settings from the environment variables in `vars`.
-    pub(crate) fn apply_env(&mut self, vars: impl IntoIterator<Item = (String, String)>) -> Result<()> {
+    pub(crate) fn apply_env(
+        &mut self,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<()> {
         for (name, value) in vars {
             match name.as_str() {
                 "WEIR_BROKERS" => {
@@ -84,7 +87,11 @@ impl Config {
 
     pub(crate) fn set_kafka(&mut self, name: String, value: String, origin: String) {
         self.kafka.retain(|p| p.name != name);
-        self.kafka.push(KafkaProperty { name, value, origin });
+        self.kafka.push(KafkaProperty {
+            name,
+            value,
+            origin,
+        });
     }
 
     /// Checks every setting; the error names the first invalid one.
@@ -103,7 +110,10 @@ impl Config {
                 .map_err(|m| Error::config("topics (WEIR_TOPICS)", format!("{topic:?}: {m}")))?;
         }
         if self.batch_size == 0 {
-            return Err(Error::config("batch_size (WEIR_BATCH_SIZE)", "must be at least 1"));
+            return Err(Error::config(
+                "batch_size (WEIR_BATCH_SIZE)",
+                "must be at least 1",
+            ));
         }
         if self.queue_capacity < 2 {
             return Err(Error::config(
@@ -118,10 +128,16 @@ impl Config {
             ));
         }
         for p in &self.kafka {
-            if matches!(p.name.as_str(), "enable.auto.commit" | "group.id" | "bootstrap.servers") {
+            if matches!(
+                p.name.as_str(),
+                "enable.auto.commit" | "group.id" | "bootstrap.servers"
+            ) {
                 return Err(Error::config(
                     &p.origin,
-                    format!("`{}` is managed by weir; use the worker's own setting", p.name),
+                    format!(
+                        "`{}` is managed by weir; use the worker's own setting",
+                        p.name
+                    ),
                 ));
             }
         }
@@ -151,7 +167,9 @@ pub(crate) fn validate_topic_name(topic: &str) -> Result<(), String> {
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
     {
-        return Err(format!("{c:?} is not allowed; use letters, digits, '.', '_' and '-'"));
+        return Err(format!(
+            "{c:?} is not allowed; use letters, digits, '.', '_' and '-'"
+        ));
     }
     Ok(())
 }
@@ -161,7 +179,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -193,15 +214,29 @@ mod tests {
             .expect_err("invalid");
         assert!(err.to_string().contains("WEIR_BATCH_SIZE"), "{err}");
 
-        let mut c = Config::default();
-        c.topics = vec!["orders/eu".into()];
+        let c = Config {
+            topics: vec!["orders/eu".into()],
+            ..Config::default()
+        };
         let err = c.validate().expect_err("invalid topic");
-        assert!(err.to_string().contains("WEIR_TOPICS") && err.to_string().contains("'/'"), "{err}");
+        assert!(
+            err.to_string().contains("WEIR_TOPICS") && err.to_string().contains("'/'"),
+            "{err}"
+        );
 
-        let mut c = Config::default();
-        c.topics = vec!["t".into()];
-        c.set_kafka("enable.auto.commit".into(), "true".into(), "WEIR_KAFKA_ENABLE_AUTO_COMMIT".into());
+        let mut c = Config {
+            topics: vec!["t".into()],
+            ..Config::default()
+        };
+        c.set_kafka(
+            "enable.auto.commit".into(),
+            "true".into(),
+            "WEIR_KAFKA_ENABLE_AUTO_COMMIT".into(),
+        );
         let err = c.validate().expect_err("managed property");
-        assert!(err.to_string().contains("WEIR_KAFKA_ENABLE_AUTO_COMMIT"), "{err}");
+        assert!(
+            err.to_string().contains("WEIR_KAFKA_ENABLE_AUTO_COMMIT"),
+            "{err}"
+        );
     }
 }

@@ -73,7 +73,11 @@ pub(crate) fn run<H: Handler>(
     }
 }
 
-fn dispatch<H: Handler>(consumer: &BaseConsumer<WeirContext<H>>, shared: &Shared<H>, msg: OwnedMessage) {
+fn dispatch<H: Handler>(
+    consumer: &BaseConsumer<WeirContext<H>>,
+    shared: &Shared<H>,
+    msg: OwnedMessage,
+) {
     let mut owned = shared.owned();
     let Some(h) = owned
         .get_mut(msg.topic())
@@ -165,7 +169,10 @@ fn commit_owned<H: Handler>(
     {
         let owned = shared.owned();
         for ((topic, partition), next) in pending.drain() {
-            if owned.get(&topic).is_some_and(|m| m.contains_key(&partition)) {
+            if owned
+                .get(&topic)
+                .is_some_and(|m| m.contains_key(&partition))
+            {
                 let _ = tpl.add_partition_offset(&topic, partition, Offset::Offset(next));
             }
         }

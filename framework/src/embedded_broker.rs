@@ -61,7 +61,9 @@ impl EmbeddedBroker {
                             partitions,
                             reply,
                         } => (cluster.create_topic(&name, partitions, 1), reply),
-                        Command::BrokerDown { broker, reply } => (cluster.broker_down(broker), reply),
+                        Command::BrokerDown { broker, reply } => {
+                            (cluster.broker_down(broker), reply)
+                        }
                         Command::BrokerUp { broker, reply } => (cluster.broker_up(broker), reply),
                     };
                     let _ = reply.send(result.map_err(|e| e.to_string()));
@@ -116,7 +118,8 @@ impl EmbeddedBroker {
             .ok_or("stopped")?
             .send(cmd(reply))
             .map_err(|_| "the broker thread is gone".to_string())?;
-        rx.recv().map_err(|_| "the broker thread is gone".to_string())?
+        rx.recv()
+            .map_err(|_| "the broker thread is gone".to_string())?
     }
 }
 

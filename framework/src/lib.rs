@@ -56,6 +56,9 @@ pub use handler::{BoxError, Handler};
 pub use record::Record;
 pub use worker::{Worker, WorkerBuilder};
 
+/// The SQLite partition stores, for reading state outside a handler (reports, tests, SQL).
+pub use weir_state as state;
+
 /// The types a handler and its `main` need.
 pub mod prelude {
     pub use crate::{Codec, Ctx, Handler, Json, Raw, Record, State, StoreDef, Utf8, Worker};

@@ -82,13 +82,7 @@ pub(crate) struct TaskStore {
 impl TaskStore {
     pub(crate) fn new(store: PartitionStore) -> (Arc<Self>, std_mpsc::Receiver<()>) {
         let (tx, rx) = std_mpsc::channel();
-        (
-            Arc::new(Self {
-                store,
-                _closed: tx,
-            }),
-            rx,
-        )
+        (Arc::new(Self { store, _closed: tx }), rx)
     }
 }
 
@@ -198,7 +192,8 @@ impl<H: Handler> PartitionTask<H> {
             match self.process(batch).await {
                 Ok(next) => {
                     metrics::histogram!(BATCH_DURATION_SECONDS).record(started.elapsed());
-                    metrics::counter!(MESSAGES_TOTAL, "outcome" => "ok").increment(batch.len() as u64);
+                    metrics::counter!(MESSAGES_TOTAL, "outcome" => "ok")
+                        .increment(batch.len() as u64);
                     self.next_offset = Some(next);
                     self.flow.committed.store(next, Ordering::SeqCst);
                     let _ = self.control.send(Control::Committed {
@@ -239,17 +234,27 @@ impl<H: Handler> PartitionTask<H> {
         let mut writes = WriteSet::default();
         for msg in batch {
             let offset = msg.offset();
-            let value = <H::Value as Codec>::decode(msg.payload()).map_err(|e| BatchError::Record {
-                offset,
-                error: format!("cannot decode payload ({} bytes): {e}", msg.payload().map_or(0, <[u8]>::len)).into(),
-            })?;
+            let value =
+                <H::Value as Codec>::decode(msg.payload()).map_err(|e| BatchError::Record {
+                    offset,
+                    error: format!(
+                        "cannot decode payload ({} bytes): {e}",
+                        msg.payload().map_or(0, <[u8]>::len)
+                    )
+                    .into(),
+                })?;
             let mut ctx = Ctx::new(&self.store.store, &mut writes);
             let outcome = AssertUnwindSafe(self.handler.process(Record::new(msg, value), &mut ctx))
                 .catch_unwind()
                 .await;
             match outcome {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(BatchError::Record { offset, error: e.into() }),
+                Ok(Err(e)) => {
+                    return Err(BatchError::Record {
+                        offset,
+                        error: e.into(),
+                    })
+                }
                 Err(panic) => {
                     let text = panic
                         .downcast_ref::<&str>()

@@ -32,7 +32,10 @@ impl<H: Handler> ConsumerContext for WeirContext<H> {
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
-        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
         let result = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 self.assign(tpl);
@@ -142,7 +145,8 @@ impl<H: Handler> WeirContext<H> {
                 },
             );
         }
-        metrics::gauge!(OWNED_PARTITIONS).set(owned.values().map(|m| m.len()).sum::<usize>() as f64);
+        metrics::gauge!(OWNED_PARTITIONS)
+            .set(owned.values().map(|m| m.len()).sum::<usize>() as f64);
         drop(owned);
         for (topic, partition, offset) in seeks {
             if let Err(e) = tpl.set_partition_offset(&topic, partition, offset) {
@@ -154,7 +158,10 @@ impl<H: Handler> WeirContext<H> {
     fn revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList, lost: bool) {
         let kind = if lost { "lost" } else { "revoke" };
         metrics::counter!(REBALANCES_TOTAL, "kind" => kind).increment(1);
-        let abandon = self.shared.abandon.load(std::sync::atomic::Ordering::SeqCst);
+        let abandon = self
+            .shared
+            .abandon
+            .load(std::sync::atomic::Ordering::SeqCst);
         let mut handles = Vec::new();
         {
             let mut owned = self.shared.owned();
@@ -179,7 +186,12 @@ impl<H: Handler> WeirContext<H> {
         }
         let mut final_offsets = TopicPartitionList::new();
         for (topic, partition, h) in handles {
-            let PartitionHandle { queue, flow, closed, .. } = h;
+            let PartitionHandle {
+                queue,
+                flow,
+                closed,
+                ..
+            } = h;
             drop(queue);
             wait_closed(&closed, &topic, partition);
             if let Some(next) = flow.committed_offset() {
@@ -189,7 +201,9 @@ impl<H: Handler> WeirContext<H> {
         }
         if !lost && !abandon && final_offsets.count() > 0 {
             if let Err(e) = consumer.commit(&final_offsets, CommitMode::Sync) {
-                tracing::warn!("final offset commit to Kafka failed (state is safe in SQLite): {e}");
+                tracing::warn!(
+                    "final offset commit to Kafka failed (state is safe in SQLite): {e}"
+                );
             }
         }
     }

@@ -61,7 +61,9 @@ impl<'a, V> Record<'a, V> {
 
     /// The value of the first header called `name`.
     pub fn header(&self, name: &str) -> Option<&'a [u8]> {
-        self.headers().find(|(k, _)| *k == name).and_then(|(_, v)| v)
+        self.headers()
+            .find(|(k, _)| *k == name)
+            .and_then(|(_, v)| v)
     }
 
     /// Every header, in order.

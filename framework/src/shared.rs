@@ -60,7 +60,9 @@ impl<H> Shared<H> {
     }
 
     pub(crate) fn owned(&self) -> MutexGuard<'_, Owned> {
-        self.owned.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.owned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub(crate) fn stopping(&self) -> bool {
@@ -70,12 +72,18 @@ impl<H> Shared<H> {
     /// Records an error that stops the worker (the first one wins).
     pub(crate) fn fail(&self, error: Error) {
         tracing::error!("worker stopping: {error}");
-        let mut fatal = self.fatal.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut fatal = self
+            .fatal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         fatal.get_or_insert(error);
         self.stop.store(true, Ordering::SeqCst);
     }
 
     pub(crate) fn take_fatal(&self) -> Option<Error> {
-        self.fatal.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
+        self.fatal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
     }
 }

@@ -89,9 +89,21 @@ impl WorkerBuilder {
 
     /// Checks the settings and prepares the worker; starts the embedded broker (creating the
     /// topics) when no broker is configured.
+    ///
+    /// An embedded broker forgets everything when the process exits, so its stores go to a
+    /// fresh `embedded-<pid>-<time>` folder inside the state dir: offsets from an earlier
+    /// broker's life would not match the new one's.
     pub fn build<H: Handler>(self, handler: H) -> Result<Worker<H>> {
-        let config = self.config;
+        let mut config = self.config;
         config.validate()?;
+        if config.brokers.is_none() {
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            config.state_dir = config
+                .state_dir
+                .join(format!("embedded-{}-{secs}", std::process::id()));
+        }
         check_state_dir(&config)?;
         let (brokers, embedded) = match &config.brokers {
             Some(b) => (b.clone(), None),
@@ -102,11 +114,15 @@ impl WorkerBuilder {
                 }
                 tracing::warn!(
                     bootstrap = broker.bootstrap_servers(),
+                    state_dir = %config.state_dir.display(),
                     "no broker configured (WEIR_BROKERS): running on the embedded in-process \
                      broker; it keeps only the newest ~5 MiB per partition and forgets \
                      everything on exit"
                 );
-                (broker.bootstrap_servers().to_owned(), Some(broker))
+                (
+                    broker.bootstrap_servers().to_owned(),
+                    Some(Arc::new(broker)),
+                )
             }
         };
         let client = client_config(&config, &brokers)?;
@@ -140,7 +156,7 @@ pub struct Worker<H> {
     brokers: String,
     client: ClientConfig,
     handler: Arc<H>,
-    embedded: Option<EmbeddedBroker>,
+    embedded: Option<Arc<EmbeddedBroker>>,
 }
 
 impl Worker<()> {
@@ -161,9 +177,20 @@ impl<H: Handler> Worker<H> {
         &self.brokers
     }
 
-    /// The embedded broker, when no broker was configured.
-    pub fn embedded_broker(&self) -> Option<&EmbeddedBroker> {
-        self.embedded.as_ref()
+    /// Where this worker's partition stores live.
+    pub fn state_dir(&self) -> &std::path::Path {
+        &self.config.state_dir
+    }
+
+    /// The consumer group.
+    pub fn group(&self) -> &str {
+        &self.config.group
+    }
+
+    /// The embedded broker, when no broker was configured. It lives as long as the worker or
+    /// any clone of this handle (keep one in a producer so it outlives the worker).
+    pub fn embedded_broker(&self) -> Option<Arc<EmbeddedBroker>> {
+        self.embedded.clone()
     }
 
     /// Runs until SIGINT or SIGTERM, then stops gracefully.
@@ -243,7 +270,12 @@ fn client_config(config: &Config, brokers: &str) -> Result<ClientConfig> {
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("session.timeout.ms", "10000")
         .set("enable.partition.eof", "false");
-    for KafkaProperty { name, value, origin } in &config.kafka {
+    for KafkaProperty {
+        name,
+        value,
+        origin,
+    } in &config.kafka
+    {
         client.set(name, value);
         let mut single = ClientConfig::new();
         single.set(name, value);
@@ -276,7 +308,10 @@ async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
             (Ok(mut int), Ok(mut term)) => {
                 tokio::select! {
                     _ = int.recv() => {}

@@ -1,1 +1,1 @@
-//! placeholder
+//! Derive macros for weir handlers (the `Handler` derive is under construction).

@@ -85,7 +85,10 @@ impl PartitionStore {
                 return Err(Error::Foreign { path, found: 0 });
             }
         } else if app_id != APPLICATION_ID {
-            return Err(Error::Foreign { path, found: app_id });
+            return Err(Error::Foreign {
+                path,
+                found: app_id,
+            });
         }
         if version > SCHEMA_VERSION {
             return Err(Error::NewerSchema {

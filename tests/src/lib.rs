@@ -86,7 +86,9 @@ impl TestBroker {
     /// Creates `topic` with `partitions` partitions.
     pub async fn create_topic(&self, topic: &str, partitions: i32) {
         if let Some(broker) = &self.embedded {
-            broker.create_topic(topic, partitions).expect("create topic");
+            broker
+                .create_topic(topic, partitions)
+                .expect("create topic");
             return;
         }
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
@@ -98,7 +100,10 @@ impl TestBroker {
             .set("retention.ms", "-1")
             .set("retention.bytes", "-1");
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-        let results = admin.create_topics([&topic_def], &opts).await.expect("create topics");
+        let results = admin
+            .create_topics([&topic_def], &opts)
+            .await
+            .expect("create topics");
         for r in results {
             r.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));
         }
@@ -136,7 +141,11 @@ impl TestBroker {
                         .iter()
                         .flat_map(|g| g.members().iter().map(|m| m.id().to_owned()))
                         .collect();
-                    if members.is_empty() { Ok(()) } else { Err(format!("members {members:?}")) }
+                    if members.is_empty() {
+                        Ok(())
+                    } else {
+                        Err(format!("members {members:?}"))
+                    }
                 })
                 .await
                 .map_err(|e| e.to_string())?
@@ -180,9 +189,7 @@ impl TestBroker {
     }
 }
 
-async fn await_all(
-    inflight: &mut Vec<rdkafka::producer::DeliveryFuture>,
-) {
+async fn await_all(inflight: &mut Vec<rdkafka::producer::DeliveryFuture>) {
     for fut in inflight.drain(..) {
         match fut.await {
             Ok(Ok(_)) => {}
@@ -367,7 +374,12 @@ impl CountHandler {
 
     /// Failing attempts left for `value`.
     pub fn poison_left(&self, value: &str) -> u64 {
-        self.poison.lock().expect("lock").get(value).copied().unwrap_or(0)
+        self.poison
+            .lock()
+            .expect("lock")
+            .get(value)
+            .copied()
+            .unwrap_or(0)
     }
 }
 
@@ -406,7 +418,8 @@ impl Handler for CountHandler {
         };
         let key = rec.key_str().unwrap_or("").to_owned();
         if self.stall_on.as_deref() == Some(rec.value().as_str()) {
-            ctx.state::<str, u64>(COUNTS).update(&key, |n| Some(n.unwrap_or(0) + 1))?;
+            ctx.state::<str, u64>(COUNTS)
+                .update(&key, |n| Some(n.unwrap_or(0) + 1))?;
             self.stalled.store(true, Ordering::SeqCst);
             std::future::pending::<()>().await;
         }

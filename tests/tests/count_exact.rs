@@ -26,11 +26,22 @@ async fn hundred_thousand_keyed_records(kind: BrokerKind) {
     let started = Instant::now();
     wait_until("first commit", Duration::from_secs(60), || async {
         let total = StoredCounts::read(dir.path(), &group, &topic).total();
-        if total > 0 { Ok(()) } else { Err("nothing counted".into()) }
+        if total > 0 {
+            Ok(())
+        } else {
+            Err("nothing counted".into())
+        }
     })
     .await;
     let first = Instant::now();
-    wait_for_counts(dir.path(), &group, &topic, &expected, Duration::from_secs(120)).await;
+    wait_for_counts(
+        dir.path(),
+        &group,
+        &topic,
+        &expected,
+        Duration::from_secs(120),
+    )
+    .await;
     let busy = first.elapsed();
     eprintln!(
         "{kind:?}: {N} records counted exactly; {:.0} msg/s after the first commit ({:.2?}), {:.2?} from start incl. group join",
@@ -43,8 +54,18 @@ async fn hundred_thousand_keyed_records(kind: BrokerKind) {
     run.await.expect("join").expect("worker stops cleanly");
     let s = StoredCounts::read(dir.path(), &group, &topic);
     assert_counts_exact(&s.counts, &expected);
-    assert_eq!(s.offsets.len(), 4, "every partition has a stored offset: {:?}", s.offsets);
-    assert_eq!(s.offsets.values().sum::<i64>(), N as i64, "offsets: {:?}", s.offsets);
+    assert_eq!(
+        s.offsets.len(),
+        4,
+        "every partition has a stored offset: {:?}",
+        s.offsets
+    );
+    assert_eq!(
+        s.offsets.values().sum::<i64>(),
+        N as i64,
+        "offsets: {:?}",
+        s.offsets
+    );
 }
 
 on_both_brokers!(hundred_thousand, hundred_thousand_keyed_records);

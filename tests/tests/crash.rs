@@ -30,22 +30,38 @@ async fn dropped_mid_batch(kind: BrokerKind) {
         .build(handler)
         .expect("build");
     let run = tokio::spawn(worker.run(std::future::pending()));
-    wait_until("the handler to hang mid-batch", Duration::from_secs(60), || async {
-        if stalled.load(Ordering::SeqCst) { Ok(()) } else { Err("not reached yet".into()) }
-    })
+    wait_until(
+        "the handler to hang mid-batch",
+        Duration::from_secs(60),
+        || async {
+            if stalled.load(Ordering::SeqCst) {
+                Ok(())
+            } else {
+                Err("not reached yet".into())
+            }
+        },
+    )
     .await;
     let before = StoredCounts::read(dir.path(), &group, &topic);
-    assert!(before.total() < N as u64, "the crash must come before the end: {before:?}");
+    assert!(
+        before.total() < N as u64,
+        "the crash must come before the end: {before:?}"
+    );
 
     // Crash: drop the running worker; no graceful stop, no final commits.
     run.abort();
     assert!(run.await.expect_err("aborted").is_cancelled());
-    eprintln!("{kind:?}: dropped worker A with {} of {N} counted", before.total());
+    eprintln!(
+        "{kind:?}: dropped worker A with {} of {N} counted",
+        before.total()
+    );
     // tansu leaves a member that sends LeaveGroup while another's JoinGroup is pending as the
     // group's leader forever, so the next worker starts once the dropped one has left.
     // (The mock cluster has no DescribeGroups, and handles the overlap.)
     if kind == BrokerKind::Tansu {
-        broker.wait_group_empty(&group, Duration::from_secs(30)).await;
+        broker
+            .wait_group_empty(&group, Duration::from_secs(30))
+            .await;
     }
 
     let worker = broker
@@ -56,7 +72,14 @@ async fn dropped_mid_batch(kind: BrokerKind) {
     let run = tokio::spawn(worker.run(async {
         let _ = stopped.await;
     }));
-    wait_for_counts(dir.path(), &group, &topic, &expected_counts(&records), Duration::from_secs(120)).await;
+    wait_for_counts(
+        dir.path(),
+        &group,
+        &topic,
+        &expected_counts(&records),
+        Duration::from_secs(120),
+    )
+    .await;
     stop.send(()).expect("running");
     run.await.expect("join").expect("clean stop");
     let after = StoredCounts::read(dir.path(), &group, &topic);
@@ -66,7 +89,13 @@ async fn dropped_mid_batch(kind: BrokerKind) {
 
 on_both_brokers!(drop_mid_batch, dropped_mid_batch);
 
-fn spawn_worker(broker: &TestBroker, group: &str, topic: &str, dir: &std::path::Path, stall: bool) -> Child {
+fn spawn_worker(
+    broker: &TestBroker,
+    group: &str,
+    topic: &str,
+    dir: &std::path::Path,
+    stall: bool,
+) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_count-worker"));
     cmd.env("WEIR_BROKERS", broker.bootstrap())
         .env("WEIR_GROUP", group)
@@ -94,26 +123,50 @@ async fn sigkilled_process(kind: BrokerKind) {
 
     // The process never finishes: it hangs at STALL_AT, so the kill is always mid-stream.
     let mut child = spawn_worker(&broker, &group, &topic, dir.path(), true);
-    wait_until("the process to commit some batches", Duration::from_secs(60), || async {
-        let total = StoredCounts::read(dir.path(), &group, &topic).total();
-        if total >= 5_000 { Ok(()) } else { Err(format!("{total} counted")) }
-    })
+    wait_until(
+        "the process to commit some batches",
+        Duration::from_secs(60),
+        || async {
+            let total = StoredCounts::read(dir.path(), &group, &topic).total();
+            if total >= 5_000 {
+                Ok(())
+            } else {
+                Err(format!("{total} counted"))
+            }
+        },
+    )
     .await;
     child.kill().expect("SIGKILL");
     child.wait().expect("reap");
     let before = StoredCounts::read(dir.path(), &group, &topic);
-    assert!(before.total() < N as u64, "the kill must come before the end: {before:?}");
-    eprintln!("{kind:?}: SIGKILLed the worker with {} of {N} counted", before.total());
+    assert!(
+        before.total() < N as u64,
+        "the kill must come before the end: {before:?}"
+    );
+    eprintln!(
+        "{kind:?}: SIGKILLed the worker with {} of {N} counted",
+        before.total()
+    );
 
     let mut child = spawn_worker(&broker, &group, &topic, dir.path(), false);
-    wait_for_counts(dir.path(), &group, &topic, &expected_counts(&records), Duration::from_secs(120)).await;
+    wait_for_counts(
+        dir.path(),
+        &group,
+        &topic,
+        &expected_counts(&records),
+        Duration::from_secs(120),
+    )
+    .await;
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .expect("send SIGTERM");
     assert!(status.success());
     let exit = child.wait().expect("wait");
-    assert!(exit.success(), "SIGTERM must stop the worker with exit 0, got {exit}");
+    assert!(
+        exit.success(),
+        "SIGTERM must stop the worker with exit 0, got {exit}"
+    );
     let after = StoredCounts::read(dir.path(), &group, &topic);
     assert_counts_exact(&after.counts, &expected_counts(&records));
     assert_eq!(after.offsets.values().sum::<i64>(), N as i64);

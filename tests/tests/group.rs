@@ -30,23 +30,47 @@ async fn two_workers_share_then_hand_over(kind: BrokerKind) {
     // Keep producing until both workers own partitions (joins and rebalances take seconds).
     let mut all = Vec::new();
     let mut round = 0;
-    wait_until("both workers to process records", Duration::from_secs(90), || {
-        let batch = keyed_records(round * 2_000, 2_000, 300);
-        round += 1;
-        all.extend(batch.clone());
-        let broker = &broker;
-        let topic = &topic;
-        let (seen_a, seen_b) = (&seen_a, &seen_b);
-        async move {
-            broker.produce(topic, None, batch).await;
-            let (sa, sb) = (seen_a.lock().expect("lock").clone(), seen_b.lock().expect("lock").clone());
-            if !sa.is_empty() && !sb.is_empty() { Ok(()) } else { Err(format!("A saw {sa:?}, B saw {sb:?}")) }
-        }
-    })
+    wait_until(
+        "both workers to process records",
+        Duration::from_secs(90),
+        || {
+            let batch = keyed_records(round * 2_000, 2_000, 300);
+            round += 1;
+            all.extend(batch.clone());
+            let broker = &broker;
+            let topic = &topic;
+            let (seen_a, seen_b) = (&seen_a, &seen_b);
+            async move {
+                broker.produce(topic, None, batch).await;
+                let (sa, sb) = (
+                    seen_a.lock().expect("lock").clone(),
+                    seen_b.lock().expect("lock").clone(),
+                );
+                if !sa.is_empty() && !sb.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("A saw {sa:?}, B saw {sb:?}"))
+                }
+            }
+        },
+    )
     .await;
-    wait_for_counts(dir.path(), &group, &topic, &expected_counts(&all), Duration::from_secs(60)).await;
-    let (sa, sb) = (seen_a.lock().expect("lock").clone(), seen_b.lock().expect("lock").clone());
-    eprintln!("{kind:?}: phase 1, {} records: A processed partitions {sa:?}, B {sb:?}", all.len());
+    wait_for_counts(
+        dir.path(),
+        &group,
+        &topic,
+        &expected_counts(&all),
+        Duration::from_secs(60),
+    )
+    .await;
+    let (sa, sb) = (
+        seen_a.lock().expect("lock").clone(),
+        seen_b.lock().expect("lock").clone(),
+    );
+    eprintln!(
+        "{kind:?}: phase 1, {} records: A processed partitions {sa:?}, B {sb:?}",
+        all.len()
+    );
 
     // Stop A gracefully; B takes over A's partitions and finishes the rest.
     stop_a.send(()).expect("A running");
@@ -55,9 +79,20 @@ async fn two_workers_share_then_hand_over(kind: BrokerKind) {
     let more = keyed_records(all.len(), 20_000, 300);
     broker.produce(&topic, None, more.clone()).await;
     all.extend(more);
-    wait_for_counts(dir.path(), &group, &topic, &expected_counts(&all), Duration::from_secs(90)).await;
+    wait_for_counts(
+        dir.path(),
+        &group,
+        &topic,
+        &expected_counts(&all),
+        Duration::from_secs(90),
+    )
+    .await;
     let sb = seen_b.lock().expect("lock").clone();
-    assert_eq!(sb.len(), 4, "after A left, B processes every partition, saw {sb:?}");
+    assert_eq!(
+        sb.len(),
+        4,
+        "after A left, B processes every partition, saw {sb:?}"
+    );
 
     stop_b.send(()).expect("B running");
     run_b.await.expect("join").expect("B stops cleanly");

@@ -15,7 +15,11 @@ const POISON_AT: usize = 2_500;
 fn partition_records(p: i32) -> Vec<(String, String)> {
     (0..PER_PARTITION)
         .map(|i| {
-            let value = if p == 0 && i == POISON_AT { "poison".to_owned() } else { format!("p{p}-{i}") };
+            let value = if p == 0 && i == POISON_AT {
+                "poison".to_owned()
+            } else {
+                format!("p{p}-{i}")
+            };
             (format!("k{}", i % 50), value)
         })
         .collect()
@@ -42,13 +46,28 @@ async fn failing_record_heals(kind: BrokerKind, panic: bool) {
         ..CountHandler::with_poison("poison", 3)
     };
     let probe = handler.clone();
-    let worker = broker.worker(&group, &topic, dir.path()).batch_size(100).build(handler).expect("build");
+    let worker = broker
+        .worker(&group, &topic, dir.path())
+        .batch_size(100)
+        .build(handler)
+        .expect("build");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let run = tokio::spawn(worker.run(async {
         let _ = stopped.await;
     }));
-    wait_for_counts(dir.path(), &group, &topic, &expected_counts(&all), Duration::from_secs(120)).await;
-    assert_eq!(probe.poison_left("poison"), 0, "the poison record failed 3 times before it passed");
+    wait_for_counts(
+        dir.path(),
+        &group,
+        &topic,
+        &expected_counts(&all),
+        Duration::from_secs(120),
+    )
+    .await;
+    assert_eq!(
+        probe.poison_left("poison"),
+        0,
+        "the poison record failed 3 times before it passed"
+    );
     stop.send(()).expect("running");
     run.await.expect("join").expect("clean stop");
     let s = StoredCounts::read(dir.path(), &group, &topic);
@@ -74,7 +93,11 @@ async fn record_that_always_fails(kind: BrokerKind) {
     let dir = tempfile::tempdir().expect("tempdir");
     let handler = CountHandler::with_poison("poison", u64::MAX);
     let attempts = handler.attempts.clone();
-    let worker = broker.worker(&group, &topic, dir.path()).batch_size(100).build(handler).expect("build");
+    let worker = broker
+        .worker(&group, &topic, dir.path())
+        .batch_size(100)
+        .build(handler)
+        .expect("build");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let run = tokio::spawn(worker.run(async {
         let _ = stopped.await;
@@ -82,26 +105,48 @@ async fn record_that_always_fails(kind: BrokerKind) {
 
     // Partitions 1-3 finish; partition 0 stops before the poison record and stays there.
     let n = PER_PARTITION as i64;
-    wait_until("partitions 1-3 done, partition 0 held before the poison", Duration::from_secs(120), || async {
-        let s = StoredCounts::read(dir.path(), &group, &topic);
-        let done = (1..4).all(|p| s.offsets.get(&p) == Some(&n));
-        let held = s.offsets.get(&0).is_some_and(|o| *o > 0 && *o <= POISON_AT as i64);
-        if done && held { Ok(()) } else { Err(format!("offsets {:?}", s.offsets)) }
-    })
+    wait_until(
+        "partitions 1-3 done, partition 0 held before the poison",
+        Duration::from_secs(120),
+        || async {
+            let s = StoredCounts::read(dir.path(), &group, &topic);
+            let done = (1..4).all(|p| s.offsets.get(&p) == Some(&n));
+            let held = s
+                .offsets
+                .get(&0)
+                .is_some_and(|o| *o > 0 && *o <= POISON_AT as i64);
+            if done && held {
+                Ok(())
+            } else {
+                Err(format!("offsets {:?}", s.offsets))
+            }
+        },
+    )
     .await;
     // It keeps failing (retries with backoff), and the stored offset never passes it.
     let tried = attempts.load(Ordering::SeqCst);
-    wait_until("two more failed attempts", Duration::from_secs(30), || async {
-        let now = attempts.load(Ordering::SeqCst);
-        if now >= tried + 2 { Ok(()) } else { Err(format!("{now} attempts")) }
-    })
+    wait_until(
+        "two more failed attempts",
+        Duration::from_secs(30),
+        || async {
+            let now = attempts.load(Ordering::SeqCst);
+            if now >= tried + 2 {
+                Ok(())
+            } else {
+                Err(format!("{now} attempts"))
+            }
+        },
+    )
     .await;
     stop.send(()).expect("running");
     run.await.expect("join").expect("clean stop while retrying");
 
     let s = StoredCounts::read(dir.path(), &group, &topic);
     let held = *s.offsets.get(&0).expect("partition 0 offset");
-    assert!(held <= POISON_AT as i64, "offset passed the failing record: {held}");
+    assert!(
+        held <= POISON_AT as i64,
+        "offset passed the failing record: {held}"
+    );
     // State is exactly the fold of the records before each stored offset.
     let mut expected = BTreeMap::new();
     for p in 0..4 {
@@ -113,12 +158,22 @@ async fn record_that_always_fails(kind: BrokerKind) {
     assert_counts_exact(&s.counts, &expected);
 
     // A fixed handler picks up at the poison record: nothing was lost.
-    let worker = broker.worker(&group, &topic, dir.path()).build(CountHandler::default()).expect("build");
+    let worker = broker
+        .worker(&group, &topic, dir.path())
+        .build(CountHandler::default())
+        .expect("build");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let run = tokio::spawn(worker.run(async {
         let _ = stopped.await;
     }));
-    wait_for_counts(dir.path(), &group, &topic, &expected_counts(&all), Duration::from_secs(120)).await;
+    wait_for_counts(
+        dir.path(),
+        &group,
+        &topic,
+        &expected_counts(&all),
+        Duration::from_secs(120),
+    )
+    .await;
     stop.send(()).expect("running");
     run.await.expect("join").expect("clean stop");
 }

@@ -34,7 +34,11 @@ fn reopen_and_check(path: &Path, msgs: &[Msg]) -> i64 {
     let store = PartitionStore::open(path).expect("reopen");
     let next = store.next_offset("t", 3).expect("offset").unwrap_or(0);
     let got: BTreeMap<u8, u64> = store.entries("sum").expect("entries").into_iter().collect();
-    assert_eq!(got, fold(&msgs[..next as usize]), "state != fold of msgs[..{next}]");
+    assert_eq!(
+        got,
+        fold(&msgs[..next as usize]),
+        "state != fold of msgs[..{next}]"
+    );
     next
 }
 
@@ -119,7 +123,9 @@ fn foreign_sqlite_file_is_refused_not_reset() {
     assert!(matches!(err, Error::Foreign { .. }), "{err}");
     assert!(err.to_string().contains("0.sqlite"), "{err}");
     let conn = Connection::open(&path).expect("open");
-    let n: i64 = conn.query_row("SELECT count(*) FROM customers", [], |r| r.get(0)).expect("count");
+    let n: i64 = conn
+        .query_row("SELECT count(*) FROM customers", [], |r| r.get(0))
+        .expect("count");
     assert_eq!(n, 1, "the foreign file was modified");
 }
 
@@ -127,8 +133,11 @@ fn foreign_sqlite_file_is_refused_not_reset() {
 fn corrupt_file_is_an_error_naming_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("7.sqlite");
-    std::fs::write(&path, b"this is not a database, it is forty bytes or more of junk text")
-        .expect("write");
+    std::fs::write(
+        &path,
+        b"this is not a database, it is forty bytes or more of junk text",
+    )
+    .expect("write");
     let err = PartitionStore::open(&path).expect_err("corrupt file must be refused");
     assert!(matches!(err, Error::Open { .. }), "{err}");
     assert!(err.to_string().contains("7.sqlite"), "{err}");
@@ -140,8 +149,12 @@ fn newer_schema_is_refused() {
     let path = dir.path().join("1.sqlite");
     drop(PartitionStore::open(&path).expect("open"));
     let conn = Connection::open(&path).expect("open");
-    conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1).expect("bump");
+    conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+        .expect("bump");
     drop(conn);
     let err = PartitionStore::open(&path).expect_err("newer schema must be refused");
-    assert!(matches!(err, Error::NewerSchema { found, .. } if found == SCHEMA_VERSION + 1), "{err}");
+    assert!(
+        matches!(err, Error::NewerSchema { found, .. } if found == SCHEMA_VERSION + 1),
+        "{err}"
+    );
 }

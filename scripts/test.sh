@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs every test: unit, property, doc and integration tests on both brokers (the embedded mock
+# cluster in-process, and tansu, which this script installs and starts on 127.0.0.1).
+#
+#   scripts/test.sh [extra nextest arguments]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
+
+started_here=false
+if ! scripts/broker.sh status >/dev/null 2>&1; then
+  started_here=true
+fi
+scripts/broker.sh start
+if $started_here; then
+  trap 'scripts/broker.sh stop' EXIT
+fi
+export WEIR_TEST_TANSU="127.0.0.1:${TANSU_PORT:-19092}"
+
+cargo nextest run --workspace --no-fail-fast "$@"
+cargo test --workspace --doc
