@@ -18,5 +18,5 @@ if $started_here; then
 fi
 export WEIR_TEST_TANSU="127.0.0.1:${TANSU_PORT:-19092}"
 
-cargo nextest run --workspace --no-fail-fast "$@"
 cargo test --workspace --doc
+cargo nextest run --workspace --no-fail-fast "$@"
