@@ -75,9 +75,69 @@ impl Codec for Raw {
     }
 }
 
+/// JSON envelopes: `{"schema_version": N, "trace_id": ..., "published_at": ..., "payload": T}`.
+///
+/// `V` is the newest schema version the handler reads; a record with a newer `schema_version`
+/// is rejected with an error instead of being mis-read.
+pub struct Envelope<T, const V: u32 = 1>(PhantomData<fn() -> T>);
+
+impl<T, const V: u32> fmt::Debug for Envelope<T, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Envelope<{}, {V}>", std::any::type_name::<T>())
+    }
+}
+
+/// A decoded [`Envelope`]: the payload with the envelope's fields.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+pub struct Enveloped<T> {
+    /// The payload's schema version.
+    pub schema_version: u32,
+    /// Trace id of the request that produced the record, if any.
+    #[serde(default)]
+    pub trace_id: Option<String>,
+    /// When the producer published the record (as the producer wrote it, e.g. RFC 3339).
+    #[serde(default)]
+    pub published_at: Option<String>,
+    /// The payload.
+    pub payload: T,
+}
+
+impl<T: DeserializeOwned + Send + Sync + 'static, const V: u32> Codec for Envelope<T, V> {
+    type Value = Enveloped<T>;
+
+    fn decode(payload: Option<&[u8]>) -> Result<Enveloped<T>, DecodeError> {
+        #[derive(serde::Deserialize)]
+        struct Version {
+            schema_version: u32,
+        }
+        let bytes = payload.ok_or_else(|| DecodeError::new("record has no payload"))?;
+        let version: Version = serde_json::from_slice(bytes)
+            .map_err(|e| DecodeError::new(format!("invalid envelope: {e}")))?;
+        if version.schema_version > V {
+            return Err(DecodeError::new(format!(
+                "envelope schema_version {} is newer than {V}, the newest this handler reads",
+                version.schema_version
+            )));
+        }
+        serde_json::from_slice(bytes)
+            .map_err(|e| DecodeError::new(format!("invalid envelope payload: {e}")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn envelope_fields_and_newer_versions() {
+        let ok = br#"{"schema_version":2,"trace_id":"t1","published_at":"2026-11-25T10:00:00Z","payload":5}"#;
+        let e = Envelope::<u32, 2>::decode(Some(ok)).expect("valid");
+        assert_eq!((e.schema_version, e.trace_id.as_deref(), e.payload), (2, Some("t1"), 5));
+        let err = Envelope::<u32, 1>::decode(Some(ok)).expect_err("too new");
+        assert!(err.to_string().contains("schema_version 2 is newer than 1"), "{err}");
+        let err = Envelope::<u32>::decode(Some(br#"{"payload":5}"#)).expect_err("no version");
+        assert!(err.to_string().contains("invalid envelope"), "{err}");
+    }
 
     #[test]
     fn json_errors_are_values_not_panics() {

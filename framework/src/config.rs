@@ -1,13 +1,21 @@
 //! Worker settings: builder values, overridden by `WEIR_*` environment variables.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::handler::{Delivery, HandlerSettings};
 use crate::{Error, Result};
 
 /// Prefix of environment variables that set librdkafka properties:
 /// `WEIR_KAFKA_SESSION_TIMEOUT_MS=6000` sets `session.timeout.ms`.
 pub(crate) const KAFKA_ENV_PREFIX: &str = "WEIR_KAFKA_";
+
+pub(crate) const GROUP: &str = "group";
+pub(crate) const TOPICS: &str = "topics";
+pub(crate) const BATCH_SIZE: &str = "batch_size";
+pub(crate) const LINGER: &str = "linger";
+pub(crate) const QUEUE_CAPACITY: &str = "queue_capacity";
 
 /// Every setting of a worker.
 #[derive(Debug, Clone)]
@@ -21,8 +29,11 @@ pub(crate) struct Config {
     pub(crate) linger: Duration,
     pub(crate) queue_capacity: usize,
     pub(crate) embedded_partitions: i32,
+    pub(crate) delivery: Delivery,
     /// librdkafka properties with where each came from (for error messages).
     pub(crate) kafka: Vec<KafkaProperty>,
+    /// Settings given by the builder or the environment, which a handler's own don't override.
+    pub(crate) explicit: BTreeSet<&'static str>,
 }
 
 #[derive(Debug, Clone)]
@@ -44,7 +55,9 @@ impl Default for Config {
             linger: Duration::from_millis(5),
             queue_capacity: 2000,
             embedded_partitions: 4,
+            delivery: Delivery::AtLeastOnce,
             kafka: Vec::new(),
+            explicit: BTreeSet::new(),
         }
     }
 }
@@ -60,19 +73,32 @@ impl Config {
                 "WEIR_BROKERS" => {
                     self.brokers = (!value.trim().is_empty()).then(|| value.trim().to_owned())
                 }
-                "WEIR_GROUP" => self.group = value,
+                "WEIR_GROUP" => {
+                    self.group = value;
+                    self.explicit.insert(GROUP);
+                }
                 "WEIR_TOPICS" => {
                     self.topics = value
                         .split(',')
                         .map(str::trim)
                         .filter(|t| !t.is_empty())
                         .map(str::to_owned)
-                        .collect()
+                        .collect();
+                    self.explicit.insert(TOPICS);
                 }
                 "WEIR_STATE_DIR" => self.state_dir = PathBuf::from(value),
-                "WEIR_BATCH_SIZE" => self.batch_size = parse(&name, &value)?,
-                "WEIR_LINGER_MS" => self.linger = Duration::from_millis(parse(&name, &value)?),
-                "WEIR_QUEUE_CAPACITY" => self.queue_capacity = parse(&name, &value)?,
+                "WEIR_BATCH_SIZE" => {
+                    self.batch_size = parse(&name, &value)?;
+                    self.explicit.insert(BATCH_SIZE);
+                }
+                "WEIR_LINGER_MS" => {
+                    self.linger = Duration::from_millis(parse(&name, &value)?);
+                    self.explicit.insert(LINGER);
+                }
+                "WEIR_QUEUE_CAPACITY" => {
+                    self.queue_capacity = parse(&name, &value)?;
+                    self.explicit.insert(QUEUE_CAPACITY);
+                }
                 "WEIR_EMBEDDED_PARTITIONS" => self.embedded_partitions = parse(&name, &value)?,
                 _ => {
                     if let Some(prop) = name.strip_prefix(KAFKA_ENV_PREFIX) {
@@ -83,6 +109,26 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Takes the handler's declared settings where the builder and environment gave none.
+    pub(crate) fn apply_handler(&mut self, h: &HandlerSettings) {
+        if !self.explicit.contains(TOPICS) && self.topics.is_empty() {
+            self.topics = h.topics.iter().map(|t| t.to_string()).collect();
+        }
+        if let (Some(g), false) = (h.group, self.explicit.contains(GROUP)) {
+            self.group = g.to_owned();
+        }
+        if let (Some(n), false) = (h.batch_size, self.explicit.contains(BATCH_SIZE)) {
+            self.batch_size = n;
+        }
+        if let (Some(ms), false) = (h.linger_ms, self.explicit.contains(LINGER)) {
+            self.linger = Duration::from_millis(ms);
+        }
+        if let (Some(n), false) = (h.queue_capacity, self.explicit.contains(QUEUE_CAPACITY)) {
+            self.queue_capacity = n;
+        }
+        self.delivery = h.delivery;
     }
 
     pub(crate) fn set_kafka(&mut self, name: String, value: String, origin: String) {
@@ -205,6 +251,23 @@ mod tests {
         assert_eq!(c.kafka[0].name, "session.timeout.ms");
         assert_eq!(c.kafka[0].origin, "WEIR_KAFKA_SESSION_TIMEOUT_MS");
         c.validate().expect("valid");
+    }
+
+    #[test]
+    fn handler_settings_fill_only_what_was_not_given() {
+        let mut c = Config::default();
+        c.apply_env(env(&[("WEIR_BATCH_SIZE", "7")])).expect("valid");
+        c.apply_handler(&HandlerSettings {
+            topics: &["orders"],
+            group: Some("totals"),
+            batch_size: Some(100),
+            linger_ms: Some(50),
+            ..HandlerSettings::DEFAULT
+        });
+        assert_eq!(c.topics, ["orders"]);
+        assert_eq!(c.group, "totals");
+        assert_eq!(c.batch_size, 7, "the environment wins over the handler");
+        assert_eq!(c.linger, Duration::from_millis(50));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::metric_names::PARTITION_PAUSED;
 use crate::partition_task::Control;
 use crate::rebalance::WeirContext;
 use crate::shared::{PartitionHandle, Shared};
-use crate::{Handler, Result};
+use crate::{Process, Result};
 
 /// How often SQLite-committed offsets are committed to Kafka (progress only).
 const KAFKA_COMMIT_INTERVAL: Duration = Duration::from_millis(200);
@@ -25,7 +25,7 @@ const POLL_IDLE: Duration = Duration::from_millis(100);
 /// Poll timeout while a partition is paused, so it resumes promptly.
 const POLL_PAUSED: Duration = Duration::from_millis(5);
 
-pub(crate) fn run<H: Handler>(
+pub(crate) fn run<H: Process>(
     consumer: BaseConsumer<WeirContext<H>>,
     shared: Arc<Shared<H>>,
     control: std_mpsc::Receiver<Control>,
@@ -73,7 +73,7 @@ pub(crate) fn run<H: Handler>(
     }
 }
 
-fn dispatch<H: Handler>(
+fn dispatch<H: Process>(
     consumer: &BaseConsumer<WeirContext<H>>,
     shared: &Shared<H>,
     msg: OwnedMessage,
@@ -100,7 +100,7 @@ fn dispatch<H: Handler>(
     }
 }
 
-fn pause<H: Handler>(
+fn pause<H: Process>(
     consumer: &BaseConsumer<WeirContext<H>>,
     h: &PartitionHandle,
     topic: &str,
@@ -120,7 +120,7 @@ fn pause<H: Handler>(
 
 /// Moves overflow into drained queues and resumes partitions whose overflow is empty.
 /// Returns whether any partition is still paused.
-fn refill_paused<H: Handler>(consumer: &BaseConsumer<WeirContext<H>>, shared: &Shared<H>) -> bool {
+fn refill_paused<H: Process>(consumer: &BaseConsumer<WeirContext<H>>, shared: &Shared<H>) -> bool {
     let mut owned = shared.owned();
     let mut still_paused = false;
     for (topic, partitions) in owned.iter_mut() {
@@ -160,7 +160,7 @@ fn refill_paused<H: Handler>(consumer: &BaseConsumer<WeirContext<H>>, shared: &S
 }
 
 /// Commits to Kafka the pending offsets of partitions this worker still owns.
-fn commit_owned<H: Handler>(
+fn commit_owned<H: Process>(
     consumer: &BaseConsumer<WeirContext<H>>,
     shared: &Shared<H>,
     pending: &mut HashMap<(String, i32), i64>,

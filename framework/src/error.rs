@@ -16,6 +16,19 @@ pub enum Error {
     /// A partition's state store failed (corrupt or foreign file, disk error, codec error).
     #[error(transparent)]
     State(#[from] weir_state::Error),
+    /// A record failed: it could not be decoded, or the handler returned an error or panicked.
+    #[error("{topic}/{partition} offset {offset}: {source}")]
+    Record {
+        /// The record's topic.
+        topic: String,
+        /// Its partition.
+        partition: i32,
+        /// Its offset.
+        offset: i64,
+        /// What went wrong.
+        #[source]
+        source: crate::BoxError,
+    },
     /// The Kafka client failed.
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),

@@ -1,4 +1,5 @@
-//! The handler trait users implement.
+//! The handler traits: [`Handler`] describes a handler (usually derived), [`Process`] is the
+//! one method users write.
 
 use std::future::Future;
 
@@ -8,6 +9,30 @@ use crate::{Codec, Ctx, Record};
 /// (`std::error::Error` types, `anyhow::Error`, `String`, `&str`).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
+/// The decoded value type of handler `H`'s records.
+pub type ValueOf<H> = <<H as Handler>::Value as Codec>::Value;
+/// The decoded key type of handler `H`'s records.
+pub type KeyOf<H> = <<H as Handler>::Key as Codec>::Value;
+
+/// What a handler consumes and how: codecs, topics, stores and tuning. `#[derive(Handler)]`
+/// writes this from a `#[handler(...)]` attribute; the worker's builder and environment
+/// override its settings.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a weir handler",
+    note = "add `#[derive(weir::Handler)]` with `#[handler(topic = \"...\", value = Json<...>)]` to `{Self}`, and implement `weir::Process` for it"
+)]
+pub trait Handler: Send + Sync + 'static {
+    /// The codec of record keys, e.g. `Utf8` or `Raw`.
+    type Key: Codec;
+    /// The codec of record values, e.g. `Json<Order>`, `Utf8` or `Raw`.
+    type Value: Codec;
+
+    /// Topics, group, stores and tuning declared with the handler.
+    fn settings() -> HandlerSettings {
+        HandlerSettings::DEFAULT
+    }
+}
+
 /// Processes the records of the partitions a worker owns.
 ///
 /// One call per record, in offset order within a partition; partitions run in parallel. State
@@ -15,21 +40,80 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// batch's offset, so a record's effects on state count exactly once.
 ///
 /// Returning an error (or panicking) fails the record's batch: none of its writes are kept and
-/// the batch is retried.
+/// the batch is retried (in `at_most_once` mode the record is skipped instead).
 #[diagnostic::on_unimplemented(
-    message = "`{Self}` is not a weir handler",
-    note = "implement `weir::Handler` for `{Self}`: an associated `Value` codec, an `Error` type and `async fn process`"
+    message = "`{Self}` does not process records",
+    note = "implement `weir::Process` for `{Self}`: `type Error` and `async fn process(&self, record, ctx)`"
 )]
-pub trait Handler: Send + Sync + 'static {
-    /// The codec of the record values, e.g. `Json<Order>`, `Utf8` or `Raw`.
-    type Value: Codec;
+pub trait Process: Handler {
     /// The handler's error.
     type Error: Into<BoxError> + Send + 'static;
 
     /// Processes one record.
     fn process(
         &self,
-        record: Record<'_, <Self::Value as Codec>::Value>,
+        record: Record<'_, ValueOf<Self>, KeyOf<Self>>,
         ctx: &mut Ctx<'_>,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+}
+
+/// When a record's offset is committed relative to its processing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Delivery {
+    /// Offset and state commit together after processing; a failed batch is retried. State
+    /// counts every record exactly once.
+    #[default]
+    AtLeastOnce,
+    /// The batch's offset commits before processing; a record that fails is logged and
+    /// skipped (its own writes undone). A crash mid-batch loses the rest of that batch.
+    AtMostOnce,
+}
+
+/// A store declared with a handler (for docs, logs and checks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreInfo {
+    /// The store's name.
+    pub name: &'static str,
+    /// Its key type, as written.
+    pub key: &'static str,
+    /// Its value type, as written.
+    pub value: &'static str,
+}
+
+/// Settings declared with a handler; `None` leaves the worker's setting as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandlerSettings {
+    /// Topics to consume (used when the worker is given none).
+    pub topics: &'static [&'static str],
+    /// Consumer group.
+    pub group: Option<&'static str>,
+    /// Records per batch.
+    pub batch_size: Option<usize>,
+    /// Milliseconds a batch waits for more records after its first.
+    pub linger_ms: Option<u64>,
+    /// Records buffered per partition before it is paused.
+    pub queue_capacity: Option<usize>,
+    /// Delivery mode.
+    pub delivery: Delivery,
+    /// Declared state stores.
+    pub stores: &'static [StoreInfo],
+}
+
+impl HandlerSettings {
+    /// No topics, nothing overridden, at-least-once.
+    pub const DEFAULT: Self = Self {
+        topics: &[],
+        group: None,
+        batch_size: None,
+        linger_ms: None,
+        queue_capacity: None,
+        delivery: Delivery::AtLeastOnce,
+        stores: &[],
+    };
+}
+
+impl Default for HandlerSettings {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
 }

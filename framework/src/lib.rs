@@ -12,14 +12,15 @@
 //! ```no_run
 //! use weir::prelude::*;
 //!
+//! #[derive(Handler)]
+//! #[handler(topic = "lines", value = Utf8, store(Counts, key = str, value = u64))]
 //! struct WordCount;
 //!
-//! impl Handler for WordCount {
-//!     type Value = Utf8;
+//! impl Process for WordCount {
 //!     type Error = weir::Error;
 //!
-//!     async fn process(&self, line: Record<'_, String>, ctx: &mut Ctx<'_>) -> Result<(), weir::Error> {
-//!         let mut counts = ctx.state::<str, u64>("counts");
+//!     async fn process(&self, line: Record<'_, String>, ctx: &mut Ctx<'_>) -> weir::Result<()> {
+//!         let mut counts = ctx.store::<Counts>();
 //!         for word in line.value().split_whitespace() {
 //!             counts.update(word, |n| Some(n.unwrap_or(0) + 1))?;
 //!         }
@@ -30,10 +31,13 @@
 //! #[tokio::main]
 //! async fn main() -> weir::Result<()> {
 //!     // No WEIR_BROKERS set: runs on an embedded in-process broker.
-//!     Worker::builder().topic("lines").with_env()?.build(WordCount)?.run_until_signal().await
+//!     Worker::from_env()?.build(WordCount)?.run_until_signal().await
 //! }
 //! ```
+//!
+//! Test a handler without a broker with [`testing::TestKit`].
 
+mod batch;
 mod codec;
 mod config;
 mod consumer_loop;
@@ -48,11 +52,17 @@ mod record;
 mod shared;
 mod worker;
 
-pub use codec::{Codec, DecodeError, Json, Raw, Utf8};
+pub mod testing;
+
+pub use codec::{Codec, DecodeError, Envelope, Enveloped, Json, Raw, Utf8};
 pub use context::{Ctx, State, StoreDef};
 pub use embedded_broker::EmbeddedBroker;
 pub use error::{Error, Result};
-pub use handler::{BoxError, Handler};
+pub use handler::{
+    BoxError, Delivery, Handler, HandlerSettings, KeyOf, Process, StoreInfo, ValueOf,
+};
+/// Derives [`Handler`] from a `#[handler(...)]` attribute.
+pub use weir_macros::Handler;
 pub use record::Record;
 pub use worker::{Worker, WorkerBuilder};
 
@@ -61,5 +71,7 @@ pub use weir_state as state;
 
 /// The types a handler and its `main` need.
 pub mod prelude {
-    pub use crate::{Codec, Ctx, Handler, Json, Raw, Record, State, StoreDef, Utf8, Worker};
+    pub use crate::{
+        Codec, Ctx, Envelope, Handler, Json, Process, Raw, Record, State, StoreDef, Utf8, Worker,
+    };
 }

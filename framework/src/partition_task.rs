@@ -2,19 +2,18 @@
 //! handler on each record in order, and commits the batch's state and offset in one SQLite
 //! transaction.
 
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use futures::FutureExt;
 use rdkafka::message::{Message, OwnedMessage};
 use tokio::sync::{mpsc, Notify};
-use weir_state::{PartitionStore, WriteSet};
+use weir_state::PartitionStore;
 
-use crate::handler::BoxError;
-use crate::metric_names::{BATCH_DURATION_SECONDS, COMMIT_DURATION_SECONDS, MESSAGES_TOTAL};
-use crate::{Codec, Ctx, Handler, Record};
+use crate::batch::{run_batch, BatchError};
+use crate::handler::Delivery;
+use crate::metric_names::{BATCH_DURATION_SECONDS, MESSAGES_TOTAL};
+use crate::Process;
 
 /// Messages from partition tasks to the consumer thread.
 #[derive(Debug)]
@@ -79,6 +78,12 @@ pub(crate) struct TaskStore {
     _closed: std_mpsc::Sender<()>,
 }
 
+impl AsRef<PartitionStore> for TaskStore {
+    fn as_ref(&self) -> &PartitionStore {
+        &self.store
+    }
+}
+
 impl TaskStore {
     pub(crate) fn new(store: PartitionStore) -> (Arc<Self>, std_mpsc::Receiver<()>) {
         let (tx, rx) = std_mpsc::channel();
@@ -89,12 +94,13 @@ impl TaskStore {
 /// Batching settings of a partition task.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct BatchSettings {
+    pub(crate) delivery: Delivery,
     pub(crate) batch_size: usize,
     pub(crate) linger: Duration,
     pub(crate) low_water: usize,
 }
 
-pub(crate) struct PartitionTask<H: Handler> {
+pub(crate) struct PartitionTask<H: Process> {
     pub(crate) handler: Arc<H>,
     pub(crate) store: Arc<TaskStore>,
     pub(crate) topic: String,
@@ -107,16 +113,10 @@ pub(crate) struct PartitionTask<H: Handler> {
     pub(crate) settings: BatchSettings,
 }
 
-/// Why a batch failed.
-enum BatchError {
-    Record { offset: i64, error: BoxError },
-    Commit(weir_state::Error),
-}
-
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(10);
 
-impl<H: Handler> PartitionTask<H> {
+impl<H: Process> PartitionTask<H> {
     pub(crate) async fn run(mut self) {
         let mut batch: Vec<OwnedMessage> = Vec::with_capacity(self.settings.batch_size);
         while self.next_batch(&mut batch).await {
@@ -189,7 +189,16 @@ impl<H: Handler> PartitionTask<H> {
         let mut attempt = 1u32;
         loop {
             let started = Instant::now();
-            match self.process(batch).await {
+            let result = run_batch(
+                &*self.handler,
+                &self.store,
+                &self.topic,
+                self.partition,
+                self.settings.delivery,
+                batch,
+            )
+            .await;
+            match result {
                 Ok(next) => {
                     metrics::histogram!(BATCH_DURATION_SECONDS).record(started.elapsed());
                     metrics::counter!(MESSAGES_TOTAL, "outcome" => "ok")
@@ -226,65 +235,6 @@ impl<H: Handler> PartitionTask<H> {
             }
             backoff = (backoff * 2).min(RETRY_MAX);
             attempt += 1;
-        }
-    }
-
-    /// Runs the handler over `batch` and commits; returns the committed next offset.
-    async fn process(&self, batch: &[OwnedMessage]) -> Result<i64, BatchError> {
-        let mut writes = WriteSet::default();
-        for msg in batch {
-            let offset = msg.offset();
-            let value =
-                <H::Value as Codec>::decode(msg.payload()).map_err(|e| BatchError::Record {
-                    offset,
-                    error: format!(
-                        "cannot decode payload ({} bytes): {e}",
-                        msg.payload().map_or(0, <[u8]>::len)
-                    )
-                    .into(),
-                })?;
-            let mut ctx = Ctx::new(&self.store.store, &mut writes);
-            let outcome = AssertUnwindSafe(self.handler.process(Record::new(msg, value), &mut ctx))
-                .catch_unwind()
-                .await;
-            match outcome {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    return Err(BatchError::Record {
-                        offset,
-                        error: e.into(),
-                    })
-                }
-                Err(panic) => {
-                    let text = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "non-string panic payload".into());
-                    return Err(BatchError::Record {
-                        offset,
-                        error: format!("handler panicked: {text}").into(),
-                    });
-                }
-            }
-        }
-        let next = batch.last().map_or(0, |m| m.offset() + 1);
-        let store = Arc::clone(&self.store);
-        let topic = self.topic.clone();
-        let partition = self.partition;
-        let started = Instant::now();
-        let committed = tokio::task::spawn_blocking(move || {
-            store.store.commit(&writes, &topic, partition, next)
-        })
-        .await;
-        metrics::histogram!(COMMIT_DURATION_SECONDS).record(started.elapsed());
-        match committed {
-            Ok(Ok(())) => Ok(next),
-            Ok(Err(e)) => Err(BatchError::Commit(e)),
-            Err(join) => Err(BatchError::Record {
-                offset: next - 1,
-                error: format!("commit task failed: {join}").into(),
-            }),
         }
     }
 }

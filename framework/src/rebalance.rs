@@ -16,16 +16,16 @@ use weir_state::PartitionStore;
 use crate::metric_names::{OWNED_PARTITIONS, REBALANCES_TOTAL};
 use crate::partition_task::{BatchSettings, PartitionFlow, PartitionTask, TaskStore};
 use crate::shared::{PartitionHandle, Shared};
-use crate::Handler;
+use crate::Process;
 
 /// The consumer's context: librdkafka calls it from the consumer thread's `poll`.
 pub(crate) struct WeirContext<H> {
     pub(crate) shared: Arc<Shared<H>>,
 }
 
-impl<H: Handler> ClientContext for WeirContext<H> {}
+impl<H: Process> ClientContext for WeirContext<H> {}
 
-impl<H: Handler> ConsumerContext for WeirContext<H> {
+impl<H: Process> ConsumerContext for WeirContext<H> {
     fn rebalance(
         &self,
         consumer: &BaseConsumer<Self>,
@@ -76,7 +76,7 @@ impl<H: Handler> ConsumerContext for WeirContext<H> {
     }
 }
 
-impl<H: Handler> WeirContext<H> {
+impl<H: Process> WeirContext<H> {
     fn store_path(&self, topic: &str, partition: i32) -> PathBuf {
         let c = &self.shared.config;
         c.state_dir
@@ -128,6 +128,7 @@ impl<H: Handler> WeirContext<H> {
                 control: shared.control.clone(),
                 next_offset,
                 settings: BatchSettings {
+                    delivery: c.delivery,
                     batch_size: c.batch_size,
                     linger: c.linger,
                     low_water: c.queue_capacity / 2,

@@ -2,16 +2,22 @@
 
 use rdkafka::message::{Headers, Message, OwnedMessage};
 
-/// One record of a partition, with its decoded value.
+/// One record of a partition, with its decoded value `V` and key `K`.
 #[derive(Debug)]
-pub struct Record<'a, V> {
+pub struct Record<'a, V, K = Vec<u8>> {
     msg: &'a OwnedMessage,
+    key: K,
     value: V,
 }
 
-impl<'a, V> Record<'a, V> {
-    pub(crate) fn new(msg: &'a OwnedMessage, value: V) -> Self {
-        Self { msg, value }
+impl<'a, V, K> Record<'a, V, K> {
+    pub(crate) fn new(msg: &'a OwnedMessage, key: K, value: V) -> Self {
+        Self { msg, key, value }
+    }
+
+    /// The decoded key.
+    pub fn key(&self) -> &K {
+        &self.key
     }
 
     /// The decoded value.
@@ -25,7 +31,7 @@ impl<'a, V> Record<'a, V> {
     }
 
     /// The raw key, if the record has one.
-    pub fn key(&self) -> Option<&'a [u8]> {
+    pub fn key_bytes(&self) -> Option<&'a [u8]> {
         self.msg.key()
     }
 

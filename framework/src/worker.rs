@@ -9,10 +9,10 @@ use std::time::Duration;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::BaseConsumer;
 
-use crate::config::{Config, KafkaProperty};
+use crate::config::{self, Config, KafkaProperty};
 use crate::rebalance::WeirContext;
 use crate::shared::Shared;
-use crate::{consumer_loop, EmbeddedBroker, Error, Handler, Result};
+use crate::{consumer_loop, EmbeddedBroker, Error, Process, Result};
 
 /// Builds a [`Worker`]. Every setting can also come from the environment (see
 /// [`with_env`](Self::with_env)).
@@ -32,12 +32,15 @@ impl WorkerBuilder {
     /// The consumer group (`WEIR_GROUP`, default `weir`).
     pub fn group(mut self, group: impl Into<String>) -> Self {
         self.config.group = group.into();
+        self.config.explicit.insert(config::GROUP);
         self
     }
 
-    /// Adds a topic to consume (`WEIR_TOPICS`, comma-separated, replaces the list).
+    /// Adds a topic to consume (`WEIR_TOPICS`, comma-separated, replaces the list). Without
+    /// any, the handler's declared topics are used.
     pub fn topic(mut self, topic: impl Into<String>) -> Self {
         self.config.topics.push(topic.into());
+        self.config.explicit.insert(config::TOPICS);
         self
     }
 
@@ -51,18 +54,21 @@ impl WorkerBuilder {
     /// Most records per batch, i.e. per SQLite transaction (`WEIR_BATCH_SIZE`, default 1000).
     pub fn batch_size(mut self, n: usize) -> Self {
         self.config.batch_size = n;
+        self.config.explicit.insert(config::BATCH_SIZE);
         self
     }
 
     /// How long a batch waits for more records after its first (`WEIR_LINGER_MS`, default 5).
     pub fn linger(mut self, linger: Duration) -> Self {
         self.config.linger = linger;
+        self.config.explicit.insert(config::LINGER);
         self
     }
 
     /// Records buffered per partition before it is paused (`WEIR_QUEUE_CAPACITY`, default 2000).
     pub fn queue_capacity(mut self, n: usize) -> Self {
         self.config.queue_capacity = n;
+        self.config.explicit.insert(config::QUEUE_CAPACITY);
         self
     }
 
@@ -93,8 +99,9 @@ impl WorkerBuilder {
     /// An embedded broker forgets everything when the process exits, so its stores go to a
     /// fresh `embedded-<pid>-<time>` folder inside the state dir: offsets from an earlier
     /// broker's life would not match the new one's.
-    pub fn build<H: Handler>(self, handler: H) -> Result<Worker<H>> {
+    pub fn build<H: Process>(self, handler: H) -> Result<Worker<H>> {
         let mut config = self.config;
+        config.apply_handler(&H::settings());
         config.validate()?;
         if config.brokers.is_none() {
             let secs = std::time::SystemTime::now()
@@ -140,11 +147,12 @@ impl WorkerBuilder {
 ///
 /// ```no_run
 /// # use weir::prelude::*;
+/// # #[derive(Handler)]
+/// # #[handler(value = Utf8)]
 /// # struct Count;
-/// # impl Handler for Count {
-/// #     type Value = Utf8;
+/// # impl Process for Count {
 /// #     type Error = weir::Error;
-/// #     async fn process(&self, _: Record<'_, String>, _: &mut Ctx<'_>) -> Result<(), weir::Error> { Ok(()) }
+/// #     async fn process(&self, _: Record<'_, String>, _: &mut Ctx<'_>) -> weir::Result<()> { Ok(()) }
 /// # }
 /// # async fn run() -> weir::Result<()> {
 /// Worker::builder().topic("lines").with_env()?.build(Count)?.run_until_signal().await
@@ -171,7 +179,7 @@ impl Worker<()> {
     }
 }
 
-impl<H: Handler> Worker<H> {
+impl<H: Process> Worker<H> {
     /// The bootstrap servers the worker uses (the embedded broker's when it runs embedded).
     pub fn brokers(&self) -> &str {
         &self.brokers

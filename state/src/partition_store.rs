@@ -256,6 +256,12 @@ impl PartitionStore {
     }
 }
 
+impl AsRef<PartitionStore> for PartitionStore {
+    fn as_ref(&self) -> &PartitionStore {
+        self
+    }
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -12,7 +12,12 @@ use crate::{Error, Result};
 #[derive(Debug, Default, Clone)]
 pub struct WriteSet {
     changes: HashMap<String, HashMap<String, Option<String>>>,
+    /// While a savepoint is open: what each changed key held before it, newest last.
+    undo: Option<Vec<Undo>>,
 }
+
+/// A key's buffered change before a write after the savepoint: `None` if it had none.
+type Undo = (String, String, Option<Option<String>>);
 
 impl WriteSet {
     /// Buffers `key = value` in `store`.
@@ -62,17 +67,53 @@ impl WriteSet {
     /// Drops every buffered change (a failed batch).
     pub fn clear(&mut self) {
         self.changes.clear();
+        self.undo = None;
+    }
+
+    /// Opens a savepoint: later changes can be undone with [`rollback`](Self::rollback)
+    /// (the writes of one failed record) or kept with [`release`](Self::release).
+    pub fn savepoint(&mut self) {
+        self.undo = Some(Vec::new());
+    }
+
+    /// Keeps the changes made since the savepoint and closes it.
+    pub fn release(&mut self) {
+        self.undo = None;
+    }
+
+    /// Undoes the changes made since the savepoint and closes it.
+    pub fn rollback(&mut self) {
+        let Some(undo) = self.undo.take() else {
+            return;
+        };
+        for (store, key, before) in undo.into_iter().rev() {
+            let map = self.changes.entry(store).or_default();
+            match before {
+                Some(v) => map.insert(key, v),
+                None => map.remove(&key),
+            };
+        }
     }
 
     pub(crate) fn put_encoded(&mut self, store: &str, key: String, value: Option<String>) {
-        if let Some(map) = self.changes.get_mut(store) {
-            map.insert(key, value);
-        } else {
-            self.changes
-                .entry(store.to_owned())
-                .or_default()
-                .insert(key, value);
+        let map = match self.changes.get_mut(store) {
+            Some(map) => map,
+            None => self.changes.entry(store.to_owned()).or_default(),
+        };
+        let before = map.insert(key.clone(), value);
+        if let Some(undo) = &mut self.undo {
+            undo.push((store.to_owned(), key, before));
         }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn snapshot(&self) -> Vec<(String, String, Option<String>)> {
+        let mut v: Vec<_> = self
+            .iter()
+            .map(|(s, k, v)| (s.to_owned(), k.to_owned(), v.map(str::to_owned)))
+            .collect();
+        v.sort();
+        v
     }
 
     pub(crate) fn lookup_encoded(&self, store: &str, key: &str) -> Option<Option<&str>> {
@@ -103,4 +144,30 @@ pub(crate) fn decode<T: DeserializeOwned>(store: &str, json: &str) -> Result<T> 
         store: store.to_owned(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rollback_restores_the_state_at_the_savepoint() {
+        let mut ws = WriteSet::default();
+        ws.put("s", "a", &1).expect("put");
+        ws.put("s", "b", &2).expect("put");
+        let before = ws.snapshot();
+        ws.savepoint();
+        ws.put("s", "a", &10).expect("put");
+        ws.delete("s", "b").expect("delete");
+        ws.put("s", "c", &3).expect("put");
+        ws.put("t", "c", &3).expect("put");
+        ws.put("s", "a", &11).expect("put");
+        ws.rollback();
+        assert_eq!(ws.snapshot(), before);
+        ws.savepoint();
+        ws.put("s", "c", &3).expect("put");
+        ws.release();
+        ws.rollback();
+        assert_eq!(ws.lookup::<_, i32>("s", "c").expect("lookup"), Some(Some(3)));
+    }
 }

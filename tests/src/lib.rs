@@ -345,7 +345,8 @@ pub const COUNTS: &str = "counts";
 
 /// Counts records per key in state. Optionally fails on records whose value is `poison`, and
 /// notes which partitions it processed.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, weir::Handler)]
+#[handler(value = Utf8)]
 pub struct CountHandler {
     /// Failures left per poison value: each failing attempt takes one; `u64::MAX` never heals.
     pub poison: Arc<Mutex<HashMap<String, u64>>>,
@@ -394,8 +395,7 @@ pub enum CountError {
     Weir(#[from] weir::Error),
 }
 
-impl Handler for CountHandler {
-    type Value = Utf8;
+impl Process for CountHandler {
     type Error = CountError;
 
     async fn process(&self, rec: Record<'_, String>, ctx: &mut Ctx<'_>) -> Result<(), CountError> {

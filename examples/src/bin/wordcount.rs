@@ -14,39 +14,7 @@ use std::time::Duration;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use weir::prelude::*;
-
-/// Word → count.
-struct Counts;
-
-impl StoreDef for Counts {
-    const NAME: &'static str = "counts";
-    type Key = str;
-    type Value = u64;
-}
-
-struct WordCount;
-
-impl Handler for WordCount {
-    type Value = Utf8;
-    type Error = weir::Error;
-
-    async fn process(
-        &self,
-        line: Record<'_, String>,
-        ctx: &mut Ctx<'_>,
-    ) -> Result<(), weir::Error> {
-        let mut counts = ctx.store::<Counts>();
-        for word in line.value().split_whitespace() {
-            let word = word
-                .trim_matches(|c: char| !c.is_alphanumeric())
-                .to_lowercase();
-            if !word.is_empty() {
-                counts.update(&word, |n| Some(n.unwrap_or(0) + 1))?;
-            }
-        }
-        Ok(())
-    }
-}
+use weir_examples::wordcount::{Counts, WordCount};
 
 const TOPIC: &str = "lines";
 
@@ -65,11 +33,7 @@ async fn main() {
 }
 
 async fn run() -> weir::Result<()> {
-    let worker = Worker::builder()
-        .group("wordcount")
-        .topic(TOPIC)
-        .with_env()?
-        .build(WordCount)?;
+    let worker = Worker::from_env()?.build(WordCount)?;
     if let Some(broker) = worker.embedded_broker() {
         tokio::spawn(produce_sample_text(broker));
     }

@@ -1,0 +1,4 @@
+//! Handlers of the example workers, kept in a library so their tests use the test kit.
+
+pub mod orders;
+pub mod wordcount;

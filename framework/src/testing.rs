@@ -1,0 +1,237 @@
+//! A test kit: run a handler over records without a broker, then inspect its state.
+//!
+//! It drives the same batch code as the runtime (decode, handler, one SQLite transaction per
+//! batch), on stores in a temporary directory: the role of Kafka Streams' TopologyTestDriver.
+//!
+//! ```
+//! use weir::prelude::*;
+//! use weir::testing::TestKit;
+//!
+//! struct Lengths;
+//! impl Handler for Lengths {
+//!     type Key = Utf8;
+//!     type Value = Utf8;
+//! }
+//! impl Process for Lengths {
+//!     type Error = weir::Error;
+//!     async fn process(&self, rec: Record<'_, String, String>, ctx: &mut Ctx<'_>) -> weir::Result<()> {
+//!         ctx.state::<str, usize>("len").put(rec.key(), &rec.value().len())
+//!     }
+//! }
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let mut kit = TestKit::new(Lengths)?;
+//! kit.send("a", "hello").send("b", "hi");
+//! assert_eq!(kit.run().await?, 2);
+//! assert_eq!(kit.get::<str, usize>("len", "a")?, Some(5));
+//! # Ok::<(), weir::Error>(())
+//! # }).unwrap();
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use rdkafka::message::{Header, OwnedHeaders, OwnedMessage, Timestamp};
+use serde::{de::DeserializeOwned, Serialize};
+use weir_state::PartitionStore;
+
+use crate::batch::{run_batch, BatchError};
+use crate::handler::Delivery;
+use crate::{Error, Process, Result};
+
+/// Runs a handler over records given in the test, with real SQLite stores and no broker.
+#[derive(Debug)]
+pub struct TestKit<H> {
+    handler: H,
+    dir: PathBuf,
+    remove_dir: bool,
+    default_topic: String,
+    batch_size: usize,
+    delivery: Delivery,
+    partitions: BTreeMap<(String, i32), PartitionLog>,
+}
+
+#[derive(Debug, Default)]
+struct PartitionLog {
+    records: Vec<OwnedMessage>,
+    /// Index of the first record not yet processed.
+    processed: usize,
+    store: Option<Arc<PartitionStore>>,
+}
+
+impl<H: Process> TestKit<H> {
+    /// A kit with stores in a fresh temporary directory, removed when the kit is dropped.
+    pub fn new(handler: H) -> Result<Self> {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "weir-testkit-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let mut kit = Self::in_dir(handler, &dir)?;
+        kit.remove_dir = true;
+        Ok(kit)
+    }
+
+    /// A kit with stores in `dir` (kept afterwards, e.g. to open them with `sqlite3`).
+    pub fn in_dir(handler: H, dir: impl AsRef<Path>) -> Result<Self> {
+        let settings = H::settings();
+        Ok(Self {
+            handler,
+            dir: dir.as_ref().to_path_buf(),
+            remove_dir: false,
+            default_topic: settings.topics.first().unwrap_or(&"test").to_string(),
+            batch_size: settings.batch_size.unwrap_or(1000),
+            delivery: settings.delivery,
+            partitions: BTreeMap::new(),
+        })
+    }
+
+    /// Records per batch (default: the handler's, else 1000).
+    pub fn batch_size(mut self, n: usize) -> Self {
+        self.batch_size = n.max(1);
+        self
+    }
+
+    /// The handler.
+    pub fn handler(&self) -> &H {
+        &self.handler
+    }
+
+    /// Appends a record with `key` and `value` to partition 0 of the handler's first topic.
+    pub fn send(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> &mut Self {
+        let topic = self.default_topic.clone();
+        self.send_to(&topic, 0, Some(key.as_ref()), Some(value.as_ref()), &[])
+    }
+
+    /// Appends a record whose value is `value` as JSON.
+    pub fn send_json<T: Serialize>(&mut self, key: impl AsRef<[u8]>, value: &T) -> &mut Self {
+        let json = serde_json::to_vec(value).unwrap_or_else(|e| format!("{e}").into_bytes());
+        self.send(key, json)
+    }
+
+    /// Appends a record to `topic`/`partition`; its offset is the partition's next.
+    pub fn send_to(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(&str, &[u8])],
+    ) -> &mut Self {
+        let log = self
+            .partitions
+            .entry((topic.to_owned(), partition))
+            .or_default();
+        let mut hs = OwnedHeaders::new();
+        for (k, v) in headers {
+            hs = hs.insert(Header {
+                key: k,
+                value: Some(*v),
+            });
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        log.records.push(OwnedMessage::new(
+            value.map(<[u8]>::to_vec),
+            key.map(<[u8]>::to_vec),
+            topic.to_owned(),
+            Timestamp::CreateTime(now),
+            partition,
+            log.records.len() as i64,
+            (!headers.is_empty()).then_some(hs),
+        ));
+        self
+    }
+
+    /// Processes every record not yet processed, in batches, partition by partition. Returns
+    /// how many were processed; stops at the first failing batch (nothing of it committed)
+    /// with the error, and a later `run` retries it.
+    pub async fn run(&mut self) -> Result<usize> {
+        let mut done = 0;
+        for ((topic, partition), log) in self.partitions.iter_mut() {
+            let store = match &log.store {
+                Some(s) => Arc::clone(s),
+                None => {
+                    let path = self
+                        .dir
+                        .join(topic)
+                        .join(format!("{partition}.sqlite"));
+                    let s = Arc::new(PartitionStore::open(path)?);
+                    log.store = Some(Arc::clone(&s));
+                    s
+                }
+            };
+            while log.processed < log.records.len() {
+                let end = (log.processed + self.batch_size).min(log.records.len());
+                let batch = &log.records[log.processed..end];
+                run_batch(&self.handler, &store, topic, *partition, self.delivery, batch)
+                    .await
+                    .map_err(|e| match e {
+                        BatchError::Record { offset, error } => Error::Record {
+                            topic: topic.clone(),
+                            partition: *partition,
+                            offset,
+                            source: error,
+                        },
+                        BatchError::Commit(e) => Error::State(e),
+                    })?;
+                done += end - log.processed;
+                log.processed = end;
+            }
+        }
+        Ok(done)
+    }
+
+    /// The committed value of `key` in the named store, from whichever partition holds it.
+    pub fn get<K: Serialize + ?Sized, V: DeserializeOwned>(
+        &self,
+        store: &str,
+        key: &K,
+    ) -> Result<Option<V>> {
+        for s in self.stores() {
+            if let Some(v) = s.get(store, key)? {
+                return Ok(Some(v));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Every committed entry of the named store, over all partitions.
+    pub fn entries<K: DeserializeOwned + Ord, V: DeserializeOwned>(
+        &self,
+        store: &str,
+    ) -> Result<BTreeMap<K, V>> {
+        let mut out = BTreeMap::new();
+        for s in self.stores() {
+            out.extend(s.entries::<K, V>(store)?);
+        }
+        Ok(out)
+    }
+
+    /// The next offset committed for `topic`/`partition`.
+    pub fn committed_offset(&self, topic: &str, partition: i32) -> Result<Option<i64>> {
+        match self.partitions.get(&(topic.to_owned(), partition)).and_then(|l| l.store.as_ref()) {
+            Some(s) => Ok(s.next_offset(topic, partition)?),
+            None => Ok(None),
+        }
+    }
+
+    fn stores(&self) -> impl Iterator<Item = &Arc<PartitionStore>> {
+        self.partitions.values().filter_map(|l| l.store.as_ref())
+    }
+}
+
+impl<H> Drop for TestKit<H> {
+    fn drop(&mut self) {
+        if self.remove_dir {
+            for log in self.partitions.values_mut() {
+                log.store = None;
+            }
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}

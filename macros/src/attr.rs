@@ -1,0 +1,303 @@
+//! Parses and checks `#[handler(...)]`, collecting every error.
+
+use proc_macro2::Span;
+use syn::meta::ParseNestedMeta;
+use syn::spanned::Spanned;
+use syn::{Data, DeriveInput, Expr, ExprArray, Ident, Lit, LitInt, LitStr, Token, Type};
+
+/// Everything `#[handler(...)]` declares.
+pub(crate) struct HandlerAttrs {
+    pub(crate) topics: Vec<LitStr>,
+    pub(crate) group: Option<LitStr>,
+    pub(crate) key: Option<Type>,
+    pub(crate) value: Type,
+    pub(crate) stores: Vec<StoreAttr>,
+    pub(crate) batch_size: Option<LitInt>,
+    pub(crate) linger_ms: Option<LitInt>,
+    pub(crate) queue_capacity: Option<LitInt>,
+    pub(crate) at_most_once: bool,
+}
+
+/// `store(Name, key = K, value = V, name = "...")`.
+pub(crate) struct StoreAttr {
+    pub(crate) ident: Ident,
+    pub(crate) name: String,
+    pub(crate) key: Type,
+    pub(crate) value: Type,
+}
+
+const KEYS: &str = "topic, topics, group, key, value, store, batch_size, linger_ms, queue_capacity, delivery";
+
+/// Collects errors so that all of them are reported together.
+#[derive(Default)]
+struct Errors(Option<syn::Error>);
+
+impl Errors {
+    fn push(&mut self, e: syn::Error) {
+        match &mut self.0 {
+            Some(all) => all.combine(e),
+            None => self.0 = Some(e),
+        }
+    }
+
+    fn at(&mut self, span: Span, msg: impl std::fmt::Display) {
+        self.push(syn::Error::new(span, msg));
+    }
+}
+
+/// One setting that may be given once.
+struct Once<T> {
+    name: &'static str,
+    value: Option<T>,
+}
+
+impl<T> Once<T> {
+    fn new(name: &'static str) -> Self {
+        Self { name, value: None }
+    }
+
+    fn set(&mut self, errors: &mut Errors, span: Span, value: T) {
+        if self.value.is_some() {
+            errors.at(span, format!("duplicate `{}` in #[handler(...)]", self.name));
+        } else {
+            self.value = Some(value);
+        }
+    }
+}
+
+impl HandlerAttrs {
+    pub(crate) fn from_input(input: &DeriveInput) -> syn::Result<Self> {
+        let mut errors = Errors::default();
+        match &input.data {
+            Data::Struct(_) => {}
+            Data::Enum(e) => errors.at(
+                e.enum_token.span(),
+                "#[derive(Handler)] needs a struct; an enum cannot be a handler",
+            ),
+            Data::Union(u) => errors.at(
+                u.union_token.span(),
+                "#[derive(Handler)] needs a struct; a union cannot be a handler",
+            ),
+        }
+        if !input.generics.params.is_empty() {
+            errors.at(
+                input.generics.span(),
+                "#[derive(Handler)] does not support generic handlers; wrap the generic type in a concrete struct",
+            );
+        }
+
+        let mut topics: Vec<LitStr> = Vec::new();
+        let mut group = Once::new("group");
+        let mut key = Once::new("key");
+        let mut value = Once::new("value");
+        let mut stores: Vec<StoreAttr> = Vec::new();
+        let mut batch_size = Once::new("batch_size");
+        let mut linger_ms = Once::new("linger_ms");
+        let mut queue_capacity = Once::new("queue_capacity");
+        let mut delivery = Once::new("delivery");
+        let mut seen_attr = false;
+
+        for attr in input.attrs.iter().filter(|a| a.path().is_ident("handler")) {
+            seen_attr = true;
+            let parsed = attr.parse_nested_meta(|meta| {
+                let Some(ident) = meta.path.get_ident().cloned() else {
+                    errors.at(meta.path.span(), format!("unknown handler attribute; expected one of: {KEYS}"));
+                    return skip_value(&meta);
+                };
+                match ident.to_string().as_str() {
+                    "topic" => {
+                        let lit: LitStr = meta.value()?.parse()?;
+                        check_topic(&mut errors, &lit);
+                        topics.push(lit);
+                    }
+                    "topics" => {
+                        let arr: ExprArray = meta.value()?.parse()?;
+                        for el in arr.elems {
+                            match el {
+                                Expr::Lit(syn::ExprLit { lit: Lit::Str(lit), .. }) => {
+                                    check_topic(&mut errors, &lit);
+                                    topics.push(lit);
+                                }
+                                other => errors.at(other.span(), "a topic name must be a string literal"),
+                            }
+                        }
+                    }
+                    "group" => {
+                        let lit: LitStr = meta.value()?.parse()?;
+                        if lit.value().trim().is_empty() {
+                            errors.at(lit.span(), "the consumer group must not be empty");
+                        }
+                        group.set(&mut errors, ident.span(), lit);
+                    }
+                    "key" => key.set(&mut errors, ident.span(), meta.value()?.parse::<Type>()?),
+                    "value" => value.set(&mut errors, ident.span(), meta.value()?.parse::<Type>()?),
+                    "store" => {
+                        if let Some(store) = parse_store(&meta, &ident, &mut errors)? {
+                            if let Some(prev) = stores.iter().find(|s| s.ident == store.ident || s.name == store.name) {
+                                errors.at(
+                                    store.ident.span(),
+                                    format!("store `{}` is declared twice (first as `{}`)", store.name, prev.ident),
+                                );
+                            } else {
+                                stores.push(store);
+                            }
+                        }
+                    }
+                    "batch_size" => {
+                        let lit = positive(&meta, &mut errors)?;
+                        batch_size.set(&mut errors, ident.span(), lit);
+                    }
+                    "linger_ms" => {
+                        let lit: LitInt = meta.value()?.parse()?;
+                        if lit.base10_parse::<u64>().is_err() {
+                            errors.at(lit.span(), "`linger_ms` must be a whole number of milliseconds");
+                        }
+                        linger_ms.set(&mut errors, ident.span(), lit);
+                    }
+                    "queue_capacity" => {
+                        let lit = positive(&meta, &mut errors)?;
+                        if lit.base10_parse::<usize>().is_ok_and(|n| n < 2) {
+                            errors.at(lit.span(), "`queue_capacity` must be at least 2");
+                        }
+                        queue_capacity.set(&mut errors, ident.span(), lit);
+                    }
+                    "delivery" => {
+                        let mode: Ident = meta.value()?.parse()?;
+                        match mode.to_string().as_str() {
+                            "at_least_once" => delivery.set(&mut errors, ident.span(), false),
+                            "at_most_once" => delivery.set(&mut errors, ident.span(), true),
+                            _ => errors.at(mode.span(), "`delivery` is `at_least_once` or `at_most_once`"),
+                        }
+                    }
+                    other => {
+                        errors.at(ident.span(), format!("unknown handler attribute `{other}`; expected one of: {KEYS}"));
+                        return skip_value(&meta);
+                    }
+                }
+                Ok(())
+            });
+            if let Err(e) = parsed {
+                errors.push(e);
+            }
+        }
+
+        if !seen_attr {
+            errors.at(
+                input.ident.span(),
+                "missing #[handler(...)] attribute; at least `value = <codec>` is needed, e.g. #[handler(topic = \"orders\", value = Json<Order>)]",
+            );
+        } else if value.value.is_none() {
+            errors.at(
+                input.ident.span(),
+                "missing `value = <codec>` in #[handler(...)], e.g. `value = Json<Order>`, `value = Utf8` or `value = Raw`",
+            );
+        }
+        if let Some(e) = errors.0 {
+            return Err(e);
+        }
+        Ok(Self {
+            topics,
+            group: group.value,
+            key: key.value,
+            value: value.value.ok_or_else(|| syn::Error::new(input.ident.span(), "missing `value`"))?,
+            stores,
+            batch_size: batch_size.value,
+            linger_ms: linger_ms.value,
+            queue_capacity: queue_capacity.value,
+            at_most_once: delivery.value.unwrap_or(false),
+        })
+    }
+}
+
+fn positive(meta: &ParseNestedMeta<'_>, errors: &mut Errors) -> syn::Result<LitInt> {
+    let lit: LitInt = meta.value()?.parse()?;
+    if !lit.base10_parse::<usize>().is_ok_and(|n| n > 0) {
+        errors.at(lit.span(), "must be a whole number greater than 0");
+    }
+    Ok(lit)
+}
+
+/// Kafka's rules for topic names (the runtime checks them again for configured topics).
+fn check_topic(errors: &mut Errors, lit: &LitStr) {
+    let t = lit.value();
+    let problem = if t.is_empty() || t.len() > 249 {
+        Some("a topic name has 1 to 249 characters".to_owned())
+    } else if t == "." || t == ".." {
+        Some("a topic cannot be named \".\" or \"..\"".to_owned())
+    } else {
+        t.chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+            .map(|c| format!("{c:?} is not allowed in a topic name; use letters, digits, '.', '_' and '-'"))
+    };
+    if let Some(p) = problem {
+        errors.at(lit.span(), format!("invalid topic {t:?}: {p}"));
+    }
+}
+
+fn parse_store(meta: &ParseNestedMeta<'_>, store_kw: &Ident, errors: &mut Errors) -> syn::Result<Option<StoreAttr>> {
+    let mut ident: Option<Ident> = None;
+    let mut name: Option<LitStr> = None;
+    let mut key: Option<Type> = None;
+    let mut value: Option<Type> = None;
+    meta.parse_nested_meta(|inner| {
+        let Some(id) = inner.path.get_ident().cloned() else {
+            errors.at(inner.path.span(), "expected `StoreType, key = K, value = V`");
+            return skip_value(&inner);
+        };
+        if !inner.input.peek(Token![=]) {
+            if ident.is_some() {
+                errors.at(id.span(), "a store has one type name");
+            }
+            ident = Some(id);
+            return Ok(());
+        }
+        match id.to_string().as_str() {
+            "key" => key = Some(inner.value()?.parse()?),
+            "value" => value = Some(inner.value()?.parse()?),
+            "name" => name = Some(inner.value()?.parse()?),
+            other => {
+                errors.at(id.span(), format!("unknown store setting `{other}`; expected key, value or name"));
+                return skip_value(&inner);
+            }
+        }
+        Ok(())
+    })?;
+    let Some(ident) = ident else {
+        errors.at(store_kw.span(), "a store needs a type name: store(Totals, key = str, value = u64)");
+        return Ok(None);
+    };
+    let (Some(key), Some(value)) = (key, value) else {
+        errors.at(ident.span(), format!("store `{ident}` needs both `key = <type>` and `value = <type>`"));
+        return Ok(None);
+    };
+    let name = name.map_or_else(|| snake_case(&ident.to_string()), |n| n.value());
+    Ok(Some(StoreAttr { ident, name, key, value }))
+}
+
+/// Skips the value of an attribute entry whose error was already recorded.
+fn skip_value(meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
+    if meta.input.peek(Token![=]) {
+        meta.value()?.parse::<Expr>().map(drop)
+    } else if meta.input.peek(syn::token::Paren) {
+        let content;
+        syn::parenthesized!(content in meta.input);
+        content.parse::<proc_macro2::TokenStream>().map(drop)
+    } else {
+        Ok(())
+    }
+}
+
+fn snake_case(s: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if c.is_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.extend(c.to_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
