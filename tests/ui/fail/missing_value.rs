@@ -1,0 +1,10 @@
+use weir::prelude::*;
+
+#[derive(Handler)]
+#[handler(topic = "orders")]
+struct NoValue;
+
+#[derive(Handler)]
+struct NoAttribute;
+
+fn main() {}
