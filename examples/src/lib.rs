@@ -1,4 +1,5 @@
 //! Handlers of the example workers, kept in a library so their tests use the test kit.
 
 pub mod orders;
+pub mod sample;
 pub mod wordcount;

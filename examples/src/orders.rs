@@ -47,7 +47,10 @@ mod tests {
     use super::*;
 
     fn order(id: &str, cents: u64) -> Order {
-        Order { order_id: id.into(), cents }
+        Order {
+            order_id: id.into(),
+            cents,
+        }
     }
 
     #[tokio::test]
@@ -57,8 +60,14 @@ mod tests {
             .send_json("bob", &order("o2", 200))
             .send_json("alice", &order("o3", 250));
         kit.run().await.expect("run");
-        assert_eq!(kit.get::<str, u64>(Totals::NAME, "alice").expect("get"), Some(750));
-        assert_eq!(kit.get::<str, u64>(Totals::NAME, "bob").expect("get"), Some(200));
+        assert_eq!(
+            kit.get::<str, u64>(Totals::NAME, "alice").expect("get"),
+            Some(750)
+        );
+        assert_eq!(
+            kit.get::<str, u64>(Totals::NAME, "bob").expect("get"),
+            Some(200)
+        );
     }
 
     #[tokio::test]
@@ -69,7 +78,10 @@ mod tests {
             .send_json("alice", &order("o2", 100))
             .send_json("alice", &order("o1", 500)); // a later batch
         assert_eq!(kit.run().await.expect("run"), 4);
-        assert_eq!(kit.get::<str, u64>(Totals::NAME, "alice").expect("get"), Some(600));
+        assert_eq!(
+            kit.get::<str, u64>(Totals::NAME, "alice").expect("get"),
+            Some(600)
+        );
     }
 
     #[tokio::test]

@@ -39,8 +39,9 @@ mod tests {
         kit.send("1", "The fox, the dog.").send("2", "THE end");
         assert_eq!(kit.run().await.expect("run"), 2);
         let counts: BTreeMap<String, u64> = kit.entries(Counts::NAME).expect("entries");
-        let expected: BTreeMap<String, u64> =
-            [("dog", 1), ("end", 1), ("fox", 1), ("the", 3)].map(|(w, n)| (w.to_owned(), n)).into();
+        let expected: BTreeMap<String, u64> = [("dog", 1), ("end", 1), ("fox", 1), ("the", 3)]
+            .map(|(w, n)| (w.to_owned(), n))
+            .into();
         assert_eq!(counts, expected);
         assert_eq!(kit.committed_offset("lines", 0).expect("offset"), Some(2));
     }
@@ -52,7 +53,10 @@ mod tests {
         kit.send_to("lines", 0, None, Some(&[0xff, 0xfe]), &[]);
         let err = kit.run().await.expect_err("undecodable record");
         let text = err.to_string();
-        assert!(text.contains("offset 1") && text.contains("invalid UTF-8"), "{text}");
+        assert!(
+            text.contains("offset 1") && text.contains("invalid UTF-8"),
+            "{text}"
+        );
         // The failed batch committed nothing; the record before it in the batch is not counted.
         assert_eq!(kit.committed_offset("lines", 0).expect("offset"), None);
     }

@@ -57,7 +57,9 @@ pub(crate) async fn run_batch<H: Process>(
                 writes.rollback();
                 metrics::counter!(MESSAGES_TOTAL, "outcome" => "skipped").increment(1);
                 tracing::error!(
-                    topic, partition, offset = msg.offset(),
+                    topic,
+                    partition,
+                    offset = msg.offset(),
                     "record failed and is skipped (at-most-once delivery): {error}"
                 );
             }
@@ -82,7 +84,8 @@ async fn run_record<H: Process>(
     let payload_len = msg.payload().map_or(0, <[u8]>::len);
     let value = <H::Value as Codec>::decode(msg.payload())
         .map_err(|e| format!("cannot decode value ({payload_len} bytes): {e}"))?;
-    let key = <H::Key as Codec>::decode(msg.key()).map_err(|e| format!("cannot decode key: {e}"))?;
+    let key =
+        <H::Key as Codec>::decode(msg.key()).map_err(|e| format!("cannot decode key: {e}"))?;
     let mut ctx = Ctx::new(store, writes);
     let outcome = AssertUnwindSafe(handler.process(Record::new(msg, key, value), &mut ctx))
         .catch_unwind()

@@ -132,9 +132,15 @@ mod tests {
     fn envelope_fields_and_newer_versions() {
         let ok = br#"{"schema_version":2,"trace_id":"t1","published_at":"2026-11-25T10:00:00Z","payload":5}"#;
         let e = Envelope::<u32, 2>::decode(Some(ok)).expect("valid");
-        assert_eq!((e.schema_version, e.trace_id.as_deref(), e.payload), (2, Some("t1"), 5));
+        assert_eq!(
+            (e.schema_version, e.trace_id.as_deref(), e.payload),
+            (2, Some("t1"), 5)
+        );
         let err = Envelope::<u32, 1>::decode(Some(ok)).expect_err("too new");
-        assert!(err.to_string().contains("schema_version 2 is newer than 1"), "{err}");
+        assert!(
+            err.to_string().contains("schema_version 2 is newer than 1"),
+            "{err}"
+        );
         let err = Envelope::<u32>::decode(Some(br#"{"payload":5}"#)).expect_err("no version");
         assert!(err.to_string().contains("invalid envelope"), "{err}");
     }

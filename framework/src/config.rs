@@ -256,7 +256,8 @@ mod tests {
     #[test]
     fn handler_settings_fill_only_what_was_not_given() {
         let mut c = Config::default();
-        c.apply_env(env(&[("WEIR_BATCH_SIZE", "7")])).expect("valid");
+        c.apply_env(env(&[("WEIR_BATCH_SIZE", "7")]))
+            .expect("valid");
         c.apply_handler(&HandlerSettings {
             topics: &["orders"],
             group: Some("totals"),

@@ -61,9 +61,9 @@ pub use error::{Error, Result};
 pub use handler::{
     BoxError, Delivery, Handler, HandlerSettings, KeyOf, Process, StoreInfo, ValueOf,
 };
+pub use record::Record;
 /// Derives [`Handler`] from a `#[handler(...)]` attribute.
 pub use weir_macros::Handler;
-pub use record::Record;
 pub use worker::{Worker, WorkerBuilder};
 
 /// The SQLite partition stores, for reading state outside a handler (reports, tests, SQL).

@@ -156,10 +156,7 @@ impl<H: Process> TestKit<H> {
             let store = match &log.store {
                 Some(s) => Arc::clone(s),
                 None => {
-                    let path = self
-                        .dir
-                        .join(topic)
-                        .join(format!("{partition}.sqlite"));
+                    let path = self.dir.join(topic).join(format!("{partition}.sqlite"));
                     let s = Arc::new(PartitionStore::open(path)?);
                     log.store = Some(Arc::clone(&s));
                     s
@@ -168,17 +165,24 @@ impl<H: Process> TestKit<H> {
             while log.processed < log.records.len() {
                 let end = (log.processed + self.batch_size).min(log.records.len());
                 let batch = &log.records[log.processed..end];
-                run_batch(&self.handler, &store, topic, *partition, self.delivery, batch)
-                    .await
-                    .map_err(|e| match e {
-                        BatchError::Record { offset, error } => Error::Record {
-                            topic: topic.clone(),
-                            partition: *partition,
-                            offset,
-                            source: error,
-                        },
-                        BatchError::Commit(e) => Error::State(e),
-                    })?;
+                run_batch(
+                    &self.handler,
+                    &store,
+                    topic,
+                    *partition,
+                    self.delivery,
+                    batch,
+                )
+                .await
+                .map_err(|e| match e {
+                    BatchError::Record { offset, error } => Error::Record {
+                        topic: topic.clone(),
+                        partition: *partition,
+                        offset,
+                        source: error,
+                    },
+                    BatchError::Commit(e) => Error::State(e),
+                })?;
                 done += end - log.processed;
                 log.processed = end;
             }
@@ -214,7 +218,11 @@ impl<H: Process> TestKit<H> {
 
     /// The next offset committed for `topic`/`partition`.
     pub fn committed_offset(&self, topic: &str, partition: i32) -> Result<Option<i64>> {
-        match self.partitions.get(&(topic.to_owned(), partition)).and_then(|l| l.store.as_ref()) {
+        match self
+            .partitions
+            .get(&(topic.to_owned(), partition))
+            .and_then(|l| l.store.as_ref())
+        {
             Some(s) => Ok(s.next_offset(topic, partition)?),
             None => Ok(None),
         }

@@ -26,7 +26,8 @@ pub(crate) struct StoreAttr {
     pub(crate) value: Type,
 }
 
-const KEYS: &str = "topic, topics, group, key, value, store, batch_size, linger_ms, queue_capacity, delivery";
+const KEYS: &str =
+    "topic, topics, group, key, value, store, batch_size, linger_ms, queue_capacity, delivery";
 
 /// Collects errors so that all of them are reported together.
 #[derive(Default)]
@@ -58,7 +59,10 @@ impl<T> Once<T> {
 
     fn set(&mut self, errors: &mut Errors, span: Span, value: T) {
         if self.value.is_some() {
-            errors.at(span, format!("duplicate `{}` in #[handler(...)]", self.name));
+            errors.at(
+                span,
+                format!("duplicate `{}` in #[handler(...)]", self.name),
+            );
         } else {
             self.value = Some(value);
         }
@@ -101,7 +105,10 @@ impl HandlerAttrs {
             seen_attr = true;
             let parsed = attr.parse_nested_meta(|meta| {
                 let Some(ident) = meta.path.get_ident().cloned() else {
-                    errors.at(meta.path.span(), format!("unknown handler attribute; expected one of: {KEYS}"));
+                    errors.at(
+                        meta.path.span(),
+                        format!("unknown handler attribute; expected one of: {KEYS}"),
+                    );
                     return skip_value(&meta);
                 };
                 match ident.to_string().as_str() {
@@ -114,11 +121,15 @@ impl HandlerAttrs {
                         let arr: ExprArray = meta.value()?.parse()?;
                         for el in arr.elems {
                             match el {
-                                Expr::Lit(syn::ExprLit { lit: Lit::Str(lit), .. }) => {
+                                Expr::Lit(syn::ExprLit {
+                                    lit: Lit::Str(lit), ..
+                                }) => {
                                     check_topic(&mut errors, &lit);
                                     topics.push(lit);
                                 }
-                                other => errors.at(other.span(), "a topic name must be a string literal"),
+                                other => {
+                                    errors.at(other.span(), "a topic name must be a string literal")
+                                }
                             }
                         }
                     }
@@ -133,10 +144,16 @@ impl HandlerAttrs {
                     "value" => value.set(&mut errors, ident.span(), meta.value()?.parse::<Type>()?),
                     "store" => {
                         if let Some(store) = parse_store(&meta, &ident, &mut errors)? {
-                            if let Some(prev) = stores.iter().find(|s| s.ident == store.ident || s.name == store.name) {
+                            if let Some(prev) = stores
+                                .iter()
+                                .find(|s| s.ident == store.ident || s.name == store.name)
+                            {
                                 errors.at(
                                     store.ident.span(),
-                                    format!("store `{}` is declared twice (first as `{}`)", store.name, prev.ident),
+                                    format!(
+                                        "store `{}` is declared twice (first as `{}`)",
+                                        store.name, prev.ident
+                                    ),
                                 );
                             } else {
                                 stores.push(store);
@@ -150,7 +167,10 @@ impl HandlerAttrs {
                     "linger_ms" => {
                         let lit: LitInt = meta.value()?.parse()?;
                         if lit.base10_parse::<u64>().is_err() {
-                            errors.at(lit.span(), "`linger_ms` must be a whole number of milliseconds");
+                            errors.at(
+                                lit.span(),
+                                "`linger_ms` must be a whole number of milliseconds",
+                            );
                         }
                         linger_ms.set(&mut errors, ident.span(), lit);
                     }
@@ -166,11 +186,17 @@ impl HandlerAttrs {
                         match mode.to_string().as_str() {
                             "at_least_once" => delivery.set(&mut errors, ident.span(), false),
                             "at_most_once" => delivery.set(&mut errors, ident.span(), true),
-                            _ => errors.at(mode.span(), "`delivery` is `at_least_once` or `at_most_once`"),
+                            _ => errors.at(
+                                mode.span(),
+                                "`delivery` is `at_least_once` or `at_most_once`",
+                            ),
                         }
                     }
                     other => {
-                        errors.at(ident.span(), format!("unknown handler attribute `{other}`; expected one of: {KEYS}"));
+                        errors.at(
+                            ident.span(),
+                            format!("unknown handler attribute `{other}`; expected one of: {KEYS}"),
+                        );
                         return skip_value(&meta);
                     }
                 }
@@ -199,7 +225,9 @@ impl HandlerAttrs {
             topics,
             group: group.value,
             key: key.value,
-            value: value.value.ok_or_else(|| syn::Error::new(input.ident.span(), "missing `value`"))?,
+            value: value
+                .value
+                .ok_or_else(|| syn::Error::new(input.ident.span(), "missing `value`"))?,
             stores,
             batch_size: batch_size.value,
             linger_ms: linger_ms.value,
@@ -227,21 +255,32 @@ fn check_topic(errors: &mut Errors, lit: &LitStr) {
     } else {
         t.chars()
             .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-            .map(|c| format!("{c:?} is not allowed in a topic name; use letters, digits, '.', '_' and '-'"))
+            .map(|c| {
+                format!(
+                    "{c:?} is not allowed in a topic name; use letters, digits, '.', '_' and '-'"
+                )
+            })
     };
     if let Some(p) = problem {
         errors.at(lit.span(), format!("invalid topic {t:?}: {p}"));
     }
 }
 
-fn parse_store(meta: &ParseNestedMeta<'_>, store_kw: &Ident, errors: &mut Errors) -> syn::Result<Option<StoreAttr>> {
+fn parse_store(
+    meta: &ParseNestedMeta<'_>,
+    store_kw: &Ident,
+    errors: &mut Errors,
+) -> syn::Result<Option<StoreAttr>> {
     let mut ident: Option<Ident> = None;
     let mut name: Option<LitStr> = None;
     let mut key: Option<Type> = None;
     let mut value: Option<Type> = None;
     meta.parse_nested_meta(|inner| {
         let Some(id) = inner.path.get_ident().cloned() else {
-            errors.at(inner.path.span(), "expected `StoreType, key = K, value = V`");
+            errors.at(
+                inner.path.span(),
+                "expected `StoreType, key = K, value = V`",
+            );
             return skip_value(&inner);
         };
         if !inner.input.peek(Token![=]) {
@@ -256,22 +295,36 @@ fn parse_store(meta: &ParseNestedMeta<'_>, store_kw: &Ident, errors: &mut Errors
             "value" => value = Some(inner.value()?.parse()?),
             "name" => name = Some(inner.value()?.parse()?),
             other => {
-                errors.at(id.span(), format!("unknown store setting `{other}`; expected key, value or name"));
+                errors.at(
+                    id.span(),
+                    format!("unknown store setting `{other}`; expected key, value or name"),
+                );
                 return skip_value(&inner);
             }
         }
         Ok(())
     })?;
     let Some(ident) = ident else {
-        errors.at(store_kw.span(), "a store needs a type name: store(Totals, key = str, value = u64)");
+        errors.at(
+            store_kw.span(),
+            "a store needs a type name: store(Totals, key = str, value = u64)",
+        );
         return Ok(None);
     };
     let (Some(key), Some(value)) = (key, value) else {
-        errors.at(ident.span(), format!("store `{ident}` needs both `key = <type>` and `value = <type>`"));
+        errors.at(
+            ident.span(),
+            format!("store `{ident}` needs both `key = <type>` and `value = <type>`"),
+        );
         return Ok(None);
     };
     let name = name.map_or_else(|| snake_case(&ident.to_string()), |n| n.value());
-    Ok(Some(StoreAttr { ident, name, key, value }))
+    Ok(Some(StoreAttr {
+        ident,
+        name,
+        key,
+        value,
+    }))
 }
 
 /// Skips the value of an attribute entry whose error was already recorded.

@@ -168,6 +168,9 @@ mod tests {
         ws.put("s", "c", &3).expect("put");
         ws.release();
         ws.rollback();
-        assert_eq!(ws.lookup::<_, i32>("s", "c").expect("lookup"), Some(Some(3)));
+        assert_eq!(
+            ws.lookup::<_, i32>("s", "c").expect("lookup"),
+            Some(Some(3))
+        );
     }
 }
