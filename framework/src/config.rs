@@ -30,6 +30,12 @@ pub(crate) struct Config {
     pub(crate) queue_capacity: usize,
     pub(crate) embedded_partitions: i32,
     pub(crate) delivery: Delivery,
+    /// Address of the `/metrics` and `/health/*` endpoint; `None` serves none.
+    pub(crate) metrics_addr: Option<String>,
+    /// How often the progress line is logged; zero logs none.
+    pub(crate) progress_interval: Duration,
+    /// How long a graceful stop may take before the worker gives up with an error.
+    pub(crate) drain_timeout: Duration,
     /// librdkafka properties with where each came from (for error messages).
     pub(crate) kafka: Vec<KafkaProperty>,
     /// Settings given by the builder or the environment, which a handler's own don't override.
@@ -56,6 +62,9 @@ impl Default for Config {
             queue_capacity: 2000,
             embedded_partitions: 4,
             delivery: Delivery::AtLeastOnce,
+            metrics_addr: None,
+            progress_interval: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(30),
             kafka: Vec::new(),
             explicit: BTreeSet::new(),
         }
@@ -98,6 +107,15 @@ impl Config {
                 "WEIR_QUEUE_CAPACITY" => {
                     self.queue_capacity = parse(&name, &value)?;
                     self.explicit.insert(QUEUE_CAPACITY);
+                }
+                "WEIR_METRICS_ADDR" => {
+                    self.metrics_addr = (!value.trim().is_empty()).then(|| value.trim().to_owned())
+                }
+                "WEIR_PROGRESS_INTERVAL_MS" => {
+                    self.progress_interval = Duration::from_millis(parse(&name, &value)?)
+                }
+                "WEIR_DRAIN_TIMEOUT_MS" => {
+                    self.drain_timeout = Duration::from_millis(parse(&name, &value)?)
                 }
                 "WEIR_EMBEDDED_PARTITIONS" => self.embedded_partitions = parse(&name, &value)?,
                 _ => {

@@ -12,7 +12,7 @@ use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio::sync::mpsc::error::TrySendError;
 
-use crate::metric_names::PARTITION_PAUSED;
+use crate::metric_names::PAUSES_TOTAL;
 use crate::partition_task::Control;
 use crate::rebalance::WeirContext;
 use crate::shared::{PartitionHandle, Shared};
@@ -113,8 +113,7 @@ fn pause<H: Process>(
     if let Err(e) = consumer.pause(&tpl) {
         tracing::warn!(%topic, partition, "pause failed: {e}");
     }
-    metrics::gauge!(PARTITION_PAUSED, "topic" => topic.to_owned(), "partition" => partition.to_string())
-        .set(1.0);
+    metrics::counter!(PAUSES_TOTAL).increment(1);
     tracing::debug!(%topic, partition, "queue full: partition paused");
 }
 
@@ -151,8 +150,6 @@ fn refill_paused<H: Process>(consumer: &BaseConsumer<WeirContext<H>>, shared: &S
                 tracing::warn!(%topic, partition, "resume failed: {e}");
             }
             h.flow.paused.store(false, Ordering::SeqCst);
-            metrics::gauge!(PARTITION_PAUSED, "topic" => topic.clone(), "partition" => partition.to_string())
-                .set(0.0);
             tracing::debug!(%topic, partition, "queue drained: partition resumed");
         }
     }

@@ -35,6 +35,14 @@ pub enum Error {
     /// The embedded broker could not be started or used.
     #[error("embedded broker: {0}")]
     Embedded(String),
+    /// A graceful stop did not finish within the drain timeout.
+    #[error("graceful stop did not finish within {timeout:?}; partitions not released (their in-flight batches are not committed and will be processed again): {partitions:?}")]
+    DrainTimeout {
+        /// The drain timeout.
+        timeout: std::time::Duration,
+        /// `topic/partition` of every partition still owned.
+        partitions: Vec<String>,
+    },
     /// An I/O error outside the state stores (threads, signals).
     #[error("{context}: {source}")]
     Io {

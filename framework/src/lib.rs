@@ -46,6 +46,7 @@ mod embedded_broker;
 mod error;
 mod handler;
 mod metric_names;
+mod metrics_server;
 mod partition_task;
 mod rebalance;
 mod record;

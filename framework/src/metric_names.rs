@@ -8,7 +8,23 @@ pub(crate) const BATCH_DURATION_SECONDS: &str = "weir_batch_duration_seconds";
 pub(crate) const COMMIT_DURATION_SECONDS: &str = "weir_commit_duration_seconds";
 /// Rebalances by `kind` (`assign`, `revoke`, `lost`).
 pub(crate) const REBALANCES_TOTAL: &str = "weir_rebalances_total";
+/// Times a partition was paused because its queue was full.
+pub(crate) const PAUSES_TOTAL: &str = "weir_partition_pauses_total";
+
+// Per-partition series, rendered at scrape time from the partitions this worker owns right
+// now (so a revoked partition's series are gone at once), by `metrics_server`.
+
 /// Partitions this worker owns.
 pub(crate) const OWNED_PARTITIONS: &str = "weir_owned_partitions";
 /// 1 while a partition is paused because its queue is full.
 pub(crate) const PARTITION_PAUSED: &str = "weir_partition_paused";
+/// High watermark minus the next offset to process (from SQLite).
+pub(crate) const CONSUMER_LAG: &str = "weir_consumer_lag";
+/// Age of the oldest record not yet committed, 0 when caught up.
+pub(crate) const CONSUMER_LAG_SECONDS: &str = "weir_consumer_lag_seconds";
+/// Records waiting in the partition's queue.
+pub(crate) const QUEUE_DEPTH: &str = "weir_queue_depth";
+/// Capacity of the partition's queue.
+pub(crate) const QUEUE_CAPACITY: &str = "weir_queue_capacity";
+/// Records committed since the partition was assigned to this worker.
+pub(crate) const PARTITION_PROCESSED: &str = "weir_partition_processed";

@@ -2,7 +2,7 @@
 //! handler on each record in order, and commits the batch's state and offset in one SQLite
 //! transaction.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -37,15 +37,46 @@ pub(crate) struct PartitionFlow {
     pub(crate) paused: AtomicBool,
     /// Set by the task once it asked to be woken, cleared by the consumer thread.
     pub(crate) wake_sent: AtomicBool,
-    /// The last next-offset committed to SQLite, -1 before the first commit.
+    /// The next offset to process: from SQLite, then each commit; -1 while unknown.
     pub(crate) committed: AtomicI64,
+    /// The partition's high watermark as librdkafka last learned it from fetch responses.
+    pub(crate) high_watermark: AtomicI64,
+    /// The partition's low watermark (where an unknown start offset begins).
+    pub(crate) low_watermark: AtomicI64,
+    /// Timestamp (ms) of the oldest record taken but not yet committed; 0 when none.
+    pub(crate) oldest_pending_ms: AtomicI64,
+    /// Records committed since the partition was assigned here.
+    pub(crate) processed: AtomicU64,
 }
 
 impl PartitionFlow {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(next_offset: Option<i64>) -> Self {
         Self {
-            committed: AtomicI64::new(-1),
+            committed: AtomicI64::new(next_offset.unwrap_or(-1)),
+            high_watermark: AtomicI64::new(-1),
+            low_watermark: AtomicI64::new(-1),
             ..Self::default()
+        }
+    }
+
+    /// High watermark minus the next offset to process, once both are known.
+    pub(crate) fn lag(&self) -> Option<i64> {
+        let high = self.high_watermark.load(Ordering::Relaxed);
+        if high < 0 {
+            return None;
+        }
+        let next = match self.committed.load(Ordering::Relaxed) {
+            n if n >= 0 => n,
+            _ => self.low_watermark.load(Ordering::Relaxed).max(0),
+        };
+        Some((high - next).max(0))
+    }
+
+    /// Age in seconds of the oldest record not yet committed (0 when caught up).
+    pub(crate) fn lag_seconds(&self, now_ms: i64) -> f64 {
+        match self.oldest_pending_ms.load(Ordering::Relaxed) {
+            ts if ts > 0 && self.lag().unwrap_or(0) > 0 => ((now_ms - ts).max(0) as f64) / 1000.0,
+            _ => 0.0,
         }
     }
 
@@ -127,6 +158,10 @@ impl<H: Process> PartitionTask<H> {
             if batch.is_empty() {
                 continue;
             }
+            let oldest = batch.iter().filter_map(|m| m.timestamp().to_millis()).min();
+            self.flow
+                .oldest_pending_ms
+                .store(oldest.unwrap_or(0), Ordering::Relaxed);
             if !self.process_until_committed(&batch).await {
                 break;
             }
@@ -205,6 +240,10 @@ impl<H: Process> PartitionTask<H> {
                         .increment(batch.len() as u64);
                     self.next_offset = Some(next);
                     self.flow.committed.store(next, Ordering::SeqCst);
+                    self.flow
+                        .processed
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    self.flow.oldest_pending_ms.store(0, Ordering::Relaxed);
                     let _ = self.control.send(Control::Committed {
                         topic: self.topic.clone(),
                         partition: self.partition,

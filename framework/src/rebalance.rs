@@ -7,13 +7,15 @@ use std::sync::{mpsc as std_mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
+use std::sync::atomic::Ordering;
 use tokio::sync::mpsc;
 use weir_state::PartitionStore;
 
-use crate::metric_names::{OWNED_PARTITIONS, REBALANCES_TOTAL};
+use crate::metric_names::REBALANCES_TOTAL;
 use crate::partition_task::{BatchSettings, PartitionFlow, PartitionTask, TaskStore};
 use crate::shared::{PartitionHandle, Shared};
 use crate::Process;
@@ -23,7 +25,28 @@ pub(crate) struct WeirContext<H> {
     pub(crate) shared: Arc<Shared<H>>,
 }
 
-impl<H: Process> ClientContext for WeirContext<H> {}
+impl<H: Process> ClientContext for WeirContext<H> {
+    /// librdkafka's statistics carry each partition's watermarks as learned from fetch
+    /// responses: they feed the lag of the partitions this worker owns.
+    fn stats(&self, stats: Statistics) {
+        let owned = self.shared.owned();
+        for (topic, partitions) in owned.iter() {
+            let Some(t) = stats.topics.get(topic) else {
+                continue;
+            };
+            for (p, h) in partitions {
+                if let Some(s) = t.partitions.get(p) {
+                    if s.hi_offset >= 0 {
+                        h.flow.high_watermark.store(s.hi_offset, Ordering::Relaxed);
+                    }
+                    if s.lo_offset >= 0 {
+                        h.flow.low_watermark.store(s.lo_offset, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+    }
+}
 
 impl<H: Process> ConsumerContext for WeirContext<H> {
     fn rebalance(
@@ -87,6 +110,7 @@ impl<H: Process> WeirContext<H> {
 
     fn assign(&self, tpl: &mut TopicPartitionList) {
         metrics::counter!(REBALANCES_TOTAL, "kind" => "assign").increment(1);
+        self.shared.joined.store(true, Ordering::SeqCst);
         let shared = &self.shared;
         let c = &shared.config;
         let mut seeks = Vec::new();
@@ -117,7 +141,7 @@ impl<H: Process> WeirContext<H> {
             tracing::info!(%topic, partition, ?next_offset, store = %path.display(), "partition assigned");
             let (store, closed) = TaskStore::new(store);
             let (tx, rx) = mpsc::channel(c.queue_capacity);
-            let flow = Arc::new(PartitionFlow::new());
+            let flow = Arc::new(PartitionFlow::new(next_offset));
             let task = PartitionTask {
                 handler: Arc::clone(&shared.handler),
                 store,
@@ -146,8 +170,6 @@ impl<H: Process> WeirContext<H> {
                 },
             );
         }
-        metrics::gauge!(OWNED_PARTITIONS)
-            .set(owned.values().map(|m| m.len()).sum::<usize>() as f64);
         drop(owned);
         for (topic, partition, offset) in seeks {
             if let Err(e) = tpl.set_partition_offset(&topic, partition, offset) {
@@ -175,8 +197,6 @@ impl<H: Process> WeirContext<H> {
                 }
             }
             owned.retain(|_, m| !m.is_empty());
-            metrics::gauge!(OWNED_PARTITIONS)
-                .set(owned.values().map(|m| m.len()).sum::<usize>() as f64);
         }
         for (_, _, h) in &handles {
             if abandon {

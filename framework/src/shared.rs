@@ -31,8 +31,12 @@ pub(crate) struct Shared<H> {
     pub(crate) handler: Arc<H>,
     pub(crate) config: Config,
     pub(crate) runtime: tokio::runtime::Handle,
-    pub(crate) owned: Mutex<Owned>,
+    pub(crate) owned: Arc<Mutex<Owned>>,
     pub(crate) control: std_mpsc::Sender<Control>,
+    /// True while the consumer thread runs and no stop was requested.
+    pub(crate) running: Arc<AtomicBool>,
+    /// Set once the first assignment arrived: the worker is in the group.
+    pub(crate) joined: Arc<AtomicBool>,
     /// Graceful stop requested.
     pub(crate) stop: AtomicBool,
     /// The worker was dropped without a graceful stop: abort tasks, commit nothing more.
@@ -51,7 +55,9 @@ impl<H> Shared<H> {
             handler,
             config,
             runtime,
-            owned: Mutex::default(),
+            owned: Arc::default(),
+            joined: Arc::default(),
+            running: Arc::new(AtomicBool::new(true)),
             control,
             stop: AtomicBool::new(false),
             abandon: AtomicBool::new(false),
@@ -63,6 +69,15 @@ impl<H> Shared<H> {
         self.owned
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn observed(&self) -> crate::metrics_server::Observed {
+        crate::metrics_server::Observed {
+            owned: Arc::clone(&self.owned),
+            joined: Arc::clone(&self.joined),
+            running: Arc::clone(&self.running),
+            queue_capacity: self.config.queue_capacity,
+        }
     }
 
     pub(crate) fn stopping(&self) -> bool {
@@ -86,4 +101,11 @@ impl<H> Shared<H> {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take()
     }
+}
+
+/// Locks the owned-partitions map (a panic elsewhere cannot leave it inconsistent).
+pub(crate) fn lock_owned(owned: &Mutex<Owned>) -> MutexGuard<'_, Owned> {
+    owned
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -12,7 +12,7 @@ use rdkafka::consumer::BaseConsumer;
 use crate::config::{self, Config, KafkaProperty};
 use crate::rebalance::WeirContext;
 use crate::shared::Shared;
-use crate::{consumer_loop, EmbeddedBroker, Error, Process, Result};
+use crate::{consumer_loop, metrics_server, EmbeddedBroker, Error, Process, Result};
 
 /// Builds a [`Worker`]. Every setting can also come from the environment (see
 /// [`with_env`](Self::with_env)).
@@ -79,6 +79,27 @@ impl WorkerBuilder {
         self
     }
 
+    /// Serves `/metrics`, `/health/live` and `/health/ready` on `addr` (`WEIR_METRICS_ADDR`,
+    /// e.g. `0.0.0.0:9464`; port 0 picks a free one, see [`Worker::metrics_addr`]).
+    pub fn metrics_addr(mut self, addr: impl Into<String>) -> Self {
+        self.config.metrics_addr = Some(addr.into());
+        self
+    }
+
+    /// How often the progress line is logged (`WEIR_PROGRESS_INTERVAL_MS`, default 10 s; zero
+    /// turns it off).
+    pub fn progress_interval(mut self, every: Duration) -> Self {
+        self.config.progress_interval = every;
+        self
+    }
+
+    /// How long a graceful stop may take (`WEIR_DRAIN_TIMEOUT_MS`, default 30 s); past it,
+    /// `run` returns [`Error::DrainTimeout`] naming the partitions not released.
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.config.drain_timeout = timeout;
+        self
+    }
+
     /// Sets a librdkafka consumer property (`WEIR_KAFKA_<PROPERTY>`, dots as underscores).
     pub fn kafka(mut self, property: impl Into<String>, value: impl Into<String>) -> Self {
         let property = property.into();
@@ -133,10 +154,19 @@ impl WorkerBuilder {
             }
         };
         let client = client_config(&config, &brokers)?;
+        let metrics_listener = match &config.metrics_addr {
+            Some(addr) => {
+                // Install the recorder now, so that nothing recorded from here on is lost.
+                metrics_server::prometheus();
+                Some(bind_metrics(addr)?)
+            }
+            None => None,
+        };
         Ok(Worker {
             config,
             brokers,
             client,
+            metrics_listener,
             handler: Arc::new(handler),
             embedded,
         })
@@ -163,6 +193,7 @@ pub struct Worker<H> {
     config: Config,
     brokers: String,
     client: ClientConfig,
+    metrics_listener: Option<std::net::TcpListener>,
     handler: Arc<H>,
     embedded: Option<Arc<EmbeddedBroker>>,
 }
@@ -183,6 +214,13 @@ impl<H: Process> Worker<H> {
     /// The bootstrap servers the worker uses (the embedded broker's when it runs embedded).
     pub fn brokers(&self) -> &str {
         &self.brokers
+    }
+
+    /// The address `/metrics` and `/health/*` are served on, when a metrics address is set.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// Where this worker's partition stores live.
@@ -227,6 +265,25 @@ impl<H: Process> Worker<H> {
             group = %self.config.group, topics = ?self.config.topics, brokers = %self.brokers,
             embedded = self.embedded.is_some(), "worker starting"
         );
+        let mut background = Vec::new();
+        if let Some(listener) = self.metrics_listener {
+            let listener =
+                tokio::net::TcpListener::from_std(listener).map_err(|source| Error::Io {
+                    context: "serving the metrics endpoint",
+                    source,
+                })?;
+            background.push(tokio::spawn(metrics_server::serve(
+                listener,
+                shared.observed(),
+            )));
+        }
+        if !self.config.progress_interval.is_zero() {
+            background.push(tokio::spawn(metrics_server::log_progress(
+                shared.observed(),
+                self.config.progress_interval,
+            )));
+        }
+        let _background = AbortOnDrop(background);
         let guard = AbandonOnDrop(Arc::clone(&shared));
         let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
         let thread_shared = Arc::clone(&shared);
@@ -246,9 +303,20 @@ impl<H: Process> Worker<H> {
             () = &mut shutdown => {
                 tracing::info!("shutdown requested: finishing in-flight batches");
                 shared.stop.store(true, Ordering::SeqCst);
-                done_rx.await
+                shared.running.store(false, Ordering::SeqCst);
+                let drain = self.config.drain_timeout;
+                match tokio::time::timeout(drain, done_rx).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        // Dropping `guard` abandons what is left, like a crash.
+                        let partitions = owned_names(&shared);
+                        tracing::error!(?partitions, "graceful stop exceeded {drain:?}");
+                        return Err(Error::DrainTimeout { timeout: drain, partitions });
+                    }
+                }
             }
         };
+        shared.running.store(false, Ordering::SeqCst);
         std::mem::forget(guard);
         let result = result.unwrap_or_else(|_| Err(Error::Embedded("consumer thread died".into())));
         if result.is_ok() {
@@ -256,6 +324,39 @@ impl<H: Process> Worker<H> {
         }
         result
     }
+}
+
+/// Aborts background tasks (metrics endpoint, progress log) when `run` ends.
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+fn owned_names<H>(shared: &Shared<H>) -> Vec<String> {
+    let owned = shared.owned();
+    let mut names: Vec<String> = owned
+        .iter()
+        .flat_map(|(t, ps)| ps.keys().map(move |p| format!("{t}/{p}")))
+        .collect();
+    names.sort();
+    names
+}
+
+fn bind_metrics(addr: &str) -> Result<std::net::TcpListener> {
+    let err = |e: std::io::Error| {
+        Error::config(
+            "metrics_addr (WEIR_METRICS_ADDR)",
+            format!("cannot listen on {addr:?}: {e}"),
+        )
+    };
+    let listener = std::net::TcpListener::bind(addr).map_err(err)?;
+    listener.set_nonblocking(true).map_err(err)?;
+    Ok(listener)
 }
 
 /// Abandons the worker when its `run` future is dropped before finishing.
@@ -277,7 +378,9 @@ fn client_config(config: &Config, brokers: &str) -> Result<ClientConfig> {
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("session.timeout.ms", "10000")
-        .set("enable.partition.eof", "false");
+        .set("enable.partition.eof", "false")
+        // The statistics carry the high watermarks learned from fetch responses (lag).
+        .set("statistics.interval.ms", "1000");
     for KafkaProperty {
         name,
         value,

@@ -360,6 +360,12 @@ pub struct CountHandler {
     pub stall_on: Option<String>,
     /// Set once the handler reached `stall_on`.
     pub stalled: Arc<std::sync::atomic::AtomicBool>,
+    /// Opens the stall: `release.open()` lets a stalled record finish.
+    pub release: Gate,
+    /// Sleep this long on every record (a slow handler).
+    pub delay: Option<Duration>,
+    /// Sleep this long on the record with this value.
+    pub slow_on: Option<(String, Duration)>,
 }
 
 impl CountHandler {
@@ -381,6 +387,29 @@ impl CountHandler {
             .get(value)
             .copied()
             .unwrap_or(0)
+    }
+}
+
+/// A gate that starts closed; once opened, every waiter passes.
+#[derive(Debug, Clone)]
+pub struct Gate(Arc<tokio::sync::Semaphore>);
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self(Arc::new(tokio::sync::Semaphore::new(0)))
+    }
+}
+
+impl Gate {
+    /// Lets every waiter, now and later, pass.
+    pub fn open(&self) {
+        self.0.close();
+    }
+
+    /// Waits until the gate is open.
+    pub async fn passed(&self) {
+        // A closed semaphore fails every acquire at once: that is the open gate.
+        let _ = self.0.acquire().await;
     }
 }
 
@@ -421,7 +450,16 @@ impl Process for CountHandler {
             ctx.state::<str, u64>(COUNTS)
                 .update(&key, |n| Some(n.unwrap_or(0) + 1))?;
             self.stalled.store(true, Ordering::SeqCst);
-            std::future::pending::<()>().await;
+            self.release.passed().await;
+            return Ok(());
+        }
+        if let Some(d) = self.delay {
+            tokio::time::sleep(d).await;
+        }
+        if let Some((v, d)) = &self.slow_on {
+            if v == rec.value() {
+                tokio::time::sleep(*d).await;
+            }
         }
         let mut counts = ctx.state::<str, u64>(COUNTS);
         // Write before failing, so a failed batch really has writes to throw away.
@@ -445,6 +483,57 @@ fn init_tracing() {
         .with_test_writer()
         .with_ansi(false)
         .try_init();
+}
+
+/// GETs `path` from a worker's metrics endpoint: (status code, body).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    sock.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .expect("send");
+    let mut buf = String::new();
+    sock.read_to_string(&mut buf).await.expect("read");
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of the sample `name{labels}` in a Prometheus text body, e.g.
+/// `sample(&body, "weir_consumer_lag", &[("partition", "0")])`.
+pub fn sample(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .find(|(series, _)| {
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|(_, v)| v.parse().ok())
+}
+
+/// Resident memory of this process in MiB (Linux).
+pub fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|kb| kb.parse::<f64>().ok())
+            })
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// Runs `test` once per broker kind, as two `#[tokio::test]`s named `<name>_mock` and

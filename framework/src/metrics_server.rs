@@ -1,0 +1,275 @@
+//! The worker's HTTP endpoint: `/metrics` (Prometheus), `/health/live` and `/health/ready`.
+//!
+//! Counters and histograms go through the `metrics` crate into the Prometheus recorder this
+//! module installs once per process. Per-partition series (lag, queue depth, paused, ...) are
+//! rendered at scrape time from the partitions the worker owns at that moment, so a revoked
+//! partition's series disappear with it.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::metric_names::*;
+use crate::shared::{lock_owned, Owned};
+
+/// Buckets (seconds) of the batch and commit duration histograms.
+const DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The process-wide Prometheus recorder, installed by the first worker that serves metrics.
+/// `None` when another recorder was installed first (then only weir's per-partition series are
+/// served).
+pub(crate) fn prometheus() -> Option<&'static PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new();
+            let builder = match builder.set_buckets(DURATION_BUCKETS) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!("histogram buckets rejected: {e}");
+                    PrometheusBuilder::new()
+                }
+            };
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            match metrics::set_global_recorder(recorder) {
+                Ok(()) => Some(handle),
+                Err(_) => {
+                    tracing::warn!(
+                        "another metrics recorder is installed: /metrics serves only weir's \
+                         per-partition series"
+                    );
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+/// What the endpoints read.
+#[derive(Debug, Clone)]
+pub(crate) struct Observed {
+    pub(crate) owned: Arc<Mutex<Owned>>,
+    pub(crate) joined: Arc<AtomicBool>,
+    /// True while the consumer thread runs and no stop was requested.
+    pub(crate) running: Arc<AtomicBool>,
+    pub(crate) queue_capacity: usize,
+}
+
+impl Observed {
+    fn ready(&self) -> bool {
+        self.running.load(Ordering::SeqCst) && self.joined.load(Ordering::SeqCst)
+    }
+
+    /// The Prometheus text of every metric.
+    pub(crate) fn render(&self) -> String {
+        let mut out = prometheus()
+            .map(|h| {
+                h.run_upkeep();
+                h.render()
+            })
+            .unwrap_or_default();
+        self.render_partitions(&mut out);
+        out
+    }
+
+    fn render_partitions(&self, out: &mut String) {
+        let now_ms = now_ms();
+        let owned = lock_owned(&self.owned);
+        type Row = (String, i32, Option<i64>, f64, usize, bool, u64);
+        let mut rows: Vec<Row> = Vec::new();
+        for (topic, partitions) in owned.iter() {
+            for (p, h) in partitions {
+                let depth = h.queue.max_capacity() - h.queue.capacity() + h.overflow.len();
+                rows.push((
+                    topic.clone(),
+                    *p,
+                    h.flow.lag(),
+                    h.flow.lag_seconds(now_ms),
+                    depth,
+                    h.flow.paused.load(Ordering::Relaxed),
+                    h.flow.processed.load(Ordering::Relaxed),
+                ));
+            }
+        }
+        drop(owned);
+        rows.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        let header = |out: &mut String, name: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        };
+        header(out, OWNED_PARTITIONS, "Partitions this worker owns.");
+        let _ = writeln!(out, "{OWNED_PARTITIONS} {}", rows.len());
+        let series: [(&str, &str, &dyn Fn(&Row) -> Option<String>); 6] = [
+            (
+                CONSUMER_LAG,
+                "High watermark minus the next offset to process (from SQLite).",
+                &|r| r.2.map(|l| l.to_string()),
+            ),
+            (
+                CONSUMER_LAG_SECONDS,
+                "Age of the oldest record not yet committed; 0 when caught up.",
+                &|r| Some(format!("{:.3}", r.3)),
+            ),
+            (
+                QUEUE_DEPTH,
+                "Records waiting in the partition's queue.",
+                &|r| Some(r.4.to_string()),
+            ),
+            (
+                QUEUE_CAPACITY,
+                "Capacity of the partition's queue.",
+                &|_| Some(self.queue_capacity.to_string()),
+            ),
+            (
+                PARTITION_PAUSED,
+                "1 while the partition is paused because its queue is full.",
+                &|r| Some(u8::from(r.5).to_string()),
+            ),
+            (
+                PARTITION_PROCESSED,
+                "Records committed since the partition was assigned to this worker.",
+                &|r| Some(r.6.to_string()),
+            ),
+        ];
+        for (name, help, value) in series {
+            header(out, name, help);
+            for r in &rows {
+                if let Some(v) = value(r) {
+                    let _ = writeln!(out, "{name}{{topic=\"{}\",partition=\"{}\"}} {v}", r.0, r.1);
+                }
+            }
+        }
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Serves the endpoints until the task is aborted.
+pub(crate) async fn serve(listener: TcpListener, observed: Observed) {
+    loop {
+        match listener.accept().await {
+            Ok((sock, _)) => {
+                let observed = observed.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = answer(sock, &observed).await {
+                        tracing::debug!("metrics request: {e}");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!("metrics endpoint: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn answer(mut sock: TcpStream, observed: &Observed) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(1024);
+    let read = async {
+        let mut chunk = [0u8; 1024];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16 * 1024 {
+            let n = sock.read(&mut chunk).await?;
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request not received"))??;
+    let request = String::from_utf8_lossy(&buf);
+    let mut parts = request.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = path.split('?').next().unwrap_or("");
+    let (status, content_type, body) = match (method, path) {
+        ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", observed.render()),
+        ("GET", "/health/live") => {
+            if observed.running.load(Ordering::SeqCst) {
+                ("200 OK", "text/plain", "live\n".to_owned())
+            } else {
+                (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    "stopped\n".to_owned(),
+                )
+            }
+        }
+        ("GET", "/health/ready") => {
+            if observed.ready() {
+                ("200 OK", "text/plain", "ready\n".to_owned())
+            } else {
+                (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    "not ready: not in the group yet, or stopping\n".to_owned(),
+                )
+            }
+        }
+        ("GET", _) => (
+            "404 Not Found",
+            "text/plain",
+            "try /metrics, /health/live or /health/ready\n".to_owned(),
+        ),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "GET only\n".to_owned(),
+        ),
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    sock.write_all(head.as_bytes()).await?;
+    sock.write_all(body.as_bytes()).await?;
+    sock.shutdown().await
+}
+
+/// Logs a compact line per interval: per owned partition, records committed, rate and lag.
+pub(crate) async fn log_progress(observed: Observed, every: Duration) {
+    let mut last: std::collections::HashMap<(String, i32), u64> = Default::default();
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let mut parts = Vec::new();
+        {
+            let owned = lock_owned(&observed.owned);
+            let mut keys: Vec<(&String, &i32)> = owned
+                .iter()
+                .flat_map(|(t, ps)| ps.keys().map(move |p| (t, p)))
+                .collect();
+            keys.sort();
+            for (t, p) in keys {
+                let flow = &owned[t][p].flow;
+                let done = flow.processed.load(Ordering::Relaxed);
+                let before = last.insert((t.clone(), *p), done).unwrap_or(0);
+                let rate = (done.saturating_sub(before)) as f64 / every.as_secs_f64();
+                let lag = flow.lag().map_or("?".to_owned(), |l| l.to_string());
+                let paused = if flow.paused.load(Ordering::Relaxed) {
+                    " paused"
+                } else {
+                    ""
+                };
+                parts.push(format!("{t}/{p} {done} ({rate:.0}/s, lag {lag}{paused})"));
+            }
+        }
+        if !parts.is_empty() {
+            tracing::info!("progress: {}", parts.join(" | "));
+        }
+    }
+}
