@@ -68,48 +68,30 @@ impl PartitionStore {
             path: path.clone(),
             source,
         };
-        let conn = Connection::open(&path).map_err(open_err)?;
+        let mut conn = Connection::open(&path).map_err(open_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(open_err)?;
-        let app_id: i32 = conn
-            .query_row("PRAGMA application_id", [], |r| r.get(0))
-            .map_err(open_err)?;
-        let version: i32 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(open_err)?;
-        if app_id == 0 {
-            let tables: i64 = conn
-                .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
-                .map_err(open_err)?;
-            if tables > 0 {
-                return Err(Error::Foreign { path, found: 0 });
-            }
-        } else if app_id != APPLICATION_ID {
-            return Err(Error::Foreign {
-                path,
-                found: app_id,
-            });
-        }
-        if version > SCHEMA_VERSION {
-            return Err(Error::NewerSchema {
-                path,
-                found: version,
-                supported: SCHEMA_VERSION,
-            });
-        }
+        // Refuse a foreign or newer file before changing anything in it.
+        check_header(&conn, &path)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(open_err)?;
         // WAL + NORMAL is durable against process crashes; a power loss may drop the newest
         // transactions, but state and offset roll back together, so counts stay exact.
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(open_err)?;
-        if app_id == 0 {
-            conn.execute_batch(SCHEMA).map_err(open_err)?;
-            conn.pragma_update(None, "application_id", APPLICATION_ID)
+        // Check again and initialise in one write transaction, so that two processes opening
+        // the same new file never see it half-initialised.
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(open_err)?;
+        if check_header(&tx, &path)? {
+            tx.execute_batch(SCHEMA).map_err(open_err)?;
+            tx.pragma_update(None, "application_id", APPLICATION_ID)
                 .map_err(open_err)?;
-            conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(open_err)?;
         }
+        tx.commit().map_err(open_err)?;
         Ok(Self {
             conn: Mutex::new(conn),
             path,
@@ -254,6 +236,46 @@ impl PartitionStore {
             source,
         }
     }
+}
+
+/// Checks that `conn` is a weir store of a known schema; returns true for a new, empty file.
+fn check_header(conn: &Connection, path: &Path) -> Result<bool> {
+    let open_err = |source| Error::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    let app_id: i32 = conn
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .map_err(open_err)?;
+    let version: i32 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(open_err)?;
+    if app_id == 0 {
+        let tables: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+            .map_err(open_err)?;
+        if tables > 0 {
+            return Err(Error::Foreign {
+                path: path.to_path_buf(),
+                found: 0,
+            });
+        }
+        return Ok(true);
+    }
+    if app_id != APPLICATION_ID {
+        return Err(Error::Foreign {
+            path: path.to_path_buf(),
+            found: app_id,
+        });
+    }
+    if version > SCHEMA_VERSION {
+        return Err(Error::NewerSchema {
+            path: path.to_path_buf(),
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    Ok(false)
 }
 
 impl AsRef<PartitionStore> for PartitionStore {

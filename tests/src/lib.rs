@@ -154,6 +154,32 @@ impl TestBroker {
         .await;
     }
 
+    /// The offsets `group` has committed to Kafka for partitions `0..partitions` of `topic`.
+    pub fn kafka_committed(&self, group: &str, topic: &str, partitions: i32) -> BTreeMap<i32, i64> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::{Offset, TopicPartitionList};
+        let client: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("group.id", group)
+            .create()
+            .expect("client");
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition(topic, p);
+        }
+        let committed = client
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .expect("committed offsets");
+        committed
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => Some((e.partition(), o)),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Produces `(key, value)` records (to `partition` when given, else by key hash) and waits
     /// until every one is acknowledged.
     pub async fn produce(

@@ -89,12 +89,22 @@ async fn dropped_mid_batch(kind: BrokerKind) {
 
 on_both_brokers!(drop_mid_batch, dropped_mid_batch);
 
+/// How the spawned count-worker behaves.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Normal,
+    /// Hangs at STALL_AT forever.
+    Stall,
+    /// Takes 100 us a record.
+    Slow,
+}
+
 fn spawn_worker(
     broker: &TestBroker,
     group: &str,
     topic: &str,
     dir: &std::path::Path,
-    stall: bool,
+    mode: Mode,
 ) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_count-worker"));
     cmd.env("WEIR_BROKERS", broker.bootstrap())
@@ -106,9 +116,16 @@ fn spawn_worker(
         .env("WEIR_KAFKA_HEARTBEAT_INTERVAL_MS", "500")
         .env("RUST_LOG", "warn")
         .env_remove("COUNT_WORKER_STALL_ON")
+        .env_remove("COUNT_WORKER_DELAY_US")
         .stdin(Stdio::null());
-    if stall {
-        cmd.env("COUNT_WORKER_STALL_ON", STALL_AT);
+    match mode {
+        Mode::Normal => {}
+        Mode::Stall => {
+            cmd.env("COUNT_WORKER_STALL_ON", STALL_AT);
+        }
+        Mode::Slow => {
+            cmd.env("COUNT_WORKER_DELAY_US", "100");
+        }
     }
     cmd.spawn().expect("spawn count-worker")
 }
@@ -122,7 +139,7 @@ async fn sigkilled_process(kind: BrokerKind) {
     let dir = tempfile::tempdir().expect("tempdir");
 
     // The process never finishes: it hangs at STALL_AT, so the kill is always mid-stream.
-    let mut child = spawn_worker(&broker, &group, &topic, dir.path(), true);
+    let mut child = spawn_worker(&broker, &group, &topic, dir.path(), Mode::Stall);
     wait_until(
         "the process to commit some batches",
         Duration::from_secs(60),
@@ -148,7 +165,7 @@ async fn sigkilled_process(kind: BrokerKind) {
         before.total()
     );
 
-    let mut child = spawn_worker(&broker, &group, &topic, dir.path(), false);
+    let mut child = spawn_worker(&broker, &group, &topic, dir.path(), Mode::Normal);
     wait_for_counts(
         dir.path(),
         &group,
@@ -173,3 +190,73 @@ async fn sigkilled_process(kind: BrokerKind) {
 }
 
 on_both_brokers!(sigkill_process, sigkilled_process);
+
+fn sigterm(child: &mut Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("send SIGTERM");
+    assert!(status.success());
+    let exit = child.wait().expect("wait");
+    assert!(
+        exit.success(),
+        "SIGTERM must stop the worker with exit 0, got {exit}"
+    );
+}
+
+async fn sigterm_mid_stream(kind: BrokerKind) {
+    let broker = TestBroker::start(kind);
+    let (topic, group) = (unique("sigterm"), unique("g"));
+    broker.create_topic(&topic, 4).await;
+    let records = keyed_records(0, N, 500);
+    broker.produce(&topic, None, records.clone()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    // A slow worker (100 us a record) is stopped while it works.
+    let mut child = spawn_worker(&broker, &group, &topic, dir.path(), Mode::Slow);
+    wait_until(
+        "the process to commit some batches",
+        Duration::from_secs(60),
+        || async {
+            let total = StoredCounts::read(dir.path(), &group, &topic).total();
+            if total >= 5_000 {
+                Ok(())
+            } else {
+                Err(format!("{total} counted"))
+            }
+        },
+    )
+    .await;
+    sigterm(&mut child);
+    let at_stop = StoredCounts::read(dir.path(), &group, &topic);
+    assert!(
+        at_stop.total() < N as u64,
+        "the stop must come before the end: {at_stop:?}"
+    );
+    // The graceful path committed each partition's final SQLite offset to Kafka.
+    assert_eq!(
+        broker.kafka_committed(&group, &topic, 4),
+        at_stop.offsets,
+        "Kafka vs SQLite offsets"
+    );
+    eprintln!(
+        "{kind:?}: SIGTERM with {} of {N} counted; offsets {:?}",
+        at_stop.total(),
+        at_stop.offsets
+    );
+
+    let mut child = spawn_worker(&broker, &group, &topic, dir.path(), Mode::Normal);
+    wait_for_counts(
+        dir.path(),
+        &group,
+        &topic,
+        &expected_counts(&records),
+        Duration::from_secs(120),
+    )
+    .await;
+    sigterm(&mut child);
+    let after = StoredCounts::read(dir.path(), &group, &topic);
+    assert_counts_exact(&after.counts, &expected_counts(&records));
+}
+
+on_both_brokers!(sigterm_during_processing, sigterm_mid_stream);

@@ -158,3 +158,21 @@ fn newer_schema_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn concurrent_opens_of_a_new_file_all_succeed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for round in 0..20 {
+        let path = dir.path().join(format!("{round}.sqlite"));
+        let openers: Vec<_> = (0..6)
+            .map(|_| {
+                let path = path.clone();
+                std::thread::spawn(move || PartitionStore::open(&path).map(|s| s.next_offset("t", 0)))
+            })
+            .collect();
+        for o in openers {
+            let r = o.join().expect("thread");
+            assert!(matches!(r, Ok(Ok(None))), "round {round}: {r:?}");
+        }
+    }
+}

@@ -1,5 +1,6 @@
 //! A worker process running [`weir_tests::CountHandler`], configured by `WEIR_*` variables
-//! (and `COUNT_WORKER_STALL_ON=<value>` to hang at that record);
+//! (`COUNT_WORKER_STALL_ON=<value>` hangs at that record, `COUNT_WORKER_DELAY_US` slows
+//! every record);
 //! the crash tests SIGKILL and restart it.
 
 #[tokio::main]
@@ -14,6 +15,10 @@ async fn main() {
         weir::Worker::from_env()?
             .build(weir_tests::CountHandler {
                 stall_on: std::env::var("COUNT_WORKER_STALL_ON").ok(),
+                delay: std::env::var("COUNT_WORKER_DELAY_US")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .map(std::time::Duration::from_micros),
                 ..Default::default()
             })?
             .run_until_signal()
