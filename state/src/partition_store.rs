@@ -57,7 +57,26 @@ impl PartitionStore {
     /// A file that is not a weir store, or was written by a newer schema, is an error: state is
     /// never silently reset.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref().to_path_buf();
+        // Opening switches the file to WAL and may initialise it; SQLite answers "busy" at
+        // once (without waiting) in some of those steps while another process does the same.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut pause = std::time::Duration::from_millis(2);
+        loop {
+            match Self::open_once(path.as_ref()) {
+                Err(Error::Open { source, .. })
+                    if source.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(std::time::Duration::from_millis(100));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn open_once(path: &Path) -> Result<Self> {
+        let path = path.to_path_buf();
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|source| Error::Dir {
                 path: dir.to_path_buf(),
@@ -71,8 +90,12 @@ impl PartitionStore {
         let mut conn = Connection::open(&path).map_err(open_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(open_err)?;
-        // Refuse a foreign or newer file before changing anything in it.
-        check_header(&conn, &path)?;
+        // Refuse a foreign or newer file before changing anything in it (reading in one
+        // transaction, for a consistent view while another process initialises the file).
+        {
+            let read = conn.transaction().map_err(open_err)?;
+            check_header(&read, &path)?;
+        }
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(open_err)?;
         // WAL + NORMAL is durable against process crashes; a power loss may drop the newest

@@ -167,7 +167,9 @@ fn concurrent_opens_of_a_new_file_all_succeed() {
         let openers: Vec<_> = (0..6)
             .map(|_| {
                 let path = path.clone();
-                std::thread::spawn(move || PartitionStore::open(&path).map(|s| s.next_offset("t", 0)))
+                std::thread::spawn(move || {
+                    PartitionStore::open(&path).map(|s| s.next_offset("t", 0))
+                })
             })
             .collect();
         for o in openers {
