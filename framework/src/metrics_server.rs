@@ -83,70 +83,92 @@ impl Observed {
     fn render_partitions(&self, out: &mut String) {
         let now_ms = now_ms();
         let owned = lock_owned(&self.owned);
-        type Row = (String, i32, Option<i64>, f64, usize, bool, u64);
-        let mut rows: Vec<Row> = Vec::new();
+        let mut rows: Vec<PartitionRow> = Vec::new();
         for (topic, partitions) in owned.iter() {
             for (p, h) in partitions {
-                let depth = h.queue.max_capacity() - h.queue.capacity() + h.overflow.len();
-                rows.push((
-                    topic.clone(),
-                    *p,
-                    h.flow.lag(),
-                    h.flow.lag_seconds(now_ms),
-                    depth,
-                    h.flow.paused.load(Ordering::Relaxed),
-                    h.flow.processed.load(Ordering::Relaxed),
-                ));
+                rows.push(PartitionRow {
+                    topic: topic.clone(),
+                    partition: *p,
+                    lag: h.flow.lag(),
+                    lag_seconds: h.flow.lag_seconds(now_ms),
+                    depth: h.queue.max_capacity() - h.queue.capacity() + h.overflow.len(),
+                    capacity: self.queue_capacity,
+                    paused: h.flow.paused.load(Ordering::Relaxed),
+                    processed: h.flow.processed.load(Ordering::Relaxed),
+                });
             }
         }
         drop(owned);
-        rows.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
-        let header = |out: &mut String, name: &str, help: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-        };
-        header(out, OWNED_PARTITIONS, "Partitions this worker owns.");
+        rows.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        gauge_header(out, OWNED_PARTITIONS, "Partitions this worker owns.");
         let _ = writeln!(out, "{OWNED_PARTITIONS} {}", rows.len());
-        let series: [(&str, &str, &dyn Fn(&Row) -> Option<String>); 6] = [
-            (
-                CONSUMER_LAG,
-                "High watermark minus the next offset to process (from SQLite).",
-                &|r| r.2.map(|l| l.to_string()),
-            ),
-            (
-                CONSUMER_LAG_SECONDS,
-                "Age of the oldest record not yet committed; 0 when caught up.",
-                &|r| Some(format!("{:.3}", r.3)),
-            ),
-            (
-                QUEUE_DEPTH,
-                "Records waiting in the partition's queue.",
-                &|r| Some(r.4.to_string()),
-            ),
-            (
-                QUEUE_CAPACITY,
-                "Capacity of the partition's queue.",
-                &|_| Some(self.queue_capacity.to_string()),
-            ),
-            (
-                PARTITION_PAUSED,
-                "1 while the partition is paused because its queue is full.",
-                &|r| Some(u8::from(r.5).to_string()),
-            ),
-            (
-                PARTITION_PROCESSED,
-                "Records committed since the partition was assigned to this worker.",
-                &|r| Some(r.6.to_string()),
-            ),
-        ];
-        for (name, help, value) in series {
-            header(out, name, help);
+        for (name, help, value) in PARTITION_COLUMNS {
+            gauge_header(out, name, help);
             for r in &rows {
                 if let Some(v) = value(r) {
-                    let _ = writeln!(out, "{name}{{topic=\"{}\",partition=\"{}\"}} {v}", r.0, r.1);
+                    let _ = writeln!(
+                        out,
+                        "{name}{{topic=\"{}\",partition=\"{}\"}} {v}",
+                        r.topic, r.partition
+                    );
                 }
             }
         }
     }
+}
+
+/// One owned partition's numbers at scrape time.
+struct PartitionRow {
+    topic: String,
+    partition: i32,
+    lag: Option<i64>,
+    lag_seconds: f64,
+    depth: usize,
+    capacity: usize,
+    paused: bool,
+    processed: u64,
+}
+
+/// A per-partition series: name, help, and its value for a row (none: not exported yet).
+type Column = (
+    &'static str,
+    &'static str,
+    fn(&PartitionRow) -> Option<String>,
+);
+
+const PARTITION_COLUMNS: [Column; 6] = [
+    (
+        CONSUMER_LAG,
+        "High watermark minus the next offset to process (from SQLite).",
+        |r| r.lag.map(|l| l.to_string()),
+    ),
+    (
+        CONSUMER_LAG_SECONDS,
+        "Age of the oldest record not yet committed; 0 when caught up.",
+        |r| Some(format!("{:.3}", r.lag_seconds)),
+    ),
+    (
+        QUEUE_DEPTH,
+        "Records waiting in the partition's queue.",
+        |r| Some(r.depth.to_string()),
+    ),
+    (QUEUE_CAPACITY, "Capacity of the partition's queue.", |r| {
+        Some(r.capacity.to_string())
+    }),
+    (
+        PARTITION_PAUSED,
+        "1 while the partition is paused because its queue is full.",
+        |r| Some(u8::from(r.paused).to_string()),
+    ),
+    (
+        PARTITION_PROCESSED,
+        "Records committed since the partition was assigned to this worker.",
+        |r| Some(r.processed.to_string()),
+    ),
+];
+
+fn gauge_header(out: &mut String, name: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
 }
 
 pub(crate) fn now_ms() -> i64 {
