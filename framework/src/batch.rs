@@ -13,7 +13,7 @@ use weir_state::{PartitionStore, WriteSet};
 
 use crate::handler::{BoxError, Delivery};
 use crate::metric_names::{COMMIT_DURATION_SECONDS, MESSAGES_TOTAL};
-use crate::{Codec, Ctx, Process, Record};
+use crate::{Codec, Ctx, Process, Record, UndecodableRecord};
 
 /// Why a batch failed; nothing of it was committed.
 #[derive(Debug)]
@@ -81,11 +81,14 @@ async fn run_record<H: Process>(
     writes: &mut WriteSet,
     msg: &OwnedMessage,
 ) -> Result<(), BoxError> {
-    let payload_len = msg.payload().map_or(0, <[u8]>::len);
+    let undecodable = |part, raw: Option<&[u8]>, error| UndecodableRecord {
+        part,
+        raw: raw.map(<[u8]>::to_vec),
+        error,
+    };
     let value = <H::Value as Codec>::decode(msg.payload())
-        .map_err(|e| format!("cannot decode value ({payload_len} bytes): {e}"))?;
-    let key =
-        <H::Key as Codec>::decode(msg.key()).map_err(|e| format!("cannot decode key: {e}"))?;
+        .map_err(|e| undecodable("value", msg.payload(), e))?;
+    let key = <H::Key as Codec>::decode(msg.key()).map_err(|e| undecodable("key", msg.key(), e))?;
     let mut ctx = Ctx::new(store, writes);
     let outcome = AssertUnwindSafe(handler.process(Record::new(msg, key, value), &mut ctx))
         .catch_unwind()

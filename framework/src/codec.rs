@@ -18,6 +18,20 @@ impl DecodeError {
     }
 }
 
+/// A record whose key or value its codec could not decode, with the raw bytes. It is the
+/// error (`source`) of [`Error::Record`](crate::Error::Record) for such a record; downcast to
+/// it to inspect the bytes.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("cannot decode the record's {part} ({} bytes): {error}", .raw.as_ref().map_or(0, Vec::len))]
+pub struct UndecodableRecord {
+    /// `"key"` or `"value"`.
+    pub part: &'static str,
+    /// The bytes that did not decode (`None`: the record had none).
+    pub raw: Option<Vec<u8>>,
+    /// What the codec said.
+    pub error: DecodeError,
+}
+
 /// Turns a record's payload into a typed value.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a weir codec",

@@ -55,7 +55,7 @@ mod worker;
 
 pub mod testing;
 
-pub use codec::{Codec, DecodeError, Envelope, Enveloped, Json, Raw, Utf8};
+pub use codec::{Codec, DecodeError, Envelope, Enveloped, Json, Raw, UndecodableRecord, Utf8};
 pub use context::{Ctx, State, StoreDef};
 pub use embedded_broker::EmbeddedBroker;
 pub use error::{Error, Result};

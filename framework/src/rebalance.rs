@@ -178,6 +178,13 @@ impl<H: Process> WeirContext<H> {
         }
     }
 
+    fn releasing(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<String>> {
+        self.shared
+            .releasing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList, lost: bool) {
         let kind = if lost { "lost" } else { "revoke" };
         metrics::counter!(REBALANCES_TOTAL, "kind" => kind).increment(1);
@@ -206,6 +213,9 @@ impl<H: Process> WeirContext<H> {
             }
         }
         let mut final_offsets = TopicPartitionList::new();
+        let release_names: Vec<String> =
+            handles.iter().map(|(t, p, _)| format!("{t}/{p}")).collect();
+        self.releasing().extend(release_names.iter().cloned());
         for (topic, partition, h) in handles {
             let PartitionHandle {
                 queue,
@@ -215,6 +225,7 @@ impl<H: Process> WeirContext<H> {
             } = h;
             drop(queue);
             wait_closed(&closed, &topic, partition);
+            self.releasing().remove(&format!("{topic}/{partition}"));
             if let Some(next) = flow.committed_offset() {
                 let _ = final_offsets.add_partition_offset(&topic, partition, Offset::Offset(next));
             }

@@ -33,6 +33,8 @@ pub(crate) struct Shared<H> {
     pub(crate) runtime: tokio::runtime::Handle,
     pub(crate) owned: Arc<Mutex<Owned>>,
     pub(crate) control: std_mpsc::Sender<Control>,
+    /// `topic/partition` of partitions taken out of `owned` whose stores are not closed yet.
+    pub(crate) releasing: Mutex<std::collections::BTreeSet<String>>,
     /// True while the consumer thread runs and no stop was requested.
     pub(crate) running: Arc<AtomicBool>,
     /// Set once the first assignment arrived: the worker is in the group.
@@ -57,6 +59,7 @@ impl<H> Shared<H> {
             runtime,
             owned: Arc::default(),
             joined: Arc::default(),
+            releasing: Mutex::default(),
             running: Arc::new(AtomicBool::new(true)),
             control,
             stop: AtomicBool::new(false),
@@ -78,6 +81,19 @@ impl<H> Shared<H> {
             running: Arc::clone(&self.running),
             queue_capacity: self.config.queue_capacity,
         }
+    }
+
+    /// `topic/partition` of every partition owned or still being released, sorted.
+    pub(crate) fn unreleased(&self) -> Vec<String> {
+        let mut names: std::collections::BTreeSet<String> = self
+            .releasing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        for (t, ps) in self.owned().iter() {
+            names.extend(ps.keys().map(|p| format!("{t}/{p}")));
+        }
+        names.into_iter().collect()
     }
 
     pub(crate) fn stopping(&self) -> bool {

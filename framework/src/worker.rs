@@ -309,7 +309,7 @@ impl<H: Process> Worker<H> {
                     Ok(r) => r,
                     Err(_) => {
                         // Dropping `guard` abandons what is left, like a crash.
-                        let partitions = owned_names(&shared);
+                        let partitions = shared.unreleased();
                         tracing::error!(?partitions, "graceful stop exceeded {drain:?}");
                         return Err(Error::DrainTimeout { timeout: drain, partitions });
                     }
@@ -335,16 +335,6 @@ impl Drop for AbortOnDrop {
             t.abort();
         }
     }
-}
-
-fn owned_names<H>(shared: &Shared<H>) -> Vec<String> {
-    let owned = shared.owned();
-    let mut names: Vec<String> = owned
-        .iter()
-        .flat_map(|(t, ps)| ps.keys().map(move |p| format!("{t}/{p}")))
-        .collect();
-    names.sort();
-    names
 }
 
 fn bind_metrics(addr: &str) -> Result<std::net::TcpListener> {

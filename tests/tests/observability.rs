@@ -290,3 +290,61 @@ async fn handler_slower_than_max_poll_interval(kind: BrokerKind) {
     let _: BTreeMap<i32, i64> = s.offsets;
 }
 on_both_brokers!(slow_handler, handler_slower_than_max_poll_interval);
+
+async fn drain_deadline_names_unreleased_partitions(kind: BrokerKind) {
+    let broker = TestBroker::start(kind);
+    let (topic, group) = (unique("drain"), unique("g"));
+    broker.create_topic(&topic, 2).await;
+    broker
+        .produce(&topic, Some(0), keyed_records(0, 100, 10))
+        .await;
+    broker
+        .produce(&topic, Some(1), keyed_records(100, 100, 10))
+        .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The record v50 (partition 0) never finishes.
+    let handler = CountHandler {
+        stall_on: Some("v50".into()),
+        ..Default::default()
+    };
+    let stalled = handler.stalled.clone();
+    let worker = broker
+        .worker(&group, &topic, dir.path())
+        .drain_timeout(Duration::from_secs(2))
+        .build(handler)
+        .expect("build");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+    wait_until("the handler to hang", Duration::from_secs(60), || async {
+        if stalled.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
+    })
+    .await;
+    let asked = std::time::Instant::now();
+    stop.send(()).expect("running");
+    let err = run
+        .await
+        .expect("join")
+        .expect_err("the drain cannot finish");
+    let waited = asked.elapsed();
+    match &err {
+        weir::Error::DrainTimeout { partitions, .. } => {
+            assert!(partitions.contains(&format!("{topic}/0")), "{err}");
+        }
+        other => panic!("expected DrainTimeout, got {other}"),
+    }
+    assert!(waited < Duration::from_secs(10), "gave up after {waited:?}");
+    // Partition 0 committed nothing from the hung batch on.
+    let s = StoredCounts::read(dir.path(), &group, &topic);
+    assert!(
+        s.offsets.get(&0).is_none_or(|o| *o <= 50),
+        "offsets {:?}",
+        s.offsets
+    );
+}
+on_both_brokers!(drain_deadline, drain_deadline_names_unreleased_partitions);
