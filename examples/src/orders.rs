@@ -85,10 +85,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_malformed_order_is_a_record_error() {
+    async fn a_malformed_order_is_dead_lettered() {
         let mut kit = TestKit::new(OrderTotals).expect("kit");
-        kit.send("alice", r#"{"order_id": "o1"}"#);
-        let err = kit.run().await.expect_err("missing cents");
-        assert!(err.to_string().contains("cents"), "{err}");
+        kit.send("alice", r#"{"order_id": "o1"}"#)
+            .send_json("alice", &order("o2", 100));
+        kit.run().await.expect("run");
+        let dead = kit.dead_letters();
+        assert_eq!(dead.len(), 1, "{dead:?}");
+        assert!(dead[0].error.contains("cents"), "{}", dead[0].error);
+        assert_eq!(dead[0].topic, "orders.dlq");
+        assert_eq!(
+            kit.get::<str, u64>(Totals::NAME, "alice").expect("get"),
+            Some(100)
+        );
     }
 }

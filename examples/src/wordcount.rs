@@ -47,8 +47,33 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn invalid_utf8_is_an_error_for_that_record_not_a_panic() {
+    async fn invalid_utf8_goes_to_the_dead_letters_and_the_rest_is_counted() {
         let mut kit = TestKit::new(WordCount).expect("kit");
+        kit.send("1", "ok words");
+        kit.send_to("lines", 0, None, Some(&[0xff, 0xfe]), &[]);
+        kit.send("3", "more words");
+        assert_eq!(kit.run().await.expect("run"), 3);
+        let dead = kit.dead_letters();
+        assert_eq!(dead.len(), 1, "{dead:?}");
+        assert_eq!(dead[0].topic, "lines.dlq");
+        assert_eq!(dead[0].source, ("lines".to_owned(), 0, 1));
+        assert_eq!(dead[0].value.as_deref(), Some(&[0xff, 0xfe][..]));
+        assert_eq!(
+            (dead[0].attempts, dead[0].reason),
+            (1, weir::DeadLetterReason::Undecodable)
+        );
+        assert_eq!(
+            kit.get::<str, u64>(Counts::NAME, "words").expect("get"),
+            Some(2)
+        );
+        assert_eq!(kit.committed_offset("lines", 0).expect("offset"), Some(3));
+    }
+
+    #[tokio::test]
+    async fn without_dead_letters_an_undecodable_record_is_an_error_carrying_its_bytes() {
+        let mut kit = TestKit::new(WordCount)
+            .expect("kit")
+            .dead_letter_topic(None);
         kit.send("1", "ok words");
         kit.send_to("lines", 0, None, Some(&[0xff, 0xfe]), &[]);
         let err = kit.run().await.expect_err("undecodable record");
@@ -56,6 +81,16 @@ mod tests {
         assert!(
             text.contains("offset 1") && text.contains("invalid UTF-8"),
             "{text}"
+        );
+        let weir::Error::Record { source, .. } = &err else {
+            panic!("expected a record error, got {err:?}");
+        };
+        let undecodable = source
+            .downcast_ref::<weir::UndecodableRecord>()
+            .expect("the error carries the undecodable record");
+        assert_eq!(
+            (undecodable.part, undecodable.raw.as_deref()),
+            ("value", Some(&[0xff, 0xfe][..]))
         );
         // The failed batch committed nothing; the record before it in the batch is not counted.
         assert_eq!(kit.committed_offset("lines", 0).expect("offset"), None);

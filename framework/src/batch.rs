@@ -2,6 +2,7 @@
 //! offset in one SQLite transaction. The runtime's partition tasks and the test kit both run
 //! batches through here.
 
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -11,15 +12,21 @@ use futures::FutureExt;
 use rdkafka::message::{Message, OwnedMessage};
 use weir_state::{PartitionStore, WriteSet};
 
+use crate::dead_letter::{DeadLetterPolicy, DeadLetterReason, DeadLetterSink, RetryPolicy};
 use crate::handler::{BoxError, Delivery};
 use crate::metric_names::{COMMIT_DURATION_SECONDS, MESSAGES_TOTAL};
+use crate::partition_task::PartitionFlow;
 use crate::{Codec, Ctx, Process, Record, UndecodableRecord};
 
 /// Why a batch failed; nothing of it was committed.
 #[derive(Debug)]
 pub(crate) enum BatchError {
     /// A record could not be decoded, or the handler failed or panicked on it.
-    Record { offset: i64, error: BoxError },
+    Record {
+        offset: i64,
+        error: BoxError,
+        reason: DeadLetterReason,
+    },
     /// The SQLite commit failed.
     Commit(weir_state::Error),
 }
@@ -27,8 +34,166 @@ pub(crate) enum BatchError {
 impl fmt::Display for BatchError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Record { offset, error } => write!(f, "record at offset {offset}: {error}"),
+            Self::Record { offset, error, .. } => write!(f, "record at offset {offset}: {error}"),
             Self::Commit(e) => write!(f, "commit failed: {e}"),
+        }
+    }
+}
+
+/// The store of keys whose records are dead-lettered, when key order is kept.
+pub(crate) const DEAD_KEYS: &str = "__weir_dead_keys";
+
+/// Records of the current batch already dead-lettered, skipped when the batch runs again.
+#[derive(Debug, Default)]
+pub(crate) struct DeadInBatch {
+    pub(crate) offsets: HashSet<i64>,
+    pub(crate) keep_key_order: bool,
+}
+
+/// How a partition's batches are run: delivery mode, retries, dead letters.
+#[derive(Debug, Clone)]
+pub(crate) struct Policy {
+    pub(crate) delivery: Delivery,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) dead_letter: Option<DeadLetterPolicy>,
+}
+
+/// How [`process_until_committed`] ended.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// The batch is committed; the next offset.
+    Committed(i64),
+    /// A stop was requested while waiting to retry: nothing of the batch is committed.
+    Stopped,
+    /// The batch would be retried forever (no dead letters, or no attempt limit) and the
+    /// caller asked not to wait for that (the test kit).
+    GaveUp(BatchError),
+}
+
+/// Runs `batch` and commits it, retrying after a failure by the policy: the failing record's
+/// batch runs again after a backoff; once a record's attempts are used up (at once, for an
+/// undecodable one) it goes to the dead-letter topic, and the batch runs again without it.
+/// The batch commits only after every dead letter of it is acknowledged.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn process_until_committed<H: Process>(
+    handler: &H,
+    store: &Arc<impl AsRef<PartitionStore> + Send + Sync + 'static>,
+    topic: &str,
+    partition: i32,
+    policy: &Policy,
+    sink: &DeadLetterSink,
+    batch: &[OwnedMessage],
+    stop: Option<&PartitionFlow>,
+) -> Outcome {
+    let mut dead = DeadInBatch {
+        offsets: HashSet::new(),
+        keep_key_order: policy
+            .dead_letter
+            .as_ref()
+            .is_some_and(|d| d.keep_key_order),
+    };
+    let mut attempts: HashMap<i64, u32> = HashMap::new();
+    let mut commit_failures = 0u32;
+    loop {
+        let error = match run_batch(
+            handler,
+            store,
+            topic,
+            partition,
+            policy.delivery,
+            batch,
+            &dead,
+        )
+        .await
+        {
+            Ok(next) => return Outcome::Committed(next),
+            Err(e) => e,
+        };
+        let (seed, wait_attempt) = match &error {
+            BatchError::Record {
+                offset,
+                error: cause,
+                reason,
+            } => {
+                let n = attempts.entry(*offset).or_insert(0);
+                *n += 1;
+                let n = *n;
+                metrics::counter!(MESSAGES_TOTAL, "outcome" => "error").increment(1);
+                let exhausted = policy.retry.max_attempts > 0 && n >= policy.retry.max_attempts;
+                let to_dead_letter = match reason {
+                    DeadLetterReason::Failed => exhausted,
+                    DeadLetterReason::Undecodable | DeadLetterReason::FollowsDeadLetter => true,
+                };
+                if let (true, Some(dl)) = (to_dead_letter, &policy.dead_letter) {
+                    let Some(msg) = batch.iter().find(|m| m.offset() == *offset) else {
+                        return Outcome::GaveUp(error);
+                    };
+                    let text = cause.to_string();
+                    let mut tries = 0;
+                    loop {
+                        match sink.send(dl, msg, &text, n, *reason).await {
+                            Ok(()) => break,
+                            Err(e) => {
+                                tries += 1;
+                                tracing::error!(topic, partition, offset, "{e}; retrying");
+                                if !wait(stop, policy.retry.delay(tries, *offset as u64)).await {
+                                    return Outcome::Stopped;
+                                }
+                            }
+                        }
+                    }
+                    dead.offsets.insert(*offset);
+                    continue;
+                }
+                // The test kit does not wait for what would be retried forever.
+                let forever = policy.retry.max_attempts == 0
+                    || exhausted
+                    || !matches!(reason, DeadLetterReason::Failed);
+                if stop.is_none() && forever {
+                    return Outcome::GaveUp(error);
+                }
+                let delay = policy.retry.delay(n, *offset as u64);
+                tracing::error!(
+                    topic,
+                    partition,
+                    offset,
+                    attempt = n,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "record failed; its batch is not committed and will be retried: {cause}"
+                );
+                (*offset as u64, n)
+            }
+            BatchError::Commit(e) => {
+                commit_failures += 1;
+                tracing::error!(
+                    topic,
+                    partition,
+                    attempt = commit_failures,
+                    "batch commit failed; nothing of it is kept and it will be retried: {e}"
+                );
+                if stop.is_none() {
+                    return Outcome::GaveUp(error);
+                }
+                (0, commit_failures)
+            }
+        };
+        if !wait(stop, policy.retry.delay(wait_attempt, seed)).await {
+            return Outcome::Stopped;
+        }
+    }
+}
+
+/// Sleeps `delay`, or less if a stop is requested; false when stopped.
+async fn wait(stop: Option<&PartitionFlow>, delay: std::time::Duration) -> bool {
+    match stop {
+        Some(flow) => tokio::select! {
+            biased;
+            _ = flow.stopped() => false,
+            _ = tokio::time::sleep(delay) => true,
+        },
+        None => {
+            tokio::time::sleep(delay).await;
+            true
         }
     }
 }
@@ -42,6 +207,7 @@ pub(crate) async fn run_batch<H: Process>(
     partition: i32,
     delivery: Delivery,
     batch: &[OwnedMessage],
+    dead: &DeadInBatch,
 ) -> Result<i64, BatchError> {
     let next = batch.last().map_or(0, |m| m.offset() + 1);
     if delivery == Delivery::AtMostOnce {
@@ -49,9 +215,31 @@ pub(crate) async fn run_batch<H: Process>(
         commit(store, WriteSet::default(), topic, partition, next).await?;
     }
     let mut writes = WriteSet::default();
+    let partition_store: &PartitionStore = store.as_ref().as_ref();
     for msg in batch {
+        if dead.offsets.contains(&msg.offset()) {
+            if let (true, Some(key)) = (dead.keep_key_order, msg.key()) {
+                writes
+                    .put(DEAD_KEYS, key, &true)
+                    .map_err(BatchError::Commit)?;
+            }
+            continue;
+        }
+        if let (true, Some(key)) = (dead.keep_key_order, msg.key()) {
+            let follows = partition_store
+                .get_through::<_, bool>(&writes, DEAD_KEYS, key)
+                .map_err(BatchError::Commit)?;
+            if follows.is_some() {
+                return Err(BatchError::Record {
+                    offset: msg.offset(),
+                    error: "an earlier record with this key was dead-lettered (key order is kept)"
+                        .into(),
+                    reason: DeadLetterReason::FollowsDeadLetter,
+                });
+            }
+        }
         writes.savepoint();
-        match run_record(handler, store.as_ref().as_ref(), &mut writes, msg).await {
+        match run_record(handler, partition_store, &mut writes, msg).await {
             Ok(()) => writes.release(),
             Err(error) if delivery == Delivery::AtMostOnce => {
                 writes.rollback();
@@ -64,10 +252,16 @@ pub(crate) async fn run_batch<H: Process>(
                 );
             }
             Err(error) => {
+                let reason = if error.downcast_ref::<UndecodableRecord>().is_some() {
+                    DeadLetterReason::Undecodable
+                } else {
+                    DeadLetterReason::Failed
+                };
                 return Err(BatchError::Record {
                     offset: msg.offset(),
                     error,
-                })
+                    reason,
+                });
             }
         }
     }
@@ -127,6 +321,7 @@ async fn commit(
         Err(join) => Err(BatchError::Record {
             offset: next - 1,
             error: format!("commit task failed: {join}").into(),
+            reason: DeadLetterReason::Failed,
         }),
     }
 }

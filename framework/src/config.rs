@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::dead_letter::RetryPolicy;
 use crate::handler::{Delivery, HandlerSettings};
 use crate::{Error, Result};
 
@@ -11,7 +12,15 @@ use crate::{Error, Result};
 /// `WEIR_KAFKA_SESSION_TIMEOUT_MS=6000` sets `session.timeout.ms`.
 pub(crate) const KAFKA_ENV_PREFIX: &str = "WEIR_KAFKA_";
 
+/// Dead letters of topic `t` go to `t.dlq` unless configured otherwise.
+pub(crate) const DEFAULT_DEAD_LETTER_TOPIC: &str = "{topic}.dlq";
+
 pub(crate) const GROUP: &str = "group";
+pub(crate) const MAX_ATTEMPTS: &str = "max_attempts";
+pub(crate) const BACKOFF: &str = "backoff";
+pub(crate) const MAX_BACKOFF: &str = "max_backoff";
+pub(crate) const DEAD_LETTER_TOPIC: &str = "dead_letter_topic";
+pub(crate) const KEEP_KEY_ORDER: &str = "keep_key_order";
 pub(crate) const TOPICS: &str = "topics";
 pub(crate) const BATCH_SIZE: &str = "batch_size";
 pub(crate) const LINGER: &str = "linger";
@@ -30,6 +39,10 @@ pub(crate) struct Config {
     pub(crate) queue_capacity: usize,
     pub(crate) embedded_partitions: i32,
     pub(crate) delivery: Delivery,
+    pub(crate) retry: RetryPolicy,
+    /// Dead-letter topic template (`{topic}` is the source topic); `None`: no dead letters.
+    pub(crate) dead_letter_topic: Option<String>,
+    pub(crate) keep_key_order: bool,
     /// Address of the `/metrics` and `/health/*` endpoint; `None` serves none.
     pub(crate) metrics_addr: Option<String>,
     /// How often the progress line is logged; zero logs none.
@@ -62,6 +75,9 @@ impl Default for Config {
             queue_capacity: 2000,
             embedded_partitions: 4,
             delivery: Delivery::AtLeastOnce,
+            retry: RetryPolicy::default(),
+            dead_letter_topic: Some(DEFAULT_DEAD_LETTER_TOPIC.to_owned()),
+            keep_key_order: false,
             metrics_addr: None,
             progress_interval: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
@@ -108,6 +124,27 @@ impl Config {
                     self.queue_capacity = parse(&name, &value)?;
                     self.explicit.insert(QUEUE_CAPACITY);
                 }
+                "WEIR_RETRY_MAX_ATTEMPTS" => {
+                    self.retry.max_attempts = parse(&name, &value)?;
+                    self.explicit.insert(MAX_ATTEMPTS);
+                }
+                "WEIR_RETRY_BACKOFF_MS" => {
+                    self.retry.backoff = Duration::from_millis(parse(&name, &value)?);
+                    self.explicit.insert(BACKOFF);
+                }
+                "WEIR_RETRY_MAX_BACKOFF_MS" => {
+                    self.retry.max_backoff = Duration::from_millis(parse(&name, &value)?);
+                    self.explicit.insert(MAX_BACKOFF);
+                }
+                "WEIR_DEAD_LETTER_TOPIC" => {
+                    self.dead_letter_topic =
+                        (!value.trim().is_empty()).then(|| value.trim().to_owned());
+                    self.explicit.insert(DEAD_LETTER_TOPIC);
+                }
+                "WEIR_DEAD_LETTER_KEEP_KEY_ORDER" => {
+                    self.keep_key_order = parse(&name, &value)?;
+                    self.explicit.insert(KEEP_KEY_ORDER);
+                }
                 "WEIR_METRICS_ADDR" => {
                     self.metrics_addr = (!value.trim().is_empty()).then(|| value.trim().to_owned())
                 }
@@ -147,6 +184,31 @@ impl Config {
             self.queue_capacity = n;
         }
         self.delivery = h.delivery;
+        if let (Some(n), false) = (h.max_attempts, self.explicit.contains(MAX_ATTEMPTS)) {
+            self.retry.max_attempts = n;
+        }
+        if let (Some(ms), false) = (h.backoff_ms, self.explicit.contains(BACKOFF)) {
+            self.retry.backoff = Duration::from_millis(ms);
+        }
+        if let (Some(ms), false) = (h.max_backoff_ms, self.explicit.contains(MAX_BACKOFF)) {
+            self.retry.max_backoff = Duration::from_millis(ms);
+        }
+        if let (Some(t), false) = (
+            h.dead_letter_topic,
+            self.explicit.contains(DEAD_LETTER_TOPIC),
+        ) {
+            self.dead_letter_topic = (!t.is_empty()).then(|| t.to_owned());
+        }
+        if let (Some(k), false) = (h.keep_key_order, self.explicit.contains(KEEP_KEY_ORDER)) {
+            self.keep_key_order = k;
+        }
+    }
+
+    /// The dead-letter topic of source `topic`, if dead letters are on.
+    pub(crate) fn dead_letter_topic_of(&self, topic: &str) -> Option<String> {
+        self.dead_letter_topic
+            .as_ref()
+            .map(|t| t.replace("{topic}", topic))
     }
 
     pub(crate) fn set_kafka(&mut self, name: String, value: String, origin: String) {
@@ -190,6 +252,28 @@ impl Config {
                 "embedded_partitions (WEIR_EMBEDDED_PARTITIONS)",
                 "must be between 1 and 10000",
             ));
+        }
+        if self.keep_key_order && self.dead_letter_topic.is_none() {
+            return Err(Error::config(
+                "keep_key_order (WEIR_DEAD_LETTER_KEEP_KEY_ORDER)",
+                "needs a dead-letter topic",
+            ));
+        }
+        for topic in &self.topics {
+            if let Some(dl) = self.dead_letter_topic_of(topic) {
+                validate_topic_name(&dl).map_err(|m| {
+                    Error::config(
+                        "dead_letter_topic (WEIR_DEAD_LETTER_TOPIC)",
+                        format!("{dl:?}: {m}"),
+                    )
+                })?;
+                if self.topics.contains(&dl) {
+                    return Err(Error::config(
+                        "dead_letter_topic (WEIR_DEAD_LETTER_TOPIC)",
+                        format!("{dl:?} is also consumed: dead letters would be processed again"),
+                    ));
+                }
+            }
         }
         for p in &self.kafka {
             if matches!(

@@ -97,6 +97,16 @@ pub struct HandlerSettings {
     pub delivery: Delivery,
     /// Declared state stores.
     pub stores: &'static [StoreInfo],
+    /// Attempts per record before it is dead-lettered (0: retry forever).
+    pub max_attempts: Option<u32>,
+    /// First retry wait in milliseconds (doubles per attempt).
+    pub backoff_ms: Option<u64>,
+    /// Longest retry wait in milliseconds.
+    pub max_backoff_ms: Option<u64>,
+    /// Dead-letter topic; `{topic}` stands for the source topic; empty turns dead letters off.
+    pub dead_letter_topic: Option<&'static str>,
+    /// Send later records with a dead-lettered record's key to the dead-letter topic too.
+    pub keep_key_order: Option<bool>,
 }
 
 impl HandlerSettings {
@@ -109,6 +119,11 @@ impl HandlerSettings {
         queue_capacity: None,
         delivery: Delivery::AtLeastOnce,
         stores: &[],
+        max_attempts: None,
+        backoff_ms: None,
+        max_backoff_ms: None,
+        dead_letter_topic: None,
+        keep_key_order: None,
     };
 }
 

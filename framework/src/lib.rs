@@ -42,6 +42,7 @@ mod codec;
 mod config;
 mod consumer_loop;
 mod context;
+mod dead_letter;
 mod embedded_broker;
 mod error;
 mod handler;
@@ -57,6 +58,7 @@ pub mod testing;
 
 pub use codec::{Codec, DecodeError, Envelope, Enveloped, Json, Raw, UndecodableRecord, Utf8};
 pub use context::{Ctx, State, StoreDef};
+pub use dead_letter::{DeadLetter, DeadLetterReason, RetryPolicy};
 pub use embedded_broker::EmbeddedBroker;
 pub use error::{Error, Result};
 pub use handler::{

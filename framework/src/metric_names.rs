@@ -8,6 +8,8 @@ pub(crate) const BATCH_DURATION_SECONDS: &str = "weir_batch_duration_seconds";
 pub(crate) const COMMIT_DURATION_SECONDS: &str = "weir_commit_duration_seconds";
 /// Rebalances by `kind` (`assign`, `revoke`, `lost`).
 pub(crate) const REBALANCES_TOTAL: &str = "weir_rebalances_total";
+/// Records sent to a dead-letter topic, by source `topic` and `reason`.
+pub(crate) const DEAD_LETTERS_TOTAL: &str = "weir_dead_letters_total";
 /// Times a partition was paused because its queue was full.
 pub(crate) const PAUSES_TOTAL: &str = "weir_partition_pauses_total";
 

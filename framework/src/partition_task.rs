@@ -10,8 +10,8 @@ use rdkafka::message::{Message, OwnedMessage};
 use tokio::sync::{mpsc, Notify};
 use weir_state::PartitionStore;
 
-use crate::batch::{run_batch, BatchError};
-use crate::handler::Delivery;
+use crate::batch::{process_until_committed, Outcome, Policy};
+use crate::dead_letter::DeadLetterSink;
 use crate::metric_names::{BATCH_DURATION_SECONDS, MESSAGES_TOTAL};
 use crate::Process;
 
@@ -90,7 +90,7 @@ impl PartitionFlow {
         self.stop.load(Ordering::SeqCst)
     }
 
-    async fn stopped(&self) {
+    pub(crate) async fn stopped(&self) {
         while !self.stop_requested() {
             self.stop_notify.notified().await;
         }
@@ -123,9 +123,9 @@ impl TaskStore {
 }
 
 /// Batching settings of a partition task.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct BatchSettings {
-    pub(crate) delivery: Delivery,
+    pub(crate) policy: Policy,
     pub(crate) batch_size: usize,
     pub(crate) linger: Duration,
     pub(crate) low_water: usize,
@@ -142,10 +142,8 @@ pub(crate) struct PartitionTask<H: Process> {
     /// The next offset to process, when known (from SQLite or the last commit).
     pub(crate) next_offset: Option<i64>,
     pub(crate) settings: BatchSettings,
+    pub(crate) sink: DeadLetterSink,
 }
-
-const RETRY_MIN: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_secs(10);
 
 impl<H: Process> PartitionTask<H> {
     pub(crate) async fn run(mut self) {
@@ -216,64 +214,40 @@ impl<H: Process> PartitionTask<H> {
         }
     }
 
-    /// Processes and commits `batch`, retrying the whole batch with backoff after a failure.
+    /// Processes and commits `batch` under the partition's retry and dead-letter policy.
     /// Returns false if a stop was requested while waiting to retry (nothing of the batch is
     /// committed then, so it is processed again by the partition's next owner).
     async fn process_until_committed(&mut self, batch: &[OwnedMessage]) -> bool {
-        let mut backoff = RETRY_MIN;
-        let mut attempt = 1u32;
-        loop {
-            let started = Instant::now();
-            let result = run_batch(
-                &*self.handler,
-                &self.store,
-                &self.topic,
-                self.partition,
-                self.settings.delivery,
-                batch,
-            )
-            .await;
-            match result {
-                Ok(next) => {
-                    metrics::histogram!(BATCH_DURATION_SECONDS).record(started.elapsed());
-                    metrics::counter!(MESSAGES_TOTAL, "outcome" => "ok")
-                        .increment(batch.len() as u64);
-                    self.next_offset = Some(next);
-                    self.flow.committed.store(next, Ordering::SeqCst);
-                    self.flow
-                        .processed
-                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    self.flow.oldest_pending_ms.store(0, Ordering::Relaxed);
-                    let _ = self.control.send(Control::Committed {
-                        topic: self.topic.clone(),
-                        partition: self.partition,
-                        next_offset: next,
-                    });
-                    return true;
-                }
-                Err(BatchError::Record { offset, error }) => {
-                    metrics::counter!(MESSAGES_TOTAL, "outcome" => "error").increment(1);
-                    tracing::error!(
-                        topic = %self.topic, partition = self.partition, offset, attempt,
-                        retry_in_ms = backoff.as_millis() as u64,
-                        "record failed; its batch is not committed and will be retried: {error}"
-                    );
-                }
-                Err(BatchError::Commit(error)) => {
-                    tracing::error!(
-                        topic = %self.topic, partition = self.partition, attempt,
-                        retry_in_ms = backoff.as_millis() as u64,
-                        "batch commit failed; nothing of it is kept and it will be retried: {error}"
-                    );
-                }
+        let started = Instant::now();
+        let outcome = process_until_committed(
+            &*self.handler,
+            &self.store,
+            &self.topic,
+            self.partition,
+            &self.settings.policy,
+            &self.sink,
+            batch,
+            Some(&self.flow),
+        )
+        .await;
+        match outcome {
+            Outcome::Committed(next) => {
+                metrics::histogram!(BATCH_DURATION_SECONDS).record(started.elapsed());
+                metrics::counter!(MESSAGES_TOTAL, "outcome" => "ok").increment(batch.len() as u64);
+                self.next_offset = Some(next);
+                self.flow.committed.store(next, Ordering::SeqCst);
+                self.flow
+                    .processed
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                self.flow.oldest_pending_ms.store(0, Ordering::Relaxed);
+                let _ = self.control.send(Control::Committed {
+                    topic: self.topic.clone(),
+                    partition: self.partition,
+                    next_offset: next,
+                });
+                true
             }
-            tokio::select! {
-                biased;
-                _ = self.flow.stopped() => return false,
-                _ = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(RETRY_MAX);
-            attempt += 1;
+            Outcome::Stopped | Outcome::GaveUp(_) => false,
         }
     }
 }

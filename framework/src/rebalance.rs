@@ -15,6 +15,8 @@ use std::sync::atomic::Ordering;
 use tokio::sync::mpsc;
 use weir_state::PartitionStore;
 
+use crate::batch::Policy;
+use crate::dead_letter::DeadLetterPolicy;
 use crate::metric_names::REBALANCES_TOTAL;
 use crate::partition_task::{BatchSettings, PartitionFlow, PartitionTask, TaskStore};
 use crate::shared::{PartitionHandle, Shared};
@@ -151,8 +153,16 @@ impl<H: Process> WeirContext<H> {
                 flow: Arc::clone(&flow),
                 control: shared.control.clone(),
                 next_offset,
+                sink: shared.sink.clone(),
                 settings: BatchSettings {
-                    delivery: c.delivery,
+                    policy: Policy {
+                        delivery: c.delivery,
+                        retry: c.retry,
+                        dead_letter: c.dead_letter_topic_of(&topic).map(|t| DeadLetterPolicy {
+                            topic: t,
+                            keep_key_order: c.keep_key_order,
+                        }),
+                    },
                     batch_size: c.batch_size,
                     linger: c.linger,
                     low_water: c.queue_capacity / 2,

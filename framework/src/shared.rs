@@ -8,6 +8,7 @@ use rdkafka::message::OwnedMessage;
 use tokio::sync::mpsc;
 
 use crate::config::Config;
+use crate::dead_letter::DeadLetterSink;
 use crate::partition_task::{Control, PartitionFlow};
 use crate::Error;
 
@@ -33,6 +34,8 @@ pub(crate) struct Shared<H> {
     pub(crate) runtime: tokio::runtime::Handle,
     pub(crate) owned: Arc<Mutex<Owned>>,
     pub(crate) control: std_mpsc::Sender<Control>,
+    /// Where dead letters go.
+    pub(crate) sink: DeadLetterSink,
     /// `topic/partition` of partitions taken out of `owned` whose stores are not closed yet.
     pub(crate) releasing: Mutex<std::collections::BTreeSet<String>>,
     /// True while the consumer thread runs and no stop was requested.
@@ -52,6 +55,7 @@ impl<H> Shared<H> {
         config: Config,
         runtime: tokio::runtime::Handle,
         control: std_mpsc::Sender<Control>,
+        sink: DeadLetterSink,
     ) -> Self {
         Self {
             handler,
@@ -62,6 +66,7 @@ impl<H> Shared<H> {
             releasing: Mutex::default(),
             running: Arc::new(AtomicBool::new(true)),
             control,
+            sink,
             stop: AtomicBool::new(false),
             abandon: AtomicBool::new(false),
             fatal: Mutex::new(None),

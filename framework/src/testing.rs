@@ -37,8 +37,9 @@ use rdkafka::message::{Header, OwnedHeaders, OwnedMessage, Timestamp};
 use serde::{de::DeserializeOwned, Serialize};
 use weir_state::PartitionStore;
 
-use crate::batch::{run_batch, BatchError};
-use crate::handler::Delivery;
+use crate::batch::{process_until_committed, BatchError, Outcome, Policy};
+use crate::config::Config;
+use crate::dead_letter::{DeadLetter, DeadLetterPolicy, DeadLetterSink};
 use crate::{Error, Process, Result};
 
 /// Runs a handler over records given in the test, with real SQLite stores and no broker.
@@ -49,7 +50,9 @@ pub struct TestKit<H> {
     remove_dir: bool,
     default_topic: String,
     batch_size: usize,
-    delivery: Delivery,
+    config: Config,
+    sink: DeadLetterSink,
+    dead_letters: Arc<std::sync::Mutex<Vec<DeadLetter>>>,
     partitions: BTreeMap<(String, i32), PartitionLog>,
 }
 
@@ -78,13 +81,21 @@ impl<H: Process> TestKit<H> {
     /// A kit with stores in `dir` (kept afterwards, e.g. to open them with `sqlite3`).
     pub fn in_dir(handler: H, dir: impl AsRef<Path>) -> Result<Self> {
         let settings = H::settings();
+        let mut config = Config::default();
+        config.apply_handler(&settings);
+        // Retries run at once: the kit does not wait out backoffs.
+        config.retry.backoff = std::time::Duration::ZERO;
+        config.retry.max_backoff = std::time::Duration::ZERO;
+        let dead_letters = Arc::new(std::sync::Mutex::new(Vec::new()));
         Ok(Self {
             handler,
             dir: dir.as_ref().to_path_buf(),
             remove_dir: false,
             default_topic: settings.topics.first().unwrap_or(&"test").to_string(),
-            batch_size: settings.batch_size.unwrap_or(1000),
-            delivery: settings.delivery,
+            batch_size: config.batch_size,
+            sink: DeadLetterSink::Memory(Arc::clone(&dead_letters)),
+            dead_letters,
+            config,
             partitions: BTreeMap::new(),
         })
     }
@@ -93,6 +104,48 @@ impl<H: Process> TestKit<H> {
     pub fn batch_size(mut self, n: usize) -> Self {
         self.batch_size = n.max(1);
         self
+    }
+
+    /// Attempts per failing record before it is dead-lettered (0: `run` returns the first
+    /// failure instead).
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.config.retry.max_attempts = n;
+        self
+    }
+
+    /// Dead-letter topic template, or `None` to turn dead letters off (then `run` returns the
+    /// error of a record that exhausted its attempts).
+    pub fn dead_letter_topic(mut self, template: Option<&str>) -> Self {
+        self.config.dead_letter_topic = template.map(str::to_owned);
+        self
+    }
+
+    /// Keep per-key order across dead letters.
+    pub fn keep_key_order(mut self, keep: bool) -> Self {
+        self.config.keep_key_order = keep;
+        self
+    }
+
+    /// The records dead-lettered so far, in order.
+    pub fn dead_letters(&self) -> Vec<DeadLetter> {
+        self.dead_letters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn policy(&self, topic: &str) -> Policy {
+        Policy {
+            delivery: self.config.delivery,
+            retry: self.config.retry,
+            dead_letter: self
+                .config
+                .dead_letter_topic_of(topic)
+                .map(|t| DeadLetterPolicy {
+                    topic: t,
+                    keep_key_order: self.config.keep_key_order,
+                }),
+        }
     }
 
     /// The handler.
@@ -147,11 +200,19 @@ impl<H: Process> TestKit<H> {
         self
     }
 
-    /// Processes every record not yet processed, in batches, partition by partition. Returns
-    /// how many were processed; stops at the first failing batch (nothing of it committed)
-    /// with the error, and a later `run` retries it.
+    /// Processes every record not yet processed, in batches, partition by partition, under the
+    /// handler's retry and dead-letter policy (retries without waiting; dead letters are kept
+    /// in memory, see [`dead_letters`](Self::dead_letters)). Returns how many records were
+    /// taken. A failure that would be retried forever (no attempt limit, or no dead-letter
+    /// topic) stops it with the error instead, with nothing of that batch committed; a later
+    /// `run` retries it.
     pub async fn run(&mut self) -> Result<usize> {
         let mut done = 0;
+        let policies: BTreeMap<String, Policy> = self
+            .partitions
+            .keys()
+            .map(|(t, _)| (t.clone(), self.policy(t)))
+            .collect();
         for ((topic, partition), log) in self.partitions.iter_mut() {
             let store = match &log.store {
                 Some(s) => Arc::clone(s),
@@ -165,24 +226,30 @@ impl<H: Process> TestKit<H> {
             while log.processed < log.records.len() {
                 let end = (log.processed + self.batch_size).min(log.records.len());
                 let batch = &log.records[log.processed..end];
-                run_batch(
+                let outcome = process_until_committed(
                     &self.handler,
                     &store,
                     topic,
                     *partition,
-                    self.delivery,
+                    &policies[topic],
+                    &self.sink,
                     batch,
+                    None,
                 )
-                .await
-                .map_err(|e| match e {
-                    BatchError::Record { offset, error } => Error::Record {
-                        topic: topic.clone(),
-                        partition: *partition,
-                        offset,
-                        source: error,
-                    },
-                    BatchError::Commit(e) => Error::State(e),
-                })?;
+                .await;
+                match outcome {
+                    Outcome::Committed(_) => {}
+                    Outcome::GaveUp(BatchError::Record { offset, error, .. }) => {
+                        return Err(Error::Record {
+                            topic: topic.clone(),
+                            partition: *partition,
+                            offset,
+                            source: error,
+                        })
+                    }
+                    Outcome::GaveUp(BatchError::Commit(e)) => return Err(Error::State(e)),
+                    Outcome::Stopped => unreachable!("the test kit never stops a batch"),
+                }
                 done += end - log.processed;
                 log.processed = end;
             }

@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::BaseConsumer;
+use rdkafka::producer::FutureProducer;
 
 use crate::config::{self, Config, KafkaProperty};
+use crate::dead_letter::{DeadLetterSink, RetryPolicy};
 use crate::rebalance::WeirContext;
 use crate::shared::Shared;
 use crate::{consumer_loop, metrics_server, EmbeddedBroker, Error, Process, Result};
@@ -100,6 +102,34 @@ impl WorkerBuilder {
         self
     }
 
+    /// How failing records are retried (`WEIR_RETRY_MAX_ATTEMPTS`, `WEIR_RETRY_BACKOFF_MS`,
+    /// `WEIR_RETRY_MAX_BACKOFF_MS`; default 5 attempts, 100 ms doubling to 10 s).
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.config.retry = policy;
+        for s in [config::MAX_ATTEMPTS, config::BACKOFF, config::MAX_BACKOFF] {
+            self.config.explicit.insert(s);
+        }
+        self
+    }
+
+    /// Where records go once their retries are used up (`WEIR_DEAD_LETTER_TOPIC`, default
+    /// `{topic}.dlq`, where `{topic}` is the source topic); `None` turns dead letters off, so
+    /// a failing record is retried forever and its partition waits.
+    pub fn dead_letter_topic(mut self, template: Option<&str>) -> Self {
+        self.config.dead_letter_topic = template.map(str::to_owned);
+        self.config.explicit.insert(config::DEAD_LETTER_TOPIC);
+        self
+    }
+
+    /// Keeps per-key order across dead letters (`WEIR_DEAD_LETTER_KEEP_KEY_ORDER`, default
+    /// false): once a record is dead-lettered, later records with its key follow it to the
+    /// dead-letter topic instead of being processed out of order.
+    pub fn keep_key_order(mut self, keep: bool) -> Self {
+        self.config.keep_key_order = keep;
+        self.config.explicit.insert(config::KEEP_KEY_ORDER);
+        self
+    }
+
     /// Sets a librdkafka consumer property (`WEIR_KAFKA_<PROPERTY>`, dots as underscores).
     pub fn kafka(mut self, property: impl Into<String>, value: impl Into<String>) -> Self {
         let property = property.into();
@@ -153,7 +183,24 @@ impl WorkerBuilder {
                 )
             }
         };
+        if let Some(broker) = &embedded {
+            for topic in &config.topics {
+                if let Some(dl) = config.dead_letter_topic_of(topic) {
+                    broker.create_topic(&dl, config.embedded_partitions)?;
+                }
+            }
+        }
         let client = client_config(&config, &brokers)?;
+        let producer = DeadLetterSink::Kafka(Arc::new(
+            producer_config(&config, &brokers)
+                .create::<FutureProducer>()
+                .map_err(|e| {
+                    Error::config(
+                        "kafka properties",
+                        format!("cannot create the dead-letter producer: {e}"),
+                    )
+                })?,
+        ));
         let metrics_listener = match &config.metrics_addr {
             Some(addr) => {
                 // Install the recorder now, so that nothing recorded from here on is lost.
@@ -167,6 +214,7 @@ impl WorkerBuilder {
             brokers,
             client,
             metrics_listener,
+            sink: producer,
             handler: Arc::new(handler),
             embedded,
         })
@@ -194,6 +242,7 @@ pub struct Worker<H> {
     brokers: String,
     client: ClientConfig,
     metrics_listener: Option<std::net::TcpListener>,
+    sink: DeadLetterSink,
     handler: Arc<H>,
     embedded: Option<Arc<EmbeddedBroker>>,
 }
@@ -256,7 +305,11 @@ impl<H: Process> Worker<H> {
             self.config.clone(),
             tokio::runtime::Handle::current(),
             control_tx,
+            self.sink.clone(),
         ));
+        if self.embedded.is_none() {
+            ensure_dead_letter_topics(&self.config, &self.brokers).await;
+        }
         let consumer: BaseConsumer<WeirContext<H>> =
             self.client.create_with_context(WeirContext {
                 shared: Arc::clone(&shared),
@@ -388,6 +441,116 @@ fn client_config(config: &Config, brokers: &str) -> Result<ClientConfig> {
         .create_native_config()
         .map_err(|e| Error::config("kafka properties", e.to_string()))?;
     Ok(client)
+}
+
+/// The producer of dead letters (and, later, of emitted records): idempotent, acks=all, with
+/// the connection and security properties of the consumer.
+fn producer_config(config: &Config, brokers: &str) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all");
+    for p in &config.kafka {
+        let shared = [
+            "security.",
+            "sasl.",
+            "ssl.",
+            "client.",
+            "socket.",
+            "broker.",
+        ];
+        if shared.iter().any(|prefix| p.name.starts_with(prefix)) {
+            client.set(&p.name, &p.value);
+        }
+    }
+    client
+}
+
+/// Creates missing dead-letter topics (with the source topic's partition count). A broker that
+/// cannot create topics gets a warning: the topic must then exist or be auto-created.
+async fn ensure_dead_letter_topics(config: &Config, brokers: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let wanted: Vec<(String, String)> = config
+        .topics
+        .iter()
+        .filter_map(|t| config.dead_letter_topic_of(t).map(|d| (t.clone(), d)))
+        .collect();
+    if wanted.is_empty() {
+        return;
+    }
+    let admin: AdminClient<DefaultClientContext> = match ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("allow.auto.create.topics", "false")
+        .create()
+    {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!("cannot check dead-letter topics: {e}");
+            return;
+        }
+    };
+    let admin = Arc::new(admin);
+    let meta_admin = Arc::clone(&admin);
+    let metadata = tokio::task::spawn_blocking(move || {
+        meta_admin
+            .inner()
+            .fetch_metadata(None, Duration::from_secs(10))
+    })
+    .await;
+    let Ok(Ok(metadata)) = metadata else {
+        tracing::warn!("cannot read topic metadata to check dead-letter topics");
+        return;
+    };
+    let partitions = |name: &str| {
+        metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == name && t.error().is_none())
+            .map(|t| t.partitions().len() as i32)
+    };
+    let missing: Vec<NewTopic<'_>> = wanted
+        .iter()
+        .filter(|(_, dl)| partitions(dl).is_none())
+        .map(|(src, dl)| {
+            NewTopic::new(
+                dl,
+                partitions(src).unwrap_or(1).max(1),
+                TopicReplication::Fixed(-1),
+            )
+        })
+        .collect();
+    if missing.is_empty() {
+        return;
+    }
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(5)));
+    let created = tokio::time::timeout(
+        Duration::from_secs(10),
+        admin.create_topics(&missing, &opts),
+    )
+    .await;
+    match created {
+        Ok(Ok(results)) => {
+            for r in results {
+                match r {
+                    Ok(t) => tracing::info!(topic = %t, "dead-letter topic created"),
+                    Err((t, e)) if e == rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists => {
+                        tracing::debug!(topic = %t, "dead-letter topic exists")
+                    }
+                    Err((t, e)) => {
+                        tracing::warn!(topic = %t, "cannot create dead-letter topic ({e}); it must exist or be auto-created")
+                    }
+                }
+            }
+        }
+        Ok(Err(e)) => tracing::warn!(
+            "cannot create dead-letter topics ({e}); they must exist or be auto-created"
+        ),
+        Err(_) => tracing::warn!(
+            "creating dead-letter topics timed out; they must exist or be auto-created"
+        ),
+    }
 }
 
 fn check_state_dir(config: &Config) -> Result<()> {

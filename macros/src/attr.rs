@@ -16,6 +16,12 @@ pub(crate) struct HandlerAttrs {
     pub(crate) linger_ms: Option<LitInt>,
     pub(crate) queue_capacity: Option<LitInt>,
     pub(crate) at_most_once: bool,
+    pub(crate) max_attempts: Option<LitInt>,
+    pub(crate) backoff_ms: Option<LitInt>,
+    pub(crate) max_backoff_ms: Option<LitInt>,
+    /// `Some("")` turns dead letters off.
+    pub(crate) dead_letter_topic: Option<LitStr>,
+    pub(crate) keep_key_order: Option<syn::LitBool>,
 }
 
 /// `store(Name, key = K, value = V, name = "...")`.
@@ -99,6 +105,11 @@ impl HandlerAttrs {
         let mut linger_ms = Once::new("linger_ms");
         let mut queue_capacity = Once::new("queue_capacity");
         let mut delivery = Once::new("delivery");
+        let mut max_attempts = Once::new("max_attempts");
+        let mut backoff_ms = Once::new("backoff_ms");
+        let mut max_backoff_ms = Once::new("max_backoff_ms");
+        let mut dead_letter_topic = Once::new("dead_letter topic");
+        let mut keep_key_order = Once::new("keep_key_order");
         let mut seen_attr = false;
 
         for attr in input.attrs.iter().filter(|a| a.path().is_ident("handler")) {
@@ -192,6 +203,63 @@ impl HandlerAttrs {
                             ),
                         }
                     }
+                    "retry" => {
+                        meta.parse_nested_meta(|inner| {
+                            let Some(id) = inner.path.get_ident().cloned() else {
+                                errors.at(inner.path.span(), "expected max_attempts, backoff_ms or max_backoff_ms");
+                                return skip_value(&inner);
+                            };
+                            let name = id.to_string();
+                            if !matches!(name.as_str(), "max_attempts" | "backoff_ms" | "max_backoff_ms") {
+                                errors.at(id.span(), format!("unknown retry setting `{name}`; expected max_attempts, backoff_ms or max_backoff_ms"));
+                                return skip_value(&inner);
+                            }
+                            let lit: LitInt = inner.value()?.parse()?;
+                            if lit.base10_parse::<u32>().is_err() {
+                                errors.at(lit.span(), "must be a whole number");
+                            }
+                            match name.as_str() {
+                                "max_attempts" => max_attempts.set(&mut errors, id.span(), lit),
+                                "backoff_ms" => backoff_ms.set(&mut errors, id.span(), lit),
+                                _ => max_backoff_ms.set(&mut errors, id.span(), lit),
+                            }
+                            Ok(())
+                        })?;
+                    }
+                    "dead_letter" => {
+                        if meta.input.peek(Token![=]) {
+                            let on: syn::LitBool = meta.value()?.parse()?;
+                            if on.value {
+                                errors.at(on.span(), "dead letters are on by default; write `dead_letter(topic = \"...\")` to choose the topic");
+                            } else {
+                                dead_letter_topic.set(&mut errors, ident.span(), LitStr::new("", on.span()));
+                            }
+                        } else {
+                            meta.parse_nested_meta(|inner| {
+                                let Some(id) = inner.path.get_ident().cloned() else {
+                                    errors.at(inner.path.span(), "expected topic or keep_key_order");
+                                    return skip_value(&inner);
+                                };
+                                match id.to_string().as_str() {
+                                    "topic" => {
+                                        let lit: LitStr = inner.value()?.parse()?;
+                                        let example = lit.value().replace("{topic}", "orders");
+                                        check_topic(&mut errors, &LitStr::new(&example, lit.span()));
+                                        dead_letter_topic.set(&mut errors, id.span(), lit);
+                                    }
+                                    "keep_key_order" => {
+                                        let b: syn::LitBool = inner.value()?.parse()?;
+                                        keep_key_order.set(&mut errors, id.span(), b);
+                                    }
+                                    other => {
+                                        errors.at(id.span(), format!("unknown dead_letter setting `{other}`; expected topic or keep_key_order"));
+                                        return skip_value(&inner);
+                                    }
+                                }
+                                Ok(())
+                            })?;
+                        }
+                    }
                     other => {
                         errors.at(
                             ident.span(),
@@ -233,6 +301,11 @@ impl HandlerAttrs {
             linger_ms: linger_ms.value,
             queue_capacity: queue_capacity.value,
             at_most_once: delivery.value.unwrap_or(false),
+            max_attempts: max_attempts.value,
+            backoff_ms: backoff_ms.value,
+            max_backoff_ms: max_backoff_ms.value,
+            dead_letter_topic: dead_letter_topic.value,
+            keep_key_order: keep_key_order.value,
         })
     }
 }

@@ -24,6 +24,11 @@ pub(crate) fn handler(input: &DeriveInput, attrs: &HandlerAttrs) -> TokenStream 
     } else {
         quote!(::weir::Delivery::AtLeastOnce)
     };
+    let max_attempts = option(attrs.max_attempts.as_ref());
+    let backoff_ms = option(attrs.backoff_ms.as_ref());
+    let max_backoff_ms = option(attrs.max_backoff_ms.as_ref());
+    let dead_letter_topic = option(attrs.dead_letter_topic.as_ref());
+    let keep_key_order = option(attrs.keep_key_order.as_ref());
     let store_infos = attrs.stores.iter().map(|s| {
         let name = &s.name;
         let k = s.key.to_token_stream().to_string();
@@ -60,6 +65,11 @@ pub(crate) fn handler(input: &DeriveInput, attrs: &HandlerAttrs) -> TokenStream 
                         queue_capacity: #queue_capacity,
                         delivery: #delivery,
                         stores: &[#(#store_infos),*],
+                        max_attempts: #max_attempts,
+                        backoff_ms: #backoff_ms,
+                        max_backoff_ms: #max_backoff_ms,
+                        dead_letter_topic: #dead_letter_topic,
+                        keep_key_order: #keep_key_order,
                     }
                 }
             }

@@ -21,6 +21,8 @@ mod expand;
 ///     store(Totals, key = str, value = u64),   // generates `struct Totals` (store "totals")
 ///     batch_size = 500, linger_ms = 5, queue_capacity = 2000,
 ///     delivery = at_least_once,         // or at_most_once
+///     retry(max_attempts = 5, backoff_ms = 100, max_backoff_ms = 10000),
+///     dead_letter(topic = "{topic}.dlq", keep_key_order = false),   // or dead_letter = false
 /// )]
 /// struct OrderTotals;
 /// ```

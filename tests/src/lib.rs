@@ -83,8 +83,14 @@ impl TestBroker {
         self.embedded.as_ref()
     }
 
-    /// Creates `topic` with `partitions` partitions.
+    /// Creates `topic` with `partitions` partitions, and its dead-letter topic `<topic>.dlq`.
     pub async fn create_topic(&self, topic: &str, partitions: i32) {
+        self.create_one_topic(topic, partitions).await;
+        self.create_one_topic(&format!("{topic}.dlq"), partitions)
+            .await;
+    }
+
+    async fn create_one_topic(&self, topic: &str, partitions: i32) {
         if let Some(broker) = &self.embedded {
             broker
                 .create_topic(topic, partitions)
@@ -178,6 +184,38 @@ impl TestBroker {
                 _ => None,
             })
             .collect()
+    }
+
+    /// Reads records of `topic` from the beginning until `n` arrived; panics past `timeout`.
+    pub async fn consume(
+        &self,
+        topic: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> Vec<rdkafka::message::OwnedMessage> {
+        use rdkafka::consumer::{Consumer, StreamConsumer};
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("group.id", unique("reader"))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .set("session.timeout.ms", SESSION_TIMEOUT_MS)
+            .create()
+            .expect("consumer");
+        consumer.subscribe(&[topic]).expect("subscribe");
+        let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + timeout;
+        while out.len() < n {
+            match tokio::time::timeout_at(deadline, consumer.recv()).await {
+                Ok(Ok(m)) => out.push(m.detach()),
+                Ok(Err(e)) => panic!("reading {topic}: {e}"),
+                Err(_) => panic!(
+                    "read {} of {n} records of {topic} within {timeout:?}",
+                    out.len()
+                ),
+            }
+        }
+        out
     }
 
     /// Produces `(key, value)` records (to `partition` when given, else by key hash) and waits

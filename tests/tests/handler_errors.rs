@@ -93,8 +93,14 @@ async fn record_that_always_fails(kind: BrokerKind) {
     let dir = tempfile::tempdir().expect("tempdir");
     let handler = CountHandler::with_poison("poison", u64::MAX);
     let attempts = handler.attempts.clone();
+    // Retried forever: the partition waits (no dead letters).
+    let forever = weir::RetryPolicy {
+        max_attempts: 0,
+        ..Default::default()
+    };
     let worker = broker
         .worker(&group, &topic, dir.path())
+        .retry(forever)
         .batch_size(100)
         .build(handler)
         .expect("build");
