@@ -33,7 +33,7 @@ pub(crate) struct StoreAttr {
 }
 
 const KEYS: &str =
-    "topic, topics, group, key, value, store, batch_size, linger_ms, queue_capacity, delivery";
+    "topic, topics, group, key, value, store, batch_size, linger_ms, queue_capacity, delivery, retry, dead_letter";
 
 /// Collects errors so that all of them are reported together.
 #[derive(Default)]

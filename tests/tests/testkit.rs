@@ -20,19 +20,35 @@ fn send(kit: &mut TestKit<impl Process>, pairs: &[(&str, &str)]) {
 
 #[tokio::test]
 async fn a_record_failing_every_attempt_is_dead_lettered_and_the_rest_commits() {
-    let mut kit = TestKit::new(CountHandler::with_poison("poison", u64::MAX)).expect("kit").max_attempts(3);
-    send(&mut kit, &[("a", "x1"), ("a", "poison"), ("a", "x2"), ("b", "y1")]);
+    let mut kit = TestKit::new(CountHandler::with_poison("poison", u64::MAX))
+        .expect("kit")
+        .max_attempts(3);
+    send(
+        &mut kit,
+        &[("a", "x1"), ("a", "poison"), ("a", "x2"), ("b", "y1")],
+    );
     assert_eq!(kit.run().await.expect("run"), 4);
     let dead = kit.dead_letters();
     assert_eq!(dead.len(), 1, "{dead:?}");
-    assert_eq!((dead[0].reason, dead[0].attempts), (DeadLetterReason::Failed, 3));
+    assert_eq!(
+        (dead[0].reason, dead[0].attempts),
+        (DeadLetterReason::Failed, 3)
+    );
     assert_eq!(dead[0].source.2, 1);
     assert!(dead[0].error.contains("poison record"), "{}", dead[0].error);
     // The poison record's own write was undone; the others count, in order.
-    assert_eq!(counts(&kit), BTreeMap::from([("a".into(), 2), ("b".into(), 1)]));
+    assert_eq!(
+        counts(&kit),
+        BTreeMap::from([("a".into(), 2), ("b".into(), 1)])
+    );
     // Each of the 3 failing runs stops at the poison record (x1, poison); the last run takes
     // x1, x2 and y1 without it.
-    assert_eq!(kit.handler().attempts.load(std::sync::atomic::Ordering::SeqCst), 3 * 2 + 3);
+    assert_eq!(
+        kit.handler()
+            .attempts
+            .load(std::sync::atomic::Ordering::SeqCst),
+        3 * 2 + 3
+    );
 }
 
 #[tokio::test]
@@ -41,14 +57,22 @@ async fn keep_key_order_sends_later_records_of_the_key_after_it_even_in_later_ru
         .expect("kit")
         .max_attempts(2)
         .keep_key_order(true);
-    send(&mut kit, &[("a", "x1"), ("a", "poison"), ("a", "x2"), ("b", "y1")]);
+    send(
+        &mut kit,
+        &[("a", "x1"), ("a", "poison"), ("a", "x2"), ("b", "y1")],
+    );
     kit.run().await.expect("run");
     send(&mut kit, &[("a", "x3"), ("b", "y2")]);
     kit.run().await.expect("run");
     let dead: Vec<(String, DeadLetterReason)> = kit
         .dead_letters()
         .into_iter()
-        .map(|d| (String::from_utf8(d.value.unwrap_or_default()).unwrap_or_default(), d.reason))
+        .map(|d| {
+            (
+                String::from_utf8(d.value.unwrap_or_default()).unwrap_or_default(),
+                d.reason,
+            )
+        })
         .collect();
     assert_eq!(
         dead,
@@ -58,12 +82,17 @@ async fn keep_key_order_sends_later_records_of_the_key_after_it_even_in_later_ru
             ("x3".to_owned(), DeadLetterReason::FollowsDeadLetter),
         ]
     );
-    assert_eq!(counts(&kit), BTreeMap::from([("a".into(), 1), ("b".into(), 2)]));
+    assert_eq!(
+        counts(&kit),
+        BTreeMap::from([("a".into(), 1), ("b".into(), 2)])
+    );
 }
 
 #[tokio::test]
 async fn a_transient_failure_is_retried_in_place_and_counts_once() {
-    let mut kit = TestKit::new(CountHandler::with_poison("flaky", 2)).expect("kit").max_attempts(5);
+    let mut kit = TestKit::new(CountHandler::with_poison("flaky", 2))
+        .expect("kit")
+        .max_attempts(5);
     send(&mut kit, &[("a", "x1"), ("a", "flaky"), ("a", "x2")]);
     kit.run().await.expect("run");
     assert!(kit.dead_letters().is_empty());
@@ -72,7 +101,9 @@ async fn a_transient_failure_is_retried_in_place_and_counts_once() {
 
 #[tokio::test]
 async fn without_an_attempt_limit_the_kit_reports_the_failure_and_commits_nothing_of_the_batch() {
-    let mut kit = TestKit::new(CountHandler::with_poison("poison", u64::MAX)).expect("kit").max_attempts(0);
+    let mut kit = TestKit::new(CountHandler::with_poison("poison", u64::MAX))
+        .expect("kit")
+        .max_attempts(0);
     send(&mut kit, &[("a", "x1"), ("a", "poison")]);
     let err = kit.run().await.expect_err("retried forever");
     assert!(err.to_string().contains("offset 1"), "{err}");
@@ -95,12 +126,26 @@ impl Process for AtMostOnce {
 
 #[tokio::test]
 async fn at_most_once_skips_a_failing_record_without_retrying_it() {
-    let mut kit = TestKit::new(AtMostOnce(CountHandler::with_poison("poison", u64::MAX))).expect("kit");
+    let mut kit =
+        TestKit::new(AtMostOnce(CountHandler::with_poison("poison", u64::MAX))).expect("kit");
     send(&mut kit, &[("a", "x1"), ("a", "poison"), ("b", "y1")]);
     assert_eq!(kit.run().await.expect("run"), 3);
-    assert!(kit.dead_letters().is_empty(), "at-most-once skips, it does not dead-letter");
-    assert_eq!(kit.handler().0.attempts.load(std::sync::atomic::Ordering::SeqCst), 3, "no retry");
+    assert!(
+        kit.dead_letters().is_empty(),
+        "at-most-once skips, it does not dead-letter"
+    );
+    assert_eq!(
+        kit.handler()
+            .0
+            .attempts
+            .load(std::sync::atomic::Ordering::SeqCst),
+        3,
+        "no retry"
+    );
     // The failing record's own write is undone; the offset moved past it.
-    assert_eq!(counts(&kit), BTreeMap::from([("a".into(), 1), ("b".into(), 1)]));
+    assert_eq!(
+        counts(&kit),
+        BTreeMap::from([("a".into(), 1), ("b".into(), 1)])
+    );
     assert_eq!(kit.committed_offset("test", 0).expect("offset"), Some(3));
 }

@@ -5,3 +5,15 @@ use weir::prelude::*;
 struct Orders;
 
 fn main() {}
+
+#[derive(Handler)]
+#[handler(
+    value = Utf8,
+    retry(max_attempts = -1, jitter = 3),
+    dead_letter(topic = "{topic}/dead", order = true),
+)]
+struct BadRetry;
+
+#[derive(Handler)]
+#[handler(value = Utf8, dead_letter = true)]
+struct DeadLetterTrue;

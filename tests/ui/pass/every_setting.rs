@@ -20,6 +20,8 @@ struct Order {
     linger_ms = 0,
     queue_capacity = 100,
     delivery = at_most_once,
+    retry(max_attempts = 3, backoff_ms = 50, max_backoff_ms = 2000),
+    dead_letter(topic = "{topic}.failed", keep_key_order = true),
 )]
 struct OrderTotals;
 
@@ -41,4 +43,6 @@ fn main() {
     assert_eq!(s.delivery, Delivery::AtMostOnce);
     assert_eq!(s.stores.len(), 2);
     assert_eq!((Totals::NAME, Audit::NAME), ("totals", "audit_log"));
+    assert_eq!((s.max_attempts, s.backoff_ms, s.max_backoff_ms), (Some(3), Some(50), Some(2000)));
+    assert_eq!((s.dead_letter_topic, s.keep_key_order), (Some("{topic}.failed"), Some(true)));
 }

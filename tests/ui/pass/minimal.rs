@@ -3,7 +3,7 @@ use weir::Handler as _;
 
 // Only the value codec is required; topics and group can come from the worker's config.
 #[derive(Handler, Default)]
-#[handler(value = Raw)]
+#[handler(value = Raw, dead_letter = false)]
 struct Bytes {
     _seen: u64,
 }
@@ -19,4 +19,5 @@ impl Process for Bytes {
 fn main() {
     assert!(Bytes::settings().topics.is_empty());
     assert_eq!(Bytes::settings().delivery, weir::Delivery::AtLeastOnce);
+    assert_eq!(Bytes::settings().dead_letter_topic, Some(""));
 }

@@ -1,0 +1,134 @@
+//! Dead letters on a real broker: a record that fails every attempt and one that cannot be
+//! decoded go to `<topic>.dlq` with their key, value and error headers; the partition goes on
+//! and every other record counts exactly once.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rdkafka::message::{Headers, Message};
+use weir_tests::*;
+
+async fn failing_records_go_to_the_dead_letter_topic(kind: BrokerKind) {
+    let broker = TestBroker::start(kind);
+    let (topic, group) = (unique("dlq"), unique("g"));
+    broker.create_topic(&topic, 2).await;
+    let mut good = keyed_records(0, 2_000, 20);
+    broker
+        .produce(&topic, Some(0), good[..1_000].to_vec())
+        .await;
+    broker
+        .produce(&topic, Some(0), [("kp".to_owned(), "poison".to_owned())])
+        .await;
+    broker
+        .produce(&topic, Some(0), good[1_000..].to_vec())
+        .await;
+    // Not UTF-8: the Utf8 codec cannot decode it.
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .create()
+        .expect("producer");
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::to(&topic)
+                .partition(1)
+                .key("kb")
+                .payload(&[0xffu8, 0xfe][..]),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("produce undecodable");
+    let more = keyed_records(2_000, 500, 20);
+    broker.produce(&topic, Some(1), more.clone()).await;
+    good.extend(more);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let worker = broker
+        .worker(&group, &topic, dir.path())
+        .retry(weir::RetryPolicy {
+            max_attempts: 3,
+            backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(100),
+        })
+        .metrics_addr("127.0.0.1:0")
+        .build(CountHandler::with_poison("poison", u64::MAX))
+        .expect("build");
+    let addr = worker.metrics_addr().expect("metrics");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+    wait_for_counts(
+        dir.path(),
+        &group,
+        &topic,
+        &expected_counts(&good),
+        Duration::from_secs(90),
+    )
+    .await;
+    let s = StoredCounts::read(dir.path(), &group, &topic);
+    assert_eq!(
+        s.offsets.values().sum::<i64>(),
+        good.len() as i64 + 2,
+        "offsets moved past both dead letters"
+    );
+
+    let letters = broker
+        .consume(&format!("{topic}.dlq"), 2, Duration::from_secs(30))
+        .await;
+    let mut by_reason: HashMap<String, HashMap<String, String>> = HashMap::new();
+    for m in &letters {
+        let headers: HashMap<String, String> = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| {
+                        (
+                            h.key.to_owned(),
+                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        by_reason.insert(
+            headers.get("weir.reason").cloned().unwrap_or_default(),
+            headers,
+        );
+    }
+    let failed = &by_reason["failed"];
+    assert_eq!(failed["weir.source.topic"], topic);
+    assert_eq!(failed["weir.source.partition"], "0");
+    assert_eq!(failed["weir.source.offset"], "1000");
+    assert_eq!(failed["weir.attempts"], "3");
+    assert!(failed["weir.error"].contains("poison record"), "{failed:?}");
+    let undecodable = &by_reason["undecodable"];
+    assert_eq!(undecodable["weir.attempts"], "1");
+    assert!(
+        undecodable["weir.error"].contains("invalid UTF-8"),
+        "{undecodable:?}"
+    );
+    let poison = letters
+        .iter()
+        .find(|m| m.payload() == Some(b"poison".as_slice()))
+        .expect("poison letter");
+    assert_eq!(
+        poison.key(),
+        Some(b"kp".as_slice()),
+        "the original key is kept"
+    );
+    let raw = letters
+        .iter()
+        .find(|m| m.payload() == Some([0xffu8, 0xfe].as_slice()));
+    assert!(raw.is_some(), "the undecodable bytes are kept as they were");
+
+    let (_, body) = http_get(addr, "/metrics").await;
+    let dead: f64 = body
+        .lines()
+        .filter(|l| l.starts_with("weir_dead_letters_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(dead, 2.0, "{body}");
+    stop.send(()).expect("running");
+    run.await.expect("join").expect("clean stop");
+}
+on_both_brokers!(dead_letters, failing_records_go_to_the_dead_letter_topic);
