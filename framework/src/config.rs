@@ -49,6 +49,8 @@ pub(crate) struct Config {
     pub(crate) progress_interval: Duration,
     /// How long a graceful stop may take before the worker gives up with an error.
     pub(crate) drain_timeout: Duration,
+    /// How long the worker waits at start for a broker to answer.
+    pub(crate) startup_timeout: Duration,
     /// librdkafka properties with where each came from (for error messages).
     pub(crate) kafka: Vec<KafkaProperty>,
     /// Settings given by the builder or the environment, which a handler's own don't override.
@@ -81,6 +83,7 @@ impl Default for Config {
             metrics_addr: None,
             progress_interval: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
+            startup_timeout: Duration::from_secs(30),
             kafka: Vec::new(),
             explicit: BTreeSet::new(),
         }
@@ -150,6 +153,9 @@ impl Config {
                 }
                 "WEIR_PROGRESS_INTERVAL_MS" => {
                     self.progress_interval = Duration::from_millis(parse(&name, &value)?)
+                }
+                "WEIR_STARTUP_TIMEOUT_MS" => {
+                    self.startup_timeout = Duration::from_millis(parse(&name, &value)?)
                 }
                 "WEIR_DRAIN_TIMEOUT_MS" => {
                     self.drain_timeout = Duration::from_millis(parse(&name, &value)?)

@@ -130,6 +130,13 @@ impl WorkerBuilder {
         self
     }
 
+    /// How long `run` waits at start for a broker to answer (`WEIR_STARTUP_TIMEOUT_MS`,
+    /// default 30 s); past it, `run` fails with an error naming `WEIR_BROKERS`.
+    pub fn startup_timeout(mut self, timeout: Duration) -> Self {
+        self.config.startup_timeout = timeout;
+        self
+    }
+
     /// Sets a librdkafka consumer property (`WEIR_KAFKA_<PROPERTY>`, dots as underscores).
     pub fn kafka(mut self, property: impl Into<String>, value: impl Into<String>) -> Self {
         let property = property.into();
@@ -308,6 +315,7 @@ impl<H: Process> Worker<H> {
             self.sink.clone(),
         ));
         if self.embedded.is_none() {
+            check_brokers(&self.client, &self.brokers, self.config.startup_timeout).await?;
             ensure_dead_letter_topics(&self.config, &self.brokers).await;
         }
         let consumer: BaseConsumer<WeirContext<H>> =
@@ -465,6 +473,21 @@ fn producer_config(config: &Config, brokers: &str) -> ClientConfig {
         }
     }
     client
+}
+
+/// Fails with an error naming `WEIR_BROKERS` unless a broker answers within `timeout`.
+async fn check_brokers(client: &ClientConfig, brokers: &str, timeout: Duration) -> Result<()> {
+    use rdkafka::consumer::Consumer;
+    let probe: BaseConsumer = client.create()?;
+    let answered = tokio::task::spawn_blocking(move || probe.fetch_metadata(None, timeout))
+        .await
+        .map_err(|e| Error::Embedded(format!("broker check failed: {e}")))?;
+    answered.map(drop).map_err(|e| {
+        Error::config(
+            "brokers (WEIR_BROKERS)",
+            format!("no broker answered at {brokers} within {timeout:?}: {e}"),
+        )
+    })
 }
 
 /// Creates missing dead-letter topics (with the source topic's partition count). A broker that
