@@ -14,7 +14,7 @@ use weir_state::{PartitionStore, WriteSet};
 
 use crate::dead_letter::{DeadLetterPolicy, DeadLetterReason, DeadLetterSink, RetryPolicy};
 use crate::handler::{BoxError, Delivery};
-use crate::metric_names::{COMMIT_DURATION_SECONDS, MESSAGES_TOTAL};
+use crate::metric_names::{COMMIT_DURATION_SECONDS, COMMIT_FAILURES_TOTAL, MESSAGES_TOTAL};
 use crate::partition_task::PartitionFlow;
 use crate::{Codec, Ctx, Process, Record, UndecodableRecord};
 
@@ -165,6 +165,7 @@ pub(crate) async fn process_until_committed<H: Process>(
             }
             BatchError::Commit(e) => {
                 commit_failures += 1;
+                metrics::counter!(COMMIT_FAILURES_TOTAL).increment(1);
                 tracing::error!(
                     topic,
                     partition,

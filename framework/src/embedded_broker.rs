@@ -5,6 +5,7 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 
 use rdkafka::mocking::MockCluster;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
 use crate::{Error, Result};
 
@@ -22,6 +23,11 @@ enum Command {
     },
     BrokerUp {
         broker: i32,
+        reply: Reply,
+    },
+    RequestErrors {
+        api: RDKafkaApiKey,
+        errors: Vec<RDKafkaRespErr>,
         reply: Reply,
     },
 }
@@ -65,6 +71,10 @@ impl EmbeddedBroker {
                             (cluster.broker_down(broker), reply)
                         }
                         Command::BrokerUp { broker, reply } => (cluster.broker_up(broker), reply),
+                        Command::RequestErrors { api, errors, reply } => {
+                            cluster.request_errors(api, &errors);
+                            (Ok(()), reply)
+                        }
                     };
                     let _ = reply.send(result.map_err(|e| e.to_string()));
                 }
@@ -109,6 +119,19 @@ impl EmbeddedBroker {
     pub fn broker_up(&self, broker: i32) -> Result<()> {
         self.call(|reply| Command::BrokerUp { broker, reply })
             .map_err(|e| Error::Embedded(format!("broker {broker} up: {e}")))
+    }
+
+    /// Makes the next requests of kind `api` fail with `errors`, one error per request, in
+    /// order (fault injection: e.g. `RDKafkaApiKey::OffsetCommit` with
+    /// `RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT`).
+    pub fn inject_request_errors(
+        &self,
+        api: RDKafkaApiKey,
+        errors: &[RDKafkaRespErr],
+    ) -> Result<()> {
+        let errors = errors.to_vec();
+        self.call(|reply| Command::RequestErrors { api, errors, reply })
+            .map_err(|e| Error::Embedded(format!("request errors: {e}")))
     }
 
     fn call(&self, cmd: impl FnOnce(Reply) -> Command) -> Result<(), String> {

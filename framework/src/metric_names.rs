@@ -6,10 +6,14 @@ pub(crate) const MESSAGES_TOTAL: &str = "weir_messages_total";
 pub(crate) const BATCH_DURATION_SECONDS: &str = "weir_batch_duration_seconds";
 /// Time of the SQLite commit of one batch.
 pub(crate) const COMMIT_DURATION_SECONDS: &str = "weir_commit_duration_seconds";
+/// Batch commits to SQLite that failed (disk full, I/O errors); the batch is retried.
+pub(crate) const COMMIT_FAILURES_TOTAL: &str = "weir_commit_failures_total";
 /// Rebalances by `kind` (`assign`, `revoke`, `lost`).
 pub(crate) const REBALANCES_TOTAL: &str = "weir_rebalances_total";
 /// Records sent to a dead-letter topic, by source `topic` and `reason`.
 pub(crate) const DEAD_LETTERS_TOTAL: &str = "weir_dead_letters_total";
+/// Errors of the Kafka client (broker down, transport failures), by librdkafka error `kind`.
+pub(crate) const CLIENT_ERRORS_TOTAL: &str = "weir_client_errors_total";
 /// Times a partition was paused because its queue was full.
 pub(crate) const PAUSES_TOTAL: &str = "weir_partition_pauses_total";
 

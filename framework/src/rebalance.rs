@@ -17,7 +17,7 @@ use weir_state::PartitionStore;
 
 use crate::batch::Policy;
 use crate::dead_letter::DeadLetterPolicy;
-use crate::metric_names::REBALANCES_TOTAL;
+use crate::metric_names::{CLIENT_ERRORS_TOTAL, REBALANCES_TOTAL};
 use crate::partition_task::{BatchSettings, PartitionFlow, PartitionTask, TaskStore};
 use crate::shared::{PartitionHandle, Shared};
 use crate::Process;
@@ -28,6 +28,16 @@ pub(crate) struct WeirContext<H> {
 }
 
 impl<H: Process> ClientContext for WeirContext<H> {
+    /// Client-level errors (broker connections down, transport failures): counted and logged;
+    /// librdkafka reconnects by itself.
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        let kind = error
+            .rdkafka_error_code()
+            .map_or_else(|| "other".to_owned(), |c| format!("{c:?}"));
+        metrics::counter!(CLIENT_ERRORS_TOTAL, "kind" => kind).increment(1);
+        tracing::warn!("kafka client error: {error}: {reason}");
+    }
+
     /// librdkafka's statistics carry each partition's watermarks as learned from fetch
     /// responses: they feed the lag of the partitions this worker owns.
     fn stats(&self, stats: Statistics) {

@@ -16,6 +16,8 @@ use weir::prelude::*;
 use weir::EmbeddedBroker;
 use weir_state::PartitionStore;
 
+pub mod outage;
+
 /// Environment variable with the real broker's address, set by `scripts/test.sh`.
 pub const TANSU_ENV: &str = "WEIR_TEST_TANSU";
 
@@ -40,6 +42,16 @@ pub struct TestBroker {
 }
 
 impl TestBroker {
+    /// A broker at `bootstrap` that behaves like tansu (a private instance, e.g. behind a proxy).
+    pub fn tansu_at(bootstrap: String) -> Self {
+        init_tracing();
+        Self {
+            kind: BrokerKind::Tansu,
+            bootstrap,
+            embedded: None,
+        }
+    }
+
     /// A fresh mock cluster, or the shared tansu broker.
     pub fn start(kind: BrokerKind) -> Self {
         init_tracing();

@@ -1,0 +1,227 @@
+//! Broker outages: the worker is cut off from the broker mid-stream (every connection dropped,
+//! new ones refused) and recovers by itself; faults injected into the mock cluster's fetch,
+//! offset-commit and heartbeat requests; a state disk that fills up. Final state is exact in
+//! every case.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use weir_tests::outage::ProxiedTansu;
+use weir_tests::*;
+
+const N: usize = 40_000;
+
+async fn scrape_sum(addr: SocketAddr, metric: &str) -> f64 {
+    let (_, body) = http_get(addr, "/metrics").await;
+    body.lines()
+        .filter(|l| l.starts_with(metric))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Starts a slow worker, waits for progress, runs `outage`, then checks the exact end state.
+async fn survives(broker: &TestBroker, outage: impl std::future::Future<Output = ()>) -> f64 {
+    let (topic, group) = (unique("outage"), unique("g"));
+    broker.create_topic(&topic, 4).await;
+    let records = keyed_records(0, N, 300);
+    broker.produce(&topic, None, records.clone()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let handler = CountHandler {
+        delay: Some(Duration::from_micros(100)),
+        ..Default::default()
+    };
+    let worker = broker
+        .worker(&group, &topic, dir.path())
+        .batch_size(200)
+        .metrics_addr("127.0.0.1:0")
+        .build(handler)
+        .expect("build");
+    let addr = worker.metrics_addr().expect("metrics");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+    wait_until(
+        "progress before the outage",
+        Duration::from_secs(60),
+        || async {
+            let total = StoredCounts::read(dir.path(), &group, &topic).total();
+            if total >= 5_000 {
+                Ok(())
+            } else {
+                Err(format!("{total} counted"))
+            }
+        },
+    )
+    .await;
+    let before = StoredCounts::read(dir.path(), &group, &topic).total();
+    outage.await;
+    let errors = scrape_sum(addr, "weir_client_errors_total").await;
+    wait_for_counts(
+        dir.path(),
+        &group,
+        &topic,
+        &expected_counts(&records),
+        Duration::from_secs(180),
+    )
+    .await;
+    eprintln!(
+        "{:?}: {before} of {N} counted at the outage; client errors seen {errors}",
+        broker.kind()
+    );
+    assert!(before < N as u64, "the outage must come mid-stream");
+    stop.send(()).expect("running");
+    run.await.expect("join").expect("clean stop");
+    let s = StoredCounts::read(dir.path(), &group, &topic);
+    assert_counts_exact(&s.counts, &expected_counts(&records));
+    errors
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tansu_connections_cut_for_20_seconds() {
+    let tansu = ProxiedTansu::start().await;
+    let broker = TestBroker::tansu_at(tansu.bootstrap());
+    let errors = survives(&broker, tansu.proxy.cut_for(Duration::from_secs(20))).await;
+    assert!(errors > 0.0, "the outage shows in weir_client_errors_total");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mock_broker_down_for_10_seconds() {
+    let broker = TestBroker::start(BrokerKind::Mock);
+    let mock = broker.embedded().expect("mock");
+    let errors = survives(&broker, async {
+        mock.broker_down(1).expect("down");
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        mock.broker_up(1).expect("up");
+    })
+    .await;
+    assert!(errors > 0.0, "the outage shows in weir_client_errors_total");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mock_request_errors_on_fetch_commit_and_heartbeat() {
+    let broker = TestBroker::start(BrokerKind::Mock);
+    let mock = broker.embedded().expect("mock");
+    survives(&broker, async {
+        use RDKafkaRespErr::*;
+        let timeouts = [RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT; 5];
+        mock.inject_request_errors(RDKafkaApiKey::Fetch, &timeouts)
+            .expect("fetch errors");
+        mock.inject_request_errors(
+            RDKafkaApiKey::OffsetCommit,
+            &[
+                RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+                RD_KAFKA_RESP_ERR_NOT_COORDINATOR,
+                RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS,
+            ],
+        )
+        .expect("commit errors");
+        mock.inject_request_errors(
+            RDKafkaApiKey::Produce,
+            &[RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 3],
+        )
+        .expect("produce errors");
+        mock.inject_request_errors(
+            RDKafkaApiKey::Heartbeat,
+            &[RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT; 3],
+        )
+        .expect("heartbeat errors");
+    })
+    .await;
+}
+
+/// Unmounts the tmpfs when the test ends, however it ends.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+fn mount_tmpfs(dir: &std::path::Path, size: &str, remount: bool) {
+    let opts = if remount {
+        format!("remount,size={size}")
+    } else {
+        format!("size={size}")
+    };
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &opts, "tmpfs"])
+        .arg(dir)
+        .status()
+        .expect("run mount");
+    assert!(
+        status.success(),
+        "mounting a tmpfs for the full-disk test needs root: mount {opts} failed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn full_state_disk_commits_nothing_and_loses_nothing() {
+    let broker = TestBroker::start(BrokerKind::Mock);
+    let (topic, group) = (unique("full"), unique("g"));
+    broker.create_topic(&topic, 4).await;
+    // Distinct long keys: the state outgrows a 1 MiB disk.
+    let records: Vec<(String, String)> = (0..30_000)
+        .map(|i| {
+            (
+                format!("customer-{i:06}-with-a-long-identifier-to-fill-pages"),
+                format!("v{i}"),
+            )
+        })
+        .collect();
+    broker.produce(&topic, None, records.clone()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    mount_tmpfs(dir.path(), "1m", false);
+    let _mount = Mount(dir.path().to_path_buf());
+
+    let worker = broker
+        .worker(&group, &topic, dir.path())
+        .batch_size(500)
+        .metrics_addr("127.0.0.1:0")
+        .build(CountHandler::default())
+        .expect("build");
+    let addr = worker.metrics_addr().expect("metrics");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+    wait_until(
+        "commits failing on the full disk",
+        Duration::from_secs(60),
+        || async {
+            let failures = scrape_sum(addr, "weir_commit_failures_total").await;
+            if failures >= 2.0 {
+                Ok(())
+            } else {
+                Err(format!("{failures} commit failures"))
+            }
+        },
+    )
+    .await;
+    let stuck = StoredCounts::read(dir.path(), &group, &topic);
+    assert!(stuck.total() < records.len() as u64, "{stuck:?}");
+    // What is stored is exactly the records before each stored offset: counts equal offsets.
+    assert_eq!(stuck.total() as i64, stuck.offsets.values().sum::<i64>());
+
+    mount_tmpfs(dir.path(), "256m", true);
+    wait_for_counts(
+        dir.path(),
+        &group,
+        &topic,
+        &expected_counts(&records),
+        Duration::from_secs(120),
+    )
+    .await;
+    eprintln!(
+        "full disk: {} of {} committed while full; all exact after space came back",
+        stuck.total(),
+        records.len()
+    );
+    stop.send(()).expect("running");
+    run.await.expect("join").expect("clean stop");
+}
