@@ -558,7 +558,7 @@ async fn ensure_dead_letter_topics(config: &Config, brokers: &str) {
             for r in results {
                 match r {
                     Ok(t) => tracing::info!(topic = %t, "dead-letter topic created"),
-                    Err((t, e)) if e == rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists => {
+                    Err((t, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {
                         tracing::debug!(topic = %t, "dead-letter topic exists")
                     }
                     Err((t, e)) => {
