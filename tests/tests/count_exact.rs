@@ -18,10 +18,7 @@ async fn hundred_thousand_keyed_records(kind: BrokerKind) {
         .worker(&group, &topic, dir.path())
         .build(CountHandler::default())
         .expect("build worker");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(worker.run(async {
-        let _ = stopped.await;
-    }));
+    let worker = RunningWorker::spawn(worker);
 
     let started = Instant::now();
     wait_until("first commit", Duration::from_secs(60), || async {
@@ -50,8 +47,7 @@ async fn hundred_thousand_keyed_records(kind: BrokerKind) {
         started.elapsed()
     );
 
-    stop.send(()).expect("worker running");
-    run.await.expect("join").expect("worker stops cleanly");
+    worker.stop_cleanly().await;
     let s = StoredCounts::read(dir.path(), &group, &topic);
     assert_counts_exact(&s.counts, &expected);
     assert_eq!(

@@ -29,7 +29,7 @@ async fn dropped_mid_batch(kind: BrokerKind) {
         .batch_size(200)
         .build(handler)
         .expect("build");
-    let run = tokio::spawn(worker.run(std::future::pending()));
+    let worker = RunningWorker::spawn(worker);
     wait_until(
         "the handler to hang mid-batch",
         Duration::from_secs(60),
@@ -49,8 +49,7 @@ async fn dropped_mid_batch(kind: BrokerKind) {
     );
 
     // Crash: drop the running worker; no graceful stop, no final commits.
-    run.abort();
-    assert!(run.await.expect_err("aborted").is_cancelled());
+    worker.crash().await;
     eprintln!(
         "{kind:?}: dropped worker A with {} of {N} counted",
         before.total()
@@ -68,10 +67,7 @@ async fn dropped_mid_batch(kind: BrokerKind) {
         .worker(&group, &topic, dir.path())
         .build(CountHandler::default())
         .expect("build");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(worker.run(async {
-        let _ = stopped.await;
-    }));
+    let worker = RunningWorker::spawn(worker);
     wait_for_counts(
         dir.path(),
         &group,
@@ -80,8 +76,7 @@ async fn dropped_mid_batch(kind: BrokerKind) {
         Duration::from_secs(120),
     )
     .await;
-    stop.send(()).expect("running");
-    run.await.expect("join").expect("clean stop");
+    worker.stop_cleanly().await;
     let after = StoredCounts::read(dir.path(), &group, &topic);
     assert_counts_exact(&after.counts, &expected_counts(&records));
     assert_eq!(after.offsets.values().sum::<i64>(), N as i64);

@@ -53,10 +53,7 @@ async fn failing_records_go_to_the_dead_letter_topic(kind: BrokerKind) {
         .build(CountHandler::with_poison("poison", u64::MAX))
         .expect("build");
     let addr = worker.metrics_addr().expect("metrics");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(worker.run(async {
-        let _ = stopped.await;
-    }));
+    let worker = RunningWorker::spawn(worker);
     wait_for_counts(
         dir.path(),
         &group,
@@ -128,7 +125,6 @@ async fn failing_records_go_to_the_dead_letter_topic(kind: BrokerKind) {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert_eq!(dead, 2.0, "{body}");
-    stop.send(()).expect("running");
-    run.await.expect("join").expect("clean stop");
+    worker.stop_cleanly().await;
 }
 on_both_brokers!(dead_letters, failing_records_go_to_the_dead_letter_topic);

@@ -18,14 +18,10 @@ async fn two_workers_share_then_hand_over(kind: BrokerKind) {
             .worker(&group, &topic, dir.path())
             .build(h)
             .expect("build");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let run = tokio::spawn(worker.run(async {
-            let _ = stopped.await;
-        }));
-        (stop, run)
+        RunningWorker::spawn(worker)
     };
-    let (stop_a, run_a) = start(a);
-    let (stop_b, run_b) = start(b);
+    let worker_a = start(a);
+    let worker_b = start(b);
 
     // Keep producing until both workers own partitions (joins and rebalances take seconds).
     let mut all = Vec::new();
@@ -73,8 +69,7 @@ async fn two_workers_share_then_hand_over(kind: BrokerKind) {
     );
 
     // Stop A gracefully; B takes over A's partitions and finishes the rest.
-    stop_a.send(()).expect("A running");
-    run_a.await.expect("join").expect("A stops cleanly");
+    worker_a.stop_cleanly().await;
     seen_b.lock().expect("lock").clear();
     let more = keyed_records(all.len(), 20_000, 300);
     broker.produce(&topic, None, more.clone()).await;
@@ -94,8 +89,7 @@ async fn two_workers_share_then_hand_over(kind: BrokerKind) {
         "after A left, B processes every partition, saw {sb:?}"
     );
 
-    stop_b.send(()).expect("B running");
-    run_b.await.expect("join").expect("B stops cleanly");
+    worker_b.stop_cleanly().await;
     let s = StoredCounts::read(dir.path(), &group, &topic);
     assert_counts_exact(&s.counts, &expected_counts(&all));
     assert_eq!(s.offsets.values().sum::<i64>(), all.len() as i64);

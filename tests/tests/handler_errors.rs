@@ -51,10 +51,7 @@ async fn failing_record_heals(kind: BrokerKind, panic: bool) {
         .batch_size(100)
         .build(handler)
         .expect("build");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(worker.run(async {
-        let _ = stopped.await;
-    }));
+    let worker = RunningWorker::spawn(worker);
     wait_for_counts(
         dir.path(),
         &group,
@@ -68,8 +65,7 @@ async fn failing_record_heals(kind: BrokerKind, panic: bool) {
         0,
         "the poison record failed 3 times before it passed"
     );
-    stop.send(()).expect("running");
-    run.await.expect("join").expect("clean stop");
+    worker.stop_cleanly().await;
     let s = StoredCounts::read(dir.path(), &group, &topic);
     assert_counts_exact(&s.counts, &expected_counts(&all));
     assert_eq!(s.offsets.values().sum::<i64>(), all.len() as i64);
@@ -104,10 +100,7 @@ async fn record_that_always_fails(kind: BrokerKind) {
         .batch_size(100)
         .build(handler)
         .expect("build");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(worker.run(async {
-        let _ = stopped.await;
-    }));
+    let worker = RunningWorker::spawn(worker);
 
     // Partitions 1-3 finish; partition 0 stops before the poison record and stays there.
     let n = PER_PARTITION as i64;
@@ -144,8 +137,7 @@ async fn record_that_always_fails(kind: BrokerKind) {
         },
     )
     .await;
-    stop.send(()).expect("running");
-    run.await.expect("join").expect("clean stop while retrying");
+    worker.stop_cleanly().await;
 
     let s = StoredCounts::read(dir.path(), &group, &topic);
     let held = *s.offsets.get(&0).expect("partition 0 offset");
@@ -168,10 +160,7 @@ async fn record_that_always_fails(kind: BrokerKind) {
         .worker(&group, &topic, dir.path())
         .build(CountHandler::default())
         .expect("build");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(worker.run(async {
-        let _ = stopped.await;
-    }));
+    let worker = RunningWorker::spawn(worker);
     wait_for_counts(
         dir.path(),
         &group,
@@ -180,7 +169,6 @@ async fn record_that_always_fails(kind: BrokerKind) {
         Duration::from_secs(120),
     )
     .await;
-    stop.send(()).expect("running");
-    run.await.expect("join").expect("clean stop");
+    worker.stop_cleanly().await;
 }
 on_both_brokers!(always_failing, record_that_always_fails);

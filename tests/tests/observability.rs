@@ -52,10 +52,7 @@ async fn lag_reads_produced_minus_processed(kind: BrokerKind) {
         .build(handler)
         .expect("build");
     let addr = worker.metrics_addr().expect("metrics address");
-    let (stop_a, stopped) = tokio::sync::oneshot::channel::<()>();
-    let run_a = tokio::spawn(worker.run(async {
-        let _ = stopped.await;
-    }));
+    let worker_a = RunningWorker::spawn(worker);
 
     let (status, _) = http_get(addr, "/health/live").await;
     assert_eq!(status, 200, "live while running");
@@ -103,10 +100,7 @@ async fn lag_reads_produced_minus_processed(kind: BrokerKind) {
         .worker(&group, &topic, dir.path())
         .build(CountHandler::default())
         .expect("build");
-    let (stop_b, stopped) = tokio::sync::oneshot::channel::<()>();
-    let run_b = tokio::spawn(worker.run(async {
-        let _ = stopped.await;
-    }));
+    let worker_b = RunningWorker::spawn(worker);
     wait_until(
         "one partition moved to the second worker",
         Duration::from_secs(60),
@@ -140,10 +134,8 @@ async fn lag_reads_produced_minus_processed(kind: BrokerKind) {
         );
     }
 
-    stop_b.send(()).expect("B running");
-    run_b.await.expect("join").expect("B stops");
-    stop_a.send(()).expect("A running");
-    run_a.await.expect("join").expect("A stops");
+    worker_b.stop_cleanly().await;
+    worker_a.stop_cleanly().await;
     let mut all = p0;
     all.extend(p1);
     let s = StoredCounts::read(dir.path(), &group, &topic);
@@ -180,10 +172,7 @@ async fn backlog_is_paused_not_buffered(kind: BrokerKind) {
         .build(handler)
         .expect("build");
     let addr = worker.metrics_addr().expect("metrics address");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(worker.run(async {
-        let _ = stopped.await;
-    }));
+    let worker = RunningWorker::spawn(worker);
 
     let mut max_depth = 0.0f64;
     let mut paused_seen = 0;
@@ -230,8 +219,7 @@ async fn backlog_is_paused_not_buffered(kind: BrokerKind) {
         "RSS grew {:.0} MiB while draining",
         max_rss - rss_before
     );
-    stop.send(()).expect("running");
-    run.await.expect("join").expect("clean stop");
+    worker.stop_cleanly().await;
 }
 on_both_brokers!(backpressure, backlog_is_paused_not_buffered);
 
@@ -255,10 +243,7 @@ async fn handler_slower_than_max_poll_interval(kind: BrokerKind) {
         .build(handler)
         .expect("build");
     let addr = worker.metrics_addr().expect("metrics address");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(worker.run(async {
-        let _ = stopped.await;
-    }));
+    let worker = RunningWorker::spawn(worker);
     wait_for_counts(
         dir.path(),
         &group,
@@ -283,8 +268,7 @@ async fn handler_slower_than_max_poll_interval(kind: BrokerKind) {
         records.len() as u64,
         "a record was processed twice"
     );
-    stop.send(()).expect("running");
-    run.await.expect("join").expect("clean stop");
+    worker.stop_cleanly().await;
     let s = StoredCounts::read(dir.path(), &group, &topic);
     assert_counts_exact(&s.counts, &expected_counts(&records));
     let _: BTreeMap<i32, i64> = s.offsets;
@@ -313,10 +297,7 @@ async fn drain_deadline_names_unreleased_partitions(kind: BrokerKind) {
         .drain_timeout(Duration::from_secs(2))
         .build(handler)
         .expect("build");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(worker.run(async {
-        let _ = stopped.await;
-    }));
+    let worker = RunningWorker::spawn(worker);
     wait_until("the handler to hang", Duration::from_secs(60), || async {
         if stalled.load(Ordering::SeqCst) {
             Ok(())
@@ -326,11 +307,7 @@ async fn drain_deadline_names_unreleased_partitions(kind: BrokerKind) {
     })
     .await;
     let asked = std::time::Instant::now();
-    stop.send(()).expect("running");
-    let err = run
-        .await
-        .expect("join")
-        .expect_err("the drain cannot finish");
+    let err = worker.stop().await.expect_err("the drain cannot finish");
     let waited = asked.elapsed();
     match &err {
         weir::Error::DrainTimeout { partitions, .. } => {

@@ -38,10 +38,7 @@ async fn survives(broker: &TestBroker, outage: impl std::future::Future<Output =
         .build(handler)
         .expect("build");
     let addr = worker.metrics_addr().expect("metrics");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(worker.run(async {
-        let _ = stopped.await;
-    }));
+    let worker = RunningWorker::spawn(worker);
     wait_until(
         "progress before the outage",
         Duration::from_secs(60),
@@ -71,8 +68,7 @@ async fn survives(broker: &TestBroker, outage: impl std::future::Future<Output =
         broker.kind()
     );
     assert!(before < N as u64, "the outage must come mid-stream");
-    stop.send(()).expect("running");
-    run.await.expect("join").expect("clean stop");
+    worker.stop_cleanly().await;
     let s = StoredCounts::read(dir.path(), &group, &topic);
     assert_counts_exact(&s.counts, &expected_counts(&records));
     errors
@@ -186,10 +182,7 @@ async fn full_state_disk_commits_nothing_and_loses_nothing() {
         .build(CountHandler::default())
         .expect("build");
     let addr = worker.metrics_addr().expect("metrics");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(worker.run(async {
-        let _ = stopped.await;
-    }));
+    let worker = RunningWorker::spawn(worker);
     wait_until(
         "commits failing on the full disk",
         Duration::from_secs(60),
@@ -222,6 +215,5 @@ async fn full_state_disk_commits_nothing_and_loses_nothing() {
         stuck.total(),
         records.len()
     );
-    stop.send(()).expect("running");
-    run.await.expect("join").expect("clean stop");
+    worker.stop_cleanly().await;
 }
