@@ -373,6 +373,25 @@ impl StoredCounts {
     }
 }
 
+/// Waits until the stores of `topic` count at least `min` records in all.
+pub async fn wait_for_total(
+    state_dir: &Path,
+    group: &str,
+    topic: &str,
+    min: u64,
+    timeout: Duration,
+) {
+    wait_until(&format!("{min} records counted"), timeout, || async {
+        let total = StoredCounts::read(state_dir, group, topic).total();
+        if total >= min {
+            Ok(())
+        } else {
+            Err(format!("{total} counted"))
+        }
+    })
+    .await;
+}
+
 /// Waits until the stores count `expected` records in all, then checks per-key equality.
 pub async fn wait_for_counts(
     state_dir: &Path,

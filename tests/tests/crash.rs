@@ -135,19 +135,7 @@ async fn sigkilled_process(kind: BrokerKind) {
 
     // The process never finishes: it hangs at STALL_AT, so the kill is always mid-stream.
     let mut child = spawn_worker(&broker, &group, &topic, dir.path(), Mode::Stall);
-    wait_until(
-        "the process to commit some batches",
-        Duration::from_secs(60),
-        || async {
-            let total = StoredCounts::read(dir.path(), &group, &topic).total();
-            if total >= 5_000 {
-                Ok(())
-            } else {
-                Err(format!("{total} counted"))
-            }
-        },
-    )
-    .await;
+    wait_for_total(dir.path(), &group, &topic, 5_000, Duration::from_secs(60)).await;
     child.kill().expect("SIGKILL");
     child.wait().expect("reap");
     let before = StoredCounts::read(dir.path(), &group, &topic);
@@ -209,19 +197,7 @@ async fn sigterm_mid_stream(kind: BrokerKind) {
 
     // A slow worker (100 us a record) is stopped while it works.
     let mut child = spawn_worker(&broker, &group, &topic, dir.path(), Mode::Slow);
-    wait_until(
-        "the process to commit some batches",
-        Duration::from_secs(60),
-        || async {
-            let total = StoredCounts::read(dir.path(), &group, &topic).total();
-            if total >= 5_000 {
-                Ok(())
-            } else {
-                Err(format!("{total} counted"))
-            }
-        },
-    )
-    .await;
+    wait_for_total(dir.path(), &group, &topic, 5_000, Duration::from_secs(60)).await;
     sigterm(&mut child);
     let at_stop = StoredCounts::read(dir.path(), &group, &topic);
     assert!(

@@ -39,19 +39,7 @@ async fn survives(broker: &TestBroker, outage: impl std::future::Future<Output =
         .expect("build");
     let addr = worker.metrics_addr().expect("metrics");
     let worker = RunningWorker::spawn(worker);
-    wait_until(
-        "progress before the outage",
-        Duration::from_secs(60),
-        || async {
-            let total = StoredCounts::read(dir.path(), &group, &topic).total();
-            if total >= 5_000 {
-                Ok(())
-            } else {
-                Err(format!("{total} counted"))
-            }
-        },
-    )
-    .await;
+    wait_for_total(dir.path(), &group, &topic, 5_000, Duration::from_secs(60)).await;
     let before = StoredCounts::read(dir.path(), &group, &topic).total();
     outage.await;
     let errors = scrape_sum(addr, "weir_client_errors_total").await;
