@@ -390,20 +390,29 @@ async fn run_child(args: &Args, brokers: &str, topic: &str) -> Result<(), String
     Ok(())
 }
 
+/// A worker for the run; `WEIR_*` variables (e.g. `WEIR_QUEUE_CAPACITY`) override its
+/// settings, to measure them.
 fn bench_worker(
     brokers: &str,
     topic: &str,
     group: &str,
     dir: &std::path::Path,
 ) -> weir::WorkerBuilder {
-    Worker::builder()
+    let builder = Worker::builder()
         .brokers(brokers)
         .group(group)
         .topic(topic)
         .state_dir(dir)
         .dead_letter_topic(None)
         .progress_interval(Duration::ZERO)
-        .kafka("session.timeout.ms", "6000")
+        .kafka("session.timeout.ms", "6000");
+    match builder.clone().with_env() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("weir-bench: ignoring the environment: {e}");
+            builder
+        }
+    }
 }
 
 async fn run_worker_until<H: Process>(
