@@ -275,6 +275,36 @@ async fn await_all(inflight: &mut Vec<rdkafka::producer::DeliveryFuture>) {
     }
 }
 
+/// What most tests start from: a broker, a topic (with its `.dlq`) and a group unique to the
+/// test, and a state directory.
+#[derive(Debug)]
+pub struct Fixture {
+    /// The broker.
+    pub broker: TestBroker,
+    /// The test's topic.
+    pub topic: String,
+    /// The test's consumer group.
+    pub group: String,
+    /// The state directory (removed when dropped).
+    pub dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    /// Starts `kind`, creates a topic `<prefix>-…` with `partitions` partitions.
+    pub async fn new(kind: BrokerKind, prefix: &str, partitions: i32) -> Self {
+        let broker = TestBroker::start(kind);
+        let (topic, group) = (unique(prefix), unique("g"));
+        broker.create_topic(&topic, partitions).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self {
+            broker,
+            topic,
+            group,
+            dir,
+        }
+    }
+}
+
 /// `n` keyed records over `keys` distinct keys: key `k{i % keys}`, value `v{i}`.
 pub fn keyed_records(start: usize, n: usize, keys: usize) -> Vec<(String, String)> {
     (start..start + n)

@@ -6,14 +6,16 @@ use weir_tests::*;
 
 async fn hundred_thousand_keyed_records(kind: BrokerKind) {
     const N: usize = 100_000;
-    let broker = TestBroker::start(kind);
-    let (topic, group) = (unique("count"), unique("g"));
-    broker.create_topic(&topic, 4).await;
+    let Fixture {
+        broker,
+        topic,
+        group,
+        dir,
+    } = Fixture::new(kind, "count", 4).await;
     let records = keyed_records(0, N, 1000);
     broker.produce(&topic, None, records.clone()).await;
     let expected = expected_counts(&records);
 
-    let dir = tempfile::tempdir().expect("tempdir");
     let worker = broker
         .worker(&group, &topic, dir.path())
         .build(CountHandler::default())

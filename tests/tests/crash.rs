@@ -11,12 +11,14 @@ const N: usize = 60_000;
 const STALL_AT: &str = "v30000";
 
 async fn dropped_mid_batch(kind: BrokerKind) {
-    let broker = TestBroker::start(kind);
-    let (topic, group) = (unique("crash-drop"), unique("g"));
-    broker.create_topic(&topic, 4).await;
+    let Fixture {
+        broker,
+        topic,
+        group,
+        dir,
+    } = Fixture::new(kind, "crash-drop", 4).await;
     let records = keyed_records(0, N, 500);
     broker.produce(&topic, None, records.clone()).await;
-    let dir = tempfile::tempdir().expect("tempdir");
 
     // The first worker hangs inside a batch at STALL_AT, with that batch's writes uncommitted.
     let handler = CountHandler {
@@ -126,12 +128,14 @@ fn spawn_worker(
 }
 
 async fn sigkilled_process(kind: BrokerKind) {
-    let broker = TestBroker::start(kind);
-    let (topic, group) = (unique("crash-kill"), unique("g"));
-    broker.create_topic(&topic, 4).await;
+    let Fixture {
+        broker,
+        topic,
+        group,
+        dir,
+    } = Fixture::new(kind, "crash-kill", 4).await;
     let records = keyed_records(0, N, 500);
     broker.produce(&topic, None, records.clone()).await;
-    let dir = tempfile::tempdir().expect("tempdir");
 
     // The process never finishes: it hangs at STALL_AT, so the kill is always mid-stream.
     let mut child = spawn_worker(&broker, &group, &topic, dir.path(), Mode::Stall);
@@ -188,12 +192,14 @@ fn sigterm(child: &mut Child) {
 }
 
 async fn sigterm_mid_stream(kind: BrokerKind) {
-    let broker = TestBroker::start(kind);
-    let (topic, group) = (unique("sigterm"), unique("g"));
-    broker.create_topic(&topic, 4).await;
+    let Fixture {
+        broker,
+        topic,
+        group,
+        dir,
+    } = Fixture::new(kind, "sigterm", 4).await;
     let records = keyed_records(0, N, 500);
     broker.produce(&topic, None, records.clone()).await;
-    let dir = tempfile::tempdir().expect("tempdir");
 
     // A slow worker (100 us a record) is stopped while it works.
     let mut child = spawn_worker(&broker, &group, &topic, dir.path(), Mode::Slow);

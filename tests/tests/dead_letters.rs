@@ -9,9 +9,12 @@ use rdkafka::message::{Headers, Message};
 use weir_tests::*;
 
 async fn failing_records_go_to_the_dead_letter_topic(kind: BrokerKind) {
-    let broker = TestBroker::start(kind);
-    let (topic, group) = (unique("dlq"), unique("g"));
-    broker.create_topic(&topic, 2).await;
+    let Fixture {
+        broker,
+        topic,
+        group,
+        dir,
+    } = Fixture::new(kind, "dlq", 2).await;
     let mut good = keyed_records(0, 2_000, 20);
     broker
         .produce(&topic, Some(0), good[..1_000].to_vec())
@@ -41,7 +44,6 @@ async fn failing_records_go_to_the_dead_letter_topic(kind: BrokerKind) {
     broker.produce(&topic, Some(1), more.clone()).await;
     good.extend(more);
 
-    let dir = tempfile::tempdir().expect("tempdir");
     let worker = broker
         .worker(&group, &topic, dir.path())
         .retry(weir::RetryPolicy {

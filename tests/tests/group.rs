@@ -6,10 +6,12 @@ use std::time::Duration;
 use weir_tests::*;
 
 async fn two_workers_share_then_hand_over(kind: BrokerKind) {
-    let broker = TestBroker::start(kind);
-    let (topic, group) = (unique("group"), unique("g"));
-    broker.create_topic(&topic, 4).await;
-    let dir = tempfile::tempdir().expect("tempdir");
+    let Fixture {
+        broker,
+        topic,
+        group,
+        dir,
+    } = Fixture::new(kind, "group", 4).await;
 
     let (a, b) = (CountHandler::default(), CountHandler::default());
     let (seen_a, seen_b) = (a.seen_partitions.clone(), b.seen_partitions.clone());

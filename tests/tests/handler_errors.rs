@@ -36,11 +36,13 @@ async fn produce_partitions(broker: &TestBroker, topic: &str) -> Vec<(String, St
 }
 
 async fn failing_record_heals(kind: BrokerKind, panic: bool) {
-    let broker = TestBroker::start(kind);
-    let (topic, group) = (unique("fail"), unique("g"));
-    broker.create_topic(&topic, 4).await;
+    let Fixture {
+        broker,
+        topic,
+        group,
+        dir,
+    } = Fixture::new(kind, "fail", 4).await;
     let all = produce_partitions(&broker, &topic).await;
-    let dir = tempfile::tempdir().expect("tempdir");
     let handler = CountHandler {
         panic_on_poison: panic,
         ..CountHandler::with_poison("poison", 3)
@@ -82,11 +84,13 @@ async fn handler_panic_is_retried(kind: BrokerKind) {
 on_both_brokers!(panic_retried, handler_panic_is_retried);
 
 async fn record_that_always_fails(kind: BrokerKind) {
-    let broker = TestBroker::start(kind);
-    let (topic, group) = (unique("poison"), unique("g"));
-    broker.create_topic(&topic, 4).await;
+    let Fixture {
+        broker,
+        topic,
+        group,
+        dir,
+    } = Fixture::new(kind, "poison", 4).await;
     let all = produce_partitions(&broker, &topic).await;
-    let dir = tempfile::tempdir().expect("tempdir");
     let handler = CountHandler::with_poison("poison", u64::MAX);
     let attempts = handler.attempts.clone();
     // Retried forever: the partition waits (no dead letters).

@@ -26,9 +26,12 @@ fn lag_of(body: &str, topic: &str, p: i32) -> Option<f64> {
 async fn lag_reads_produced_minus_processed(kind: BrokerKind) {
     const N: usize = 1_000;
     const M: usize = 600;
-    let broker = TestBroker::start(kind);
-    let (topic, group) = (unique("lag"), unique("g"));
-    broker.create_topic(&topic, 2).await;
+    let Fixture {
+        broker,
+        topic,
+        group,
+        dir,
+    } = Fixture::new(kind, "lag", 2).await;
     let p0: Vec<(String, String)> = (0..N)
         .map(|i| (format!("k{}", i % 10), format!("v{i}")))
         .collect();
@@ -39,7 +42,6 @@ async fn lag_reads_produced_minus_processed(kind: BrokerKind) {
     broker.produce(&topic, Some(1), p1.clone()).await;
 
     // Partition 0 holds at record M (batches of 1: exactly M records committed).
-    let dir = tempfile::tempdir().expect("tempdir");
     let handler = CountHandler {
         stall_on: Some(format!("v{M}")),
         ..Default::default()
@@ -224,12 +226,14 @@ async fn backlog_is_paused_not_buffered(kind: BrokerKind) {
 on_both_brokers!(backpressure, backlog_is_paused_not_buffered);
 
 async fn handler_slower_than_max_poll_interval(kind: BrokerKind) {
-    let broker = TestBroker::start(kind);
-    let (topic, group) = (unique("slow"), unique("g"));
-    broker.create_topic(&topic, 2).await;
+    let Fixture {
+        broker,
+        topic,
+        group,
+        dir,
+    } = Fixture::new(kind, "slow", 2).await;
     let records = keyed_records(0, 2_000, 50);
     broker.produce(&topic, None, records.clone()).await;
-    let dir = tempfile::tempdir().expect("tempdir");
     // One record takes 9 s; max.poll.interval.ms is 6 s.
     let handler = CountHandler {
         slow_on: Some(("v1000".into(), Duration::from_secs(9))),
@@ -276,16 +280,18 @@ async fn handler_slower_than_max_poll_interval(kind: BrokerKind) {
 on_both_brokers!(slow_handler, handler_slower_than_max_poll_interval);
 
 async fn drain_deadline_names_unreleased_partitions(kind: BrokerKind) {
-    let broker = TestBroker::start(kind);
-    let (topic, group) = (unique("drain"), unique("g"));
-    broker.create_topic(&topic, 2).await;
+    let Fixture {
+        broker,
+        topic,
+        group,
+        dir,
+    } = Fixture::new(kind, "drain", 2).await;
     broker
         .produce(&topic, Some(0), keyed_records(0, 100, 10))
         .await;
     broker
         .produce(&topic, Some(1), keyed_records(100, 100, 10))
         .await;
-    let dir = tempfile::tempdir().expect("tempdir");
     // The record v50 (partition 0) never finishes.
     let handler = CountHandler {
         stall_on: Some("v50".into()),

@@ -105,11 +105,13 @@ fn invalid_topic_is_named() {
 }
 
 async fn corrupt_state_file_stops_the_worker(kind: BrokerKind) {
-    let broker = TestBroker::start(kind);
-    let (topic, group) = (unique("corrupt"), unique("g"));
-    broker.create_topic(&topic, 1).await;
+    let Fixture {
+        broker,
+        topic,
+        group,
+        dir,
+    } = Fixture::new(kind, "corrupt", 1).await;
     broker.produce(&topic, None, keyed_records(0, 10, 5)).await;
-    let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join(&group).join(&topic).join("0.sqlite");
     std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
     let junk = b"this is no database: a worker must refuse it and keep it as it is".to_vec();
