@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::FutureExt;
-use rdkafka::message::{Message, OwnedMessage};
 use weir_state::{PartitionStore, WriteSet};
 
 use crate::dead_letter::{DeadLetterPolicy, DeadLetterReason, DeadLetterSink, RetryPolicy};
 use crate::handler::{BoxError, Delivery};
+use crate::inbound::Inbound;
 use crate::metric_names::{COMMIT_DURATION_SECONDS, COMMIT_FAILURES_TOTAL, MESSAGES_TOTAL};
 use crate::partition_task::PartitionFlow;
 use crate::{Codec, Ctx, Process, Record, UndecodableRecord};
@@ -82,7 +82,7 @@ pub(crate) async fn process_until_committed<H: Process>(
     partition: i32,
     policy: &Policy,
     sink: &DeadLetterSink,
-    batch: &[OwnedMessage],
+    batch: &[Inbound],
     stop: Option<&PartitionFlow>,
 ) -> Outcome {
     let mut dead = DeadInBatch {
@@ -103,6 +103,7 @@ pub(crate) async fn process_until_committed<H: Process>(
             policy.delivery,
             batch,
             &dead,
+            stop,
         )
         .await
         {
@@ -163,6 +164,12 @@ pub(crate) async fn process_until_committed<H: Process>(
                 );
                 (*offset as u64, n)
             }
+            BatchError::Commit(e @ weir_state::Error::Fenced { .. }) => {
+                // Another worker owns the partition now: nothing of this batch is kept, and
+                // retrying cannot succeed.
+                tracing::warn!(topic, partition, "{e}");
+                return Outcome::Stopped;
+            }
             BatchError::Commit(e) => {
                 commit_failures += 1;
                 metrics::counter!(COMMIT_FAILURES_TOTAL).increment(1);
@@ -200,24 +207,36 @@ async fn wait(stop: Option<&PartitionFlow>, delay: std::time::Duration) -> bool 
 }
 
 /// Runs `batch` (records of one partition, in order) and commits it; returns the committed
-/// next offset.
+/// next offset. When a stop is requested (a revoke, a shutdown) it commits the records done so
+/// far and leaves the rest to the partition's next owner, so a large batch of slow records does
+/// not hold up a rebalance.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn run_batch<H: Process>(
     handler: &H,
     store: &Arc<impl AsRef<PartitionStore> + Send + Sync + 'static>,
     topic: &str,
     partition: i32,
     delivery: Delivery,
-    batch: &[OwnedMessage],
+    batch: &[Inbound],
     dead: &DeadInBatch,
+    stop: Option<&PartitionFlow>,
 ) -> Result<i64, BatchError> {
-    let next = batch.last().map_or(0, |m| m.offset() + 1);
+    let mut next = batch.last().map_or(0, |m| m.offset() + 1);
     if delivery == Delivery::AtMostOnce {
         // The offset first: a crash from here on skips the batch rather than repeating it.
         commit(store, WriteSet::default(), topic, partition, next).await?;
     }
     let mut writes = WriteSet::default();
     let partition_store: &PartitionStore = store.as_ref().as_ref();
-    for msg in batch {
+    for (i, msg) in batch.iter().enumerate() {
+        // (At most once, the whole batch's offset is committed already: it runs to its end.)
+        if i > 0
+            && delivery != Delivery::AtMostOnce
+            && stop.is_some_and(PartitionFlow::stop_requested)
+        {
+            next = msg.offset();
+            break;
+        }
         if dead.offsets.contains(&msg.offset()) {
             if let (true, Some(key)) = (dead.keep_key_order, msg.key()) {
                 writes
@@ -274,7 +293,7 @@ async fn run_record<H: Process>(
     handler: &H,
     store: &PartitionStore,
     writes: &mut WriteSet,
-    msg: &OwnedMessage,
+    msg: &Inbound,
 ) -> Result<(), BoxError> {
     let undecodable = |part, raw: Option<&[u8]>, error| UndecodableRecord {
         part,

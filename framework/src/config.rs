@@ -32,6 +32,9 @@ pub(crate) struct Config {
     /// Bootstrap servers; `None` starts the embedded broker.
     pub(crate) brokers: Option<String>,
     pub(crate) group: String,
+    /// Static group membership (`group.instance.id`): a restart within the session timeout
+    /// gets the same partitions back without a rebalance.
+    pub(crate) instance_id: Option<String>,
     pub(crate) topics: Vec<String>,
     pub(crate) state_dir: PathBuf,
     pub(crate) batch_size: usize,
@@ -70,11 +73,12 @@ impl Default for Config {
         Self {
             brokers: None,
             group: "weir".into(),
+            instance_id: None,
             topics: Vec::new(),
             state_dir: PathBuf::from("weir-state"),
-            batch_size: 1000,
+            batch_size: 5000,
             linger: Duration::from_millis(5),
-            queue_capacity: 2000,
+            queue_capacity: 10_000,
             embedded_partitions: 4,
             delivery: Delivery::AtLeastOnce,
             retry: RetryPolicy::default(),
@@ -115,6 +119,9 @@ impl Config {
                     self.explicit.insert(TOPICS);
                 }
                 "WEIR_STATE_DIR" => self.state_dir = PathBuf::from(value),
+                "WEIR_INSTANCE_ID" => {
+                    self.instance_id = (!value.trim().is_empty()).then(|| value.trim().to_owned())
+                }
                 "WEIR_BATCH_SIZE" => {
                     self.batch_size = parse(&name, &value)?;
                     self.explicit.insert(BATCH_SIZE);
@@ -345,6 +352,7 @@ mod tests {
         c.apply_env(env(&[
             ("WEIR_BROKERS", "127.0.0.1:9092"),
             ("WEIR_GROUP", "g1"),
+            ("WEIR_INSTANCE_ID", "worker-a"),
             ("WEIR_TOPICS", "a, b"),
             ("WEIR_BATCH_SIZE", "50"),
             ("WEIR_KAFKA_SESSION_TIMEOUT_MS", "6000"),
@@ -358,6 +366,7 @@ mod tests {
         assert_eq!(c.kafka.len(), 1);
         assert_eq!(c.kafka[0].name, "session.timeout.ms");
         assert_eq!(c.kafka[0].origin, "WEIR_KAFKA_SESSION_TIMEOUT_MS");
+        assert_eq!(c.instance_id.as_deref(), Some("worker-a"));
         c.validate().expect("valid");
     }
 

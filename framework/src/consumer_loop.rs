@@ -8,10 +8,10 @@ use std::sync::{mpsc as std_mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use tokio::sync::mpsc::error::TrySendError;
 
+use crate::inbound::Inbound;
 use crate::metric_names::PAUSES_TOTAL;
 use crate::partition_task::Control;
 use crate::rebalance::WeirContext;
@@ -24,6 +24,8 @@ const KAFKA_COMMIT_INTERVAL: Duration = Duration::from_millis(200);
 const POLL_IDLE: Duration = Duration::from_millis(100);
 /// Poll timeout while a partition is paused, so it resumes promptly.
 const POLL_PAUSED: Duration = Duration::from_millis(5);
+/// Most records taken from librdkafka in one go before they are handed to partition queues.
+const MAX_BURST: usize = 512;
 
 pub(crate) fn run<H: Process>(
     consumer: BaseConsumer<WeirContext<H>>,
@@ -35,13 +37,14 @@ pub(crate) fn run<H: Process>(
     let mut pending: HashMap<(String, i32), i64> = HashMap::new();
     let mut last_commit = Instant::now();
     let mut any_paused = false;
+    let mut scratch = Vec::new();
     while !shared.stopping() {
         let timeout = if any_paused { POLL_PAUSED } else { POLL_IDLE };
-        match consumer.poll(timeout) {
-            Some(Ok(msg)) => dispatch(&consumer, &shared, msg.detach()),
-            Some(Err(e)) => tracing::warn!("consumer error: {e}"),
-            None => {}
+        let burst = poll_burst(&consumer, timeout);
+        if !burst.is_empty() {
+            dispatch(&consumer, &shared, &burst, &mut scratch);
         }
+        drop(burst);
         for c in control.try_iter() {
             match c {
                 Control::Committed {
@@ -73,39 +76,86 @@ pub(crate) fn run<H: Process>(
     }
 }
 
+/// Waits up to `timeout` for a record, then takes whatever else librdkafka already holds, up
+/// to [`MAX_BURST`] records.
+fn poll_burst<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    timeout: Duration,
+) -> Vec<BorrowedMessage<'_>> {
+    let mut burst = Vec::new();
+    let mut wait = timeout;
+    while burst.len() < MAX_BURST {
+        match consumer.poll(wait) {
+            Some(Ok(msg)) => burst.push(msg),
+            Some(Err(e)) => tracing::warn!("consumer error: {e}"),
+            None => break,
+        }
+        wait = Duration::ZERO;
+    }
+    burst
+}
+
+/// Hands the burst's records to their partitions' queues, one chunk per run of records of the
+/// same partition, so a partition task is woken once per chunk rather than once per record.
 fn dispatch<H: Process>(
     consumer: &BaseConsumer<WeirContext<H>>,
     shared: &Shared<H>,
-    msg: OwnedMessage,
+    burst: &[BorrowedMessage<'_>],
+    scratch: &mut Vec<u8>,
 ) {
     let mut owned = shared.owned();
-    let Some(h) = owned
-        .get_mut(msg.topic())
-        .and_then(|m| m.get_mut(&msg.partition()))
-    else {
-        return; // a record of a partition released in the meantime: its next owner reads it
-    };
-    if !h.overflow.is_empty() {
-        h.overflow.push_back(msg);
-        return;
-    }
-    match h.queue.try_send(msg) {
-        Ok(()) => {}
-        Err(TrySendError::Full(msg)) => {
-            let (topic, partition) = (msg.topic().to_owned(), msg.partition());
-            h.overflow.push_back(msg);
-            pause(consumer, h, &topic, partition);
+    let mut rest = burst;
+    while let Some(first) = rest.first() {
+        let (topic, partition) = (first.topic(), first.partition());
+        let len = rest
+            .iter()
+            .position(|m| m.partition() != partition || m.topic() != topic)
+            .unwrap_or(rest.len());
+        let (run, tail) = rest.split_at(len);
+        rest = tail;
+        // Records of a partition released in the meantime are dropped: its next owner reads them.
+        if let Some(h) = owned.get_mut(topic).and_then(|m| m.get_mut(&partition)) {
+            let run = Inbound::copy_run(&h.topic, run, scratch);
+            deliver(consumer, h, partition, run, shared.config.queue_capacity);
         }
-        Err(TrySendError::Closed(_)) => {} // the task ended; the partition is being released
     }
 }
 
-fn pause<H: Process>(
+/// Queues what fits of `run` and keeps the rest in the partition's overflow, pausing it.
+fn deliver<H: Process>(
     consumer: &BaseConsumer<WeirContext<H>>,
-    h: &PartitionHandle,
-    topic: &str,
+    h: &mut PartitionHandle,
     partition: i32,
+    mut run: Vec<Inbound>,
+    capacity: usize,
 ) {
+    if !h.overflow.is_empty() {
+        h.overflow.extend(run);
+        return;
+    }
+    let room = capacity.saturating_sub(h.flow.queued.load(Ordering::SeqCst));
+    if run.len() > room {
+        h.overflow.extend(run.drain(room..));
+        pause(consumer, h, partition);
+    }
+    send(h, run);
+}
+
+/// Sends a chunk to the partition's task (nothing if it is empty or the task has ended).
+fn send(h: &PartitionHandle, chunk: Vec<Inbound>) {
+    if chunk.is_empty() {
+        return;
+    }
+    let n = chunk.len();
+    h.flow.queued.fetch_add(n, Ordering::SeqCst);
+    if h.queue.send(chunk).is_err() {
+        // The task ended; the partition is being released.
+        h.flow.queued.fetch_sub(n, Ordering::SeqCst);
+    }
+}
+
+fn pause<H: Process>(consumer: &BaseConsumer<WeirContext<H>>, h: &PartitionHandle, partition: i32) {
+    let topic = &*h.topic;
     h.flow.wake_sent.store(false, Ordering::SeqCst);
     h.flow.paused.store(true, Ordering::SeqCst);
     let mut tpl = TopicPartitionList::new();
@@ -120,6 +170,8 @@ fn pause<H: Process>(
 /// Moves overflow into drained queues and resumes partitions whose overflow is empty.
 /// Returns whether any partition is still paused.
 fn refill_paused<H: Process>(consumer: &BaseConsumer<WeirContext<H>>, shared: &Shared<H>) -> bool {
+    let capacity = shared.config.queue_capacity;
+    let low_water = capacity / 2;
     let mut owned = shared.owned();
     let mut still_paused = false;
     for (topic, partitions) in owned.iter_mut() {
@@ -127,19 +179,14 @@ fn refill_paused<H: Process>(consumer: &BaseConsumer<WeirContext<H>>, shared: &S
             if !h.flow.paused.load(Ordering::SeqCst) {
                 continue;
             }
-            if h.queue.capacity() < h.queue.max_capacity() / 2 {
+            let queued = h.flow.queued.load(Ordering::SeqCst);
+            if queued > low_water {
                 still_paused = true;
                 continue;
             }
-            while let Some(msg) = h.overflow.pop_front() {
-                if let Err(e) = h.queue.try_send(msg) {
-                    match e {
-                        TrySendError::Full(msg) => h.overflow.push_front(msg),
-                        TrySendError::Closed(_) => h.overflow.clear(),
-                    }
-                    break;
-                }
-            }
+            let take = (capacity - queued).min(h.overflow.len());
+            let chunk: Vec<Inbound> = h.overflow.drain(..take).collect();
+            send(h, chunk);
             if !h.overflow.is_empty() {
                 still_paused = true;
                 continue;

@@ -88,9 +88,6 @@ impl<K: Serialize + ?Sized, V: Serialize + DeserializeOwned> State<'_, K, V> {
 
     /// Applies `f` to the current value (or `None`) and stores its result; `None` deletes.
     pub fn update(&mut self, key: &K, f: impl FnOnce(Option<V>) -> Option<V>) -> Result<()> {
-        match f(self.get(key)?) {
-            Some(v) => self.put(key, &v),
-            None => self.delete(key),
-        }
+        Ok(self.store.update_through(self.writes, self.name, key, f)?)
     }
 }

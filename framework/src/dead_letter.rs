@@ -4,9 +4,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
+use crate::inbound::Inbound;
 use crate::metric_names::DEAD_LETTERS_TOTAL;
 
 /// How a failing record is retried: its whole batch runs again, in place, so the partition's
@@ -132,7 +133,7 @@ impl DeadLetterSink {
     pub(crate) async fn send(
         &self,
         policy: &DeadLetterPolicy,
-        msg: &OwnedMessage,
+        msg: &Inbound,
         error: &str,
         attempts: u32,
         reason: DeadLetterReason,
@@ -155,13 +156,8 @@ impl DeadLetterSink {
             }
             Self::Kafka(producer) => {
                 let mut headers = OwnedHeaders::new();
-                if let Some(original) = msg.headers() {
-                    for h in original.iter() {
-                        headers = headers.insert(Header {
-                            key: h.key,
-                            value: h.value,
-                        });
-                    }
+                for (key, value) in msg.headers() {
+                    headers = headers.insert(Header { key, value });
                 }
                 let (partition, offset) = (msg.partition().to_string(), msg.offset().to_string());
                 let (attempts, now) = (

@@ -46,6 +46,7 @@ mod dead_letter;
 mod embedded_broker;
 mod error;
 mod handler;
+mod inbound;
 mod metric_names;
 mod metrics_server;
 mod partition_task;

@@ -91,7 +91,7 @@ impl Observed {
                     partition: *p,
                     lag: h.flow.lag(),
                     lag_seconds: h.flow.lag_seconds(now_ms),
-                    depth: h.queue.max_capacity() - h.queue.capacity() + h.overflow.len(),
+                    depth: h.flow.queued.load(Ordering::Relaxed) + h.overflow.len(),
                     capacity: self.queue_capacity,
                     paused: h.flow.paused.load(Ordering::Relaxed),
                     processed: h.flow.processed.load(Ordering::Relaxed),

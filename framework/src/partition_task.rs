@@ -2,16 +2,17 @@
 //! handler on each record in order, and commits the batch's state and offset in one SQLite
 //! transaction.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use rdkafka::message::{Message, OwnedMessage};
 use tokio::sync::{mpsc, Notify};
 use weir_state::PartitionStore;
 
 use crate::batch::{process_until_committed, Outcome, Policy};
 use crate::dead_letter::DeadLetterSink;
+use crate::inbound::Inbound;
 use crate::metric_names::{BATCH_DURATION_SECONDS, MESSAGES_TOTAL};
 use crate::Process;
 
@@ -33,6 +34,8 @@ pub(crate) enum Control {
 pub(crate) struct PartitionFlow {
     stop: AtomicBool,
     stop_notify: Notify,
+    /// Records handed to the task and not yet taken into a batch.
+    pub(crate) queued: AtomicUsize,
     /// Set by the consumer thread while the partition is paused.
     pub(crate) paused: AtomicBool,
     /// Set by the task once it asked to be woken, cleared by the consumer thread.
@@ -86,7 +89,7 @@ impl PartitionFlow {
         self.stop_notify.notify_one();
     }
 
-    fn stop_requested(&self) -> bool {
+    pub(crate) fn stop_requested(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
     }
 
@@ -136,7 +139,9 @@ pub(crate) struct PartitionTask<H: Process> {
     pub(crate) store: Arc<TaskStore>,
     pub(crate) topic: String,
     pub(crate) partition: i32,
-    pub(crate) queue: mpsc::Receiver<OwnedMessage>,
+    pub(crate) queue: mpsc::UnboundedReceiver<Vec<Inbound>>,
+    /// Records of a received chunk that did not fit in the current batch.
+    pub(crate) carry: VecDeque<Inbound>,
     pub(crate) flow: Arc<PartitionFlow>,
     pub(crate) control: std_mpsc::Sender<Control>,
     /// The next offset to process, when known (from SQLite or the last commit).
@@ -147,7 +152,7 @@ pub(crate) struct PartitionTask<H: Process> {
 
 impl<H: Process> PartitionTask<H> {
     pub(crate) async fn run(mut self) {
-        let mut batch: Vec<OwnedMessage> = Vec::with_capacity(self.settings.batch_size);
+        let mut batch: Vec<Inbound> = Vec::with_capacity(self.settings.batch_size);
         while self.next_batch(&mut batch).await {
             if let Some(next) = self.next_offset {
                 // Refetched records (after pause/resume or a seek) that are already in state.
@@ -156,11 +161,15 @@ impl<H: Process> PartitionTask<H> {
             if batch.is_empty() {
                 continue;
             }
-            let oldest = batch.iter().filter_map(|m| m.timestamp().to_millis()).min();
+            let oldest = batch.iter().filter_map(Inbound::timestamp_ms).min();
             self.flow
                 .oldest_pending_ms
                 .store(oldest.unwrap_or(0), Ordering::Relaxed);
             if !self.process_until_committed(&batch).await {
+                break;
+            }
+            if self.next_offset < batch.last().map(|m| m.offset() + 1) {
+                // A stop cut the batch short: the rest is the next owner's, never skipped.
                 break;
             }
             batch.clear();
@@ -170,20 +179,29 @@ impl<H: Process> PartitionTask<H> {
 
     /// Fills `batch` with up to `batch_size` records, waiting at most `linger` after the first.
     /// Returns false when the task should stop instead.
-    async fn next_batch(&mut self, batch: &mut Vec<OwnedMessage>) -> bool {
-        let first = tokio::select! {
-            biased;
-            _ = self.flow.stopped() => return false,
-            m = self.queue.recv() => match m {
-                Some(m) => m,
-                None => return false,
-            },
-        };
-        batch.push(first);
+    async fn next_batch(&mut self, batch: &mut Vec<Inbound>) -> bool {
+        if self.flow.stop_requested() {
+            return false;
+        }
+        if self.carry.is_empty() {
+            let chunk = tokio::select! {
+                biased;
+                _ = self.flow.stopped() => return false,
+                c = self.queue.recv() => match c {
+                    Some(c) => c,
+                    None => return false,
+                },
+            };
+            self.carry.extend(chunk);
+        }
         let deadline = tokio::time::Instant::now() + self.settings.linger;
-        while batch.len() < self.settings.batch_size {
+        loop {
+            self.take_carry(batch);
+            if batch.len() >= self.settings.batch_size {
+                break;
+            }
             match self.queue.try_recv() {
-                Ok(m) => batch.push(m),
+                Ok(chunk) => self.carry.extend(chunk),
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
                 Err(mpsc::error::TryRecvError::Empty) => {
                     if self.settings.linger.is_zero() || self.flow.stop_requested() {
@@ -193,8 +211,8 @@ impl<H: Process> PartitionTask<H> {
                         biased;
                         _ = self.flow.stopped() => break,
                         _ = tokio::time::sleep_until(deadline) => break,
-                        m = self.queue.recv() => match m {
-                            Some(m) => batch.push(m),
+                        c = self.queue.recv() => match c {
+                            Some(c) => self.carry.extend(c),
                             None => break,
                         },
                     }
@@ -205,9 +223,20 @@ impl<H: Process> PartitionTask<H> {
         true
     }
 
+    /// Moves carried records into `batch`, up to the batch size.
+    fn take_carry(&mut self, batch: &mut Vec<Inbound>) {
+        let n = self
+            .settings
+            .batch_size
+            .saturating_sub(batch.len())
+            .min(self.carry.len());
+        batch.extend(self.carry.drain(..n));
+        self.flow.queued.fetch_sub(n, Ordering::SeqCst);
+    }
+
     fn wake_if_drained(&self) {
         if self.flow.paused.load(Ordering::SeqCst)
-            && self.queue.len() <= self.settings.low_water
+            && self.flow.queued.load(Ordering::SeqCst) <= self.settings.low_water
             && !self.flow.wake_sent.swap(true, Ordering::SeqCst)
         {
             let _ = self.control.send(Control::Wake);
@@ -217,7 +246,7 @@ impl<H: Process> PartitionTask<H> {
     /// Processes and commits `batch` under the partition's retry and dead-letter policy.
     /// Returns false if a stop was requested while waiting to retry (nothing of the batch is
     /// committed then, so it is processed again by the partition's next owner).
-    async fn process_until_committed(&mut self, batch: &[OwnedMessage]) -> bool {
+    async fn process_until_committed(&mut self, batch: &[Inbound]) -> bool {
         let started = Instant::now();
         let outcome = process_until_committed(
             &*self.handler,
@@ -232,13 +261,15 @@ impl<H: Process> PartitionTask<H> {
         .await;
         match outcome {
             Outcome::Committed(next) => {
+                // A stop may have committed only the batch's first records.
+                let done = batch.iter().take_while(|m| m.offset() < next).count();
                 metrics::histogram!(BATCH_DURATION_SECONDS).record(started.elapsed());
-                metrics::counter!(MESSAGES_TOTAL, "outcome" => "ok").increment(batch.len() as u64);
+                metrics::counter!(MESSAGES_TOTAL, "outcome" => "ok").increment(done as u64);
                 self.next_offset = Some(next);
                 self.flow.committed.store(next, Ordering::SeqCst);
                 self.flow
                     .processed
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    .fetch_add(done as u64, Ordering::Relaxed);
                 self.flow.oldest_pending_ms.store(0, Ordering::Relaxed);
                 let _ = self.control.send(Control::Committed {
                     topic: self.topic.clone(),

@@ -137,6 +137,12 @@ impl<H: Process> WeirContext<H> {
                     continue;
                 }
             };
+            // Fence any earlier owner of this file (another worker sharing the state dir):
+            // from now on its commits for this partition are refused.
+            if let Err(e) = store.claim(&topic, partition) {
+                shared.fail(e.into());
+                continue;
+            }
             let next_offset = match store.next_offset(&topic, partition) {
                 Ok(o) => o,
                 Err(e) => {
@@ -152,7 +158,7 @@ impl<H: Process> WeirContext<H> {
             ));
             tracing::info!(%topic, partition, ?next_offset, store = %path.display(), "partition assigned");
             let (store, closed) = TaskStore::new(store);
-            let (tx, rx) = mpsc::channel(c.queue_capacity);
+            let (tx, rx) = mpsc::unbounded_channel();
             let flow = Arc::new(PartitionFlow::new(next_offset));
             let task = PartitionTask {
                 handler: Arc::clone(&shared.handler),
@@ -160,6 +166,7 @@ impl<H: Process> WeirContext<H> {
                 topic: topic.clone(),
                 partition,
                 queue: rx,
+                carry: Default::default(),
                 flow: Arc::clone(&flow),
                 control: shared.control.clone(),
                 next_offset,
@@ -179,9 +186,11 @@ impl<H: Process> WeirContext<H> {
                 },
             };
             let task = shared.runtime.spawn(task.run());
+            let handle_topic = Arc::from(topic.as_str());
             owned.entry(topic).or_default().insert(
                 partition,
                 PartitionHandle {
+                    topic: handle_topic,
                     queue: tx,
                     flow,
                     overflow: Default::default(),

@@ -1,17 +1,17 @@
 //! The record a handler receives.
 
-use rdkafka::message::{Headers, Message, OwnedMessage};
+use crate::inbound::Inbound;
 
 /// One record of a partition, with its decoded value `V` and key `K`.
 #[derive(Debug)]
 pub struct Record<'a, V, K = Vec<u8>> {
-    msg: &'a OwnedMessage,
+    msg: &'a Inbound,
     key: K,
     value: V,
 }
 
 impl<'a, V, K> Record<'a, V, K> {
-    pub(crate) fn new(msg: &'a OwnedMessage, key: K, value: V) -> Self {
+    pub(crate) fn new(msg: &'a Inbound, key: K, value: V) -> Self {
         Self { msg, key, value }
     }
 
@@ -62,7 +62,7 @@ impl<'a, V, K> Record<'a, V, K> {
 
     /// The record's timestamp in milliseconds since the Unix epoch, if it has one.
     pub fn timestamp_ms(&self) -> Option<i64> {
-        self.msg.timestamp().to_millis()
+        self.msg.timestamp_ms()
     }
 
     /// The value of the first header called `name`.
@@ -74,9 +74,6 @@ impl<'a, V, K> Record<'a, V, K> {
 
     /// Every header, in order.
     pub fn headers(&self) -> impl Iterator<Item = (&'a str, Option<&'a [u8]>)> + 'a {
-        self.msg
-            .headers()
-            .into_iter()
-            .flat_map(|h| h.iter().map(|h| (h.key, h.value)))
+        self.msg.headers()
     }
 }

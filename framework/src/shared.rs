@@ -4,21 +4,23 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex, MutexGuard};
 
-use rdkafka::message::OwnedMessage;
 use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::dead_letter::DeadLetterSink;
+use crate::inbound::Inbound;
 use crate::partition_task::{Control, PartitionFlow};
 use crate::Error;
 
 /// The consumer-thread side of one owned partition.
 #[derive(Debug)]
 pub(crate) struct PartitionHandle {
-    pub(crate) queue: mpsc::Sender<OwnedMessage>,
+    pub(crate) topic: Arc<str>,
+    /// Chunks of records for the partition's task; `flow.queued` counts the records in it.
+    pub(crate) queue: mpsc::UnboundedSender<Vec<Inbound>>,
     pub(crate) flow: Arc<PartitionFlow>,
     /// Records taken from the consumer while the queue was full, delivered first on resume.
-    pub(crate) overflow: VecDeque<OwnedMessage>,
+    pub(crate) overflow: VecDeque<Inbound>,
     /// Disconnects when the partition's store is closed.
     pub(crate) closed: std_mpsc::Receiver<()>,
     pub(crate) task: tokio::task::JoinHandle<()>,

@@ -33,13 +33,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use rdkafka::message::{Header, OwnedHeaders, OwnedMessage, Timestamp};
+use rdkafka::message::{Header, OwnedHeaders};
 use serde::{de::DeserializeOwned, Serialize};
 use weir_state::PartitionStore;
 
 use crate::batch::{process_until_committed, BatchError, Outcome, Policy};
 use crate::config::Config;
 use crate::dead_letter::{DeadLetter, DeadLetterPolicy, DeadLetterSink};
+use crate::inbound::Inbound;
 use crate::{Error, Process, Result};
 
 /// Runs a handler over records given in the test, with real SQLite stores and no broker.
@@ -58,7 +59,7 @@ pub struct TestKit<H> {
 
 #[derive(Debug, Default)]
 struct PartitionLog {
-    records: Vec<OwnedMessage>,
+    records: Vec<Inbound>,
     /// Index of the first record not yet processed.
     processed: usize,
     store: Option<Arc<PartitionStore>>,
@@ -188,13 +189,13 @@ impl<H: Process> TestKit<H> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
-        log.records.push(OwnedMessage::new(
-            value.map(<[u8]>::to_vec),
-            key.map(<[u8]>::to_vec),
-            topic.to_owned(),
-            Timestamp::CreateTime(now),
+        log.records.push(Inbound::new(
+            std::sync::Arc::from(topic),
             partition,
             log.records.len() as i64,
+            Some(now),
+            key,
+            value,
             (!headers.is_empty()).then_some(hs),
         ));
         self

@@ -38,6 +38,16 @@ impl WorkerBuilder {
         self
     }
 
+    /// Static group membership (`WEIR_INSTANCE_ID`, librdkafka's `group.instance.id`): give
+    /// each worker process a stable, unique id (its host name, a pod's ordinal), and a restart
+    /// within the session timeout gets its partitions back without a rebalance. Such a worker
+    /// does not leave the group when it stops: its partitions wait for it until the session
+    /// times out.
+    pub fn instance_id(mut self, id: impl Into<String>) -> Self {
+        self.config.instance_id = Some(id.into());
+        self
+    }
+
     /// Adds a topic to consume (`WEIR_TOPICS`, comma-separated, replaces the list). Without
     /// any, the handler's declared topics are used.
     pub fn topic(mut self, topic: impl Into<String>) -> Self {
@@ -53,7 +63,7 @@ impl WorkerBuilder {
         self
     }
 
-    /// Most records per batch, i.e. per SQLite transaction (`WEIR_BATCH_SIZE`, default 1000).
+    /// Most records per batch, i.e. per SQLite transaction (`WEIR_BATCH_SIZE`, default 5000).
     pub fn batch_size(mut self, n: usize) -> Self {
         self.config.batch_size = n;
         self.config.explicit.insert(config::BATCH_SIZE);
@@ -67,7 +77,7 @@ impl WorkerBuilder {
         self
     }
 
-    /// Records buffered per partition before it is paused (`WEIR_QUEUE_CAPACITY`, default 2000).
+    /// Records buffered per partition before it is paused (`WEIR_QUEUE_CAPACITY`, default 10000).
     pub fn queue_capacity(mut self, n: usize) -> Self {
         self.config.queue_capacity = n;
         self.config.explicit.insert(config::QUEUE_CAPACITY);
@@ -430,8 +440,15 @@ fn client_config(config: &Config, brokers: &str) -> Result<ClientConfig> {
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("session.timeout.ms", "10000")
         .set("enable.partition.eof", "false")
+        // librdkafka backs a partition's fetching off by this much once its local queue passes
+        // queued.min.messages; the consumer thread drains that queue at once, so the default
+        // 1000 ms only stalls the stream (docs/performance.md).
+        .set("fetch.queue.backoff.ms", "20")
         // The statistics carry the high watermarks learned from fetch responses (lag).
         .set("statistics.interval.ms", "1000");
+    if let Some(id) = &config.instance_id {
+        client.set("group.instance.id", id);
+    }
     for KafkaProperty {
         name,
         value,

@@ -42,6 +42,21 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Another owner claimed the partition after this handle did (see
+    /// [`PartitionStore::claim`](crate::PartitionStore::claim)): the commit was refused.
+    #[error("state file {path}: {topic}/{partition} was taken over (owner epoch {current}, this worker's {claimed}); commit refused")]
+    Fenced {
+        /// The file.
+        path: PathBuf,
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// The epoch this handle claimed.
+        claimed: i64,
+        /// The epoch in the file.
+        current: i64,
+    },
     /// A read or a commit failed.
     #[error("state file {path}: {source}")]
     Sqlite {

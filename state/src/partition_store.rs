@@ -14,7 +14,7 @@ use crate::{Error, Result, WriteSet};
 const APPLICATION_ID: i32 = 0x7765_6972;
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS state (
@@ -28,6 +28,13 @@ CREATE TABLE IF NOT EXISTS offsets (
     partition     INTEGER NOT NULL,
     next_offset   INTEGER NOT NULL,
     updated_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (topic, partition)
+);
+-- Version 2: the owner epoch of the partition, bumped by every worker that takes it over.
+CREATE TABLE IF NOT EXISTS owners (
+    topic     TEXT    NOT NULL,
+    partition INTEGER NOT NULL,
+    epoch     INTEGER NOT NULL,
     PRIMARY KEY (topic, partition)
 );
 ";
@@ -49,6 +56,9 @@ const UPSERT_OFFSET: &str =
 pub struct PartitionStore {
     conn: Mutex<Connection>,
     path: PathBuf,
+    /// The (topic, partition, epoch) this handle claimed: its commits fail once another
+    /// handle claims the partition after it.
+    claim: Mutex<Option<(String, i32, i64)>>,
 }
 
 impl PartitionStore {
@@ -107,10 +117,17 @@ impl PartitionStore {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(open_err)?;
+        let version: i32 = tx
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(open_err)?;
         if check_header(&tx, &path)? {
-            tx.execute_batch(SCHEMA).map_err(open_err)?;
             tx.pragma_update(None, "application_id", APPLICATION_ID)
                 .map_err(open_err)?;
+        }
+        if version < SCHEMA_VERSION {
+            // A new file, or an older schema: every table is `IF NOT EXISTS`, so this adds
+            // what later versions brought and keeps the rest.
+            tx.execute_batch(SCHEMA).map_err(open_err)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(open_err)?;
         }
@@ -118,7 +135,34 @@ impl PartitionStore {
         Ok(Self {
             conn: Mutex::new(conn),
             path,
+            claim: Mutex::new(None),
         })
+    }
+
+    /// Takes ownership of `topic`/`partition` in this file: bumps its owner epoch and remembers
+    /// it. From then on this handle's commits check the epoch in the same transaction and fail
+    /// with [`Error::Fenced`] once a later owner has claimed the partition, so a worker that
+    /// lost a partition cannot overwrite its new owner's progress. Returns the epoch.
+    pub fn claim(&self, topic: &str, partition: i32) -> Result<i64> {
+        let mut conn = self.conn();
+        let epoch = (|| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let epoch: i64 = tx.query_row(
+                "INSERT INTO owners (topic, partition, epoch) VALUES (?1, ?2, 1) \
+                 ON CONFLICT (topic, partition) DO UPDATE SET epoch = epoch + 1 RETURNING epoch",
+                params![topic, partition],
+                |r| r.get(0),
+            )?;
+            tx.commit()?;
+            Ok(epoch)
+        })()
+        .map_err(|source| self.sqlite_err(source))?;
+        *self
+            .claim
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some((topic.to_owned(), partition, epoch));
+        Ok(epoch)
     }
 
     /// The file this store lives in.
@@ -147,6 +191,29 @@ impl PartitionStore {
         self.get_encoded(store, &key)?
             .map(|json| decode(store, &json))
             .transpose()
+    }
+
+    /// Applies `f` to `key`'s current value as [`get_through`](Self::get_through) sees it and
+    /// buffers the result in `pending` (`None` deletes), encoding the key once.
+    pub fn update_through<K: Serialize + ?Sized, V: Serialize + DeserializeOwned>(
+        &self,
+        pending: &mut WriteSet,
+        store: &str,
+        key: &K,
+        f: impl FnOnce(Option<V>) -> Option<V>,
+    ) -> Result<()> {
+        let key = encode(store, key)?;
+        let current = match pending.lookup_encoded(store, &key) {
+            Some(Some(json)) => Some(decode(store, json)?),
+            Some(None) => None,
+            None => self
+                .get_encoded(store, &key)?
+                .map(|json| decode(store, &json))
+                .transpose()?,
+        };
+        let value = f(current).map(|v| encode(store, &v)).transpose()?;
+        pending.put_encoded(store, key, value);
+        Ok(())
     }
 
     /// Reads `key` through the batch's `pending` changes first, then the committed state.
@@ -208,15 +275,36 @@ impl PartitionStore {
         next_offset: i64,
         crash_after: Option<usize>,
     ) -> Result<()> {
+        let claimed = self
+            .claim
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .filter(|(t, p, _)| t == topic && *p == partition)
+            .map(|(_, _, epoch)| *epoch);
         let mut conn = self.conn();
-        let run = |conn: &mut Connection| -> rusqlite::Result<()> {
+        // Ok(Some(current epoch)) when a later owner claimed the partition.
+        let run = |conn: &mut Connection| -> rusqlite::Result<Option<i64>> {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if let Some(mine) = claimed {
+                let current: i64 = tx
+                    .query_row(
+                        "SELECT epoch FROM owners WHERE topic = ?1 AND partition = ?2",
+                        params![topic, partition],
+                        |r| r.get(0),
+                    )
+                    .optional()?
+                    .unwrap_or(0);
+                if current != mine {
+                    return Ok(Some(current));
+                }
+            }
             {
                 let mut upsert = tx.prepare_cached(UPSERT_STATE)?;
                 let mut delete = tx.prepare_cached(DELETE_STATE)?;
                 for (written, (store, key, value)) in batch.iter().enumerate() {
                     if crash_after == Some(written) {
-                        return Ok(()); // dropping `tx` rolls back, as a dead process would
+                        return Ok(None); // dropping `tx` rolls back, as a dead process would
                     }
                     match value {
                         Some(value) => upsert.execute(params![store, key, value])?,
@@ -224,7 +312,7 @@ impl PartitionStore {
                     };
                 }
                 if crash_after.is_some() {
-                    return Ok(());
+                    return Ok(None);
                 }
                 tx.prepare_cached(UPSERT_OFFSET)?.execute(params![
                     topic,
@@ -233,9 +321,19 @@ impl PartitionStore {
                     now_ms()
                 ])?;
             }
-            tx.commit()
+            tx.commit()?;
+            Ok(None)
         };
-        run(&mut conn).map_err(|source| self.sqlite_err(source))
+        match run(&mut conn).map_err(|source| self.sqlite_err(source))? {
+            None => Ok(()),
+            Some(current) => Err(Error::Fenced {
+                path: self.path.clone(),
+                topic: topic.to_owned(),
+                partition,
+                claimed: claimed.unwrap_or(0),
+                current,
+            }),
+        }
     }
 
     fn get_encoded(&self, store: &str, key: &str) -> Result<Option<String>> {

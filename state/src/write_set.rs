@@ -11,13 +11,16 @@ use crate::{Error, Result};
 /// Repeated writes to the same key coalesce, so a hot key costs one row write per batch.
 #[derive(Debug, Default, Clone)]
 pub struct WriteSet {
-    changes: HashMap<String, HashMap<String, Option<String>>>,
+    /// Per store (a handler has few, so a list beats hashing the name), its changed keys.
+    stores: Vec<(String, HashMap<String, Option<String>>)>,
     /// While a savepoint is open: what each changed key held before it, newest last.
-    undo: Option<Vec<Undo>>,
+    undo: Vec<Undo>,
+    savepoint_open: bool,
 }
 
-/// A key's buffered change before a write after the savepoint: `None` if it had none.
-type Undo = (String, String, Option<Option<String>>);
+/// A key's buffered change before a write after the savepoint (store index, key, before):
+/// `None` if it had none.
+type Undo = (usize, String, Option<Option<String>>);
 
 impl WriteSet {
     /// Buffers `key = value` in `store`.
@@ -56,38 +59,41 @@ impl WriteSet {
 
     /// Number of buffered key changes.
     pub fn len(&self) -> usize {
-        self.changes.values().map(HashMap::len).sum()
+        self.stores.iter().map(|(_, m)| m.len()).sum()
     }
 
     /// True when the batch changed no state.
     pub fn is_empty(&self) -> bool {
-        self.changes.values().all(HashMap::is_empty)
+        self.stores.iter().all(|(_, m)| m.is_empty())
     }
 
     /// Drops every buffered change (a failed batch).
     pub fn clear(&mut self) {
-        self.changes.clear();
-        self.undo = None;
+        self.stores.clear();
+        self.undo.clear();
+        self.savepoint_open = false;
     }
 
     /// Opens a savepoint: later changes can be undone with [`rollback`](Self::rollback)
     /// (the writes of one failed record) or kept with [`release`](Self::release).
     pub fn savepoint(&mut self) {
-        self.undo = Some(Vec::new());
+        self.undo.clear();
+        self.savepoint_open = true;
     }
 
     /// Keeps the changes made since the savepoint and closes it.
     pub fn release(&mut self) {
-        self.undo = None;
+        self.undo.clear();
+        self.savepoint_open = false;
     }
 
     /// Undoes the changes made since the savepoint and closes it.
     pub fn rollback(&mut self) {
-        let Some(undo) = self.undo.take() else {
+        if !std::mem::take(&mut self.savepoint_open) {
             return;
-        };
-        for (store, key, before) in undo.into_iter().rev() {
-            let map = self.changes.entry(store).or_default();
+        }
+        while let Some((store, key, before)) = self.undo.pop() {
+            let map = &mut self.stores[store].1;
             match before {
                 Some(v) => map.insert(key, v),
                 None => map.remove(&key),
@@ -96,13 +102,28 @@ impl WriteSet {
     }
 
     pub(crate) fn put_encoded(&mut self, store: &str, key: String, value: Option<String>) {
-        let map = match self.changes.get_mut(store) {
-            Some(map) => map,
-            None => self.changes.entry(store.to_owned()).or_default(),
+        let index = match self.stores.iter().position(|(name, _)| name == store) {
+            Some(i) => i,
+            None => {
+                self.stores.push((store.to_owned(), HashMap::new()));
+                self.stores.len() - 1
+            }
         };
-        let before = map.insert(key.clone(), value);
-        if let Some(undo) = &mut self.undo {
-            undo.push((store.to_owned(), key, before));
+        let map = &mut self.stores[index].1;
+        match map.get_mut(&key) {
+            Some(slot) => {
+                let before = std::mem::replace(slot, value);
+                if self.savepoint_open {
+                    self.undo.push((index, key, Some(before)));
+                }
+            }
+            None if self.savepoint_open => {
+                map.insert(key.clone(), value);
+                self.undo.push((index, key, None));
+            }
+            None => {
+                map.insert(key, value);
+            }
         }
     }
 
@@ -117,15 +138,16 @@ impl WriteSet {
     }
 
     pub(crate) fn lookup_encoded(&self, store: &str, key: &str) -> Option<Option<&str>> {
-        self.changes
-            .get(store)
-            .and_then(|m| m.get(key))
+        self.stores
+            .iter()
+            .find(|(name, _)| name == store)
+            .and_then(|(_, m)| m.get(key))
             .map(Option::as_deref)
     }
 
     /// Every change as (store, key, value-or-deletion).
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &str, Option<&str>)> {
-        self.changes.iter().flat_map(|(store, m)| {
+        self.stores.iter().flat_map(|(store, m)| {
             m.iter()
                 .map(move |(k, v)| (store.as_str(), k.as_str(), v.as_deref()))
         })

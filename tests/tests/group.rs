@@ -70,12 +70,34 @@ async fn two_workers_share_then_hand_over(kind: BrokerKind) {
         all.len()
     );
 
-    // Stop A gracefully; B takes over A's partitions and finishes the rest.
+    // Stop A gracefully; B takes over A's partitions and finishes the rest. Hand-off time:
+    // from A's stop request to B processing records of all four partitions.
+    let stop_requested = std::time::Instant::now();
     worker_a.stop_cleanly().await;
+    let a_gone = stop_requested.elapsed();
     seen_b.lock().expect("lock").clear();
     let more = keyed_records(all.len(), 20_000, 300);
     broker.produce(&topic, None, more.clone()).await;
     all.extend(more);
+    wait_until(
+        "B to process all four partitions",
+        Duration::from_secs(60),
+        || {
+            let seen = seen_b.lock().expect("lock").clone();
+            async move {
+                if seen.len() == 4 {
+                    Ok(())
+                } else {
+                    Err(format!("B saw {seen:?}"))
+                }
+            }
+        },
+    )
+    .await;
+    eprintln!(
+        "{kind:?}: hand-off: A stopped in {a_gone:?}; B processing all partitions {:?} after the stop request",
+        stop_requested.elapsed()
+    );
     wait_for_counts(
         dir.path(),
         &group,

@@ -178,3 +178,51 @@ fn concurrent_opens_of_a_new_file_all_succeed() {
         }
     }
 }
+
+#[test]
+fn a_later_claim_fences_the_earlier_owner() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("0.sqlite");
+    let old = PartitionStore::open(&path).expect("open");
+    let new = PartitionStore::open(&path).expect("open again");
+    let mut ws = WriteSet::default();
+    ws.put("s", "k", &1).expect("put");
+    assert_eq!(old.claim("t", 0).expect("claim"), 1);
+    old.commit(&ws, "t", 0, 10).expect("the owner commits");
+    assert_eq!(new.claim("t", 0).expect("claim"), 2);
+    let err = old.commit(&ws, "t", 0, 20).expect_err("fenced");
+    assert!(
+        matches!(
+            err,
+            Error::Fenced {
+                claimed: 1,
+                current: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(new.next_offset("t", 0).expect("offset"), Some(10));
+    new.commit(&ws, "t", 0, 30).expect("the new owner commits");
+    assert_eq!(old.next_offset("t", 0).expect("offset"), Some(30));
+    // Another partition of the same file is not fenced by this claim.
+    old.commit(&ws, "t", 1, 5).expect("other partition");
+}
+
+#[test]
+fn a_version_1_file_is_upgraded_in_place() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("0.sqlite");
+    {
+        let s = PartitionStore::open(&path).expect("open");
+        s.commit(&WriteSet::default(), "t", 0, 7).expect("commit");
+    }
+    {
+        let conn = Connection::open(&path).expect("raw open");
+        conn.execute_batch("DROP TABLE owners; PRAGMA user_version = 1;")
+            .expect("make it version 1");
+    }
+    let s = PartitionStore::open(&path).expect("reopen");
+    assert_eq!(s.next_offset("t", 0).expect("offset"), Some(7));
+    assert_eq!(s.claim("t", 0).expect("claim"), 1);
+}
