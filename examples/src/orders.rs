@@ -1,4 +1,5 @@
-//! Orders: per-customer totals of JSON orders keyed by customer id, idempotent by order id.
+//! Orders: per-customer totals of JSON orders keyed by customer id, idempotent by order id;
+//! every new total is also emitted to `<topic>-totals`.
 
 use serde::{Deserialize, Serialize};
 use weir::prelude::*;
@@ -10,6 +11,20 @@ pub struct Order {
     pub order_id: String,
     /// Amount in cents.
     pub cents: u64,
+}
+
+/// A customer's new total, emitted to `<topic>-totals` keyed by customer after each order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomerTotal {
+    /// The customer.
+    pub customer: String,
+    /// Their total in cents, including the order that produced this record.
+    pub cents: u64,
+}
+
+/// The topic new totals of orders read from `topic` go to.
+pub fn totals_topic(topic: &str) -> String {
+    format!("{topic}-totals")
 }
 
 /// Sums orders per customer; remembers order ids so a redelivered order counts once.
@@ -34,8 +49,18 @@ impl Process for OrderTotals {
             return Ok(());
         }
         seen.put(&order.order_id, &true)?;
-        ctx.store::<Totals>()
-            .update(rec.key(), |t| Some(t.unwrap_or(0) + order.cents))
+        let mut totals = ctx.store::<Totals>();
+        let cents = totals.get(rec.key())?.unwrap_or(0) + order.cents;
+        totals.put(rec.key(), &cents)?;
+        let total = CustomerTotal {
+            customer: rec.key().clone(),
+            cents,
+        };
+        ctx.emit_json(
+            &totals_topic(rec.topic()),
+            Some(rec.key().as_bytes()),
+            &total,
+        )
     }
 }
 
@@ -68,6 +93,38 @@ mod tests {
             kit.get::<str, u64>(Totals::NAME, "bob").expect("get"),
             Some(200)
         );
+        let emitted: Vec<(String, CustomerTotal)> = kit
+            .emitted()
+            .into_iter()
+            .map(|r| {
+                let total = serde_json::from_slice(r.value.as_deref().unwrap_or_default());
+                (r.topic, total.expect("a CustomerTotal"))
+            })
+            .collect();
+        let total = |c: &str, cents| {
+            (
+                "orders-totals".to_owned(),
+                CustomerTotal {
+                    customer: c.into(),
+                    cents,
+                },
+            )
+        };
+        assert_eq!(
+            emitted,
+            vec![total("alice", 500), total("bob", 200), total("alice", 750)]
+        );
+        let first = &kit.emitted()[0];
+        let header = |name: &str| {
+            first
+                .headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        };
+        assert_eq!(header("weir.source.topic").as_deref(), Some("orders"));
+        assert_eq!(header("weir.source.partition").as_deref(), Some("0"));
+        assert_eq!(header("weir.source.offset").as_deref(), Some("0"));
     }
 
     #[tokio::test]
@@ -82,6 +139,57 @@ mod tests {
             kit.get::<str, u64>(Totals::NAME, "alice").expect("get"),
             Some(600)
         );
+        assert_eq!(kit.emitted().len(), 2, "only new orders emit a total");
+    }
+
+    #[tokio::test]
+    async fn with_the_changelog_on_each_batch_logs_its_changes_and_offset() {
+        let mut kit = TestKit::new(OrderTotals)
+            .expect("kit")
+            .changelog(true)
+            .batch_size(10);
+        kit.send_json("alice", &order("o1", 500));
+        kit.run().await.expect("run");
+        let changelog: Vec<_> = kit
+            .emitted()
+            .into_iter()
+            .filter(|r| r.topic == "order-totals-orders-changelog")
+            .map(|r| {
+                let (store, key) =
+                    weir::state::parse_changelog_key(r.key.as_deref().unwrap_or_default())
+                        .expect("changelog key");
+                (
+                    store,
+                    key,
+                    r.value.map(|v| String::from_utf8_lossy(&v).into_owned()),
+                )
+            })
+            .collect();
+        let mut expected = vec![
+            (
+                "seen_orders".to_owned(),
+                "\"o1\"".to_owned(),
+                Some("true".to_owned()),
+            ),
+            (
+                "totals".to_owned(),
+                "\"alice\"".to_owned(),
+                Some("500".to_owned()),
+            ),
+        ];
+        let mut got = changelog.clone();
+        let marker = got.pop().expect("the offset marker comes last");
+        assert_eq!(
+            marker,
+            (
+                weir::state::CHANGELOG_OFFSET_STORE.to_owned(),
+                "\"\"".to_owned(),
+                Some("1".to_owned())
+            )
+        );
+        got.sort();
+        expected.sort();
+        assert_eq!(got, expected);
     }
 
     #[tokio::test]

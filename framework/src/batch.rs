@@ -54,6 +54,8 @@ pub(crate) struct DeadInBatch {
 #[derive(Debug, Clone)]
 pub(crate) struct Policy {
     pub(crate) delivery: Delivery,
+    /// The changelog topic of the partition's stores, when state changes are logged.
+    pub(crate) changelog: Option<String>,
     pub(crate) retry: RetryPolicy,
     pub(crate) dead_letter: Option<DeadLetterPolicy>,
 }
@@ -95,21 +97,11 @@ pub(crate) async fn process_until_committed<H: Process>(
     let mut attempts: HashMap<i64, u32> = HashMap::new();
     let mut commit_failures = 0u32;
     loop {
-        let error = match run_batch(
-            handler,
-            store,
-            topic,
-            partition,
-            policy.delivery,
-            batch,
-            &dead,
-            stop,
-        )
-        .await
-        {
-            Ok(next) => return Outcome::Committed(next),
-            Err(e) => e,
-        };
+        let error =
+            match run_batch(handler, store, topic, partition, policy, batch, &dead, stop).await {
+                Ok(next) => return Outcome::Committed(next),
+                Err(e) => e,
+            };
         let (seed, wait_attempt) = match &error {
             BatchError::Record {
                 offset,
@@ -216,15 +208,25 @@ pub(crate) async fn run_batch<H: Process>(
     store: &Arc<impl AsRef<PartitionStore> + Send + Sync + 'static>,
     topic: &str,
     partition: i32,
-    delivery: Delivery,
+    policy: &Policy,
     batch: &[Inbound],
     dead: &DeadInBatch,
     stop: Option<&PartitionFlow>,
 ) -> Result<i64, BatchError> {
+    let delivery = policy.delivery;
+    let changelog = policy.changelog.as_deref();
     let mut next = batch.last().map_or(0, |m| m.offset() + 1);
     if delivery == Delivery::AtMostOnce {
         // The offset first: a crash from here on skips the batch rather than repeating it.
-        commit(store, WriteSet::default(), topic, partition, next).await?;
+        commit(
+            store,
+            WriteSet::default(),
+            topic,
+            partition,
+            next,
+            changelog,
+        )
+        .await?;
     }
     let mut writes = WriteSet::default();
     let partition_store: &PartitionStore = store.as_ref().as_ref();
@@ -285,7 +287,7 @@ pub(crate) async fn run_batch<H: Process>(
             }
         }
     }
-    commit(store, writes, topic, partition, next).await?;
+    commit(store, writes, topic, partition, next, changelog).await?;
     Ok(next)
 }
 
@@ -303,7 +305,7 @@ async fn run_record<H: Process>(
     let value = <H::Value as Codec>::decode(msg.payload())
         .map_err(|e| undecodable("value", msg.payload(), e))?;
     let key = <H::Key as Codec>::decode(msg.key()).map_err(|e| undecodable("key", msg.key(), e))?;
-    let mut ctx = Ctx::new(store, writes);
+    let mut ctx = Ctx::new(store, writes, msg);
     let outcome = AssertUnwindSafe(handler.process(Record::new(msg, key, value), &mut ctx))
         .catch_unwind()
         .await;
@@ -327,12 +329,18 @@ async fn commit(
     topic: &str,
     partition: i32,
     next: i64,
+    changelog: Option<&str>,
 ) -> Result<(), BatchError> {
     let store = Arc::clone(store);
     let topic = topic.to_owned();
+    let changelog = changelog.map(str::to_owned);
     let started = Instant::now();
     let committed = tokio::task::spawn_blocking(move || {
-        (*store).as_ref().commit(&writes, &topic, partition, next)
+        let store = (*store).as_ref();
+        match &changelog {
+            Some(cl) => store.commit_with_changelog(&writes, &topic, partition, next, cl),
+            None => store.commit(&writes, &topic, partition, next),
+        }
     })
     .await;
     metrics::histogram!(COMMIT_DURATION_SECONDS).record(started.elapsed());

@@ -46,6 +46,9 @@ pub(crate) struct Config {
     /// Dead-letter topic template (`{topic}` is the source topic); `None`: no dead letters.
     pub(crate) dead_letter_topic: Option<String>,
     pub(crate) keep_key_order: bool,
+    /// Log every state change to a changelog topic per input topic, and restore a partition's
+    /// store from it when the local copy is missing or behind.
+    pub(crate) changelog: bool,
     /// Address of the `/metrics` and `/health/*` endpoint; `None` serves none.
     pub(crate) metrics_addr: Option<String>,
     /// How often the progress line is logged; zero logs none.
@@ -74,6 +77,7 @@ impl Default for Config {
             brokers: None,
             group: "weir".into(),
             instance_id: None,
+            changelog: false,
             topics: Vec::new(),
             state_dir: PathBuf::from("weir-state"),
             batch_size: 5000,
@@ -119,6 +123,7 @@ impl Config {
                     self.explicit.insert(TOPICS);
                 }
                 "WEIR_STATE_DIR" => self.state_dir = PathBuf::from(value),
+                "WEIR_CHANGELOG" => self.changelog = parse(&name, &value)?,
                 "WEIR_INSTANCE_ID" => {
                     self.instance_id = (!value.trim().is_empty()).then(|| value.trim().to_owned())
                 }
@@ -215,6 +220,13 @@ impl Config {
         if let (Some(k), false) = (h.keep_key_order, self.explicit.contains(KEEP_KEY_ORDER)) {
             self.keep_key_order = k;
         }
+    }
+
+    /// The changelog topic of the stores of source `topic`'s partitions, if the changelog is on:
+    /// `<group>-<topic>-changelog`, partition for partition.
+    pub(crate) fn changelog_topic_of(&self, topic: &str) -> Option<String> {
+        self.changelog
+            .then(|| format!("{}-{topic}-changelog", self.group))
     }
 
     /// The dead-letter topic of source `topic`, if dead letters are on.

@@ -29,6 +29,14 @@ pub enum Error {
         #[source]
         source: crate::BoxError,
     },
+    /// A record to emit could not be encoded.
+    #[error("cannot emit to {topic}: {reason}")]
+    Emit {
+        /// The destination topic.
+        topic: String,
+        /// Why.
+        reason: String,
+    },
     /// The Kafka client failed.
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),

@@ -49,9 +49,11 @@ mod handler;
 mod inbound;
 mod metric_names;
 mod metrics_server;
+mod outbox;
 mod partition_task;
 mod rebalance;
 mod record;
+mod restore;
 mod shared;
 mod worker;
 
@@ -68,6 +70,7 @@ pub use handler::{
 pub use record::Record;
 /// Derives [`Handler`] from a `#[handler(...)]` attribute.
 pub use weir_macros::Handler;
+pub use weir_state::OutboxRecord;
 pub use worker::{Worker, WorkerBuilder};
 
 /// The SQLite partition stores, for reading state outside a handler (reports, tests, SQL).

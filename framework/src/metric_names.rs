@@ -14,6 +14,12 @@ pub(crate) const REBALANCES_TOTAL: &str = "weir_rebalances_total";
 pub(crate) const DEAD_LETTERS_TOTAL: &str = "weir_dead_letters_total";
 /// Errors of the Kafka client (broker down, transport failures), by librdkafka error `kind`.
 pub(crate) const CLIENT_ERRORS_TOTAL: &str = "weir_client_errors_total";
+/// Emitted records and changelog entries produced from the outbox and acknowledged.
+pub(crate) const OUTBOX_SENT_TOTAL: &str = "weir_outbox_sent_total";
+/// Changelog records read to restore partition stores.
+pub(crate) const RESTORED_RECORDS_TOTAL: &str = "weir_restored_records_total";
+/// Time to restore one partition's store from its changelog.
+pub(crate) const RESTORE_DURATION_SECONDS: &str = "weir_restore_duration_seconds";
 /// Times a partition was paused because its queue was full.
 pub(crate) const PAUSES_TOTAL: &str = "weir_partition_pauses_total";
 

@@ -14,6 +14,7 @@ use crate::batch::{process_until_committed, Outcome, Policy};
 use crate::dead_letter::DeadLetterSink;
 use crate::inbound::Inbound;
 use crate::metric_names::{BATCH_DURATION_SECONDS, MESSAGES_TOTAL};
+use crate::outbox::OutboxSink;
 use crate::Process;
 
 /// Messages from partition tasks to the consumer thread.
@@ -148,10 +149,15 @@ pub(crate) struct PartitionTask<H: Process> {
     pub(crate) next_offset: Option<i64>,
     pub(crate) settings: BatchSettings,
     pub(crate) sink: DeadLetterSink,
+    pub(crate) outbox: OutboxSink,
 }
 
 impl<H: Process> PartitionTask<H> {
     pub(crate) async fn run(mut self) {
+        // What an earlier run committed but did not get acknowledged goes first.
+        if !self.flush_outbox().await {
+            return;
+        }
         let mut batch: Vec<Inbound> = Vec::with_capacity(self.settings.batch_size);
         while self.next_batch(&mut batch).await {
             if let Some(next) = self.next_offset {
@@ -234,6 +240,33 @@ impl<H: Process> PartitionTask<H> {
         self.flow.queued.fetch_sub(n, Ordering::SeqCst);
     }
 
+    /// Produces the partition's outbox (emitted records, changelog entries), retrying with the
+    /// retry policy's backoff until it is acknowledged. False if a stop came first (the rows
+    /// stay in the store and are sent by its next run).
+    async fn flush_outbox(&self) -> bool {
+        let mut attempt = 0;
+        loop {
+            match self.outbox.flush(&self.store.store).await {
+                Ok(_) => return true,
+                Err(e) => {
+                    attempt += 1;
+                    let delay = self.settings.policy.retry.delay(attempt, attempt.into());
+                    tracing::error!(
+                        topic = %self.topic,
+                        partition = self.partition,
+                        attempt,
+                        "outbox not sent, retrying in {delay:?}: {e}"
+                    );
+                    tokio::select! {
+                        biased;
+                        _ = self.flow.stopped() => return false,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
     fn wake_if_drained(&self) {
         if self.flow.paused.load(Ordering::SeqCst)
             && self.flow.queued.load(Ordering::SeqCst) <= self.settings.low_water
@@ -271,6 +304,10 @@ impl<H: Process> PartitionTask<H> {
                     .processed
                     .fetch_add(done as u64, Ordering::Relaxed);
                 self.flow.oldest_pending_ms.store(0, Ordering::Relaxed);
+                // The Kafka offset commit waits until the batch's outbox is acknowledged.
+                if !self.flush_outbox().await {
+                    return false;
+                }
                 let _ = self.control.send(Control::Committed {
                     topic: self.topic.clone(),
                     partition: self.partition,

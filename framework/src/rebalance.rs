@@ -19,6 +19,7 @@ use crate::batch::Policy;
 use crate::dead_letter::DeadLetterPolicy;
 use crate::metric_names::{CLIENT_ERRORS_TOTAL, REBALANCES_TOTAL};
 use crate::partition_task::{BatchSettings, PartitionFlow, PartitionTask, TaskStore};
+use crate::restore::{self, Restore};
 use crate::shared::{PartitionHandle, Shared};
 use crate::Process;
 
@@ -150,6 +151,28 @@ impl<H: Process> WeirContext<H> {
                     continue;
                 }
             };
+            // With a changelog, a store that is missing or behind is rebuilt from it first.
+            let next_offset = match c.changelog_topic_of(&topic) {
+                None => next_offset,
+                Some(cl) => match restore::restore_if_behind(
+                    &shared.brokers,
+                    &store,
+                    &topic,
+                    partition,
+                    &cl,
+                    next_offset,
+                ) {
+                    Ok(Restore::Local(n)) => n,
+                    Ok(Restore::Restored { next_offset, .. }) => Some(next_offset),
+                    Err(e) => {
+                        // The store is untouched, or emptied without an offset: either way
+                        // consistent, so go on from its offset (further back, not wrong).
+                        let n = store.next_offset(&topic, partition).ok().flatten();
+                        tracing::warn!(%topic, partition, changelog = %cl, next_offset = ?n, "changelog restore failed, going on from the local store: {e}");
+                        n
+                    }
+                },
+            };
             // No stored offset: state is empty, so it must see the partition from its start.
             seeks.push((
                 topic.clone(),
@@ -171,9 +194,11 @@ impl<H: Process> WeirContext<H> {
                 control: shared.control.clone(),
                 next_offset,
                 sink: shared.sink.clone(),
+                outbox: shared.outbox.clone(),
                 settings: BatchSettings {
                     policy: Policy {
                         delivery: c.delivery,
+                        changelog: c.changelog_topic_of(&topic),
                         retry: c.retry,
                         dead_letter: c.dead_letter_topic_of(&topic).map(|t| DeadLetterPolicy {
                             topic: t,

@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 use crate::config::Config;
 use crate::dead_letter::DeadLetterSink;
 use crate::inbound::Inbound;
+use crate::outbox::OutboxSink;
 use crate::partition_task::{Control, PartitionFlow};
 use crate::Error;
 
@@ -38,6 +39,10 @@ pub(crate) struct Shared<H> {
     pub(crate) control: std_mpsc::Sender<Control>,
     /// Where dead letters go.
     pub(crate) sink: DeadLetterSink,
+    /// Where emitted records and changelog entries go.
+    pub(crate) outbox: OutboxSink,
+    /// The bootstrap servers (the embedded broker's too), for restore consumers.
+    pub(crate) brokers: String,
     /// `topic/partition` of partitions taken out of `owned` whose stores are not closed yet.
     pub(crate) releasing: Mutex<std::collections::BTreeSet<String>>,
     /// True while the consumer thread runs and no stop was requested.
@@ -58,6 +63,8 @@ impl<H> Shared<H> {
         runtime: tokio::runtime::Handle,
         control: std_mpsc::Sender<Control>,
         sink: DeadLetterSink,
+        outbox: OutboxSink,
+        brokers: String,
     ) -> Self {
         Self {
             handler,
@@ -69,6 +76,8 @@ impl<H> Shared<H> {
             running: Arc::new(AtomicBool::new(true)),
             control,
             sink,
+            outbox,
+            brokers,
             stop: AtomicBool::new(false),
             abandon: AtomicBool::new(false),
             fatal: Mutex::new(None),

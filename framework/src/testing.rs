@@ -38,9 +38,12 @@ use serde::{de::DeserializeOwned, Serialize};
 use weir_state::PartitionStore;
 
 use crate::batch::{process_until_committed, BatchError, Outcome, Policy};
+use weir_state::OutboxRecord;
+
 use crate::config::Config;
 use crate::dead_letter::{DeadLetter, DeadLetterPolicy, DeadLetterSink};
 use crate::inbound::Inbound;
+use crate::outbox::OutboxSink;
 use crate::{Error, Process, Result};
 
 /// Runs a handler over records given in the test, with real SQLite stores and no broker.
@@ -53,6 +56,8 @@ pub struct TestKit<H> {
     batch_size: usize,
     config: Config,
     sink: DeadLetterSink,
+    outbox: OutboxSink,
+    emitted: Arc<std::sync::Mutex<Vec<OutboxRecord>>>,
     dead_letters: Arc<std::sync::Mutex<Vec<DeadLetter>>>,
     partitions: BTreeMap<(String, i32), PartitionLog>,
 }
@@ -88,6 +93,7 @@ impl<H: Process> TestKit<H> {
         config.retry.backoff = std::time::Duration::ZERO;
         config.retry.max_backoff = std::time::Duration::ZERO;
         let dead_letters = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let emitted = Arc::new(std::sync::Mutex::new(Vec::new()));
         Ok(Self {
             handler,
             dir: dir.as_ref().to_path_buf(),
@@ -95,6 +101,8 @@ impl<H: Process> TestKit<H> {
             default_topic: settings.topics.first().unwrap_or(&"test").to_string(),
             batch_size: config.batch_size,
             sink: DeadLetterSink::Memory(Arc::clone(&dead_letters)),
+            outbox: OutboxSink::Memory(Arc::clone(&emitted)),
+            emitted,
             dead_letters,
             config,
             partitions: BTreeMap::new(),
@@ -127,6 +135,22 @@ impl<H: Process> TestKit<H> {
         self
     }
 
+    /// Log state changes to the changelog topic (`<group>-<topic>-changelog`); its entries
+    /// then show in [`emitted`](Self::emitted).
+    pub fn changelog(mut self, on: bool) -> Self {
+        self.config.changelog = on;
+        self
+    }
+
+    /// The records the handler emitted (`ctx.emit`), and changelog entries when the changelog
+    /// is on, as they would have been produced after each batch commit, in order.
+    pub fn emitted(&self) -> Vec<OutboxRecord> {
+        self.emitted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     /// The records dead-lettered so far, in order.
     pub fn dead_letters(&self) -> Vec<DeadLetter> {
         self.dead_letters
@@ -138,6 +162,7 @@ impl<H: Process> TestKit<H> {
     fn policy(&self, topic: &str) -> Policy {
         Policy {
             delivery: self.config.delivery,
+            changelog: self.config.changelog_topic_of(topic),
             retry: self.config.retry,
             dead_letter: self
                 .config
@@ -239,7 +264,15 @@ impl<H: Process> TestKit<H> {
                 )
                 .await;
                 match outcome {
-                    Outcome::Committed(_) => {}
+                    Outcome::Committed(_) => {
+                        self.outbox
+                            .flush(&store)
+                            .await
+                            .map_err(|reason| Error::Emit {
+                                topic: topic.clone(),
+                                reason,
+                            })?;
+                    }
                     Outcome::GaveUp(BatchError::Record { offset, error, .. }) => {
                         return Err(Error::Record {
                             topic: topic.clone(),

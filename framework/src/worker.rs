@@ -12,6 +12,7 @@ use rdkafka::producer::FutureProducer;
 
 use crate::config::{self, Config, KafkaProperty};
 use crate::dead_letter::{DeadLetterSink, RetryPolicy};
+use crate::outbox::OutboxSink;
 use crate::rebalance::WeirContext;
 use crate::shared::Shared;
 use crate::{consumer_loop, metrics_server, EmbeddedBroker, Error, Process, Result};
@@ -35,6 +36,16 @@ impl WorkerBuilder {
     pub fn group(mut self, group: impl Into<String>) -> Self {
         self.config.group = group.into();
         self.config.explicit.insert(config::GROUP);
+        self
+    }
+
+    /// Logs every state change to a compacted changelog topic, `<group>-<topic>-changelog`
+    /// with as many partitions as `topic` (`WEIR_CHANGELOG`, default off). A worker assigned
+    /// a partition whose local store is missing or behind rebuilds it from the changelog before
+    /// processing, so state follows its partition to another machine. Workers create missing
+    /// changelog topics at start (compacted, if the broker takes topic configs).
+    pub fn changelog(mut self, on: bool) -> Self {
+        self.config.changelog = on;
         self
     }
 
@@ -205,19 +216,22 @@ impl WorkerBuilder {
                 if let Some(dl) = config.dead_letter_topic_of(topic) {
                     broker.create_topic(&dl, config.embedded_partitions)?;
                 }
+                if let Some(cl) = config.changelog_topic_of(topic) {
+                    broker.create_topic(&cl, config.embedded_partitions)?;
+                }
             }
         }
         let client = client_config(&config, &brokers)?;
-        let producer = DeadLetterSink::Kafka(Arc::new(
+        let producer = Arc::new(
             producer_config(&config, &brokers)
                 .create::<FutureProducer>()
                 .map_err(|e| {
                     Error::config(
                         "kafka properties",
-                        format!("cannot create the dead-letter producer: {e}"),
+                        format!("cannot create the producer (dead letters, outbox): {e}"),
                     )
                 })?,
-        ));
+        );
         let metrics_listener = match &config.metrics_addr {
             Some(addr) => {
                 // Install the recorder now, so that nothing recorded from here on is lost.
@@ -231,7 +245,8 @@ impl WorkerBuilder {
             brokers,
             client,
             metrics_listener,
-            sink: producer,
+            sink: DeadLetterSink::Kafka(Arc::clone(&producer)),
+            outbox: OutboxSink::Kafka(producer),
             handler: Arc::new(handler),
             embedded,
         })
@@ -260,6 +275,7 @@ pub struct Worker<H> {
     client: ClientConfig,
     metrics_listener: Option<std::net::TcpListener>,
     sink: DeadLetterSink,
+    outbox: OutboxSink,
     handler: Arc<H>,
     embedded: Option<Arc<EmbeddedBroker>>,
 }
@@ -323,10 +339,12 @@ impl<H: Process> Worker<H> {
             tokio::runtime::Handle::current(),
             control_tx,
             self.sink.clone(),
+            self.outbox.clone(),
+            self.brokers.clone(),
         ));
         if self.embedded.is_none() {
             check_brokers(&self.client, &self.brokers, self.config.startup_timeout).await?;
-            ensure_dead_letter_topics(&self.config, &self.brokers).await;
+            ensure_topics(&self.config, &self.brokers).await;
         }
         let consumer: BaseConsumer<WeirContext<H>> =
             self.client.create_with_context(WeirContext {
@@ -509,14 +527,22 @@ async fn check_brokers(client: &ClientConfig, brokers: &str, timeout: Duration) 
 
 /// Creates missing dead-letter topics (with the source topic's partition count). A broker that
 /// cannot create topics gets a warning: the topic must then exist or be auto-created.
-async fn ensure_dead_letter_topics(config: &Config, brokers: &str) {
+/// Creates missing dead-letter and changelog topics (a changelog compacted, with as many
+/// partitions as its source topic); failures are warnings, since the topics may exist or be
+/// auto-created.
+async fn ensure_topics(config: &Config, brokers: &str) {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
-    let wanted: Vec<(String, String)> = config
-        .topics
-        .iter()
-        .filter_map(|t| config.dead_letter_topic_of(t).map(|d| (t.clone(), d)))
-        .collect();
+    // (source topic, topic, what it is, compacted)
+    let mut wanted: Vec<(String, String, &str, bool)> = Vec::new();
+    for t in &config.topics {
+        if let Some(d) = config.dead_letter_topic_of(t) {
+            wanted.push((t.clone(), d, "dead-letter topic", false));
+        }
+        if let Some(c) = config.changelog_topic_of(t) {
+            wanted.push((t.clone(), c, "changelog topic", true));
+        }
+    }
     if wanted.is_empty() {
         return;
     }
@@ -527,7 +553,7 @@ async fn ensure_dead_letter_topics(config: &Config, brokers: &str) {
     {
         Ok(a) => a,
         Err(e) => {
-            tracing::warn!("cannot check dead-letter topics: {e}");
+            tracing::warn!("cannot check dead-letter and changelog topics: {e}");
             return;
         }
     };
@@ -540,7 +566,7 @@ async fn ensure_dead_letter_topics(config: &Config, brokers: &str) {
     })
     .await;
     let Ok(Ok(metadata)) = metadata else {
-        tracing::warn!("cannot read topic metadata to check dead-letter topics");
+        tracing::warn!("cannot read topic metadata to check dead-letter and changelog topics");
         return;
     };
     let partitions = |name: &str| {
@@ -550,45 +576,57 @@ async fn ensure_dead_letter_topics(config: &Config, brokers: &str) {
             .find(|t| t.name() == name && t.error().is_none())
             .map(|t| t.partitions().len() as i32)
     };
-    let missing: Vec<NewTopic<'_>> = wanted
+    let missing: Vec<(NewTopic<'_>, &str)> = wanted
         .iter()
-        .filter(|(_, dl)| partitions(dl).is_none())
-        .map(|(src, dl)| {
-            NewTopic::new(
-                dl,
+        .filter(|(_, name, _, _)| partitions(name).is_none())
+        .map(|(src, name, kind, compacted)| {
+            let t = NewTopic::new(
+                name,
                 partitions(src).unwrap_or(1).max(1),
                 TopicReplication::Fixed(-1),
+            );
+            (
+                if *compacted {
+                    t.set("cleanup.policy", "compact")
+                } else {
+                    t
+                },
+                *kind,
             )
         })
         .collect();
     if missing.is_empty() {
         return;
     }
+    let kind_of = |name: &str| {
+        missing
+            .iter()
+            .find(|(t, _)| t.name == name)
+            .map_or("topic", |(_, k)| *k)
+    };
+    let topics: Vec<&NewTopic<'_>> = missing.iter().map(|(t, _)| t).collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(5)));
-    let created = tokio::time::timeout(
-        Duration::from_secs(10),
-        admin.create_topics(&missing, &opts),
-    )
-    .await;
+    let created =
+        tokio::time::timeout(Duration::from_secs(10), admin.create_topics(topics, &opts)).await;
     match created {
         Ok(Ok(results)) => {
             for r in results {
                 match r {
-                    Ok(t) => tracing::info!(topic = %t, "dead-letter topic created"),
+                    Ok(t) => tracing::info!(topic = %t, "{} created", kind_of(&t)),
                     Err((t, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {
-                        tracing::debug!(topic = %t, "dead-letter topic exists")
+                        tracing::debug!(topic = %t, "{} exists", kind_of(&t))
                     }
                     Err((t, e)) => {
-                        tracing::warn!(topic = %t, "cannot create dead-letter topic ({e}); it must exist or be auto-created")
+                        tracing::warn!(topic = %t, "cannot create {} ({e}); it must exist or be auto-created", kind_of(&t))
                     }
                 }
             }
         }
         Ok(Err(e)) => tracing::warn!(
-            "cannot create dead-letter topics ({e}); they must exist or be auto-created"
+            "cannot create dead-letter and changelog topics ({e}); they must exist or be auto-created"
         ),
         Err(_) => tracing::warn!(
-            "creating dead-letter topics timed out; they must exist or be auto-created"
+            "creating dead-letter and changelog topics timed out; they must exist or be auto-created"
         ),
     }
 }

@@ -30,5 +30,8 @@ mod partition_store;
 mod write_set;
 
 pub use error::{Error, Result};
-pub use partition_store::{PartitionStore, SCHEMA_VERSION};
-pub use write_set::WriteSet;
+pub use partition_store::{
+    changelog_key, parse_changelog_key, PartitionStore, CHANGELOG_OFFSET_STORE, SCHEMA_VERSION,
+    SOURCE_NEXT_OFFSET_HEADER,
+};
+pub use write_set::{OutboxRecord, WriteSet};

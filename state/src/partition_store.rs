@@ -8,13 +8,13 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::write_set::{decode, encode};
-use crate::{Error, Result, WriteSet};
+use crate::{Error, OutboxRecord, Result, WriteSet};
 
 /// `PRAGMA application_id` of every weir store: ASCII "weir".
 const APPLICATION_ID: i32 = 0x7765_6972;
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS state (
@@ -37,7 +37,33 @@ CREATE TABLE IF NOT EXISTS owners (
     epoch     INTEGER NOT NULL,
     PRIMARY KEY (topic, partition)
 );
+-- Version 3: records to produce once their batch committed, deleted once acknowledged.
+CREATE TABLE IF NOT EXISTS outbox (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic     TEXT    NOT NULL,
+    partition INTEGER,
+    key       BLOB,
+    value     BLOB,
+    headers   TEXT    NOT NULL
+);
 ";
+
+/// The changelog entry that carries a batch's next offset (its value), in store `""`.
+pub const CHANGELOG_OFFSET_STORE: &str = "__weir_offset";
+
+/// Header of changelog entries and emitted records: the next offset of the batch they came from.
+pub const SOURCE_NEXT_OFFSET_HEADER: &str = "weir.source.next_offset";
+
+/// The key of a changelog entry: the JSON array `[store, key]`, `key` being the store's JSON
+/// key text.
+pub fn changelog_key(store: &str, key: &str) -> Vec<u8> {
+    serde_json::to_vec(&(store, key)).unwrap_or_default()
+}
+
+/// The `(store, key)` of a changelog entry's key, if it is one.
+pub fn parse_changelog_key(bytes: &[u8]) -> Option<(String, String)> {
+    serde_json::from_slice(bytes).ok()
+}
 
 const UPSERT_STATE: &str = "INSERT INTO state (store, key, value) VALUES (?1, ?2, ?3) \
      ON CONFLICT (store, key) DO UPDATE SET value = excluded.value";
@@ -262,7 +288,121 @@ impl PartitionStore {
         partition: i32,
         next_offset: i64,
     ) -> Result<()> {
-        self.commit_inner(batch, topic, partition, next_offset, None)
+        self.commit_inner(batch, topic, partition, next_offset, None, None)
+    }
+
+    /// [`commit`](Self::commit), also queueing in the same transaction the batch's changelog
+    /// entries for `changelog` (its partition `partition`): one per changed key (`None` value:
+    /// deleted) and one carrying `next_offset`, so that the store can be rebuilt elsewhere.
+    pub fn commit_with_changelog(
+        &self,
+        batch: &WriteSet,
+        topic: &str,
+        partition: i32,
+        next_offset: i64,
+        changelog: &str,
+    ) -> Result<()> {
+        self.commit_inner(batch, topic, partition, next_offset, None, Some(changelog))
+    }
+
+    /// Up to `limit` records waiting in the outbox, oldest first, with their row ids.
+    pub fn pending_outbox(&self, limit: usize) -> Result<Vec<(i64, OutboxRecord)>> {
+        let rows: Vec<(i64, OutboxRecord, String)> = self
+            .conn()
+            .prepare_cached(
+                "SELECT id, topic, partition, key, value, headers FROM outbox ORDER BY id LIMIT ?1",
+            )
+            .and_then(|mut s| {
+                s.query_map([limit as i64], |r| {
+                    Ok((
+                        r.get(0)?,
+                        OutboxRecord {
+                            topic: r.get(1)?,
+                            partition: r.get(2)?,
+                            key: r.get(3)?,
+                            value: r.get(4)?,
+                            headers: Vec::new(),
+                        },
+                        r.get::<_, String>(5)?,
+                    ))
+                })?
+                .collect()
+            })
+            .map_err(|source| self.sqlite_err(source))?;
+        rows.into_iter()
+            .map(|(id, mut rec, headers)| {
+                rec.headers = decode("outbox", &headers)?;
+                Ok((id, rec))
+            })
+            .collect()
+    }
+
+    /// Deletes acknowledged outbox rows.
+    pub fn delete_outbox(&self, ids: &[i64]) -> Result<()> {
+        let mut conn = self.conn();
+        let run = |conn: &mut Connection| -> rusqlite::Result<()> {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            {
+                let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?;
+                for id in ids {
+                    delete.execute([id])?;
+                }
+            }
+            tx.commit()
+        };
+        run(&mut conn).map_err(|source| self.sqlite_err(source))
+    }
+
+    /// Empties the store for a restore: state, outbox and `topic`/`partition`'s offset go, in
+    /// one transaction (the owner epoch stays).
+    pub fn reset(&self, topic: &str, partition: i32) -> Result<()> {
+        let mut conn = self.conn();
+        let run = |conn: &mut Connection| -> rusqlite::Result<()> {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute("DELETE FROM state", [])?;
+            tx.execute("DELETE FROM outbox", [])?;
+            tx.execute(
+                "DELETE FROM offsets WHERE topic = ?1 AND partition = ?2",
+                params![topic, partition],
+            )?;
+            tx.commit()
+        };
+        run(&mut conn).map_err(|source| self.sqlite_err(source))
+    }
+
+    /// Writes restored entries `(store, JSON key, JSON value or None to delete)` in one
+    /// transaction, and the offset when `next_offset` is given (the end of a restore).
+    pub fn apply_restored(
+        &self,
+        entries: &[(String, String, Option<String>)],
+        topic: &str,
+        partition: i32,
+        next_offset: Option<i64>,
+    ) -> Result<()> {
+        let mut conn = self.conn();
+        let run = |conn: &mut Connection| -> rusqlite::Result<()> {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            {
+                let mut upsert = tx.prepare_cached(UPSERT_STATE)?;
+                let mut delete = tx.prepare_cached(DELETE_STATE)?;
+                for (store, key, value) in entries {
+                    match value {
+                        Some(v) => upsert.execute(params![store, key, v])?,
+                        None => delete.execute(params![store, key])?,
+                    };
+                }
+                if let Some(next) = next_offset {
+                    tx.prepare_cached(UPSERT_OFFSET)?.execute(params![
+                        topic,
+                        partition,
+                        next,
+                        now_ms()
+                    ])?;
+                }
+            }
+            tx.commit()
+        };
+        run(&mut conn).map_err(|source| self.sqlite_err(source))
     }
 
     /// `commit`, but abandons the transaction after `crash_after` row writes when set: the
@@ -274,6 +414,7 @@ impl PartitionStore {
         partition: i32,
         next_offset: i64,
         crash_after: Option<usize>,
+        changelog: Option<&str>,
     ) -> Result<()> {
         let claimed = self
             .claim
@@ -313,6 +454,37 @@ impl PartitionStore {
                 }
                 if crash_after.is_some() {
                     return Ok(None);
+                }
+                let mut outbox = tx.prepare_cached(
+                    "INSERT INTO outbox (topic, partition, key, value, headers) \
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?;
+                let mut queue = |r: &OutboxRecord| -> rusqlite::Result<()> {
+                    let headers = serde_json::to_string(&r.headers)
+                        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+                    outbox.execute(params![r.topic, r.partition, r.key, r.value, headers])?;
+                    Ok(())
+                };
+                if let Some(changelog) = changelog {
+                    let source = vec![(
+                        SOURCE_NEXT_OFFSET_HEADER.to_owned(),
+                        next_offset.to_string().into_bytes(),
+                    )];
+                    let entry = |store: &str, key: &str, value: Option<&str>| OutboxRecord {
+                        topic: changelog.to_owned(),
+                        partition: Some(partition),
+                        key: Some(changelog_key(store, key)),
+                        value: value.map(|v| v.as_bytes().to_vec()),
+                        headers: source.clone(),
+                    };
+                    for (store, key, value) in batch.iter() {
+                        queue(&entry(store, key, value))?;
+                    }
+                    let next = next_offset.to_string();
+                    queue(&entry(CHANGELOG_OFFSET_STORE, "\"\"", Some(&next)))?;
+                }
+                for r in batch.outbox() {
+                    queue(r)?;
                 }
                 tx.prepare_cached(UPSERT_OFFSET)?.execute(params![
                     topic,

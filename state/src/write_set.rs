@@ -16,6 +16,27 @@ pub struct WriteSet {
     /// While a savepoint is open: what each changed key held before it, newest last.
     undo: Vec<Undo>,
     savepoint_open: bool,
+    /// Records to produce once the batch commits, in order.
+    outbox: Vec<OutboxRecord>,
+    /// `outbox.len()` when the open savepoint was taken.
+    outbox_at_savepoint: usize,
+}
+
+/// A record to produce once its batch is committed: a handler's output, or a changelog entry.
+/// It is written to the partition's outbox table in the batch's transaction and deleted once
+/// the broker acknowledged it, so it is sent at least once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct OutboxRecord {
+    /// Destination topic.
+    pub topic: String,
+    /// Destination partition; `None` leaves it to the producer's partitioner (by key).
+    pub partition: Option<i32>,
+    /// The record's key.
+    pub key: Option<Vec<u8>>,
+    /// The record's value; `None` is a tombstone.
+    pub value: Option<Vec<u8>>,
+    /// Headers, in order.
+    pub headers: Vec<(String, Vec<u8>)>,
 }
 
 /// A key's buffered change before a write after the savepoint (store index, key, before):
@@ -57,6 +78,16 @@ impl WriteSet {
         }
     }
 
+    /// Queues `record` for sending after the batch commits.
+    pub fn emit(&mut self, record: OutboxRecord) {
+        self.outbox.push(record);
+    }
+
+    /// Records queued by [`emit`](Self::emit), in order.
+    pub fn outbox(&self) -> &[OutboxRecord] {
+        &self.outbox
+    }
+
     /// Number of buffered key changes.
     pub fn len(&self) -> usize {
         self.stores.iter().map(|(_, m)| m.len()).sum()
@@ -64,7 +95,7 @@ impl WriteSet {
 
     /// True when the batch changed no state.
     pub fn is_empty(&self) -> bool {
-        self.stores.iter().all(|(_, m)| m.is_empty())
+        self.stores.iter().all(|(_, m)| m.is_empty()) && self.outbox.is_empty()
     }
 
     /// Drops every buffered change (a failed batch).
@@ -72,6 +103,7 @@ impl WriteSet {
         self.stores.clear();
         self.undo.clear();
         self.savepoint_open = false;
+        self.outbox.clear();
     }
 
     /// Opens a savepoint: later changes can be undone with [`rollback`](Self::rollback)
@@ -79,6 +111,7 @@ impl WriteSet {
     pub fn savepoint(&mut self) {
         self.undo.clear();
         self.savepoint_open = true;
+        self.outbox_at_savepoint = self.outbox.len();
     }
 
     /// Keeps the changes made since the savepoint and closes it.
@@ -92,6 +125,7 @@ impl WriteSet {
         if !std::mem::take(&mut self.savepoint_open) {
             return;
         }
+        self.outbox.truncate(self.outbox_at_savepoint);
         while let Some((store, key, before)) = self.undo.pop() {
             let map = &mut self.stores[store].1;
             match before {
@@ -172,6 +206,16 @@ pub(crate) fn decode<T: DeserializeOwned>(store: &str, json: &str) -> Result<T> 
 mod tests {
     use super::*;
 
+    fn record(value: &str) -> OutboxRecord {
+        OutboxRecord {
+            topic: "out".into(),
+            partition: None,
+            key: None,
+            value: Some(value.as_bytes().to_vec()),
+            headers: Vec::new(),
+        }
+    }
+
     #[test]
     fn rollback_restores_the_state_at_the_savepoint() {
         let mut ws = WriteSet::default();
@@ -186,10 +230,17 @@ mod tests {
         ws.put("s", "a", &11).expect("put");
         ws.rollback();
         assert_eq!(ws.snapshot(), before);
+        ws.emit(record("kept"));
+        ws.savepoint();
+        ws.emit(record("undone"));
+        ws.rollback();
+        assert_eq!(ws.outbox(), &[record("kept")]);
         ws.savepoint();
         ws.put("s", "c", &3).expect("put");
+        ws.emit(record("released"));
         ws.release();
         ws.rollback();
+        assert_eq!(ws.outbox().len(), 2);
         assert_eq!(
             ws.lookup::<_, i32>("s", "c").expect("lookup"),
             Some(Some(3))

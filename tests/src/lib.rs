@@ -102,7 +102,8 @@ impl TestBroker {
             .await;
     }
 
-    async fn create_one_topic(&self, topic: &str, partitions: i32) {
+    /// Creates `topic` alone (no dead-letter topic).
+    pub async fn create_one_topic(&self, topic: &str, partitions: i32) {
         if let Some(broker) = &self.embedded {
             broker
                 .create_topic(topic, partitions)

@@ -1,6 +1,7 @@
 //! Order totals: sums JSON orders per customer, idempotent by order id, and logs the top
 //! customers every 5 seconds. With no `WEIR_BROKERS` set it runs on the embedded broker and
-//! produces sample orders itself, every tenth one a redelivery:
+//! produces sample orders itself, every tenth one a redelivery. New totals go to
+//! `orders-totals`; `WEIR_CHANGELOG=true` also logs the state to a changelog topic:
 //!
 //! ```text
 //! cargo run -p weir-examples --bin orders
@@ -9,7 +10,7 @@
 use std::time::Duration;
 
 use weir::prelude::*;
-use weir_examples::orders::{Order, OrderTotals, Totals};
+use weir_examples::orders::{totals_topic, Order, OrderTotals, Totals};
 use weir_examples::sample;
 
 const CUSTOMERS: &[&str] = &["alice", "bob", "carol", "dave", "erin"];
@@ -26,6 +27,8 @@ async fn main() {
 async fn run() -> weir::Result<()> {
     let worker = Worker::from_env()?.build(OrderTotals)?;
     if let Some(broker) = worker.embedded_broker() {
+        // Where the handler emits new totals.
+        broker.create_topic(&totals_topic("orders"), 4)?;
         tokio::spawn(sample::produce_forever(
             broker,
             "orders",

@@ -68,7 +68,7 @@ fn run(path: &Path, msgs: &[Msg], start: i64, sizes: &[usize], crash: Option<&Cr
         }
         if let Some(Crash::MidCommit { rows }) = crash {
             store
-                .commit_inner(&ws, "t", 3, end as i64, Some(rows % (ws.len() + 1)))
+                .commit_inner(&ws, "t", 3, end as i64, Some(rows % (ws.len() + 1)), None)
                 .expect("interrupted commit");
             return;
         }
@@ -225,4 +225,74 @@ fn a_version_1_file_is_upgraded_in_place() {
     let s = PartitionStore::open(&path).expect("reopen");
     assert_eq!(s.next_offset("t", 0).expect("offset"), Some(7));
     assert_eq!(s.claim("t", 0).expect("claim"), 1);
+}
+
+#[test]
+fn outbox_and_changelog_entries_commit_with_the_batch_and_leave_once_acknowledged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = PartitionStore::open(dir.path().join("0.sqlite")).expect("open");
+    let mut ws = WriteSet::default();
+    ws.put("totals", "alice", &5).expect("put");
+    ws.delete("totals", "bob").expect("delete");
+    let out = OutboxRecord {
+        topic: "out".into(),
+        partition: None,
+        key: Some(b"alice".to_vec()),
+        value: Some(b"5".to_vec()),
+        headers: vec![("h".into(), b"v".to_vec())],
+    };
+    ws.emit(out.clone());
+    store
+        .commit_with_changelog(&ws, "in", 2, 10, "in.changelog")
+        .expect("commit");
+    let pending = store.pending_outbox(100).expect("pending");
+    let records: Vec<&OutboxRecord> = pending.iter().map(|(_, r)| r).collect();
+    assert_eq!(records.len(), 4, "{records:?}");
+    let changelog: Vec<_> = records
+        .iter()
+        .filter(|r| r.topic == "in.changelog")
+        .map(|r| {
+            assert_eq!(r.partition, Some(2));
+            assert_eq!(
+                r.headers,
+                vec![(SOURCE_NEXT_OFFSET_HEADER.to_owned(), b"10".to_vec())]
+            );
+            (
+                parse_changelog_key(r.key.as_deref().unwrap_or_default()).expect("key"),
+                r.value.clone(),
+            )
+        })
+        .collect();
+    assert!(changelog.contains(&(("totals".into(), "\"alice\"".into()), Some(b"5".to_vec()))));
+    assert!(changelog.contains(&(("totals".into(), "\"bob\"".into()), None)));
+    assert!(changelog.contains(&(
+        (CHANGELOG_OFFSET_STORE.into(), "\"\"".into()),
+        Some(b"10".to_vec())
+    )));
+    assert_eq!(
+        records[3], &out,
+        "emitted records follow the changelog, in order"
+    );
+
+    let ids: Vec<i64> = pending.iter().take(2).map(|(id, _)| *id).collect();
+    store.delete_outbox(&ids).expect("delete");
+    assert_eq!(store.pending_outbox(100).expect("pending").len(), 2);
+
+    // A restore empties the store, then applies entries and finally the offset.
+    store.reset("in", 2).expect("reset");
+    assert_eq!(store.next_offset("in", 2).expect("offset"), None);
+    assert!(store.pending_outbox(100).expect("pending").is_empty());
+    store
+        .apply_restored(
+            &[("totals".into(), "\"carol\"".into(), Some("7".into()))],
+            "in",
+            2,
+            Some(10),
+        )
+        .expect("restore");
+    assert_eq!(
+        store.get::<_, u64>("totals", &"carol").expect("get"),
+        Some(7)
+    );
+    assert_eq!(store.next_offset("in", 2).expect("offset"), Some(10));
 }

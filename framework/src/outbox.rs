@@ -1,0 +1,90 @@
+//! The outbox: records a batch emitted (and its changelog entries) are written to the
+//! partition's SQLite file in the batch's transaction, then produced, then deleted once the
+//! broker acknowledged them. A crash in between sends them again: at least once.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use weir_state::{OutboxRecord, PartitionStore};
+
+use crate::metric_names::OUTBOX_SENT_TOTAL;
+
+/// Rows read from the outbox per round.
+const OUTBOX_CHUNK: usize = 5000;
+
+/// Where outbox records go.
+#[derive(Clone)]
+pub(crate) enum OutboxSink {
+    /// The worker's idempotent, acks=all producer.
+    Kafka(Arc<FutureProducer>),
+    /// The test kit's list of sent records.
+    Memory(Arc<Mutex<Vec<OutboxRecord>>>),
+}
+
+impl std::fmt::Debug for OutboxSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Kafka(_) => f.write_str("OutboxSink::Kafka"),
+            Self::Memory(_) => f.write_str("OutboxSink::Memory"),
+        }
+    }
+}
+
+impl OutboxSink {
+    /// Sends every record waiting in `store`'s outbox, in order, deleting each round once all
+    /// of it is acknowledged. Returns how many were sent; on error the unacknowledged rows stay.
+    pub(crate) async fn flush(&self, store: &PartitionStore) -> Result<usize, String> {
+        let mut sent = 0;
+        loop {
+            let rows = store
+                .pending_outbox(OUTBOX_CHUNK)
+                .map_err(|e| e.to_string())?;
+            if rows.is_empty() {
+                return Ok(sent);
+            }
+            match self {
+                Self::Memory(out) => out
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .extend(rows.iter().map(|(_, r)| r.clone())),
+                Self::Kafka(producer) => {
+                    let deliveries = rows.iter().map(|(_, r)| send(producer, r));
+                    for result in futures::future::join_all(deliveries).await {
+                        result?;
+                    }
+                }
+            }
+            let ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
+            store.delete_outbox(&ids).map_err(|e| e.to_string())?;
+            metrics::counter!(OUTBOX_SENT_TOTAL).increment(ids.len() as u64);
+            sent += ids.len();
+        }
+    }
+}
+
+async fn send(producer: &FutureProducer, r: &OutboxRecord) -> Result<(), String> {
+    let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
+    for (key, value) in &r.headers {
+        headers = headers.insert(Header {
+            key,
+            value: Some(value),
+        });
+    }
+    let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&r.topic).headers(headers);
+    if let Some(p) = r.partition {
+        record = record.partition(p);
+    }
+    if let Some(k) = &r.key {
+        record = record.key(k);
+    }
+    if let Some(v) = &r.value {
+        record = record.payload(v);
+    }
+    producer
+        .send(record, Duration::from_secs(30))
+        .await
+        .map(|_| ())
+        .map_err(|(e, _)| format!("sending to {} failed: {e}", r.topic))
+}

@@ -1,0 +1,220 @@
+//! Rebuilding a partition's store from its changelog topic when the local copy is missing or
+//! behind (the partition was processed on another machine).
+
+use std::time::{Duration, Instant};
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use weir_state::{
+    parse_changelog_key, PartitionStore, CHANGELOG_OFFSET_STORE, SOURCE_NEXT_OFFSET_HEADER,
+};
+
+use crate::metric_names::{RESTORED_RECORDS_TOTAL, RESTORE_DURATION_SECONDS};
+
+/// How long a restore waits for the broker without getting a record before giving up.
+const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Restored entries written per SQLite transaction.
+const APPLY_CHUNK: usize = 5000;
+
+/// Where a partition's store stands against its changelog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Restore {
+    /// The local store is current (or the changelog is empty): process from its offset.
+    Local(Option<i64>),
+    /// The store was rebuilt from the changelog: process from this offset.
+    Restored { next_offset: i64, records: u64 },
+}
+
+/// Compares `store` (whose next offset is `local_next`) with the newest entry of `changelog`'s
+/// `partition`, and rebuilds the store from the changelog when the changelog is ahead.
+///
+/// On error the store is either untouched or emptied with no offset (a restore cut short):
+/// both are consistent, so the caller may go on from the store's offset, processing the
+/// partition from further back.
+pub(crate) fn restore_if_behind(
+    brokers: &str,
+    store: &PartitionStore,
+    topic: &str,
+    partition: i32,
+    changelog: &str,
+    local_next: Option<i64>,
+) -> Result<Restore, String> {
+    let consumer: BaseConsumer<RestoreContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "weir-restore")
+        .set("enable.auto.commit", "false")
+        // The end is where a fetch response's high watermark says (some brokers answer
+        // ListOffsets with less than the end), signalled as a partition EOF.
+        .set("enable.partition.eof", "true")
+        .create_with_context(RestoreContext)
+        .map_err(|e| e.to_string())?;
+    let (low, high) = consumer
+        .fetch_watermarks(changelog, partition, Duration::from_secs(10))
+        .map_err(|e| format!("reading {changelog}/{partition}'s offsets: {e}"))?;
+    // Read the newest record from just before the end as ListOffsets tells it; some brokers
+    // (tansu) answer with less than the end, even with `low`, so reading goes on to the EOF.
+    let start = if high > low {
+        Offset::Offset(high - 1)
+    } else {
+        Offset::Beginning
+    };
+    let newest = newest_source_offset(&consumer, changelog, partition, start)?;
+    tracing::debug!(%changelog, partition, low, high, ?newest, ?local_next, "changelog checked");
+    let Some(latest) = newest else {
+        return Ok(Restore::Local(local_next)); // an empty changelog
+    };
+    if local_next.is_some_and(|n| n >= latest) {
+        return Ok(Restore::Local(local_next));
+    }
+    let started = Instant::now();
+    tracing::info!(
+        %topic, partition, %changelog, ?local_next, changelog_next = latest,
+        approx_records = high - low, "restoring the partition's store from its changelog"
+    );
+    store.reset(topic, partition).map_err(|e| e.to_string())?;
+    assign(&consumer, changelog, partition, Offset::Beginning)?;
+    let mut entries = Vec::with_capacity(APPLY_CHUNK);
+    // Entries after the newest offset marker belong to a batch whose marker was not sent
+    // (the sender died mid-outbox): its records are processed again, so they are dropped.
+    let mut unmarked: Vec<(String, String, Option<String>)> = Vec::new();
+    let mut next_offset = 0i64;
+    let mut records = 0u64;
+    let mut last_log = Instant::now();
+    let mut last_record = Instant::now();
+    loop {
+        let msg = match consumer.poll(Duration::from_millis(200)) {
+            None => {
+                if last_record.elapsed() > STALL_TIMEOUT {
+                    return Err(format!(
+                        "no changelog record for {STALL_TIMEOUT:?} after {records} records"
+                    ));
+                }
+                continue;
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => break,
+            Some(Err(e)) => return Err(format!("reading {changelog}/{partition}: {e}")),
+            Some(Ok(msg)) => msg,
+        };
+        last_record = Instant::now();
+        records += 1;
+        let Some((store_name, key)) = msg.key().and_then(parse_changelog_key) else {
+            continue;
+        };
+        let value = msg
+            .payload()
+            .map(|v| String::from_utf8_lossy(v).into_owned());
+        if store_name == CHANGELOG_OFFSET_STORE {
+            if let Some(n) = value.as_deref().and_then(|v| v.parse::<i64>().ok()) {
+                next_offset = next_offset.max(n);
+            }
+            entries.append(&mut unmarked);
+            if entries.len() >= APPLY_CHUNK {
+                store
+                    .apply_restored(&entries, topic, partition, None)
+                    .map_err(|e| e.to_string())?;
+                entries.clear();
+            }
+            continue;
+        }
+        unmarked.push((store_name, key, value));
+        if last_log.elapsed() >= Duration::from_secs(2) {
+            last_log = Instant::now();
+            tracing::info!(
+                %topic, partition, records,
+                "restoring from the changelog"
+            );
+        }
+    }
+    if !unmarked.is_empty() {
+        tracing::warn!(
+            %topic, partition, entries = unmarked.len(),
+            "dropping changelog entries of a batch whose offset marker is missing; its records are processed again"
+        );
+    }
+    store
+        .apply_restored(&entries, topic, partition, Some(next_offset))
+        .map_err(|e| e.to_string())?;
+    let took = started.elapsed();
+    metrics::counter!(RESTORED_RECORDS_TOTAL).increment(records);
+    metrics::histogram!(RESTORE_DURATION_SECONDS).record(took);
+    tracing::info!(
+        %topic, partition, records, next_offset, took_ms = took.as_millis() as u64,
+        rate = (records as f64 / took.as_secs_f64().max(1e-3)) as u64,
+        "partition store restored from its changelog"
+    );
+    Ok(Restore::Restored {
+        next_offset,
+        records,
+    })
+}
+
+/// The restore consumer's context: the end of the changelog is expected, not an error.
+struct RestoreContext;
+
+impl ClientContext for RestoreContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::warn!("changelog restore consumer: {error}: {reason}");
+        }
+    }
+}
+
+impl ConsumerContext for RestoreContext {}
+
+fn assign(
+    consumer: &BaseConsumer<RestoreContext>,
+    changelog: &str,
+    partition: i32,
+    offset: Offset,
+) -> Result<(), String> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(changelog, partition, offset)
+        .map_err(|e| e.to_string())?;
+    consumer.assign(&tpl).map_err(|e| e.to_string())
+}
+
+/// The source offset carried by the changelog's newest record, reading from `start` to the end
+/// (every entry has the header; compaction always keeps the newest record); `None` when the
+/// changelog has no records.
+fn newest_source_offset(
+    consumer: &BaseConsumer<RestoreContext>,
+    changelog: &str,
+    partition: i32,
+    start: Offset,
+) -> Result<Option<i64>, String> {
+    assign(consumer, changelog, partition, start)?;
+    let mut any = false;
+    let deadline = Instant::now() + STALL_TIMEOUT;
+    let mut newest = None;
+    while Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(_))) if !any => return Ok(None),
+            Some(Err(KafkaError::PartitionEOF(_))) => {
+                return newest.map(Some).ok_or_else(|| {
+                    format!("{changelog}/{partition}: no record with a {SOURCE_NEXT_OFFSET_HEADER} header at its end")
+                })
+            }
+            Some(Err(e)) => return Err(format!("reading {changelog}/{partition}: {e}")),
+            Some(Ok(msg)) => {
+                any = true;
+                let source = msg
+                    .headers()
+                    .and_then(|h| {
+                        h.iter()
+                            .find(|h| h.key == SOURCE_NEXT_OFFSET_HEADER)
+                            .and_then(|h| h.value)
+                    })
+                    .and_then(|v| std::str::from_utf8(v).ok()?.parse::<i64>().ok());
+                newest = newest.max(source);
+            }
+        }
+    }
+    Err(format!(
+        "the end of {changelog}/{partition} not reached within {STALL_TIMEOUT:?}"
+    ))
+}

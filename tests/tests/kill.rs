@@ -1,0 +1,389 @@
+//! Scale-out under SIGKILL, on the real broker: three worker processes of the `orders` example,
+//! each with its OWN state directory (as if on three machines) and the changelog on. A driver
+//! produces orders while it SIGKILLs a random worker every round and restarts it, every third
+//! restart with an empty state directory. At the end every customer total in state is exact and
+//! the newest emitted total of each customer agrees with it.
+//!
+//! Short form by default (CI); `WEIR_KILL_TEST_ORDERS=200000 WEIR_KILL_TEST_ROUNDS=20` for the
+//! long one.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use weir::state::PartitionStore;
+use weir::StoreDef;
+use weir_examples::orders::{totals_topic, CustomerTotal, Order, Totals};
+use weir_tests::*;
+
+const PARTITIONS: i32 = 4;
+const WORKERS: usize = 3;
+const CUSTOMERS: usize = 50;
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A small deterministic PRNG (xorshift), seeded per run and printed, so a failing run's
+/// kill sequence can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+}
+
+struct Cluster {
+    bootstrap: String,
+    group: String,
+    topic: String,
+    dirs: Vec<tempfile::TempDir>,
+    logs: tempfile::TempDir,
+    children: Vec<Option<Child>>,
+    starts: usize,
+}
+
+impl Cluster {
+    fn start(&mut self, i: usize) {
+        let log = std::fs::File::create(self.logs.path().join(format!("{}.log", self.starts)))
+            .expect("log file");
+        self.starts += 1;
+        let child = Command::new(env!("CARGO_BIN_EXE_orders-worker"))
+            .env("WEIR_BROKERS", &self.bootstrap)
+            .env("WEIR_GROUP", &self.group)
+            .env("WEIR_TOPICS", &self.topic)
+            .env("WEIR_STATE_DIR", self.dirs[i].path())
+            .env("WEIR_CHANGELOG", "true")
+            .env("WEIR_BATCH_SIZE", "500")
+            .env("WEIR_KAFKA_SESSION_TIMEOUT_MS", SESSION_TIMEOUT_MS)
+            .env("WEIR_KAFKA_HEARTBEAT_INTERVAL_MS", "500")
+            .env("WEIR_PROGRESS_INTERVAL_MS", "0")
+            .env(
+                "RUST_LOG",
+                std::env::var("WEIR_KILL_TEST_LOG")
+                    .unwrap_or_else(|_| "warn,weir::restore=info".into()),
+            )
+            .stdin(Stdio::null())
+            // tracing's fmt subscriber writes to stdout
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn orders-worker");
+        self.children[i] = Some(child);
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.children[i].take() {
+            let _ = c.kill(); // SIGKILL
+            let _ = c.wait();
+        }
+    }
+
+    fn stop_all(&mut self) {
+        let mut failed = Vec::new();
+        for c in self.children.iter_mut().filter_map(Option::take) {
+            let mut c = c;
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let exit = c.wait().expect("wait");
+            if !exit.success() {
+                failed.push(exit);
+            }
+        }
+        assert!(
+            failed.is_empty(),
+            "graceful stops failed: {failed:?}; worker logs:\n{}",
+            self.warnings().join("\n")
+        );
+    }
+
+    /// Per partition, the store file with the highest stored offset, and that offset.
+    fn newest_stores(&self) -> BTreeMap<i32, (i64, PathBuf)> {
+        let mut best: BTreeMap<i32, (i64, PathBuf)> = BTreeMap::new();
+        for dir in &self.dirs {
+            for (p, path) in store_files(dir.path(), &self.group, &self.topic) {
+                let Ok(store) = PartitionStore::open(&path) else {
+                    continue;
+                };
+                let next = store
+                    .next_offset(&self.topic, p)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(-1);
+                if best.get(&p).is_none_or(|(o, _)| next > *o) {
+                    best.insert(p, (next, path));
+                }
+            }
+        }
+        best
+    }
+
+    /// Records processed in all, by the newest store of each partition.
+    fn processed(&self) -> i64 {
+        self.newest_stores()
+            .values()
+            .map(|(o, _)| (*o).max(0))
+            .sum()
+    }
+
+    /// Distinct warning and error lines of the workers' logs (timestamps cut), for the report.
+    fn warnings(&self) -> Vec<String> {
+        let mut out = std::collections::BTreeSet::new();
+        for f in std::fs::read_dir(self.logs.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for line in std::fs::read_to_string(f.path())
+                .unwrap_or_default()
+                .lines()
+            {
+                if line.contains("WARN") || line.contains("ERROR") || line.contains("DEBUG") {
+                    out.insert(
+                        line.split_once(' ')
+                            .map_or(line, |(_, l)| l)
+                            .chars()
+                            .take(300)
+                            .collect(),
+                    );
+                }
+            }
+        }
+        out.into_iter().collect()
+    }
+
+    fn restores(&self) -> usize {
+        std::fs::read_dir(self.logs.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|f| {
+                std::fs::read_to_string(f.path())
+                    .unwrap_or_default()
+                    .matches("partition store restored from its changelog")
+                    .count()
+            })
+            .sum()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.children.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// Every record of `topic`, read from the beginning to its end (a partition EOF: tansu's
+/// ListOffsets answer can be short of the end, a fetch response's high watermark is not).
+fn read_all(bootstrap: &str, topic: &str) -> Vec<rdkafka::message::OwnedMessage> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("tpl");
+    }
+    c.assign(&tpl).expect("assign");
+    let mut out = Vec::new();
+    let mut at_end = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while at_end.len() < PARTITIONS as usize {
+        assert!(
+            Instant::now() < deadline,
+            "reading {topic}: {} records, partitions at their end {at_end:?}",
+            out.len()
+        );
+        match c.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => out.push(m.detach()),
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+            }
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            None => {}
+        }
+    }
+    out
+}
+
+fn header(m: &rdkafka::message::OwnedMessage, name: &str) -> Option<String> {
+    m.headers()?
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_workers_with_own_state_dirs_survive_sigkills() {
+    let orders_n = env_or("WEIR_KILL_TEST_ORDERS", 20_000);
+    let rounds = env_or("WEIR_KILL_TEST_ROUNDS", 5).max(1);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+        | 1;
+    let mut rng = Rng(seed);
+    let started = Instant::now();
+
+    let broker = TestBroker::start(BrokerKind::Tansu);
+    let (topic, group) = (unique("orders"), unique("kill"));
+    broker.create_topic(&topic, PARTITIONS).await;
+    broker
+        .create_one_topic(&totals_topic(&topic), PARTITIONS)
+        .await;
+    broker
+        .create_one_topic(&format!("{group}-{topic}-changelog"), PARTITIONS)
+        .await;
+    let mut cluster = Cluster {
+        bootstrap: broker.bootstrap().to_owned(),
+        group: group.clone(),
+        topic: topic.clone(),
+        dirs: (0..WORKERS)
+            .map(|_| tempfile::tempdir().expect("dir"))
+            .collect(),
+        logs: tempfile::tempdir().expect("logs"),
+        children: (0..WORKERS).map(|_| None).collect(),
+        starts: 0,
+    };
+    for i in 0..WORKERS {
+        cluster.start(i);
+    }
+
+    // Orders: every tenth one redelivers the previous order id (it must count once).
+    let mut expected: BTreeMap<String, u64> = BTreeMap::new();
+    let all: Vec<(String, String)> = (0..orders_n)
+        .map(|i| {
+            let n = if i % 10 == 9 { i - 1 } else { i };
+            let customer = format!("c{}", n % CUSTOMERS);
+            let order = Order {
+                order_id: format!("o{n}"),
+                cents: 100 + (n % 900) as u64,
+            };
+            if n == i {
+                *expected.entry(customer.clone()).or_insert(0) += order.cents;
+            }
+            (customer, serde_json::to_string(&order).expect("json"))
+        })
+        .collect();
+
+    let mut kills = 0;
+    let mut emptied = 0;
+    let mut produced = 0usize;
+    for chunk in all.chunks(orders_n.div_ceil(rounds)) {
+        broker.produce(&topic, None, chunk.to_vec()).await;
+        produced += chunk.len();
+        // Kill only while the group is working: once half of this round is processed.
+        let want = (produced - chunk.len() / 2) as i64;
+        wait_until(
+            "the workers to process this round",
+            Duration::from_secs(120),
+            || {
+                let done = cluster.processed();
+                async move {
+                    if done >= want {
+                        Ok(())
+                    } else {
+                        Err(format!("{done} of {want} processed"))
+                    }
+                }
+            },
+        )
+        .await;
+        let victim = rng.next(WORKERS);
+        cluster.kill(victim);
+        kills += 1;
+        if kills % 3 == 0 {
+            let dir = cluster.dirs[victim].path().to_owned();
+            std::fs::remove_dir_all(&dir).expect("empty the state dir");
+            std::fs::create_dir_all(&dir).expect("recreate the state dir");
+            emptied += 1;
+        }
+        cluster.start(victim);
+    }
+
+    // Done when the newest stores of all partitions together have processed every order
+    // (a partition's offsets count its records from 0).
+    wait_until("every order processed", Duration::from_secs(240), || {
+        let at: BTreeMap<i32, i64> = cluster
+            .newest_stores()
+            .iter()
+            .map(|(p, (o, _))| (*p, *o))
+            .collect();
+        async move {
+            let done: i64 = at.values().map(|o| (*o).max(0)).sum();
+            if done == orders_n as i64 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{done} of {orders_n} processed; stored offsets {at:?}"
+                ))
+            }
+        }
+    })
+    .await;
+    cluster.stop_all();
+
+    // State: the newest store of each partition holds exact totals.
+    let mut totals: BTreeMap<String, u64> = BTreeMap::new();
+    for (p, (_, path)) in cluster.newest_stores() {
+        let store = PartitionStore::open(&path).expect("open");
+        for (customer, cents) in store.entries::<String, u64>(Totals::NAME).expect("entries") {
+            assert!(
+                totals.insert(customer.clone(), cents).is_none(),
+                "customer {customer} in two partitions (p{p})"
+            );
+        }
+    }
+    assert_eq!(totals, expected, "customer totals in state");
+
+    // Emitted: the newest total of each customer agrees with the state; duplicates (same
+    // source partition and offset) are the at-least-once deliveries a consumer drops.
+    let emitted = read_all(broker.bootstrap(), &totals_topic(&topic));
+    let mut newest: BTreeMap<String, u64> = BTreeMap::new();
+    let mut seen: HashMap<(String, String), usize> = HashMap::new();
+    for m in &emitted {
+        let t: CustomerTotal =
+            serde_json::from_slice(m.payload().unwrap_or_default()).expect("a CustomerTotal");
+        let e = newest.entry(t.customer).or_insert(0);
+        *e = (*e).max(t.cents);
+        let source = (
+            header(m, "weir.source.partition").expect("source partition header"),
+            header(m, "weir.source.offset").expect("source offset header"),
+        );
+        *seen.entry(source).or_insert(0) += 1;
+    }
+    let duplicates: usize = seen.values().map(|n| n - 1).sum();
+    assert_eq!(newest, expected, "newest emitted totals");
+    let restores = cluster.restores();
+    let changelog = read_all(broker.bootstrap(), &format!("{group}-{topic}-changelog"));
+    for w in cluster.warnings().iter().take(40) {
+        eprintln!("worker log: {w}");
+    }
+    eprintln!(
+        "kill test (seed {seed}): {orders_n} orders, {kills} SIGKILLs ({emptied} with an emptied \
+         state dir), {restores} changelog restores, {} changelog records, {} totals emitted ({duplicates} duplicates \
+         by source offset), {:.1?} wall",
+        changelog.len(),
+        emitted.len(),
+        started.elapsed()
+    );
+    assert!(kills >= 1 && emitted.len() >= seen.len());
+}
