@@ -35,6 +35,12 @@
 //! }
 //! ```
 //!
+//! A handler can also emit records to other topics ([`Ctx::emit`]): they go through an outbox
+//! in the same transaction and are produced after it, at least once. With
+//! [`WorkerBuilder::changelog`] state changes are logged to a changelog topic, and a worker on
+//! another machine rebuilds a partition's store from it. `docs/delivery-guarantees.md` in the
+//! repository says what is exactly-once and what is at-least-once.
+//!
 //! Test a handler without a broker with [`testing::TestKit`].
 
 mod batch;

@@ -457,6 +457,9 @@ fn client_config(config: &Config, brokers: &str) -> Result<ClientConfig> {
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("session.timeout.ms", "10000")
+        // A member learns of a rebalance at its next heartbeat: librdkafka's 3 s default
+        // would add up to 3 s to every hand-off.
+        .set("heartbeat.interval.ms", "1000")
         .set("enable.partition.eof", "false")
         // librdkafka backs a partition's fetching off by this much once its local queue passes
         // queued.min.messages; the consumer thread drains that queue at once, so the default
@@ -486,7 +489,7 @@ fn client_config(config: &Config, brokers: &str) -> Result<ClientConfig> {
     Ok(client)
 }
 
-/// The producer of dead letters (and, later, of emitted records): idempotent, acks=all, with
+/// The producer of dead letters, emitted records and changelog entries: idempotent, acks=all, with
 /// the connection and security properties of the consumer.
 fn producer_config(config: &Config, brokers: &str) -> ClientConfig {
     let mut client = ClientConfig::new();
