@@ -18,12 +18,14 @@ async fn two_workers_share_then_hand_over(kind: BrokerKind) {
     let start = |h: CountHandler| {
         let worker = broker
             .worker(&group, &topic, dir.path())
+            .metrics_addr("127.0.0.1:0")
             .build(h)
             .expect("build");
-        RunningWorker::spawn(worker)
+        let addr = worker.metrics_addr().expect("metrics address");
+        (RunningWorker::spawn(worker), addr)
     };
-    let worker_a = start(a);
-    let worker_b = start(b);
+    let (worker_a, _) = start(a);
+    let (worker_b, metrics_b) = start(b);
 
     // Keep producing until both workers own partitions (joins and rebalances take seconds).
     let mut all = Vec::new();
@@ -71,10 +73,30 @@ async fn two_workers_share_then_hand_over(kind: BrokerKind) {
     );
 
     // Stop A gracefully; B takes over A's partitions and finishes the rest. Hand-off time:
-    // from A's stop request to B processing records of all four partitions.
+    // from A's stop request to B owning all four partitions (its /metrics), and to B
+    // processing records of all four.
     let stop_requested = std::time::Instant::now();
     worker_a.stop_cleanly().await;
     let a_gone = stop_requested.elapsed();
+    wait_until(
+        "B to own all four partitions",
+        Duration::from_secs(60),
+        || async {
+            let (_, body) = http_get(metrics_b, "/metrics").await;
+            let owned = body
+                .lines()
+                .find(|l| l.starts_with("weir_owned_partitions "))
+                .unwrap_or_default()
+                .to_owned();
+            if owned.ends_with(" 4") {
+                Ok(())
+            } else {
+                Err(owned)
+            }
+        },
+    )
+    .await;
+    let b_owns = stop_requested.elapsed();
     seen_b.lock().expect("lock").clear();
     let more = keyed_records(all.len(), 20_000, 300);
     broker.produce(&topic, None, more.clone()).await;
@@ -95,7 +117,7 @@ async fn two_workers_share_then_hand_over(kind: BrokerKind) {
     )
     .await;
     eprintln!(
-        "{kind:?}: hand-off: A stopped in {a_gone:?}; B processing all partitions {:?} after the stop request",
+        "{kind:?}: hand-off: A stopped in {a_gone:?}; B owned all partitions {b_owns:?} and processed records of all {:?} after the stop request",
         stop_requested.elapsed()
     );
     wait_for_counts(
