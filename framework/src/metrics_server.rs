@@ -22,6 +22,10 @@ const DURATION_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Buckets (seconds) of the changelog restore duration histogram: restores take seconds to
+/// minutes.
+const RESTORE_BUCKETS: &[f64] = &[0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0];
+
 /// The process-wide Prometheus recorder, installed by the first worker that serves metrics.
 /// `None` when another recorder was installed first (then only weir's per-partition series are
 /// served).
@@ -30,7 +34,12 @@ pub(crate) fn prometheus() -> Option<&'static PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
             let builder = PrometheusBuilder::new();
-            let builder = match builder.set_buckets(DURATION_BUCKETS) {
+            let builder = match builder.set_buckets(DURATION_BUCKETS).and_then(|b| {
+                b.set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(RESTORE_DURATION_SECONDS.into()),
+                    RESTORE_BUCKETS,
+                )
+            }) {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::warn!("histogram buckets rejected: {e}");
