@@ -24,7 +24,9 @@ const DURATION_BUCKETS: &[f64] = &[
 
 /// Buckets (seconds) of the changelog restore duration histogram: restores take seconds to
 /// minutes.
-const RESTORE_BUCKETS: &[f64] = &[0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0];
+const RESTORE_BUCKETS: &[f64] = &[
+    0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
 
 /// The process-wide Prometheus recorder, installed by the first worker that serves metrics.
 /// `None` when another recorder was installed first (then only weir's per-partition series are

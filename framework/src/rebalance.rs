@@ -127,7 +127,9 @@ impl<H: Process> WeirContext<H> {
         let shared = &self.shared;
         let c = &shared.config;
         let mut seeks = Vec::new();
-        let mut owned = shared.owned();
+        // Open each store, fence earlier owners and read its offset, without holding the owned
+        // map (the metrics endpoint reads it).
+        let mut opened = Vec::new();
         for el in tpl.elements() {
             let (topic, partition) = (el.topic().to_owned(), el.partition());
             let path = self.store_path(&topic, partition);
@@ -151,28 +153,41 @@ impl<H: Process> WeirContext<H> {
                     continue;
                 }
             };
-            // With a changelog, a store that is missing or behind is rebuilt from it first.
-            let next_offset = match c.changelog_topic_of(&topic) {
-                None => next_offset,
-                Some(cl) => match restore::restore_if_behind(
-                    &shared.brokers,
-                    &store,
-                    &topic,
-                    partition,
-                    &cl,
-                    next_offset,
-                ) {
-                    Ok(Restore::Local(n)) => n,
-                    Ok(Restore::Restored { next_offset, .. }) => Some(next_offset),
-                    Err(e) => {
-                        // The store is untouched, or emptied without an offset: either way
-                        // consistent, so go on from its offset (further back, not wrong).
-                        let n = store.next_offset(&topic, partition).ok().flatten();
-                        tracing::warn!(%topic, partition, changelog = %cl, next_offset = ?n, "changelog restore failed, going on from the local store: {e}");
-                        n
-                    }
-                },
-            };
+            opened.push((topic, partition, path, store, next_offset));
+        }
+        // With a changelog, stores that are missing or behind are rebuilt from it first, all
+        // partitions at once.
+        std::thread::scope(|s| {
+            for (topic, partition, _, store, next_offset) in opened.iter_mut() {
+                let Some(cl) = c.changelog_topic_of(topic) else {
+                    continue;
+                };
+                let brokers = shared.brokers.as_str();
+                s.spawn(move || {
+                    *next_offset = match restore::restore_if_behind(
+                        brokers,
+                        store,
+                        topic,
+                        *partition,
+                        &cl,
+                        *next_offset,
+                    ) {
+                        Ok(Restore::Local(n)) => n,
+                        Ok(Restore::Restored { next_offset, .. }) => Some(next_offset),
+                        Err(e) => {
+                            // The store is untouched, or emptied without an offset: either
+                            // way consistent, so go on from its offset (further back, not
+                            // wrong).
+                            let n = store.next_offset(topic, *partition).ok().flatten();
+                            tracing::warn!(%topic, partition, changelog = %cl, next_offset = ?n, "changelog restore failed, going on from the local store: {e}");
+                            n
+                        }
+                    };
+                });
+            }
+        });
+        let mut owned = shared.owned();
+        for (topic, partition, path, store, next_offset) in opened {
             // No stored offset: state is empty, so it must see the partition from its start.
             seeks.push((
                 topic.clone(),
