@@ -299,15 +299,16 @@ impl<H: Process> PartitionTask<H> {
                 metrics::histogram!(BATCH_DURATION_SECONDS).record(started.elapsed());
                 metrics::counter!(MESSAGES_TOTAL, "outcome" => "ok").increment(done as u64);
                 self.next_offset = Some(next);
-                self.flow.committed.store(next, Ordering::SeqCst);
                 self.flow
                     .processed
                     .fetch_add(done as u64, Ordering::Relaxed);
                 self.flow.oldest_pending_ms.store(0, Ordering::Relaxed);
-                // The Kafka offset commit waits until the batch's outbox is acknowledged.
+                // The Kafka offset commit (here and the revoke's final one, which reads
+                // `flow.committed`) waits until the batch's outbox is acknowledged.
                 if !self.flush_outbox().await {
                     return false;
                 }
+                self.flow.committed.store(next, Ordering::SeqCst);
                 let _ = self.control.send(Control::Committed {
                     topic: self.topic.clone(),
                     partition: self.partition,
