@@ -5,10 +5,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 
 use crate::inbound::Inbound;
 use crate::metric_names::DEAD_LETTERS_TOTAL;
+use crate::outbox::produce;
 
 /// How a failing record is retried: its whole batch runs again, in place, so the partition's
 /// order holds; the consumer keeps polling meanwhile.
@@ -178,20 +179,16 @@ impl DeadLetterSink {
                         value: Some(v),
                     });
                 }
-                let mut record: FutureRecord<'_, [u8], [u8]> =
-                    FutureRecord::to(&policy.topic).headers(headers);
-                if let Some(k) = msg.key() {
-                    record = record.key(k);
-                }
-                if let Some(v) = msg.payload() {
-                    record = record.payload(v);
-                }
-                producer
-                    .send(record, Duration::from_secs(30))
-                    .await
-                    .map_err(|(e, _)| {
-                        format!("dead-letter write to {} failed: {e}", policy.topic)
-                    })?;
+                produce(
+                    producer,
+                    &policy.topic,
+                    None,
+                    msg.key(),
+                    msg.payload(),
+                    headers,
+                )
+                .await
+                .map_err(|e| format!("dead-letter write to {} failed: {e}", policy.topic))?;
             }
         }
         metrics::counter!(DEAD_LETTERS_TOTAL, "topic" => msg.topic().to_owned(), "reason" => reason.as_str())

@@ -72,19 +72,41 @@ async fn send(producer: &FutureProducer, r: &OutboxRecord) -> Result<(), String>
             value: Some(value),
         });
     }
-    let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&r.topic).headers(headers);
-    if let Some(p) = r.partition {
+    produce(
+        producer,
+        &r.topic,
+        r.partition,
+        r.key.as_deref(),
+        r.value.as_deref(),
+        headers,
+    )
+    .await
+    .map_err(|e| format!("sending to {} failed: {e}", r.topic))
+}
+
+/// Produces one record and waits for the broker's acknowledgement (outbox rows and dead
+/// letters).
+pub(crate) async fn produce(
+    producer: &FutureProducer,
+    topic: &str,
+    partition: Option<i32>,
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+    headers: OwnedHeaders,
+) -> Result<(), rdkafka::error::KafkaError> {
+    let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
+    if let Some(p) = partition {
         record = record.partition(p);
     }
-    if let Some(k) = &r.key {
+    if let Some(k) = key {
         record = record.key(k);
     }
-    if let Some(v) = &r.value {
+    if let Some(v) = value {
         record = record.payload(v);
     }
     producer
         .send(record, Duration::from_secs(30))
         .await
         .map(|_| ())
-        .map_err(|(e, _)| format!("sending to {} failed: {e}", r.topic))
+        .map_err(|(e, _)| e)
 }

@@ -173,7 +173,7 @@ impl<H: Process> WeirContext<H> {
                         *next_offset,
                     ) {
                         Ok(Restore::Local(n)) => n,
-                        Ok(Restore::Restored { next_offset, .. }) => Some(next_offset),
+                        Ok(Restore::Restored { next_offset }) => Some(next_offset),
                         Err(e) => {
                             // The store is untouched, or emptied without an offset: either
                             // way consistent, so go on from its offset (further back, not

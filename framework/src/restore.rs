@@ -27,7 +27,7 @@ pub(crate) enum Restore {
     /// The local store is current (or the changelog is empty): process from its offset.
     Local(Option<i64>),
     /// The store was rebuilt from the changelog: process from this offset.
-    Restored { next_offset: i64, records: u64 },
+    Restored { next_offset: i64 },
 }
 
 /// Compares `store` (whose next offset is `local_next`) with the newest entry of `changelog`'s
@@ -147,10 +147,7 @@ pub(crate) fn restore_if_behind(
         rate = (records as f64 / took.as_secs_f64().max(1e-3)) as u64,
         "partition store restored from its changelog"
     );
-    Ok(Restore::Restored {
-        next_offset,
-        records,
-    })
+    Ok(Restore::Restored { next_offset })
 }
 
 /// The restore consumer's context: the end of the changelog is expected, not an error.

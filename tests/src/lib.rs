@@ -714,3 +714,19 @@ macro_rules! on_both_brokers {
         }
     };
 }
+
+/// The `main` of the test's worker binaries: logs to stdout (`RUST_LOG`, default info), runs
+/// `handler` with the `WEIR_*` settings until SIGINT/SIGTERM, and exits 1 on an error.
+pub async fn run_worker_process<H: Process>(name: &str, handler: H) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,librdkafka=warn".into()),
+        )
+        .init();
+    let result = async { Worker::from_env()?.build(handler)?.run_until_signal().await }.await;
+    if let Err(e) = result {
+        eprintln!("{name}: {e}");
+        std::process::exit(1);
+    }
+}

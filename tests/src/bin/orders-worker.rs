@@ -3,21 +3,5 @@
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,librdkafka=warn".into()),
-        )
-        .init();
-    let result = async {
-        weir::Worker::from_env()?
-            .build(weir_examples::orders::OrderTotals)?
-            .run_until_signal()
-            .await
-    }
-    .await;
-    if let Err(e) = result {
-        eprintln!("orders-worker: {e}");
-        std::process::exit(1);
-    }
+    weir_tests::run_worker_process("orders-worker", weir_examples::orders::OrderTotals).await;
 }
