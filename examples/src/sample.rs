@@ -57,7 +57,7 @@ where
     for entry in entries.flatten() {
         let path = entry.path();
         if path.extension().is_some_and(|e| e == "sqlite") {
-            let partition = weir::state::PartitionStore::open(&path)?;
+            let partition = weir::state::StoreReader::open(&path)?;
             for (k, v) in partition.entries::<K, V>(store)? {
                 let t = totals.entry(k).or_default();
                 *t = *t + v;

@@ -1,5 +1,9 @@
 //! Errors of the weir runtime.
 
+/// The error type a handler may return: anything that converts into a boxed error
+/// (`std::error::Error` types, `anyhow::Error`, `String`, `&str`).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// What can stop a worker.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -27,7 +31,7 @@ pub enum Error {
         offset: i64,
         /// What went wrong.
         #[source]
-        source: crate::BoxError,
+        source: BoxError,
     },
     /// A record to emit could not be encoded.
     #[error("cannot emit to {topic}: {reason}")]
@@ -50,6 +54,25 @@ pub enum Error {
         timeout: std::time::Duration,
         /// `topic/partition` of every partition still owned.
         partitions: Vec<String>,
+    },
+    /// A partition has no stored offset and its earliest record is past offset 0 (retention
+    /// deleted records): its state would be the fold of only part of its history.
+    #[error("{topic}/{partition} has no stored state and its records before offset {earliest} are deleted: its state would fold only part of its history; restore its state (e.g. turn the changelog on) or accept this with allow_partial_history (WEIR_ALLOW_PARTIAL_HISTORY=true)")]
+    PartialHistory {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// Its earliest available offset.
+        earliest: i64,
+    },
+    /// Something panicked inside weir (a bug; please report it).
+    #[error("{context} panicked: {message}")]
+    Panic {
+        /// What was being done.
+        context: String,
+        /// The panic.
+        message: String,
     },
     /// An I/O error outside the state stores (threads, signals).
     #[error("{context}: {source}")]

@@ -43,44 +43,40 @@
 //!
 //! Test a handler without a broker with [`testing::TestKit`].
 
-mod batch;
-mod codec;
+// The modules, lowest layer first; a module imports only from its own layer or lower ones.
+//
+// - `clock`, `error`, `inbound`: time, errors, and records as the runtime holds them.
+// - `observe`: metric names, the HTTP endpoint and the progress log, reading a view of the
+//   worker through a trait the runtime implements.
+// - `delivery`: what leaves a partition: retries and dead letters, the outbox, changelog
+//   restore.
+// - `processing`: codecs, records, handler traits, the per-record context and the batch
+//   runner (one SQLite transaction per batch).
+// - `config`: every setting, declared once.
+// - `runtime`: the worker, its consumer thread, rebalances, flow control and partition tasks.
+// - `testing`: the test kit, which runs the batch runner without a broker.
+mod clock;
 mod config;
-mod consumer_loop;
-mod context;
-mod dead_letter;
-mod embedded_broker;
+mod delivery;
 mod error;
-mod handler;
 mod inbound;
-mod metric_names;
-mod metrics_server;
-mod outbox;
-mod partition_task;
-mod rebalance;
-mod record;
-mod restore;
-mod shared;
-mod worker;
+mod observe;
+mod processing;
+mod runtime;
 
+pub mod state;
 pub mod testing;
 
-pub use codec::{Codec, DecodeError, Envelope, Enveloped, Json, Raw, UndecodableRecord, Utf8};
-pub use context::{Ctx, State, StoreDef};
-pub use dead_letter::{DeadLetter, DeadLetterReason, RetryPolicy};
-pub use embedded_broker::EmbeddedBroker;
-pub use error::{Error, Result};
-pub use handler::{
-    BoxError, Delivery, Handler, HandlerSettings, KeyOf, Process, StoreInfo, ValueOf,
+pub use delivery::{DeadLetter, DeadLetterReason, RetryPolicy};
+pub use error::{BoxError, Error, Result};
+pub use processing::{
+    Codec, Ctx, DecodeError, Delivery, Envelope, Enveloped, Handler, HandlerSettings, Json, KeyOf,
+    Process, Raw, Record, State, StoreDef, StoreInfo, UndecodableRecord, Utf8, ValueOf,
 };
-pub use record::Record;
+pub use runtime::{EmbeddedBroker, Worker, WorkerBuilder};
 /// Derives [`Handler`] from a `#[handler(...)]` attribute.
 pub use weir_macros::Handler;
 pub use weir_state::OutboxRecord;
-pub use worker::{Worker, WorkerBuilder};
-
-/// The SQLite partition stores, for reading state outside a handler (reports, tests, SQL).
-pub use weir_state as state;
 
 /// The types a handler and its `main` need.
 pub mod prelude {

@@ -37,19 +37,20 @@ use rdkafka::message::{Header, OwnedHeaders};
 use serde::{de::DeserializeOwned, Serialize};
 use weir_state::PartitionStore;
 
-use crate::batch::{process_until_committed, BatchError, Outcome, Policy};
 use weir_state::OutboxRecord;
 
+use crate::clock::now_ms;
 use crate::config::Config;
-use crate::dead_letter::{DeadLetter, DeadLetterPolicy, DeadLetterSink};
+use crate::delivery::{DeadLetter, DeadLetterSink, OutboxSink};
 use crate::inbound::Inbound;
-use crate::outbox::OutboxSink;
-use crate::{Error, Process, Result};
+use crate::processing::batch::{BatchError, BatchRunner, Mode, Outcome};
+use crate::processing::Process;
+use crate::{Error, Result};
 
 /// Runs a handler over records given in the test, with real SQLite stores and no broker.
 #[derive(Debug)]
 pub struct TestKit<H> {
-    handler: H,
+    handler: Arc<H>,
     dir: PathBuf,
     remove_dir: bool,
     default_topic: String,
@@ -89,13 +90,10 @@ impl<H: Process> TestKit<H> {
         let settings = H::settings();
         let mut config = Config::default();
         config.apply_handler(&settings);
-        // Retries run at once: the kit does not wait out backoffs.
-        config.retry.backoff = std::time::Duration::ZERO;
-        config.retry.max_backoff = std::time::Duration::ZERO;
         let dead_letters = Arc::new(std::sync::Mutex::new(Vec::new()));
         let emitted = Arc::new(std::sync::Mutex::new(Vec::new()));
         Ok(Self {
-            handler,
+            handler: Arc::new(handler),
             dir: dir.as_ref().to_path_buf(),
             remove_dir: false,
             default_topic: settings.topics.first().unwrap_or(&"test").to_string(),
@@ -159,21 +157,6 @@ impl<H: Process> TestKit<H> {
             .clone()
     }
 
-    fn policy(&self, topic: &str) -> Policy {
-        Policy {
-            delivery: self.config.delivery,
-            changelog: self.config.changelog_topic_of(topic),
-            retry: self.config.retry,
-            dead_letter: self
-                .config
-                .dead_letter_topic_of(topic)
-                .map(|t| DeadLetterPolicy {
-                    topic: t,
-                    keep_key_order: self.config.keep_key_order,
-                }),
-        }
-    }
-
     /// The handler.
     pub fn handler(&self) -> &H {
         &self.handler
@@ -211,9 +194,7 @@ impl<H: Process> TestKit<H> {
                 value: Some(*v),
             });
         }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+        let now = now_ms();
         log.records.push(Inbound::new(
             std::sync::Arc::from(topic),
             partition,
@@ -234,11 +215,6 @@ impl<H: Process> TestKit<H> {
     /// `run` retries it.
     pub async fn run(&mut self) -> Result<usize> {
         let mut done = 0;
-        let policies: BTreeMap<String, Policy> = self
-            .partitions
-            .keys()
-            .map(|(t, _)| (t.clone(), self.policy(t)))
-            .collect();
         for ((topic, partition), log) in self.partitions.iter_mut() {
             let store = match &log.store {
                 Some(s) => Arc::clone(s),
@@ -249,21 +225,18 @@ impl<H: Process> TestKit<H> {
                     s
                 }
             };
+            let runner = BatchRunner::new(
+                Arc::clone(&self.handler),
+                Arc::clone(&store),
+                (Arc::from(topic.as_str()), *partition),
+                self.config.policy_for(topic),
+                self.sink.clone(),
+                Mode::TestKit,
+            );
             while log.processed < log.records.len() {
                 let end = (log.processed + self.batch_size).min(log.records.len());
                 let batch = &log.records[log.processed..end];
-                let outcome = process_until_committed(
-                    &self.handler,
-                    &store,
-                    topic,
-                    *partition,
-                    &policies[topic],
-                    &self.sink,
-                    batch,
-                    None,
-                )
-                .await;
-                match outcome {
+                match runner.run_until_committed(batch).await {
                     Outcome::Committed(_) => {
                         self.outbox
                             .flush(&store)
@@ -282,7 +255,18 @@ impl<H: Process> TestKit<H> {
                         })
                     }
                     Outcome::GaveUp(BatchError::Commit(e)) => return Err(Error::State(e)),
-                    Outcome::Stopped => unreachable!("the test kit never stops a batch"),
+                    Outcome::GaveUp(BatchError::CommitPanicked(message)) => {
+                        return Err(Error::Panic {
+                            context: format!("committing a batch of {topic}/{partition}"),
+                            message,
+                        })
+                    }
+                    Outcome::Stopped => {
+                        return Err(Error::Panic {
+                            context: format!("running a batch of {topic}/{partition}"),
+                            message: "the test kit's batch stopped".into(),
+                        })
+                    }
                 }
                 done += end - log.processed;
                 log.processed = end;

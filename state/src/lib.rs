@@ -27,11 +27,11 @@
 
 mod error;
 mod partition_store;
+mod reader;
+pub mod wire;
 mod write_set;
 
 pub use error::{Error, Result};
-pub use partition_store::{
-    changelog_key, parse_changelog_key, PartitionStore, CHANGELOG_OFFSET_STORE, SCHEMA_VERSION,
-    SOURCE_NEXT_OFFSET_HEADER,
-};
+pub use partition_store::{PartitionStore, SCHEMA_VERSION};
+pub use reader::StoreReader;
 pub use write_set::{OutboxRecord, WriteSet};

@@ -7,6 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::{de::DeserializeOwned, Serialize};
 
+use crate::wire::{header, ChangelogEntry};
 use crate::write_set::{decode, encode};
 use crate::{Error, OutboxRecord, Result, WriteSet};
 
@@ -48,23 +49,6 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 ";
 
-/// The changelog entry that carries a batch's next offset (its value), in store `""`.
-pub const CHANGELOG_OFFSET_STORE: &str = "__weir_offset";
-
-/// Header of changelog entries and emitted records: the next offset of the batch they came from.
-pub const SOURCE_NEXT_OFFSET_HEADER: &str = "weir.source.next_offset";
-
-/// The key of a changelog entry: the JSON array `[store, key]`, `key` being the store's JSON
-/// key text.
-pub fn changelog_key(store: &str, key: &str) -> Vec<u8> {
-    serde_json::to_vec(&(store, key)).unwrap_or_default()
-}
-
-/// The `(store, key)` of a changelog entry's key, if it is one.
-pub fn parse_changelog_key(bytes: &[u8]) -> Option<(String, String)> {
-    serde_json::from_slice(bytes).ok()
-}
-
 const UPSERT_STATE: &str = "INSERT INTO state (store, key, value) VALUES (?1, ?2, ?3) \
      ON CONFLICT (store, key) DO UPDATE SET value = excluded.value";
 const DELETE_STATE: &str = "DELETE FROM state WHERE store = ?1 AND key = ?2";
@@ -85,6 +69,10 @@ pub struct PartitionStore {
     /// The (topic, partition, epoch) this handle claimed: its commits fail once another
     /// handle claims the partition after it.
     claim: Mutex<Option<(String, i32, i64)>>,
+    /// Test builds only: abandon the next commit's transaction after this many row writes,
+    /// the on-disk effect of a process that dies in the middle of a commit.
+    #[cfg(test)]
+    crash_after: Mutex<Option<usize>>,
 }
 
 impl PartitionStore {
@@ -162,6 +150,8 @@ impl PartitionStore {
             conn: Mutex::new(conn),
             path,
             claim: Mutex::new(None),
+            #[cfg(test)]
+            crash_after: Mutex::new(None),
         })
     }
 
@@ -288,7 +278,7 @@ impl PartitionStore {
         partition: i32,
         next_offset: i64,
     ) -> Result<()> {
-        self.commit_inner(batch, topic, partition, next_offset, None, None)
+        self.commit_inner(batch, topic, partition, next_offset, None)
     }
 
     /// [`commit`](Self::commit), also queueing in the same transaction the batch's changelog
@@ -302,7 +292,7 @@ impl PartitionStore {
         next_offset: i64,
         changelog: &str,
     ) -> Result<()> {
-        self.commit_inner(batch, topic, partition, next_offset, None, Some(changelog))
+        self.commit_inner(batch, topic, partition, next_offset, Some(changelog))
     }
 
     /// Up to `limit` records waiting in the outbox, oldest first, with their row ids.
@@ -405,17 +395,30 @@ impl PartitionStore {
         run(&mut conn).map_err(|source| self.sqlite_err(source))
     }
 
-    /// `commit`, but abandons the transaction after `crash_after` row writes when set: the
-    /// on-disk effect of a process that dies in the middle of a commit.
-    pub(crate) fn commit_inner(
+    /// Test builds only: the next commit dies (its transaction is abandoned, as by a killed
+    /// process) after `rows` row writes.
+    #[cfg(test)]
+    pub(crate) fn crash_next_commit_after(&self, rows: usize) {
+        *self
+            .crash_after
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(rows);
+    }
+
+    fn commit_inner(
         &self,
         batch: &WriteSet,
         topic: &str,
         partition: i32,
         next_offset: i64,
-        crash_after: Option<usize>,
         changelog: Option<&str>,
     ) -> Result<()> {
+        #[cfg(test)]
+        let crash_after = self
+            .crash_after
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
         let claimed = self
             .claim
             .lock()
@@ -443,7 +446,9 @@ impl PartitionStore {
             {
                 let mut upsert = tx.prepare_cached(UPSERT_STATE)?;
                 let mut delete = tx.prepare_cached(DELETE_STATE)?;
+                #[cfg_attr(not(test), allow(unused_variables))]
                 for (written, (store, key, value)) in batch.iter().enumerate() {
+                    #[cfg(test)]
                     if crash_after == Some(written) {
                         return Ok(None); // dropping `tx` rolls back, as a dead process would
                     }
@@ -452,6 +457,7 @@ impl PartitionStore {
                         None => delete.execute(params![store, key])?,
                     };
                 }
+                #[cfg(test)]
                 if crash_after.is_some() {
                     return Ok(None);
                 }
@@ -467,21 +473,24 @@ impl PartitionStore {
                 };
                 if let Some(changelog) = changelog {
                     let source = vec![(
-                        SOURCE_NEXT_OFFSET_HEADER.to_owned(),
+                        header::SOURCE_NEXT_OFFSET.to_owned(),
                         next_offset.to_string().into_bytes(),
                     )];
-                    let entry = |store: &str, key: &str, value: Option<&str>| OutboxRecord {
+                    let entry = |key: Vec<u8>, value: Option<Vec<u8>>| OutboxRecord {
                         topic: changelog.to_owned(),
                         partition: Some(partition),
-                        key: Some(changelog_key(store, key)),
-                        value: value.map(|v| v.as_bytes().to_vec()),
+                        key: Some(key),
+                        value,
                         headers: source.clone(),
                     };
                     for (store, key, value) in batch.iter() {
-                        queue(&entry(store, key, value))?;
+                        queue(&entry(
+                            ChangelogEntry::key(store, key),
+                            value.map(|v| v.as_bytes().to_vec()),
+                        ))?;
                     }
-                    let next = next_offset.to_string();
-                    queue(&entry(CHANGELOG_OFFSET_STORE, "\"\"", Some(&next)))?;
+                    let (key, value) = ChangelogEntry::offset_marker(next_offset);
+                    queue(&entry(key, Some(value)))?;
                 }
                 for r in batch.outbox() {
                     queue(r)?;
@@ -532,7 +541,7 @@ impl PartitionStore {
 }
 
 /// Checks that `conn` is a weir store of a known schema; returns true for a new, empty file.
-fn check_header(conn: &Connection, path: &Path) -> Result<bool> {
+pub(crate) fn check_header(conn: &Connection, path: &Path) -> Result<bool> {
     let open_err = |source| Error::Open {
         path: path.to_path_buf(),
         source,

@@ -21,6 +21,19 @@ pub mod outage;
 /// Environment variable with the real broker's address, set by `scripts/test.sh`.
 pub const TANSU_ENV: &str = "WEIR_TEST_TANSU";
 
+/// A command for a worker binary of this crate that inherits no `WEIR_*` variable from the
+/// test's environment (a worker refuses variables that are no setting, such as
+/// [`TANSU_ENV`]); the test sets the ones it means.
+pub fn worker_command(bin: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new(bin);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("WEIR_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
+
 /// Session timeout for tests: short, so a killed member leaves the group quickly.
 pub const SESSION_TIMEOUT_MS: &str = "6000";
 

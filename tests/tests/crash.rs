@@ -103,7 +103,7 @@ fn spawn_worker(
     dir: &std::path::Path,
     mode: Mode,
 ) -> Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_count-worker"));
+    let mut cmd = weir_tests::worker_command(env!("CARGO_BIN_EXE_count-worker"));
     cmd.env("WEIR_BROKERS", broker.bootstrap())
         .env("WEIR_GROUP", group)
         .env("WEIR_TOPICS", topic)

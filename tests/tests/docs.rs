@@ -28,7 +28,7 @@ fn read(path: &str) -> String {
 
 #[test]
 fn dashboard_and_docs_match_the_exported_metrics() {
-    let exported: BTreeSet<String> = metric_names(&read("framework/src/metric_names.rs"))
+    let exported: BTreeSet<String> = metric_names(&read("framework/src/observe/metric_names.rs"))
         .into_iter()
         .filter(|n| n != "weir")
         .collect();

@@ -67,7 +67,7 @@ async fn emitted_totals_agree_with_state(kind: BrokerKind) {
 
     let mut state: BTreeMap<String, u64> = BTreeMap::new();
     for (_, path) in store_files(dir.path(), &group, &topic) {
-        let store = weir::state::PartitionStore::open(&path).expect("open");
+        let store = weir::state::StoreReader::open(&path).expect("open");
         state.extend(store.entries::<String, u64>(Totals::NAME).expect("entries"));
     }
     assert_eq!(state, expected, "totals in state");

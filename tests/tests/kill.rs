@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use weir::state::PartitionStore;
+use weir::state::StoreReader;
 use weir::StoreDef;
 use weir_examples::orders::{totals_topic, CustomerTotal, Order, Totals};
 use weir_tests::*;
@@ -59,7 +59,7 @@ impl Cluster {
         let log = std::fs::File::create(self.logs.path().join(format!("{}.log", self.starts)))
             .expect("log file");
         self.starts += 1;
-        let child = Command::new(env!("CARGO_BIN_EXE_orders-worker"))
+        let child = weir_tests::worker_command(env!("CARGO_BIN_EXE_orders-worker"))
             .env("WEIR_BROKERS", &self.bootstrap)
             .env("WEIR_GROUP", &self.group)
             .env("WEIR_TOPICS", &self.topic)
@@ -114,7 +114,7 @@ impl Cluster {
         let mut best: BTreeMap<i32, (i64, PathBuf)> = BTreeMap::new();
         for dir in &self.dirs {
             for (p, path) in store_files(dir.path(), &self.group, &self.topic) {
-                let Ok(store) = PartitionStore::open(&path) else {
+                let Ok(store) = StoreReader::open(&path) else {
                     continue;
                 };
                 let next = store
@@ -344,7 +344,7 @@ async fn three_workers_with_own_state_dirs_survive_sigkills() {
     // State: the newest store of each partition holds exact totals.
     let mut totals: BTreeMap<String, u64> = BTreeMap::new();
     for (p, (_, path)) in cluster.newest_stores() {
-        let store = PartitionStore::open(&path).expect("open");
+        let store = StoreReader::open(&path).expect("open");
         for (customer, cents) in store.entries::<String, u64>(Totals::NAME).expect("entries") {
             assert!(
                 totals.insert(customer.clone(), cents).is_none(),

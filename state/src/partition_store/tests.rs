@@ -67,8 +67,9 @@ fn run(path: &Path, msgs: &[Msg], start: i64, sizes: &[usize], crash: Option<&Cr
             }
         }
         if let Some(Crash::MidCommit { rows }) = crash {
+            store.crash_next_commit_after(rows % (ws.len() + 1));
             store
-                .commit_inner(&ws, "t", 3, end as i64, Some(rows % (ws.len() + 1)), None)
+                .commit(&ws, "t", 3, end as i64)
                 .expect("interrupted commit");
             return;
         }
@@ -255,20 +256,22 @@ fn outbox_and_changelog_entries_commit_with_the_batch_and_leave_once_acknowledge
             assert_eq!(r.partition, Some(2));
             assert_eq!(
                 r.headers,
-                vec![(SOURCE_NEXT_OFFSET_HEADER.to_owned(), b"10".to_vec())]
+                vec![(
+                    crate::wire::header::SOURCE_NEXT_OFFSET.to_owned(),
+                    b"10".to_vec()
+                )]
             );
-            (
-                parse_changelog_key(r.key.as_deref().unwrap_or_default()).expect("key"),
-                r.value.clone(),
-            )
+            ChangelogEntry::parse(r.key.as_deref(), r.value.as_deref()).expect("entry")
         })
         .collect();
-    assert!(changelog.contains(&(("totals".into(), "\"alice\"".into()), Some(b"5".to_vec()))));
-    assert!(changelog.contains(&(("totals".into(), "\"bob\"".into()), None)));
-    assert!(changelog.contains(&(
-        (CHANGELOG_OFFSET_STORE.into(), "\"\"".into()),
-        Some(b"10".to_vec())
-    )));
+    let state = |key: &str, value: Option<&str>| ChangelogEntry::State {
+        store: "totals".into(),
+        key: key.into(),
+        value: value.map(str::to_owned),
+    };
+    assert!(changelog.contains(&state("\"alice\"", Some("5"))));
+    assert!(changelog.contains(&state("\"bob\"", None)));
+    assert!(changelog.contains(&ChangelogEntry::Offset(10)));
     assert_eq!(
         records[3], &out,
         "emitted records follow the changelog, in order"

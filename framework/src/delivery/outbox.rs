@@ -9,7 +9,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use weir_state::{OutboxRecord, PartitionStore};
 
-use crate::metric_names::OUTBOX_SENT_TOTAL;
+use crate::observe::metric_names::OUTBOX_SENT_TOTAL;
 
 /// Rows read from the outbox per round.
 const OUTBOX_CHUNK: usize = 5000;

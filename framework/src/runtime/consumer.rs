@@ -1,9 +1,8 @@
 //! The consumer thread: polls the one rdkafka consumer, dispatches records to partition
-//! queues, pauses a partition whose queue is full and resumes it once drained, and commits
-//! SQLite-committed offsets to Kafka.
+//! queues, pauses a partition whose queue is full (or whose store is being restored) and
+//! resumes it once drained, and commits SQLite-committed offsets to Kafka. It never blocks on
+//! SQLite, restores or produces.
 
-use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::{mpsc as std_mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -12,11 +11,12 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::inbound::Inbound;
-use crate::metric_names::PAUSES_TOTAL;
-use crate::partition_task::Control;
-use crate::rebalance::WeirContext;
-use crate::shared::{PartitionHandle, Shared};
-use crate::{Process, Result};
+use crate::observe::metric_names::PAUSES_TOTAL;
+use crate::processing::Process;
+use crate::runtime::partition_task::Ready;
+use crate::runtime::rebalance::WeirContext;
+use crate::runtime::shared::{PartitionHandle, Shared};
+use crate::Result;
 
 /// How often SQLite-committed offsets are committed to Kafka (progress only).
 const KAFKA_COMMIT_INTERVAL: Duration = Duration::from_millis(200);
@@ -26,54 +26,73 @@ const POLL_IDLE: Duration = Duration::from_millis(100);
 const POLL_PAUSED: Duration = Duration::from_millis(5);
 /// Most records taken from librdkafka in one go before they are handed to partition queues.
 const MAX_BURST: usize = 512;
+/// How long a seek may take (a local operation of librdkafka's).
+const SEEK_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub(crate) fn run<H: Process>(
     consumer: BaseConsumer<WeirContext<H>>,
     shared: Arc<Shared<H>>,
-    control: std_mpsc::Receiver<Control>,
+    ready: std_mpsc::Receiver<Ready>,
 ) -> Result<()> {
     let topics: Vec<&str> = shared.config.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
-    let mut pending: HashMap<(String, i32), i64> = HashMap::new();
     let mut last_commit = Instant::now();
     let mut any_paused = false;
     let mut scratch = Vec::new();
-    while !shared.stopping() {
+    while !shared.lifecycle.stopping() {
         let timeout = if any_paused { POLL_PAUSED } else { POLL_IDLE };
         let burst = poll_burst(&consumer, timeout);
         if !burst.is_empty() {
-            dispatch(&consumer, &shared, &burst, &mut scratch);
+            dispatch(&shared, &burst, &mut scratch, |h, p| pause(&consumer, h, p));
         }
         drop(burst);
-        for c in control.try_iter() {
-            match c {
-                Control::Committed {
-                    topic,
-                    partition,
-                    next_offset,
-                } => {
-                    pending.insert((topic, partition), next_offset);
-                }
-                Control::Wake => {} // the refill below resumes it
-            }
+        for r in ready.try_iter() {
+            start_restored(&consumer, &shared, r);
         }
         any_paused = refill_paused(&consumer, &shared);
-        if !pending.is_empty() && last_commit.elapsed() >= KAFKA_COMMIT_INTERVAL {
-            commit_owned(&consumer, &shared, &mut pending);
+        if last_commit.elapsed() >= KAFKA_COMMIT_INTERVAL {
+            commit_owned(&consumer, &shared);
             last_commit = Instant::now();
         }
     }
-    if !shared.abandon.load(Ordering::SeqCst) {
-        commit_owned(&consumer, &shared, &mut pending);
+    if !shared.lifecycle.is_abandoned() {
+        commit_owned(&consumer, &shared);
     }
     tracing::info!("leaving the consumer group");
     // Dropping the consumer closes it: librdkafka revokes every partition through the
     // rebalance callback (tasks finish and close their stores), then leaves the group.
     drop(consumer);
-    match shared.take_fatal() {
+    match shared.lifecycle.take_fatal() {
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// A restored partition's store is ready: its consumption starts at the restored offset
+/// (records taken meanwhile are dropped, if the seek worked), and it resumes once its queue
+/// has room.
+fn start_restored<H: Process>(
+    consumer: &BaseConsumer<WeirContext<H>>,
+    shared: &Shared<H>,
+    r: Ready,
+) {
+    let mut owned = shared.owned();
+    let Some(h) = owned
+        .get_mut(&*r.topic)
+        .and_then(|m| m.get_mut(&r.partition))
+    else {
+        return; // released meanwhile
+    };
+    let offset = r.next_offset.map_or(Offset::Beginning, Offset::Offset);
+    match consumer.seek(&r.topic, r.partition, offset, SEEK_TIMEOUT) {
+        Ok(()) => h.overflow.clear(),
+        // The records taken meanwhile are delivered; the task drops those already in state.
+        Err(e) => {
+            tracing::warn!(topic = %r.topic, partition = r.partition, ?offset, "seek after the restore failed, reading on from where the consumer is: {e}")
+        }
+    }
+    h.flow.ready(r.next_offset);
+    tracing::info!(topic = %r.topic, partition = r.partition, next_offset = ?r.next_offset, "partition store ready");
 }
 
 /// Waits up to `timeout` for a record, then takes whatever else librdkafka already holds, up
@@ -98,10 +117,10 @@ fn poll_burst<C: rdkafka::consumer::ConsumerContext>(
 /// Hands the burst's records to their partitions' queues, one chunk per run of records of the
 /// same partition, so a partition task is woken once per chunk rather than once per record.
 fn dispatch<H: Process>(
-    consumer: &BaseConsumer<WeirContext<H>>,
     shared: &Shared<H>,
     burst: &[BorrowedMessage<'_>],
     scratch: &mut Vec<u8>,
+    pause: impl Fn(&PartitionHandle, i32),
 ) {
     let mut owned = shared.owned();
     let mut rest = burst;
@@ -116,27 +135,27 @@ fn dispatch<H: Process>(
         // Records of a partition released in the meantime are dropped: its next owner reads them.
         if let Some(h) = owned.get_mut(topic).and_then(|m| m.get_mut(&partition)) {
             let run = Inbound::copy_run(&h.topic, run, scratch);
-            deliver(consumer, h, partition, run, shared.config.queue_capacity);
+            deliver(h, partition, run, &pause);
         }
     }
 }
 
 /// Queues what fits of `run` and keeps the rest in the partition's overflow, pausing it.
-fn deliver<H: Process>(
-    consumer: &BaseConsumer<WeirContext<H>>,
+/// While the partition's store is restored, all of it waits in the overflow.
+fn deliver(
     h: &mut PartitionHandle,
     partition: i32,
     mut run: Vec<Inbound>,
-    capacity: usize,
+    pause: impl Fn(&PartitionHandle, i32),
 ) {
-    if !h.overflow.is_empty() {
+    if !h.overflow.is_empty() || h.flow.is_restoring() {
         h.overflow.extend(run);
         return;
     }
-    let room = capacity.saturating_sub(h.flow.queued.load(Ordering::SeqCst));
+    let room = h.flow.room();
     if run.len() > room {
         h.overflow.extend(run.drain(room..));
-        pause(consumer, h, partition);
+        pause(h, partition);
     }
     send(h, run);
 }
@@ -147,44 +166,48 @@ fn send(h: &PartitionHandle, chunk: Vec<Inbound>) {
         return;
     }
     let n = chunk.len();
-    h.flow.queued.fetch_add(n, Ordering::SeqCst);
+    h.flow.queued_more(n);
     if h.queue.send(chunk).is_err() {
         // The task ended; the partition is being released.
-        h.flow.queued.fetch_sub(n, Ordering::SeqCst);
+        h.flow.taken(n);
     }
 }
 
-fn pause<H: Process>(consumer: &BaseConsumer<WeirContext<H>>, h: &PartitionHandle, partition: i32) {
+/// Pauses a partition whose queue is full (or whose store is being restored).
+pub(crate) fn pause<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    h: &PartitionHandle,
+    partition: i32,
+) {
     let topic = &*h.topic;
-    h.flow.wake_sent.store(false, Ordering::SeqCst);
-    h.flow.paused.store(true, Ordering::SeqCst);
+    h.flow.set_paused(true);
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition(topic, partition);
     if let Err(e) = consumer.pause(&tpl) {
         tracing::warn!(%topic, partition, "pause failed: {e}");
     }
     metrics::counter!(PAUSES_TOTAL).increment(1);
-    tracing::debug!(%topic, partition, "queue full: partition paused");
+    tracing::debug!(%topic, partition, "partition paused");
 }
 
 /// Moves overflow into drained queues and resumes partitions whose overflow is empty.
 /// Returns whether any partition is still paused.
 fn refill_paused<H: Process>(consumer: &BaseConsumer<WeirContext<H>>, shared: &Shared<H>) -> bool {
-    let capacity = shared.config.queue_capacity;
-    let low_water = capacity / 2;
     let mut owned = shared.owned();
     let mut still_paused = false;
     for (topic, partitions) in owned.iter_mut() {
         for (&partition, h) in partitions.iter_mut() {
-            if !h.flow.paused.load(Ordering::SeqCst) {
+            if !h.flow.is_paused() {
                 continue;
             }
-            let queued = h.flow.queued.load(Ordering::SeqCst);
-            if queued > low_water {
+            if h.flow.is_restoring() {
+                continue; // resumed after its restore, at the next refill
+            }
+            if !h.flow.drained() {
                 still_paused = true;
                 continue;
             }
-            let take = (capacity - queued).min(h.overflow.len());
+            let take = h.flow.room().min(h.overflow.len());
             let chunk: Vec<Inbound> = h.overflow.drain(..take).collect();
             send(h, chunk);
             if !h.overflow.is_empty() {
@@ -196,28 +219,20 @@ fn refill_paused<H: Process>(consumer: &BaseConsumer<WeirContext<H>>, shared: &S
             if let Err(e) = consumer.resume(&tpl) {
                 tracing::warn!(%topic, partition, "resume failed: {e}");
             }
-            h.flow.paused.store(false, Ordering::SeqCst);
+            h.flow.set_paused(false);
             tracing::debug!(%topic, partition, "queue drained: partition resumed");
         }
     }
     still_paused
 }
 
-/// Commits to Kafka the pending offsets of partitions this worker still owns.
-fn commit_owned<H: Process>(
-    consumer: &BaseConsumer<WeirContext<H>>,
-    shared: &Shared<H>,
-    pending: &mut HashMap<(String, i32), i64>,
-) {
+/// Commits to Kafka the offsets of owned partitions that moved since the last commit.
+fn commit_owned<H: Process>(consumer: &BaseConsumer<WeirContext<H>>, shared: &Shared<H>) {
     let mut tpl = TopicPartitionList::new();
-    {
-        let owned = shared.owned();
-        for ((topic, partition), next) in pending.drain() {
-            if owned
-                .get(&topic)
-                .is_some_and(|m| m.contains_key(&partition))
-            {
-                let _ = tpl.add_partition_offset(&topic, partition, Offset::Offset(next));
+    for (topic, partitions) in shared.owned().iter() {
+        for (&partition, h) in partitions {
+            if let Some(next) = h.flow.take_kafka_commit() {
+                let _ = tpl.add_partition_offset(topic, partition, Offset::Offset(next));
             }
         }
     }

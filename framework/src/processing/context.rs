@@ -3,9 +3,9 @@
 use std::marker::PhantomData;
 
 use serde::{de::DeserializeOwned, Serialize};
+use weir_state::wire::header;
 use weir_state::{OutboxRecord, PartitionStore, WriteSet};
 
-use crate::dead_letter::header;
 use crate::inbound::Inbound;
 use crate::Result;
 

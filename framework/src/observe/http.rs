@@ -6,16 +6,15 @@
 //! partition's series disappear with it.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::metric_names::*;
-use crate::shared::{lock_owned, Owned};
+use crate::observe::metric_names::*;
+use crate::observe::{PartitionRow, WorkerView};
 
 /// Buckets (seconds) of the batch and commit duration histograms.
 const DURATION_BUCKETS: &[f64] = &[
@@ -64,80 +63,31 @@ pub(crate) fn prometheus() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
-/// What the endpoints read.
-#[derive(Debug, Clone)]
-pub(crate) struct Observed {
-    pub(crate) owned: Arc<Mutex<Owned>>,
-    pub(crate) joined: Arc<AtomicBool>,
-    /// True while the consumer thread runs and no stop was requested.
-    pub(crate) running: Arc<AtomicBool>,
-    pub(crate) queue_capacity: usize,
-}
-
-impl Observed {
-    fn ready(&self) -> bool {
-        self.running.load(Ordering::SeqCst) && self.joined.load(Ordering::SeqCst)
-    }
-
-    /// The Prometheus text of every metric.
-    pub(crate) fn render(&self) -> String {
-        let mut out = prometheus()
-            .map(|h| {
-                h.run_upkeep();
-                h.render()
-            })
-            .unwrap_or_default();
-        self.render_partitions(&mut out);
-        out
-    }
-
-    fn render_partitions(&self, out: &mut String) {
-        let now_ms = now_ms();
-        let owned = lock_owned(&self.owned);
-        let mut rows: Vec<PartitionRow> = Vec::new();
-        for (topic, partitions) in owned.iter() {
-            for (p, h) in partitions {
-                rows.push(PartitionRow {
-                    topic: topic.clone(),
-                    partition: *p,
-                    lag: h.flow.lag(),
-                    lag_seconds: h.flow.lag_seconds(now_ms),
-                    depth: h.flow.queued.load(Ordering::Relaxed) + h.overflow.len(),
-                    capacity: self.queue_capacity,
-                    paused: h.flow.paused.load(Ordering::Relaxed),
-                    processed: h.flow.processed.load(Ordering::Relaxed),
-                });
-            }
-        }
-        drop(owned);
-        rows.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
-        gauge_header(out, OWNED_PARTITIONS, "Partitions this worker owns.");
-        let _ = writeln!(out, "{OWNED_PARTITIONS} {}", rows.len());
-        for (name, help, value) in PARTITION_COLUMNS {
-            gauge_header(out, name, help);
-            for r in &rows {
-                if let Some(v) = value(r) {
-                    let _ = writeln!(
-                        out,
-                        "{name}{{topic=\"{}\",partition=\"{}\"}} {v}",
-                        r.topic, r.partition
-                    );
-                }
+/// The Prometheus text of every metric: the recorder's, then the per-partition series of the
+/// partitions owned right now.
+fn render(view: &dyn WorkerView) -> String {
+    let mut out = prometheus()
+        .map(|h| {
+            h.run_upkeep();
+            h.render()
+        })
+        .unwrap_or_default();
+    let rows = view.partitions();
+    gauge_header(&mut out, OWNED_PARTITIONS, "Partitions this worker owns.");
+    let _ = writeln!(out, "{OWNED_PARTITIONS} {}", rows.len());
+    for (name, help, value) in PARTITION_COLUMNS {
+        gauge_header(&mut out, name, help);
+        for r in &rows {
+            if let Some(v) = value(r) {
+                let _ = writeln!(
+                    out,
+                    "{name}{{topic=\"{}\",partition=\"{}\"}} {v}",
+                    r.topic, r.partition
+                );
             }
         }
     }
-}
-
-/// One owned partition's numbers at scrape time.
-struct PartitionRow {
-    topic: String,
-    partition: i32,
-    lag: Option<i64>,
-    lag_seconds: f64,
-    depth: usize,
-    capacity: usize,
-    paused: bool,
-    processed: u64,
+    out
 }
 
 /// A per-partition series: name, help, and its value for a row (none: not exported yet).
@@ -147,7 +97,7 @@ type Column = (
     fn(&PartitionRow) -> Option<String>,
 );
 
-const PARTITION_COLUMNS: [Column; 6] = [
+const PARTITION_COLUMNS: [Column; 7] = [
     (
         CONSUMER_LAG,
         "High watermark minus the next offset to process (from SQLite).",
@@ -172,6 +122,11 @@ const PARTITION_COLUMNS: [Column; 6] = [
         |r| Some(u8::from(r.paused).to_string()),
     ),
     (
+        PARTITION_RESTORING,
+        "1 while the partition's store is being rebuilt from its changelog.",
+        |r| Some(u8::from(r.restoring).to_string()),
+    ),
+    (
         PARTITION_PROCESSED,
         "Records committed since the partition was assigned to this worker.",
         |r| Some(r.processed.to_string()),
@@ -182,20 +137,14 @@ fn gauge_header(out: &mut String, name: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
 }
 
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 /// Serves the endpoints until the task is aborted.
-pub(crate) async fn serve(listener: TcpListener, observed: Observed) {
+pub(crate) async fn serve(listener: TcpListener, view: Arc<dyn WorkerView>) {
     loop {
         match listener.accept().await {
             Ok((sock, _)) => {
-                let observed = observed.clone();
+                let view = Arc::clone(&view);
                 tokio::spawn(async move {
-                    if let Err(e) = answer(sock, &observed).await {
+                    if let Err(e) = answer(sock, &*view).await {
                         tracing::debug!("metrics request: {e}");
                     }
                 });
@@ -208,7 +157,7 @@ pub(crate) async fn serve(listener: TcpListener, observed: Observed) {
     }
 }
 
-async fn answer(mut sock: TcpStream, observed: &Observed) -> std::io::Result<()> {
+async fn answer(mut sock: TcpStream, view: &dyn WorkerView) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let read = async {
         let mut chunk = [0u8; 1024];
@@ -229,9 +178,9 @@ async fn answer(mut sock: TcpStream, observed: &Observed) -> std::io::Result<()>
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let path = path.split('?').next().unwrap_or("");
     let (status, content_type, body) = match (method, path) {
-        ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", observed.render()),
+        ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", render(view)),
         ("GET", "/health/live") => {
-            if observed.running.load(Ordering::SeqCst) {
+            if view.live() {
                 ("200 OK", "text/plain", "live\n".to_owned())
             } else {
                 (
@@ -241,17 +190,14 @@ async fn answer(mut sock: TcpStream, observed: &Observed) -> std::io::Result<()>
                 )
             }
         }
-        ("GET", "/health/ready") => {
-            if observed.ready() {
-                ("200 OK", "text/plain", "ready\n".to_owned())
-            } else {
-                (
-                    "503 Service Unavailable",
-                    "text/plain",
-                    "not ready: not in the group yet, or stopping\n".to_owned(),
-                )
-            }
-        }
+        ("GET", "/health/ready") => match view.not_ready() {
+            None => ("200 OK", "text/plain", "ready\n".to_owned()),
+            Some(why) => (
+                "503 Service Unavailable",
+                "text/plain",
+                format!("not ready: {why}\n"),
+            ),
+        },
         ("GET", _) => (
             "404 Not Found",
             "text/plain",
@@ -270,39 +216,4 @@ async fn answer(mut sock: TcpStream, observed: &Observed) -> std::io::Result<()>
     sock.write_all(head.as_bytes()).await?;
     sock.write_all(body.as_bytes()).await?;
     sock.shutdown().await
-}
-
-/// Logs a compact line per interval: per owned partition, records committed, rate and lag.
-pub(crate) async fn log_progress(observed: Observed, every: Duration) {
-    let mut last: std::collections::HashMap<(String, i32), u64> = Default::default();
-    let mut tick = tokio::time::interval(every);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        let mut parts = Vec::new();
-        {
-            let owned = lock_owned(&observed.owned);
-            let mut keys: Vec<(&String, &i32)> = owned
-                .iter()
-                .flat_map(|(t, ps)| ps.keys().map(move |p| (t, p)))
-                .collect();
-            keys.sort();
-            for (t, p) in keys {
-                let flow = &owned[t][p].flow;
-                let done = flow.processed.load(Ordering::Relaxed);
-                let before = last.insert((t.clone(), *p), done).unwrap_or(0);
-                let rate = (done.saturating_sub(before)) as f64 / every.as_secs_f64();
-                let lag = flow.lag().map_or("?".to_owned(), |l| l.to_string());
-                let paused = if flow.paused.load(Ordering::Relaxed) {
-                    " paused"
-                } else {
-                    ""
-                };
-                parts.push(format!("{t}/{p} {done} ({rate:.0}/s, lag {lag}{paused})"));
-            }
-        }
-        if !parts.is_empty() {
-            tracing::info!("progress: {}", parts.join(" | "));
-        }
-    }
 }

@@ -10,11 +10,10 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
-use weir_state::{
-    parse_changelog_key, PartitionStore, CHANGELOG_OFFSET_STORE, SOURCE_NEXT_OFFSET_HEADER,
-};
+use weir_state::wire::{header, source_next_offset, ChangelogEntry};
+use weir_state::PartitionStore;
 
-use crate::metric_names::{RESTORED_RECORDS_TOTAL, RESTORE_DURATION_SECONDS};
+use crate::observe::metric_names::{RESTORED_RECORDS_TOTAL, RESTORE_DURATION_SECONDS};
 
 /// How long a restore waits for the broker without getting a record before giving up.
 const STALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -33,19 +32,21 @@ pub(crate) enum Restore {
 /// Compares `store` (whose next offset is `local_next`) with the newest entry of `changelog`'s
 /// `partition`, and rebuilds the store from the changelog when the changelog is ahead.
 ///
-/// On error the store is either untouched or emptied with no offset (a restore cut short):
-/// both are consistent, so the caller may go on from the store's offset, processing the
-/// partition from further back.
+/// It blocks (run it off the async workers) and returns `Err` soon after `cancelled` turns
+/// true. On error the store is either untouched or emptied with no offset (a restore cut
+/// short): both are consistent, so the caller may go on from the store's offset, processing
+/// the partition from further back.
 pub(crate) fn restore_if_behind(
-    brokers: &str,
+    client: &ClientConfig,
     store: &PartitionStore,
     topic: &str,
     partition: i32,
     changelog: &str,
     local_next: Option<i64>,
+    cancelled: &(dyn Fn() -> bool + Sync),
 ) -> Result<Restore, String> {
-    let consumer: BaseConsumer<RestoreContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let consumer: BaseConsumer<RestoreContext> = client
+        .clone()
         .set("group.id", "weir-restore")
         .set("enable.auto.commit", "false")
         // The end is where a fetch response's high watermark says (some brokers answer
@@ -63,7 +64,7 @@ pub(crate) fn restore_if_behind(
     } else {
         Offset::Beginning
     };
-    let newest = newest_source_offset(&consumer, changelog, partition, start)?;
+    let newest = newest_source_offset(&consumer, changelog, partition, start, cancelled)?;
     tracing::debug!(%changelog, partition, low, high, ?newest, ?local_next, "changelog checked");
     let Some(latest) = newest else {
         return Ok(Restore::Local(local_next)); // an empty changelog
@@ -87,6 +88,11 @@ pub(crate) fn restore_if_behind(
     let mut last_log = Instant::now();
     let mut last_record = Instant::now();
     loop {
+        if cancelled() {
+            return Err(format!(
+                "stopped after {records} records (the partition is released)"
+            ));
+        }
         let msg = match consumer.poll(Duration::from_millis(200)) {
             None => {
                 if last_record.elapsed() > STALL_TIMEOUT {
@@ -102,26 +108,25 @@ pub(crate) fn restore_if_behind(
         };
         last_record = Instant::now();
         records += 1;
-        let Some((store_name, key)) = msg.key().and_then(parse_changelog_key) else {
-            continue;
-        };
-        let value = msg
-            .payload()
-            .map(|v| String::from_utf8_lossy(v).into_owned());
-        if store_name == CHANGELOG_OFFSET_STORE {
-            if let Some(n) = value.as_deref().and_then(|v| v.parse::<i64>().ok()) {
+        match ChangelogEntry::parse(msg.key(), msg.payload()) {
+            None => continue,
+            Some(ChangelogEntry::Offset(n)) => {
                 next_offset = next_offset.max(n);
+                entries.append(&mut unmarked);
+                if entries.len() >= APPLY_CHUNK {
+                    store
+                        .apply_restored(&entries, topic, partition, None)
+                        .map_err(|e| e.to_string())?;
+                    entries.clear();
+                }
+                continue;
             }
-            entries.append(&mut unmarked);
-            if entries.len() >= APPLY_CHUNK {
-                store
-                    .apply_restored(&entries, topic, partition, None)
-                    .map_err(|e| e.to_string())?;
-                entries.clear();
-            }
-            continue;
+            Some(ChangelogEntry::State {
+                store: name,
+                key,
+                value,
+            }) => unmarked.push((name, key, value)),
         }
-        unmarked.push((store_name, key, value));
         if last_log.elapsed() >= Duration::from_secs(2) {
             last_log = Instant::now();
             tracing::info!(
@@ -148,6 +153,19 @@ pub(crate) fn restore_if_behind(
         "partition store restored from its changelog"
     );
     Ok(Restore::Restored { next_offset })
+}
+
+/// The earliest offset of `topic`/`partition` (where a consumer from the beginning starts).
+pub(crate) fn low_watermark(
+    client: &ClientConfig,
+    topic: &str,
+    partition: i32,
+) -> Result<i64, String> {
+    let consumer: BaseConsumer = client.create().map_err(|e| e.to_string())?;
+    consumer
+        .fetch_watermarks(topic, partition, Duration::from_secs(10))
+        .map(|(low, _)| low)
+        .map_err(|e| format!("reading {topic}/{partition}'s offsets: {e}"))
 }
 
 /// The restore consumer's context: the end of the changelog is expected, not an error.
@@ -186,31 +204,33 @@ fn newest_source_offset(
     changelog: &str,
     partition: i32,
     start: Offset,
+    cancelled: &(dyn Fn() -> bool + Sync),
 ) -> Result<Option<i64>, String> {
     assign(consumer, changelog, partition, start)?;
     let mut any = false;
     let deadline = Instant::now() + STALL_TIMEOUT;
     let mut newest = None;
     while Instant::now() < deadline {
+        if cancelled() {
+            return Err("stopped while reading the changelog's end".into());
+        }
         match consumer.poll(Duration::from_millis(200)) {
             None => {}
             Some(Err(KafkaError::PartitionEOF(_))) if !any => return Ok(None),
             Some(Err(KafkaError::PartitionEOF(_))) => {
                 return newest.map(Some).ok_or_else(|| {
-                    format!("{changelog}/{partition}: no record with a {SOURCE_NEXT_OFFSET_HEADER} header at its end")
+                    format!(
+                        "{changelog}/{partition}: no record with a {} header at its end",
+                        header::SOURCE_NEXT_OFFSET
+                    )
                 })
             }
             Some(Err(e)) => return Err(format!("reading {changelog}/{partition}: {e}")),
             Some(Ok(msg)) => {
                 any = true;
-                let source = msg
-                    .headers()
-                    .and_then(|h| {
-                        h.iter()
-                            .find(|h| h.key == SOURCE_NEXT_OFFSET_HEADER)
-                            .and_then(|h| h.value)
-                    })
-                    .and_then(|v| std::str::from_utf8(v).ok()?.parse::<i64>().ok());
+                let source = msg.headers().and_then(|h| {
+                    source_next_offset(h.iter().filter_map(|h| Some((h.key, h.value?))))
+                });
                 newest = newest.max(source);
             }
         }

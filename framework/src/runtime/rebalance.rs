@@ -1,6 +1,7 @@
-//! Rebalance callbacks: on assign, open each partition's store, seek to its stored offset and
-//! start its task; on revoke, let each task finish its batch, commit, and close its store
-//! before the callback returns.
+//! Rebalance callbacks: on assign, open each partition's store, claim it, and start its task
+//! at its stored offset (a partition whose store may need a changelog restore starts paused,
+//! and its task restores it off the consumer thread); on revoke, let each task finish its
+//! batch, commit, and close its store before the callback returns.
 
 use std::path::PathBuf;
 use std::sync::{mpsc as std_mpsc, Arc};
@@ -11,17 +12,16 @@ use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
-use std::sync::atomic::Ordering;
 use tokio::sync::mpsc;
 use weir_state::PartitionStore;
 
-use crate::batch::Policy;
-use crate::dead_letter::DeadLetterPolicy;
-use crate::metric_names::{CLIENT_ERRORS_TOTAL, REBALANCES_TOTAL};
-use crate::partition_task::{BatchSettings, PartitionFlow, PartitionTask, TaskStore};
-use crate::restore::{self, Restore};
-use crate::shared::{PartitionHandle, Shared};
-use crate::Process;
+use crate::observe::metric_names::{CLIENT_ERRORS_TOTAL, REBALANCES_TOTAL};
+use crate::processing::batch::{BatchRunner, Mode};
+use crate::processing::Process;
+use crate::runtime::consumer::pause;
+use crate::runtime::flow::PartitionFlow;
+use crate::runtime::partition_task::{PartitionTask, TaskStore};
+use crate::runtime::shared::{PartitionHandle, Shared};
 
 /// The consumer's context: librdkafka calls it from the consumer thread's `poll`.
 pub(crate) struct WeirContext<H> {
@@ -49,12 +49,7 @@ impl<H: Process> ClientContext for WeirContext<H> {
             };
             for (p, h) in partitions {
                 if let Some(s) = t.partitions.get(p) {
-                    if s.hi_offset >= 0 {
-                        h.flow.high_watermark.store(s.hi_offset, Ordering::Relaxed);
-                    }
-                    if s.lo_offset >= 0 {
-                        h.flow.low_watermark.store(s.lo_offset, Ordering::Relaxed);
-                    }
+                    h.flow.set_watermarks(s.lo_offset, s.hi_offset);
                 }
             }
         }
@@ -75,11 +70,20 @@ impl<H: Process> ConsumerContext for WeirContext<H> {
         let result = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 self.assign(tpl);
-                if cooperative {
+                let assigned = if cooperative {
                     consumer.incremental_assign(tpl)
                 } else {
                     consumer.assign(tpl)
+                };
+                // Partitions whose store is still being prepared fetch nothing yet.
+                for partitions in self.shared.owned().values() {
+                    for (&p, h) in partitions {
+                        if h.flow.is_restoring() && !h.flow.is_paused() {
+                            pause(consumer, h, p);
+                        }
+                    }
                 }
+                assigned
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 self.revoke(consumer, tpl, consumer.assignment_lost());
@@ -123,114 +127,67 @@ impl<H: Process> WeirContext<H> {
 
     fn assign(&self, tpl: &mut TopicPartitionList) {
         metrics::counter!(REBALANCES_TOTAL, "kind" => "assign").increment(1);
-        self.shared.joined.store(true, Ordering::SeqCst);
         let shared = &self.shared;
+        shared.lifecycle.joined();
         let c = &shared.config;
         let mut seeks = Vec::new();
-        // Open each store, fence earlier owners and read its offset, without holding the owned
-        // map (the metrics endpoint reads it).
-        let mut opened = Vec::new();
         for el in tpl.elements() {
             let (topic, partition) = (el.topic().to_owned(), el.partition());
+            // Opening, claiming and reading the offset are quick local SQLite steps; a
+            // changelog restore, which may take long, runs in the partition's task.
             let path = self.store_path(&topic, partition);
-            let store = match PartitionStore::open(&path) {
-                Ok(s) => s,
-                Err(e) => {
-                    shared.fail(e.into());
-                    continue;
-                }
-            };
-            // Fence any earlier owner of this file (another worker sharing the state dir):
-            // from now on its commits for this partition are refused.
-            if let Err(e) = store.claim(&topic, partition) {
-                shared.fail(e.into());
-                continue;
-            }
-            let next_offset = match store.next_offset(&topic, partition) {
+            let opened = PartitionStore::open(&path).and_then(|store| {
+                // Fence any earlier owner of this file (another worker sharing the state
+                // dir): from now on its commits for this partition are refused.
+                store.claim(&topic, partition)?;
+                let next = store.next_offset(&topic, partition)?;
+                Ok((store, next))
+            });
+            let (store, next_offset) = match opened {
                 Ok(o) => o,
                 Err(e) => {
-                    shared.fail(e.into());
+                    shared.lifecycle.fail(e.into());
                     continue;
                 }
             };
-            opened.push((topic, partition, path, store, next_offset));
-        }
-        // With a changelog, stores that are missing or behind are rebuilt from it first, all
-        // partitions at once.
-        std::thread::scope(|s| {
-            for (topic, partition, _, store, next_offset) in opened.iter_mut() {
-                let Some(cl) = c.changelog_topic_of(topic) else {
-                    continue;
-                };
-                let brokers = shared.brokers.as_str();
-                s.spawn(move || {
-                    *next_offset = match restore::restore_if_behind(
-                        brokers,
-                        store,
-                        topic,
-                        *partition,
-                        &cl,
-                        *next_offset,
-                    ) {
-                        Ok(Restore::Local(n)) => n,
-                        Ok(Restore::Restored { next_offset }) => Some(next_offset),
-                        Err(e) => {
-                            // The store is untouched, or emptied without an offset: either
-                            // way consistent, so go on from its offset (further back, not
-                            // wrong).
-                            let n = store.next_offset(topic, *partition).ok().flatten();
-                            tracing::warn!(%topic, partition, changelog = %cl, next_offset = ?n, "changelog restore failed, going on from the local store: {e}");
-                            n
-                        }
-                    };
-                });
-            }
-        });
-        let mut owned = shared.owned();
-        for (topic, partition, path, store, next_offset) in opened {
+            let changelog = c.changelog_topic_of(&topic);
             // No stored offset: state is empty, so it must see the partition from its start.
             seeks.push((
                 topic.clone(),
                 partition,
                 next_offset.map_or(Offset::Beginning, Offset::Offset),
             ));
-            tracing::info!(%topic, partition, ?next_offset, store = %path.display(), "partition assigned");
+            tracing::info!(%topic, partition, ?next_offset, store = %path.display(), restore_check = changelog.is_some(), "partition assigned");
             let (store, closed) = TaskStore::new(store);
             let (tx, rx) = mpsc::unbounded_channel();
-            let flow = Arc::new(PartitionFlow::new(next_offset));
-            let task = PartitionTask {
-                handler: Arc::clone(&shared.handler),
-                store,
-                topic: topic.clone(),
-                partition,
-                queue: rx,
-                carry: Default::default(),
-                flow: Arc::clone(&flow),
-                control: shared.control.clone(),
+            let flow = Arc::new(PartitionFlow::new(
+                c.queue_capacity,
                 next_offset,
-                sink: shared.sink.clone(),
-                outbox: shared.outbox.clone(),
-                settings: BatchSettings {
-                    policy: Policy {
-                        delivery: c.delivery,
-                        changelog: c.changelog_topic_of(&topic),
-                        retry: c.retry,
-                        dead_letter: c.dead_letter_topic_of(&topic).map(|t| DeadLetterPolicy {
-                            topic: t,
-                            keep_key_order: c.keep_key_order,
-                        }),
-                    },
-                    batch_size: c.batch_size,
-                    linger: c.linger,
-                    low_water: c.queue_capacity / 2,
-                },
-            };
+                changelog.is_some(),
+            ));
+            let topic_name: Arc<str> = Arc::from(topic.as_str());
+            let runner = BatchRunner::new(
+                Arc::clone(&shared.handler),
+                store,
+                (Arc::clone(&topic_name), partition),
+                c.policy_for(&topic),
+                shared.sink.clone(),
+                Mode::Runtime(Arc::clone(flow.stop_signal())),
+            );
+            let task = PartitionTask::new(
+                runner,
+                (Arc::clone(&topic_name), partition),
+                rx,
+                Arc::clone(&flow),
+                next_offset,
+                changelog,
+                shared.task_ctx.clone(),
+            );
             let task = shared.runtime.spawn(task.run());
-            let handle_topic = Arc::from(topic.as_str());
-            owned.entry(topic).or_default().insert(
+            shared.owned().entry(topic).or_default().insert(
                 partition,
                 PartitionHandle {
-                    topic: handle_topic,
+                    topic: topic_name,
                     queue: tx,
                     flow,
                     overflow: Default::default(),
@@ -239,7 +196,6 @@ impl<H: Process> WeirContext<H> {
                 },
             );
         }
-        drop(owned);
         for (topic, partition, offset) in seeks {
             if let Err(e) = tpl.set_partition_offset(&topic, partition, offset) {
                 tracing::error!(%topic, partition, "cannot set start offset: {e}");
@@ -247,20 +203,10 @@ impl<H: Process> WeirContext<H> {
         }
     }
 
-    fn releasing(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<String>> {
-        self.shared
-            .releasing
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     fn revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList, lost: bool) {
         let kind = if lost { "lost" } else { "revoke" };
         metrics::counter!(REBALANCES_TOTAL, "kind" => kind).increment(1);
-        let abandon = self
-            .shared
-            .abandon
-            .load(std::sync::atomic::Ordering::SeqCst);
+        let abandon = self.shared.lifecycle.is_abandoned();
         let mut handles = Vec::new();
         {
             let mut owned = self.shared.owned();
@@ -282,9 +228,9 @@ impl<H: Process> WeirContext<H> {
             }
         }
         let mut final_offsets = TopicPartitionList::new();
-        let release_names: Vec<String> =
-            handles.iter().map(|(t, p, _)| format!("{t}/{p}")).collect();
-        self.releasing().extend(release_names.iter().cloned());
+        for (t, p, _) in &handles {
+            self.shared.set_releasing(format!("{t}/{p}"), true);
+        }
         for (topic, partition, h) in handles {
             let PartitionHandle {
                 queue,
@@ -294,7 +240,8 @@ impl<H: Process> WeirContext<H> {
             } = h;
             drop(queue);
             wait_closed(&closed, &topic, partition);
-            self.releasing().remove(&format!("{topic}/{partition}"));
+            self.shared
+                .set_releasing(format!("{topic}/{partition}"), false);
             if let Some(next) = flow.committed_offset() {
                 let _ = final_offsets.add_partition_offset(&topic, partition, Offset::Offset(next));
             }

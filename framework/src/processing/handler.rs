@@ -3,11 +3,8 @@
 
 use std::future::Future;
 
-use crate::{Codec, Ctx, Record};
-
-/// The error type a handler may return: anything that converts into a boxed error
-/// (`std::error::Error` types, `anyhow::Error`, `String`, `&str`).
-pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+use crate::processing::{Codec, Ctx, Record};
+use crate::BoxError;
 
 /// The decoded value type of handler `H`'s records.
 pub type ValueOf<H> = <<H as Handler>::Value as Codec>::Value;

@@ -1,12 +1,19 @@
-//! Worker settings: builder values, overridden by `WEIR_*` environment variables.
+//! Worker settings: builder values, overridden by `WEIR_*` environment variables, filled in
+//! from the handler's declaration. Each setting is declared once, in [`SETTINGS`]: its name,
+//! environment variable, default and how a value is read.
+
+mod settings;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::dead_letter::RetryPolicy;
-use crate::handler::{Delivery, HandlerSettings};
+use crate::delivery::{DeadLetterPolicy, RetryPolicy};
+use crate::processing::batch::Policy;
+use crate::processing::{Delivery, HandlerSettings};
 use crate::{Error, Result};
+
+pub(crate) use settings::SETTINGS;
 
 /// Prefix of environment variables that set librdkafka properties:
 /// `WEIR_KAFKA_SESSION_TIMEOUT_MS=6000` sets `session.timeout.ms`.
@@ -14,17 +21,6 @@ pub(crate) const KAFKA_ENV_PREFIX: &str = "WEIR_KAFKA_";
 
 /// Dead letters of topic `t` go to `t.dlq` unless configured otherwise.
 pub(crate) const DEFAULT_DEAD_LETTER_TOPIC: &str = "{topic}.dlq";
-
-pub(crate) const GROUP: &str = "group";
-pub(crate) const MAX_ATTEMPTS: &str = "max_attempts";
-pub(crate) const BACKOFF: &str = "backoff";
-pub(crate) const MAX_BACKOFF: &str = "max_backoff";
-pub(crate) const DEAD_LETTER_TOPIC: &str = "dead_letter_topic";
-pub(crate) const KEEP_KEY_ORDER: &str = "keep_key_order";
-pub(crate) const TOPICS: &str = "topics";
-pub(crate) const BATCH_SIZE: &str = "batch_size";
-pub(crate) const LINGER: &str = "linger";
-pub(crate) const QUEUE_CAPACITY: &str = "queue_capacity";
 
 /// Every setting of a worker.
 #[derive(Debug, Clone)]
@@ -57,6 +53,8 @@ pub(crate) struct Config {
     pub(crate) drain_timeout: Duration,
     /// How long the worker waits at start for a broker to answer.
     pub(crate) startup_timeout: Duration,
+    /// Take a partition with no stored state whose earliest records were deleted.
+    pub(crate) allow_partial_history: bool,
     /// librdkafka properties with where each came from (for error messages).
     pub(crate) kafka: Vec<KafkaProperty>,
     /// Settings given by the builder or the environment, which a handler's own don't override.
@@ -92,6 +90,7 @@ impl Default for Config {
             progress_interval: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
             startup_timeout: Duration::from_secs(30),
+            allow_partial_history: false,
             kafka: Vec::new(),
             explicit: BTreeSet::new(),
         }
@@ -99,126 +98,66 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Overrides settings from the environment variables in `vars`.
+    /// Overrides settings from the environment variables in `vars`. A `WEIR_*` variable that
+    /// is no setting is an error naming it and the closest setting.
     pub(crate) fn apply_env(
         &mut self,
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<()> {
         for (name, value) in vars {
-            match name.as_str() {
-                "WEIR_BROKERS" => {
-                    self.brokers = (!value.trim().is_empty()).then(|| value.trim().to_owned())
-                }
-                "WEIR_GROUP" => {
-                    self.group = value;
-                    self.explicit.insert(GROUP);
-                }
-                "WEIR_TOPICS" => {
-                    self.topics = value
-                        .split(',')
-                        .map(str::trim)
-                        .filter(|t| !t.is_empty())
-                        .map(str::to_owned)
-                        .collect();
-                    self.explicit.insert(TOPICS);
-                }
-                "WEIR_STATE_DIR" => self.state_dir = PathBuf::from(value),
-                "WEIR_CHANGELOG" => self.changelog = parse(&name, &value)?,
-                "WEIR_INSTANCE_ID" => {
-                    self.instance_id = (!value.trim().is_empty()).then(|| value.trim().to_owned())
-                }
-                "WEIR_BATCH_SIZE" => {
-                    self.batch_size = parse(&name, &value)?;
-                    self.explicit.insert(BATCH_SIZE);
-                }
-                "WEIR_LINGER_MS" => {
-                    self.linger = Duration::from_millis(parse(&name, &value)?);
-                    self.explicit.insert(LINGER);
-                }
-                "WEIR_QUEUE_CAPACITY" => {
-                    self.queue_capacity = parse(&name, &value)?;
-                    self.explicit.insert(QUEUE_CAPACITY);
-                }
-                "WEIR_RETRY_MAX_ATTEMPTS" => {
-                    self.retry.max_attempts = parse(&name, &value)?;
-                    self.explicit.insert(MAX_ATTEMPTS);
-                }
-                "WEIR_RETRY_BACKOFF_MS" => {
-                    self.retry.backoff = Duration::from_millis(parse(&name, &value)?);
-                    self.explicit.insert(BACKOFF);
-                }
-                "WEIR_RETRY_MAX_BACKOFF_MS" => {
-                    self.retry.max_backoff = Duration::from_millis(parse(&name, &value)?);
-                    self.explicit.insert(MAX_BACKOFF);
-                }
-                "WEIR_DEAD_LETTER_TOPIC" => {
-                    self.dead_letter_topic =
-                        (!value.trim().is_empty()).then(|| value.trim().to_owned());
-                    self.explicit.insert(DEAD_LETTER_TOPIC);
-                }
-                "WEIR_DEAD_LETTER_KEEP_KEY_ORDER" => {
-                    self.keep_key_order = parse(&name, &value)?;
-                    self.explicit.insert(KEEP_KEY_ORDER);
-                }
-                "WEIR_METRICS_ADDR" => {
-                    self.metrics_addr = (!value.trim().is_empty()).then(|| value.trim().to_owned())
-                }
-                "WEIR_PROGRESS_INTERVAL_MS" => {
-                    self.progress_interval = Duration::from_millis(parse(&name, &value)?)
-                }
-                "WEIR_STARTUP_TIMEOUT_MS" => {
-                    self.startup_timeout = Duration::from_millis(parse(&name, &value)?)
-                }
-                "WEIR_DRAIN_TIMEOUT_MS" => {
-                    self.drain_timeout = Duration::from_millis(parse(&name, &value)?)
-                }
-                "WEIR_EMBEDDED_PARTITIONS" => self.embedded_partitions = parse(&name, &value)?,
-                _ => {
-                    if let Some(prop) = name.strip_prefix(KAFKA_ENV_PREFIX) {
-                        let prop = prop.to_ascii_lowercase().replace('_', ".");
-                        self.set_kafka(prop, value, name.clone());
-                    }
-                }
+            if let Some(prop) = name.strip_prefix(KAFKA_ENV_PREFIX) {
+                let prop = prop.to_ascii_lowercase().replace('_', ".");
+                self.set_kafka(prop, value, name.clone());
+                continue;
             }
+            if !name.starts_with("WEIR_") {
+                continue;
+            }
+            let Some(setting) = SETTINGS.iter().find(|s| s.env == name) else {
+                return Err(Error::config(
+                    &name,
+                    format!(
+                        "no such setting{}; librdkafka properties are WEIR_KAFKA_<PROPERTY>",
+                        settings::closest(&name)
+                            .map(|s| format!(" (did you mean {}?)", s.env))
+                            .unwrap_or_default()
+                    ),
+                ));
+            };
+            (setting.apply)(self, value.trim())
+                .map_err(|m| Error::config(&name, format!("{value:?} is not valid: {m}")))?;
+            self.explicit.insert(setting.name);
         }
         Ok(())
     }
 
+    /// Marks `name` (a [`SETTINGS`] name) as given by the builder or the environment: the
+    /// handler's declaration no longer overrides it.
+    pub(crate) fn given(&mut self, name: &'static str) {
+        debug_assert!(SETTINGS.iter().any(|s| s.name == name), "{name}");
+        self.explicit.insert(name);
+    }
+
     /// Takes the handler's declared settings where the builder and environment gave none.
     pub(crate) fn apply_handler(&mut self, h: &HandlerSettings) {
-        if !self.explicit.contains(TOPICS) && self.topics.is_empty() {
-            self.topics = h.topics.iter().map(|t| t.to_string()).collect();
-        }
-        if let (Some(g), false) = (h.group, self.explicit.contains(GROUP)) {
-            self.group = g.to_owned();
-        }
-        if let (Some(n), false) = (h.batch_size, self.explicit.contains(BATCH_SIZE)) {
-            self.batch_size = n;
-        }
-        if let (Some(ms), false) = (h.linger_ms, self.explicit.contains(LINGER)) {
-            self.linger = Duration::from_millis(ms);
-        }
-        if let (Some(n), false) = (h.queue_capacity, self.explicit.contains(QUEUE_CAPACITY)) {
-            self.queue_capacity = n;
-        }
         self.delivery = h.delivery;
-        if let (Some(n), false) = (h.max_attempts, self.explicit.contains(MAX_ATTEMPTS)) {
-            self.retry.max_attempts = n;
+        for s in SETTINGS {
+            if let (Some(from_handler), false) = (s.from_handler, self.explicit.contains(s.name)) {
+                from_handler(self, h);
+            }
         }
-        if let (Some(ms), false) = (h.backoff_ms, self.explicit.contains(BACKOFF)) {
-            self.retry.backoff = Duration::from_millis(ms);
-        }
-        if let (Some(ms), false) = (h.max_backoff_ms, self.explicit.contains(MAX_BACKOFF)) {
-            self.retry.max_backoff = Duration::from_millis(ms);
-        }
-        if let (Some(t), false) = (
-            h.dead_letter_topic,
-            self.explicit.contains(DEAD_LETTER_TOPIC),
-        ) {
-            self.dead_letter_topic = (!t.is_empty()).then(|| t.to_owned());
-        }
-        if let (Some(k), false) = (h.keep_key_order, self.explicit.contains(KEEP_KEY_ORDER)) {
-            self.keep_key_order = k;
+    }
+
+    /// How the batches of `topic`'s partitions are run.
+    pub(crate) fn policy_for(&self, topic: &str) -> Policy {
+        Policy {
+            delivery: self.delivery,
+            changelog: self.changelog_topic_of(topic),
+            retry: self.retry,
+            dead_letter: self.dead_letter_topic_of(topic).map(|t| DeadLetterPolicy {
+                topic: t,
+                keep_key_order: self.keep_key_order,
+            }),
         }
     }
 
@@ -247,54 +186,19 @@ impl Config {
 
     /// Checks every setting; the error names the first invalid one.
     pub(crate) fn validate(&self) -> Result<()> {
-        if self.group.trim().is_empty() {
-            return Err(Error::config("group (WEIR_GROUP)", "must not be empty"));
-        }
-        if self.topics.is_empty() {
-            return Err(Error::config(
-                "topics (WEIR_TOPICS)",
-                "no topic to consume; call .topic(\"name\") or set WEIR_TOPICS",
-            ));
-        }
-        for topic in &self.topics {
-            validate_topic_name(topic)
-                .map_err(|m| Error::config("topics (WEIR_TOPICS)", format!("{topic:?}: {m}")))?;
-        }
-        if self.batch_size == 0 {
-            return Err(Error::config(
-                "batch_size (WEIR_BATCH_SIZE)",
-                "must be at least 1",
-            ));
-        }
-        if self.queue_capacity < 2 {
-            return Err(Error::config(
-                "queue_capacity (WEIR_QUEUE_CAPACITY)",
-                "must be at least 2",
-            ));
-        }
-        if !(1..=10_000).contains(&self.embedded_partitions) {
-            return Err(Error::config(
-                "embedded_partitions (WEIR_EMBEDDED_PARTITIONS)",
-                "must be between 1 and 10000",
-            ));
-        }
-        if self.keep_key_order && self.dead_letter_topic.is_none() {
-            return Err(Error::config(
-                "keep_key_order (WEIR_DEAD_LETTER_KEEP_KEY_ORDER)",
-                "needs a dead-letter topic",
-            ));
+        let invalid = |name: &str, message: String| Error::config(settings::label(name), message);
+        for s in SETTINGS {
+            if let Some(check) = s.check {
+                check(self).map_err(|m| invalid(s.name, m))?;
+            }
         }
         for topic in &self.topics {
             if let Some(dl) = self.dead_letter_topic_of(topic) {
-                validate_topic_name(&dl).map_err(|m| {
-                    Error::config(
-                        "dead_letter_topic (WEIR_DEAD_LETTER_TOPIC)",
-                        format!("{dl:?}: {m}"),
-                    )
-                })?;
+                validate_topic_name(&dl)
+                    .map_err(|m| invalid("dead_letter_topic", format!("{dl:?}: {m}")))?;
                 if self.topics.contains(&dl) {
-                    return Err(Error::config(
-                        "dead_letter_topic (WEIR_DEAD_LETTER_TOPIC)",
+                    return Err(invalid(
+                        "dead_letter_topic",
                         format!("{dl:?} is also consumed: dead letters would be processed again"),
                     ));
                 }
@@ -316,16 +220,6 @@ impl Config {
         }
         Ok(())
     }
-}
-
-fn parse<T: std::str::FromStr>(name: &str, value: &str) -> Result<T>
-where
-    T::Err: std::fmt::Display,
-{
-    value
-        .trim()
-        .parse()
-        .map_err(|e| Error::config(name, format!("{value:?} is not valid: {e}")))
 }
 
 /// Kafka's rules for topic names: 1 to 249 of `[a-zA-Z0-9._-]`, not `.` or `..`.
@@ -380,6 +274,21 @@ mod tests {
         assert_eq!(c.kafka[0].origin, "WEIR_KAFKA_SESSION_TIMEOUT_MS");
         assert_eq!(c.instance_id.as_deref(), Some("worker-a"));
         c.validate().expect("valid");
+    }
+
+    #[test]
+    fn unknown_weir_variables_are_refused_with_the_closest_name() {
+        let err = Config::default()
+            .apply_env(env(&[("WEIR_BATCHSIZE", "10")]))
+            .expect_err("unknown");
+        let text = err.to_string();
+        assert!(
+            text.contains("WEIR_BATCHSIZE") && text.contains("did you mean WEIR_BATCH_SIZE"),
+            "{text}"
+        );
+        Config::default()
+            .apply_env(env(&[("WEIRD_THING", "1"), ("HOME", "/root")]))
+            .expect("other variables are not weir's");
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub(crate) const RESTORE_DURATION_SECONDS: &str = "weir_restore_duration_seconds
 pub(crate) const PAUSES_TOTAL: &str = "weir_partition_pauses_total";
 
 // Per-partition series, rendered at scrape time from the partitions this worker owns right
-// now (so a revoked partition's series are gone at once), by `metrics_server`.
+// now (so a revoked partition's series are gone at once), by `observe::http`.
 
 /// Partitions this worker owns.
 pub(crate) const OWNED_PARTITIONS: &str = "weir_owned_partitions";
@@ -38,5 +38,7 @@ pub(crate) const CONSUMER_LAG_SECONDS: &str = "weir_consumer_lag_seconds";
 pub(crate) const QUEUE_DEPTH: &str = "weir_queue_depth";
 /// Capacity of the partition's queue.
 pub(crate) const QUEUE_CAPACITY: &str = "weir_queue_capacity";
+/// 1 while a partition's store is being rebuilt from its changelog.
+pub(crate) const PARTITION_RESTORING: &str = "weir_partition_restoring";
 /// Records committed since the partition was assigned to this worker.
 pub(crate) const PARTITION_PROCESSED: &str = "weir_partition_processed";

@@ -1,0 +1,39 @@
+//! What a worker shows of itself: metric names, the HTTP endpoint (`/metrics`, `/health/*`)
+//! and the progress log. They read the worker through [`WorkerView`], which the runtime
+//! implements, so this layer knows nothing of how partitions are run.
+
+mod http;
+pub(crate) mod metric_names;
+mod progress;
+
+pub(crate) use http::{prometheus, serve};
+pub(crate) use progress::log_progress;
+
+/// One owned partition's numbers at one instant.
+#[derive(Debug, Clone)]
+pub(crate) struct PartitionRow {
+    pub(crate) topic: String,
+    pub(crate) partition: i32,
+    /// High watermark minus the next offset to process; `None` until both are known.
+    pub(crate) lag: Option<i64>,
+    /// Age in seconds of the oldest record taken but not committed (0 when caught up).
+    pub(crate) lag_seconds: f64,
+    /// Records waiting for the partition's task.
+    pub(crate) depth: usize,
+    pub(crate) capacity: usize,
+    pub(crate) paused: bool,
+    /// True while the partition's store is being rebuilt from its changelog.
+    pub(crate) restoring: bool,
+    /// Records committed since the partition was assigned to this worker.
+    pub(crate) processed: u64,
+}
+
+/// The worker as the endpoint and the progress log see it.
+pub(crate) trait WorkerView: Send + Sync + 'static {
+    /// The consumer thread runs and no stop was requested.
+    fn live(&self) -> bool;
+    /// Why the worker is not ready to be sent traffic, if it is not.
+    fn not_ready(&self) -> Option<String>;
+    /// Every owned partition, sorted by topic and partition.
+    fn partitions(&self) -> Vec<PartitionRow>;
+}

@@ -1,0 +1,464 @@
+//! One batch: decode each record, run the handler, and commit the batch's state changes and
+//! offset in one SQLite transaction, retrying and dead-lettering by the partition's policy.
+//! The runtime's partition tasks and the test kit both run batches through [`BatchRunner`].
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use tokio::sync::Notify;
+use weir_state::{PartitionStore, WriteSet};
+
+use crate::delivery::{DeadLetterPolicy, DeadLetterReason, DeadLetterSink, RetryPolicy};
+use crate::inbound::Inbound;
+use crate::observe::metric_names::{
+    COMMIT_DURATION_SECONDS, COMMIT_FAILURES_TOTAL, MESSAGES_TOTAL,
+};
+use crate::processing::{Codec, Ctx, Delivery, Process, Record, UndecodableRecord};
+use crate::BoxError;
+
+/// Why a batch failed; nothing of it was committed.
+#[derive(Debug)]
+pub(crate) enum BatchError {
+    /// A record could not be decoded, or the handler failed or panicked on it.
+    Record {
+        offset: i64,
+        error: BoxError,
+        reason: DeadLetterReason,
+    },
+    /// The SQLite commit failed.
+    Commit(weir_state::Error),
+    /// The SQLite commit panicked (a bug, not the fault of any record).
+    CommitPanicked(String),
+}
+
+impl fmt::Display for BatchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Record { offset, error, .. } => write!(f, "record at offset {offset}: {error}"),
+            Self::Commit(e) => write!(f, "commit failed: {e}"),
+            Self::CommitPanicked(e) => write!(f, "commit panicked: {e}"),
+        }
+    }
+}
+
+/// The store of keys whose records are dead-lettered, when key order is kept.
+pub(crate) const DEAD_KEYS: &str = "__weir_dead_keys";
+
+/// A partition's stop signal: set by a revoke or a shutdown; a batch sees it between records
+/// and while it waits to retry.
+#[derive(Debug, Default)]
+pub(crate) struct StopSignal {
+    stop: AtomicBool,
+    notify: Notify,
+}
+
+impl StopSignal {
+    /// Asks the partition to finish what it does and stop.
+    pub(crate) fn request(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    pub(crate) fn is_requested(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    /// Completes once a stop is requested.
+    pub(crate) async fn requested(&self) {
+        loop {
+            let notified = self.notify.notified();
+            if self.is_requested() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// How a partition's batches are run: delivery mode, changelog, retries, dead letters.
+#[derive(Debug, Clone)]
+pub(crate) struct Policy {
+    pub(crate) delivery: Delivery,
+    /// The changelog topic of the partition's stores, when state changes are logged.
+    pub(crate) changelog: Option<String>,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) dead_letter: Option<DeadLetterPolicy>,
+}
+
+/// Who runs the batches.
+#[derive(Debug, Clone)]
+pub(crate) enum Mode {
+    /// A worker's partition task: retries wait out their backoff, for ever if the policy says
+    /// so, until the stop signal; a stop also cuts a batch short after the records done.
+    Runtime(Arc<StopSignal>),
+    /// The test kit: retries do not wait, and what would be retried for ever is given up and
+    /// returned as the error.
+    TestKit,
+}
+
+/// How [`BatchRunner::run_until_committed`] ended.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// The batch is committed; the next offset.
+    Committed(i64),
+    /// A stop was requested while waiting to retry, or another worker took the partition over:
+    /// nothing of the batch is committed.
+    Stopped,
+    /// The batch would be retried forever and the mode gives up on that (the test kit).
+    GaveUp(BatchError),
+}
+
+/// What to do after a failed attempt.
+enum Next {
+    /// Run the batch again now (a record was just dead-lettered).
+    Again,
+    /// Wait this long, then run it again.
+    RetryAfter(Duration),
+    Return(Outcome),
+}
+
+/// Runs one partition's batches.
+#[derive(Debug)]
+pub(crate) struct BatchRunner<H, S> {
+    handler: Arc<H>,
+    store: Arc<S>,
+    topic: Arc<str>,
+    partition: i32,
+    policy: Policy,
+    sink: DeadLetterSink,
+    mode: Mode,
+}
+
+/// The attempts of one batch: failures per record, dead-lettered records.
+#[derive(Debug, Default)]
+struct Attempts {
+    per_record: HashMap<i64, u32>,
+    commit_failures: u32,
+    /// Records of the batch already dead-lettered, skipped when it runs again.
+    dead: HashSet<i64>,
+}
+
+impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H, S> {
+    pub(crate) fn new(
+        handler: Arc<H>,
+        store: Arc<S>,
+        (topic, partition): (Arc<str>, i32),
+        policy: Policy,
+        sink: DeadLetterSink,
+        mode: Mode,
+    ) -> Self {
+        Self {
+            handler,
+            store,
+            topic,
+            partition,
+            policy,
+            sink,
+            mode,
+        }
+    }
+
+    pub(crate) fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    pub(crate) fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Runs `batch` and commits it, retrying after a failure by the policy: the failing
+    /// record's batch runs again after a backoff; once a record's attempts are used up (at
+    /// once, for an undecodable one) it goes to the dead-letter topic, and the batch runs
+    /// again without it. The batch commits only after every dead letter of it is acknowledged.
+    pub(crate) async fn run_until_committed(&self, batch: &[Inbound]) -> Outcome {
+        let mut attempts = Attempts::default();
+        loop {
+            let error = match self.run_once(batch, &attempts.dead).await {
+                Ok(next) => return Outcome::Committed(next),
+                Err(e) => e,
+            };
+            let next = match error {
+                BatchError::Record {
+                    offset,
+                    error,
+                    reason,
+                } => {
+                    self.after_record_failure(batch, &mut attempts, offset, error, reason)
+                        .await
+                }
+                BatchError::Commit(e @ weir_state::Error::Fenced { .. }) => {
+                    // Another worker owns the partition now: nothing of this batch is kept, and
+                    // retrying cannot succeed.
+                    tracing::warn!(topic = %self.topic, partition = self.partition, "{e}");
+                    Next::Return(Outcome::Stopped)
+                }
+                other => self.after_commit_failure(&mut attempts, other),
+            };
+            match next {
+                Next::Again => {}
+                Next::RetryAfter(delay) => {
+                    if !self.wait(delay).await {
+                        return Outcome::Stopped;
+                    }
+                }
+                Next::Return(outcome) => return outcome,
+            }
+        }
+    }
+
+    async fn after_record_failure(
+        &self,
+        batch: &[Inbound],
+        attempts: &mut Attempts,
+        offset: i64,
+        error: BoxError,
+        reason: DeadLetterReason,
+    ) -> Next {
+        let n = attempts.per_record.entry(offset).or_insert(0);
+        *n += 1;
+        let n = *n;
+        metrics::counter!(MESSAGES_TOTAL, "outcome" => "error").increment(1);
+        let retry = &self.policy.retry;
+        let exhausted = retry.max_attempts > 0 && n >= retry.max_attempts;
+        let to_dead_letter = match reason {
+            DeadLetterReason::Failed => exhausted,
+            DeadLetterReason::Undecodable | DeadLetterReason::FollowsDeadLetter => true,
+        };
+        if let (true, Some(dl)) = (to_dead_letter, &self.policy.dead_letter) {
+            let Some(msg) = batch.iter().find(|m| m.offset() == offset) else {
+                return Next::Return(Outcome::GaveUp(BatchError::Record {
+                    offset,
+                    error,
+                    reason,
+                }));
+            };
+            if !self
+                .dead_letter(dl, msg, &error.to_string(), n, reason)
+                .await
+            {
+                return Next::Return(Outcome::Stopped);
+            }
+            attempts.dead.insert(offset);
+            return Next::Again;
+        }
+        let forever = retry.max_attempts == 0 || to_dead_letter;
+        if forever && matches!(self.mode, Mode::TestKit) {
+            return Next::Return(Outcome::GaveUp(BatchError::Record {
+                offset,
+                error,
+                reason,
+            }));
+        }
+        let delay = retry.delay(n, offset as u64);
+        tracing::error!(
+            topic = %self.topic,
+            partition = self.partition,
+            offset,
+            attempt = n,
+            retry_in_ms = delay.as_millis() as u64,
+            "record failed; its batch is not committed and will be retried: {error}"
+        );
+        Next::RetryAfter(delay)
+    }
+
+    /// Sends a dead letter, retrying until it is acknowledged; false if a stop came first.
+    async fn dead_letter(
+        &self,
+        policy: &DeadLetterPolicy,
+        msg: &Inbound,
+        error: &str,
+        attempts: u32,
+        reason: DeadLetterReason,
+    ) -> bool {
+        let mut tries = 0;
+        loop {
+            match self.sink.send(policy, msg, error, attempts, reason).await {
+                Ok(()) => return true,
+                Err(e) => {
+                    tries += 1;
+                    tracing::error!(topic = %self.topic, partition = self.partition, offset = msg.offset(), "{e}; retrying");
+                    if !self
+                        .wait(self.policy.retry.delay(tries, msg.offset() as u64))
+                        .await
+                    {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    fn after_commit_failure(&self, attempts: &mut Attempts, error: BatchError) -> Next {
+        attempts.commit_failures += 1;
+        metrics::counter!(COMMIT_FAILURES_TOTAL).increment(1);
+        tracing::error!(
+            topic = %self.topic,
+            partition = self.partition,
+            attempt = attempts.commit_failures,
+            "batch commit failed; nothing of it is kept and it will be retried: {error}"
+        );
+        match self.mode {
+            Mode::TestKit => Next::Return(Outcome::GaveUp(error)),
+            Mode::Runtime(_) => {
+                Next::RetryAfter(self.policy.retry.delay(attempts.commit_failures, 0))
+            }
+        }
+    }
+
+    /// Sleeps `delay` (not at all in the test kit), or less if a stop is requested; false
+    /// when stopped.
+    async fn wait(&self, delay: Duration) -> bool {
+        match &self.mode {
+            Mode::Runtime(stop) => tokio::select! {
+                biased;
+                _ = stop.requested() => false,
+                _ = tokio::time::sleep(delay) => true,
+            },
+            Mode::TestKit => true,
+        }
+    }
+
+    fn stop_requested(&self) -> bool {
+        match &self.mode {
+            Mode::Runtime(stop) => stop.is_requested(),
+            Mode::TestKit => false,
+        }
+    }
+
+    /// Runs `batch` (records of one partition, in order) once and commits it; returns the
+    /// committed next offset. When a stop is requested (a revoke, a shutdown) it commits the
+    /// records done so far and leaves the rest to the partition's next owner, so a large batch
+    /// of slow records does not hold up a rebalance.
+    async fn run_once(&self, batch: &[Inbound], dead: &HashSet<i64>) -> Result<i64, BatchError> {
+        let delivery = self.policy.delivery;
+        let keep_key_order = self
+            .policy
+            .dead_letter
+            .as_ref()
+            .is_some_and(|d| d.keep_key_order);
+        let mut next = batch.last().map_or(0, |m| m.offset() + 1);
+        if delivery == Delivery::AtMostOnce {
+            // The offset first: a crash from here on skips the batch rather than repeating it.
+            self.commit(WriteSet::default(), next).await?;
+        }
+        let mut writes = WriteSet::default();
+        let store: &PartitionStore = (*self.store).as_ref();
+        for (i, msg) in batch.iter().enumerate() {
+            // (At most once, the whole batch's offset is committed already: it runs to its end.)
+            if i > 0 && delivery != Delivery::AtMostOnce && self.stop_requested() {
+                next = msg.offset();
+                break;
+            }
+            if dead.contains(&msg.offset()) {
+                if let (true, Some(key)) = (keep_key_order, msg.key()) {
+                    writes
+                        .put(DEAD_KEYS, key, &true)
+                        .map_err(BatchError::Commit)?;
+                }
+                continue;
+            }
+            if let (true, Some(key)) = (keep_key_order, msg.key()) {
+                let follows = store
+                    .get_through::<_, bool>(&writes, DEAD_KEYS, key)
+                    .map_err(BatchError::Commit)?;
+                if follows.is_some() {
+                    return Err(BatchError::Record {
+                        offset: msg.offset(),
+                        error:
+                            "an earlier record with this key was dead-lettered (key order is kept)"
+                                .into(),
+                        reason: DeadLetterReason::FollowsDeadLetter,
+                    });
+                }
+            }
+            writes.savepoint();
+            match run_record(&*self.handler, store, &mut writes, msg).await {
+                Ok(()) => writes.release(),
+                Err(error) if delivery == Delivery::AtMostOnce => {
+                    writes.rollback();
+                    metrics::counter!(MESSAGES_TOTAL, "outcome" => "skipped").increment(1);
+                    tracing::error!(
+                        topic = %self.topic,
+                        partition = self.partition,
+                        offset = msg.offset(),
+                        "record failed and is skipped (at-most-once delivery): {error}"
+                    );
+                }
+                Err(error) => {
+                    let reason = if error.downcast_ref::<UndecodableRecord>().is_some() {
+                        DeadLetterReason::Undecodable
+                    } else {
+                        DeadLetterReason::Failed
+                    };
+                    return Err(BatchError::Record {
+                        offset: msg.offset(),
+                        error,
+                        reason,
+                    });
+                }
+            }
+        }
+        self.commit(writes, next).await?;
+        Ok(next)
+    }
+
+    /// Commits `writes` with the next offset `next` in one SQLite transaction, on a blocking
+    /// thread.
+    async fn commit(&self, writes: WriteSet, next: i64) -> Result<(), BatchError> {
+        let store = Arc::clone(&self.store);
+        let topic = Arc::clone(&self.topic);
+        let partition = self.partition;
+        let changelog = self.policy.changelog.clone();
+        let started = Instant::now();
+        let committed = tokio::task::spawn_blocking(move || {
+            let store = (*store).as_ref();
+            match &changelog {
+                Some(cl) => store.commit_with_changelog(&writes, &topic, partition, next, cl),
+                None => store.commit(&writes, &topic, partition, next),
+            }
+        })
+        .await;
+        metrics::histogram!(COMMIT_DURATION_SECONDS).record(started.elapsed());
+        match committed {
+            Ok(result) => result.map_err(BatchError::Commit),
+            Err(join) => Err(BatchError::CommitPanicked(join.to_string())),
+        }
+    }
+}
+
+async fn run_record<H: Process>(
+    handler: &H,
+    store: &PartitionStore,
+    writes: &mut WriteSet,
+    msg: &Inbound,
+) -> Result<(), BoxError> {
+    let undecodable = |part, raw: Option<&[u8]>, error| UndecodableRecord {
+        part,
+        raw: raw.map(<[u8]>::to_vec),
+        error,
+    };
+    let value = <H::Value as Codec>::decode(msg.payload())
+        .map_err(|e| undecodable("value", msg.payload(), e))?;
+    let key = <H::Key as Codec>::decode(msg.key()).map_err(|e| undecodable("key", msg.key(), e))?;
+    let mut ctx = Ctx::new(store, writes, msg);
+    let outcome = AssertUnwindSafe(handler.process(Record::new(msg, key, value), &mut ctx))
+        .catch_unwind()
+        .await;
+    match outcome {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.into()),
+        Err(panic) => {
+            let text = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-string panic payload".into());
+            Err(format!("handler panicked: {text}").into())
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! Handling records: codecs, the record a handler sees, the handler traits, the per-record
+//! context, and the batch runner that commits a batch's state and offset in one SQLite
+//! transaction.
+
+pub(crate) mod batch;
+mod codec;
+mod context;
+mod handler;
+mod record;
+
+pub use codec::{Codec, DecodeError, Envelope, Enveloped, Json, Raw, UndecodableRecord, Utf8};
+pub use context::{Ctx, State, StoreDef};
+pub use handler::{Delivery, Handler, HandlerSettings, KeyOf, Process, StoreInfo, ValueOf};
+pub use record::Record;

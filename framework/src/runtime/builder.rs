@@ -1,0 +1,198 @@
+//! The worker's builder: settings first, then `build` checks them and prepares the worker.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::delivery::RetryPolicy;
+use crate::processing::Process;
+use crate::runtime::Worker;
+use crate::Result;
+
+/// Builds a [`Worker`]. Every setting can also come from the environment (see
+/// [`with_env`](Self::with_env)).
+#[derive(Debug, Clone, Default)]
+pub struct WorkerBuilder {
+    config: Config,
+}
+
+impl WorkerBuilder {
+    /// Kafka bootstrap servers (`WEIR_BROKERS`). Without them the worker starts an embedded
+    /// broker.
+    pub fn brokers(mut self, brokers: impl Into<String>) -> Self {
+        self.config.brokers = Some(brokers.into());
+        self.config.given("brokers");
+        self
+    }
+
+    /// The consumer group (`WEIR_GROUP`, default `weir`).
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.config.group = group.into();
+        self.config.given("group");
+        self
+    }
+
+    /// Logs every state change to a compacted changelog topic, `<group>-<topic>-changelog`
+    /// with as many partitions as `topic` (`WEIR_CHANGELOG`, default off). A worker assigned
+    /// a partition whose local store is missing or behind rebuilds it from the changelog before
+    /// processing, so state follows its partition to another machine. Workers create missing
+    /// changelog topics at start (compacted, if the broker takes topic configs).
+    pub fn changelog(mut self, on: bool) -> Self {
+        self.config.changelog = on;
+        self.config.given("changelog");
+        self
+    }
+
+    /// Static group membership (`WEIR_INSTANCE_ID`, librdkafka's `group.instance.id`): give
+    /// each worker process a stable, unique id (its host name, a pod's ordinal), and a restart
+    /// within the session timeout gets its partitions back without a rebalance. Such a worker
+    /// does not leave the group when it stops: its partitions wait for it until the session
+    /// times out.
+    pub fn instance_id(mut self, id: impl Into<String>) -> Self {
+        self.config.instance_id = Some(id.into());
+        self.config.given("instance_id");
+        self
+    }
+
+    /// Adds a topic to consume (`WEIR_TOPICS`, comma-separated, replaces the list). Without
+    /// any, the handler's declared topics are used.
+    pub fn topic(mut self, topic: impl Into<String>) -> Self {
+        self.config.topics.push(topic.into());
+        self.config.given("topics");
+        self
+    }
+
+    /// Where partition stores live (`WEIR_STATE_DIR`, default `weir-state`):
+    /// `<state_dir>/<group>/<topic>/<partition>.sqlite`.
+    pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config.state_dir = dir.into();
+        self.config.given("state_dir");
+        self
+    }
+
+    /// Most records per batch, i.e. per SQLite transaction (`WEIR_BATCH_SIZE`, default 5000).
+    pub fn batch_size(mut self, n: usize) -> Self {
+        self.config.batch_size = n;
+        self.config.given("batch_size");
+        self
+    }
+
+    /// How long a batch waits for more records after its first (`WEIR_LINGER_MS`, default 5).
+    pub fn linger(mut self, linger: Duration) -> Self {
+        self.config.linger = linger;
+        self.config.given("linger");
+        self
+    }
+
+    /// Records buffered per partition before it is paused (`WEIR_QUEUE_CAPACITY`, default 10000).
+    pub fn queue_capacity(mut self, n: usize) -> Self {
+        self.config.queue_capacity = n;
+        self.config.given("queue_capacity");
+        self
+    }
+
+    /// Partitions of each topic the embedded broker creates (`WEIR_EMBEDDED_PARTITIONS`,
+    /// default 4).
+    pub fn embedded_partitions(mut self, n: i32) -> Self {
+        self.config.embedded_partitions = n;
+        self.config.given("embedded_partitions");
+        self
+    }
+
+    /// Serves `/metrics`, `/health/live` and `/health/ready` on `addr` (`WEIR_METRICS_ADDR`,
+    /// e.g. `0.0.0.0:9464`; port 0 picks a free one, see [`Worker::metrics_addr`]).
+    pub fn metrics_addr(mut self, addr: impl Into<String>) -> Self {
+        self.config.metrics_addr = Some(addr.into());
+        self.config.given("metrics_addr");
+        self
+    }
+
+    /// How often the progress line is logged (`WEIR_PROGRESS_INTERVAL_MS`, default 10 s; zero
+    /// turns it off).
+    pub fn progress_interval(mut self, every: Duration) -> Self {
+        self.config.progress_interval = every;
+        self.config.given("progress_interval");
+        self
+    }
+
+    /// How long a graceful stop may take (`WEIR_DRAIN_TIMEOUT_MS`, default 30 s); past it,
+    /// `run` returns [`Error::DrainTimeout`] naming the partitions not released.
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.config.drain_timeout = timeout;
+        self.config.given("drain_timeout");
+        self
+    }
+
+    /// How failing records are retried (`WEIR_RETRY_MAX_ATTEMPTS`, `WEIR_RETRY_BACKOFF_MS`,
+    /// `WEIR_RETRY_MAX_BACKOFF_MS`; default 5 attempts, 100 ms doubling to 10 s).
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.config.retry = policy;
+        for s in ["max_attempts", "backoff", "max_backoff"] {
+            self.config.given(s);
+        }
+        self
+    }
+
+    /// Where records go once their retries are used up (`WEIR_DEAD_LETTER_TOPIC`, default
+    /// `{topic}.dlq`, where `{topic}` is the source topic); `None` turns dead letters off, so
+    /// a failing record is retried forever and its partition waits.
+    pub fn dead_letter_topic(mut self, template: Option<&str>) -> Self {
+        self.config.dead_letter_topic = template.map(str::to_owned);
+        self.config.given("dead_letter_topic");
+        self
+    }
+
+    /// Keeps per-key order across dead letters (`WEIR_DEAD_LETTER_KEEP_KEY_ORDER`, default
+    /// false): once a record is dead-lettered, later records with its key follow it to the
+    /// dead-letter topic instead of being processed out of order.
+    pub fn keep_key_order(mut self, keep: bool) -> Self {
+        self.config.keep_key_order = keep;
+        self.config.given("keep_key_order");
+        self
+    }
+
+    /// How long `run` waits at start for a broker to answer (`WEIR_STARTUP_TIMEOUT_MS`,
+    /// default 30 s); past it, `run` fails with an error naming `WEIR_BROKERS`.
+    pub fn startup_timeout(mut self, timeout: Duration) -> Self {
+        self.config.startup_timeout = timeout;
+        self.config.given("startup_timeout");
+        self
+    }
+
+    /// Takes a partition that has no stored state (and nothing in its changelog) although its
+    /// first records were deleted by retention, folding only the history that is left
+    /// (`WEIR_ALLOW_PARTIAL_HISTORY`, default false: such a partition stops the worker with
+    /// an error naming it).
+    pub fn allow_partial_history(mut self, allow: bool) -> Self {
+        self.config.allow_partial_history = allow;
+        self.config.given("allow_partial_history");
+        self
+    }
+
+    /// Sets a librdkafka consumer property (`WEIR_KAFKA_<PROPERTY>`, dots as underscores).
+    pub fn kafka(mut self, property: impl Into<String>, value: impl Into<String>) -> Self {
+        let property = property.into();
+        let origin = format!("kafka property {property}");
+        self.config.set_kafka(property, value.into(), origin);
+        self
+    }
+
+    /// Overrides settings with the `WEIR_*` environment variables that are set.
+    pub fn with_env(mut self) -> Result<Self> {
+        self.config.apply_env(std::env::vars())?;
+        Ok(self)
+    }
+
+    /// Checks the settings and prepares the worker; starts the embedded broker (creating the
+    /// topics) when no broker is configured.
+    ///
+    /// An embedded broker forgets everything when the process exits, so its stores go to a
+    /// fresh `embedded-<pid>-<time>` folder inside the state dir: offsets from an earlier
+    /// broker's life would not match the new one's.
+    pub fn build<H: Process>(self, handler: H) -> Result<Worker<H>> {
+        let mut config = self.config;
+        config.apply_handler(&H::settings());
+        config.validate()?;
+        Worker::prepare(config, handler)
+    }
+}

@@ -1,0 +1,190 @@
+//! Flow control and progress of one owned partition, shared by the consumer thread (which
+//! fills the partition's queue, pauses and resumes it, and commits its offset to Kafka), the
+//! partition's task (which drains the queue and commits batches) and the metrics endpoint.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crate::observe::PartitionRow;
+use crate::processing::batch::StopSignal;
+
+/// One owned partition's flow: queue depth and pause state, stop signal, committed offset,
+/// watermarks and counters.
+#[derive(Debug)]
+pub(crate) struct PartitionFlow {
+    stop: Arc<StopSignal>,
+    capacity: usize,
+    /// Records handed to the task and not yet taken into a batch.
+    queued: AtomicUsize,
+    /// Set by the consumer thread while the partition is paused.
+    paused: AtomicBool,
+    /// True until the task has its store ready (restored from the changelog if need be) and
+    /// knows where to start.
+    restoring: AtomicBool,
+    /// The next offset whose batch is durable in SQLite and whose outbox is acknowledged
+    /// (what Kafka may be told); -1 while unknown.
+    committed: AtomicI64,
+    /// What the consumer thread last committed to Kafka; -1 for nothing.
+    sent_to_kafka: AtomicI64,
+    /// The partition's watermarks as librdkafka last learned them from fetch responses.
+    high_watermark: AtomicI64,
+    low_watermark: AtomicI64,
+    /// Timestamp (ms) of the oldest record taken but not yet committed; 0 when none.
+    oldest_pending_ms: AtomicI64,
+    /// Records committed since the partition was assigned here.
+    processed: AtomicU64,
+}
+
+impl PartitionFlow {
+    /// A partition whose queue holds `capacity` records, starting at `next_offset` if known;
+    /// `restoring` while its task still prepares its store.
+    pub(crate) fn new(capacity: usize, next_offset: Option<i64>, restoring: bool) -> Self {
+        Self {
+            stop: Arc::default(),
+            capacity,
+            queued: AtomicUsize::new(0),
+            paused: AtomicBool::new(false),
+            restoring: AtomicBool::new(restoring),
+            committed: AtomicI64::new(next_offset.unwrap_or(-1)),
+            sent_to_kafka: AtomicI64::new(next_offset.unwrap_or(-1)),
+            high_watermark: AtomicI64::new(-1),
+            low_watermark: AtomicI64::new(-1),
+            oldest_pending_ms: AtomicI64::new(0),
+            processed: AtomicU64::new(0),
+        }
+    }
+
+    // The stop signal.
+
+    pub(crate) fn stop_signal(&self) -> &Arc<StopSignal> {
+        &self.stop
+    }
+
+    /// Asks the task to finish its current batch and stop.
+    pub(crate) fn request_stop(&self) {
+        self.stop.request();
+    }
+
+    // The queue, seen from the consumer thread.
+
+    /// Records that fit in the queue now.
+    pub(crate) fn room(&self) -> usize {
+        self.capacity
+            .saturating_sub(self.queued.load(Ordering::SeqCst))
+    }
+
+    /// `n` records were handed to the task.
+    pub(crate) fn queued_more(&self, n: usize) {
+        self.queued.fetch_add(n, Ordering::SeqCst);
+    }
+
+    /// The queue drained to its low-water mark (half its capacity): time to resume.
+    pub(crate) fn drained(&self) -> bool {
+        self.queued.load(Ordering::SeqCst) <= self.capacity / 2
+    }
+
+    pub(crate) fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::SeqCst);
+    }
+
+    pub(crate) fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn is_restoring(&self) -> bool {
+        self.restoring.load(Ordering::SeqCst)
+    }
+
+    /// The offset to commit to Kafka, if it moved since the last call.
+    pub(crate) fn take_kafka_commit(&self) -> Option<i64> {
+        let committed = self.committed.load(Ordering::SeqCst);
+        let sent = self.sent_to_kafka.swap(committed, Ordering::SeqCst);
+        (committed >= 0 && committed != sent).then_some(committed)
+    }
+
+    pub(crate) fn set_watermarks(&self, low: i64, high: i64) {
+        if high >= 0 {
+            self.high_watermark.store(high, Ordering::Relaxed);
+        }
+        if low >= 0 {
+            self.low_watermark.store(low, Ordering::Relaxed);
+        }
+    }
+
+    // The queue and progress, seen from the task.
+
+    /// `n` records were taken out of the queue into a batch.
+    pub(crate) fn taken(&self, n: usize) {
+        self.queued.fetch_sub(n, Ordering::SeqCst);
+    }
+
+    /// The store is ready and processing starts at `next_offset` (if known).
+    pub(crate) fn ready(&self, next_offset: Option<i64>) {
+        if let Some(n) = next_offset {
+            self.committed.store(n, Ordering::SeqCst);
+        }
+        self.restoring.store(false, Ordering::SeqCst);
+    }
+
+    /// A batch whose oldest record has timestamp `oldest_ms` is being processed.
+    pub(crate) fn batch_started(&self, oldest_ms: Option<i64>) {
+        self.oldest_pending_ms
+            .store(oldest_ms.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// `done` records are committed to SQLite.
+    pub(crate) fn batch_committed(&self, done: u64) {
+        self.processed.fetch_add(done, Ordering::Relaxed);
+        self.oldest_pending_ms.store(0, Ordering::Relaxed);
+    }
+
+    /// Everything before `next` is committed and its outbox acknowledged: Kafka may be told.
+    pub(crate) fn set_committed(&self, next: i64) {
+        self.committed.store(next, Ordering::SeqCst);
+    }
+
+    pub(crate) fn committed_offset(&self) -> Option<i64> {
+        Some(self.committed.load(Ordering::SeqCst)).filter(|o| *o >= 0)
+    }
+
+    // What the endpoint shows.
+
+    /// High watermark minus the next offset to process, once both are known.
+    pub(crate) fn lag(&self) -> Option<i64> {
+        let high = self.high_watermark.load(Ordering::Relaxed);
+        if high < 0 {
+            return None;
+        }
+        let next = match self.committed.load(Ordering::Relaxed) {
+            n if n >= 0 => n,
+            _ => self.low_watermark.load(Ordering::Relaxed).max(0),
+        };
+        Some((high - next).max(0))
+    }
+
+    /// The partition's row for the endpoint; `overflow` records wait on the consumer thread.
+    pub(crate) fn row(
+        &self,
+        topic: &str,
+        partition: i32,
+        overflow: usize,
+        now_ms: i64,
+    ) -> PartitionRow {
+        let lag = self.lag();
+        let lag_seconds = match self.oldest_pending_ms.load(Ordering::Relaxed) {
+            ts if ts > 0 && lag.unwrap_or(0) > 0 => ((now_ms - ts).max(0) as f64) / 1000.0,
+            _ => 0.0,
+        };
+        PartitionRow {
+            topic: topic.to_owned(),
+            partition,
+            lag,
+            lag_seconds,
+            depth: self.queued.load(Ordering::Relaxed) + overflow,
+            capacity: self.capacity,
+            paused: self.is_paused(),
+            restoring: self.is_restoring(),
+            processed: self.processed.load(Ordering::Relaxed),
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! Running a worker: its builder, the consumer thread, rebalances, flow control and the
+//! partition tasks, the Kafka clients and topic administration.
+
+mod admin;
+mod builder;
+mod client;
+mod consumer;
+mod embedded_broker;
+mod flow;
+mod lifecycle;
+mod partition_task;
+mod rebalance;
+mod shared;
+mod worker;
+
+pub use builder::WorkerBuilder;
+pub use embedded_broker::EmbeddedBroker;
+pub use worker::Worker;

@@ -1,0 +1,140 @@
+//! What the worker's consumer thread, its rebalance callbacks and its partition tasks share:
+//! the owned partitions and the worker's settings.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex, MutexGuard};
+
+use tokio::sync::mpsc;
+
+use crate::clock::now_ms;
+use crate::config::Config;
+use crate::delivery::DeadLetterSink;
+use crate::inbound::Inbound;
+use crate::observe::{PartitionRow, WorkerView};
+use crate::runtime::flow::PartitionFlow;
+use crate::runtime::lifecycle::Lifecycle;
+use crate::runtime::partition_task::TaskContext;
+
+/// The consumer-thread side of one owned partition.
+#[derive(Debug)]
+pub(crate) struct PartitionHandle {
+    pub(crate) topic: Arc<str>,
+    /// Chunks of records for the partition's task.
+    pub(crate) queue: mpsc::UnboundedSender<Vec<Inbound>>,
+    pub(crate) flow: Arc<PartitionFlow>,
+    /// Records taken from the consumer while the queue was full (or the store was still being
+    /// restored), delivered first on resume.
+    pub(crate) overflow: VecDeque<Inbound>,
+    /// Disconnects when the partition's store is closed.
+    pub(crate) closed: std_mpsc::Receiver<()>,
+    pub(crate) task: tokio::task::JoinHandle<()>,
+}
+
+/// Owned partitions by topic, then partition.
+pub(crate) type Owned = HashMap<String, HashMap<i32, PartitionHandle>>;
+
+#[derive(Debug)]
+pub(crate) struct Shared<H> {
+    pub(crate) handler: Arc<H>,
+    pub(crate) config: Config,
+    pub(crate) runtime: tokio::runtime::Handle,
+    owned: Arc<Mutex<Owned>>,
+    /// Where dead letters go.
+    pub(crate) sink: DeadLetterSink,
+    /// What every partition task gets.
+    pub(crate) task_ctx: TaskContext,
+    /// `topic/partition` of partitions taken out of `owned` whose stores are not closed yet.
+    releasing: Mutex<BTreeSet<String>>,
+    pub(crate) lifecycle: Arc<Lifecycle>,
+}
+
+impl<H> Shared<H> {
+    pub(crate) fn new(
+        handler: Arc<H>,
+        config: Config,
+        runtime: tokio::runtime::Handle,
+        sink: DeadLetterSink,
+        task_ctx: TaskContext,
+    ) -> Self {
+        Self {
+            handler,
+            config,
+            runtime,
+            owned: Arc::default(),
+            sink,
+            lifecycle: Arc::clone(&task_ctx.lifecycle),
+            task_ctx,
+            releasing: Mutex::default(),
+        }
+    }
+
+    pub(crate) fn owned(&self) -> MutexGuard<'_, Owned> {
+        lock(&self.owned)
+    }
+
+    /// The worker as the endpoint and the progress log see it.
+    pub(crate) fn view(&self) -> Arc<dyn WorkerView> {
+        Arc::new(View {
+            owned: Arc::clone(&self.owned),
+            lifecycle: Arc::clone(&self.lifecycle),
+        })
+    }
+
+    /// Marks `topic/partition` as being released (its store not closed yet), or released.
+    pub(crate) fn set_releasing(&self, name: String, releasing: bool) {
+        let mut set = lock(&self.releasing);
+        if releasing {
+            set.insert(name);
+        } else {
+            set.remove(&name);
+        }
+    }
+
+    /// `topic/partition` of every partition owned or still being released, sorted.
+    pub(crate) fn unreleased(&self) -> Vec<String> {
+        let mut names = lock(&self.releasing).clone();
+        for (t, ps) in self.owned().iter() {
+            names.extend(ps.keys().map(|p| format!("{t}/{p}")));
+        }
+        names.into_iter().collect()
+    }
+}
+
+/// Locks a mutex whose data a panic elsewhere cannot leave inconsistent.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+struct View {
+    owned: Arc<Mutex<Owned>>,
+    lifecycle: Arc<Lifecycle>,
+}
+
+impl WorkerView for View {
+    fn live(&self) -> bool {
+        self.lifecycle.is_running()
+    }
+
+    fn not_ready(&self) -> Option<String> {
+        if !self.lifecycle.is_running() {
+            Some("stopping".into())
+        } else if !self.lifecycle.has_joined() {
+            Some("not in the group yet".into())
+        } else {
+            None
+        }
+    }
+
+    fn partitions(&self) -> Vec<PartitionRow> {
+        let now = now_ms();
+        let mut rows: Vec<PartitionRow> = lock(&self.owned)
+            .iter()
+            .flat_map(|(t, ps)| {
+                ps.iter()
+                    .map(move |(p, h)| h.flow.row(t, *p, h.overflow.len(), now))
+            })
+            .collect();
+        rows.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        rows
+    }
+}

@@ -1,0 +1,349 @@
+//! The worker: preparing it (clients, embedded broker, state dir), running the consumer thread,
+//! and stopping gracefully.
+
+use std::future::Future;
+use std::sync::{mpsc as std_mpsc, Arc};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::BaseConsumer;
+use rdkafka::producer::FutureProducer;
+
+use crate::clock::now_ms;
+use crate::config::Config;
+use crate::delivery::{DeadLetterSink, OutboxSink};
+use crate::observe;
+use crate::processing::Process;
+use crate::runtime::admin::ensure_topics;
+use crate::runtime::client::{check_brokers, connection_config, consumer_config, producer_config};
+use crate::runtime::lifecycle::Lifecycle;
+use crate::runtime::partition_task::TaskContext;
+use crate::runtime::rebalance::WeirContext;
+use crate::runtime::shared::Shared;
+use crate::runtime::{consumer, EmbeddedBroker, WorkerBuilder};
+use crate::{Error, Result};
+
+/// A worker process's runtime: one consumer in the group, one task per owned partition.
+///
+/// ```no_run
+/// # use weir::prelude::*;
+/// # #[derive(Handler)]
+/// # #[handler(value = Utf8)]
+/// # struct Count;
+/// # impl Process for Count {
+/// #     type Error = weir::Error;
+/// #     async fn process(&self, _: Record<'_, String>, _: &mut Ctx<'_>) -> weir::Result<()> { Ok(()) }
+/// # }
+/// # async fn run() -> weir::Result<()> {
+/// Worker::builder().topic("lines").with_env()?.build(Count)?.run_until_signal().await
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Worker<H> {
+    config: Config,
+    brokers: String,
+    /// The group consumer's settings.
+    consumer: ClientConfig,
+    /// Connection settings for the worker's other clients.
+    connection: ClientConfig,
+    metrics_listener: Option<std::net::TcpListener>,
+    sink: DeadLetterSink,
+    outbox: OutboxSink,
+    handler: Arc<H>,
+    embedded: Option<Arc<EmbeddedBroker>>,
+}
+
+impl Worker<()> {
+    /// A builder with the defaults.
+    pub fn builder() -> WorkerBuilder {
+        WorkerBuilder::default()
+    }
+
+    /// A builder with the defaults overridden by the `WEIR_*` environment variables.
+    pub fn from_env() -> Result<WorkerBuilder> {
+        WorkerBuilder::default().with_env()
+    }
+}
+
+impl<H: Process> Worker<H> {
+    /// Prepares a worker with checked settings; starts the embedded broker (creating the
+    /// topics) when no broker is configured.
+    pub(crate) fn prepare(mut config: Config, handler: H) -> Result<Self> {
+        if config.brokers.is_none() {
+            let secs = now_ms() / 1000;
+            config.state_dir = config
+                .state_dir
+                .join(format!("embedded-{}-{secs}", std::process::id()));
+        }
+        check_state_dir(&config)?;
+        let (brokers, embedded) = match &config.brokers {
+            Some(b) => (b.clone(), None),
+            None => {
+                let broker = EmbeddedBroker::start(1)?;
+                for topic in &config.topics {
+                    broker.create_topic(topic, config.embedded_partitions)?;
+                }
+                tracing::warn!(
+                    bootstrap = broker.bootstrap_servers(),
+                    state_dir = %config.state_dir.display(),
+                    "no broker configured (WEIR_BROKERS): running on the embedded in-process \
+                     broker; it keeps only the newest ~5 MiB per partition and forgets \
+                     everything on exit"
+                );
+                (
+                    broker.bootstrap_servers().to_owned(),
+                    Some(Arc::new(broker)),
+                )
+            }
+        };
+        if let Some(broker) = &embedded {
+            for topic in &config.topics {
+                if let Some(dl) = config.dead_letter_topic_of(topic) {
+                    broker.create_topic(&dl, config.embedded_partitions)?;
+                }
+                if let Some(cl) = config.changelog_topic_of(topic) {
+                    broker.create_topic(&cl, config.embedded_partitions)?;
+                }
+            }
+        }
+        let consumer = consumer_config(&config, &brokers)?;
+        let connection = connection_config(&config, &brokers);
+        let producer = Arc::new(
+            producer_config(&config, &brokers)
+                .create::<FutureProducer>()
+                .map_err(|e| {
+                    Error::config(
+                        "kafka properties",
+                        format!("cannot create the producer (dead letters, outbox): {e}"),
+                    )
+                })?,
+        );
+        let metrics_listener = match &config.metrics_addr {
+            Some(addr) => {
+                // Install the recorder now, so that nothing recorded from here on is lost.
+                observe::prometheus();
+                Some(bind_metrics(addr)?)
+            }
+            None => None,
+        };
+        Ok(Worker {
+            config,
+            brokers,
+            consumer,
+            connection,
+            metrics_listener,
+            sink: DeadLetterSink::Kafka(Arc::clone(&producer)),
+            outbox: OutboxSink::Kafka(producer),
+            handler: Arc::new(handler),
+            embedded,
+        })
+    }
+
+    /// The bootstrap servers the worker uses (the embedded broker's when it runs embedded).
+    pub fn brokers(&self) -> &str {
+        &self.brokers
+    }
+
+    /// The address `/metrics` and `/health/*` are served on, when a metrics address is set.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
+    /// Where this worker's partition stores live.
+    pub fn state_dir(&self) -> &std::path::Path {
+        &self.config.state_dir
+    }
+
+    /// The consumer group.
+    pub fn group(&self) -> &str {
+        &self.config.group
+    }
+
+    /// The embedded broker, when no broker was configured. It lives as long as the worker or
+    /// any clone of this handle (keep one in a producer so it outlives the worker).
+    pub fn embedded_broker(&self) -> Option<Arc<EmbeddedBroker>> {
+        self.embedded.clone()
+    }
+
+    /// Runs until SIGINT or SIGTERM, then stops gracefully.
+    pub async fn run_until_signal(self) -> Result<()> {
+        self.run(shutdown_signal()).await
+    }
+
+    /// Runs until `shutdown` completes, then stops gracefully: in-flight batches finish and
+    /// commit, stores close, the worker leaves the group.
+    ///
+    /// Dropping this future instead abandons the work like a crash would: tasks are aborted,
+    /// uncommitted batches are lost from memory and processed again by the next owner.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        tokio::pin!(shutdown);
+        if self.embedded.is_none() {
+            // A stop requested while the broker is checked ends the worker at once: it has
+            // joined nothing and owns nothing yet.
+            let startup = async {
+                check_brokers(&self.consumer, &self.brokers, self.config.startup_timeout).await?;
+                ensure_topics(&self.config, &self.connection).await;
+                Ok::<(), Error>(())
+            };
+            tokio::select! {
+                r = startup => r?,
+                () = &mut shutdown => {
+                    tracing::info!("shutdown requested while starting: stopped");
+                    return Ok(());
+                }
+            }
+        }
+        let (ready_tx, ready_rx) = std_mpsc::channel();
+        let lifecycle = Arc::new(Lifecycle::default());
+        let shared = Arc::new(Shared::new(
+            Arc::clone(&self.handler),
+            self.config.clone(),
+            tokio::runtime::Handle::current(),
+            self.sink.clone(),
+            TaskContext {
+                batch_size: self.config.batch_size,
+                linger: self.config.linger,
+                allow_partial_history: self.config.allow_partial_history,
+                outbox: self.outbox.clone(),
+                client: self.connection.clone(),
+                ready: ready_tx,
+                lifecycle: Arc::clone(&lifecycle),
+            },
+        ));
+        let kafka: BaseConsumer<WeirContext<H>> =
+            self.consumer.create_with_context(WeirContext {
+                shared: Arc::clone(&shared),
+            })?;
+        tracing::info!(
+            group = %self.config.group, topics = ?self.config.topics, brokers = %self.brokers,
+            embedded = self.embedded.is_some(), "worker starting"
+        );
+        let mut background = Vec::new();
+        if let Some(listener) = self.metrics_listener {
+            let listener =
+                tokio::net::TcpListener::from_std(listener).map_err(|source| Error::Io {
+                    context: "serving the metrics endpoint",
+                    source,
+                })?;
+            background.push(tokio::spawn(observe::serve(listener, shared.view())));
+        }
+        if !self.config.progress_interval.is_zero() {
+            background.push(tokio::spawn(observe::log_progress(
+                shared.view(),
+                self.config.progress_interval,
+            )));
+        }
+        let _background = AbortOnDrop(background);
+        let guard = AbandonOnDrop(Arc::clone(&lifecycle));
+        let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
+        let thread_shared = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("weir-consumer".into())
+            .spawn(move || {
+                let result = consumer::run(kafka, thread_shared, ready_rx);
+                let _ = done_tx.send(result);
+            })
+            .map_err(|source| Error::Io {
+                context: "starting the consumer thread",
+                source,
+            })?;
+        let result = tokio::select! {
+            r = &mut done_rx => r,
+            () = &mut shutdown => {
+                tracing::info!("shutdown requested: finishing in-flight batches");
+                lifecycle.request_stop();
+                let drain = self.config.drain_timeout;
+                match tokio::time::timeout(drain, done_rx).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        // Dropping `guard` abandons what is left, like a crash.
+                        let partitions = shared.unreleased();
+                        tracing::error!(?partitions, "graceful stop exceeded {drain:?}");
+                        return Err(Error::DrainTimeout { timeout: drain, partitions });
+                    }
+                }
+            }
+        };
+        lifecycle.ended();
+        std::mem::forget(guard);
+        let result = result.unwrap_or_else(|_| Err(Error::Embedded("consumer thread died".into())));
+        if result.is_ok() {
+            tracing::info!("worker stopped");
+        }
+        result
+    }
+}
+
+/// Aborts background tasks (metrics endpoint, progress log) when `run` ends.
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+fn bind_metrics(addr: &str) -> Result<std::net::TcpListener> {
+    let err = |e: std::io::Error| {
+        Error::config(
+            "metrics_addr (WEIR_METRICS_ADDR)",
+            format!("cannot listen on {addr:?}: {e}"),
+        )
+    };
+    let listener = std::net::TcpListener::bind(addr).map_err(err)?;
+    listener.set_nonblocking(true).map_err(err)?;
+    Ok(listener)
+}
+
+/// Abandons the worker when its `run` future is dropped before finishing.
+struct AbandonOnDrop(Arc<Lifecycle>);
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        self.0.abandon();
+    }
+}
+
+fn check_state_dir(config: &Config) -> Result<()> {
+    let dir = config.state_dir.join(&config.group);
+    let err = |e: std::io::Error| {
+        Error::config(
+            "state_dir (WEIR_STATE_DIR)",
+            format!("{} is not a writable directory: {e}", dir.display()),
+        )
+    };
+    std::fs::create_dir_all(&dir).map_err(err)?;
+    let probe = dir.join(".weir-write-probe");
+    std::fs::write(&probe, b"ok").map_err(err)?;
+    std::fs::remove_file(&probe).map_err(err)?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(mut int), Ok(mut term)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            _ => {
+                tracing::error!("cannot listen for SIGINT/SIGTERM; stop with Ctrl-C");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
