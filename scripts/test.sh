@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test: unit, property, doc and integration tests on both brokers (the embedded mock
-# cluster in-process, and tansu, which this script installs and starts on 127.0.0.1).
+# Runs every check and test: rustfmt, clippy and rustdoc with warnings denied, then unit,
+# property, doc and integration tests on both brokers (the embedded mock cluster in-process,
+# and tansu, which this script installs and starts on 127.0.0.1).
 #
 #   scripts/test.sh [extra nextest arguments]
 set -euo pipefail
@@ -17,6 +18,11 @@ if $started_here; then
   trap 'scripts/broker.sh stop' EXIT
 fi
 export WEIR_TEST_TANSU="127.0.0.1:${TANSU_PORT:-19092}"
+
+# Lints first: they fail fast and cost little.
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 
 cargo test --workspace --doc
 cargo nextest run --workspace --no-fail-fast "$@"

@@ -41,7 +41,14 @@
 //! another machine rebuilds a partition's store from it. `docs/delivery-guarantees.md` in the
 //! repository says what is exactly-once and what is at-least-once.
 //!
-//! Test a handler without a broker with [`testing::TestKit`].
+//! Test a handler without a broker with [`testing::TestKit`]; read stores from outside a
+//! worker with [`state::StoreReader`].
+//!
+//! Inside, the crate is layered: `observe` (metrics, health, progress) below `delivery`
+//! (retries, dead letters, outbox, changelog restore) below `processing` (codecs, handler
+//! traits, the batch runner) below `config` (every setting, declared once) below `runtime`
+//! (worker, consumer thread, rebalances, flow control, partition tasks); a layer imports only
+//! from itself and the layers below.
 
 // The modules, lowest layer first; a module imports only from its own layer or lower ones.
 //

@@ -1,7 +1,7 @@
 //! Derive macros for weir handlers; use them through the `weir` crate (`weir::Handler`).
 //!
-//! Parsing the `#[handler(...)]` attribute ([`attr`]) is kept apart from generating code
-//! ([`expand`]); every mistake in the attribute is reported at once, each at its own span.
+//! Parsing the `#[handler(...)]` attribute (module `attr`) is kept apart from generating code
+//! (module `expand`); every mistake in the attribute is reported at once, each at its own span.
 
 use proc_macro::TokenStream;
 use syn::{parse_macro_input, DeriveInput};

@@ -7,6 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::{de::DeserializeOwned, Serialize};
 
+use crate::reader::{decode_entries, query_entries, query_next_offset, query_value};
 use crate::wire::{header, ChangelogEntry};
 use crate::write_set::{decode, encode};
 use crate::{Error, OutboxRecord, Result, WriteSet};
@@ -52,7 +53,6 @@ CREATE TABLE IF NOT EXISTS outbox (
 const UPSERT_STATE: &str = "INSERT INTO state (store, key, value) VALUES (?1, ?2, ?3) \
      ON CONFLICT (store, key) DO UPDATE SET value = excluded.value";
 const DELETE_STATE: &str = "DELETE FROM state WHERE store = ?1 AND key = ?2";
-const SELECT_STATE: &str = "SELECT value FROM state WHERE store = ?1 AND key = ?2";
 const UPSERT_OFFSET: &str =
     "INSERT INTO offsets (topic, partition, next_offset, updated_at_ms) VALUES (?1, ?2, ?3, ?4) \
      ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset, \
@@ -188,13 +188,7 @@ impl PartitionStore {
 
     /// The next offset to process for `topic`/`partition`, if a batch was ever committed.
     pub fn next_offset(&self, topic: &str, partition: i32) -> Result<Option<i64>> {
-        self.conn()
-            .prepare_cached("SELECT next_offset FROM offsets WHERE topic = ?1 AND partition = ?2")
-            .and_then(|mut s| {
-                s.query_row(params![topic, partition], |r| r.get(0))
-                    .optional()
-            })
-            .map_err(|source| self.sqlite_err(source))
+        query_next_offset(&self.conn(), topic, partition).map_err(|source| self.sqlite_err(source))
     }
 
     /// Reads `key` from the named `store`.
@@ -255,17 +249,8 @@ impl PartitionStore {
         &self,
         store: &str,
     ) -> Result<Vec<(K, V)>> {
-        let rows: Vec<(String, String)> = self
-            .conn()
-            .prepare_cached("SELECT key, value FROM state WHERE store = ?1 ORDER BY key")
-            .and_then(|mut s| {
-                s.query_map([store], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect()
-            })
-            .map_err(|source| self.sqlite_err(source))?;
-        rows.iter()
-            .map(|(k, v)| Ok((decode(store, k)?, decode(store, v)?)))
-            .collect()
+        let rows = query_entries(&self.conn(), store).map_err(|source| self.sqlite_err(source))?;
+        decode_entries(store, rows)
     }
 
     /// Writes the batch's state changes and its next offset in ONE transaction.
@@ -518,10 +503,7 @@ impl PartitionStore {
     }
 
     fn get_encoded(&self, store: &str, key: &str) -> Result<Option<String>> {
-        self.conn()
-            .prepare_cached(SELECT_STATE)
-            .and_then(|mut s| s.query_row(params![store, key], |r| r.get(0)).optional())
-            .map_err(|source| self.sqlite_err(source))
+        query_value(&self.conn(), store, key).map_err(|source| self.sqlite_err(source))
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {

@@ -60,14 +60,7 @@ impl StoreReader {
 
     /// The next offset to process for `topic`/`partition`, if a batch was ever committed.
     pub fn next_offset(&self, topic: &str, partition: i32) -> Result<Option<i64>> {
-        self.conn
-            .query_row(
-                "SELECT next_offset FROM offsets WHERE topic = ?1 AND partition = ?2",
-                params![topic, partition],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|source| self.err(source))
+        query_next_offset(&self.conn, topic, partition).map_err(|source| self.err(source))
     }
 
     /// The committed value of `key` in the named `store`.
@@ -77,16 +70,10 @@ impl StoreReader {
         key: &K,
     ) -> Result<Option<V>> {
         let key = encode(store, key)?;
-        let json: Option<String> = self
-            .conn
-            .query_row(
-                "SELECT value FROM state WHERE store = ?1 AND key = ?2",
-                params![store, key],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|source| self.err(source))?;
-        json.map(|j| decode(store, &j)).transpose()
+        query_value(&self.conn, store, &key)
+            .map_err(|source| self.err(source))?
+            .map(|j| decode(store, &j))
+            .transpose()
     }
 
     /// Every committed entry of the named `store`, in key order.
@@ -94,17 +81,10 @@ impl StoreReader {
         &self,
         store: &str,
     ) -> Result<Vec<(K, V)>> {
-        let rows: Vec<(String, String)> = self
-            .conn
-            .prepare("SELECT key, value FROM state WHERE store = ?1 ORDER BY key")
-            .and_then(|mut s| {
-                s.query_map([store], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect()
-            })
-            .map_err(|source| self.err(source))?;
-        rows.iter()
-            .map(|(k, v)| Ok((decode(store, k)?, decode(store, v)?)))
-            .collect()
+        decode_entries(
+            store,
+            query_entries(&self.conn, store).map_err(|source| self.err(source))?,
+        )
     }
 
     fn err(&self, source: rusqlite::Error) -> Error {
@@ -113,4 +93,46 @@ impl StoreReader {
             source,
         }
     }
+}
+
+// The reads a store and a reader share.
+
+pub(crate) fn query_next_offset(
+    conn: &Connection,
+    topic: &str,
+    partition: i32,
+) -> rusqlite::Result<Option<i64>> {
+    conn.prepare_cached("SELECT next_offset FROM offsets WHERE topic = ?1 AND partition = ?2")?
+        .query_row(params![topic, partition], |r| r.get(0))
+        .optional()
+}
+
+/// The JSON value of the JSON `key` in `store`.
+pub(crate) fn query_value(
+    conn: &Connection,
+    store: &str,
+    key: &str,
+) -> rusqlite::Result<Option<String>> {
+    conn.prepare_cached("SELECT value FROM state WHERE store = ?1 AND key = ?2")?
+        .query_row(params![store, key], |r| r.get(0))
+        .optional()
+}
+
+/// Every (JSON key, JSON value) of `store`, in key order.
+pub(crate) fn query_entries(
+    conn: &Connection,
+    store: &str,
+) -> rusqlite::Result<Vec<(String, String)>> {
+    conn.prepare_cached("SELECT key, value FROM state WHERE store = ?1 ORDER BY key")?
+        .query_map([store], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect()
+}
+
+pub(crate) fn decode_entries<K: DeserializeOwned, V: DeserializeOwned>(
+    store: &str,
+    rows: Vec<(String, String)>,
+) -> Result<Vec<(K, V)>> {
+    rows.iter()
+        .map(|(k, v)| Ok((decode(store, k)?, decode(store, v)?)))
+        .collect()
 }

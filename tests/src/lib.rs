@@ -65,18 +65,23 @@ impl TestBroker {
         }
     }
 
+    /// A fresh mock cluster of `brokers` brokers (for partition leaders and fault injection
+    /// per broker).
+    pub fn mock_cluster(brokers: i32) -> Self {
+        init_tracing();
+        let broker = EmbeddedBroker::start(brokers).expect("start mock cluster");
+        Self {
+            kind: BrokerKind::Mock,
+            bootstrap: broker.bootstrap_servers().to_owned(),
+            embedded: Some(broker),
+        }
+    }
+
     /// A fresh mock cluster, or the shared tansu broker.
     pub fn start(kind: BrokerKind) -> Self {
         init_tracing();
         match kind {
-            BrokerKind::Mock => {
-                let broker = EmbeddedBroker::start(1).expect("start mock cluster");
-                Self {
-                    kind,
-                    bootstrap: broker.bootstrap_servers().to_owned(),
-                    embedded: Some(broker),
-                }
-            }
+            BrokerKind::Mock => Self::mock_cluster(1),
             BrokerKind::Tansu => {
                 let bootstrap = std::env::var(TANSU_ENV).unwrap_or_else(|_| {
                     panic!(

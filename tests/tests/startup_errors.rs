@@ -2,17 +2,14 @@
 //! unknown librdkafka property, unreachable broker, unwritable state dir, invalid topic, and a
 //! corrupt or foreign state file (never silently reset).
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use weir_tests::*;
 
 /// Runs the count-worker with `env` until it exits (at most 60 s): (exit code, stderr).
 fn run_worker(env: &[(&str, &str)]) -> (Option<i32>, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_count-worker"));
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("WEIR_")) {
-        cmd.env_remove(k);
-    }
+    let mut cmd = worker_command(env!("CARGO_BIN_EXE_count-worker"));
     cmd.envs(env.iter().copied())
         .env("RUST_LOG", "error")
         .stdin(Stdio::null())
@@ -46,6 +43,20 @@ fn assert_fails_naming(env: &[(&str, &str)], needle: &str) {
     assert!(
         stderr.contains(needle),
         "stderr does not name {needle:?}: {stderr}"
+    );
+}
+
+#[test]
+fn a_mistyped_weir_variable_is_named_with_the_setting_meant() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().to_str().expect("utf8");
+    assert_fails_naming(
+        &[
+            ("WEIR_TOPICS", "t"),
+            ("WEIR_STATE_DIR", state),
+            ("WEIR_BATCHSIZE", "10"),
+        ],
+        "WEIR_BATCHSIZE: no such setting (did you mean WEIR_BATCH_SIZE?)",
     );
 }
 

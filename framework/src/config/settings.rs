@@ -7,6 +7,9 @@ use std::time::Duration;
 use crate::config::{validate_topic_name, Config};
 use crate::processing::HandlerSettings;
 
+/// A check of a setting's final value; the error says what is wrong.
+type Check = fn(&Config) -> Result<(), String>;
+
 /// One setting. The builder method of the same `name` sets the field and calls
 /// [`Config::given`](super::Config::given).
 #[derive(Clone, Copy)]
@@ -15,14 +18,15 @@ pub(crate) struct Setting {
     pub(crate) name: &'static str,
     /// The environment variable.
     pub(crate) env: &'static str,
-    /// The default, as the README's table says it.
+    /// The default, as the README's table says it (a test holds the two together).
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) default: &'static str,
     /// Sets the field from an environment value (trimmed); the error says why it is invalid.
     pub(crate) apply: fn(&mut Config, &str) -> Result<(), String>,
     /// Takes the handler's declaration, where the builder and the environment said nothing.
     pub(crate) from_handler: Option<fn(&mut Config, &HandlerSettings)>,
     /// Checks the final value.
-    pub(crate) check: Option<fn(&Config) -> Result<(), String>>,
+    pub(crate) check: Option<Check>,
 }
 
 impl std::fmt::Debug for Setting {

@@ -1,6 +1,7 @@
 //! Rebuilding a partition's store from its changelog topic when the local copy is missing or
 //! behind (the partition was processed on another machine).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
@@ -45,18 +46,19 @@ pub(crate) fn restore_if_behind(
     local_next: Option<i64>,
     cancelled: &(dyn Fn() -> bool + Sync),
 ) -> Result<Restore, String> {
-    let consumer: BaseConsumer<RestoreContext> = client
-        .clone()
-        .set("group.id", "weir-restore")
-        .set("enable.auto.commit", "false")
-        // The end is where a fetch response's high watermark says (some brokers answer
-        // ListOffsets with less than the end), signalled as a partition EOF.
-        .set("enable.partition.eof", "true")
-        .create_with_context(RestoreContext)
-        .map_err(|e| e.to_string())?;
-    let (low, high) = consumer
-        .fetch_watermarks(changelog, partition, Duration::from_secs(10))
-        .map_err(|e| format!("reading {changelog}/{partition}'s offsets: {e}"))?;
+    let consumer = RestoreConsumer(Some(Arc::new(
+        client
+            .clone()
+            .set("group.id", "weir-restore")
+            .set("enable.auto.commit", "false")
+            // The end is where a fetch response's high watermark says (some brokers answer
+            // ListOffsets with less than the end), signalled as a partition EOF.
+            .set("enable.partition.eof", "true")
+            .create_with_context(RestoreContext)
+            .map_err(|e| e.to_string())?,
+    )));
+    let consumer = consumer.get();
+    let (low, high) = watermarks(consumer, changelog, partition, cancelled)?;
     // Read the newest record from just before the end as ListOffsets tells it; some brokers
     // (tansu) answer with less than the end, even with `low`, so reading goes on to the EOF.
     let start = if high > low {
@@ -64,7 +66,7 @@ pub(crate) fn restore_if_behind(
     } else {
         Offset::Beginning
     };
-    let newest = newest_source_offset(&consumer, changelog, partition, start, cancelled)?;
+    let newest = newest_source_offset(consumer, changelog, partition, start, cancelled)?;
     tracing::debug!(%changelog, partition, low, high, ?newest, ?local_next, "changelog checked");
     let Some(latest) = newest else {
         return Ok(Restore::Local(local_next)); // an empty changelog
@@ -78,7 +80,7 @@ pub(crate) fn restore_if_behind(
         approx_records = high - low, "restoring the partition's store from its changelog"
     );
     store.reset(topic, partition).map_err(|e| e.to_string())?;
-    assign(&consumer, changelog, partition, Offset::Beginning)?;
+    assign(consumer, changelog, partition, Offset::Beginning)?;
     let mut entries = Vec::with_capacity(APPLY_CHUNK);
     // Entries after the newest offset marker belong to a batch whose marker was not sent
     // (the sender died mid-outbox): its records are processed again, so they are dropped.
@@ -155,6 +157,34 @@ pub(crate) fn restore_if_behind(
     Ok(Restore::Restored { next_offset })
 }
 
+/// The changelog partition's watermarks, asked on a helper thread so that a stop does not
+/// wait for a slow broker's answer.
+fn watermarks(
+    consumer: &Arc<BaseConsumer<RestoreContext>>,
+    changelog: &str,
+    partition: i32,
+    cancelled: &(dyn Fn() -> bool + Sync),
+) -> Result<(i64, i64), String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (asker, name) = (Arc::clone(consumer), changelog.to_owned());
+    std::thread::Builder::new()
+        .name("weir-restore-offsets".into())
+        .spawn(move || {
+            let _ = tx.send(asker.fetch_watermarks(&name, partition, Duration::from_secs(60)));
+        })
+        .map_err(|e| e.to_string())?;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(answer) => {
+                return answer
+                    .map_err(|e| format!("reading {changelog}/{partition}'s offsets: {e}"))
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) if !cancelled() => {}
+            Err(_) => return Err("stopped while reading the changelog's offsets".into()),
+        }
+    }
+}
+
 /// The earliest offset of `topic`/`partition` (where a consumer from the beginning starts).
 pub(crate) fn low_watermark(
     client: &ClientConfig,
@@ -166,6 +196,26 @@ pub(crate) fn low_watermark(
         .fetch_watermarks(topic, partition, Duration::from_secs(10))
         .map(|(low, _)| low)
         .map_err(|e| format!("reading {topic}/{partition}'s offsets: {e}"))
+}
+
+/// The restore consumer, closed on a thread of its own when dropped: closing may wait for
+/// requests in flight, and a stopped restore must not wait for a slow broker.
+struct RestoreConsumer(Option<Arc<BaseConsumer<RestoreContext>>>);
+
+impl RestoreConsumer {
+    fn get(&self) -> &Arc<BaseConsumer<RestoreContext>> {
+        self.0.as_ref().expect("taken only on drop")
+    }
+}
+
+impl Drop for RestoreConsumer {
+    fn drop(&mut self) {
+        if let Some(consumer) = self.0.take() {
+            let _ = std::thread::Builder::new()
+                .name("weir-restore-close".into())
+                .spawn(move || drop(consumer));
+        }
+    }
 }
 
 /// The restore consumer's context: the end of the changelog is expected, not an error.

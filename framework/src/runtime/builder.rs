@@ -116,7 +116,7 @@ impl WorkerBuilder {
     }
 
     /// How long a graceful stop may take (`WEIR_DRAIN_TIMEOUT_MS`, default 30 s); past it,
-    /// `run` returns [`Error::DrainTimeout`] naming the partitions not released.
+    /// `run` returns [`Error::DrainTimeout`](crate::Error::DrainTimeout) naming the partitions not released.
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
         self.config.drain_timeout = timeout;
         self.config.given("drain_timeout");

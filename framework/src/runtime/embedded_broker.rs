@@ -4,7 +4,7 @@
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
-use rdkafka::mocking::MockCluster;
+use rdkafka::mocking::{MockCluster, MockCoordinator};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
 use crate::{Error, Result};
@@ -28,6 +28,22 @@ enum Command {
     RequestErrors {
         api: RDKafkaApiKey,
         errors: Vec<RDKafkaRespErr>,
+        reply: Reply,
+    },
+    PartitionLeader {
+        topic: String,
+        partition: i32,
+        broker: i32,
+        reply: Reply,
+    },
+    RoundTripTime {
+        broker: i32,
+        delay: std::time::Duration,
+        reply: Reply,
+    },
+    GroupCoordinator {
+        group: String,
+        broker: i32,
         reply: Reply,
     },
 }
@@ -75,6 +91,28 @@ impl EmbeddedBroker {
                             cluster.request_errors(api, &errors);
                             (Ok(()), reply)
                         }
+                        Command::PartitionLeader {
+                            topic,
+                            partition,
+                            broker,
+                            reply,
+                        } => (
+                            cluster.partition_leader(&topic, partition, Some(broker)),
+                            reply,
+                        ),
+                        Command::RoundTripTime {
+                            broker,
+                            delay,
+                            reply,
+                        } => (cluster.broker_round_trip_time(broker, delay), reply),
+                        Command::GroupCoordinator {
+                            group,
+                            broker,
+                            reply,
+                        } => (
+                            cluster.coordinator(MockCoordinator::Group(group), broker),
+                            reply,
+                        ),
                     };
                     let _ = reply.send(result.map_err(|e| e.to_string()));
                 }
@@ -132,6 +170,39 @@ impl EmbeddedBroker {
         let errors = errors.to_vec();
         self.call(|reply| Command::RequestErrors { api, errors, reply })
             .map_err(|e| Error::Embedded(format!("request errors: {e}")))
+    }
+
+    /// Makes broker `broker` (1-based) the leader of `topic`/`partition`.
+    pub fn set_partition_leader(&self, topic: &str, partition: i32, broker: i32) -> Result<()> {
+        let topic = topic.to_owned();
+        self.call(|reply| Command::PartitionLeader {
+            topic,
+            partition,
+            broker,
+            reply,
+        })
+        .map_err(|e| Error::Embedded(format!("partition leader: {e}")))
+    }
+
+    /// Delays every answer of broker `broker` by `delay` (a slow network or a loaded broker).
+    pub fn set_round_trip_time(&self, broker: i32, delay: std::time::Duration) -> Result<()> {
+        self.call(|reply| Command::RoundTripTime {
+            broker,
+            delay,
+            reply,
+        })
+        .map_err(|e| Error::Embedded(format!("round-trip time: {e}")))
+    }
+
+    /// Makes broker `broker` (1-based) the coordinator of consumer group `group`.
+    pub fn set_group_coordinator(&self, group: &str, broker: i32) -> Result<()> {
+        let group = group.to_owned();
+        self.call(|reply| Command::GroupCoordinator {
+            group,
+            broker,
+            reply,
+        })
+        .map_err(|e| Error::Embedded(format!("group coordinator: {e}")))
     }
 
     fn call(&self, cmd: impl FnOnce(Reply) -> Command) -> Result<(), String> {

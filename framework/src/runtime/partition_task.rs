@@ -41,6 +41,9 @@ impl TaskStore {
     }
 }
 
+/// How long a stop waits for outbox sends in flight (a slow broker must not hold up a revoke).
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
 /// A task tells the consumer thread where its partition starts once its store is ready.
 #[derive(Debug)]
 pub(crate) struct Ready {
@@ -300,13 +303,22 @@ impl<H: Process> PartitionTask<H> {
     }
 
     /// Produces the partition's outbox (emitted records, changelog entries), retrying with the
-    /// retry policy's backoff until it is acknowledged. False if a stop came first (the rows
-    /// stay in the store and are sent by its next run).
+    /// retry policy's backoff until it is acknowledged. False if a stop came first, or a send
+    /// is still unacknowledged [`STOP_GRACE`] after a stop (the rows stay in the store and are
+    /// sent again by the partition's next run: at least once).
     async fn flush_outbox(&self) -> bool {
         let stop = self.flow.stop_signal();
         let mut attempt = 0;
         loop {
-            match self.ctx.outbox.flush(&self.runner.store().store).await {
+            let give_up = async {
+                stop.requested().await;
+                tokio::time::sleep(STOP_GRACE).await;
+            };
+            let flushed = tokio::select! {
+                r = self.ctx.outbox.flush(&self.runner.store().store) => r,
+                () = give_up => return false,
+            };
+            match flushed {
                 Ok(_) => return true,
                 Err(e) => {
                     attempt += 1;
