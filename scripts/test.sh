@@ -8,6 +8,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
+# The TLS tests put stunnel in front of tansu and make their certificates with openssl.
+if ! command -v stunnel4 >/dev/null || ! command -v openssl >/dev/null; then
+  as_root=""; [ "$(id -u)" -eq 0 ] || as_root=sudo
+  $as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $as_root apt-get install -y -qq stunnel4 openssl >/dev/null
+fi
+# The interoperability tests produce with the Python confluent-kafka client.
+scripts/python-env.sh >/dev/null
 
 started_here=false
 if ! scripts/broker.sh status >/dev/null 2>&1; then

@@ -17,6 +17,8 @@ use weir::EmbeddedBroker;
 use weir_state::PartitionStore;
 
 pub mod outage;
+pub mod sasl;
+pub mod tls;
 
 /// Environment variable with the real broker's address, set by `scripts/test.sh`.
 pub const TANSU_ENV: &str = "WEIR_TEST_TANSU";
@@ -32,6 +34,60 @@ pub fn worker_command(bin: &str) -> std::process::Command {
         }
     }
     cmd
+}
+
+/// The Python interpreter with confluent-kafka (`scripts/python-env.sh`, which
+/// `scripts/test.sh` runs before the tests; run here too, so a single test works alone).
+pub fn python() -> &'static Path {
+    static PYTHON: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+        let out = std::process::Command::new("bash")
+            .arg(format!("{root}/scripts/python-env.sh"))
+            .output()
+            .expect("run scripts/python-env.sh");
+        assert!(
+            out.status.success(),
+            "scripts/python-env.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    })
+}
+
+/// Produces `count` records (key `k{i % 50}`, value `v{i}`, i from `start`) to `topic` with
+/// the Python confluent-kafka client, compressed with `codec`, plus librdkafka properties
+/// `settings`; panics unless all are acknowledged.
+pub fn python_produce(
+    bootstrap: &str,
+    topic: &str,
+    start: usize,
+    count: usize,
+    codec: &str,
+    settings: &[(&str, &str)],
+) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/py/produce.py");
+    let mut cmd = std::process::Command::new(python());
+    cmd.args([script, bootstrap, topic, &count.to_string()])
+        .args(["--codec", codec, "--start", &start.to_string()]);
+    for (k, v) in settings {
+        cmd.args(["--set", &format!("{k}={v}")]);
+    }
+    let out = cmd.output().expect("run produce.py");
+    assert!(
+        out.status.success(),
+        "produce.py ({codec}) failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let acked: usize = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    assert_eq!(
+        acked, count,
+        "produce.py ({codec}) acknowledged {acked} of {count}"
+    );
 }
 
 /// Session timeout for tests: short, so a killed member leaves the group quickly.
@@ -52,6 +108,8 @@ pub struct TestBroker {
     kind: BrokerKind,
     bootstrap: String,
     embedded: Option<EmbeddedBroker>,
+    /// Connection properties every client of the test sets (TLS, SASL).
+    connection: Vec<(String, String)>,
 }
 
 impl TestBroker {
@@ -62,6 +120,7 @@ impl TestBroker {
             kind: BrokerKind::Tansu,
             bootstrap,
             embedded: None,
+            connection: Vec::new(),
         }
     }
 
@@ -74,6 +133,7 @@ impl TestBroker {
             kind: BrokerKind::Mock,
             bootstrap: broker.bootstrap_servers().to_owned(),
             embedded: Some(broker),
+            connection: Vec::new(),
         }
     }
 
@@ -93,9 +153,30 @@ impl TestBroker {
                     kind,
                     bootstrap,
                     embedded: None,
+                    connection: Vec::new(),
                 }
             }
         }
+    }
+
+    /// The same broker, reached with these connection properties (TLS, SASL) by every
+    /// client the harness makes and every worker it builds.
+    pub fn with_connection(mut self, properties: &[(&str, &str)]) -> Self {
+        self.connection = properties
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self
+    }
+
+    /// A client configuration for this broker.
+    pub fn client(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.bootstrap);
+        for (k, v) in &self.connection {
+            c.set(k, v);
+        }
+        c
     }
 
     /// Which broker this is.
@@ -128,10 +209,8 @@ impl TestBroker {
                 .expect("create topic");
             return;
         }
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
-            .create()
-            .expect("admin client");
+        let admin: AdminClient<DefaultClientContext> =
+            self.client().create().expect("admin client");
         // tansu answers DescribeConfigs with {}: give topics explicit retention settings.
         let topic_def = NewTopic::new(topic, partitions, TopicReplication::Fixed(1))
             .set("retention.ms", "-1")
@@ -148,22 +227,23 @@ impl TestBroker {
 
     /// A worker builder for this broker, with test-friendly group timings.
     pub fn worker(&self, group: &str, topic: &str, state_dir: &Path) -> weir::WorkerBuilder {
-        Worker::builder()
+        let mut builder = Worker::builder()
             .brokers(&self.bootstrap)
             .group(group)
             .topic(topic)
             .state_dir(state_dir)
             .kafka("session.timeout.ms", SESSION_TIMEOUT_MS)
-            .kafka("heartbeat.interval.ms", "500")
+            .kafka("heartbeat.interval.ms", "500");
+        for (k, v) in &self.connection {
+            builder = builder.kafka(k, v);
+        }
+        builder
     }
 
     /// Waits until `group` has no members (a dropped worker's consumer has left).
     pub async fn wait_group_empty(&self, group: &str, timeout: Duration) {
         use rdkafka::consumer::{BaseConsumer, Consumer};
-        let client: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
-            .create()
-            .expect("client");
+        let client: BaseConsumer = self.client().create().expect("client");
         let client = Arc::new(client);
         wait_until(&format!("group {group} to be empty"), timeout, || {
             let client = Arc::clone(&client);
@@ -195,8 +275,8 @@ impl TestBroker {
     pub fn kafka_committed(&self, group: &str, topic: &str, partitions: i32) -> BTreeMap<i32, i64> {
         use rdkafka::consumer::{BaseConsumer, Consumer};
         use rdkafka::{Offset, TopicPartitionList};
-        let client: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
+        let client: BaseConsumer = self
+            .client()
             .set("group.id", group)
             .create()
             .expect("client");
@@ -225,8 +305,8 @@ impl TestBroker {
         timeout: Duration,
     ) -> Vec<rdkafka::message::OwnedMessage> {
         use rdkafka::consumer::{Consumer, StreamConsumer};
-        let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
+        let consumer: StreamConsumer = self
+            .client()
             .set("group.id", unique("reader"))
             .set("auto.offset.reset", "earliest")
             .set("enable.auto.commit", "false")
@@ -257,8 +337,8 @@ impl TestBroker {
         partition: Option<i32>,
         records: impl IntoIterator<Item = (String, String)>,
     ) {
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
+        let producer: FutureProducer = self
+            .client()
             .set("linger.ms", "5")
             .set("batch.num.messages", "10000")
             .set("queue.buffering.max.messages", "1000000")

@@ -55,6 +55,9 @@ pub(crate) struct Config {
     pub(crate) startup_timeout: Duration,
     /// Take a partition with no stored state whose earliest records were deleted.
     pub(crate) allow_partial_history: bool,
+    /// How long records may wait on a partition, none arriving, before it is reported
+    /// unreadable.
+    pub(crate) unreadable_after: Duration,
     /// librdkafka properties with where each came from (for error messages).
     pub(crate) kafka: Vec<KafkaProperty>,
     /// Settings given by the builder or the environment, which a handler's own don't override.
@@ -91,6 +94,7 @@ impl Default for Config {
             drain_timeout: Duration::from_secs(30),
             startup_timeout: Duration::from_secs(30),
             allow_partial_history: false,
+            unreadable_after: Duration::from_secs(60),
             kafka: Vec::new(),
             explicit: BTreeSet::new(),
         }

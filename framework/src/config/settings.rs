@@ -253,6 +253,20 @@ pub(crate) const SETTINGS: &[Setting] = &[
         check: None,
     },
     Setting {
+        name: "unreadable_after",
+        env: "WEIR_UNREADABLE_AFTER_MS",
+        default: "60 s",
+        apply: |c, v| {
+            c.unreadable_after = millis(v)?;
+            Ok(())
+        },
+        from_handler: None,
+        check: Some(|c| match c.unreadable_after.is_zero() {
+            true => Err("must be above 0".into()),
+            false => Ok(()),
+        }),
+    },
+    Setting {
         name: "max_attempts",
         env: "WEIR_RETRY_MAX_ATTEMPTS",
         default: "5 attempts (0: retry forever)",

@@ -97,7 +97,7 @@ type Column = (
     fn(&PartitionRow) -> Option<String>,
 );
 
-const PARTITION_COLUMNS: [Column; 7] = [
+const PARTITION_COLUMNS: [Column; 8] = [
     (
         CONSUMER_LAG,
         "High watermark minus the next offset to process (from SQLite).",
@@ -125,6 +125,11 @@ const PARTITION_COLUMNS: [Column; 7] = [
         PARTITION_RESTORING,
         "1 while the partition's store is being rebuilt from its changelog.",
         |r| Some(u8::from(r.restoring).to_string()),
+    ),
+    (
+        PARTITION_UNREADABLE,
+        "1 while records wait on the partition that cannot be read (the log says why).",
+        |r| Some(u8::from(r.unreadable.is_some()).to_string()),
     ),
     (
         PARTITION_PROCESSED,

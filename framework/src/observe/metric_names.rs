@@ -40,5 +40,9 @@ pub(crate) const QUEUE_DEPTH: &str = "weir_queue_depth";
 pub(crate) const QUEUE_CAPACITY: &str = "weir_queue_capacity";
 /// 1 while a partition's store is being rebuilt from its changelog.
 pub(crate) const PARTITION_RESTORING: &str = "weir_partition_restoring";
+/// 1 while records wait on a partition that cannot be read (a decode or fetch error repeats).
+pub(crate) const PARTITION_UNREADABLE: &str = "weir_partition_unreadable";
+/// Errors the consumer reported (fetch and decompression failures, unreachable brokers).
+pub(crate) const CONSUMER_ERRORS_TOTAL: &str = "weir_consumer_errors_total";
 /// Records committed since the partition was assigned to this worker.
 pub(crate) const PARTITION_PROCESSED: &str = "weir_partition_processed";

@@ -24,6 +24,8 @@ pub(crate) struct PartitionRow {
     pub(crate) paused: bool,
     /// True while the partition's store is being rebuilt from its changelog.
     pub(crate) restoring: bool,
+    /// Why the partition cannot be read, while records wait that never arrive.
+    pub(crate) unreadable: Option<String>,
     /// Records committed since the partition was assigned to this worker.
     pub(crate) processed: u64,
 }

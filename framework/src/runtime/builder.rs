@@ -123,6 +123,17 @@ impl WorkerBuilder {
         self
     }
 
+    /// How long records may wait on a partition, none arriving from the broker although it is
+    /// neither paused nor restoring, before the partition is reported unreadable
+    /// (`WEIR_UNREADABLE_AFTER_MS`, default 60 s): an ERROR log naming it and the consumer's
+    /// error (e.g. a compression codec this build lacks), `weir_partition_unreadable`, and
+    /// `/health/ready` failing. It clears once records arrive.
+    pub fn unreadable_after(mut self, after: Duration) -> Self {
+        self.config.unreadable_after = after;
+        self.config.given("unreadable_after");
+        self
+    }
+
     /// How failing records are retried (`WEIR_RETRY_MAX_ATTEMPTS`, `WEIR_RETRY_BACKOFF_MS`,
     /// `WEIR_RETRY_MAX_BACKOFF_MS`; default 5 attempts, 100 ms doubling to 10 s).
     pub fn retry(mut self, policy: RetryPolicy) -> Self {

@@ -1,9 +1,11 @@
 //! The worker's Kafka clients: their settings, and the check that a broker answers.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::BaseConsumer;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext};
+use rdkafka::ClientContext;
 
 use crate::config::{Config, KafkaProperty};
 use crate::{Error, Result};
@@ -81,21 +83,131 @@ pub(crate) fn producer_config(config: &Config, brokers: &str) -> ClientConfig {
     client
 }
 
-/// Fails with an error naming `WEIR_BROKERS` unless a broker answers within `timeout`.
+/// Fails unless a broker answers within `timeout`, with an error naming what to check: the
+/// TLS settings after a TLS failure, the SASL settings after an authentication failure, else
+/// `WEIR_BROKERS`.
 pub(crate) async fn check_brokers(
     client: &ClientConfig,
     brokers: &str,
     timeout: Duration,
 ) -> Result<()> {
     use rdkafka::consumer::Consumer;
-    let probe: BaseConsumer = client.create()?;
-    let answered = tokio::task::spawn_blocking(move || probe.fetch_metadata(None, timeout))
-        .await
-        .map_err(|e| Error::Embedded(format!("broker check failed: {e}")))?;
-    answered.map(drop).map_err(|e| {
-        Error::config(
-            "brokers (WEIR_BROKERS)",
-            format!("no broker answered at {brokers} within {timeout:?}: {e}"),
-        )
+    let probe: BaseConsumer<ProbeContext> = client
+        .clone()
+        .set_log_level(rdkafka::config::RDKafkaLogLevel::Warning)
+        .create_with_context(ProbeContext::default())?;
+    let (answered, probe) = tokio::task::spawn_blocking(move || {
+        let answered = probe.fetch_metadata(None, timeout).map(drop);
+        if answered.is_err() {
+            // The client's errors (with librdkafka's reasons) wait as events: serve them.
+            for _ in 0..20 {
+                if probe.poll(Duration::from_millis(10)).is_none() {
+                    break;
+                }
+            }
+        }
+        (answered, probe)
     })
+    .await
+    .map_err(|e| Error::Panic {
+        context: "checking the brokers".into(),
+        message: e.to_string(),
+    })?;
+    let Err(e) = answered else {
+        return Ok(());
+    };
+    let seen = probe.context().errors();
+    let (setting, what) = classify(&seen);
+    let seen = if seen.is_empty() {
+        e.to_string()
+    } else {
+        seen.join("; ")
+    };
+    Err(Error::config(
+        setting,
+        format!("{what} at {brokers} within {timeout:?}: {seen}"),
+    ))
+}
+
+/// The settings to blame for the client errors `seen`, and what failed.
+fn classify(seen: &[String]) -> (&'static str, &'static str) {
+    let any = |needles: &[&str]| {
+        seen.iter()
+            .any(|e| needles.iter().any(|n| e.to_ascii_lowercase().contains(n)))
+    };
+    if any(&["sasl", "authenticat"]) {
+        (
+            "SASL settings (WEIR_KAFKA_SECURITY_PROTOCOL, WEIR_KAFKA_SASL_MECHANISMS, \
+             WEIR_KAFKA_SASL_USERNAME, WEIR_KAFKA_SASL_PASSWORD)",
+            "no broker accepted the credentials",
+        )
+    } else if any(&["ssl", "tls", "certificate", "handshake"]) {
+        (
+            "TLS settings (WEIR_KAFKA_SECURITY_PROTOCOL, WEIR_KAFKA_SSL_CA_LOCATION, \
+             WEIR_KAFKA_SSL_CERTIFICATE_LOCATION, WEIR_KAFKA_SSL_KEY_LOCATION)",
+            "no TLS connection to a broker could be made",
+        )
+    } else {
+        ("brokers (WEIR_BROKERS)", "no broker answered")
+    }
+}
+
+/// The broker check's client context: it keeps the client errors (TLS, SASL, connection
+/// failures) to say why no broker answered.
+#[derive(Default)]
+struct ProbeContext {
+    errors: Mutex<Vec<String>>,
+}
+
+impl ProbeContext {
+    fn errors(&self) -> Vec<String> {
+        self.errors
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl ProbeContext {
+    fn keep(&self, text: String) {
+        let mut errors = self
+            .errors
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if errors.len() < 5 && !errors.contains(&text) {
+            errors.push(text);
+        }
+    }
+}
+
+impl ClientContext for ProbeContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.keep(format!("{error}: {reason}"));
+    }
+
+    /// librdkafka says why a connection failed (a TLS handshake, SASL authentication) in its
+    /// log, not in the error it returns.
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        use rdkafka::config::RDKafkaLogLevel::*;
+        if matches!(level, Emerg | Alert | Critical | Error | Warning) {
+            self.keep(format!("{fac}: {message}"));
+        }
+    }
+}
+
+impl ConsumerContext for ProbeContext {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_name_the_settings_to_check() {
+        let tls = ["SSL handshake failed: certificate verify failed".to_owned()];
+        assert!(classify(&tls).0.contains("WEIR_KAFKA_SSL_CA_LOCATION"));
+        let sasl = ["SASL authentication error: Authentication failed".to_owned()];
+        assert!(classify(&sasl).0.contains("WEIR_KAFKA_SASL_PASSWORD"));
+        let down = ["Connect to ipv4#127.0.0.1:1 failed: Connection refused".to_owned()];
+        assert!(classify(&down).0.contains("WEIR_BROKERS"));
+    }
 }

@@ -11,7 +11,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::inbound::Inbound;
-use crate::observe::metric_names::PAUSES_TOTAL;
+use crate::observe::metric_names::{CONSUMER_ERRORS_TOTAL, PAUSES_TOTAL};
 use crate::processing::Process;
 use crate::runtime::partition_task::Ready;
 use crate::runtime::rebalance::WeirContext;
@@ -26,6 +26,10 @@ const POLL_IDLE: Duration = Duration::from_millis(100);
 const POLL_PAUSED: Duration = Duration::from_millis(5);
 /// Most records taken from librdkafka in one go before they are handed to partition queues.
 const MAX_BURST: usize = 512;
+/// How often partitions are checked for records that wait but never arrive.
+const UNREADABLE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// The same consumer error is logged at most this often.
+const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a seek may take (a local operation of librdkafka's).
 const SEEK_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -37,11 +41,13 @@ pub(crate) fn run<H: Process>(
     let topics: Vec<&str> = shared.config.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     let mut last_commit = Instant::now();
+    let mut last_check = Instant::now();
+    let mut errors = ConsumerErrors::default();
     let mut any_paused = false;
     let mut scratch = Vec::new();
     while !shared.lifecycle.stopping() {
         let timeout = if any_paused { POLL_PAUSED } else { POLL_IDLE };
-        let burst = poll_burst(&consumer, timeout);
+        let burst = poll_burst(&consumer, timeout, &mut errors);
         if !burst.is_empty() {
             dispatch(&shared, &burst, &mut scratch, |h, p| pause(&consumer, h, p));
         }
@@ -53,6 +59,10 @@ pub(crate) fn run<H: Process>(
         if last_commit.elapsed() >= KAFKA_COMMIT_INTERVAL {
             commit_owned(&consumer, &shared);
             last_commit = Instant::now();
+        }
+        if last_check.elapsed() >= UNREADABLE_CHECK_INTERVAL {
+            mark_unreadable(&shared, &errors);
+            last_check = Instant::now();
         }
     }
     if !shared.lifecycle.is_abandoned() {
@@ -97,21 +107,81 @@ fn start_restored<H: Process>(
 
 /// Waits up to `timeout` for a record, then takes whatever else librdkafka already holds, up
 /// to [`MAX_BURST`] records.
-fn poll_burst<C: rdkafka::consumer::ConsumerContext>(
-    consumer: &BaseConsumer<C>,
+fn poll_burst<'c, C: rdkafka::consumer::ConsumerContext>(
+    consumer: &'c BaseConsumer<C>,
     timeout: Duration,
-) -> Vec<BorrowedMessage<'_>> {
+    errors: &mut ConsumerErrors,
+) -> Vec<BorrowedMessage<'c>> {
     let mut burst = Vec::new();
     let mut wait = timeout;
     while burst.len() < MAX_BURST {
         match consumer.poll(wait) {
             Some(Ok(msg)) => burst.push(msg),
-            Some(Err(e)) => tracing::warn!("consumer error: {e}"),
+            Some(Err(e)) => errors.record(e.to_string()),
             None => break,
         }
         wait = Duration::ZERO;
     }
     burst
+}
+
+/// The errors the consumer reported (librdkafka does not say of which partition).
+#[derive(Debug, Default)]
+struct ConsumerErrors {
+    /// The newest error and when it came.
+    last: Option<(Instant, String)>,
+    /// When each distinct error was last logged.
+    logged: std::collections::HashMap<String, Instant>,
+}
+
+impl ConsumerErrors {
+    fn record(&mut self, error: String) {
+        metrics::counter!(CONSUMER_ERRORS_TOTAL).increment(1);
+        let now = Instant::now();
+        let due = self
+            .logged
+            .get(&error)
+            .is_none_or(|t| now.duration_since(*t) >= ERROR_LOG_INTERVAL);
+        if due {
+            tracing::warn!("consumer error (logged at most every {ERROR_LOG_INTERVAL:?}): {error}");
+            self.logged.insert(error.clone(), now);
+        }
+        self.last = Some((now, error));
+    }
+
+    /// The newest error, if it came within `within`.
+    fn recent(&self, within: Duration) -> Option<&str> {
+        self.last
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() <= within)
+            .map(|(_, e)| e.as_str())
+    }
+}
+
+/// Marks partitions unreadable whose records wait beyond where fetching stands while none
+/// arrived for `unreadable_after` (neither paused nor restoring): an ERROR naming the
+/// partition and the consumer's newest error, a metric, and a readiness failure.
+fn mark_unreadable<H: Process>(shared: &Shared<H>, errors: &ConsumerErrors) {
+    let after = shared.config.unreadable_after;
+    let now = crate::clock::now_ms();
+    for (topic, partitions) in shared.owned().iter() {
+        for (&partition, h) in partitions {
+            let Some((waiting, idle_ms)) = h.flow.stalled(now, after.as_millis() as i64) else {
+                continue;
+            };
+            let cause = errors.recent(after).map_or_else(
+                || "the consumer reports no error".to_owned(),
+                |e| format!("the consumer reports: {e}"),
+            );
+            let reason = format!(
+                "{waiting} records wait but none arrived for {} s; {cause}",
+                idle_ms / 1000
+            );
+            if h.flow.set_unreadable(reason.clone()) {
+                tracing::error!(%topic, partition, "partition cannot be read: {reason}");
+            }
+        }
+    }
 }
 
 /// Hands the burst's records to their partitions' queues, one chunk per run of records of the
@@ -148,6 +218,11 @@ fn deliver(
     mut run: Vec<Inbound>,
     pause: impl Fn(&PartitionHandle, i32),
 ) {
+    if let Some(last) = run.last() {
+        if let Some(was) = h.flow.delivered(last.offset()) {
+            tracing::info!(topic = %h.topic, partition, "partition readable again (it was not: {was})");
+        }
+    }
     if !h.overflow.is_empty() || h.flow.is_restoring() {
         h.overflow.extend(run);
         return;

@@ -3,8 +3,9 @@
 //! partition's task (which drains the queue and commits batches) and the metrics endpoint.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use crate::clock::now_ms;
 use crate::observe::PartitionRow;
 use crate::processing::batch::StopSignal;
 
@@ -33,6 +34,13 @@ pub(crate) struct PartitionFlow {
     oldest_pending_ms: AtomicI64,
     /// Records committed since the partition was assigned here.
     processed: AtomicU64,
+    /// The offset after the last record handed over by the consumer (where fetching stands);
+    /// -1 while none was.
+    fetched_to: AtomicI64,
+    /// When a record of the partition was last handed over (or it was assigned), in ms.
+    last_delivery_ms: AtomicI64,
+    /// Why the partition cannot be read, while records wait that never arrive.
+    unreadable: Mutex<Option<String>>,
 }
 
 impl PartitionFlow {
@@ -51,6 +59,9 @@ impl PartitionFlow {
             low_watermark: AtomicI64::new(-1),
             oldest_pending_ms: AtomicI64::new(0),
             processed: AtomicU64::new(0),
+            fetched_to: AtomicI64::new(next_offset.unwrap_or(-1)),
+            last_delivery_ms: AtomicI64::new(now_ms()),
+            unreadable: Mutex::new(None),
         }
     }
 
@@ -76,6 +87,44 @@ impl PartitionFlow {
     /// `n` records were handed to the task.
     pub(crate) fn queued_more(&self, n: usize) {
         self.queued.fetch_add(n, Ordering::SeqCst);
+    }
+
+    /// Records up to `last_offset` were taken from the consumer (queued or held back). Returns
+    /// the reason the partition had been unreadable, if it was: it is readable again.
+    pub(crate) fn delivered(&self, last_offset: i64) -> Option<String> {
+        self.fetched_to
+            .fetch_max(last_offset + 1, Ordering::Relaxed);
+        self.last_delivery_ms.store(now_ms(), Ordering::Relaxed);
+        self.unreadable().take()
+    }
+
+    /// If records wait beyond where fetching stands and none arrived for `after_ms` although
+    /// the partition is neither paused nor restoring, how many wait and since when (ms).
+    pub(crate) fn stalled(&self, now_ms: i64, after_ms: i64) -> Option<(i64, i64)> {
+        if self.is_paused() || self.is_restoring() {
+            return None;
+        }
+        let idle = now_ms - self.last_delivery_ms.load(Ordering::Relaxed);
+        let high = self.high_watermark.load(Ordering::Relaxed);
+        let from = match self.fetched_to.load(Ordering::Relaxed) {
+            n if n >= 0 => n,
+            _ => self.low_watermark.load(Ordering::Relaxed).max(0),
+        };
+        (idle >= after_ms && high > from).then_some((high - from, idle))
+    }
+
+    /// Marks the partition unreadable for `reason`; false if it was already.
+    pub(crate) fn set_unreadable(&self, reason: String) -> bool {
+        let mut current = self.unreadable();
+        let first = current.is_none();
+        *current = Some(reason);
+        first
+    }
+
+    fn unreadable(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.unreadable
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The queue drained to its low-water mark (half its capacity): time to resume.
@@ -184,6 +233,7 @@ impl PartitionFlow {
             capacity: self.capacity,
             paused: self.is_paused(),
             restoring: self.is_restoring(),
+            unreadable: self.unreadable().clone(),
             processed: self.processed.load(Ordering::Relaxed),
         }
     }

@@ -11,6 +11,7 @@ mod lifecycle;
 mod partition_task;
 mod rebalance;
 mod shared;
+mod signals;
 mod worker;
 
 pub use builder::WorkerBuilder;

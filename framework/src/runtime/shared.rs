@@ -121,7 +121,13 @@ impl WorkerView for View {
         } else if !self.lifecycle.has_joined() {
             Some("not in the group yet".into())
         } else {
-            None
+            let unreadable: Vec<String> = self
+                .partitions()
+                .into_iter()
+                .filter_map(|r| Some(format!("{}/{}: {}", r.topic, r.partition, r.unreadable?)))
+                .collect();
+            (!unreadable.is_empty())
+                .then(|| format!("partitions cannot be read: {}", unreadable.join("; ")))
         }
     }
 

@@ -19,7 +19,7 @@ use crate::runtime::lifecycle::Lifecycle;
 use crate::runtime::partition_task::TaskContext;
 use crate::runtime::rebalance::WeirContext;
 use crate::runtime::shared::Shared;
-use crate::runtime::{consumer, EmbeddedBroker, WorkerBuilder};
+use crate::runtime::{consumer, signals, EmbeddedBroker, WorkerBuilder};
 use crate::{Error, Result};
 
 /// A worker process's runtime: one consumer in the group, one task per owned partition.
@@ -58,8 +58,12 @@ impl Worker<()> {
         WorkerBuilder::default()
     }
 
-    /// A builder with the defaults overridden by the `WEIR_*` environment variables.
+    /// A builder with the defaults overridden by the `WEIR_*` environment variables. Called
+    /// inside a tokio runtime (a worker's `main`), it also starts listening for SIGINT and
+    /// SIGTERM, so that a signal during startup stops the worker gracefully (see
+    /// [`run_until_signal`](Worker::run_until_signal)).
     pub fn from_env() -> Result<WorkerBuilder> {
+        signals::listen();
         WorkerBuilder::default().with_env()
     }
 }
@@ -166,9 +170,12 @@ impl<H: Process> Worker<H> {
         self.embedded.clone()
     }
 
-    /// Runs until SIGINT or SIGTERM, then stops gracefully.
+    /// Runs until SIGINT or SIGTERM, then stops gracefully. Signals are caught from
+    /// [`Worker::from_env`] (or this call) on, so one that arrives while the worker builds,
+    /// checks the broker or joins the group is not lost: `run` then stops at once, exit 0.
     pub async fn run_until_signal(self) -> Result<()> {
-        self.run(shutdown_signal()).await
+        signals::listen();
+        self.run(std::future::pending()).await
     }
 
     /// Runs until `shutdown` completes, then stops gracefully: in-flight batches finish and
@@ -176,7 +183,21 @@ impl<H: Process> Worker<H> {
     ///
     /// Dropping this future instead abandons the work like a crash would: tasks are aborted,
     /// uncommitted batches are lost from memory and processed again by the next owner.
+    ///
+    /// Once weir listens for signals in the process ([`Worker::from_env`],
+    /// [`run_until_signal`](Self::run_until_signal)), SIGINT and SIGTERM stop it too.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        let listening = signals::listening();
+        let shutdown = async move {
+            if listening {
+                tokio::select! {
+                    () = shutdown => {}
+                    () = signals::received() => {}
+                }
+            } else {
+                shutdown.await
+            }
+        };
         tokio::pin!(shutdown);
         if self.embedded.is_none() {
             // A stop requested while the broker is checked ends the worker at once: it has
@@ -320,30 +341,4 @@ fn check_state_dir(config: &Config) -> Result<()> {
     std::fs::write(&probe, b"ok").map_err(err)?;
     std::fs::remove_file(&probe).map_err(err)?;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) {
-            (Ok(mut int), Ok(mut term)) => {
-                tokio::select! {
-                    _ = int.recv() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            _ => {
-                tracing::error!("cannot listen for SIGINT/SIGTERM; stop with Ctrl-C");
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

@@ -1,0 +1,215 @@
+//! A TLS broker for tests: a tansu process of the test's own behind stunnel, which accepts
+//! TLS (optionally requiring a client certificate) and forwards plain text to tansu; and the
+//! certificates, made with the `openssl` command in a temporary directory.
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A certificate authority, a server certificate for 127.0.0.1 signed by it, a client
+/// certificate signed by it, and an unrelated CA.
+#[derive(Debug)]
+pub struct Pki {
+    dir: tempfile::TempDir,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Pki {
+    /// Makes the keys and certificates.
+    pub fn create() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        for ca in ["ca", "other-ca"] {
+            openssl(
+                d,
+                &[
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-days",
+                    "2",
+                    "-subj",
+                    &format!("/CN=weir test {ca}"),
+                    "-keyout",
+                    &format!("{ca}.key"),
+                    "-out",
+                    &format!("{ca}.pem"),
+                ],
+            );
+        }
+        std::fs::write(
+            d.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+        )
+        .expect("write ext");
+        std::fs::write(d.join("client.ext"), "extendedKeyUsage=clientAuth\n").expect("write ext");
+        for (name, cn) in [("server", "127.0.0.1"), ("client", "weir-worker")] {
+            openssl(
+                d,
+                &[
+                    "req",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-subj",
+                    &format!("/CN={cn}"),
+                    "-keyout",
+                    &format!("{name}.key"),
+                    "-out",
+                    &format!("{name}.csr"),
+                ],
+            );
+            openssl(
+                d,
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    &format!("{name}.csr"),
+                    "-CA",
+                    "ca.pem",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-days",
+                    "2",
+                    "-extfile",
+                    &format!("{name}.ext"),
+                    "-out",
+                    &format!("{name}.pem"),
+                ],
+            );
+        }
+        Self { dir }
+    }
+
+    /// A file of the PKI: `ca.pem`, `other-ca.pem`, `server.pem`, `client.pem`, `client.key`.
+    pub fn file(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+    l.local_addr().expect("addr").port()
+}
+
+fn wait_listening(addr: SocketAddr, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not listen on {addr}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// tansu behind stunnel: clients speak TLS to [`bootstrap`](Self::bootstrap).
+#[derive(Debug)]
+pub struct TlsTansu {
+    tansu: Child,
+    stunnel: Child,
+    addr: SocketAddr,
+    _conf: tempfile::TempDir,
+}
+
+impl TlsTansu {
+    /// Starts both; with `require_client_cert`, stunnel refuses clients without a
+    /// certificate signed by the PKI's CA.
+    pub fn start(pki: &Pki, require_client_cert: bool) -> Self {
+        let bin = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.tansu/bin/tansu"));
+        assert!(
+            bin.exists(),
+            "{} is missing: run scripts/test.sh",
+            bin.display()
+        );
+        let stunnel_bin = ["stunnel4", "stunnel"]
+            .into_iter()
+            .find(|b| {
+                Command::new("which")
+                    .arg(b)
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            })
+            .expect("stunnel is missing: run scripts/test.sh (it installs stunnel4)");
+        let (plain, tls) = (free_port(), free_port());
+        let addr: SocketAddr = format!("127.0.0.1:{tls}").parse().expect("addr");
+        let tansu = Command::new(&bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &format!("tcp://127.0.0.1:{plain}"),
+                "--advertised-listener-url",
+                &format!("tcp://127.0.0.1:{tls}"),
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu");
+        wait_listening(format!("127.0.0.1:{plain}").parse().expect("addr"), "tansu");
+        let conf = tempfile::tempdir().expect("tempdir");
+        let verify = if require_client_cert {
+            format!(
+                "verifyChain = yes\nrequireCert = yes\nCAfile = {}\n",
+                pki.file("ca.pem")
+            )
+        } else {
+            String::new()
+        };
+        let path = conf.path().join("stunnel.conf");
+        std::fs::write(
+            &path,
+            format!(
+                "foreground = yes\npid =\ndebug = warning\n[kafka]\naccept = 127.0.0.1:{tls}\n\
+                 connect = 127.0.0.1:{plain}\ncert = {}\nkey = {}\n{verify}",
+                pki.file("server.pem"),
+                pki.file("server.key"),
+            ),
+        )
+        .expect("write stunnel.conf");
+        let stunnel = Command::new(stunnel_bin)
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start stunnel");
+        wait_listening(addr, "stunnel");
+        Self {
+            tansu,
+            stunnel,
+            addr,
+            _conf: conf,
+        }
+    }
+
+    /// The TLS bootstrap address.
+    pub fn bootstrap(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+impl Drop for TlsTansu {
+    fn drop(&mut self) {
+        for child in [&mut self.stunnel, &mut self.tansu] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
