@@ -456,6 +456,11 @@ impl PartitionStore {
                     outbox.execute(params![r.topic, r.partition, r.key, r.value, headers])?;
                     Ok(())
                 };
+                // Order matters to restores elsewhere: the batch's offset marker goes last, and
+                // the outbox sends it only once every row before it is acknowledged, so a
+                // restored batch never lacks its emitted records (they are sent at least once
+                // even if this machine is lost).
+                let mut marker = None;
                 if let Some(changelog) = changelog {
                     let source = vec![(
                         header::SOURCE_NEXT_OFFSET.to_owned(),
@@ -475,10 +480,13 @@ impl PartitionStore {
                         ))?;
                     }
                     let (key, value) = ChangelogEntry::offset_marker(next_offset);
-                    queue(&entry(key, Some(value)))?;
+                    marker = Some(entry(key, Some(value)));
                 }
                 for r in batch.outbox() {
                     queue(r)?;
+                }
+                if let Some(marker) = &marker {
+                    queue(marker)?;
                 }
                 tx.prepare_cached(UPSERT_OFFSET)?.execute(params![
                     topic,

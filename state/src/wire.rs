@@ -57,6 +57,11 @@ impl ChangelogEntry {
         )
     }
 
+    /// Whether a record with this key is a batch's offset marker.
+    pub fn is_offset_marker(key: Option<&[u8]>) -> bool {
+        key == Some(Self::key(CHANGELOG_OFFSET_STORE, "\"\"").as_slice())
+    }
+
     /// Decodes a changelog record's key and value; `None` if it is not a weir changelog entry.
     pub fn parse(key: Option<&[u8]>, value: Option<&[u8]>) -> Option<Self> {
         let (store, key): (String, String) = serde_json::from_slice(key?).ok()?;
@@ -106,6 +111,8 @@ mod tests {
             ChangelogEntry::parse(Some(&mk), Some(&mv)),
             Some(ChangelogEntry::Offset(42))
         );
+        assert!(ChangelogEntry::is_offset_marker(Some(&mk)));
+        assert!(!ChangelogEntry::is_offset_marker(Some(&k)));
         assert_eq!(ChangelogEntry::parse(Some(b"not json"), Some(b"1")), None);
         assert_eq!(ChangelogEntry::parse(None, Some(b"1")), None);
         let hs = [("x", &b"1"[..]), (header::SOURCE_NEXT_OFFSET, &b"17"[..])];

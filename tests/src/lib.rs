@@ -18,6 +18,7 @@ use weir_state::PartitionStore;
 
 pub mod outage;
 pub mod sasl;
+pub mod tally;
 pub mod tls;
 
 /// Environment variable with the real broker's address, set by `scripts/test.sh`.

@@ -1,8 +1,13 @@
-//! Scale-out under SIGKILL, on the real broker: three worker processes of the `orders` example,
-//! each with its OWN state directory (as if on three machines) and the changelog on. A driver
-//! produces orders while it SIGKILLs a random worker every round and restarts it, every third
-//! restart with an empty state directory. At the end every customer total in state is exact and
-//! the newest emitted total of each customer agrees with it.
+//! Scale-out under SIGKILL, on the real broker: three worker processes, each with its OWN state
+//! directory (as if on three machines) and the changelog on, keep per key a count and a sum of
+//! distinct numbered records (both change on every record: a record applied twice or lost
+//! shows) and emit every new tally. The driver SIGKILLs a random worker each round while
+//! records are in flight (at a measured processing point short of the end) and restarts it,
+//! every third restart with an empty state directory. At the end:
+//! - the newest store of each partition holds exact counts and sums (every store must open);
+//! - every record's tally was emitted at least once; copies of one (same source partition and
+//!   offset) are identical, so a consumer drops them by those headers; they are bounded;
+//! - at least one store was restored from the changelog.
 //!
 //! Short form by default (CI); `WEIR_KILL_TEST_ORDERS=200000 WEIR_KILL_TEST_ROUNDS=20` for the
 //! long one.
@@ -16,13 +21,13 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use weir::state::StoreReader;
-use weir::StoreDef;
-use weir_examples::orders::{totals_topic, CustomerTotal, Order, Totals};
+use weir_tests::tally::{tallies_topic, Emitted, Tally, TALLIES};
 use weir_tests::*;
 
 const PARTITIONS: i32 = 4;
 const WORKERS: usize = 3;
-const CUSTOMERS: usize = 50;
+const KEYS: usize = 50;
+const BATCH: usize = 500;
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -59,27 +64,28 @@ impl Cluster {
         let log = std::fs::File::create(self.logs.path().join(format!("{}.log", self.starts)))
             .expect("log file");
         self.starts += 1;
-        let child = weir_tests::worker_command(env!("CARGO_BIN_EXE_orders-worker"))
+        let child = weir_tests::worker_command(env!("CARGO_BIN_EXE_tally-worker"))
             .env("WEIR_BROKERS", &self.bootstrap)
             .env("WEIR_GROUP", &self.group)
             .env("WEIR_TOPICS", &self.topic)
             .env("WEIR_STATE_DIR", self.dirs[i].path())
             .env("WEIR_CHANGELOG", "true")
-            .env("WEIR_BATCH_SIZE", "500")
+            .env("WEIR_BATCH_SIZE", BATCH.to_string())
+            .env("TALLY_WORKER_DELAY_US", "300")
             .env("WEIR_KAFKA_SESSION_TIMEOUT_MS", SESSION_TIMEOUT_MS)
             .env("WEIR_KAFKA_HEARTBEAT_INTERVAL_MS", "500")
             .env("WEIR_PROGRESS_INTERVAL_MS", "0")
             .env(
                 "RUST_LOG",
                 std::env::var("WEIR_KILL_TEST_LOG")
-                    .unwrap_or_else(|_| "warn,weir::restore=info".into()),
+                    .unwrap_or_else(|_| "warn,weir::delivery::restore=info".into()),
             )
             .stdin(Stdio::null())
             // tracing's fmt subscriber writes to stdout
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)
             .spawn()
-            .expect("spawn orders-worker");
+            .expect("spawn tally-worker");
         self.children[i] = Some(child);
     }
 
@@ -109,13 +115,17 @@ impl Cluster {
         );
     }
 
-    /// Per partition, the store file with the highest stored offset, and that offset.
-    fn newest_stores(&self) -> BTreeMap<i32, (i64, PathBuf)> {
+    /// Per partition, the store file with the highest stored offset, and that offset. While
+    /// workers run (`strict` false) a file another process is just creating is passed over;
+    /// once they are stopped every store must open.
+    fn newest_stores(&self, strict: bool) -> BTreeMap<i32, (i64, PathBuf)> {
         let mut best: BTreeMap<i32, (i64, PathBuf)> = BTreeMap::new();
         for dir in &self.dirs {
             for (p, path) in store_files(dir.path(), &self.group, &self.topic) {
-                let Ok(store) = StoreReader::open(&path) else {
-                    continue;
+                let store = match StoreReader::open(&path) {
+                    Ok(s) => s,
+                    Err(e) if strict => panic!("a store cannot be read: {e}"),
+                    Err(_) => continue,
                 };
                 let next = store
                     .next_offset(&self.topic, p)
@@ -132,7 +142,7 @@ impl Cluster {
 
     /// Records processed in all, by the newest store of each partition.
     fn processed(&self) -> i64 {
-        self.newest_stores()
+        self.newest_stores(false)
             .values()
             .map(|(o, _)| (*o).max(0))
             .sum()
@@ -234,7 +244,7 @@ fn header(m: &rdkafka::message::OwnedMessage, name: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_workers_with_own_state_dirs_survive_sigkills() {
-    let orders_n = env_or("WEIR_KILL_TEST_ORDERS", 20_000);
+    let records_n = env_or("WEIR_KILL_TEST_ORDERS", 20_000);
     let rounds = env_or("WEIR_KILL_TEST_ROUNDS", 5).max(1);
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -244,10 +254,10 @@ async fn three_workers_with_own_state_dirs_survive_sigkills() {
     let started = Instant::now();
 
     let broker = TestBroker::start(BrokerKind::Tansu);
-    let (topic, group) = (unique("orders"), unique("kill"));
+    let (topic, group) = (unique("tally"), unique("kill"));
     broker.create_topic(&topic, PARTITIONS).await;
     broker
-        .create_one_topic(&totals_topic(&topic), PARTITIONS)
+        .create_one_topic(&tallies_topic(&topic), PARTITIONS)
         .await;
     broker
         .create_one_topic(&format!("{group}-{topic}-changelog"), PARTITIONS)
@@ -263,38 +273,29 @@ async fn three_workers_with_own_state_dirs_survive_sigkills() {
         children: (0..WORKERS).map(|_| None).collect(),
         starts: 0,
     };
+
+    // Distinct records: `v{i}` adds i to its key's sum.
+    let records = keyed_records(0, records_n, KEYS);
+    let mut expected: BTreeMap<String, Tally> = BTreeMap::new();
+    for (i, (key, _)) in records.iter().enumerate() {
+        let t = expected.entry(key.clone()).or_default();
+        t.count += 1;
+        t.sum += i as u64;
+    }
+    broker.produce(&topic, None, records.clone()).await;
     for i in 0..WORKERS {
         cluster.start(i);
     }
 
-    // Orders: every tenth one redelivers the previous order id (it must count once).
-    let mut expected: BTreeMap<String, u64> = BTreeMap::new();
-    let all: Vec<(String, String)> = (0..orders_n)
-        .map(|i| {
-            let n = if i % 10 == 9 { i - 1 } else { i };
-            let customer = format!("c{}", n % CUSTOMERS);
-            let order = Order {
-                order_id: format!("o{n}"),
-                cents: 100 + (n % 900) as u64,
-            };
-            if n == i {
-                *expected.entry(customer.clone()).or_insert(0) += order.cents;
-            }
-            (customer, serde_json::to_string(&order).expect("json"))
-        })
-        .collect();
-
+    // Kill round r once r/(rounds+1) of the records are processed: always short of the end,
+    // with records in flight.
     let mut kills = 0;
     let mut emptied = 0;
-    let mut produced = 0usize;
-    for chunk in all.chunks(orders_n.div_ceil(rounds)) {
-        broker.produce(&topic, None, chunk.to_vec()).await;
-        produced += chunk.len();
-        // Kill only while the group is working: once half of this round is processed.
-        let want = (produced - chunk.len() / 2) as i64;
+    for round in 1..=rounds {
+        let want = (records_n * round / (rounds + 1)) as i64;
         wait_until(
-            "the workers to process this round",
-            Duration::from_secs(120),
+            "the workers to reach the kill point",
+            Duration::from_secs(180),
             || {
                 let done = cluster.processed();
                 async move {
@@ -309,6 +310,11 @@ async fn three_workers_with_own_state_dirs_survive_sigkills() {
         .await;
         let victim = rng.next(WORKERS);
         cluster.kill(victim);
+        let at = cluster.processed();
+        assert!(
+            at < records_n as i64,
+            "round {round}: the kill came after the end ({at} of {records_n} processed)"
+        );
         kills += 1;
         if kills % 3 == 0 {
             let dir = cluster.dirs[victim].path().to_owned();
@@ -319,21 +325,21 @@ async fn three_workers_with_own_state_dirs_survive_sigkills() {
         cluster.start(victim);
     }
 
-    // Done when the newest stores of all partitions together have processed every order
+    // Done when the newest stores of all partitions together have processed every record
     // (a partition's offsets count its records from 0).
-    wait_until("every order processed", Duration::from_secs(240), || {
+    wait_until("every record processed", Duration::from_secs(240), || {
         let at: BTreeMap<i32, i64> = cluster
-            .newest_stores()
+            .newest_stores(false)
             .iter()
             .map(|(p, (o, _))| (*p, *o))
             .collect();
         async move {
             let done: i64 = at.values().map(|o| (*o).max(0)).sum();
-            if done == orders_n as i64 {
+            if done == records_n as i64 {
                 Ok(())
             } else {
                 Err(format!(
-                    "{done} of {orders_n} processed; stored offsets {at:?}"
+                    "{done} of {records_n} processed; stored offsets {at:?}"
                 ))
             }
         }
@@ -341,49 +347,85 @@ async fn three_workers_with_own_state_dirs_survive_sigkills() {
     .await;
     cluster.stop_all();
 
-    // State: the newest store of each partition holds exact totals.
-    let mut totals: BTreeMap<String, u64> = BTreeMap::new();
-    for (p, (_, path)) in cluster.newest_stores() {
+    // State: the newest store of each partition holds exact tallies.
+    let mut tallies: BTreeMap<String, Tally> = BTreeMap::new();
+    for (p, (_, path)) in cluster.newest_stores(true) {
         let store = StoreReader::open(&path).expect("open");
-        for (customer, cents) in store.entries::<String, u64>(Totals::NAME).expect("entries") {
+        for (key, tally) in store.entries::<String, Tally>(TALLIES).expect("entries") {
             assert!(
-                totals.insert(customer.clone(), cents).is_none(),
-                "customer {customer} in two partitions (p{p})"
+                tallies.insert(key.clone(), tally).is_none(),
+                "key {key} in two partitions (p{p})"
             );
         }
     }
-    assert_eq!(totals, expected, "customer totals in state");
+    assert_eq!(
+        tallies, expected,
+        "tallies in state (count and sum per key)"
+    );
 
-    // Emitted: the newest total of each customer agrees with the state; duplicates (same
-    // source partition and offset) are the at-least-once deliveries a consumer drops.
-    let emitted = read_all(broker.bootstrap(), &totals_topic(&topic));
-    let mut newest: BTreeMap<String, u64> = BTreeMap::new();
-    let mut seen: HashMap<(String, String), usize> = HashMap::new();
+    // Emitted: every record's tally at least once; copies of one record's (same source
+    // partition and offset) identical; the tallies of each key 1..=count all there.
+    let emitted = read_all(broker.bootstrap(), &tallies_topic(&topic));
+    let mut by_source: HashMap<(String, String), Emitted> = HashMap::new();
+    let mut duplicates = 0usize;
     for m in &emitted {
-        let t: CustomerTotal =
-            serde_json::from_slice(m.payload().unwrap_or_default()).expect("a CustomerTotal");
-        let e = newest.entry(t.customer).or_insert(0);
-        *e = (*e).max(t.cents);
+        let e: Emitted =
+            serde_json::from_slice(m.payload().unwrap_or_default()).expect("an emitted tally");
         let source = (
             header(m, "weir.source.partition").expect("source partition header"),
             header(m, "weir.source.offset").expect("source offset header"),
         );
-        *seen.entry(source).or_insert(0) += 1;
+        match by_source.get(&source) {
+            Some(first) => {
+                assert_eq!(first, &e, "two different tallies from record {source:?}");
+                duplicates += 1;
+            }
+            None => {
+                by_source.insert(source, e);
+            }
+        }
     }
-    let duplicates: usize = seen.values().map(|n| n - 1).sum();
-    assert_eq!(newest, expected, "newest emitted totals");
+    assert_eq!(
+        by_source.len(),
+        records_n,
+        "records whose tally was emitted (by distinct source offset)"
+    );
+    let mut counts_seen: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for e in by_source.values() {
+        counts_seen
+            .entry(e.key.clone())
+            .or_default()
+            .push(e.tally.count);
+    }
+    for (key, mut counts) in counts_seen {
+        counts.sort_unstable();
+        let want: Vec<u64> = (1..=expected[&key].count).collect();
+        assert_eq!(
+            counts, want,
+            "every new tally of {key} emitted once after de-duplication"
+        );
+    }
+    // A kill re-sends at most what was sent and not yet acknowledged: the outbox of one
+    // batch per partition.
+    let bound = (kills + 1) * PARTITIONS as usize * BATCH;
+    assert!(
+        duplicates <= bound,
+        "{duplicates} duplicate emits, more than {bound} ({kills} kills)"
+    );
+
     let restores = cluster.restores();
     let changelog = read_all(broker.bootstrap(), &format!("{group}-{topic}-changelog"));
     for w in cluster.warnings().iter().take(40) {
         eprintln!("worker log: {w}");
     }
     eprintln!(
-        "kill test (seed {seed}): {orders_n} orders, {kills} SIGKILLs ({emptied} with an emptied \
-         state dir), {restores} changelog restores, {} changelog records, {} totals emitted ({duplicates} duplicates \
-         by source offset), {:.1?} wall",
+        "kill test (seed {seed}): {records_n} records, {kills} SIGKILLs in flight ({emptied} \
+         with an emptied state dir), {restores} changelog restores, {} changelog records, {} \
+         tallies emitted ({duplicates} duplicates by source offset), {:.1?} wall",
         changelog.len(),
         emitted.len(),
         started.elapsed()
     );
-    assert!(kills >= 1 && emitted.len() >= seen.len());
+    assert_eq!(kills, rounds);
+    assert!(restores >= 1, "no store was restored from the changelog");
 }

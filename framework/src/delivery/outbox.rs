@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use weir_state::wire::ChangelogEntry;
 use weir_state::{OutboxRecord, PartitionStore};
 
 use crate::observe::metric_names::OUTBOX_SENT_TOTAL;
@@ -50,10 +51,21 @@ impl OutboxSink {
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .extend(rows.iter().map(|(_, r)| r.clone())),
                 Self::Kafka(producer) => {
-                    let deliveries = rows.iter().map(|(_, r)| send(producer, r));
-                    for result in futures::future::join_all(deliveries).await {
-                        result?;
+                    // Rows go out concurrently, but a batch's changelog offset marker only
+                    // once every row before it is acknowledged: a restore elsewhere then never
+                    // takes a batch as done whose emitted records might be lost with this
+                    // machine.
+                    let mut wave = Vec::new();
+                    for (_, r) in &rows {
+                        if ChangelogEntry::is_offset_marker(r.key.as_deref()) {
+                            send_all(producer, &wave).await?;
+                            wave.clear();
+                            send(producer, r).await?;
+                        } else {
+                            wave.push(r);
+                        }
                     }
+                    send_all(producer, &wave).await?;
                 }
             }
             let ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
@@ -62,6 +74,14 @@ impl OutboxSink {
             sent += ids.len();
         }
     }
+}
+
+async fn send_all(producer: &FutureProducer, rows: &[&OutboxRecord]) -> Result<(), String> {
+    let deliveries = rows.iter().map(|r| send(producer, r));
+    for result in futures::future::join_all(deliveries).await {
+        result?;
+    }
+    Ok(())
 }
 
 async fn send(producer: &FutureProducer, r: &OutboxRecord) -> Result<(), String> {

@@ -273,8 +273,13 @@ fn outbox_and_changelog_entries_commit_with_the_batch_and_leave_once_acknowledge
     assert!(changelog.contains(&state("\"bob\"", None)));
     assert!(changelog.contains(&ChangelogEntry::Offset(10)));
     assert_eq!(
-        records[3], &out,
-        "emitted records follow the changelog, in order"
+        records[2], &out,
+        "emitted records follow the changelog's state entries"
+    );
+    assert_eq!(
+        ChangelogEntry::parse(records[3].key.as_deref(), records[3].value.as_deref()),
+        Some(ChangelogEntry::Offset(10)),
+        "the offset marker comes last"
     );
 
     let ids: Vec<i64> = pending.iter().take(2).map(|(id, _)| *id).collect();
