@@ -17,6 +17,7 @@ use weir::EmbeddedBroker;
 use weir_state::PartitionStore;
 
 pub mod outage;
+pub mod own_tansu;
 pub mod sasl;
 pub mod tally;
 pub mod tls;
@@ -89,6 +90,82 @@ pub fn python_produce(
         acked, count,
         "produce.py ({codec}) acknowledged {acked} of {count}"
     );
+}
+
+/// Produces 300 records with the Python client (compressed with `codec`) through `broker`'s
+/// connection properties (TLS, SASL), and checks that a worker (changelog on) over the same
+/// connection counts them exactly.
+pub async fn python_records_counted(broker: &TestBroker, codec: &str) {
+    let (topic, group) = (unique("secured"), unique("g"));
+    broker.create_topic(&topic, 2).await;
+    let props: Vec<(&str, &str)> = broker
+        .connection
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    python_produce(broker.bootstrap(), &topic, 0, 300, codec, &props);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let worker = RunningWorker::spawn(
+        broker
+            .worker(&group, &topic, dir.path())
+            .changelog(true)
+            .build(CountHandler::default())
+            .expect("build"),
+    );
+    let expected = expected_counts(&keyed_records(0, 300, 50));
+    wait_for_counts(
+        dir.path(),
+        &group,
+        &topic,
+        &expected,
+        Duration::from_secs(60),
+    )
+    .await;
+    worker.stop_cleanly().await;
+}
+
+/// Starts worker binary `bin` (a test's `env!("CARGO_BIN_EXE_count-worker")`) against
+/// `bootstrap` with `props` as `WEIR_KAFKA_*` variables and a 5 s startup timeout, expecting
+/// it to fail at start: (exit code, stderr, how long it ran). Panics if it is still running
+/// after 30 s.
+pub fn start_failure(
+    bin: &str,
+    bootstrap: &str,
+    props: &[(&str, &str)],
+) -> (Option<i32>, String, Duration) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = worker_command(bin);
+    cmd.env("WEIR_BROKERS", bootstrap)
+        .env("WEIR_TOPICS", "t")
+        .env("WEIR_STATE_DIR", dir.path())
+        .env("WEIR_STARTUP_TIMEOUT_MS", "5000")
+        .env("RUST_LOG", "error")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in props {
+        cmd.env(
+            format!("WEIR_KAFKA_{}", k.to_ascii_uppercase().replace('.', "_")),
+            v,
+        );
+    }
+    let started = Instant::now();
+    let mut child = cmd.spawn().expect("spawn the worker");
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            let out = child.wait_with_output().expect("output");
+            return (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+                started.elapsed(),
+            );
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("the worker hung at start");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Session timeout for tests: short, so a killed member leaves the group quickly.

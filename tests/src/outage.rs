@@ -3,10 +3,10 @@
 //! which can drop all connections and refuse new ones for a while.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use crate::own_tansu::{free_port, OwnTansu};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -107,7 +107,7 @@ impl Drop for Proxy {
 /// A tansu process of the test's own, reached only through a [`Proxy`].
 #[derive(Debug)]
 pub struct ProxiedTansu {
-    child: Child,
+    _tansu: OwnTansu,
     /// The proxy in front of it.
     pub proxy: Proxy,
 }
@@ -115,53 +115,19 @@ pub struct ProxiedTansu {
 impl ProxiedTansu {
     /// Starts tansu (installed by `scripts/broker.sh`) on a free port behind a new proxy.
     pub async fn start() -> Self {
-        let bin = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.tansu/bin/tansu"));
-        assert!(
-            bin.exists(),
-            "{} is missing: run scripts/test.sh (it installs tansu)",
-            bin.display()
-        );
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
-            l.local_addr().expect("addr").port()
-        };
+        let port = free_port();
         let upstream: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
         let proxy = Proxy::start(upstream).await;
-        let child = Command::new(&bin)
-            .args([
-                "broker",
-                "--listener-url",
-                &format!("tcp://127.0.0.1:{port}"),
-                "--advertised-listener-url",
-                &format!("tcp://{}", proxy.addr()),
-                "--storage-engine",
-                "memory://tansu/",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start tansu");
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(upstream).await.is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "tansu did not listen on {upstream}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let tansu =
+            tokio::task::block_in_place(|| OwnTansu::start_on(port, &proxy.addr().to_string()));
+        Self {
+            _tansu: tansu,
+            proxy,
         }
-        Self { child, proxy }
     }
 
     /// The bootstrap address (the proxy's).
     pub fn bootstrap(&self) -> String {
         self.proxy.addr().to_string()
-    }
-}
-
-impl Drop for ProxiedTansu {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

@@ -5,11 +5,10 @@
 //! has no SASL; this front is how the tests reach an authenticating broker.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+
+use crate::own_tansu::OwnTansu;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
@@ -30,7 +29,7 @@ const ITERATIONS: u32 = 4096;
 #[derive(Debug)]
 pub struct ScramGateway {
     addr: SocketAddr,
-    tansu: Child,
+    _tansu: OwnTansu,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -67,38 +66,10 @@ impl ScramGateway {
     /// Starts tansu (installed by `scripts/broker.sh`) and the gateway, which accepts `user`
     /// with `password`.
     pub async fn start(user: &str, password: &str) -> Self {
-        let bin = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.tansu/bin/tansu"));
-        assert!(
-            bin.exists(),
-            "{} is missing: run scripts/test.sh",
-            bin.display()
-        );
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let plain = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
-            l.local_addr().expect("addr")
-        };
-        let tansu = Command::new(&bin)
-            .args([
-                "broker",
-                "--listener-url",
-                &format!("tcp://{plain}"),
-                "--advertised-listener-url",
-                &format!("tcp://{addr}"),
-                "--storage-engine",
-                "memory://tansu/",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start tansu");
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(plain).await.is_err() {
-            assert!(std::time::Instant::now() < deadline, "tansu did not listen");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let tansu = tokio::task::block_in_place(|| OwnTansu::start(&addr.to_string()));
+        let plain = tansu.addr();
         let user = Arc::new(User::new(user, password));
         let accept = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
@@ -112,7 +83,7 @@ impl ScramGateway {
         });
         Self {
             addr,
-            tansu,
+            _tansu: tansu,
             accept,
         }
     }
@@ -126,8 +97,6 @@ impl ScramGateway {
 impl Drop for ScramGateway {
     fn drop(&mut self) {
         self.accept.abort();
-        let _ = self.tansu.kill();
-        let _ = self.tansu.wait();
     }
 }
 

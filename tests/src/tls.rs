@@ -2,10 +2,11 @@
 //! TLS (optionally requiring a client certificate) and forwards plain text to tansu; and the
 //! certificates, made with the `openssl` command in a temporary directory.
 
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+
+use crate::own_tansu::{free_port, wait_listening, OwnTansu};
 
 /// A certificate authority, a server certificate for 127.0.0.1 signed by it, a client
 /// certificate signed by it, and an unrelated CA.
@@ -104,23 +105,10 @@ impl Pki {
     }
 }
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
-    l.local_addr().expect("addr").port()
-}
-
-fn wait_listening(addr: SocketAddr, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not listen on {addr}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// tansu behind stunnel: clients speak TLS to [`bootstrap`](Self::bootstrap).
 #[derive(Debug)]
 pub struct TlsTansu {
-    tansu: Child,
+    _tansu: OwnTansu,
     stunnel: Child,
     addr: SocketAddr,
     _conf: tempfile::TempDir,
@@ -130,12 +118,6 @@ impl TlsTansu {
     /// Starts both; with `require_client_cert`, stunnel refuses clients without a
     /// certificate signed by the PKI's CA.
     pub fn start(pki: &Pki, require_client_cert: bool) -> Self {
-        let bin = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.tansu/bin/tansu"));
-        assert!(
-            bin.exists(),
-            "{} is missing: run scripts/test.sh",
-            bin.display()
-        );
         let stunnel_bin = ["stunnel4", "stunnel"]
             .into_iter()
             .find(|b| {
@@ -145,24 +127,10 @@ impl TlsTansu {
                     .is_ok_and(|o| o.status.success())
             })
             .expect("stunnel is missing: run scripts/test.sh (it installs stunnel4)");
-        let (plain, tls) = (free_port(), free_port());
+        let tls = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{tls}").parse().expect("addr");
-        let tansu = Command::new(&bin)
-            .args([
-                "broker",
-                "--listener-url",
-                &format!("tcp://127.0.0.1:{plain}"),
-                "--advertised-listener-url",
-                &format!("tcp://127.0.0.1:{tls}"),
-                "--storage-engine",
-                "memory://tansu/",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start tansu");
-        wait_listening(format!("127.0.0.1:{plain}").parse().expect("addr"), "tansu");
+        let tansu = OwnTansu::start(&addr.to_string());
+        let plain = tansu.addr().port();
         let conf = tempfile::tempdir().expect("tempdir");
         let verify = if require_client_cert {
             format!(
@@ -192,7 +160,7 @@ impl TlsTansu {
             .expect("start stunnel");
         wait_listening(addr, "stunnel");
         Self {
-            tansu,
+            _tansu: tansu,
             stunnel,
             addr,
             _conf: conf,
@@ -207,9 +175,7 @@ impl TlsTansu {
 
 impl Drop for TlsTansu {
     fn drop(&mut self) {
-        for child in [&mut self.stunnel, &mut self.tansu] {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        let _ = self.stunnel.kill();
+        let _ = self.stunnel.wait();
     }
 }

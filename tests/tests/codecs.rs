@@ -27,11 +27,8 @@ async fn every_codec_is_consumed(kind: BrokerKind) {
         );
     }
     let n = CODECS.len() * per_codec;
-    let expected = expected_counts(
-        &(0..n)
-            .map(|i| (format!("k{}", i % 50), format!("v{i}")))
-            .collect::<Vec<_>>(),
-    );
+    // The Python producer numbers records as `keyed_records` does.
+    let expected = expected_counts(&keyed_records(0, n, 50));
     let worker = RunningWorker::spawn(
         broker
             .worker(&group, &topic, dir.path())
