@@ -128,12 +128,6 @@ async fn two_workers_share_then_hand_over(kind: BrokerKind) {
         Duration::from_secs(90),
     )
     .await;
-    let sb = seen_b.lock().expect("lock").clone();
-    assert_eq!(
-        sb.len(),
-        4,
-        "after A left, B processes every partition, saw {sb:?}"
-    );
 
     worker_b.stop_cleanly().await;
     let s = StoredCounts::read(dir.path(), &group, &topic);

@@ -205,7 +205,8 @@ async fn backlog_is_paused_not_buffered(kind: BrokerKind) {
             std::time::Instant::now() < deadline,
             "timed out waiting for 30000 records with paused partitions: {done} done, paused seen {paused_seen}"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Sampled often, so that a queue overrunning its bound is seen.
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     eprintln!(
         "{kind:?}: {N} backlog, {scrapes} scrapes: max queue depth {max_depth} (capacity {CAPACITY}), \
@@ -218,7 +219,7 @@ async fn backlog_is_paused_not_buffered(kind: BrokerKind) {
         "queue depth {max_depth} > capacity {CAPACITY} + one burst"
     );
     assert!(
-        max_rss - rss_before < 300.0,
+        max_rss - rss_before < 150.0,
         "RSS grew {:.0} MiB while draining",
         max_rss - rss_before
     );
@@ -276,7 +277,11 @@ async fn handler_slower_than_max_poll_interval(kind: BrokerKind) {
     worker.stop_cleanly().await;
     let s = StoredCounts::read(dir.path(), &group, &topic);
     assert_counts_exact(&s.counts, &expected_counts(&records));
-    let _: BTreeMap<i32, i64> = s.offsets;
+    assert_eq!(
+        s.offsets.values().sum::<i64>(),
+        records.len() as i64,
+        "the stored offsets cover every record once"
+    );
 }
 on_both_brokers!(slow_handler, handler_slower_than_max_poll_interval);
 
