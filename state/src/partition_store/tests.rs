@@ -304,3 +304,88 @@ fn outbox_and_changelog_entries_commit_with_the_batch_and_leave_once_acknowledge
     );
     assert_eq!(store.next_offset("in", 2).expect("offset"), Some(10));
 }
+
+/// Set in the child process of the SIGKILL test: the store it commits into.
+const CHILD_STORE_ENV: &str = "WEIR_STATE_TEST_CHILD_STORE";
+
+/// A process killed with SIGKILL while it writes a long commit (its transaction has spilled
+/// pages into the WAL file) leaves the store as the previous commit left it: state and offset.
+#[test]
+fn sigkill_in_the_middle_of_a_long_commit_keeps_the_previous_commit() {
+    if let Ok(path) = std::env::var(CHILD_STORE_ENV) {
+        return long_commit_child(Path::new(&path));
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("0.sqlite");
+    let wal = dir.path().join("0.sqlite-wal");
+    let mut child = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "partition_store::tests::sigkill_in_the_middle_of_a_long_commit_keeps_the_previous_commit",
+            "--nocapture",
+        ])
+        .env(CHILD_STORE_ENV, &path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn the child");
+    // The child says when its first commit is done and the long one begins.
+    let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut out, &mut line).expect("read");
+        assert!(n > 0, "the child ended before its long commit");
+        if line.trim() == "long commit" {
+            break;
+        }
+    }
+    // Kill it once the long transaction has written pages to the WAL (mid-commit).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let wal_len = loop {
+        let len = std::fs::metadata(&wal).map_or(0, |m| m.len());
+        if len > 4 << 20 {
+            break len;
+        }
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "the child finished its commit before it was killed (WAL {len} bytes)"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the WAL never grew: {len} bytes"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    };
+    child.kill().expect("SIGKILL");
+    let status = child.wait().expect("reap");
+    assert!(!status.success(), "the child was killed: {status}");
+
+    let store = PartitionStore::open(&path).expect("reopen");
+    assert_eq!(store.next_offset("t", 0).expect("offset"), Some(10));
+    let entries: Vec<(u32, u64)> = store.entries("big").expect("entries");
+    assert_eq!(
+        entries,
+        (0..10).map(|k| (k, 1)).collect::<Vec<_>>(),
+        "killed mid-commit (WAL at {wal_len} bytes): only the first commit is there"
+    );
+}
+
+fn long_commit_child(path: &Path) {
+    let store = PartitionStore::open(path).expect("open");
+    let mut first = WriteSet::default();
+    for k in 0..10u32 {
+        first.put("big", &k, &1u64).expect("put");
+    }
+    store.commit(&first, "t", 0, 10).expect("first commit");
+    let mut long = WriteSet::default();
+    for k in 0..3_000_000u32 {
+        long.put("big", &k, &2u64).expect("put");
+    }
+    println!("long commit");
+    use std::io::Write as _;
+    std::io::stdout().flush().expect("flush");
+    store.commit(&long, "t", 0, 3_000_010).expect("long commit");
+    // Not reached when the parent kills us in time; then the parent's assertions fail.
+    println!("committed");
+}
