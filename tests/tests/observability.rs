@@ -2,7 +2,6 @@
 //! bounded queues with a paused partition under a backlog, and a handler slower than
 //! max.poll.interval.ms that does not get the worker evicted.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
