@@ -1,0 +1,140 @@
+//! The outbox's two promises, each with its mechanism in view:
+//! - rows a crash left in a store (committed, never acknowledged) are sent when the
+//!   partition's store is next opened, before anything else and even if no record ever comes;
+//! - the Kafka offset commit waits for the batch's outbox to be acknowledged: while emitted
+//!   records are unacknowledged, Kafka's committed offset stays behind SQLite's.
+
+use std::time::Duration;
+
+use rdkafka::message::{Headers, Message};
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use weir_state::{OutboxRecord, PartitionStore, WriteSet};
+use weir_tests::tally::{tallies_topic, TallyHandler};
+use weir_tests::*;
+
+async fn rows_left_by_a_crash_are_sent_when_the_store_opens(kind: BrokerKind) {
+    let Fixture {
+        broker,
+        topic,
+        group,
+        dir,
+    } = Fixture::new(kind, "outbox-left", 1).await;
+    let out = unique("out");
+    broker.create_one_topic(&out, 1).await;
+    // What a worker that died after its commit, before the broker acknowledged, leaves: a
+    // committed batch with its emitted row still in the outbox.
+    {
+        let path = dir.path().join(&group).join(&topic).join("0.sqlite");
+        let store = PartitionStore::open(&path).expect("open");
+        let mut batch = WriteSet::default();
+        batch.put(COUNTS, "k", &1u64).expect("put");
+        batch.emit(OutboxRecord {
+            topic: out.clone(),
+            partition: None,
+            key: Some(b"k".to_vec()),
+            value: Some(b"left by a crash".to_vec()),
+            headers: vec![("weir.source.offset".into(), b"0".to_vec())],
+        });
+        store.commit(&batch, &topic, 0, 1).expect("commit");
+    }
+    // The input topic stays empty: only opening the store can send the row.
+    let worker = RunningWorker::spawn(
+        broker
+            .worker(&group, &topic, dir.path())
+            .build(CountHandler::default())
+            .expect("build"),
+    );
+    let sent = broker.consume(&out, 1, Duration::from_secs(60)).await;
+    assert_eq!(sent[0].payload(), Some(&b"left by a crash"[..]));
+    assert_eq!(sent[0].key(), Some(&b"k"[..]));
+    let header = sent[0]
+        .headers()
+        .and_then(|h| h.iter().find(|h| h.key == "weir.source.offset"))
+        .and_then(|h| h.value);
+    assert_eq!(header, Some(&b"0"[..]), "the row's headers travel with it");
+    worker.stop_cleanly().await;
+    let store = PartitionStore::open(dir.path().join(&group).join(&topic).join("0.sqlite"))
+        .expect("reopen");
+    assert!(
+        store.pending_outbox(10).expect("outbox").is_empty(),
+        "an acknowledged row leaves the outbox"
+    );
+}
+
+on_both_brokers!(
+    left_rows,
+    rows_left_by_a_crash_are_sent_when_the_store_opens
+);
+
+/// Mock cluster only: its fault injection makes the broker refuse the emitted records for a
+/// while (the producer retries them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_kafka_commit_waits_for_the_outbox() {
+    let Fixture {
+        broker,
+        topic,
+        group,
+        dir,
+    } = Fixture::new(BrokerKind::Mock, "outbox-wait", 1).await;
+    broker.create_one_topic(&tallies_topic(&topic), 1).await;
+    let records = keyed_records(0, 200, 10);
+    broker.produce(&topic, Some(0), records.clone()).await;
+    broker
+        .embedded()
+        .expect("mock")
+        .inject_request_errors(
+            RDKafkaApiKey::Produce,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 25],
+        )
+        .expect("inject");
+    let worker = RunningWorker::spawn(
+        broker
+            .worker(&group, &topic, dir.path())
+            .build(TallyHandler::default())
+            .expect("build"),
+    );
+    let path = dir.path().join(&group).join(&topic).join("0.sqlite");
+    let mut held_back = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        // Kafka's committed offset first: it can only move forward after this sample.
+        let kafka = broker.kafka_committed(&group, &topic, 1).get(&0).copied();
+        let (sqlite, pending) = match PartitionStore::open(&path) {
+            Ok(store) => (
+                store.next_offset(&topic, 0).expect("offset"),
+                store.pending_outbox(1).expect("outbox").len(),
+            ),
+            Err(_) => (None, 0), // not created yet
+        };
+        if pending > 0 {
+            if let Some(k) = kafka {
+                assert!(
+                    sqlite.is_some_and(|s| k < s) || sqlite.is_none(),
+                    "Kafka's committed offset {k} reached SQLite's {sqlite:?} while emitted \
+                     records were unacknowledged"
+                );
+            }
+            if sqlite == Some(200) {
+                held_back += 1;
+            }
+        }
+        if pending == 0 && kafka == Some(200) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not done: Kafka {kafka:?}, SQLite {sqlite:?}, outbox rows pending {pending}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("Kafka's commit was held back in {held_back} samples while the outbox waited");
+    assert!(
+        held_back > 0,
+        "never saw the whole batch committed in SQLite with its outbox unacknowledged"
+    );
+    let s = broker
+        .consume(&tallies_topic(&topic), 200, Duration::from_secs(60))
+        .await;
+    assert_eq!(s.len(), 200);
+    worker.stop_cleanly().await;
+}
