@@ -25,17 +25,20 @@ async fn failing_records_go_to_the_dead_letter_topic(kind: BrokerKind) {
     broker
         .produce(&topic, Some(0), good[1_000..].to_vec())
         .await;
-    // Not UTF-8: the Utf8 codec cannot decode it.
-    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .create()
-        .expect("producer");
+    // Not UTF-8: the Utf8 codec cannot decode it. Its own header must reach the dead letter.
+    let producer: rdkafka::producer::FutureProducer = broker.client().create().expect("producer");
     producer
         .send(
             rdkafka::producer::FutureRecord::to(&topic)
                 .partition(1)
                 .key("kb")
-                .payload(&[0xffu8, 0xfe][..]),
+                .payload(&[0xffu8, 0xfe][..])
+                .headers(
+                    rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+                        key: "trace-id",
+                        value: Some("t-42"),
+                    }),
+                ),
             Duration::from_secs(10),
         )
         .await
@@ -102,6 +105,11 @@ async fn failing_records_go_to_the_dead_letter_topic(kind: BrokerKind) {
     assert!(failed["weir.error"].contains("poison record"), "{failed:?}");
     let undecodable = &by_reason["undecodable"];
     assert_eq!(undecodable["weir.attempts"], "1");
+    assert_eq!(
+        undecodable.get("trace-id").map(String::as_str),
+        Some("t-42"),
+        "the record's own headers are kept: {undecodable:?}"
+    );
     assert!(
         undecodable["weir.error"].contains("invalid UTF-8"),
         "{undecodable:?}"
@@ -130,3 +138,100 @@ async fn failing_records_go_to_the_dead_letter_topic(kind: BrokerKind) {
     worker.stop_cleanly().await;
 }
 on_both_brokers!(dead_letters, failing_records_go_to_the_dead_letter_topic);
+
+/// Dead-letter headers by reason, for each letter of `topic`'s dead-letter topic.
+fn reasons(letters: &[rdkafka::message::OwnedMessage]) -> Vec<(String, String)> {
+    letters
+        .iter()
+        .map(|m| {
+            let reason = m
+                .headers()
+                .and_then(|h| h.iter().find(|h| h.key == "weir.reason"))
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default();
+            (
+                String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+                reason,
+            )
+        })
+        .collect()
+}
+
+/// With `keep_key_order`, a key whose record was dead-lettered stays dead-lettered across a
+/// real restart (a new process opening the store): its later records follow it to the
+/// dead-letter topic instead of being processed out of order.
+async fn key_order_is_kept_across_a_restart(kind: BrokerKind) {
+    let Fixture {
+        broker,
+        topic,
+        group,
+        dir,
+    } = Fixture::new(kind, "dlq-order", 1).await;
+    let worker = |dir: &std::path::Path| {
+        broker
+            .worker(&group, &topic, dir)
+            .keep_key_order(true)
+            .retry(weir::RetryPolicy {
+                max_attempts: 2,
+                backoff: Duration::from_millis(10),
+                max_backoff: Duration::from_millis(10),
+            })
+            .build(CountHandler::with_poison("poison", u64::MAX))
+            .expect("build")
+    };
+    let first: Vec<(String, String)> = vec![
+        ("a".into(), "a1".into()),
+        ("kx".into(), "poison".into()),
+        ("kx".into(), "x1".into()),
+        ("a".into(), "a2".into()),
+    ];
+    broker.produce(&topic, Some(0), first).await;
+    let w = RunningWorker::spawn(worker(dir.path()));
+    let letters = broker
+        .consume(&format!("{topic}.dlq"), 2, Duration::from_secs(60))
+        .await;
+    assert_eq!(
+        reasons(&letters),
+        [
+            ("poison".to_owned(), "failed".to_owned()),
+            ("x1".to_owned(), "follows-dead-letter".to_owned())
+        ]
+    );
+    wait_for_total(dir.path(), &group, &topic, 2, Duration::from_secs(30)).await;
+    w.stop_cleanly().await;
+
+    // A restart: the store is opened anew; a later record of the key follows it again.
+    broker
+        .produce(
+            &topic,
+            Some(0),
+            [("kx".into(), "x2".into()), ("a".into(), "a3".into())],
+        )
+        .await;
+    let w = RunningWorker::spawn(worker(dir.path()));
+    let s = wait_for_counts(
+        dir.path(),
+        &group,
+        &topic,
+        &[("a".to_owned(), 3u64)].into_iter().collect(),
+        Duration::from_secs(60),
+    )
+    .await;
+    w.stop_cleanly().await;
+    assert_eq!(
+        s.offsets.get(&0),
+        Some(&6),
+        "every record is behind the offset"
+    );
+    let letters = broker
+        .consume(&format!("{topic}.dlq"), 3, Duration::from_secs(60))
+        .await;
+    assert_eq!(
+        reasons(&letters).last(),
+        Some(&("x2".to_owned(), "follows-dead-letter".to_owned())),
+        "after the restart: {:?}",
+        reasons(&letters)
+    );
+}
+on_both_brokers!(key_order_after_restart, key_order_is_kept_across_a_restart);
