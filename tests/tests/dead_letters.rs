@@ -235,3 +235,81 @@ async fn key_order_is_kept_across_a_restart(kind: BrokerKind) {
     );
 }
 on_both_brokers!(key_order_after_restart, key_order_is_kept_across_a_restart);
+
+/// A batch commits only after its dead letter is acknowledged: while the broker refuses the
+/// dead letter (mock fault injection: the producer retries it), the partition's stored offset
+/// stays at or before the failed record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_batch_commits_only_after_its_dead_letter_is_acknowledged() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let Fixture {
+        broker,
+        topic,
+        group,
+        dir,
+    } = Fixture::new(BrokerKind::Mock, "dlq-ack", 1).await;
+    let mut records = keyed_records(0, 10, 5);
+    records.push(("kp".into(), "poison".into()));
+    records.extend(keyed_records(10, 10, 5));
+    broker.produce(&topic, Some(0), records.clone()).await;
+    broker
+        .embedded()
+        .expect("mock")
+        .inject_request_errors(
+            RDKafkaApiKey::Produce,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 20],
+        )
+        .expect("inject");
+    let worker = broker
+        .worker(&group, &topic, dir.path())
+        .retry(weir::RetryPolicy {
+            max_attempts: 2,
+            backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(10),
+        })
+        .metrics_addr("127.0.0.1:0")
+        .build(CountHandler::with_poison("poison", u64::MAX))
+        .expect("build");
+    let addr = worker.metrics_addr().expect("metrics");
+    let worker = RunningWorker::spawn(worker);
+    let dlq = format!("{topic}.dlq");
+    let probe: BaseConsumer = broker.client().create().expect("client");
+    let mut window = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        // The stored offset first: the dead letter can only arrive after this sample.
+        let stored = StoredCounts::read(dir.path(), &group, &topic)
+            .offsets
+            .get(&0)
+            .copied();
+        let (_, dlq_high) = probe
+            .fetch_watermarks(&dlq, 0, Duration::from_secs(5))
+            .expect("watermarks");
+        let (_, body) = http_get(addr, "/metrics").await;
+        let failures = sample(&body, "weir_messages_total", &[("outcome", "error")]).unwrap_or(0.0);
+        if dlq_high == 0 {
+            assert!(
+                stored.is_none_or(|o| o <= 10),
+                "the batch committed (offset {stored:?}) before its dead letter was acknowledged"
+            );
+            if failures >= 2.0 {
+                window += 1;
+            }
+        }
+        if stored == Some(records.len() as i64) && dlq_high == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not done: stored {stored:?}, dead letters {dlq_high}, failures {failures}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("{window} samples saw the dead letter pending and the batch uncommitted");
+    assert!(
+        window > 0,
+        "never saw the dead letter pending after the last attempt"
+    );
+    worker.stop_cleanly().await;
+}
