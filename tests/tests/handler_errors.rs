@@ -83,7 +83,16 @@ async fn handler_panic_is_retried(kind: BrokerKind) {
 }
 on_both_brokers!(panic_retried, handler_panic_is_retried);
 
-async fn record_that_always_fails(kind: BrokerKind) {
+/// How a record comes to be retried forever.
+#[derive(Debug, Clone, Copy)]
+enum Forever {
+    /// `max_attempts = 0`.
+    NoAttemptLimit,
+    /// Attempts run out, but there is no dead-letter topic (`WEIR_DEAD_LETTER_TOPIC=`).
+    NoDeadLetterTopic,
+}
+
+async fn record_that_always_fails(kind: BrokerKind, how: Forever) {
     let Fixture {
         broker,
         topic,
@@ -93,17 +102,22 @@ async fn record_that_always_fails(kind: BrokerKind) {
     let all = produce_partitions(&broker, &topic).await;
     let handler = CountHandler::with_poison("poison", u64::MAX);
     let attempts = handler.attempts.clone();
-    // Retried forever: the partition waits (no dead letters).
-    let forever = weir::RetryPolicy {
-        max_attempts: 0,
-        ..Default::default()
+    // Retried forever: the partition waits.
+    let builder = broker.worker(&group, &topic, dir.path()).batch_size(100);
+    let builder = match how {
+        Forever::NoAttemptLimit => builder.retry(weir::RetryPolicy {
+            max_attempts: 0,
+            ..Default::default()
+        }),
+        Forever::NoDeadLetterTopic => builder
+            .retry(weir::RetryPolicy {
+                max_attempts: 2,
+                backoff: Duration::from_millis(50),
+                max_backoff: Duration::from_millis(200),
+            })
+            .dead_letter_topic(None),
     };
-    let worker = broker
-        .worker(&group, &topic, dir.path())
-        .retry(forever)
-        .batch_size(100)
-        .build(handler)
-        .expect("build");
+    let worker = builder.build(handler).expect("build");
     let worker = RunningWorker::spawn(worker);
 
     // Partitions 1-3 finish; partition 0 stops before the poison record and stays there.
@@ -175,4 +189,12 @@ async fn record_that_always_fails(kind: BrokerKind) {
     .await;
     worker.stop_cleanly().await;
 }
-on_both_brokers!(always_failing, record_that_always_fails);
+async fn record_without_attempt_limit(kind: BrokerKind) {
+    record_that_always_fails(kind, Forever::NoAttemptLimit).await
+}
+on_both_brokers!(always_failing, record_without_attempt_limit);
+
+async fn record_without_dead_letter_topic(kind: BrokerKind) {
+    record_that_always_fails(kind, Forever::NoDeadLetterTopic).await
+}
+on_both_brokers!(no_dead_letter_topic, record_without_dead_letter_topic);

@@ -281,6 +281,16 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_dead_letter_topic_turns_dead_letters_off() {
+        let mut c = Config::default();
+        assert!(c.dead_letter_topic.is_some());
+        c.apply_env(env(&[("WEIR_DEAD_LETTER_TOPIC", "")]))
+            .expect("valid");
+        assert_eq!(c.dead_letter_topic, None);
+        assert_eq!(c.dead_letter_topic_of("t"), None);
+    }
+
+    #[test]
     fn unknown_weir_variables_are_refused_with_the_closest_name() {
         let err = Config::default()
             .apply_env(env(&[("WEIR_BATCHSIZE", "10")]))
