@@ -8,6 +8,8 @@ pub(crate) const BATCH_DURATION_SECONDS: &str = "weir_batch_duration_seconds";
 pub(crate) const COMMIT_DURATION_SECONDS: &str = "weir_commit_duration_seconds";
 /// Batch commits to SQLite that failed (disk full, I/O errors); the batch is retried.
 pub(crate) const COMMIT_FAILURES_TOTAL: &str = "weir_commit_failures_total";
+/// Batches refused because a later owner claimed the partition's state file (the task stops).
+pub(crate) const FENCED_TOTAL: &str = "weir_fenced_total";
 /// Rebalances by `kind` (`assign`, `revoke`, `lost`).
 pub(crate) const REBALANCES_TOTAL: &str = "weir_rebalances_total";
 /// Records sent to a dead-letter topic, by source `topic` and `reason`.

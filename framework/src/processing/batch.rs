@@ -16,7 +16,7 @@ use weir_state::{PartitionStore, WriteSet};
 use crate::delivery::{DeadLetterPolicy, DeadLetterReason, DeadLetterSink, RetryPolicy};
 use crate::inbound::Inbound;
 use crate::observe::metric_names::{
-    COMMIT_DURATION_SECONDS, COMMIT_FAILURES_TOTAL, MESSAGES_TOTAL,
+    COMMIT_DURATION_SECONDS, COMMIT_FAILURES_TOTAL, FENCED_TOTAL, MESSAGES_TOTAL,
 };
 use crate::processing::{Codec, Ctx, Delivery, Process, Record, UndecodableRecord};
 use crate::BoxError;
@@ -194,6 +194,7 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
                 BatchError::Commit(e @ weir_state::Error::Fenced { .. }) => {
                     // Another worker owns the partition now: nothing of this batch is kept, and
                     // retrying cannot succeed.
+                    metrics::counter!(FENCED_TOTAL).increment(1);
                     tracing::warn!(topic = %self.topic, partition = self.partition, "{e}");
                     Next::Return(Outcome::Stopped)
                 }
