@@ -80,3 +80,129 @@ on_both_brokers!(
     restore_on_another_machine,
     a_new_machine_restores_from_the_changelog
 );
+
+/// Copies the files of `from` into `to` (a stopped worker's state dir: a machine's disk as it
+/// was at that moment).
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    for entry in std::fs::read_dir(from).expect("read dir").flatten() {
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            std::fs::create_dir_all(&target).expect("mkdir");
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+/// The restore's two branches on a worker that has a store: a current store is kept (no
+/// restore, only new records processed); a store that is behind the changelog is rebuilt
+/// from it (nothing processed again).
+async fn a_current_store_is_kept_and_a_store_behind_is_restored(kind: BrokerKind) {
+    let Fixture {
+        broker,
+        topic,
+        group,
+        dir,
+    } = Fixture::new(kind, "changelog-branches", 2).await;
+    broker
+        .create_one_topic(&format!("{group}-{topic}-changelog"), 2)
+        .await;
+    let first = keyed_records(0, 1_000, 50);
+    broker.produce(&topic, None, first.clone()).await;
+    let run = |dir: &std::path::Path, handler: CountHandler| {
+        let worker = broker
+            .worker(&group, &topic, dir)
+            .changelog(true)
+            .metrics_addr("127.0.0.1:0")
+            .build(handler)
+            .expect("build");
+        let addr = worker.metrics_addr().expect("metrics");
+        (RunningWorker::spawn(worker), addr)
+    };
+    let restored = |body: &str| sample(body, "weir_restored_records_total", &[]).unwrap_or(0.0);
+
+    let (a, _) = run(dir.path(), CountHandler::default());
+    wait_for_counts(
+        dir.path(),
+        &group,
+        &topic,
+        &expected_counts(&first),
+        Duration::from_secs(60),
+    )
+    .await;
+    a.stop_cleanly().await;
+    let old = tempfile::tempdir().expect("tempdir");
+    copy_dir(dir.path(), old.path());
+
+    // The same machine again, its store current: kept, only the new records processed.
+    let more = keyed_records(1_000, 500, 50);
+    broker.produce(&topic, None, more.clone()).await;
+    let mut all = first;
+    all.extend(more);
+    let handler = CountHandler::default();
+    let processed = handler.attempts.clone();
+    if kind == BrokerKind::Tansu {
+        broker
+            .wait_group_empty(&group, Duration::from_secs(30))
+            .await;
+    }
+    let (a2, addr) = run(dir.path(), handler);
+    wait_for_counts(
+        dir.path(),
+        &group,
+        &topic,
+        &expected_counts(&all),
+        Duration::from_secs(60),
+    )
+    .await;
+    let (_, body) = http_get(addr, "/metrics").await;
+    a2.stop_cleanly().await;
+    assert_eq!(restored(&body), 0.0, "a current store is not restored");
+    assert_eq!(
+        processed.load(Ordering::SeqCst),
+        500,
+        "only the new records are processed"
+    );
+
+    // A machine whose disk holds the older store: behind the changelog, so rebuilt from it.
+    if kind == BrokerKind::Tansu {
+        broker
+            .wait_group_empty(&group, Duration::from_secs(30))
+            .await;
+    }
+    let handler = CountHandler::default();
+    let processed = handler.attempts.clone();
+    let (b, addr) = run(old.path(), handler);
+    wait_until(
+        "the old store to be restored",
+        Duration::from_secs(60),
+        || async {
+            let (_, body) = http_get(addr, "/metrics").await;
+            let s = StoredCounts::read(old.path(), &group, &topic);
+            if restored(&body) > 0.0 && s.offsets.values().sum::<i64>() == all.len() as i64 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "restored {}, offsets {:?}",
+                    restored(&body),
+                    s.offsets
+                ))
+            }
+        },
+    )
+    .await;
+    b.stop_cleanly().await;
+    let s = StoredCounts::read(old.path(), &group, &topic);
+    assert_counts_exact(&s.counts, &expected_counts(&all));
+    assert_eq!(
+        processed.load(Ordering::SeqCst),
+        0,
+        "the store behind came from the changelog, nothing processed again"
+    );
+}
+
+on_both_brokers!(
+    restore_branches,
+    a_current_store_is_kept_and_a_store_behind_is_restored
+);
