@@ -136,3 +136,75 @@ async fn two_workers_share_then_hand_over(kind: BrokerKind) {
 }
 
 on_both_brokers!(two_workers, two_workers_share_then_hand_over);
+
+/// A partition revoked while its batch is in flight (a second worker joins while the first is
+/// in the middle of slow batches) commits the records of the batch done so far and leaves the
+/// rest to its next owner: counts exact, and no record processed twice.
+async fn a_revoke_mid_batch_commits_what_is_done(kind: BrokerKind) {
+    use std::sync::atomic::Ordering;
+    let Fixture {
+        broker,
+        topic,
+        group,
+        dir,
+    } = Fixture::new(kind, "revoke", 4).await;
+    // About 2000 records a partition at 4 ms each and 250 a batch: each partition takes 8 s,
+    // each of its batches a second, and the rebalance comes in the middle.
+    let records = keyed_records(0, 8_000, 40);
+    broker.produce(&topic, None, records.clone()).await;
+    let slow = || CountHandler {
+        delay: Some(Duration::from_millis(4)),
+        ..Default::default()
+    };
+    let start = |h: CountHandler| {
+        let worker = broker
+            .worker(&group, &topic, dir.path())
+            .batch_size(250)
+            .metrics_addr("127.0.0.1:0")
+            .build(h)
+            .expect("build");
+        let addr = worker.metrics_addr().expect("metrics address");
+        (RunningWorker::spawn(worker), addr)
+    };
+    let (a, b) = (slow(), slow());
+    let (tried_a, tried_b) = (a.attempts.clone(), b.attempts.clone());
+    let seen_b = b.seen_partitions.clone();
+    let (worker_a, addr) = start(a);
+    wait_for_total(dir.path(), &group, &topic, 500, Duration::from_secs(60)).await;
+    let (worker_b, _) = start(b);
+    wait_until("B to take partitions over", Duration::from_secs(60), || {
+        let n = seen_b.lock().expect("lock").len();
+        async move {
+            if n > 0 {
+                Ok(())
+            } else {
+                Err("B has processed nothing yet".into())
+            }
+        }
+    })
+    .await;
+    let (_, body) = http_get(addr, "/metrics").await;
+    let cut = sample(&body, "weir_batches_cut_total", &[]).unwrap_or(0.0);
+    wait_for_counts(
+        dir.path(),
+        &group,
+        &topic,
+        &expected_counts(&records),
+        Duration::from_secs(120),
+    )
+    .await;
+    let (a_tried, b_tried) = (
+        tried_a.load(Ordering::SeqCst),
+        tried_b.load(Ordering::SeqCst),
+    );
+    eprintln!("{kind:?}: {cut} batches cut by the revoke; A processed {a_tried}, B {b_tried}");
+    assert!(cut >= 1.0, "no batch was in flight at the revoke");
+    assert_eq!(
+        a_tried + b_tried,
+        records.len() as u64,
+        "records processed twice around the revoke"
+    );
+    worker_b.stop_cleanly().await;
+    worker_a.stop_cleanly().await;
+}
+on_both_brokers!(revoke_mid_batch, a_revoke_mid_batch_commits_what_is_done);

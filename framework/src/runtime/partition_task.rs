@@ -13,7 +13,7 @@ use weir_state::PartitionStore;
 use crate::delivery::restore::{self, Restore};
 use crate::delivery::OutboxSink;
 use crate::inbound::Inbound;
-use crate::observe::metric_names::{BATCH_DURATION_SECONDS, MESSAGES_TOTAL};
+use crate::observe::metric_names::{BATCHES_CUT_TOTAL, BATCH_DURATION_SECONDS, MESSAGES_TOTAL};
 use crate::processing::batch::{BatchRunner, Outcome};
 use crate::processing::Process;
 use crate::runtime::flow::PartitionFlow;
@@ -132,6 +132,7 @@ impl<H: Process> PartitionTask<H> {
             }
             if self.next_offset < batch.last().map(|m| m.offset() + 1) {
                 // A stop cut the batch short: the rest is the next owner's, never skipped.
+                metrics::counter!(BATCHES_CUT_TOTAL).increment(1);
                 break;
             }
             batch.clear();
