@@ -580,6 +580,22 @@ impl StoredCounts {
     }
 }
 
+/// Waits until a [`CountHandler`] made with `stall_on` hangs at its record (`stalled`).
+pub async fn wait_stalled(stalled: &std::sync::atomic::AtomicBool) {
+    wait_until(
+        "the handler to hang at its record",
+        Duration::from_secs(60),
+        || async {
+            if stalled.load(Ordering::SeqCst) {
+                Ok(())
+            } else {
+                Err("not reached yet".into())
+            }
+        },
+    )
+    .await;
+}
+
 /// Waits until the stores of `topic` count at least `min` records in all.
 pub async fn wait_for_total(
     state_dir: &Path,

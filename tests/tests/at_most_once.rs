@@ -2,7 +2,6 @@
 //! the middle of a batch skips the rest of it (and loses the writes of its first records): the
 //! next owner goes on after the batch, nothing of it counted, nothing counted twice.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use weir::prelude::*;
@@ -43,18 +42,7 @@ async fn a_crash_mid_batch_skips_the_batch(kind: BrokerKind) {
             .build(AtMostOnce { inner })
             .expect("build"),
     );
-    wait_until(
-        "the handler to hang mid-batch",
-        Duration::from_secs(60),
-        || async {
-            if stalled.load(Ordering::SeqCst) {
-                Ok(())
-            } else {
-                Err("not reached yet".into())
-            }
-        },
-    )
-    .await;
+    wait_stalled(&stalled).await;
     let before = StoredCounts::read(dir.path(), &group, &topic);
     // Records before the hanging batch are counted; its offset is committed already.
     let start = before.total() as usize;

@@ -2,7 +2,6 @@
 //! with SIGKILL. After a restart every count is exact: nothing lost, nothing counted twice.
 
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use weir_tests::*;
@@ -32,18 +31,7 @@ async fn dropped_mid_batch(kind: BrokerKind) {
         .build(handler)
         .expect("build");
     let worker = RunningWorker::spawn(worker);
-    wait_until(
-        "the handler to hang mid-batch",
-        Duration::from_secs(60),
-        || async {
-            if stalled.load(Ordering::SeqCst) {
-                Ok(())
-            } else {
-                Err("not reached yet".into())
-            }
-        },
-    )
-    .await;
+    wait_stalled(&stalled).await;
     let before = StoredCounts::read(dir.path(), &group, &topic);
     assert!(
         before.total() < N as u64,

@@ -309,14 +309,7 @@ async fn drain_deadline_names_unreleased_partitions(kind: BrokerKind) {
         .build(handler)
         .expect("build");
     let worker = RunningWorker::spawn(worker);
-    wait_until("the handler to hang", Duration::from_secs(60), || async {
-        if stalled.load(Ordering::SeqCst) {
-            Ok(())
-        } else {
-            Err("not yet".into())
-        }
-    })
-    .await;
+    wait_stalled(&stalled).await;
     let asked = std::time::Instant::now();
     let err = worker.stop().await.expect_err("the drain cannot finish");
     let waited = asked.elapsed();
