@@ -684,6 +684,8 @@ pub struct CountHandler {
     pub delay: Option<Duration>,
     /// Sleep this long on the record with this value.
     pub slow_on: Option<(String, Duration)>,
+    /// Every attempt, in order: partition, value, when it started.
+    pub log: Arc<Mutex<Vec<(i32, String, std::time::Instant)>>>,
 }
 
 impl CountHandler {
@@ -747,6 +749,11 @@ impl Process for CountHandler {
 
     async fn process(&self, rec: Record<'_, String>, ctx: &mut Ctx<'_>) -> Result<(), CountError> {
         self.attempts.fetch_add(1, Ordering::Relaxed);
+        self.log.lock().expect("lock").push((
+            rec.partition(),
+            rec.value().clone(),
+            std::time::Instant::now(),
+        ));
         self.seen_partitions
             .lock()
             .expect("lock")

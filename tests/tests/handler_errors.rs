@@ -68,9 +68,55 @@ async fn failing_record_heals(kind: BrokerKind, panic: bool) {
         "the poison record failed 3 times before it passed"
     );
     worker.stop_cleanly().await;
+    retried_in_place_after_backoff(&probe.log.lock().expect("lock"));
     let s = StoredCounts::read(dir.path(), &group, &topic);
     assert_counts_exact(&s.counts, &expected_counts(&all));
     assert_eq!(s.offsets.values().sum::<i64>(), all.len() as i64);
+}
+
+/// Partition 0's attempts, as the handler saw them: the poison record is tried 4 times, each
+/// after the default backoff (100 ms doubling, ±25% jitter), and no record after it runs
+/// before its last attempt (the batch is retried in place, so order holds).
+fn retried_in_place_after_backoff(log: &[(i32, String, std::time::Instant)]) {
+    let index = |v: &str| {
+        if v == "poison" {
+            POISON_AT
+        } else {
+            v.trim_start_matches("p0-").parse().expect("p0-i")
+        }
+    };
+    let p0: Vec<(usize, std::time::Instant)> = log
+        .iter()
+        .filter(|(p, _, _)| *p == 0)
+        .map(|(_, v, t)| (index(v), *t))
+        .collect();
+    let tries: Vec<usize> = (0..p0.len()).filter(|&i| p0[i].0 == POISON_AT).collect();
+    assert_eq!(tries.len(), 4, "poison attempts");
+    let gaps: Vec<Duration> = tries.windows(2).map(|w| p0[w[1]].1 - p0[w[0]].1).collect();
+    eprintln!("poison retried after {gaps:?}");
+    for (i, gap) in gaps.iter().enumerate() {
+        let nominal = 100.0 * f64::from(1u32 << i);
+        let ms = gap.as_secs_f64() * 1000.0;
+        assert!(
+            ms >= nominal * 0.75 && ms <= nominal * 1.25 + 300.0,
+            "retry {} came after {ms:.0} ms; the backoff is {nominal} ms ±25%",
+            i + 1
+        );
+    }
+    let last = *tries.last().expect("tries");
+    let early: Vec<usize> = p0[..last]
+        .iter()
+        .map(|(i, _)| *i)
+        .filter(|&i| i > POISON_AT)
+        .collect();
+    assert!(
+        early.is_empty(),
+        "records after the failing one ran before it succeeded: {early:?}"
+    );
+    assert!(
+        p0[last + 1..].iter().all(|(i, _)| *i > POISON_AT),
+        "records before the failing one ran again after it succeeded"
+    );
 }
 
 async fn handler_error_is_retried(kind: BrokerKind) {

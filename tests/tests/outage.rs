@@ -3,7 +3,6 @@
 //! offset-commit and heartbeat requests; a state disk that fills up. Final state is exact in
 //! every case.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
@@ -12,16 +11,9 @@ use weir_tests::*;
 
 const N: usize = 40_000;
 
-async fn scrape_sum(addr: SocketAddr, metric: &str) -> f64 {
-    let (_, body) = http_get(addr, "/metrics").await;
-    body.lines()
-        .filter(|l| l.starts_with(metric))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Starts a slow worker, waits for progress, runs `outage`, then checks the exact end state.
-async fn survives(broker: &TestBroker, outage: impl std::future::Future<Output = ()>) -> f64 {
+/// Returns the worker's `/metrics` once every record is counted.
+async fn survives(broker: &TestBroker, outage: impl std::future::Future<Output = ()>) -> String {
     let (topic, group) = (unique("outage"), unique("g"));
     broker.create_topic(&topic, 4).await;
     let records = keyed_records(0, N, 300);
@@ -42,7 +34,6 @@ async fn survives(broker: &TestBroker, outage: impl std::future::Future<Output =
     wait_for_total(dir.path(), &group, &topic, 5_000, Duration::from_secs(60)).await;
     let before = StoredCounts::read(dir.path(), &group, &topic).total();
     outage.await;
-    let errors = scrape_sum(addr, "weir_client_errors_total").await;
     wait_for_counts(
         dir.path(),
         &group,
@@ -51,22 +42,45 @@ async fn survives(broker: &TestBroker, outage: impl std::future::Future<Output =
         Duration::from_secs(180),
     )
     .await;
+    let (_, metrics) = http_get(addr, "/metrics").await;
     eprintln!(
-        "{:?}: {before} of {N} counted at the outage; client errors seen {errors}",
-        broker.kind()
+        "{:?}: {before} of {N} counted at the outage; client errors {}, consumer errors {}, \
+         Kafka commit failures {}, rebalances assign/revoke/lost {}/{}/{}, fenced {}",
+        broker.kind(),
+        sum(&metrics, "weir_client_errors_total"),
+        sum(&metrics, "weir_consumer_errors_total"),
+        sum(&metrics, "weir_kafka_commit_failures_total"),
+        rebalances(&metrics, "assign"),
+        rebalances(&metrics, "revoke"),
+        rebalances(&metrics, "lost"),
+        sum(&metrics, "weir_fenced_total"),
     );
     assert!(before < N as u64, "the outage must come mid-stream");
     worker.stop_cleanly().await;
     let s = StoredCounts::read(dir.path(), &group, &topic);
     assert_counts_exact(&s.counts, &expected_counts(&records));
-    errors
+    metrics
+}
+
+/// The sum of every series of `metric` (0 when absent).
+fn sum(metrics: &str, metric: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.split([' ', '{']).next() == Some(metric))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .fold(0.0, |total, v| total + v)
+}
+
+fn rebalances(metrics: &str, kind: &str) -> f64 {
+    sample(metrics, "weir_rebalances_total", &[("kind", kind)]).unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tansu_connections_cut_for_20_seconds() {
     let tansu = ProxiedTansu::start().await;
     let broker = TestBroker::tansu_at(tansu.bootstrap());
-    let errors = survives(&broker, tansu.proxy.cut_for(Duration::from_secs(20))).await;
+    let metrics = survives(&broker, tansu.proxy.cut_for(Duration::from_secs(20))).await;
+    let errors = sum(&metrics, "weir_client_errors_total");
     assert!(errors > 0.0, "the outage shows in weir_client_errors_total");
 }
 
@@ -74,45 +88,72 @@ async fn tansu_connections_cut_for_20_seconds() {
 async fn mock_broker_down_for_10_seconds() {
     let broker = TestBroker::start(BrokerKind::Mock);
     let mock = broker.embedded().expect("mock");
-    let errors = survives(&broker, async {
+    let metrics = survives(&broker, async {
         mock.broker_down(1).expect("down");
         tokio::time::sleep(Duration::from_secs(10)).await;
         mock.broker_up(1).expect("up");
     })
     .await;
+    let errors = sum(&metrics, "weir_client_errors_total");
     assert!(errors > 0.0, "the outage shows in weir_client_errors_total");
 }
 
+/// Fetch and offset-commit requests fail (fault injection): each fault shows in its metric,
+/// and the state is exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn mock_request_errors_on_fetch_commit_and_heartbeat() {
+async fn mock_fetch_and_commit_errors() {
+    use RDKafkaRespErr::*;
     let broker = TestBroker::start(BrokerKind::Mock);
     let mock = broker.embedded().expect("mock");
-    survives(&broker, async {
-        use RDKafkaRespErr::*;
-        let timeouts = [RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT; 5];
-        mock.inject_request_errors(RDKafkaApiKey::Fetch, &timeouts)
+    let metrics = survives(&broker, async {
+        mock.inject_request_errors(RDKafkaApiKey::Fetch, &[RD_KAFKA_RESP_ERR_INVALID_MSG; 5])
             .expect("fetch errors");
         mock.inject_request_errors(
             RDKafkaApiKey::OffsetCommit,
-            &[
-                RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
-                RD_KAFKA_RESP_ERR_NOT_COORDINATOR,
-                RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS,
-            ],
+            &[RD_KAFKA_RESP_ERR_OFFSET_METADATA_TOO_LARGE; 3],
         )
         .expect("commit errors");
-        mock.inject_request_errors(
-            RDKafkaApiKey::Produce,
-            &[RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 3],
-        )
-        .expect("produce errors");
-        mock.inject_request_errors(
-            RDKafkaApiKey::Heartbeat,
-            &[RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT; 3],
-        )
-        .expect("heartbeat errors");
     })
     .await;
+    assert!(
+        sum(&metrics, "weir_consumer_errors_total") > 0.0,
+        "the fetch errors show in weir_consumer_errors_total"
+    );
+    assert!(
+        sum(&metrics, "weir_kafka_commit_failures_total") > 0.0,
+        "the commit errors show in weir_kafka_commit_failures_total"
+    );
+}
+
+/// The group coordinator forgets the worker (its heartbeat answered with UNKNOWN_MEMBER_ID):
+/// the worker's assignment is lost. Its tasks are released at once, it rejoins and takes the
+/// partitions again from SQLite: counts exact, and no task of the lost assignment is left to
+/// be fenced by the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mock_lost_assignment_is_released_and_taken_again() {
+    let broker = TestBroker::start(BrokerKind::Mock);
+    let mock = broker.embedded().expect("mock");
+    let metrics = survives(&broker, async {
+        mock.inject_request_errors(
+            RDKafkaApiKey::Heartbeat,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_MEMBER_ID],
+        )
+        .expect("heartbeat error");
+    })
+    .await;
+    assert!(
+        rebalances(&metrics, "lost") >= 1.0,
+        "the assignment was lost"
+    );
+    assert!(
+        rebalances(&metrics, "assign") >= 2.0,
+        "the partitions were taken again"
+    );
+    assert_eq!(
+        sum(&metrics, "weir_fenced_total"),
+        0.0,
+        "a task of the lost assignment was still running when the partitions came back"
+    );
 }
 
 /// Unmounts the tmpfs when the test ends, however it ends.
@@ -175,7 +216,10 @@ async fn full_state_disk_commits_nothing_and_loses_nothing() {
         "commits failing on the full disk",
         Duration::from_secs(60),
         || async {
-            let failures = scrape_sum(addr, "weir_commit_failures_total").await;
+            let failures = sum(
+                &http_get(addr, "/metrics").await.1,
+                "weir_commit_failures_total",
+            );
             if failures >= 2.0 {
                 Ok(())
             } else {

@@ -8,12 +8,16 @@ pub(crate) const BATCH_DURATION_SECONDS: &str = "weir_batch_duration_seconds";
 pub(crate) const COMMIT_DURATION_SECONDS: &str = "weir_commit_duration_seconds";
 /// Batch commits to SQLite that failed (disk full, I/O errors); the batch is retried.
 pub(crate) const COMMIT_FAILURES_TOTAL: &str = "weir_commit_failures_total";
+/// Offset commits to Kafka that the broker refused or that timed out (progress only: the
+/// next commit carries the offsets again).
+pub(crate) const KAFKA_COMMIT_FAILURES_TOTAL: &str = "weir_kafka_commit_failures_total";
 /// Batches a stop (revoke, shutdown) cut short: their records done so far were committed, the
 /// rest left to the partition's next owner.
 pub(crate) const BATCHES_CUT_TOTAL: &str = "weir_batches_cut_total";
 /// Batches refused because a later owner claimed the partition's state file (the task stops).
 pub(crate) const FENCED_TOTAL: &str = "weir_fenced_total";
-/// Rebalances by `kind` (`assign`, `revoke`, `lost`).
+/// Rebalances that moved partitions to or from this worker, by `kind` (`assign`, `revoke`,
+/// `lost`); a cooperative rebalance that leaves this worker's partitions alone counts nothing.
 pub(crate) const REBALANCES_TOTAL: &str = "weir_rebalances_total";
 /// Records sent to a dead-letter topic, by source `topic` and `reason`.
 pub(crate) const DEAD_LETTERS_TOTAL: &str = "weir_dead_letters_total";

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::{mpsc as std_mpsc, Arc};
 use std::time::{Duration, Instant};
 
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -15,7 +16,9 @@ use rdkafka::ClientContext;
 use tokio::sync::mpsc;
 use weir_state::PartitionStore;
 
-use crate::observe::metric_names::{CLIENT_ERRORS_TOTAL, REBALANCES_TOTAL};
+use crate::observe::metric_names::{
+    CLIENT_ERRORS_TOTAL, KAFKA_COMMIT_FAILURES_TOTAL, REBALANCES_TOTAL,
+};
 use crate::processing::batch::{BatchRunner, Mode};
 use crate::processing::Process;
 use crate::runtime::consumer::pause;
@@ -37,6 +40,33 @@ impl<H: Process> ClientContext for WeirContext<H> {
             .map_or_else(|| "other".to_owned(), |c| format!("{c:?}"));
         metrics::counter!(CLIENT_ERRORS_TOTAL, "kind" => kind).increment(1);
         tracing::warn!("kafka client error: {error}: {reason}");
+    }
+
+    /// librdkafka's log lines, forwarded to `tracing` (target `librdkafka`). Failed offset
+    /// commits are counted here: librdkafka reports the result of a manual asynchronous
+    /// commit only in its log (`COMMITFAIL`).
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        if fac == "COMMITFAIL" {
+            // Kafka's committed offset is progress only; the truth is in SQLite.
+            metrics::counter!(KAFKA_COMMIT_FAILURES_TOTAL).increment(1);
+        }
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", "librdkafka: {fac} {message}");
+            }
+            RDKafkaLogLevel::Warning => {
+                tracing::warn!(target: "librdkafka", "librdkafka: {fac} {message}");
+            }
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", "librdkafka: {fac} {message}");
+            }
+            RDKafkaLogLevel::Debug => {
+                tracing::debug!(target: "librdkafka", "librdkafka: {fac} {message}");
+            }
+        }
     }
 
     /// librdkafka's statistics carry each partition's watermarks as learned from fetch
@@ -103,17 +133,6 @@ impl<H: Process> ConsumerContext for WeirContext<H> {
             tracing::error!("applying the new assignment failed: {e}");
         }
     }
-
-    fn commit_callback(
-        &self,
-        result: rdkafka::error::KafkaResult<()>,
-        offsets: &TopicPartitionList,
-    ) {
-        if let Err(e) = result {
-            // Kafka's committed offset is progress only; the truth is in SQLite.
-            tracing::debug!("offset commit to Kafka failed ({e}): {offsets:?}");
-        }
-    }
 }
 
 impl<H: Process> WeirContext<H> {
@@ -126,7 +145,9 @@ impl<H: Process> WeirContext<H> {
     }
 
     fn assign(&self, tpl: &mut TopicPartitionList) {
-        metrics::counter!(REBALANCES_TOTAL, "kind" => "assign").increment(1);
+        if tpl.count() > 0 {
+            metrics::counter!(REBALANCES_TOTAL, "kind" => "assign").increment(1);
+        }
         let shared = &self.shared;
         shared.lifecycle.joined();
         let c = &shared.config;
@@ -205,7 +226,9 @@ impl<H: Process> WeirContext<H> {
 
     fn revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList, lost: bool) {
         let kind = if lost { "lost" } else { "revoke" };
-        metrics::counter!(REBALANCES_TOTAL, "kind" => kind).increment(1);
+        if tpl.count() > 0 {
+            metrics::counter!(REBALANCES_TOTAL, "kind" => kind).increment(1);
+        }
         let abandon = self.shared.lifecycle.is_abandoned();
         let mut handles = Vec::new();
         {
