@@ -46,6 +46,7 @@ use crate::inbound::Inbound;
 use crate::processing::batch::{BatchError, BatchRunner, Mode, Outcome};
 use crate::processing::Process;
 use crate::{Error, Result};
+use weir_state::CacheBudget;
 
 /// Runs a handler over records given in the test, with real SQLite stores and no broker.
 #[derive(Debug)]
@@ -220,7 +221,9 @@ impl<H: Process> TestKit<H> {
                 Some(s) => Arc::clone(s),
                 None => {
                     let path = self.dir.join(topic).join(format!("{partition}.sqlite"));
-                    let s = Arc::new(PartitionStore::open(path)?);
+                    // Cached as in a worker, so tests see what a worker does.
+                    let budget = CacheBudget::new(self.config.state_cache_mb << 20);
+                    let s = Arc::new(PartitionStore::open(path)?.with_cache(budget));
                     log.store = Some(Arc::clone(&s));
                     s
                 }

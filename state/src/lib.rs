@@ -25,12 +25,14 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod cache;
 mod error;
 mod partition_store;
 mod reader;
 pub mod wire;
 mod write_set;
 
+pub use cache::CacheBudget;
 pub use error::{Error, Result};
 pub use partition_store::{PartitionStore, SCHEMA_VERSION};
 pub use reader::StoreReader;

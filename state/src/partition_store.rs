@@ -1,16 +1,37 @@
 //! One SQLite database per partition: keyed state and the partition's next offset.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::{de::DeserializeOwned, Serialize};
 
+use crate::cache::{CacheBudget, StateCache};
 use crate::reader::{decode_entries, query_entries, query_next_offset, query_value};
 use crate::wire::{header, ChangelogEntry};
 use crate::write_set::{decode, encode};
 use crate::{Error, OutboxRecord, Result, WriteSet};
+
+/// Test builds only: how an interrupted commit ends.
+#[cfg(test)]
+#[derive(Debug, Clone, Copy)]
+enum CommitEnd {
+    /// The process dies: the caller sees nothing more.
+    Crash,
+    /// The commit fails with an error and the process goes on.
+    Fail,
+}
+
+#[cfg(test)]
+impl CommitEnd {
+    fn result(self) -> rusqlite::Result<Option<i64>> {
+        match self {
+            Self::Crash => Ok(None),
+            Self::Fail => Err(rusqlite::Error::InvalidQuery),
+        }
+    }
+}
 
 /// `PRAGMA application_id` of every weir store: ASCII "weir".
 const APPLICATION_ID: i32 = 0x7765_6972;
@@ -69,10 +90,12 @@ pub struct PartitionStore {
     /// The (topic, partition, epoch) this handle claimed: its commits fail once another
     /// handle claims the partition after it.
     claim: Mutex<Option<(String, i32, i64)>>,
+    /// Committed values read or written through this handle (see [`with_cache`](Self::with_cache)).
+    cache: Option<Mutex<StateCache>>,
     /// Test builds only: abandon the next commit's transaction after this many row writes,
     /// the on-disk effect of a process that dies in the middle of a commit.
     #[cfg(test)]
-    crash_after: Mutex<Option<usize>>,
+    crash_after: Mutex<Option<(usize, CommitEnd)>>,
 }
 
 impl PartitionStore {
@@ -150,9 +173,21 @@ impl PartitionStore {
             conn: Mutex::new(conn),
             path,
             claim: Mutex::new(None),
+            cache: None,
             #[cfg(test)]
             crash_after: Mutex::new(None),
         })
+    }
+
+    /// Keeps the committed values this handle reads and writes in memory, within `budget`
+    /// (shared by the caches of a worker), so that reading them again costs no SQLite query.
+    /// Only this handle's own commits update the cache: a file written by another handle at
+    /// the same time (a fenced owner) is not seen through it, which is fine because this
+    /// handle's commits are then refused anyway.
+    #[must_use]
+    pub fn with_cache(mut self, budget: Arc<CacheBudget>) -> Self {
+        self.cache = Some(Mutex::new(StateCache::new(budget)));
+        self
     }
 
     /// Takes ownership of `topic`/`partition` in this file: bumps its owner epoch and remembers
@@ -331,6 +366,7 @@ impl PartitionStore {
     /// Empties the store for a restore: state, outbox and `topic`/`partition`'s offset go, in
     /// one transaction (the owner epoch stays).
     pub fn reset(&self, topic: &str, partition: i32) -> Result<()> {
+        self.with_cache_locked(StateCache::clear);
         let mut conn = self.conn();
         let run = |conn: &mut Connection| -> rusqlite::Result<()> {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -354,6 +390,7 @@ impl PartitionStore {
         partition: i32,
         next_offset: Option<i64>,
     ) -> Result<()> {
+        self.with_cache_locked(StateCache::clear);
         let mut conn = self.conn();
         let run = |conn: &mut Connection| -> rusqlite::Result<()> {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -387,7 +424,17 @@ impl PartitionStore {
         *self
             .crash_after
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(rows);
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((rows, CommitEnd::Crash));
+    }
+
+    /// Test builds only: the next commit fails (an I/O error) after `rows` row writes, and the
+    /// process goes on.
+    #[cfg(test)]
+    pub(crate) fn fail_next_commit_after(&self, rows: usize) {
+        *self
+            .crash_after
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((rows, CommitEnd::Fail));
     }
 
     fn commit_inner(
@@ -434,8 +481,12 @@ impl PartitionStore {
                 #[cfg_attr(not(test), allow(unused_variables))]
                 for (written, (store, key, value)) in batch.iter().enumerate() {
                     #[cfg(test)]
-                    if crash_after == Some(written) {
-                        return Ok(None); // dropping `tx` rolls back, as a dead process would
+                    if let Some((rows, end)) = crash_after {
+                        if rows == written {
+                            // Dropping `tx` rolls back, as a dead process or a failed write
+                            // would.
+                            return end.result();
+                        }
                     }
                     match value {
                         Some(value) => upsert.execute(params![store, key, value])?,
@@ -443,8 +494,8 @@ impl PartitionStore {
                     };
                 }
                 #[cfg(test)]
-                if crash_after.is_some() {
-                    return Ok(None);
+                if let Some((_, end)) = crash_after {
+                    return end.result();
                 }
                 let mut outbox = tx.prepare_cached(
                     "INSERT INTO outbox (topic, partition, key, value, headers) \
@@ -496,6 +547,13 @@ impl PartitionStore {
                 ])?;
             }
             tx.commit()?;
+            // Committed: the cache learns the batch's values (never before, so a failed or
+            // abandoned transaction leaves it holding committed state only).
+            self.with_cache_locked(|cache| {
+                for (store, key, value) in batch.iter() {
+                    cache.insert(store, key, value);
+                }
+            });
             Ok(None)
         };
         match run(&mut conn).map_err(|source| self.sqlite_err(source))? {
@@ -511,7 +569,24 @@ impl PartitionStore {
     }
 
     fn get_encoded(&self, store: &str, key: &str) -> Result<Option<String>> {
-        query_value(&self.conn(), store, key).map_err(|source| self.sqlite_err(source))
+        if let Some(Some(hit)) = self.with_cache_locked(|cache| cache.get(store, key)) {
+            return Ok(hit);
+        }
+        let value =
+            query_value(&self.conn(), store, key).map_err(|source| self.sqlite_err(source))?;
+        self.with_cache_locked(|cache| cache.insert(store, key, value.as_deref()));
+        Ok(value)
+    }
+
+    /// Runs `f` on the cache, if this handle has one.
+    fn with_cache_locked<T>(&self, f: impl FnOnce(&mut StateCache) -> T) -> Option<T> {
+        let cache = self.cache.as_ref()?;
+        // The cache holds plain data; a panic elsewhere cannot leave it half-updated in a way
+        // that matters, as every entry is a committed value.
+        let mut cache = cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Some(f(&mut cache))
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {

@@ -36,6 +36,8 @@ pub(crate) struct Config {
     pub(crate) batch_size: usize,
     pub(crate) linger: Duration,
     pub(crate) queue_capacity: usize,
+    /// Bytes of committed state values the worker's partitions keep in memory together.
+    pub(crate) state_cache_mb: usize,
     pub(crate) embedded_partitions: i32,
     pub(crate) delivery: Delivery,
     pub(crate) retry: RetryPolicy,
@@ -84,6 +86,7 @@ impl Default for Config {
             batch_size: 5000,
             linger: Duration::from_millis(5),
             queue_capacity: 10_000,
+            state_cache_mb: 256,
             embedded_partitions: 4,
             delivery: Delivery::AtLeastOnce,
             retry: RetryPolicy::default(),

@@ -195,6 +195,20 @@ pub(crate) const SETTINGS: &[Setting] = &[
         }),
     },
     Setting {
+        name: "state_cache_mb",
+        env: "WEIR_STATE_CACHE_MB",
+        default: "256 MiB per worker (0: off)",
+        apply: |c, v| {
+            c.state_cache_mb = num(v)?;
+            Ok(())
+        },
+        from_handler: None,
+        check: Some(|c| match c.state_cache_mb > 1 << 20 {
+            true => Err("must be at most 1048576 (1 TiB)".into()),
+            false => Ok(()),
+        }),
+    },
+    Setting {
         name: "embedded_partitions",
         env: "WEIR_EMBEDDED_PARTITIONS",
         default: "4",

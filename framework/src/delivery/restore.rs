@@ -18,8 +18,8 @@ use crate::observe::metric_names::{RESTORED_RECORDS_TOTAL, RESTORE_DURATION_SECO
 
 /// How long a restore waits for the broker without getting a record before giving up.
 const STALL_TIMEOUT: Duration = Duration::from_secs(30);
-/// Restored entries written per SQLite transaction.
-const APPLY_CHUNK: usize = 5000;
+/// Distinct restored keys buffered before they are written, in one SQLite transaction.
+const APPLY_CHUNK: usize = 50_000;
 
 /// Where a partition's store stands against its changelog.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +54,10 @@ pub(crate) fn restore_if_behind(
             // The end is where a fetch response's high watermark says (some brokers answer
             // ListOffsets with less than the end), signalled as a partition EOF.
             .set("enable.partition.eof", "true")
+            // Read as fast as the broker sends: no backoff once librdkafka's local queue fills
+            // (the restore drains it at once), and large fetches.
+            .set("fetch.queue.backoff.ms", "1")
+            .set("queued.min.messages", "200000")
             .create_with_context(RestoreContext)
             .map_err(|e| e.to_string())?,
     )));
@@ -81,7 +85,9 @@ pub(crate) fn restore_if_behind(
     );
     store.reset(topic, partition).map_err(|e| e.to_string())?;
     assign(consumer, changelog, partition, Offset::Beginning)?;
-    let mut entries = Vec::with_capacity(APPLY_CHUNK);
+    // Entries of marked batches, newest per key: a changelog not yet compacted holds many
+    // versions of a hot key, and only the last one is written.
+    let mut entries = Coalesced::default();
     // Entries after the newest offset marker belong to a batch whose marker was not sent
     // (the sender died mid-outbox): its records are processed again, so they are dropped.
     let mut unmarked: Vec<(String, String, Option<String>)> = Vec::new();
@@ -114,12 +120,11 @@ pub(crate) fn restore_if_behind(
             None => continue,
             Some(ChangelogEntry::Offset(n)) => {
                 next_offset = next_offset.max(n);
-                entries.append(&mut unmarked);
+                entries.extend(unmarked.drain(..));
                 if entries.len() >= APPLY_CHUNK {
                     store
-                        .apply_restored(&entries, topic, partition, None)
+                        .apply_restored(&entries.take(), topic, partition, None)
                         .map_err(|e| e.to_string())?;
-                    entries.clear();
                 }
                 continue;
             }
@@ -144,7 +149,7 @@ pub(crate) fn restore_if_behind(
         );
     }
     store
-        .apply_restored(&entries, topic, partition, Some(next_offset))
+        .apply_restored(&entries.take(), topic, partition, Some(next_offset))
         .map_err(|e| e.to_string())?;
     let took = started.elapsed();
     metrics::counter!(RESTORED_RECORDS_TOTAL).increment(records);
@@ -155,6 +160,29 @@ pub(crate) fn restore_if_behind(
         "partition store restored from its changelog"
     );
     Ok(Restore::Restored { next_offset })
+}
+
+/// Restored entries waiting to be written, the newest value per (store, key).
+#[derive(Default)]
+struct Coalesced(std::collections::HashMap<(String, String), Option<String>>);
+
+impl Coalesced {
+    fn extend(&mut self, entries: impl Iterator<Item = (String, String, Option<String>)>) {
+        for (store, key, value) in entries {
+            self.0.insert((store, key), value);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn take(&mut self) -> Vec<(String, String, Option<String>)> {
+        self.0
+            .drain()
+            .map(|((store, key), value)| (store, key, value))
+            .collect()
+    }
 }
 
 /// The changelog partition's watermarks, asked on a helper thread so that a stop does not

@@ -91,6 +91,15 @@ impl WorkerBuilder {
         self
     }
 
+    /// MiB of committed state values the worker keeps in memory, all partitions together, so
+    /// that reading a key again costs no SQLite query (`WEIR_STATE_CACHE_MB`, default 256;
+    /// 0 turns the cache off). Values the partitions read least recently go first.
+    pub fn state_cache_mb(mut self, mib: usize) -> Self {
+        self.config.state_cache_mb = mib;
+        self.config.given("state_cache_mb");
+        self
+    }
+
     /// Partitions of each topic the embedded broker creates (`WEIR_EMBEDDED_PARTITIONS`,
     /// default 4).
     pub fn embedded_partitions(mut self, n: i32) -> Self {

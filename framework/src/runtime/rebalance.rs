@@ -158,6 +158,7 @@ impl<H: Process> WeirContext<H> {
             // changelog restore, which may take long, runs in the partition's task.
             let path = self.store_path(&topic, partition);
             let opened = PartitionStore::open(&path).and_then(|store| {
+                let store = store.with_cache(Arc::clone(&shared.cache_budget));
                 // Fence any earlier owner of this file (another worker sharing the state
                 // dir): from now on its commits for this partition are refused.
                 store.claim(&topic, partition)?;

@@ -5,6 +5,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex, MutexGuard};
 
 use tokio::sync::mpsc;
+use weir_state::CacheBudget;
 
 use crate::clock::now_ms;
 use crate::config::Config;
@@ -46,6 +47,8 @@ pub(crate) struct Shared<H> {
     /// `topic/partition` of partitions taken out of `owned` whose stores are not closed yet.
     releasing: Mutex<BTreeSet<String>>,
     pub(crate) lifecycle: Arc<Lifecycle>,
+    /// The memory the partitions' state caches share.
+    pub(crate) cache_budget: Arc<CacheBudget>,
 }
 
 impl<H> Shared<H> {
@@ -56,6 +59,7 @@ impl<H> Shared<H> {
         sink: DeadLetterSink,
         task_ctx: TaskContext,
     ) -> Self {
+        let cache_budget = CacheBudget::new(config.state_cache_mb << 20);
         Self {
             handler,
             config,
@@ -65,6 +69,7 @@ impl<H> Shared<H> {
             lifecycle: Arc::clone(&task_ctx.lifecycle),
             task_ctx,
             releasing: Mutex::default(),
+            cache_budget,
         }
     }
 

@@ -6,21 +6,28 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 
 use super::*;
+use crate::CacheBudget;
 
-/// One message: add `amount` to `key`, or delete `key` when `amount` is 0.
-type Msg = (u8, u8);
+/// One message: add `amount` to `key`, or delete `key` when `amount` is 0; when the flag is
+/// set, its first attempt fails after its writes (they are rolled back and the batch runs
+/// again, as the batch runner does).
+type Msg = (u8, u8, bool);
 
 #[derive(Debug, Clone)]
+#[allow(clippy::enum_variant_names)]
 enum Crash {
     /// The process dies while the batch is being processed: the write-set is lost.
     BeforeCommit { after_msgs: usize },
     /// The process dies inside the commit transaction after `rows` row writes.
     MidCommit { rows: usize },
+    /// The commit fails after `rows` row writes (disk full); the batch runs again on the
+    /// same store handle, reading through its cache.
+    FailedCommit { rows: usize },
 }
 
 fn fold(msgs: &[Msg]) -> BTreeMap<u8, u64> {
     let mut m = BTreeMap::new();
-    for &(k, a) in msgs {
+    for &(k, a, _) in msgs {
         if a == 0 {
             m.remove(&k);
         } else {
@@ -42,36 +49,72 @@ fn reopen_and_check(path: &Path, msgs: &[Msg]) -> i64 {
     next
 }
 
-/// Processes `msgs` from offset `start` in batches of `sizes`; a crash, if any, hits the first
-/// batch. Returns when all are done or the process "died".
-fn run(path: &Path, msgs: &[Msg], start: i64, sizes: &[usize], crash: Option<&Crash>) {
-    let store = PartitionStore::open(path).expect("open");
+/// Processes `msgs` from offset `start` in batches of `sizes` on a store whose cache has
+/// `budget` bytes; a crash, if any, hits the first batch. Returns when all are done or the
+/// process "died".
+fn run(
+    path: &Path,
+    msgs: &[Msg],
+    start: i64,
+    sizes: &[usize],
+    crash: Option<&Crash>,
+    budget: usize,
+) {
+    let store = PartitionStore::open(path)
+        .expect("open")
+        .with_cache(CacheBudget::new(budget));
     let mut offset = start as usize;
     let mut sizes = sizes.iter().cycle();
     let mut crash = crash;
+    let mut failed = std::collections::HashSet::new();
     while offset < msgs.len() {
         let size = (*sizes.next().expect("cycle")).max(1);
         let end = (offset + size).min(msgs.len());
-        let mut ws = WriteSet::default();
-        for (i, &(k, a)) in msgs[offset..end].iter().enumerate() {
-            if let Some(Crash::BeforeCommit { after_msgs }) = crash {
-                if i == *after_msgs % size {
-                    return;
+        let ws = loop {
+            let mut ws = WriteSet::default();
+            let mut again = false;
+            for (i, &(k, a, fails)) in msgs[offset..end].iter().enumerate() {
+                if let Some(Crash::BeforeCommit { after_msgs }) = crash {
+                    if i == *after_msgs % size {
+                        return;
+                    }
                 }
+                ws.savepoint();
+                if a == 0 {
+                    ws.delete("sum", &k).expect("delete");
+                } else {
+                    let v: u64 = store.get_through(&ws, "sum", &k).expect("get").unwrap_or(0);
+                    ws.put("sum", &k, &(v + u64::from(a))).expect("put");
+                }
+                if fails && failed.insert(offset + i) {
+                    ws.rollback();
+                    again = true;
+                    break;
+                }
+                ws.release();
             }
-            if a == 0 {
-                ws.delete("sum", &k).expect("delete");
-            } else {
-                let v: u64 = store.get_through(&ws, "sum", &k).expect("get").unwrap_or(0);
-                ws.put("sum", &k, &(v + u64::from(a))).expect("put");
+            if !again {
+                break ws;
             }
-        }
-        if let Some(Crash::MidCommit { rows }) = crash {
-            store.crash_next_commit_after(rows % (ws.len() + 1));
-            store
-                .commit(&ws, "t", 3, end as i64)
-                .expect("interrupted commit");
-            return;
+        };
+        match crash {
+            Some(Crash::MidCommit { rows }) => {
+                store.crash_next_commit_after(rows % (ws.len() + 1));
+                store
+                    .commit(&ws, "t", 3, end as i64)
+                    .expect("interrupted commit");
+                return;
+            }
+            Some(Crash::FailedCommit { rows }) => {
+                store.fail_next_commit_after(rows % (ws.len() + 1));
+                store
+                    .commit(&ws, "t", 3, end as i64)
+                    .expect_err("failed commit");
+                // The batch runs again from its first record.
+                crash = None;
+                continue;
+            }
+            _ => {}
         }
         store.commit(&ws, "t", 3, end as i64).expect("commit");
         offset = end;
@@ -83,6 +126,7 @@ fn crash_strategy() -> impl Strategy<Value = Crash> {
     prop_oneof![
         (0usize..64).prop_map(|after_msgs| Crash::BeforeCommit { after_msgs }),
         (0usize..64).prop_map(|rows| Crash::MidCommit { rows }),
+        (0usize..64).prop_map(|rows| Crash::FailedCommit { rows }),
     ]
 }
 
@@ -91,9 +135,11 @@ proptest! {
 
     #[test]
     fn reopened_store_is_fold_of_messages_before_its_offset(
-        msgs in prop::collection::vec((0u8..8, 0u8..5), 1..300),
+        msgs in prop::collection::vec((0u8..8, 0u8..5, prop::bool::weighted(0.05)), 1..300),
         sizes in prop::collection::vec(1usize..40, 1..8),
         crashes in prop::collection::vec((0usize..300, crash_strategy()), 0..5),
+        // No cache, a cache that evicts all the time, one that holds everything.
+        budget in prop_oneof![Just(0usize), 1usize..800, Just(1usize << 20)],
     ) {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("g/t/3.sqlite");
@@ -101,12 +147,12 @@ proptest! {
         for (skip, crash) in &crashes {
             // Process a random amount cleanly, then die in the next batch.
             let clean_until = (next as usize + skip).min(msgs.len());
-            run(&path, &msgs[..clean_until], next, &sizes, None);
+            run(&path, &msgs[..clean_until], next, &sizes, None, budget);
             next = reopen_and_check(&path, &msgs);
-            run(&path, &msgs, next, &sizes, Some(crash));
+            run(&path, &msgs, next, &sizes, Some(crash), budget);
             next = reopen_and_check(&path, &msgs);
         }
-        run(&path, &msgs, next, &sizes, None);
+        run(&path, &msgs, next, &sizes, None, budget);
         let done = reopen_and_check(&path, &msgs);
         prop_assert_eq!(done as usize, msgs.len());
     }
