@@ -1,14 +1,15 @@
 //! weir's benchmark: pre-produces keyed records, then reads them all in one run with each
 //! scenario, each in a fresh process and consumer group, and prints messages/s as a ratio to
-//! the raw rdkafka consumer of the same run.
+//! the best raw rdkafka consumer of the same run.
 //!
 //! ```text
-//! cargo run --release -p weir-bench -- --scenario all [--messages N] [--partitions P] [--slow-messages M]
+//! cargo run --release -p weir-bench -- --scenario all [--messages N] [--partitions P] [--slow-messages M] [--keys K]
 //! ```
 //!
-//! Scenarios: `raw`, `weir-stateless`, `weir-wordcount`, `hand-loop` and `quix` (Quix Streams,
-//! installed by `bench/setup.sh` on first use; real broker only). The slow ones (`hand-loop`,
-//! `quix`) read only `--slow-messages` records (default 50k).
+//! Scenarios: `raw` and `raw-defaults` (with `all`, run first and again last), `weir-stateless`,
+//! `weir-keyed-count`, `weir-wordcount`, `hand-loop-batched`, `hand-loop`, `quix` (Quix
+//! Streams, installed by `bench/setup.sh` on first use; real broker only) and `weir-restore`.
+//! The slow ones (`hand-loop`, `quix`) read only `--slow-messages` records (default 50k).
 //!
 //! Without `WEIR_BROKERS` it runs on the embedded broker (which keeps only ~5 MiB per
 //! partition, so the default backlog there is 200k records over 8 partitions); with it, the
@@ -45,6 +46,7 @@ const SCENARIOS: &[&str] = &[
     "hand-loop-batched",
     "hand-loop",
     "quix",
+    "weir-restore",
 ];
 /// Scenarios too slow to read the whole backlog in reasonable time: they read only
 /// `--slow-messages` records (their msg/s is still comparable).
@@ -593,6 +595,7 @@ async fn run_child(args: &Args, brokers: &str, topic: &str) -> Result<(), String
         "raw-defaults" => raw(consumer(brokers, topic, &group)?, n, &probe)?,
         "hand-loop" => hand_loop(brokers, topic, &group, n, &probe, dir.path())?,
         "hand-loop-batched" => hand_loop_batched(brokers, topic, &group, n, &probe, dir.path())?,
+        "weir-restore" => restore(brokers, topic, &group, n, &probe, dir.path()).await?,
         "weir-keyed-count" => {
             let worker = bench_worker(brokers, topic, &group, dir.path())
                 .build(KeyedCount(Arc::clone(&probe)))
@@ -706,6 +709,90 @@ async fn run_worker_until<H: Process>(
         .map_err(|e| e.to_string())
 }
 
+/// Changelog restore: a keyed-count worker with the changelog on processes the backlog
+/// (untimed); then a worker with an empty state dir, in the same group, rebuilds every
+/// partition's store from the changelog. Its rate is changelog records per second of one
+/// partition's restore (`weir_restored_records_total` over the sum of
+/// `weir_restore_duration_seconds`); `probe` gets that as `n` records over those seconds.
+async fn restore(
+    brokers: &str,
+    topic: &str,
+    group: &str,
+    n: u64,
+    probe: &Arc<Probe>,
+    dir: &Path,
+) -> Result<(), String> {
+    let fill = Arc::new(Probe::default());
+    let worker = bench_worker(brokers, topic, group, dir)
+        .changelog(true)
+        .build(KeyedCount(Arc::clone(&fill)))
+        .map_err(|e| e.to_string())?;
+    run_worker_until(worker, &fill, n, dir, topic).await?;
+    let fresh = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let worker = bench_worker(brokers, topic, group, fresh.path())
+        .changelog(true)
+        .metrics_addr("127.0.0.1:0")
+        .build(KeyedCount(Arc::new(Probe::default())))
+        .map_err(|e| e.to_string())?;
+    let addr = worker
+        .metrics_addr()
+        .ok_or("the restoring worker has no metrics address")?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+    let started = Instant::now();
+    let (records, seconds, restored) = loop {
+        let body = tokio::task::spawn_blocking(move || http_get_metrics(addr))
+            .await
+            .map_err(|e| e.to_string())??;
+        let value = |name: &str| {
+            body.lines()
+                .find(|l| l.split(' ').next() == Some(name))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        };
+        let partitions = value("weir_owned_partitions").unwrap_or(0.0);
+        let restored = value("weir_restore_duration_seconds_count").unwrap_or(0.0);
+        if partitions > 0.0 && restored >= partitions {
+            break (
+                value("weir_restored_records_total").unwrap_or(0.0),
+                value("weir_restore_duration_seconds_sum").unwrap_or(0.0),
+                restored,
+            );
+        }
+        if started.elapsed() > Duration::from_secs(600) || run.is_finished() {
+            return Err(format!("{restored} of {partitions} partitions restored"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    eprintln!(
+        "restored {records} changelog records into {restored} partitions in {:.2?} wall time; \
+         {seconds:.2} s of partition restores",
+        started.elapsed()
+    );
+    let _ = stop.send(());
+    run.await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    // The outcome is `n` over the probe's time: make that the time one partition takes to
+    // restore `n` changelog records at the measured rate.
+    let first = *probe.first.get_or_init(Instant::now);
+    *probe.last_commit.lock().map_err(|e| e.to_string())? =
+        Some(first + Duration::from_secs_f64(seconds * n as f64 / records.max(1.0)));
+    Ok(())
+}
+
+/// `GET /metrics` of a worker's endpoint.
+fn http_get_metrics(addr: std::net::SocketAddr) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).map_err(|e| e.to_string())?;
+    Ok(body)
+}
+
 fn consumer(brokers: &str, topic: &str, group: &str) -> Result<BaseConsumer, String> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -765,6 +852,18 @@ fn raw(c: BaseConsumer, n: u64, probe: &Probe) -> Result<(), String> {
     Ok(())
 }
 
+/// The hand loops' SQLite file: word counts and offsets, WAL, as weir's.
+fn counts_db(dir: &Path) -> Result<rusqlite::Connection, String> {
+    let db = rusqlite::Connection::open(dir.join("state.sqlite")).map_err(|e| e.to_string())?;
+    db.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;
+         CREATE TABLE counts (word TEXT PRIMARY KEY, n INTEGER NOT NULL);
+         CREATE TABLE offsets (partition INTEGER PRIMARY KEY, next INTEGER NOT NULL);",
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(db)
+}
+
 /// What a competent user writes: rdkafka + rusqlite, cached statements, one transaction per
 /// poll burst (up to 1000 records, or what arrived within 5 ms).
 fn hand_loop_batched(
@@ -776,13 +875,7 @@ fn hand_loop_batched(
     dir: &std::path::Path,
 ) -> Result<(), String> {
     let c = tuned_consumer(brokers, topic, group)?;
-    let mut db = rusqlite::Connection::open(dir.join("state.sqlite")).map_err(|e| e.to_string())?;
-    db.execute_batch(
-        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;
-         CREATE TABLE counts (word TEXT PRIMARY KEY, n INTEGER NOT NULL);
-         CREATE TABLE offsets (partition INTEGER PRIMARY KEY, next INTEGER NOT NULL);",
-    )
-    .map_err(|e| e.to_string())?;
+    let mut db = counts_db(dir)?;
     let mut seen = 0u64;
     let mut timestamps = Vec::with_capacity(1000);
     let mut next = std::collections::HashMap::new();
@@ -840,13 +933,7 @@ fn hand_loop(
     dir: &std::path::Path,
 ) -> Result<(), String> {
     let c = consumer(brokers, topic, group)?;
-    let mut db = rusqlite::Connection::open(dir.join("state.sqlite")).map_err(|e| e.to_string())?;
-    db.execute_batch(
-        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;
-         CREATE TABLE counts (word TEXT PRIMARY KEY, n INTEGER NOT NULL);
-         CREATE TABLE offsets (partition INTEGER PRIMARY KEY, next INTEGER NOT NULL);",
-    )
-    .map_err(|e| e.to_string())?;
+    let mut db = counts_db(dir)?;
     while probe.done.load(Ordering::Relaxed) < n {
         let Some(m) = c.poll(Duration::from_millis(100)) else {
             continue;

@@ -1,7 +1,7 @@
 //! Test harness for weir: the two brokers (embedded mock cluster and tansu), producing test
 //! data, a counting handler with fault injection, and readers of partition stores.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -529,6 +529,51 @@ where
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
+}
+
+/// Partitions a handler processed records of (`CountHandler::seen_partitions`).
+pub type Seen = Arc<Mutex<std::collections::BTreeSet<i32>>>;
+
+/// Produces rounds of `per_round` keyed records into `topic` until, within one round, two
+/// handlers both processed records and between them every one of its `partitions`, none by
+/// both: the group has settled with both workers. Returns every record produced and the
+/// partitions each handler processed in that round; the seen sets are cleared every round.
+pub async fn produce_until_split(
+    broker: &TestBroker,
+    topic: &str,
+    (seen_a, seen_b): (&Seen, &Seen),
+    partitions: usize,
+    per_round: usize,
+) -> (Vec<(String, String)>, BTreeSet<i32>, BTreeSet<i32>) {
+    let mut all = Vec::new();
+    let mut split = (BTreeSet::new(), BTreeSet::new());
+    wait_until(
+        "both workers to process records, and every partition by one of them",
+        Duration::from_secs(90),
+        || {
+            let sa = std::mem::take(&mut *seen_a.lock().expect("lock"));
+            let sb = std::mem::take(&mut *seen_b.lock().expect("lock"));
+            let settled = !sa.is_empty()
+                && !sb.is_empty()
+                && sa.is_disjoint(&sb)
+                && sa.len() + sb.len() == partitions;
+            let batch = keyed_records(all.len(), per_round, 300);
+            if !settled {
+                all.extend(batch.clone());
+            }
+            let seen = format!("in the last round A processed {sa:?}, B {sb:?}");
+            split = (sa, sb);
+            async move {
+                if settled {
+                    return Ok(());
+                }
+                broker.produce(topic, None, batch).await;
+                Err(seen)
+            }
+        },
+    )
+    .await;
+    (all, split.0, split.1)
 }
 
 /// The partition stores of `topic` in `state_dir` for `group`, by partition.

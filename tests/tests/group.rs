@@ -28,33 +28,8 @@ async fn two_workers_share_then_hand_over(kind: BrokerKind) {
     let (worker_b, metrics_b) = start(b);
 
     // Keep producing until both workers own partitions (joins and rebalances take seconds).
-    let mut all = Vec::new();
-    let mut round = 0;
-    wait_until(
-        "both workers to process records",
-        Duration::from_secs(90),
-        || {
-            let batch = keyed_records(round * 2_000, 2_000, 300);
-            round += 1;
-            all.extend(batch.clone());
-            let broker = &broker;
-            let topic = &topic;
-            let (seen_a, seen_b) = (&seen_a, &seen_b);
-            async move {
-                broker.produce(topic, None, batch).await;
-                let (sa, sb) = (
-                    seen_a.lock().expect("lock").clone(),
-                    seen_b.lock().expect("lock").clone(),
-                );
-                if !sa.is_empty() && !sb.is_empty() {
-                    Ok(())
-                } else {
-                    Err(format!("A saw {sa:?}, B saw {sb:?}"))
-                }
-            }
-        },
-    )
-    .await;
+    let (mut all, sa, sb) =
+        produce_until_split(&broker, &topic, (&seen_a, &seen_b), 4, 2_000).await;
     wait_for_counts(
         dir.path(),
         &group,
@@ -63,10 +38,6 @@ async fn two_workers_share_then_hand_over(kind: BrokerKind) {
         Duration::from_secs(60),
     )
     .await;
-    let (sa, sb) = (
-        seen_a.lock().expect("lock").clone(),
-        seen_b.lock().expect("lock").clone(),
-    );
     eprintln!(
         "{kind:?}: phase 1, {} records: A processed partitions {sa:?}, B {sb:?}",
         all.len()
@@ -242,32 +213,8 @@ async fn a_stopped_static_member_keeps_its_partitions() {
     let (seen_a, seen_b) = (a.seen_partitions.clone(), b.seen_partitions.clone());
     let (worker_a, _) = start("a", a);
     let (worker_b, metrics_b) = start("b", b);
-    let mut all = Vec::new();
-    let mut round = 0;
-    wait_until(
-        "both workers to process records",
-        Duration::from_secs(90),
-        || {
-            let batch = keyed_records(round * 1_000, 1_000, 300);
-            round += 1;
-            all.extend(batch.clone());
-            let (broker, topic) = (&broker, &topic);
-            let (seen_a, seen_b) = (&seen_a, &seen_b);
-            async move {
-                broker.produce(topic, None, batch).await;
-                let (sa, sb) = (
-                    seen_a.lock().expect("lock").clone(),
-                    seen_b.lock().expect("lock").clone(),
-                );
-                if sa.len() + sb.len() == 4 && !sa.is_empty() && !sb.is_empty() {
-                    Ok(())
-                } else {
-                    Err(format!("A saw {sa:?}, B saw {sb:?}"))
-                }
-            }
-        },
-    )
-    .await;
+    let (mut all, a_partitions, _) =
+        produce_until_split(&broker, &topic, (&seen_a, &seen_b), 4, 1_000).await;
     wait_for_counts(
         dir.path(),
         &group,
@@ -276,7 +223,6 @@ async fn a_stopped_static_member_keeps_its_partitions() {
         Duration::from_secs(60),
     )
     .await;
-    let a_partitions = seen_a.lock().expect("lock").clone();
     // Metrics are per process (both workers record into it) except the per-partition series,
     // which each worker renders from what it owns.
     let owned_by_b = || async {
