@@ -82,6 +82,21 @@ async fn lag_reads_produced_minus_processed(kind: BrokerKind) {
         sample(&body, "weir_partition_processed", &[("partition", "1")]),
         Some(N as f64)
     );
+    // The two partitions' 10 counts each sit in the state cache (the gauge is set every
+    // second): about 100 bytes an entry.
+    wait_until(
+        "the state cache to hold the counts",
+        Duration::from_secs(10),
+        || async {
+            let bytes = sample(&scrape(addr).await, "weir_state_cache_bytes", &[]);
+            if bytes.is_some_and(|b| (1_000.0..10_000.0).contains(&b)) {
+                Ok(())
+            } else {
+                Err(format!("weir_state_cache_bytes {bytes:?}"))
+            }
+        },
+    )
+    .await;
     let (status, _) = http_get(addr, "/health/ready").await;
     assert_eq!(status, 200, "ready once in the group");
 

@@ -36,7 +36,7 @@ pub(crate) struct Config {
     pub(crate) batch_size: usize,
     pub(crate) linger: Duration,
     pub(crate) queue_capacity: usize,
-    /// Bytes of committed state values the worker's partitions keep in memory together.
+    /// MiB of committed state values the worker's partitions keep in memory together.
     pub(crate) state_cache_mb: usize,
     pub(crate) embedded_partitions: i32,
     pub(crate) delivery: Delivery,

@@ -19,6 +19,8 @@ pub(crate) const FENCED_TOTAL: &str = "weir_fenced_total";
 /// Rebalances that moved partitions to or from this worker, by `kind` (`assign`, `revoke`,
 /// `lost`); a cooperative rebalance that leaves this worker's partitions alone counts nothing.
 pub(crate) const REBALANCES_TOTAL: &str = "weir_rebalances_total";
+/// Bytes the worker's state caches hold (committed values kept in memory, all partitions).
+pub(crate) const STATE_CACHE_BYTES: &str = "weir_state_cache_bytes";
 /// Records sent to a dead-letter topic, by source `topic` and `reason`.
 pub(crate) const DEAD_LETTERS_TOTAL: &str = "weir_dead_letters_total";
 /// Errors of the Kafka client (broker down, transport failures), by librdkafka error `kind`.

@@ -11,7 +11,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::inbound::Inbound;
-use crate::observe::metric_names::{CONSUMER_ERRORS_TOTAL, PAUSES_TOTAL};
+use crate::observe::metric_names::{CONSUMER_ERRORS_TOTAL, PAUSES_TOTAL, STATE_CACHE_BYTES};
 use crate::processing::Process;
 use crate::runtime::partition_task::Ready;
 use crate::runtime::rebalance::WeirContext;
@@ -62,6 +62,7 @@ pub(crate) fn run<H: Process>(
         }
         if last_check.elapsed() >= UNREADABLE_CHECK_INTERVAL {
             mark_unreadable(&shared, &errors);
+            metrics::gauge!(STATE_CACHE_BYTES).set(shared.cache_budget.used() as f64);
             last_check = Instant::now();
         }
     }
