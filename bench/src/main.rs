@@ -47,6 +47,7 @@ const SCENARIOS: &[&str] = &[
     "hand-loop",
     "quix",
     "weir-restore",
+    "weir-live",
 ];
 /// Scenarios too slow to read the whole backlog in reasonable time: they read only
 /// `--slow-messages` records (their msg/s is still comparable).
@@ -68,7 +69,18 @@ struct Outcome {
     /// this is dominated by the wait in the backlog).
     p50_latency_ms: i64,
     p99_latency_ms: i64,
+    #[serde(default)]
+    p999_latency_ms: i64,
     peak_rss_mib: f64,
+}
+
+/// What a scenario measured itself, where the probe's first-record-to-last-commit timing does
+/// not apply (a restore, live traffic).
+struct Measured {
+    messages: u64,
+    seconds: f64,
+    /// p50, p99, p999.
+    latencies_ms: [i64; 3],
 }
 
 struct Args {
@@ -78,6 +90,8 @@ struct Args {
     partitions: i32,
     /// Distinct record keys (`k0`..): the keyed count keeps one state entry per key.
     keys: u64,
+    /// Records per second the `weir-live` scenario produces.
+    rate: u64,
     child: Option<(String, String)>,
 }
 
@@ -89,6 +103,7 @@ fn parse_args() -> Result<Args, String> {
         slow_messages: 50_000,
         partitions: if embedded { 8 } else { 4 },
         keys: 10_000,
+        rate: 10_000,
         child: None,
     };
     let mut it = std::env::args().skip(1);
@@ -108,6 +123,7 @@ fn parse_args() -> Result<Args, String> {
                 args.partitions = value()?.parse().map_err(|e| format!("--partitions: {e}"))?
             }
             "--keys" => args.keys = value()?.parse().map_err(|e| format!("--keys: {e}"))?,
+            "--rate" => args.rate = value()?.parse().map_err(|e| format!("--rate: {e}"))?,
             "--child" => {
                 let brokers = value()?;
                 let topic = value()?;
@@ -205,6 +221,7 @@ async fn run_parent(args: &Args) -> Result<(), String> {
             Command::new(exe)
                 .args(["--scenario", scenario, "--messages", &n.to_string()])
                 .args(["--keys", &args.keys.to_string()])
+                .args(["--rate", &args.rate.to_string()])
                 .args(["--child", &brokers, &topic])
                 .env_remove("WEIR_BROKERS")
                 .output()
@@ -234,20 +251,21 @@ async fn run_parent(args: &Args) -> Result<(), String> {
         eprintln!("ceiling: the best raw consumer, {r:.0} msg/s");
     }
     println!(
-        "{:<16} {:>12} {:>8} {:>10} {:>10} {:>10}",
-        "scenario", "msg/s", "vs raw", "p50 ms", "p99 ms", "peak MiB"
+        "{:<17} {:>12} {:>8} {:>10} {:>10} {:>10} {:>10}",
+        "scenario", "msg/s", "vs raw", "p50 ms", "p99 ms", "p999 ms", "peak MiB"
     );
     for o in &outcomes {
         let ratio = raw.map_or("-".to_owned(), |r| {
             format!("{:.2}", o.messages_per_second / r)
         });
         println!(
-            "{:<16} {:>12.0} {:>8} {:>10} {:>10} {:>10.0}",
+            "{:<17} {:>12.0} {:>8} {:>10} {:>10} {:>10} {:>10.0}",
             o.scenario,
             o.messages_per_second,
             ratio,
             o.p50_latency_ms,
             o.p99_latency_ms,
+            o.p999_latency_ms,
             o.peak_rss_mib
         );
     }
@@ -426,10 +444,10 @@ impl Probe {
         .max(1e-9)
     }
 
-    fn percentiles(&self) -> (i64, i64) {
+    fn percentiles(&self) -> [i64; 3] {
         self.latencies
             .lock()
-            .map(|h| (h.quantile(0.5), h.quantile(0.99)))
+            .map(|h| [0.5, 0.99, 0.999].map(|q| h.quantile(q)))
             .unwrap_or_default()
     }
 }
@@ -590,12 +608,17 @@ async fn run_child(args: &Args, brokers: &str, topic: &str) -> Result<(), String
     let probe = Arc::new(Probe::default());
     let group = format!("bench-{}-{}", args.scenario, std::process::id());
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let measured = match args.scenario.as_str() {
+        "weir-restore" => Some(restore(brokers, topic, &group, n, dir.path()).await?),
+        "weir-live" => Some(live(brokers, topic, &group, n, args.rate, &probe, dir.path()).await?),
+        _ => None,
+    };
     match args.scenario.as_str() {
+        _ if measured.is_some() => {}
         "raw" => raw(tuned_consumer(brokers, topic, &group)?, n, &probe)?,
         "raw-defaults" => raw(consumer(brokers, topic, &group)?, n, &probe)?,
         "hand-loop" => hand_loop(brokers, topic, &group, n, &probe, dir.path())?,
         "hand-loop-batched" => hand_loop_batched(brokers, topic, &group, n, &probe, dir.path())?,
-        "weir-restore" => restore(brokers, topic, &group, n, &probe, dir.path()).await?,
         "weir-keyed-count" => {
             let worker = bench_worker(brokers, topic, &group, dir.path())
                 .build(KeyedCount(Arc::clone(&probe)))
@@ -619,15 +642,23 @@ async fn run_child(args: &Args, brokers: &str, topic: &str) -> Result<(), String
         }
         other => return Err(format!("unknown scenario {other}")),
     }
-    let seconds = probe.seconds();
-    let (p50, p99) = probe.percentiles();
+    let Measured {
+        messages,
+        seconds,
+        latencies_ms: [p50, p99, p999],
+    } = measured.unwrap_or_else(|| Measured {
+        messages: n,
+        seconds: probe.seconds(),
+        latencies_ms: probe.percentiles(),
+    });
     let outcome = Outcome {
         scenario: args.scenario.clone(),
-        messages: n,
+        messages,
         seconds,
-        messages_per_second: n as f64 / seconds,
+        messages_per_second: messages as f64 / seconds,
         p50_latency_ms: p50,
         p99_latency_ms: p99,
+        p999_latency_ms: p999,
         peak_rss_mib: peak_rss_mib(),
     };
     println!(
@@ -709,19 +740,127 @@ async fn run_worker_until<H: Process>(
         .map_err(|e| e.to_string())
 }
 
+/// Live traffic: a keyed-count worker first catches up with the backlog (untimed); then the
+/// bench produces `rate` records/s for 10 s, each stamped with its produce time, and reports
+/// the latency from produce to state commit of those records.
+async fn live(
+    brokers: &str,
+    topic: &str,
+    group: &str,
+    n: u64,
+    rate: u64,
+    probe: &Arc<Probe>,
+    dir: &Path,
+) -> Result<Measured, String> {
+    const SECONDS: u64 = 10;
+    let live_n = rate * SECONDS;
+    let worker = bench_worker(brokers, topic, group, dir)
+        .build(KeyedCount(Arc::clone(probe)))
+        .map_err(|e| e.to_string())?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+    let give_up = Arc::new(AtomicBool::new(false));
+    let watch = {
+        let (dir, topic, probe, give_up) = (
+            dir.to_owned(),
+            topic.to_owned(),
+            Arc::clone(probe),
+            Arc::clone(&give_up),
+        );
+        tokio::task::spawn_blocking(move || {
+            watch_commits(&dir, &topic, &probe, n + live_n, &give_up)
+        })
+    };
+    let wait_committed = |target: u64| {
+        let probe = Arc::clone(probe);
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(600);
+            while probe.committed.load(Ordering::Relaxed) < target {
+                if Instant::now() > deadline {
+                    return Err(format!(
+                        "{} of {target} committed after 600 s",
+                        probe.committed.load(Ordering::Relaxed)
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Ok(())
+        }
+    };
+    wait_committed(n).await?;
+    // Caught up: from here on only the live records' latencies count.
+    *probe.latencies.lock().map_err(|e| e.to_string())? = Histogram::default();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "1")
+        .create()
+        .map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let mut deliveries = Vec::with_capacity(live_n as usize);
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let mut sent = 0u64;
+    while sent < live_n {
+        tick.tick().await;
+        // Records due by now at `rate`, so a late tick catches up rather than lowering it.
+        let due = (started.elapsed().as_secs_f64() * rate as f64).ceil() as u64;
+        while sent < due.min(live_n) {
+            let key = format!("k{}", sent % 10_000);
+            let record = FutureRecord::to(topic)
+                .key(&key)
+                .payload("live")
+                .timestamp(now_ms());
+            deliveries.push(
+                producer
+                    .send_result(record)
+                    .map_err(|(e, _)| e.to_string())?,
+            );
+            sent += 1;
+        }
+    }
+    for d in deliveries {
+        d.await
+            .map_err(|e| e.to_string())?
+            .map_err(|(e, _)| e.to_string())?;
+    }
+    let produced_in = started.elapsed();
+    wait_committed(n + live_n).await?;
+    let (p50, p99, p999) = probe
+        .latencies
+        .lock()
+        .map(|h| (h.quantile(0.5), h.quantile(0.99), h.quantile(0.999)))
+        .map_err(|e| e.to_string())?;
+    eprintln!(
+        "live: {live_n} records at {rate}/s produced in {produced_in:.1?}; produce to state \
+         commit p50 {p50} ms, p99 {p99} ms, p999 {p999} ms"
+    );
+    give_up.store(true, Ordering::Relaxed);
+    let _ = watch.await;
+    let _ = stop.send(());
+    run.await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    // The rate is the offered one: the live records over the time they took to send.
+    Ok(Measured {
+        messages: live_n,
+        seconds: produced_in.as_secs_f64(),
+        latencies_ms: [p50, p99, p999],
+    })
+}
+
 /// Changelog restore: a keyed-count worker with the changelog on processes the backlog
 /// (untimed); then a worker with an empty state dir, in the same group, rebuilds every
 /// partition's store from the changelog. Its rate is changelog records per second of one
 /// partition's restore (`weir_restored_records_total` over the sum of
-/// `weir_restore_duration_seconds`); `probe` gets that as `n` records over those seconds.
+/// `weir_restore_duration_seconds`).
 async fn restore(
     brokers: &str,
     topic: &str,
     group: &str,
     n: u64,
-    probe: &Arc<Probe>,
     dir: &Path,
-) -> Result<(), String> {
+) -> Result<Measured, String> {
     let fill = Arc::new(Probe::default());
     let worker = bench_worker(brokers, topic, group, dir)
         .changelog(true)
@@ -774,12 +913,11 @@ async fn restore(
     run.await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
-    // The outcome is `n` over the probe's time: make that the time one partition takes to
-    // restore `n` changelog records at the measured rate.
-    let first = *probe.first.get_or_init(Instant::now);
-    *probe.last_commit.lock().map_err(|e| e.to_string())? =
-        Some(first + Duration::from_secs_f64(seconds * n as f64 / records.max(1.0)));
-    Ok(())
+    Ok(Measured {
+        messages: records as u64,
+        seconds,
+        latencies_ms: [0; 3],
+    })
 }
 
 /// `GET /metrics` of a worker's endpoint.
