@@ -615,8 +615,8 @@ async fn run_child(args: &Args, brokers: &str, topic: &str) -> Result<(), String
     };
     match args.scenario.as_str() {
         _ if measured.is_some() => {}
-        "raw" => raw(tuned_consumer(brokers, topic, &group)?, n, &probe)?,
-        "raw-defaults" => raw(consumer(brokers, topic, &group)?, n, &probe)?,
+        "raw" => raw(consumer(brokers, topic, &group, TUNED)?, n, &probe)?,
+        "raw-defaults" => raw(consumer(brokers, topic, &group, &[])?, n, &probe)?,
         "hand-loop" => hand_loop(brokers, topic, &group, n, &probe, dir.path())?,
         "hand-loop-batched" => hand_loop_batched(brokers, topic, &group, n, &probe, dir.path())?,
         "weir-keyed-count" => {
@@ -931,37 +931,34 @@ fn http_get_metrics(addr: std::net::SocketAddr) -> Result<String, String> {
     Ok(body)
 }
 
-fn consumer(brokers: &str, topic: &str, group: &str) -> Result<BaseConsumer, String> {
-    let c: BaseConsumer = ClientConfig::new()
+/// A plain consumer of `topic` in `group`, with librdkafka's defaults but for `tuning`.
+fn consumer(
+    brokers: &str,
+    topic: &str,
+    group: &str,
+    tuning: &[(&str, &str)],
+) -> Result<BaseConsumer, String> {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", brokers)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "6000")
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        .create()
-        .map_err(|e| e.to_string())?;
+        .set("partition.assignment.strategy", "cooperative-sticky");
+    for (name, value) in tuning {
+        config.set(*name, *value);
+    }
+    let c: BaseConsumer = config.create().map_err(|e| e.to_string())?;
     c.subscribe(&[topic]).map_err(|e| e.to_string())?;
     Ok(c)
 }
 
-/// A plain consumer with the fetch settings weir's own consumer uses (the best tried: see
-/// docs/performance.md).
-fn tuned_consumer(brokers: &str, topic: &str, group: &str) -> Result<BaseConsumer, String> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "6000")
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        .set("enable.partition.eof", "false")
-        .set("fetch.queue.backoff.ms", "20")
-        .create()
-        .map_err(|e| e.to_string())?;
-    c.subscribe(&[topic]).map_err(|e| e.to_string())?;
-    Ok(c)
-}
+/// The fetch settings weir's own consumer uses (the best tried: see docs/performance.md).
+const TUNED: &[(&str, &str)] = &[
+    ("enable.partition.eof", "false"),
+    ("fetch.queue.backoff.ms", "20"),
+];
 
 /// The ceiling: a plain consumer that touches every record. Its measurement is batched (one
 /// clock read and one lock per 1000 records), as weir's is on its watcher thread.
@@ -1012,7 +1009,7 @@ fn hand_loop_batched(
     probe: &Probe,
     dir: &std::path::Path,
 ) -> Result<(), String> {
-    let c = tuned_consumer(brokers, topic, group)?;
+    let c = consumer(brokers, topic, group, TUNED)?;
     let mut db = counts_db(dir)?;
     let mut seen = 0u64;
     let mut timestamps = Vec::with_capacity(1000);
@@ -1070,7 +1067,7 @@ fn hand_loop(
     probe: &Probe,
     dir: &std::path::Path,
 ) -> Result<(), String> {
-    let c = consumer(brokers, topic, group)?;
+    let c = consumer(brokers, topic, group, &[])?;
     let mut db = counts_db(dir)?;
     while probe.done.load(Ordering::Relaxed) < n {
         let Some(m) = c.poll(Duration::from_millis(100)) else {
