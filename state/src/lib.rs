@@ -4,7 +4,8 @@
 //! JSON-encoded keys and values) and the next offset to process. A batch's state changes are
 //! buffered in a [`WriteSet`] and written together with the batch's offset in ONE transaction
 //! by [`PartitionStore::commit`], so after any crash the store reflects exactly the messages
-//! before its stored offset.
+//! before its stored offset. [`PartitionStore::with_cache`] keeps the committed values a
+//! handle reads and writes in memory, within a [`CacheBudget`] shared by a worker's stores.
 //!
 //! ```
 //! use weir_state::{PartitionStore, WriteSet};
