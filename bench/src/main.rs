@@ -378,18 +378,24 @@ struct Probe {
     /// Producer timestamp to state commit, ms, as a histogram (constant memory, so peak RSS
     /// measures the scenario and not the bench).
     latencies: std::sync::Mutex<Histogram>,
-    /// Processed records not yet known committed, per partition: (offset, timestamp ms).
-    uncommitted: std::sync::Mutex<std::collections::HashMap<i32, VecDeque<(i64, i64)>>>,
+    /// Processed records not yet known committed: (offset, timestamp ms), one lock per
+    /// partition (`partition % PROBE_SHARDS`), so partition tasks do not contend for it.
+    uncommitted: [std::sync::Mutex<VecDeque<(i64, i64)>>; PROBE_SHARDS],
 }
 
+/// Partitions a scenario's handler records into without sharing a lock.
+const PROBE_SHARDS: usize = 32;
+
 impl Probe {
+    fn shard(&self, partition: i32) -> &std::sync::Mutex<VecDeque<(i64, i64)>> {
+        &self.uncommitted[partition.unsigned_abs() as usize % PROBE_SHARDS]
+    }
+
     /// A record processed whose state commits later (weir: seen by [`watch_commits`]).
     fn processed(&self, partition: i32, offset: i64, timestamp_ms: Option<i64>) {
         self.first.get_or_init(Instant::now);
-        if let Ok(mut u) = self.uncommitted.lock() {
-            u.entry(partition)
-                .or_default()
-                .push_back((offset, timestamp_ms.unwrap_or_else(now_ms)));
+        if let Ok(mut u) = self.shard(partition).lock() {
+            u.push_back((offset, timestamp_ms.unwrap_or_else(now_ms)));
         }
         self.done.fetch_add(1, Ordering::Relaxed);
     }
@@ -422,12 +428,10 @@ impl Probe {
     /// `partition`'s state is committed up to (excluding) `next_offset`.
     fn committed_upto(&self, partition: i32, next_offset: i64) {
         let mut done = Vec::new();
-        if let Ok(mut u) = self.uncommitted.lock() {
-            if let Some(q) = u.get_mut(&partition) {
-                while q.front().is_some_and(|(o, _)| *o < next_offset) {
-                    if let Some((_, ts)) = q.pop_front() {
-                        done.push(ts);
-                    }
+        if let Ok(mut q) = self.shard(partition).lock() {
+            while q.front().is_some_and(|(o, _)| *o < next_offset) {
+                if let Some((_, ts)) = q.pop_front() {
+                    done.push(ts);
                 }
             }
         }

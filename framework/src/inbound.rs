@@ -22,6 +22,21 @@ pub(crate) struct Inbound {
     key: Option<Range<usize>>,
     payload: Option<Range<usize>>,
     headers: Option<OwnedHeaders>,
+    /// Bytes this record holds in a queue (see [`weight`](Self::weight)).
+    weight: usize,
+}
+
+/// What a queued record costs beyond its key, payload and headers (this struct, its share of
+/// the run's vector and buffer header), counted against the queue's byte bound.
+const RECORD_OVERHEAD: usize = 128;
+
+fn weight_of(key: Option<&[u8]>, payload: Option<&[u8]>, headers: Option<&OwnedHeaders>) -> usize {
+    let headers = headers.map_or(0, |h| {
+        h.iter()
+            .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
+            .sum()
+    });
+    key.map_or(0, <[u8]>::len) + payload.map_or(0, <[u8]>::len) + headers + RECORD_OVERHEAD
 }
 
 impl Inbound {
@@ -35,6 +50,7 @@ impl Inbound {
         payload: Option<&[u8]>,
         headers: Option<OwnedHeaders>,
     ) -> Self {
+        let weight = weight_of(key, payload, headers.as_ref());
         let mut scratch = Vec::new();
         let key = key.map(|k| append(&mut scratch, k));
         let payload = payload.map(|p| append(&mut scratch, p));
@@ -47,6 +63,7 @@ impl Inbound {
             key,
             payload,
             headers,
+            weight,
         }
     }
 
@@ -69,17 +86,26 @@ impl Inbound {
         let buf: Arc<[u8]> = Arc::from(scratch.as_slice());
         msgs.iter()
             .zip(ranges)
-            .map(|(m, (key, payload))| Self {
-                topic: Arc::clone(topic),
-                partition: m.partition(),
-                offset: m.offset(),
-                timestamp_ms: m.timestamp().to_millis(),
-                buf: Arc::clone(&buf),
-                key,
-                payload,
-                headers: m.headers().map(|h| h.detach()),
+            .map(|(m, (key, payload))| {
+                let headers = m.headers().map(|h| h.detach());
+                Self {
+                    topic: Arc::clone(topic),
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    timestamp_ms: m.timestamp().to_millis(),
+                    weight: weight_of(m.key(), m.payload(), headers.as_ref()),
+                    buf: Arc::clone(&buf),
+                    key,
+                    payload,
+                    headers,
+                }
             })
             .collect()
+    }
+
+    /// Bytes the record holds while queued: key, payload, headers and a fixed overhead.
+    pub(crate) fn weight(&self) -> usize {
+        self.weight
     }
 
     pub(crate) fn topic(&self) -> &str {

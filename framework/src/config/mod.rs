@@ -36,6 +36,8 @@ pub(crate) struct Config {
     pub(crate) batch_size: usize,
     pub(crate) linger: Duration,
     pub(crate) queue_capacity: usize,
+    /// MiB a partition's queue holds at most (records' keys, payloads and headers).
+    pub(crate) queue_capacity_mb: usize,
     /// MiB of committed state values the worker's partitions keep in memory together.
     pub(crate) state_cache_mb: usize,
     pub(crate) embedded_partitions: i32,
@@ -83,9 +85,10 @@ impl Default for Config {
             changelog: false,
             topics: Vec::new(),
             state_dir: PathBuf::from("weir-state"),
-            batch_size: 5000,
+            batch_size: 10_000,
             linger: Duration::from_millis(5),
-            queue_capacity: 10_000,
+            queue_capacity: 40_000,
+            queue_capacity_mb: 16,
             state_cache_mb: 256,
             embedded_partitions: 4,
             delivery: Delivery::AtLeastOnce,

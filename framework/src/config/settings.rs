@@ -146,7 +146,7 @@ pub(crate) const SETTINGS: &[Setting] = &[
     Setting {
         name: "batch_size",
         env: "WEIR_BATCH_SIZE",
-        default: "5000 records per transaction",
+        default: "10000 records per transaction",
         apply: |c, v| {
             c.batch_size = num(v)?;
             Ok(())
@@ -179,7 +179,7 @@ pub(crate) const SETTINGS: &[Setting] = &[
     Setting {
         name: "queue_capacity",
         env: "WEIR_QUEUE_CAPACITY",
-        default: "10000 records per partition",
+        default: "40000 records per partition",
         apply: |c, v| {
             c.queue_capacity = num(v)?;
             Ok(())
@@ -192,6 +192,21 @@ pub(crate) const SETTINGS: &[Setting] = &[
         check: Some(|c| match c.queue_capacity < 2 {
             true => Err("must be at least 2".into()),
             false => Ok(()),
+        }),
+    },
+    Setting {
+        name: "queue_capacity_mb",
+        env: "WEIR_QUEUE_CAPACITY_MB",
+        default: "16 MiB per partition",
+        apply: |c, v| {
+            c.queue_capacity_mb = num(v)?;
+            Ok(())
+        },
+        from_handler: None,
+        check: Some(|c| match c.queue_capacity_mb {
+            0 => Err("must be at least 1".into()),
+            n if n > 1 << 20 => Err("must be at most 1048576 (1 TiB)".into()),
+            _ => Ok(()),
         }),
     },
     Setting {

@@ -85,6 +85,54 @@ pub(crate) fn restore_if_behind(
     );
     store.reset(topic, partition).map_err(|e| e.to_string())?;
     assign(consumer, changelog, partition, Offset::Beginning)?;
+    // Reading and writing overlap: this thread reads and coalesces the changelog while a
+    // writer thread puts the previous chunk into SQLite (at most one chunk waits between them).
+    let (records, next_offset) = std::thread::scope(|scope| {
+        let (chunks, written) = std::sync::mpsc::sync_channel::<Chunk>(1);
+        let writer = std::thread::Builder::new()
+            .name("weir-restore-write".into())
+            .spawn_scoped(scope, move || -> Result<(), String> {
+                for (entries, next_offset) in written {
+                    store
+                        .apply_restored(&entries, topic, partition, next_offset)
+                        .map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            })
+            .map_err(|e| format!("cannot start the restore's writer thread: {e}"))?;
+        let read = read_changelog(consumer, (topic, changelog, partition), cancelled, |c| {
+            chunks.send(c).is_ok()
+        });
+        drop(chunks);
+        let written = writer
+            .join()
+            .unwrap_or_else(|_| Err("the restore's writer thread panicked".into()));
+        written.and(read)
+    })?;
+    let took = started.elapsed();
+    metrics::counter!(RESTORED_RECORDS_TOTAL).increment(records);
+    metrics::histogram!(RESTORE_DURATION_SECONDS).record(took);
+    tracing::info!(
+        %topic, partition, records, next_offset, took_ms = took.as_millis() as u64,
+        rate = (records as f64 / took.as_secs_f64().max(1e-3)) as u64,
+        "partition store restored from its changelog"
+    );
+    Ok(Restore::Restored { next_offset })
+}
+
+/// Restored entries for one SQLite transaction, and the offset to store with the last chunk.
+type Chunk = (Vec<(String, String, Option<String>)>, Option<i64>);
+
+/// Reads `changelog`'s `partition` from its start to its end, handing `write` chunks of
+/// coalesced entries, the last one with the next offset to process. Returns the number of
+/// changelog records and that offset. Stops when `write` answers false (the writer failed).
+fn read_changelog(
+    consumer: &BaseConsumer<RestoreContext>,
+    (topic, changelog, partition): (&str, &str, i32),
+    cancelled: &(dyn Fn() -> bool + Sync),
+    mut write: impl FnMut(Chunk) -> bool,
+) -> Result<(u64, i64), String> {
+    const WRITER_FAILED: &str = "the restore's writer stopped";
     // Entries of marked batches, newest per key: a changelog not yet compacted holds many
     // versions of a hot key, and only the last one is written.
     let mut entries = Coalesced::default();
@@ -121,10 +169,8 @@ pub(crate) fn restore_if_behind(
             Some(ChangelogEntry::Offset(n)) => {
                 next_offset = next_offset.max(n);
                 entries.extend(unmarked.drain(..));
-                if entries.len() >= APPLY_CHUNK {
-                    store
-                        .apply_restored(&entries.take(), topic, partition, None)
-                        .map_err(|e| e.to_string())?;
+                if entries.len() >= APPLY_CHUNK && !write((entries.take(), None)) {
+                    return Err(WRITER_FAILED.into());
                 }
                 continue;
             }
@@ -148,18 +194,10 @@ pub(crate) fn restore_if_behind(
             "dropping changelog entries of a batch whose offset marker is missing; its records are processed again"
         );
     }
-    store
-        .apply_restored(&entries.take(), topic, partition, Some(next_offset))
-        .map_err(|e| e.to_string())?;
-    let took = started.elapsed();
-    metrics::counter!(RESTORED_RECORDS_TOTAL).increment(records);
-    metrics::histogram!(RESTORE_DURATION_SECONDS).record(took);
-    tracing::info!(
-        %topic, partition, records, next_offset, took_ms = took.as_millis() as u64,
-        rate = (records as f64 / took.as_secs_f64().max(1e-3)) as u64,
-        "partition store restored from its changelog"
-    );
-    Ok(Restore::Restored { next_offset })
+    if !write((entries.take(), Some(next_offset))) {
+        return Err(WRITER_FAILED.into());
+    }
+    Ok((records, next_offset))
 }
 
 /// Restored entries waiting to be written, the newest value per (store, key).
@@ -177,11 +215,16 @@ impl Coalesced {
         self.0.len()
     }
 
+    /// The entries in key order: SQLite inserts into its B-tree in order far faster than at
+    /// random places.
     fn take(&mut self) -> Vec<(String, String, Option<String>)> {
-        self.0
+        let mut entries: Vec<_> = self
+            .0
             .drain()
             .map(|((store, key), value)| (store, key, value))
-            .collect()
+            .collect();
+        entries.sort_unstable_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        entries
     }
 }
 

@@ -70,7 +70,7 @@ impl WorkerBuilder {
         self
     }
 
-    /// Most records per batch, i.e. per SQLite transaction (`WEIR_BATCH_SIZE`, default 5000).
+    /// Most records per batch, i.e. per SQLite transaction (`WEIR_BATCH_SIZE`, default 10000).
     pub fn batch_size(mut self, n: usize) -> Self {
         self.config.batch_size = n;
         self.config.given("batch_size");
@@ -84,10 +84,19 @@ impl WorkerBuilder {
         self
     }
 
-    /// Records buffered per partition before it is paused (`WEIR_QUEUE_CAPACITY`, default 10000).
+    /// Records buffered per partition before it is paused (`WEIR_QUEUE_CAPACITY`, default 40000).
     pub fn queue_capacity(mut self, n: usize) -> Self {
         self.config.queue_capacity = n;
         self.config.given("queue_capacity");
+        self
+    }
+
+    /// MiB of records (keys, payloads, headers) buffered per partition before it is paused,
+    /// whichever of this and [`queue_capacity`](Self::queue_capacity) comes first
+    /// (`WEIR_QUEUE_CAPACITY_MB`, default 16).
+    pub fn queue_capacity_mb(mut self, mib: usize) -> Self {
+        self.config.queue_capacity_mb = mib;
+        self.config.given("queue_capacity_mb");
         self
     }
 

@@ -228,9 +228,9 @@ fn deliver(
         h.overflow.extend(run);
         return;
     }
-    let room = h.flow.room();
-    if run.len() > room {
-        h.overflow.extend(run.drain(room..));
+    let fits = h.flow.fits(&run);
+    if run.len() > fits {
+        h.overflow.extend(run.drain(fits..));
         pause(h, partition);
     }
     send(h, run);
@@ -241,11 +241,10 @@ fn send(h: &PartitionHandle, chunk: Vec<Inbound>) {
     if chunk.is_empty() {
         return;
     }
-    let n = chunk.len();
-    h.flow.queued_more(n);
-    if h.queue.send(chunk).is_err() {
+    h.flow.queued_more(&chunk);
+    if let Err(unsent) = h.queue.send(chunk) {
         // The task ended; the partition is being released.
-        h.flow.taken(n);
+        h.flow.taken(&unsent.0);
     }
 }
 
@@ -283,7 +282,7 @@ fn refill_paused<H: Process>(consumer: &BaseConsumer<WeirContext<H>>, shared: &S
                 still_paused = true;
                 continue;
             }
-            let take = h.flow.room().min(h.overflow.len());
+            let take = h.flow.fits(h.overflow.make_contiguous());
             let chunk: Vec<Inbound> = h.overflow.drain(..take).collect();
             send(h, chunk);
             if !h.overflow.is_empty() {

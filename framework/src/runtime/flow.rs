@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex};
 
 use crate::clock::now_ms;
+use crate::inbound::Inbound;
 use crate::observe::PartitionRow;
 use crate::processing::batch::StopSignal;
 
@@ -15,8 +16,12 @@ use crate::processing::batch::StopSignal;
 pub(crate) struct PartitionFlow {
     stop: Arc<StopSignal>,
     capacity: usize,
+    /// The queue's bound in bytes ([`Inbound::weight`]).
+    capacity_bytes: usize,
     /// Records handed to the task and not yet taken into a batch.
     queued: AtomicUsize,
+    /// Their bytes.
+    queued_bytes: AtomicUsize,
     /// Set by the consumer thread while the partition is paused.
     paused: AtomicBool,
     /// True until the task has its store ready (restored from the changelog if need be) and
@@ -44,13 +49,19 @@ pub(crate) struct PartitionFlow {
 }
 
 impl PartitionFlow {
-    /// A partition whose queue holds `capacity` records, starting at `next_offset` if known;
-    /// `restoring` while its task still prepares its store.
-    pub(crate) fn new(capacity: usize, next_offset: Option<i64>, restoring: bool) -> Self {
+    /// A partition whose queue holds `capacity` records of at most `capacity_bytes` together,
+    /// starting at `next_offset` if known; `restoring` while its task still prepares its store.
+    pub(crate) fn new(
+        (capacity, capacity_bytes): (usize, usize),
+        next_offset: Option<i64>,
+        restoring: bool,
+    ) -> Self {
         Self {
             stop: Arc::default(),
             capacity,
+            capacity_bytes,
             queued: AtomicUsize::new(0),
+            queued_bytes: AtomicUsize::new(0),
             paused: AtomicBool::new(false),
             restoring: AtomicBool::new(restoring),
             committed: AtomicI64::new(next_offset.unwrap_or(-1)),
@@ -78,15 +89,27 @@ impl PartitionFlow {
 
     // The queue, seen from the consumer thread.
 
-    /// Records that fit in the queue now.
-    pub(crate) fn room(&self) -> usize {
-        self.capacity
-            .saturating_sub(self.queued.load(Ordering::SeqCst))
+    /// How many of `run`'s first records fit in the queue now (by count and by bytes; an
+    /// empty queue takes one record however big).
+    pub(crate) fn fits(&self, run: &[Inbound]) -> usize {
+        let queued = self.queued.load(Ordering::SeqCst);
+        let mut bytes = self.queued_bytes.load(Ordering::SeqCst);
+        let most = self.capacity.saturating_sub(queued).min(run.len());
+        let mut n = 0;
+        for record in &run[..most] {
+            bytes += record.weight();
+            if bytes > self.capacity_bytes && queued + n > 0 {
+                break;
+            }
+            n += 1;
+        }
+        n
     }
 
-    /// `n` records were handed to the task.
-    pub(crate) fn queued_more(&self, n: usize) {
-        self.queued.fetch_add(n, Ordering::SeqCst);
+    /// `chunk` was handed to the task.
+    pub(crate) fn queued_more(&self, chunk: &[Inbound]) {
+        self.queued.fetch_add(chunk.len(), Ordering::SeqCst);
+        self.queued_bytes.fetch_add(weight(chunk), Ordering::SeqCst);
     }
 
     /// Records up to `last_offset` were taken from the consumer (queued or held back). Returns
@@ -127,9 +150,11 @@ impl PartitionFlow {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The queue drained to its low-water mark (half its capacity): time to resume.
+    /// The queue drained to its low-water mark (half its capacity, in records and in bytes):
+    /// time to resume.
     pub(crate) fn drained(&self) -> bool {
         self.queued.load(Ordering::SeqCst) <= self.capacity / 2
+            && self.queued_bytes.load(Ordering::SeqCst) <= self.capacity_bytes / 2
     }
 
     pub(crate) fn set_paused(&self, paused: bool) {
@@ -162,9 +187,10 @@ impl PartitionFlow {
 
     // The queue and progress, seen from the task.
 
-    /// `n` records were taken out of the queue into a batch.
-    pub(crate) fn taken(&self, n: usize) {
-        self.queued.fetch_sub(n, Ordering::SeqCst);
+    /// `chunk` was taken out of the queue into a batch.
+    pub(crate) fn taken(&self, chunk: &[Inbound]) {
+        self.queued.fetch_sub(chunk.len(), Ordering::SeqCst);
+        self.queued_bytes.fetch_sub(weight(chunk), Ordering::SeqCst);
     }
 
     /// The store is ready and processing starts at `next_offset` (if known).
@@ -236,5 +262,65 @@ impl PartitionFlow {
             unreadable: self.unreadable().clone(),
             processed: self.processed.load(Ordering::Relaxed),
         }
+    }
+}
+
+fn weight(chunk: &[Inbound]) -> usize {
+    chunk.iter().map(Inbound::weight).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn records(n: usize, payload_bytes: usize) -> Vec<Inbound> {
+        let payload = vec![b'x'; payload_bytes];
+        (0..n)
+            .map(|i| {
+                Inbound::new(
+                    Arc::from("t"),
+                    0,
+                    i as i64,
+                    None,
+                    None,
+                    Some(&payload),
+                    None,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_queue_is_bounded_by_records_and_by_bytes() {
+        // 10 records, or 10 KiB: records of 1 KiB fill the bytes first.
+        let flow = PartitionFlow::new((10, 10 << 10), None, false);
+        let big = records(20, 1000);
+        let fit = flow.fits(&big);
+        assert!(
+            (8..10).contains(&fit),
+            "{fit} records of 1000 bytes (+ overhead) fit in 10 KiB"
+        );
+        flow.queued_more(&big[..fit]);
+        assert_eq!(flow.fits(&big[fit..]), 0, "full by bytes");
+        assert!(!flow.drained());
+        flow.taken(&big[..fit / 2 + 1]);
+        assert!(flow.drained(), "below half of both bounds");
+        flow.taken(&big[fit / 2 + 1..fit]);
+
+        // Small records fill the count first.
+        let small = records(20, 10);
+        assert_eq!(flow.fits(&small), 10);
+        flow.queued_more(&small[..10]);
+        assert_eq!(flow.fits(&small), 0);
+        assert!(!flow.drained());
+        flow.taken(&small[..5]);
+        assert!(flow.drained());
+        flow.taken(&small[5..10]);
+
+        // A record bigger than the whole bound still goes through, alone.
+        let huge = records(2, 64 << 10);
+        assert_eq!(flow.fits(&huge), 1);
+        flow.queued_more(&huge[..1]);
+        assert_eq!(flow.fits(&huge[1..]), 0);
     }
 }

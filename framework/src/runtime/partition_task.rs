@@ -299,8 +299,9 @@ impl<H: Process> PartitionTask<H> {
             .batch_size
             .saturating_sub(batch.len())
             .min(self.carry.len());
+        let start = batch.len();
         batch.extend(self.carry.drain(..n));
-        self.flow.taken(n);
+        self.flow.taken(&batch[start..]);
     }
 
     /// Produces the partition's outbox (emitted records, changelog entries), retrying with the

@@ -183,7 +183,7 @@ impl<H: Process> WeirContext<H> {
             let (store, closed) = TaskStore::new(store);
             let (tx, rx) = mpsc::unbounded_channel();
             let flow = Arc::new(PartitionFlow::new(
-                c.queue_capacity,
+                (c.queue_capacity, c.queue_capacity_mb << 20),
                 next_offset,
                 changelog.is_some(),
             ));
