@@ -3,13 +3,15 @@
 //! the best raw rdkafka consumer of the same run.
 //!
 //! ```text
-//! cargo run --release -p weir-bench -- --scenario all [--messages N] [--partitions P] [--slow-messages M] [--keys K]
+//! cargo run --release -p weir-bench -- --scenario all [--messages N] [--partitions P] [--slow-messages M] [--keys K] [--values words|lines] [--rate R]
 //! ```
 //!
 //! Scenarios: `raw` and `raw-defaults` (with `all`, run first and again last), `weir-stateless`,
 //! `weir-keyed-count`, `weir-wordcount`, `hand-loop-batched`, `hand-loop`, `quix` (Quix
 //! Streams, installed by `bench/setup.sh` on first use; real broker only) and `weir-restore`.
 //! The slow ones (`hand-loop`, `quix`) read only `--slow-messages` records (default 50k).
+//! Records are 100 bytes of 8 words, or with `--values lines` lines of 16 words drawn with
+//! Zipf frequencies from a 5000-word vocabulary.
 //!
 //! Without `WEIR_BROKERS` it runs on the embedded broker (which keeps only ~5 MiB per
 //! partition, so the default backlog there is 200k records over 8 partitions); with it, the
@@ -92,6 +94,9 @@ struct Args {
     keys: u64,
     /// Records per second the `weir-live` scenario produces.
     rate: u64,
+    /// Record values: 100 bytes of 8 words, or `lines` of 16 words from a 5000-word
+    /// vocabulary with Zipf frequencies (the word count of issue 14).
+    lines: bool,
     child: Option<(String, String)>,
 }
 
@@ -104,6 +109,7 @@ fn parse_args() -> Result<Args, String> {
         partitions: if embedded { 8 } else { 4 },
         keys: 10_000,
         rate: 10_000,
+        lines: false,
         child: None,
     };
     let mut it = std::env::args().skip(1);
@@ -124,6 +130,13 @@ fn parse_args() -> Result<Args, String> {
             }
             "--keys" => args.keys = value()?.parse().map_err(|e| format!("--keys: {e}"))?,
             "--rate" => args.rate = value()?.parse().map_err(|e| format!("--rate: {e}"))?,
+            "--values" => {
+                args.lines = match value()?.as_str() {
+                    "words" => false,
+                    "lines" => true,
+                    other => return Err(format!("--values is words or lines, not {other}")),
+                }
+            }
             "--child" => {
                 let brokers = value()?;
                 let topic = value()?;
@@ -177,7 +190,7 @@ async fn run_parent(args: &Args) -> Result<(), String> {
         None => create_topic(&brokers, &topic, args.partitions).await?,
     }
     let started = Instant::now();
-    produce(&brokers, &topic, args.messages, args.keys).await?;
+    produce(&brokers, &topic, args.messages, args.keys, args.lines).await?;
     eprintln!(
         "produced {} records of 100 bytes with {} keys into {} partitions of {topic} in {:.1?} ({})",
         args.messages,
@@ -317,7 +330,7 @@ async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> Result<(),
     Ok(())
 }
 
-async fn produce(brokers: &str, topic: &str, n: u64, keys: u64) -> Result<(), String> {
+async fn produce(brokers: &str, topic: &str, n: u64, keys: u64, lines: bool) -> Result<(), String> {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "20")
@@ -325,21 +338,14 @@ async fn produce(brokers: &str, topic: &str, n: u64, keys: u64) -> Result<(), St
         .set("queue.buffering.max.messages", "1000000")
         .create()
         .map_err(|e| e.to_string())?;
+    let mut text = lines.then(Lines::new);
     let mut inflight = Vec::new();
     for i in 0..n {
         let key = format!("k{}", i % keys.max(1));
-        // 100 bytes of words.
-        let mut value = String::with_capacity(100);
-        let mut w = i as usize;
-        while value.len() < 94 {
-            value.push_str(WORDS[w % WORDS.len()]);
-            value.push(' ');
-            w = w.wrapping_mul(31).wrapping_add(7);
-        }
-        value.truncate(100);
-        while value.len() < 100 {
-            value.push('.');
-        }
+        let value = match &mut text {
+            Some(text) => text.next_line(),
+            None => words_of(i),
+        };
         let fut = producer
             .send_result(FutureRecord::to(topic).key(&key).payload(&value))
             .map_err(|(e, _)| e.to_string())?;
@@ -361,6 +367,100 @@ async fn produce(brokers: &str, topic: &str, n: u64, keys: u64) -> Result<(), St
         .flush(Duration::from_secs(30))
         .map_err(|e| e.to_string())?;
     Ok(())
+}
+
+/// 100 bytes of words, different per record.
+fn words_of(i: u64) -> String {
+    let mut value = String::with_capacity(100);
+    let mut w = i as usize;
+    while value.len() < 94 {
+        value.push_str(WORDS[w % WORDS.len()]);
+        value.push(' ');
+        w = w.wrapping_mul(31).wrapping_add(7);
+    }
+    value.truncate(100);
+    while value.len() < 100 {
+        value.push('.');
+    }
+    value
+}
+
+/// Text lines of 16 words drawn from a 5000-word vocabulary with Zipf frequencies (the n-th
+/// most common word has weight 1/n), as in natural text; some words capitalised, some
+/// followed by punctuation.
+struct Lines {
+    vocabulary: Vec<String>,
+    /// Cumulative weights, for sampling by binary search.
+    cumulative: Vec<f64>,
+    rng: u64,
+}
+
+impl Lines {
+    const WORDS_PER_LINE: usize = 16;
+    const VOCABULARY: usize = 5000;
+
+    fn new() -> Self {
+        let syllables = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ze", "po"];
+        let vocabulary = (0..Self::VOCABULARY)
+            .map(|mut n| {
+                let mut word = String::new();
+                loop {
+                    word.push_str(syllables[n % syllables.len()]);
+                    n /= syllables.len();
+                    if n == 0 {
+                        break word;
+                    }
+                }
+            })
+            .collect();
+        let mut total = 0.0;
+        let cumulative = (1..=Self::VOCABULARY)
+            .map(|rank| {
+                total += 1.0 / rank as f64;
+                total
+            })
+            .collect();
+        Self {
+            vocabulary,
+            cumulative,
+            rng: 0x9E37_79B9_7F4A_7C15,
+        }
+    }
+
+    /// xorshift64*: deterministic, so every run reads the same text.
+    fn next_u64(&mut self) -> u64 {
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn next_line(&mut self) -> String {
+        let total = self.cumulative.last().copied().unwrap_or(1.0);
+        let mut line = String::with_capacity(128);
+        for i in 0..Self::WORDS_PER_LINE {
+            let r = self.next_u64();
+            let x = (r >> 11) as f64 / (1u64 << 53) as f64 * total;
+            let rank = self.cumulative.partition_point(|c| *c < x);
+            let word = &self.vocabulary[rank.min(Self::VOCABULARY - 1)];
+            if i > 0 {
+                line.push(' ');
+            }
+            if r % 16 == 0 {
+                // A capitalised word (the start of a sentence).
+                let mut chars = word.chars();
+                line.extend(chars.next().map(|c| c.to_ascii_uppercase()));
+                line.extend(chars);
+            } else {
+                line.push_str(word);
+            }
+            if r % 10 == 1 {
+                line.push(',');
+            }
+        }
+        line.push('.');
+        line
+    }
 }
 
 /// What a scenario has seen and committed, shared with its handler and commit watcher.

@@ -1,5 +1,7 @@
 //! Word count: counts the words of text lines in SQLite state.
 
+use std::borrow::Cow;
+
 use weir::prelude::*;
 
 /// Counts words per partition in the `counts` store.
@@ -13,12 +15,16 @@ impl Process for WordCount {
     async fn process(&self, line: Record<'_, String>, ctx: &mut Ctx<'_>) -> weir::Result<()> {
         let mut counts = ctx.store::<Counts>();
         for word in line.value().split_whitespace() {
-            let word = word
-                .trim_matches(|c: char| !c.is_alphanumeric())
-                .to_lowercase();
-            if !word.is_empty() {
-                counts.update(&word, |n| Some(n.unwrap_or(0) + 1))?;
+            let word = word.trim_matches(|c: char| !c.is_alphanumeric());
+            if word.is_empty() {
+                continue;
             }
+            // Lowercased only when it has capitals: most words need no copy.
+            let word: Cow<'_, str> = match word.chars().any(char::is_uppercase) {
+                true => Cow::Owned(word.to_lowercase()),
+                false => Cow::Borrowed(word),
+            };
+            counts.update(&word, |n| Some(n.unwrap_or(0) + 1))?;
         }
         Ok(())
     }

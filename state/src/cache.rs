@@ -78,11 +78,11 @@ impl StateCache {
 
     /// The cached committed value of `key`: `None` when not cached, `Some(None)` when the key
     /// is known to have no value.
-    pub(crate) fn get(&mut self, store: &str, key: &str) -> Option<Option<String>> {
+    pub(crate) fn get(&mut self, store: &str, key: &str) -> Option<Option<&str>> {
         let (_, map) = self.stores.iter_mut().find(|(name, _)| name == store)?;
         let entry = map.get_mut(key)?;
         entry.hot = true;
-        Some(entry.value.clone())
+        Some(entry.value.as_deref())
     }
 
     /// Remembers that `key` holds `value` in committed state.
@@ -184,11 +184,11 @@ mod tests {
         let mut cache = StateCache::new(Arc::clone(&budget));
         cache.insert("s", "hot", Some("1"));
         for i in 0..1_000 {
-            assert_eq!(cache.get("s", "hot"), Some(Some("1".to_owned())));
+            assert_eq!(cache.get("s", "hot"), Some(Some("1")));
             cache.insert("s", &format!("k{i:05}"), Some("v"));
             assert!(budget.used() <= budget.limit() + ENTRY_OVERHEAD + 10);
         }
-        assert_eq!(cache.get("s", "hot"), Some(Some("1".to_owned())));
+        assert_eq!(cache.get("s", "hot"), Some(Some("1")));
         assert_eq!(cache.get("s", "k00000"), None, "a cold entry was evicted");
         drop(cache);
         assert_eq!(budget.used(), 0);

@@ -10,7 +10,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use crate::cache::{CacheBudget, StateCache};
 use crate::reader::{decode_entries, query_entries, query_next_offset, query_value};
 use crate::wire::{header, ChangelogEntry};
-use crate::write_set::{decode, encode};
+use crate::write_set::{decode, with_key};
 use crate::{Error, OutboxRecord, Result, WriteSet};
 
 /// Test builds only: how an interrupted commit ends.
@@ -232,10 +232,7 @@ impl PartitionStore {
         store: &str,
         key: &K,
     ) -> Result<Option<V>> {
-        let key = encode(store, key)?;
-        self.get_encoded(store, &key)?
-            .map(|json| decode(store, &json))
-            .transpose()
+        with_key(store, key, |key| self.get_committed(store, key))
     }
 
     /// Applies `f` to `key`'s current value as [`get_through`](Self::get_through) sees it and
@@ -247,18 +244,9 @@ impl PartitionStore {
         key: &K,
         f: impl FnOnce(Option<V>) -> Option<V>,
     ) -> Result<()> {
-        let key = encode(store, key)?;
-        let current = match pending.lookup_encoded(store, &key) {
-            Some(Some(json)) => Some(decode(store, json)?),
-            Some(None) => None,
-            None => self
-                .get_encoded(store, &key)?
-                .map(|json| decode(store, &json))
-                .transpose()?,
-        };
-        let value = f(current).map(|v| encode(store, &v)).transpose()?;
-        pending.put_encoded(store, key, value);
-        Ok(())
+        with_key(store, key, |key| {
+            pending.update_with(store, key, || self.get_committed(store, key), f)
+        })
     }
 
     /// Reads `key` through the batch's `pending` changes first, then the committed state.
@@ -268,15 +256,11 @@ impl PartitionStore {
         store: &str,
         key: &K,
     ) -> Result<Option<V>> {
-        let key = encode(store, key)?;
-        match pending.lookup_encoded(store, &key) {
+        with_key(store, key, |key| match pending.lookup_encoded(store, key) {
             Some(Some(json)) => decode(store, json).map(Some),
             Some(None) => Ok(None),
-            None => self
-                .get_encoded(store, &key)?
-                .map(|json| decode(store, &json))
-                .transpose(),
-        }
+            None => self.get_committed(store, key),
+        })
     }
 
     /// Every committed entry of the named `store`, in key order.
@@ -568,14 +552,20 @@ impl PartitionStore {
         }
     }
 
-    fn get_encoded(&self, store: &str, key: &str) -> Result<Option<String>> {
-        if let Some(Some(hit)) = self.with_cache_locked(|cache| cache.get(store, key)) {
-            return Ok(hit);
+    /// The committed value of `key` (JSON), from the cache or SQLite.
+    fn get_committed<V: DeserializeOwned>(&self, store: &str, key: &str) -> Result<Option<V>> {
+        let cached = self.with_cache_locked(|cache| {
+            cache
+                .get(store, key)
+                .map(|hit| hit.map(|json| decode(store, json)).transpose())
+        });
+        if let Some(Some(hit)) = cached {
+            return hit;
         }
         let value =
             query_value(&self.conn(), store, key).map_err(|source| self.sqlite_err(source))?;
         self.with_cache_locked(|cache| cache.insert(store, key, value.as_deref()));
-        Ok(value)
+        value.map(|json| decode(store, &json)).transpose()
     }
 
     /// Runs `f` on the cache, if this handle has one.

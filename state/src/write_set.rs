@@ -1,6 +1,8 @@
 //! The state changes of one batch, buffered in memory until the batch commits.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::ops::Range;
 
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -8,18 +10,75 @@ use crate::{Error, Result};
 
 /// State changes of one batch: per named store, key (JSON) to new value (JSON) or deletion.
 ///
-/// Repeated writes to the same key coalesce, so a hot key costs one row write per batch.
+/// Repeated writes to the same key coalesce, so a hot key costs one row write per batch, and
+/// rewrite its value in place: updating a key the batch already holds allocates nothing.
 #[derive(Debug, Default, Clone)]
 pub struct WriteSet {
     /// Per store (a handler has few, so a list beats hashing the name), its changed keys.
     stores: Vec<(String, HashMap<String, Option<String>>)>,
-    /// While a savepoint is open: what each changed key held before it, newest last.
-    undo: Vec<Undo>,
-    savepoint_open: bool,
+    /// What the open savepoint can undo.
+    undo: UndoLog,
     /// Records to produce once the batch commits, in order.
     outbox: Vec<OutboxRecord>,
-    /// `outbox.len()` when the open savepoint was taken.
-    outbox_at_savepoint: usize,
+}
+
+/// While a savepoint is open: what each changed key held before, newest last. Keys and values
+/// are copied into one buffer, reused from savepoint to savepoint, so recording costs no
+/// allocation.
+#[derive(Debug, Default, Clone)]
+struct UndoLog {
+    open: bool,
+    entries: Vec<Undo>,
+    bytes: String,
+    /// `outbox.len()` when the savepoint was taken.
+    outbox_len: usize,
+}
+
+/// A key's buffered change before a write after the savepoint.
+#[derive(Debug, Clone)]
+struct Undo {
+    store: usize,
+    key: Range<usize>,
+    before: Before,
+}
+
+#[derive(Debug, Clone)]
+enum Before {
+    /// The batch had not touched the key.
+    Untouched,
+    /// The batch had deleted it.
+    Deleted,
+    /// The batch had set it to this JSON (a range of [`UndoLog::bytes`]).
+    Value(Range<usize>),
+}
+
+impl UndoLog {
+    fn text(&mut self, s: &str) -> Range<usize> {
+        let start = self.bytes.len();
+        self.bytes.push_str(s);
+        start..self.bytes.len()
+    }
+
+    /// Remembers what `key` of `store` held before a write (if a savepoint is open).
+    fn record(&mut self, store: usize, key: &str, before: Option<Option<&str>>) {
+        if !self.open {
+            return;
+        }
+        let key = self.text(key);
+        let before = match before {
+            None => Before::Untouched,
+            Some(None) => Before::Deleted,
+            Some(Some(json)) => Before::Value(self.text(json)),
+        };
+        self.entries.push(Undo { store, key, before });
+    }
+
+    fn reset(&mut self, open: bool, outbox_len: usize) {
+        self.entries.clear();
+        self.bytes.clear();
+        self.open = open;
+        self.outbox_len = outbox_len;
+    }
 }
 
 /// A record to produce once its batch is committed: a handler's output, or a changelog entry.
@@ -39,10 +98,6 @@ pub struct OutboxRecord {
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
-/// A key's buffered change before a write after the savepoint (store index, key, before):
-/// `None` if it had none.
-type Undo = (usize, String, Option<Option<String>>);
-
 impl WriteSet {
     /// Buffers `key = value` in `store`.
     pub fn put<K: Serialize + ?Sized, V: Serialize + ?Sized>(
@@ -51,17 +106,20 @@ impl WriteSet {
         key: &K,
         value: &V,
     ) -> Result<()> {
-        let key = encode(store, key)?;
-        let value = encode(store, value)?;
-        self.put_encoded(store, key, Some(value));
-        Ok(())
+        with_json(store, value, |json| {
+            with_key(store, key, |key| {
+                self.replace(store, key, Some(json));
+                Ok(())
+            })
+        })
     }
 
     /// Buffers the deletion of `key` from `store`.
     pub fn delete<K: Serialize + ?Sized>(&mut self, store: &str, key: &K) -> Result<()> {
-        let key = encode(store, key)?;
-        self.put_encoded(store, key, None);
-        Ok(())
+        with_key(store, key, |key| {
+            self.replace(store, key, None);
+            Ok(())
+        })
     }
 
     /// What this batch wrote for `key`: `None` if untouched, `Some(None)` if deleted.
@@ -70,12 +128,11 @@ impl WriteSet {
         store: &str,
         key: &K,
     ) -> Result<Option<Option<V>>> {
-        let key = encode(store, key)?;
-        match self.lookup_encoded(store, &key) {
+        with_key(store, key, |key| match self.lookup_encoded(store, key) {
             None => Ok(None),
             Some(None) => Ok(Some(None)),
             Some(Some(json)) => decode(store, json).map(|v| Some(Some(v))),
-        }
+        })
     }
 
     /// Queues `record` for sending after the batch commits.
@@ -101,62 +158,103 @@ impl WriteSet {
     /// Drops every buffered change (a failed batch).
     pub fn clear(&mut self) {
         self.stores.clear();
-        self.undo.clear();
-        self.savepoint_open = false;
+        self.undo.reset(false, 0);
         self.outbox.clear();
     }
 
     /// Opens a savepoint: later changes can be undone with [`rollback`](Self::rollback)
     /// (the writes of one failed record) or kept with [`release`](Self::release).
     pub fn savepoint(&mut self) {
-        self.undo.clear();
-        self.savepoint_open = true;
-        self.outbox_at_savepoint = self.outbox.len();
+        self.undo.reset(true, self.outbox.len());
     }
 
     /// Keeps the changes made since the savepoint and closes it.
     pub fn release(&mut self) {
-        self.undo.clear();
-        self.savepoint_open = false;
+        self.undo.reset(false, 0);
     }
 
     /// Undoes the changes made since the savepoint and closes it.
     pub fn rollback(&mut self) {
-        if !std::mem::take(&mut self.savepoint_open) {
+        if !self.undo.open {
             return;
         }
-        self.outbox.truncate(self.outbox_at_savepoint);
-        while let Some((store, key, before)) = self.undo.pop() {
+        self.outbox.truncate(self.undo.outbox_len);
+        let bytes = &self.undo.bytes;
+        for Undo { store, key, before } in self.undo.entries.drain(..).rev() {
             let map = &mut self.stores[store].1;
+            let key = &bytes[key];
             match before {
-                Some(v) => map.insert(key, v),
-                None => map.remove(&key),
-            };
+                Before::Untouched => {
+                    map.remove(key);
+                }
+                Before::Deleted => {
+                    map.insert(key.to_owned(), None);
+                }
+                Before::Value(json) => {
+                    map.insert(key.to_owned(), Some(bytes[json].to_owned()));
+                }
+            }
         }
+        self.undo.reset(false, 0);
     }
 
-    pub(crate) fn put_encoded(&mut self, store: &str, key: String, value: Option<String>) {
-        let index = match self.stores.iter().position(|(name, _)| name == store) {
+    /// Applies `f` to `key`'s (JSON) value in this batch, or to `committed()` if the batch
+    /// has not touched it, and buffers the result (`None` deletes). A value the batch already
+    /// holds is rewritten in place: no allocation.
+    pub(crate) fn update_with<V: Serialize + DeserializeOwned>(
+        &mut self,
+        store: &str,
+        key: &str,
+        committed: impl FnOnce() -> Result<Option<V>>,
+        f: impl FnOnce(Option<V>) -> Option<V>,
+    ) -> Result<()> {
+        let index = self.store_index(store);
+        let map = &mut self.stores[index].1;
+        let Some(slot) = map.get_mut(key) else {
+            let value = f(committed()?).map(|v| encode(store, &v)).transpose()?;
+            self.undo.record(index, key, None);
+            map.insert(key.to_owned(), value);
+            return Ok(());
+        };
+        let current = slot
+            .as_deref()
+            .map(|json| decode(store, json))
+            .transpose()?;
+        match f(current) {
+            None => {
+                self.undo.record(index, key, Some(slot.as_deref()));
+                *slot = None;
+            }
+            Some(value) => with_json(store, &value, |json| {
+                self.undo.record(index, key, Some(slot.as_deref()));
+                overwrite(slot, Some(json));
+                Ok(())
+            })?,
+        }
+        Ok(())
+    }
+
+    fn store_index(&mut self, store: &str) -> usize {
+        match self.stores.iter().position(|(name, _)| name == store) {
             Some(i) => i,
             None => {
                 self.stores.push((store.to_owned(), HashMap::new()));
                 self.stores.len() - 1
             }
-        };
+        }
+    }
+
+    fn replace(&mut self, store: &str, key: &str, value: Option<&str>) {
+        let index = self.store_index(store);
         let map = &mut self.stores[index].1;
-        match map.get_mut(&key) {
+        match map.get_mut(key) {
             Some(slot) => {
-                let before = std::mem::replace(slot, value);
-                if self.savepoint_open {
-                    self.undo.push((index, key, Some(before)));
-                }
-            }
-            None if self.savepoint_open => {
-                map.insert(key.clone(), value);
-                self.undo.push((index, key, None));
+                self.undo.record(index, key, Some(slot.as_deref()));
+                overwrite(slot, value);
             }
             None => {
-                map.insert(key, value);
+                self.undo.record(index, key, None);
+                map.insert(key.to_owned(), value.map(str::to_owned));
             }
         }
     }
@@ -186,6 +284,80 @@ impl WriteSet {
                 .map(move |(k, v)| (store.as_str(), k.as_str(), v.as_deref()))
         })
     }
+}
+
+/// Sets a buffered value, reusing its memory.
+fn overwrite(slot: &mut Option<String>, value: Option<&str>) {
+    match (slot.as_mut(), value) {
+        (Some(old), Some(json)) => {
+            old.clear();
+            old.push_str(json);
+        }
+        (_, json) => *slot = json.map(str::to_owned),
+    }
+}
+
+thread_local! {
+    /// Where keys are encoded for lookups, so that finding a key allocates nothing.
+    static KEY_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// Where values are encoded before they are copied into place.
+    static VALUE_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with `key` encoded as JSON (in a per-thread buffer).
+pub(crate) fn with_key<K: Serialize + ?Sized, T>(
+    store: &str,
+    key: &K,
+    f: impl FnOnce(&str) -> Result<T>,
+) -> Result<T> {
+    encoded_in(&KEY_BUF, store, key, f)
+}
+
+/// Runs `f` with `value` encoded as JSON (in a per-thread buffer).
+fn with_json<V: Serialize + ?Sized, T>(
+    store: &str,
+    value: &V,
+    f: impl FnOnce(&str) -> Result<T>,
+) -> Result<T> {
+    encoded_in(&VALUE_BUF, store, value, f)
+}
+
+fn encoded_in<V: Serialize + ?Sized, T>(
+    buf: &'static std::thread::LocalKey<RefCell<Vec<u8>>>,
+    store: &str,
+    value: &V,
+    f: impl FnOnce(&str) -> Result<T>,
+) -> Result<T> {
+    buf.with(|buf| {
+        // A nested call (a `Serialize` impl that reads state) finds the buffer taken and uses
+        // a fresh one.
+        let mut mine = buf
+            .try_borrow_mut()
+            .map(|mut b| std::mem::take(&mut *b))
+            .unwrap_or_default();
+        mine.clear();
+        let result = serde_json::to_writer(&mut mine, value)
+            .map_err(|source| Error::Codec {
+                store: store.to_owned(),
+                source,
+            })
+            .and_then(|()| match std::str::from_utf8(&mine) {
+                Ok(json) => f(json),
+                Err(_) => unreachable_json(store),
+            });
+        if let Ok(mut b) = buf.try_borrow_mut() {
+            *b = mine;
+        }
+        result
+    })
+}
+
+/// serde_json writes UTF-8 only; should that ever fail, it is a codec error, not a panic.
+fn unreachable_json<T>(store: &str) -> Result<T> {
+    Err(Error::Codec {
+        store: store.to_owned(),
+        source: <serde_json::Error as serde::ser::Error>::custom("JSON output is not UTF-8"),
+    })
 }
 
 pub(crate) fn encode<T: Serialize + ?Sized>(store: &str, value: &T) -> Result<String> {

@@ -70,33 +70,48 @@ fn run(
     while offset < msgs.len() {
         let size = (*sizes.next().expect("cycle")).max(1);
         let end = (offset + size).min(msgs.len());
-        let ws = loop {
-            let mut ws = WriteSet::default();
-            let mut again = false;
-            for (i, &(k, a, fails)) in msgs[offset..end].iter().enumerate() {
-                if let Some(Crash::BeforeCommit { after_msgs }) = crash {
-                    if i == *after_msgs % size {
-                        return;
-                    }
+        let mut ws = WriteSet::default();
+        for (i, &(k, a, fails)) in msgs[offset..end].iter().enumerate() {
+            if let Some(Crash::BeforeCommit { after_msgs }) = crash {
+                if i == *after_msgs % size {
+                    return;
                 }
+            }
+            // A record that fails is rolled back to its savepoint and runs again in place,
+            // after the batch's earlier records, as the batch runner retries it.
+            loop {
                 ws.savepoint();
                 if a == 0 {
                     ws.delete("sum", &k).expect("delete");
+                } else if a % 2 == 1 {
+                    // In place, through the batch's buffer.
+                    store
+                        .update_through(&mut ws, "sum", &k, |v: Option<u64>| {
+                            Some(v.unwrap_or(0) + u64::from(a))
+                        })
+                        .expect("update");
                 } else {
                     let v: u64 = store.get_through(&ws, "sum", &k).expect("get").unwrap_or(0);
                     ws.put("sum", &k, &(v + u64::from(a))).expect("put");
                 }
                 if fails && failed.insert(offset + i) {
+                    // More writes of the failed record, to the same key and others, all undone.
+                    store
+                        .update_through(&mut ws, "sum", &k, |v: Option<u64>| {
+                            Some(v.unwrap_or(0) + 1000)
+                        })
+                        .expect("update");
+                    store
+                        .update_through(&mut ws, "sum", &k.wrapping_add(1), |_: Option<u64>| None)
+                        .expect("update");
+                    ws.put("sum", &k.wrapping_sub(1), &7u64).expect("put");
                     ws.rollback();
-                    again = true;
-                    break;
+                    continue;
                 }
                 ws.release();
+                break;
             }
-            if !again {
-                break ws;
-            }
-        };
+        }
         match crash {
             Some(Crash::MidCommit { rows }) => {
                 store.crash_next_commit_after(rows % (ws.len() + 1));
