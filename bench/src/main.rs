@@ -940,7 +940,9 @@ async fn live(
     *probe.latencies.lock().map_err(|e| e.to_string())? = Histogram::default();
     let live_from_ms = now_ms();
     let outputs = {
-        let reader = consumer(brokers, &output, &format!("{group}-out"), TUNED)?;
+        // Read from the output's end as it is now: what was emitted for the backlog is not
+        // read (it would delay the live records behind it).
+        let reader = output_reader(brokers, &output, &format!("{group}-out"))?;
         let give_up = Arc::clone(&give_up);
         std::thread::spawn(move || read_outputs(&reader, live_from_ms, live_n, &give_up))
     };
@@ -1018,6 +1020,27 @@ async fn live(
         latencies_ms: [p50, p99, p999],
         output_latencies_ms: Some(emitted),
     })
+}
+
+/// A consumer of `topic`'s one partition, from its current end.
+fn output_reader(brokers: &str, topic: &str, group: &str) -> Result<BaseConsumer, String> {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false");
+    for (name, value) in TUNED {
+        config.set(*name, *value);
+    }
+    let reader: BaseConsumer = config.create().map_err(|e| e.to_string())?;
+    let (_, end) = reader
+        .fetch_watermarks(topic, 0, Duration::from_secs(10))
+        .map_err(|e| format!("{topic}: {e}"))?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, rdkafka::Offset::Offset(end))
+        .map_err(|e| e.to_string())?;
+    reader.assign(&tpl).map_err(|e| e.to_string())?;
+    Ok(reader)
 }
 
 /// Reads the live worker's output topic until `n` records produced from `from_ms` on have

@@ -36,12 +36,15 @@ impl std::fmt::Debug for OutboxSink {
 impl OutboxSink {
     /// Sends every record waiting in `store`'s outbox, in order, deleting each round once all
     /// of it is acknowledged. Returns how many were sent; on error the unacknowledged rows stay.
-    pub(crate) async fn flush(&self, store: &PartitionStore) -> Result<usize, String> {
+    /// The SQLite reads and deletes run on the blocking pool, so that a batch commit holding
+    /// the store meanwhile does not hold up an async worker.
+    pub(crate) async fn flush<S>(&self, store: &Arc<S>) -> Result<usize, String>
+    where
+        S: AsRef<PartitionStore> + Send + Sync + 'static,
+    {
         let mut sent = 0;
         loop {
-            let rows = store
-                .pending_outbox(OUTBOX_CHUNK)
-                .map_err(|e| e.to_string())?;
+            let rows = on_store(store, |s| s.pending_outbox(OUTBOX_CHUNK)).await?;
             if rows.is_empty() {
                 return Ok(sent);
             }
@@ -69,11 +72,28 @@ impl OutboxSink {
                 }
             }
             let ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
-            store.delete_outbox(&ids).map_err(|e| e.to_string())?;
-            metrics::counter!(OUTBOX_SENT_TOTAL).increment(ids.len() as u64);
-            sent += ids.len();
+            let n = ids.len();
+            on_store(store, move |s| s.delete_outbox(&ids)).await?;
+            metrics::counter!(OUTBOX_SENT_TOTAL).increment(n as u64);
+            sent += n;
         }
     }
+}
+
+/// Runs `f` on the store on the blocking pool.
+async fn on_store<S, T>(
+    store: &Arc<S>,
+    f: impl FnOnce(&PartitionStore) -> weir_state::Result<T> + Send + 'static,
+) -> Result<T, String>
+where
+    S: AsRef<PartitionStore> + Send + Sync + 'static,
+    T: Send + 'static,
+{
+    let store = Arc::clone(store);
+    tokio::task::spawn_blocking(move || f(store.as_ref().as_ref()))
+        .await
+        .map_err(|e| format!("outbox access panicked: {e}"))?
+        .map_err(|e| e.to_string())
 }
 
 async fn send_all(producer: &FutureProducer, rows: &[&OutboxRecord]) -> Result<(), String> {

@@ -12,6 +12,7 @@ use weir_state::PartitionStore;
 
 use crate::delivery::restore::{self, Restore};
 use crate::delivery::OutboxSink;
+use crate::delivery::RetryPolicy;
 use crate::inbound::Inbound;
 use crate::observe::metric_names::{BATCHES_CUT_TOTAL, BATCH_DURATION_SECONDS, MESSAGES_TOTAL};
 use crate::processing::batch::{BatchRunner, Outcome};
@@ -80,6 +81,8 @@ pub(crate) struct PartitionTask<H: Process> {
     next_offset: Option<i64>,
     /// The changelog to restore the store from before processing, if the changelog is on.
     changelog: Option<String>,
+    /// The outbox of the last committed batch, being sent while the next batch is processed.
+    flushing: Option<tokio::task::JoinHandle<bool>>,
     ctx: TaskContext,
 }
 
@@ -102,6 +105,7 @@ impl<H: Process> PartitionTask<H> {
             flow,
             next_offset,
             changelog,
+            flushing: None,
             ctx,
         }
     }
@@ -113,7 +117,8 @@ impl<H: Process> PartitionTask<H> {
             }
         }
         // What an earlier run committed but did not get acknowledged goes first.
-        if !self.flush_outbox().await {
+        self.flush_in_background(None);
+        if !self.flushed().await {
             return;
         }
         let mut batch: Vec<Inbound> = Vec::with_capacity(self.ctx.batch_size);
@@ -137,6 +142,8 @@ impl<H: Process> PartitionTask<H> {
             }
             batch.clear();
         }
+        // The last batch's outbox, before the partition's final Kafka commit.
+        self.flushed().await;
         tracing::debug!(topic = %self.topic, partition = self.partition, "partition task stopped");
     }
 
@@ -304,39 +311,41 @@ impl<H: Process> PartitionTask<H> {
         self.flow.taken(&batch[start..]);
     }
 
-    /// Produces the partition's outbox (emitted records, changelog entries), retrying with the
-    /// retry policy's backoff until it is acknowledged. False if a stop came first, or a send
-    /// is still unacknowledged [`STOP_GRACE`] after a stop (the rows stay in the store and are
-    /// sent again by the partition's next run: at least once).
-    async fn flush_outbox(&self) -> bool {
-        let stop = self.flow.stop_signal();
-        let mut attempt = 0;
-        loop {
-            let give_up = async {
-                stop.requested().await;
-                tokio::time::sleep(STOP_GRACE).await;
-            };
-            let flushed = tokio::select! {
-                r = self.ctx.outbox.flush(&self.runner.store().store) => r,
-                () = give_up => return false,
-            };
-            match flushed {
-                Ok(_) => return true,
-                Err(e) => {
-                    attempt += 1;
-                    let delay = self.runner.policy().retry.delay(attempt, attempt.into());
-                    tracing::error!(
-                        topic = %self.topic,
-                        partition = self.partition,
-                        attempt,
-                        "outbox not sent, retrying in {delay:?}: {e}"
-                    );
-                    tokio::select! {
-                        biased;
-                        _ = stop.requested() => return false,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                }
+    /// Starts sending the partition's outbox (emitted records, changelog entries) on its own
+    /// task; once it is acknowledged, Kafka may be told `next` (if given). Call only after
+    /// [`flushed`](Self::flushed): one flush runs at a time.
+    fn flush_in_background(&mut self, next: Option<i64>) {
+        let flush = flush_outbox(
+            self.ctx.outbox.clone(),
+            Arc::clone(self.runner.store()),
+            Arc::clone(&self.flow),
+            self.runner.policy().retry,
+            (Arc::clone(&self.topic), self.partition),
+        );
+        let flow = Arc::clone(&self.flow);
+        self.flushing = Some(tokio::spawn(async move {
+            let sent = flush.await;
+            if let (true, Some(next)) = (sent, next) {
+                flow.set_committed(next);
+            }
+            sent
+        }));
+    }
+
+    /// Waits for the outbox flush in flight, if any. False if it gave up (a stop came first,
+    /// or sends stayed unacknowledged [`STOP_GRACE`] after it).
+    async fn flushed(&mut self) -> bool {
+        let Some(flushing) = self.flushing.take() else {
+            return true;
+        };
+        match flushing.await {
+            Ok(sent) => sent,
+            Err(e) => {
+                self.ctx.lifecycle.fail(Error::Panic {
+                    context: format!("sending the outbox of {}/{}", self.topic, self.partition),
+                    message: e.to_string(),
+                });
+                false
             }
         }
     }
@@ -354,15 +363,60 @@ impl<H: Process> PartitionTask<H> {
                 metrics::counter!(MESSAGES_TOTAL, "outcome" => "ok").increment(done as u64);
                 self.next_offset = Some(next);
                 self.flow.batch_committed(done as u64);
-                // The Kafka offset commit (the consumer thread's, and the revoke's final one)
-                // waits until the batch's outbox is acknowledged.
-                if !self.flush_outbox().await {
+                // The batch's outbox is sent while the next batch is processed; the one before
+                // must be acknowledged first, so at most one batch's outbox is in flight. The
+                // Kafka offset commit (the consumer thread's, and the revoke's final one) waits
+                // until the batch's outbox is acknowledged.
+                if !self.flushed().await {
                     return false;
                 }
-                self.flow.set_committed(next);
+                self.flush_in_background(Some(next));
                 true
             }
             Outcome::Stopped | Outcome::GaveUp(_) => false,
+        }
+    }
+}
+
+/// Sends everything in the store's outbox, retrying with the retry policy's backoff until it
+/// is acknowledged. False if a stop came first, or a send is still unacknowledged
+/// [`STOP_GRACE`] after a stop (the rows stay in the store and are sent again by the
+/// partition's next run: at least once).
+async fn flush_outbox(
+    outbox: OutboxSink,
+    store: Arc<TaskStore>,
+    flow: Arc<PartitionFlow>,
+    retry: RetryPolicy,
+    (topic, partition): (Arc<str>, i32),
+) -> bool {
+    let stop = flow.stop_signal();
+    let mut attempt = 0;
+    loop {
+        let give_up = async {
+            stop.requested().await;
+            tokio::time::sleep(STOP_GRACE).await;
+        };
+        let flushed = tokio::select! {
+            r = outbox.flush(&store) => r,
+            () = give_up => return false,
+        };
+        match flushed {
+            Ok(_) => return true,
+            Err(e) => {
+                attempt += 1;
+                let delay = retry.delay(attempt, attempt.into());
+                tracing::error!(
+                    %topic,
+                    partition,
+                    attempt,
+                    "outbox not sent, retrying in {delay:?}: {e}"
+                );
+                tokio::select! {
+                    biased;
+                    _ = stop.requested() => return false,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
         }
     }
 }
