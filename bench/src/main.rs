@@ -3,7 +3,7 @@
 //! the best raw rdkafka consumer of the same run.
 //!
 //! ```text
-//! cargo run --release -p weir-bench -- --scenario all [--messages N] [--partitions P] [--slow-messages M] [--keys K] [--values words|lines] [--rate R]
+//! cargo run --release -p weir-bench -- --scenario all [--messages N] [--partitions P] [--slow-messages M] [--keys K] [--values words|lines] [--rate R] [--rounds N]
 //! ```
 //!
 //! Scenarios: `raw` and `raw-defaults` (with `all`, run first and again last), `weir-stateless`,
@@ -100,6 +100,8 @@ struct Args {
     keys: u64,
     /// Records per second the `weir-live` scenario produces.
     rate: u64,
+    /// With `all`: how many times the whole sequence runs; each scenario reports its best.
+    rounds: u32,
     /// Record values: 100 bytes of 8 words, or `lines` of 16 words from a 5000-word
     /// vocabulary with Zipf frequencies (the word count of issue 14).
     lines: bool,
@@ -115,6 +117,7 @@ fn parse_args() -> Result<Args, String> {
         partitions: if embedded { 8 } else { 4 },
         keys: 10_000,
         rate: 10_000,
+        rounds: 1,
         lines: false,
         child: None,
     };
@@ -136,6 +139,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "--keys" => args.keys = value()?.parse().map_err(|e| format!("--keys: {e}"))?,
             "--rate" => args.rate = value()?.parse().map_err(|e| format!("--rate: {e}"))?,
+            "--rounds" => args.rounds = value()?.parse().map_err(|e| format!("--rounds: {e}"))?,
             "--values" => {
                 args.lines = match value()?.as_str() {
                     "words" => false,
@@ -212,8 +216,12 @@ async fn run_parent(args: &Args) -> Result<(), String> {
     // With `all`, the raw consumers run first (straight after producing, when the broker's
     // page cache is warmest) and again last, and the ceiling is the best of them: no order
     // favours weir.
+    // Scenarios vary by ±25% from one minute to the next on a shared machine: with
+    // `--rounds N` the whole sequence runs N times and each scenario reports its best.
     let scenarios: Vec<&str> = match args.scenario.as_str() {
-        "all" => SCENARIOS.iter().chain(RAW).copied().collect(),
+        "all" => (0..args.rounds.max(1))
+            .flat_map(|_| SCENARIOS.iter().chain(RAW).copied())
+            .collect(),
         one => vec![one],
     };
     let mut outcomes = Vec::new();
@@ -261,6 +269,9 @@ async fn run_parent(args: &Args) -> Result<(), String> {
         eprintln!("{scenario}: {:.0} msg/s", outcome.messages_per_second);
         outcomes.push(outcome);
     }
+    if args.rounds > 1 {
+        outcomes = best_of_each(outcomes);
+    }
     let raw = outcomes
         .iter()
         .filter(|o| RAW.contains(&o.scenario.as_str()))
@@ -299,6 +310,19 @@ async fn run_parent(args: &Args) -> Result<(), String> {
     let json = serde_json::to_string_pretty(&outcomes).map_err(|e| e.to_string())?;
     std::fs::write("bench-results.json", json).map_err(|e| e.to_string())?;
     Ok(())
+}
+
+/// The best outcome of each scenario, in the order scenarios first ran.
+fn best_of_each(outcomes: Vec<Outcome>) -> Vec<Outcome> {
+    let mut best: Vec<Outcome> = Vec::new();
+    for o in outcomes {
+        match best.iter_mut().find(|b| b.scenario == o.scenario) {
+            Some(b) if b.messages_per_second < o.messages_per_second => *b = o,
+            Some(_) => {}
+            None => best.push(o),
+        }
+    }
+    best
 }
 
 /// The `quix` scenario: installs Quix Streams (bench/setup.sh) if needed, then runs
@@ -898,7 +922,8 @@ async fn live(
 ) -> Result<Measured, String> {
     const SECONDS: u64 = 10;
     let live_n = rate * SECONDS;
-    let output = format!("{topic}.counts");
+    // Per run: `--rounds` runs the scenario again on the same topic.
+    let output = format!("{topic}.counts-{}", std::process::id());
     create_topic(brokers, &output, 1).await?;
     let worker = bench_worker(brokers, topic, group, dir)
         .build(KeyedCountEmitting(Arc::clone(probe), output.clone()))
@@ -949,6 +974,8 @@ async fn live(
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "1")
+        // Room for the whole run: the rate must not stall on a full local queue.
+        .set("queue.buffering.max.messages", "2000000")
         .create()
         .map_err(|e| e.to_string())?;
     let started = Instant::now();
