@@ -727,10 +727,12 @@ impl Process for Counting {
     }
 }
 
-/// One state update per record: a count per record key.
+/// One state update per record: a count per record key. With an output topic (`.1`), it also
+/// emits every new count there, valued with the source record's timestamp (ms), so the reader
+/// of that topic can time the whole path.
 #[derive(Debug, Handler)]
 #[handler(value = Raw)]
-struct KeyedCount(Arc<Probe>);
+struct KeyedCount(Arc<Probe>, Option<String>);
 
 impl Process for KeyedCount {
     type Error = weir::Error;
@@ -739,27 +741,10 @@ impl Process for KeyedCount {
         let key = rec.key_str().unwrap_or_default();
         ctx.state::<str, u64>("counts")
             .update(key, |n| Some(n.unwrap_or(0) + 1))?;
-        self.0
-            .processed(rec.partition(), rec.offset(), rec.timestamp_ms());
-        Ok(())
-    }
-}
-
-/// The keyed count that also emits every new count to `.0`'s topic, valued with the source
-/// record's timestamp (ms) so the reader of that topic can time the whole path.
-#[derive(Debug, Handler)]
-#[handler(value = Raw)]
-struct KeyedCountEmitting(Arc<Probe>, String);
-
-impl Process for KeyedCountEmitting {
-    type Error = weir::Error;
-
-    async fn process(&self, rec: Record<'_, Vec<u8>>, ctx: &mut Ctx<'_>) -> weir::Result<()> {
-        let key = rec.key_str().unwrap_or_default();
-        ctx.state::<str, u64>("counts")
-            .update(key, |n| Some(n.unwrap_or(0) + 1))?;
-        let ts = rec.timestamp_ms().unwrap_or_default().to_string();
-        ctx.emit(&self.1, Some(key.as_bytes()), ts.as_bytes(), &[]);
+        if let Some(output) = &self.1 {
+            let ts = rec.timestamp_ms().unwrap_or_default().to_string();
+            ctx.emit(output, Some(key.as_bytes()), ts.as_bytes(), &[]);
+        }
         self.0
             .processed(rec.partition(), rec.offset(), rec.timestamp_ms());
         Ok(())
@@ -784,7 +769,7 @@ async fn run_child(args: &Args, brokers: &str, topic: &str) -> Result<(), String
         "hand-loop-batched" => hand_loop_batched(brokers, topic, &group, n, &probe, dir.path())?,
         "weir-keyed-count" => {
             let worker = bench_worker(brokers, topic, &group, dir.path())
-                .build(KeyedCount(Arc::clone(&probe)))
+                .build(KeyedCount(Arc::clone(&probe), None))
                 .map_err(|e| e.to_string())?;
             run_worker_until(worker, &probe, n, dir.path(), topic).await?;
         }
@@ -926,7 +911,7 @@ async fn live(
     let output = format!("{topic}.counts-{}", std::process::id());
     create_topic(brokers, &output, 1).await?;
     let worker = bench_worker(brokers, topic, group, dir)
-        .build(KeyedCountEmitting(Arc::clone(probe), output.clone()))
+        .build(KeyedCount(Arc::clone(probe), Some(output.clone())))
         .map_err(|e| e.to_string())?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let run = tokio::spawn(worker.run(async {
@@ -1103,14 +1088,14 @@ async fn restore(
     let fill = Arc::new(Probe::default());
     let worker = bench_worker(brokers, topic, group, dir)
         .changelog(true)
-        .build(KeyedCount(Arc::clone(&fill)))
+        .build(KeyedCount(Arc::clone(&fill), None))
         .map_err(|e| e.to_string())?;
     run_worker_until(worker, &fill, n, dir, topic).await?;
     let fresh = tempfile::tempdir().map_err(|e| e.to_string())?;
     let worker = bench_worker(brokers, topic, group, fresh.path())
         .changelog(true)
         .metrics_addr("127.0.0.1:0")
-        .build(KeyedCount(Arc::new(Probe::default())))
+        .build(KeyedCount(Arc::new(Probe::default()), None))
         .map_err(|e| e.to_string())?;
     let addr = worker
         .metrics_addr()
