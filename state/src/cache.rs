@@ -62,12 +62,30 @@ impl Entry {
     }
 }
 
+/// Lookups between two checks of the hit rate.
+const CHECK_EVERY: u64 = 100_000;
+/// Below this share of hits, once the cache has been full, new keys stop entering it.
+const MIN_HIT_RATE: f64 = 0.02;
+/// Lookups after which a cache that stopped taking new keys tries again.
+const RETRY_AFTER: u64 = 2_000_000;
+
 /// The cache of one partition store: per named store, JSON key to committed JSON value.
+///
+/// When keys are hardly ever read twice before they leave it (millions of keys used
+/// uniformly), caching them only costs: once the cache has been full and fewer than 2% of its
+/// lookups hit, it stops taking new keys (those it holds are still kept current), and tries
+/// again after two million lookups.
 #[derive(Debug)]
 pub(crate) struct StateCache {
     stores: Vec<(String, HashMap<String, Entry>)>,
     bytes: usize,
     budget: Arc<CacheBudget>,
+    /// New keys enter the cache.
+    admitting: bool,
+    /// The cache went over its budget since it last started admitting.
+    filled: bool,
+    lookups: u64,
+    hits: u64,
 }
 
 impl StateCache {
@@ -76,19 +94,48 @@ impl StateCache {
             stores: Vec::new(),
             bytes: 0,
             budget,
+            admitting: true,
+            filled: false,
+            lookups: 0,
+            hits: 0,
         }
     }
 
     /// The cached committed value of `key`: `None` when not cached, `Some(None)` when the key
     /// is known to have no value.
     pub(crate) fn get(&mut self, store: &str, key: &str) -> Option<Option<&str>> {
+        self.lookups += 1;
+        self.check_hit_rate();
         let (_, map) = self.stores.iter_mut().find(|(name, _)| name == store)?;
         let entry = map.get_mut(key)?;
         entry.hot = true;
+        self.hits += 1;
         Some(entry.value.as_deref())
     }
 
-    /// Remembers that `key` holds `value` in committed state.
+    /// Decides whether new keys enter the cache, from the hits of the last lookups.
+    fn check_hit_rate(&mut self) {
+        let period = if self.admitting {
+            CHECK_EVERY
+        } else {
+            RETRY_AFTER
+        };
+        if self.lookups < period {
+            return;
+        }
+        let rate = self.hits as f64 / self.lookups as f64;
+        if !self.admitting {
+            self.admitting = true;
+            self.filled = false;
+        } else if self.filled && rate < MIN_HIT_RATE {
+            self.admitting = false;
+        }
+        self.lookups = 0;
+        self.hits = 0;
+    }
+
+    /// Remembers that `key` holds `value` in committed state (a key not cached yet only while
+    /// the cache admits new keys).
     pub(crate) fn insert(&mut self, store: &str, key: &str, value: Option<&str>) {
         if self.budget.limit() == 0 {
             return;
@@ -102,20 +149,28 @@ impl StateCache {
         };
         let map = &mut self.stores[index].1;
         let added = Entry::weight(key, value);
-        let value = value.map(str::to_owned);
         let removed = match map.get_mut(key) {
             Some(entry) => {
                 let before = Entry::weight(key, entry.value.as_deref());
-                entry.value = value;
+                match (&mut entry.value, value) {
+                    (Some(old), Some(new)) => {
+                        old.clear();
+                        old.push_str(new);
+                    }
+                    (slot, new) => *slot = new.map(str::to_owned),
+                }
                 before
             }
+            None if !self.admitting => return,
             None => {
+                let value = value.map(str::to_owned);
                 map.insert(key.to_owned(), Entry { value, hot: false });
                 0
             }
         };
         self.account(added, removed);
         if self.budget.over() {
+            self.filled = true;
             self.sweep();
         }
     }
@@ -195,6 +250,63 @@ mod tests {
         assert_eq!(cache.get("s", "k00000"), None, "a cold entry was evicted");
         drop(cache);
         assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn keys_read_only_once_stop_entering_a_full_cache_until_it_tries_again() {
+        let budget = CacheBudget::new(1000 * (ENTRY_OVERHEAD + 20));
+        let mut cache = StateCache::new(Arc::clone(&budget));
+        cache.insert("s", "kept", Some("1"));
+        // Every key new: misses only, and the cache fills up.
+        let mut i = 0u64;
+        let mut miss = |cache: &mut StateCache| {
+            i += 1;
+            let key = format!("k{i:09}");
+            assert_eq!(cache.get("s", &key), None);
+            cache.insert("s", &key, Some("v"));
+            key
+        };
+        for _ in 0..CHECK_EVERY {
+            miss(&mut cache);
+        }
+        miss(&mut cache);
+        assert!(
+            !cache.admitting,
+            "a full cache with no hits stopped admitting"
+        );
+        let key = miss(&mut cache);
+        assert_eq!(cache.get("s", &key), None, "a new key did not enter");
+        // What it holds is still kept current.
+        if cache.get("s", "kept").is_some() {
+            cache.insert("s", "kept", Some("2"));
+            assert_eq!(cache.get("s", "kept"), Some(Some("2")));
+        }
+        for _ in 0..RETRY_AFTER {
+            miss(&mut cache);
+        }
+        let key = miss(&mut cache);
+        assert!(
+            cache.admitting,
+            "it tries again after {RETRY_AFTER} lookups"
+        );
+        assert_eq!(cache.get("s", &key), Some(Some("v")));
+    }
+
+    #[test]
+    fn a_cache_with_hits_keeps_admitting() {
+        let budget = CacheBudget::new(100 * (ENTRY_OVERHEAD + 20));
+        let mut cache = StateCache::new(Arc::clone(&budget));
+        for i in 0..3 * CHECK_EVERY {
+            // One key in ten is new; the rest are ten hot keys.
+            let key = match i % 10 {
+                0 => format!("new{i}"),
+                n => format!("hot{n}"),
+            };
+            if cache.get("s", &key).is_none() {
+                cache.insert("s", &key, Some("v"));
+            }
+        }
+        assert!(cache.admitting);
     }
 
     #[test]
