@@ -71,7 +71,7 @@ impl Cluster {
             .env("WEIR_STATE_DIR", self.dirs[i].path())
             .env("WEIR_CHANGELOG", "true")
             .env("WEIR_BATCH_SIZE", BATCH.to_string())
-            .env("TALLY_WORKER_DELAY_US", "300")
+            .env("TALLY_WORKER_DELAY_US", "500")
             .env("WEIR_KAFKA_SESSION_TIMEOUT_MS", SESSION_TIMEOUT_MS)
             .env("WEIR_KAFKA_HEARTBEAT_INTERVAL_MS", "500")
             .env("WEIR_PROGRESS_INTERVAL_MS", "0")
@@ -287,12 +287,13 @@ async fn three_workers_with_own_state_dirs_survive_sigkills() {
         cluster.start(i);
     }
 
-    // Kill round r once r/(rounds+1) of the records are processed: always short of the end,
-    // with records in flight.
+    // Kill round r once r/(rounds+2) of the records are processed: always short of the end,
+    // with records in flight. The last kill leaves 2/7 of the records (over half a second of
+    // processing at the handler's delay; the check above polls every 100 ms).
     let mut kills = 0;
     let mut emptied = 0;
     for round in 1..=rounds {
-        let want = (records_n * round / (rounds + 1)) as i64;
+        let want = (records_n * round / (rounds + 2)) as i64;
         wait_until(
             "the workers to reach the kill point",
             Duration::from_secs(180),
