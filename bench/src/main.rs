@@ -844,15 +844,25 @@ fn bench_worker(
     }
 }
 
-/// Runs `worker` until the state of all `n` records is committed (as its SQLite files say),
-/// then stops it gracefully (not timed).
-async fn run_worker_until<H: Process>(
+/// A worker running on its own task, with its SQLite commits watched into a probe.
+struct Watched {
+    /// Stops the worker gracefully.
+    stop: tokio::sync::oneshot::Sender<()>,
+    run: tokio::task::JoinHandle<weir::Result<()>>,
+    /// Ends the watcher before it has seen all records.
+    give_up: Arc<AtomicBool>,
+    watch: tokio::task::JoinHandle<()>,
+}
+
+/// Starts `worker`, and a watcher that tells `probe` what its SQLite files say is committed,
+/// until `n` records are.
+fn spawn_watched<H: Process>(
     worker: Worker<H>,
     probe: &Arc<Probe>,
     n: u64,
     dir: &Path,
     topic: &str,
-) -> Result<(), String> {
+) -> Watched {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let run = tokio::spawn(worker.run(async {
         let _ = stopped.await;
@@ -867,6 +877,29 @@ async fn run_worker_until<H: Process>(
         );
         tokio::task::spawn_blocking(move || watch_commits(&dir, &topic, &probe, n, &give_up))
     };
+    Watched {
+        stop,
+        run,
+        give_up,
+        watch,
+    }
+}
+
+/// Runs `worker` until the state of all `n` records is committed (as its SQLite files say),
+/// then stops it gracefully (not timed).
+async fn run_worker_until<H: Process>(
+    worker: Worker<H>,
+    probe: &Arc<Probe>,
+    n: u64,
+    dir: &Path,
+    topic: &str,
+) -> Result<(), String> {
+    let Watched {
+        stop,
+        run,
+        give_up,
+        watch,
+    } = spawn_watched(worker, probe, n, dir, topic);
     let deadline = Instant::now() + Duration::from_secs(600);
     while probe.committed.load(Ordering::Relaxed) < n {
         if Instant::now() > deadline || run.is_finished() {
@@ -913,22 +946,12 @@ async fn live(
     let worker = bench_worker(brokers, topic, group, dir)
         .build(KeyedCount(Arc::clone(probe), Some(output.clone())))
         .map_err(|e| e.to_string())?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(worker.run(async {
-        let _ = stopped.await;
-    }));
-    let give_up = Arc::new(AtomicBool::new(false));
-    let watch = {
-        let (dir, topic, probe, give_up) = (
-            dir.to_owned(),
-            topic.to_owned(),
-            Arc::clone(probe),
-            Arc::clone(&give_up),
-        );
-        tokio::task::spawn_blocking(move || {
-            watch_commits(&dir, &topic, &probe, n + live_n, &give_up)
-        })
-    };
+    let Watched {
+        stop,
+        run,
+        give_up,
+        watch,
+    } = spawn_watched(worker, probe, n + live_n, dir, topic);
     let wait_committed = |target: u64| {
         let probe = Arc::clone(probe);
         async move {
