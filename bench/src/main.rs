@@ -942,7 +942,11 @@ async fn live(
     let live_n = rate * SECONDS;
     // Per run: `--rounds` runs the scenario again on the same topic.
     let output = format!("{topic}.counts-{}", std::process::id());
-    create_topic(brokers, &output, 1).await?;
+    if let Err(e) = create_topic(brokers, &output, 1).await {
+        // The embedded broker does not answer CreateTopics from here; it creates a topic when
+        // it is first produced to or asked about.
+        eprintln!("live: creating {output} failed ({e}); relying on the broker creating it");
+    }
     let worker = bench_worker(brokers, topic, group, dir)
         .build(KeyedCount(Arc::clone(probe), Some(output.clone())))
         .map_err(|e| e.to_string())?;
@@ -1057,7 +1061,7 @@ async fn live(
     })
 }
 
-/// A consumer of `topic`'s one partition, from its current end.
+/// A consumer of all of `topic`'s partitions, each from its current end.
 fn output_reader(brokers: &str, topic: &str, group: &str) -> Result<BaseConsumer, String> {
     let mut config = ClientConfig::new();
     config
@@ -1068,12 +1072,26 @@ fn output_reader(brokers: &str, topic: &str, group: &str) -> Result<BaseConsumer
         config.set(*name, *value);
     }
     let reader: BaseConsumer = config.create().map_err(|e| e.to_string())?;
-    let (_, end) = reader
-        .fetch_watermarks(topic, 0, Duration::from_secs(10))
+    let timeout = Duration::from_secs(10);
+    let metadata = reader
+        .fetch_metadata(Some(topic), timeout)
         .map_err(|e| format!("{topic}: {e}"))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        return Err(format!("{topic} has no partitions"));
+    }
     let mut tpl = rdkafka::TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, rdkafka::Offset::Offset(end))
-        .map_err(|e| e.to_string())?;
+    for p in partitions {
+        let (_, end) = reader
+            .fetch_watermarks(topic, p, timeout)
+            .map_err(|e| format!("{topic}/{p}: {e}"))?;
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Offset(end))
+            .map_err(|e| e.to_string())?;
+    }
     reader.assign(&tpl).map_err(|e| e.to_string())?;
     Ok(reader)
 }
