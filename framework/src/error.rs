@@ -41,6 +41,27 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A window store was used the wrong way (e.g. `add` on session windows).
+    #[error("window store {store}: {reason}")]
+    Window {
+        /// The window store.
+        store: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A window or timer callback failed or panicked.
+    #[error("{topic}/{partition}: {what} failed: {source}")]
+    Timer {
+        /// The partition's topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// Which callback, e.g. `on_window_closed`.
+        what: &'static str,
+        /// What went wrong.
+        #[source]
+        source: BoxError,
+    },
     /// The Kafka client failed.
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),

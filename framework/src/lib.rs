@@ -77,8 +77,9 @@ pub mod testing;
 pub use delivery::{DeadLetter, DeadLetterReason, RetryPolicy};
 pub use error::{BoxError, Error, Result};
 pub use processing::{
-    Codec, Ctx, DecodeError, Delivery, Envelope, Enveloped, Handler, HandlerSettings, Json, KeyOf,
-    Process, Raw, Record, State, StoreDef, StoreInfo, UndecodableRecord, Utf8, ValueOf,
+    Codec, Ctx, DecodeError, Delivery, Envelope, Enveloped, FiredTimer, Handler, HandlerSettings,
+    Json, KeyOf, Process, Raw, Record, State, StoreDef, StoreInfo, TimerAt, UndecodableRecord,
+    Utf8, ValueOf, Window, WindowDef, WindowResult, WindowState, Windows,
 };
 pub use runtime::{EmbeddedBroker, Worker, WorkerBuilder};
 /// Derives [`Handler`] from a `#[handler(...)]` attribute.
@@ -88,6 +89,7 @@ pub use weir_state::OutboxRecord;
 /// The types a handler and its `main` need.
 pub mod prelude {
     pub use crate::{
-        Codec, Ctx, Envelope, Handler, Json, Process, Raw, Record, State, StoreDef, Utf8, Worker,
+        Codec, Ctx, Envelope, FiredTimer, Handler, Json, Process, Raw, Record, State, StoreDef,
+        TimerAt, Utf8, Window, WindowDef, WindowResult, Windows, Worker,
     };
 }

@@ -43,10 +43,14 @@ use crate::clock::now_ms;
 use crate::config::Config;
 use crate::delivery::{DeadLetter, DeadLetterSink, OutboxSink};
 use crate::inbound::Inbound;
-use crate::processing::batch::{BatchError, BatchRunner, Mode, Outcome};
-use crate::processing::Process;
+use crate::processing::batch::{BatchError, BatchRunner, Clock, Mode, Outcome};
+use crate::processing::time;
+use crate::processing::{Process, Window, WindowDef};
 use crate::{Error, Result};
 use weir_state::CacheBudget;
+
+/// An open window of `W` as [`TestKit::open_windows`] lists it: key, window, aggregate.
+pub type OpenWindow<W> = (<W as WindowDef>::Key, Window, <W as WindowDef>::Value);
 
 /// Runs a handler over records given in the test, with real SQLite stores and no broker.
 #[derive(Debug)]
@@ -62,6 +66,8 @@ pub struct TestKit<H> {
     emitted: Arc<std::sync::Mutex<Vec<OutboxRecord>>>,
     dead_letters: Arc<std::sync::Mutex<Vec<DeadLetter>>>,
     partitions: BTreeMap<(String, i32), PartitionLog>,
+    /// The wall clock the kit's batches see (ms since the epoch); `None`: the real one.
+    wall_clock: Option<i64>,
 }
 
 #[derive(Debug, Default)]
@@ -105,6 +111,7 @@ impl<H: Process> TestKit<H> {
             dead_letters,
             config,
             partitions: BTreeMap::new(),
+            wall_clock: None,
         })
     }
 
@@ -169,17 +176,124 @@ impl<H: Process> TestKit<H> {
         self.send_to(&topic, 0, Some(key.as_ref()), Some(value.as_ref()), &[])
     }
 
+    /// Appends a record with Kafka timestamp `timestamp_ms` (its event time, unless the
+    /// handler takes event time from the value) to partition 0 of the handler's first topic.
+    pub fn send_at(
+        &mut self,
+        timestamp_ms: i64,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+    ) -> &mut Self {
+        let topic = self.default_topic.clone();
+        self.append(
+            &topic,
+            0,
+            timestamp_ms,
+            Some(key.as_ref()),
+            Some(value.as_ref()),
+            &[],
+        )
+    }
+
+    /// Sets the wall clock the kit's batches see (ms since the epoch): wall-clock timers due
+    /// by then fire at the next [`run`](Self::run) or [`advance_watermark`](Self::advance_watermark).
+    /// Until it is set, the kit uses the real clock.
+    pub fn set_wall_clock(&mut self, now_ms: i64) -> &mut Self {
+        self.wall_clock = Some(now_ms);
+        self
+    }
+
+    /// Moves the kit's wall clock forward by `ms` (from the real clock if it was not set).
+    pub fn advance_wall_clock(&mut self, ms: i64) -> &mut Self {
+        let now = self.wall_clock.unwrap_or_else(now_ms);
+        self.wall_clock = Some(now.saturating_add(ms));
+        self
+    }
+
+    /// Processes what is pending, then moves every partition's watermark to at least
+    /// `watermark_ms`, as an idle partition's clock would, closing the windows and firing the
+    /// event-time timers that makes due (and the wall-clock timers due by the kit's clock).
+    pub async fn advance_watermark(&mut self, watermark_ms: i64) -> Result<()> {
+        self.run().await?;
+        self.run_clock(Some(watermark_ms)).await
+    }
+
+    /// Processes what is pending, then fires what the kit's wall clock made due (wall-clock
+    /// timers) in every partition, without records.
+    pub async fn tick(&mut self) -> Result<()> {
+        self.run().await?;
+        self.run_clock(None).await
+    }
+
+    /// The watermark of `topic`/`partition`: the largest event time it has seen (or that
+    /// [`advance_watermark`](Self::advance_watermark) gave it).
+    pub fn watermark(&self, topic: &str, partition: i32) -> Result<Option<i64>> {
+        match self.store_of(topic, partition) {
+            Some(s) => time::watermark(s, &weir_state::WriteSet::default()),
+            None => Ok(None),
+        }
+    }
+
+    /// The open (not yet closed) windows of `W` over all partitions: key, window, aggregate,
+    /// in the store's order.
+    pub fn open_windows<W: WindowDef>(&self) -> Result<Vec<OpenWindow<W>>> {
+        let mut out = Vec::new();
+        for s in self.stores() {
+            if W::WINDOWS.is_session() {
+                for (key, sessions) in s.entries::<W::Key, Vec<(i64, i64, W::Value)>>(W::NAME)? {
+                    for (start_ms, end_ms, v) in sessions {
+                        out.push((
+                            serde_json::from_value(serde_json::to_value(&key).map_err(codec)?)
+                                .map_err(codec)?,
+                            Window { start_ms, end_ms },
+                            v,
+                        ));
+                    }
+                }
+            } else {
+                for ((key, start_ms), v) in s.entries::<(W::Key, i64), W::Value>(W::NAME)? {
+                    let end_ms = W::WINDOWS.end_of(start_ms);
+                    out.push((key, Window { start_ms, end_ms }, v));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The records emitted to `topic` so far, in order (e.g. the late topic `orders.late`).
+    pub fn emitted_to(&self, topic: &str) -> Vec<OutboxRecord> {
+        self.emitted()
+            .into_iter()
+            .filter(|r| r.topic == topic)
+            .collect()
+    }
+
     /// Appends a record whose value is `value` as JSON.
     pub fn send_json<T: Serialize>(&mut self, key: impl AsRef<[u8]>, value: &T) -> &mut Self {
         let json = serde_json::to_vec(value).unwrap_or_else(|e| format!("{e}").into_bytes());
         self.send(key, json)
     }
 
-    /// Appends a record to `topic`/`partition`; its offset is the partition's next.
+    /// Appends a record to `topic`/`partition`; its offset is the partition's next, its
+    /// timestamp the kit's wall clock.
     pub fn send_to(
         &mut self,
         topic: &str,
         partition: i32,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(&str, &[u8])],
+    ) -> &mut Self {
+        let now = self.wall_clock.unwrap_or_else(now_ms);
+        self.append(topic, partition, now, key, value, headers)
+    }
+
+    /// Appends a record with Kafka timestamp `timestamp_ms` to `topic`/`partition`.
+    pub fn append(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        timestamp_ms: i64,
         key: Option<&[u8]>,
         value: Option<&[u8]>,
         headers: &[(&str, &[u8])],
@@ -195,12 +309,11 @@ impl<H: Process> TestKit<H> {
                 value: Some(*v),
             });
         }
-        let now = now_ms();
         log.records.push(Inbound::new(
             std::sync::Arc::from(topic),
             partition,
             log.records.len() as i64,
-            Some(now),
+            Some(timestamp_ms),
             key,
             value,
             (!headers.is_empty()).then_some(hs),
@@ -216,66 +329,121 @@ impl<H: Process> TestKit<H> {
     /// `run` retries it.
     pub async fn run(&mut self) -> Result<usize> {
         let mut done = 0;
-        for ((topic, partition), log) in self.partitions.iter_mut() {
-            let store = match &log.store {
-                Some(s) => Arc::clone(s),
-                None => {
-                    let path = self.dir.join(topic).join(format!("{partition}.sqlite"));
-                    // Cached as in a worker, so tests see what a worker does.
-                    let budget = CacheBudget::new(self.config.state_cache_mb << 20);
-                    let s = Arc::new(PartitionStore::open(path)?.with_cache(budget));
-                    log.store = Some(Arc::clone(&s));
-                    s
+        let keys: Vec<(String, i32)> = self.partitions.keys().cloned().collect();
+        for (topic, partition) in keys {
+            let (store, runner) = self.runner(&topic, partition)?;
+            loop {
+                let log = &self.partitions[&(topic.clone(), partition)];
+                if log.processed >= log.records.len() {
+                    break;
                 }
-            };
-            let runner = BatchRunner::new(
-                Arc::clone(&self.handler),
-                Arc::clone(&store),
-                (Arc::from(topic.as_str()), *partition),
-                self.config.policy_for(topic),
-                self.sink.clone(),
-                Mode::TestKit,
-            );
-            while log.processed < log.records.len() {
                 let end = (log.processed + self.batch_size).min(log.records.len());
+                let clock = Clock {
+                    now_ms: self.wall_clock.unwrap_or_else(now_ms),
+                    ..Clock::now()
+                };
                 let batch = &log.records[log.processed..end];
-                match runner.run_until_committed(batch).await {
-                    Outcome::Committed(_) => {
-                        self.outbox
-                            .flush(&store)
-                            .await
-                            .map_err(|reason| Error::Emit {
-                                topic: topic.clone(),
-                                reason,
-                            })?;
-                    }
-                    Outcome::GaveUp(BatchError::Record { offset, error, .. }) => {
-                        return Err(Error::Record {
-                            topic: topic.clone(),
-                            partition: *partition,
-                            offset,
-                            source: error,
-                        })
-                    }
-                    Outcome::GaveUp(BatchError::Commit(e)) => return Err(Error::State(e)),
-                    Outcome::GaveUp(BatchError::CommitPanicked(message)) => {
-                        return Err(Error::Panic {
-                            context: format!("committing a batch of {topic}/{partition}"),
-                            message,
-                        })
-                    }
-                    Outcome::Stopped => {
-                        return Err(Error::Panic {
-                            context: format!("running a batch of {topic}/{partition}"),
-                            message: "the test kit's batch stopped".into(),
-                        })
-                    }
+                let taken = batch.len();
+                self.run_batch(&runner, &store, batch, clock, (&topic, partition))
+                    .await?;
+                done += taken;
+                if let Some(log) = self.partitions.get_mut(&(topic.clone(), partition)) {
+                    log.processed = end;
                 }
-                done += end - log.processed;
-                log.processed = end;
             }
         }
         Ok(done)
+    }
+
+    /// Runs a batch without records in every partition: the clock moves (to `watermark` at
+    /// least, and the kit's wall clock).
+    async fn run_clock(&mut self, watermark: Option<i64>) -> Result<()> {
+        let keys: Vec<(String, i32)> = self.partitions.keys().cloned().collect();
+        for (topic, partition) in keys {
+            let (store, runner) = self.runner(&topic, partition)?;
+            let next_offset = store.next_offset(&topic, partition)?.unwrap_or(0);
+            let clock = Clock {
+                now_ms: self.wall_clock.unwrap_or_else(now_ms),
+                idle_watermark: watermark,
+                next_offset,
+            };
+            self.run_batch(&runner, &store, &[], clock, (&topic, partition))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The store of `topic`/`partition` (opened on first use) and a batch runner over it.
+    #[allow(clippy::type_complexity)]
+    fn runner(
+        &mut self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<(Arc<PartitionStore>, BatchRunner<H, PartitionStore>)> {
+        let log = self
+            .partitions
+            .entry((topic.to_owned(), partition))
+            .or_default();
+        let store = match &log.store {
+            Some(s) => Arc::clone(s),
+            None => {
+                let path = self.dir.join(topic).join(format!("{partition}.sqlite"));
+                // Cached as in a worker, so tests see what a worker does.
+                let budget = CacheBudget::new(self.config.state_cache_mb << 20);
+                let s = Arc::new(PartitionStore::open(path)?.with_cache(budget));
+                log.store = Some(Arc::clone(&s));
+                s
+            }
+        };
+        let runner = BatchRunner::new(
+            Arc::clone(&self.handler),
+            Arc::clone(&store),
+            (Arc::from(topic), partition),
+            self.config.policy_for(topic),
+            self.sink.clone(),
+            Mode::TestKit,
+        );
+        Ok((store, runner))
+    }
+
+    /// Runs one batch to its commit and sends its outbox; a failure that would be retried
+    /// for ever is returned.
+    async fn run_batch(
+        &self,
+        runner: &BatchRunner<H, PartitionStore>,
+        store: &Arc<PartitionStore>,
+        batch: &[Inbound],
+        clock: Clock,
+        (topic, partition): (&str, i32),
+    ) -> Result<()> {
+        match runner.run_until_committed(batch, clock).await {
+            Outcome::Committed(_) => {
+                self.outbox
+                    .flush(store)
+                    .await
+                    .map_err(|reason| Error::Emit {
+                        topic: topic.to_owned(),
+                        reason,
+                    })?;
+                Ok(())
+            }
+            Outcome::GaveUp(BatchError::Record { offset, error, .. }) => Err(Error::Record {
+                topic: topic.to_owned(),
+                partition,
+                offset,
+                source: error,
+            }),
+            Outcome::GaveUp(BatchError::Commit(e)) => Err(Error::State(e)),
+            Outcome::GaveUp(BatchError::Time(e)) => Err(e),
+            Outcome::GaveUp(BatchError::CommitPanicked(message)) => Err(Error::Panic {
+                context: format!("committing a batch of {topic}/{partition}"),
+                message,
+            }),
+            Outcome::Stopped => Err(Error::Panic {
+                context: format!("running a batch of {topic}/{partition}"),
+                message: "the test kit's batch stopped".into(),
+            }),
+        }
     }
 
     /// The committed value of `key` in the named store, from whichever partition holds it.
@@ -306,14 +474,16 @@ impl<H: Process> TestKit<H> {
 
     /// The next offset committed for `topic`/`partition`.
     pub fn committed_offset(&self, topic: &str, partition: i32) -> Result<Option<i64>> {
-        match self
-            .partitions
-            .get(&(topic.to_owned(), partition))
-            .and_then(|l| l.store.as_ref())
-        {
+        match self.store_of(topic, partition) {
             Some(s) => Ok(s.next_offset(topic, partition)?),
             None => Ok(None),
         }
+    }
+
+    fn store_of(&self, topic: &str, partition: i32) -> Option<&Arc<PartitionStore>> {
+        self.partitions
+            .get(&(topic.to_owned(), partition))
+            .and_then(|l| l.store.as_ref())
     }
 
     fn stores(&self) -> impl Iterator<Item = &Arc<PartitionStore>> {
@@ -330,4 +500,11 @@ impl<H> Drop for TestKit<H> {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+fn codec(source: serde_json::Error) -> Error {
+    Error::State(weir_state::Error::Codec {
+        store: "window".to_owned(),
+        source,
+    })
 }

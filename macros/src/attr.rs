@@ -22,6 +22,30 @@ pub(crate) struct HandlerAttrs {
     /// `Some("")` turns dead letters off.
     pub(crate) dead_letter_topic: Option<LitStr>,
     pub(crate) keep_key_order: Option<syn::LitBool>,
+    /// `event_time = field`: the decoded value's field holding the event time (ms).
+    pub(crate) event_time: Option<syn::Member>,
+    pub(crate) windows: Vec<WindowAttr>,
+    /// `Some("")` drops late records.
+    pub(crate) late_topic: Option<LitStr>,
+    pub(crate) idle_close_after_ms: Option<LitInt>,
+    pub(crate) window_updates: bool,
+}
+
+/// `window(Name, key = K, value = V, size_ms = N [, advance_ms = N] | gap_ms = N,
+/// grace_ms = N, name = "...")`.
+pub(crate) struct WindowAttr {
+    pub(crate) ident: Ident,
+    pub(crate) name: String,
+    pub(crate) key: Type,
+    pub(crate) value: Type,
+    pub(crate) kind: WindowKind,
+    pub(crate) grace_ms: u64,
+}
+
+pub(crate) enum WindowKind {
+    Tumbling { size_ms: u64 },
+    Hopping { size_ms: u64, advance_ms: u64 },
+    Session { gap_ms: u64 },
 }
 
 /// `store(Name, key = K, value = V, name = "...")`.
@@ -33,7 +57,7 @@ pub(crate) struct StoreAttr {
 }
 
 const KEYS: &str =
-    "topic, topics, group, key, value, store, batch_size, linger_ms, queue_capacity, delivery, retry, dead_letter";
+    "topic, topics, group, key, value, store, window, event_time, late_topic, idle_close_after_ms, window_updates, batch_size, linger_ms, queue_capacity, delivery, retry, dead_letter";
 
 /// Collects errors so that all of them are reported together.
 #[derive(Default)]
@@ -110,6 +134,11 @@ impl HandlerAttrs {
         let mut max_backoff_ms = Once::new("max_backoff_ms");
         let mut dead_letter_topic = Once::new("dead_letter topic");
         let mut keep_key_order = Once::new("keep_key_order");
+        let mut event_time = Once::new("event_time");
+        let mut windows: Vec<WindowAttr> = Vec::new();
+        let mut late_topic = Once::new("late_topic");
+        let mut idle_close_after_ms = Once::new("idle_close_after_ms");
+        let mut window_updates = Once::new("window_updates");
         let mut seen_attr = false;
 
         for attr in input.attrs.iter().filter(|a| a.path().is_ident("handler")) {
@@ -170,6 +199,46 @@ impl HandlerAttrs {
                                 stores.push(store);
                             }
                         }
+                    }
+                    "window" => {
+                        if let Some(window) = parse_window(&meta, &ident, &mut errors)? {
+                            let clash = windows
+                                .iter()
+                                .map(|w| (&w.ident, &w.name))
+                                .chain(stores.iter().map(|s| (&s.ident, &s.name)))
+                                .find(|(i, n)| **i == window.ident || **n == window.name);
+                            if let Some((prev, _)) = clash {
+                                errors.at(
+                                    window.ident.span(),
+                                    format!(
+                                        "store `{}` is declared twice (first as `{}`)",
+                                        window.name, prev
+                                    ),
+                                );
+                            } else {
+                                windows.push(window);
+                            }
+                        }
+                    }
+                    "event_time" => {
+                        let field: syn::Member = meta.value()?.parse()?;
+                        event_time.set(&mut errors, ident.span(), field);
+                    }
+                    "late_topic" => {
+                        let lit: LitStr = meta.value()?.parse()?;
+                        if !lit.value().is_empty() {
+                            let example = lit.value().replace("{topic}", "orders");
+                            check_topic(&mut errors, &LitStr::new(&example, lit.span()));
+                        }
+                        late_topic.set(&mut errors, ident.span(), lit);
+                    }
+                    "idle_close_after_ms" => {
+                        let lit = positive(&meta, &mut errors)?;
+                        idle_close_after_ms.set(&mut errors, ident.span(), lit);
+                    }
+                    "window_updates" => {
+                        let b: syn::LitBool = meta.value()?.parse()?;
+                        window_updates.set(&mut errors, ident.span(), b.value);
                     }
                     "batch_size" => {
                         let lit = positive(&meta, &mut errors)?;
@@ -306,6 +375,11 @@ impl HandlerAttrs {
             max_backoff_ms: max_backoff_ms.value,
             dead_letter_topic: dead_letter_topic.value,
             keep_key_order: keep_key_order.value,
+            event_time: event_time.value,
+            windows,
+            late_topic: late_topic.value,
+            idle_close_after_ms: idle_close_after_ms.value,
+            window_updates: window_updates.value.unwrap_or(false),
         })
     }
 }
@@ -397,6 +471,115 @@ fn parse_store(
         name,
         key,
         value,
+    }))
+}
+
+fn parse_window(
+    meta: &ParseNestedMeta<'_>,
+    window_kw: &Ident,
+    errors: &mut Errors,
+) -> syn::Result<Option<WindowAttr>> {
+    let mut ident: Option<Ident> = None;
+    let mut name: Option<LitStr> = None;
+    let mut key: Option<Type> = None;
+    let mut value: Option<Type> = None;
+    // (setting, its literal)
+    let mut numbers: Vec<(Ident, LitInt)> = Vec::new();
+    meta.parse_nested_meta(|inner| {
+        let Some(id) = inner.path.get_ident().cloned() else {
+            errors.at(inner.path.span(), "expected `WindowType, key = K, value = V, size_ms = N`");
+            return skip_value(&inner);
+        };
+        if !inner.input.peek(Token![=]) {
+            if ident.is_some() {
+                errors.at(id.span(), "a window store has one type name");
+            }
+            ident = Some(id);
+            return Ok(());
+        }
+        match id.to_string().as_str() {
+            "key" => key = Some(inner.value()?.parse()?),
+            "value" => value = Some(inner.value()?.parse()?),
+            "name" => name = Some(inner.value()?.parse()?),
+            "size_ms" | "advance_ms" | "gap_ms" | "grace_ms" => {
+                let lit: LitInt = inner.value()?.parse()?;
+                let zero_ok = id == "grace_ms";
+                match lit.base10_parse::<u64>() {
+                    Ok(n) if n > 0 || zero_ok => {}
+                    _ => errors.at(lit.span(), format!("`{id}` must be a whole number of milliseconds{}", if zero_ok { "" } else { " greater than 0" })),
+                }
+                if numbers.iter().any(|(n, _)| *n == id) {
+                    errors.at(id.span(), format!("duplicate `{id}` in window(...)"));
+                }
+                numbers.push((id, lit));
+            }
+            other => {
+                errors.at(
+                    id.span(),
+                    format!("unknown window setting `{other}`; expected key, value, size_ms, advance_ms, gap_ms, grace_ms or name"),
+                );
+                return skip_value(&inner);
+            }
+        }
+        Ok(())
+    })?;
+    let Some(ident) = ident else {
+        errors.at(
+            window_kw.span(),
+            "a window store needs a type name: window(PerMinute, key = String, value = u64, size_ms = 60000)",
+        );
+        return Ok(None);
+    };
+    let number = |n: &str| {
+        numbers
+            .iter()
+            .find(|(id, _)| id == n)
+            .map(|(id, lit)| (id.span(), lit.base10_parse::<u64>().unwrap_or(1)))
+    };
+    let kind = match (number("size_ms"), number("advance_ms"), number("gap_ms")) {
+        (Some((_, size_ms)), None, None) => WindowKind::Tumbling { size_ms },
+        (Some((_, size_ms)), Some((span, advance_ms)), None) => {
+            if advance_ms > size_ms {
+                errors.at(span, "`advance_ms` must not exceed `size_ms`");
+            }
+            WindowKind::Hopping {
+                size_ms,
+                advance_ms,
+            }
+        }
+        (None, None, Some((_, gap_ms))) => WindowKind::Session { gap_ms },
+        (None, Some((span, _)), _) => {
+            errors.at(span, "`advance_ms` needs `size_ms` (hopping windows)");
+            return Ok(None);
+        }
+        (Some((span, _)), _, Some(_)) => {
+            errors.at(
+                span,
+                "a window store has `size_ms` (tumbling, hopping) or `gap_ms` (session), not both",
+            );
+            return Ok(None);
+        }
+        (None, None, None) => {
+            errors.at(ident.span(), format!("window `{ident}` needs `size_ms = N` (tumbling; with `advance_ms`, hopping) or `gap_ms = N` (session)"));
+            return Ok(None);
+        }
+    };
+    let (Some(key), Some(value)) = (key, value) else {
+        errors.at(
+            ident.span(),
+            format!("window `{ident}` needs both `key = <type>` and `value = <type>`"),
+        );
+        return Ok(None);
+    };
+    let grace_ms = number("grace_ms").map_or(0, |(_, g)| g);
+    let name = name.map_or_else(|| snake_case(&ident.to_string()), |n| n.value());
+    Ok(Some(WindowAttr {
+        ident,
+        name,
+        key,
+        value,
+        kind,
+        grace_ms,
     }))
 }
 

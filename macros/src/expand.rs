@@ -4,7 +4,7 @@ use proc_macro2::TokenStream;
 use quote::{quote, ToTokens};
 use syn::DeriveInput;
 
-use crate::attr::HandlerAttrs;
+use crate::attr::{HandlerAttrs, WindowKind};
 
 pub(crate) fn handler(input: &DeriveInput, attrs: &HandlerAttrs) -> TokenStream {
     let ident = &input.ident;
@@ -50,11 +50,70 @@ pub(crate) fn handler(input: &DeriveInput, attrs: &HandlerAttrs) -> TokenStream 
             }
         }
     });
+    let window_names = attrs.windows.iter().map(|w| &w.name);
+    let window_types = attrs.windows.iter().map(|w| {
+        let (wident, name, k, v, grace) = (&w.ident, &w.name, &w.key, &w.value, w.grace_ms);
+        let ms = |n: u64| quote!(::core::time::Duration::from_millis(#n));
+        let (windows, what) = match w.kind {
+            WindowKind::Tumbling { size_ms } => {
+                let size = ms(size_ms);
+                (
+                    quote!(::weir::Windows::tumbling(#size)),
+                    format!("tumbling {size_ms} ms"),
+                )
+            }
+            WindowKind::Hopping {
+                size_ms,
+                advance_ms,
+            } => {
+                let (size, advance) = (ms(size_ms), ms(advance_ms));
+                (
+                    quote!(::weir::Windows::hopping(#size, #advance)),
+                    format!("hopping {size_ms} ms every {advance_ms} ms"),
+                )
+            }
+            WindowKind::Session { gap_ms } => {
+                let gap = ms(gap_ms);
+                (
+                    quote!(::weir::Windows::session(#gap)),
+                    format!("session, gap {gap_ms} ms"),
+                )
+            }
+        };
+        let grace = ms(grace);
+        let doc = format!("The `{name}` window store of [`{ident}`] ({what}).");
+        quote! {
+            #[doc = #doc]
+            #[derive(Debug, Clone, Copy)]
+            #vis struct #wident;
+
+            impl ::weir::WindowDef for #wident {
+                const NAME: &'static str = #name;
+                const WINDOWS: ::weir::Windows = #windows.grace(#grace);
+                type Key = #k;
+                type Value = #v;
+            }
+        }
+    });
+    let late_topic = option(attrs.late_topic.as_ref());
+    let idle_close_after_ms = option(attrs.idle_close_after_ms.as_ref());
+    let window_updates = attrs.window_updates;
+    let event_time = attrs.event_time.as_ref().map(|field| {
+        quote! {
+            fn event_time(
+                record: &::weir::Record<'_, ::weir::ValueOf<Self>, ::weir::KeyOf<Self>>,
+            ) -> ::core::option::Option<i64> {
+                <i64 as ::core::convert::TryFrom<_>>::try_from(record.value().#field).ok()
+            }
+        }
+    });
     quote! {
         const _: () = {
             impl ::weir::Handler for #ident {
                 type Key = #key;
                 type Value = #value;
+
+                #event_time
 
                 fn settings() -> ::weir::HandlerSettings {
                     ::weir::HandlerSettings {
@@ -70,11 +129,16 @@ pub(crate) fn handler(input: &DeriveInput, attrs: &HandlerAttrs) -> TokenStream 
                         max_backoff_ms: #max_backoff_ms,
                         dead_letter_topic: #dead_letter_topic,
                         keep_key_order: #keep_key_order,
+                        windows: &[#(#window_names),*],
+                        late_topic: #late_topic,
+                        idle_close_after_ms: #idle_close_after_ms,
+                        window_updates: #window_updates,
                     }
                 }
             }
         };
         #(#store_types)*
+        #(#window_types)*
     }
 }
 

@@ -8,7 +8,10 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::cache::{CacheBudget, StateCache};
-use crate::reader::{decode_entries, query_entries, query_next_offset, query_value};
+use crate::reader::{
+    decode_entries, query_entries, query_first_in_range, query_next_offset, query_range,
+    query_value,
+};
 use crate::wire::{header, ChangelogEntry};
 use crate::write_set::{decode, with_key};
 use crate::{Error, OutboxRecord, Result, WriteSet};
@@ -263,6 +266,27 @@ impl PartitionStore {
         })
     }
 
+    /// The JSON value of the JSON `key` in `store`, through the batch's `pending` changes.
+    pub fn get_encoded_through(
+        &self,
+        pending: &WriteSet,
+        store: &str,
+        key: &str,
+    ) -> Result<Option<String>> {
+        match pending.lookup_encoded(store, key) {
+            Some(v) => Ok(v.map(str::to_owned)),
+            None => {
+                let cached = self.with_cache_locked(|cache| {
+                    cache.get(store, key).map(|hit| hit.map(str::to_owned))
+                });
+                if let Some(Some(hit)) = cached {
+                    return Ok(hit);
+                }
+                query_value(&self.conn(), store, key).map_err(|source| self.sqlite_err(source))
+            }
+        }
+    }
+
     /// Every committed entry of the named `store`, in key order.
     pub fn entries<K: DeserializeOwned, V: DeserializeOwned>(
         &self,
@@ -270,6 +294,40 @@ impl PartitionStore {
     ) -> Result<Vec<(K, V)>> {
         let rows = query_entries(&self.conn(), store).map_err(|source| self.sqlite_err(source))?;
         decode_entries(store, rows)
+    }
+
+    /// The entries of `store` whose JSON keys lie in `[from, to)` (compared as text), as this
+    /// batch sees them: committed rows with the batch's `pending` changes applied, in key order.
+    pub fn range_through(
+        &self,
+        pending: &WriteSet,
+        store: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<Vec<(String, String)>> {
+        let rows =
+            query_range(&self.conn(), store, from, to).map_err(|source| self.sqlite_err(source))?;
+        let mut rows: std::collections::BTreeMap<String, String> = rows.into_iter().collect();
+        for (key, value) in pending.iter_store(store) {
+            if key >= from && key < to {
+                match value {
+                    Some(v) => rows.insert(key.to_owned(), v.to_owned()),
+                    None => rows.remove(key),
+                };
+            }
+        }
+        Ok(rows.into_iter().collect())
+    }
+
+    /// The committed entry of `store` with the smallest JSON key in `[from, to)`.
+    pub fn first_in_range(
+        &self,
+        store: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<Option<(String, String)>> {
+        query_first_in_range(&self.conn(), store, from, to)
+            .map_err(|source| self.sqlite_err(source))
     }
 
     /// Writes the batch's state changes and its next offset in ONE transaction.

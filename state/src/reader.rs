@@ -128,6 +128,35 @@ pub(crate) fn query_entries(
         .collect()
 }
 
+/// Every (JSON key, JSON value) of `store` with keys in `[from, to)`, in key order.
+pub(crate) fn query_range(
+    conn: &Connection,
+    store: &str,
+    from: &str,
+    to: &str,
+) -> rusqlite::Result<Vec<(String, String)>> {
+    conn.prepare_cached(
+        "SELECT key, value FROM state WHERE store = ?1 AND key >= ?2 AND key < ?3 ORDER BY key",
+    )?
+    .query_map(params![store, from, to], |r| Ok((r.get(0)?, r.get(1)?)))?
+    .collect()
+}
+
+/// The first (JSON key, JSON value) of `store` with a key in `[from, to)`.
+pub(crate) fn query_first_in_range(
+    conn: &Connection,
+    store: &str,
+    from: &str,
+    to: &str,
+) -> rusqlite::Result<Option<(String, String)>> {
+    conn.prepare_cached(
+        "SELECT key, value FROM state WHERE store = ?1 AND key >= ?2 AND key < ?3 \
+         ORDER BY key LIMIT 1",
+    )?
+    .query_row(params![store, from, to], |r| Ok((r.get(0)?, r.get(1)?)))
+    .optional()
+}
+
 pub(crate) fn decode_entries<K: DeserializeOwned, V: DeserializeOwned>(
     store: &str,
     rows: Vec<(String, String)>,

@@ -122,6 +122,11 @@ impl WriteSet {
         })
     }
 
+    /// Buffers an already encoded change: `key` and `value` are JSON (`None` deletes).
+    pub fn put_encoded(&mut self, store: &str, key: &str, value: Option<&str>) {
+        self.replace(store, key, value);
+    }
+
     /// What this batch wrote for `key`: `None` if untouched, `Some(None)` if deleted.
     pub fn lookup<K: Serialize + ?Sized, V: DeserializeOwned>(
         &self,
@@ -275,6 +280,17 @@ impl WriteSet {
             .find(|(name, _)| name == store)
             .and_then(|(_, m)| m.get(key))
             .map(Option::as_deref)
+    }
+
+    /// Every change of one store as (key, value-or-deletion).
+    pub(crate) fn iter_store<'a>(
+        &'a self,
+        store: &'a str,
+    ) -> impl Iterator<Item = (&'a str, Option<&'a str>)> + 'a {
+        self.stores
+            .iter()
+            .filter(move |(name, _)| name == store)
+            .flat_map(|(_, m)| m.iter().map(|(k, v)| (k.as_str(), v.as_deref())))
     }
 
     /// Every change as (store, key, value-or-deletion).

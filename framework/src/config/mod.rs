@@ -22,6 +22,9 @@ pub(crate) const KAFKA_ENV_PREFIX: &str = "WEIR_KAFKA_";
 /// Dead letters of topic `t` go to `t.dlq` unless configured otherwise.
 pub(crate) const DEFAULT_DEAD_LETTER_TOPIC: &str = "{topic}.dlq";
 
+/// Late records of topic `t` go to `t.late` unless configured otherwise.
+pub(crate) const DEFAULT_LATE_TOPIC: &str = "{topic}.late";
+
 /// Every setting of a worker.
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
@@ -46,6 +49,16 @@ pub(crate) struct Config {
     /// Dead-letter topic template (`{topic}` is the source topic); `None`: no dead letters.
     pub(crate) dead_letter_topic: Option<String>,
     pub(crate) keep_key_order: bool,
+    /// Late-record topic template (`{topic}` is the source topic); `None`: late records are
+    /// dropped (still counted and logged).
+    pub(crate) late_topic: Option<String>,
+    /// After this long without records a partition's watermark follows the wall clock;
+    /// `None`: never.
+    pub(crate) idle_close_after: Option<Duration>,
+    /// The handler declares window stores (its late topic is created at start).
+    pub(crate) windows: bool,
+    /// The handler wants `on_window_updated` after every window update.
+    pub(crate) window_updates: bool,
     /// Log every state change to a changelog topic per input topic, and restore a partition's
     /// store from it when the local copy is missing or behind.
     pub(crate) changelog: bool,
@@ -95,6 +108,10 @@ impl Default for Config {
             retry: RetryPolicy::default(),
             dead_letter_topic: Some(DEFAULT_DEAD_LETTER_TOPIC.to_owned()),
             keep_key_order: false,
+            late_topic: Some(DEFAULT_LATE_TOPIC.to_owned()),
+            idle_close_after: None,
+            windows: false,
+            window_updates: false,
             metrics_addr: None,
             progress_interval: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
@@ -151,6 +168,8 @@ impl Config {
     /// Takes the handler's declared settings where the builder and environment gave none.
     pub(crate) fn apply_handler(&mut self, h: &HandlerSettings) {
         self.delivery = h.delivery;
+        self.windows = !h.windows.is_empty();
+        self.window_updates = h.window_updates;
         for s in SETTINGS {
             if let (Some(from_handler), false) = (s.from_handler, self.explicit.contains(s.name)) {
                 from_handler(self, h);
@@ -168,7 +187,16 @@ impl Config {
                 topic: t,
                 keep_key_order: self.keep_key_order,
             }),
+            late_topic: self.late_topic_of(topic),
+            window_updates: self.window_updates,
         }
+    }
+
+    /// The late-record topic of source `topic`, if late records are sent anywhere.
+    pub(crate) fn late_topic_of(&self, topic: &str) -> Option<String> {
+        self.late_topic
+            .as_ref()
+            .map(|t| t.replace("{topic}", topic))
     }
 
     /// The changelog topic of the stores of source `topic`'s partitions, if the changelog is on:
@@ -210,6 +238,18 @@ impl Config {
                     return Err(invalid(
                         "dead_letter_topic",
                         format!("{dl:?} is also consumed: dead letters would be processed again"),
+                    ));
+                }
+            }
+        }
+        for topic in &self.topics {
+            if let Some(late) = self.late_topic_of(topic) {
+                validate_topic_name(&late)
+                    .map_err(|m| invalid("late_topic", format!("{late:?}: {m}")))?;
+                if self.topics.contains(&late) {
+                    return Err(invalid(
+                        "late_topic",
+                        format!("{late:?} is also consumed: late records would be processed again"),
                     ));
                 }
             }

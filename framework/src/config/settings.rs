@@ -376,6 +376,37 @@ pub(crate) const SETTINGS: &[Setting] = &[
         ),
     },
     Setting {
+        name: "late_topic",
+        env: "WEIR_LATE_TOPIC",
+        default: "`{topic}.late` (empty: late records are dropped, still counted)",
+        apply: |c, v| {
+            c.late_topic = optional(v);
+            Ok(())
+        },
+        from_handler: Some(|c, h| {
+            if let Some(t) = h.late_topic {
+                c.late_topic = optional(t);
+            }
+        }),
+        check: None,
+    },
+    Setting {
+        name: "idle_close_after",
+        env: "WEIR_IDLE_CLOSE_AFTER_MS",
+        default: "off (0): an idle partition's watermark waits for records",
+        apply: |c, v| {
+            let d = millis(v)?;
+            c.idle_close_after = (!d.is_zero()).then_some(d);
+            Ok(())
+        },
+        from_handler: Some(|c, h| {
+            if let Some(ms) = h.idle_close_after_ms {
+                c.idle_close_after = (ms > 0).then(|| Duration::from_millis(ms));
+            }
+        }),
+        check: None,
+    },
+    Setting {
         name: "changelog",
         env: "WEIR_CHANGELOG",
         default: "false (state stays on the worker's disk)",

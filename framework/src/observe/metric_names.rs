@@ -57,3 +57,9 @@ pub(crate) const PARTITION_UNREADABLE: &str = "weir_partition_unreadable";
 pub(crate) const CONSUMER_ERRORS_TOTAL: &str = "weir_consumer_errors_total";
 /// Records committed since the partition was assigned to this worker.
 pub(crate) const PARTITION_PROCESSED: &str = "weir_partition_processed";
+/// Counter: records whose windows were all closed (late), by topic.
+pub(crate) const LATE_RECORDS_TOTAL: &str = "weir_late_records_total";
+/// Counter: windows closed (and handed to `on_window_closed`), by store.
+pub(crate) const WINDOWS_CLOSED_TOTAL: &str = "weir_windows_closed_total";
+/// Counter: user timers fired.
+pub(crate) const TIMERS_FIRED_TOTAL: &str = "weir_timers_fired_total";

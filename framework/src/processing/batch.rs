@@ -16,10 +16,17 @@ use weir_state::{PartitionStore, WriteSet};
 use crate::delivery::{DeadLetterPolicy, DeadLetterReason, DeadLetterSink, RetryPolicy};
 use crate::inbound::Inbound;
 use crate::observe::metric_names::{
-    COMMIT_DURATION_SECONDS, COMMIT_FAILURES_TOTAL, FENCED_TOTAL, MESSAGES_TOTAL,
+    COMMIT_DURATION_SECONDS, COMMIT_FAILURES_TOTAL, FENCED_TOTAL, LATE_RECORDS_TOTAL,
+    MESSAGES_TOTAL, TIMERS_FIRED_TOTAL, WINDOWS_CLOSED_TOTAL,
 };
-use crate::processing::{Codec, Ctx, Delivery, Process, Record, UndecodableRecord};
+use crate::processing::time::{self, Due, RecordTime, TIMERS};
+use crate::processing::{
+    Codec, Ctx, Delivery, FiredTimer, Handler, Process, Record, Source, TimerAt, UndecodableRecord,
+    Window, WindowResult,
+};
 use crate::BoxError;
+use weir_state::wire::header;
+use weir_state::OutboxRecord;
 
 /// Why a batch failed; nothing of it was committed.
 #[derive(Debug)]
@@ -34,6 +41,9 @@ pub(crate) enum BatchError {
     Commit(weir_state::Error),
     /// The SQLite commit panicked (a bug, not the fault of any record).
     CommitPanicked(String),
+    /// Reading the partition's time (watermark, timers) failed, or a window or timer callback
+    /// failed: not the fault of a record, so the batch is retried.
+    Time(crate::Error),
 }
 
 impl fmt::Display for BatchError {
@@ -42,6 +52,7 @@ impl fmt::Display for BatchError {
             Self::Record { offset, error, .. } => write!(f, "record at offset {offset}: {error}"),
             Self::Commit(e) => write!(f, "commit failed: {e}"),
             Self::CommitPanicked(e) => write!(f, "commit panicked: {e}"),
+            Self::Time(e) => write!(f, "{e}"),
         }
     }
 }
@@ -88,7 +99,40 @@ pub(crate) struct Policy {
     pub(crate) changelog: Option<String>,
     pub(crate) retry: RetryPolicy,
     pub(crate) dead_letter: Option<DeadLetterPolicy>,
+    /// Where late records go; `None` drops them.
+    pub(crate) late_topic: Option<String>,
+    /// Call `on_window_updated` after every window update.
+    pub(crate) window_updates: bool,
 }
+
+/// The partition's clock for one batch.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Clock {
+    /// The wall clock, in ms since the Unix epoch: wall-clock timers due by then fire.
+    pub(crate) now_ms: i64,
+    /// An idle partition's watermark, advanced by the wall clock (it only moves forward).
+    pub(crate) idle_watermark: Option<i64>,
+    /// The partition's next offset, for a batch without records.
+    pub(crate) next_offset: i64,
+}
+
+impl Clock {
+    /// The clock of a batch of records, read now.
+    pub(crate) fn now() -> Self {
+        Self {
+            now_ms: crate::clock::now_ms(),
+            idle_watermark: None,
+            next_offset: 0,
+        }
+    }
+}
+
+/// Timer rounds per batch: a callback that keeps scheduling timers already due cannot hold up
+/// the partition; what is left fires with the next batch.
+const MAX_TIMER_ROUNDS: usize = 64;
+
+/// At most one log line about late records per this many milliseconds per partition.
+const LATE_LOG_EVERY_MS: i64 = 10_000;
 
 /// Who runs the batches.
 #[derive(Debug, Clone)]
@@ -132,6 +176,8 @@ pub(crate) struct BatchRunner<H, S> {
     policy: Policy,
     sink: DeadLetterSink,
     mode: Mode,
+    /// When late records were last logged, and how many came since.
+    late_log: std::sync::Mutex<(i64, u64)>,
 }
 
 /// The attempts of one batch: failures per record, dead-lettered records.
@@ -160,6 +206,7 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
             policy,
             sink,
             mode,
+            late_log: std::sync::Mutex::new((i64::MIN, 0)),
         }
     }
 
@@ -175,10 +222,10 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
     /// record's batch runs again after a backoff; once a record's attempts are used up (at
     /// once, for an undecodable one) it goes to the dead-letter topic, and the batch runs
     /// again without it. The batch commits only after every dead letter of it is acknowledged.
-    pub(crate) async fn run_until_committed(&self, batch: &[Inbound]) -> Outcome {
+    pub(crate) async fn run_until_committed(&self, batch: &[Inbound], clock: Clock) -> Outcome {
         let mut attempts = Attempts::default();
         loop {
-            let error = match self.run_once(batch, &attempts.dead).await {
+            let error = match self.run_once(batch, &attempts.dead, clock).await {
                 Ok(next) => return Outcome::Committed(next),
                 Err(e) => e,
             };
@@ -301,7 +348,7 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
             topic = %self.topic,
             partition = self.partition,
             attempt = attempts.commit_failures,
-            "batch commit failed; nothing of it is kept and it will be retried: {error}"
+            "batch not committed; nothing of it is kept and it will be retried: {error}"
         );
         match self.mode {
             Mode::TestKit => Next::Return(Outcome::GaveUp(error)),
@@ -335,20 +382,30 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
     /// committed next offset. When a stop is requested (a revoke, a shutdown) it commits the
     /// records done so far and leaves the rest to the partition's next owner, so a large batch
     /// of slow records does not hold up a rebalance.
-    async fn run_once(&self, batch: &[Inbound], dead: &HashSet<i64>) -> Result<i64, BatchError> {
+    async fn run_once(
+        &self,
+        batch: &[Inbound],
+        dead: &HashSet<i64>,
+        clock: Clock,
+    ) -> Result<i64, BatchError> {
         let delivery = self.policy.delivery;
         let keep_key_order = self
             .policy
             .dead_letter
             .as_ref()
             .is_some_and(|d| d.keep_key_order);
-        let mut next = batch.last().map_or(0, |m| m.offset() + 1);
+        let mut next = batch.last().map_or(clock.next_offset, |m| m.offset() + 1);
         if delivery == Delivery::AtMostOnce {
             // The offset first: a crash from here on skips the batch rather than repeating it.
             self.commit(WriteSet::default(), next).await?;
         }
         let mut writes = WriteSet::default();
         let store: &PartitionStore = (*self.store).as_ref();
+        let stored_watermark = time::watermark(store, &writes).map_err(BatchError::Time)?;
+        let mut watermark = match (stored_watermark, clock.idle_watermark) {
+            (Some(w), Some(idle)) => Some(w.max(idle)),
+            (w, idle) => w.or(idle),
+        };
         for (i, msg) in batch.iter().enumerate() {
             // (At most once, the whole batch's offset is committed already: it runs to its end.)
             if i > 0 && delivery != Delivery::AtMostOnce && self.stop_requested() {
@@ -378,8 +435,15 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
                 }
             }
             writes.savepoint();
-            match run_record(&*self.handler, store, &mut writes, msg).await {
-                Ok(()) => writes.release(),
+            let record_clock = (watermark, clock.now_ms, self.policy.window_updates);
+            match run_record(&*self.handler, store, &mut writes, msg, record_clock).await {
+                Ok(time) => {
+                    if time.late && !time.counted {
+                        self.late(&mut writes, msg);
+                    }
+                    writes.release();
+                    watermark = Some(watermark.map_or(time.event_time, |w| w.max(time.event_time)));
+                }
                 Err(error) if delivery == Delivery::AtMostOnce => {
                     writes.rollback();
                     metrics::counter!(MESSAGES_TOTAL, "outcome" => "skipped").increment(1);
@@ -404,8 +468,144 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
                 }
             }
         }
+        if let (Some(w), true) = (watermark, watermark != stored_watermark) {
+            time::set_watermark(&mut writes, w).map_err(BatchError::Time)?;
+        }
+        self.fire_due(&mut writes, watermark, clock.now_ms).await?;
         self.commit(writes, next).await?;
         Ok(next)
+    }
+
+    /// Counts, logs (at a bounded rate) and routes a late record: to the late topic through
+    /// the outbox, with the weir.source.* headers, unless late records are dropped.
+    fn late(&self, writes: &mut WriteSet, msg: &Inbound) {
+        metrics::counter!(LATE_RECORDS_TOTAL, "topic" => self.topic.to_string()).increment(1);
+        let now = crate::clock::now_ms();
+        {
+            let mut log = self
+                .late_log
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            log.1 += 1;
+            if now.saturating_sub(log.0) >= LATE_LOG_EVERY_MS {
+                tracing::warn!(
+                    topic = %self.topic,
+                    partition = self.partition,
+                    offset = msg.offset(),
+                    late_records = log.1,
+                    to = self.policy.late_topic.as_deref().unwrap_or("(dropped)"),
+                    "late records: their windows were closed already, so they are counted in none"
+                );
+                *log = (now, 0);
+            }
+        }
+        let Some(topic) = &self.policy.late_topic else {
+            return;
+        };
+        let mut headers: Vec<(String, Vec<u8>)> = msg
+            .headers()
+            .map(|(k, v)| (k.to_owned(), v.unwrap_or_default().to_vec()))
+            .collect();
+        headers.extend([
+            (
+                header::SOURCE_TOPIC.to_owned(),
+                msg.topic().as_bytes().to_vec(),
+            ),
+            (
+                header::SOURCE_PARTITION.to_owned(),
+                msg.partition().to_string().into_bytes(),
+            ),
+            (
+                header::SOURCE_OFFSET.to_owned(),
+                msg.offset().to_string().into_bytes(),
+            ),
+        ]);
+        writes.emit(OutboxRecord {
+            topic: topic.clone(),
+            partition: None,
+            key: msg.key().map(<[u8]>::to_vec),
+            value: msg.payload().map(<[u8]>::to_vec),
+            headers,
+        });
+    }
+
+    /// Fires the timers due at `watermark` and `now`, in order, into `writes`: closes due
+    /// windows (`on_window_closed`, the window's rows deleted) and calls `on_timer` for user
+    /// timers; each timer's row is deleted in the same batch, so it fires once.
+    async fn fire_due(
+        &self,
+        writes: &mut WriteSet,
+        watermark: Option<i64>,
+        now: i64,
+    ) -> Result<(), BatchError> {
+        let store: &PartitionStore = (*self.store).as_ref();
+        let source = Source::Time {
+            topic: &self.topic,
+            partition: self.partition,
+        };
+        let failed = |what: &'static str| {
+            let (topic, partition) = (self.topic.to_string(), self.partition);
+            move |source: BoxError| {
+                BatchError::Time(crate::Error::Timer {
+                    topic,
+                    partition,
+                    what,
+                    source,
+                })
+            }
+        };
+        for _ in 0..MAX_TIMER_ROUNDS {
+            let due = time::due_timers(store, writes, watermark, now).map_err(BatchError::Time)?;
+            if due.is_empty() {
+                return Ok(());
+            }
+            for timer in due {
+                writes.put_encoded(TIMERS, &timer.row, None);
+                let (TimerAt::EventTime(t) | TimerAt::WallClock(t)) = timer.at;
+                let mut rt = RecordTime::new(t, watermark, false);
+                match timer.due {
+                    Due::Window {
+                        store: name,
+                        key,
+                        start,
+                        end,
+                    } => {
+                        let window = Window {
+                            start_ms: start,
+                            end_ms: end,
+                        };
+                        let Some(value) = time::take_window(store, writes, &name, &key, window)
+                            .map_err(BatchError::Time)?
+                        else {
+                            continue;
+                        };
+                        metrics::counter!(WINDOWS_CLOSED_TOTAL, "store" => name.clone())
+                            .increment(1);
+                        let closed = WindowResult::new(name, key, window, value);
+                        let mut ctx = Ctx::new(store, writes, source, &mut rt);
+                        caught(self.handler.on_window_closed(closed, &mut ctx))
+                            .await
+                            .map_err(failed("on_window_closed"))?;
+                    }
+                    Due::User { key } => {
+                        metrics::counter!(TIMERS_FIRED_TOTAL).increment(1);
+                        let mut ctx = Ctx::new(store, writes, source, &mut rt);
+                        caught(
+                            self.handler
+                                .on_timer(FiredTimer::new(timer.at, key), &mut ctx),
+                        )
+                        .await
+                        .map_err(failed("on_timer"))?;
+                    }
+                }
+            }
+        }
+        tracing::warn!(
+            topic = %self.topic,
+            partition = self.partition,
+            "timer callbacks keep scheduling timers that are due at once; the rest fire with the next batch"
+        );
+        Ok(())
     }
 
     /// Commits `writes` with the next offset `next` in one SQLite transaction, on a blocking
@@ -432,12 +632,15 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
     }
 }
 
+/// Decodes and processes one record with the partition's `(watermark, wall clock, whether
+/// every window update is reported)`; returns its time and what its window updates found.
 async fn run_record<H: Process>(
     handler: &H,
     store: &PartitionStore,
     writes: &mut WriteSet,
     msg: &Inbound,
-) -> Result<(), BoxError> {
+    (watermark, now, window_updates): (Option<i64>, i64, bool),
+) -> Result<RecordTime, BoxError> {
     let undecodable = |part, raw: Option<&[u8]>, error| UndecodableRecord {
         part,
         raw: raw.map(<[u8]>::to_vec),
@@ -446,11 +649,57 @@ async fn run_record<H: Process>(
     let value = <H::Value as Codec>::decode(msg.payload())
         .map_err(|e| undecodable("value", msg.payload(), e))?;
     let key = <H::Key as Codec>::decode(msg.key()).map_err(|e| undecodable("key", msg.key(), e))?;
-    let mut ctx = Ctx::new(store, writes, msg);
-    let outcome = AssertUnwindSafe(handler.process(Record::new(msg, key, value), &mut ctx))
-        .catch_unwind()
-        .await;
-    match outcome {
+    let record = Record::new(msg, key, value);
+    let event_time = <H as Handler>::event_time(&record)
+        .or(watermark)
+        .unwrap_or(now);
+    let mut time = RecordTime::new(event_time, watermark, window_updates);
+    let mut ctx = Ctx::new(store, writes, Source::Record(msg), &mut time);
+    caught(handler.process(record, &mut ctx)).await?;
+    let updated = time.updated.take().unwrap_or_default();
+    for (name, key, window) in updated {
+        let row = format!("[{key},{}]", window.start_ms);
+        let value = match store.get_encoded_through(writes, name, &row)? {
+            Some(v) => v,
+            // A session: its aggregate is in the key's list of sessions (unless a later
+            // update of the same record merged it into another).
+            None => match session_value(store, writes, name, &key, window)? {
+                Some(v) => v,
+                None => continue,
+            },
+        };
+        let update = WindowResult::new(name.to_owned(), key, window, value);
+        let mut ctx = Ctx::new(store, writes, Source::Record(msg), &mut time);
+        caught(handler.on_window_updated(update, &mut ctx)).await?;
+    }
+    Ok(time)
+}
+
+/// The aggregate (JSON) of `key`'s session `window` in session store `name`.
+fn session_value(
+    store: &PartitionStore,
+    writes: &WriteSet,
+    name: &str,
+    key: &str,
+    window: Window,
+) -> Result<Option<String>, BoxError> {
+    let Some(list) = store.get_encoded_through(writes, name, key)? else {
+        return Ok(None);
+    };
+    let sessions: Vec<(i64, i64, serde_json::Value)> = serde_json::from_str(&list)?;
+    sessions
+        .into_iter()
+        .find(|(s, e, _)| *s == window.start_ms && *e == window.end_ms)
+        .map(|(_, _, v)| serde_json::to_string(&v))
+        .transpose()
+        .map_err(Into::into)
+}
+
+/// Runs a handler callback, turning its error or panic into a [`BoxError`].
+async fn caught<E: Into<BoxError>>(
+    callback: impl std::future::Future<Output = Result<(), E>>,
+) -> Result<(), BoxError> {
+    match AssertUnwindSafe(callback).catch_unwind().await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e.into()),
         Err(panic) => {

@@ -7,7 +7,32 @@ use weir_state::wire::header;
 use weir_state::{OutboxRecord, PartitionStore, WriteSet};
 
 use crate::inbound::Inbound;
+use crate::processing::time::{self, RecordTime, TimerAt, WindowDef, WindowState};
 use crate::Result;
+
+/// Where emitted records come from: a record, or the partition's clock (a timer or a window
+/// closing).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Source<'a> {
+    Record(&'a Inbound),
+    Time { topic: &'a str, partition: i32 },
+}
+
+impl Source<'_> {
+    fn topic(&self) -> &str {
+        match self {
+            Self::Record(m) => m.topic(),
+            Self::Time { topic, .. } => topic,
+        }
+    }
+
+    fn partition(&self) -> i32 {
+        match self {
+            Self::Record(m) => m.partition(),
+            Self::Time { partition, .. } => *partition,
+        }
+    }
+}
 
 /// What a handler can do besides reading its record: read and write keyed state, and emit
 /// records to other topics.
@@ -19,20 +44,77 @@ use crate::Result;
 pub struct Ctx<'a> {
     store: &'a PartitionStore,
     writes: &'a mut WriteSet,
-    source: &'a Inbound,
+    source: Source<'a>,
+    time: &'a mut RecordTime,
 }
 
 impl<'a> Ctx<'a> {
     pub(crate) fn new(
         store: &'a PartitionStore,
         writes: &'a mut WriteSet,
-        source: &'a Inbound,
+        source: Source<'a>,
+        time: &'a mut RecordTime,
     ) -> Self {
         Self {
             store,
             writes,
             source,
+            time,
         }
+    }
+
+    /// The record's event time in milliseconds since the Unix epoch (in a timer or window
+    /// callback: the time it was due).
+    pub fn event_time(&self) -> i64 {
+        self.time.event_time
+    }
+
+    /// The partition's watermark before this record: the largest event time seen on the
+    /// partition (`None` before the first record).
+    pub fn watermark(&self) -> Option<i64> {
+        self.time.watermark
+    }
+
+    /// The window store `W`, to fold this record into its windows.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # struct PerMinute;
+    /// # impl weir::WindowDef for PerMinute {
+    /// #     const NAME: &'static str = "per_minute";
+    /// #     const WINDOWS: weir::Windows = weir::Windows::tumbling(Duration::from_secs(60));
+    /// #     type Key = String;
+    /// #     type Value = u64;
+    /// # }
+    /// # fn f(ctx: &mut weir::Ctx<'_>) -> weir::Result<()> {
+    /// let counted = ctx.window::<PerMinute>().add("home", |n| n.unwrap_or(0) + 1)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn window<W: WindowDef>(&mut self) -> WindowState<'_, W> {
+        WindowState::new(self.store, self.writes, self.time)
+    }
+
+    /// Schedules a call of [`Process::on_timer`](crate::Process::on_timer) for `key` at `at`:
+    /// when the partition's watermark (event time) or the wall clock reaches it. The timer
+    /// commits with the batch, survives restarts and moves with the partition; it fires once.
+    /// Scheduling the same key and time again keeps one timer.
+    pub fn schedule_at<K: Serialize + ?Sized>(&mut self, at: TimerAt, key: &K) -> Result<()> {
+        time::schedule(self.writes, at, self.encode_key(key)?)
+    }
+
+    /// Cancels the timer for `key` at `at`, if one is scheduled.
+    pub fn cancel_timer<K: Serialize + ?Sized>(&mut self, at: TimerAt, key: &K) -> Result<()> {
+        let key = self.encode_key(key)?;
+        time::cancel(self.writes, at, &key)
+    }
+
+    fn encode_key<K: Serialize + ?Sized>(&self, key: &K) -> Result<String> {
+        serde_json::to_string(key).map_err(|e| {
+            crate::Error::State(weir_state::Error::Codec {
+                store: time::TIMERS.to_owned(),
+                source: e,
+            })
+        })
     }
 
     /// Produces a record to `topic` (partitioned by key) once this record's batch commits.
@@ -41,7 +123,8 @@ impl<'a> Ctx<'a> {
     /// acknowledgement sends it again, and so does reprocessing after a failure elsewhere in
     /// the batch. Each emitted record carries the headers `weir.source.topic`,
     /// `weir.source.partition` and `weir.source.offset` of the record it came from, by which a
-    /// consumer can drop duplicates. If the record's processing fails, nothing it emitted is
+    /// consumer can drop duplicates (emitted from a timer or a closing window: topic and
+    /// partition only). If the record's processing fails, nothing it emitted is
     /// sent.
     pub fn emit(
         &mut self,
@@ -63,11 +146,13 @@ impl<'a> Ctx<'a> {
                 header::SOURCE_PARTITION.to_owned(),
                 self.source.partition().to_string().into_bytes(),
             ),
-            (
-                header::SOURCE_OFFSET.to_owned(),
-                self.source.offset().to_string().into_bytes(),
-            ),
         ]);
+        if let Source::Record(m) = self.source {
+            all.push((
+                header::SOURCE_OFFSET.to_owned(),
+                m.offset().to_string().into_bytes(),
+            ));
+        }
         self.writes.emit(OutboxRecord {
             topic: topic.to_owned(),
             partition: None,

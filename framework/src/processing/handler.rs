@@ -3,7 +3,7 @@
 
 use std::future::Future;
 
-use crate::processing::{Codec, Ctx, Record};
+use crate::processing::{Codec, Ctx, FiredTimer, Record, WindowResult};
 use crate::BoxError;
 
 /// The decoded value type of handler `H`'s records.
@@ -27,6 +27,14 @@ pub trait Handler: Send + Sync + 'static {
     /// Topics, group, stores and tuning declared with the handler.
     fn settings() -> HandlerSettings {
         HandlerSettings::DEFAULT
+    }
+
+    /// A record's event time in milliseconds since the Unix epoch, by which windows group it
+    /// and the partition's watermark advances. By default the record's Kafka timestamp;
+    /// `#[handler(event_time = field)]` takes a field of the decoded value instead. A record
+    /// without one (`None`) takes the partition's watermark, or else the wall clock.
+    fn event_time(record: &Record<'_, ValueOf<Self>, KeyOf<Self>>) -> Option<i64> {
+        record.timestamp_ms()
     }
 }
 
@@ -52,6 +60,44 @@ pub trait Process: Handler {
         record: Record<'_, ValueOf<Self>, KeyOf<Self>>,
         ctx: &mut Ctx<'_>,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Called once per window when it closes (the partition's watermark reached its end plus
+    /// grace), with its final aggregate, in the batch that closes it: what it emits commits
+    /// together with the window's removal, so each window closes exactly once in state and
+    /// its emitted result is sent at least once, identical on a repeat. Windows close in the
+    /// order of their closing times. By default does nothing.
+    fn on_window_closed(
+        &self,
+        closed: WindowResult,
+        ctx: &mut Ctx<'_>,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        let _ = (closed, ctx);
+        async { Ok(()) }
+    }
+
+    /// Called after each record that updated a window, with the window's aggregate so far,
+    /// when the handler asks for every update (`#[handler(window_updates = true)]`). By
+    /// default does nothing.
+    fn on_window_updated(
+        &self,
+        updated: WindowResult,
+        ctx: &mut Ctx<'_>,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        let _ = (updated, ctx);
+        async { Ok(()) }
+    }
+
+    /// Called once when a timer scheduled with [`Ctx::schedule_at`] is due, in order of due
+    /// time within the partition (event-time timers, then wall-clock ones). By default does
+    /// nothing.
+    fn on_timer(
+        &self,
+        timer: FiredTimer,
+        ctx: &mut Ctx<'_>,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        let _ = (timer, ctx);
+        async { Ok(()) }
+    }
 }
 
 /// When a record's offset is committed relative to its processing.
@@ -104,6 +150,15 @@ pub struct HandlerSettings {
     pub dead_letter_topic: Option<&'static str>,
     /// Send later records with a dead-lettered record's key to the dead-letter topic too.
     pub keep_key_order: Option<bool>,
+    /// Declared window stores (names).
+    pub windows: &'static [&'static str],
+    /// Late-record topic; `{topic}` stands for the source topic; empty drops late records.
+    pub late_topic: Option<&'static str>,
+    /// Milliseconds without records after which a partition's watermark follows the wall
+    /// clock, so that its last windows close.
+    pub idle_close_after_ms: Option<u64>,
+    /// Call [`Process::on_window_updated`] after every window update.
+    pub window_updates: bool,
 }
 
 impl HandlerSettings {
@@ -121,6 +176,10 @@ impl HandlerSettings {
         max_backoff_ms: None,
         dead_letter_topic: None,
         keep_key_order: None,
+        windows: &[],
+        late_topic: None,
+        idle_close_after_ms: None,
+        window_updates: false,
     };
 }
 

@@ -7,8 +7,11 @@ mod codec;
 mod context;
 mod handler;
 mod record;
+pub(crate) mod time;
 
 pub use codec::{Codec, DecodeError, Envelope, Enveloped, Json, Raw, UndecodableRecord, Utf8};
+pub(crate) use context::Source;
 pub use context::{Ctx, State, StoreDef};
 pub use handler::{Delivery, Handler, HandlerSettings, KeyOf, Process, StoreInfo, ValueOf};
 pub use record::Record;
+pub use time::{FiredTimer, TimerAt, Window, WindowDef, WindowResult, WindowState, Windows};

@@ -19,6 +19,9 @@ pub(crate) async fn ensure_topics(config: &Config, connection: &ClientConfig) {
         if let Some(d) = config.dead_letter_topic_of(t) {
             wanted.push((t.clone(), d, "dead-letter topic", false));
         }
+        if let (true, Some(l)) = (config.windows, config.late_topic_of(t)) {
+            wanted.push((t.clone(), l, "late-record topic", false));
+        }
         if let Some(c) = config.changelog_topic_of(t) {
             wanted.push((t.clone(), c, "changelog topic", true));
         }

@@ -180,6 +180,25 @@ impl WorkerBuilder {
         self
     }
 
+    /// Where late records go: records whose windows are all closed (`WEIR_LATE_TOPIC`,
+    /// default `{topic}.late`, where `{topic}` is the source topic). `None` drops them; they
+    /// are counted in `weir_late_records_total` and logged either way.
+    pub fn late_topic(mut self, template: Option<&str>) -> Self {
+        self.config.late_topic = template.map(str::to_owned);
+        self.config.given("late_topic");
+        self
+    }
+
+    /// After this long without records, a partition's watermark advances with the wall clock
+    /// (by the time passed since its last record), so that its last windows close and its
+    /// event-time timers fire without new data (`WEIR_IDLE_CLOSE_AFTER_MS`, default off).
+    /// Records arriving later with older event times may then be late.
+    pub fn idle_close_after(mut self, after: Duration) -> Self {
+        self.config.idle_close_after = (!after.is_zero()).then_some(after);
+        self.config.given("idle_close_after");
+        self
+    }
+
     /// How long `run` waits at start for a broker to answer (`WEIR_STARTUP_TIMEOUT_MS`,
     /// default 30 s); past it, `run` fails with an error naming `WEIR_BROKERS`.
     pub fn startup_timeout(mut self, timeout: Duration) -> Self {

@@ -15,7 +15,8 @@ use crate::delivery::OutboxSink;
 use crate::delivery::RetryPolicy;
 use crate::inbound::Inbound;
 use crate::observe::metric_names::{BATCHES_CUT_TOTAL, BATCH_DURATION_SECONDS, MESSAGES_TOTAL};
-use crate::processing::batch::{BatchRunner, Outcome};
+use crate::processing::batch::{BatchRunner, Clock, Outcome};
+use crate::processing::time;
 use crate::processing::Process;
 use crate::runtime::flow::PartitionFlow;
 use crate::runtime::lifecycle::Lifecycle;
@@ -67,6 +68,28 @@ pub(crate) struct TaskContext {
     /// Where a restoring task says that its store is ready.
     pub(crate) ready: std_mpsc::Sender<Ready>,
     pub(crate) lifecycle: Arc<Lifecycle>,
+    /// After this long without records a partition's watermark follows the wall clock.
+    pub(crate) idle_close_after: Option<Duration>,
+}
+
+/// What the task does next.
+enum Step {
+    /// Process the records taken into the batch.
+    Records,
+    /// No records came: let time pass (idle watermark, wall-clock timers).
+    Tick,
+    Stop,
+}
+
+/// How the partition's clock moves without records.
+#[derive(Debug)]
+struct Idle {
+    /// When the last records were taken.
+    last_records_at: Instant,
+    /// The watermark after them.
+    watermark: Option<i64>,
+    /// The earliest pending wall-clock timer (ms since the epoch).
+    next_wall_timer: Option<i64>,
 }
 
 pub(crate) struct PartitionTask<H: Process> {
@@ -83,6 +106,7 @@ pub(crate) struct PartitionTask<H: Process> {
     changelog: Option<String>,
     /// The outbox of the last committed batch, being sent while the next batch is processed.
     flushing: Option<tokio::task::JoinHandle<bool>>,
+    idle: Idle,
     ctx: TaskContext,
 }
 
@@ -106,6 +130,11 @@ impl<H: Process> PartitionTask<H> {
             next_offset,
             changelog,
             flushing: None,
+            idle: Idle {
+                last_records_at: Instant::now(),
+                watermark: None,
+                next_wall_timer: None,
+            },
             ctx,
         }
     }
@@ -121,8 +150,19 @@ impl<H: Process> PartitionTask<H> {
         if !self.flushed().await {
             return;
         }
+        self.read_clock();
         let mut batch: Vec<Inbound> = Vec::with_capacity(self.ctx.batch_size);
-        while self.next_batch(&mut batch).await {
+        loop {
+            match self.next_batch(&mut batch).await {
+                Step::Stop => break,
+                Step::Tick => {
+                    if !self.tick().await {
+                        break;
+                    }
+                    continue;
+                }
+                Step::Records => {}
+            }
             self.drop_seen(&mut batch);
             if batch.is_empty() {
                 continue;
@@ -132,9 +172,11 @@ impl<H: Process> PartitionTask<H> {
             }
             self.flow
                 .batch_started(batch.iter().filter_map(Inbound::timestamp_ms).min());
-            if !self.process_until_committed(&batch).await {
+            if !self.process_until_committed(&batch, Clock::now()).await {
                 break;
             }
+            self.idle.last_records_at = Instant::now();
+            self.read_clock();
             if self.next_offset < batch.last().map(|m| m.offset() + 1) {
                 // A stop cut the batch short: the rest is the next owner's, never skipped.
                 metrics::counter!(BATCHES_CUT_TOTAL).increment(1);
@@ -252,21 +294,125 @@ impl<H: Process> PartitionTask<H> {
         false
     }
 
-    /// Fills `batch` with up to `batch_size` records, waiting at most `linger` after the first.
-    /// Returns false when the task should stop instead.
-    async fn next_batch(&mut self, batch: &mut Vec<Inbound>) -> bool {
+    /// Reads the partition's watermark and its next wall-clock timer from the store.
+    fn read_clock(&mut self) {
+        let store = (**self.runner.store()).as_ref();
+        let read = time::watermark(store, &weir_state::WriteSet::default())
+            .and_then(|w| Ok((w, time::next_wall_timer(store)?)));
+        match read {
+            Ok((watermark, next_wall_timer)) => {
+                self.idle.watermark = watermark;
+                self.idle.next_wall_timer = next_wall_timer;
+            }
+            Err(e) => {
+                tracing::warn!(topic = %self.topic, partition = self.partition, "cannot read the partition's watermark and timers: {e}");
+            }
+        }
+    }
+
+    /// The partition's watermark as the wall clock moves it while no records come, once
+    /// `idle_close_after` has passed: the watermark after the last records plus the time
+    /// since they came.
+    fn idle_watermark(&self) -> Option<i64> {
+        let after = self.ctx.idle_close_after?;
+        let idle_for = self.idle.last_records_at.elapsed();
+        if idle_for < after {
+            return None;
+        }
+        Some(
+            self.idle
+                .watermark?
+                .saturating_add(idle_for.as_millis() as i64),
+        )
+    }
+
+    /// When to look at the clock next without records: the next wall-clock timer, and while
+    /// idle closing is on, from `idle_close_after` on in steps of a tenth of it (at least
+    /// 50 ms, at most 1 s).
+    fn next_tick(&self) -> Option<tokio::time::Instant> {
+        self.next_offset?;
+        let now = tokio::time::Instant::now();
+        let wall = self.idle.next_wall_timer.map(|due| {
+            let wait = due.saturating_sub(crate::clock::now_ms()).max(0);
+            now + Duration::from_millis(wait as u64)
+        });
+        let idle = self.ctx.idle_close_after.and_then(|after| {
+            self.idle.watermark?;
+            let step = (after / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
+            let since = self.idle.last_records_at.elapsed();
+            Some(if since < after {
+                now + (after - since)
+            } else {
+                now + step
+            })
+        });
+        match (wall, idle) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Lets time pass without records: fires what the wall clock (and an idle partition's
+    /// watermark) made due, in a batch of no records. False when the task should stop.
+    async fn tick(&mut self) -> bool {
+        let Some(next_offset) = self.next_offset else {
+            return true;
+        };
+        let clock = Clock {
+            now_ms: crate::clock::now_ms(),
+            idle_watermark: self.idle_watermark(),
+            next_offset,
+        };
+        let store = (**self.runner.store()).as_ref();
+        let watermark = match (self.idle.watermark, clock.idle_watermark) {
+            (Some(w), Some(idle)) => Some(w.max(idle)),
+            (w, idle) => w.or(idle),
+        };
+        let due = time::due_timers(
+            store,
+            &weir_state::WriteSet::default(),
+            watermark,
+            clock.now_ms,
+        );
+        match due {
+            Ok(due) if due.is_empty() => {
+                // Nothing to fire: the next wall-clock timer may have been cancelled.
+                self.read_clock();
+                return true;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(topic = %self.topic, partition = self.partition, "cannot read the partition's timers: {e}");
+                return true;
+            }
+        }
+        let ok = self.process_until_committed(&[], clock).await;
+        let last_watermark = self.idle.watermark;
+        self.read_clock();
+        // The stored watermark now includes the idle advance; later idle advances still count
+        // from the last records.
+        self.idle.watermark = last_watermark;
+        ok
+    }
+
+    /// Fills `batch` with up to `batch_size` records, waiting at most `linger` after the first;
+    /// or says that the clock should be looked at (no records for a while), or that the task
+    /// should stop.
+    async fn next_batch(&mut self, batch: &mut Vec<Inbound>) -> Step {
         let stop = Arc::clone(self.flow.stop_signal());
         if stop.is_requested() {
-            return false;
+            return Step::Stop;
         }
         if self.carry.is_empty() {
+            let tick = self.next_tick();
             let chunk = tokio::select! {
                 biased;
-                _ = stop.requested() => return false,
+                _ = stop.requested() => return Step::Stop,
                 c = self.queue.recv() => match c {
                     Some(c) => c,
-                    None => return false,
+                    None => return Step::Stop,
                 },
+                _ = sleep_until_some(tick) => return Step::Tick,
             };
             self.carry.extend(chunk);
         }
@@ -296,7 +442,7 @@ impl<H: Process> PartitionTask<H> {
                 }
             }
         }
-        true
+        Step::Records
     }
 
     /// Moves carried records into `batch`, up to the batch size.
@@ -353,9 +499,9 @@ impl<H: Process> PartitionTask<H> {
     /// Processes and commits `batch` under the partition's retry and dead-letter policy.
     /// Returns false if a stop was requested while waiting to retry (nothing of the batch is
     /// committed then, so it is processed again by the partition's next owner).
-    async fn process_until_committed(&mut self, batch: &[Inbound]) -> bool {
+    async fn process_until_committed(&mut self, batch: &[Inbound], clock: Clock) -> bool {
         let started = Instant::now();
-        match self.runner.run_until_committed(batch).await {
+        match self.runner.run_until_committed(batch, clock).await {
             Outcome::Committed(next) => {
                 // A stop may have committed only the batch's first records.
                 let done = batch.iter().take_while(|m| m.offset() < next).count();
@@ -375,6 +521,14 @@ impl<H: Process> PartitionTask<H> {
             }
             Outcome::Stopped | Outcome::GaveUp(_) => false,
         }
+    }
+}
+
+/// Sleeps until `at`, or for ever when there is no `at`.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

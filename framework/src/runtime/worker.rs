@@ -230,6 +230,7 @@ impl<H: Process> Worker<H> {
                 client: self.connection.clone(),
                 ready: ready_tx,
                 lifecycle: Arc::clone(&lifecycle),
+                idle_close_after: self.config.idle_close_after,
             },
         ));
         let kafka: BaseConsumer<WeirContext<H>> =
