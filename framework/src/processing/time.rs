@@ -322,7 +322,7 @@ fn delete_timer(writes: &mut WriteSet, at: TimerAt, what: &str) -> Result<()> {
 
 /// The tag of a window's close timer.
 fn window_tag(store: &str, key_json: &str, start: i64) -> String {
-    format!("w|{store}|{start}|{key_json}")
+    format!("w|{store}|{}|{key_json}", sortable(start))
 }
 
 /// The tag of a user timer.
