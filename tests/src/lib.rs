@@ -281,10 +281,23 @@ impl TestBroker {
 
     /// Creates `topic` alone (no dead-letter topic).
     pub async fn create_one_topic(&self, topic: &str, partitions: i32) {
+        self.create_topic_once(topic, partitions, false).await;
+    }
+
+    /// Creates `topic` unless it exists (a topic with a fixed name that several tests share,
+    /// such as an example's output topic).
+    pub async fn ensure_topic(&self, topic: &str, partitions: i32) {
+        self.create_topic_once(topic, partitions, true).await;
+    }
+
+    async fn create_topic_once(&self, topic: &str, partitions: i32, may_exist: bool) {
         if let Some(broker) = &self.embedded {
-            broker
-                .create_topic(topic, partitions)
-                .expect("create topic");
+            if let Err(e) = broker.create_topic(topic, partitions) {
+                assert!(
+                    may_exist && e.to_string().to_lowercase().contains("exist"),
+                    "create topic {topic}: {e}"
+                );
+            }
             return;
         }
         let admin: AdminClient<DefaultClientContext> =
@@ -299,7 +312,11 @@ impl TestBroker {
             .await
             .expect("create topics");
         for r in results {
-            r.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));
+            match r {
+                Ok(_) => {}
+                Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) if may_exist => {}
+                Err((t, e)) => panic!("creating topic {t}: {e}"),
+            }
         }
     }
 
@@ -888,6 +905,60 @@ impl RunningWorker {
         self.run.abort();
         assert!(self.run.await.expect_err("aborted").is_cancelled());
     }
+}
+
+/// Every record of `topic` (with `partitions` partitions), read from the beginning to its end
+/// (a partition EOF: tansu's ListOffsets answer can be short of the end, a fetch response's
+/// high watermark is not); panics after 60 s.
+pub fn read_all(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+) -> Vec<rdkafka::message::OwnedMessage> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{Offset, TopicPartitionList};
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("tpl");
+    }
+    c.assign(&tpl).expect("assign");
+    let mut out = Vec::new();
+    let mut at_end = std::collections::BTreeSet::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while at_end.len() < partitions as usize {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reading {topic}: {} records, partitions at their end {at_end:?}",
+            out.len()
+        );
+        match c.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => out.push(m.detach()),
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+            }
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            None => {}
+        }
+    }
+    out
+}
+
+/// The value of header `name` of `m`, as text.
+pub fn header(m: &rdkafka::message::OwnedMessage, name: &str) -> Option<String> {
+    use rdkafka::message::{Headers, Message};
+    m.headers()?
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
 /// GETs `path` from a worker's metrics endpoint: (status code, body).

@@ -17,9 +17,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::message::Message;
 use weir::state::StoreReader;
 use weir_tests::tally::{tallies_topic, Emitted, Tally, TALLIES};
 use weir_tests::*;
@@ -197,51 +195,6 @@ impl Drop for Cluster {
     }
 }
 
-/// Every record of `topic`, read from the beginning to its end (a partition EOF: tansu's
-/// ListOffsets answer can be short of the end, a fetch response's high watermark is not).
-fn read_all(bootstrap: &str, topic: &str) -> Vec<rdkafka::message::OwnedMessage> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", unique("reader"))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .expect("tpl");
-    }
-    c.assign(&tpl).expect("assign");
-    let mut out = Vec::new();
-    let mut at_end = std::collections::BTreeSet::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while at_end.len() < PARTITIONS as usize {
-        assert!(
-            Instant::now() < deadline,
-            "reading {topic}: {} records, partitions at their end {at_end:?}",
-            out.len()
-        );
-        match c.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => out.push(m.detach()),
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
-                at_end.insert(p);
-            }
-            Some(Err(e)) => panic!("reading {topic}: {e}"),
-            None => {}
-        }
-    }
-    out
-}
-
-fn header(m: &rdkafka::message::OwnedMessage, name: &str) -> Option<String> {
-    m.headers()?
-        .iter()
-        .find(|h| h.key == name)
-        .and_then(|h| h.value)
-        .map(|v| String::from_utf8_lossy(v).into_owned())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_workers_with_own_state_dirs_survive_sigkills() {
     let records_n = env_or("WEIR_KILL_TEST_ORDERS", 20_000);
@@ -366,7 +319,7 @@ async fn three_workers_with_own_state_dirs_survive_sigkills() {
 
     // Emitted: every record's tally at least once; copies of one record's (same source
     // partition and offset) identical; the tallies of each key 1..=count all there.
-    let emitted = read_all(broker.bootstrap(), &tallies_topic(&topic));
+    let emitted = read_all(broker.bootstrap(), &tallies_topic(&topic), PARTITIONS);
     let mut by_source: HashMap<(String, String), Emitted> = HashMap::new();
     let mut duplicates = 0usize;
     for m in &emitted {
@@ -415,7 +368,11 @@ async fn three_workers_with_own_state_dirs_survive_sigkills() {
     );
 
     let restores = cluster.restores();
-    let changelog = read_all(broker.bootstrap(), &format!("{group}-{topic}-changelog"));
+    let changelog = read_all(
+        broker.bootstrap(),
+        &format!("{group}-{topic}-changelog"),
+        PARTITIONS,
+    );
     for w in cluster.warnings().iter().take(40) {
         eprintln!("worker log: {w}");
     }

@@ -74,7 +74,8 @@ impl Process for TumblingCount {
     type Error = weir::Error;
 
     async fn process(&self, r: Record<'_, String, String>, ctx: &mut Ctx<'_>) -> weir::Result<()> {
-        ctx.window::<Tumbling>().add(r.key(), |n| n.unwrap_or(0) + 1)?;
+        ctx.window::<Tumbling>()
+            .add(r.key(), |n| n.unwrap_or(0) + 1)?;
         Ok(())
     }
 
@@ -108,7 +109,8 @@ impl Process for HoppingCount {
     type Error = weir::Error;
 
     async fn process(&self, r: Record<'_, String, String>, ctx: &mut Ctx<'_>) -> weir::Result<()> {
-        ctx.window::<Hopping>().add(r.key(), |n| n.unwrap_or(0) + 1)?;
+        ctx.window::<Hopping>()
+            .add(r.key(), |n| n.unwrap_or(0) + 1)?;
         Ok(())
     }
 
@@ -251,8 +253,22 @@ async fn sessions_merge_when_a_record_bridges_them_and_split_by_the_gap() {
     assert_eq!(
         open,
         vec![
-            ("a".to_owned(), Window { start_ms: 1_000, end_ms: 9_000 }, 4),
-            ("b".to_owned(), Window { start_ms: 1_500, end_ms: 4_500 }, 1),
+            (
+                "a".to_owned(),
+                Window {
+                    start_ms: 1_000,
+                    end_ms: 9_000
+                },
+                4
+            ),
+            (
+                "b".to_owned(),
+                Window {
+                    start_ms: 1_500,
+                    end_ms: 4_500
+                },
+                1
+            ),
         ]
     );
     // b's session closes at 4.5 s + 2 s grace; a's at 9 s + 2 s.
@@ -343,7 +359,10 @@ async fn timers_fire_once_in_order_across_a_restart() {
     kit.advance_watermark(20_000).await.expect("advance");
     let fired: Vec<Fired> = decode(&kit, "fired");
     assert_eq!(
-        fired.iter().map(|f| (f.key.as_str(), f.at)).collect::<Vec<_>>(),
+        fired
+            .iter()
+            .map(|f| (f.key.as_str(), f.at))
+            .collect::<Vec<_>>(),
         vec![
             ("early-job", TimerAt::EventTime(3_000)),
             ("same-again", TimerAt::EventTime(3_000)),
@@ -378,7 +397,8 @@ impl Process for FlakyClose {
         emit_closed::<Flaky>(&closed, ctx).await?;
         let left = self.fail.load(std::sync::atomic::Ordering::SeqCst);
         if left > 0 {
-            self.fail.store(left - 1, std::sync::atomic::Ordering::SeqCst);
+            self.fail
+                .store(left - 1, std::sync::atomic::Ordering::SeqCst);
             return Err(weir::Error::Emit {
                 topic: CLOSED.into(),
                 reason: "broken on purpose".into(),
@@ -390,18 +410,19 @@ impl Process for FlakyClose {
 
 #[tokio::test]
 async fn a_failing_close_commits_nothing_and_closes_the_window_once_it_succeeds() {
-    let mut kit = TestKit::new(FlakyClose {
-        fail: 1.into(),
-    })
-    .expect("kit");
+    let mut kit = TestKit::new(FlakyClose { fail: 1.into() }).expect("kit");
     send(&mut kit, &[("a", 100), ("a", 2_000)]);
     let err = kit.run().await.expect_err("the close fails");
     assert!(
-        err.to_string().contains("on_window_closed") && err.to_string().contains("broken on purpose"),
+        err.to_string().contains("on_window_closed")
+            && err.to_string().contains("broken on purpose"),
         "{err}"
     );
     assert_eq!(kit.committed_offset("clicks", 0).expect("offset"), None);
-    assert!(closed(&kit).is_empty(), "nothing of the failed batch is sent");
+    assert!(
+        closed(&kit).is_empty(),
+        "nothing of the failed batch is sent"
+    );
     kit.run().await.expect("run again");
     assert_eq!(closed(&kit), vec![c("a", 0, 1_000, 1)]);
     assert_eq!(kit.committed_offset("clicks", 0).expect("offset"), Some(2));
