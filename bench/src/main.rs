@@ -7,7 +7,9 @@
 //! ```
 //!
 //! Scenarios: `raw` and `raw-defaults` (with `all`, run first and again last), `weir-stateless`,
-//! `weir-keyed-count`, `weir-wordcount`, `hand-loop-batched`, `hand-loop`, `quix` (Quix
+//! `weir-keyed-count`, `weir-window-count` (the keyed count in tumbling one-second windows of
+//! the records' timestamps, each closed window's count emitted), `weir-wordcount`,
+//! `hand-loop-batched`, `hand-loop`, `quix` (Quix
 //! Streams, installed by `bench/setup.sh` on first use; real broker only) and `weir-restore`.
 //! `hand-loop` reads only `--slow-messages` records (default 50k), `quix` at most 50 s of them.
 //! Records are 100 bytes of 8 words, or with `--values lines` lines of 16 words drawn with
@@ -44,6 +46,7 @@ const SCENARIOS: &[&str] = &[
     "raw-defaults",
     "weir-stateless",
     "weir-keyed-count",
+    "weir-window-count",
     "weir-wordcount",
     "hand-loop-batched",
     "hand-loop",
@@ -751,6 +754,40 @@ impl Process for KeyedCount {
     }
 }
 
+/// The keyed count in tumbling one-second windows of event time (the records' timestamps,
+/// from when the backlog was produced), with one second of grace; each closed window's count
+/// goes to the output topic (`.1`).
+#[derive(Debug, Handler)]
+#[handler(
+    value = Raw,
+    window(PerSecond, key = String, value = u64, size_ms = 1000, grace_ms = 1000)
+)]
+struct WindowCount(Arc<Probe>, String);
+
+/// Windows the window count closed (reported on stderr).
+static WINDOWS_CLOSED: AtomicU64 = AtomicU64::new(0);
+
+impl Process for WindowCount {
+    type Error = weir::Error;
+
+    async fn process(&self, rec: Record<'_, Vec<u8>>, ctx: &mut Ctx<'_>) -> weir::Result<()> {
+        let key = rec.key_str().unwrap_or_default();
+        ctx.window::<PerSecond>().add(key, |n| n.unwrap_or(0) + 1)?;
+        self.0
+            .processed(rec.partition(), rec.offset(), rec.timestamp_ms());
+        Ok(())
+    }
+
+    async fn on_window_closed(&self, closed: WindowResult, ctx: &mut Ctx<'_>) -> weir::Result<()> {
+        if let Some((key, n)) = closed.get::<PerSecond>()? {
+            WINDOWS_CLOSED.fetch_add(1, Ordering::Relaxed);
+            let line = format!("{} {n}", closed.window().start_ms);
+            ctx.emit(&self.1, Some(key.as_bytes()), line.as_bytes(), &[]);
+        }
+        Ok(())
+    }
+}
+
 async fn run_child(args: &Args, brokers: &str, topic: &str) -> Result<(), String> {
     let n = args.messages;
     let probe = Arc::new(Probe::default());
@@ -772,6 +809,21 @@ async fn run_child(args: &Args, brokers: &str, topic: &str) -> Result<(), String
                 .build(KeyedCount(Arc::clone(&probe), None))
                 .map_err(|e| e.to_string())?;
             run_worker_until(worker, &probe, n, dir.path(), topic).await?;
+        }
+        "weir-window-count" => {
+            let output = format!("{topic}.windows-{}", std::process::id());
+            if let Err(e) = create_topic(brokers, &output, 1).await {
+                eprintln!("window count: creating {output} failed ({e}); relying on the broker creating it");
+            }
+            let worker = bench_worker(brokers, topic, &group, dir.path())
+                .late_topic(None)
+                .build(WindowCount(Arc::clone(&probe), output))
+                .map_err(|e| e.to_string())?;
+            run_worker_until(worker, &probe, n, dir.path(), topic).await?;
+            eprintln!(
+                "window count: {} windows closed",
+                WINDOWS_CLOSED.load(Ordering::Relaxed)
+            );
         }
         "weir-stateless" => {
             let worker = bench_worker(brokers, topic, &group, dir.path())

@@ -132,22 +132,21 @@ impl Windows {
     }
 
     /// The time windows (tumbling or hopping) that contain event time `t`, latest first.
-    fn containing(&self, t: i64) -> Vec<Window> {
+    fn containing(&self, t: i64) -> impl Iterator<Item = Window> {
         let (size, advance) = match self.kind {
             Kind::Tumbling { size } => (size, size),
             Kind::Hopping { size, advance } => (size, advance),
-            Kind::Session { .. } => return Vec::new(),
+            // No time windows: an empty range.
+            Kind::Session { .. } => (0, 1),
         };
-        let mut out = Vec::with_capacity((size / advance) as usize);
-        let mut start = t.div_euclid(advance) * advance;
-        while start.saturating_add(size) > t {
-            out.push(Window {
+        let latest = t.div_euclid(advance) * advance;
+        (0..)
+            .map(move |i: i64| latest.saturating_sub(i.saturating_mul(advance)))
+            .take_while(move |start| size > 0 && start.saturating_add(size) > t)
+            .map(move |start| Window {
                 start_ms: start,
                 end_ms: start.saturating_add(size),
-            });
-            start = start.saturating_sub(advance);
-        }
-        out
+            })
     }
 
     /// The end of the tumbling or hopping window starting at `start`.
@@ -737,22 +736,26 @@ mod tests {
 
     #[test]
     fn tumbling_windows_are_aligned_to_the_epoch() {
-        let t = Windows::tumbling(Duration::from_secs(60));
-        assert_eq!(t.containing(0), vec![w(0, 60_000)]);
-        assert_eq!(t.containing(59_999), vec![w(0, 60_000)]);
-        assert_eq!(t.containing(60_000), vec![w(60_000, 120_000)]);
-        assert_eq!(t.containing(-1), vec![w(-60_000, 0)]);
+        let tumbling = Windows::tumbling(Duration::from_secs(60));
+        let at = |t: i64| -> Vec<Window> { tumbling.containing(t).collect() };
+        assert_eq!(at(0), vec![w(0, 60_000)]);
+        assert_eq!(at(59_999), vec![w(0, 60_000)]);
+        assert_eq!(at(60_000), vec![w(60_000, 120_000)]);
+        assert_eq!(at(-1), vec![w(-60_000, 0)]);
+        let session = Windows::session(Duration::from_secs(1));
+        assert_eq!(session.containing(5).count(), 0);
     }
 
     #[test]
     fn hopping_windows_cover_a_time_size_over_advance_times() {
         let h = Windows::hopping(Duration::from_secs(30), Duration::from_secs(10));
+        let at = |t: i64| -> Vec<Window> { h.containing(t).collect() };
         assert_eq!(
-            h.containing(25_000),
+            at(25_000),
             vec![w(20_000, 50_000), w(10_000, 40_000), w(0, 30_000)]
         );
         assert_eq!(
-            h.containing(30_000),
+            at(30_000),
             vec![w(30_000, 60_000), w(20_000, 50_000), w(10_000, 40_000)]
         );
     }
