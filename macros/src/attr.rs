@@ -184,15 +184,17 @@ impl HandlerAttrs {
                     "value" => value.set(&mut errors, ident.span(), meta.value()?.parse::<Type>()?),
                     "store" => {
                         if let Some(store) = parse_store(&meta, &ident, &mut errors)? {
-                            if let Some(prev) = stores
+                            let clash = stores
                                 .iter()
-                                .find(|s| s.ident == store.ident || s.name == store.name)
-                            {
+                                .map(|s| (&s.ident, &s.name))
+                                .chain(windows.iter().map(|w| (&w.ident, &w.name)))
+                                .find(|(i, n)| **i == store.ident || **n == store.name);
+                            if let Some((prev, _)) = clash {
                                 errors.at(
                                     store.ident.span(),
                                     format!(
                                         "store `{}` is declared twice (first as `{}`)",
-                                        store.name, prev.ident
+                                        store.name, prev
                                     ),
                                 );
                             } else {
