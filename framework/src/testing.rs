@@ -141,6 +141,13 @@ impl<H: Process> TestKit<H> {
         self
     }
 
+    /// Takes event time from this top-level field of JSON values, as
+    /// [`WorkerBuilder::event_time_field`](crate::WorkerBuilder::event_time_field) does.
+    pub fn event_time_field(mut self, name: &str) -> Self {
+        self.config.event_time_field = Some(name.to_owned());
+        self
+    }
+
     /// Log state changes to the changelog topic (`<group>-<topic>-changelog`); its entries
     /// then show in [`emitted`](Self::emitted).
     pub fn changelog(mut self, on: bool) -> Self {

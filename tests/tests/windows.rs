@@ -198,6 +198,23 @@ async fn out_of_order_records_within_grace_count_and_later_ones_are_late_and_now
 }
 
 #[tokio::test]
+async fn event_time_can_come_from_a_json_field_set_by_the_worker() {
+    let mut kit = TestKit::new(TumblingCount)
+        .expect("kit")
+        .event_time_field("at");
+    // Kafka timestamps say one window; the values' `at` fields say two.
+    kit.send_at(1_000, "a", r#"{"at": 2000}"#)
+        .send_at(1_000, "a", r#"{"at": "12000"}"#)
+        .send_at(1_000, "a", r#"{"no_time": true}"#);
+    kit.run().await.expect("run");
+    assert_eq!(kit.watermark("clicks", 0).expect("wm"), Some(12_000));
+    let open = kit.open_windows::<Tumbling>().expect("open");
+    let counts: Vec<(i64, u64)> = open.iter().map(|(_, w, n)| (w.start_ms, *n)).collect();
+    // The record without the field takes its Kafka timestamp (the handler's event time).
+    assert_eq!(counts, vec![(0, 2), (10_000, 1)]);
+}
+
+#[tokio::test]
 async fn a_window_closes_exactly_when_the_watermark_reaches_its_end_plus_grace() {
     let mut kit = TestKit::new(TumblingCount).expect("kit");
     send(&mut kit, &[("a", 1_000), ("b", 2_000)]);

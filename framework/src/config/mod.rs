@@ -49,6 +49,9 @@ pub(crate) struct Config {
     /// Dead-letter topic template (`{topic}` is the source topic); `None`: no dead letters.
     pub(crate) dead_letter_topic: Option<String>,
     pub(crate) keep_key_order: bool,
+    /// The top-level field of JSON record values holding the event time (ms since the epoch),
+    /// over the handler's own event time.
+    pub(crate) event_time_field: Option<String>,
     /// Late-record topic template (`{topic}` is the source topic); `None`: late records are
     /// dropped (still counted and logged).
     pub(crate) late_topic: Option<String>,
@@ -108,6 +111,7 @@ impl Default for Config {
             retry: RetryPolicy::default(),
             dead_letter_topic: Some(DEFAULT_DEAD_LETTER_TOPIC.to_owned()),
             keep_key_order: false,
+            event_time_field: None,
             late_topic: Some(DEFAULT_LATE_TOPIC.to_owned()),
             idle_close_after: None,
             windows: false,
@@ -189,6 +193,7 @@ impl Config {
             }),
             late_topic: self.late_topic_of(topic),
             window_updates: self.window_updates,
+            event_time_field: self.event_time_field.as_deref().map(std::sync::Arc::from),
         }
     }
 

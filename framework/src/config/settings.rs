@@ -376,6 +376,17 @@ pub(crate) const SETTINGS: &[Setting] = &[
         ),
     },
     Setting {
+        name: "event_time_field",
+        env: "WEIR_EVENT_TIME_FIELD",
+        default: "unset: the handler's event time (by default the record's Kafka timestamp)",
+        apply: |c, v| {
+            c.event_time_field = optional(v);
+            Ok(())
+        },
+        from_handler: None,
+        check: None,
+    },
+    Setting {
         name: "late_topic",
         env: "WEIR_LATE_TOPIC",
         default: "`{topic}.late` (empty: late records are dropped, still counted)",

@@ -103,6 +103,8 @@ pub(crate) struct Policy {
     pub(crate) late_topic: Option<String>,
     /// Call `on_window_updated` after every window update.
     pub(crate) window_updates: bool,
+    /// The JSON field of record values holding the event time, over the handler's.
+    pub(crate) event_time_field: Option<Arc<str>>,
 }
 
 /// The partition's clock for one batch.
@@ -435,7 +437,12 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
                 }
             }
             writes.savepoint();
-            let record_clock = (watermark, clock.now_ms, self.policy.window_updates);
+            let record_clock = RecordClock {
+                watermark,
+                now_ms: clock.now_ms,
+                window_updates: self.policy.window_updates,
+                event_time_field: self.policy.event_time_field.as_deref(),
+            };
             match run_record(&*self.handler, store, &mut writes, msg, record_clock).await {
                 Ok(time) => {
                     if time.late && !time.counted {
@@ -632,14 +639,22 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
     }
 }
 
-/// Decodes and processes one record with the partition's `(watermark, wall clock, whether
-/// every window update is reported)`; returns its time and what its window updates found.
+/// What a record's processing needs of the partition's clock.
+struct RecordClock<'a> {
+    watermark: Option<i64>,
+    now_ms: i64,
+    /// Whether every window update is reported.
+    window_updates: bool,
+    event_time_field: Option<&'a str>,
+}
+
+/// Decodes and processes one record; returns its time and what its window updates found.
 async fn run_record<H: Process>(
     handler: &H,
     store: &PartitionStore,
     writes: &mut WriteSet,
     msg: &Inbound,
-    (watermark, now, window_updates): (Option<i64>, i64, bool),
+    clock: RecordClock<'_>,
 ) -> Result<RecordTime, BoxError> {
     let undecodable = |part, raw: Option<&[u8]>, error| UndecodableRecord {
         part,
@@ -650,10 +665,13 @@ async fn run_record<H: Process>(
         .map_err(|e| undecodable("value", msg.payload(), e))?;
     let key = <H::Key as Codec>::decode(msg.key()).map_err(|e| undecodable("key", msg.key(), e))?;
     let record = Record::new(msg, key, value);
-    let event_time = <H as Handler>::event_time(&record)
-        .or(watermark)
-        .unwrap_or(now);
-    let mut time = RecordTime::new(event_time, watermark, window_updates);
+    let event_time = clock
+        .event_time_field
+        .and_then(|field| time::json_field_ms(msg.payload()?, field))
+        .or_else(|| <H as Handler>::event_time(&record))
+        .or(clock.watermark)
+        .unwrap_or(clock.now_ms);
+    let mut time = RecordTime::new(event_time, clock.watermark, clock.window_updates);
     let mut ctx = Ctx::new(store, writes, Source::Record(msg), &mut time);
     caught(handler.process(record, &mut ctx)).await?;
     let updated = time.updated.take().unwrap_or_default();

@@ -329,6 +329,49 @@ fn user_tag(key_json: &str) -> String {
     format!("u|{key_json}")
 }
 
+/// The top-level `field` of the JSON object `payload` as milliseconds: a whole number, or a
+/// string of digits; `None` when the payload is no object or the field is missing or neither.
+pub(crate) fn json_field_ms(payload: &[u8], field: &str) -> Option<i64> {
+    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+
+    struct Field<'f>(&'f str);
+
+    impl<'de> Visitor<'de> for Field<'_> {
+        type Value = Option<serde_json::Value>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut found = None;
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                if found.is_none() && key == self.0 {
+                    found = Some(map.next_value::<serde_json::Value>()?);
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(found)
+        }
+    }
+
+    impl<'de> DeserializeSeed<'de> for Field<'_> {
+        type Value = Option<serde_json::Value>;
+
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+
+    let mut de = serde_json::Deserializer::from_slice(payload);
+    match Field(field).deserialize(&mut de).ok()?? {
+        serde_json::Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
+        serde_json::Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
 /// The partition's committed-or-pending watermark.
 pub(crate) fn watermark(store: &PartitionStore, writes: &WriteSet) -> Result<Option<i64>> {
     Ok(store.get_through(writes, TIME_STORE, WATERMARK_KEY)?)
@@ -758,6 +801,21 @@ mod tests {
             at(30_000),
             vec![w(30_000, 60_000), w(20_000, 50_000), w(10_000, 40_000)]
         );
+    }
+
+    #[test]
+    fn the_event_time_field_is_read_from_json_objects() {
+        let ms = |json: &str| json_field_ms(json.as_bytes(), "ts_ms");
+        assert_eq!(
+            ms(r#"{"page":"/","ts_ms":1700000000123,"n":[1,{"ts_ms":2}]}"#),
+            Some(1_700_000_000_123)
+        );
+        assert_eq!(ms(r#"{"ts_ms":"42"}"#), Some(42));
+        assert_eq!(ms(r#"{"ts_ms":12.9}"#), Some(12));
+        assert_eq!(ms(r#"{"other":1}"#), None);
+        assert_eq!(ms(r#"{"ts_ms":null}"#), None);
+        assert_eq!(ms("[1,2]"), None);
+        assert_eq!(ms("not json"), None);
     }
 
     #[test]

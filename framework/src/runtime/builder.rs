@@ -180,6 +180,17 @@ impl WorkerBuilder {
         self
     }
 
+    /// Takes records' event time from the top-level field `name` of their JSON values
+    /// (milliseconds since the Unix epoch, a number or a string of digits) instead of the
+    /// handler's own (`WEIR_EVENT_TIME_FIELD`; by default the handler's, which is the
+    /// record's Kafka timestamp unless it says otherwise). A record without the field takes
+    /// the handler's event time.
+    pub fn event_time_field(mut self, name: &str) -> Self {
+        self.config.event_time_field = Some(name.to_owned());
+        self.config.given("event_time_field");
+        self
+    }
+
     /// Where late records go: records whose windows are all closed (`WEIR_LATE_TOPIC`,
     /// default `{topic}.late`, where `{topic}` is the source topic). `None` drops them; they
     /// are counted in `weir_late_records_total` and logged either way.
