@@ -86,14 +86,39 @@ async fn pageviews_contract(kind: BrokerKind) {
         produced.push(views[8].clone());
         broker.produce(&topic, Some(p as i32), views).await;
     }
-    let worker = RunningWorker::spawn(
-        broker
-            .worker(&group, &topic, dir.path())
-            .build(PageViews)
-            .expect("build"),
-    );
+    let worker = broker
+        .worker(&group, &topic, dir.path())
+        .metrics_addr("127.0.0.1:0")
+        .build(PageViews)
+        .expect("build");
+    let addr = worker.metrics_addr().expect("metrics address");
+    let worker = RunningWorker::spawn(worker);
     let wanted: BTreeSet<String> = pages.iter().cloned().collect();
     let got = wait_results(&broker, &wanted, 4).await;
+    // Each partition's watermark is its largest event time, 131 s into the data.
+    let (_, body) = http_get(addr, "/metrics").await;
+    for p in ["0", "1"] {
+        let labels = [("topic", topic.as_str()), ("partition", p)];
+        assert_eq!(
+            sample(&body, "weir_partition_watermark_seconds", &labels),
+            Some((base + 131_000) as f64 / 1000.0),
+            "{body}"
+        );
+    }
+    assert_eq!(
+        sample(
+            &body,
+            "weir_late_records_total",
+            &[("topic", topic.as_str())]
+        ),
+        Some(2.0)
+    );
+    assert!(sample(
+        &body,
+        "weir_windows_closed_total",
+        &[("store", "per_minute")]
+    )
+    .is_some_and(|n| n >= 4.0));
     worker.stop_cleanly().await;
 
     // One result per page and closed minute: [0, 60 s) has 5 + 1 out-of-order view (20 s

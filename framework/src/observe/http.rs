@@ -97,7 +97,7 @@ type Column = (
     fn(&PartitionRow) -> Option<String>,
 );
 
-const PARTITION_COLUMNS: [Column; 8] = [
+const PARTITION_COLUMNS: [Column; 9] = [
     (
         CONSUMER_LAG,
         "High watermark minus the next offset to process (from SQLite).",
@@ -135,6 +135,11 @@ const PARTITION_COLUMNS: [Column; 8] = [
         PARTITION_PROCESSED,
         "Records committed since the partition was assigned to this worker.",
         |r| Some(r.processed.to_string()),
+    ),
+    (
+        PARTITION_WATERMARK_SECONDS,
+        "The partition's event-time watermark (largest event time seen), in seconds since the epoch.",
+        |r| r.event_watermark_ms.map(|w| format!("{:.3}", w as f64 / 1000.0)),
     ),
 ];
 

@@ -57,6 +57,8 @@ pub(crate) const PARTITION_UNREADABLE: &str = "weir_partition_unreadable";
 pub(crate) const CONSUMER_ERRORS_TOTAL: &str = "weir_consumer_errors_total";
 /// Records committed since the partition was assigned to this worker.
 pub(crate) const PARTITION_PROCESSED: &str = "weir_partition_processed";
+/// Gauge: a partition's event-time watermark, in seconds since the epoch.
+pub(crate) const PARTITION_WATERMARK_SECONDS: &str = "weir_partition_watermark_seconds";
 /// Counter: records whose windows were all closed (late), by topic.
 pub(crate) const LATE_RECORDS_TOTAL: &str = "weir_late_records_total";
 /// Counter: windows closed (and handed to `on_window_closed`), by store.

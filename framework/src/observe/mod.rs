@@ -28,6 +28,8 @@ pub(crate) struct PartitionRow {
     pub(crate) unreadable: Option<String>,
     /// Records committed since the partition was assigned to this worker.
     pub(crate) processed: u64,
+    /// The partition's event-time watermark (ms since the epoch), once it has one.
+    pub(crate) event_watermark_ms: Option<i64>,
 }
 
 /// The worker as the endpoint and the progress log see it.

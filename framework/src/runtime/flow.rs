@@ -39,6 +39,8 @@ pub(crate) struct PartitionFlow {
     oldest_pending_ms: AtomicI64,
     /// Records committed since the partition was assigned here.
     processed: AtomicU64,
+    /// The partition's committed event-time watermark (ms); `i64::MIN` while it has none.
+    event_watermark_ms: AtomicI64,
     /// The offset after the last record handed over by the consumer (where fetching stands);
     /// -1 while none was.
     fetched_to: AtomicI64,
@@ -70,6 +72,7 @@ impl PartitionFlow {
             low_watermark: AtomicI64::new(-1),
             oldest_pending_ms: AtomicI64::new(0),
             processed: AtomicU64::new(0),
+            event_watermark_ms: AtomicI64::new(i64::MIN),
             fetched_to: AtomicI64::new(next_offset.unwrap_or(-1)),
             last_delivery_ms: AtomicI64::new(now_ms()),
             unreadable: Mutex::new(None),
@@ -213,6 +216,12 @@ impl PartitionFlow {
         self.oldest_pending_ms.store(0, Ordering::Relaxed);
     }
 
+    /// The partition's event-time watermark as committed.
+    pub(crate) fn set_event_watermark(&self, watermark: Option<i64>) {
+        self.event_watermark_ms
+            .store(watermark.unwrap_or(i64::MIN), Ordering::Relaxed);
+    }
+
     /// Everything before `next` is committed and its outbox acknowledged: Kafka may be told.
     pub(crate) fn set_committed(&self, next: i64) {
         self.committed.store(next, Ordering::SeqCst);
@@ -261,6 +270,8 @@ impl PartitionFlow {
             restoring: self.is_restoring(),
             unreadable: self.unreadable().clone(),
             processed: self.processed.load(Ordering::Relaxed),
+            event_watermark_ms: Some(self.event_watermark_ms.load(Ordering::Relaxed))
+                .filter(|w| *w != i64::MIN),
         }
     }
 }

@@ -301,6 +301,7 @@ impl<H: Process> PartitionTask<H> {
             .and_then(|w| Ok((w, time::next_wall_timer(store)?)));
         match read {
             Ok((watermark, next_wall_timer)) => {
+                self.flow.set_event_watermark(watermark);
                 self.idle.watermark = watermark;
                 self.idle.next_wall_timer = next_wall_timer;
             }
