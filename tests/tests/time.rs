@@ -645,3 +645,96 @@ async fn windows_stay_exact_under_sigkills(kind: BrokerKind) {
 }
 
 on_both_brokers!(windows_under_sigkills, windows_stay_exact_under_sigkills);
+
+/// A window closed in state whose result the broker has not acknowledged when the worker
+/// dies: the next run sends the same result (mock: Produce errors injected hold the
+/// acknowledgement back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_closed_windows_result_is_sent_again_after_a_crash_before_its_acknowledgement() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let Fixture {
+        broker,
+        topic,
+        group,
+        dir,
+    } = Fixture::new(BrokerKind::Mock, "pv-unacked", 1).await;
+    broker.ensure_topic(OUTPUT_TOPIC, 2).await;
+    broker.create_one_topic(&format!("{topic}.late"), 1).await;
+    let page = format!("/crash{}", unique(""));
+    let base = 3_000 * MIN;
+    broker
+        .produce(
+            &topic,
+            Some(0),
+            [1, 2, 71].map(|s| view(&page, base + s * 1_000)),
+        )
+        .await;
+    let mock = broker.embedded().expect("mock");
+    mock.inject_request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 10_000],
+    )
+    .expect("inject");
+    let worker = RunningWorker::spawn(
+        broker
+            .worker(&group, &topic, dir.path())
+            .build(PageViews)
+            .expect("build"),
+    );
+    // The batch is committed: the first minute is closed in state (only the second is
+    // open) and its result waits in the outbox.
+    let path = dir.path().join(&group).join(&topic).join("0.sqlite");
+    wait_until(
+        "the window closed in state",
+        Duration::from_secs(60),
+        || {
+            let seen = StoreReader::open(&path).ok().map(|s| {
+                let open: Vec<((String, i64), u64)> = s.entries("per_minute").unwrap_or_default();
+                (s.next_offset(&topic, 0).ok().flatten(), open)
+            });
+            let pending = weir_state::PartitionStore::open(&path)
+                .ok()
+                .and_then(|s| s.pending_outbox(10).ok())
+                .map_or(0, |rows| rows.len());
+            let page = page.clone();
+            async move {
+                match seen {
+                    Some((Some(3), open))
+                        if open == vec![((page, base + MIN), 1)] && pending > 0 =>
+                    {
+                        Ok(())
+                    }
+                    other => Err(format!("store {other:?}, outbox rows {pending}")),
+                }
+            }
+        },
+    )
+    .await;
+    worker.crash().await;
+    let wanted: BTreeSet<String> = [page.clone()].into_iter().collect();
+    assert!(
+        results_for(&broker, &wanted).await.is_empty(),
+        "nothing was acknowledged before the crash"
+    );
+    mock.clear_request_errors(RDKafkaApiKey::Produce)
+        .expect("clear");
+    let worker = RunningWorker::spawn(
+        broker
+            .worker(&group, &topic, dir.path())
+            .build(PageViews)
+            .expect("build"),
+    );
+    let got = wait_results(&broker, &wanted, 1).await;
+    worker.stop_cleanly().await;
+    let results: Vec<PageViewsPerMinute> = got.into_iter().map(|(_, r)| r).collect();
+    assert_eq!(
+        results,
+        vec![PageViewsPerMinute {
+            page: page.clone(),
+            window_start_ms: base,
+            window_end_ms: base + MIN,
+            views: 2,
+        }],
+        "the result as committed, once the broker takes it"
+    );
+}

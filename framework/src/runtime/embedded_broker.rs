@@ -30,6 +30,10 @@ enum Command {
         errors: Vec<RDKafkaRespErr>,
         reply: Reply,
     },
+    ClearRequestErrors {
+        api: RDKafkaApiKey,
+        reply: Reply,
+    },
     PartitionLeader {
         topic: String,
         partition: i32,
@@ -89,6 +93,10 @@ impl EmbeddedBroker {
                         Command::BrokerUp { broker, reply } => (cluster.broker_up(broker), reply),
                         Command::RequestErrors { api, errors, reply } => {
                             cluster.request_errors(api, &errors);
+                            (Ok(()), reply)
+                        }
+                        Command::ClearRequestErrors { api, reply } => {
+                            cluster.clear_request_errors(api);
                             (Ok(()), reply)
                         }
                         Command::PartitionLeader {
@@ -170,6 +178,12 @@ impl EmbeddedBroker {
         let errors = errors.to_vec();
         self.call(|reply| Command::RequestErrors { api, errors, reply })
             .map_err(|e| Error::Embedded(format!("request errors: {e}")))
+    }
+
+    /// Drops the injected errors of kind `api` not used yet.
+    pub fn clear_request_errors(&self, api: RDKafkaApiKey) -> Result<()> {
+        self.call(|reply| Command::ClearRequestErrors { api, reply })
+            .map_err(|e| Error::Embedded(format!("clear request errors: {e}")))
     }
 
     /// Makes broker `broker` (1-based) the leader of `topic`/`partition`.
