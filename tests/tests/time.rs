@@ -239,6 +239,7 @@ async fn idle_partition_closes_by_wall_clock(kind: BrokerKind) {
     } = Fixture::new(kind, "idle", 2).await;
     let out = format!("{topic}-closed");
     broker.create_one_topic(&out, 2).await;
+    broker.create_one_topic(&format!("{topic}.late"), 2).await;
     let base = 5_000_000;
     broker
         .produce(
@@ -283,6 +284,96 @@ on_both_brokers!(
     idle_partition_closes_windows,
     idle_partition_closes_by_wall_clock
 );
+
+/// Sessions per key (gap 1 s, grace 2 s) over event time in the value, as text; each closed
+/// session goes to `<topic>-sessions` as `key start end count`.
+#[derive(Handler)]
+#[handler(
+    key = Utf8,
+    value = Utf8,
+    window(Visits, key = String, value = u64, gap_ms = 1000, grace_ms = 2000)
+)]
+struct SessionCount {
+    out: String,
+}
+
+/// [`SessionCount`] with event time from the value.
+struct TimedSessions(SessionCount);
+
+impl Handler for TimedSessions {
+    type Key = Utf8;
+    type Value = Utf8;
+
+    fn settings() -> weir::HandlerSettings {
+        SessionCount::settings()
+    }
+
+    fn event_time(record: &Record<'_, ValueOf<Self>, KeyOf<Self>>) -> Option<i64> {
+        record.value().parse().ok()
+    }
+}
+
+impl Process for TimedSessions {
+    type Error = weir::Error;
+
+    async fn process(&self, r: Record<'_, String, String>, ctx: &mut Ctx<'_>) -> weir::Result<()> {
+        ctx.window::<Visits>()
+            .add_session(r.key(), |n| n.unwrap_or(0) + 1, |a, b| a + b)?;
+        Ok(())
+    }
+
+    async fn on_window_closed(&self, closed: WindowResult, ctx: &mut Ctx<'_>) -> weir::Result<()> {
+        if let Some((key, n)) = closed.get::<Visits>()? {
+            let w = closed.window();
+            let line = format!("{key} {} {} {n}", w.start_ms, w.end_ms);
+            ctx.emit(&self.0.out, Some(key.as_bytes()), line.as_bytes(), &[]);
+        }
+        Ok(())
+    }
+}
+
+async fn sessions_merge_and_split(kind: BrokerKind) {
+    let Fixture {
+        broker,
+        topic,
+        group,
+        dir,
+    } = Fixture::new(kind, "sessions", 1).await;
+    let out = format!("{topic}-sessions");
+    broker.create_one_topic(&out, 1).await;
+    broker.create_one_topic(&format!("{topic}.late"), 1).await;
+    // k: [1 s, 2 s) and [2.6 s, 3.6 s); 1.8 s bridges them into [1 s, 3.6 s); 5 s starts a
+    // new session (more than the gap after 2.6 s); j at 20 s moves the watermark past both.
+    let records = [
+        ("k", 1_000),
+        ("k", 2_600),
+        ("k", 1_800),
+        ("k", 5_000),
+        ("j", 20_000),
+    ]
+    .map(|(k, t)| (k.to_owned(), t.to_string()));
+    broker.produce(&topic, Some(0), records).await;
+    let worker = RunningWorker::spawn(
+        broker
+            .worker(&group, &topic, dir.path())
+            .build(TimedSessions(SessionCount { out: out.clone() }))
+            .expect("build"),
+    );
+    let got = broker.consume(&out, 2, Duration::from_secs(60)).await;
+    worker.stop_cleanly().await;
+    let lines: Vec<String> = got
+        .iter()
+        .map(|m| String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned())
+        .collect();
+    assert_eq!(lines, ["k 1000 3600 3", "k 5000 6000 1"]);
+    let store = StoreReader::open(&store_files(dir.path(), &group, &topic)[&0]).expect("open");
+    // Per key its open sessions: (start, end, count).
+    type Sessions = Vec<(i64, i64, u64)>;
+    let open: Vec<(String, Sessions)> = store.entries("visits").expect("entries");
+    assert_eq!(open, vec![("j".to_owned(), vec![(20_000, 21_000, 1)])]);
+}
+
+on_both_brokers!(sessions_on_a_broker, sessions_merge_and_split);
 
 /// Schedules an event-time timer one second after each record's time (its value) for the
 /// record's key; fired timers go to `<topic>-fired` as `key at`.

@@ -445,11 +445,12 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
             };
             match run_record(&*self.handler, store, &mut writes, msg, record_clock).await {
                 Ok(time) => {
-                    if time.late && !time.counted {
+                    if time.is_late() {
                         self.late(&mut writes, msg);
                     }
                     writes.release();
-                    watermark = Some(watermark.map_or(time.event_time, |w| w.max(time.event_time)));
+                    let t = time.event_time();
+                    watermark = Some(watermark.map_or(t, |w| w.max(t)));
                 }
                 Err(error) if delivery == Delivery::AtMostOnce => {
                     writes.rollback();
@@ -674,8 +675,7 @@ async fn run_record<H: Process>(
     let mut time = RecordTime::new(event_time, clock.watermark, clock.window_updates);
     let mut ctx = Ctx::new(store, writes, Source::Record(msg), &mut time);
     caught(handler.process(record, &mut ctx)).await?;
-    let updated = time.updated.take().unwrap_or_default();
-    for (name, key, window) in updated {
+    for (name, key, window) in time.take_updates() {
         let row = format!("[{key},{}]", window.start_ms);
         let value = match store.get_encoded_through(writes, name, &row)? {
             Some(v) => v,

@@ -66,13 +66,13 @@ impl<'a> Ctx<'a> {
     /// The record's event time in milliseconds since the Unix epoch (in a timer or window
     /// callback: the time it was due).
     pub fn event_time(&self) -> i64 {
-        self.time.event_time
+        self.time.event_time()
     }
 
     /// The partition's watermark before this record: the largest event time seen on the
     /// partition (`None` before the first record).
     pub fn watermark(&self) -> Option<i64> {
-        self.time.watermark
+        self.time.watermark()
     }
 
     /// The window store `W`, to fold this record into its windows.

@@ -1,0 +1,33 @@
+//! Event time: the partition's watermark, the time of the record being processed, window
+//! stores and timers.
+//!
+//! Everything time keeps lives in the partition's keyed state under reserved store names, so
+//! it commits in the batch's transaction, is cached, and moves with the changelog like any
+//! store:
+//!
+//! | store | key | value |
+//! | --- | --- | --- |
+//! | `__weir_time` | `"watermark"` | the partition's watermark (ms) |
+//! | `__weir_timers` | `"<e or c><time, sortable>\|<what>"` | what is due: a window to close or a user timer |
+//! | a window store (`W::NAME`) | `[key, start_ms]` (tumbling, hopping) or `key` (session) | the aggregate (session: `[[start, end, aggregate], ...]`) |
+//!
+//! `clock` holds the watermark and a record's time, `timers` the timer store, `windows` the
+//! window stores (built on timers).
+
+mod clock;
+mod timers;
+mod windows;
+
+pub(crate) use clock::{json_field_ms, set_watermark, watermark, RecordTime};
+pub(crate) use timers::{cancel, due_timers, next_wall_timer, schedule, Due, TIMERS};
+pub use timers::{FiredTimer, TimerAt};
+pub(crate) use windows::take_window;
+pub use windows::{Window, WindowDef, WindowResult, WindowState, Windows};
+
+/// A codec error of a time store.
+fn codec_err(store: &str, source: serde_json::Error) -> crate::Error {
+    crate::Error::State(weir_state::Error::Codec {
+        store: store.to_owned(),
+        source,
+    })
+}
