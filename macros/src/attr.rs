@@ -184,40 +184,14 @@ impl HandlerAttrs {
                     "value" => value.set(&mut errors, ident.span(), meta.value()?.parse::<Type>()?),
                     "store" => {
                         if let Some(store) = parse_store(&meta, &ident, &mut errors)? {
-                            let clash = stores
-                                .iter()
-                                .map(|s| (&s.ident, &s.name))
-                                .chain(windows.iter().map(|w| (&w.ident, &w.name)))
-                                .find(|(i, n)| **i == store.ident || **n == store.name);
-                            if let Some((prev, _)) = clash {
-                                errors.at(
-                                    store.ident.span(),
-                                    format!(
-                                        "store `{}` is declared twice (first as `{}`)",
-                                        store.name, prev
-                                    ),
-                                );
-                            } else {
+                            if unique_store(&mut errors, &stores, &windows, (&store.ident, &store.name)) {
                                 stores.push(store);
                             }
                         }
                     }
                     "window" => {
                         if let Some(window) = parse_window(&meta, &ident, &mut errors)? {
-                            let clash = windows
-                                .iter()
-                                .map(|w| (&w.ident, &w.name))
-                                .chain(stores.iter().map(|s| (&s.ident, &s.name)))
-                                .find(|(i, n)| **i == window.ident || **n == window.name);
-                            if let Some((prev, _)) = clash {
-                                errors.at(
-                                    window.ident.span(),
-                                    format!(
-                                        "store `{}` is declared twice (first as `{}`)",
-                                        window.name, prev
-                                    ),
-                                );
-                            } else {
+                            if unique_store(&mut errors, &stores, &windows, (&window.ident, &window.name)) {
                                 windows.push(window);
                             }
                         }
@@ -474,6 +448,31 @@ fn parse_store(
         key,
         value,
     }))
+}
+
+/// True if no store or window store declared so far has the type or name `(ident, name)`;
+/// else records the error.
+fn unique_store(
+    errors: &mut Errors,
+    stores: &[StoreAttr],
+    windows: &[WindowAttr],
+    (ident, name): (&Ident, &str),
+) -> bool {
+    let clash = stores
+        .iter()
+        .map(|s| (&s.ident, &s.name))
+        .chain(windows.iter().map(|w| (&w.ident, &w.name)))
+        .find(|(i, n)| *i == ident || n.as_str() == name);
+    match clash {
+        Some((prev, _)) => {
+            errors.at(
+                ident.span(),
+                format!("store `{name}` is declared twice (first as `{prev}`)"),
+            );
+            false
+        }
+        None => true,
+    }
 }
 
 fn parse_window(

@@ -907,6 +907,22 @@ impl RunningWorker {
     }
 }
 
+/// Waits until `done()` (records processed, as the test counts them) reaches `want`; past
+/// `timeout` panics with the last count.
+pub async fn wait_processed(timeout: Duration, want: i64, mut done: impl FnMut() -> i64) {
+    wait_until("records processed", timeout, || {
+        let done = done();
+        async move {
+            if done >= want {
+                Ok(())
+            } else {
+                Err(format!("{done} of {want} processed"))
+            }
+        }
+    })
+    .await;
+}
+
 /// Every record of `topic` (with `partitions` partitions), read from the beginning to its end
 /// (a partition EOF: tansu's ListOffsets answer can be short of the end, a fetch response's
 /// high watermark is not); panics after 60 s.

@@ -247,21 +247,7 @@ async fn three_workers_with_own_state_dirs_survive_sigkills() {
     let mut emptied = 0;
     for round in 1..=rounds {
         let want = (records_n * round / (rounds + 2)) as i64;
-        wait_until(
-            "the workers to reach the kill point",
-            Duration::from_secs(180),
-            || {
-                let done = cluster.processed();
-                async move {
-                    if done >= want {
-                        Ok(())
-                    } else {
-                        Err(format!("{done} of {want} processed"))
-                    }
-                }
-            },
-        )
-        .await;
+        wait_processed(Duration::from_secs(180), want, || cluster.processed()).await;
         let victim = rng.next(WORKERS);
         cluster.kill(victim);
         let at = cluster.processed();

@@ -633,17 +633,7 @@ async fn windows_stay_exact_under_sigkills(kind: BrokerKind) {
     let rounds = 3;
     for round in 1..=rounds {
         let want = total * round / (rounds + 2);
-        wait_until("the kill point", Duration::from_secs(120), || {
-            let done = processed();
-            async move {
-                if done >= want {
-                    Ok(())
-                } else {
-                    Err(format!("{done} of {want} processed"))
-                }
-            }
-        })
-        .await;
+        wait_processed(Duration::from_secs(120), want, processed).await;
         worker.kill();
         let at = processed();
         assert!(at < total, "round {round}: the kill came after the end");
@@ -655,17 +645,7 @@ async fn windows_stay_exact_under_sigkills(kind: BrokerKind) {
         }
         worker = start(&mut starts);
     }
-    wait_until("every view processed", Duration::from_secs(180), || {
-        let done = processed();
-        async move {
-            if done == total {
-                Ok(())
-            } else {
-                Err(format!("{done} of {total} processed"))
-            }
-        }
-    })
-    .await;
+    wait_processed(Duration::from_secs(180), total, processed).await;
     worker.stop();
 
     // Every closed window's result at least once; copies identical.

@@ -235,26 +235,23 @@ impl Config {
                 check(self).map_err(|m| invalid(s.name, m))?;
             }
         }
+        // Topics a worker writes its input's records to: valid names, not consumed again.
+        let outputs = [
+            (
+                "dead_letter_topic",
+                "dead letters",
+                Self::dead_letter_topic_of as fn(&Self, &str) -> Option<String>,
+            ),
+            ("late_topic", "late records", Self::late_topic_of),
+        ];
         for topic in &self.topics {
-            if let Some(dl) = self.dead_letter_topic_of(topic) {
-                validate_topic_name(&dl)
-                    .map_err(|m| invalid("dead_letter_topic", format!("{dl:?}: {m}")))?;
-                if self.topics.contains(&dl) {
+            for (setting, what, of) in outputs {
+                let Some(out) = of(self, topic) else { continue };
+                validate_topic_name(&out).map_err(|m| invalid(setting, format!("{out:?}: {m}")))?;
+                if self.topics.contains(&out) {
                     return Err(invalid(
-                        "dead_letter_topic",
-                        format!("{dl:?} is also consumed: dead letters would be processed again"),
-                    ));
-                }
-            }
-        }
-        for topic in &self.topics {
-            if let Some(late) = self.late_topic_of(topic) {
-                validate_topic_name(&late)
-                    .map_err(|m| invalid("late_topic", format!("{late:?}: {m}")))?;
-                if self.topics.contains(&late) {
-                    return Err(invalid(
-                        "late_topic",
-                        format!("{late:?} is also consumed: late records would be processed again"),
+                        setting,
+                        format!("{out:?} is also consumed: {what} would be processed again"),
                     ));
                 }
             }
@@ -339,6 +336,39 @@ mod tests {
             .expect("valid");
         assert_eq!(c.dead_letter_topic, None);
         assert_eq!(c.dead_letter_topic_of("t"), None);
+    }
+
+    #[test]
+    fn late_topics_follow_their_source_and_are_never_consumed_again() {
+        let mut c = Config {
+            topics: vec!["views".into(), "views.late".into()],
+            ..Config::default()
+        };
+        assert_eq!(c.late_topic_of("views").as_deref(), Some("views.late"));
+        let err = c.validate().expect_err("the late topic is also an input");
+        assert!(
+            err.to_string().contains("late_topic (WEIR_LATE_TOPIC)")
+                && err
+                    .to_string()
+                    .contains("late records would be processed again"),
+            "{err}"
+        );
+        c.apply_env(env(&[
+            ("WEIR_LATE_TOPIC", ""),
+            ("WEIR_IDLE_CLOSE_AFTER_MS", "1500"),
+        ]))
+        .expect("valid");
+        assert_eq!(c.late_topic_of("views"), None);
+        assert_eq!(c.idle_close_after, Some(Duration::from_millis(1500)));
+        c.validate()
+            .expect("late records dropped: nothing to check");
+        let err = Config::default()
+            .apply_env(env(&[("WEIR_IDLE_CLOSE_AFTER_MS", "soon")]))
+            .expect_err("not a number");
+        assert!(
+            err.to_string().contains("WEIR_IDLE_CLOSE_AFTER_MS"),
+            "{err}"
+        );
     }
 
     #[test]
