@@ -20,6 +20,23 @@ pub mod header {
     pub const FAILED_AT_MS: &str = "weir.failed_at_ms";
     /// On dead letters: why (`failed`, `undecodable`, `follows-dead-letter`).
     pub const REASON: &str = "weir.reason";
+
+    /// The `weir.source.*` headers of a record produced because of record `offset` of
+    /// `topic`/`partition` (no offset header when no single record caused it: a timer, a
+    /// closing window).
+    pub fn source(topic: &str, partition: i32, offset: Option<i64>) -> Vec<(String, Vec<u8>)> {
+        let mut out = vec![
+            (SOURCE_TOPIC.to_owned(), topic.as_bytes().to_vec()),
+            (
+                SOURCE_PARTITION.to_owned(),
+                partition.to_string().into_bytes(),
+            ),
+        ];
+        if let Some(offset) = offset {
+            out.push((SOURCE_OFFSET.to_owned(), offset.to_string().into_bytes()));
+        }
+        out
+    }
 }
 
 /// The store name of the changelog entry that carries a batch's next offset (its value).

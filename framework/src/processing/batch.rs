@@ -514,20 +514,11 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
             .headers()
             .map(|(k, v)| (k.to_owned(), v.unwrap_or_default().to_vec()))
             .collect();
-        headers.extend([
-            (
-                header::SOURCE_TOPIC.to_owned(),
-                msg.topic().as_bytes().to_vec(),
-            ),
-            (
-                header::SOURCE_PARTITION.to_owned(),
-                msg.partition().to_string().into_bytes(),
-            ),
-            (
-                header::SOURCE_OFFSET.to_owned(),
-                msg.offset().to_string().into_bytes(),
-            ),
-        ]);
+        headers.extend(header::source(
+            msg.topic(),
+            msg.partition(),
+            Some(msg.offset()),
+        ));
         writes.emit(OutboxRecord {
             topic: topic.clone(),
             partition: None,
@@ -676,41 +667,15 @@ async fn run_record<H: Process>(
     let mut ctx = Ctx::new(store, writes, Source::Record(msg), &mut time);
     caught(handler.process(record, &mut ctx)).await?;
     for (name, key, window) in time.take_updates() {
-        let row = format!("[{key},{}]", window.start_ms);
-        let value = match store.get_encoded_through(writes, name, &row)? {
-            Some(v) => v,
-            // A session: its aggregate is in the key's list of sessions (unless a later
-            // update of the same record merged it into another).
-            None => match session_value(store, writes, name, &key, window)? {
-                Some(v) => v,
-                None => continue,
-            },
+        // (A session a later update of the same record merged into another is gone.)
+        let Some(value) = time::window_value(store, writes, name, &key, window)? else {
+            continue;
         };
         let update = WindowResult::new(name.to_owned(), key, window, value);
         let mut ctx = Ctx::new(store, writes, Source::Record(msg), &mut time);
         caught(handler.on_window_updated(update, &mut ctx)).await?;
     }
     Ok(time)
-}
-
-/// The aggregate (JSON) of `key`'s session `window` in session store `name`.
-fn session_value(
-    store: &PartitionStore,
-    writes: &WriteSet,
-    name: &str,
-    key: &str,
-    window: Window,
-) -> Result<Option<String>, BoxError> {
-    let Some(list) = store.get_encoded_through(writes, name, key)? else {
-        return Ok(None);
-    };
-    let sessions: Vec<(i64, i64, serde_json::Value)> = serde_json::from_str(&list)?;
-    sessions
-        .into_iter()
-        .find(|(s, e, _)| *s == window.start_ms && *e == window.end_ms)
-        .map(|(_, _, v)| serde_json::to_string(&v))
-        .transpose()
-        .map_err(Into::into)
 }
 
 /// Runs a handler callback, turning its error or panic into a [`BoxError`].

@@ -137,22 +137,15 @@ impl<'a> Ctx<'a> {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), v.to_vec()))
             .collect();
-        all.extend([
-            (
-                header::SOURCE_TOPIC.to_owned(),
-                self.source.topic().as_bytes().to_vec(),
-            ),
-            (
-                header::SOURCE_PARTITION.to_owned(),
-                self.source.partition().to_string().into_bytes(),
-            ),
-        ]);
-        if let Source::Record(m) = self.source {
-            all.push((
-                header::SOURCE_OFFSET.to_owned(),
-                m.offset().to_string().into_bytes(),
-            ));
-        }
+        let offset = match self.source {
+            Source::Record(m) => Some(m.offset()),
+            Source::Time { .. } => None,
+        };
+        all.extend(header::source(
+            self.source.topic(),
+            self.source.partition(),
+            offset,
+        ));
         self.writes.emit(OutboxRecord {
             topic: topic.to_owned(),
             partition: None,

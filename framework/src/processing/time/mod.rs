@@ -21,7 +21,7 @@ mod windows;
 pub(crate) use clock::{json_field_ms, set_watermark, watermark, RecordTime};
 pub(crate) use timers::{cancel, due_timers, next_wall_timer, schedule, Due, TIMERS};
 pub use timers::{FiredTimer, TimerAt};
-pub(crate) use windows::take_window;
+pub(crate) use windows::{take_window, window_value};
 pub use windows::{Window, WindowDef, WindowResult, WindowState, Windows};
 
 /// A codec error of a time store.

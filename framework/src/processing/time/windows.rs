@@ -372,6 +372,58 @@ impl<'c, W: WindowDef> WindowState<'c, W> {
     }
 }
 
+/// Where a window's aggregate is, as the batch sees it.
+enum Stored {
+    /// A tumbling or hopping window's own row (`[key, start]`) and its JSON value.
+    Row { row: String, value: String },
+    /// A session store's row of `key`: its sessions, the window's at `index`.
+    Session {
+        sessions: Vec<(i64, i64, serde_json::Value)>,
+        index: usize,
+    },
+}
+
+/// Finds `window` of the key `key_json` (JSON) in window store `name`.
+fn stored(
+    store: &PartitionStore,
+    writes: &WriteSet,
+    name: &str,
+    key_json: &str,
+    window: Window,
+) -> Result<Option<Stored>> {
+    let row = format!("[{key_json},{}]", window.start_ms);
+    if let Some(value) = store.get_encoded_through(writes, name, &row)? {
+        return Ok(Some(Stored::Row { row, value }));
+    }
+    let Some(list) = store.get_encoded_through(writes, name, key_json)? else {
+        return Ok(None);
+    };
+    let sessions: Vec<(i64, i64, serde_json::Value)> =
+        serde_json::from_str(&list).map_err(|e| codec_err(name, e))?;
+    Ok(sessions
+        .iter()
+        .position(|(s, e, _)| *s == window.start_ms && *e == window.end_ms)
+        .map(|index| Stored::Session { sessions, index }))
+}
+
+/// The aggregate (JSON) of `window` of the key `key_json` in window store `name`; `None` if it
+/// is not (or no longer) open.
+pub(crate) fn window_value(
+    store: &PartitionStore,
+    writes: &WriteSet,
+    name: &str,
+    key_json: &str,
+    window: Window,
+) -> Result<Option<String>> {
+    match stored(store, writes, name, key_json, window)? {
+        None => Ok(None),
+        Some(Stored::Row { value, .. }) => Ok(Some(value)),
+        Some(Stored::Session { sessions, index }) => Ok(Some(
+            serde_json::to_string(&sessions[index].2).map_err(|e| codec_err(name, e))?,
+        )),
+    }
+}
+
 /// Takes a due window out of its store: its aggregate (JSON), deleted in the batch. `None` if
 /// the window is gone already.
 pub(crate) fn take_window(
@@ -381,33 +433,28 @@ pub(crate) fn take_window(
     key_json: &str,
     window: Window,
 ) -> Result<Option<String>> {
-    let row = format!("[{key_json},{}]", window.start_ms);
-    if let Some(value) = store.get_encoded_through(writes, name, &row)? {
-        writes.put_encoded(name, &row, None);
-        return Ok(Some(value));
+    match stored(store, writes, name, key_json, window)? {
+        None => Ok(None),
+        Some(Stored::Row { row, value }) => {
+            writes.put_encoded(name, &row, None);
+            Ok(Some(value))
+        }
+        Some(Stored::Session {
+            mut sessions,
+            index,
+        }) => {
+            let (_, _, value) = sessions.remove(index);
+            if sessions.is_empty() {
+                writes.put_encoded(name, key_json, None);
+            } else {
+                let rest = serde_json::to_string(&sessions).map_err(|e| codec_err(name, e))?;
+                writes.put_encoded(name, key_json, Some(&rest));
+            }
+            Ok(Some(
+                serde_json::to_string(&value).map_err(|e| codec_err(name, e))?,
+            ))
+        }
     }
-    // A session store: the key's row holds its sessions.
-    let Some(list) = store.get_encoded_through(writes, name, key_json)? else {
-        return Ok(None);
-    };
-    let mut sessions: Vec<(i64, i64, serde_json::Value)> =
-        serde_json::from_str(&list).map_err(|e| codec_err(name, e))?;
-    let Some(i) = sessions
-        .iter()
-        .position(|(s, e, _)| *s == window.start_ms && *e == window.end_ms)
-    else {
-        return Ok(None);
-    };
-    let (_, _, value) = sessions.remove(i);
-    if sessions.is_empty() {
-        writes.put_encoded(name, key_json, None);
-    } else {
-        let rest = serde_json::to_string(&sessions).map_err(|e| codec_err(name, e))?;
-        writes.put_encoded(name, key_json, Some(&rest));
-    }
-    Ok(Some(
-        serde_json::to_string(&value).map_err(|e| codec_err(name, e))?,
-    ))
 }
 
 /// A window's result, handed to [`Process::on_window_closed`](crate::Process::on_window_closed)
