@@ -34,10 +34,8 @@ pub(crate) struct HandlerAttrs {
 /// `window(Name, key = K, value = V, size_ms = N [, advance_ms = N] | gap_ms = N,
 /// grace_ms = N, name = "...")`.
 pub(crate) struct WindowAttr {
-    pub(crate) ident: Ident,
-    pub(crate) name: String,
-    pub(crate) key: Type,
-    pub(crate) value: Type,
+    /// Its type, name, key and value, as a store's.
+    pub(crate) store: StoreAttr,
     pub(crate) kind: WindowKind,
     pub(crate) grace_ms: u64,
 }
@@ -191,7 +189,7 @@ impl HandlerAttrs {
                     }
                     "window" => {
                         if let Some(window) = parse_window(&meta, &ident, &mut errors)? {
-                            if unique_store(&mut errors, &stores, &windows, (&window.ident, &window.name)) {
+                            if unique_store(&mut errors, &stores, &windows, (&window.store.ident, &window.store.name)) {
                                 windows.push(window);
                             }
                         }
@@ -389,26 +387,72 @@ fn check_topic(errors: &mut Errors, lit: &LitStr) {
     }
 }
 
+/// A declaration's numeric settings: (setting, its literal).
+type Numbers = Vec<(Ident, LitInt)>;
+
+/// How a `store(...)` or `window(...)` declaration reads, for its messages.
+struct Form {
+    /// The attribute's keyword.
+    kw: &'static str,
+    /// What it declares.
+    noun: &'static str,
+    /// Its shape, for a misplaced entry.
+    shape: &'static str,
+    /// A complete example.
+    example: &'static str,
+    /// Its settings besides `key`, `value` and `name`: whole numbers of milliseconds.
+    numbers: &'static [&'static str],
+    /// Every setting, for an unknown one.
+    expected: &'static str,
+}
+
+const STORE: Form = Form {
+    kw: "store",
+    noun: "store",
+    shape: "StoreType, key = K, value = V",
+    example: "store(Totals, key = str, value = u64)",
+    numbers: &[],
+    expected: "key, value or name",
+};
+
+const WINDOW: Form = Form {
+    kw: "window",
+    noun: "window store",
+    shape: "WindowType, key = K, value = V, size_ms = N",
+    example: "window(PerMinute, key = String, value = u64, size_ms = 60000)",
+    numbers: &["size_ms", "advance_ms", "gap_ms", "grace_ms"],
+    expected: "key, value, size_ms, advance_ms, gap_ms, grace_ms or name",
+};
+
 fn parse_store(
     meta: &ParseNestedMeta<'_>,
     store_kw: &Ident,
     errors: &mut Errors,
 ) -> syn::Result<Option<StoreAttr>> {
+    Ok(parse_declared(meta, store_kw, errors, &STORE)?.map(|(store, _)| store))
+}
+
+/// Parses `Type, key = K, value = V, name = "..."` and the form's numbers; `None` (with the
+/// errors recorded) when the type, key or value is missing.
+fn parse_declared(
+    meta: &ParseNestedMeta<'_>,
+    kw: &Ident,
+    errors: &mut Errors,
+    form: &Form,
+) -> syn::Result<Option<(StoreAttr, Numbers)>> {
     let mut ident: Option<Ident> = None;
     let mut name: Option<LitStr> = None;
     let mut key: Option<Type> = None;
     let mut value: Option<Type> = None;
+    let mut numbers: Numbers = Vec::new();
     meta.parse_nested_meta(|inner| {
         let Some(id) = inner.path.get_ident().cloned() else {
-            errors.at(
-                inner.path.span(),
-                "expected `StoreType, key = K, value = V`",
-            );
+            errors.at(inner.path.span(), format!("expected `{}`", form.shape));
             return skip_value(&inner);
         };
         if !inner.input.peek(Token![=]) {
             if ident.is_some() {
-                errors.at(id.span(), "a store has one type name");
+                errors.at(id.span(), format!("a {} has one type name", form.noun));
             }
             ident = Some(id);
             return Ok(());
@@ -417,10 +461,31 @@ fn parse_store(
             "key" => key = Some(inner.value()?.parse()?),
             "value" => value = Some(inner.value()?.parse()?),
             "name" => name = Some(inner.value()?.parse()?),
+            n if form.numbers.contains(&n) => {
+                let lit: LitInt = inner.value()?.parse()?;
+                let zero_ok = n == "grace_ms";
+                match lit.base10_parse::<u64>() {
+                    Ok(v) if v > 0 || zero_ok => {}
+                    _ => errors.at(
+                        lit.span(),
+                        format!(
+                            "`{id}` must be a whole number of milliseconds{}",
+                            if zero_ok { "" } else { " greater than 0" }
+                        ),
+                    ),
+                }
+                if numbers.iter().any(|(n, _)| *n == id) {
+                    errors.at(id.span(), format!("duplicate `{id}` in {}(...)", form.kw));
+                }
+                numbers.push((id, lit));
+            }
             other => {
                 errors.at(
                     id.span(),
-                    format!("unknown store setting `{other}`; expected key, value or name"),
+                    format!(
+                        "unknown {} setting `{other}`; expected {}",
+                        form.kw, form.expected
+                    ),
                 );
                 return skip_value(&inner);
             }
@@ -429,25 +494,31 @@ fn parse_store(
     })?;
     let Some(ident) = ident else {
         errors.at(
-            store_kw.span(),
-            "a store needs a type name: store(Totals, key = str, value = u64)",
+            kw.span(),
+            format!("a {} needs a type name: {}", form.noun, form.example),
         );
         return Ok(None);
     };
     let (Some(key), Some(value)) = (key, value) else {
         errors.at(
             ident.span(),
-            format!("store `{ident}` needs both `key = <type>` and `value = <type>`"),
+            format!(
+                "{} `{ident}` needs both `key = <type>` and `value = <type>`",
+                form.kw
+            ),
         );
         return Ok(None);
     };
     let name = name.map_or_else(|| snake_case(&ident.to_string()), |n| n.value());
-    Ok(Some(StoreAttr {
-        ident,
-        name,
-        key,
-        value,
-    }))
+    Ok(Some((
+        StoreAttr {
+            ident,
+            name,
+            key,
+            value,
+        },
+        numbers,
+    )))
 }
 
 /// True if no store or window store declared so far has the type or name `(ident, name)`;
@@ -461,7 +532,7 @@ fn unique_store(
     let clash = stores
         .iter()
         .map(|s| (&s.ident, &s.name))
-        .chain(windows.iter().map(|w| (&w.ident, &w.name)))
+        .chain(windows.iter().map(|w| (&w.store.ident, &w.store.name)))
         .find(|(i, n)| *i == ident || n.as_str() == name);
     match clash {
         Some((prev, _)) => {
@@ -480,55 +551,7 @@ fn parse_window(
     window_kw: &Ident,
     errors: &mut Errors,
 ) -> syn::Result<Option<WindowAttr>> {
-    let mut ident: Option<Ident> = None;
-    let mut name: Option<LitStr> = None;
-    let mut key: Option<Type> = None;
-    let mut value: Option<Type> = None;
-    // (setting, its literal)
-    let mut numbers: Vec<(Ident, LitInt)> = Vec::new();
-    meta.parse_nested_meta(|inner| {
-        let Some(id) = inner.path.get_ident().cloned() else {
-            errors.at(inner.path.span(), "expected `WindowType, key = K, value = V, size_ms = N`");
-            return skip_value(&inner);
-        };
-        if !inner.input.peek(Token![=]) {
-            if ident.is_some() {
-                errors.at(id.span(), "a window store has one type name");
-            }
-            ident = Some(id);
-            return Ok(());
-        }
-        match id.to_string().as_str() {
-            "key" => key = Some(inner.value()?.parse()?),
-            "value" => value = Some(inner.value()?.parse()?),
-            "name" => name = Some(inner.value()?.parse()?),
-            "size_ms" | "advance_ms" | "gap_ms" | "grace_ms" => {
-                let lit: LitInt = inner.value()?.parse()?;
-                let zero_ok = id == "grace_ms";
-                match lit.base10_parse::<u64>() {
-                    Ok(n) if n > 0 || zero_ok => {}
-                    _ => errors.at(lit.span(), format!("`{id}` must be a whole number of milliseconds{}", if zero_ok { "" } else { " greater than 0" })),
-                }
-                if numbers.iter().any(|(n, _)| *n == id) {
-                    errors.at(id.span(), format!("duplicate `{id}` in window(...)"));
-                }
-                numbers.push((id, lit));
-            }
-            other => {
-                errors.at(
-                    id.span(),
-                    format!("unknown window setting `{other}`; expected key, value, size_ms, advance_ms, gap_ms, grace_ms or name"),
-                );
-                return skip_value(&inner);
-            }
-        }
-        Ok(())
-    })?;
-    let Some(ident) = ident else {
-        errors.at(
-            window_kw.span(),
-            "a window store needs a type name: window(PerMinute, key = String, value = u64, size_ms = 60000)",
-        );
+    let Some((store, numbers)) = parse_declared(meta, window_kw, errors, &WINDOW)? else {
         return Ok(None);
     };
     let number = |n: &str| {
@@ -561,24 +584,14 @@ fn parse_window(
             return Ok(None);
         }
         (None, None, None) => {
+            let ident = &store.ident;
             errors.at(ident.span(), format!("window `{ident}` needs `size_ms = N` (tumbling; with `advance_ms`, hopping) or `gap_ms = N` (session)"));
             return Ok(None);
         }
     };
-    let (Some(key), Some(value)) = (key, value) else {
-        errors.at(
-            ident.span(),
-            format!("window `{ident}` needs both `key = <type>` and `value = <type>`"),
-        );
-        return Ok(None);
-    };
     let grace_ms = number("grace_ms").map_or(0, |(_, g)| g);
-    let name = name.map_or_else(|| snake_case(&ident.to_string()), |n| n.value());
     Ok(Some(WindowAttr {
-        ident,
-        name,
-        key,
-        value,
+        store,
         kind,
         grace_ms,
     }))

@@ -50,9 +50,10 @@ pub(crate) fn handler(input: &DeriveInput, attrs: &HandlerAttrs) -> TokenStream 
             }
         }
     });
-    let window_names = attrs.windows.iter().map(|w| &w.name);
+    let window_names = attrs.windows.iter().map(|w| &w.store.name);
     let window_types = attrs.windows.iter().map(|w| {
-        let (wident, name, k, v, grace) = (&w.ident, &w.name, &w.key, &w.value, w.grace_ms);
+        let s = &w.store;
+        let (wident, name, k, v, grace) = (&s.ident, &s.name, &s.key, &s.value, w.grace_ms);
         let ms = |n: u64| quote!(::core::time::Duration::from_millis(#n));
         let (windows, what) = match w.kind {
             WindowKind::Tumbling { size_ms } => {

@@ -907,6 +907,21 @@ impl RunningWorker {
     }
 }
 
+/// How many times `needle` occurs in the files of `dir` (worker logs).
+pub fn count_in_logs(dir: &Path, needle: &str) -> usize {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|f| {
+            std::fs::read_to_string(f.path())
+                .unwrap_or_default()
+                .matches(needle)
+                .count()
+        })
+        .sum()
+}
+
 /// Waits until `done()` (records processed, as the test counts them) reaches `want`; past
 /// `timeout` panics with the last count.
 pub async fn wait_processed(timeout: Duration, want: i64, mut done: impl FnMut() -> i64) {

@@ -173,17 +173,10 @@ impl Cluster {
     }
 
     fn restores(&self) -> usize {
-        std::fs::read_dir(self.logs.path())
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|f| {
-                std::fs::read_to_string(f.path())
-                    .unwrap_or_default()
-                    .matches("partition store restored from its changelog")
-                    .count()
-            })
-            .sum()
+        count_in_logs(
+            self.logs.path(),
+            "partition store restored from its changelog",
+        )
     }
 }
 

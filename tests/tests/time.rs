@@ -285,6 +285,41 @@ on_both_brokers!(
     idle_partition_closes_by_wall_clock
 );
 
+/// Handler `H` (text keys and values) with each record's event time taken from its value,
+/// a number of milliseconds; the rest as `H` declares it.
+struct ValueTimed<H>(H);
+
+impl<H: Process + Handler<Key = Utf8, Value = Utf8>> Handler for ValueTimed<H> {
+    type Key = Utf8;
+    type Value = Utf8;
+
+    fn settings() -> weir::HandlerSettings {
+        H::settings()
+    }
+
+    fn event_time(record: &Record<'_, ValueOf<Self>, KeyOf<Self>>) -> Option<i64> {
+        record.value().parse().ok()
+    }
+}
+
+impl<H: Process<Error = weir::Error> + Handler<Key = Utf8, Value = Utf8>> Process
+    for ValueTimed<H>
+{
+    type Error = weir::Error;
+
+    async fn process(&self, r: Record<'_, String, String>, ctx: &mut Ctx<'_>) -> weir::Result<()> {
+        self.0.process(r, ctx).await
+    }
+
+    async fn on_window_closed(&self, closed: WindowResult, ctx: &mut Ctx<'_>) -> weir::Result<()> {
+        self.0.on_window_closed(closed, ctx).await
+    }
+
+    async fn on_timer(&self, timer: FiredTimer, ctx: &mut Ctx<'_>) -> weir::Result<()> {
+        self.0.on_timer(timer, ctx).await
+    }
+}
+
 /// Sessions per key (gap 1 s, grace 2 s) over event time in the value, as text; each closed
 /// session goes to `<topic>-sessions` as `key start end count`.
 #[derive(Handler)]
@@ -297,23 +332,7 @@ struct SessionCount {
     out: String,
 }
 
-/// [`SessionCount`] with event time from the value.
-struct TimedSessions(SessionCount);
-
-impl Handler for TimedSessions {
-    type Key = Utf8;
-    type Value = Utf8;
-
-    fn settings() -> weir::HandlerSettings {
-        SessionCount::settings()
-    }
-
-    fn event_time(record: &Record<'_, ValueOf<Self>, KeyOf<Self>>) -> Option<i64> {
-        record.value().parse().ok()
-    }
-}
-
-impl Process for TimedSessions {
+impl Process for SessionCount {
     type Error = weir::Error;
 
     async fn process(&self, r: Record<'_, String, String>, ctx: &mut Ctx<'_>) -> weir::Result<()> {
@@ -326,7 +345,7 @@ impl Process for TimedSessions {
         if let Some((key, n)) = closed.get::<Visits>()? {
             let w = closed.window();
             let line = format!("{key} {} {} {n}", w.start_ms, w.end_ms);
-            ctx.emit(&self.0.out, Some(key.as_bytes()), line.as_bytes(), &[]);
+            ctx.emit(&self.out, Some(key.as_bytes()), line.as_bytes(), &[]);
         }
         Ok(())
     }
@@ -356,7 +375,7 @@ async fn sessions_merge_and_split(kind: BrokerKind) {
     let worker = RunningWorker::spawn(
         broker
             .worker(&group, &topic, dir.path())
-            .build(TimedSessions(SessionCount { out: out.clone() }))
+            .build(ValueTimed(SessionCount { out: out.clone() }))
             .expect("build"),
     );
     let got = broker.consume(&out, 2, Duration::from_secs(60)).await;
@@ -401,30 +420,6 @@ impl Process for Reminders {
     }
 }
 
-/// Event time from the value; the rest as [`Reminders`].
-struct TimedReminders(Reminders);
-
-impl Handler for TimedReminders {
-    type Key = Utf8;
-    type Value = Utf8;
-
-    fn event_time(record: &Record<'_, ValueOf<Self>, KeyOf<Self>>) -> Option<i64> {
-        record.value().parse().ok()
-    }
-}
-
-impl Process for TimedReminders {
-    type Error = weir::Error;
-
-    async fn process(&self, r: Record<'_, String, String>, ctx: &mut Ctx<'_>) -> weir::Result<()> {
-        self.0.process(r, ctx).await
-    }
-
-    async fn on_timer(&self, timer: FiredTimer, ctx: &mut Ctx<'_>) -> weir::Result<()> {
-        self.0.on_timer(timer, ctx).await
-    }
-}
-
 async fn timers_fire_once_in_order_across_a_restart(kind: BrokerKind) {
     let Fixture {
         broker,
@@ -438,7 +433,7 @@ async fn timers_fire_once_in_order_across_a_restart(kind: BrokerKind) {
         RunningWorker::spawn(
             broker
                 .worker(&group, &topic, dir)
-                .build(TimedReminders(Reminders { out: out.clone() }))
+                .build(ValueTimed(Reminders { out: out.clone() }))
                 .expect("build"),
         )
     };
@@ -692,17 +687,7 @@ async fn windows_stay_exact_under_sigkills(kind: BrokerKind) {
             "p{p}: windows left open: {open:?}"
         );
     }
-    let restores: usize = std::fs::read_dir(logs.path())
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|f| {
-            std::fs::read_to_string(f.path())
-                .unwrap_or_default()
-                .matches("restored from its changelog")
-                .count()
-        })
-        .sum();
+    let restores = count_in_logs(logs.path(), "restored from its changelog");
     eprintln!(
         "{} results for {} windows ({duplicates} repeated), {} late views, {restores} restores",
         got.len(),
