@@ -41,8 +41,16 @@
 //! another machine rebuilds a partition's store from it. `docs/delivery-guarantees.md` in the
 //! repository says what is exactly-once and what is at-least-once.
 //!
-//! Test a handler without a broker with [`testing::TestKit`]; read stores from outside a
-//! worker with [`state::StoreReader`].
+//! Windows by event time: declare a window store (`#[handler(window(PerMinute, key = String,
+//! value = u64, size_ms = 60000, grace_ms = 10000))]` or a [`WindowDef`]), fold records into it
+//! with [`Ctx::window`], and receive each closed window in [`Process::on_window_closed`]. Each
+//! partition's watermark (the largest event time seen) closes windows past their end plus
+//! grace; late records go to `<topic>.late`; [`Ctx::schedule_at`] sets timers. Windows, timers
+//! and the watermark are state, committed with the batch. `docs/time.md` in the repository
+//! explains event time, watermarks, grace, lateness and idle closing.
+//!
+//! Test a handler without a broker with [`testing::TestKit`] (which also drives event time and
+//! the wall clock); read stores from outside a worker with [`state::StoreReader`].
 //!
 //! Inside, the crate is layered: `observe` (metrics, health, progress) below `delivery`
 //! (retries, dead letters, outbox, changelog restore) below `processing` (codecs, handler
