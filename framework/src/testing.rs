@@ -441,7 +441,7 @@ impl<H: Process> TestKit<H> {
                 source: error,
             }),
             Outcome::GaveUp(BatchError::Commit(e)) => Err(Error::State(e)),
-            Outcome::GaveUp(BatchError::Time(e)) => Err(e),
+            Outcome::GaveUp(BatchError::Bookkeeping(e)) => Err(e),
             Outcome::GaveUp(BatchError::CommitPanicked(message)) => Err(Error::Panic {
                 context: format!("committing a batch of {topic}/{partition}"),
                 message,

@@ -10,6 +10,9 @@ pub mod header {
     pub const SOURCE_PARTITION: &str = "weir.source.partition";
     /// Offset of the record an emitted record or dead letter came from.
     pub const SOURCE_OFFSET: &str = "weir.source.offset";
+    /// Which of the records emitted while processing the source record this is (0, 1, ...):
+    /// with the source offset, it identifies an emitted record for de-duplication downstream.
+    pub const SOURCE_SEQ: &str = "weir.source.seq";
     /// On changelog entries: the next offset of the batch they came from.
     pub const SOURCE_NEXT_OFFSET: &str = "weir.source.next_offset";
     /// On dead letters: the error of the last attempt.
@@ -36,6 +39,48 @@ pub mod header {
             out.push((SOURCE_OFFSET.to_owned(), offset.to_string().into_bytes()));
         }
         out
+    }
+}
+
+/// Where a record produced by weir came from, as its `weir.source.*` headers say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourcePosition {
+    /// The source record's topic.
+    pub topic: String,
+    /// Its partition.
+    pub partition: i32,
+    /// Its offset.
+    pub offset: i64,
+    /// Which of the records emitted for it this is (0 when not given: the record itself, e.g.
+    /// a dead letter or a late record).
+    pub seq: u32,
+}
+
+impl SourcePosition {
+    /// Reads the `weir.source.*` headers (the last of each name: weir appends its own after
+    /// any a handler passed along); `None` unless topic, partition and offset are all there.
+    pub fn from_headers<'h>(
+        headers: impl Iterator<Item = (&'h str, Option<&'h [u8]>)>,
+    ) -> Option<Self> {
+        let (mut topic, mut partition, mut offset, mut seq) = (None, None, None, None);
+        for (name, value) in headers {
+            let Some(text) = value.and_then(|v| std::str::from_utf8(v).ok()) else {
+                continue;
+            };
+            match name {
+                header::SOURCE_TOPIC => topic = Some(text),
+                header::SOURCE_PARTITION => partition = text.parse().ok(),
+                header::SOURCE_OFFSET => offset = text.parse().ok(),
+                header::SOURCE_SEQ => seq = text.parse().ok(),
+                _ => {}
+            }
+        }
+        Some(Self {
+            topic: topic?.to_owned(),
+            partition: partition?,
+            offset: offset?,
+            seq: seq.unwrap_or(0),
+        })
     }
 }
 
@@ -103,6 +148,36 @@ pub fn source_next_offset<'h>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_source_position_needs_topic_partition_and_offset_and_the_last_header_wins() {
+        let h = |pairs: &[(&'static str, &'static str)]| -> Option<SourcePosition> {
+            SourcePosition::from_headers(pairs.iter().map(|(k, v)| (*k, Some(v.as_bytes()))))
+        };
+        let full = [
+            (header::SOURCE_TOPIC, "old"),
+            (header::SOURCE_TOPIC, "orders"),
+            (header::SOURCE_PARTITION, "3"),
+            (header::SOURCE_OFFSET, "41"),
+            (header::SOURCE_SEQ, "2"),
+        ];
+        assert_eq!(
+            h(&full),
+            Some(SourcePosition {
+                topic: "orders".into(),
+                partition: 3,
+                offset: 41,
+                seq: 2
+            })
+        );
+        assert_eq!(
+            h(&full[..4]).map(|p| p.seq),
+            Some(0),
+            "no seq: the record itself"
+        );
+        assert_eq!(h(&full[1..3]), None, "no offset: not a record's emit");
+        assert_eq!(h(&[(header::SOURCE_OFFSET, "x")]), None);
+    }
 
     #[test]
     fn entries_round_trip() {

@@ -145,6 +145,16 @@ impl WriteSet {
         self.outbox.push(record);
     }
 
+    /// Records queued since the open savepoint (all of them when none is open).
+    pub fn emitted_since_savepoint(&self) -> usize {
+        let since = if self.undo.open {
+            self.undo.outbox_len
+        } else {
+            0
+        };
+        self.outbox.len() - since
+    }
+
     /// Records queued by [`emit`](Self::emit), in order.
     pub fn outbox(&self) -> &[OutboxRecord] {
         &self.outbox

@@ -424,6 +424,40 @@ impl TestBroker {
         out
     }
 
+    /// Produces `(key, value, headers)` records to `partition` and waits until every one is
+    /// acknowledged.
+    pub async fn produce_with_headers(
+        &self,
+        topic: &str,
+        partition: i32,
+        records: &[HeadedRecord],
+    ) {
+        use rdkafka::message::{Header, OwnedHeaders};
+        let producer: FutureProducer = self
+            .client()
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", "60000")
+            .create()
+            .expect("producer");
+        for (key, value, headers) in records {
+            let mut hs = OwnedHeaders::new();
+            for (k, v) in headers {
+                hs = hs.insert(Header {
+                    key: k,
+                    value: Some(v.as_bytes()),
+                });
+            }
+            let rec = FutureRecord::to(topic)
+                .key(key)
+                .payload(value)
+                .partition(partition)
+                .headers(hs);
+            if let Err((e, _)) = producer.send(rec, Duration::from_secs(60)).await {
+                panic!("delivery failed: {e}");
+            }
+        }
+    }
+
     /// Produces `(key, value)` records (to `partition` when given, else by key hash) and waits
     /// until every one is acknowledged.
     pub async fn produce(
@@ -468,6 +502,9 @@ async fn await_all(inflight: &mut Vec<rdkafka::producer::DeliveryFuture>) {
         }
     }
 }
+
+/// A record to produce with headers: key, value, (header name, value) pairs.
+pub type HeadedRecord = (String, String, Vec<(String, String)>);
 
 /// What most tests start from: a broker, a topic (with its `.dlq`) and a group unique to the
 /// test, and a state directory.

@@ -65,3 +65,6 @@ pub(crate) const LATE_RECORDS_TOTAL: &str = "weir_late_records_total";
 pub(crate) const WINDOWS_CLOSED_TOTAL: &str = "weir_windows_closed_total";
 /// Counter: user timers fired.
 pub(crate) const TIMERS_FIRED_TOTAL: &str = "weir_timers_fired_total";
+/// Counter: input records emitted by an upstream weir stage and applied already (re-sends
+/// after an upstream crash), dropped, by topic.
+pub(crate) const DUPLICATES_DROPPED_TOTAL: &str = "weir_duplicates_dropped_total";

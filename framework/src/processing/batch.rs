@@ -16,10 +16,11 @@ use weir_state::{PartitionStore, WriteSet};
 use crate::delivery::{DeadLetterPolicy, DeadLetterReason, DeadLetterSink, RetryPolicy};
 use crate::inbound::Inbound;
 use crate::observe::metric_names::{
-    COMMIT_DURATION_SECONDS, COMMIT_FAILURES_TOTAL, FENCED_TOTAL, LATE_RECORDS_TOTAL,
-    MESSAGES_TOTAL, TIMERS_FIRED_TOTAL, WINDOWS_CLOSED_TOTAL,
+    COMMIT_DURATION_SECONDS, COMMIT_FAILURES_TOTAL, DUPLICATES_DROPPED_TOTAL, FENCED_TOTAL,
+    LATE_RECORDS_TOTAL, MESSAGES_TOTAL, TIMERS_FIRED_TOTAL, WINDOWS_CLOSED_TOTAL,
 };
 use crate::processing::time::{self, Due, RecordTime, TIMERS};
+use crate::processing::upstream::Upstream;
 use crate::processing::{
     Codec, Ctx, Delivery, FiredTimer, Handler, Process, Record, Source, TimerAt, UndecodableRecord,
     Window, WindowResult,
@@ -41,9 +42,10 @@ pub(crate) enum BatchError {
     Commit(weir_state::Error),
     /// The SQLite commit panicked (a bug, not the fault of any record).
     CommitPanicked(String),
-    /// Reading the partition's time (watermark, timers) failed, or a window or timer callback
-    /// failed: not the fault of a record, so the batch is retried.
-    Time(crate::Error),
+    /// The partition's own bookkeeping (watermark, timers, upstream marks) could not be read,
+    /// or a window or timer callback failed: not the fault of a record, so the batch is
+    /// retried.
+    Bookkeeping(crate::Error),
 }
 
 impl fmt::Display for BatchError {
@@ -52,7 +54,7 @@ impl fmt::Display for BatchError {
             Self::Record { offset, error, .. } => write!(f, "record at offset {offset}: {error}"),
             Self::Commit(e) => write!(f, "commit failed: {e}"),
             Self::CommitPanicked(e) => write!(f, "commit panicked: {e}"),
-            Self::Time(e) => write!(f, "{e}"),
+            Self::Bookkeeping(e) => write!(f, "{e}"),
         }
     }
 }
@@ -403,7 +405,7 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
         }
         let mut writes = WriteSet::default();
         let store: &PartitionStore = (*self.store).as_ref();
-        let stored_watermark = time::watermark(store, &writes).map_err(BatchError::Time)?;
+        let stored_watermark = time::watermark(store, &writes).map_err(BatchError::Bookkeeping)?;
         let mut watermark = match (stored_watermark, clock.idle_watermark) {
             (Some(w), Some(idle)) => Some(w.max(idle)),
             (w, idle) => w.or(idle),
@@ -436,6 +438,15 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
                     });
                 }
             }
+            let upstream = Upstream::of(msg);
+            if let Some(up) = &upstream {
+                if up.seen(store, &writes).map_err(BatchError::Bookkeeping)? {
+                    // Emitted by an upstream stage and applied already: a re-send.
+                    metrics::counter!(DUPLICATES_DROPPED_TOTAL, "topic" => self.topic.to_string())
+                        .increment(1);
+                    continue;
+                }
+            }
             writes.savepoint();
             let record_clock = RecordClock {
                 watermark,
@@ -447,6 +458,9 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
                 Ok(time) => {
                     if time.is_late() {
                         self.late(&mut writes, msg);
+                    }
+                    if let Some(up) = &upstream {
+                        up.applied(&mut writes).map_err(BatchError::Bookkeeping)?;
                     }
                     writes.release();
                     let t = time.event_time();
@@ -477,7 +491,7 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
             }
         }
         if let (Some(w), true) = (watermark, watermark != stored_watermark) {
-            time::set_watermark(&mut writes, w).map_err(BatchError::Time)?;
+            time::set_watermark(&mut writes, w).map_err(BatchError::Bookkeeping)?;
         }
         self.fire_due(&mut writes, watermark, clock.now_ms).await?;
         self.commit(writes, next).await?;
@@ -545,7 +559,7 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
         let failed = |what: &'static str| {
             let (topic, partition) = (self.topic.to_string(), self.partition);
             move |source: BoxError| {
-                BatchError::Time(crate::Error::Timer {
+                BatchError::Bookkeeping(crate::Error::Timer {
                     topic,
                     partition,
                     what,
@@ -554,7 +568,8 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
             }
         };
         for _ in 0..MAX_TIMER_ROUNDS {
-            let due = time::due_timers(store, writes, watermark, now).map_err(BatchError::Time)?;
+            let due =
+                time::due_timers(store, writes, watermark, now).map_err(BatchError::Bookkeeping)?;
             if due.is_empty() {
                 return Ok(());
             }
@@ -574,7 +589,7 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
                             end_ms: end,
                         };
                         let Some(value) = time::take_window(store, writes, &name, &key, window)
-                            .map_err(BatchError::Time)?
+                            .map_err(BatchError::Bookkeeping)?
                         else {
                             continue;
                         };

@@ -122,9 +122,10 @@ impl<'a> Ctx<'a> {
     /// Delivery is at least once: a crash after the commit and before the broker's
     /// acknowledgement sends it again, and so does reprocessing after a failure elsewhere in
     /// the batch. Each emitted record carries the headers `weir.source.topic`,
-    /// `weir.source.partition` and `weir.source.offset` of the record it came from, by which a
-    /// consumer can drop duplicates (emitted from a timer or a closing window: topic and
-    /// partition only). If the record's processing fails, nothing it emitted is
+    /// `weir.source.partition` and `weir.source.offset` of the record it came from, and
+    /// `weir.source.seq`, its place among that record's emits, by which a consumer can drop
+    /// duplicates; a weir worker downstream does so by itself (emitted from a timer or a closing
+    /// window: topic and partition only, which no one de-duplicates by). If the record's processing fails, nothing it emitted is
     /// sent.
     pub fn emit(
         &mut self,
@@ -146,6 +147,11 @@ impl<'a> Ctx<'a> {
             self.source.partition(),
             offset,
         ));
+        if offset.is_some() {
+            // The record's emits so far (its savepoint holds only its own).
+            let seq = self.writes.emitted_since_savepoint();
+            all.push((header::SOURCE_SEQ.to_owned(), seq.to_string().into_bytes()));
+        }
         self.writes.emit(OutboxRecord {
             topic: topic.to_owned(),
             partition: None,

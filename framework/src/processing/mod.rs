@@ -8,6 +8,7 @@ mod context;
 mod handler;
 mod record;
 pub(crate) mod time;
+mod upstream;
 
 pub use codec::{Codec, DecodeError, Envelope, Enveloped, Json, Raw, UndecodableRecord, Utf8};
 pub(crate) use context::Source;

@@ -1,0 +1,170 @@
+//! Pipelines: a record an upstream weir stage emitted carries its source position
+//! (`weir.source.topic`, `.partition`, `.offset`, `.seq`); a downstream worker applies each
+//! position once, so an upstream crash that sends its emits again never counts twice
+//! downstream, and never drops a record it has not applied.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use weir::prelude::*;
+use weir::testing::TestKit;
+use weir_tests::*;
+
+/// Emits every record twice to `copies`, keyed like it.
+#[derive(Handler)]
+#[handler(topic = "orders", key = Utf8, value = Utf8)]
+struct Twice;
+
+impl Process for Twice {
+    type Error = weir::Error;
+
+    async fn process(&self, r: Record<'_, String, String>, ctx: &mut Ctx<'_>) -> weir::Result<()> {
+        for copy in ["a", "b"] {
+            let value = format!("{}-{copy}", r.value());
+            ctx.emit("copies", Some(r.key().as_bytes()), value.as_bytes(), &[]);
+        }
+        Ok(())
+    }
+}
+
+fn header<'a>(r: &'a weir::OutboxRecord, name: &str) -> &'a str {
+    r.headers
+        .iter()
+        .rev()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| std::str::from_utf8(v).expect("utf-8"))
+        .unwrap_or_else(|| panic!("header {name}"))
+}
+
+#[tokio::test]
+async fn emits_are_numbered_within_their_source_record_and_applied_once_downstream() {
+    let mut upstream = TestKit::new(Twice).expect("kit");
+    for i in 0..20 {
+        upstream.send(format!("k{}", i % 3), format!("v{i}"));
+    }
+    upstream.run().await.expect("run");
+    let emitted = upstream.emitted_to("copies");
+    assert_eq!(emitted.len(), 40);
+    for (i, r) in emitted.iter().enumerate() {
+        assert_eq!(header(r, "weir.source.offset"), (i / 2).to_string());
+        assert_eq!(header(r, "weir.source.seq"), (i % 2).to_string());
+    }
+
+    // Downstream: every emit, then (an upstream crash) the second half again, then all of it
+    // once more in a later run.
+    let mut downstream = TestKit::new(CountHandler::default()).expect("kit");
+    let send = |kit: &mut TestKit<CountHandler>, records: &[weir::OutboxRecord]| {
+        for r in records {
+            let headers: Vec<(&str, &[u8])> = r
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_slice()))
+                .collect();
+            kit.send_to("copies", 0, r.key.as_deref(), r.value.as_deref(), &headers);
+        }
+    };
+    send(&mut downstream, &emitted);
+    send(&mut downstream, &emitted[20..]);
+    downstream.run().await.expect("run");
+    send(&mut downstream, &emitted);
+    downstream.run().await.expect("run");
+    let counts: BTreeMap<String, u64> = downstream.entries(COUNTS).expect("entries");
+    let mut expected: BTreeMap<String, u64> = BTreeMap::new();
+    for i in 0..20 {
+        *expected.entry(format!("k{}", i % 3)).or_insert(0) += 2;
+    }
+    assert_counts_exact(&counts, &expected);
+    assert_eq!(
+        downstream.committed_offset("copies", 0).expect("offset"),
+        Some(100),
+        "every record taken, the repeated ones dropped"
+    );
+}
+
+#[tokio::test]
+async fn records_without_a_source_position_are_all_applied() {
+    let mut kit = TestKit::new(CountHandler::default()).expect("kit");
+    kit.send("k", "1").send("k", "1");
+    // A source without an offset (a timer's emit) identifies nothing: applied too.
+    let no_offset: [(&str, &[u8]); 2] =
+        [("weir.source.topic", b"t"), ("weir.source.partition", b"0")];
+    kit.send_to("test", 0, Some(b"k"), Some(b"2"), &no_offset);
+    kit.send_to("test", 0, Some(b"k"), Some(b"2"), &no_offset);
+    kit.run().await.expect("run");
+    assert_eq!(kit.get::<str, u64>(COUNTS, "k").expect("get"), Some(4));
+}
+
+/// An upstream stage's emits, as a crashed upstream would send them: each upstream partition's
+/// records in order, then its second half again; two upstream partitions interleaved.
+fn resent_emits(upstream_topic: &str, per_partition: i64) -> Vec<HeadedRecord> {
+    let mut out = Vec::new();
+    for pass in [0..per_partition, per_partition / 2..per_partition] {
+        for offset in pass {
+            for up_partition in 0..2 {
+                for seq in 0..2 {
+                    let key = format!("k{}", (offset + seq) % 5);
+                    let headers = vec![
+                        ("weir.source.topic".to_owned(), upstream_topic.to_owned()),
+                        ("weir.source.partition".to_owned(), up_partition.to_string()),
+                        ("weir.source.offset".to_owned(), offset.to_string()),
+                        ("weir.source.seq".to_owned(), seq.to_string()),
+                    ];
+                    out.push((key, format!("{up_partition}/{offset}/{seq}"), headers));
+                }
+            }
+        }
+    }
+    out
+}
+
+async fn a_downstream_stage_applies_each_upstream_emit_once(kind: BrokerKind) {
+    let Fixture {
+        broker,
+        topic,
+        group,
+        dir,
+    } = Fixture::new(kind, "stage2", 1).await;
+    let records = resent_emits("stage1", 100);
+    broker.produce_with_headers(&topic, 0, &records).await;
+    let mut expected: BTreeMap<String, u64> = BTreeMap::new();
+    for offset in 0..100i64 {
+        for seq in 0..2 {
+            *expected
+                .entry(format!("k{}", (offset + seq) % 5))
+                .or_insert(0) += 2;
+        }
+    }
+    let worker = broker
+        .worker(&group, &topic, dir.path())
+        .metrics_addr("127.0.0.1:0")
+        .build(CountHandler::default())
+        .expect("build");
+    let addr = worker.metrics_addr().expect("metrics address");
+    let worker = RunningWorker::spawn(worker);
+    let total = records.len() as i64;
+    wait_processed(Duration::from_secs(60), total, || {
+        StoredCounts::read(dir.path(), &group, &topic)
+            .offsets
+            .values()
+            .sum()
+    })
+    .await;
+    let (_, body) = http_get(addr, "/metrics").await;
+    worker.stop_cleanly().await;
+    let stored = StoredCounts::read(dir.path(), &group, &topic);
+    assert_counts_exact(&stored.counts, &expected);
+    assert_eq!(
+        sample(
+            &body,
+            "weir_duplicates_dropped_total",
+            &[("topic", topic.as_str())]
+        ),
+        Some(200.0),
+        "the re-sent half of each upstream partition's emits"
+    );
+}
+
+on_both_brokers!(
+    downstream_applies_once,
+    a_downstream_stage_applies_each_upstream_emit_once
+);
