@@ -74,3 +74,85 @@ async fn emitted_totals_agree_with_state(kind: BrokerKind) {
 }
 
 on_both_brokers!(emitted_totals, emitted_totals_agree_with_state);
+
+/// Emits every record's key and value to `<topic>-keys`.
+#[derive(weir::Handler)]
+#[handler(key = weir::Utf8, value = weir::Utf8)]
+struct Forward {
+    out: String,
+}
+
+impl weir::Process for Forward {
+    type Error = weir::Error;
+
+    async fn process(
+        &self,
+        r: weir::Record<'_, String, String>,
+        ctx: &mut weir::Ctx<'_>,
+    ) -> weir::Result<()> {
+        ctx.emit(
+            &self.out,
+            Some(r.key().as_bytes()),
+            r.value().as_bytes(),
+            &[],
+        );
+        Ok(())
+    }
+}
+
+/// Kafka's `Utils.murmur2` of these keys (from Kafka's own tests), and the partition the Java
+/// client picks for them: `(hash & 0x7fffffff) % partitions`.
+const MURMUR2: [(&str, i32); 6] = [
+    ("1", -1_993_445_489),
+    ("12", 126_087_238),
+    ("123", -267_702_483),
+    ("1234", -1_614_185_708),
+    ("12345", -1_188_365_604),
+    ("0", 971_027_396),
+];
+
+async fn emitted_records_are_partitioned_like_the_java_client(kind: BrokerKind) {
+    const PARTITIONS: i32 = 7;
+    let Fixture {
+        broker,
+        topic,
+        group,
+        dir,
+    } = Fixture::new(kind, "murmur2", 1).await;
+    let out = format!("{topic}-keys");
+    broker.create_one_topic(&out, PARTITIONS).await;
+    let records: Vec<(String, String)> = MURMUR2
+        .iter()
+        .map(|(k, _)| ((*k).to_owned(), (*k).to_owned()))
+        .collect();
+    broker.produce(&topic, Some(0), records).await;
+    let worker = RunningWorker::spawn(
+        broker
+            .worker(&group, &topic, dir.path())
+            .build(Forward { out: out.clone() })
+            .expect("build"),
+    );
+    let got = broker
+        .consume(&out, MURMUR2.len(), Duration::from_secs(60))
+        .await;
+    worker.stop_cleanly().await;
+    let placed: BTreeMap<String, i32> = got
+        .iter()
+        .map(|m| {
+            (
+                String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                m.partition(),
+            )
+        })
+        .collect();
+    let expected: BTreeMap<String, i32> = MURMUR2
+        .iter()
+        .map(|(k, h)| ((*k).to_owned(), (h & 0x7fff_ffff) % PARTITIONS))
+        .collect();
+    assert_eq!(placed, expected, "partition per key");
+}
+
+on_both_brokers!(
+    murmur2_partitioning,
+    emitted_records_are_partitioned_like_the_java_client
+);

@@ -76,10 +76,15 @@ pub(crate) fn connection_config(config: &Config, brokers: &str) -> ClientConfig 
 }
 
 /// The producer of dead letters, emitted records and changelog entries: idempotent, acks=all,
-/// with the connection and security properties of the consumer.
+/// with the connection and security properties of the consumer. Keyed records are partitioned
+/// as Kafka's Java client does (murmur2 of the key), so that a topic weir writes is
+/// co-partitioned with one that Java, Kafka Streams or Python clients set to murmur2 write.
 pub(crate) fn producer_config(config: &Config, brokers: &str) -> ClientConfig {
     let mut client = connection_config(config, brokers);
-    client.set("enable.idempotence", "true").set("acks", "all");
+    client
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("partitioner", "murmur2_random");
     client
 }
 
