@@ -84,6 +84,46 @@ impl SourcePosition {
     }
 }
 
+/// The partition Kafka's Java client (and weir's producer, `murmur2_random`) puts a record
+/// with `key` in, of `partitions`: `(murmur2(key) & 0x7fffffff) % partitions`. Tools use it
+/// to find the partition store that holds a key.
+pub fn partition_for_key(key: &[u8], partitions: i32) -> i32 {
+    let positive = murmur2(key) & 0x7fff_ffff;
+    positive % partitions.max(1)
+}
+
+/// Kafka's `Utils.murmur2`: MurmurHash2, seed `0x9747b28c`, little-endian 4-byte words.
+pub fn murmur2(data: &[u8]) -> i32 {
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let len = data.len() as u32;
+    let mut h: u32 = 0x9747_b28c ^ len;
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let rest = chunks.remainder();
+    if rest.len() >= 3 {
+        h ^= u32::from(rest[2]) << 16;
+    }
+    if rest.len() >= 2 {
+        h ^= u32::from(rest[1]) << 8;
+    }
+    if let Some(first) = rest.first() {
+        h ^= u32::from(*first);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h as i32
+}
+
 /// The store name of the changelog entry that carries a batch's next offset (its value).
 pub const CHANGELOG_OFFSET_STORE: &str = "__weir_offset";
 
@@ -148,6 +188,35 @@ pub fn source_next_offset<'h>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn murmur2_matches_kafkas_java_client() {
+        // Kafka's own test vectors (`UtilsTest.testMurmur2`).
+        for (key, hash) in [
+            ("21", -973_932_308),
+            ("foobar", -790_332_482),
+            ("a-little-bit-long-string", -985_981_536),
+            ("a-little-bit-longer-string", -1_486_304_829),
+            (
+                "lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58_897_971,
+            ),
+            ("1", -1_993_445_489),
+            ("12", 126_087_238),
+            ("123", -267_702_483),
+            ("1234", -1_614_185_708),
+            ("12345", -1_188_365_604),
+            ("0", 971_027_396),
+        ] {
+            assert_eq!(murmur2(key.as_bytes()), hash, "{key}");
+        }
+        assert_eq!(murmur2(&[0, 1, 2]), murmur2(&[0, 1, 2]));
+        assert_eq!(
+            partition_for_key(b"1", 7),
+            (-1_993_445_489i32 & 0x7fff_ffff) % 7
+        );
+        assert_eq!(partition_for_key(b"anything", 1), 0);
+    }
 
     #[test]
     fn a_source_position_needs_topic_partition_and_offset_and_the_last_header_wins() {
