@@ -87,6 +87,27 @@ pub enum Error {
         /// Its earliest available offset.
         earliest: i64,
     },
+    /// A table cannot be read (its topic is missing, the broker does not answer).
+    #[error("table {topics:?}: {message}")]
+    Table {
+        /// The table topics concerned.
+        topics: Vec<String>,
+        /// What is wrong.
+        message: String,
+    },
+    /// A co-partitioned table's topic has another partition count than an input topic, so
+    /// its partitions would not hold the keys of the input partitions.
+    #[error("table topic {table:?} has {table_partitions} partitions but input topic {input:?} has {input_partitions}: a table must be co-partitioned with its input (same partition count, same keys); recreate one of them, or declare the table global")]
+    NotCopartitioned {
+        /// The table's topic.
+        table: String,
+        /// Its partition count.
+        table_partitions: i32,
+        /// The input topic.
+        input: String,
+        /// Its partition count.
+        input_partitions: i32,
+    },
     /// Something panicked inside weir (a bug; please report it).
     #[error("{context} panicked: {message}")]
     Panic {

@@ -86,8 +86,9 @@ pub use delivery::{DeadLetter, DeadLetterReason, RetryPolicy};
 pub use error::{BoxError, Error, Result};
 pub use processing::{
     Codec, Ctx, DecodeError, Delivery, Envelope, Enveloped, FiredTimer, Handler, HandlerSettings,
-    Json, KeyOf, Process, Raw, Record, State, StoreDef, StoreInfo, TimerAt, UndecodableRecord,
-    Utf8, ValueOf, Window, WindowDef, WindowResult, WindowState, Windows,
+    Json, KeyOf, Process, Raw, Record, State, StoreDef, StoreInfo, Table, TableDef, TableInfo,
+    TimerAt, UndecodableRecord, Utf8, ValueOf, Window, WindowDef, WindowResult, WindowState,
+    Windows,
 };
 pub use runtime::{EmbeddedBroker, Worker, WorkerBuilder};
 /// Derives [`Handler`] from a `#[handler(...)]` attribute.
@@ -98,6 +99,6 @@ pub use weir_state::OutboxRecord;
 pub mod prelude {
     pub use crate::{
         Codec, Ctx, Envelope, FiredTimer, Handler, Json, Process, Raw, Record, State, StoreDef,
-        TimerAt, Utf8, Window, WindowDef, WindowResult, Windows, Worker,
+        TableDef, TimerAt, Utf8, Window, WindowDef, WindowResult, Windows, Worker,
     };
 }

@@ -44,8 +44,9 @@ use crate::config::Config;
 use crate::delivery::{DeadLetter, DeadLetterSink, OutboxSink};
 use crate::inbound::Inbound;
 use crate::processing::batch::{BatchError, BatchRunner, Clock, Mode, Outcome};
+use crate::processing::table::{self, GlobalTables};
 use crate::processing::time;
-use crate::processing::{Process, Window, WindowDef};
+use crate::processing::{Process, TableDef, Window, WindowDef};
 use crate::{Error, Result};
 use weir_state::CacheBudget;
 
@@ -68,6 +69,7 @@ pub struct TestKit<H> {
     partitions: BTreeMap<(String, i32), PartitionLog>,
     /// The wall clock the kit's batches see (ms since the epoch); `None`: the real one.
     wall_clock: Option<i64>,
+    globals: Arc<GlobalTables>,
 }
 
 #[derive(Debug, Default)]
@@ -112,6 +114,7 @@ impl<H: Process> TestKit<H> {
             config,
             partitions: BTreeMap::new(),
             wall_clock: None,
+            globals: Arc::default(),
         })
     }
 
@@ -200,6 +203,40 @@ impl<H: Process> TestKit<H> {
             Some(value.as_ref()),
             &[],
         )
+    }
+
+    /// Processes what is pending, then sets `key` of table `T` to `value` (`None`: a
+    /// tombstone), as a record of its topic would: in partition 0, the partition
+    /// [`send`](Self::send) uses, or in the worker-wide global table.
+    pub async fn update_table<T: TableDef>(
+        &mut self,
+        key: &str,
+        value: Option<&T::Value>,
+    ) -> Result<()> {
+        self.run().await?;
+        let value = value
+            .map(|v| {
+                serde_json::to_vec(v).map_err(|e| {
+                    Error::State(weir_state::Error::Codec {
+                        store: T::NAME.to_owned(),
+                        source: e,
+                    })
+                })
+            })
+            .transpose()?;
+        let (_, key, value) = table::entry(T::NAME, Some(key.as_bytes()), value.as_deref())
+            .map_err(|e| Error::Table {
+                topics: vec![T::TOPIC.to_owned()],
+                message: e.to_string(),
+            })?;
+        if T::GLOBAL {
+            self.globals.apply(T::NAME, key, value);
+        } else {
+            let topic = self.default_topic.clone();
+            let (store, _) = self.runner(&topic, 0)?;
+            store.apply_unlogged(&[(T::NAME.to_owned(), key, value)])?;
+        }
+        Ok(())
     }
 
     /// Sets the wall clock the kit's batches see (ms since the epoch): wall-clock timers due
@@ -409,7 +446,8 @@ impl<H: Process> TestKit<H> {
             self.config.policy_for(topic),
             self.sink.clone(),
             Mode::TestKit,
-        );
+        )
+        .with_globals(Arc::clone(&self.globals));
         Ok((store, runner))
     }
 

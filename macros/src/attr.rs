@@ -29,6 +29,15 @@ pub(crate) struct HandlerAttrs {
     pub(crate) late_topic: Option<LitStr>,
     pub(crate) idle_close_after_ms: Option<LitInt>,
     pub(crate) window_updates: bool,
+    pub(crate) tables: Vec<TableAttr>,
+}
+
+/// `table(Name, topic = "...", value = V, name = "...")`, or `global_table(...)`.
+pub(crate) struct TableAttr {
+    /// Its type, name and value, as a store's (its key is `str`).
+    pub(crate) store: StoreAttr,
+    pub(crate) topic: LitStr,
+    pub(crate) global: bool,
 }
 
 /// `window(Name, key = K, value = V, size_ms = N [, advance_ms = N] | gap_ms = N,
@@ -55,7 +64,7 @@ pub(crate) struct StoreAttr {
 }
 
 const KEYS: &str =
-    "topic, topics, group, key, value, store, window, event_time, late_topic, idle_close_after_ms, window_updates, batch_size, linger_ms, queue_capacity, delivery, retry, dead_letter";
+    "topic, topics, group, key, value, store, window, table, global_table, event_time, late_topic, idle_close_after_ms, window_updates, batch_size, linger_ms, queue_capacity, delivery, retry, dead_letter";
 
 /// Collects errors so that all of them are reported together.
 #[derive(Default)]
@@ -134,6 +143,9 @@ impl HandlerAttrs {
         let mut keep_key_order = Once::new("keep_key_order");
         let mut event_time = Once::new("event_time");
         let mut windows: Vec<WindowAttr> = Vec::new();
+        let mut tables: Vec<TableAttr> = Vec::new();
+        // Every store, window store and table so far: (type, store name).
+        let mut declared: Vec<(Ident, String)> = Vec::new();
         let mut late_topic = Once::new("late_topic");
         let mut idle_close_after_ms = Once::new("idle_close_after_ms");
         let mut window_updates = Once::new("window_updates");
@@ -182,15 +194,23 @@ impl HandlerAttrs {
                     "value" => value.set(&mut errors, ident.span(), meta.value()?.parse::<Type>()?),
                     "store" => {
                         if let Some(store) = parse_store(&meta, &ident, &mut errors)? {
-                            if unique_store(&mut errors, &stores, &windows, (&store.ident, &store.name)) {
+                            if unique_store(&mut errors, &mut declared, &store) {
                                 stores.push(store);
                             }
                         }
                     }
                     "window" => {
                         if let Some(window) = parse_window(&meta, &ident, &mut errors)? {
-                            if unique_store(&mut errors, &stores, &windows, (&window.store.ident, &window.store.name)) {
+                            if unique_store(&mut errors, &mut declared, &window.store) {
                                 windows.push(window);
+                            }
+                        }
+                    }
+                    kw @ ("table" | "global_table") => {
+                        let global = kw == "global_table";
+                        if let Some(table) = parse_table(&meta, &ident, &mut errors, global)? {
+                            if unique_store(&mut errors, &mut declared, &table.store) {
+                                tables.push(table);
                             }
                         }
                     }
@@ -354,6 +374,7 @@ impl HandlerAttrs {
             late_topic: late_topic.value,
             idle_close_after_ms: idle_close_after_ms.value,
             window_updates: window_updates.value.unwrap_or(false),
+            tables,
         })
     }
 }
@@ -402,6 +423,10 @@ struct Form {
     example: &'static str,
     /// Its settings besides `key`, `value` and `name`: whole numbers of milliseconds.
     numbers: &'static [&'static str],
+    /// Its text settings (topic names).
+    texts: &'static [&'static str],
+    /// It declares a key type (a table's keys are text).
+    has_key: bool,
     /// Every setting, for an unknown one.
     expected: &'static str,
 }
@@ -412,6 +437,8 @@ const STORE: Form = Form {
     shape: "StoreType, key = K, value = V",
     example: "store(Totals, key = str, value = u64)",
     numbers: &[],
+    texts: &[],
+    has_key: true,
     expected: "key, value or name",
 };
 
@@ -421,15 +448,74 @@ const WINDOW: Form = Form {
     shape: "WindowType, key = K, value = V, size_ms = N",
     example: "window(PerMinute, key = String, value = u64, size_ms = 60000)",
     numbers: &["size_ms", "advance_ms", "gap_ms", "grace_ms"],
+    texts: &[],
+    has_key: true,
     expected: "key, value, size_ms, advance_ms, gap_ms, grace_ms or name",
 };
+
+const TABLE: Form = Form {
+    kw: "table",
+    noun: "table",
+    shape: "TableType, topic = \"...\", value = V",
+    example: "table(Customers, topic = \"customers\", value = Customer)",
+    numbers: &[],
+    texts: &["topic"],
+    has_key: false,
+    expected: "topic, value or name",
+};
+
+const GLOBAL_TABLE: Form = Form {
+    kw: "global_table",
+    noun: "global table",
+    shape: "TableType, topic = \"...\", value = V",
+    example: "global_table(Countries, topic = \"countries\", value = Country)",
+    numbers: &[],
+    texts: &["topic"],
+    has_key: false,
+    expected: "topic, value or name",
+};
+
+fn parse_table(
+    meta: &ParseNestedMeta<'_>,
+    kw: &Ident,
+    errors: &mut Errors,
+    global: bool,
+) -> syn::Result<Option<TableAttr>> {
+    let form = if global { &GLOBAL_TABLE } else { &TABLE };
+    let Some(d) = parse_declared(meta, kw, errors, form)? else {
+        return Ok(None);
+    };
+    let Some((_, topic)) = d.texts.into_iter().find(|(id, _)| id == "topic") else {
+        errors.at(
+            d.store.ident.span(),
+            format!(
+                "{} `{}` needs `topic = \"...\"`: {}",
+                form.kw, d.store.ident, form.example
+            ),
+        );
+        return Ok(None);
+    };
+    check_topic(errors, &topic);
+    Ok(Some(TableAttr {
+        store: d.store,
+        topic,
+        global,
+    }))
+}
 
 fn parse_store(
     meta: &ParseNestedMeta<'_>,
     store_kw: &Ident,
     errors: &mut Errors,
 ) -> syn::Result<Option<StoreAttr>> {
-    Ok(parse_declared(meta, store_kw, errors, &STORE)?.map(|(store, _)| store))
+    Ok(parse_declared(meta, store_kw, errors, &STORE)?.map(|d| d.store))
+}
+
+/// A parsed `store(...)`, `window(...)` or `table(...)`.
+struct Declared {
+    store: StoreAttr,
+    numbers: Numbers,
+    texts: Vec<(Ident, LitStr)>,
 }
 
 /// Parses `Type, key = K, value = V, name = "..."` and the form's numbers; `None` (with the
@@ -439,12 +525,13 @@ fn parse_declared(
     kw: &Ident,
     errors: &mut Errors,
     form: &Form,
-) -> syn::Result<Option<(StoreAttr, Numbers)>> {
+) -> syn::Result<Option<Declared>> {
     let mut ident: Option<Ident> = None;
     let mut name: Option<LitStr> = None;
     let mut key: Option<Type> = None;
     let mut value: Option<Type> = None;
     let mut numbers: Numbers = Vec::new();
+    let mut texts: Vec<(Ident, LitStr)> = Vec::new();
     meta.parse_nested_meta(|inner| {
         let Some(id) = inner.path.get_ident().cloned() else {
             errors.at(inner.path.span(), format!("expected `{}`", form.shape));
@@ -458,6 +545,22 @@ fn parse_declared(
             return Ok(());
         }
         match id.to_string().as_str() {
+            "key" if !form.has_key => {
+                errors.at(
+                    id.span(),
+                    format!(
+                        "a {}'s keys are its records' keys, as text: remove `key`",
+                        form.noun
+                    ),
+                );
+                return skip_value(&inner);
+            }
+            n if form.texts.contains(&n) => {
+                if texts.iter().any(|(t, _)| *t == id) {
+                    errors.at(id.span(), format!("duplicate `{id}` in {}(...)", form.kw));
+                }
+                texts.push((id, inner.value()?.parse()?));
+            }
             "key" => key = Some(inner.value()?.parse()?),
             "value" => value = Some(inner.value()?.parse()?),
             "name" => name = Some(inner.value()?.parse()?),
@@ -499,42 +602,40 @@ fn parse_declared(
         );
         return Ok(None);
     };
+    if !form.has_key {
+        key = Some(syn::parse_quote!(str));
+    }
     let (Some(key), Some(value)) = (key, value) else {
-        errors.at(
-            ident.span(),
-            format!(
-                "{} `{ident}` needs both `key = <type>` and `value = <type>`",
-                form.kw
-            ),
-        );
+        let needs = if form.has_key {
+            "both `key = <type>` and `value = <type>`"
+        } else {
+            "`value = <type>`"
+        };
+        errors.at(ident.span(), format!("{} `{ident}` needs {needs}", form.kw));
         return Ok(None);
     };
     let name = name.map_or_else(|| snake_case(&ident.to_string()), |n| n.value());
-    Ok(Some((
-        StoreAttr {
+    Ok(Some(Declared {
+        store: StoreAttr {
             ident,
             name,
             key,
             value,
         },
         numbers,
-    )))
+        texts,
+    }))
 }
 
-/// True if no store or window store declared so far has the type or name `(ident, name)`;
-/// else records the error.
+/// True (and remembered in `declared`) if no store, window store or table declared so far
+/// has `store`'s type or name; else records the error.
 fn unique_store(
     errors: &mut Errors,
-    stores: &[StoreAttr],
-    windows: &[WindowAttr],
-    (ident, name): (&Ident, &str),
+    declared: &mut Vec<(Ident, String)>,
+    store: &StoreAttr,
 ) -> bool {
-    let clash = stores
-        .iter()
-        .map(|s| (&s.ident, &s.name))
-        .chain(windows.iter().map(|w| (&w.store.ident, &w.store.name)))
-        .find(|(i, n)| *i == ident || n.as_str() == name);
-    match clash {
+    let (ident, name) = (&store.ident, &store.name);
+    match declared.iter().find(|(i, n)| i == ident || n == name) {
         Some((prev, _)) => {
             errors.at(
                 ident.span(),
@@ -542,7 +643,10 @@ fn unique_store(
             );
             false
         }
-        None => true,
+        None => {
+            declared.push((ident.clone(), name.clone()));
+            true
+        }
     }
 }
 
@@ -551,7 +655,8 @@ fn parse_window(
     window_kw: &Ident,
     errors: &mut Errors,
 ) -> syn::Result<Option<WindowAttr>> {
-    let Some((store, numbers)) = parse_declared(meta, window_kw, errors, &WINDOW)? else {
+    let Some(Declared { store, numbers, .. }) = parse_declared(meta, window_kw, errors, &WINDOW)?
+    else {
         return Ok(None);
     };
     let number = |n: &str| {

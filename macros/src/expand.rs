@@ -96,6 +96,36 @@ pub(crate) fn handler(input: &DeriveInput, attrs: &HandlerAttrs) -> TokenStream 
             }
         }
     });
+    let table_infos = attrs.tables.iter().map(|t| {
+        let (name, topic, global) = (&t.store.name, &t.topic, t.global);
+        quote!(::weir::TableInfo { name: #name, topic: #topic, global: #global })
+    });
+    let table_types = attrs.tables.iter().map(|t| {
+        let (tident, name, v, topic, global) = (
+            &t.store.ident,
+            &t.store.name,
+            &t.store.value,
+            &t.topic,
+            t.global,
+        );
+        let what = if global { "global table" } else { "table" };
+        let doc = format!(
+            "The `{name}` {what} of [`{ident}`] (topic `{}`).",
+            topic.value()
+        );
+        quote! {
+            #[doc = #doc]
+            #[derive(Debug, Clone, Copy)]
+            #vis struct #tident;
+
+            impl ::weir::TableDef for #tident {
+                const NAME: &'static str = #name;
+                const TOPIC: &'static str = #topic;
+                const GLOBAL: bool = #global;
+                type Value = #v;
+            }
+        }
+    });
     let late_topic = option(attrs.late_topic.as_ref());
     let idle_close_after_ms = option(attrs.idle_close_after_ms.as_ref());
     let window_updates = attrs.window_updates;
@@ -134,12 +164,14 @@ pub(crate) fn handler(input: &DeriveInput, attrs: &HandlerAttrs) -> TokenStream 
                         late_topic: #late_topic,
                         idle_close_after_ms: #idle_close_after_ms,
                         window_updates: #window_updates,
+                        tables: &[#(#table_infos),*],
                     }
                 }
             }
         };
         #(#store_types)*
         #(#window_types)*
+        #(#table_types)*
     }
 }
 

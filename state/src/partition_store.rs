@@ -433,6 +433,28 @@ impl PartitionStore {
         next_offset: Option<i64>,
     ) -> Result<()> {
         self.with_cache_locked(StateCache::clear);
+        self.write_entries(entries, next_offset.map(|n| (topic, partition, n)))
+    }
+
+    /// Writes entries `(store, JSON key, JSON value or None to delete)` in one transaction
+    /// of their own: not with a batch, not to the changelog, no offset. For state that follows
+    /// another topic by itself (a table, which keeps its position among its own entries): a
+    /// restore from the changelog empties it, and it is read again from its topic.
+    pub fn apply_unlogged(&self, entries: &[(String, String, Option<String>)]) -> Result<()> {
+        self.write_entries(entries, None)?;
+        self.with_cache_locked(|cache| {
+            for (store, key, value) in entries {
+                cache.insert(store, key, value.as_deref());
+            }
+        });
+        Ok(())
+    }
+
+    fn write_entries(
+        &self,
+        entries: &[(String, String, Option<String>)],
+        offset: Option<(&str, i32, i64)>,
+    ) -> Result<()> {
         let mut conn = self.conn();
         let run = |conn: &mut Connection| -> rusqlite::Result<()> {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -445,7 +467,7 @@ impl PartitionStore {
                         None => delete.execute(params![store, key])?,
                     };
                 }
-                if let Some(next) = next_offset {
+                if let Some((topic, partition, next)) = offset {
                     tx.prepare_cached(UPSERT_OFFSET)?.execute(params![
                         topic,
                         partition,

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::delivery::{DeadLetterPolicy, RetryPolicy};
 use crate::processing::batch::Policy;
-use crate::processing::{Delivery, HandlerSettings};
+use crate::processing::{Delivery, HandlerSettings, TableInfo};
 use crate::{Error, Result};
 
 pub(crate) use settings::SETTINGS;
@@ -62,6 +62,10 @@ pub(crate) struct Config {
     pub(crate) windows: bool,
     /// The handler wants `on_window_updated` after every window update.
     pub(crate) window_updates: bool,
+    /// The handler's tables.
+    pub(crate) tables: Vec<TableInfo>,
+    /// Table topics set by the builder over the declared ones, by table name.
+    pub(crate) table_topics: std::collections::BTreeMap<String, String>,
     /// Log every state change to a changelog topic per input topic, and restore a partition's
     /// store from it when the local copy is missing or behind.
     pub(crate) changelog: bool,
@@ -82,6 +86,13 @@ pub(crate) struct Config {
     pub(crate) kafka: Vec<KafkaProperty>,
     /// Settings given by the builder or the environment, which a handler's own don't override.
     pub(crate) explicit: BTreeSet<&'static str>,
+}
+
+/// A table as the worker reads it: its store name and topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TableSource {
+    pub(crate) name: &'static str,
+    pub(crate) topic: String,
 }
 
 #[derive(Debug, Clone)]
@@ -116,6 +127,8 @@ impl Default for Config {
             idle_close_after: None,
             windows: false,
             window_updates: false,
+            tables: Vec::new(),
+            table_topics: Default::default(),
             metrics_addr: None,
             progress_interval: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
@@ -174,6 +187,7 @@ impl Config {
         self.delivery = h.delivery;
         self.windows = !h.windows.is_empty();
         self.window_updates = h.window_updates;
+        self.tables = h.tables.to_vec();
         for s in SETTINGS {
             if let (Some(from_handler), false) = (s.from_handler, self.explicit.contains(s.name)) {
                 from_handler(self, h);
@@ -195,6 +209,23 @@ impl Config {
             window_updates: self.window_updates,
             event_time_field: self.event_time_field.as_deref().map(std::sync::Arc::from),
         }
+    }
+
+    /// The tables, global (`true`) or kept in each partition's store (`false`), with their
+    /// topics.
+    pub(crate) fn tables(&self, global: bool) -> Vec<TableSource> {
+        self.tables
+            .iter()
+            .filter(|t| t.global == global)
+            .map(|t| TableSource {
+                name: t.name,
+                topic: self
+                    .table_topics
+                    .get(t.name)
+                    .cloned()
+                    .unwrap_or_else(|| t.topic.to_owned()),
+            })
+            .collect()
     }
 
     /// The late-record topic of source `topic`, if late records are sent anywhere.

@@ -7,6 +7,7 @@ use weir_state::wire::header;
 use weir_state::{OutboxRecord, PartitionStore, WriteSet};
 
 use crate::inbound::Inbound;
+use crate::processing::table::{GlobalTables, Table, TableDef};
 use crate::processing::time::{self, RecordTime, TimerAt, WindowDef, WindowState};
 use crate::Result;
 
@@ -43,6 +44,7 @@ impl Source<'_> {
 #[derive(Debug)]
 pub struct Ctx<'a> {
     store: &'a PartitionStore,
+    globals: &'a GlobalTables,
     writes: &'a mut WriteSet,
     source: Source<'a>,
     time: &'a mut RecordTime,
@@ -50,17 +52,42 @@ pub struct Ctx<'a> {
 
 impl<'a> Ctx<'a> {
     pub(crate) fn new(
-        store: &'a PartitionStore,
+        (store, globals): (&'a PartitionStore, &'a GlobalTables),
         writes: &'a mut WriteSet,
         source: Source<'a>,
         time: &'a mut RecordTime,
     ) -> Self {
         Self {
             store,
+            globals,
             writes,
             source,
             time,
         }
+    }
+
+    /// The table `T`: the newest value per key of its topic. A co-partitioned table's
+    /// partition is read up to its end before the input partition's first record and before
+    /// every batch, so a record joins with every table record produced before it (and
+    /// possibly later ones); a global table is current as of the worker's start, then follows
+    /// its topic as it comes.
+    ///
+    /// ```
+    /// # #[derive(serde::Serialize, serde::Deserialize)]
+    /// # struct Customer { country: String }
+    /// # struct Customers;
+    /// # impl weir::TableDef for Customers {
+    /// #     const NAME: &'static str = "customers";
+    /// #     const TOPIC: &'static str = "customers";
+    /// #     const GLOBAL: bool = false;
+    /// #     type Value = Customer;
+    /// # }
+    /// # fn f(ctx: &mut weir::Ctx<'_>) -> weir::Result<()> {
+    /// let country = ctx.table::<Customers>().get("c1")?.map(|c| c.country);
+    /// # Ok(()) }
+    /// ```
+    pub fn table<T: TableDef>(&self) -> Table<'_, T> {
+        Table::new(self.store, self.writes, self.globals)
     }
 
     /// The record's event time in milliseconds since the Unix epoch (in a timer or window

@@ -3,7 +3,7 @@
 
 use std::future::Future;
 
-use crate::processing::{Codec, Ctx, FiredTimer, Record, WindowResult};
+use crate::processing::{Codec, Ctx, FiredTimer, Record, TableInfo, WindowResult};
 use crate::BoxError;
 
 /// The decoded value type of handler `H`'s records.
@@ -159,6 +159,8 @@ pub struct HandlerSettings {
     pub idle_close_after_ms: Option<u64>,
     /// Call [`Process::on_window_updated`] after every window update.
     pub window_updates: bool,
+    /// Declared tables.
+    pub tables: &'static [TableInfo],
 }
 
 impl HandlerSettings {
@@ -180,6 +182,7 @@ impl HandlerSettings {
         late_topic: None,
         idle_close_after_ms: None,
         window_updates: false,
+        tables: &[],
     };
 }
 

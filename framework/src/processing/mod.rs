@@ -7,6 +7,7 @@ mod codec;
 mod context;
 mod handler;
 mod record;
+pub(crate) mod table;
 pub(crate) mod time;
 mod upstream;
 
@@ -15,4 +16,5 @@ pub(crate) use context::Source;
 pub use context::{Ctx, State, StoreDef};
 pub use handler::{Delivery, Handler, HandlerSettings, KeyOf, Process, StoreInfo, ValueOf};
 pub use record::Record;
+pub use table::{Table, TableDef, TableInfo};
 pub use time::{FiredTimer, TimerAt, Window, WindowDef, WindowResult, WindowState, Windows};

@@ -228,6 +228,15 @@ impl WorkerBuilder {
         self
     }
 
+    /// Reads table `T` from `topic` instead of its declared topic (another environment's
+    /// name, say).
+    pub fn table_topic<T: crate::TableDef>(mut self, topic: impl Into<String>) -> Self {
+        self.config
+            .table_topics
+            .insert(T::NAME.to_owned(), topic.into());
+        self
+    }
+
     /// Sets a librdkafka consumer property (`WEIR_KAFKA_<PROPERTY>`, dots as underscores).
     pub fn kafka(mut self, property: impl Into<String>, value: impl Into<String>) -> Self {
         let property = property.into();

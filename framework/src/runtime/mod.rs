@@ -12,6 +12,7 @@ mod partition_task;
 mod rebalance;
 mod shared;
 mod signals;
+mod tables;
 mod worker;
 
 pub use builder::WorkerBuilder;

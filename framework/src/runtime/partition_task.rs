@@ -10,16 +10,19 @@ use rdkafka::config::ClientConfig;
 use tokio::sync::mpsc;
 use weir_state::PartitionStore;
 
+use crate::config::TableSource;
 use crate::delivery::restore::{self, Restore};
 use crate::delivery::OutboxSink;
 use crate::delivery::RetryPolicy;
 use crate::inbound::Inbound;
 use crate::observe::metric_names::{BATCHES_CUT_TOTAL, BATCH_DURATION_SECONDS, MESSAGES_TOTAL};
 use crate::processing::batch::{BatchRunner, Clock, Outcome};
+use crate::processing::table::GlobalTables;
 use crate::processing::time;
 use crate::processing::Process;
 use crate::runtime::flow::PartitionFlow;
 use crate::runtime::lifecycle::Lifecycle;
+use crate::runtime::tables::PartitionTables;
 use crate::Error;
 
 /// The partition's store, and the signal that it is closed: `closed` disconnects once the last
@@ -70,6 +73,10 @@ pub(crate) struct TaskContext {
     pub(crate) lifecycle: Arc<Lifecycle>,
     /// After this long without records a partition's watermark follows the wall clock.
     pub(crate) idle_close_after: Option<Duration>,
+    /// The co-partitioned tables each partition reads into its store.
+    pub(crate) tables: Arc<[TableSource]>,
+    /// The worker's global tables.
+    pub(crate) globals: Arc<GlobalTables>,
 }
 
 /// What the task does next.
@@ -106,6 +113,8 @@ pub(crate) struct PartitionTask<H: Process> {
     changelog: Option<String>,
     /// The outbox of the last committed batch, being sent while the next batch is processed.
     flushing: Option<tokio::task::JoinHandle<bool>>,
+    /// The partition's tables, once opened.
+    tables: Option<Arc<std::sync::Mutex<PartitionTables>>>,
     idle: Idle,
     ctx: TaskContext,
 }
@@ -130,6 +139,7 @@ impl<H: Process> PartitionTask<H> {
             next_offset,
             changelog,
             flushing: None,
+            tables: None,
             idle: Idle {
                 last_records_at: Instant::now(),
                 watermark: None,
@@ -140,10 +150,8 @@ impl<H: Process> PartitionTask<H> {
     }
 
     pub(crate) async fn run(mut self) {
-        if let Some(changelog) = self.changelog.take() {
-            if !self.restore(changelog).await {
-                return;
-            }
+        if !self.prepare().await {
+            return;
         }
         // What an earlier run committed but did not get acknowledged goes first.
         self.flush_in_background(None);
@@ -167,7 +175,7 @@ impl<H: Process> PartitionTask<H> {
             if batch.is_empty() {
                 continue;
             }
-            if !self.check_history(&batch).await {
+            if !self.check_history(&batch).await || !self.read_tables().await {
                 break;
             }
             self.flow
@@ -202,10 +210,102 @@ impl<H: Process> PartitionTask<H> {
         });
     }
 
+    /// Prepares the store while the consumer keeps polling (the partition stays paused):
+    /// rebuilds it from the changelog when it is missing or behind, reads its tables up to
+    /// their end; then tells the consumer thread where to start. False if a stop came first
+    /// (or the task failed).
+    async fn prepare(&mut self) -> bool {
+        if let Some(changelog) = self.changelog.take() {
+            match self.restore(changelog).await {
+                Some(next_offset) => self.next_offset = next_offset,
+                None => return false,
+            }
+        }
+        if !self.ctx.tables.is_empty() {
+            let store = Arc::clone(self.runner.store());
+            let (client, tables) = (self.ctx.client.clone(), Arc::clone(&self.ctx.tables));
+            let partition = self.partition;
+            let opened = tokio::task::spawn_blocking(move || {
+                PartitionTables::open(&client, &store.store, &tables, partition)
+            })
+            .await;
+            match opened {
+                Ok(Ok(t)) => self.tables = Some(Arc::new(std::sync::Mutex::new(t))),
+                Ok(Err(e)) => {
+                    self.ctx.lifecycle.fail(Error::Table {
+                        topics: self.ctx.tables.iter().map(|t| t.topic.clone()).collect(),
+                        message: e,
+                    });
+                    return false;
+                }
+                Err(e) => {
+                    self.ctx.lifecycle.fail(Error::Panic {
+                        context: format!("opening the tables of {}/{}", self.topic, self.partition),
+                        message: e.to_string(),
+                    });
+                    return false;
+                }
+            }
+            if !self.read_tables().await {
+                return false;
+            }
+        }
+        if self.flow.is_restoring() {
+            self.flow.ready(self.next_offset);
+            let _ = self.ctx.ready.send(Ready {
+                topic: Arc::clone(&self.topic),
+                partition: self.partition,
+                next_offset: self.next_offset,
+            });
+        }
+        !self.flow.stop_signal().is_requested()
+    }
+
+    /// Reads the partition's tables up to their end into its store, retrying with the retry
+    /// policy's backoff while they cannot be read. False if a stop came first.
+    async fn read_tables(&mut self) -> bool {
+        let Some(tables) = &self.tables else {
+            return true;
+        };
+        let mut attempt = 0u32;
+        loop {
+            let (tables, store) = (Arc::clone(tables), Arc::clone(self.runner.store()));
+            let stop = Arc::clone(self.flow.stop_signal());
+            let read = tokio::task::spawn_blocking(move || {
+                let mut tables = tables
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                tables.catch_up(&store.store, &|| stop.is_requested())
+            })
+            .await;
+            let error = match read {
+                Ok(Ok(_)) => return true,
+                Ok(Err(e)) => e,
+                Err(e) => e.to_string(),
+            };
+            if self.flow.stop_signal().is_requested() {
+                return false;
+            }
+            attempt += 1;
+            let delay = self.runner.policy().retry.delay(attempt, attempt.into());
+            tracing::error!(
+                topic = %self.topic,
+                partition = self.partition,
+                attempt,
+                "cannot read the partition's tables, retrying in {delay:?}: {error}"
+            );
+            let stop = Arc::clone(self.flow.stop_signal());
+            tokio::select! {
+                biased;
+                _ = stop.requested() => return false,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
     /// Rebuilds the store from the changelog when it is missing or behind, on a blocking
-    /// thread while the consumer keeps polling (the partition stays paused), then tells the
-    /// consumer thread where to start. False if a stop came first.
-    async fn restore(&mut self, changelog: String) -> bool {
+    /// thread; the offset to go on from, `None` if a stop came first.
+    async fn restore(&mut self, changelog: String) -> Option<Option<i64>> {
         let store = Arc::clone(self.runner.store());
         let flow = Arc::clone(&self.flow);
         let (topic, partition, local) = (Arc::clone(&self.topic), self.partition, self.next_offset);
@@ -235,28 +335,20 @@ impl<H: Process> PartitionTask<H> {
             }
         })
         .await;
-        let next_offset = match result {
-            Ok(Ok(n)) => n,
+        match result {
+            Ok(Ok(n)) => Some(n),
             Ok(Err(e)) => {
                 tracing::info!(topic = %self.topic, partition = self.partition, "changelog restore stopped: {e}");
-                return false;
+                None
             }
             Err(e) => {
                 self.ctx.lifecycle.fail(Error::Panic {
                     context: format!("restoring {}/{}", self.topic, self.partition),
                     message: e.to_string(),
                 });
-                return false;
+                None
             }
-        };
-        self.next_offset = next_offset;
-        self.flow.ready(next_offset);
-        let _ = self.ctx.ready.send(Ready {
-            topic: Arc::clone(&self.topic),
-            partition: self.partition,
-            next_offset,
-        });
-        !self.flow.stop_signal().is_requested()
+        }
     }
 
     /// A partition with no stored offset folds its whole history into state; if its first

@@ -185,7 +185,7 @@ impl<H: Process> WeirContext<H> {
             let flow = Arc::new(PartitionFlow::new(
                 (c.queue_capacity, c.queue_capacity_mb << 20),
                 next_offset,
-                changelog.is_some(),
+                changelog.is_some() || !shared.task_ctx.tables.is_empty(),
             ));
             let topic_name: Arc<str> = Arc::from(topic.as_str());
             let runner = BatchRunner::new(
@@ -195,7 +195,8 @@ impl<H: Process> WeirContext<H> {
                 c.policy_for(&topic),
                 shared.sink.clone(),
                 Mode::Runtime(Arc::clone(flow.stop_signal())),
-            );
+            )
+            .with_globals(Arc::clone(&shared.task_ctx.globals));
             let task = PartitionTask::new(
                 runner,
                 (Arc::clone(&topic_name), partition),

@@ -12,6 +12,7 @@ use crate::clock::now_ms;
 use crate::config::Config;
 use crate::delivery::{DeadLetterSink, OutboxSink};
 use crate::observe;
+use crate::processing::table::GlobalTables;
 use crate::processing::Process;
 use crate::runtime::admin::ensure_topics;
 use crate::runtime::client::{check_brokers, connection_config, consumer_config, producer_config};
@@ -19,6 +20,7 @@ use crate::runtime::lifecycle::Lifecycle;
 use crate::runtime::partition_task::TaskContext;
 use crate::runtime::rebalance::WeirContext;
 use crate::runtime::shared::Shared;
+use crate::runtime::tables::{check_copartitioned, follow_globals};
 use crate::runtime::{consumer, signals, EmbeddedBroker, WorkerBuilder};
 use crate::{Error, Result};
 
@@ -107,6 +109,9 @@ impl<H: Process> Worker<H> {
                 if let Some(cl) = config.changelog_topic_of(topic) {
                     broker.create_topic(&cl, config.embedded_partitions)?;
                 }
+            }
+            for table in config.tables(false).into_iter().chain(config.tables(true)) {
+                broker.create_topic(&table.topic, config.embedded_partitions)?;
             }
         }
         let consumer = consumer_config(&config, &brokers)?;
@@ -215,6 +220,36 @@ impl<H: Process> Worker<H> {
                 }
             }
         }
+        // Tables: co-partitioned ones checked, global ones read in full before joining.
+        let globals = Arc::new(GlobalTables::default());
+        let tables = async {
+            let (config, client) = (self.config.clone(), self.connection.clone());
+            let globals = Arc::clone(&globals);
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let cancel = StopOnDrop(Arc::clone(&stop));
+            let read = tokio::task::spawn_blocking(move || {
+                check_copartitioned(&config, &client)?;
+                let global = config.tables(true);
+                if global.is_empty() {
+                    return Ok(None);
+                }
+                let cancelled = || stop.load(std::sync::atomic::Ordering::SeqCst);
+                follow_globals(&client, &global, &globals, &cancelled).map(Some)
+            })
+            .await;
+            drop(cancel);
+            read.map_err(|e| Error::Panic {
+                context: "reading tables".into(),
+                message: e.to_string(),
+            })?
+        };
+        let _globals_follower = tokio::select! {
+            r = tables => r?,
+            () = &mut shutdown => {
+                tracing::info!("shutdown requested while reading tables: stopped");
+                return Ok(());
+            }
+        };
         let (ready_tx, ready_rx) = std_mpsc::channel();
         let lifecycle = Arc::new(Lifecycle::default());
         let shared = Arc::new(Shared::new(
@@ -231,6 +266,8 @@ impl<H: Process> Worker<H> {
                 ready: ready_tx,
                 lifecycle: Arc::clone(&lifecycle),
                 idle_close_after: self.config.idle_close_after,
+                tables: self.config.tables(false).into(),
+                globals,
             },
         ));
         let kafka: BaseConsumer<WeirContext<H>> =
@@ -294,6 +331,15 @@ impl<H: Process> Worker<H> {
             tracing::info!("worker stopped");
         }
         result
+    }
+}
+
+/// Cancels a blocking step (reading global tables) when the step's future is dropped.
+struct StopOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

@@ -1,0 +1,403 @@
+//! Reading tables from their topics: a co-partitioned table's partition into its input
+//! partition's store (caught up before the partition's first record and before each batch),
+//! and global tables, in full, into the worker's memory (caught up before the worker joins
+//! its group, then followed while it runs). Also the check at start that co-partitioned
+//! tables have their inputs' partition counts.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaErrorCode;
+use weir_state::PartitionStore;
+
+use crate::config::{Config, TableSource};
+use crate::observe::metric_names::{TABLE_RECORDS_SKIPPED_TOTAL, TABLE_RECORDS_TOTAL};
+use crate::processing::table::{self, GlobalTables};
+use crate::{Error, Result};
+
+/// How long catching up waits without a record before giving up.
+const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// After the broker said "end of partition", how long to wait for records up to the end the
+/// offsets query gave (past it, the rest are offsets without records: transaction markers).
+const END_GRACE: Duration = Duration::from_secs(1);
+/// Table records written per SQLite transaction while catching up.
+const CHUNK: usize = 20_000;
+
+/// Reads table partitions from a position up to their end.
+pub(crate) struct TableReader {
+    consumer: BaseConsumer<ReaderContext>,
+    /// Next offset to read, per (topic, partition).
+    next: HashMap<(String, i32), i64>,
+}
+
+impl std::fmt::Debug for TableReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TableReader")
+            .field("next", &self.next)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One table record read.
+type Read<'m> = BorrowedMessage<'m>;
+
+impl TableReader {
+    /// A reader of `partitions` (topic, partition, next offset or `None`: from the start).
+    pub(crate) fn open(
+        client: &ClientConfig,
+        partitions: &[(String, i32, Option<i64>)],
+    ) -> Result<Self, String> {
+        let consumer: BaseConsumer<ReaderContext> = client
+            .clone()
+            .set("group.id", "weir-table")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .create_with_context(ReaderContext)
+            .map_err(|e| format!("cannot create the table consumer: {e}"))?;
+        let mut tpl = TopicPartitionList::new();
+        let mut next = HashMap::new();
+        for (topic, partition, from) in partitions {
+            let offset = from.map_or(Offset::Beginning, Offset::Offset);
+            tpl.add_partition_offset(topic, *partition, offset)
+                .map_err(|e| e.to_string())?;
+            next.insert((topic.clone(), *partition), from.unwrap_or(0));
+        }
+        consumer.assign(&tpl).map_err(|e| e.to_string())?;
+        Ok(Self { consumer, next })
+    }
+
+    /// Reads every partition up to its end as the broker tells it now, handing the records to
+    /// `apply` in chunks (with the positions after them). Returns the number of records.
+    fn catch_up(
+        &mut self,
+        cancelled: &dyn Fn() -> bool,
+        mut apply: impl FnMut(&[Read<'_>], &HashMap<(String, i32), i64>) -> Result<(), String>,
+    ) -> Result<u64, String> {
+        let mut ends = HashMap::new();
+        for ((topic, partition), next) in &self.next {
+            let (_, high) = self
+                .consumer
+                .fetch_watermarks(topic, *partition, Duration::from_secs(10))
+                .map_err(|e| format!("reading {topic}/{partition}'s end: {e}"))?;
+            if high > *next {
+                ends.insert((topic.clone(), *partition), high);
+            }
+        }
+        let mut records = 0u64;
+        let mut chunk: Vec<Read<'_>> = Vec::new();
+        let mut last_record = Instant::now();
+        let mut eof_at: Option<Instant> = None;
+        let next = &mut self.next;
+        let behind = |next: &HashMap<(String, i32), i64>| {
+            ends.iter()
+                .any(|(tp, end)| next.get(tp).is_some_and(|n| n < end))
+        };
+        while behind(next) {
+            if cancelled() {
+                return Err("stopped while reading tables".into());
+            }
+            match self.consumer.poll(Duration::from_millis(100)) {
+                None => {}
+                Some(Err(KafkaError::PartitionEOF(_))) => {
+                    eof_at.get_or_insert_with(Instant::now);
+                }
+                Some(Err(e)) => return Err(format!("reading tables: {e}")),
+                Some(Ok(msg)) => {
+                    last_record = Instant::now();
+                    eof_at = None;
+                    let tp = (msg.topic().to_owned(), msg.partition());
+                    if !next.contains_key(&tp) {
+                        continue;
+                    }
+                    next.insert(tp, msg.offset() + 1);
+                    records += 1;
+                    chunk.push(msg);
+                    if chunk.len() >= CHUNK {
+                        apply(&chunk, next)?;
+                        chunk.clear();
+                    }
+                    continue;
+                }
+            }
+            if eof_at.is_some_and(|t| t.elapsed() >= END_GRACE) {
+                tracing::debug!(
+                    ?ends,
+                    "tables: the broker reports their end short of the offsets it gave (transaction markers); caught up"
+                );
+                break;
+            }
+            if last_record.elapsed() >= STALL_TIMEOUT {
+                return Err(format!(
+                    "no table record for {STALL_TIMEOUT:?} although the end is further: ends {ends:?}, read up to {next:?}"
+                ));
+            }
+        }
+        apply(&chunk, next)?;
+        Ok(records)
+    }
+
+    /// Hands what arrived within `timeout` to `apply` (a global table, kept current).
+    fn poll_some(&mut self, timeout: Duration, apply: impl Fn(&Read<'_>)) {
+        let mut wait = timeout;
+        for _ in 0..CHUNK {
+            match self.consumer.poll(wait) {
+                None => return,
+                Some(Err(KafkaError::PartitionEOF(_))) => {}
+                Some(Err(e)) => {
+                    tracing::warn!("reading global tables: {e}");
+                    return;
+                }
+                Some(Ok(msg)) => {
+                    self.next
+                        .insert((msg.topic().to_owned(), msg.partition()), msg.offset() + 1);
+                    apply(&msg);
+                }
+            }
+            wait = Duration::ZERO;
+        }
+    }
+}
+
+/// The co-partitioned tables of one input partition, in its store.
+#[derive(Debug)]
+pub(crate) struct PartitionTables {
+    reader: TableReader,
+    /// Store name per table topic.
+    stores: HashMap<String, &'static str>,
+}
+
+impl PartitionTables {
+    /// A reader of `tables`' partition `partition`, from where `store` says each was read.
+    pub(crate) fn open(
+        client: &ClientConfig,
+        store: &PartitionStore,
+        tables: &[TableSource],
+        partition: i32,
+    ) -> Result<Self, String> {
+        let mut from = Vec::new();
+        for t in tables {
+            let next = table::position(store, &t.topic, partition).map_err(|e| e.to_string())?;
+            from.push((t.topic.clone(), partition, next));
+        }
+        Ok(Self {
+            reader: TableReader::open(client, &from)?,
+            stores: tables.iter().map(|t| (t.topic.clone(), t.name)).collect(),
+        })
+    }
+
+    /// Reads each table partition to its end into `store`, each chunk in one transaction with
+    /// the positions after it. Returns the number of records read.
+    pub(crate) fn catch_up(
+        &mut self,
+        store: &PartitionStore,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<u64, String> {
+        let stores = &self.stores;
+        self.reader.catch_up(cancelled, |chunk, next| {
+            let mut entries = Vec::with_capacity(chunk.len() + next.len());
+            for r in chunk {
+                let Some(name) = stores.get(r.topic()) else {
+                    continue;
+                };
+                if let Some(e) = usable(name, r) {
+                    entries.push(e);
+                }
+            }
+            for ((topic, partition), n) in next {
+                entries.push(table::position_entry(topic, *partition, *n));
+            }
+            store.apply_unlogged(&entries).map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// A table record as a state entry; an unusable one is counted, logged and skipped.
+fn usable(store: &str, r: &Read<'_>) -> Option<(String, String, Option<String>)> {
+    metrics::counter!(TABLE_RECORDS_TOTAL, "topic" => r.topic().to_owned()).increment(1);
+    match table::entry(store, r.key(), r.payload()) {
+        Ok(e) => Some(e),
+        Err(why) => {
+            metrics::counter!(TABLE_RECORDS_SKIPPED_TOTAL, "topic" => r.topic().to_owned())
+                .increment(1);
+            tracing::warn!(
+                topic = r.topic(),
+                partition = r.partition(),
+                offset = r.offset(),
+                "table record skipped: {why}"
+            );
+            None
+        }
+    }
+}
+
+/// Global tables being followed; dropping it stops the reader thread.
+#[derive(Debug)]
+pub(crate) struct GlobalFollower {
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for GlobalFollower {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Reads the global `tables` in full into `globals` (blocking), then follows them on a thread
+/// of their own until the returned follower is dropped.
+pub(crate) fn follow_globals(
+    client: &ClientConfig,
+    tables: &[TableSource],
+    globals: &Arc<GlobalTables>,
+    cancelled: &dyn Fn() -> bool,
+) -> Result<GlobalFollower> {
+    let failed = |message: String| Error::Table {
+        topics: tables.iter().map(|t| t.topic.clone()).collect(),
+        message,
+    };
+    let counts =
+        partition_counts(client, tables.iter().map(|t| t.topic.as_str())).map_err(failed)?;
+    let mut from = Vec::new();
+    for t in tables {
+        let n = counts
+            .get(t.topic.as_str())
+            .copied()
+            .flatten()
+            .ok_or_else(|| failed(format!("global table topic {:?} does not exist", t.topic)))?;
+        from.extend((0..n).map(|p| (t.topic.clone(), p, None)));
+    }
+    let names: Arc<HashMap<String, &'static str>> =
+        Arc::new(tables.iter().map(|t| (t.topic.clone(), t.name)).collect());
+    let apply = {
+        let (names, globals) = (Arc::clone(&names), Arc::clone(globals));
+        move |r: &Read<'_>| {
+            let Some(name) = names.get(r.topic()) else {
+                return;
+            };
+            if let Some((_, key, value)) = usable(name, r) {
+                globals.apply(name, key, value);
+            }
+        }
+    };
+    let started = Instant::now();
+    let mut reader = TableReader::open(client, &from).map_err(failed)?;
+    let records = reader
+        .catch_up(cancelled, |chunk, _| {
+            chunk.iter().for_each(&apply);
+            Ok(())
+        })
+        .map_err(failed)?;
+    for t in tables {
+        tracing::info!(
+            topic = %t.topic,
+            keys = globals.len(t.name),
+            records,
+            took_ms = started.elapsed().as_millis() as u64,
+            "global table read"
+        );
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    std::thread::Builder::new()
+        .name("weir-global-tables".into())
+        .spawn(move || {
+            while !flag.load(Ordering::SeqCst) {
+                reader.poll_some(Duration::from_millis(100), &apply);
+            }
+        })
+        .map_err(|source| Error::Io {
+            context: "starting the global table reader",
+            source,
+        })?;
+    Ok(GlobalFollower { stop })
+}
+
+/// Refuses co-partitioned tables whose topic is missing or has another partition count than
+/// an input topic: their partitions would not hold the input partitions' keys.
+pub(crate) fn check_copartitioned(config: &Config, client: &ClientConfig) -> Result<()> {
+    let tables = config.tables(false);
+    if tables.is_empty() {
+        return Ok(());
+    }
+    let topics = tables
+        .iter()
+        .map(|t| t.topic.as_str())
+        .chain(config.topics.iter().map(String::as_str));
+    let counts = partition_counts(client, topics).map_err(|message| Error::Table {
+        topics: tables.iter().map(|t| t.topic.clone()).collect(),
+        message,
+    })?;
+    for t in &tables {
+        let Some(table_n) = counts.get(t.topic.as_str()).copied().flatten() else {
+            return Err(Error::Table {
+                topics: vec![t.topic.clone()],
+                message: format!(
+                    "table topic {:?} does not exist; create it with as many partitions as {}",
+                    t.topic,
+                    config.topics.join(", ")
+                ),
+            });
+        };
+        for input in &config.topics {
+            let Some(input_n) = counts.get(input.as_str()).copied().flatten() else {
+                continue; // auto-created, or reported by the consumer
+            };
+            if input_n != table_n {
+                return Err(Error::NotCopartitioned {
+                    table: t.topic.clone(),
+                    table_partitions: table_n,
+                    input: input.clone(),
+                    input_partitions: input_n,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Each topic's partition count (`None`: no such topic).
+fn partition_counts<'t>(
+    client: &ClientConfig,
+    topics: impl Iterator<Item = &'t str>,
+) -> Result<HashMap<&'t str, Option<i32>>, String> {
+    let consumer: BaseConsumer = client
+        .clone()
+        .set("allow.auto.create.topics", "false")
+        .create()
+        .map_err(|e| e.to_string())?;
+    let mut counts = HashMap::new();
+    for topic in topics {
+        let md = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .map_err(|e| format!("reading the metadata of {topic:?}: {e}"))?;
+        let n = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+            .map(|t| t.partitions().len() as i32);
+        counts.insert(topic, n);
+    }
+    Ok(counts)
+}
+
+struct ReaderContext;
+
+impl ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        ) {
+            tracing::warn!("table consumer: {error}: {reason}");
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {}

@@ -1,0 +1,387 @@
+//! Tables: a handler reads the newest value per key of another topic. A co-partitioned
+//! table's partition lives in its input partition's store and is read to its end before the
+//! partition's first record and before every batch; a global table is read in full by every
+//! worker before it joins its group, then followed.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use weir::prelude::*;
+use weir::testing::TestKit;
+use weir_tests::*;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Customer {
+    country: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Order {
+    order_id: String,
+}
+
+/// Stores each order's customer country ("?" when the customer is unknown).
+#[derive(Handler)]
+#[handler(
+    topic = "orders",
+    key = Utf8,
+    value = Json<Order>,
+    table(Customers, topic = "customers", value = Customer),
+    store(Joined, key = str, value = String)
+)]
+struct Join;
+
+impl Process for Join {
+    type Error = weir::Error;
+
+    async fn process(&self, r: Record<'_, Order, String>, ctx: &mut Ctx<'_>) -> weir::Result<()> {
+        let country = ctx
+            .table::<Customers>()
+            .get(r.key())?
+            .map_or_else(|| "?".to_owned(), |c| c.country);
+        ctx.store::<Joined>().put(&r.value().order_id, &country)
+    }
+}
+
+/// [`Join`] over a global table.
+#[derive(Handler)]
+#[handler(
+    topic = "orders",
+    key = Utf8,
+    value = Json<Order>,
+    global_table(AllCustomers, topic = "customers", value = Customer)
+)]
+struct GlobalJoin;
+
+impl Process for GlobalJoin {
+    type Error = weir::Error;
+
+    async fn process(&self, r: Record<'_, Order, String>, ctx: &mut Ctx<'_>) -> weir::Result<()> {
+        let country = ctx
+            .table::<AllCustomers>()
+            .get(r.key())?
+            .map_or_else(|| "?".to_owned(), |c| c.country);
+        ctx.state::<str, String>("joined")
+            .put(&r.value().order_id, &country)
+    }
+}
+
+fn order(id: &str) -> String {
+    format!(r#"{{"order_id":"{id}"}}"#)
+}
+
+fn customer(country: &str) -> String {
+    format!(r#"{{"country":"{country}"}}"#)
+}
+
+#[tokio::test]
+async fn the_test_kit_joins_with_the_table_as_it_was_when_the_order_came() {
+    let mut kit = TestKit::new(Join).expect("kit");
+    let fr = Customer {
+        country: "FR".into(),
+    };
+    kit.update_table::<Customers>("c1", Some(&fr))
+        .await
+        .expect("table");
+    kit.send("c1", order("o1")).send("c2", order("o2"));
+    kit.update_table::<Customers>(
+        "c2",
+        Some(&Customer {
+            country: "DE".into(),
+        }),
+    )
+    .await
+    .expect("table");
+    kit.send("c2", order("o3"));
+    kit.update_table::<Customers>("c1", None)
+        .await
+        .expect("tombstone");
+    kit.send("c1", order("o4"));
+    kit.run().await.expect("run");
+    let joined: BTreeMap<String, String> = kit.entries("joined").expect("entries");
+    let expected: BTreeMap<String, String> = [("o1", "FR"), ("o2", "?"), ("o3", "DE"), ("o4", "?")]
+        .into_iter()
+        .map(|(o, c)| (o.to_owned(), c.to_owned()))
+        .collect();
+    assert_eq!(joined, expected);
+}
+
+#[tokio::test]
+async fn the_test_kit_reads_global_tables() {
+    let mut kit = TestKit::new(GlobalJoin).expect("kit");
+    kit.update_table::<AllCustomers>(
+        "c1",
+        Some(&Customer {
+            country: "FR".into(),
+        }),
+    )
+    .await
+    .expect("table");
+    kit.send("c1", order("o1")).send("c9", order("o2"));
+    kit.run().await.expect("run");
+    let joined: BTreeMap<String, String> = kit.entries("joined").expect("entries");
+    assert_eq!(joined.get("o1").map(String::as_str), Some("FR"));
+    assert_eq!(joined.get("o2").map(String::as_str), Some("?"));
+}
+
+/// Every partition store's `joined` entries.
+fn joined(dir: &Path, group: &str, topic: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for (_, path) in store_files(dir, group, topic) {
+        let store = weir::state::StoreReader::open(&path).expect("open store");
+        out.extend(store.entries::<String, String>("joined").expect("entries"));
+    }
+    out
+}
+
+async fn wait_joined(dir: &Path, group: &str, topic: &str, order_id: &str) -> String {
+    let mut seen = BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while tokio::time::Instant::now() < deadline {
+        seen = joined(dir, group, topic);
+        if let Some(c) = seen.get(order_id) {
+            return c.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("order {order_id} not joined within 60 s; joined: {seen:?}");
+}
+
+async fn orders_join_with_their_customers(kind: BrokerKind) {
+    let Fixture {
+        broker,
+        topic,
+        group,
+        dir,
+    } = Fixture::new(kind, "orders", 3).await;
+    let customers = unique("customers");
+    broker.create_one_topic(&customers, 3).await;
+    // Before the worker starts: read before the partitions' first records.
+    broker
+        .produce(
+            &customers,
+            None,
+            [("c1", "FR"), ("c2", "DE"), ("c3", "IT")].map(|(k, c)| (k.to_owned(), customer(c))),
+        )
+        .await;
+    broker
+        .produce(
+            &topic,
+            None,
+            [("c1", "o1"), ("c2", "o2"), ("c3", "o3"), ("c4", "o4")]
+                .map(|(k, o)| (k.to_owned(), order(o))),
+        )
+        .await;
+    let worker = broker
+        .worker(&group, &topic, dir.path())
+        .table_topic::<Customers>(&customers)
+        .build(Join)
+        .expect("build");
+    let worker = RunningWorker::spawn(worker);
+    assert_eq!(wait_joined(dir.path(), &group, &topic, "o4").await, "?");
+    // A customer that arrives after its order: the order stays unmatched, later ones match.
+    broker
+        .produce(&customers, None, [("c4".to_owned(), customer("ES"))])
+        .await;
+    broker
+        .produce(&topic, None, [("c4".to_owned(), order("o5"))])
+        .await;
+    assert_eq!(wait_joined(dir.path(), &group, &topic, "o5").await, "ES");
+    // An update and a tombstone, each before the next order of its key.
+    broker
+        .produce(&customers, None, [("c1".to_owned(), customer("BE"))])
+        .await;
+    produce_tombstone(&broker, &customers, "c2").await;
+    broker
+        .produce(
+            &topic,
+            None,
+            [("c1", "o6"), ("c2", "o7")].map(|(k, o)| (k.to_owned(), order(o))),
+        )
+        .await;
+    assert_eq!(wait_joined(dir.path(), &group, &topic, "o6").await, "BE");
+    assert_eq!(wait_joined(dir.path(), &group, &topic, "o7").await, "?");
+    worker.stop_cleanly().await;
+    let got = joined(dir.path(), &group, &topic);
+    let expected: BTreeMap<String, String> = [
+        ("o1", "FR"),
+        ("o2", "DE"),
+        ("o3", "IT"),
+        ("o4", "?"),
+        ("o5", "ES"),
+        ("o6", "BE"),
+        ("o7", "?"),
+    ]
+    .into_iter()
+    .map(|(o, c)| (o.to_owned(), c.to_owned()))
+    .collect();
+    assert_eq!(got, expected);
+}
+
+on_both_brokers!(join, orders_join_with_their_customers);
+
+/// Produces a record without a value to `topic`, keyed `key`, partitioned like keyed records.
+async fn produce_tombstone(broker: &TestBroker, topic: &str, key: &str) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = broker.client().create().expect("producer");
+    let record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic).key(key);
+    producer
+        .send(record, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|(e, _)| panic!("tombstone: {e}"));
+}
+
+async fn a_table_with_another_partition_count_is_refused(kind: BrokerKind) {
+    let Fixture {
+        broker,
+        topic,
+        group,
+        dir,
+    } = Fixture::new(kind, "orders", 2).await;
+    let customers = unique("customers");
+    broker.create_one_topic(&customers, 3).await;
+    let worker = broker
+        .worker(&group, &topic, dir.path())
+        .table_topic::<Customers>(&customers)
+        .build(Join)
+        .expect("build");
+    let result = tokio::time::timeout(Duration::from_secs(60), worker.run(std::future::pending()))
+        .await
+        .expect("the worker stops by itself");
+    let message = match result {
+        Err(e @ weir::Error::NotCopartitioned { .. }) => e.to_string(),
+        other => panic!("expected NotCopartitioned, got {other:?}"),
+    };
+    for part in [
+        format!("{customers:?} has 3 partitions"),
+        format!("{topic:?} has 2"),
+    ] {
+        assert!(message.contains(&part), "{part} in: {message}");
+    }
+    assert!(
+        store_files(dir.path(), &group, &topic).is_empty(),
+        "nothing processed"
+    );
+}
+
+on_both_brokers!(
+    copartitioning,
+    a_table_with_another_partition_count_is_refused
+);
+
+async fn a_global_table_serves_two_workers(kind: BrokerKind) {
+    let Fixture {
+        broker,
+        topic,
+        group,
+        dir,
+    } = Fixture::new(kind, "orders", 2).await;
+    let dir2 = tempfile::tempdir().expect("tempdir");
+    // A global table needs no co-partitioning.
+    let customers = unique("customers");
+    broker.create_one_topic(&customers, 3).await;
+    let ids: Vec<String> = (0..20).map(|i| format!("c{i}")).collect();
+    broker
+        .produce(
+            &customers,
+            None,
+            ids.iter()
+                .map(|id| (id.clone(), customer(&format!("country-{id}")))),
+        )
+        .await;
+    let start = |dir: &Path| {
+        let worker = broker
+            .worker(&group, &topic, dir)
+            .table_topic::<AllCustomers>(&customers)
+            .build(GlobalJoin)
+            .expect("build");
+        RunningWorker::spawn(worker)
+    };
+    let (w1, w2) = (start(dir.path()), start(dir2.path()));
+    // Both workers own a partition before the orders come.
+    wait_until(
+        "both workers own a partition",
+        Duration::from_secs(60),
+        || {
+            let (a, b) = (dir.path().to_owned(), dir2.path().to_owned());
+            let (group, topic) = (group.clone(), topic.clone());
+            async move {
+                let owned = (
+                    store_files(&a, &group, &topic).len(),
+                    store_files(&b, &group, &topic).len(),
+                );
+                match owned {
+                    (1.., 1..) => Ok(()),
+                    (x, y) => Err(format!("partition stores: {x} and {y}")),
+                }
+            }
+        },
+    )
+    .await;
+    let orders: Vec<(String, String)> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.clone(), order(&format!("o{i}"))))
+        .collect();
+    broker.produce(&topic, None, orders).await;
+    let mut all = BTreeMap::new();
+    for (i, id) in ids.iter().enumerate() {
+        let o = format!("o{i}");
+        let c = wait_either(dir.path(), dir2.path(), &group, &topic, &o).await;
+        assert_eq!(c, format!("country-{id}"), "order {o}");
+        all.insert(o, c);
+    }
+    let (on1, on2) = (
+        joined(dir.path(), &group, &topic).len(),
+        joined(dir2.path(), &group, &topic).len(),
+    );
+    assert!(
+        on1 > 0 && on2 > 0 && on1 + on2 == 20,
+        "orders joined on each worker: {on1} and {on2}"
+    );
+    // Kept current while running: an update reaches the workers; probe orders until it shows.
+    broker
+        .produce(&customers, None, [("c0".to_owned(), customer("updated"))])
+        .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut probe = 0;
+    loop {
+        let id = format!("probe{probe}");
+        broker
+            .produce(&topic, None, [("c0".to_owned(), order(&id))])
+            .await;
+        let c = wait_either(dir.path(), dir2.path(), &group, &topic, &id).await;
+        if c == "updated" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the update did not reach the global table within 60 s (last probe saw {c})"
+        );
+        probe += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    w1.stop_cleanly().await;
+    w2.stop_cleanly().await;
+}
+
+/// The country `order_id` was joined with, on whichever worker processed it.
+async fn wait_either(a: &Path, b: &Path, group: &str, topic: &str, order_id: &str) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        for dir in [a, b] {
+            if let Some(c) = joined(dir, group, topic).get(order_id) {
+                return c.clone();
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "order {order_id} not joined on either worker within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+on_both_brokers!(global, a_global_table_serves_two_workers);
