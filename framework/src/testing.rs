@@ -44,9 +44,9 @@ use crate::config::Config;
 use crate::delivery::{DeadLetter, DeadLetterSink, OutboxSink};
 use crate::inbound::Inbound;
 use crate::processing::batch::{BatchError, BatchRunner, Clock, Mode, Outcome};
-use crate::processing::table::{self, GlobalTables};
+use crate::processing::table;
 use crate::processing::time;
-use crate::processing::{Process, TableDef, Window, WindowDef};
+use crate::processing::{Process, Scope, TableDef, Window, WindowDef};
 use crate::{Error, Result};
 use weir_state::CacheBudget;
 
@@ -69,7 +69,7 @@ pub struct TestKit<H> {
     partitions: BTreeMap<(String, i32), PartitionLog>,
     /// The wall clock the kit's batches see (ms since the epoch); `None`: the real one.
     wall_clock: Option<i64>,
-    globals: Arc<GlobalTables>,
+    scope: Scope,
 }
 
 #[derive(Debug, Default)]
@@ -114,7 +114,7 @@ impl<H: Process> TestKit<H> {
             config,
             partitions: BTreeMap::new(),
             wall_clock: None,
-            globals: Arc::default(),
+            scope: Scope::default(),
         })
     }
 
@@ -230,7 +230,7 @@ impl<H: Process> TestKit<H> {
                 message: e.to_string(),
             })?;
         if T::GLOBAL {
-            self.globals.apply(T::NAME, key, value);
+            self.scope.globals.apply(T::NAME, key, value);
         } else {
             let topic = self.default_topic.clone();
             let (store, _) = self.runner(&topic, 0)?;
@@ -447,7 +447,7 @@ impl<H: Process> TestKit<H> {
             self.sink.clone(),
             Mode::TestKit,
         )
-        .with_globals(Arc::clone(&self.globals));
+        .with_scope(self.scope.clone());
         Ok((store, runner))
     }
 

@@ -64,6 +64,8 @@ pub(crate) struct Config {
     pub(crate) window_updates: bool,
     /// The handler's tables.
     pub(crate) tables: Vec<TableInfo>,
+    /// The group of the pipeline this worker runs a stage of (`None`: not a pipeline's).
+    pub(crate) pipeline: Option<String>,
     /// Table topics set by the builder over the declared ones, by table name.
     pub(crate) table_topics: std::collections::BTreeMap<String, String>,
     /// Log every state change to a changelog topic per input topic, and restore a partition's
@@ -129,6 +131,7 @@ impl Default for Config {
             window_updates: false,
             tables: Vec::new(),
             table_topics: Default::default(),
+            pipeline: None,
             metrics_addr: None,
             progress_interval: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
@@ -209,6 +212,11 @@ impl Config {
             window_updates: self.window_updates,
             event_time_field: self.event_time_field.as_deref().map(std::sync::Arc::from),
         }
+    }
+
+    /// The group naming repartition topics: the pipeline's, or the worker's own.
+    pub(crate) fn pipeline_group(&self) -> &str {
+        self.pipeline.as_deref().unwrap_or(&self.group)
     }
 
     /// The tables, global (`true`) or kept in each partition's store (`false`), with their

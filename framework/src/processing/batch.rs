@@ -19,7 +19,7 @@ use crate::observe::metric_names::{
     COMMIT_DURATION_SECONDS, COMMIT_FAILURES_TOTAL, DUPLICATES_DROPPED_TOTAL, FENCED_TOTAL,
     LATE_RECORDS_TOTAL, MESSAGES_TOTAL, TIMERS_FIRED_TOTAL, WINDOWS_CLOSED_TOTAL,
 };
-use crate::processing::table::GlobalTables;
+use crate::processing::context::Scope;
 use crate::processing::time::{self, Due, RecordTime, TIMERS};
 use crate::processing::upstream::Upstream;
 use crate::processing::{
@@ -183,8 +183,8 @@ pub(crate) struct BatchRunner<H, S> {
     mode: Mode,
     /// When late records were last logged, and how many came since.
     late_log: std::sync::Mutex<(i64, u64)>,
-    /// The worker's global tables.
-    globals: Arc<GlobalTables>,
+    /// The worker's global tables and pipeline.
+    scope: Scope,
 }
 
 /// The attempts of one batch: failures per record, dead-lettered records.
@@ -214,13 +214,13 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
             sink,
             mode,
             late_log: std::sync::Mutex::new((i64::MIN, 0)),
-            globals: Arc::default(),
+            scope: Scope::default(),
         }
     }
 
-    /// Reads global tables from `globals`.
-    pub(crate) fn with_globals(mut self, globals: Arc<GlobalTables>) -> Self {
-        self.globals = globals;
+    /// Runs the records in `scope` (global tables, pipeline).
+    pub(crate) fn with_scope(mut self, scope: Scope) -> Self {
+        self.scope = scope;
         self
     }
 
@@ -464,7 +464,7 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
                 window_updates: self.policy.window_updates,
                 event_time_field: self.policy.event_time_field.as_deref(),
             };
-            let reads = (store, &*self.globals);
+            let reads = (store, &self.scope);
             match run_record(&*self.handler, reads, &mut writes, msg, record_clock).await {
                 Ok(time) => {
                     if time.is_late() {
@@ -607,14 +607,14 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
                         metrics::counter!(WINDOWS_CLOSED_TOTAL, "store" => name.clone())
                             .increment(1);
                         let closed = WindowResult::new(name, key, window, value);
-                        let mut ctx = Ctx::new((store, &self.globals), writes, source, &mut rt);
+                        let mut ctx = Ctx::new((store, &self.scope), writes, source, &mut rt);
                         caught(self.handler.on_window_closed(closed, &mut ctx))
                             .await
                             .map_err(failed("on_window_closed"))?;
                     }
                     Due::User { key } => {
                         metrics::counter!(TIMERS_FIRED_TOTAL).increment(1);
-                        let mut ctx = Ctx::new((store, &self.globals), writes, source, &mut rt);
+                        let mut ctx = Ctx::new((store, &self.scope), writes, source, &mut rt);
                         caught(
                             self.handler
                                 .on_timer(FiredTimer::new(timer.at, key), &mut ctx),
@@ -669,7 +669,7 @@ struct RecordClock<'a> {
 /// Decodes and processes one record; returns its time and what its window updates found.
 async fn run_record<H: Process>(
     handler: &H,
-    (store, globals): (&PartitionStore, &GlobalTables),
+    (store, scope): (&PartitionStore, &Scope),
     writes: &mut WriteSet,
     msg: &Inbound,
     clock: RecordClock<'_>,
@@ -690,7 +690,7 @@ async fn run_record<H: Process>(
         .or(clock.watermark)
         .unwrap_or(clock.now_ms);
     let mut time = RecordTime::new(event_time, clock.watermark, clock.window_updates);
-    let mut ctx = Ctx::new((store, globals), writes, Source::Record(msg), &mut time);
+    let mut ctx = Ctx::new((store, scope), writes, Source::Record(msg), &mut time);
     caught(handler.process(record, &mut ctx)).await?;
     for (name, key, window) in time.take_updates() {
         // (A session a later update of the same record merged into another is gone.)
@@ -698,7 +698,7 @@ async fn run_record<H: Process>(
             continue;
         };
         let update = WindowResult::new(name.to_owned(), key, window, value);
-        let mut ctx = Ctx::new((store, globals), writes, Source::Record(msg), &mut time);
+        let mut ctx = Ctx::new((store, scope), writes, Source::Record(msg), &mut time);
         caught(handler.on_window_updated(update, &mut ctx)).await?;
     }
     Ok(time)

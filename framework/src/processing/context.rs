@@ -1,6 +1,7 @@
 //! The per-record context: typed access to the partition's state.
 
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 use serde::{de::DeserializeOwned, Serialize};
 use weir_state::wire::header;
@@ -8,6 +9,30 @@ use weir_state::{OutboxRecord, PartitionStore, WriteSet};
 
 use crate::inbound::Inbound;
 use crate::processing::table::{GlobalTables, Table, TableDef};
+
+/// What a batch's records see of their worker besides their partition: the global tables,
+/// and the pipeline's group (which names repartition topics).
+#[derive(Debug, Clone)]
+pub(crate) struct Scope {
+    pub(crate) globals: Arc<GlobalTables>,
+    /// The group of the worker, or of the pipeline the worker's stage belongs to.
+    pub(crate) pipeline_group: Arc<str>,
+}
+
+impl Default for Scope {
+    fn default() -> Self {
+        Self {
+            globals: Arc::default(),
+            pipeline_group: Arc::from("weir"),
+        }
+    }
+}
+
+/// The repartition topic feeding pipeline stage `stage` of the pipeline whose group is
+/// `group`: `<group>-<stage>-repartition`.
+pub(crate) fn repartition_topic(group: &str, stage: &str) -> String {
+    format!("{group}-{stage}-repartition")
+}
 use crate::processing::time::{self, RecordTime, TimerAt, WindowDef, WindowState};
 use crate::Result;
 
@@ -44,7 +69,7 @@ impl Source<'_> {
 #[derive(Debug)]
 pub struct Ctx<'a> {
     store: &'a PartitionStore,
-    globals: &'a GlobalTables,
+    scope: &'a Scope,
     writes: &'a mut WriteSet,
     source: Source<'a>,
     time: &'a mut RecordTime,
@@ -52,14 +77,14 @@ pub struct Ctx<'a> {
 
 impl<'a> Ctx<'a> {
     pub(crate) fn new(
-        (store, globals): (&'a PartitionStore, &'a GlobalTables),
+        (store, scope): (&'a PartitionStore, &'a Scope),
         writes: &'a mut WriteSet,
         source: Source<'a>,
         time: &'a mut RecordTime,
     ) -> Self {
         Self {
             store,
-            globals,
+            scope,
             writes,
             source,
             time,
@@ -87,7 +112,7 @@ impl<'a> Ctx<'a> {
     /// # Ok(()) }
     /// ```
     pub fn table<T: TableDef>(&self) -> Table<'_, T> {
-        Table::new(self.store, self.writes, self.globals)
+        Table::new(self.store, self.writes, &self.scope.globals)
     }
 
     /// The record's event time in milliseconds since the Unix epoch (in a timer or window
@@ -186,6 +211,20 @@ impl<'a> Ctx<'a> {
             value: Some(value.to_vec()),
             headers: all,
         });
+    }
+
+    /// Re-keys the record: emits `value` (as JSON) with `key` to the repartition topic of the
+    /// pipeline stage `stage` (`<group>-<stage>-repartition`, created by the pipeline with the
+    /// partition count of this stage's input), where records with the same key meet in one
+    /// partition. The downstream stage applies each emit once (see [`emit`](Self::emit)).
+    pub fn repartition<V: Serialize + ?Sized>(
+        &mut self,
+        stage: &str,
+        key: &str,
+        value: &V,
+    ) -> Result<()> {
+        let topic = repartition_topic(&self.scope.pipeline_group, stage);
+        self.emit_json(&topic, Some(key.as_bytes()), value)
     }
 
     /// [`emit`](Self::emit) with the value serialized as JSON.

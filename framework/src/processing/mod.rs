@@ -12,7 +12,7 @@ pub(crate) mod time;
 mod upstream;
 
 pub use codec::{Codec, DecodeError, Envelope, Enveloped, Json, Raw, UndecodableRecord, Utf8};
-pub(crate) use context::Source;
+pub(crate) use context::{repartition_topic, Scope, Source};
 pub use context::{Ctx, State, StoreDef};
 pub use handler::{Delivery, Handler, HandlerSettings, KeyOf, Process, StoreInfo, ValueOf};
 pub use record::Record;

@@ -1,4 +1,5 @@
-//! Topic administration: the dead-letter and changelog topics a worker writes to.
+//! Topic administration: the dead-letter, late-record, changelog and repartition topics a
+//! worker writes to.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -6,26 +7,81 @@ use std::time::Duration;
 use rdkafka::config::ClientConfig;
 
 use crate::config::Config;
+use crate::processing::repartition_topic;
+use crate::{Error, Result};
 
-/// Creates missing dead-letter and changelog topics (a changelog compacted, with as many
-/// partitions as its source topic); failures are warnings, since the topics may exist or be
-/// auto-created.
+/// A topic a worker writes to, created when missing.
+struct Wanted {
+    name: String,
+    /// Created with as many partitions as the largest of these topics (at least 1).
+    partitions_like: Vec<String>,
+    /// What it is, for logs.
+    kind: &'static str,
+    compacted: bool,
+}
+
+/// Creates missing dead-letter, late-record and changelog topics (a changelog compacted, with
+/// as many partitions as its source topic); failures are warnings, since the topics may exist
+/// or be auto-created.
 pub(crate) async fn ensure_topics(config: &Config, connection: &ClientConfig) {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
-    // (source topic, topic, what it is, compacted)
-    let mut wanted: Vec<(String, String, &str, bool)> = Vec::new();
+    let mut wanted = Vec::new();
+    let mut want = |source: &str, name: String, kind, compacted| {
+        wanted.push(Wanted {
+            name,
+            partitions_like: vec![source.to_owned()],
+            kind,
+            compacted,
+        })
+    };
     for t in &config.topics {
         if let Some(d) = config.dead_letter_topic_of(t) {
-            wanted.push((t.clone(), d, "dead-letter topic", false));
+            want(t, d, "dead-letter topic", false);
         }
         if let (true, Some(l)) = (config.windows, config.late_topic_of(t)) {
-            wanted.push((t.clone(), l, "late-record topic", false));
+            want(t, l, "late-record topic", false);
         }
         if let Some(c) = config.changelog_topic_of(t) {
-            wanted.push((t.clone(), c, "changelog topic", true));
+            want(t, c, "changelog topic", true);
         }
     }
+    create_missing(connection, wanted).await;
+}
+
+/// Creates the missing repartition topics of a pipeline whose stages (in order) consume
+/// `inputs`: the one feeding a stage gets as many partitions as the previous stage's input
+/// (a deleted one is created again, empty). A stage reading a repartition topic with no stage
+/// before it is an error.
+pub(crate) async fn ensure_repartition_topics(
+    group: &str,
+    inputs: &[(String, Vec<String>)],
+    connection: &ClientConfig,
+) -> Result<()> {
+    let mut wanted = Vec::new();
+    for (i, (stage, topics)) in inputs.iter().enumerate() {
+        let own = repartition_topic(group, stage);
+        if !topics.contains(&own) {
+            continue;
+        }
+        let Some((_, before)) = i.checked_sub(1).and_then(|i| inputs.get(i)) else {
+            return Err(Error::config(
+                "pipeline stage",
+                format!("stage {stage:?} reads its repartition topic {own:?}, but no stage comes before it to feed it"),
+            ));
+        };
+        wanted.push(Wanted {
+            name: own,
+            partitions_like: before.clone(),
+            kind: "repartition topic",
+            compacted: false,
+        });
+    }
+    create_missing(connection, wanted).await;
+    Ok(())
+}
+
+async fn create_missing(connection: &ClientConfig, wanted: Vec<Wanted>) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
     if wanted.is_empty() {
         return;
     }
@@ -36,7 +92,7 @@ pub(crate) async fn ensure_topics(config: &Config, connection: &ClientConfig) {
     {
         Ok(a) => a,
         Err(e) => {
-            tracing::warn!("cannot check dead-letter and changelog topics: {e}");
+            tracing::warn!("cannot check the topics the worker writes to: {e}");
             return;
         }
     };
@@ -49,7 +105,7 @@ pub(crate) async fn ensure_topics(config: &Config, connection: &ClientConfig) {
     })
     .await;
     let Ok(Ok(metadata)) = metadata else {
-        tracing::warn!("cannot read topic metadata to check dead-letter and changelog topics");
+        tracing::warn!("cannot read topic metadata to check the topics the worker writes to");
         return;
     };
     let partitions = |name: &str| {
@@ -61,20 +117,23 @@ pub(crate) async fn ensure_topics(config: &Config, connection: &ClientConfig) {
     };
     let missing: Vec<(NewTopic<'_>, &str)> = wanted
         .iter()
-        .filter(|(_, name, _, _)| partitions(name).is_none())
-        .map(|(src, name, kind, compacted)| {
-            let t = NewTopic::new(
-                name,
-                partitions(src).unwrap_or(1).max(1),
-                TopicReplication::Fixed(-1),
-            );
+        .filter(|w| partitions(&w.name).is_none())
+        .map(|w| {
+            let n = w
+                .partitions_like
+                .iter()
+                .filter_map(|t| partitions(t))
+                .max()
+                .unwrap_or(1)
+                .max(1);
+            let t = NewTopic::new(&w.name, n, TopicReplication::Fixed(-1));
             (
-                if *compacted {
+                if w.compacted {
                     t.set("cleanup.policy", "compact")
                 } else {
                     t
                 },
-                *kind,
+                w.kind,
             )
         })
         .collect();
@@ -106,10 +165,10 @@ pub(crate) async fn ensure_topics(config: &Config, connection: &ClientConfig) {
             }
         }
         Ok(Err(e)) => tracing::warn!(
-            "cannot create dead-letter and changelog topics ({e}); they must exist or be auto-created"
+            "cannot create the topics the worker writes to ({e}); they must exist or be auto-created"
         ),
         Err(_) => tracing::warn!(
-            "creating dead-letter and changelog topics timed out; they must exist or be auto-created"
+            "creating the topics the worker writes to timed out; they must exist or be auto-created"
         ),
     }
 }

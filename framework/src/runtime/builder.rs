@@ -5,9 +5,11 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::delivery::RetryPolicy;
-use crate::processing::Process;
+use crate::processing::{repartition_topic, Process};
+use crate::runtime::pipeline::{PipelineBuilder, Stages};
 use crate::runtime::Worker;
-use crate::Result;
+use crate::{Error, Result};
+use std::sync::Arc;
 
 /// Builds a [`Worker`]. Every setting can also come from the environment (see
 /// [`with_env`](Self::with_env)).
@@ -243,6 +245,46 @@ impl WorkerBuilder {
         let origin = format!("kafka property {property}");
         self.config.set_kafka(property, value.into(), origin);
         self
+    }
+
+    /// Runs several handlers in this worker process: a pipeline of stages, each in its own
+    /// consumer group `<group>-<stage>`, sharing these settings (see [`Pipeline`](crate::Pipeline)).
+    pub fn pipeline(self) -> PipelineBuilder {
+        PipelineBuilder::new(self)
+    }
+
+    pub(crate) fn from_config(config: Config) -> Self {
+        Self { config }
+    }
+
+    pub(crate) fn into_config(self) -> Config {
+        self.config
+    }
+
+    /// Consumes the repartition topic of pipeline stage `stage`.
+    pub(crate) fn repartitioned_input(self, stage: &str) -> Self {
+        let topic = repartition_topic(self.config.pipeline_group(), stage);
+        self.topic(topic)
+    }
+
+    /// Builds the worker of pipeline stage `stage`.
+    pub(crate) fn build_stage<H: Process>(
+        self,
+        stage: &str,
+        handler: H,
+        stages: Arc<Stages>,
+    ) -> Result<Worker<H>> {
+        let mut config = self.config;
+        config.apply_handler(&H::settings());
+        if config.topics.is_empty() {
+            return Err(Error::config(
+                "pipeline stage",
+                format!("stage {stage:?} has no input topic: declare one with the handler, give one with stage_with, or use repartitioned_stage"),
+            ));
+        }
+        config.validate()?;
+        stages.add_inputs(stage, &config.topics);
+        Worker::prepare_in(config, handler, Some(stages))
     }
 
     /// Overrides settings with the `WEIR_*` environment variables that are set.

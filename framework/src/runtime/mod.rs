@@ -9,6 +9,7 @@ mod embedded_broker;
 mod flow;
 mod lifecycle;
 mod partition_task;
+mod pipeline;
 mod rebalance;
 mod shared;
 mod signals;
@@ -17,4 +18,5 @@ mod worker;
 
 pub use builder::WorkerBuilder;
 pub use embedded_broker::EmbeddedBroker;
+pub use pipeline::{Pipeline, PipelineBuilder};
 pub use worker::Worker;

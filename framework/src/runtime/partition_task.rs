@@ -17,9 +17,9 @@ use crate::delivery::RetryPolicy;
 use crate::inbound::Inbound;
 use crate::observe::metric_names::{BATCHES_CUT_TOTAL, BATCH_DURATION_SECONDS, MESSAGES_TOTAL};
 use crate::processing::batch::{BatchRunner, Clock, Outcome};
-use crate::processing::table::GlobalTables;
 use crate::processing::time;
 use crate::processing::Process;
+use crate::processing::Scope;
 use crate::runtime::flow::PartitionFlow;
 use crate::runtime::lifecycle::Lifecycle;
 use crate::runtime::tables::PartitionTables;
@@ -75,8 +75,8 @@ pub(crate) struct TaskContext {
     pub(crate) idle_close_after: Option<Duration>,
     /// The co-partitioned tables each partition reads into its store.
     pub(crate) tables: Arc<[TableSource]>,
-    /// The worker's global tables.
-    pub(crate) globals: Arc<GlobalTables>,
+    /// The worker's global tables and pipeline.
+    pub(crate) scope: Scope,
 }
 
 /// What the task does next.

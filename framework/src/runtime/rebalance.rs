@@ -196,7 +196,7 @@ impl<H: Process> WeirContext<H> {
                 shared.sink.clone(),
                 Mode::Runtime(Arc::clone(flow.stop_signal())),
             )
-            .with_globals(Arc::clone(&shared.task_ctx.globals));
+            .with_scope(shared.task_ctx.scope.clone());
             let task = PartitionTask::new(
                 runner,
                 (Arc::clone(&topic_name), partition),

@@ -113,13 +113,7 @@ impl TableReader {
                 Some(Ok(msg)) => {
                     last_record = Instant::now();
                     eof_at = None;
-                    let tp = (msg.topic().to_owned(), msg.partition());
-                    if !next.contains_key(&tp) {
-                        continue;
-                    }
-                    next.insert(tp, msg.offset() + 1);
-                    records += 1;
-                    chunk.push(msg);
+                    records += take(next, &mut chunk, msg);
                     if chunk.len() >= CHUNK {
                         apply(&chunk, next)?;
                         chunk.clear();
@@ -138,6 +132,17 @@ impl TableReader {
                 return Err(format!(
                     "no table record for {STALL_TIMEOUT:?} although the end is further: ends {ends:?}, read up to {next:?}"
                 ));
+            }
+        }
+        // Some brokers (tansu) answer the offsets query with the last record batch's first
+        // offset plus one: the rest of that batch came in the same fetch response as its first
+        // record, so it waits in the local queue.
+        loop {
+            match self.consumer.poll(Duration::ZERO) {
+                None => break,
+                Some(Err(KafkaError::PartitionEOF(_))) => {}
+                Some(Err(e)) => return Err(format!("reading tables: {e}")),
+                Some(Ok(msg)) => records += take(next, &mut chunk, msg),
             }
         }
         apply(&chunk, next)?;
@@ -164,6 +169,21 @@ impl TableReader {
             wait = Duration::ZERO;
         }
     }
+}
+
+/// Moves the position of `msg`'s partition past it and adds it to `chunk`; 1 if it is a
+/// record of a partition being read, else 0.
+fn take<'m>(
+    next: &mut HashMap<(String, i32), i64>,
+    chunk: &mut Vec<Read<'m>>,
+    msg: Read<'m>,
+) -> u64 {
+    let Some(n) = next.get_mut(&(msg.topic().to_owned(), msg.partition())) else {
+        return 0;
+    };
+    *n = msg.offset() + 1;
+    chunk.push(msg);
+    1
 }
 
 /// The co-partitioned tables of one input partition, in its store.

@@ -13,11 +13,12 @@ use crate::config::Config;
 use crate::delivery::{DeadLetterSink, OutboxSink};
 use crate::observe;
 use crate::processing::table::GlobalTables;
-use crate::processing::Process;
+use crate::processing::{Process, Scope};
 use crate::runtime::admin::ensure_topics;
 use crate::runtime::client::{check_brokers, connection_config, consumer_config, producer_config};
 use crate::runtime::lifecycle::Lifecycle;
 use crate::runtime::partition_task::TaskContext;
+use crate::runtime::pipeline::Stages;
 use crate::runtime::rebalance::WeirContext;
 use crate::runtime::shared::Shared;
 use crate::runtime::tables::{check_copartitioned, follow_globals};
@@ -52,6 +53,8 @@ pub struct Worker<H> {
     outbox: OutboxSink,
     handler: Arc<H>,
     embedded: Option<Arc<EmbeddedBroker>>,
+    /// The pipeline this worker is a stage of.
+    stages: Option<Arc<Stages>>,
 }
 
 impl Worker<()> {
@@ -73,45 +76,48 @@ impl Worker<()> {
 impl<H: Process> Worker<H> {
     /// Prepares a worker with checked settings; starts the embedded broker (creating the
     /// topics) when no broker is configured.
-    pub(crate) fn prepare(mut config: Config, handler: H) -> Result<Self> {
-        if config.brokers.is_none() {
-            let secs = now_ms() / 1000;
-            config.state_dir = config
-                .state_dir
-                .join(format!("embedded-{}-{secs}", std::process::id()));
-        }
-        check_state_dir(&config)?;
-        let (brokers, embedded) = match &config.brokers {
-            Some(b) => (b.clone(), None),
-            None => {
+    pub(crate) fn prepare(config: Config, handler: H) -> Result<Self> {
+        Self::prepare_in(config, handler, None)
+    }
+
+    /// [`prepare`](Self::prepare), as a stage of a pipeline when `stages` is given (on its
+    /// embedded broker, if it runs on one).
+    pub(crate) fn prepare_in(
+        mut config: Config,
+        handler: H,
+        stages: Option<Arc<Stages>>,
+    ) -> Result<Self> {
+        let shared_embedded = stages.as_ref().and_then(|s| s.embedded());
+        let embedded = match (&config.brokers, shared_embedded) {
+            (_, Some(shared)) => Some(shared),
+            (Some(_), None) => None,
+            (None, None) => {
+                config.state_dir = embedded_state_dir(&config.state_dir);
                 let broker = EmbeddedBroker::start(1)?;
-                for topic in &config.topics {
-                    broker.create_topic(topic, config.embedded_partitions)?;
-                }
-                tracing::warn!(
-                    bootstrap = broker.bootstrap_servers(),
-                    state_dir = %config.state_dir.display(),
-                    "no broker configured (WEIR_BROKERS): running on the embedded in-process \
-                     broker; it keeps only the newest ~5 MiB per partition and forgets \
-                     everything on exit"
-                );
-                (
-                    broker.bootstrap_servers().to_owned(),
-                    Some(Arc::new(broker)),
-                )
+                config.brokers = Some(broker.bootstrap_servers().to_owned());
+                Some(Arc::new(broker))
             }
         };
+        check_state_dir(&config)?;
+        let brokers = config.brokers.clone().unwrap_or_default();
         if let Some(broker) = &embedded {
-            for topic in &config.topics {
-                if let Some(dl) = config.dead_letter_topic_of(topic) {
-                    broker.create_topic(&dl, config.embedded_partitions)?;
-                }
-                if let Some(cl) = config.changelog_topic_of(topic) {
-                    broker.create_topic(&cl, config.embedded_partitions)?;
-                }
+            if stages.is_none() {
+                warn_embedded(broker, &config.state_dir);
             }
-            for table in config.tables(false).into_iter().chain(config.tables(true)) {
-                broker.create_topic(&table.topic, config.embedded_partitions)?;
+            let mut topics = config.topics.clone();
+            for topic in &config.topics {
+                topics.extend(config.dead_letter_topic_of(topic));
+                topics.extend(config.changelog_topic_of(topic));
+            }
+            let tables = config.tables(false).into_iter().chain(config.tables(true));
+            topics.extend(tables.map(|t| t.topic));
+            for topic in topics {
+                // (A pipeline's stages share the broker: a topic may exist already.)
+                if let Err(e) = broker.create_topic(&topic, config.embedded_partitions) {
+                    if stages.is_none() || !e.to_string().to_lowercase().contains("exist") {
+                        return Err(e);
+                    }
+                }
             }
         }
         let consumer = consumer_config(&config, &brokers)?;
@@ -144,6 +150,7 @@ impl<H: Process> Worker<H> {
             outbox: OutboxSink::Kafka(producer),
             handler: Arc::new(handler),
             embedded,
+            stages,
         })
     }
 
@@ -267,7 +274,10 @@ impl<H: Process> Worker<H> {
                 lifecycle: Arc::clone(&lifecycle),
                 idle_close_after: self.config.idle_close_after,
                 tables: self.config.tables(false).into(),
-                globals,
+                scope: Scope {
+                    globals,
+                    pipeline_group: Arc::from(self.config.pipeline_group()),
+                },
             },
         ));
         let kafka: BaseConsumer<WeirContext<H>> =
@@ -278,6 +288,9 @@ impl<H: Process> Worker<H> {
             group = %self.config.group, topics = ?self.config.topics, brokers = %self.brokers,
             embedded = self.embedded.is_some(), "worker starting"
         );
+        if let Some(stages) = &self.stages {
+            stages.add_view(shared.view());
+        }
         let mut background = Vec::new();
         if let Some(listener) = self.metrics_listener {
             let listener =
@@ -354,7 +367,24 @@ impl Drop for AbortOnDrop {
     }
 }
 
-fn bind_metrics(addr: &str) -> Result<std::net::TcpListener> {
+/// Says that the worker (or pipeline) runs on the embedded broker, and what that means.
+pub(crate) fn warn_embedded(broker: &EmbeddedBroker, state_dir: &std::path::Path) {
+    tracing::warn!(
+        bootstrap = broker.bootstrap_servers(),
+        state_dir = %state_dir.display(),
+        "no broker configured (WEIR_BROKERS): running on the embedded in-process broker; it \
+         keeps only the newest ~5 MiB per partition and forgets everything on exit"
+    );
+}
+
+/// Where an embedded broker's worker keeps its stores: a fresh folder in the state dir, since
+/// offsets from an earlier broker's life would not match the new one's.
+pub(crate) fn embedded_state_dir(state_dir: &std::path::Path) -> std::path::PathBuf {
+    let secs = now_ms() / 1000;
+    state_dir.join(format!("embedded-{}-{secs}", std::process::id()))
+}
+
+pub(crate) fn bind_metrics(addr: &str) -> Result<std::net::TcpListener> {
     let err = |e: std::io::Error| {
         Error::config(
             "metrics_addr (WEIR_METRICS_ADDR)",

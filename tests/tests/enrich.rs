@@ -1,0 +1,356 @@
+//! The `enrich` pipeline: orders joined with a customers table, re-keyed by country through a
+//! repartition topic, revenue per country in a second stage. Its totals are exact: in one
+//! process, and when the process is SIGKILLed at random points and restarted, once with an
+//! empty state directory: stage 2 restores from its changelog, stage 1 (whose only state is
+//! its table) starts over, reads its table again and re-sends every order, which stage 2
+//! drops up to where it had applied them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use weir::prelude::*;
+use weir::state::StoreReader;
+use weir_examples::enrich::{
+    CountryTotal, Customers, JoinCustomers, Order, RevenueByCountry, JOIN_STAGE, OUTPUT_TOPIC,
+    REVENUE_STAGE, UNMATCHED_TOPIC,
+};
+use weir_tests::*;
+
+const PARTITIONS: i32 = 2;
+
+/// A test's customers, orders and what they must add up to.
+struct Scenario {
+    customers: Vec<(String, String)>,
+    orders: Vec<(String, String)>,
+    /// Revenue per country of the matched orders.
+    totals: BTreeMap<String, i64>,
+    /// Order ids of unknown customers.
+    unmatched: BTreeSet<String>,
+}
+
+impl Scenario {
+    fn new(tag: &str, orders: usize) -> Self {
+        let mut s = Scenario {
+            customers: Vec::new(),
+            orders: Vec::new(),
+            totals: BTreeMap::new(),
+            unmatched: BTreeSet::new(),
+        };
+        let country = |i: usize| format!("K{}{tag}", i % 4);
+        for i in 0..20 {
+            let json = serde_json::json!({ "country": country(i) }).to_string();
+            s.customers.push((format!("c{i}{tag}"), json));
+        }
+        for i in 0..orders {
+            let order = Order {
+                order_id: format!("o{i}{tag}"),
+                amount_cents: 100 + (i % 13) as i64 * 7,
+            };
+            let customer = if i % 10 == 9 {
+                s.unmatched.insert(order.order_id.clone());
+                format!("x{}{tag}", i % 3)
+            } else {
+                *s.totals.entry(country(i % 20)).or_insert(0) += order.amount_cents;
+                format!("c{}{tag}", i % 20)
+            };
+            let json = serde_json::to_string(&order).expect("json");
+            s.orders.push((customer, json));
+        }
+        s
+    }
+}
+
+/// The topics of one test: orders, customers, the repartition topic (created here, as the
+/// mock cluster does not create topics for a worker's admin client in time), and the stages'
+/// dead-letter and changelog topics.
+struct Topics {
+    orders: String,
+    customers: String,
+    repartition: String,
+}
+
+async fn topics(broker: &TestBroker, orders: &str, group: &str, changelog: bool) -> Topics {
+    // (Stage 1 runs without a changelog in the kill test: its table is read from its topic.)
+    let customers = unique("customers");
+    broker.create_one_topic(&customers, PARTITIONS).await;
+    let repartition = format!("{group}-{REVENUE_STAGE}-repartition");
+    broker.create_topic(&repartition, PARTITIONS).await;
+    broker.ensure_topic(OUTPUT_TOPIC, PARTITIONS).await;
+    broker.ensure_topic(UNMATCHED_TOPIC, PARTITIONS).await;
+    if changelog {
+        broker
+            .create_one_topic(
+                &format!("{group}-{REVENUE_STAGE}-{repartition}-changelog"),
+                PARTITIONS,
+            )
+            .await;
+    }
+    Topics {
+        orders: orders.to_owned(),
+        customers,
+        repartition,
+    }
+}
+
+/// Stage 2's revenue per country, over its partition stores.
+fn revenue(dir: &Path, group: &str, repartition: &str) -> BTreeMap<String, i64> {
+    let mut out = BTreeMap::new();
+    let stage = format!("{group}-{REVENUE_STAGE}");
+    for (_, path) in store_files(dir, &stage, repartition) {
+        // (A store the worker is still creating is read next time.)
+        let Ok(store) = StoreReader::open(&path) else {
+            continue;
+        };
+        for (country, total) in store.entries::<String, i64>("revenue").expect("entries") {
+            *out.entry(country).or_insert(0) += total;
+        }
+    }
+    out
+}
+
+/// Stage 1's next offsets, summed over its partitions.
+fn joined(dir: &Path, group: &str, orders: &str) -> i64 {
+    let stage = format!("{group}-{JOIN_STAGE}");
+    store_files(dir, &stage, orders)
+        .iter()
+        .filter_map(|(p, path)| {
+            StoreReader::open(path)
+                .ok()?
+                .next_offset(orders, *p)
+                .ok()
+                .flatten()
+        })
+        .sum()
+}
+
+async fn wait_totals(dir: &Path, group: &str, t: &Topics, want: &BTreeMap<String, i64>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let got = revenue(dir, group, &t.repartition);
+        if &got == want {
+            return;
+        }
+        let over = got.iter().any(|(c, v)| want.get(c).is_none_or(|w| v > w));
+        assert!(
+            !over,
+            "a country counted more than its orders: {got:?}, want {want:?}"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "totals not reached within 180 s: {got:?}, want {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The last total emitted to `revenue-by-country` per country of `want`, and the order ids in
+/// `orders.unmatched` of this test's customers.
+async fn outputs(
+    broker: &TestBroker,
+    want: &BTreeMap<String, i64>,
+    tag: &str,
+) -> (BTreeMap<String, i64>, BTreeSet<String>) {
+    let mut last = BTreeMap::new();
+    for m in read_all(broker.bootstrap(), OUTPUT_TOPIC, PARTITIONS) {
+        use rdkafka::message::Message;
+        let Ok(t) = serde_json::from_slice::<CountryTotal>(m.payload().unwrap_or_default()) else {
+            continue;
+        };
+        if want.contains_key(&t.country) {
+            assert_eq!(m.key(), Some(t.country.as_bytes()), "keyed by country");
+            // Totals only grow, so the largest is the last.
+            let e = last.entry(t.country).or_insert(0);
+            *e = (*e).max(t.total_cents);
+        }
+    }
+    let mut unmatched = BTreeSet::new();
+    for m in read_all(broker.bootstrap(), UNMATCHED_TOPIC, PARTITIONS) {
+        use rdkafka::message::Message;
+        let Ok(o) = serde_json::from_slice::<Order>(m.payload().unwrap_or_default()) else {
+            continue;
+        };
+        if o.order_id.ends_with(tag) {
+            unmatched.insert(o.order_id);
+        }
+    }
+    (last, unmatched)
+}
+
+async fn the_pipeline_adds_up_in_one_process(kind: BrokerKind) {
+    let Fixture {
+        broker,
+        topic,
+        group,
+        dir,
+    } = Fixture::new(kind, "orders", PARTITIONS).await;
+    let t = topics(&broker, &topic, &group, false).await;
+    let tag = unique("-");
+    let s = Scenario::new(&tag, 600);
+    broker
+        .produce(&t.customers, None, s.customers.clone())
+        .await;
+    broker.produce(&t.orders, None, s.orders.clone()).await;
+    let (orders, customers) = (t.orders.clone(), t.customers.clone());
+    let pipeline = Worker::builder()
+        .brokers(broker.bootstrap())
+        .group(&group)
+        .state_dir(dir.path())
+        .kafka("session.timeout.ms", SESSION_TIMEOUT_MS)
+        .kafka("heartbeat.interval.ms", "500")
+        .metrics_addr("127.0.0.1:0")
+        .pipeline()
+        .stage_with(JOIN_STAGE, JoinCustomers, move |b| {
+            b.topic(orders).table_topic::<Customers>(customers)
+        })
+        .repartitioned_stage(REVENUE_STAGE, RevenueByCountry)
+        .build()
+        .expect("build");
+    assert_eq!(pipeline.repartition_topic(REVENUE_STAGE), t.repartition);
+    let addr = pipeline.metrics_addr().expect("metrics address");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(pipeline.run(async {
+        let _ = stopped.await;
+    }));
+    wait_totals(dir.path(), &group, &t, &s.totals).await;
+    // One endpoint for both stages.
+    let (status, body) = http_get(addr, "/metrics").await;
+    assert_eq!(status, 200);
+    for topic in [&t.orders, &t.repartition] {
+        assert!(
+            body.contains(&format!("topic=\"{topic}\"")),
+            "{topic} on /metrics"
+        );
+    }
+    let (status, _) = http_get(addr, "/health/ready").await;
+    assert_eq!(status, 200);
+    let _ = stop.send(());
+    run.await
+        .expect("join")
+        .expect("the pipeline stops cleanly");
+    assert_eq!(joined(dir.path(), &group, &t.orders), s.orders.len() as i64);
+    let (last, unmatched) = outputs(&broker, &s.totals, &tag).await;
+    assert_eq!(last, s.totals, "the newest totals emitted");
+    assert_eq!(unmatched, s.unmatched, "orders of unknown customers");
+}
+
+on_both_brokers!(in_one_process, the_pipeline_adds_up_in_one_process);
+
+struct WorkerProcess(Option<Child>);
+
+impl WorkerProcess {
+    fn kill(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill(); // SIGKILL
+            let _ = c.wait();
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let exit = c.wait().expect("wait");
+            assert!(exit.success(), "graceful stop failed: {exit}");
+        }
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn the_pipeline_stays_exact_under_sigkills(kind: BrokerKind) {
+    let Fixture {
+        broker,
+        topic,
+        group,
+        dir,
+    } = Fixture::new(kind, "orders-kill", PARTITIONS).await;
+    let t = topics(&broker, &topic, &group, true).await;
+    let tag = unique("-");
+    let s = Scenario::new(&tag, 3_000);
+    broker
+        .produce(&t.customers, None, s.customers.clone())
+        .await;
+    broker.produce(&t.orders, None, s.orders.clone()).await;
+    let logs = tempfile::tempdir().expect("logs");
+    let start = |n: usize| {
+        let log = std::fs::File::create(logs.path().join(format!("{n}.log"))).expect("log");
+        let child = worker_command(env!("CARGO_BIN_EXE_enrich-worker"))
+            .env("WEIR_BROKERS", broker.bootstrap())
+            .env("WEIR_GROUP", &group)
+            .env("WEIR_STATE_DIR", dir.path())
+            .env("WEIR_CHANGELOG", "true")
+            .env("ENRICH_JOIN_CHANGELOG", "false")
+            .env("WEIR_BATCH_SIZE", "50")
+            .env("ENRICH_ORDERS_TOPIC", &t.orders)
+            .env("ENRICH_CUSTOMERS_TOPIC", &t.customers)
+            .env("ENRICH_WORKER_DELAY_US", "500")
+            .env("WEIR_KAFKA_SESSION_TIMEOUT_MS", SESSION_TIMEOUT_MS)
+            .env("WEIR_KAFKA_HEARTBEAT_INTERVAL_MS", "500")
+            .env("WEIR_PROGRESS_INTERVAL_MS", "0")
+            .env("RUST_LOG", "warn,weir::delivery::restore=info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn enrich-worker");
+        WorkerProcess(Some(child))
+    };
+    let total: i64 = s.totals.values().sum();
+    let applied = || {
+        revenue(dir.path(), &group, &t.repartition)
+            .values()
+            .sum::<i64>()
+    };
+    let mut worker = start(0);
+    let rounds = 3;
+    for round in 1..=rounds {
+        // Kill once stage 2 has applied this round's share of the revenue.
+        let want = total * round / (rounds + 2);
+        wait_processed(Duration::from_secs(120), want, applied).await;
+        worker.kill();
+        let at = applied();
+        assert!(at < total, "round {round}: the kill came after the end");
+        assert!(at <= total, "round {round}: more revenue than orders");
+        if round == 2 {
+            // As if both stages moved to another machine: an empty state directory. Stage 2
+            // is restored from its changelog; stage 1 reads its table and every order again,
+            // re-sending what stage 2 applied already.
+            std::fs::remove_dir_all(dir.path()).expect("empty the state dir");
+            std::fs::create_dir_all(dir.path()).expect("recreate the state dir");
+        }
+        worker = start(round as usize);
+    }
+    wait_totals(dir.path(), &group, &t, &s.totals).await;
+    wait_processed(Duration::from_secs(60), s.orders.len() as i64, || {
+        joined(dir.path(), &group, &t.orders)
+    })
+    .await;
+    worker.stop();
+    assert_eq!(
+        revenue(dir.path(), &group, &t.repartition),
+        s.totals,
+        "exact totals after the graceful stop"
+    );
+    let (last, unmatched) = outputs(&broker, &s.totals, &tag).await;
+    assert_eq!(last, s.totals, "the newest totals emitted");
+    assert_eq!(unmatched, s.unmatched, "orders of unknown customers");
+    // Stage 1 started over once: the repartition topic holds orders twice, which stage 2
+    // counted once.
+    let matched = s.orders.len() - s.unmatched.len();
+    let sent = read_all(broker.bootstrap(), &t.repartition, PARTITIONS).len();
+    let restores = count_in_logs(logs.path(), "restored from its changelog");
+    eprintln!(
+        "{sent} re-keyed orders sent for {matched} matched orders; {restores} partition stores restored"
+    );
+    assert!(sent > matched, "stage 1 re-sent nothing ({sent} sent)");
+    assert!(restores >= 1, "no partition store was restored");
+}
+
+on_both_brokers!(under_sigkills, the_pipeline_stays_exact_under_sigkills);
