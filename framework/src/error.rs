@@ -108,6 +108,17 @@ pub enum Error {
         /// Its partition count.
         input_partitions: i32,
     },
+    /// A pipeline's repartition topic is gone although its stage's stores hold offsets of it:
+    /// it was deleted after records went through it.
+    #[error("repartition topic {topic:?} does not exist, but stage {stage:?} has processed records of it (its stores are in {}): the topic was deleted, and the records in it that stage {stage:?} had not processed are lost with it. weir does not create it again, since a new topic's offsets start at 0 and the stores would skip its first records: replay the stage before it (reset its state and offsets) and remove {}, then start the pipeline again", stores.display(), stores.display())]
+    RepartitionTopicDeleted {
+        /// The repartition topic.
+        topic: String,
+        /// The stage it feeds.
+        stage: String,
+        /// The folder of the stage's stores of it.
+        stores: std::path::PathBuf,
+    },
     /// Something panicked inside weir (a bug; please report it).
     #[error("{context} panicked: {message}")]
     Panic {

@@ -192,14 +192,15 @@ async fn the_pipeline_adds_up_in_one_process(kind: BrokerKind) {
         .produce(&t.customers, None, s.customers.clone())
         .await;
     broker.produce(&t.orders, None, s.orders.clone()).await;
-    let (orders, customers) = (t.orders.clone(), t.customers.clone());
     let pipeline = Worker::builder()
         .brokers(broker.bootstrap())
         .group(&group)
         .state_dir(dir.path())
         .kafka("session.timeout.ms", SESSION_TIMEOUT_MS)
         .kafka("heartbeat.interval.ms", "500")
-        .metrics_addr("127.0.0.1:0")
+        .metrics_addr("127.0.0.1:0");
+    let (orders, customers) = (t.orders.clone(), t.customers.clone());
+    let pipeline = pipeline
         .pipeline()
         .stage_with(JOIN_STAGE, JoinCustomers, move |b| {
             b.topic(orders).table_topic::<Customers>(customers)
@@ -209,10 +210,7 @@ async fn the_pipeline_adds_up_in_one_process(kind: BrokerKind) {
         .expect("build");
     assert_eq!(pipeline.repartition_topic(REVENUE_STAGE), t.repartition);
     let addr = pipeline.metrics_addr().expect("metrics address");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(pipeline.run(async {
-        let _ = stopped.await;
-    }));
+    let running = RunningPipeline::spawn(pipeline);
     wait_totals(dir.path(), &group, &t, &s.totals).await;
     // One endpoint for both stages.
     let (status, body) = http_get(addr, "/metrics").await;
@@ -225,10 +223,7 @@ async fn the_pipeline_adds_up_in_one_process(kind: BrokerKind) {
     }
     let (status, _) = http_get(addr, "/health/ready").await;
     assert_eq!(status, 200);
-    let _ = stop.send(());
-    run.await
-        .expect("join")
-        .expect("the pipeline stops cleanly");
+    running.stop().await.expect("the pipeline stops cleanly");
     assert_eq!(joined(dir.path(), &group, &t.orders), s.orders.len() as i64);
     let (last, unmatched) = outputs(&broker, &s.totals, &tag).await;
     assert_eq!(last, s.totals, "the newest totals emitted");
@@ -354,3 +349,163 @@ async fn the_pipeline_stays_exact_under_sigkills(kind: BrokerKind) {
 }
 
 on_both_brokers!(under_sigkills, the_pipeline_stays_exact_under_sigkills);
+
+/// The enrich pipeline of a test, on its topics.
+fn build_pipeline(
+    broker: &TestBroker,
+    group: &str,
+    dir: &Path,
+    t: &Topics,
+) -> weir::Result<weir::Pipeline> {
+    let (orders, customers) = (t.orders.clone(), t.customers.clone());
+    Worker::builder()
+        .brokers(broker.bootstrap())
+        .group(group)
+        .state_dir(dir)
+        .kafka("session.timeout.ms", SESSION_TIMEOUT_MS)
+        .kafka("heartbeat.interval.ms", "500")
+        .pipeline()
+        .stage_with(JOIN_STAGE, JoinCustomers, move |b| {
+            b.topic(orders).table_topic::<Customers>(customers)
+        })
+        .repartitioned_stage(REVENUE_STAGE, RevenueByCountry)
+        .build()
+}
+
+/// Whether `topic` exists, by the broker's metadata.
+fn topic_exists(broker: &TestBroker, topic: &str) -> bool {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = broker
+        .client()
+        .set("allow.auto.create.topics", "false")
+        .create()
+        .expect("consumer");
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    md.topics()
+        .iter()
+        .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+}
+
+/// On tansu only: the mock cluster answers no admin requests from clients (deleting a topic
+/// times out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deleted_repartition_topic_is_created_or_reported() {
+    let Fixture {
+        broker,
+        topic,
+        group,
+        dir,
+    } = Fixture::new(BrokerKind::Tansu, "orders", PARTITIONS).await;
+    let customers = unique("customers");
+    broker.create_one_topic(&customers, PARTITIONS).await;
+    let t = Topics {
+        orders: topic,
+        customers,
+        repartition: format!("{group}-{REVENUE_STAGE}-repartition"),
+    };
+    broker
+        .create_one_topic(&format!("{}.dlq", t.repartition), PARTITIONS)
+        .await;
+    let tag = unique("-");
+    let s = Scenario::new(&tag, 100);
+    broker.produce(&t.customers, None, s.customers.clone()).await;
+    broker.produce(&t.orders, None, s.orders.clone()).await;
+    // Missing at start: the pipeline creates it, with the partition count of the orders.
+    assert!(!topic_exists(&broker, &t.repartition));
+    let pipeline = build_pipeline(&broker, &group, dir.path(), &t).expect("build");
+    let worker = RunningPipeline::spawn(pipeline);
+    wait_totals(dir.path(), &group, &t, &s.totals).await;
+    worker.stop().await.expect("clean stop");
+    assert!(topic_exists(&broker, &t.repartition));
+
+    // Someone deletes it: the next start refuses, naming it and the stores, and does not
+    // create it again.
+    delete_topic(&broker, &t.repartition).await;
+    let pipeline = build_pipeline(&broker, &group, dir.path(), &t).expect("build");
+    let result = tokio::time::timeout(
+        Duration::from_secs(60),
+        pipeline.run(std::future::pending()),
+    )
+    .await
+    .expect("the pipeline stops by itself");
+    let message = match result {
+        Err(e @ weir::Error::RepartitionTopicDeleted { .. }) => e.to_string(),
+        other => panic!("expected RepartitionTopicDeleted, got {other:?}"),
+    };
+    let stores = dir
+        .path()
+        .join(format!("{group}-{REVENUE_STAGE}"))
+        .join(&t.repartition);
+    for part in [
+        format!("{:?} does not exist", t.repartition),
+        stores.display().to_string(),
+        "deleted".to_owned(),
+    ] {
+        assert!(message.contains(&part), "{part:?} in: {message}");
+    }
+    assert!(!topic_exists(&broker, &t.repartition), "not created again");
+}
+
+/// Deletes `topic` and waits until the broker's metadata no longer has it.
+async fn delete_topic(broker: &TestBroker, topic: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = broker.client().create().expect("admin");
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for r in admin.delete_topics(&[topic], &opts).await.expect("delete") {
+        r.unwrap_or_else(|(t, e)| panic!("deleting {t}: {e}"));
+    }
+    let (broker_client, name) = (broker.client(), topic.to_owned());
+    wait_until("the topic to be gone", Duration::from_secs(30), move || {
+        let (client, name) = (broker_client.clone(), name.clone());
+        async move {
+            let gone = tokio::task::spawn_blocking(move || {
+                use rdkafka::consumer::{BaseConsumer, Consumer};
+                let c: BaseConsumer = client
+                    .clone()
+                    .set("allow.auto.create.topics", "false")
+                    .create()
+                    .map_err(|e| e.to_string())?;
+                let md = c
+                    .fetch_metadata(Some(&name), Duration::from_secs(5))
+                    .map_err(|e| e.to_string())?;
+                Ok::<bool, String>(
+                    !md.topics()
+                        .iter()
+                        .any(|t| t.name() == name && t.error().is_none()),
+                )
+            })
+            .await
+            .map_err(|e| e.to_string())??;
+            if gone {
+                Ok(())
+            } else {
+                Err("still listed".to_owned())
+            }
+        }
+    })
+    .await;
+}
+
+/// A pipeline running on its own task until stopped.
+struct RunningPipeline {
+    stop: tokio::sync::oneshot::Sender<()>,
+    run: tokio::task::JoinHandle<weir::Result<()>>,
+}
+
+impl RunningPipeline {
+    fn spawn(pipeline: weir::Pipeline) -> Self {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let run = tokio::spawn(pipeline.run(async {
+            let _ = stopped.await;
+        }));
+        Self { stop, run }
+    }
+
+    async fn stop(self) -> weir::Result<()> {
+        let _ = self.stop.send(());
+        self.run.await.expect("join")
+    }
+}

@@ -8,7 +8,11 @@ use rdkafka::config::ClientConfig;
 
 use crate::config::Config;
 use crate::processing::repartition_topic;
+use crate::runtime::tables::partition_counts;
 use crate::{Error, Result};
+
+/// A pipeline stage's name, input topics, and the folder of its stores.
+pub(crate) type StageInputs = (String, Vec<String>, std::path::PathBuf);
 
 /// A topic a worker writes to, created when missing.
 struct Wanted {
@@ -48,26 +52,47 @@ pub(crate) async fn ensure_topics(config: &Config, connection: &ClientConfig) {
 }
 
 /// Creates the missing repartition topics of a pipeline whose stages (in order) consume
-/// `inputs`: the one feeding a stage gets as many partitions as the previous stage's input
-/// (a deleted one is created again, empty). A stage reading a repartition topic with no stage
-/// before it is an error.
+/// `inputs`: the one feeding a stage gets as many partitions as the previous stage's input.
+/// A missing one that the stage's stores (in `stores/<topic>`) have offsets of was deleted
+/// after records went through it: that is an error, since a new topic's offsets start again
+/// at 0 and the stores would skip its first records. A stage reading a repartition topic with
+/// no stage before it is an error too.
 pub(crate) async fn ensure_repartition_topics(
     group: &str,
-    inputs: &[(String, Vec<String>)],
+    inputs: &[StageInputs],
     connection: &ClientConfig,
 ) -> Result<()> {
     let mut wanted = Vec::new();
-    for (i, (stage, topics)) in inputs.iter().enumerate() {
+    for (i, (stage, topics, stores)) in inputs.iter().enumerate() {
         let own = repartition_topic(group, stage);
         if !topics.contains(&own) {
             continue;
         }
-        let Some((_, before)) = i.checked_sub(1).and_then(|i| inputs.get(i)) else {
+        let Some((_, before, _)) = i.checked_sub(1).and_then(|i| inputs.get(i)) else {
             return Err(Error::config(
                 "pipeline stage",
                 format!("stage {stage:?} reads its repartition topic {own:?}, but no stage comes before it to feed it"),
             ));
         };
+        let (client, name) = (connection.clone(), own.clone());
+        let exists = tokio::task::spawn_blocking(move || {
+            partition_counts(&client, std::iter::once(name.as_str()))
+                .map(|c| c.values().any(Option::is_some))
+        })
+        .await;
+        let dir = stores.join(&own);
+        let used = std::fs::read_dir(&dir).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.path().extension().is_some_and(|x| x == "sqlite"))
+        });
+        if let (Ok(Ok(false)), true) = (exists, used) {
+            return Err(Error::RepartitionTopicDeleted {
+                topic: own,
+                stage: stage.clone(),
+                stores: dir,
+            });
+        }
         wanted.push(Wanted {
             name: own,
             partitions_like: before.clone(),

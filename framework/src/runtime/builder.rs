@@ -283,7 +283,8 @@ impl WorkerBuilder {
             ));
         }
         config.validate()?;
-        stages.add_inputs(stage, &config.topics);
+        let stores = config.state_dir.join(&config.group);
+        stages.add_inputs(stage, &config.topics, stores);
         Worker::prepare_in(config, handler, Some(stages))
     }
 

@@ -12,7 +12,7 @@ use rdkafka::config::ClientConfig;
 use crate::config::Config;
 use crate::observe::{self, PartitionRow, WorkerView};
 use crate::processing::{repartition_topic, Process};
-use crate::runtime::admin::ensure_repartition_topics;
+use crate::runtime::admin::{ensure_repartition_topics, StageInputs};
 use crate::runtime::client::connection_config;
 use crate::runtime::worker::{bind_metrics, embedded_state_dir, warn_embedded, Worker};
 use crate::runtime::{signals, EmbeddedBroker, WorkerBuilder};
@@ -170,8 +170,8 @@ impl PipelineBuilder {
 pub(crate) struct Stages {
     embedded: Option<Arc<EmbeddedBroker>>,
     views: Mutex<Vec<Arc<dyn WorkerView>>>,
-    /// Each stage's input topics, in stage order.
-    inputs: Mutex<Vec<(String, Vec<String>)>>,
+    /// Each stage's input topics and stores, in stage order.
+    inputs: Mutex<Vec<StageInputs>>,
     expected: usize,
 }
 
@@ -189,9 +189,9 @@ impl Stages {
         self.embedded.clone()
     }
 
-    /// Records a stage's input topics as it is built.
-    pub(crate) fn add_inputs(&self, stage: &str, topics: &[String]) {
-        lock(&self.inputs).push((stage.to_owned(), topics.to_vec()));
+    /// Records a stage's input topics, and the folder of its stores, as it is built.
+    pub(crate) fn add_inputs(&self, stage: &str, topics: &[String], stores: std::path::PathBuf) {
+        lock(&self.inputs).push((stage.to_owned(), topics.to_vec(), stores));
     }
 
     /// A running stage's view, served by the pipeline's endpoint.

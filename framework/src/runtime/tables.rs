@@ -383,7 +383,7 @@ pub(crate) fn check_copartitioned(config: &Config, client: &ClientConfig) -> Res
 }
 
 /// Each topic's partition count (`None`: no such topic).
-fn partition_counts<'t>(
+pub(crate) fn partition_counts<'t>(
     client: &ClientConfig,
     topics: impl Iterator<Item = &'t str>,
 ) -> Result<HashMap<&'t str, Option<i32>>, String> {
