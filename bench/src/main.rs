@@ -8,7 +8,10 @@
 //!
 //! Scenarios: `raw` and `raw-defaults` (with `all`, run first and again last), `weir-stateless`,
 //! `weir-keyed-count`, `weir-window-count` (the keyed count in tumbling one-second windows of
-//! the records' timestamps, each closed window's count emitted), `weir-wordcount`,
+//! the records' timestamps, each closed window's count emitted), `weir-enrich` (the `enrich`
+//! example's two-stage pipeline: each record joined with its key's row of a co-partitioned
+//! table, re-keyed by one of 64 countries, revenue per country with every new total emitted;
+//! timed to the second stage's last commit), `weir-wordcount`,
 //! `hand-loop-batched`, `hand-loop`, `quix` (Quix
 //! Streams, installed by `bench/setup.sh` on first use; real broker only) and `weir-restore`.
 //! `hand-loop` reads only `--slow-messages` records (default 50k), `quix` at most 50 s of them.
@@ -47,6 +50,7 @@ const SCENARIOS: &[&str] = &[
     "weir-stateless",
     "weir-keyed-count",
     "weir-window-count",
+    "weir-enrich",
     "weir-wordcount",
     "hand-loop-batched",
     "hand-loop",
@@ -204,6 +208,21 @@ async fn run_parent(args: &Args) -> Result<(), String> {
     }
     let started = Instant::now();
     produce(&brokers, &topic, args.messages, args.keys, args.lines).await?;
+    if matches!(args.scenario.as_str(), "all" | "weir-enrich") {
+        // The `weir-enrich` scenario's table, co-partitioned with the records.
+        let customers = customers_topic(&topic);
+        match &embedded {
+            Some(b) => b
+                .create_topic(&customers, args.partitions)
+                .map_err(|e| e.to_string())?,
+            None => create_topic(&brokers, &customers, args.partitions).await?,
+        }
+        let rows = (0..args.keys.max(1)).map(|i| {
+            let value = serde_json::json!({ "country": format!("C{}", i % 64) }).to_string();
+            (format!("k{i}"), value)
+        });
+        produce_records(&brokers, &customers, rows).await?;
+    }
     eprintln!(
         "produced {} records of 100 bytes with {} keys into {} partitions of {topic} in {:.1?} ({})",
         args.messages,
@@ -372,6 +391,24 @@ async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> Result<(),
 }
 
 async fn produce(brokers: &str, topic: &str, n: u64, keys: u64, lines: bool) -> Result<(), String> {
+    let mut text = lines.then(Lines::new);
+    let records = (0..n).map(|i| {
+        let key = format!("k{}", i % keys.max(1));
+        let value = match &mut text {
+            Some(text) => text.next_line(),
+            None => words_of(i),
+        };
+        (key, value)
+    });
+    produce_records(brokers, topic, records).await
+}
+
+/// Produces `(key, value)` records, partitioned by key, and waits for their acknowledgement.
+async fn produce_records(
+    brokers: &str,
+    topic: &str,
+    records: impl Iterator<Item = (String, String)>,
+) -> Result<(), String> {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "20")
@@ -379,14 +416,8 @@ async fn produce(brokers: &str, topic: &str, n: u64, keys: u64, lines: bool) -> 
         .set("queue.buffering.max.messages", "1000000")
         .create()
         .map_err(|e| e.to_string())?;
-    let mut text = lines.then(Lines::new);
     let mut inflight = Vec::new();
-    for i in 0..n {
-        let key = format!("k{}", i % keys.max(1));
-        let value = match &mut text {
-            Some(text) => text.next_line(),
-            None => words_of(i),
-        };
+    for (key, value) in records {
         let fut = producer
             .send_result(FutureRecord::to(topic).key(&key).payload(&value))
             .map_err(|(e, _)| e.to_string())?;
@@ -788,6 +819,69 @@ impl Process for WindowCount {
     }
 }
 
+/// The customers table of the `weir-enrich` scenario: key `k<i>` (every record key) to
+/// `{"country": "C<i % 64>"}`.
+#[derive(Debug, Serialize, Deserialize)]
+struct BenchCustomer {
+    country: String,
+}
+
+/// The table topic of the `weir-enrich` scenario's input `topic`.
+fn customers_topic(topic: &str) -> String {
+    format!("{topic}.customers")
+}
+
+/// Stage 1 of `weir-enrich`: joins each record with its key's customer and re-keys it by
+/// country, as the `enrich` example does with orders; the value's length is the amount.
+#[derive(Debug, Handler)]
+#[handler(value = Raw, table(BenchCustomers, topic = "customers", value = BenchCustomer))]
+struct BenchJoin(Arc<Probe>);
+
+impl Process for BenchJoin {
+    type Error = weir::BoxError;
+
+    async fn process(
+        &self,
+        rec: Record<'_, Vec<u8>>,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<(), weir::BoxError> {
+        // Throughput is timed from the first stage's first record.
+        self.0.first.get_or_init(Instant::now);
+        let key = rec.key_str().unwrap_or_default();
+        let Some(customer) = ctx.table::<BenchCustomers>().get(key)? else {
+            return Err(format!("no customer {key} in the table").into());
+        };
+        let amount = rec.value().len() as i64;
+        let ts = rec.timestamp_ms().unwrap_or_default();
+        Ok(ctx.repartition("revenue", &customer.country, &(amount, ts))?)
+    }
+}
+
+/// Stage 2 of `weir-enrich`: revenue per country, every new total emitted to the output topic
+/// (`.1`), as the `enrich` example does.
+#[derive(Debug, Handler)]
+#[handler(key = Utf8, value = Json<(i64, i64)>)]
+struct BenchRevenue(Arc<Probe>, String);
+
+impl Process for BenchRevenue {
+    type Error = weir::Error;
+
+    async fn process(
+        &self,
+        rec: Record<'_, (i64, i64), String>,
+        ctx: &mut Ctx<'_>,
+    ) -> weir::Result<()> {
+        let (amount, ts) = *rec.value();
+        let country = rec.key();
+        let total = ctx.state::<str, i64>("revenue").get(country)?.unwrap_or(0) + amount;
+        ctx.state::<str, i64>("revenue").put(country, &total)?;
+        let out = serde_json::json!({ "country": country, "total_cents": total });
+        ctx.emit_json(&self.1, Some(country.as_bytes()), &out)?;
+        self.0.processed(rec.partition(), rec.offset(), Some(ts));
+        Ok(())
+    }
+}
+
 async fn run_child(args: &Args, brokers: &str, topic: &str) -> Result<(), String> {
     let n = args.messages;
     let probe = Arc::new(Probe::default());
@@ -824,6 +918,36 @@ async fn run_child(args: &Args, brokers: &str, topic: &str) -> Result<(), String
                 "window count: {} windows closed",
                 WINDOWS_CLOSED.load(Ordering::Relaxed)
             );
+        }
+        "weir-enrich" => {
+            let customers = customers_topic(topic);
+            let repartition = format!("{group}-revenue-repartition");
+            let output = format!("{topic}.revenue-{}", std::process::id());
+            for t in [&repartition, &output] {
+                if let Err(e) = create_topic(brokers, t, args.partitions).await {
+                    eprintln!(
+                        "enrich: creating {t} failed ({e}); relying on the broker creating it"
+                    );
+                }
+            }
+            let input = topic.to_owned();
+            let pipeline = bench_worker(brokers, topic, &group, dir.path())
+                .pipeline()
+                .stage_with("join", BenchJoin(Arc::clone(&probe)), move |b| {
+                    b.topic(input).table_topic::<BenchCustomers>(customers)
+                })
+                .repartitioned_stage("revenue", BenchRevenue(Arc::clone(&probe), output))
+                .build()
+                .map_err(|e| e.to_string())?;
+            // Done when the second stage has committed every record.
+            let watched = spawn_watched_run(
+                |stop| pipeline.run(stop),
+                &probe,
+                n,
+                dir.path(),
+                &repartition,
+            );
+            wait_watched(watched, &probe, n).await?;
         }
         "weir-stateless" => {
             let worker = bench_worker(brokers, topic, &group, dir.path())
@@ -915,10 +1039,24 @@ fn spawn_watched<H: Process>(
     dir: &Path,
     topic: &str,
 ) -> Watched {
+    spawn_watched_run(|stopped| worker.run(stopped), probe, n, dir, topic)
+}
+
+/// [`spawn_watched`] for what `run` starts (a worker, a pipeline) with a stop signal.
+fn spawn_watched_run<F>(
+    run: impl FnOnce(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) -> F,
+    probe: &Arc<Probe>,
+    n: u64,
+    dir: &Path,
+    topic: &str,
+) -> Watched
+where
+    F: std::future::Future<Output = weir::Result<()>> + Send + 'static,
+{
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(worker.run(async {
+    let run = tokio::spawn(run(Box::pin(async {
         let _ = stopped.await;
-    }));
+    })));
     let give_up = Arc::new(AtomicBool::new(false));
     let watch = {
         let (dir, topic, probe, give_up) = (
@@ -946,12 +1084,17 @@ async fn run_worker_until<H: Process>(
     dir: &Path,
     topic: &str,
 ) -> Result<(), String> {
+    wait_watched(spawn_watched(worker, probe, n, dir, topic), probe, n).await
+}
+
+/// Waits until all `n` records are committed, then stops what runs gracefully (not timed).
+async fn wait_watched(watched: Watched, probe: &Arc<Probe>, n: u64) -> Result<(), String> {
     let Watched {
         stop,
         run,
         give_up,
         watch,
-    } = spawn_watched(worker, probe, n, dir, topic);
+    } = watched;
     let deadline = Instant::now() + Duration::from_secs(600);
     while probe.committed.load(Ordering::Relaxed) < n {
         if Instant::now() > deadline || run.is_finished() {

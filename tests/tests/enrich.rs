@@ -410,7 +410,9 @@ async fn a_deleted_repartition_topic_is_created_or_reported() {
         .await;
     let tag = unique("-");
     let s = Scenario::new(&tag, 100);
-    broker.produce(&t.customers, None, s.customers.clone()).await;
+    broker
+        .produce(&t.customers, None, s.customers.clone())
+        .await;
     broker.produce(&t.orders, None, s.orders.clone()).await;
     // Missing at start: the pipeline creates it, with the partition count of the orders.
     assert!(!topic_exists(&broker, &t.repartition));
