@@ -931,7 +931,7 @@ async fn run_child(args: &Args, brokers: &str, topic: &str) -> Result<(), String
                 }
             }
             let input = topic.to_owned();
-            let pipeline = bench_worker(brokers, topic, &group, dir.path())
+            let pipeline = bench_builder(brokers, &group, dir.path())
                 .pipeline()
                 .stage_with("join", BenchJoin(Arc::clone(&probe)), move |b| {
                     b.topic(input).table_topic::<BenchCustomers>(customers)
@@ -1003,10 +1003,14 @@ fn bench_worker(
     group: &str,
     dir: &std::path::Path,
 ) -> weir::WorkerBuilder {
+    bench_builder(brokers, group, dir).topic(topic)
+}
+
+/// [`bench_worker`] without its topic (a pipeline's stages have their own).
+fn bench_builder(brokers: &str, group: &str, dir: &std::path::Path) -> weir::WorkerBuilder {
     let builder = Worker::builder()
         .brokers(brokers)
         .group(group)
-        .topic(topic)
         .state_dir(dir)
         .dead_letter_topic(None)
         .progress_interval(Duration::ZERO)

@@ -8,4 +8,4 @@
 //! ```
 
 pub use weir_state::wire::{header, ChangelogEntry, CHANGELOG_OFFSET_STORE};
-pub use weir_state::{Error, StoreReader, SCHEMA_VERSION};
+pub use weir_state::{Error, Progress, StoreReader, SCHEMA_VERSION};

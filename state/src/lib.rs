@@ -36,5 +36,5 @@ mod write_set;
 pub use cache::CacheBudget;
 pub use error::{Error, Result};
 pub use partition_store::{PartitionStore, SCHEMA_VERSION};
-pub use reader::StoreReader;
+pub use reader::{Progress, StoreReader};
 pub use write_set::{OutboxRecord, WriteSet};

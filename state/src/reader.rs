@@ -11,6 +11,19 @@ use crate::partition_store::check_header;
 use crate::write_set::{decode, encode};
 use crate::{Error, Result};
 
+/// Where a store stands for its partition (see [`StoreReader::progress`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// The next offset to process, once a batch committed.
+    pub next_offset: Option<i64>,
+    /// When the last batch committed, ms since the Unix epoch.
+    pub committed_at_ms: Option<i64>,
+    /// The epoch of the partition's last owner (each owner claims a higher one).
+    pub owner_epoch: Option<i64>,
+    /// Records committed and waiting to be produced (emitted records, changelog entries).
+    pub outbox: u64,
+}
+
 /// A partition store opened for reading.
 ///
 /// ```
@@ -85,6 +98,85 @@ impl StoreReader {
             store,
             query_entries(&self.conn, store).map_err(|source| self.err(source))?,
         )
+    }
+
+    /// The names of the stores with at least one entry, sorted.
+    pub fn stores(&self) -> Result<Vec<String>> {
+        self.conn
+            .prepare_cached("SELECT DISTINCT store FROM state ORDER BY store")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .map_err(|source| self.err(source))
+    }
+
+    /// Entries of `store` (every store when `None`) as stored, `(store, JSON key, JSON value)`,
+    /// in store and key order: up to `limit` of them after `after` (a `(store, key)` returned
+    /// before), and only keys starting with `prefix` (a prefix of the JSON text). For paging
+    /// through large stores without holding them in memory.
+    pub fn scan(
+        &self,
+        store: Option<&str>,
+        prefix: &str,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Result<Vec<(String, String, String)>> {
+        let (after_store, after_key) = after.unwrap_or(("", ""));
+        // Keys starting with `prefix`: `[prefix, prefix + U+10FFFF)`.
+        let end = format!("{prefix}\u{10FFFF}");
+        self.conn
+            .prepare_cached(
+                "SELECT store, key, value FROM state \
+                 WHERE (?1 IS NULL OR store = ?1) AND key >= ?2 AND key < ?3 \
+                 AND (store > ?4 OR (store = ?4 AND key > ?5)) \
+                 ORDER BY store, key LIMIT ?6",
+            )
+            .and_then(|mut s| {
+                s.query_map(
+                    params![store, prefix, end, after_store, after_key, limit as i64],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )?
+                .collect()
+            })
+            .map_err(|source| self.err(source))
+    }
+
+    /// Entries of `store` (every store when `None`).
+    pub fn count(&self, store: Option<&str>) -> Result<u64> {
+        self.conn
+            .prepare_cached("SELECT COUNT(*) FROM state WHERE ?1 IS NULL OR store = ?1")
+            .and_then(|mut s| s.query_row(params![store], |r| r.get::<_, i64>(0)))
+            .map(|n| n as u64)
+            .map_err(|source| self.err(source))
+    }
+
+    /// Where the store stands for `topic`/`partition`: next offset, the time of the last
+    /// commit, the owner epoch, and the records waiting in the outbox.
+    pub fn progress(&self, topic: &str, partition: i32) -> Result<Progress> {
+        let read = || -> rusqlite::Result<Progress> {
+            let offset: Option<(i64, i64)> = self
+                .conn
+                .prepare_cached(
+                    "SELECT next_offset, updated_at_ms FROM offsets \
+                     WHERE topic = ?1 AND partition = ?2",
+                )?
+                .query_row(params![topic, partition], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            let epoch: Option<i64> = self
+                .conn
+                .prepare_cached("SELECT epoch FROM owners WHERE topic = ?1 AND partition = ?2")?
+                .query_row(params![topic, partition], |r| r.get(0))
+                .optional()?;
+            let outbox: i64 = self
+                .conn
+                .prepare_cached("SELECT COUNT(*) FROM outbox")?
+                .query_row([], |r| r.get(0))?;
+            Ok(Progress {
+                next_offset: offset.map(|o| o.0),
+                committed_at_ms: offset.map(|o| o.1),
+                owner_epoch: epoch,
+                outbox: outbox as u64,
+            })
+        };
+        read().map_err(|source| self.err(source))
     }
 
     fn err(&self, source: rusqlite::Error) -> Error {

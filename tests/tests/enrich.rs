@@ -511,3 +511,31 @@ impl RunningPipeline {
         self.run.await.expect("join")
     }
 }
+
+#[test]
+fn a_pipeline_refuses_topics_that_belong_to_no_stage_and_repeated_stages() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = || {
+        Worker::builder()
+            .brokers("127.0.0.1:1")
+            .state_dir(dir.path())
+    };
+    let err = base()
+        .topic("orders")
+        .pipeline()
+        .stage(JOIN_STAGE, JoinCustomers)
+        .build()
+        .expect_err("topics of no stage");
+    let message = err.to_string();
+    assert!(
+        message.contains("WEIR_TOPICS") && message.contains("stage_with"),
+        "{message}"
+    );
+    let err = base()
+        .pipeline()
+        .stage(JOIN_STAGE, JoinCustomers)
+        .stage(JOIN_STAGE, JoinCustomers)
+        .build()
+        .expect_err("a stage twice");
+    assert!(err.to_string().contains("added twice"), "{err}");
+}

@@ -108,6 +108,15 @@ impl PipelineBuilder {
                 "a pipeline needs at least one stage",
             ));
         }
+        if !base.topics.is_empty() {
+            return Err(Error::config(
+                "topics (WEIR_TOPICS)",
+                format!(
+                    "{:?} would belong to no stage of the pipeline: a stage consumes its handler's declared topics, those given with stage_with(name, handler, |b| b.topic(..)), or its repartition topic",
+                    base.topics
+                ),
+            ));
+        }
         let mut names: Vec<&str> = Vec::new();
         for (name, _) in &self.stages {
             crate::config::validate_topic_name(&repartition_topic(&base.group, name))

@@ -145,7 +145,9 @@ impl TableReader {
                 Some(Ok(msg)) => records += take(next, &mut chunk, msg),
             }
         }
-        apply(&chunk, next)?;
+        if !chunk.is_empty() {
+            apply(&chunk, next)?;
+        }
         Ok(records)
     }
 

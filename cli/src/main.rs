@@ -1,0 +1,64 @@
+//! `weir`: what an operator asks of weir workers without writing code. Where each partition
+//! stands (SQLite and Kafka offsets, lag, owner epoch, outbox), and what a key holds in the
+//! partition stores, read-only and safe beside running workers.
+//!
+//! ```text
+//! cargo install --path cli
+//! weir status --brokers localhost:9092 --state-dir weir-state --group orders
+//! weir state get --state-dir weir-state --group orders --topic orders --store totals alice
+//! ```
+
+mod error;
+mod locate;
+mod state_cmd;
+mod status;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::error::Error;
+
+/// `weir --help` ends with these; the README repeats them.
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  done
+  1  nothing found (state get: no partition holds the key)
+  2  usage error (unknown subcommand or flag, missing or invalid argument)
+  3  bad input: a missing state dir, group, topic or store; a corrupt or foreign state file
+  4  Kafka: the brokers could not be reached, or refused a request";
+
+/// Offsets, lag and state of weir workers, for operators. Reads state files read-only: safe
+/// while workers run.
+#[derive(Debug, Parser)]
+#[command(name = "weir", version, after_help = EXIT_CODES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// One row per partition store of a group: SQLite next offset, Kafka committed offset,
+    /// high watermark, lag, owner epoch, outbox backlog, last commit, file size.
+    Status(status::StatusArgs),
+    /// Read the partition stores of a group: one key, a prefix scan, or everything.
+    #[command(subcommand)]
+    State(state_cmd::StateCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Status(args) => status::run(&args),
+        Command::State(cmd) => state_cmd::run(&cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Error::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weir: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
