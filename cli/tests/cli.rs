@@ -1,0 +1,314 @@
+//! The `weir` command against the stores and the group of a real worker, on both brokers:
+//! every subcommand's output, and its errors and exit codes for bad input.
+
+use std::collections::BTreeMap;
+use std::process::Output;
+use std::time::Duration;
+
+use serde_json::Value;
+use weir_tests::*;
+
+const PARTITIONS: i32 = 2;
+
+/// Runs `weir` with `args`.
+fn weir(args: &[&str]) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(args)
+        .output()
+        .expect("run weir")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asserts the exit code, showing the output when it differs.
+fn assert_exit(out: &Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "stdout: {}\nstderr: {}",
+        stdout(out),
+        stderr(out)
+    );
+}
+
+fn json_lines(out: &Output) -> Vec<Value> {
+    stdout(out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect()
+}
+
+/// A group whose worker counted `records` and stopped cleanly.
+struct Counted {
+    fixture: Fixture,
+    expected: BTreeMap<String, u64>,
+    /// Records per partition.
+    offsets: BTreeMap<i32, i64>,
+}
+
+async fn counted(kind: BrokerKind) -> Counted {
+    let fixture = Fixture::new(kind, "cli", PARTITIONS).await;
+    let records = keyed_records(0, 400, 20);
+    fixture
+        .broker
+        .produce(&fixture.topic, None, records.clone())
+        .await;
+    let worker = fixture
+        .broker
+        .worker(&fixture.group, &fixture.topic, fixture.dir.path())
+        .build(CountHandler::default())
+        .expect("build");
+    let worker = RunningWorker::spawn(worker);
+    let expected = expected_counts(&records);
+    wait_for_counts(
+        fixture.dir.path(),
+        &fixture.group,
+        &fixture.topic,
+        &expected,
+        Duration::from_secs(60),
+    )
+    .await;
+    worker.stop_cleanly().await;
+    let offsets = StoredCounts::read(fixture.dir.path(), &fixture.group, &fixture.topic).offsets;
+    Counted {
+        fixture,
+        expected,
+        offsets,
+    }
+}
+
+async fn state_commands_read_the_stores(kind: BrokerKind) {
+    let Counted {
+        fixture, expected, ..
+    } = counted(kind).await;
+    let dir = fixture.dir.path().to_str().expect("utf-8 path").to_owned();
+    let (group, topic) = (fixture.group.as_str(), fixture.topic.as_str());
+    let at = |extra: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = ["--state-dir", &dir, "--group", group, "--topic", topic]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let run = |cmd: &[&str], extra: &[&str]| {
+        let mut args: Vec<String> = cmd.iter().map(|s| s.to_string()).collect();
+        args.extend(at(extra));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        weir(&args)
+    };
+
+    // get: every partition searched, the hit printed with its partition.
+    let out = run(&["state", "get"], &["--store", COUNTS, "k7"]);
+    assert_exit(&out, 0);
+    let hits = json_lines(&out);
+    assert_eq!(hits.len(), 1, "{hits:?}");
+    assert_eq!(hits[0]["value"], Value::from(expected["k7"]));
+    let p = hits[0]["partition"]
+        .as_i64()
+        .expect("partition")
+        .to_string();
+    // With --partition: the value alone.
+    let out = run(
+        &["state", "get"],
+        &["--store", COUNTS, "--partition", &p, "k7"],
+    );
+    assert_exit(&out, 0);
+    assert_eq!(stdout(&out).trim(), expected["k7"].to_string());
+    // A key no partition holds: exit 1; a store that does not exist: exit 3, naming those
+    // that do.
+    let out = run(&["state", "get"], &["--store", COUNTS, "nope"]);
+    assert_exit(&out, 1);
+    assert!(stderr(&out).contains("no key \"nope\""), "{}", stderr(&out));
+    let out = run(&["state", "get"], &["--store", "totals", "k7"]);
+    assert_exit(&out, 3);
+    assert!(
+        stderr(&out).contains("no store \"totals\"") && stderr(&out).contains(COUNTS),
+        "{}",
+        stderr(&out)
+    );
+
+    // scan: keys with a prefix, up to a limit, over all partitions.
+    let out = run(&["state", "scan"], &["--store", COUNTS, "--prefix", "k1"]);
+    assert_exit(&out, 0);
+    let got: BTreeMap<String, u64> = json_lines(&out)
+        .iter()
+        .map(|l| {
+            (
+                l["key"].as_str().expect("key").to_owned(),
+                l["value"].as_u64().expect("value"),
+            )
+        })
+        .collect();
+    let want: BTreeMap<String, u64> = expected
+        .iter()
+        .filter(|(k, _)| k.starts_with("k1"))
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    assert_eq!(got, want);
+    let out = run(
+        &["state", "scan"],
+        &["--store", COUNTS, "--prefix", "k", "--limit", "5"],
+    );
+    assert_exit(&out, 0);
+    assert_eq!(json_lines(&out).len(), 5);
+
+    // export: every entry of every store, the counts exactly.
+    let out = run(&["state", "export"], &[]);
+    assert_exit(&out, 0);
+    let mut counts = BTreeMap::new();
+    for l in json_lines(&out) {
+        if l["store"] == COUNTS {
+            counts.insert(
+                l["key"].as_str().expect("key").to_owned(),
+                l["value"].as_u64().expect("value"),
+            );
+        }
+    }
+    assert_eq!(counts, expected);
+    let out = run(&["state", "export"], &["--store", COUNTS]);
+    assert_exit(&out, 0);
+    assert_eq!(json_lines(&out).len(), expected.len());
+
+    // Bad input: a missing state dir, an unknown group, a topic without stores, a corrupt
+    // file. Exit 3, naming what is wrong (and what is there).
+    let out = weir(&[
+        "state",
+        "get",
+        "--state-dir",
+        "/no/such/dir",
+        "--group",
+        group,
+        "--topic",
+        topic,
+        "--store",
+        COUNTS,
+        "k1",
+    ]);
+    assert_exit(&out, 3);
+    assert!(stderr(&out).contains("/no/such/dir"), "{}", stderr(&out));
+    let out = weir(&[
+        "state",
+        "get",
+        "--state-dir",
+        &dir,
+        "--group",
+        "nogroup",
+        "--topic",
+        topic,
+        "--store",
+        COUNTS,
+        "k1",
+    ]);
+    assert_exit(&out, 3);
+    assert!(
+        stderr(&out).contains("no group \"nogroup\"") && stderr(&out).contains(group),
+        "{}",
+        stderr(&out)
+    );
+    let out = weir(&[
+        "state",
+        "scan",
+        "--state-dir",
+        &dir,
+        "--group",
+        group,
+        "--topic",
+        "notopic",
+        "--store",
+        COUNTS,
+    ]);
+    assert_exit(&out, 3);
+    assert!(stderr(&out).contains(topic), "{}", stderr(&out));
+    let broken = tempfile::tempdir().expect("tempdir");
+    let broken_topic = broken.path().join(group).join(topic);
+    std::fs::create_dir_all(&broken_topic).expect("mkdir");
+    std::fs::write(broken_topic.join("0.sqlite"), b"not a database, not at all").expect("write");
+    let out = weir(&[
+        "state",
+        "export",
+        "--state-dir",
+        broken.path().to_str().expect("utf-8"),
+        "--group",
+        group,
+        "--topic",
+        topic,
+    ]);
+    assert_exit(&out, 3);
+    assert!(stderr(&out).contains("0.sqlite"), "{}", stderr(&out));
+    assert!(stdout(&out).is_empty());
+}
+
+on_both_brokers!(state_commands, state_commands_read_the_stores);
+
+async fn status_shows_each_partition(kind: BrokerKind) {
+    let Counted {
+        fixture, offsets, ..
+    } = counted(kind).await;
+    let dir = fixture.dir.path().to_str().expect("utf-8 path").to_owned();
+    let group = fixture.group.as_str();
+    let out = weir(&[
+        "status",
+        "--state-dir",
+        &dir,
+        "--group",
+        group,
+        "--brokers",
+        fixture.broker.bootstrap(),
+        "--json",
+    ]);
+    assert_exit(&out, 0);
+    let rows: Vec<Value> = serde_json::from_str(&stdout(&out)).expect("a JSON array");
+    assert_eq!(rows.len(), offsets.len(), "{rows:?}");
+    for row in &rows {
+        let p = row["partition"].as_i64().expect("partition") as i32;
+        let next = offsets[&p];
+        assert_eq!(row["topic"], Value::from(fixture.topic.as_str()));
+        assert_eq!(row["next_offset"], Value::from(next), "{row}");
+        // The clean stop committed the SQLite offsets to Kafka.
+        assert_eq!(row["kafka_committed"], Value::from(next), "{row}");
+        assert!(row["high_watermark"].as_i64().is_some(), "{row}");
+        assert_eq!(row["lag"], Value::from(0), "{row}");
+        assert!(row["owner_epoch"].as_i64().is_some_and(|e| e >= 1), "{row}");
+        assert_eq!(row["outbox"], Value::from(0), "{row}");
+        assert!(row["last_commit_ms"].as_i64().is_some(), "{row}");
+        assert!(row["file_bytes"].as_u64().is_some_and(|b| b > 0), "{row}");
+    }
+    // The table form names every partition.
+    let out = weir(&["status", "--state-dir", &dir, "--group", group]);
+    assert_exit(&out, 0);
+    let table = stdout(&out);
+    assert_eq!(table.lines().count(), 1 + offsets.len(), "{table}");
+    // An unknown group: exit 3.
+    let out = weir(&["status", "--state-dir", &dir, "--group", "nogroup"]);
+    assert_exit(&out, 3);
+    assert!(stderr(&out).contains("no group"), "{}", stderr(&out));
+}
+
+on_both_brokers!(status, status_shows_each_partition);
+
+#[test]
+fn status_with_unreachable_brokers_exits_4() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let topic_dir = dir.path().join("g").join("t");
+    std::fs::create_dir_all(&topic_dir).expect("mkdir");
+    // A real (empty) store, made by the state crate.
+    drop(weir_state::PartitionStore::open(topic_dir.join("0.sqlite")).expect("a store"));
+    let out = weir(&[
+        "status",
+        "--state-dir",
+        dir.path().to_str().expect("utf-8"),
+        "--group",
+        "g",
+        "--brokers",
+        "127.0.0.1:1",
+    ]);
+    assert_exit(&out, 4);
+    assert!(stderr(&out).contains("127.0.0.1:1"), "{}", stderr(&out));
+}
