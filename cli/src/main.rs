@@ -8,6 +8,7 @@
 //! weir state get --state-dir weir-state --group orders --topic orders --store totals alice
 //! ```
 
+mod dlq;
 mod error;
 mod locate;
 mod state_cmd;
@@ -23,9 +24,10 @@ use crate::error::Error;
 const EXIT_CODES: &str = "\
 Exit codes:
   0  done
-  1  nothing found (state get: no partition holds the key)
+  1  nothing found (state get: no partition holds the key; dlq show: no such record)
   2  usage error (unknown subcommand or flag, missing or invalid argument)
-  3  bad input: a missing state dir, group, topic or store; a corrupt or foreign state file
+  3  bad input: a missing state dir, group, topic or store; a corrupt or foreign state file;
+     a topic that does not exist
   4  Kafka: the brokers could not be reached, or refused a request";
 
 /// Offsets, lag and state of weir workers, for operators. Reads state files read-only: safe
@@ -45,6 +47,9 @@ enum Command {
     /// Read the partition stores of a group: one key, a prefix scan, or everything.
     #[command(subcommand)]
     State(state_cmd::StateCommand),
+    /// The dead letters of a topic: list them, show one, produce them back (redrive).
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +57,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Status(args) => status::run(&args),
         Command::State(cmd) => state_cmd::run(&cmd),
+        Command::Dlq(cmd) => dlq::run(&cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -312,3 +312,164 @@ fn status_with_unreachable_brokers_exits_4() {
     assert_exit(&out, 4);
     assert!(stderr(&out).contains("127.0.0.1:1"), "{}", stderr(&out));
 }
+
+async fn dead_letters_are_listed_shown_and_redriven_once(kind: BrokerKind) {
+    let Fixture {
+        broker,
+        topic,
+        group,
+        dir,
+    } = Fixture::new(kind, "cli-dlq", PARTITIONS).await;
+    let dlq = format!("{topic}.dlq");
+    // Three poison records, each failing its two attempts; then the handler heals.
+    let mut records = keyed_records(0, 30, 5);
+    for i in 0..3 {
+        records.push((format!("bad{i}"), "poison".to_owned()));
+    }
+    broker.produce(&topic, None, records.clone()).await;
+    let worker = broker
+        .worker(&group, &topic, dir.path())
+        .retry(weir::RetryPolicy {
+            max_attempts: 2,
+            backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(10),
+        })
+        .build(CountHandler::with_poison("poison", 6))
+        .expect("build");
+    let worker = RunningWorker::spawn(worker);
+    let healthy: BTreeMap<String, u64> = expected_counts(&records[..30]);
+    wait_for_counts(
+        dir.path(),
+        &group,
+        &topic,
+        &healthy,
+        Duration::from_secs(60),
+    )
+    .await;
+    let brokers = broker.bootstrap().to_owned();
+    // The three dead letters arrive (each acknowledged before its batch commits).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let letters = loop {
+        let out = weir(&[
+            "dlq",
+            "list",
+            "--brokers",
+            &brokers,
+            "--topic",
+            &dlq,
+            "--json",
+        ]);
+        assert_exit(&out, 0);
+        let letters = json_lines(&out);
+        if letters.len() >= 3 {
+            break letters;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "dead letters: {letters:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(letters.len(), 3, "{letters:?}");
+    for l in &letters {
+        assert_eq!(l["source_topic"], Value::from(topic.as_str()), "{l}");
+        assert_eq!(l["reason"], Value::from("failed"), "{l}");
+        assert_eq!(l["attempts"], Value::from(2), "{l}");
+        assert!(l["error"].as_str().is_some_and(|e| !e.is_empty()), "{l}");
+    }
+    // The table form, and one letter in full.
+    let out = weir(&["dlq", "list", "--brokers", &brokers, "--topic", &dlq]);
+    assert_exit(&out, 0);
+    assert!(stdout(&out).contains("3 dead letters"), "{}", stdout(&out));
+    let (p, o) = (
+        letters[0]["partition"].to_string(),
+        letters[0]["offset"].to_string(),
+    );
+    let out = weir(&[
+        "dlq",
+        "show",
+        "--brokers",
+        &brokers,
+        "--topic",
+        &dlq,
+        "--partition",
+        &p,
+        "--offset",
+        &o,
+    ]);
+    assert_exit(&out, 0);
+    let shown: Value = serde_json::from_str(&stdout(&out)).expect("json");
+    assert_eq!(shown["value"], Value::from("poison"));
+    assert!(shown["key"].as_str().is_some_and(|k| k.starts_with("bad")));
+    let out = weir(&[
+        "dlq",
+        "show",
+        "--brokers",
+        &brokers,
+        "--topic",
+        &dlq,
+        "--partition",
+        &p,
+        "--offset",
+        "999999",
+    ]);
+    assert_exit(&out, 1);
+
+    // A dry run produces nothing; --execute produces each once, and the healed worker counts
+    // them; a second --execute finds nothing new.
+    let out = weir(&["dlq", "redrive", "--brokers", &brokers, "--topic", &dlq]);
+    assert_exit(&out, 0);
+    assert!(stderr(&out).contains("dry run: 3"), "{}", stderr(&out));
+    let out = weir(&[
+        "dlq",
+        "redrive",
+        "--brokers",
+        &brokers,
+        "--topic",
+        &dlq,
+        "--execute",
+    ]);
+    assert_exit(&out, 0);
+    assert!(stderr(&out).contains("redrove 3"), "{}", stderr(&out));
+    let mut all = healthy.clone();
+    for i in 0..3 {
+        all.insert(format!("bad{i}"), 1);
+    }
+    wait_for_counts(dir.path(), &group, &topic, &all, Duration::from_secs(60)).await;
+    let out = weir(&[
+        "dlq",
+        "redrive",
+        "--brokers",
+        &brokers,
+        "--topic",
+        &dlq,
+        "--execute",
+    ]);
+    assert_exit(&out, 0);
+    assert!(stderr(&out).contains("redrove 0"), "{}", stderr(&out));
+    worker.stop_cleanly().await;
+    let counts = StoredCounts::read(dir.path(), &group, &topic).counts;
+    assert_counts_exact(&counts, &all);
+    // The redriven records carry where they came from, and none of weir's dead-letter headers.
+    let redriven: Vec<_> = read_all(&brokers, &topic, PARTITIONS)
+        .into_iter()
+        .filter(|m| header(m, "weir.redrive.from").is_some())
+        .collect();
+    assert_eq!(redriven.len(), 3);
+    for m in &redriven {
+        assert!(header(m, "weir.redrive.from").is_some_and(|f| f.starts_with(&dlq)));
+        assert!(header(m, "weir.error").is_none() && header(m, "weir.source.offset").is_none());
+    }
+    // A topic that does not exist: exit 3.
+    let out = weir(&[
+        "dlq",
+        "list",
+        "--brokers",
+        &brokers,
+        "--topic",
+        "no-such-dlq",
+    ]);
+    assert_exit(&out, 3);
+}
+
+on_both_brokers!(dlq, dead_letters_are_listed_shown_and_redriven_once);
