@@ -473,3 +473,21 @@ async fn dead_letters_are_listed_shown_and_redriven_once(kind: BrokerKind) {
 }
 
 on_both_brokers!(dlq, dead_letters_are_listed_shown_and_redriven_once);
+
+#[test]
+fn exit_codes_are_documented_in_help_and_readme() {
+    let out = weir(&["--help"]);
+    assert_exit(&out, 0);
+    let help = stdout(&out);
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md");
+    for code in 0..=4 {
+        assert!(help.contains(&format!("\n  {code}  ")), "{code} in: {help}");
+        assert!(
+            readme.contains(&format!("\n| {code} | ")),
+            "{code} in the README"
+        );
+    }
+    // Usage errors exit 2.
+    assert_exit(&weir(&["state", "get"]), 2);
+}
