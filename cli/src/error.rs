@@ -15,6 +15,9 @@ pub(crate) enum Error {
     /// Kafka could not be reached, or refused (exit 4).
     #[error("kafka: {0}")]
     Kafka(String),
+    /// A worker could not be reached (exit 4).
+    #[error("{0}")]
+    Unreachable(String),
     /// Writing to stdout failed (a closed pipe ends the command quietly).
     #[error("writing the output: {0}")]
     Output(#[from] std::io::Error),
@@ -25,7 +28,7 @@ impl Error {
         match self {
             Self::NotFound(_) => 1,
             Self::Input(_) | Self::State(_) | Self::Output(_) => 3,
-            Self::Kafka(_) => 4,
+            Self::Kafka(_) | Self::Unreachable(_) => 4,
         }
     }
 }

@@ -11,6 +11,7 @@
 mod dlq;
 mod error;
 mod locate;
+mod query;
 mod state_cmd;
 mod status;
 
@@ -24,11 +25,12 @@ use crate::error::Error;
 const EXIT_CODES: &str = "\
 Exit codes:
   0  done
-  1  nothing found (state get: no partition holds the key; dlq show: no such record)
+  1  nothing found (state get, query: no partition holds the key, or no worker asked owns
+     it; dlq show: no such record)
   2  usage error (unknown subcommand or flag, missing or invalid argument)
   3  bad input: a missing state dir, group, topic or store; a corrupt or foreign state file;
-     a topic that does not exist
-  4  Kafka: the brokers could not be reached, or refused a request";
+     a topic that does not exist; a token a worker refused
+  4  Kafka or a worker could not be reached, or Kafka refused a request";
 
 /// Offsets, lag and state of weir workers, for operators. Reads state files read-only: safe
 /// while workers run.
@@ -50,6 +52,9 @@ enum Command {
     /// The dead letters of a topic: list them, show one, produce them back (redrive).
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
+    /// A key's value from running workers (their `/state/{store}/{key}`, WEIR_HTTP_TOKEN):
+    /// asks each until the one that owns the key's partition answers.
+    Query(query::QueryArgs),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +63,7 @@ fn main() -> ExitCode {
         Command::Status(args) => status::run(&args),
         Command::State(cmd) => state_cmd::run(&cmd),
         Command::Dlq(cmd) => dlq::run(&cmd),
+        Command::Query(args) => query::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -491,3 +491,170 @@ fn exit_codes_are_documented_in_help_and_readme() {
     // Usage errors exit 2.
     assert_exit(&weir(&["state", "get"]), 2);
 }
+
+const TOKEN: &str = "a-token-of-24-characters";
+
+/// Produces `records` partitioned by murmur2 of their keys (as Kafka's Java client does).
+async fn produce_murmur2(broker: &TestBroker, topic: &str, records: &[(String, String)]) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = broker
+        .client()
+        .set("partitioner", "murmur2_random")
+        .create()
+        .expect("producer");
+    for (k, v) in records {
+        producer
+            .send(
+                FutureRecord::to(topic).key(k).payload(v),
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap_or_else(|(e, _)| panic!("produce: {e}"));
+    }
+}
+
+async fn state_queries_answer_from_the_owning_worker(kind: BrokerKind) {
+    let Fixture {
+        broker,
+        topic,
+        group,
+        dir,
+    } = Fixture::new(kind, "cli-query", PARTITIONS).await;
+    let dir2 = tempfile::tempdir().expect("tempdir");
+    let records = keyed_records(0, 200, 20);
+    produce_murmur2(&broker, &topic, &records).await;
+    let start = |dir: &std::path::Path| {
+        let worker = broker
+            .worker(&group, &topic, dir)
+            .metrics_addr("127.0.0.1:0")
+            .http_token(TOKEN)
+            .build(CountHandler::default())
+            .expect("build");
+        let addr = worker.metrics_addr().expect("metrics address");
+        (addr, RunningWorker::spawn(worker))
+    };
+    let ((a, wa), (b, wb)) = (start(dir.path()), start(dir2.path()));
+    let expected = expected_counts(&records);
+    wait_until(
+        "both workers counted everything",
+        Duration::from_secs(60),
+        || {
+            let (d1, d2) = (dir.path().to_owned(), dir2.path().to_owned());
+            let (group, topic, expected) = (group.clone(), topic.clone(), expected.clone());
+            async move {
+                let (x, y) = (
+                    StoredCounts::read(&d1, &group, &topic),
+                    StoredCounts::read(&d2, &group, &topic),
+                );
+                let total = x.total() + y.total();
+                if x.offsets.is_empty()
+                    || y.offsets.is_empty()
+                    || total != expected.values().sum::<u64>()
+                {
+                    return Err(format!("counted {} and {}", x.total(), y.total()));
+                }
+                Ok(())
+            }
+        },
+    )
+    .await;
+    let bearer = format!("Bearer {TOKEN}");
+    let auth = [("Authorization", bearer.as_str())];
+    // k7: one worker answers with its count, the other with the owning partition.
+    let partition = weir_state::wire::partition_for_key(b"k7", PARTITIONS);
+    let mut answers = Vec::new();
+    for addr in [a, b] {
+        answers.push(http_get_with(addr, "/state/counts/k7", &auth).await);
+    }
+    answers.sort();
+    let (ok, misdirected) = (&answers[0], &answers[1]);
+    assert_eq!(ok.0, 200, "{answers:?}");
+    let ok: Value = serde_json::from_str(&ok.1).expect("json");
+    assert_eq!(ok["value"], Value::from(expected["k7"]));
+    assert_eq!(ok["partition"], Value::from(partition));
+    assert_eq!(misdirected.0, 421, "{answers:?}");
+    let m: Value = serde_json::from_str(&misdirected.1).expect("json");
+    assert_eq!(m["partition"], Value::from(partition));
+    // A key no partition holds: 404 from its partition's owner.
+    let mut codes = Vec::new();
+    for addr in [a, b] {
+        codes.push(http_get_with(addr, "/state/counts/nope", &auth).await.0);
+    }
+    codes.sort();
+    assert_eq!(codes, [404, 421]);
+    // Without the token, or with another one: 401. /metrics and /health stay open.
+    for addr in [a, b] {
+        assert_eq!(http_get(addr, "/state/counts/k7").await.0, 401);
+        let wrong = [("Authorization", "Bearer a-token-of-24-charactery")];
+        assert_eq!(http_get_with(addr, "/state/counts/k7", &wrong).await.0, 401);
+        assert_eq!(http_get(addr, "/metrics").await.0, 200);
+        assert_eq!(http_get(addr, "/health/live").await.0, 200);
+    }
+    // weir query asks both.
+    let workers = format!("http://{a},http://{b}");
+    let out = weir(&[
+        "query",
+        "--workers",
+        &workers,
+        "--token",
+        TOKEN,
+        "counts",
+        "k7",
+    ]);
+    assert_exit(&out, 0);
+    let got: Value = serde_json::from_str(stdout(&out).trim()).expect("json");
+    assert_eq!(got["value"], Value::from(expected["k7"]));
+    let out = weir(&[
+        "query",
+        "--workers",
+        &workers,
+        "--token",
+        TOKEN,
+        "counts",
+        "nope",
+    ]);
+    assert_exit(&out, 1);
+    let out = weir(&[
+        "query",
+        "--workers",
+        &workers,
+        "--token",
+        "not-the-token-at-all",
+        "counts",
+        "k7",
+    ]);
+    assert_exit(&out, 3);
+    wa.stop_cleanly().await;
+    wb.stop_cleanly().await;
+    let out = weir(&[
+        "query",
+        "--workers",
+        &workers,
+        "--token",
+        TOKEN,
+        "counts",
+        "k7",
+    ]);
+    assert_exit(&out, 4);
+}
+
+on_both_brokers!(query, state_queries_answer_from_the_owning_worker);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_queries_are_off_without_a_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let worker = weir::Worker::builder()
+        .topic("lines")
+        .state_dir(dir.path())
+        .metrics_addr("127.0.0.1:0")
+        .build(CountHandler::default())
+        .expect("build");
+    let addr = worker.metrics_addr().expect("metrics address");
+    let worker = RunningWorker::spawn(worker);
+    let auth = [("Authorization", "Bearer whatever-you-like-here")];
+    let (status, body) = http_get_with(addr, "/state/counts/k1", &auth).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("WEIR_HTTP_TOKEN"), "{body}");
+    assert_eq!(http_get(addr, "/health/live").await.0, 200);
+    worker.stop_cleanly().await;
+}

@@ -82,6 +82,7 @@ mod runtime;
 pub mod state;
 pub mod testing;
 
+pub use config::KeyPartitioner;
 pub use delivery::{DeadLetter, DeadLetterReason, RetryPolicy};
 pub use error::{BoxError, Error, Result};
 pub use processing::{

@@ -92,6 +92,23 @@ pub fn partition_for_key(key: &[u8], partitions: i32) -> i32 {
     positive % partitions.max(1)
 }
 
+/// CRC-32 (IEEE, as zlib): librdkafka's default partitioner (`consistent_random`) puts a record
+/// with `key` in partition `crc32(key) % partitions`.
+pub fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
 /// Kafka's `Utils.murmur2`: MurmurHash2, seed `0x9747b28c`, little-endian 4-byte words.
 pub fn murmur2(data: &[u8]) -> i32 {
     const M: u32 = 0x5bd1_e995;
@@ -187,6 +204,12 @@ pub fn source_next_offset<'h>(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn crc32_is_the_ieee_one() {
+        assert_eq!(super::crc32(b"123456789"), 0xcbf4_3926);
+        assert_eq!(super::crc32(b""), 0);
+    }
+
     use super::*;
 
     #[test]

@@ -73,6 +73,10 @@ pub(crate) struct Config {
     pub(crate) changelog: bool,
     /// Address of the `/metrics` and `/health/*` endpoint; `None` serves none.
     pub(crate) metrics_addr: Option<String>,
+    /// The bearer token of the endpoint's `/state/...` queries; `None`: they are off.
+    pub(crate) http_token: Option<Secret>,
+    /// How the producers of the input topics partition keys (which partition holds a key).
+    pub(crate) key_partitioner: KeyPartitioner,
     /// How often the progress line is logged; zero logs none.
     pub(crate) progress_interval: Duration,
     /// How long a graceful stop may take before the worker gives up with an error.
@@ -88,6 +92,37 @@ pub(crate) struct Config {
     pub(crate) kafka: Vec<KafkaProperty>,
     /// Settings given by the builder or the environment, which a handler's own don't override.
     pub(crate) explicit: BTreeSet<&'static str>,
+}
+
+/// A secret setting: shown as `***` by `Debug`, so that it stays out of logs.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Secret(pub(crate) String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// How the producers of a worker's input topics chose a key's partition; `/state/...` queries
+/// find a key's partition store with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeyPartitioner {
+    #[default]
+    /// Kafka's Java client (and weir's own outputs): murmur2 of the key.
+    Murmur2,
+    /// librdkafka's default (`consistent_random`): CRC-32 of the key.
+    Crc32,
+}
+
+impl KeyPartitioner {
+    /// The partition of `key` among `partitions`.
+    pub(crate) fn partition(self, key: &[u8], partitions: i32) -> i32 {
+        match self {
+            Self::Murmur2 => weir_state::wire::partition_for_key(key, partitions),
+            Self::Crc32 => (weir_state::wire::crc32(key) % partitions.max(1) as u32) as i32,
+        }
+    }
 }
 
 /// A table as the worker reads it: its store name and topic.
@@ -133,6 +168,8 @@ impl Default for Config {
             table_topics: Default::default(),
             pipeline: None,
             metrics_addr: None,
+            http_token: None,
+            key_partitioner: KeyPartitioner::Murmur2,
             progress_interval: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
             startup_timeout: Duration::from_secs(30),

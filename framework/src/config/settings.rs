@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::{validate_topic_name, Config};
+use crate::config::{validate_topic_name, Config, KeyPartitioner, Secret};
 use crate::processing::HandlerSettings;
 
 /// A check of a setting's final value; the error says what is wrong.
@@ -243,6 +243,35 @@ pub(crate) const SETTINGS: &[Setting] = &[
         default: "unset: no endpoint",
         apply: |c, v| {
             c.metrics_addr = optional(v);
+            Ok(())
+        },
+        from_handler: None,
+        check: None,
+    },
+    Setting {
+        name: "http_token",
+        env: "WEIR_HTTP_TOKEN",
+        default: "unset: `/state/...` is off",
+        apply: |c, v| {
+            c.http_token = optional(v).map(Secret);
+            Ok(())
+        },
+        from_handler: None,
+        check: Some(|c| match &c.http_token {
+            Some(t) if t.0.len() < 16 => Err("use a token of at least 16 characters".into()),
+            _ => Ok(()),
+        }),
+    },
+    Setting {
+        name: "key_partitioner",
+        env: "WEIR_KEY_PARTITIONER",
+        default: "`murmur2` (Kafka's Java client; `crc32`: librdkafka's default)",
+        apply: |c, v| {
+            c.key_partitioner = match v {
+                "murmur2" => KeyPartitioner::Murmur2,
+                "crc32" => KeyPartitioner::Crc32,
+                _ => return Err("expected murmur2 or crc32".into()),
+            };
             Ok(())
         },
         from_handler: None,

@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::observe::metric_names::*;
-use crate::observe::{PartitionRow, WorkerView};
+use crate::observe::{PartitionRow, StateAnswer, WorkerView};
 
 /// Buckets (seconds) of the batch and commit duration histograms.
 const DURATION_BUCKETS: &[f64] = &[
@@ -90,6 +90,117 @@ fn render(view: &dyn WorkerView) -> String {
     out
 }
 
+/// Answers `GET /state/{store}/{key}[?topic=T]`: off without a configured token, 401 without
+/// the right bearer token (compared in constant time), then the owned partition's value (200),
+/// 404 when it does not hold the key, 421 with the owning partition when another worker owns
+/// it.
+async fn state_query(
+    view: &Arc<dyn WorkerView>,
+    token: Option<&str>,
+    bearer: Option<&str>,
+    path: &str,
+    query: &str,
+) -> (&'static str, &'static str, String) {
+    const JSON: &str = "application/json";
+    let error = |status, message: String| {
+        (
+            status,
+            JSON,
+            serde_json::json!({ "error": message }).to_string(),
+        )
+    };
+    let Some(token) = token else {
+        return error(
+            "404 Not Found",
+            "state queries are off: set WEIR_HTTP_TOKEN to turn them on".into(),
+        );
+    };
+    if !bearer.is_some_and(|b| same_bytes(b.as_bytes(), token.as_bytes())) {
+        return error(
+            "401 Unauthorized",
+            "send the worker's token: Authorization: Bearer <WEIR_HTTP_TOKEN>".into(),
+        );
+    }
+    let Some((store, key)) = path
+        .strip_prefix("/state/")
+        .and_then(|rest| rest.split_once('/'))
+        .and_then(|(s, k)| Some((percent_decode(s)?, percent_decode(k)?)))
+        .filter(|(s, k)| !s.is_empty() && !k.is_empty())
+    else {
+        return error(
+            "400 Bad Request",
+            "expected /state/{store}/{key} (percent-encoded)".into(),
+        );
+    };
+    let topic = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("topic="))
+        .and_then(percent_decode);
+    let view = Arc::clone(view);
+    let answer =
+        tokio::task::spawn_blocking(move || view.state(topic.as_deref(), &store, &key)).await;
+    let answer = match answer {
+        Ok(a) => a,
+        Err(e) => return error("500 Internal Server Error", e.to_string()),
+    };
+    match answer {
+        StateAnswer::Found {
+            topic,
+            partition,
+            value,
+        } => (
+            "200 OK",
+            JSON,
+            format!(
+                "{{\"topic\":{},\"partition\":{partition},\"value\":{value}}}",
+                serde_json::Value::String(topic)
+            ),
+        ),
+        StateAnswer::Absent { topic, partition } => (
+            "404 Not Found",
+            JSON,
+            serde_json::json!({ "topic": topic, "partition": partition, "error": "no such key" })
+                .to_string(),
+        ),
+        StateAnswer::NotOwned { topic, partition } => (
+            "421 Misdirected Request",
+            JSON,
+            serde_json::json!({
+                "topic": topic, "partition": partition,
+                "error": "another worker owns this key's partition"
+            })
+            .to_string(),
+        ),
+        StateAnswer::Invalid(m) => error("400 Bad Request", m),
+        StateAnswer::Unavailable(m) => error("503 Service Unavailable", m),
+    }
+}
+
+/// Equal bytes, in time independent of where they differ.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// `%XX`-decoded UTF-8 text (`+` stays `+`); `None` when malformed.
+fn percent_decode(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hex = [bytes.next()?, bytes.next()?];
+            let hex = std::str::from_utf8(&hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+        } else {
+            out.push(b);
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// A per-partition series: name, help, and its value for a row (none: not exported yet).
 type Column = (
     &'static str,
@@ -147,14 +258,18 @@ fn gauge_header(out: &mut String, name: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
 }
 
-/// Serves the endpoints until the task is aborted.
-pub(crate) async fn serve(listener: TcpListener, view: Arc<dyn WorkerView>) {
+/// Serves the endpoints until the task is aborted; `/state/...` only with a `token`.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    view: Arc<dyn WorkerView>,
+    token: Option<Arc<str>>,
+) {
     loop {
         match listener.accept().await {
             Ok((sock, _)) => {
-                let view = Arc::clone(&view);
+                let (view, token) = (Arc::clone(&view), token.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = answer(sock, &*view).await {
+                    if let Err(e) = answer(sock, view, token.as_deref()).await {
                         tracing::debug!("metrics request: {e}");
                     }
                 });
@@ -167,7 +282,11 @@ pub(crate) async fn serve(listener: TcpListener, view: Arc<dyn WorkerView>) {
     }
 }
 
-async fn answer(mut sock: TcpStream, view: &dyn WorkerView) -> std::io::Result<()> {
+async fn answer(
+    mut sock: TcpStream,
+    view: Arc<dyn WorkerView>,
+    token: Option<&str>,
+) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let read = async {
         let mut chunk = [0u8; 1024];
@@ -185,10 +304,19 @@ async fn answer(mut sock: TcpStream, view: &dyn WorkerView) -> std::io::Result<(
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request not received"))??;
     let request = String::from_utf8_lossy(&buf);
     let mut parts = request.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = path.split('?').next().unwrap_or("");
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let (status, content_type, body) = match (method, path) {
-        ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", render(view)),
+        ("GET", p) if p.starts_with("/state/") => {
+            let bearer = request
+                .lines()
+                .filter_map(|l| l.split_once(':'))
+                .find(|(name, _)| name.trim().eq_ignore_ascii_case("authorization"))
+                .and_then(|(_, v)| v.trim().strip_prefix("Bearer "))
+                .map(str::trim);
+            state_query(&view, token, bearer, p, query).await
+        }
+        ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", render(&*view)),
         ("GET", "/health/live") => {
             if view.live() {
                 ("200 OK", "text/plain", "live\n".to_owned())
@@ -219,8 +347,13 @@ async fn answer(mut sock: TcpStream, view: &dyn WorkerView) -> std::io::Result<(
             "GET only\n".to_owned(),
         ),
     };
+    let challenge = if status.starts_with("401") {
+        "WWW-Authenticate: Bearer realm=\"weir\"\r\n"
+    } else {
+        ""
+    };
     let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{challenge}Connection: close\r\n\r\n",
         body.len()
     );
     sock.write_all(head.as_bytes()).await?;

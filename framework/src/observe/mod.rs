@@ -32,8 +32,31 @@ pub(crate) struct PartitionRow {
     pub(crate) event_watermark_ms: Option<i64>,
 }
 
+/// What `GET /state/{store}/{key}` finds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StateAnswer {
+    /// The key's value (JSON) in the owned partition that holds it.
+    Found {
+        topic: String,
+        partition: i32,
+        value: String,
+    },
+    /// This worker owns the key's partition, which does not hold it.
+    Absent { topic: String, partition: i32 },
+    /// Another worker owns the key's partition.
+    NotOwned { topic: String, partition: i32 },
+    /// The request cannot be answered as asked (e.g. which topic is meant).
+    Invalid(String),
+    /// Not now (the partition count is not known yet, the store cannot be read).
+    Unavailable(String),
+}
+
 /// The worker as the endpoint and the progress log see it.
 pub(crate) trait WorkerView: Send + Sync + 'static {
+    /// The committed value of `key` (text) in `store`, from the owned partition of `topic`
+    /// (the only input topic when `None`) that holds it. Blocks on SQLite.
+    fn state(&self, topic: Option<&str>, store: &str, key: &str) -> StateAnswer;
+
     /// The consumer thread runs and no stop was requested.
     fn live(&self) -> bool;
     /// Why the worker is not ready to be sent traffic, if it is not.

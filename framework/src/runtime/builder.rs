@@ -127,6 +127,24 @@ impl WorkerBuilder {
         self
     }
 
+    /// Serves `GET /state/{store}/{key}` on the metrics address, answering with the value of
+    /// `key` in `store` from the owned partition that holds it, for requests that carry this
+    /// bearer token (`WEIR_HTTP_TOKEN`, at least 16 characters; default unset: off).
+    pub fn http_token(mut self, token: impl Into<String>) -> Self {
+        self.config.http_token = Some(crate::config::Secret(token.into()));
+        self.config.given("http_token");
+        self
+    }
+
+    /// How the input topics' producers partition keys, for finding a key's partition in
+    /// `/state/...` queries (`WEIR_KEY_PARTITIONER`: `murmur2`, Kafka's Java client and weir's
+    /// outputs, the default; or `crc32`, librdkafka's default).
+    pub fn key_partitioner(mut self, partitioner: crate::KeyPartitioner) -> Self {
+        self.config.key_partitioner = partitioner;
+        self.config.given("key_partitioner");
+        self
+    }
+
     /// How often the progress line is logged (`WEIR_PROGRESS_INTERVAL_MS`, default 10 s; zero
     /// turns it off).
     pub fn progress_interval(mut self, every: Duration) -> Self {

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use rdkafka::config::ClientConfig;
 
 use crate::config::Config;
-use crate::observe::{self, PartitionRow, WorkerView};
+use crate::observe::{self, PartitionRow, StateAnswer, WorkerView};
 use crate::processing::{repartition_topic, Process};
 use crate::runtime::admin::{ensure_repartition_topics, StageInputs};
 use crate::runtime::client::connection_config;
@@ -164,6 +164,7 @@ impl PipelineBuilder {
         }
         let connection = connection_config(&base, base.brokers.as_deref().unwrap_or_default());
         Ok(Pipeline {
+            http_token: base.http_token.clone(),
             state_dir: base.state_dir.clone(),
             group: base.group,
             connection,
@@ -217,6 +218,21 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 struct PipelineView(Arc<Stages>);
 
 impl WorkerView for PipelineView {
+    fn state(&self, topic: Option<&str>, store: &str, key: &str) -> StateAnswer {
+        let views: Vec<Arc<dyn WorkerView>> = lock(&self.0.views).clone();
+        let answers: Vec<StateAnswer> = views.iter().map(|v| v.state(topic, store, key)).collect();
+        let rank = |a: &StateAnswer| match a {
+            StateAnswer::Found { .. } | StateAnswer::Absent { .. } => 0,
+            StateAnswer::NotOwned { .. } => 1,
+            StateAnswer::Unavailable(_) => 2,
+            StateAnswer::Invalid(_) => 3,
+        };
+        answers
+            .into_iter()
+            .min_by_key(rank)
+            .unwrap_or_else(|| StateAnswer::Unavailable("no stage has started".into()))
+    }
+
     fn live(&self) -> bool {
         lock(&self.0.views).iter().all(|v| v.live())
     }
@@ -277,6 +293,7 @@ impl WorkerView for PipelineView {
 /// ```
 pub struct Pipeline {
     group: String,
+    http_token: Option<crate::config::Secret>,
     state_dir: std::path::PathBuf,
     connection: ClientConfig,
     stages: Arc<Stages>,
@@ -334,12 +351,13 @@ impl Pipeline {
             let inputs = lock(&self.stages.inputs).clone();
             ensure_repartition_topics(&self.group, &inputs, &self.connection).await?;
         }
+        let token = self.http_token.as_ref().map(|t| Arc::from(t.0.as_str()));
         let _endpoint = self.metrics_listener.map(|listener| {
             let view: Arc<dyn WorkerView> = Arc::new(PipelineView(Arc::clone(&self.stages)));
             let listener = tokio::net::TcpListener::from_std(listener);
             tokio::spawn(async move {
                 match listener {
-                    Ok(l) => observe::serve(l, view).await,
+                    Ok(l) => observe::serve(l, view, token).await,
                     Err(e) => tracing::error!("metrics endpoint: {e}"),
                 }
             })

@@ -211,6 +211,7 @@ impl<H: Process> WeirContext<H> {
                 partition,
                 PartitionHandle {
                     topic: topic_name,
+                    store_path: path.clone(),
                     queue: tx,
                     flow,
                     overflow: Default::default(),

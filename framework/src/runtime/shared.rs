@@ -9,9 +9,10 @@ use weir_state::CacheBudget;
 
 use crate::clock::now_ms;
 use crate::config::Config;
+use crate::config::KeyPartitioner;
 use crate::delivery::DeadLetterSink;
 use crate::inbound::Inbound;
-use crate::observe::{PartitionRow, WorkerView};
+use crate::observe::{PartitionRow, StateAnswer, WorkerView};
 use crate::runtime::flow::PartitionFlow;
 use crate::runtime::lifecycle::Lifecycle;
 use crate::runtime::partition_task::TaskContext;
@@ -20,6 +21,8 @@ use crate::runtime::partition_task::TaskContext;
 #[derive(Debug)]
 pub(crate) struct PartitionHandle {
     pub(crate) topic: Arc<str>,
+    /// The partition's store file (read by `/state/...` queries).
+    pub(crate) store_path: std::path::PathBuf,
     /// Chunks of records for the partition's task.
     pub(crate) queue: mpsc::UnboundedSender<Vec<Inbound>>,
     pub(crate) flow: Arc<PartitionFlow>,
@@ -82,6 +85,10 @@ impl<H> Shared<H> {
         Arc::new(View {
             owned: Arc::clone(&self.owned),
             lifecycle: Arc::clone(&self.lifecycle),
+            topics: self.config.topics.clone(),
+            partitioner: self.config.key_partitioner,
+            client: self.task_ctx.client.clone(),
+            partition_counts: Mutex::default(),
         })
     }
 
@@ -113,9 +120,85 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct View {
     owned: Arc<Mutex<Owned>>,
     lifecycle: Arc<Lifecycle>,
+    topics: Vec<String>,
+    partitioner: KeyPartitioner,
+    /// Connection settings, to ask the brokers for partition counts.
+    client: rdkafka::config::ClientConfig,
+    /// Partition count per topic, and when it was asked.
+    partition_counts: Mutex<HashMap<String, (i32, std::time::Instant)>>,
+}
+
+/// How long a topic's partition count is taken as known (a topic may get more partitions).
+const PARTITION_COUNT_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl View {
+    /// `topic`'s partition count, from the brokers' metadata (cached for a minute).
+    fn partition_count(&self, topic: &str) -> Result<i32, String> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        if let Some((n, at)) = lock(&self.partition_counts).get(topic) {
+            if at.elapsed() < PARTITION_COUNT_TTL {
+                return Ok(*n);
+            }
+        }
+        let consumer: BaseConsumer = self.client.create().map_err(|e| e.to_string())?;
+        let md = consumer
+            .fetch_metadata(Some(topic), std::time::Duration::from_secs(5))
+            .map_err(|e| format!("the partition count of {topic}: {e}"))?;
+        let n = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none())
+            .map(|t| t.partitions().len() as i32)
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("the brokers do not know {topic}"))?;
+        lock(&self.partition_counts).insert(topic.to_owned(), (n, std::time::Instant::now()));
+        Ok(n)
+    }
 }
 
 impl WorkerView for View {
+    fn state(&self, topic: Option<&str>, store: &str, key: &str) -> StateAnswer {
+        let topic = match (topic, self.topics.as_slice()) {
+            (Some(t), _) if self.topics.iter().any(|x| x == t) => t.to_owned(),
+            (Some(t), all) => {
+                return StateAnswer::Invalid(format!(
+                    "this worker does not consume {t:?} (it consumes {})",
+                    all.join(", ")
+                ))
+            }
+            (None, [only]) => only.clone(),
+            (None, all) => {
+                return StateAnswer::Invalid(format!(
+                    "say which topic with ?topic= (this worker consumes {})",
+                    all.join(", ")
+                ))
+            }
+        };
+        let n = match self.partition_count(&topic) {
+            Ok(n) => n,
+            Err(e) => return StateAnswer::Unavailable(e),
+        };
+        let partition = self.partitioner.partition(key.as_bytes(), n);
+        let path = lock(&self.owned)
+            .get(&topic)
+            .and_then(|ps| ps.get(&partition))
+            .map(|h| h.store_path.clone());
+        let Some(path) = path else {
+            return StateAnswer::NotOwned { topic, partition };
+        };
+        let read = weir_state::StoreReader::open(&path)
+            .and_then(|r| r.get::<str, serde_json::Value>(store, key));
+        match read {
+            Ok(Some(value)) => StateAnswer::Found {
+                topic,
+                partition,
+                value: value.to_string(),
+            },
+            Ok(None) => StateAnswer::Absent { topic, partition },
+            Err(e) => StateAnswer::Unavailable(format!("{topic}/{partition}: {e}")),
+        }
+    }
+
     fn live(&self) -> bool {
         self.lifecycle.is_running()
     }

@@ -298,7 +298,12 @@ impl<H: Process> Worker<H> {
                     context: "serving the metrics endpoint",
                     source,
                 })?;
-            background.push(tokio::spawn(observe::serve(listener, shared.view())));
+            let token = self
+                .config
+                .http_token
+                .as_ref()
+                .map(|t| Arc::from(t.0.as_str()));
+            background.push(tokio::spawn(observe::serve(listener, shared.view(), token)));
         }
         if !self.config.progress_interval.is_zero() {
             background.push(tokio::spawn(observe::log_progress(
