@@ -417,18 +417,17 @@ async fn dead_letters_are_listed_shown_and_redriven_once(kind: BrokerKind) {
 
     // A dry run produces nothing; --execute produces each once, and the healed worker counts
     // them; a second --execute finds nothing new.
-    let out = weir(&["dlq", "redrive", "--brokers", &brokers, "--topic", &dlq]);
+    let redrive = |execute: bool| {
+        let mut args = vec!["dlq", "redrive", "--brokers", &brokers, "--topic", &dlq];
+        if execute {
+            args.push("--execute");
+        }
+        weir(&args)
+    };
+    let out = redrive(false);
     assert_exit(&out, 0);
     assert!(stderr(&out).contains("dry run: 3"), "{}", stderr(&out));
-    let out = weir(&[
-        "dlq",
-        "redrive",
-        "--brokers",
-        &brokers,
-        "--topic",
-        &dlq,
-        "--execute",
-    ]);
+    let out = redrive(true);
     assert_exit(&out, 0);
     assert!(stderr(&out).contains("redrove 3"), "{}", stderr(&out));
     let mut all = healthy.clone();
@@ -436,15 +435,7 @@ async fn dead_letters_are_listed_shown_and_redriven_once(kind: BrokerKind) {
         all.insert(format!("bad{i}"), 1);
     }
     wait_for_counts(dir.path(), &group, &topic, &all, Duration::from_secs(60)).await;
-    let out = weir(&[
-        "dlq",
-        "redrive",
-        "--brokers",
-        &brokers,
-        "--topic",
-        &dlq,
-        "--execute",
-    ]);
+    let out = redrive(true);
     assert_exit(&out, 0);
     assert!(stderr(&out).contains("redrove 0"), "{}", stderr(&out));
     worker.stop_cleanly().await;

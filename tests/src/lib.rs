@@ -1111,6 +1111,38 @@ macro_rules! on_both_brokers {
     };
 }
 
+/// A worker process of a kill test: SIGKILLed, or stopped with SIGTERM (and expected to exit
+/// 0); killed when dropped.
+#[derive(Debug)]
+pub struct WorkerProcess(pub Option<std::process::Child>);
+
+impl WorkerProcess {
+    /// SIGKILLs the process and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill(); // SIGKILL
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends SIGTERM and asserts a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let exit = c.wait().expect("wait");
+            assert!(exit.success(), "graceful stop failed: {exit}");
+        }
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// The `main` of the test's worker binaries: logs to stdout (`RUST_LOG`, default info), runs
 /// `handler` with the `WEIR_*` settings until SIGINT/SIGTERM, and exits 1 on an error.
 pub async fn run_worker_process<H: Process>(name: &str, handler: H) {

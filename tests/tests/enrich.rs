@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use weir::prelude::*;
@@ -231,33 +231,6 @@ async fn the_pipeline_adds_up_in_one_process(kind: BrokerKind) {
 }
 
 on_both_brokers!(in_one_process, the_pipeline_adds_up_in_one_process);
-
-struct WorkerProcess(Option<Child>);
-
-impl WorkerProcess {
-    fn kill(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill(); // SIGKILL
-            let _ = c.wait();
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-            let exit = c.wait().expect("wait");
-            assert!(exit.success(), "graceful stop failed: {exit}");
-        }
-    }
-}
-
-impl Drop for WorkerProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 async fn the_pipeline_stays_exact_under_sigkills(kind: BrokerKind) {
     let Fixture {

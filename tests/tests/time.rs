@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use rdkafka::message::{Message, OwnedMessage};
@@ -503,35 +503,6 @@ fn reference(partitions: &[Vec<PageView>], ignore: &str) -> Reference {
     out
 }
 
-struct Process1 {
-    child: Option<Child>,
-}
-
-impl Process1 {
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill(); // SIGKILL
-            let _ = c.wait();
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-            let exit = c.wait().expect("wait");
-            assert!(exit.success(), "graceful stop failed: {exit}");
-        }
-    }
-}
-
-impl Drop for Process1 {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 const PARTITIONS: i32 = 2;
 
 async fn windows_stay_exact_under_sigkills(kind: BrokerKind) {
@@ -610,7 +581,7 @@ async fn windows_stay_exact_under_sigkills(kind: BrokerKind) {
             .stderr(log)
             .spawn()
             .expect("spawn pageviews-worker");
-        Process1 { child: Some(child) }
+        WorkerProcess(Some(child))
     };
     let processed = || {
         store_files(dir.path(), &group, &topic)
