@@ -975,6 +975,24 @@ pub async fn wait_processed(timeout: Duration, want: i64, mut done: impl FnMut()
     .await;
 }
 
+/// [`read_all`] over every partition `topic` has: a topic several tests share (an example's
+/// output topic) may have been created by another test, with another partition count.
+pub fn read_every_partition(bootstrap: &str, topic: &str) -> Vec<rdkafka::message::OwnedMessage> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("client");
+    let partitions = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata")
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map_or(0, |t| t.partitions().len() as i32);
+    read_all(bootstrap, topic, partitions)
+}
+
 /// Every record of `topic` (with `partitions` partitions), read from the beginning to its end
 /// (a partition EOF: tansu's ListOffsets answer can be short of the end, a fetch response's
 /// high watermark is not); panics after 60 s.
