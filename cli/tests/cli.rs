@@ -347,6 +347,12 @@ async fn dead_letters_are_listed_shown_and_redriven_once(kind: BrokerKind) {
     )
     .await;
     let brokers = broker.bootstrap().to_owned();
+    // `weir dlq <sub> --brokers .. --topic <dlq> <extra>`.
+    let dlq_cmd = |sub: &str, extra: &[&str]| {
+        let mut args = vec!["dlq", sub, "--brokers", &brokers, "--topic", &dlq];
+        args.extend_from_slice(extra);
+        weir(&args)
+    };
     // The three dead letters arrive (each acknowledged before its batch commits).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let letters = loop {
@@ -378,52 +384,24 @@ async fn dead_letters_are_listed_shown_and_redriven_once(kind: BrokerKind) {
         assert!(l["error"].as_str().is_some_and(|e| !e.is_empty()), "{l}");
     }
     // The table form, and one letter in full.
-    let out = weir(&["dlq", "list", "--brokers", &brokers, "--topic", &dlq]);
+    let out = dlq_cmd("list", &[]);
     assert_exit(&out, 0);
     assert!(stdout(&out).contains("3 dead letters"), "{}", stdout(&out));
     let (p, o) = (
         letters[0]["partition"].to_string(),
         letters[0]["offset"].to_string(),
     );
-    let out = weir(&[
-        "dlq",
-        "show",
-        "--brokers",
-        &brokers,
-        "--topic",
-        &dlq,
-        "--partition",
-        &p,
-        "--offset",
-        &o,
-    ]);
+    let out = dlq_cmd("show", &["--partition", &p, "--offset", &o]);
     assert_exit(&out, 0);
     let shown: Value = serde_json::from_str(&stdout(&out)).expect("json");
     assert_eq!(shown["value"], Value::from("poison"));
     assert!(shown["key"].as_str().is_some_and(|k| k.starts_with("bad")));
-    let out = weir(&[
-        "dlq",
-        "show",
-        "--brokers",
-        &brokers,
-        "--topic",
-        &dlq,
-        "--partition",
-        &p,
-        "--offset",
-        "999999",
-    ]);
+    let out = dlq_cmd("show", &["--partition", &p, "--offset", "999999"]);
     assert_exit(&out, 1);
 
     // A dry run produces nothing; --execute produces each once, and the healed worker counts
     // them; a second --execute finds nothing new.
-    let redrive = |execute: bool| {
-        let mut args = vec!["dlq", "redrive", "--brokers", &brokers, "--topic", &dlq];
-        if execute {
-            args.push("--execute");
-        }
-        weir(&args)
-    };
+    let redrive = |execute: bool| dlq_cmd("redrive", if execute { &["--execute"] } else { &[] });
     let out = redrive(false);
     assert_exit(&out, 0);
     assert!(stderr(&out).contains("dry run: 3"), "{}", stderr(&out));

@@ -1135,6 +1135,23 @@ macro_rules! on_both_brokers {
 pub struct WorkerProcess(pub Option<std::process::Child>);
 
 impl WorkerProcess {
+    /// Starts `cmd` (a [`worker_command`] with the test's own `WEIR_*` settings) with the kill
+    /// tests' group timings, no progress line, and its output in the file `log`.
+    pub fn start(mut cmd: std::process::Command, log: &Path) -> Self {
+        let log = std::fs::File::create(log).expect("log");
+        let child = cmd
+            .env("WEIR_KAFKA_SESSION_TIMEOUT_MS", SESSION_TIMEOUT_MS)
+            .env("WEIR_KAFKA_HEARTBEAT_INTERVAL_MS", "500")
+            .env("WEIR_PROGRESS_INTERVAL_MS", "0")
+            .env("RUST_LOG", "warn,weir::delivery::restore=info")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn the worker process");
+        Self(Some(child))
+    }
+
     /// SIGKILLs the process and waits for it.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.0.take() {

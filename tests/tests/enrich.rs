@@ -7,7 +7,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use weir::prelude::*;
@@ -248,9 +247,8 @@ async fn the_pipeline_stays_exact_under_sigkills(kind: BrokerKind) {
     broker.produce(&t.orders, None, s.orders.clone()).await;
     let logs = tempfile::tempdir().expect("logs");
     let start = |n: usize| {
-        let log = std::fs::File::create(logs.path().join(format!("{n}.log"))).expect("log");
-        let child = worker_command(env!("CARGO_BIN_EXE_enrich-worker"))
-            .env("WEIR_BROKERS", broker.bootstrap())
+        let mut cmd = worker_command(env!("CARGO_BIN_EXE_enrich-worker"));
+        cmd.env("WEIR_BROKERS", broker.bootstrap())
             .env("WEIR_GROUP", &group)
             .env("WEIR_STATE_DIR", dir.path())
             .env("WEIR_CHANGELOG", "true")
@@ -258,17 +256,8 @@ async fn the_pipeline_stays_exact_under_sigkills(kind: BrokerKind) {
             .env("WEIR_BATCH_SIZE", "50")
             .env("ENRICH_ORDERS_TOPIC", &t.orders)
             .env("ENRICH_CUSTOMERS_TOPIC", &t.customers)
-            .env("ENRICH_WORKER_DELAY_US", "500")
-            .env("WEIR_KAFKA_SESSION_TIMEOUT_MS", SESSION_TIMEOUT_MS)
-            .env("WEIR_KAFKA_HEARTBEAT_INTERVAL_MS", "500")
-            .env("WEIR_PROGRESS_INTERVAL_MS", "0")
-            .env("RUST_LOG", "warn,weir::delivery::restore=info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn enrich-worker");
-        WorkerProcess(Some(child))
+            .env("ENRICH_WORKER_DELAY_US", "500");
+        WorkerProcess::start(cmd, &logs.path().join(format!("{n}.log")))
     };
     let total: i64 = s.totals.values().sum();
     let applied = || {

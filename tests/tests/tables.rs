@@ -37,12 +37,20 @@ impl Process for Join {
     type Error = weir::Error;
 
     async fn process(&self, r: Record<'_, Order, String>, ctx: &mut Ctx<'_>) -> weir::Result<()> {
-        let country = ctx
-            .table::<Customers>()
-            .get(r.key())?
-            .map_or_else(|| "?".to_owned(), |c| c.country);
-        ctx.store::<Joined>().put(&r.value().order_id, &country)
+        join::<Customers>(&r, ctx)
     }
+}
+
+/// Stores the order's customer country from table `T` ("?" when unknown) in `joined`.
+fn join<T: weir::TableDef<Value = Customer>>(
+    r: &Record<'_, Order, String>,
+    ctx: &mut Ctx<'_>,
+) -> weir::Result<()> {
+    let country = ctx
+        .table::<T>()
+        .get(r.key())?
+        .map_or_else(|| "?".to_owned(), |c| c.country);
+    ctx.store::<Joined>().put(&r.value().order_id, &country)
 }
 
 /// [`Join`] over a global table.
@@ -59,12 +67,7 @@ impl Process for GlobalJoin {
     type Error = weir::Error;
 
     async fn process(&self, r: Record<'_, Order, String>, ctx: &mut Ctx<'_>) -> weir::Result<()> {
-        let country = ctx
-            .table::<AllCustomers>()
-            .get(r.key())?
-            .map_or_else(|| "?".to_owned(), |c| c.country);
-        ctx.state::<str, String>("joined")
-            .put(&r.value().order_id, &country)
+        join::<AllCustomers>(&r, ctx)
     }
 }
 

@@ -6,7 +6,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use rdkafka::message::{Message, OwnedMessage};
@@ -562,26 +561,17 @@ async fn windows_stay_exact_under_sigkills(kind: BrokerKind) {
 
     let mut starts = 0;
     let start = |starts: &mut usize| {
-        let log = std::fs::File::create(logs.path().join(format!("{starts}.log"))).expect("log");
+        let log = logs.path().join(format!("{starts}.log"));
         *starts += 1;
-        let child = worker_command(env!("CARGO_BIN_EXE_pageviews-worker"))
-            .env("WEIR_BROKERS", broker.bootstrap())
+        let mut cmd = worker_command(env!("CARGO_BIN_EXE_pageviews-worker"));
+        cmd.env("WEIR_BROKERS", broker.bootstrap())
             .env("WEIR_GROUP", &group)
             .env("WEIR_TOPICS", &topic)
             .env("WEIR_STATE_DIR", dir.path())
             .env("WEIR_CHANGELOG", "true")
             .env("WEIR_BATCH_SIZE", "100")
-            .env("PAGEVIEWS_WORKER_DELAY_US", "1000")
-            .env("WEIR_KAFKA_SESSION_TIMEOUT_MS", SESSION_TIMEOUT_MS)
-            .env("WEIR_KAFKA_HEARTBEAT_INTERVAL_MS", "500")
-            .env("WEIR_PROGRESS_INTERVAL_MS", "0")
-            .env("RUST_LOG", "warn,weir::delivery::restore=info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn pageviews-worker");
-        WorkerProcess(Some(child))
+            .env("PAGEVIEWS_WORKER_DELAY_US", "1000");
+        WorkerProcess::start(cmd, &log)
     };
     let processed = || {
         store_files(dir.path(), &group, &topic)

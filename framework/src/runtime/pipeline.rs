@@ -14,7 +14,9 @@ use crate::observe::{self, PartitionRow, StateAnswer, WorkerView};
 use crate::processing::{repartition_topic, Process};
 use crate::runtime::admin::{ensure_repartition_topics, StageInputs};
 use crate::runtime::client::connection_config;
-use crate::runtime::worker::{bind_metrics, embedded_state_dir, warn_embedded, Worker};
+use crate::runtime::worker::{
+    bind_metrics, embedded_state_dir, warn_embedded, AbortOnDrop, Worker,
+};
 use crate::runtime::{signals, EmbeddedBroker, WorkerBuilder};
 use crate::{Error, Result};
 
@@ -352,7 +354,7 @@ impl Pipeline {
             ensure_repartition_topics(&self.group, &inputs, &self.connection).await?;
         }
         let token = self.http_token.as_ref().map(|t| Arc::from(t.0.as_str()));
-        let _endpoint = self.metrics_listener.map(|listener| {
+        let endpoint = self.metrics_listener.map(|listener| {
             let view: Arc<dyn WorkerView> = Arc::new(PipelineView(Arc::clone(&self.stages)));
             let listener = tokio::net::TcpListener::from_std(listener);
             tokio::spawn(async move {
@@ -362,7 +364,7 @@ impl Pipeline {
                 }
             })
         });
-        let _endpoint = AbortOnDrop(_endpoint);
+        let _endpoint = AbortOnDrop(endpoint.into_iter().collect());
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut running: futures::stream::FuturesUnordered<_> = self
             .runs
@@ -397,16 +399,6 @@ impl Pipeline {
         match first_error {
             Some(e) => Err(e),
             None => Ok(()),
-        }
-    }
-}
-
-struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        if let Some(t) = &self.0 {
-            t.abort();
         }
     }
 }

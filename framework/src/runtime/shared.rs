@@ -16,6 +16,7 @@ use crate::observe::{PartitionRow, StateAnswer, WorkerView};
 use crate::runtime::flow::PartitionFlow;
 use crate::runtime::lifecycle::Lifecycle;
 use crate::runtime::partition_task::TaskContext;
+use crate::runtime::tables::partition_counts;
 
 /// The consumer-thread side of one owned partition.
 #[derive(Debug)]
@@ -134,22 +135,15 @@ const PARTITION_COUNT_TTL: std::time::Duration = std::time::Duration::from_secs(
 impl View {
     /// `topic`'s partition count, from the brokers' metadata (cached for a minute).
     fn partition_count(&self, topic: &str) -> Result<i32, String> {
-        use rdkafka::consumer::{BaseConsumer, Consumer};
         if let Some((n, at)) = lock(&self.partition_counts).get(topic) {
             if at.elapsed() < PARTITION_COUNT_TTL {
                 return Ok(*n);
             }
         }
-        let consumer: BaseConsumer = self.client.create().map_err(|e| e.to_string())?;
-        let md = consumer
-            .fetch_metadata(Some(topic), std::time::Duration::from_secs(5))
-            .map_err(|e| format!("the partition count of {topic}: {e}"))?;
-        let n = md
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic && t.error().is_none())
-            .map(|t| t.partitions().len() as i32)
-            .filter(|n| *n > 0)
+        let n = partition_counts(&self.client, std::iter::once(topic))?
+            .get(topic)
+            .copied()
+            .flatten()
             .ok_or_else(|| format!("the brokers do not know {topic}"))?;
         lock(&self.partition_counts).insert(topic.to_owned(), (n, std::time::Instant::now()));
         Ok(n)

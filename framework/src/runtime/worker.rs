@@ -361,8 +361,9 @@ impl Drop for StopOnDrop {
     }
 }
 
-/// Aborts background tasks (metrics endpoint, progress log) when `run` ends.
-struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+/// Aborts background tasks (metrics endpoint, progress log) when `run` (a worker's or a
+/// pipeline's) ends.
+pub(crate) struct AbortOnDrop(pub(crate) Vec<tokio::task::JoinHandle<()>>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
