@@ -18,6 +18,9 @@ pub(crate) enum Error {
     /// A worker could not be reached (exit 4).
     #[error("{0}")]
     Unreachable(String),
+    /// Refused: the group has live members (exit 5).
+    #[error("{0}")]
+    Refused(String),
     /// Writing to stdout failed (a closed pipe ends the command quietly).
     #[error("writing the output: {0}")]
     Output(#[from] std::io::Error),
@@ -29,6 +32,7 @@ impl Error {
             Self::NotFound(_) => 1,
             Self::Input(_) | Self::State(_) | Self::Output(_) => 3,
             Self::Kafka(_) | Self::Unreachable(_) => 4,
+            Self::Refused(_) => 5,
         }
     }
 }

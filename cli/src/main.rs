@@ -1,6 +1,7 @@
 //! `weir`: what an operator asks of weir workers without writing code. Where each partition
 //! stands (SQLite and Kafka offsets, lag, owner epoch, outbox), and what a key holds in the
-//! partition stores, read-only and safe beside running workers.
+//! partition stores, read-only and safe beside running workers; dead letters to look at and
+//! redrive; a stopped group moved to another position.
 //!
 //! ```text
 //! cargo install --path cli
@@ -12,6 +13,7 @@ mod dlq;
 mod error;
 mod locate;
 mod query;
+mod reset;
 mod state_cmd;
 mod status;
 
@@ -30,10 +32,12 @@ Exit codes:
   2  usage error (unknown subcommand or flag, missing or invalid argument)
   3  bad input: a missing state dir, group, topic or store; a corrupt or foreign state file;
      a topic that does not exist; a token a worker refused
-  4  Kafka or a worker could not be reached, or Kafka refused a request";
+  4  Kafka or a worker could not be reached, or Kafka refused a request
+  5  refused: the group has live members (reset; nothing was changed)";
 
-/// Offsets, lag and state of weir workers, for operators. Reads state files read-only: safe
-/// while workers run.
+/// Offsets, lag, state and dead letters of weir workers, for operators. Reads state files
+/// read-only, safe while workers run; only `reset` writes them, and only while the group is
+/// stopped.
 #[derive(Debug, Parser)]
 #[command(name = "weir", version, after_help = EXIT_CODES)]
 struct Cli {
@@ -55,6 +59,9 @@ enum Command {
     /// A key's value from running workers (their `/state/{store}/{key}`, WEIR_HTTP_TOKEN):
     /// asks each until the one that owns the key's partition answers.
     Query(query::QueryArgs),
+    /// Move a stopped group to another position (earliest, latest, an offset, a time), in its
+    /// stores and in Kafka; its stores start over empty there. A dry run without --execute.
+    Reset(reset::ResetArgs),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +71,7 @@ fn main() -> ExitCode {
         Command::State(cmd) => state_cmd::run(&cmd),
         Command::Dlq(cmd) => dlq::run(&cmd),
         Command::Query(args) => query::run(&args),
+        Command::Reset(args) => reset::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

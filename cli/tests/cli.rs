@@ -6,6 +6,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use serde_json::Value;
+use weir::state::changelog_topic;
 use weir_tests::*;
 
 const PARTITIONS: i32 = 2;
@@ -450,7 +451,7 @@ fn exit_codes_are_documented_in_help_and_readme() {
     let help = stdout(&out);
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
         .expect("README.md");
-    for code in 0..=4 {
+    for code in 0..=5 {
         assert!(help.contains(&format!("\n  {code}  ")), "{code} in: {help}");
         assert!(
             readme.contains(&format!("\n| {code} | ")),
@@ -627,3 +628,178 @@ async fn state_queries_are_off_without_a_token() {
     assert_eq!(http_get(addr, "/health/live").await.0, 200);
     worker.stop_cleanly().await;
 }
+
+async fn reset_moves_a_stopped_group_and_starts_its_state_over(kind: BrokerKind) {
+    let Fixture {
+        broker,
+        topic,
+        group,
+        dir,
+    } = Fixture::new(kind, "cli-reset", PARTITIONS).await;
+    let tansu = kind == BrokerKind::Tansu;
+    if tansu {
+        broker
+            .create_one_topic(&changelog_topic(&group, &topic), PARTITIONS)
+            .await;
+    }
+    let old = keyed_records(0, 100, 10);
+    broker.produce(&topic, None, old.clone()).await;
+    let start = |dir: &std::path::Path| {
+        let worker = broker
+            .worker(&group, &topic, dir)
+            .changelog(tansu)
+            .build(CountHandler::default())
+            .expect("build");
+        RunningWorker::spawn(worker)
+    };
+    let worker = start(dir.path());
+    let expected = expected_counts(&old);
+    wait_for_counts(
+        dir.path(),
+        &group,
+        &topic,
+        &expected,
+        Duration::from_secs(60),
+    )
+    .await;
+    let dir_s = dir.path().to_str().expect("utf-8").to_owned();
+    let brokers = broker.bootstrap().to_owned();
+    let reset = |group: &str, to: &str, execute: bool| {
+        let mut args = vec![
+            "reset",
+            "--brokers",
+            &brokers,
+            "--state-dir",
+            &dir_s,
+            "--group",
+            group,
+            "--to",
+            to,
+        ];
+        if execute {
+            args.push("--execute");
+        }
+        weir(&args)
+    };
+    let unchanged = |what: &str| {
+        let now = StoredCounts::read(dir.path(), &group, &topic);
+        assert_counts_exact(&now.counts, &expected);
+        assert_eq!(now.offsets.values().sum::<i64>(), 100, "{what}");
+    };
+    if !tansu {
+        // The mock cluster does not describe groups: the reset cannot tell whether workers
+        // run, and changes nothing.
+        worker.stop_cleanly().await;
+        let out = reset(&group, "earliest", true);
+        assert_exit(&out, 4);
+        assert!(
+            stderr(&out).contains("did not describe"),
+            "{}",
+            stderr(&out)
+        );
+        unchanged("after a reset the broker could not check");
+        return;
+    }
+    // While the worker runs: refused, nothing changed.
+    let out = reset(&group, "earliest", true);
+    assert_exit(&out, 5);
+    assert!(
+        stderr(&out).contains("has live members"),
+        "{}",
+        stderr(&out)
+    );
+    unchanged("after a refused reset");
+    worker.stop_cleanly().await;
+    broker
+        .wait_group_empty(&group, Duration::from_secs(60))
+        .await;
+    let before = StoredCounts::read(dir.path(), &group, &topic);
+
+    // Records after a point in time: the reset goes to the first of them in each partition.
+    let cut = now_ms() + 1;
+    while now_ms() <= cut {
+        std::thread::yield_now();
+    }
+    // (Keys of their own: a restore that kept the old keys would show them.)
+    let later: Vec<(String, String)> = keyed_records(100, 30, 5)
+        .into_iter()
+        .map(|(k, v)| (format!("new-{k}"), v))
+        .collect();
+    broker.produce(&topic, None, later.clone()).await;
+
+    // A dry run lists each partition's move and changes nothing.
+    let out = reset(&group, "7", false);
+    assert_exit(&out, 0);
+    for (p, next) in &before.offsets {
+        let line = format!("{topic}/{p}: next offset {next} -> 7");
+        assert!(stdout(&out).contains(&line), "{line} in {}", stdout(&out));
+    }
+    unchanged("after a dry run");
+
+    let out = reset(&group, &format!("{cut}ms"), true);
+    assert_exit(&out, 0);
+    for (p, next) in &before.offsets {
+        let line = format!("{topic}/{p}: next offset {next} -> {next}");
+        assert!(stdout(&out).contains(&line), "{line} in {}", stdout(&out));
+    }
+    let after = StoredCounts::read(dir.path(), &group, &topic);
+    assert!(
+        after.counts.is_empty(),
+        "stores emptied: {:?}",
+        after.counts
+    );
+    assert_eq!(
+        after.offsets, before.offsets,
+        "at the first record after the cut"
+    );
+    assert_eq!(
+        broker.kafka_committed(&group, &topic, PARTITIONS),
+        before.offsets
+    );
+    // A worker on the same stores counts only the later records...
+    let want = expected_counts(&later);
+    let worker = start(dir.path());
+    wait_for_counts(dir.path(), &group, &topic, &want, Duration::from_secs(60)).await;
+    worker.stop_cleanly().await;
+    broker
+        .wait_group_empty(&group, Duration::from_secs(60))
+        .await;
+    // ...and so does one that restores them from the changelog on another machine: the reset
+    // logged a tombstone per old key there.
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let worker = start(elsewhere.path());
+    wait_for_counts(
+        elsewhere.path(),
+        &group,
+        &topic,
+        &want,
+        Duration::from_secs(60),
+    )
+    .await;
+    worker.stop_cleanly().await;
+
+    // Bad input: an unknown group, a bad position, a missing state dir.
+    assert_exit(&reset("nogroup", "earliest", false), 3);
+    assert_exit(&reset(&group, "yesterday", false), 3);
+    let out = weir(&[
+        "reset",
+        "--brokers",
+        &brokers,
+        "--state-dir",
+        "/nonexistent",
+        "--group",
+        &group,
+        "--to",
+        "earliest",
+    ]);
+    assert_exit(&out, 3);
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64
+}
+
+on_both_brokers!(reset, reset_moves_a_stopped_group_and_starts_its_state_over);

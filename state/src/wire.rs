@@ -141,6 +141,12 @@ pub fn murmur2(data: &[u8]) -> i32 {
     h as i32
 }
 
+/// The changelog topic of `group`'s stores of source `topic`: `<group>-<topic>-changelog`,
+/// partition for partition.
+pub fn changelog_topic(group: &str, topic: &str) -> String {
+    format!("{group}-{topic}-changelog")
+}
+
 /// The store name of the changelog entry that carries a batch's next offset (its value).
 pub const CHANGELOG_OFFSET_STORE: &str = "__weir_offset";
 

@@ -284,7 +284,7 @@ impl Config {
     /// `<group>-<topic>-changelog`, partition for partition.
     pub(crate) fn changelog_topic_of(&self, topic: &str) -> Option<String> {
         self.changelog
-            .then(|| format!("{}-{topic}-changelog", self.group))
+            .then(|| weir_state::wire::changelog_topic(&self.group, topic))
     }
 
     /// The dead-letter topic of source `topic`, if dead letters are on.
