@@ -8,11 +8,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
-# The TLS tests put stunnel in front of tansu and make their certificates with openssl.
-if ! command -v stunnel4 >/dev/null || ! command -v openssl >/dev/null; then
+# The TLS tests put stunnel in front of tansu and make their certificates with openssl; the
+# status page test renders the worker's page in Debian's chromium, headless.
+missing=()
+for tool in stunnel4:stunnel4 openssl:openssl chromium:chromium; do
+  command -v "${tool%%:*}" >/dev/null || missing+=("${tool##*:}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
   as_root=""; [ "$(id -u)" -eq 0 ] || as_root=sudo
   $as_root apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $as_root apt-get install -y -qq stunnel4 openssl >/dev/null
+  DEBIAN_FRONTEND=noninteractive $as_root apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 # The interoperability tests produce with the Python confluent-kafka client.
 scripts/python-env.sh >/dev/null

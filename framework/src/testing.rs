@@ -462,7 +462,7 @@ impl<H: Process> TestKit<H> {
         (topic, partition): (&str, i32),
     ) -> Result<()> {
         match runner.run_until_committed(batch, clock).await {
-            Outcome::Committed(_) => {
+            Outcome::Committed(..) => {
                 self.outbox
                     .flush(store)
                     .await

@@ -90,6 +90,23 @@ fn render(view: &dyn WorkerView) -> String {
     out
 }
 
+/// The status page for people: plain HTML whose script renders `status.json` every 2 s.
+const STATUS_PAGE: &str = include_str!("status.html");
+
+/// `GET /status.json`: the worker's groups, readiness and owned partitions.
+fn status_json(view: &dyn WorkerView) -> String {
+    let not_ready = view.not_ready();
+    serde_json::json!({
+        "groups": view.groups(),
+        "live": view.live(),
+        "ready": not_ready.is_none(),
+        "not_ready": not_ready,
+        "now_ms": crate::clock::now_ms(),
+        "partitions": view.partitions(),
+    })
+    .to_string()
+}
+
 /// Answers `GET /state/{store}/{key}[?topic=T]`: off without a configured token, 401 without
 /// the right bearer token (compared in constant time), then the owned partition's value (200),
 /// 404 when it does not hold the key, 421 with the owning partition when another worker owns
@@ -317,6 +334,8 @@ async fn answer(
             state_query(&view, token, bearer, p, query).await
         }
         ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", render(&*view)),
+        ("GET", "/") => ("200 OK", "text/html; charset=utf-8", STATUS_PAGE.to_owned()),
+        ("GET", "/status.json") => ("200 OK", "application/json", status_json(&*view)),
         ("GET", "/health/live") => {
             if view.live() {
                 ("200 OK", "text/plain", "live\n".to_owned())
@@ -339,7 +358,7 @@ async fn answer(
         ("GET", _) => (
             "404 Not Found",
             "text/plain",
-            "try /metrics, /health/live or /health/ready\n".to_owned(),
+            "try /, /status.json, /metrics, /health/live or /health/ready\n".to_owned(),
         ),
         _ => (
             "405 Method Not Allowed",

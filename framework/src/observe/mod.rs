@@ -9,8 +9,8 @@ mod progress;
 pub(crate) use http::{prometheus, serve};
 pub(crate) use progress::log_progress;
 
-/// One owned partition's numbers at one instant.
-#[derive(Debug, Clone)]
+/// One owned partition's numbers at one instant (also `status.json`'s rows).
+#[derive(Debug, Clone, serde::Serialize)]
 pub(crate) struct PartitionRow {
     pub(crate) topic: String,
     pub(crate) partition: i32,
@@ -28,6 +28,10 @@ pub(crate) struct PartitionRow {
     pub(crate) unreadable: Option<String>,
     /// Records committed since the partition was assigned to this worker.
     pub(crate) processed: u64,
+    /// Records of those sent to the dead-letter topic.
+    pub(crate) dead_letters: u64,
+    /// When this worker last committed a batch of the partition (ms since the epoch).
+    pub(crate) last_commit_ms: Option<i64>,
     /// The partition's event-time watermark (ms since the epoch), once it has one.
     pub(crate) event_watermark_ms: Option<i64>,
 }
@@ -63,4 +67,6 @@ pub(crate) trait WorkerView: Send + Sync + 'static {
     fn not_ready(&self) -> Option<String>;
     /// Every owned partition, sorted by topic and partition.
     fn partitions(&self) -> Vec<PartitionRow>;
+    /// The consumer groups the worker's partitions belong to (one per pipeline stage).
+    fn groups(&self) -> Vec<String>;
 }

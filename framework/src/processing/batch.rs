@@ -153,8 +153,9 @@ pub(crate) enum Mode {
 /// How [`BatchRunner::run_until_committed`] ended.
 #[derive(Debug)]
 pub(crate) enum Outcome {
-    /// The batch is committed; the next offset.
-    Committed(i64),
+    /// The batch is committed: the next offset, and how many of its records went to the
+    /// dead-letter topic.
+    Committed(i64, usize),
     /// A stop was requested while waiting to retry, or another worker took the partition over:
     /// nothing of the batch is committed.
     Stopped,
@@ -240,7 +241,7 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
         let mut attempts = Attempts::default();
         loop {
             let error = match self.run_once(batch, &attempts.dead, clock).await {
-                Ok(next) => return Outcome::Committed(next),
+                Ok(next) => return Outcome::Committed(next, attempts.dead.len()),
                 Err(e) => e,
             };
             let next = match error {

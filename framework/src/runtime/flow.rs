@@ -39,6 +39,10 @@ pub(crate) struct PartitionFlow {
     oldest_pending_ms: AtomicI64,
     /// Records committed since the partition was assigned here.
     processed: AtomicU64,
+    /// Records of those sent to the dead-letter topic.
+    dead_letters: AtomicU64,
+    /// When the last batch was committed (ms since the epoch); 0 before the first.
+    last_commit_ms: AtomicI64,
     /// The partition's committed event-time watermark (ms); `i64::MIN` while it has none.
     event_watermark_ms: AtomicI64,
     /// The offset after the last record handed over by the consumer (where fetching stands);
@@ -72,6 +76,8 @@ impl PartitionFlow {
             low_watermark: AtomicI64::new(-1),
             oldest_pending_ms: AtomicI64::new(0),
             processed: AtomicU64::new(0),
+            dead_letters: AtomicU64::new(0),
+            last_commit_ms: AtomicI64::new(0),
             event_watermark_ms: AtomicI64::new(i64::MIN),
             fetched_to: AtomicI64::new(next_offset.unwrap_or(-1)),
             last_delivery_ms: AtomicI64::new(now_ms()),
@@ -210,9 +216,11 @@ impl PartitionFlow {
             .store(oldest_ms.unwrap_or(0), Ordering::Relaxed);
     }
 
-    /// `done` records are committed to SQLite.
-    pub(crate) fn batch_committed(&self, done: u64) {
+    /// `done` records are committed to SQLite, `dead_letters` of them as dead letters.
+    pub(crate) fn batch_committed(&self, done: u64, dead_letters: u64) {
         self.processed.fetch_add(done, Ordering::Relaxed);
+        self.dead_letters.fetch_add(dead_letters, Ordering::Relaxed);
+        self.last_commit_ms.store(now_ms(), Ordering::Relaxed);
         self.oldest_pending_ms.store(0, Ordering::Relaxed);
     }
 
@@ -270,6 +278,8 @@ impl PartitionFlow {
             restoring: self.is_restoring(),
             unreadable: self.unreadable().clone(),
             processed: self.processed.load(Ordering::Relaxed),
+            dead_letters: self.dead_letters.load(Ordering::Relaxed),
+            last_commit_ms: Some(self.last_commit_ms.load(Ordering::Relaxed)).filter(|t| *t > 0),
             event_watermark_ms: Some(self.event_watermark_ms.load(Ordering::Relaxed))
                 .filter(|w| *w != i64::MIN),
         }

@@ -595,13 +595,13 @@ impl<H: Process> PartitionTask<H> {
     async fn process_until_committed(&mut self, batch: &[Inbound], clock: Clock) -> bool {
         let started = Instant::now();
         match self.runner.run_until_committed(batch, clock).await {
-            Outcome::Committed(next) => {
+            Outcome::Committed(next, dead_letters) => {
                 // A stop may have committed only the batch's first records.
                 let done = batch.iter().take_while(|m| m.offset() < next).count();
                 metrics::histogram!(BATCH_DURATION_SECONDS).record(started.elapsed());
                 metrics::counter!(MESSAGES_TOTAL, "outcome" => "ok").increment(done as u64);
                 self.next_offset = Some(next);
-                self.flow.batch_committed(done as u64);
+                self.flow.batch_committed(done as u64, dead_letters as u64);
                 // The batch's outbox is sent while the next batch is processed; the one before
                 // must be acknowledged first, so at most one batch's outbox is in flight. The
                 // Kafka offset commit (the consumer thread's, and the revoke's final one) waits

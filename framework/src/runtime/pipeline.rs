@@ -260,6 +260,13 @@ impl WorkerView for PipelineView {
         rows.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
         rows
     }
+
+    fn groups(&self) -> Vec<String> {
+        lock(&self.0.views)
+            .iter()
+            .flat_map(|v| v.groups())
+            .collect()
+    }
 }
 
 /// Several handlers in one process: one worker per stage, each in its own consumer group

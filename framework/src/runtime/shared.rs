@@ -86,6 +86,7 @@ impl<H> Shared<H> {
         Arc::new(View {
             owned: Arc::clone(&self.owned),
             lifecycle: Arc::clone(&self.lifecycle),
+            group: self.config.group.clone(),
             topics: self.config.topics.clone(),
             partitioner: self.config.key_partitioner,
             client: self.task_ctx.client.clone(),
@@ -121,6 +122,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct View {
     owned: Arc<Mutex<Owned>>,
     lifecycle: Arc<Lifecycle>,
+    group: String,
     topics: Vec<String>,
     partitioner: KeyPartitioner,
     /// Connection settings, to ask the brokers for partition counts.
@@ -224,5 +226,9 @@ impl WorkerView for View {
             .collect();
         rows.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
         rows
+    }
+
+    fn groups(&self) -> Vec<String> {
+        vec![self.group.clone()]
     }
 }
