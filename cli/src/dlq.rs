@@ -6,7 +6,6 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
@@ -16,6 +15,7 @@ use serde::Serialize;
 use weir::state::header;
 
 use crate::error::{Error, Result};
+use crate::kafka;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum DlqCommand {
@@ -131,15 +131,12 @@ fn text_header(m: &OwnedMessage, name: &str) -> Option<String> {
 }
 
 fn consumer(dlq: &Topic, group: Option<&str>) -> Result<BaseConsumer> {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", &dlq.brokers)
+    Ok(kafka::client(&dlq.brokers)?
         .set("group.id", group.unwrap_or("weir-dlq-reader"))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("allow.auto.create.topics", "false")
-        .set_log_level(rdkafka::config::RDKafkaLogLevel::Emerg);
-    Ok(config.create()?)
+        .create()?)
 }
 
 /// The partitions of `topic`; an error naming it when it does not exist.
@@ -337,11 +334,9 @@ fn redrive(args: &RedriveArgs) -> Result<()> {
         );
         return Ok(());
     }
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &args.dlq.brokers)
+    let producer: FutureProducer = kafka::client(&args.dlq.brokers)?
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set_log_level(rdkafka::config::RDKafkaLogLevel::Emerg)
         .create()?;
     let bar = indicatif::ProgressBar::new(letters.len() as u64);
     let mut done: BTreeMap<i32, i64> = BTreeMap::new();

@@ -11,6 +11,7 @@
 
 mod dlq;
 mod error;
+mod kafka;
 mod locate;
 mod query;
 mod reset;

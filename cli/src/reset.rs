@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::FutureProducer;
@@ -19,6 +18,7 @@ use weir::state::{changelog_topic, StoreReader};
 use weir_state::{PartitionStore, WriteSet};
 
 use crate::error::{Error, Result};
+use crate::kafka;
 use crate::locate::GroupDir;
 
 #[derive(Debug, Args)]
@@ -79,11 +79,9 @@ pub(crate) fn run(args: &ResetArgs) -> Result<()> {
     };
     // Not subscribed: its commit is a "simple" one, which a broker refuses while the group
     // has members.
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &args.brokers)
+    let consumer: BaseConsumer = kafka::client(&args.brokers)?
         .set("group.id", &args.group)
         .set("enable.auto.commit", "false")
-        .set_log_level(rdkafka::config::RDKafkaLogLevel::Emerg)
         .create()?;
     consumer
         .fetch_metadata(None, KAFKA_TIMEOUT)
@@ -150,12 +148,10 @@ pub(crate) fn run(args: &ResetArgs) -> Result<()> {
         })?;
 
     let producer: Arc<FutureProducer> = Arc::new(
-        ClientConfig::new()
-            .set("bootstrap.servers", &args.brokers)
+        kafka::client(&args.brokers)?
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("partitioner", "murmur2_random")
-            .set_log_level(rdkafka::config::RDKafkaLogLevel::Emerg)
             .create()?,
     );
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -7,13 +7,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde::Serialize;
 use weir::state::StoreReader;
 
 use crate::error::{Error, Result};
+use crate::kafka;
 use crate::locate::GroupDir;
 
 #[derive(Debug, Args)]
@@ -99,11 +99,9 @@ pub(crate) fn run(args: &StatusArgs) -> Result<()> {
 
 /// Fills in the group's committed offsets and the high watermarks.
 fn add_kafka(rows: &mut [Row], brokers: &str, group: &str) -> Result<()> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let consumer: BaseConsumer = kafka::client(brokers)?
         .set("group.id", group)
         .set("enable.auto.commit", "false")
-        .set_log_level(rdkafka::config::RDKafkaLogLevel::Emerg)
         .create()?;
     consumer
         .fetch_metadata(None, KAFKA_TIMEOUT)

@@ -803,3 +803,32 @@ fn now_ms() -> i64 {
 }
 
 on_both_brokers!(reset, reset_moves_a_stopped_group_and_starts_its_state_over);
+
+/// Over TLS (tansu behind stunnel): the command connects as the workers do, with the
+/// `WEIR_KAFKA_*` connection settings of the environment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn commands_connect_with_the_workers_tls_settings() {
+    let pki = weir_tests::tls::Pki::create();
+    let tansu = weir_tests::tls::TlsTansu::start(&pki, false);
+    let ca = pki.file("ca.pem");
+    let broker = TestBroker::tansu_at(tansu.bootstrap())
+        .with_connection(&[("security.protocol", "ssl"), ("ssl.ca.location", &ca)]);
+    let dlq = format!("{}.dlq", unique("cli-tls"));
+    broker.create_topic(&dlq, 1).await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args([
+            "dlq",
+            "list",
+            "--json",
+            "--brokers",
+            &tansu.bootstrap(),
+            "--topic",
+            &dlq,
+        ])
+        .env("WEIR_KAFKA_SECURITY_PROTOCOL", "ssl")
+        .env("WEIR_KAFKA_SSL_CA_LOCATION", &ca)
+        .output()
+        .expect("run weir");
+    assert_exit(&out, 0);
+    assert!(json_lines(&out).is_empty(), "no dead letters yet");
+}

@@ -91,7 +91,9 @@ pub use processing::{
     TimerAt, UndecodableRecord, Utf8, ValueOf, Window, WindowDef, WindowResult, WindowState,
     Windows,
 };
-pub use runtime::{EmbeddedBroker, Pipeline, PipelineBuilder, Worker, WorkerBuilder};
+pub use runtime::{
+    connection_from_env, EmbeddedBroker, Pipeline, PipelineBuilder, Worker, WorkerBuilder,
+};
 /// Derives [`Handler`] from a `#[handler(...)]` attribute.
 pub use weir_macros::Handler;
 pub use weir_state::OutboxRecord;

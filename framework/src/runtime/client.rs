@@ -7,7 +7,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext};
 use rdkafka::ClientContext;
 
-use crate::config::{Config, KafkaProperty};
+use crate::config::{Config, KafkaProperty, KAFKA_ENV_PREFIX};
 use crate::{Error, Result};
 
 /// The worker's group consumer: weir's defaults, then the user's librdkafka properties (each
@@ -73,6 +73,24 @@ pub(crate) fn connection_config(config: &Config, brokers: &str) -> ClientConfig 
         }
     }
     client
+}
+
+/// A client configuration for `brokers` with the connection and security properties
+/// (`security.*`, `ssl.*`, `sasl.*`, `socket.*`, ...) of the `WEIR_KAFKA_*` environment
+/// variables: how a worker started with the same environment connects. For tools beside the
+/// workers, such as the `weir` command.
+///
+/// ```
+/// // With WEIR_KAFKA_SECURITY_PROTOCOL=ssl and WEIR_KAFKA_SSL_CA_LOCATION=ca.pem set, the
+/// // client speaks TLS, as the workers do.
+/// let client = weir::connection_from_env("localhost:9092")?;
+/// assert_eq!(client.get("bootstrap.servers"), Some("localhost:9092"));
+/// # Ok::<(), weir::Error>(())
+/// ```
+pub fn connection_from_env(brokers: &str) -> Result<ClientConfig> {
+    let mut config = Config::default();
+    config.apply_env(std::env::vars().filter(|(name, _)| name.starts_with(KAFKA_ENV_PREFIX)))?;
+    Ok(connection_config(&config, brokers))
 }
 
 /// The producer of dead letters, emitted records and changelog entries: idempotent, acks=all,

@@ -17,6 +17,7 @@ mod tables;
 mod worker;
 
 pub use builder::WorkerBuilder;
+pub use client::connection_from_env;
 pub use embedded_broker::EmbeddedBroker;
 pub use pipeline::{Pipeline, PipelineBuilder};
 pub use worker::Worker;

@@ -1,0 +1,14 @@
+//! The command's Kafka clients: they connect as the workers do, with the connection and
+//! security settings (TLS, SASL) of the `WEIR_KAFKA_*` environment variables, and log nothing
+//! themselves (the command reports what went wrong).
+
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+
+use crate::error::{Error, Result};
+
+/// A client configuration for `brokers`.
+pub(crate) fn client(brokers: &str) -> Result<ClientConfig> {
+    let mut config = weir::connection_from_env(brokers).map_err(|e| Error::Input(e.to_string()))?;
+    config.set_log_level(RDKafkaLogLevel::Emerg);
+    Ok(config)
+}
