@@ -330,11 +330,7 @@ async fn dead_letters_are_listed_shown_and_redriven_once(kind: BrokerKind) {
     broker.produce(&topic, None, records.clone()).await;
     let worker = broker
         .worker(&group, &topic, dir.path())
-        .retry(weir::RetryPolicy {
-            max_attempts: 2,
-            backoff: Duration::from_millis(10),
-            max_backoff: Duration::from_millis(10),
-        })
+        .retry(TWO_QUICK_ATTEMPTS)
         .build(CountHandler::with_poison("poison", 6))
         .expect("build");
     let worker = RunningWorker::spawn(worker);

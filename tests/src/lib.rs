@@ -511,6 +511,13 @@ async fn await_all(inflight: &mut Vec<rdkafka::producer::DeliveryFuture>) {
 /// A record to produce with headers: key, value, (header name, value) pairs.
 pub type HeadedRecord = (String, String, Vec<(String, String)>);
 
+/// A record fails twice, 10 ms apart, before it is dead-lettered.
+pub const TWO_QUICK_ATTEMPTS: weir::RetryPolicy = weir::RetryPolicy {
+    max_attempts: 2,
+    backoff: Duration::from_millis(10),
+    max_backoff: Duration::from_millis(10),
+};
+
 /// What most tests start from: a broker, a topic (with its `.dlq`) and a group unique to the
 /// test, and a state directory.
 #[derive(Debug)]

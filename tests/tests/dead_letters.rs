@@ -172,11 +172,7 @@ async fn key_order_is_kept_across_a_restart(kind: BrokerKind) {
         broker
             .worker(&group, &topic, dir)
             .keep_key_order(true)
-            .retry(weir::RetryPolicy {
-                max_attempts: 2,
-                backoff: Duration::from_millis(10),
-                max_backoff: Duration::from_millis(10),
-            })
+            .retry(TWO_QUICK_ATTEMPTS)
             .build(CountHandler::with_poison("poison", u64::MAX))
             .expect("build")
     };
@@ -263,11 +259,7 @@ async fn the_batch_commits_only_after_its_dead_letter_is_acknowledged() {
         .expect("inject");
     let worker = broker
         .worker(&group, &topic, dir.path())
-        .retry(weir::RetryPolicy {
-            max_attempts: 2,
-            backoff: Duration::from_millis(10),
-            max_backoff: Duration::from_millis(10),
-        })
+        .retry(TWO_QUICK_ATTEMPTS)
         .metrics_addr("127.0.0.1:0")
         .build(CountHandler::with_poison("poison", u64::MAX))
         .expect("build");

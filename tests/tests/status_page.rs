@@ -81,11 +81,7 @@ async fn the_status_page_shows_every_owned_partition(kind: BrokerKind) {
     broker.produce(&topic, None, records.clone()).await;
     let worker = broker
         .worker(&group, &topic, dir.path())
-        .retry(weir::RetryPolicy {
-            max_attempts: 2,
-            backoff: Duration::from_millis(10),
-            max_backoff: Duration::from_millis(10),
-        })
+        .retry(TWO_QUICK_ATTEMPTS)
         .metrics_addr("127.0.0.1:0")
         .build(CountHandler::with_poison("poison", 4))
         .expect("build");
