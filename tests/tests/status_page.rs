@@ -88,12 +88,13 @@ async fn the_status_page_shows_every_owned_partition(kind: BrokerKind) {
     let addr = worker.metrics_addr().expect("metrics address");
     let worker = RunningWorker::spawn(worker);
 
-    // Everything processed (the poison as dead letters), by the worker's own numbers.
+    // Everything processed (the poison as dead letters) and no lag, by the worker's own
+    // numbers.
     let total = |rows: &[Value], field: &str| -> u64 {
         rows.iter().filter_map(|r| r[field].as_u64()).sum()
     };
     wait_until(
-        "every record processed",
+        "every record processed, lag known and 0",
         Duration::from_secs(60),
         || async {
             let (code, body) = http_get(addr, "/status.json").await;
@@ -101,11 +102,17 @@ async fn the_status_page_shows_every_owned_partition(kind: BrokerKind) {
                 serde_json::from_str(&body).map_err(|e| format!("{code} {body}: {e}"))?;
             let rows = status["partitions"].as_array().cloned().unwrap_or_default();
             let (processed, dead) = (total(&rows, "processed"), total(&rows, "dead_letters"));
-            if rows.len() == PARTITIONS as usize && processed == 62 && dead == 2 {
+            // Lag is known once the consumer's statistics brought each high watermark.
+            let lags: Vec<&Value> = rows.iter().map(|r| &r["lag"]).collect();
+            if rows.len() == PARTITIONS as usize
+                && processed == 62
+                && dead == 2
+                && lags.iter().all(|l| l.as_i64() == Some(0))
+            {
                 Ok(())
             } else {
                 Err(format!(
-                    "{} partitions, {processed} processed, {dead} dead letters",
+                    "{} partitions, {processed} processed, {dead} dead letters, lags {lags:?}",
                     rows.len()
                 ))
             }
