@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clap::Args;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::FutureProducer;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use weir::state::{changelog_topic, StoreReader};
@@ -244,11 +244,10 @@ fn plan(
             let from = StoreReader::open(&path)?.next_offset(topic, partition)?;
             let (low, high) = consumer
                 .fetch_watermarks(topic, partition, KAFKA_TIMEOUT)
-                .map_err(|e| match e {
-                    KafkaError::MetadataFetch(_) | KafkaError::OffsetFetch(_) => Error::Kafka(
-                        format!("{topic}/{partition}: no offsets from the brokers ({e})"),
-                    ),
-                    e => e.into(),
+                .map_err(|e| {
+                    Error::Kafka(format!(
+                        "{topic}/{partition}: no offsets from the brokers ({e})"
+                    ))
                 })?;
             let to = match target {
                 Target::Earliest => low,

@@ -241,7 +241,25 @@ async fn three_workers_with_own_state_dirs_survive_sigkills() {
     for round in 1..=rounds {
         let want = (records_n * round / (rounds + 2)) as i64;
         wait_processed(Duration::from_secs(180), want, || cluster.processed()).await;
-        let victim = rng.next(WORKERS);
+        // Every third kill also empties the victim's state dir. That victim is the worker
+        // holding the newest store of a partition, so that the partition's state survives
+        // only in the changelog and its next owner must restore it. (A random victim may own
+        // nothing: a worker restarted by the previous round gets partitions only once the
+        // killed member's session has timed out.)
+        let empties = (kills + 1) % 3 == 0;
+        let holders: Vec<usize> = cluster
+            .newest_stores(false)
+            .values()
+            .filter(|(next, _)| *next > 0)
+            .filter_map(|(_, path)| {
+                (0..WORKERS).find(|i| path.starts_with(cluster.dirs[*i].path()))
+            })
+            .collect();
+        let victim = if empties && !holders.is_empty() {
+            holders[rng.next(holders.len())]
+        } else {
+            rng.next(WORKERS)
+        };
         cluster.kill(victim);
         let at = cluster.processed();
         assert!(
@@ -249,7 +267,7 @@ async fn three_workers_with_own_state_dirs_survive_sigkills() {
             "round {round}: the kill came after the end ({at} of {records_n} processed)"
         );
         kills += 1;
-        if kills % 3 == 0 {
+        if empties {
             let dir = cluster.dirs[victim].path().to_owned();
             std::fs::remove_dir_all(&dir).expect("empty the state dir");
             std::fs::create_dir_all(&dir).expect("recreate the state dir");
