@@ -142,7 +142,7 @@ fn consumer(dlq: &Topic, group: Option<&str>) -> Result<BaseConsumer> {
 /// The partitions of `topic`; an error naming it when it does not exist.
 fn partitions(consumer: &BaseConsumer, dlq: &Topic) -> Result<Vec<i32>> {
     let md = consumer
-        .fetch_metadata(Some(&dlq.topic), Duration::from_secs(10))
+        .fetch_metadata(Some(&dlq.topic), kafka::TIMEOUT)
         .map_err(|e| Error::Kafka(format!("the brokers {} did not answer: {e}", dlq.brokers)))?;
     let ps: Vec<i32> = md
         .topics()
@@ -316,7 +316,7 @@ fn redrive(args: &RedriveArgs) -> Result<()> {
         tpl.add_partition(&args.dlq.topic, *p);
     }
     let from: BTreeMap<i32, i64> = consumer
-        .committed_offsets(tpl, Duration::from_secs(10))?
+        .committed_offsets(tpl, kafka::TIMEOUT)?
         .elements()
         .iter()
         .filter_map(|e| match e.offset() {

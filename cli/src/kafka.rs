@@ -2,9 +2,14 @@
 //! security settings (TLS, SASL) of the `WEIR_KAFKA_*` environment variables, and log nothing
 //! themselves (the command reports what went wrong).
 
+use std::time::Duration;
+
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 
 use crate::error::{Error, Result};
+
+/// How long Kafka may take to answer each request.
+pub(crate) const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A client configuration for `brokers`.
 pub(crate) fn client(brokers: &str) -> Result<ClientConfig> {

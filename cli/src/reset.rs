@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::Args;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -65,8 +64,6 @@ struct Move {
     to: i64,
 }
 
-const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
-
 pub(crate) fn run(args: &ResetArgs) -> Result<()> {
     let target = parse_target(&args.to)?;
     let group = GroupDir::open(&args.state_dir, &args.group)?;
@@ -84,7 +81,7 @@ pub(crate) fn run(args: &ResetArgs) -> Result<()> {
         .set("enable.auto.commit", "false")
         .create()?;
     consumer
-        .fetch_metadata(None, KAFKA_TIMEOUT)
+        .fetch_metadata(None, kafka::TIMEOUT)
         .map_err(|e| Error::Kafka(format!("the brokers {} did not answer: {e}", args.brokers)))?;
     check_no_members(&consumer, &args.group)?;
     let plan = plan(&consumer, &group, &topics, target)?;
@@ -193,7 +190,7 @@ pub(crate) fn run(args: &ResetArgs) -> Result<()> {
 /// makes.)
 fn check_no_members(consumer: &BaseConsumer, group: &str) -> Result<()> {
     let list = consumer
-        .fetch_group_list(Some(group), KAFKA_TIMEOUT)
+        .fetch_group_list(Some(group), kafka::TIMEOUT)
         .map_err(|e| {
             Error::Kafka(format!(
                 "the brokers did not describe group {group:?} ({e}), so the reset cannot tell whether it has live members; nothing was changed"
@@ -232,7 +229,7 @@ fn plan(
                         .map_err(|e| Error::Kafka(e.to_string()))?;
                 }
                 consumer
-                    .offsets_for_times(tpl, KAFKA_TIMEOUT)?
+                    .offsets_for_times(tpl, kafka::TIMEOUT)?
                     .elements()
                     .iter()
                     .map(|e| (e.partition(), e.offset()))
@@ -243,7 +240,7 @@ fn plan(
         for (partition, path) in files {
             let from = StoreReader::open(&path)?.next_offset(topic, partition)?;
             let (low, high) = consumer
-                .fetch_watermarks(topic, partition, KAFKA_TIMEOUT)
+                .fetch_watermarks(topic, partition, kafka::TIMEOUT)
                 .map_err(|e| {
                     Error::Kafka(format!(
                         "{topic}/{partition}: no offsets from the brokers ({e})"
@@ -296,7 +293,7 @@ fn every_key_deleted(path: &std::path::Path) -> Result<WriteSet> {
 
 fn topic_exists(consumer: &BaseConsumer, topic: &str) -> bool {
     consumer
-        .fetch_metadata(Some(topic), KAFKA_TIMEOUT)
+        .fetch_metadata(Some(topic), kafka::TIMEOUT)
         .is_ok_and(|md| {
             md.topics()
                 .iter()

@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::Args;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -55,9 +54,6 @@ struct Row {
     file_bytes: u64,
 }
 
-/// How long Kafka may take to answer each request.
-const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
-
 pub(crate) fn run(args: &StatusArgs) -> Result<()> {
     let group = GroupDir::open(&args.state_dir, &args.group)?;
     let topics = match &args.topic {
@@ -104,14 +100,14 @@ fn add_kafka(rows: &mut [Row], brokers: &str, group: &str) -> Result<()> {
         .set("enable.auto.commit", "false")
         .create()?;
     consumer
-        .fetch_metadata(None, KAFKA_TIMEOUT)
+        .fetch_metadata(None, kafka::TIMEOUT)
         .map_err(|e| Error::Kafka(format!("the brokers {brokers} did not answer: {e}")))?;
     let mut tpl = TopicPartitionList::new();
     for r in rows.iter() {
         tpl.add_partition(&r.topic, r.partition);
     }
     let committed: BTreeMap<(String, i32), i64> = consumer
-        .committed_offsets(tpl, KAFKA_TIMEOUT)?
+        .committed_offsets(tpl, kafka::TIMEOUT)?
         .elements()
         .iter()
         .filter_map(|e| match e.offset() {
@@ -121,7 +117,7 @@ fn add_kafka(rows: &mut [Row], brokers: &str, group: &str) -> Result<()> {
         .collect();
     for r in rows.iter_mut() {
         r.kafka_committed = committed.get(&(r.topic.clone(), r.partition)).copied();
-        let (_, high) = consumer.fetch_watermarks(&r.topic, r.partition, KAFKA_TIMEOUT)?;
+        let (_, high) = consumer.fetch_watermarks(&r.topic, r.partition, kafka::TIMEOUT)?;
         r.high_watermark = Some(high);
         r.lag = r.next_offset.map(|n| (high - n).max(0)).or(Some(high));
     }

@@ -558,49 +558,28 @@ async fn state_queries_answer_from_the_owning_worker(kind: BrokerKind) {
     }
     // weir query asks both.
     let workers = format!("http://{a},http://{b}");
-    let out = weir(&[
-        "query",
-        "--workers",
-        &workers,
-        "--token",
-        TOKEN,
-        "counts",
-        "k7",
-    ]);
+    let query = |token: &str, key: &str| {
+        weir(&[
+            "query",
+            "--workers",
+            &workers,
+            "--token",
+            token,
+            "counts",
+            key,
+        ])
+    };
+    let out = query(TOKEN, "k7");
     assert_exit(&out, 0);
     let got: Value = serde_json::from_str(stdout(&out).trim()).expect("json");
     assert_eq!(got["value"], Value::from(expected["k7"]));
-    let out = weir(&[
-        "query",
-        "--workers",
-        &workers,
-        "--token",
-        TOKEN,
-        "counts",
-        "nope",
-    ]);
+    let out = query(TOKEN, "nope");
     assert_exit(&out, 1);
-    let out = weir(&[
-        "query",
-        "--workers",
-        &workers,
-        "--token",
-        "not-the-token-at-all",
-        "counts",
-        "k7",
-    ]);
+    let out = query("not-the-token-at-all", "k7");
     assert_exit(&out, 3);
     wa.stop_cleanly().await;
     wb.stop_cleanly().await;
-    let out = weir(&[
-        "query",
-        "--workers",
-        &workers,
-        "--token",
-        TOKEN,
-        "counts",
-        "k7",
-    ]);
+    let out = query(TOKEN, "k7");
     assert_exit(&out, 4);
 }
 
@@ -660,13 +639,13 @@ async fn reset_moves_a_stopped_group_and_starts_its_state_over(kind: BrokerKind)
     .await;
     let dir_s = dir.path().to_str().expect("utf-8").to_owned();
     let brokers = broker.bootstrap().to_owned();
-    let reset = |group: &str, to: &str, execute: bool| {
+    let reset_in = |state_dir: &str, group: &str, to: &str, execute: bool| {
         let mut args = vec![
             "reset",
             "--brokers",
             &brokers,
             "--state-dir",
-            &dir_s,
+            state_dir,
             "--group",
             group,
             "--to",
@@ -677,6 +656,7 @@ async fn reset_moves_a_stopped_group_and_starts_its_state_over(kind: BrokerKind)
         }
         weir(&args)
     };
+    let reset = |group: &str, to: &str, execute: bool| reset_in(&dir_s, group, to, execute);
     let unchanged = |what: &str| {
         let now = StoredCounts::read(dir.path(), &group, &topic);
         assert_counts_exact(&now.counts, &expected);
@@ -777,18 +757,7 @@ async fn reset_moves_a_stopped_group_and_starts_its_state_over(kind: BrokerKind)
     // Bad input: an unknown group, a bad position, a missing state dir.
     assert_exit(&reset("nogroup", "earliest", false), 3);
     assert_exit(&reset(&group, "yesterday", false), 3);
-    let out = weir(&[
-        "reset",
-        "--brokers",
-        &brokers,
-        "--state-dir",
-        "/nonexistent",
-        "--group",
-        &group,
-        "--to",
-        "earliest",
-    ]);
-    assert_exit(&out, 3);
+    assert_exit(&reset_in("/nonexistent", &group, "earliest", false), 3);
 }
 
 fn now_ms() -> i64 {
