@@ -72,10 +72,6 @@ pub(crate) struct RedriveArgs {
     execute: bool,
 }
 
-/// The header a redriven record carries: `<dead-letter topic>/<partition>/<offset>`.
-const REDRIVE_FROM: &str = "weir.redrive.from";
-/// The header with the dead letter's source: `<topic>/<partition>/<offset>`.
-const REDRIVE_SOURCE: &str = "weir.redrive.source";
 /// How long reading waits without any record or end of partition.
 const STALL: Duration = Duration::from_secs(30);
 
@@ -306,6 +302,19 @@ fn show(args: &ShowArgs) -> Result<()> {
     )))
 }
 
+/// How many partitions `topic` has now (0 when it is gone).
+fn source_partitions(consumer: &BaseConsumer, topic: &str) -> Result<usize> {
+    let md = consumer
+        .fetch_metadata(Some(topic), kafka::TIMEOUT)
+        .map_err(|e| Error::Kafka(format!("reading {topic}'s partitions: {e}")))?;
+    Ok(md
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .map(|t| t.partitions().len())
+        .sum())
+}
+
 fn redrive(args: &RedriveArgs) -> Result<()> {
     let group = format!("weir-redrive-{}", args.dlq.topic);
     let consumer = consumer(&args.dlq, Some(&group))?;
@@ -334,10 +343,15 @@ fn redrive(args: &RedriveArgs) -> Result<()> {
         );
         return Ok(());
     }
+    // Keyed records without a partition of their own go where the workers' outputs and
+    // Kafka's Java client put them (murmur2), not where librdkafka's default would (crc32).
     let producer: FutureProducer = kafka::client(&args.dlq.brokers)?
         .set("enable.idempotence", "true")
         .set("acks", "all")
+        .set("partitioner", "murmur2_random")
         .create()?;
+    // Partition counts of the source topics, asked once each.
+    let mut partition_counts: BTreeMap<String, usize> = BTreeMap::new();
     let bar = indicatif::ProgressBar::new(letters.len() as u64);
     let mut done: BTreeMap<i32, i64> = BTreeMap::new();
     let mut skipped = 0;
@@ -373,14 +387,33 @@ fn redrive(args: &RedriveArgs) -> Result<()> {
         );
         headers = headers
             .insert(Header {
-                key: REDRIVE_FROM,
+                key: header::REDRIVE_FROM,
                 value: Some(from.as_bytes()),
             })
             .insert(Header {
-                key: REDRIVE_SOURCE,
+                key: header::REDRIVE_SOURCE,
                 value: Some(source.as_bytes()),
             });
         let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(target).headers(headers);
+        // Back into the partition it came from, whose store holds its key's state, while the
+        // topic still has it; else by the key. With the time it had.
+        let count = match partition_counts.get(target) {
+            Some(n) => *n,
+            None => {
+                let n = source_partitions(&consumer, target)?;
+                partition_counts.insert(target.clone(), n);
+                n
+            }
+        };
+        if let Some(p) = l
+            .source_partition
+            .filter(|p| usize::try_from(*p).is_ok_and(|p| p < count))
+        {
+            record = record.partition(p);
+        }
+        if let Some(ms) = m.timestamp().to_millis() {
+            record = record.timestamp(ms);
+        }
         if let Some(k) = m.key() {
             record = record.key(k);
         }

@@ -14,7 +14,7 @@ use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::FutureProducer;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use weir::state::{changelog_topic, StoreReader};
-use weir_state::{PartitionStore, WriteSet};
+use weir_state::PartitionStore;
 
 use crate::error::{Error, Result};
 use crate::kafka;
@@ -163,11 +163,8 @@ pub(crate) fn run(args: &ResetArgs) -> Result<()> {
     );
     for m in &plan {
         let store = Arc::new(PartitionStore::open(&m.path)?);
-        let emptied = every_key_deleted(&m.path)?;
-        match changelogs.get(m.topic.as_str()) {
-            Some(c) => store.commit_with_changelog(&emptied, &m.topic, m.partition, m.to, c)?,
-            None => store.commit(&emptied, &m.topic, m.partition, m.to)?,
-        }
+        let changelog = changelogs.get(m.topic.as_str()).map(String::as_str);
+        store.rewind(&m.topic, m.partition, m.to, changelog)?;
         // The tombstones and the offset (and any records still waiting from before) go out
         // now, not when a worker next opens this file: the partition may restart elsewhere.
         runtime
@@ -266,29 +263,6 @@ fn plan(
         }
     }
     Ok(plan)
-}
-
-/// A batch deleting every key of the store at `path`, paged.
-fn every_key_deleted(path: &std::path::Path) -> Result<WriteSet> {
-    const PAGE: usize = 10_000;
-    let reader = StoreReader::open(path)?;
-    let mut batch = WriteSet::default();
-    let mut after: Option<(String, String)> = None;
-    loop {
-        let page = reader.scan(
-            None,
-            "",
-            after.as_ref().map(|(s, k)| (s.as_str(), k.as_str())),
-            PAGE,
-        )?;
-        for (store, key, _) in &page {
-            batch.put_encoded(store, key, None);
-        }
-        match page.last() {
-            Some((s, k, _)) if page.len() == PAGE => after = Some((s.clone(), k.clone())),
-            _ => return Ok(batch),
-        }
-    }
 }
 
 fn topic_exists(consumer: &BaseConsumer, topic: &str) -> bool {

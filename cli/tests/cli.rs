@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::process::Output;
 use std::time::Duration;
 
+use rdkafka::Message;
 use serde_json::Value;
 use weir::state::changelog_topic;
 use weir_tests::*;
@@ -322,12 +323,26 @@ async fn dead_letters_are_listed_shown_and_redriven_once(kind: BrokerKind) {
         dir,
     } = Fixture::new(kind, "cli-dlq", PARTITIONS).await;
     let dlq = format!("{topic}.dlq");
-    // Three poison records, each failing its two attempts; then the handler heals.
-    let mut records = keyed_records(0, 30, 5);
-    for i in 0..3 {
-        records.push((format!("bad{i}"), "poison".to_owned()));
-    }
+    // Three poison records, each failing its two attempts; then the handler heals. Their
+    // producer put them where Kafka's Java client does (murmur2), and their keys are ones
+    // librdkafka's default partitioner (crc32) would put elsewhere: a redrive must bring each
+    // back to its own partition's store.
+    let records = keyed_records(0, 30, 5);
     broker.produce(&topic, None, records.clone()).await;
+    let poison: Vec<String> = (0..)
+        .map(|i| format!("bad{i}"))
+        .filter(|k| {
+            let crc = (weir_state::wire::crc32(k.as_bytes()) % PARTITIONS as u32) as i32;
+            crc != weir_state::wire::partition_for_key(k.as_bytes(), PARTITIONS)
+        })
+        .take(3)
+        .collect();
+    for key in &poison {
+        let p = weir_state::wire::partition_for_key(key.as_bytes(), PARTITIONS);
+        broker
+            .produce(&topic, Some(p), [(key.clone(), "poison".to_owned())])
+            .await;
+    }
     let worker = broker
         .worker(&group, &topic, dir.path())
         .retry(TWO_QUICK_ATTEMPTS)
@@ -406,8 +421,8 @@ async fn dead_letters_are_listed_shown_and_redriven_once(kind: BrokerKind) {
     assert_exit(&out, 0);
     assert!(stderr(&out).contains("redrove 3"), "{}", stderr(&out));
     let mut all = healthy.clone();
-    for i in 0..3 {
-        all.insert(format!("bad{i}"), 1);
+    for key in &poison {
+        all.insert(key.clone(), 1);
     }
     wait_for_counts(dir.path(), &group, &topic, &all, Duration::from_secs(60)).await;
     let out = redrive(true);
@@ -425,6 +440,22 @@ async fn dead_letters_are_listed_shown_and_redriven_once(kind: BrokerKind) {
     for m in &redriven {
         assert!(header(m, "weir.redrive.from").is_some_and(|f| f.starts_with(&dlq)));
         assert!(header(m, "weir.error").is_none() && header(m, "weir.source.offset").is_none());
+        let key = String::from_utf8_lossy(m.key().expect("key")).into_owned();
+        let source = weir_state::wire::partition_for_key(key.as_bytes(), PARTITIONS);
+        assert_eq!(
+            m.partition(),
+            source,
+            "{key} redriven into partition {}, not its source partition {source}",
+            m.partition()
+        );
+        let store =
+            weir_state::StoreReader::open(&store_files(dir.path(), &group, &topic)[&source])
+                .expect("open store");
+        assert_eq!(
+            store.get::<_, u64>(COUNTS, &key).expect("read"),
+            Some(1),
+            "{key}"
+        );
     }
     // A topic that does not exist: exit 3.
     let out = weir(&[
@@ -439,6 +470,71 @@ async fn dead_letters_are_listed_shown_and_redriven_once(kind: BrokerKind) {
 }
 
 on_both_brokers!(dlq, dead_letters_are_listed_shown_and_redriven_once);
+
+/// With `keep_key_order` (issue 25, item 3): a poison record and the key's records after it are
+/// dead-lettered; once the handler is fixed, a redrive puts them back in order and clears the
+/// key's mark, so the key's later records are processed again (before the fix, the redriven
+/// poison was dead-lettered at once as following a dead letter).
+async fn a_redrive_puts_a_dead_key_back_in_order(kind: BrokerKind) {
+    let Fixture {
+        broker,
+        topic,
+        group,
+        dir,
+    } = Fixture::new(kind, "cli-dead-key", PARTITIONS).await;
+    let dlq = format!("{topic}.dlq");
+    let record = |v: &str| ("a".to_owned(), v.to_owned());
+    broker
+        .produce(
+            &topic,
+            None,
+            [record("x1"), record("poison"), record("x2"), record("x3")],
+        )
+        .await;
+    // The poison fails its two attempts, then the handler is "fixed".
+    let handler = CountHandler::with_poison("poison", 2);
+    let worker = broker
+        .worker(&group, &topic, dir.path())
+        .retry(TWO_QUICK_ATTEMPTS)
+        .keep_key_order(true)
+        .build(handler.clone())
+        .expect("build");
+    let worker = RunningWorker::spawn(worker);
+    let brokers = broker.bootstrap().to_owned();
+    let dlq_cmd = |sub: &str, extra: &[&str]| {
+        let mut args = vec!["dlq", sub, "--brokers", &brokers, "--topic", &dlq];
+        args.extend_from_slice(extra);
+        weir(&args)
+    };
+    wait_until("3 dead letters", Duration::from_secs(60), || async {
+        let out = dlq_cmd("list", &["--json"]);
+        let letters = json_lines(&out);
+        if letters.len() >= 3 {
+            Ok(())
+        } else {
+            Err(format!("{letters:?}"))
+        }
+    })
+    .await;
+    let out = dlq_cmd("redrive", &["--execute"]);
+    assert_exit(&out, 0);
+    assert!(stderr(&out).contains("redrove 3"), "{}", stderr(&out));
+    broker.produce(&topic, None, [record("x4")]).await;
+    let want = BTreeMap::from([("a".to_owned(), 5)]);
+    wait_for_counts(dir.path(), &group, &topic, &want, Duration::from_secs(60)).await;
+    worker.stop_cleanly().await;
+    // Each value's last attempt, in order: the key's records in their order.
+    let mut order: Vec<String> = Vec::new();
+    for (_, value, _) in handler.log.lock().expect("log").iter() {
+        order.retain(|v| v != value);
+        order.push(value.clone());
+    }
+    assert_eq!(order, ["x1", "poison", "x2", "x3", "x4"]);
+    let letters = json_lines(&dlq_cmd("list", &["--json"]));
+    assert_eq!(letters.len(), 3, "nothing dead-lettered again: {letters:?}");
+}
+
+on_both_brokers!(dead_key, a_redrive_puts_a_dead_key_back_in_order);
 
 #[test]
 fn exit_codes_are_documented_in_help_and_readme() {
@@ -758,6 +854,105 @@ async fn reset_moves_a_stopped_group_and_starts_its_state_over(kind: BrokerKind)
     assert_exit(&reset("nogroup", "earliest", false), 3);
     assert_exit(&reset(&group, "yesterday", false), 3);
     assert_exit(&reset_in("/nonexistent", &group, "earliest", false), 3);
+}
+
+/// A reset backwards, then another forwards (issue 25, item 1): a restore follows the newest
+/// rewind in log order, not the largest offset marker, and a copy of the stores from before a
+/// reset, kept on another volume, loses to the changelog. (tansu: the mock cluster cannot tell
+/// whether a group has members, so it refuses resets.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restores_follow_the_newest_reset_not_the_largest_offset() {
+    let Fixture {
+        broker,
+        topic,
+        group,
+        dir,
+    } = Fixture::new(BrokerKind::Tansu, "cli-rewind", PARTITIONS).await;
+    broker
+        .create_one_topic(&changelog_topic(&group, &topic), PARTITIONS)
+        .await;
+    let records = keyed_records(0, 1000, 20);
+    broker.produce(&topic, None, records.clone()).await;
+    let brokers = broker.bootstrap().to_owned();
+    let count_in = |dir, expected| count_exactly(&broker, &group, &topic, dir, expected);
+    let reset = |dir: &std::path::Path, to: &str| {
+        let dir = dir.to_str().expect("utf-8");
+        let out = weir(&[
+            "reset",
+            "--brokers",
+            &brokers,
+            "--state-dir",
+            dir,
+            "--group",
+            &group,
+            "--to",
+            to,
+            "--execute",
+        ]);
+        assert_exit(&out, 0);
+    };
+    let all = expected_counts(&records);
+    count_in(dir.path(), all.clone()).await;
+    // This machine's disk as it was before the resets, kept elsewhere.
+    let stale = tempfile::tempdir().expect("tempdir");
+    copy_dir(dir.path(), stale.path());
+
+    // Back to the start: a new machine restores empty state at the start and counts every
+    // record once (before the fix: empty state at the old end, nothing counted).
+    reset(dir.path(), "earliest");
+    let fresh = tempfile::tempdir().expect("tempdir");
+    count_in(fresh.path(), all).await;
+
+    // Records of keys of their own after a point in time, and a reset to it: the copy from
+    // before the resets is behind the changelog's newest reset although its offsets are as
+    // high, so it is rebuilt and counts only the later records (before the fix: it kept every
+    // old count). (A time, not `latest`: tansu answers ListOffsets with less than the end.)
+    let cut = now_ms() + 1;
+    while now_ms() <= cut {
+        std::thread::yield_now();
+    }
+    let later: Vec<(String, String)> = keyed_records(1000, 30, 5)
+        .into_iter()
+        .map(|(k, v)| (format!("new-{k}"), v))
+        .collect();
+    broker.produce(&topic, None, later.clone()).await;
+    reset(fresh.path(), &format!("{cut}ms"));
+    count_in(stale.path(), expected_counts(&later)).await;
+}
+
+/// A worker with a changelog on `dir` until its stores hold exactly `expected` (a store that
+/// holds more before a restore does not pass), stopped.
+async fn count_exactly(
+    broker: &TestBroker,
+    group: &str,
+    topic: &str,
+    dir: &std::path::Path,
+    expected: BTreeMap<String, u64>,
+) {
+    let worker = broker
+        .worker(group, topic, dir)
+        .changelog(true)
+        .build(CountHandler::default())
+        .expect("build");
+    let worker = RunningWorker::spawn(worker);
+    wait_until("the expected counts", Duration::from_secs(60), || async {
+        let now = StoredCounts::read(dir, group, topic);
+        if now.counts == expected {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} counted, offsets {:?}",
+                now.total(),
+                now.offsets
+            ))
+        }
+    })
+    .await;
+    worker.stop_cleanly().await;
+    broker
+        .wait_group_empty(group, Duration::from_secs(60))
+        .await;
+    assert_counts_exact(&StoredCounts::read(dir, group, topic).counts, &expected);
 }
 
 fn now_ms() -> i64 {

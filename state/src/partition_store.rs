@@ -12,7 +12,7 @@ use crate::reader::{
     decode_entries, query_entries, query_first_in_range, query_next_offset, query_range,
     query_value,
 };
-use crate::wire::{header, ChangelogEntry};
+use crate::wire::{ChangelogEntry, ChangelogPosition};
 use crate::write_set::{decode, with_key};
 use crate::{Error, OutboxRecord, Result, WriteSet};
 
@@ -40,7 +40,7 @@ impl CommitEnd {
 const APPLICATION_ID: i32 = 0x7765_6972;
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS state (
@@ -72,6 +72,14 @@ CREATE TABLE IF NOT EXISTS outbox (
     value     BLOB,
     headers   TEXT    NOT NULL
 );
+-- Version 4: the rewind generation of a partition's state (no row: 0), raised by every rewind
+-- (`weir reset`) and carried on its changelog entries.
+CREATE TABLE IF NOT EXISTS rewinds (
+    topic      TEXT    NOT NULL,
+    partition  INTEGER NOT NULL,
+    generation INTEGER NOT NULL,
+    PRIMARY KEY (topic, partition)
+);
 ";
 
 const UPSERT_STATE: &str = "INSERT INTO state (store, key, value) VALUES (?1, ?2, ?3) \
@@ -81,6 +89,11 @@ const UPSERT_OFFSET: &str =
     "INSERT INTO offsets (topic, partition, next_offset, updated_at_ms) VALUES (?1, ?2, ?3, ?4) \
      ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset, \
      updated_at_ms = excluded.updated_at_ms";
+const SELECT_GENERATION: &str =
+    "SELECT generation FROM rewinds WHERE topic = ?1 AND partition = ?2";
+const UPSERT_GENERATION: &str =
+    "INSERT INTO rewinds (topic, partition, generation) VALUES (?1, ?2, ?3) \
+     ON CONFLICT (topic, partition) DO UPDATE SET generation = excluded.generation";
 
 /// The SQLite store of one partition.
 ///
@@ -229,6 +242,22 @@ impl PartitionStore {
         query_next_offset(&self.conn(), topic, partition).map_err(|source| self.sqlite_err(source))
     }
 
+    /// Where `topic`/`partition`'s state stands against its changelog: its rewind generation
+    /// and next offset, if a batch was ever committed.
+    pub fn position(&self, topic: &str, partition: i32) -> Result<Option<ChangelogPosition>> {
+        let conn = self.conn();
+        let read = || -> rusqlite::Result<Option<ChangelogPosition>> {
+            let Some(next_offset) = query_next_offset(&conn, topic, partition)? else {
+                return Ok(None);
+            };
+            Ok(Some(ChangelogPosition {
+                generation: query_generation(&conn, topic, partition)?,
+                next_offset,
+            }))
+        };
+        read().map_err(|source| self.sqlite_err(source))
+    }
+
     /// Reads `key` from the named `store`.
     pub fn get<K: Serialize + ?Sized, V: DeserializeOwned>(
         &self,
@@ -340,7 +369,7 @@ impl PartitionStore {
         partition: i32,
         next_offset: i64,
     ) -> Result<()> {
-        self.commit_inner(batch, topic, partition, next_offset, None)
+        self.commit_inner(batch, (topic, partition, next_offset), None, None)
     }
 
     /// [`commit`](Self::commit), also queueing in the same transaction the batch's changelog
@@ -354,7 +383,50 @@ impl PartitionStore {
         next_offset: i64,
         changelog: &str,
     ) -> Result<()> {
-        self.commit_inner(batch, topic, partition, next_offset, Some(changelog))
+        self.commit_inner(
+            batch,
+            (topic, partition, next_offset),
+            Some(changelog),
+            None,
+        )
+    }
+
+    /// Rewinds `topic`/`partition` to `next_offset` (`weir reset`): every key of every store is
+    /// deleted and the offset set, in one transaction, under a new rewind generation (above
+    /// the current one, and the time in ms, so that it outranks any rewind before it on any
+    /// machine). With a `changelog`, a tombstone per key and the new offset marker are queued
+    /// under that generation, so restores elsewhere start over empty there too, and a store
+    /// left behind on another volume loses to the changelog. Returns the generation.
+    pub fn rewind(
+        &self,
+        topic: &str,
+        partition: i32,
+        next_offset: i64,
+        changelog: Option<&str>,
+    ) -> Result<i64> {
+        let (keys, current) = {
+            let conn = self.conn();
+            let read = || -> rusqlite::Result<(Vec<(String, String)>, i64)> {
+                let keys = conn
+                    .prepare("SELECT store, key FROM state ORDER BY store, key")?
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<rusqlite::Result<_>>()?;
+                Ok((keys, query_generation(&conn, topic, partition)?))
+            };
+            read().map_err(|source| self.sqlite_err(source))?
+        };
+        let mut emptied = WriteSet::default();
+        for (store, key) in &keys {
+            emptied.put_encoded(store, key, None);
+        }
+        let generation = (current + 1).max(now_ms());
+        self.commit_inner(
+            &emptied,
+            (topic, partition, next_offset),
+            changelog,
+            Some(generation),
+        )?;
+        Ok(generation)
     }
 
     /// Up to `limit` records waiting in the outbox, oldest first, with their row ids.
@@ -424,16 +496,17 @@ impl PartitionStore {
     }
 
     /// Writes restored entries `(store, JSON key, JSON value or None to delete)` in one
-    /// transaction, and the offset when `next_offset` is given (the end of a restore).
+    /// transaction, and the position (offset and rewind generation) when `end` is given (the
+    /// end of a restore).
     pub fn apply_restored(
         &self,
         entries: &[(String, String, Option<String>)],
         topic: &str,
         partition: i32,
-        next_offset: Option<i64>,
+        end: Option<ChangelogPosition>,
     ) -> Result<()> {
         self.with_cache_locked(StateCache::clear);
-        self.write_entries(entries, next_offset.map(|n| (topic, partition, n)))
+        self.write_entries(entries, end.map(|p| (topic, partition, p)))
     }
 
     /// Writes entries `(store, JSON key, JSON value or None to delete)` in one transaction
@@ -453,7 +526,7 @@ impl PartitionStore {
     fn write_entries(
         &self,
         entries: &[(String, String, Option<String>)],
-        offset: Option<(&str, i32, i64)>,
+        offset: Option<(&str, i32, ChangelogPosition)>,
     ) -> Result<()> {
         let mut conn = self.conn();
         let run = |conn: &mut Connection| -> rusqlite::Result<()> {
@@ -467,12 +540,17 @@ impl PartitionStore {
                         None => delete.execute(params![store, key])?,
                     };
                 }
-                if let Some((topic, partition, next)) = offset {
+                if let Some((topic, partition, at)) = offset {
                     tx.prepare_cached(UPSERT_OFFSET)?.execute(params![
                         topic,
                         partition,
-                        next,
+                        at.next_offset,
                         now_ms()
+                    ])?;
+                    tx.prepare_cached(UPSERT_GENERATION)?.execute(params![
+                        topic,
+                        partition,
+                        at.generation
                     ])?;
                 }
             }
@@ -501,13 +579,14 @@ impl PartitionStore {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((rows, CommitEnd::Fail));
     }
 
+    /// Commits `batch` at `(topic, partition, next_offset)`, with its changelog entries when
+    /// `changelog` is given, raising the rewind generation to `rewind` when given.
     fn commit_inner(
         &self,
         batch: &WriteSet,
-        topic: &str,
-        partition: i32,
-        next_offset: i64,
+        (topic, partition, next_offset): (&str, i32, i64),
         changelog: Option<&str>,
+        rewind: Option<i64>,
     ) -> Result<()> {
         #[cfg(test)]
         let crash_after = self
@@ -575,12 +654,21 @@ impl PartitionStore {
                 // the outbox sends it only once every row before it is acknowledged, so a
                 // restored batch never lacks its emitted records (they are sent at least once
                 // even if this machine is lost).
+                if let Some(generation) = rewind {
+                    tx.prepare_cached(UPSERT_GENERATION)?
+                        .execute(params![topic, partition, generation])?;
+                }
                 let mut marker = None;
                 if let Some(changelog) = changelog {
-                    let source = vec![(
-                        header::SOURCE_NEXT_OFFSET.to_owned(),
-                        next_offset.to_string().into_bytes(),
-                    )];
+                    let generation = match rewind {
+                        Some(g) => g,
+                        None => query_generation(&tx, topic, partition)?,
+                    };
+                    let source = ChangelogPosition {
+                        generation,
+                        next_offset,
+                    }
+                    .headers();
                     let entry = |key: Vec<u8>, value: Option<Vec<u8>>| OutboxRecord {
                         topic: changelog.to_owned(),
                         partition: Some(partition),
@@ -673,6 +761,15 @@ impl PartitionStore {
             source,
         }
     }
+}
+
+/// `topic`/`partition`'s rewind generation (0 until its first rewind).
+fn query_generation(conn: &Connection, topic: &str, partition: i32) -> rusqlite::Result<i64> {
+    Ok(conn
+        .prepare_cached(SELECT_GENERATION)?
+        .query_row(params![topic, partition], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0))
 }
 
 /// Checks that `conn` is a weir store of a known schema; returns true for a new, empty file.

@@ -15,6 +15,10 @@ pub mod header {
     pub const SOURCE_SEQ: &str = "weir.source.seq";
     /// On changelog entries: the next offset of the batch they came from.
     pub const SOURCE_NEXT_OFFSET: &str = "weir.source.next_offset";
+    /// On changelog entries: the rewind generation of the store that wrote them (absent: 0).
+    /// A rewind (`weir reset`) raises it; a restore follows the highest generation it reads,
+    /// so entries written before a rewind never outrank those after it.
+    pub const SOURCE_GENERATION: &str = "weir.source.generation";
     /// On dead letters: the error of the last attempt.
     pub const ERROR: &str = "weir.error";
     /// On dead letters: attempts made.
@@ -23,6 +27,11 @@ pub mod header {
     pub const FAILED_AT_MS: &str = "weir.failed_at_ms";
     /// On dead letters: why (`failed`, `undecodable`, `follows-dead-letter`).
     pub const REASON: &str = "weir.reason";
+    /// On redriven records (`weir dlq redrive`): the dead letter they were produced from,
+    /// `<dead-letter topic>/<partition>/<offset>`.
+    pub const REDRIVE_FROM: &str = "weir.redrive.from";
+    /// On redriven records: where the dead letter came from, `<topic>/<partition>/<offset>`.
+    pub const REDRIVE_SOURCE: &str = "weir.redrive.source";
 
     /// The `weir.source.*` headers of a record produced because of record `offset` of
     /// `topic`/`partition` (no offset header when no single record caused it: a timer, a
@@ -198,14 +207,53 @@ impl ChangelogEntry {
     }
 }
 
-/// The value of the [`header::SOURCE_NEXT_OFFSET`] header in `headers`, if any.
-pub fn source_next_offset<'h>(
-    headers: impl IntoIterator<Item = (&'h str, &'h [u8])>,
-) -> Option<i64> {
-    headers
-        .into_iter()
-        .find(|(k, _)| *k == header::SOURCE_NEXT_OFFSET)
-        .and_then(|(_, v)| std::str::from_utf8(v).ok()?.trim().parse().ok())
+/// Where a changelog entry stands: the rewind generation and the next offset of the batch it
+/// belongs to. Positions order by generation first, so the state after a rewind outranks
+/// everything written before it, even at a lower offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ChangelogPosition {
+    /// The store's rewind generation (0 until its first rewind).
+    pub generation: i64,
+    /// The next source offset to process after the batch.
+    pub next_offset: i64,
+}
+
+impl ChangelogPosition {
+    /// The headers every changelog entry of a batch carries (no generation header at 0, so
+    /// stores that were never rewound write what earlier versions wrote).
+    pub fn headers(self) -> Vec<(String, Vec<u8>)> {
+        let mut out = vec![(
+            header::SOURCE_NEXT_OFFSET.to_owned(),
+            self.next_offset.to_string().into_bytes(),
+        )];
+        if self.generation != 0 {
+            out.push((
+                header::SOURCE_GENERATION.to_owned(),
+                self.generation.to_string().into_bytes(),
+            ));
+        }
+        out
+    }
+
+    /// Reads a changelog record's position from its headers; `None` without a
+    /// [`header::SOURCE_NEXT_OFFSET`].
+    pub fn from_headers<'h>(
+        headers: impl IntoIterator<Item = (&'h str, &'h [u8])>,
+    ) -> Option<Self> {
+        let number = |v: &[u8]| std::str::from_utf8(v).ok()?.trim().parse::<i64>().ok();
+        let (mut next_offset, mut generation) = (None, 0);
+        for (name, value) in headers {
+            match name {
+                header::SOURCE_NEXT_OFFSET => next_offset = number(value),
+                header::SOURCE_GENERATION => generation = number(value).unwrap_or(0),
+                _ => {}
+            }
+        }
+        Some(Self {
+            generation,
+            next_offset: next_offset?,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -306,6 +354,27 @@ mod tests {
         assert_eq!(ChangelogEntry::parse(Some(b"not json"), Some(b"1")), None);
         assert_eq!(ChangelogEntry::parse(None, Some(b"1")), None);
         let hs = [("x", &b"1"[..]), (header::SOURCE_NEXT_OFFSET, &b"17"[..])];
-        assert_eq!(source_next_offset(hs), Some(17));
+        let at = |generation, next_offset| ChangelogPosition {
+            generation,
+            next_offset,
+        };
+        assert_eq!(ChangelogPosition::from_headers(hs), Some(at(0, 17)));
+        assert_eq!(ChangelogPosition::from_headers([("x", &b"1"[..])]), None);
+        for p in [at(0, 17), at(1_795_000_000_000, 3)] {
+            let headers = p.headers();
+            let back = ChangelogPosition::from_headers(
+                headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
+            );
+            assert_eq!(back, Some(p));
+        }
+        assert_eq!(
+            at(0, 17).headers().len(),
+            1,
+            "generation 0 writes what it always wrote"
+        );
+        assert!(
+            at(1, 0) > at(0, 1_000_000),
+            "a rewind outranks any offset before it"
+        );
     }
 }

@@ -659,6 +659,20 @@ pub fn store_files(state_dir: &Path, group: &str, topic: &str) -> BTreeMap<i32, 
         .collect()
 }
 
+/// Copies the files of `from` into `to` (a stopped worker's state dir: a machine's disk as it
+/// was at that moment).
+pub fn copy_dir(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).expect("read dir").flatten() {
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            std::fs::create_dir_all(&target).expect("mkdir");
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
 /// What the stores of one topic hold: per-key counts summed over partitions, and each
 /// partition's next offset.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

@@ -81,20 +81,6 @@ on_both_brokers!(
     a_new_machine_restores_from_the_changelog
 );
 
-/// Copies the files of `from` into `to` (a stopped worker's state dir: a machine's disk as it
-/// was at that moment).
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    for entry in std::fs::read_dir(from).expect("read dir").flatten() {
-        let target = to.join(entry.file_name());
-        if entry.path().is_dir() {
-            std::fs::create_dir_all(&target).expect("mkdir");
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy");
-        }
-    }
-}
-
 /// The restore's two branches on a worker that has a store: a current store is kept (no
 /// restore, only new records processed); a store that is behind the changelog is rebuilt
 /// from it (nothing processed again).

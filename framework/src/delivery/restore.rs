@@ -11,7 +11,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
-use weir_state::wire::{header, source_next_offset, ChangelogEntry};
+use weir_state::wire::{header, ChangelogEntry, ChangelogPosition};
 use weir_state::PartitionStore;
 
 use crate::observe::metric_names::{RESTORED_RECORDS_TOTAL, RESTORE_DURATION_SECONDS};
@@ -31,7 +31,9 @@ pub(crate) enum Restore {
 }
 
 /// Compares `store` (whose next offset is `local_next`) with the newest entry of `changelog`'s
-/// `partition`, and rebuilds the store from the changelog when the changelog is ahead.
+/// `partition`, and rebuilds the store from the changelog when the changelog is ahead: at a
+/// higher rewind generation (a `weir reset` since the store was written), or at the same one
+/// with a higher offset.
 ///
 /// It blocks (run it off the async workers) and returns `Err` soon after `cancelled` turns
 /// true. On error the store is either untouched or emptied with no offset (a restore cut
@@ -70,17 +72,21 @@ pub(crate) fn restore_if_behind(
     } else {
         Offset::Beginning
     };
-    let newest = newest_source_offset(consumer, changelog, partition, start, cancelled)?;
-    tracing::debug!(%changelog, partition, low, high, ?newest, ?local_next, "changelog checked");
+    let newest = newest_position(consumer, changelog, partition, start, cancelled)?;
+    let local = store
+        .position(topic, partition)
+        .map_err(|e| e.to_string())?;
+    tracing::debug!(%changelog, partition, low, high, ?newest, ?local, "changelog checked");
     let Some(latest) = newest else {
         return Ok(Restore::Local(local_next)); // an empty changelog
     };
-    if local_next.is_some_and(|n| n >= latest) {
+    if local.is_some_and(|l| l >= latest) {
         return Ok(Restore::Local(local_next));
     }
     let started = Instant::now();
     tracing::info!(
-        %topic, partition, %changelog, ?local_next, changelog_next = latest,
+        %topic, partition, %changelog, ?local_next, changelog_next = latest.next_offset,
+        changelog_generation = latest.generation, local_generation = ?local.map(|l| l.generation),
         approx_records = high - low, "restoring the partition's store from its changelog"
     );
     store.reset(topic, partition).map_err(|e| e.to_string())?;
@@ -92,9 +98,12 @@ pub(crate) fn restore_if_behind(
         let writer = std::thread::Builder::new()
             .name("weir-restore-write".into())
             .spawn_scoped(scope, move || -> Result<(), String> {
-                for (entries, next_offset) in written {
+                for chunk in written {
+                    if chunk.start_over {
+                        store.reset(topic, partition).map_err(|e| e.to_string())?;
+                    }
                     store
-                        .apply_restored(&entries, topic, partition, next_offset)
+                        .apply_restored(&chunk.entries, topic, partition, chunk.end)
                         .map_err(|e| e.to_string())?;
                 }
                 Ok(())
@@ -120,12 +129,26 @@ pub(crate) fn restore_if_behind(
     Ok(Restore::Restored { next_offset })
 }
 
-/// Restored entries for one SQLite transaction, and the offset to store with the last chunk.
-type Chunk = (Vec<(String, String, Option<String>)>, Option<i64>);
+/// Restored entries for one SQLite transaction.
+struct Chunk {
+    /// Empty the store first: a rewind began a new generation after what was written so far.
+    start_over: bool,
+    entries: Vec<(String, String, Option<String>)>,
+    /// With the last chunk: the position to store.
+    end: Option<ChangelogPosition>,
+}
 
 /// Reads `changelog`'s `partition` from its start to its end, handing `write` chunks of
-/// coalesced entries, the last one with the next offset to process. Returns the number of
-/// changelog records and that offset. Stops when `write` answers false (the writer failed).
+/// coalesced entries, the last one with the position to process from. Returns the number of
+/// changelog records and the next offset. Stops when `write` answers false (the writer
+/// failed).
+///
+/// The log is followed in order, by generation: the first entry of a higher rewind generation
+/// starts the state over (a rewind deleted everything before it, including keys the rewound
+/// store never saw), and entries of a lower one (an old owner's outbox sent after a rewind)
+/// are dropped. A batch's entries are applied at their offset marker only if their headers
+/// name that marker's position: entries of a batch whose marker never came (the sender died
+/// mid-flush, and the records were processed again, maybe in other batches) are dropped.
 fn read_changelog(
     consumer: &BaseConsumer<RestoreContext>,
     (topic, changelog, partition): (&str, &str, i32),
@@ -136,10 +159,14 @@ fn read_changelog(
     // Entries of marked batches, newest per key: a changelog not yet compacted holds many
     // versions of a hot key, and only the last one is written.
     let mut entries = Coalesced::default();
-    // Entries after the newest offset marker belong to a batch whose marker was not sent
-    // (the sender died mid-outbox): its records are processed again, so they are dropped.
-    let mut unmarked: Vec<(String, String, Option<String>)> = Vec::new();
-    let mut next_offset = 0i64;
+    // Entries since the last offset marker, with the position their headers name.
+    let mut unmarked: Vec<(Option<ChangelogPosition>, (String, String, Option<String>))> =
+        Vec::new();
+    let mut at = ChangelogPosition {
+        generation: 0,
+        next_offset: 0,
+    };
+    let (mut start_over, mut dropped) = (false, 0u64);
     let mut records = 0u64;
     let mut last_log = Instant::now();
     let mut last_record = Instant::now();
@@ -164,21 +191,56 @@ fn read_changelog(
         };
         last_record = Instant::now();
         records += 1;
-        match ChangelogEntry::parse(msg.key(), msg.payload()) {
-            None => continue,
-            Some(ChangelogEntry::Offset(n)) => {
-                next_offset = next_offset.max(n);
-                entries.extend(unmarked.drain(..));
-                if entries.len() >= APPLY_CHUNK && !write((entries.take(), None)) {
-                    return Err(WRITER_FAILED.into());
+        let Some(entry) = ChangelogEntry::parse(msg.key(), msg.payload()) else {
+            continue;
+        };
+        let position = position_of(&msg);
+        let generation = position.map_or(0, |p| p.generation);
+        if generation < at.generation {
+            dropped += 1;
+            continue;
+        }
+        if generation > at.generation {
+            tracing::info!(
+                %topic, partition, generation, previous = at.generation,
+                "the changelog was rewound (weir reset): its state starts over here"
+            );
+            at = ChangelogPosition {
+                generation,
+                next_offset: 0,
+            };
+            entries = Coalesced::default();
+            unmarked.clear();
+            start_over = true;
+        }
+        match entry {
+            ChangelogEntry::Offset(n) => {
+                at.next_offset = at.next_offset.max(n);
+                for (of, entry) in unmarked.drain(..) {
+                    // Without headers (written before they existed), the marker's own.
+                    if of.is_none() || of == position {
+                        entries.extend(std::iter::once(entry));
+                    } else {
+                        dropped += 1;
+                    }
+                }
+                if entries.len() >= APPLY_CHUNK {
+                    let chunk = Chunk {
+                        start_over: std::mem::take(&mut start_over),
+                        entries: entries.take(),
+                        end: None,
+                    };
+                    if !write(chunk) {
+                        return Err(WRITER_FAILED.into());
+                    }
                 }
                 continue;
             }
-            Some(ChangelogEntry::State {
+            ChangelogEntry::State {
                 store: name,
                 key,
                 value,
-            }) => unmarked.push((name, key, value)),
+            } => unmarked.push((position, (name, key, value))),
         }
         if last_log.elapsed() >= Duration::from_secs(2) {
             last_log = Instant::now();
@@ -188,16 +250,28 @@ fn read_changelog(
             );
         }
     }
-    if !unmarked.is_empty() {
+    dropped += unmarked.len() as u64;
+    if dropped > 0 {
         tracing::warn!(
-            %topic, partition, entries = unmarked.len(),
-            "dropping changelog entries of a batch whose offset marker is missing; its records are processed again"
+            %topic, partition, entries = dropped,
+            "dropped changelog entries of batches whose offset marker is missing (their records are processed again) or of an older rewind generation"
         );
     }
-    if !write((entries.take(), Some(next_offset))) {
+    let chunk = Chunk {
+        start_over,
+        entries: entries.take(),
+        end: Some(at),
+    };
+    if !write(chunk) {
         return Err(WRITER_FAILED.into());
     }
-    Ok((records, next_offset))
+    Ok((records, at.next_offset))
+}
+
+/// A changelog record's position, from its headers.
+fn position_of(msg: &impl Message) -> Option<ChangelogPosition> {
+    let headers = msg.headers()?;
+    ChangelogPosition::from_headers(headers.iter().filter_map(|h| Some((h.key, h.value?))))
 }
 
 /// Restored entries waiting to be written, the newest value per (store, key).
@@ -317,16 +391,16 @@ fn assign(
     consumer.assign(&tpl).map_err(|e| e.to_string())
 }
 
-/// The source offset carried by the changelog's newest record, reading from `start` to the end
-/// (every entry has the header; compaction always keeps the newest record); `None` when the
+/// The highest position carried by the changelog's records from `start` to the end (every
+/// entry has the headers; compaction always keeps the newest record); `None` when the
 /// changelog has no records.
-fn newest_source_offset(
+fn newest_position(
     consumer: &BaseConsumer<RestoreContext>,
     changelog: &str,
     partition: i32,
     start: Offset,
     cancelled: &(dyn Fn() -> bool + Sync),
-) -> Result<Option<i64>, String> {
+) -> Result<Option<ChangelogPosition>, String> {
     assign(consumer, changelog, partition, start)?;
     let mut any = false;
     let deadline = Instant::now() + STALL_TIMEOUT;
@@ -349,10 +423,7 @@ fn newest_source_offset(
             Some(Err(e)) => return Err(format!("reading {changelog}/{partition}: {e}")),
             Some(Ok(msg)) => {
                 any = true;
-                let source = msg.headers().and_then(|h| {
-                    source_next_offset(h.iter().filter_map(|h| Some((h.key, h.value?))))
-                });
-                newest = newest.max(source);
+                newest = newest.max(position_of(&msg));
             }
         }
     }

@@ -435,11 +435,17 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
                 }
                 continue;
             }
+            // A redriven record of a dead key is the operator putting the key back in order:
+            // it runs, and its success clears the key's mark.
+            let mut revives = None;
             if let (true, Some(key)) = (keep_key_order, msg.key()) {
                 let follows = store
                     .get_through::<_, bool>(&writes, DEAD_KEYS, key)
                     .map_err(BatchError::Commit)?;
-                if follows.is_some() {
+                let redriven = msg.headers().any(|(name, _)| name == header::REDRIVE_FROM);
+                if follows.is_some() && redriven {
+                    revives = Some(key);
+                } else if follows.is_some() {
                     return Err(BatchError::Record {
                         offset: msg.offset(),
                         error:
@@ -473,6 +479,9 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
                     }
                     if let Some(up) = &upstream {
                         up.applied(&mut writes).map_err(BatchError::Bookkeeping)?;
+                    }
+                    if let Some(key) = revives {
+                        writes.delete(DEAD_KEYS, key).map_err(BatchError::Commit)?;
                     }
                     writes.release();
                     let t = time.event_time();

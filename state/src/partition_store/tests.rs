@@ -356,7 +356,10 @@ fn outbox_and_changelog_entries_commit_with_the_batch_and_leave_once_acknowledge
             &[("totals".into(), "\"carol\"".into(), Some("7".into()))],
             "in",
             2,
-            Some(10),
+            Some(ChangelogPosition {
+                generation: 5,
+                next_offset: 10,
+            }),
         )
         .expect("restore");
     assert_eq!(
@@ -364,6 +367,98 @@ fn outbox_and_changelog_entries_commit_with_the_batch_and_leave_once_acknowledge
         Some(7)
     );
     assert_eq!(store.next_offset("in", 2).expect("offset"), Some(10));
+    assert_eq!(
+        store.position("in", 2).expect("position"),
+        Some(ChangelogPosition {
+            generation: 5,
+            next_offset: 10
+        }),
+        "the restored generation is kept"
+    );
+}
+
+#[test]
+fn a_rewind_empties_the_store_under_a_higher_generation_and_tells_the_changelog() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = PartitionStore::open(dir.path().join("0.sqlite")).expect("open");
+    let mut batch = WriteSet::default();
+    batch.put("totals", &"alice", &3u64).expect("put");
+    batch.put("totals", &"bob", &4u64).expect("put");
+    store
+        .commit_with_changelog(&batch, "in", 0, 100, "cl")
+        .expect("commit");
+    let before = store.position("in", 0).expect("position").expect("some");
+    assert_eq!(before.generation, 0);
+    store.delete_outbox(&ids_of(&store)).expect("sent");
+
+    let generation = store.rewind("in", 0, 20, Some("cl")).expect("rewind");
+    let after = store.position("in", 0).expect("position").expect("some");
+    assert_eq!(after.next_offset, 20);
+    assert_eq!(after.generation, generation);
+    assert!(after > before, "a rewind outranks what came before it");
+    assert!(store
+        .entries::<String, u64>("totals")
+        .expect("entries")
+        .is_empty());
+    // A tombstone per key, then the marker, all under the new generation.
+    let sent: Vec<(ChangelogEntry, Option<ChangelogPosition>)> = store
+        .pending_outbox(100)
+        .expect("pending")
+        .into_iter()
+        .map(|(_, r)| {
+            let entry = ChangelogEntry::parse(r.key.as_deref(), r.value.as_deref()).expect("entry");
+            let at = ChangelogPosition::from_headers(
+                r.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
+            );
+            (entry, at)
+        })
+        .collect();
+    let tombstone = |key: &str| ChangelogEntry::State {
+        store: "totals".into(),
+        key: key.into(),
+        value: None,
+    };
+    assert_eq!(
+        sent,
+        [
+            (tombstone("\"alice\""), Some(after)),
+            (tombstone("\"bob\""), Some(after)),
+            (ChangelogEntry::Offset(20), Some(after)),
+        ]
+    );
+    // Later batches carry the generation; a second rewind raises it again.
+    store.delete_outbox(&ids_of(&store)).expect("sent");
+    store
+        .commit_with_changelog(&batch, "in", 0, 25, "cl")
+        .expect("commit");
+    let marker = store
+        .pending_outbox(100)
+        .expect("pending")
+        .pop()
+        .expect("marker")
+        .1;
+    assert_eq!(
+        ChangelogPosition::from_headers(
+            marker
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_slice()))
+        ),
+        Some(ChangelogPosition {
+            generation,
+            next_offset: 25
+        })
+    );
+    assert!(store.rewind("in", 0, 0, None).expect("rewind") > generation);
+}
+
+fn ids_of(store: &PartitionStore) -> Vec<i64> {
+    store
+        .pending_outbox(1000)
+        .expect("pending")
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect()
 }
 
 /// Set in the child process of the SIGKILL test: the store it commits into.
