@@ -1,6 +1,7 @@
 //! State follows its partition: a worker with an empty state directory (another machine)
 //! rebuilds the partitions' stores from the changelog and processes only what is new.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -192,3 +193,83 @@ on_both_brokers!(
     restore_branches,
     a_current_store_is_kept_and_a_store_behind_is_restored
 );
+
+/// Issue 25, item 6: a machine died in the middle of sending a batch's changelog entries, so
+/// its marker never went out; the records were processed again in other batches. A restore
+/// drops the orphaned entries instead of folding them in at the next marker (before the fix,
+/// key `j`'s orphaned count 3 was applied at marker 7, and its three records at offsets 7..9
+/// were then counted again: 6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn entries_of_a_batch_whose_marker_never_came_are_not_restored() {
+    let Fixture {
+        broker,
+        topic,
+        group,
+        dir,
+    } = Fixture::new(BrokerKind::Mock, "orphans", 1).await;
+    let changelog = weir::state::changelog_topic(&group, &topic);
+    broker.create_one_topic(&changelog, 1).await;
+    // Offsets 0..6: key k; 7..9: key j.
+    let records: Vec<(String, String)> = (0..10)
+        .map(|i| (if i < 7 { "k" } else { "j" }.to_owned(), format!("v{i}")))
+        .collect();
+    broker.produce(&topic, Some(0), records.clone()).await;
+    let entry = |key: &str, value: &str, batch_end: i64| -> HeadedRecord {
+        let record_key = weir::state::ChangelogEntry::key(COUNTS, &format!("{key:?}"));
+        (
+            String::from_utf8(record_key).expect("utf-8"),
+            value.to_owned(),
+            vec![(
+                weir::state::header::SOURCE_NEXT_OFFSET.to_owned(),
+                batch_end.to_string(),
+            )],
+        )
+    };
+    let marker = |batch_end: i64| -> HeadedRecord {
+        let (key, value) = weir::state::ChangelogEntry::offset_marker(batch_end);
+        (
+            String::from_utf8(key).expect("utf-8"),
+            String::from_utf8(value).expect("utf-8"),
+            vec![(
+                weir::state::header::SOURCE_NEXT_OFFSET.to_owned(),
+                batch_end.to_string(),
+            )],
+        )
+    };
+    broker
+        .produce_with_headers(
+            &changelog,
+            0,
+            &[
+                // Batch 0..5, marked.
+                entry("k", "5", 5),
+                marker(5),
+                // Batch 5..10: two of its entries went out, then the machine died.
+                entry("k", "7", 10),
+                entry("j", "3", 10),
+                // The next owner processed 5..7 as a batch of its own, and died too.
+                entry("k", "7", 7),
+                marker(7),
+            ],
+        )
+        .await;
+    let worker = broker
+        .worker(&group, &topic, dir.path())
+        .changelog(true)
+        .build(CountHandler::default())
+        .expect("build");
+    let worker = RunningWorker::spawn(worker);
+    let expected = expected_counts(&records);
+    wait_for_counts(
+        dir.path(),
+        &group,
+        &topic,
+        &expected,
+        Duration::from_secs(60),
+    )
+    .await;
+    worker.stop_cleanly().await;
+    let stored = StoredCounts::read(dir.path(), &group, &topic);
+    assert_counts_exact(&stored.counts, &expected);
+    assert_eq!(stored.offsets, BTreeMap::from([(0, 10)]));
+}
