@@ -284,6 +284,69 @@ on_both_brokers!(
     idle_partition_closes_by_wall_clock
 );
 
+/// Issue 25, item 9, on a broker: records with absurd event times are dead-lettered with a
+/// message within a deadline, the partition goes on, and its watermark stays sane.
+async fn absurd_event_times_are_dead_lettered(kind: BrokerKind) {
+    let Fixture {
+        broker,
+        topic,
+        group,
+        dir,
+    } = Fixture::new(kind, "absurd-time", 1).await;
+    let out = format!("{topic}-closed");
+    broker.create_one_topic(&out, 1).await;
+    let base = 5_000_000i64;
+    let records = [
+        base.to_string(),
+        (i64::MIN + 7).to_string(),
+        "99999999999999999".to_owned(),
+        (base + 500).to_string(),
+    ];
+    broker
+        .produce(
+            &topic,
+            Some(0),
+            records.iter().map(|t| ("k".to_owned(), t.clone())),
+        )
+        .await;
+    let worker = RunningWorker::spawn(
+        broker
+            .worker(&group, &topic, dir.path())
+            .build(PerSecondCount { out })
+            .expect("build"),
+    );
+    let letters = broker
+        .consume(&format!("{topic}.dlq"), 2, Duration::from_secs(30))
+        .await;
+    wait_until(
+        "every record committed",
+        Duration::from_secs(30),
+        || async {
+            let offsets = StoredCounts::read(dir.path(), &group, &topic).offsets;
+            match offsets.get(&0) {
+                Some(4) => Ok(()),
+                other => Err(format!("offset {other:?}")),
+            }
+        },
+    )
+    .await;
+    worker.stop_cleanly().await;
+    for l in &letters {
+        assert_eq!(header(l, "weir.reason").as_deref(), Some("undecodable"));
+        assert!(
+            header(l, "weir.error").is_some_and(|e| e.contains("event time")),
+            "{:?}",
+            header(l, "weir.error")
+        );
+    }
+    let stores = store_files(dir.path(), &group, &topic);
+    let store = StoreReader::open(&stores[&0]).expect("open");
+    let watermark: Option<i64> = store.get("__weir_time", "watermark").expect("read");
+    assert_eq!(watermark, Some(base + 500));
+}
+
+on_both_brokers!(absurd_event_times, absurd_event_times_are_dead_lettered);
+
 /// Handler `H` (text keys and values) with each record's event time taken from its value,
 /// a number of milliseconds; the rest as `H` declares it.
 struct ValueTimed<H>(H);

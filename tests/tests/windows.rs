@@ -590,3 +590,51 @@ fn the_reference_fold_is_not_trivial() {
     assert_eq!(w, Some(30_000));
     let _ = Duration::ZERO;
 }
+
+/// Issue 25, item 9: absurd event times (near `i64::MIN`, past the wall clock by more than a
+/// day, `1e300` in a JSON field) are undecodable records, dead-lettered with a message; they
+/// neither hang the partition (the window loop saturated at `i64::MIN` before the fix) nor
+/// move the watermark.
+#[tokio::test]
+async fn absurd_event_times_are_dead_lettered_not_hung_on() {
+    let mut kit = TestKit::new(TumblingCount).expect("kit");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    kit.send_at(1_000, "a", "x")
+        .send_at(i64::MIN + 3, "a", "x")
+        .send_at(now + 2 * 24 * 3600 * 1000, "a", "x")
+        .send_at(2_000, "a", "x");
+    tokio::time::timeout(Duration::from_secs(10), kit.run())
+        .await
+        .expect("the partition is not hung")
+        .expect("run");
+    let dead = kit.dead_letters();
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    for d in &dead {
+        assert_eq!(d.reason, weir::DeadLetterReason::Undecodable, "{d:?}");
+        assert!(d.error.contains("event time"), "{}", d.error);
+    }
+    assert_eq!(kit.watermark("clicks", 0).expect("watermark"), Some(2_000));
+    assert_eq!(
+        kit.open_windows::<Tumbling>()
+            .expect("open")
+            .iter()
+            .map(|(_, w, n)| (w.start_ms, *n))
+            .collect::<Vec<_>>(),
+        [(0, 2)]
+    );
+
+    // The same through a JSON field: 1e300 would saturate to i64::MAX.
+    let mut kit = TestKit::new(TumblingCount)
+        .expect("kit")
+        .event_time_field("ts");
+    kit.send("a", r#"{"ts":3000}"#).send("a", r#"{"ts":1e300}"#);
+    tokio::time::timeout(Duration::from_secs(10), kit.run())
+        .await
+        .expect("the partition is not hung")
+        .expect("run");
+    assert_eq!(kit.dead_letters().len(), 1);
+    assert_eq!(kit.watermark("clicks", 0).expect("watermark"), Some(3_000));
+}

@@ -52,6 +52,7 @@ pub(crate) struct Config {
     /// The top-level field of JSON record values holding the event time (ms since the epoch),
     /// over the handler's own event time.
     pub(crate) event_time_field: Option<String>,
+    pub(crate) event_time_max_ahead: Duration,
     /// Late-record topic template (`{topic}` is the source topic); `None`: late records are
     /// dropped (still counted and logged).
     pub(crate) late_topic: Option<String>,
@@ -160,6 +161,7 @@ impl Default for Config {
             dead_letter_topic: Some(DEFAULT_DEAD_LETTER_TOPIC.to_owned()),
             keep_key_order: false,
             event_time_field: None,
+            event_time_max_ahead: Duration::from_secs(24 * 3600),
             late_topic: Some(DEFAULT_LATE_TOPIC.to_owned()),
             idle_close_after: None,
             windows: false,
@@ -248,6 +250,8 @@ impl Config {
             late_topic: self.late_topic_of(topic),
             window_updates: self.window_updates,
             event_time_field: self.event_time_field.as_deref().map(std::sync::Arc::from),
+            event_time_max_ahead_ms: i64::try_from(self.event_time_max_ahead.as_millis())
+                .unwrap_or(i64::MAX),
         }
     }
 

@@ -416,6 +416,17 @@ pub(crate) const SETTINGS: &[Setting] = &[
         check: None,
     },
     Setting {
+        name: "event_time_max_ahead",
+        env: "WEIR_EVENT_TIME_MAX_AHEAD_MS",
+        default: "86400000 (a day): a record whose event time is further past the wall clock, or before 1969, is undecodable (dead-lettered)",
+        apply: |c, v| {
+            c.event_time_max_ahead = millis(v)?;
+            Ok(())
+        },
+        from_handler: None,
+        check: None,
+    },
+    Setting {
         name: "late_topic",
         env: "WEIR_LATE_TOPIC",
         default: "`{topic}.late` (empty: late records are dropped, still counted)",

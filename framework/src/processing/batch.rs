@@ -23,8 +23,8 @@ use crate::processing::context::Scope;
 use crate::processing::time::{self, Due, RecordTime, TIMERS};
 use crate::processing::upstream::Upstream;
 use crate::processing::{
-    Codec, Ctx, Delivery, FiredTimer, Handler, Process, Record, Source, TimerAt, UndecodableRecord,
-    Window, WindowResult,
+    Codec, Ctx, DecodeError, Delivery, FiredTimer, Handler, Process, Record, Source, TimerAt,
+    UndecodableRecord, Window, WindowResult,
 };
 use crate::BoxError;
 use weir_state::wire::header;
@@ -108,6 +108,8 @@ pub(crate) struct Policy {
     pub(crate) window_updates: bool,
     /// The JSON field of record values holding the event time, over the handler's.
     pub(crate) event_time_field: Option<Arc<str>>,
+    /// How far past the wall clock a record's event time may be.
+    pub(crate) event_time_max_ahead_ms: i64,
 }
 
 /// The partition's clock for one batch.
@@ -470,6 +472,7 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
                 now_ms: clock.now_ms,
                 window_updates: self.policy.window_updates,
                 event_time_field: self.policy.event_time_field.as_deref(),
+                max_ahead_ms: self.policy.event_time_max_ahead_ms,
             };
             let reads = (store, &self.scope);
             match run_record(&*self.handler, reads, &mut writes, msg, record_clock).await {
@@ -674,7 +677,13 @@ struct RecordClock<'a> {
     /// Whether every window update is reported.
     window_updates: bool,
     event_time_field: Option<&'a str>,
+    /// How far past `now_ms` an event time may be.
+    max_ahead_ms: i64,
 }
+
+/// The earliest event time taken as real: a year before the Unix epoch. Earlier times (and
+/// later than the wall clock allows) are bad input, never a window or a watermark.
+const EARLIEST_EVENT_TIME_MS: i64 = -365 * 24 * 3600 * 1000;
 
 /// Decodes and processes one record; returns its time and what its window updates found.
 async fn run_record<H: Process>(
@@ -693,12 +702,25 @@ async fn run_record<H: Process>(
         .map_err(|e| undecodable("value", msg.payload(), e))?;
     let key = <H::Key as Codec>::decode(msg.key()).map_err(|e| undecodable("key", msg.key(), e))?;
     let record = Record::new(msg, key, value);
-    let event_time = clock
+    let given = clock
         .event_time_field
         .and_then(|field| time::json_field_ms(msg.payload()?, field))
-        .or_else(|| <H as Handler>::event_time(&record))
-        .or(clock.watermark)
-        .unwrap_or(clock.now_ms);
+        .or_else(|| <H as Handler>::event_time(&record));
+    if let Some(t) = given {
+        let latest = clock.now_ms.saturating_add(clock.max_ahead_ms);
+        if !(EARLIEST_EVENT_TIME_MS..=latest).contains(&t) {
+            return Err(undecodable(
+                "event time",
+                Some(t.to_string().as_bytes()),
+                DecodeError::new(format!(
+                    "event time {t} ms is outside the range taken as real, {EARLIEST_EVENT_TIME_MS} ms to the wall clock {} ms plus {} ms (event_time_max_ahead)",
+                    clock.now_ms, clock.max_ahead_ms
+                )),
+            )
+            .into());
+        }
+    }
+    let event_time = given.or(clock.watermark).unwrap_or(clock.now_ms);
     let mut time = RecordTime::new(event_time, clock.watermark, clock.window_updates);
     let mut ctx = Ctx::new((store, scope), writes, Source::Record(msg), &mut time);
     caught(handler.process(record, &mut ctx)).await?;

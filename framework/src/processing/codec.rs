@@ -24,7 +24,7 @@ impl DecodeError {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("cannot decode the record's {part} ({} bytes): {error}", .raw.as_ref().map_or(0, Vec::len))]
 pub struct UndecodableRecord {
-    /// `"key"` or `"value"`.
+    /// `"key"`, `"value"` or `"event time"` (outside the range taken as real).
     pub part: &'static str,
     /// The bytes that did not decode (`None`: the record had none).
     pub raw: Option<Vec<u8>>,

@@ -125,13 +125,16 @@ impl Windows {
             // No time windows: an empty range.
             Kind::Session { .. } => (0, 1),
         };
-        let latest = t.div_euclid(advance) * advance;
+        // Checked, so that no time can make the walk saturate and never end (records'
+        // event times are checked for sanity before, but this must end for any time).
+        let latest = t.div_euclid(advance).checked_mul(advance);
         (0..)
-            .map(move |i: i64| latest.saturating_sub(i.saturating_mul(advance)))
-            .take_while(move |start| size > 0 && start.saturating_add(size) > t)
-            .map(move |start| Window {
+            .map_while(move |i: i64| latest?.checked_sub(i.checked_mul(advance)?))
+            .map_while(move |start| Some((start, start.checked_add(size)?)))
+            .take_while(move |(_, end)| size > 0 && *end > t)
+            .map(|(start, end)| Window {
                 start_ms: start,
-                end_ms: start.saturating_add(size),
+                end_ms: end,
             })
     }
 
@@ -516,6 +519,17 @@ mod tests {
 
     fn w(start_ms: i64, end_ms: i64) -> Window {
         Window { start_ms, end_ms }
+    }
+
+    #[test]
+    fn any_time_has_a_finite_walk() {
+        for t in [i64::MIN, i64::MIN + 3, -1, 0, i64::MAX - 1, i64::MAX] {
+            let n = Windows::hopping(Duration::from_secs(10), Duration::from_secs(1))
+                .containing(t)
+                .take(11)
+                .count();
+            assert!(n <= 10, "{t}: {n}");
+        }
     }
 
     #[test]
