@@ -296,14 +296,27 @@ async fn sessions_merge_when_a_record_bridges_them_and_split_by_the_gap() {
         closed(&kit),
         vec![c("b", 1_500, 4_500, 1), c("a", 1_000, 9_000, 4)]
     );
-    // A record more than the grace period behind the watermark is late.
-    kit.send_at(8_000, "a", "x");
+    // Late: a record whose session (its own here) would be closed already: [5 s, 8 s) closes
+    // at 10 s.
+    kit.send_at(5_000, "a", "x");
     kit.run().await.expect("run");
     assert_eq!(kit.emitted_to("clicks.late").len(), 1);
-    // One at the gap's distance after a closed session starts a new one (a split).
-    kit.send_at(9_500, "a", "x");
-    kit.advance_watermark(20_000).await.expect("advance");
-    assert_eq!(closed(&kit).last(), Some(&c("a", 9_500, 12_500, 1)));
+    kit.send_at(12_000, "a", "x")
+        // Exactly the gap after the last record: the same session (inclusive, as in Kafka
+        // Streams; before the fix a new one).
+        .send_at(15_000, "a", "x")
+        .send_at(20_000, "a", "x")
+        // More than the grace period behind the watermark, but within the gap of the open
+        // session [20 s, 23 s): it joins it (before the fix it was late). [12 s, 18 s) closed
+        // at the watermark 20 s and takes nothing more.
+        .send_at(17_500, "a", "x");
+    kit.run().await.expect("run");
+    assert_eq!(kit.emitted_to("clicks.late").len(), 1, "no new late record");
+    kit.advance_watermark(30_000).await.expect("advance");
+    assert_eq!(
+        closed(&kit)[2..],
+        [c("a", 12_000, 18_000, 2), c("a", 17_500, 23_000, 2)]
+    );
 }
 /// Schedules timers from records: value `e<ms>` at that event time, `c<ms>` on the wall clock,
 /// `x<ms>` cancels the event-time timer; each fired timer is emitted.
@@ -474,37 +487,57 @@ fn tumbling_reference(events: &[(String, i64)]) -> (Vec<Closed>, Vec<usize>, Opt
     (closed, late, watermark)
 }
 
+/// Sessions as docs/time.md states them (Kafka Streams' rules), computed without the
+/// implementation's bookkeeping: per key, the event times of its open sessions; a session is
+/// a maximal run of them each at most `GAP` after the one before (inclusive), ending `GAP`
+/// after its last; it closes once the watermark reaches its end plus grace and is final from
+/// then on. A record is late when the session it would belong to is closed already.
 fn session_reference(events: &[(String, i64)]) -> (Vec<Closed>, Vec<usize>) {
+    /// The runs of sorted `times` whose neighbours are at most `GAP` apart.
+    fn runs(times: &[i64]) -> Vec<&[i64]> {
+        times.chunk_by(|a, b| b - a <= GAP).collect()
+    }
     let mut watermark: Option<i64> = None;
-    let mut sessions: BTreeMap<String, Vec<(i64, i64, u64)>> = BTreeMap::new();
+    let mut open: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    let mut closed = Vec::new();
     let mut late = Vec::new();
     for (i, (key, t)) in events.iter().enumerate() {
-        if watermark.is_some_and(|w| t + SESSION_GRACE < w) {
+        let times = open.entry(key.clone()).or_default();
+        let mut with = times.clone();
+        with.push(*t);
+        with.sort_unstable();
+        let end = runs(&with)
+            .into_iter()
+            .find(|run| run.contains(t))
+            .and_then(|run| run.last())
+            .expect("t is in a run")
+            + GAP;
+        if watermark.is_some_and(|w| end + SESSION_GRACE <= w) {
             late.push(i);
         } else {
-            let list = sessions.entry(key.clone()).or_default();
-            let (mut s, mut e, mut n) = (*t, t + GAP, 1);
-            list.retain(|&(s2, e2, n2)| {
-                let overlaps = s2 < t + GAP && *t < e2;
-                if overlaps {
-                    s = s.min(s2);
-                    e = e.max(e2);
-                    n += n2;
-                }
-                !overlaps
-            });
-            list.push((s, e, n));
+            *times = with;
         }
-        watermark = Some(watermark.map_or(*t, |w| w.max(*t)));
+        let w = watermark.map_or(*t, |w| w.max(*t));
+        watermark = Some(w);
+        for (key, times) in open.iter_mut() {
+            let mut still_open = Vec::new();
+            for run in runs(times) {
+                let (start, end) = (run[0], run[run.len() - 1] + GAP);
+                if end + SESSION_GRACE <= w {
+                    let n = run.len() as u64;
+                    closed.push((
+                        end + SESSION_GRACE,
+                        start,
+                        key.clone(),
+                        c(key, start, end, n),
+                    ));
+                } else {
+                    still_open.extend_from_slice(run);
+                }
+            }
+            *times = still_open;
+        }
     }
-    let mut closed: Vec<(i64, i64, String, Closed)> = sessions
-        .into_iter()
-        .flat_map(|(key, list)| {
-            list.into_iter()
-                .map(move |(s, e, n)| (e + SESSION_GRACE, s, key.clone(), c(&key, s, e, n)))
-        })
-        .filter(|(close, ..)| watermark.is_some_and(|w| *close <= w))
-        .collect();
     closed.sort();
     (closed.into_iter().map(|(.., c)| c).collect(), late)
 }
@@ -588,6 +621,21 @@ fn the_reference_fold_is_not_trivial() {
     assert_eq!(closed, vec![c("a", 0, 10_000, 1)]);
     assert_eq!(late, vec![2]);
     assert_eq!(w, Some(30_000));
+    // Sessions: exactly the gap apart is one session; a record more than the grace behind the
+    // watermark joins an open session within its gap; one whose session closed is late.
+    let events: Vec<(String, i64)> = [
+        ("a", 0),
+        ("a", 3_000),
+        ("a", 10_000),
+        ("a", 7_500),
+        ("a", 500),
+    ]
+    .iter()
+    .map(|(k, t)| (k.to_string(), *t))
+    .collect();
+    let (closed, late) = session_reference(&events);
+    assert_eq!(closed, vec![c("a", 0, 6_000, 2)]);
+    assert_eq!(late, vec![4]);
     let _ = Duration::ZERO;
 }
 

@@ -266,12 +266,12 @@ impl<'c, W: WindowDef> WindowState<'c, W> {
         Ok(counted)
     }
 
-    /// Folds the record into `key`'s session: the open session its event time falls in (or
-    /// within the inactivity gap of), or a new one. A record that bridges sessions merges
-    /// them: `merge` combines their aggregates, oldest first, before `f` adds the record.
+    /// Folds the record into `key`'s session: every open session it lies within the inactivity
+    /// gap of (inclusive), or a new one. A record that bridges sessions merges them: `merge`
+    /// combines their aggregates, oldest first, before `f` adds the record.
     ///
-    /// Returns false if the record is late: its event time is more than the grace period
-    /// behind the watermark.
+    /// Returns false if the record is late: the session it would be part of (its own, merged
+    /// with those it joins) is closed already, `end + grace <= watermark`.
     ///
     /// # Errors
     /// On tumbling and hopping windows (use [`add`](Self::add)), and when a value cannot be
@@ -294,37 +294,50 @@ impl<'c, W: WindowDef> WindowState<'c, W> {
         };
         let t = self.time.event_time();
         let grace = W::WINDOWS.grace;
-        if self
-            .time
-            .is_closed(t.saturating_add(grace).saturating_add(1))
-        {
-            self.time.counted(false);
-            return Ok(false);
-        }
         let sessions: Vec<Session<W::Value>> = self
             .store
             .get_through(self.writes, W::NAME, key)?
             .unwrap_or_default();
-        let key_json = serde_json::to_string(key).map_err(|e| codec_err(W::NAME, e))?;
+        // The record joins every open session of its key within the gap of it, inclusive
+        // (Kafka Streams' rule: a session ends `gap` after its last record, and a record at
+        // that end still belongs to it). A session closed by the watermark already (its
+        // timer fires at the end of this batch) is final: nothing joins it.
+        let joins: Vec<bool> = sessions
+            .iter()
+            .map(|&(s, e, _)| {
+                !self.time.is_closed(e.saturating_add(grace))
+                    && s <= t.saturating_add(gap)
+                    && t <= e
+            })
+            .collect();
         let (mut start, mut end) = (t, t.saturating_add(gap));
+        for ((s, e, _), _) in sessions.iter().zip(&joins).filter(|(_, j)| **j) {
+            start = start.min(*s);
+            end = end.max(*e);
+        }
+        // Late only if the session it would be part of is closed already.
+        if self.time.is_closed(end.saturating_add(grace)) {
+            self.time.counted(false);
+            return Ok(false);
+        }
+        let key_json = serde_json::to_string(key).map_err(|e| codec_err(W::NAME, e))?;
         let mut merged: Option<W::Value> = None;
         let mut kept = Vec::with_capacity(sessions.len() + 1);
-        for (s, e, v) in sessions {
-            if s < end && t < e {
-                start = start.min(s);
-                end = end.max(e);
-                merged = Some(match merged {
-                    Some(acc) => merge(acc, v),
-                    None => v,
-                });
-                delete_timer(
-                    self.writes,
-                    TimerAt::EventTime(e.saturating_add(grace)),
-                    &window_tag(W::NAME, &key_json, s),
-                )?;
-            } else {
-                kept.push((s, e, v));
+        for (session, joined) in sessions.into_iter().zip(joins) {
+            if !joined {
+                kept.push(session);
+                continue;
             }
+            let (s, e, v) = session;
+            merged = Some(match merged {
+                Some(acc) => merge(acc, v),
+                None => v,
+            });
+            delete_timer(
+                self.writes,
+                TimerAt::EventTime(e.saturating_add(grace)),
+                &window_tag(W::NAME, &key_json, s),
+            )?;
         }
         let value = f(merged);
         let window = Window {
