@@ -70,7 +70,9 @@ CREATE TABLE IF NOT EXISTS outbox (
     partition INTEGER,
     key       BLOB,
     value     BLOB,
-    headers   TEXT    NOT NULL
+    headers   TEXT    NOT NULL,
+    -- Version 4 (added to older files by ALTER TABLE): the record's timestamp, if it has one.
+    timestamp_ms INTEGER
 );
 -- Version 4: the rewind generation of a partition's state (no row: 0), raised by every rewind
 -- (`weir reset`) and carried on its changelog entries.
@@ -179,8 +181,13 @@ impl PartitionStore {
         }
         if version < SCHEMA_VERSION {
             // A new file, or an older schema: every table is `IF NOT EXISTS`, so this adds
-            // what later versions brought and keeps the rest.
+            // what later versions brought and keeps the rest; columns added to tables of
+            // earlier versions follow.
             tx.execute_batch(SCHEMA).map_err(open_err)?;
+            if version == 3 {
+                tx.execute_batch("ALTER TABLE outbox ADD COLUMN timestamp_ms INTEGER")
+                    .map_err(open_err)?;
+            }
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(open_err)?;
         }
@@ -434,7 +441,8 @@ impl PartitionStore {
         let rows: Vec<(i64, OutboxRecord, String)> = self
             .conn()
             .prepare_cached(
-                "SELECT id, topic, partition, key, value, headers FROM outbox ORDER BY id LIMIT ?1",
+                "SELECT id, topic, partition, key, value, headers, timestamp_ms FROM outbox \
+                 ORDER BY id LIMIT ?1",
             )
             .and_then(|mut s| {
                 s.query_map([limit as i64], |r| {
@@ -446,6 +454,7 @@ impl PartitionStore {
                             key: r.get(3)?,
                             value: r.get(4)?,
                             headers: Vec::new(),
+                            timestamp: r.get(6)?,
                         },
                         r.get::<_, String>(5)?,
                     ))
@@ -641,13 +650,20 @@ impl PartitionStore {
                     return end.result();
                 }
                 let mut outbox = tx.prepare_cached(
-                    "INSERT INTO outbox (topic, partition, key, value, headers) \
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT INTO outbox (topic, partition, key, value, headers, timestamp_ms) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )?;
                 let mut queue = |r: &OutboxRecord| -> rusqlite::Result<()> {
                     let headers = serde_json::to_string(&r.headers)
                         .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-                    outbox.execute(params![r.topic, r.partition, r.key, r.value, headers])?;
+                    outbox.execute(params![
+                        r.topic,
+                        r.partition,
+                        r.key,
+                        r.value,
+                        headers,
+                        r.timestamp
+                    ])?;
                     Ok(())
                 };
                 // Order matters to restores elsewhere: the batch's offset marker goes last, and
@@ -675,6 +691,7 @@ impl PartitionStore {
                         key: Some(key),
                         value,
                         headers: source.clone(),
+                        timestamp: None,
                     };
                     for (store, key, value) in batch.iter() {
                         queue(&entry(

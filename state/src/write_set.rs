@@ -96,6 +96,9 @@ pub struct OutboxRecord {
     pub value: Option<Vec<u8>>,
     /// Headers, in order.
     pub headers: Vec<(String, Vec<u8>)>,
+    /// The record's timestamp, ms since the Unix epoch; `None` leaves it to the producer (the
+    /// time it is sent).
+    pub timestamp: Option<i64>,
 }
 
 impl WriteSet {
@@ -411,6 +414,7 @@ mod tests {
             key: None,
             value: Some(value.as_bytes().to_vec()),
             headers: Vec::new(),
+            timestamp: None,
         }
     }
 

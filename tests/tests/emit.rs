@@ -42,6 +42,15 @@ async fn emitted_totals_agree_with_state(kind: BrokerKind) {
         .await;
     worker.stop_cleanly().await;
 
+    // Each source record's time, by (partition, offset).
+    let source_times: BTreeMap<(String, String), Option<i64>> =
+        read_all(broker.bootstrap(), &topic, 2)
+            .iter()
+            .map(|m| {
+                let at = (m.partition().to_string(), m.offset().to_string());
+                (at, m.timestamp().to_millis())
+            })
+            .collect();
     let mut newest: BTreeMap<String, u64> = BTreeMap::new();
     let mut sources = std::collections::BTreeSet::new();
     for m in &emitted {
@@ -57,6 +66,17 @@ async fn emitted_totals_agree_with_state(kind: BrokerKind) {
                 .unwrap_or_else(|| panic!("header {name} missing"))
         };
         assert_eq!(header("weir.source.topic"), topic);
+        // Issue 25, item 10: the emit carries its source record's event time (here the
+        // record's timestamp), not the time it was sent.
+        let at = (
+            header("weir.source.partition"),
+            header("weir.source.offset"),
+        );
+        assert_eq!(
+            m.timestamp().to_millis(),
+            source_times[&at],
+            "the time of the record emitted for {at:?}"
+        );
         sources.insert((
             header("weir.source.partition"),
             header("weir.source.offset"),

@@ -34,6 +34,7 @@ async fn rows_left_by_a_crash_are_sent_when_the_store_opens(kind: BrokerKind) {
             key: Some(b"k".to_vec()),
             value: Some(b"left by a crash".to_vec()),
             headers: vec![("weir.source.offset".into(), b"0".to_vec())],
+            timestamp: None,
         });
         store.commit(&batch, &topic, 0, 1).expect("commit");
     }

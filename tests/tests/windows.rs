@@ -686,3 +686,42 @@ async fn absurd_event_times_are_dead_lettered_not_hung_on() {
     assert_eq!(kit.dead_letters().len(), 1);
     assert_eq!(kit.watermark("clicks", 0).expect("watermark"), Some(3_000));
 }
+
+/// Issue 25, item 10: what weir produces keeps time. A closed window's result carries the
+/// window's last instant; a late record and a dead letter keep their source record's time.
+#[tokio::test]
+async fn produced_records_keep_their_event_time() {
+    let mut kit = TestKit::new(TumblingCount).expect("kit");
+    kit.send_at(1_000, "a", "x")
+        .send_at(16_000, "a", "x")
+        .send_at(2_000, "a", "x");
+    kit.run().await.expect("run");
+    let closed = kit.emitted_to(CLOSED);
+    assert_eq!(closed.len(), 1);
+    assert_eq!(
+        closed[0].timestamp,
+        Some(9_999),
+        "[0 s, 10 s)'s last instant"
+    );
+    let late = kit.emitted_to("clicks.late");
+    assert_eq!(late.len(), 1);
+    assert_eq!(late[0].timestamp, Some(2_000), "the late record's own time");
+    let updates = kit.emitted_to(UPDATES);
+    assert_eq!(
+        updates.iter().map(|r| r.timestamp).collect::<Vec<_>>(),
+        [Some(1_000), Some(16_000)],
+        "an update carries the time of the record that made it"
+    );
+
+    let mut kit = TestKit::new(TumblingCount)
+        .expect("kit")
+        .event_time_field("ts");
+    kit.send_at(5_000, "a", "not json but a line");
+    kit.send_at(6_000, "a", r#"{"ts":-99999999999999999}"#);
+    kit.run().await.expect("run");
+    let dead = kit.dead_letters();
+    assert_eq!(
+        dead.iter().map(|d| d.timestamp).collect::<Vec<_>>(),
+        [Some(6_000)]
+    );
+}

@@ -45,6 +45,8 @@ pub struct DeadLetter {
     pub key: Option<Vec<u8>>,
     /// The original value.
     pub value: Option<Vec<u8>>,
+    /// The original timestamp (a dead letter keeps it), ms since the Unix epoch.
+    pub timestamp: Option<i64>,
     /// The error of the last attempt.
     pub error: String,
     /// Attempts made.
@@ -95,6 +97,7 @@ impl DeadLetterSink {
             source: (msg.topic().to_owned(), msg.partition(), msg.offset()),
             key: msg.key().map(<[u8]>::to_vec),
             value: msg.payload().map(<[u8]>::to_vec),
+            timestamp: msg.timestamp_ms(),
             error: error.to_owned(),
             attempts,
             reason,
@@ -127,13 +130,13 @@ impl DeadLetterSink {
                         value: Some(v),
                     });
                 }
+                // Unchanged: with the source record's timestamp too.
                 produce(
                     producer,
-                    &policy.topic,
-                    None,
-                    msg.key(),
-                    msg.payload(),
+                    (&policy.topic, None),
+                    (msg.key(), msg.payload()),
                     headers,
+                    msg.timestamp_ms(),
                 )
                 .await
                 .map_err(|e| format!("dead-letter write to {} failed: {e}", policy.topic))?;

@@ -114,29 +114,31 @@ async fn send(producer: &FutureProducer, r: &OutboxRecord) -> Result<(), String>
     }
     produce(
         producer,
-        &r.topic,
-        r.partition,
-        r.key.as_deref(),
-        r.value.as_deref(),
+        (&r.topic, r.partition),
+        (r.key.as_deref(), r.value.as_deref()),
         headers,
+        r.timestamp,
     )
     .await
     .map_err(|e| format!("sending to {} failed: {e}", r.topic))
 }
 
-/// Produces one record and waits for the broker's acknowledgement (outbox rows and dead
-/// letters).
+/// Produces one record to `(topic, partition)` (by key when no partition) with its
+/// `timestamp` (the producer's clock when none) and waits for the broker's acknowledgement
+/// (outbox rows and dead letters).
 pub(crate) async fn produce(
     producer: &FutureProducer,
-    topic: &str,
-    partition: Option<i32>,
-    key: Option<&[u8]>,
-    value: Option<&[u8]>,
+    (topic, partition): (&str, Option<i32>),
+    (key, value): (Option<&[u8]>, Option<&[u8]>),
     headers: OwnedHeaders,
+    timestamp: Option<i64>,
 ) -> Result<(), rdkafka::error::KafkaError> {
     let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
     if let Some(p) = partition {
         record = record.partition(p);
+    }
+    if let Some(ms) = timestamp {
+        record = record.timestamp(ms);
     }
     if let Some(k) = key {
         record = record.key(k);

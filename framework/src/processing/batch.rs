@@ -563,6 +563,7 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
             key: msg.key().map(<[u8]>::to_vec),
             value: msg.payload().map(<[u8]>::to_vec),
             headers,
+            timestamp: msg.timestamp_ms(),
         });
     }
 
@@ -620,6 +621,8 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
                         metrics::counter!(WINDOWS_CLOSED_TOTAL, "store" => name.clone())
                             .increment(1);
                         let closed = WindowResult::new(name, key, window, value);
+                        // Its emits carry the window's last instant.
+                        rt.emit_at(end.saturating_sub(1));
                         let mut ctx = Ctx::new((store, &self.scope), writes, source, &mut rt);
                         caught(self.handler.on_window_closed(closed, &mut ctx))
                             .await

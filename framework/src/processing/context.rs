@@ -210,6 +210,7 @@ impl<'a> Ctx<'a> {
             key: key.map(<[u8]>::to_vec),
             value: Some(value.to_vec()),
             headers: all,
+            timestamp: Some(self.time.emit_time()),
         });
     }
 

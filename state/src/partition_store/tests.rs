@@ -289,6 +289,47 @@ fn a_version_1_file_is_upgraded_in_place() {
     assert_eq!(s.claim("t", 0).expect("claim"), 1);
 }
 
+/// A version-3 file (as the previous release wrote it: an outbox without timestamps, no
+/// rewinds) keeps its state, offset and waiting outbox rows, and takes the new columns.
+#[test]
+fn a_version_3_file_is_upgraded_in_place() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("0.sqlite");
+    {
+        let s = PartitionStore::open(&path).expect("open");
+        let mut ws = WriteSet::default();
+        ws.put("totals", "alice", &5).expect("put");
+        s.commit(&ws, "t", 0, 7).expect("commit");
+    }
+    {
+        let conn = Connection::open(&path).expect("raw open");
+        conn.execute_batch(
+            "DROP TABLE rewinds; DROP TABLE outbox;
+             CREATE TABLE outbox (
+                 id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, partition INTEGER,
+                 key BLOB, value BLOB, headers TEXT NOT NULL);
+             INSERT INTO outbox (topic, partition, key, value, headers)
+                 VALUES ('out', NULL, x'61', x'35', '[]');
+             PRAGMA user_version = 3;",
+        )
+        .expect("make it version 3");
+    }
+    let s = PartitionStore::open(&path).expect("reopen");
+    assert_eq!(s.next_offset("t", 0).expect("offset"), Some(7));
+    assert_eq!(s.get::<_, u64>("totals", "alice").expect("get"), Some(5));
+    let waiting = s.pending_outbox(10).expect("pending");
+    assert_eq!(waiting.len(), 1);
+    assert_eq!(waiting[0].1.timestamp, None);
+    assert_eq!(
+        s.position("t", 0).expect("position"),
+        Some(ChangelogPosition {
+            generation: 0,
+            next_offset: 7
+        })
+    );
+    assert!(s.rewind("t", 0, 3, None).expect("rewind") > 0);
+}
+
 #[test]
 fn outbox_and_changelog_entries_commit_with_the_batch_and_leave_once_acknowledged() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -302,6 +343,7 @@ fn outbox_and_changelog_entries_commit_with_the_batch_and_leave_once_acknowledge
         key: Some(b"alice".to_vec()),
         value: Some(b"5".to_vec()),
         headers: vec![("h".into(), b"v".to_vec())],
+        timestamp: Some(1_700_000_000_000),
     };
     ws.emit(out.clone());
     store
@@ -310,6 +352,7 @@ fn outbox_and_changelog_entries_commit_with_the_batch_and_leave_once_acknowledge
     let pending = store.pending_outbox(100).expect("pending");
     let records: Vec<&OutboxRecord> = pending.iter().map(|(_, r)| r).collect();
     assert_eq!(records.len(), 4, "{records:?}");
+    assert!(records.contains(&&out), "the emit, with its timestamp");
     let changelog: Vec<_> = records
         .iter()
         .filter(|r| r.topic == "in.changelog")

@@ -77,6 +77,8 @@ pub(crate) struct RecordTime {
     /// Windows updated by this record (store, key JSON, window), when the handler wants
     /// every update.
     updated: Option<Vec<Updated>>,
+    /// The time of records emitted meanwhile, when not the event time (a closed window's).
+    emit_at: Option<i64>,
 }
 
 /// A window a record updated: its store, key (JSON) and bounds.
@@ -90,7 +92,19 @@ impl RecordTime {
             late: false,
             counted: false,
             updated: track_updates.then(Vec::new),
+            emit_at: None,
         }
+    }
+
+    /// The timestamp of records emitted now: the event time, or what
+    /// [`emit_at`](Self::emit_at) set.
+    pub(crate) fn emit_time(&self) -> i64 {
+        self.emit_at.unwrap_or(self.event_time)
+    }
+
+    /// Records emitted from now on carry `t` (a closed window's last instant).
+    pub(crate) fn emit_at(&mut self, t: i64) {
+        self.emit_at = Some(t);
     }
 
     /// The record's event time (a timer's: when it was due).
