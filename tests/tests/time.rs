@@ -347,6 +347,63 @@ async fn absurd_event_times_are_dead_lettered(kind: BrokerKind) {
 
 on_both_brokers!(absurd_event_times, absurd_event_times_are_dead_lettered);
 
+/// Issue 25, item 8: idle time counts only while the partition is caught up. Every fetch of
+/// the partition takes 700 ms (the mock's round trip) and brings one record, far longer than
+/// `idle_close_after` (200 ms), while records of one open window wait in the log: none of
+/// them may become late (before the fix, the first stall moved the watermark by the wall
+/// clock, closed the window early and sent the rest to `.late`). Once the partition is caught
+/// up, the window closes by the wall clock with every record in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_fetch_is_not_idleness() {
+    let broker = TestBroker::mock_cluster(2);
+    let mock = broker.embedded().expect("mock cluster");
+    let (topic, group) = (unique("stall"), unique("g"));
+    let (out, late) = (format!("{topic}-closed"), format!("{topic}.late"));
+    for t in [&topic, &out, &late, &format!("{topic}.dlq")] {
+        broker.create_one_topic(t, 1).await;
+    }
+    mock.set_group_coordinator(&group, 1).expect("coordinator");
+    mock.set_partition_leader(&topic, 0, 2).expect("leader");
+    // Event times near the end of the window [base, base + 1 s): 100 ms of a stall counted as
+    // idleness would close it.
+    let base = 7_000_000i64;
+    // One produce request each: a fetch returns whole record batches, so one record a fetch.
+    const RECORDS: i64 = 8;
+    for i in 0..RECORDS {
+        broker
+            .produce(
+                &topic,
+                Some(0),
+                [("k".to_owned(), (base + 900 + i * 10).to_string())],
+            )
+            .await;
+    }
+    mock.set_round_trip_time(2, Duration::from_millis(700))
+        .expect("rtt");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let worker = RunningWorker::spawn(
+        broker
+            .worker(&group, &topic, dir.path())
+            .idle_close_after(Duration::from_millis(200))
+            .kafka("max.partition.fetch.bytes", "1")
+            .build(PerSecondCount { out: out.clone() })
+            .expect("build"),
+    );
+    let got = broker.consume(&out, 1, Duration::from_secs(60)).await;
+    worker.stop_cleanly().await;
+    let lines: Vec<String> = got
+        .iter()
+        .map(|m| String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned())
+        .collect();
+    assert_eq!(lines, [format!("k {base} {RECORDS}")], "the window, whole");
+    let late_records = read_all(broker.bootstrap(), &late, 1);
+    assert!(
+        late_records.is_empty(),
+        "{} records went to .late",
+        late_records.len()
+    );
+}
+
 /// Handler `H` (text keys and values) with each record's event time taken from its value,
 /// a number of milliseconds; the rest as `H` declares it.
 struct ValueTimed<H>(H);

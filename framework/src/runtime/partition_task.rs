@@ -91,8 +91,12 @@ enum Step {
 /// How the partition's clock moves without records.
 #[derive(Debug)]
 struct Idle {
-    /// When the last records were taken.
+    /// When the last records were taken (or the task became ready to take them).
     last_records_at: Instant,
+    /// Since when the partition is caught up: every record of its log processed, nothing
+    /// restoring. Idle time counts only from then, so that a restore, an outage or a slow
+    /// fetch never passes for a quiet partition.
+    caught_up_since: Option<Instant>,
     /// The watermark after them.
     watermark: Option<i64>,
     /// The earliest pending wall-clock timer (ms since the epoch).
@@ -142,6 +146,7 @@ impl<H: Process> PartitionTask<H> {
             tables: None,
             idle: Idle {
                 last_records_at: Instant::now(),
+                caught_up_since: None,
                 watermark: None,
                 next_wall_timer: None,
             },
@@ -158,6 +163,8 @@ impl<H: Process> PartitionTask<H> {
         if !self.flushed().await {
             return;
         }
+        // Idle time counts from here, not from before a restore.
+        self.idle.last_records_at = Instant::now();
         self.read_clock();
         let mut batch: Vec<Inbound> = Vec::with_capacity(self.ctx.batch_size);
         loop {
@@ -403,12 +410,27 @@ impl<H: Process> PartitionTask<H> {
         }
     }
 
+    /// How long the partition has been idle: since its last records, counted only while it
+    /// is caught up (nothing waits in the log, the queue or a restore); `None` while it is not.
+    fn idle_for(&mut self) -> Option<Duration> {
+        let caught_up = self.carry.is_empty()
+            && !self.flow.is_restoring()
+            && !self.flow.is_paused()
+            && self.flow.lag() == Some(0);
+        if !caught_up {
+            self.idle.caught_up_since = None;
+            return None;
+        }
+        let since = *self.idle.caught_up_since.get_or_insert_with(Instant::now);
+        Some(since.max(self.idle.last_records_at).elapsed())
+    }
+
     /// The partition's watermark as the wall clock moves it while no records come, once
     /// `idle_close_after` has passed: the watermark after the last records plus the time
-    /// since they came.
-    fn idle_watermark(&self) -> Option<i64> {
+    /// idle since they came.
+    fn idle_watermark(&mut self) -> Option<i64> {
         let after = self.ctx.idle_close_after?;
-        let idle_for = self.idle.last_records_at.elapsed();
+        let idle_for = self.idle_for()?;
         if idle_for < after {
             return None;
         }
@@ -422,23 +444,24 @@ impl<H: Process> PartitionTask<H> {
     /// When to look at the clock next without records: the next wall-clock timer, and while
     /// idle closing is on, from `idle_close_after` on in steps of a tenth of it (at least
     /// 50 ms, at most 1 s).
-    fn next_tick(&self) -> Option<tokio::time::Instant> {
+    fn next_tick(&mut self) -> Option<tokio::time::Instant> {
         self.next_offset?;
         let now = tokio::time::Instant::now();
         let wall = self.idle.next_wall_timer.map(|due| {
             let wait = due.saturating_sub(crate::clock::now_ms()).max(0);
             now + Duration::from_millis(wait as u64)
         });
-        let idle = self.ctx.idle_close_after.and_then(|after| {
-            self.idle.watermark?;
-            let step = (after / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
-            let since = self.idle.last_records_at.elapsed();
-            Some(if since < after {
-                now + (after - since)
-            } else {
-                now + step
-            })
-        });
+        let idle = match (self.ctx.idle_close_after, self.idle.watermark) {
+            (Some(after), Some(_)) => {
+                let step = (after / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
+                Some(match self.idle_for() {
+                    Some(since) if since < after => now + (after - since),
+                    // Not caught up: look again soon.
+                    _ => now + step,
+                })
+            }
+            _ => None,
+        };
         match (wall, idle) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
