@@ -101,6 +101,10 @@ impl<H: Process> TestKit<H> {
         config.apply_handler(&settings);
         let dead_letters = Arc::new(std::sync::Mutex::new(Vec::new()));
         let emitted = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let scope = Scope {
+            group: Arc::from(config.group.as_str()),
+            ..Scope::default()
+        };
         Ok(Self {
             handler: Arc::new(handler),
             dir: dir.as_ref().to_path_buf(),
@@ -114,8 +118,16 @@ impl<H: Process> TestKit<H> {
             config,
             partitions: BTreeMap::new(),
             wall_clock: None,
-            scope: Scope::default(),
+            scope,
         })
+    }
+
+    /// The consumer group the handler runs as (default: the handler's, else `weir`): what its
+    /// emits name as their writer (`weir.source.group`).
+    pub fn group(mut self, group: &str) -> Self {
+        self.config.group = group.to_owned();
+        self.scope.group = Arc::from(group);
+        self
     }
 
     /// Records per batch (default: the handler's, else 1000).

@@ -13,6 +13,10 @@ pub mod header {
     /// Which of the records emitted while processing the source record this is (0, 1, ...):
     /// with the source offset, it identifies an emitted record for de-duplication downstream.
     pub const SOURCE_SEQ: &str = "weir.source.seq";
+    /// On emitted records: the consumer group of the worker that emitted it (a pipeline
+    /// stage's is `<pipeline>-<stage>`). Two writers reading the same source partition are
+    /// told apart by it downstream.
+    pub const SOURCE_GROUP: &str = "weir.source.group";
     /// On changelog entries: the next offset of the batch they came from.
     pub const SOURCE_NEXT_OFFSET: &str = "weir.source.next_offset";
     /// On changelog entries: the rewind generation of the store that wrote them (absent: 0).
@@ -63,6 +67,9 @@ pub struct SourcePosition {
     /// Which of the records emitted for it this is (0 when not given: the record itself, e.g.
     /// a dead letter or a late record).
     pub seq: u32,
+    /// The group of the worker that emitted it, when given (emits carry it; late records,
+    /// dead letters and emits of earlier weir versions do not).
+    pub group: Option<String>,
 }
 
 impl SourcePosition {
@@ -72,6 +79,7 @@ impl SourcePosition {
         headers: impl Iterator<Item = (&'h str, Option<&'h [u8]>)>,
     ) -> Option<Self> {
         let (mut topic, mut partition, mut offset, mut seq) = (None, None, None, None);
+        let mut group = None;
         for (name, value) in headers {
             let Some(text) = value.and_then(|v| std::str::from_utf8(v).ok()) else {
                 continue;
@@ -81,6 +89,7 @@ impl SourcePosition {
                 header::SOURCE_PARTITION => partition = text.parse().ok(),
                 header::SOURCE_OFFSET => offset = text.parse().ok(),
                 header::SOURCE_SEQ => seq = text.parse().ok(),
+                header::SOURCE_GROUP => group = Some(text),
                 _ => {}
             }
         }
@@ -89,6 +98,7 @@ impl SourcePosition {
             partition: partition?,
             offset: offset?,
             seq: seq.unwrap_or(0),
+            group: group.map(str::to_owned),
         })
     }
 }
@@ -313,7 +323,8 @@ mod tests {
                 topic: "orders".into(),
                 partition: 3,
                 offset: 41,
-                seq: 2
+                seq: 2,
+                group: None,
             })
         );
         assert_eq!(

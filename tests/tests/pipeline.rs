@@ -168,3 +168,47 @@ on_both_brokers!(
     downstream_applies_once,
     a_downstream_stage_applies_each_upstream_emit_once
 );
+
+/// Issue 25, item 4: two writers (two stages, or two applications) read the same upstream
+/// partition and emit into one downstream partition. Their emits carry the same source
+/// positions, so the downstream mark must tell the writers apart (before the fix, one mark
+/// per upstream partition dropped the second writer's emits as re-sends: totals short).
+#[tokio::test]
+async fn two_writers_of_one_source_partition_are_each_applied_once() {
+    let mut emitted = Vec::new();
+    for group in ["shop-a", "shop-b"] {
+        let mut upstream = TestKit::new(Twice).expect("kit").group(group);
+        for i in 0..20 {
+            upstream.send(format!("k{}", i % 3), format!("v{i}"));
+        }
+        upstream.run().await.expect("run");
+        let out = upstream.emitted_to("copies");
+        assert!(out.iter().all(|r| header(r, "weir.source.group") == group));
+        emitted.push(out);
+    }
+    // Interleaved as two producers' records land in one partition, then one writer's second
+    // half again (its crash).
+    let mut downstream = TestKit::new(CountHandler::default()).expect("kit");
+    let mut send = |r: &weir::OutboxRecord| {
+        let headers: Vec<(&str, &[u8])> = r
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
+            .collect();
+        downstream.send_to("copies", 0, r.key.as_deref(), r.value.as_deref(), &headers);
+    };
+    for (a, b) in emitted[0].iter().zip(&emitted[1]) {
+        send(a);
+        send(b);
+    }
+    for r in &emitted[1][20..] {
+        send(r);
+    }
+    downstream.run().await.expect("run");
+    let counts: BTreeMap<String, u64> = downstream.entries(COUNTS).expect("entries");
+    let mut expected: BTreeMap<String, u64> = BTreeMap::new();
+    for i in 0..20 {
+        *expected.entry(format!("k{}", i % 3)).or_insert(0) += 4;
+    }
+    assert_counts_exact(&counts, &expected);
+}

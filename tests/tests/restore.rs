@@ -84,7 +84,8 @@ async fn a_slow_restore_blocks_neither_polling_nor_other_partitions() {
         },
     )
     .await;
-    tokio::time::sleep(SLOW_RTT).await; // well inside the restore
+    // Restoring from here on: its every request takes SLOW_RTT, and a stop at any point of
+    // it must be prompt.
     let asked = Instant::now();
     c.stop_cleanly().await;
     let took = asked.elapsed();

@@ -17,6 +17,8 @@ pub(crate) struct Scope {
     pub(crate) globals: Arc<GlobalTables>,
     /// The group of the worker, or of the pipeline the worker's stage belongs to.
     pub(crate) pipeline_group: Arc<str>,
+    /// The worker's own group (a stage's `<pipeline>-<stage>`): who wrote what it emits.
+    pub(crate) group: Arc<str>,
 }
 
 impl Default for Scope {
@@ -24,6 +26,7 @@ impl Default for Scope {
         Self {
             globals: Arc::default(),
             pipeline_group: Arc::from("weir"),
+            group: Arc::from("weir"),
         }
     }
 }
@@ -203,6 +206,10 @@ impl<'a> Ctx<'a> {
             // The record's emits so far (its savepoint holds only its own).
             let seq = self.writes.emitted_since_savepoint();
             all.push((header::SOURCE_SEQ.to_owned(), seq.to_string().into_bytes()));
+            all.push((
+                header::SOURCE_GROUP.to_owned(),
+                self.scope.group.as_bytes().to_vec(),
+            ));
         }
         self.writes.emit(OutboxRecord {
             topic: topic.to_owned(),

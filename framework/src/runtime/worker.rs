@@ -277,6 +277,7 @@ impl<H: Process> Worker<H> {
                 scope: Scope {
                     globals,
                     pipeline_group: Arc::from(self.config.pipeline_group()),
+                    group: Arc::from(self.config.group.as_str()),
                 },
             },
         ));
