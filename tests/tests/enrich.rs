@@ -516,3 +516,63 @@ fn a_pipeline_refuses_topics_that_belong_to_no_stage_and_repeated_stages() {
         .expect_err("a stage twice");
     assert!(err.to_string().contains("added twice"), "{err}");
 }
+
+/// Issue 25, item 4 (the documented limit, docs/tables.md "Where it does not hold"): the join
+/// stage processes an order again (its state lost) after the customer moved from FR to DE.
+/// The order now goes to DE's partition, whose mark never saw it, so it counts in both
+/// countries; had it gone to the same partition again, the mark would have dropped it.
+#[tokio::test]
+async fn an_order_rekeyed_elsewhere_on_reprocessing_counts_in_both_countries() {
+    let order = serde_json::to_vec(&Order {
+        order_id: "o1".into(),
+        amount_cents: 100,
+    })
+    .expect("json");
+    let mut joined = Vec::new();
+    for country in ["FR", "DE"] {
+        // A join stage with no state but its table (a new machine), the same order, offset 0.
+        let mut join = weir::testing::TestKit::new(JoinCustomers)
+            .expect("kit")
+            .group("enrich-join");
+        let customer = weir_examples::enrich::Customer {
+            country: country.into(),
+        };
+        join.update_table::<Customers>("c1", Some(&customer))
+            .await
+            .expect("table");
+        join.send("c1", &order);
+        join.run().await.expect("run");
+        let out = join.emitted();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].key.as_deref(), Some(country.as_bytes()));
+        joined.push(out.into_iter().next().expect("one emit"));
+    }
+    let revenue_of = |partitions: [i32; 2]| {
+        let joined = joined.clone();
+        async move {
+            let mut revenue = weir::testing::TestKit::new(RevenueByCountry).expect("kit");
+            for (r, p) in joined.iter().zip(partitions) {
+                let headers: Vec<(&str, &[u8])> = r
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_slice()))
+                    .collect();
+                revenue.send_to(
+                    "repartition",
+                    p,
+                    r.key.as_deref(),
+                    r.value.as_deref(),
+                    &headers,
+                );
+            }
+            revenue.run().await.expect("run");
+            let fr = revenue.get::<str, i64>("revenue", "FR").expect("get");
+            let de = revenue.get::<str, i64>("revenue", "DE").expect("get");
+            (fr, de)
+        }
+    };
+    // Both into one partition: the second is the same writer's re-send, dropped.
+    assert_eq!(revenue_of([0, 0]).await, (Some(100), None));
+    // Into their countries' partitions: counted twice, 200 cents for a 100-cent order.
+    assert_eq!(revenue_of([0, 1]).await, (Some(100), Some(100)));
+}
