@@ -22,4 +22,5 @@ pub async fn flush_outbox(
     crate::delivery::OutboxSink::Kafka(producer)
         .flush(&store)
         .await
+        .map_err(|e| e.to_string())
 }

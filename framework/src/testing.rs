@@ -475,13 +475,10 @@ impl<H: Process> TestKit<H> {
     ) -> Result<()> {
         match runner.run_until_committed(batch, clock).await {
             Outcome::Committed(..) => {
-                self.outbox
-                    .flush(store)
-                    .await
-                    .map_err(|reason| Error::Emit {
-                        topic: topic.to_owned(),
-                        reason,
-                    })?;
+                self.outbox.flush(store).await.map_err(|e| Error::Emit {
+                    topic: topic.to_owned(),
+                    reason: e.to_string(),
+                })?;
                 Ok(())
             }
             Outcome::GaveUp(BatchError::Record { offset, error, .. }) => Err(Error::Record {

@@ -139,3 +139,114 @@ async fn the_kafka_commit_waits_for_the_outbox() {
     assert_eq!(s.len(), 200);
     worker.stop_cleanly().await;
 }
+
+/// Issue 25, item 5: the broker rejects the emits for good (topic authorization): the worker
+/// says so, naming the topic, in its readiness (503) and a gauge, and keeps the rows; when
+/// the broker takes them again, they are sent and the worker is ready again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn emits_the_broker_rejects_for_good_make_the_worker_unready() {
+    let Fixture {
+        broker,
+        topic,
+        group,
+        dir,
+    } = Fixture::new(BrokerKind::Mock, "outbox-rejected", 1).await;
+    let out = tallies_topic(&topic);
+    broker.create_one_topic(&out, 1).await;
+    let mock = broker.embedded().expect("mock");
+    broker
+        .produce(&topic, Some(0), keyed_records(0, 5, 5))
+        .await;
+    mock.inject_request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 1000],
+    )
+    .expect("inject");
+    let worker = broker
+        .worker(&group, &topic, dir.path())
+        .metrics_addr("127.0.0.1:0")
+        .build(TallyHandler::default())
+        .expect("build");
+    let addr = worker.metrics_addr().expect("metrics address");
+    let worker = RunningWorker::spawn(worker);
+    wait_until(
+        "unready, naming the topic",
+        Duration::from_secs(60),
+        || async {
+            let (status, body) = http_get(addr, "/health/ready").await;
+            if status == 503 && body.contains("rejects") && body.contains(&out) {
+                Ok(())
+            } else {
+                Err(format!("{status}: {body}"))
+            }
+        },
+    )
+    .await;
+    let (_, metrics) = http_get(addr, "/metrics").await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "weir_partition_emits_rejected",
+            &[("partition", "0")]
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    mock.clear_request_errors(RDKafkaApiKey::Produce)
+        .expect("clear");
+    let sent = broker.consume(&out, 5, Duration::from_secs(60)).await;
+    assert_eq!(sent.len(), 5);
+    wait_until("ready again", Duration::from_secs(60), || async {
+        match http_get(addr, "/health/ready").await {
+            (200, _) => Ok(()),
+            (status, body) => Err(format!("{status}: {body}")),
+        }
+    })
+    .await;
+    worker.stop_cleanly().await;
+}
+
+/// Emits `value` of the size its record asks for (`<n>` bytes) to `big-out`.
+#[derive(weir::Handler)]
+#[handler(topic = "in", key = weir::Utf8, value = weir::Utf8)]
+struct SizedEmits;
+
+impl weir::Process for SizedEmits {
+    type Error = weir::Error;
+
+    async fn process(
+        &self,
+        r: weir::Record<'_, String, String>,
+        ctx: &mut weir::Ctx<'_>,
+    ) -> weir::Result<()> {
+        let n: usize = r.value().parse().unwrap_or(0);
+        ctx.emit("big-out", Some(r.key().as_bytes()), &vec![b'x'; n], &[]);
+        Ok(())
+    }
+}
+
+/// Issue 25, item 5: an emit larger than the producer sends (`message.max.bytes`) fails its
+/// record before the batch commits (retried, then dead-lettered with the topic and size in
+/// its error), instead of being committed and rejected by the broker forever after.
+#[tokio::test]
+async fn an_emit_too_large_to_send_fails_its_record() {
+    let mut kit = weir::testing::TestKit::new(SizedEmits)
+        .expect("kit")
+        .max_attempts(2);
+    kit.send("a", "10").send("b", "2000000").send("c", "20");
+    kit.run().await.expect("run");
+    let dead = kit.dead_letters();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].key.as_deref(), Some(&b"b"[..]));
+    assert!(
+        dead[0].error.contains("big-out") && dead[0].error.contains("message.max.bytes"),
+        "{}",
+        dead[0].error
+    );
+    let sent: Vec<usize> = kit
+        .emitted_to("big-out")
+        .iter()
+        .map(|r| r.value.as_ref().map_or(0, Vec::len))
+        .collect();
+    assert_eq!(sent, [10, 20]);
+}

@@ -133,6 +133,9 @@ pub(crate) struct TableSource {
     pub(crate) topic: String,
 }
 
+/// librdkafka's default `message.max.bytes`: the largest record its producer sends.
+const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+
 #[derive(Debug, Clone)]
 pub(crate) struct KafkaProperty {
     pub(crate) name: String,
@@ -252,6 +255,13 @@ impl Config {
             event_time_field: self.event_time_field.as_deref().map(std::sync::Arc::from),
             event_time_max_ahead_ms: i64::try_from(self.event_time_max_ahead.as_millis())
                 .unwrap_or(i64::MAX),
+            max_emit_bytes: self
+                .kafka
+                .iter()
+                .rev()
+                .find(|p| p.name == "message.max.bytes")
+                .and_then(|p| p.value.trim().parse().ok())
+                .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES),
         }
     }
 

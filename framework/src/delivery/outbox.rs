@@ -5,6 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use weir_state::wire::ChangelogEntry;
@@ -14,6 +15,53 @@ use crate::observe::metric_names::OUTBOX_SENT_TOTAL;
 
 /// Rows read from the outbox per round.
 const OUTBOX_CHUNK: usize = 5000;
+
+/// Why an outbox flush stopped; the rows not acknowledged stay.
+#[derive(Debug)]
+pub(crate) struct OutboxError {
+    message: String,
+    permanent: bool,
+}
+
+impl OutboxError {
+    fn transient(message: String) -> Self {
+        Self {
+            message,
+            permanent: false,
+        }
+    }
+
+    /// The broker rejected a record for good (too large, not authorized, no such topic):
+    /// sending it again fails the same way until someone changes the topic or the cluster.
+    pub(crate) fn is_permanent(&self) -> bool {
+        self.permanent
+    }
+}
+
+impl std::fmt::Display for OutboxError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Whether the broker (or librdkafka) refuses `error`'s record for good.
+fn is_permanent(error: &KafkaError) -> bool {
+    use RDKafkaErrorCode::*;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            MessageSizeTooLarge
+                | InvalidMessageSize
+                | MessageBatchTooLarge
+                | InvalidRecord
+                | InvalidTopic
+                | TopicAuthorizationFailed
+                | ClusterAuthorizationFailed
+                | UnknownTopic
+                | UnknownPartition
+        )
+    )
+}
 
 /// Where outbox records go.
 #[derive(Clone)]
@@ -38,13 +86,15 @@ impl OutboxSink {
     /// of it is acknowledged. Returns how many were sent; on error the unacknowledged rows stay.
     /// The SQLite reads and deletes run on the blocking pool, so that a batch commit holding
     /// the store meanwhile does not hold up an async worker.
-    pub(crate) async fn flush<S>(&self, store: &Arc<S>) -> Result<usize, String>
+    pub(crate) async fn flush<S>(&self, store: &Arc<S>) -> Result<usize, OutboxError>
     where
         S: AsRef<PartitionStore> + Send + Sync + 'static,
     {
         let mut sent = 0;
         loop {
-            let rows = on_store(store, |s| s.pending_outbox(OUTBOX_CHUNK)).await?;
+            let rows = on_store(store, |s| s.pending_outbox(OUTBOX_CHUNK))
+                .await
+                .map_err(OutboxError::transient)?;
             if rows.is_empty() {
                 return Ok(sent);
             }
@@ -73,7 +123,9 @@ impl OutboxSink {
             }
             let ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
             let n = ids.len();
-            on_store(store, move |s| s.delete_outbox(&ids)).await?;
+            on_store(store, move |s| s.delete_outbox(&ids))
+                .await
+                .map_err(OutboxError::transient)?;
             metrics::counter!(OUTBOX_SENT_TOTAL).increment(n as u64);
             sent += n;
         }
@@ -96,7 +148,7 @@ where
         .map_err(|e| e.to_string())
 }
 
-async fn send_all(producer: &FutureProducer, rows: &[&OutboxRecord]) -> Result<(), String> {
+async fn send_all(producer: &FutureProducer, rows: &[&OutboxRecord]) -> Result<(), OutboxError> {
     let deliveries = rows.iter().map(|r| send(producer, r));
     for result in futures::future::join_all(deliveries).await {
         result?;
@@ -104,7 +156,7 @@ async fn send_all(producer: &FutureProducer, rows: &[&OutboxRecord]) -> Result<(
     Ok(())
 }
 
-async fn send(producer: &FutureProducer, r: &OutboxRecord) -> Result<(), String> {
+async fn send(producer: &FutureProducer, r: &OutboxRecord) -> Result<(), OutboxError> {
     let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
     for (key, value) in &r.headers {
         headers = headers.insert(Header {
@@ -120,7 +172,10 @@ async fn send(producer: &FutureProducer, r: &OutboxRecord) -> Result<(), String>
         r.timestamp,
     )
     .await
-    .map_err(|e| format!("sending to {} failed: {e}", r.topic))
+    .map_err(|e| OutboxError {
+        message: format!("sending to {} failed: {e}", r.topic),
+        permanent: is_permanent(&e),
+    })
 }
 
 /// Produces one record to `(topic, partition)` (by key when no partition) with its

@@ -225,7 +225,7 @@ type Column = (
     fn(&PartitionRow) -> Option<String>,
 );
 
-const PARTITION_COLUMNS: [Column; 9] = [
+const PARTITION_COLUMNS: [Column; 10] = [
     (
         CONSUMER_LAG,
         "High watermark minus the next offset to process (from SQLite).",
@@ -258,6 +258,11 @@ const PARTITION_COLUMNS: [Column; 9] = [
         PARTITION_UNREADABLE,
         "1 while records wait on the partition that cannot be read (the log says why).",
         |r| Some(u8::from(r.unreadable.is_some()).to_string()),
+    ),
+    (
+        PARTITION_EMITS_REJECTED,
+        "1 while the broker rejects the partition's committed emits for good (the log and /health/ready say why).",
+        |r| Some(u8::from(r.emits_rejected.is_some()).to_string()),
     ),
     (
         PARTITION_PROCESSED,

@@ -53,6 +53,9 @@ pub(crate) const QUEUE_CAPACITY: &str = "weir_queue_capacity";
 pub(crate) const PARTITION_RESTORING: &str = "weir_partition_restoring";
 /// 1 while records wait on a partition that cannot be read (a decode or fetch error repeats).
 pub(crate) const PARTITION_UNREADABLE: &str = "weir_partition_unreadable";
+/// 1 while the broker rejects a partition's committed emits for good (too large, not
+/// authorized, no such topic): its outbox cannot drain.
+pub(crate) const PARTITION_EMITS_REJECTED: &str = "weir_partition_emits_rejected";
 /// Errors the consumer reported (fetch and decompression failures, unreachable brokers).
 pub(crate) const CONSUMER_ERRORS_TOTAL: &str = "weir_consumer_errors_total";
 /// Records committed since the partition was assigned to this worker.

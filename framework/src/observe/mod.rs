@@ -26,6 +26,8 @@ pub(crate) struct PartitionRow {
     pub(crate) restoring: bool,
     /// Why the partition cannot be read, while records wait that never arrive.
     pub(crate) unreadable: Option<String>,
+    /// Why the broker rejects the partition's committed emits, while it does.
+    pub(crate) emits_rejected: Option<String>,
     /// Records committed since the partition was assigned to this worker.
     pub(crate) processed: u64,
     /// Records of those sent to the dead-letter topic.

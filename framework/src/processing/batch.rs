@@ -110,6 +110,9 @@ pub(crate) struct Policy {
     pub(crate) event_time_field: Option<Arc<str>>,
     /// How far past the wall clock a record's event time may be.
     pub(crate) event_time_max_ahead_ms: i64,
+    /// The largest record the producer sends (`message.max.bytes`): a larger emit fails its
+    /// record before the batch commits, instead of being rejected after it.
+    pub(crate) max_emit_bytes: usize,
 }
 
 /// The partition's clock for one batch.
@@ -473,6 +476,7 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
                 window_updates: self.policy.window_updates,
                 event_time_field: self.policy.event_time_field.as_deref(),
                 max_ahead_ms: self.policy.event_time_max_ahead_ms,
+                max_emit_bytes: self.policy.max_emit_bytes,
             };
             let reads = (store, &self.scope);
             match run_record(&*self.handler, reads, &mut writes, msg, record_clock).await {
@@ -682,6 +686,8 @@ struct RecordClock<'a> {
     event_time_field: Option<&'a str>,
     /// How far past `now_ms` an event time may be.
     max_ahead_ms: i64,
+    /// The largest record an emit may be.
+    max_emit_bytes: usize,
 }
 
 /// The earliest event time taken as real: a year before the Unix epoch. Earlier times (and
@@ -736,7 +742,31 @@ async fn run_record<H: Process>(
         let mut ctx = Ctx::new((store, scope), writes, Source::Record(msg), &mut time);
         caught(handler.on_window_updated(update, &mut ctx)).await?;
     }
+    check_emit_sizes(writes, clock.max_emit_bytes)?;
     Ok(time)
+}
+
+/// Fails the record if one of its emits is larger than the producer sends: the broker would
+/// reject it after the batch committed, and it could never leave the outbox.
+fn check_emit_sizes(writes: &WriteSet, max: usize) -> Result<(), BoxError> {
+    let outbox = writes.outbox();
+    let mine = &outbox[outbox.len() - writes.emitted_since_savepoint()..];
+    for r in mine {
+        let size = r.key.as_ref().map_or(0, Vec::len)
+            + r.value.as_ref().map_or(0, Vec::len)
+            + r.headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>();
+        if size > max {
+            return Err(format!(
+                "an emit to {} of {size} bytes is larger than the producer sends (message.max.bytes = {max})",
+                r.topic
+            )
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// Runs a handler callback, turning its error or panic into a [`BoxError`].

@@ -52,6 +52,8 @@ pub(crate) struct PartitionFlow {
     last_delivery_ms: AtomicI64,
     /// Why the partition cannot be read, while records wait that never arrive.
     unreadable: Mutex<Option<String>>,
+    /// Why the broker rejects the partition's committed emits for good, while it does.
+    emits_rejected: Mutex<Option<String>>,
 }
 
 impl PartitionFlow {
@@ -82,6 +84,7 @@ impl PartitionFlow {
             fetched_to: AtomicI64::new(next_offset.unwrap_or(-1)),
             last_delivery_ms: AtomicI64::new(now_ms()),
             unreadable: Mutex::new(None),
+            emits_rejected: Mutex::new(None),
         }
     }
 
@@ -143,6 +146,18 @@ impl PartitionFlow {
             _ => self.low_watermark.load(Ordering::Relaxed).max(0),
         };
         (idle >= after_ms && high > from).then_some((high - from, idle))
+    }
+
+    /// Notes why the broker rejects the partition's emits for good (`None`: it takes them
+    /// again); true if that changed.
+    pub(crate) fn set_emits_rejected(&self, reason: Option<String>) -> bool {
+        let mut current = self
+            .emits_rejected
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let changed = current.is_some() != reason.is_some();
+        *current = reason;
+        changed
     }
 
     /// Marks the partition unreadable for `reason`; false if it was already.
@@ -277,6 +292,11 @@ impl PartitionFlow {
             paused: self.is_paused(),
             restoring: self.is_restoring(),
             unreadable: self.unreadable().clone(),
+            emits_rejected: self
+                .emits_rejected
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
             processed: self.processed.load(Ordering::Relaxed),
             dead_letters: self.dead_letters.load(Ordering::Relaxed),
             last_commit_ms: Some(self.last_commit_ms.load(Ordering::Relaxed)).filter(|t| *t > 0),

@@ -671,16 +671,33 @@ async fn flush_outbox(
             () = give_up => return false,
         };
         match flushed {
-            Ok(_) => return true,
+            Ok(_) => {
+                if flow.set_emits_rejected(None) {
+                    tracing::info!(%topic, partition, "the broker takes the partition's emits again");
+                }
+                return true;
+            }
             Err(e) => {
                 attempt += 1;
                 let delay = retry.delay(attempt, attempt.into());
-                tracing::error!(
-                    %topic,
-                    partition,
-                    attempt,
-                    "outbox not sent, retrying in {delay:?}: {e}"
-                );
+                if e.is_permanent() {
+                    // Not a passing fault: say so (readiness, a gauge, the status page) while
+                    // retrying, in case the topic or the cluster is changed to take them.
+                    flow.set_emits_rejected(Some(e.to_string()));
+                    tracing::error!(
+                        %topic,
+                        partition,
+                        attempt,
+                        "the broker rejects an emit of the partition for good; its outbox cannot drain until the topic or the cluster takes it (retrying in {delay:?}): {e}"
+                    );
+                } else {
+                    tracing::error!(
+                        %topic,
+                        partition,
+                        attempt,
+                        "outbox not sent, retrying in {delay:?}: {e}"
+                    );
+                }
                 tokio::select! {
                     biased;
                     _ = stop.requested() => return false,

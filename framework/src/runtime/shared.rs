@@ -205,13 +205,39 @@ impl WorkerView for View {
         } else if !self.lifecycle.has_joined() {
             Some("not in the group yet".into())
         } else {
-            let unreadable: Vec<String> = self
-                .partitions()
-                .into_iter()
-                .filter_map(|r| Some(format!("{}/{}: {}", r.topic, r.partition, r.unreadable?)))
+            let rows = self.partitions();
+            let unreadable: Vec<String> = rows
+                .iter()
+                .filter_map(|r| {
+                    Some(format!(
+                        "{}/{}: {}",
+                        r.topic,
+                        r.partition,
+                        r.unreadable.as_ref()?
+                    ))
+                })
                 .collect();
-            (!unreadable.is_empty())
-                .then(|| format!("partitions cannot be read: {}", unreadable.join("; ")))
+            let rejected: Vec<String> = rows
+                .iter()
+                .filter_map(|r| {
+                    let why = r.emits_rejected.as_ref()?;
+                    Some(format!("{}/{}: {why}", r.topic, r.partition))
+                })
+                .collect();
+            let mut why = Vec::new();
+            if !unreadable.is_empty() {
+                why.push(format!(
+                    "partitions cannot be read: {}",
+                    unreadable.join("; ")
+                ));
+            }
+            if !rejected.is_empty() {
+                why.push(format!(
+                    "the broker rejects partitions' emits: {}",
+                    rejected.join("; ")
+                ));
+            }
+            (!why.is_empty()).then(|| why.join("; "))
         }
     }
 
