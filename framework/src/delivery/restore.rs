@@ -129,11 +129,14 @@ pub(crate) fn restore_if_behind(
     Ok(Restore::Restored { next_offset })
 }
 
+/// A restored entry: store, JSON key, JSON value (`None` deletes).
+type Entry = (String, String, Option<String>);
+
 /// Restored entries for one SQLite transaction.
 struct Chunk {
     /// Empty the store first: a rewind began a new generation after what was written so far.
     start_over: bool,
-    entries: Vec<(String, String, Option<String>)>,
+    entries: Vec<Entry>,
     /// With the last chunk: the position to store.
     end: Option<ChangelogPosition>,
 }
@@ -160,8 +163,7 @@ fn read_changelog(
     // versions of a hot key, and only the last one is written.
     let mut entries = Coalesced::default();
     // Entries since the last offset marker, with the position their headers name.
-    let mut unmarked: Vec<(Option<ChangelogPosition>, (String, String, Option<String>))> =
-        Vec::new();
+    let mut unmarked: Vec<(Option<ChangelogPosition>, Entry)> = Vec::new();
     let mut at = ChangelogPosition {
         generation: 0,
         next_offset: 0,
