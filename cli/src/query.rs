@@ -15,9 +15,6 @@ pub(crate) struct QueryArgs {
     /// `http://10.0.0.5:9464,http://10.0.0.6:9464`.
     #[arg(long, value_delimiter = ',', required = true)]
     workers: Vec<String>,
-    /// The workers' token.
-    #[arg(long, env = "WEIR_HTTP_TOKEN", hide_env_values = true)]
-    token: String,
     /// The input topic, when the workers consume several.
     #[arg(long)]
     topic: Option<String>,
@@ -30,7 +27,19 @@ pub(crate) struct QueryArgs {
 /// How long a worker may take to answer.
 const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Where the token comes from: the environment only, never the command line (which other
+/// users of the machine can read in the process list).
+const TOKEN_ENV: &str = "WEIR_HTTP_TOKEN";
+
 pub(crate) fn run(args: &QueryArgs) -> Result<()> {
+    let token = std::env::var(TOKEN_ENV)
+        .ok()
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            Error::Input(format!(
+                "set {TOKEN_ENV} to the workers' token (it is not taken from the command line)"
+            ))
+        })?;
     let mut path = format!(
         "/state/{}/{}",
         percent_encode(&args.store),
@@ -41,7 +50,7 @@ pub(crate) fn run(args: &QueryArgs) -> Result<()> {
     }
     let mut misdirected = Vec::new();
     for worker in &args.workers {
-        let (status, body) = get(worker, &path, &args.token)?;
+        let (status, body) = get(worker, &path, &token)?;
         let json: Value = serde_json::from_str(&body).unwrap_or(Value::String(body.clone()));
         match status {
             200 => {
@@ -57,6 +66,12 @@ pub(crate) fn run(args: &QueryArgs) -> Result<()> {
             )))
             }
             421 => misdirected.push(json["partition"].to_string()),
+            503 => {
+                let why = json["error"].as_str().map_or(body.clone(), str::to_owned);
+                return Err(Error::Unreachable(format!(
+                    "{worker} cannot answer now, try again: {why}"
+                )));
+            }
             401 => {
                 return Err(Error::Input(format!(
                     "{worker} refused the token (WEIR_HTTP_TOKEN)"

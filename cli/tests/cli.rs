@@ -655,15 +655,11 @@ async fn state_queries_answer_from_the_owning_worker(kind: BrokerKind) {
     // weir query asks both.
     let workers = format!("http://{a},http://{b}");
     let query = |token: &str, key: &str| {
-        weir(&[
-            "query",
-            "--workers",
-            &workers,
-            "--token",
-            token,
-            "counts",
-            key,
-        ])
+        std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["query", "--workers", &workers, "counts", key])
+            .env("WEIR_HTTP_TOKEN", token)
+            .output()
+            .expect("run weir")
     };
     let out = query(TOKEN, "k7");
     assert_exit(&out, 0);
@@ -673,6 +669,20 @@ async fn state_queries_answer_from_the_owning_worker(kind: BrokerKind) {
     assert_exit(&out, 1);
     let out = query("not-the-token-at-all", "k7");
     assert_exit(&out, 3);
+    // Not from the command line.
+    let out = weir(&[
+        "query",
+        "--workers",
+        &workers,
+        "--token",
+        TOKEN,
+        "counts",
+        "k7",
+    ]);
+    assert_exit(&out, 2);
+    let out = query("", "k7");
+    assert_exit(&out, 3);
+    assert!(stderr(&out).contains("WEIR_HTTP_TOKEN"), "{}", stderr(&out));
     wa.stop_cleanly().await;
     wb.stop_cleanly().await;
     let out = query(TOKEN, "k7");

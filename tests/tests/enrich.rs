@@ -19,6 +19,9 @@ use weir_tests::*;
 
 const PARTITIONS: i32 = 2;
 
+/// The pipelines' state query token.
+const TOKEN: &str = "a-token-of-24-characters";
+
 /// A test's customers, orders and what they must add up to.
 struct Scenario {
     customers: Vec<(String, String)>,
@@ -197,7 +200,8 @@ async fn the_pipeline_adds_up_in_one_process(kind: BrokerKind) {
         .state_dir(dir.path())
         .kafka("session.timeout.ms", SESSION_TIMEOUT_MS)
         .kafka("heartbeat.interval.ms", "500")
-        .metrics_addr("127.0.0.1:0");
+        .metrics_addr("127.0.0.1:0")
+        .http_token(TOKEN);
     let (orders, customers) = (t.orders.clone(), t.customers.clone());
     let pipeline = pipeline
         .pipeline()
@@ -222,6 +226,25 @@ async fn the_pipeline_adds_up_in_one_process(kind: BrokerKind) {
     }
     let (status, _) = http_get(addr, "/health/ready").await;
     assert_eq!(status, 200);
+    // Issue 25, item 12: the revenue stage's store, without ?topic=, from the one process
+    // that owns every partition (before the fix, the join stage answered 404 for the
+    // countries whose partition of `orders` it owns).
+    let auth = [("Authorization", format!("Bearer {TOKEN}"))];
+    let auth: Vec<(&str, &str)> = auth.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    for (country, total) in &s.totals {
+        let (status, body) = http_get_with(addr, &format!("/state/revenue/{country}"), &auth).await;
+        assert_eq!(status, 200, "{country}: {body}");
+        let got: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(
+            got["value"],
+            serde_json::Value::from(*total),
+            "{country}: {body}"
+        );
+        assert_eq!(
+            got["topic"],
+            serde_json::Value::from(t.repartition.as_str())
+        );
+    }
     running.stop().await.expect("the pipeline stops cleanly");
     assert_eq!(joined(dir.path(), &group, &t.orders), s.orders.len() as i64);
     let (last, unmatched) = outputs(&broker, &s.totals, &tag).await;

@@ -68,6 +68,7 @@ async fn a_slow_restore_blocks_neither_polling_nor_other_partitions() {
         .worker(&group, &topic, dir_c.path())
         .changelog(true)
         .metrics_addr("127.0.0.1:0")
+        .http_token("a-token-of-24-characters")
         .build(CountHandler::default())
         .expect("build");
     let c_addr = c.metrics_addr().expect("metrics address");
@@ -85,7 +86,16 @@ async fn a_slow_restore_blocks_neither_polling_nor_other_partitions() {
     )
     .await;
     // Restoring from here on: its every request takes SLOW_RTT, and a stop at any point of
-    // it must be prompt.
+    // it must be prompt. Meanwhile a state query of a key of partition 0 answers 503 (issue
+    // 25, item 12: before the fix, it answered from the partial store).
+    let key = (0..)
+        .map(|i| format!("k{i}"))
+        .find(|k| weir_state::wire::partition_for_key(k.as_bytes(), 2) == 0)
+        .expect("a key of partition 0");
+    let auth = [("Authorization", "Bearer a-token-of-24-characters")];
+    let (status, body) = http_get_with(c_addr, &format!("/state/counts/{key}"), &auth).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("restored"), "{body}");
     let asked = Instant::now();
     c.stop_cleanly().await;
     let took = asked.elapsed();

@@ -51,6 +51,8 @@ pub(crate) enum StateAnswer {
     Absent { topic: String, partition: i32 },
     /// Another worker owns the key's partition.
     NotOwned { topic: String, partition: i32 },
+    /// This worker owns the key's partition, whose store is being restored: ask again soon.
+    Restoring { topic: String, partition: i32 },
     /// The request cannot be answered as asked (e.g. which topic is meant).
     Invalid(String),
     /// Not now (the partition count is not known yet, the store cannot be read).
@@ -62,6 +64,12 @@ pub(crate) trait WorkerView: Send + Sync + 'static {
     /// The committed value of `key` (text) in `store`, from the owned partition of `topic`
     /// (the only input topic when `None`) that holds it. Blocks on SQLite.
     fn state(&self, topic: Option<&str>, store: &str, key: &str) -> StateAnswer;
+
+    /// The handler declares `store` (a store, window or table of its derive): a pipeline asks
+    /// the stages that declare a store for it, not the others.
+    fn declares_store(&self, _store: &str) -> bool {
+        false
+    }
 
     /// The consumer thread runs and no stop was requested.
     fn live(&self) -> bool;

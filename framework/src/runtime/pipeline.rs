@@ -221,10 +221,17 @@ struct PipelineView(Arc<Stages>);
 
 impl WorkerView for PipelineView {
     fn state(&self, topic: Option<&str>, store: &str, key: &str) -> StateAnswer {
-        let views: Vec<Arc<dyn WorkerView>> = lock(&self.0.views).clone();
+        let mut views: Vec<Arc<dyn WorkerView>> = lock(&self.0.views).clone();
+        // The stages that declare the store, if any do: another stage that owns the key's
+        // partition of its own input would answer "absent".
+        if views.iter().any(|v| v.declares_store(store)) {
+            views.retain(|v| v.declares_store(store));
+        }
         let answers: Vec<StateAnswer> = views.iter().map(|v| v.state(topic, store, key)).collect();
         let rank = |a: &StateAnswer| match a {
-            StateAnswer::Found { .. } | StateAnswer::Absent { .. } => 0,
+            StateAnswer::Found { .. }
+            | StateAnswer::Absent { .. }
+            | StateAnswer::Restoring { .. } => 0,
             StateAnswer::NotOwned { .. } => 1,
             StateAnswer::Unavailable(_) => 2,
             StateAnswer::Invalid(_) => 3,

@@ -81,19 +81,6 @@ impl<H> Shared<H> {
         lock(&self.owned)
     }
 
-    /// The worker as the endpoint and the progress log see it.
-    pub(crate) fn view(&self) -> Arc<dyn WorkerView> {
-        Arc::new(View {
-            owned: Arc::clone(&self.owned),
-            lifecycle: Arc::clone(&self.lifecycle),
-            group: self.config.group.clone(),
-            topics: self.config.topics.clone(),
-            partitioner: self.config.key_partitioner,
-            client: self.task_ctx.client.clone(),
-            partition_counts: Mutex::default(),
-        })
-    }
-
     /// Marks `topic/partition` as being released (its store not closed yet), or released.
     pub(crate) fn set_releasing(&self, name: String, releasing: bool) {
         let mut set = lock(&self.releasing);
@@ -119,6 +106,22 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+impl<H: crate::processing::Handler> Shared<H> {
+    /// The worker as the endpoint and the progress log see it.
+    pub(crate) fn view(&self) -> Arc<dyn WorkerView> {
+        Arc::new(View {
+            owned: Arc::clone(&self.owned),
+            lifecycle: Arc::clone(&self.lifecycle),
+            group: self.config.group.clone(),
+            topics: self.config.topics.clone(),
+            partitioner: self.config.key_partitioner,
+            client: self.task_ctx.client.clone(),
+            partition_counts: Mutex::default(),
+            stores: declared_stores(&H::settings()),
+        })
+    }
+}
+
 struct View {
     owned: Arc<Mutex<Owned>>,
     lifecycle: Arc<Lifecycle>,
@@ -129,6 +132,19 @@ struct View {
     client: rdkafka::config::ClientConfig,
     /// Partition count per topic, and when it was asked.
     partition_counts: Mutex<HashMap<String, (i32, std::time::Instant)>>,
+    /// The stores, windows and tables the handler declares.
+    stores: Vec<&'static str>,
+}
+
+/// The names of the stores, windows and tables `settings` declare.
+fn declared_stores(settings: &crate::processing::HandlerSettings) -> Vec<&'static str> {
+    settings
+        .stores
+        .iter()
+        .map(|s| s.name)
+        .chain(settings.windows.iter().copied())
+        .chain(settings.tables.iter().map(|t| t.name))
+        .collect()
 }
 
 /// How long a topic's partition count is taken as known (a topic may get more partitions).
@@ -153,6 +169,10 @@ impl View {
 }
 
 impl WorkerView for View {
+    fn declares_store(&self, store: &str) -> bool {
+        self.stores.contains(&store)
+    }
+
     fn state(&self, topic: Option<&str>, store: &str, key: &str) -> StateAnswer {
         let topic = match (topic, self.topics.as_slice()) {
             (Some(t), _) if self.topics.iter().any(|x| x == t) => t.to_owned(),
@@ -175,13 +195,17 @@ impl WorkerView for View {
             Err(e) => return StateAnswer::Unavailable(e),
         };
         let partition = self.partitioner.partition(key.as_bytes(), n);
-        let path = lock(&self.owned)
+        let owned = lock(&self.owned)
             .get(&topic)
             .and_then(|ps| ps.get(&partition))
-            .map(|h| h.store_path.clone());
-        let Some(path) = path else {
+            .map(|h| (h.store_path.clone(), h.flow.is_restoring()));
+        let Some((path, restoring)) = owned else {
             return StateAnswer::NotOwned { topic, partition };
         };
+        if restoring {
+            // Its store holds part of the state until the restore ends.
+            return StateAnswer::Restoring { topic, partition };
+        }
         let read = weir_state::StoreReader::open(&path)
             .and_then(|r| r.get::<str, serde_json::Value>(store, key));
         match read {
