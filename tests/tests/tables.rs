@@ -391,3 +391,66 @@ async fn wait_either(a: &Path, b: &Path, group: &str, topic: &str, order_id: &st
 }
 
 on_both_brokers!(global, a_global_table_serves_two_workers);
+
+/// Issue 25, item 11: a table topic written in transactions ends in a commit marker, an
+/// offset without a record. Catching up once waits for it (the broker's end is past the last
+/// record), then moves the table's position to the end: the next batches do not wait again
+/// (before the fix, on tansu, the partition's first batch never came: its table catch-up did
+/// not end). On tansu: the mock cluster writes no commit markers into the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_transactional_table_costs_no_wait_per_batch() {
+    use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+    let Fixture {
+        broker,
+        topic,
+        group,
+        dir,
+    } = Fixture::new(BrokerKind::Tansu, "txn-orders", 1).await;
+    let customers = unique("txn-customers");
+    broker.create_one_topic(&customers, 1).await;
+    let producer: FutureProducer = broker
+        .client()
+        .set("transactional.id", unique("tx"))
+        .create()
+        .expect("producer");
+    let timeout = Duration::from_secs(30);
+    producer.init_transactions(timeout).expect("init");
+    producer.begin_transaction().expect("begin");
+    let value = customer("FR");
+    producer
+        .send(
+            FutureRecord::to(&customers).key("c1").payload(&value),
+            timeout,
+        )
+        .await
+        .expect("send");
+    producer.commit_transaction(timeout).expect("commit");
+    let worker = broker
+        .worker(&group, &topic, dir.path())
+        .table_topic::<Customers>(&customers)
+        .build(Join)
+        .expect("build");
+    let worker = RunningWorker::spawn(worker);
+    broker
+        .produce(&topic, None, [("c1".to_owned(), order("first"))])
+        .await;
+    assert_eq!(wait_joined(dir.path(), &group, &topic, "first").await, "FR");
+    worker.stop_cleanly().await;
+    // The premise: the log's end is past the last record (the commit marker).
+    let high = {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let c: BaseConsumer = broker.client().create().expect("consumer");
+        c.fetch_watermarks(&customers, 0, timeout)
+            .expect("watermarks")
+            .1
+    };
+    assert_eq!(high, 2, "one record and its transaction's commit marker");
+    // The table's position is at the end, so the next batch does not wait for the marker
+    // again (before the fix: 1, and every batch waited the grace).
+    let stores = store_files(dir.path(), &group, &topic);
+    let store = weir::state::StoreReader::open(&stores[&0]).expect("open");
+    let position: Option<i64> = store
+        .get("__weir_tables", &(customers.as_str(), 0))
+        .expect("read");
+    assert_eq!(position, Some(high));
+}

@@ -60,6 +60,10 @@ impl TableReader {
             .set("group.id", "weir-table")
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
+            // A stored position the log no longer has (compacted or deleted below it, or the
+            // topic recreated shorter) reads the table again from its start, never skips to
+            // its end (librdkafka's default); `take` says so.
+            .set("auto.offset.reset", "earliest")
             .create_with_context(ReaderContext)
             .map_err(|e| format!("cannot create the table consumer: {e}"))?;
         let mut tpl = TopicPartitionList::new();
@@ -95,6 +99,10 @@ impl TableReader {
         let mut chunk: Vec<Read<'_>> = Vec::new();
         let mut last_record = Instant::now();
         let mut eof_at: Option<Instant> = None;
+        // End-of-partition events since the last record (they name no topic: the tables of
+        // one input partition share its number).
+        let mut eofs = 0usize;
+        let mut moved = false;
         let next = &mut self.next;
         let behind = |next: &HashMap<(String, i32), i64>| {
             ends.iter()
@@ -108,11 +116,13 @@ impl TableReader {
                 None => {}
                 Some(Err(KafkaError::PartitionEOF(_))) => {
                     eof_at.get_or_insert_with(Instant::now);
+                    eofs += 1;
                 }
                 Some(Err(e)) => return Err(format!("reading tables: {e}")),
                 Some(Ok(msg)) => {
                     last_record = Instant::now();
                     eof_at = None;
+                    eofs = 0;
                     records += take(next, &mut chunk, msg);
                     if chunk.len() >= CHUNK {
                         apply(&chunk, next)?;
@@ -126,6 +136,22 @@ impl TableReader {
                     ?ends,
                     "tables: the broker reports their end short of the offsets it gave (transaction markers); caught up"
                 );
+                // Every partition still short of its end said "end": the rest are offsets
+                // without records (a transaction's commit marker, a compacted tail). Their
+                // positions move to the end, so the next catch-up does not wait for them again.
+                let short: Vec<&(String, i32)> = ends
+                    .iter()
+                    .filter(|(tp, end)| next.get(*tp).is_some_and(|n| n < *end))
+                    .map(|(tp, _)| tp)
+                    .collect();
+                if eofs >= short.len() {
+                    for tp in short {
+                        if let (Some(n), Some(end)) = (next.get_mut(tp), ends.get(tp)) {
+                            *n = *end;
+                            moved = true;
+                        }
+                    }
+                }
                 break;
             }
             if last_record.elapsed() >= STALL_TIMEOUT {
@@ -145,7 +171,7 @@ impl TableReader {
                 Some(Ok(msg)) => records += take(next, &mut chunk, msg),
             }
         }
-        if !chunk.is_empty() {
+        if !chunk.is_empty() || moved {
             apply(&chunk, next)?;
         }
         Ok(records)
@@ -183,6 +209,15 @@ fn take<'m>(
     let Some(n) = next.get_mut(&(msg.topic().to_owned(), msg.partition())) else {
         return 0;
     };
+    if msg.offset() < *n {
+        tracing::warn!(
+            topic = msg.topic(),
+            partition = msg.partition(),
+            position = *n,
+            restart = msg.offset(),
+            "the table's stored position is outside its log (compacted or deleted below it, or the topic recreated): reading it again from the start"
+        );
+    }
     *n = msg.offset() + 1;
     chunk.push(msg);
     1
