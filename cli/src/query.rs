@@ -90,24 +90,54 @@ pub(crate) fn run(args: &QueryArgs) -> Result<()> {
     )))
 }
 
-/// `GET path` of `worker` (`http://host:port` or `host:port`) with the bearer token: status
-/// and body.
+/// Reads the answer to its end (a TLS peer may close without a close_notify: what came counts).
+fn read_all(stream: &mut impl Read, out: &mut String) -> std::io::Result<()> {
+    let mut bytes = Vec::new();
+    match stream.read_to_end(&mut bytes) {
+        Ok(_) => {}
+        Err(e) if !bytes.is_empty() && e.kind() != std::io::ErrorKind::WouldBlock => {}
+        Err(e) => return Err(e),
+    }
+    out.push_str(&String::from_utf8_lossy(&bytes));
+    Ok(())
+}
+
+/// `GET path` of `worker` (`http://host:port`, `https://host:port` or `host:port`) with the
+/// bearer token: status and body. https verifies the worker's certificate against the
+/// system's CAs (`SSL_CERT_FILE` / `SSL_CERT_DIR` name others).
 fn get(worker: &str, path: &str, token: &str) -> Result<(u16, String)> {
-    let host = worker.trim_start_matches("http://").trim_end_matches('/');
+    let (tls, host) = match worker.strip_prefix("https://") {
+        Some(rest) => (true, rest),
+        None => (false, worker.trim_start_matches("http://")),
+    };
+    let host = host.trim_end_matches('/');
     let unreachable = |e: std::io::Error| Error::Unreachable(format!("{worker}: {e}"));
     let addr = host
         .to_socket_addrs()
         .map_err(unreachable)?
         .next()
         .ok_or_else(|| Error::Unreachable(format!("{worker}: no address")))?;
-    let mut sock = TcpStream::connect_timeout(&addr, TIMEOUT).map_err(unreachable)?;
+    let sock = TcpStream::connect_timeout(&addr, TIMEOUT).map_err(unreachable)?;
     sock.set_read_timeout(Some(TIMEOUT)).map_err(unreachable)?;
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
     );
-    sock.write_all(request.as_bytes()).map_err(unreachable)?;
     let mut response = String::new();
-    sock.read_to_string(&mut response).map_err(unreachable)?;
+    if tls {
+        let name = host.rsplit_once(':').map_or(host, |(name, _)| name);
+        let name = name.trim_start_matches('[').trim_end_matches(']');
+        let failed = |e: &dyn std::fmt::Display| Error::Unreachable(format!("{worker}: TLS: {e}"));
+        let connector = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls())
+            .map_err(|e| failed(&e))?
+            .build();
+        let mut stream = connector.connect(name, sock).map_err(|e| failed(&e))?;
+        stream.write_all(request.as_bytes()).map_err(unreachable)?;
+        read_all(&mut stream, &mut response).map_err(unreachable)?;
+    } else {
+        let mut sock = sock;
+        sock.write_all(request.as_bytes()).map_err(unreachable)?;
+        read_all(&mut sock, &mut response).map_err(unreachable)?;
+    }
     let status = response
         .split_whitespace()
         .nth(1)

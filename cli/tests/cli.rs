@@ -691,6 +691,55 @@ async fn state_queries_answer_from_the_owning_worker(kind: BrokerKind) {
 
 on_both_brokers!(query, state_queries_answer_from_the_owning_worker);
 
+/// `weir query` speaks https to an https URL (a worker's endpoint behind a TLS proxy here),
+/// verifying the certificate against `SSL_CERT_FILE`'s CA (issue 25, item 12).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn query_speaks_https() {
+    let Counted {
+        fixture, expected, ..
+    } = counted(BrokerKind::Mock).await;
+    let worker = fixture
+        .broker
+        .worker(&fixture.group, &fixture.topic, fixture.dir.path())
+        .metrics_addr("127.0.0.1:0")
+        .http_token(TOKEN)
+        .build(CountHandler::default())
+        .expect("build");
+    let plain = worker.metrics_addr().expect("metrics address");
+    let worker = RunningWorker::spawn(worker);
+    let pki = weir_tests::tls::Pki::create();
+    let tls: std::net::SocketAddr = format!("127.0.0.1:{}", weir_tests::own_tansu::free_port())
+        .parse()
+        .expect("addr");
+    let proxy = weir_tests::tls::Stunnel::start(&pki, tls, plain, false);
+    let query = |url: &str, ca: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["query", "--workers", url, "counts", "k7"])
+            .env("WEIR_HTTP_TOKEN", TOKEN)
+            .env("SSL_CERT_FILE", ca)
+            .output()
+            .expect("run weir")
+    };
+    let https = format!("https://{}", proxy.addr());
+    // The worker may still be joining its group: 421/503 until it owns the partitions.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let out = loop {
+        let out = query(&https, &pki.file("ca.pem"));
+        if out.status.code() == Some(0) || std::time::Instant::now() > deadline {
+            break out;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_exit(&out, 0);
+    let got: Value = serde_json::from_str(stdout(&out).trim()).expect("json");
+    assert_eq!(got["value"], Value::from(expected["k7"]));
+    // A certificate of another CA is refused (exit 4, naming TLS).
+    let out = query(&https, &pki.file("other-ca.pem"));
+    assert_exit(&out, 4);
+    assert!(stderr(&out).contains("TLS"), "{}", stderr(&out));
+    worker.stop_cleanly().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_queries_are_off_without_a_token() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -1,5 +1,5 @@
-//! A TLS broker for tests: a tansu process of the test's own behind stunnel, which accepts
-//! TLS (optionally requiring a client certificate) and forwards plain text to tansu; and the
+//! TLS for tests: stunnel in front of a plain-text server (a tansu process of the test's own,
+//! or a worker's endpoint), accepting TLS (optionally requiring a client certificate); and the
 //! certificates, made with the `openssl` command in a temporary directory.
 
 use std::net::SocketAddr;
@@ -105,19 +105,19 @@ impl Pki {
     }
 }
 
-/// tansu behind stunnel: clients speak TLS to [`bootstrap`](Self::bootstrap).
+/// stunnel in front of a plain-text server: clients speak TLS to [`addr`](Self::addr), with
+/// the PKI's server certificate.
 #[derive(Debug)]
-pub struct TlsTansu {
-    _tansu: OwnTansu,
-    stunnel: Child,
+pub struct Stunnel {
+    child: Child,
     addr: SocketAddr,
     _conf: tempfile::TempDir,
 }
 
-impl TlsTansu {
-    /// Starts both; with `require_client_cert`, stunnel refuses clients without a
-    /// certificate signed by the PKI's CA.
-    pub fn start(pki: &Pki, require_client_cert: bool) -> Self {
+impl Stunnel {
+    /// Listens on `tls` and forwards to `plain`; with `require_client_cert`, refuses clients
+    /// without a certificate signed by the PKI's CA.
+    pub fn start(pki: &Pki, tls: SocketAddr, plain: SocketAddr, require_client_cert: bool) -> Self {
         let stunnel_bin = ["stunnel4", "stunnel"]
             .into_iter()
             .find(|b| {
@@ -127,10 +127,6 @@ impl TlsTansu {
                     .is_ok_and(|o| o.status.success())
             })
             .expect("stunnel is missing: run scripts/test.sh (it installs stunnel4)");
-        let tls = free_port();
-        let addr: SocketAddr = format!("127.0.0.1:{tls}").parse().expect("addr");
-        let tansu = OwnTansu::start(&addr.to_string());
-        let plain = tansu.addr().port();
         let conf = tempfile::tempdir().expect("tempdir");
         let verify = if require_client_cert {
             format!(
@@ -144,38 +140,63 @@ impl TlsTansu {
         std::fs::write(
             &path,
             format!(
-                "foreground = yes\npid =\ndebug = warning\n[kafka]\naccept = 127.0.0.1:{tls}\n\
-                 connect = 127.0.0.1:{plain}\ncert = {}\nkey = {}\n{verify}",
+                "foreground = yes\npid =\ndebug = warning\n[tls]\naccept = {tls}\n\
+                 connect = {plain}\ncert = {}\nkey = {}\n{verify}",
                 pki.file("server.pem"),
                 pki.file("server.key"),
             ),
         )
         .expect("write stunnel.conf");
-        let stunnel = Command::new(stunnel_bin)
+        let child = Command::new(stunnel_bin)
             .arg(&path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start stunnel");
-        wait_listening(addr, "stunnel");
+        wait_listening(tls, "stunnel");
+        Self {
+            child,
+            addr: tls,
+            _conf: conf,
+        }
+    }
+
+    /// Where clients speak TLS.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for Stunnel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// tansu behind stunnel: clients speak TLS to [`bootstrap`](Self::bootstrap).
+#[derive(Debug)]
+pub struct TlsTansu {
+    _tansu: OwnTansu,
+    stunnel: Stunnel,
+}
+
+impl TlsTansu {
+    /// Starts both; with `require_client_cert`, stunnel refuses clients without a
+    /// certificate signed by the PKI's CA.
+    pub fn start(pki: &Pki, require_client_cert: bool) -> Self {
+        let tls: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let tansu = OwnTansu::start(&tls.to_string());
+        let stunnel = Stunnel::start(pki, tls, tansu.addr(), require_client_cert);
         Self {
             _tansu: tansu,
             stunnel,
-            addr,
-            _conf: conf,
         }
     }
 
     /// The TLS bootstrap address.
     pub fn bootstrap(&self) -> String {
-        self.addr.to_string()
-    }
-}
-
-impl Drop for TlsTansu {
-    fn drop(&mut self) {
-        let _ = self.stunnel.kill();
-        let _ = self.stunnel.wait();
+        self.stunnel.addr().to_string()
     }
 }
