@@ -11,7 +11,6 @@ use std::sync::Arc;
 use clap::Args;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
-use rdkafka::producer::FutureProducer;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use weir::state::{changelog_topic, StoreReader};
 use weir_state::PartitionStore;
@@ -144,13 +143,8 @@ pub(crate) fn run(args: &ResetArgs) -> Result<()> {
             _ => Error::Kafka(format!("committing the new offsets: {e}")),
         })?;
 
-    let producer: Arc<FutureProducer> = Arc::new(
-        kafka::client(&args.brokers)?
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("partitioner", "murmur2_random")
-            .create()?,
-    );
+    let producer = weir::state::OutboxProducer::connect(&args.brokers)
+        .map_err(|e| Error::Kafka(format!("starting the producer: {e}")))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -168,7 +162,7 @@ pub(crate) fn run(args: &ResetArgs) -> Result<()> {
         // The tombstones and the offset (and any records still waiting from before) go out
         // now, not when a worker next opens this file: the partition may restart elsewhere.
         runtime
-            .block_on(weir::state::flush_outbox(store, Arc::clone(&producer)))
+            .block_on(producer.flush(store))
             .map_err(|e| {
                 Error::Kafka(format!(
                     "{}/{} was reset, but its outbox was not sent ({e}); a worker starting here sends it, or run the reset again",

@@ -10,17 +10,28 @@
 pub use weir_state::wire::{changelog_topic, header, ChangelogEntry, CHANGELOG_OFFSET_STORE};
 pub use weir_state::{Error, Progress, StoreReader, SCHEMA_VERSION};
 
-/// Sends what waits in `store`'s outbox, in order, as a worker does when it takes the
-/// partition: each changelog offset marker only after every row before it is acknowledged,
-/// and rows deleted once acknowledged. Returns how many were sent. For tools that change a
-/// store while no worker runs (`weir reset`); `producer` should be built as the workers' is:
-/// idempotent, `acks=all`, `partitioner=murmur2_random`. Call it within a tokio runtime.
-pub async fn flush_outbox(
-    store: std::sync::Arc<weir_state::PartitionStore>,
-    producer: std::sync::Arc<rdkafka::producer::FutureProducer>,
-) -> Result<usize, String> {
-    crate::delivery::OutboxSink::Kafka(producer)
-        .flush(&store)
-        .await
-        .map_err(|e| e.to_string())
+/// The workers' producer, for tools that change a store while no worker runs (`weir reset`):
+/// it sends what waits in a store's outbox as a worker does when it takes the partition.
+#[derive(Debug)]
+pub struct OutboxProducer(std::sync::Arc<crate::delivery::Producer>);
+
+impl OutboxProducer {
+    /// Connects to `brokers` as a worker with the same `WEIR_KAFKA_*` environment would.
+    pub fn connect(brokers: &str) -> crate::Result<Self> {
+        let producer = crate::delivery::Producer::new(crate::runtime::producer_from_env(brokers)?)?;
+        Ok(Self(std::sync::Arc::new(producer)))
+    }
+
+    /// Sends what waits in `store`'s outbox, in order: each changelog offset marker only after
+    /// every row before it is acknowledged, and rows deleted once acknowledged. Returns how
+    /// many were sent. Call it within a tokio runtime.
+    pub async fn flush(
+        &self,
+        store: std::sync::Arc<weir_state::PartitionStore>,
+    ) -> Result<usize, String> {
+        crate::delivery::OutboxSink::Kafka(std::sync::Arc::clone(&self.0))
+            .flush(&store)
+            .await
+            .map_err(|e| e.to_string())
+    }
 }

@@ -250,3 +250,107 @@ async fn an_emit_too_large_to_send_fails_its_record() {
         .collect();
     assert_eq!(sent, [10, 20]);
 }
+
+/// Emits a value of the size its record asks for (`<n>` bytes) to `out`.
+#[derive(weir::Handler)]
+#[handler(key = weir::Utf8, value = weir::Utf8)]
+struct BigEmits {
+    out: String,
+}
+
+impl weir::Process for BigEmits {
+    type Error = weir::Error;
+
+    async fn process(
+        &self,
+        r: weir::Record<'_, String, String>,
+        ctx: &mut weir::Ctx<'_>,
+    ) -> weir::Result<()> {
+        let n: usize = r.value().parse().unwrap_or(0);
+        ctx.emit(&self.out, Some(r.key().as_bytes()), &vec![b'x'; n], &[]);
+        Ok(())
+    }
+}
+
+/// Issue 25, item 5: a produce request of the outbox fails for good while later ones (the
+/// same partition, in flight with it) are accepted. When the failed rows are sent again, they
+/// must not land after records of later source offsets: a downstream stage keeps, per source
+/// partition, the highest source offset it applied and drops whatever comes below it, so a
+/// new record below the mark is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_send_never_lands_below_later_source_offsets() {
+    let Fixture {
+        broker,
+        topic,
+        group,
+        dir,
+    } = Fixture::new(BrokerKind::Mock, "outbox-order", 1).await;
+    let out = unique("order-out");
+    broker.create_one_topic(&out, 1).await;
+    let mock = broker.embedded().expect("mock");
+    // 150 kB each: about six to a produce request, so the batch's emits take several
+    // requests, in flight at once. (The mock keeps 5 MB per partition: a reader follows the
+    // log from the start as it grows.)
+    const N: usize = 20;
+    broker
+        .produce(
+            &topic,
+            Some(0),
+            (0..N).map(|i| (format!("k{i}"), "150000".to_owned())),
+        )
+        .await;
+    let reader: rdkafka::consumer::StreamConsumer = broker
+        .client()
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("reader");
+    {
+        use rdkafka::consumer::Consumer;
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset(&out, 0, rdkafka::Offset::Beginning)
+            .expect("offset");
+        reader.assign(&tpl).expect("assign");
+    }
+    mock.inject_request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED],
+    )
+    .expect("inject");
+    let worker = RunningWorker::spawn(
+        broker
+            .worker(&group, &topic, dir.path())
+            .build(BigEmits { out: out.clone() })
+            .expect("build"),
+    );
+    // Read until every source offset has arrived, in log order.
+    let mut seen: Vec<i64> = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while (0..N as i64).any(|o| !seen.contains(&o)) {
+        let m = match tokio::time::timeout_at(deadline, reader.recv()).await {
+            Ok(m) => m.expect("read"),
+            Err(_) => panic!("not every source offset arrived; the log's: {seen:?}"),
+        };
+        seen.push(
+            m.headers()
+                .and_then(|h| h.iter().find(|h| h.key == "weir.source.offset"))
+                .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
+                .expect("a source offset"),
+        );
+    }
+    worker.stop_cleanly().await;
+    // What a downstream stage would apply: each record above the highest applied so far.
+    let mut mark = -1;
+    let mut applied = Vec::new();
+    for &o in &seen {
+        if o > mark {
+            applied.push(o);
+            mark = o;
+        }
+    }
+    assert_eq!(
+        applied,
+        (0..N as i64).collect::<Vec<_>>(),
+        "a downstream stage would lose records; the log's source offsets: {seen:?}"
+    );
+}

@@ -4,11 +4,10 @@
 use std::sync::{Arc, Mutex};
 
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::FutureProducer;
 use weir_state::wire::header;
 
 use crate::clock::now_ms;
-use crate::delivery::outbox::produce;
+use crate::delivery::Producer;
 use crate::inbound::Inbound;
 use crate::observe::metric_names::DEAD_LETTERS_TOTAL;
 
@@ -65,7 +64,7 @@ pub(crate) struct DeadLetterPolicy {
 /// Where dead letters go: Kafka (the runtime) or memory (the test kit).
 #[derive(Clone)]
 pub(crate) enum DeadLetterSink {
-    Kafka(Arc<FutureProducer>),
+    Kafka(Arc<Producer>),
     Memory(Arc<Mutex<Vec<DeadLetter>>>),
 }
 
@@ -131,15 +130,15 @@ impl DeadLetterSink {
                     });
                 }
                 // Unchanged: with the source record's timestamp too.
-                produce(
-                    producer,
-                    (&policy.topic, None),
-                    (msg.key(), msg.payload()),
-                    headers,
-                    msg.timestamp_ms(),
-                )
-                .await
-                .map_err(|e| format!("dead-letter write to {} failed: {e}", policy.topic))?;
+                producer
+                    .produce(
+                        (&policy.topic, None),
+                        (msg.key(), msg.payload()),
+                        headers,
+                        msg.timestamp_ms(),
+                    )
+                    .await
+                    .map_err(|e| format!("dead-letter write to {} failed: {e}", policy.topic))?;
             }
         }
         metrics::counter!(DEAD_LETTERS_TOTAL, "topic" => msg.topic().to_owned(), "reason" => reason.as_str())

@@ -3,14 +3,13 @@
 //! broker acknowledged them. A crash in between sends them again: at least once.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use weir_state::wire::ChangelogEntry;
 use weir_state::{OutboxRecord, PartitionStore};
 
+use super::Producer;
 use crate::observe::metric_names::OUTBOX_SENT_TOTAL;
 
 /// Rows read from the outbox per round.
@@ -66,8 +65,8 @@ fn is_permanent(error: &KafkaError) -> bool {
 /// Where outbox records go.
 #[derive(Clone)]
 pub(crate) enum OutboxSink {
-    /// The worker's idempotent, acks=all producer.
-    Kafka(Arc<FutureProducer>),
+    /// The worker's producer.
+    Kafka(Arc<Producer>),
     /// The test kit's list of sent records.
     Memory(Arc<Mutex<Vec<OutboxRecord>>>),
 }
@@ -148,7 +147,7 @@ where
         .map_err(|e| e.to_string())
 }
 
-async fn send_all(producer: &FutureProducer, rows: &[&OutboxRecord]) -> Result<(), OutboxError> {
+async fn send_all(producer: &Producer, rows: &[&OutboxRecord]) -> Result<(), OutboxError> {
     let deliveries = rows.iter().map(|r| send(producer, r));
     for result in futures::future::join_all(deliveries).await {
         result?;
@@ -156,7 +155,7 @@ async fn send_all(producer: &FutureProducer, rows: &[&OutboxRecord]) -> Result<(
     Ok(())
 }
 
-async fn send(producer: &FutureProducer, r: &OutboxRecord) -> Result<(), OutboxError> {
+async fn send(producer: &Producer, r: &OutboxRecord) -> Result<(), OutboxError> {
     let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
     for (key, value) in &r.headers {
         headers = headers.insert(Header {
@@ -164,46 +163,16 @@ async fn send(producer: &FutureProducer, r: &OutboxRecord) -> Result<(), OutboxE
             value: Some(value),
         });
     }
-    produce(
-        producer,
-        (&r.topic, r.partition),
-        (r.key.as_deref(), r.value.as_deref()),
-        headers,
-        r.timestamp,
-    )
-    .await
-    .map_err(|e| OutboxError {
-        message: format!("sending to {} failed: {e}", r.topic),
-        permanent: is_permanent(&e),
-    })
-}
-
-/// Produces one record to `(topic, partition)` (by key when no partition) with its
-/// `timestamp` (the producer's clock when none) and waits for the broker's acknowledgement
-/// (outbox rows and dead letters).
-pub(crate) async fn produce(
-    producer: &FutureProducer,
-    (topic, partition): (&str, Option<i32>),
-    (key, value): (Option<&[u8]>, Option<&[u8]>),
-    headers: OwnedHeaders,
-    timestamp: Option<i64>,
-) -> Result<(), rdkafka::error::KafkaError> {
-    let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
-    if let Some(p) = partition {
-        record = record.partition(p);
-    }
-    if let Some(ms) = timestamp {
-        record = record.timestamp(ms);
-    }
-    if let Some(k) = key {
-        record = record.key(k);
-    }
-    if let Some(v) = value {
-        record = record.payload(v);
-    }
     producer
-        .send(record, Duration::from_secs(30))
+        .produce(
+            (&r.topic, r.partition),
+            (r.key.as_deref(), r.value.as_deref()),
+            headers,
+            r.timestamp,
+        )
         .await
-        .map(|_| ())
-        .map_err(|(e, _)| e)
+        .map_err(|e| OutboxError {
+            message: format!("sending to {} failed: {e}", r.topic),
+            permanent: is_permanent(&e),
+        })
 }

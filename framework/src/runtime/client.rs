@@ -93,8 +93,16 @@ pub fn connection_from_env(brokers: &str) -> Result<ClientConfig> {
     Ok(connection_config(&config, brokers))
 }
 
+/// [`producer_config`] from the `WEIR_KAFKA_*` environment variables, for tools.
+pub(crate) fn producer_from_env(brokers: &str) -> Result<ClientConfig> {
+    let mut config = Config::default();
+    config.apply_env(std::env::vars().filter(|(name, _)| name.starts_with(KAFKA_ENV_PREFIX)))?;
+    Ok(producer_config(&config, brokers))
+}
+
 /// The producer of dead letters, emitted records and changelog entries: idempotent, acks=all,
-/// with the connection and security properties of the consumer. Keyed records are partitioned
+/// gapless and never timing a record out (see `delivery::Producer`), with the connection and
+/// security properties of the consumer. Keyed records are partitioned
 /// as Kafka's Java client does (murmur2 of the key), so that a topic weir writes is
 /// co-partitioned with one that Java, Kafka Streams or Python clients set to murmur2 write.
 pub(crate) fn producer_config(config: &Config, brokers: &str) -> ClientConfig {
@@ -102,6 +110,8 @@ pub(crate) fn producer_config(config: &Config, brokers: &str) -> ClientConfig {
     client
         .set("enable.idempotence", "true")
         .set("acks", "all")
+        .set("enable.gapless.guarantee", "true")
+        .set("message.timeout.ms", "0")
         .set("partitioner", "murmur2_random");
     client
 }

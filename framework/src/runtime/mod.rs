@@ -18,6 +18,7 @@ mod worker;
 
 pub use builder::WorkerBuilder;
 pub use client::connection_from_env;
+pub(crate) use client::producer_from_env;
 pub use embedded_broker::EmbeddedBroker;
 pub use pipeline::{Pipeline, PipelineBuilder};
 pub use worker::Worker;

@@ -50,23 +50,7 @@ impl<H: Process> ClientContext for WeirContext<H> {
             // Kafka's committed offset is progress only; the truth is in SQLite.
             metrics::counter!(KAFKA_COMMIT_FAILURES_TOTAL).increment(1);
         }
-        match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => {
-                tracing::error!(target: "librdkafka", "librdkafka: {fac} {message}");
-            }
-            RDKafkaLogLevel::Warning => {
-                tracing::warn!(target: "librdkafka", "librdkafka: {fac} {message}");
-            }
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                tracing::info!(target: "librdkafka", "librdkafka: {fac} {message}");
-            }
-            RDKafkaLogLevel::Debug => {
-                tracing::debug!(target: "librdkafka", "librdkafka: {fac} {message}");
-            }
-        }
+        crate::observe::client_log::forward(level, fac, message);
     }
 
     /// librdkafka's statistics carry each partition's watermarks as learned from fetch

@@ -6,11 +6,10 @@ use std::sync::{mpsc as std_mpsc, Arc};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::BaseConsumer;
-use rdkafka::producer::FutureProducer;
 
 use crate::clock::now_ms;
 use crate::config::Config;
-use crate::delivery::{DeadLetterSink, OutboxSink};
+use crate::delivery::{DeadLetterSink, OutboxSink, Producer};
 use crate::observe;
 use crate::processing::table::GlobalTables;
 use crate::processing::{Process, Scope};
@@ -122,16 +121,14 @@ impl<H: Process> Worker<H> {
         }
         let consumer = consumer_config(&config, &brokers)?;
         let connection = connection_config(&config, &brokers);
-        let producer = Arc::new(
-            producer_config(&config, &brokers)
-                .create::<FutureProducer>()
-                .map_err(|e| {
-                    Error::config(
-                        "kafka properties",
-                        format!("cannot create the producer (dead letters, outbox): {e}"),
-                    )
-                })?,
-        );
+        let producer = Arc::new(Producer::new(producer_config(&config, &brokers)).map_err(
+            |e| {
+                Error::config(
+                    "kafka properties",
+                    format!("cannot create the producer (dead letters, outbox): {e}"),
+                )
+            },
+        )?);
         let metrics_listener = match &config.metrics_addr {
             Some(addr) => {
                 // Install the recorder now, so that nothing recorded from here on is lost.

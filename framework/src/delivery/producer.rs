@@ -1,0 +1,132 @@
+//! The worker's producer of emitted records, changelog entries and dead letters: idempotent
+//! and gapless, so that within a partition no record of it lands after one that failed, and
+//! replaced by a new one when that guarantee stops it.
+//!
+//! Why gapless: a downstream stage drops a record whose source offset is at or below the
+//! highest it applied from the same source partition. If the outbox's record for offset 10
+//! failed while the one for offset 11 (in flight with it) landed, the 10 sent again would
+//! land after 11 and be dropped downstream. With `enable.gapless.guarantee` librdkafka
+//! instead stops the producer at the first failure that could leave a gap, failing every
+//! record still queued; `message.timeout.ms=0` keeps records from timing out (a timeout is
+//! outside the guarantee). The rows stay in the outbox and go out again, in order, through
+//! the producer that replaces the stopped one.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::error::KafkaError;
+use rdkafka::message::OwnedHeaders;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::ClientContext;
+
+type Inner = FutureProducer<ProducerLog>;
+
+/// The producer's log: librdkafka's, less its warning that the gapless guarantee weir relies
+/// on is "experimental" (at every start).
+struct ProducerLog;
+
+impl ClientContext for ProducerLog {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        if fac == "CONFWARN" && message.contains("enable.gapless.guarantee") {
+            tracing::debug!(target: "librdkafka", "librdkafka: {fac} {message}");
+        } else {
+            crate::observe::client_log::forward(level, fac, message);
+        }
+    }
+}
+
+/// A producer that replaces itself after a fatal error.
+pub(crate) struct Producer {
+    /// How to build a replacement.
+    config: ClientConfig,
+    current: RwLock<Arc<Inner>>,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Producer")
+    }
+}
+
+impl Producer {
+    /// Builds the producer `config` describes, and its replacements.
+    pub(crate) fn new(config: ClientConfig) -> Result<Self, KafkaError> {
+        let producer = config.create_with_context(ProducerLog)?;
+        Ok(Self {
+            config,
+            current: RwLock::new(Arc::new(producer)),
+        })
+    }
+
+    fn current(&self) -> Arc<Inner> {
+        Arc::clone(
+            &self
+                .current
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// Produces one record to `(topic, partition)` (by key when no partition) with its
+    /// `timestamp` (the producer's clock when none) and waits for the broker's
+    /// acknowledgement. After a fatal error the next call goes through a new producer.
+    pub(crate) async fn produce(
+        &self,
+        (topic, partition): (&str, Option<i32>),
+        (key, value): (Option<&[u8]>, Option<&[u8]>),
+        headers: OwnedHeaders,
+        timestamp: Option<i64>,
+    ) -> Result<(), KafkaError> {
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
+        if let Some(ms) = timestamp {
+            record = record.timestamp(ms);
+        }
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        if let Some(v) = value {
+            record = record.payload(v);
+        }
+        let producer = self.current();
+        let sent = producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| e);
+        if sent.is_err() {
+            self.replace_if_fatal(&producer);
+        }
+        sent
+    }
+
+    /// Replaces `failed` (if still current) when it has stopped for good.
+    fn replace_if_fatal(&self, failed: &Arc<Inner>) {
+        let Some((code, reason)) = failed.client().fatal_error() else {
+            return;
+        };
+        let mut current = self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !Arc::ptr_eq(&current, failed) {
+            return; // replaced already, by a record that failed with this one
+        }
+        match self.config.create_with_context(ProducerLog) {
+            Ok(fresh) => {
+                tracing::warn!(
+                    "the producer stopped ({code:?}: {reason}); a new one takes its place and \
+                     the unacknowledged records go out again, in order"
+                );
+                *current = Arc::new(fresh);
+            }
+            Err(e) => tracing::error!(
+                "the producer stopped ({code:?}: {reason}) and no new one could be built \
+                 (trying again on the next send): {e}"
+            ),
+        }
+    }
+}
