@@ -284,6 +284,47 @@ impl TestBroker {
         self.create_topic_once(topic, partitions, false).await;
     }
 
+    /// Deletes `topic` and waits until the broker's metadata no longer has it.
+    pub async fn delete_topic(&self, topic: &str) {
+        use rdkafka::admin::{AdminClient, AdminOptions};
+        use rdkafka::client::DefaultClientContext;
+        let admin: AdminClient<DefaultClientContext> = self.client().create().expect("admin");
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        for r in admin.delete_topics(&[topic], &opts).await.expect("delete") {
+            r.unwrap_or_else(|(t, e)| panic!("deleting {t}: {e}"));
+        }
+        let (broker_client, name) = (self.client(), topic.to_owned());
+        wait_until("the topic to be gone", Duration::from_secs(30), move || {
+            let (client, name) = (broker_client.clone(), name.clone());
+            async move {
+                let gone = tokio::task::spawn_blocking(move || {
+                    use rdkafka::consumer::{BaseConsumer, Consumer};
+                    let c: BaseConsumer = client
+                        .clone()
+                        .set("allow.auto.create.topics", "false")
+                        .create()
+                        .map_err(|e| e.to_string())?;
+                    let md = c
+                        .fetch_metadata(Some(&name), Duration::from_secs(5))
+                        .map_err(|e| e.to_string())?;
+                    Ok::<bool, String>(
+                        !md.topics()
+                            .iter()
+                            .any(|t| t.name() == name && t.error().is_none()),
+                    )
+                })
+                .await
+                .map_err(|e| e.to_string())??;
+                if gone {
+                    Ok(())
+                } else {
+                    Err("still listed".to_owned())
+                }
+            }
+        })
+        .await;
+    }
+
     /// Creates `topic` unless it exists (a topic with a fixed name that several tests share,
     /// such as an example's output topic).
     pub async fn ensure_topic(&self, topic: &str, partitions: i32) {

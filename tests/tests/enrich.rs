@@ -424,7 +424,7 @@ async fn a_deleted_repartition_topic_is_created_or_reported() {
 
     // Someone deletes it: the next start refuses, naming it and the stores, and does not
     // create it again.
-    delete_topic(&broker, &t.repartition).await;
+    broker.delete_topic(&t.repartition).await;
     let pipeline = build_pipeline(&broker, &group, dir.path(), &t).expect("build");
     let result = tokio::time::timeout(
         Duration::from_secs(60),
@@ -448,47 +448,6 @@ async fn a_deleted_repartition_topic_is_created_or_reported() {
         assert!(message.contains(&part), "{part:?} in: {message}");
     }
     assert!(!topic_exists(&broker, &t.repartition), "not created again");
-}
-
-/// Deletes `topic` and waits until the broker's metadata no longer has it.
-async fn delete_topic(broker: &TestBroker, topic: &str) {
-    use rdkafka::admin::{AdminClient, AdminOptions};
-    use rdkafka::client::DefaultClientContext;
-    let admin: AdminClient<DefaultClientContext> = broker.client().create().expect("admin");
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    for r in admin.delete_topics(&[topic], &opts).await.expect("delete") {
-        r.unwrap_or_else(|(t, e)| panic!("deleting {t}: {e}"));
-    }
-    let (broker_client, name) = (broker.client(), topic.to_owned());
-    wait_until("the topic to be gone", Duration::from_secs(30), move || {
-        let (client, name) = (broker_client.clone(), name.clone());
-        async move {
-            let gone = tokio::task::spawn_blocking(move || {
-                use rdkafka::consumer::{BaseConsumer, Consumer};
-                let c: BaseConsumer = client
-                    .clone()
-                    .set("allow.auto.create.topics", "false")
-                    .create()
-                    .map_err(|e| e.to_string())?;
-                let md = c
-                    .fetch_metadata(Some(&name), Duration::from_secs(5))
-                    .map_err(|e| e.to_string())?;
-                Ok::<bool, String>(
-                    !md.topics()
-                        .iter()
-                        .any(|t| t.name() == name && t.error().is_none()),
-                )
-            })
-            .await
-            .map_err(|e| e.to_string())??;
-            if gone {
-                Ok(())
-            } else {
-                Err("still listed".to_owned())
-            }
-        }
-    })
-    .await;
 }
 
 /// A pipeline running on its own task until stopped.

@@ -228,6 +228,58 @@ async fn orders_join_with_their_customers(kind: BrokerKind) {
 
 on_both_brokers!(join, orders_join_with_their_customers);
 
+/// Issue 25, item 11: a table topic deleted and created again, shorter than the position the
+/// store kept: the table is read again from the new topic's start (with a WARN), not ignored
+/// until the new topic outgrows the old position. On tansu: the mock cluster deletes no topics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_recreated_table_topic_is_read_from_its_start() {
+    let Fixture {
+        broker,
+        topic,
+        group,
+        dir,
+    } = Fixture::new(BrokerKind::Tansu, "recreated", 1).await;
+    let customers = unique("customers");
+    broker.create_one_topic(&customers, 1).await;
+    broker
+        .produce(
+            &customers,
+            Some(0),
+            (0..20).map(|i| (format!("c{i}"), customer("OLD"))),
+        )
+        .await;
+    broker
+        .produce(&topic, Some(0), [("c0".to_owned(), order("o1"))])
+        .await;
+    let start = || {
+        RunningWorker::spawn(
+            broker
+                .worker(&group, &topic, dir.path())
+                .table_topic::<Customers>(&customers)
+                .build(Join)
+                .expect("build"),
+        )
+    };
+    let worker = start();
+    assert_eq!(wait_joined(dir.path(), &group, &topic, "o1").await, "OLD");
+    worker.stop_cleanly().await;
+    broker.delete_topic(&customers).await;
+    broker.create_one_topic(&customers, 1).await;
+    broker
+        .produce(&customers, Some(0), [("c0".to_owned(), customer("NEW"))])
+        .await;
+    broker
+        .produce(&topic, Some(0), [("c0".to_owned(), order("o2"))])
+        .await;
+    let worker = start();
+    assert_eq!(
+        wait_joined(dir.path(), &group, &topic, "o2").await,
+        "NEW",
+        "the order joined the deleted topic's customer"
+    );
+    worker.stop_cleanly().await;
+}
+
 /// Produces a record without a value to `topic`, keyed `key`, partitioned like keyed records.
 async fn produce_tombstone(broker: &TestBroker, topic: &str, key: &str) {
     use rdkafka::producer::{FutureProducer, FutureRecord};

@@ -86,11 +86,31 @@ impl TableReader {
         mut apply: impl FnMut(&[Read<'_>], &HashMap<(String, i32), i64>) -> Result<(), String>,
     ) -> Result<u64, String> {
         let mut ends = HashMap::new();
-        for ((topic, partition), next) in &self.next {
+        for ((topic, partition), next) in &mut self.next {
             let (_, high) = self
                 .consumer
                 .fetch_watermarks(topic, *partition, Duration::from_secs(10))
                 .map_err(|e| format!("reading {topic}/{partition}'s end: {e}"))?;
+            if high < *next {
+                // Only a topic deleted and created again (or a log truncated by an unclean
+                // leader election) ends below a position read from it.
+                tracing::warn!(
+                    %topic,
+                    partition,
+                    position = *next,
+                    end = high,
+                    "the table's stored position is past its log's end (the topic recreated?): reading it again from the start"
+                );
+                self.consumer
+                    .seek(
+                        topic,
+                        *partition,
+                        Offset::Beginning,
+                        Duration::from_secs(10),
+                    )
+                    .map_err(|e| format!("reading {topic}/{partition} from its start: {e}"))?;
+                *next = 0;
+            }
             if high > *next {
                 ends.insert((topic.clone(), *partition), high);
             }
