@@ -1,0 +1,17 @@
+//! `#[derive(Handler)]` uses that compile, and the settings they declare. (The messages of
+//! those that do not are trybuild's, in `derive_ui.rs`.)
+
+macro_rules! pass {
+    ($($name:ident),*) => {$(
+        mod $name {
+            include!(concat!("../ui/pass/", stringify!($name), ".rs"));
+
+            #[test]
+            fn declares_its_settings() {
+                main();
+            }
+        }
+    )*};
+}
+
+pass!(every_setting, minimal, tables, time_settings);
