@@ -70,7 +70,6 @@
 // - `config`: every setting, declared once.
 // - `runtime`: the worker, its consumer thread, rebalances, flow control and partition tasks.
 // - `testing`: the test kit, which runs the batch runner without a broker.
-mod clock;
 mod config;
 mod delivery;
 mod error;
@@ -78,6 +77,7 @@ mod inbound;
 mod observe;
 mod processing;
 mod runtime;
+mod wall_clock;
 
 pub mod state;
 pub mod testing;

@@ -17,7 +17,7 @@ pub struct OutboxProducer(std::sync::Arc<crate::delivery::Producer>);
 
 impl OutboxProducer {
     /// Connects to `brokers` as a worker with the same `WEIR_KAFKA_*` environment would.
-    pub fn connect(brokers: &str) -> crate::Result<Self> {
+    pub fn connect(brokers: &str) -> crate::error::Result<Self> {
         let producer = crate::delivery::Producer::new(crate::runtime::producer_from_env(brokers)?)?;
         Ok(Self(std::sync::Arc::new(producer)))
     }

@@ -39,15 +39,15 @@ use weir_state::PartitionStore;
 
 use weir_state::OutboxRecord;
 
-use crate::clock::now_ms;
 use crate::config::Config;
 use crate::delivery::{DeadLetter, DeadLetterSink, OutboxSink};
+use crate::error::{Error, Result};
 use crate::inbound::Inbound;
-use crate::processing::batch::{BatchError, BatchRunner, Clock, Mode, Outcome};
+use crate::processing::batch::{BatchError, BatchRunner, BatchTime, Mode, Outcome};
 use crate::processing::table;
 use crate::processing::time;
 use crate::processing::{Process, Scope, TableDef, Window, WindowDef};
-use crate::{Error, Result};
+use crate::wall_clock::now_ms;
 use weir_state::CacheBudget;
 
 /// An open window of `W` as [`TestKit::open_windows`] lists it: key, window, aggregate.
@@ -394,9 +394,9 @@ impl<H: Process> TestKit<H> {
                     break;
                 }
                 let end = (log.processed + self.batch_size).min(log.records.len());
-                let clock = Clock {
+                let clock = BatchTime {
                     now_ms: self.wall_clock.unwrap_or_else(now_ms),
-                    ..Clock::now()
+                    ..BatchTime::now()
                 };
                 let batch = &log.records[log.processed..end];
                 let taken = batch.len();
@@ -418,7 +418,7 @@ impl<H: Process> TestKit<H> {
         for (topic, partition) in keys {
             let (store, runner) = self.runner(&topic, partition)?;
             let next_offset = store.next_offset(&topic, partition)?.unwrap_or(0);
-            let clock = Clock {
+            let clock = BatchTime {
                 now_ms: self.wall_clock.unwrap_or_else(now_ms),
                 idle_watermark: watermark,
                 next_offset,
@@ -470,7 +470,7 @@ impl<H: Process> TestKit<H> {
         runner: &BatchRunner<H, PartitionStore>,
         store: &Arc<PartitionStore>,
         batch: &[Inbound],
-        clock: Clock,
+        clock: BatchTime,
         (topic, partition): (&str, i32),
     ) -> Result<()> {
         match runner.run_until_committed(batch, clock).await {

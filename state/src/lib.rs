@@ -30,11 +30,13 @@ mod cache;
 mod error;
 mod partition_store;
 mod reader;
+mod schema;
 pub mod wire;
 mod write_set;
 
 pub use cache::CacheBudget;
 pub use error::{Error, Result};
-pub use partition_store::{PartitionStore, SCHEMA_VERSION};
+pub use partition_store::PartitionStore;
 pub use reader::{Progress, StoreReader};
+pub use schema::SCHEMA_VERSION;
 pub use write_set::{OutboxRecord, WriteSet};

@@ -7,9 +7,9 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::partition_store::check_header;
+use crate::error::{Error, Result};
+use crate::schema::check_header;
 use crate::write_set::{decode, encode};
-use crate::{Error, Result};
 
 /// Where a store stands for its partition (see [`StoreReader::progress`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,9 +9,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::delivery::{DeadLetterPolicy, RetryPolicy};
+use crate::error::{Error, Result};
 use crate::processing::batch::Policy;
 use crate::processing::{Delivery, HandlerSettings, TableInfo};
-use crate::{Error, Result};
 
 pub(crate) use settings::SETTINGS;
 

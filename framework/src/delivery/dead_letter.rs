@@ -6,10 +6,10 @@ use std::sync::{Arc, Mutex};
 use rdkafka::message::{Header, OwnedHeaders};
 use weir_state::wire::header;
 
-use crate::clock::now_ms;
 use crate::delivery::Producer;
 use crate::inbound::Inbound;
 use crate::observe::metric_names::DEAD_LETTERS_TOTAL;
+use crate::wall_clock::now_ms;
 
 /// Why a record was dead-lettered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -101,7 +101,7 @@ fn status_json(view: &dyn WorkerView) -> String {
         "live": view.live(),
         "ready": not_ready.is_none(),
         "not_ready": not_ready,
-        "now_ms": crate::clock::now_ms(),
+        "now_ms": crate::wall_clock::now_ms(),
         "partitions": view.partitions(),
     })
     .to_string()

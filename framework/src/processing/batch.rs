@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 use weir_state::{PartitionStore, WriteSet};
 
 use crate::delivery::{DeadLetterPolicy, DeadLetterReason, DeadLetterSink, RetryPolicy};
+use crate::error::BoxError;
 use crate::inbound::Inbound;
 use crate::observe::metric_names::{
     COMMIT_DURATION_SECONDS, COMMIT_FAILURES_TOTAL, DUPLICATES_DROPPED_TOTAL, FENCED_TOTAL,
@@ -26,7 +27,6 @@ use crate::processing::{
     Codec, Ctx, DecodeError, Delivery, FiredTimer, Handler, Process, Record, Source, TimerAt,
     UndecodableRecord, Window, WindowResult,
 };
-use crate::BoxError;
 use weir_state::wire::header;
 use weir_state::OutboxRecord;
 
@@ -46,7 +46,7 @@ pub(crate) enum BatchError {
     /// The partition's own bookkeeping (watermark, timers, upstream marks) could not be read,
     /// or a window or timer callback failed: not the fault of a record, so the batch is
     /// retried.
-    Bookkeeping(crate::Error),
+    Bookkeeping(crate::error::Error),
 }
 
 impl fmt::Display for BatchError {
@@ -115,9 +115,9 @@ pub(crate) struct Policy {
     pub(crate) max_emit_bytes: usize,
 }
 
-/// The partition's clock for one batch.
+/// The partition's time for one batch: the wall clock, an idle watermark, the next offset.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Clock {
+pub(crate) struct BatchTime {
     /// The wall clock, in ms since the Unix epoch: wall-clock timers due by then fire.
     pub(crate) now_ms: i64,
     /// An idle partition's watermark, advanced by the wall clock (it only moves forward).
@@ -126,11 +126,11 @@ pub(crate) struct Clock {
     pub(crate) next_offset: i64,
 }
 
-impl Clock {
+impl BatchTime {
     /// The clock of a batch of records, read now.
     pub(crate) fn now() -> Self {
         Self {
-            now_ms: crate::clock::now_ms(),
+            now_ms: crate::wall_clock::now_ms(),
             idle_watermark: None,
             next_offset: 0,
         }
@@ -242,7 +242,7 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
     /// record's batch runs again after a backoff; once a record's attempts are used up (at
     /// once, for an undecodable one) it goes to the dead-letter topic, and the batch runs
     /// again without it. The batch commits only after every dead letter of it is acknowledged.
-    pub(crate) async fn run_until_committed(&self, batch: &[Inbound], clock: Clock) -> Outcome {
+    pub(crate) async fn run_until_committed(&self, batch: &[Inbound], clock: BatchTime) -> Outcome {
         let mut attempts = Attempts::default();
         loop {
             let error = match self.run_once(batch, &attempts.dead, clock).await {
@@ -406,7 +406,7 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
         &self,
         batch: &[Inbound],
         dead: &HashSet<i64>,
-        clock: Clock,
+        clock: BatchTime,
     ) -> Result<i64, BatchError> {
         let delivery = self.policy.delivery;
         let keep_key_order = self
@@ -530,7 +530,7 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
     /// the outbox, with the weir.source.* headers, unless late records are dropped.
     fn late(&self, writes: &mut WriteSet, msg: &Inbound) {
         metrics::counter!(LATE_RECORDS_TOTAL, "topic" => self.topic.to_string()).increment(1);
-        let now = crate::clock::now_ms();
+        let now = crate::wall_clock::now_ms();
         {
             let mut log = self
                 .late_log
@@ -588,7 +588,7 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
         let failed = |what: &'static str| {
             let (topic, partition) = (self.topic.to_string(), self.partition);
             move |source: BoxError| {
-                BatchError::Bookkeeping(crate::Error::Timer {
+                BatchError::Bookkeeping(crate::error::Error::Timer {
                     topic,
                     partition,
                     what,

@@ -36,8 +36,8 @@ impl Default for Scope {
 pub(crate) fn repartition_topic(group: &str, stage: &str) -> String {
     format!("{group}-{stage}-repartition")
 }
+use crate::error::Result;
 use crate::processing::time::{self, RecordTime, TimerAt, WindowDef, WindowState};
-use crate::Result;
 
 /// Where emitted records come from: a record, or the partition's clock (a timer or a window
 /// closing).
@@ -165,7 +165,7 @@ impl<'a> Ctx<'a> {
 
     fn encode_key<K: Serialize + ?Sized>(&self, key: &K) -> Result<String> {
         serde_json::to_string(key).map_err(|e| {
-            crate::Error::State(weir_state::Error::Codec {
+            crate::error::Error::State(weir_state::Error::Codec {
                 store: time::TIMERS.to_owned(),
                 source: e,
             })
@@ -242,7 +242,7 @@ impl<'a> Ctx<'a> {
         key: Option<&[u8]>,
         value: &V,
     ) -> Result<()> {
-        let json = serde_json::to_vec(value).map_err(|e| crate::Error::Emit {
+        let json = serde_json::to_vec(value).map_err(|e| crate::error::Error::Emit {
             topic: topic.to_owned(),
             reason: e.to_string(),
         })?;

@@ -3,8 +3,8 @@
 
 use std::future::Future;
 
+use crate::error::BoxError;
 use crate::processing::{Codec, Ctx, FiredTimer, Record, TableInfo, WindowResult};
-use crate::BoxError;
 
 /// The decoded value type of handler `H`'s records.
 pub type ValueOf<H> = <<H as Handler>::Value as Codec>::Value;

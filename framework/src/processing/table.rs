@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use weir_state::{PartitionStore, WriteSet};
 
-use crate::Result;
+use crate::error::Result;
 
 /// The store holding each table partition's next offset: key `[table topic, partition]`.
 pub(crate) const POSITIONS: &str = "__weir_tables";
@@ -183,7 +183,7 @@ impl<'c, T: TableDef> Table<'c, T> {
                 return Ok(None);
             };
             return serde_json::from_str(&json).map(Some).map_err(|e| {
-                crate::Error::State(weir_state::Error::Codec {
+                crate::error::Error::State(weir_state::Error::Codec {
                     store: T::NAME.to_owned(),
                     source: e,
                 })

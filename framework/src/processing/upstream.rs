@@ -10,8 +10,8 @@
 use weir_state::wire::SourcePosition;
 use weir_state::{PartitionStore, WriteSet};
 
+use crate::error::Result;
 use crate::inbound::Inbound;
-use crate::Result;
 
 /// The store of the marks: key `[writer group, upstream topic, upstream partition]` (or
 /// `[upstream topic, upstream partition]` for emits that name no writer), value

@@ -7,9 +7,9 @@ use std::time::Duration;
 use rdkafka::config::ClientConfig;
 
 use crate::config::Config;
+use crate::error::{Error, Result};
 use crate::processing::repartition_topic;
 use crate::runtime::tables::partition_counts;
-use crate::{Error, Result};
 
 /// A pipeline stage's name, input topics, and the folder of its stores.
 pub(crate) type StageInputs = (String, Vec<String>, std::path::PathBuf);

@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::delivery::RetryPolicy;
+use crate::error::{Error, Result};
 use crate::processing::{repartition_topic, Process};
-use crate::runtime::pipeline::{PipelineBuilder, Stages};
+use crate::runtime::stages::Stages;
 use crate::runtime::Worker;
-use crate::{Error, Result};
 use std::sync::Arc;
 
 /// Builds a [`Worker`]. Every setting can also come from the environment (see
@@ -139,7 +139,7 @@ impl WorkerBuilder {
     /// How the input topics' producers partition keys, for finding a key's partition in
     /// `/state/...` queries (`WEIR_KEY_PARTITIONER`: `murmur2`, Kafka's Java client and weir's
     /// outputs, the default; or `crc32`, librdkafka's default).
-    pub fn key_partitioner(mut self, partitioner: crate::KeyPartitioner) -> Self {
+    pub fn key_partitioner(mut self, partitioner: crate::config::KeyPartitioner) -> Self {
         self.config.key_partitioner = partitioner;
         self.config.given("key_partitioner");
         self
@@ -250,7 +250,7 @@ impl WorkerBuilder {
 
     /// Reads table `T` from `topic` instead of its declared topic (another environment's
     /// name, say).
-    pub fn table_topic<T: crate::TableDef>(mut self, topic: impl Into<String>) -> Self {
+    pub fn table_topic<T: crate::processing::TableDef>(mut self, topic: impl Into<String>) -> Self {
         self.config
             .table_topics
             .insert(T::NAME.to_owned(), topic.into());
@@ -263,15 +263,6 @@ impl WorkerBuilder {
         let origin = format!("kafka property {property}");
         self.config.set_kafka(property, value.into(), origin);
         self
-    }
-
-    /// Runs several handlers in this worker process: a pipeline of stages, each in its own
-    /// consumer group `<group>-<stage>`, sharing these settings (see [`Pipeline`](crate::Pipeline)).
-    /// Topics given here (`topic`, `WEIR_TOPICS`) are refused: a stage consumes its handler's
-    /// declared topics, those given with [`stage_with`](crate::PipelineBuilder::stage_with), or
-    /// its repartition topic.
-    pub fn pipeline(self) -> PipelineBuilder {
-        PipelineBuilder::new(self)
     }
 
     pub(crate) fn from_config(config: Config) -> Self {
@@ -326,5 +317,21 @@ impl WorkerBuilder {
         config.apply_handler(&H::settings());
         config.validate()?;
         Worker::prepare(config, handler)
+    }
+}
+
+impl Worker<()> {
+    /// A builder with the defaults.
+    pub fn builder() -> WorkerBuilder {
+        WorkerBuilder::default()
+    }
+
+    /// A builder with the defaults overridden by the `WEIR_*` environment variables. Called
+    /// inside a tokio runtime (a worker's `main`), it also starts listening for SIGINT and
+    /// SIGTERM, so that a signal during startup stops the worker gracefully (see
+    /// [`run_until_signal`](Worker::run_until_signal)).
+    pub fn from_env() -> Result<WorkerBuilder> {
+        crate::runtime::signals::listen();
+        WorkerBuilder::default().with_env()
     }
 }

@@ -8,7 +8,7 @@ use rdkafka::consumer::{BaseConsumer, ConsumerContext};
 use rdkafka::ClientContext;
 
 use crate::config::{Config, KafkaProperty, KAFKA_ENV_PREFIX};
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 /// The worker's group consumer: weir's defaults, then the user's librdkafka properties (each
 /// checked on its own, so an error names the one that is wrong).

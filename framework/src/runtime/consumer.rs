@@ -10,13 +10,13 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
+use crate::error::Result;
 use crate::inbound::Inbound;
-use crate::observe::metric_names::{CONSUMER_ERRORS_TOTAL, PAUSES_TOTAL, STATE_CACHE_BYTES};
+use crate::observe::metric_names::{CONSUMER_ERRORS_TOTAL, STATE_CACHE_BYTES};
 use crate::processing::Process;
 use crate::runtime::partition_task::Ready;
 use crate::runtime::rebalance::WeirContext;
 use crate::runtime::shared::{PartitionHandle, Shared};
-use crate::Result;
 
 /// How often SQLite-committed offsets are committed to Kafka (progress only).
 const KAFKA_COMMIT_INTERVAL: Duration = Duration::from_millis(200);
@@ -49,7 +49,7 @@ pub(crate) fn run<H: Process>(
         let timeout = if any_paused { POLL_PAUSED } else { POLL_IDLE };
         let burst = poll_burst(&consumer, timeout, &mut errors);
         if !burst.is_empty() {
-            dispatch(&shared, &burst, &mut scratch, |h, p| pause(&consumer, h, p));
+            dispatch(&shared, &burst, &mut scratch, |h, p| h.pause(&consumer, p));
         }
         drop(burst);
         for r in ready.try_iter() {
@@ -164,7 +164,7 @@ impl ConsumerErrors {
 /// partition and the consumer's newest error, a metric, and a readiness failure.
 fn mark_unreadable<H: Process>(shared: &Shared<H>, errors: &ConsumerErrors) {
     let after = shared.config.unreadable_after;
-    let now = crate::clock::now_ms();
+    let now = crate::wall_clock::now_ms();
     for (topic, partitions) in shared.owned().iter() {
         for (&partition, h) in partitions {
             let Some((waiting, idle_ms)) = h.flow.stalled(now, after.as_millis() as i64) else {
@@ -246,23 +246,6 @@ fn send(h: &PartitionHandle, chunk: Vec<Inbound>) {
         // The task ended; the partition is being released.
         h.flow.taken(&unsent.0);
     }
-}
-
-/// Pauses a partition whose queue is full (or whose store is being restored).
-pub(crate) fn pause<C: rdkafka::consumer::ConsumerContext>(
-    consumer: &BaseConsumer<C>,
-    h: &PartitionHandle,
-    partition: i32,
-) {
-    let topic = &*h.topic;
-    h.flow.set_paused(true);
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition(topic, partition);
-    if let Err(e) = consumer.pause(&tpl) {
-        tracing::warn!(%topic, partition, "pause failed: {e}");
-    }
-    metrics::counter!(PAUSES_TOTAL).increment(1);
-    tracing::debug!(%topic, partition, "partition paused");
 }
 
 /// Moves overflow into drained queues and resumes partitions whose overflow is empty.

@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 use rdkafka::mocking::{MockCluster, MockCoordinator};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 type Reply = mpsc::Sender<Result<(), String>>;
 

@@ -5,10 +5,10 @@
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::clock::now_ms;
 use crate::inbound::Inbound;
 use crate::observe::PartitionRow;
 use crate::processing::batch::StopSignal;
+use crate::wall_clock::now_ms;
 
 /// One owned partition's flow: queue depth and pause state, stop signal, committed offset,
 /// watermarks and counters.

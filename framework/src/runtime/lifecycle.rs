@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use crate::Error;
+use crate::error::Error;
 
 /// A worker's life, shared by `run`, the consumer thread, the partition tasks and the endpoint.
 #[derive(Debug)]

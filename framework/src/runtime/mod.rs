@@ -13,6 +13,7 @@ mod pipeline;
 mod rebalance;
 mod shared;
 mod signals;
+mod stages;
 mod tables;
 mod worker;
 

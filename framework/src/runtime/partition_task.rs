@@ -14,16 +14,16 @@ use crate::config::TableSource;
 use crate::delivery::restore::{self, Restore};
 use crate::delivery::OutboxSink;
 use crate::delivery::RetryPolicy;
+use crate::error::Error;
 use crate::inbound::Inbound;
 use crate::observe::metric_names::{BATCHES_CUT_TOTAL, BATCH_DURATION_SECONDS, MESSAGES_TOTAL};
-use crate::processing::batch::{BatchRunner, Clock, Outcome};
+use crate::processing::batch::{BatchRunner, BatchTime, Outcome};
 use crate::processing::time;
 use crate::processing::Process;
 use crate::processing::Scope;
 use crate::runtime::flow::PartitionFlow;
 use crate::runtime::lifecycle::Lifecycle;
 use crate::runtime::tables::PartitionTables;
-use crate::Error;
 
 /// The partition's store, and the signal that it is closed: `closed` disconnects once the last
 /// holder (the task, an in-flight commit or restore) drops it.
@@ -187,7 +187,7 @@ impl<H: Process> PartitionTask<H> {
             }
             self.flow
                 .batch_started(batch.iter().filter_map(Inbound::timestamp_ms).min());
-            if !self.process_until_committed(&batch, Clock::now()).await {
+            if !self.process_until_committed(&batch, BatchTime::now()).await {
                 break;
             }
             self.idle.last_records_at = Instant::now();
@@ -448,7 +448,7 @@ impl<H: Process> PartitionTask<H> {
         self.next_offset?;
         let now = tokio::time::Instant::now();
         let wall = self.idle.next_wall_timer.map(|due| {
-            let wait = due.saturating_sub(crate::clock::now_ms()).max(0);
+            let wait = due.saturating_sub(crate::wall_clock::now_ms()).max(0);
             now + Duration::from_millis(wait as u64)
         });
         let idle = match (self.ctx.idle_close_after, self.idle.watermark) {
@@ -474,8 +474,8 @@ impl<H: Process> PartitionTask<H> {
         let Some(next_offset) = self.next_offset else {
             return true;
         };
-        let clock = Clock {
-            now_ms: crate::clock::now_ms(),
+        let clock = BatchTime {
+            now_ms: crate::wall_clock::now_ms(),
             idle_watermark: self.idle_watermark(),
             next_offset,
         };
@@ -615,7 +615,7 @@ impl<H: Process> PartitionTask<H> {
     /// Processes and commits `batch` under the partition's retry and dead-letter policy.
     /// Returns false if a stop was requested while waiting to retry (nothing of the batch is
     /// committed then, so it is processed again by the partition's next owner).
-    async fn process_until_committed(&mut self, batch: &[Inbound], clock: Clock) -> bool {
+    async fn process_until_committed(&mut self, batch: &[Inbound], clock: BatchTime) -> bool {
         let started = Instant::now();
         match self.runner.run_until_committed(batch, clock).await {
             Outcome::Committed(next, dead_letters) => {

@@ -5,20 +5,21 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use rdkafka::config::ClientConfig;
 
 use crate::config::Config;
+use crate::error::{Error, Result};
 use crate::observe::{self, PartitionRow, StateAnswer, WorkerView};
 use crate::processing::{repartition_topic, Process};
-use crate::runtime::admin::{ensure_repartition_topics, StageInputs};
+use crate::runtime::admin::ensure_repartition_topics;
 use crate::runtime::client::connection_config;
+use crate::runtime::stages::Stages;
 use crate::runtime::worker::{
     bind_metrics, embedded_state_dir, warn_embedded, AbortOnDrop, Worker,
 };
 use crate::runtime::{signals, EmbeddedBroker, WorkerBuilder};
-use crate::{Error, Result};
 
 type StageFuture = Pin<Box<dyn Future<Output = Result<()>> + Send>>;
 
@@ -148,12 +149,7 @@ impl PipelineBuilder {
             }
             None => None,
         };
-        let stages = Arc::new(Stages {
-            embedded: embedded.clone(),
-            views: Mutex::default(),
-            inputs: Mutex::default(),
-            expected: self.stages.len(),
-        });
+        let stages = Arc::new(Stages::new(embedded.clone(), self.stages.len()));
         let mut runs = Vec::new();
         for (name, make) in self.stages {
             let mut config = base.clone();
@@ -177,51 +173,12 @@ impl PipelineBuilder {
     }
 }
 
-/// What the stages share: the embedded broker, their views (for the one endpoint), and their
-/// input topics (for the repartition topics' partition counts).
-pub(crate) struct Stages {
-    embedded: Option<Arc<EmbeddedBroker>>,
-    views: Mutex<Vec<Arc<dyn WorkerView>>>,
-    /// Each stage's input topics and stores, in stage order.
-    inputs: Mutex<Vec<StageInputs>>,
-    expected: usize,
-}
-
-impl std::fmt::Debug for Stages {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Stages")
-            .field("expected", &self.expected)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Stages {
-    /// The pipeline's embedded broker, if it runs on one.
-    pub(crate) fn embedded(&self) -> Option<Arc<EmbeddedBroker>> {
-        self.embedded.clone()
-    }
-
-    /// Records a stage's input topics, and the folder of its stores, as it is built.
-    pub(crate) fn add_inputs(&self, stage: &str, topics: &[String], stores: std::path::PathBuf) {
-        lock(&self.inputs).push((stage.to_owned(), topics.to_vec(), stores));
-    }
-
-    /// A running stage's view, served by the pipeline's endpoint.
-    pub(crate) fn add_view(&self, view: Arc<dyn WorkerView>) {
-        lock(&self.views).push(view);
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// The stages' views as one worker's.
 struct PipelineView(Arc<Stages>);
 
 impl WorkerView for PipelineView {
     fn state(&self, topic: Option<&str>, store: &str, key: &str) -> StateAnswer {
-        let mut views: Vec<Arc<dyn WorkerView>> = lock(&self.0.views).clone();
+        let mut views: Vec<Arc<dyn WorkerView>> = self.0.views();
         // The stages that declare the store, if any do: another stage that owns the key's
         // partition of its own input would answer "absent".
         if views.iter().any(|v| v.declares_store(store)) {
@@ -243,16 +200,16 @@ impl WorkerView for PipelineView {
     }
 
     fn live(&self) -> bool {
-        lock(&self.0.views).iter().all(|v| v.live())
+        self.0.views().iter().all(|v| v.live())
     }
 
     fn not_ready(&self) -> Option<String> {
-        let views = lock(&self.0.views);
-        if views.len() < self.0.expected {
+        let views = self.0.views();
+        if views.len() < self.0.expected() {
             return Some(format!(
                 "{} of {} stages started",
                 views.len(),
-                self.0.expected
+                self.0.expected()
             ));
         }
         let why: Vec<String> = views.iter().filter_map(|v| v.not_ready()).collect();
@@ -260,19 +217,14 @@ impl WorkerView for PipelineView {
     }
 
     fn partitions(&self) -> Vec<PartitionRow> {
-        let mut rows: Vec<PartitionRow> = lock(&self.0.views)
-            .iter()
-            .flat_map(|v| v.partitions())
-            .collect();
+        let mut rows: Vec<PartitionRow> =
+            self.0.views().iter().flat_map(|v| v.partitions()).collect();
         rows.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
         rows
     }
 
     fn groups(&self) -> Vec<String> {
-        lock(&self.0.views)
-            .iter()
-            .flat_map(|v| v.groups())
-            .collect()
+        self.0.views().iter().flat_map(|v| v.groups()).collect()
     }
 }
 
@@ -363,8 +315,8 @@ impl Pipeline {
     /// them), then stops them all gracefully. A stage that fails stops the others; the first
     /// error is returned.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
-        if self.stages.embedded.is_none() {
-            let inputs = lock(&self.stages.inputs).clone();
+        if self.stages.embedded().is_none() {
+            let inputs = self.stages.inputs();
             ensure_repartition_topics(&self.group, &inputs, &self.connection).await?;
         }
         let token = self.http_token.as_ref().map(|t| Arc::from(t.0.as_str()));
@@ -414,5 +366,16 @@ impl Pipeline {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+}
+
+impl WorkerBuilder {
+    /// Runs several handlers in this worker process: a pipeline of stages, each in its own
+    /// consumer group `<group>-<stage>`, sharing these settings (see [`Pipeline`](crate::Pipeline)).
+    /// Topics given here (`topic`, `WEIR_TOPICS`) are refused: a stage consumes its handler's
+    /// declared topics, those given with [`stage_with`](crate::PipelineBuilder::stage_with), or
+    /// its repartition topic.
+    pub fn pipeline(self) -> PipelineBuilder {
+        PipelineBuilder::new(self)
     }
 }

@@ -21,7 +21,6 @@ use crate::observe::metric_names::{
 };
 use crate::processing::batch::{BatchRunner, Mode};
 use crate::processing::Process;
-use crate::runtime::consumer::pause;
 use crate::runtime::flow::PartitionFlow;
 use crate::runtime::partition_task::{PartitionTask, TaskStore};
 use crate::runtime::shared::{PartitionHandle, Shared};
@@ -93,7 +92,7 @@ impl<H: Process> ConsumerContext for WeirContext<H> {
                 for partitions in self.shared.owned().values() {
                     for (&p, h) in partitions {
                         if h.flow.is_restoring() && !h.flow.is_paused() {
-                            pause(consumer, h, p);
+                            h.pause(consumer, p);
                         }
                     }
                 }

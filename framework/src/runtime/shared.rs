@@ -7,16 +7,17 @@ use std::sync::{mpsc as std_mpsc, Arc, Mutex, MutexGuard};
 use tokio::sync::mpsc;
 use weir_state::CacheBudget;
 
-use crate::clock::now_ms;
 use crate::config::Config;
 use crate::config::KeyPartitioner;
 use crate::delivery::DeadLetterSink;
 use crate::inbound::Inbound;
+use crate::observe::metric_names::PAUSES_TOTAL;
 use crate::observe::{PartitionRow, StateAnswer, WorkerView};
 use crate::runtime::flow::PartitionFlow;
 use crate::runtime::lifecycle::Lifecycle;
 use crate::runtime::partition_task::TaskContext;
 use crate::runtime::tables::partition_counts;
+use crate::wall_clock::now_ms;
 
 /// The consumer-thread side of one owned partition.
 #[derive(Debug)]
@@ -37,6 +38,26 @@ pub(crate) struct PartitionHandle {
 
 /// Owned partitions by topic, then partition.
 pub(crate) type Owned = HashMap<String, HashMap<i32, PartitionHandle>>;
+
+impl PartitionHandle {
+    /// Pauses the partition (its queue is full, or its store is being restored).
+    pub(crate) fn pause<C: rdkafka::consumer::ConsumerContext>(
+        &self,
+        consumer: &rdkafka::consumer::BaseConsumer<C>,
+        partition: i32,
+    ) {
+        use rdkafka::consumer::Consumer;
+        let topic = &*self.topic;
+        self.flow.set_paused(true);
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition(topic, partition);
+        if let Err(e) = consumer.pause(&tpl) {
+            tracing::warn!(%topic, partition, "pause failed: {e}");
+        }
+        metrics::counter!(PAUSES_TOTAL).increment(1);
+        tracing::debug!(%topic, partition, "partition paused");
+    }
+}
 
 #[derive(Debug)]
 pub(crate) struct Shared<H> {

@@ -19,9 +19,9 @@ use rdkafka::types::RDKafkaErrorCode;
 use weir_state::PartitionStore;
 
 use crate::config::{Config, TableSource};
+use crate::error::{Error, Result};
 use crate::observe::metric_names::{TABLE_RECORDS_SKIPPED_TOTAL, TABLE_RECORDS_TOTAL};
 use crate::processing::table::{self, GlobalTables};
-use crate::{Error, Result};
 
 /// How long catching up waits without a record before giving up.
 const STALL_TIMEOUT: Duration = Duration::from_secs(30);

@@ -7,9 +7,9 @@ use std::sync::{mpsc as std_mpsc, Arc};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::BaseConsumer;
 
-use crate::clock::now_ms;
 use crate::config::Config;
 use crate::delivery::{DeadLetterSink, OutboxSink, Producer};
+use crate::error::{Error, Result};
 use crate::observe;
 use crate::processing::table::GlobalTables;
 use crate::processing::{Process, Scope};
@@ -17,12 +17,12 @@ use crate::runtime::admin::ensure_topics;
 use crate::runtime::client::{check_brokers, connection_config, consumer_config, producer_config};
 use crate::runtime::lifecycle::Lifecycle;
 use crate::runtime::partition_task::TaskContext;
-use crate::runtime::pipeline::Stages;
 use crate::runtime::rebalance::WeirContext;
 use crate::runtime::shared::Shared;
+use crate::runtime::stages::Stages;
 use crate::runtime::tables::{check_copartitioned, follow_globals};
-use crate::runtime::{consumer, signals, EmbeddedBroker, WorkerBuilder};
-use crate::{Error, Result};
+use crate::runtime::{consumer, signals, EmbeddedBroker};
+use crate::wall_clock::now_ms;
 
 /// A worker process's runtime: one consumer in the group, one task per owned partition.
 ///
@@ -54,22 +54,6 @@ pub struct Worker<H> {
     embedded: Option<Arc<EmbeddedBroker>>,
     /// The pipeline this worker is a stage of.
     stages: Option<Arc<Stages>>,
-}
-
-impl Worker<()> {
-    /// A builder with the defaults.
-    pub fn builder() -> WorkerBuilder {
-        WorkerBuilder::default()
-    }
-
-    /// A builder with the defaults overridden by the `WEIR_*` environment variables. Called
-    /// inside a tokio runtime (a worker's `main`), it also starts listening for SIGINT and
-    /// SIGTERM, so that a signal during startup stops the worker gracefully (see
-    /// [`run_until_signal`](Worker::run_until_signal)).
-    pub fn from_env() -> Result<WorkerBuilder> {
-        signals::listen();
-        WorkerBuilder::default().with_env()
-    }
 }
 
 impl<H: Process> Worker<H> {

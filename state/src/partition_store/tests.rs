@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 
 use super::*;
-use crate::CacheBudget;
+use crate::cache::CacheBudget;
+use crate::schema::SCHEMA_VERSION;
 
 /// One message: add `amount` to `key`, or delete `key` when `amount` is 0; when the flag is
 /// set, its first attempt fails after its writes (they are rolled back and the batch runs

@@ -11,22 +11,34 @@
 //! | `__weir_timers` | `"<e or c><time, sortable>\|<what>"` | what is due: a window to close or a user timer |
 //! | a window store (`W::NAME`) | `[key, start_ms]` (tumbling, hopping) or `key` (session) | the aggregate (session: `[[start, end, aggregate], ...]`) |
 //!
-//! `clock` holds the watermark and a record's time, `timers` the timer store, `windows` the
+//! `watermark` holds the watermark and a record's time, `timers` the timer store, `windows` the
 //! window stores (built on timers).
 
-mod clock;
 mod timers;
+mod watermark;
 mod windows;
 
-pub(crate) use clock::{json_field_ms, set_watermark, watermark, RecordTime};
 pub(crate) use timers::{cancel, due_timers, next_wall_timer, schedule, Due, TIMERS};
 pub use timers::{FiredTimer, TimerAt};
+pub(crate) use watermark::{json_field_ms, set_watermark, watermark, RecordTime};
 pub(crate) use windows::{take_window, window_value};
-pub use windows::{Window, WindowDef, WindowResult, WindowState, Windows};
+pub use windows::{WindowDef, WindowResult, WindowState, Windows};
+
+/// A window: from `start_ms` (inclusive) to `end_ms` (exclusive), event time in milliseconds
+/// since the Unix epoch.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub struct Window {
+    /// First millisecond in the window.
+    pub start_ms: i64,
+    /// First millisecond after the window.
+    pub end_ms: i64,
+}
 
 /// A codec error of a time store.
-fn codec_err(store: &str, source: serde_json::Error) -> crate::Error {
-    crate::Error::State(weir_state::Error::Codec {
+fn codec_err(store: &str, source: serde_json::Error) -> crate::error::Error {
+    crate::error::Error::State(weir_state::Error::Codec {
         store: store.to_owned(),
         source,
     })

@@ -5,7 +5,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use weir_state::{PartitionStore, WriteSet};
 
 use super::codec_err;
-use crate::Result;
+use crate::error::Result;
 
 /// The store of pending timers (window closes and user timers), ordered by due time.
 pub(crate) const TIMERS: &str = "__weir_timers";
@@ -109,7 +109,7 @@ pub(crate) fn next_wall_timer(store: &PartitionStore) -> Result<Option<i64>> {
 
 fn parse_timer(row: String, value: &str) -> Result<DueTimer> {
     let bad = |what: &str| {
-        crate::Error::State(weir_state::Error::Codec {
+        crate::error::Error::State(weir_state::Error::Codec {
             store: TIMERS.to_owned(),
             source: <serde_json::Error as serde::de::Error>::custom(format!(
                 "timer row {row:?}: {what}"

@@ -4,23 +4,13 @@ use std::borrow::Borrow;
 use std::marker::PhantomData;
 use std::time::Duration;
 
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde::{de::DeserializeOwned, Serialize};
 use weir_state::{PartitionStore, WriteSet};
 
-use super::clock::RecordTime;
-use super::codec_err;
 use super::timers::{delete_timer, put_timer, window_tag, Due, TimerAt};
-use crate::Result;
-
-/// A window: from `start_ms` (inclusive) to `end_ms` (exclusive), event time in milliseconds
-/// since the Unix epoch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Window {
-    /// First millisecond in the window.
-    pub start_ms: i64,
-    /// First millisecond after the window.
-    pub end_ms: i64,
-}
+use super::watermark::RecordTime;
+use super::{codec_err, Window};
+use crate::error::Result;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -223,7 +213,7 @@ impl<'c, W: WindowDef> WindowState<'c, W> {
         Q: Serialize + ?Sized,
     {
         if W::WINDOWS.is_session() {
-            return Err(crate::Error::Window {
+            return Err(crate::error::Error::Window {
                 store: W::NAME,
                 reason: "session windows take `add_session`".into(),
             });
@@ -287,7 +277,7 @@ impl<'c, W: WindowDef> WindowState<'c, W> {
         Q: Serialize + ?Sized,
     {
         let Kind::Session { gap } = W::WINDOWS.kind else {
-            return Err(crate::Error::Window {
+            return Err(crate::error::Error::Window {
                 store: W::NAME,
                 reason: "tumbling and hopping windows take `add`".into(),
             });

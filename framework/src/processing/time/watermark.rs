@@ -3,7 +3,7 @@
 use weir_state::{PartitionStore, WriteSet};
 
 use super::Window;
-use crate::Result;
+use crate::error::Result;
 
 /// The store holding the partition's watermark.
 const TIME_STORE: &str = "__weir_time";
