@@ -13,7 +13,12 @@ pub(crate) const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A client configuration for `brokers`.
 pub(crate) fn client(brokers: &str) -> Result<ClientConfig> {
-    let mut config = weir::connection_from_env(brokers).map_err(|e| Error::Input(e.to_string()))?;
+    let mut config = ClientConfig::new();
+    for (property, value) in
+        weir::kafka::connection_from_env(brokers).map_err(|e| Error::Input(e.to_string()))?
+    {
+        config.set(property, value);
+    }
     config.set_log_level(RDKafkaLogLevel::Emerg);
     Ok(config)
 }

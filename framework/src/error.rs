@@ -62,9 +62,9 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
-    /// The Kafka client failed.
-    #[error("kafka: {0}")]
-    Kafka(#[from] rdkafka::error::KafkaError),
+    /// The broker, or weir's client of it, failed.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
     /// The embedded broker could not be started or used.
     #[error("embedded broker: {0}")]
     Embedded(String),
@@ -138,7 +138,41 @@ pub enum Error {
     },
 }
 
+/// A broker's failure: which broker, and its client's error as the source.
+#[derive(Debug, thiserror::Error)]
+#[error("{broker}: {source}")]
+pub struct BrokerError {
+    broker: &'static str,
+    #[source]
+    source: BoxError,
+}
+
+impl BrokerError {
+    /// A failure of `broker` (`"kafka"`, ...) with its client's `source` error.
+    pub fn new(broker: &'static str, source: impl Into<BoxError>) -> Self {
+        Self {
+            broker,
+            source: source.into(),
+        }
+    }
+
+    /// The broker, e.g. `"kafka"`.
+    pub fn broker(&self) -> &'static str {
+        self.broker
+    }
+
+    /// The client's error, for a caller that knows its type (`downcast_ref`).
+    pub fn source_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.source
+    }
+}
+
 impl Error {
+    /// A failure of the Kafka client.
+    pub(crate) fn kafka(e: rdkafka::error::KafkaError) -> Self {
+        Self::Broker(BrokerError::new("kafka", e))
+    }
+
     pub(crate) fn config(setting: impl Into<String>, message: impl Into<String>) -> Self {
         Self::Config {
             setting: setting.into(),

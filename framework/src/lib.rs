@@ -79,21 +79,20 @@ mod processing;
 mod runtime;
 mod wall_clock;
 
+pub mod kafka;
 pub mod state;
 pub mod testing;
 
 pub use config::KeyPartitioner;
 pub use delivery::{DeadLetter, DeadLetterReason, RetryPolicy};
-pub use error::{BoxError, Error, Result};
+pub use error::{BoxError, BrokerError, Error, Result};
 pub use processing::{
     Codec, Ctx, DecodeError, Delivery, Envelope, Enveloped, FiredTimer, Handler, HandlerSettings,
     Json, KeyOf, Process, Raw, Record, State, StoreDef, StoreInfo, Table, TableDef, TableInfo,
     TimerAt, UndecodableRecord, Utf8, ValueOf, Window, WindowDef, WindowResult, WindowState,
     Windows,
 };
-pub use runtime::{
-    connection_from_env, EmbeddedBroker, Pipeline, PipelineBuilder, Worker, WorkerBuilder,
-};
+pub use runtime::{EmbeddedBroker, Pipeline, PipelineBuilder, Worker, WorkerBuilder};
 /// Derives [`Handler`] from a `#[handler(...)]` attribute.
 pub use weir_macros::Handler;
 pub use weir_state::OutboxRecord;

@@ -18,7 +18,8 @@ pub struct OutboxProducer(std::sync::Arc<crate::delivery::Producer>);
 impl OutboxProducer {
     /// Connects to `brokers` as a worker with the same `WEIR_KAFKA_*` environment would.
     pub fn connect(brokers: &str) -> crate::error::Result<Self> {
-        let producer = crate::delivery::Producer::new(crate::runtime::producer_from_env(brokers)?)?;
+        let producer = crate::delivery::Producer::new(crate::runtime::producer_from_env(brokers)?)
+            .map_err(crate::error::Error::kafka)?;
         Ok(Self(std::sync::Arc::new(producer)))
     }
 

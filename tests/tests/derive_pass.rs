@@ -3,6 +3,8 @@
 
 macro_rules! pass {
     ($($name:ident),*) => {$(
+        // (Each file was a crate of its own under trybuild: some imports are redundant here.)
+        #[allow(unused_imports)]
         mod $name {
             include!(concat!("../ui/pass/", stringify!($name), ".rs"));
 

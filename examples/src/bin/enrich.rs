@@ -74,7 +74,8 @@ async fn run() -> weir::Result<()> {
 async fn produce_customers(bootstrap: &str) -> weir::Result<()> {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
-        .create()?;
+        .create()
+        .map_err(|e| weir::BrokerError::new("kafka", e))?;
     for c in 0..CUSTOMERS {
         let customer = Customer {
             country: COUNTRIES[(c % COUNTRIES.len() as u64) as usize].to_owned(),
@@ -87,7 +88,7 @@ async fn produce_customers(bootstrap: &str) -> weir::Result<()> {
         producer
             .send(record, Duration::from_secs(10))
             .await
-            .map_err(|(e, _)| weir::Error::Kafka(e))?;
+            .map_err(|(e, _)| weir::BrokerError::new("kafka", e))?;
     }
     tracing::info!(customers = CUSTOMERS, "sample customers produced");
     Ok(())

@@ -75,22 +75,27 @@ pub(crate) fn connection_config(config: &Config, brokers: &str) -> ClientConfig 
     client
 }
 
-/// A client configuration for `brokers` with the connection and security properties
-/// (`security.*`, `ssl.*`, `sasl.*`, `socket.*`, ...) of the `WEIR_KAFKA_*` environment
-/// variables: how a worker started with the same environment connects. For tools beside the
-/// workers, such as the `weir` command.
+/// The librdkafka properties of a client of `brokers`: `bootstrap.servers` and the
+/// connection and security properties (`security.*`, `ssl.*`, `sasl.*`, `socket.*`, ...) of
+/// the `WEIR_KAFKA_*` environment variables, so that a tool beside the workers (such as the
+/// `weir` command) connects as a worker started with the same environment does.
 ///
 /// ```
 /// // With WEIR_KAFKA_SECURITY_PROTOCOL=ssl and WEIR_KAFKA_SSL_CA_LOCATION=ca.pem set, the
-/// // client speaks TLS, as the workers do.
-/// let client = weir::connection_from_env("localhost:9092")?;
-/// assert_eq!(client.get("bootstrap.servers"), Some("localhost:9092"));
+/// // properties say TLS, as the workers' do.
+/// let properties = weir::kafka::connection_from_env("localhost:9092")?;
+/// assert!(properties.contains(&("bootstrap.servers".into(), "localhost:9092".into())));
 /// # Ok::<(), weir::Error>(())
 /// ```
-pub fn connection_from_env(brokers: &str) -> Result<ClientConfig> {
+pub fn connection_from_env(brokers: &str) -> Result<Vec<(String, String)>> {
     let mut config = Config::default();
     config.apply_env(std::env::vars().filter(|(name, _)| name.starts_with(KAFKA_ENV_PREFIX)))?;
-    Ok(connection_config(&config, brokers))
+    let client = connection_config(&config, brokers);
+    Ok(client
+        .config_map()
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect())
 }
 
 /// [`producer_config`] from the `WEIR_KAFKA_*` environment variables, for tools.
@@ -133,7 +138,8 @@ pub(crate) async fn check_brokers(
     let probe: BaseConsumer<ProbeContext> = client
         .clone()
         .set_log_level(rdkafka::config::RDKafkaLogLevel::Warning)
-        .create_with_context(ProbeContext::default())?;
+        .create_with_context(ProbeContext::default())
+        .map_err(Error::kafka)?;
     let (answered, probe) = tokio::task::spawn_blocking(move || {
         let started = std::time::Instant::now();
         let answered = probe.fetch_metadata(None, timeout).map(drop);

@@ -262,10 +262,12 @@ impl<H: Process> Worker<H> {
                 },
             },
         ));
-        let kafka: BaseConsumer<WeirContext<H>> =
-            self.consumer.create_with_context(WeirContext {
+        let kafka: BaseConsumer<WeirContext<H>> = self
+            .consumer
+            .create_with_context(WeirContext {
                 shared: Arc::clone(&shared),
-            })?;
+            })
+            .map_err(Error::kafka)?;
         tracing::info!(
             group = %self.config.group, topics = ?self.config.topics, brokers = %self.brokers,
             embedded = self.embedded.is_some(), "worker starting"
