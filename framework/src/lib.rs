@@ -87,15 +87,21 @@ pub use config::KeyPartitioner;
 pub use delivery::{DeadLetter, DeadLetterReason, RetryPolicy};
 pub use error::{BoxError, BrokerError, Error, Result};
 pub use processing::{
-    Codec, Ctx, DecodeError, Delivery, Envelope, Enveloped, FiredTimer, Handler, HandlerSettings,
-    Json, KeyOf, Process, Raw, Record, State, StoreDef, StoreInfo, Table, TableDef, TableInfo,
-    TimerAt, UndecodableRecord, Utf8, ValueOf, Window, WindowDef, WindowResult, WindowState,
-    Windows,
+    Codec, Ctx, DecodeError, Delivery, Envelope, Enveloped, FiredTimer, Handler, Json, Process,
+    Raw, Record, State, StoreDef, Table, TableDef, TimerAt, UndecodableRecord, Utf8, Window,
+    WindowDef, WindowResult, WindowState, Windows,
 };
 pub use runtime::{EmbeddedBroker, Pipeline, PipelineBuilder, Worker, WorkerBuilder};
 /// Derives [`Handler`] from a `#[handler(...)]` attribute.
 pub use weir_macros::Handler;
 pub use weir_state::OutboxRecord;
+
+/// What `#[derive(Handler)]` expands to (and what a hand-written `Handler` implementation
+/// names): not a stable API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::processing::{HandlerSettings, KeyOf, StoreInfo, TableInfo, ValueOf};
+}
 
 /// The types a handler and its `main` need.
 pub mod prelude {

@@ -33,7 +33,7 @@ pub(crate) fn handler(input: &DeriveInput, attrs: &HandlerAttrs) -> TokenStream 
         let name = &s.name;
         let k = s.key.to_token_stream().to_string();
         let v = s.value.to_token_stream().to_string();
-        quote!(::weir::StoreInfo { name: #name, key: #k, value: #v })
+        quote!(::weir::__private::StoreInfo { name: #name, key: #k, value: #v })
     });
     let store_types = attrs.stores.iter().map(|s| {
         let (sident, name, k, v) = (&s.ident, &s.name, &s.key, &s.value);
@@ -98,7 +98,7 @@ pub(crate) fn handler(input: &DeriveInput, attrs: &HandlerAttrs) -> TokenStream 
     });
     let table_infos = attrs.tables.iter().map(|t| {
         let (name, topic, global) = (&t.store.name, &t.topic, t.global);
-        quote!(::weir::TableInfo { name: #name, topic: #topic, global: #global })
+        quote!(::weir::__private::TableInfo { name: #name, topic: #topic, global: #global })
     });
     let table_types = attrs.tables.iter().map(|t| {
         let (tident, name, v, topic, global) = (
@@ -132,7 +132,7 @@ pub(crate) fn handler(input: &DeriveInput, attrs: &HandlerAttrs) -> TokenStream 
     let event_time = attrs.event_time.as_ref().map(|field| {
         quote! {
             fn event_time(
-                record: &::weir::Record<'_, ::weir::ValueOf<Self>, ::weir::KeyOf<Self>>,
+                record: &::weir::Record<'_, ::weir::__private::ValueOf<Self>, ::weir::__private::KeyOf<Self>>,
             ) -> ::core::option::Option<i64> {
                 <i64 as ::core::convert::TryFrom<_>>::try_from(record.value().#field).ok()
             }
@@ -146,8 +146,8 @@ pub(crate) fn handler(input: &DeriveInput, attrs: &HandlerAttrs) -> TokenStream 
 
                 #event_time
 
-                fn settings() -> ::weir::HandlerSettings {
-                    ::weir::HandlerSettings {
+                fn settings() -> ::weir::__private::HandlerSettings {
+                    ::weir::__private::HandlerSettings {
                         topics: &[#(#topics),*],
                         group: #group,
                         batch_size: #batch_size,

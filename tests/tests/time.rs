@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use rdkafka::message::{Message, OwnedMessage};
 use serde::{Deserialize, Serialize};
+use weir::__private::{KeyOf, ValueOf};
 use weir::prelude::*;
 use weir::state::StoreReader;
-use weir::{KeyOf, ValueOf};
 use weir_examples::pageviews::{PageView, PageViews, PageViewsPerMinute, OUTPUT_TOPIC};
 use weir_tests::*;
 
@@ -199,10 +199,10 @@ impl Handler for PerSecondCount {
     type Key = Utf8;
     type Value = Utf8;
 
-    fn settings() -> weir::HandlerSettings {
-        weir::HandlerSettings {
+    fn settings() -> weir::__private::HandlerSettings {
+        weir::__private::HandlerSettings {
             windows: &[PerSecond::NAME],
-            ..weir::HandlerSettings::DEFAULT
+            ..weir::__private::HandlerSettings::DEFAULT
         }
     }
 
@@ -412,7 +412,7 @@ impl<H: Process + Handler<Key = Utf8, Value = Utf8>> Handler for ValueTimed<H> {
     type Key = Utf8;
     type Value = Utf8;
 
-    fn settings() -> weir::HandlerSettings {
+    fn settings() -> weir::__private::HandlerSettings {
         H::settings()
     }
 

@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
+use weir::__private::{KeyOf, ValueOf};
 use weir::prelude::*;
-use weir::{KeyOf, ValueOf};
 use weir_examples::enrich::{
     Customers, JoinCustomers, RevenueByCountry, JOIN_STAGE, REVENUE_STAGE,
 };
@@ -22,7 +22,7 @@ impl<H: Handler> Handler for Slow<H> {
     type Key = H::Key;
     type Value = H::Value;
 
-    fn settings() -> weir::HandlerSettings {
+    fn settings() -> weir::__private::HandlerSettings {
         H::settings()
     }
 }

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
+use weir::__private::{KeyOf, ValueOf};
 use weir::prelude::*;
-use weir::{KeyOf, ValueOf};
 use weir_examples::pageviews::PageViews;
 
 /// [`PageViews`], slowed down so that kills land while records are in flight.
@@ -17,7 +17,7 @@ impl Handler for SlowPageViews {
     type Key = <PageViews as Handler>::Key;
     type Value = <PageViews as Handler>::Value;
 
-    fn settings() -> weir::HandlerSettings {
+    fn settings() -> weir::__private::HandlerSettings {
         PageViews::settings()
     }
 
