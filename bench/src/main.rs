@@ -193,7 +193,7 @@ async fn main() {
 async fn run_parent(args: &Args) -> Result<(), String> {
     let embedded = match std::env::var("WEIR_BROKERS") {
         Ok(b) if !b.trim().is_empty() => None,
-        _ => Some(weir::EmbeddedBroker::start(1).map_err(|e| e.to_string())?),
+        _ => Some(weir::worker::EmbeddedBroker::start(1).map_err(|e| e.to_string())?),
     };
     let brokers = match &embedded {
         Some(b) => b.bootstrap_servers().to_owned(),

@@ -134,7 +134,7 @@ impl Process for RevenueByCountry {
 
 /// The two stages as one pipeline, with the worker's settings (`WEIR_*`, group `enrich` unless
 /// `WEIR_GROUP` says otherwise).
-pub fn pipeline(builder: weir::WorkerBuilder) -> weir::PipelineBuilder {
+pub fn pipeline(builder: weir::WorkerBuilder) -> weir::worker::PipelineBuilder {
     builder
         .pipeline()
         .stage(JOIN_STAGE, JoinCustomers)

@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 /// Produces `record(i)` = (key, value) into `topic` of the embedded broker every `every`.
 /// Holding `broker` keeps it up for as long as the producer lives.
 pub async fn produce_forever(
-    broker: Arc<weir::EmbeddedBroker>,
+    broker: Arc<weir::worker::EmbeddedBroker>,
     topic: &'static str,
     every: Duration,
     record: impl Fn(u64) -> (String, String),

@@ -66,7 +66,7 @@ mod tests {
         assert_eq!(dead[0].value.as_deref(), Some(&[0xff, 0xfe][..]));
         assert_eq!(
             (dead[0].attempts, dead[0].reason),
-            (1, weir::DeadLetterReason::Undecodable)
+            (1, weir::testing::DeadLetterReason::Undecodable)
         );
         assert_eq!(
             kit.get::<str, u64>(Counts::NAME, "words").expect("get"),
@@ -92,7 +92,7 @@ mod tests {
             panic!("expected a record error, got {err:?}");
         };
         let undecodable = source
-            .downcast_ref::<weir::UndecodableRecord>()
+            .downcast_ref::<weir::codec::UndecodableRecord>()
             .expect("the error carries the undecodable record");
         assert_eq!(
             (undecodable.part, undecodable.raw.as_deref()),

@@ -42,8 +42,8 @@
 //! repository says what is exactly-once and what is at-least-once.
 //!
 //! Windows by event time: declare a window store (`#[handler(window(PerMinute, key = String,
-//! value = u64, size_ms = 60000, grace_ms = 10000))]` or a [`WindowDef`]), fold records into it
-//! with [`Ctx::window`], and receive each closed window in [`Process::on_window_closed`]. Each
+//! value = u64, size_ms = 60000, grace_ms = 10000))]` or a [`WindowDef`](time::WindowDef)),
+//! fold records into it with [`Ctx::window`], and receive each closed window in [`Process::on_window_closed`]. Each
 //! partition's watermark (the largest event time seen) closes windows past their end plus
 //! grace; late records go to `<topic>.late`; [`Ctx::schedule_at`] sets timers. Windows, timers
 //! and the watermark are state, committed with the batch. `docs/time.md` in the repository
@@ -51,6 +51,11 @@
 //!
 //! Test a handler without a broker with [`testing::TestKit`] (which also drives event time and
 //! the wall clock); read stores from outside a worker with [`state::StoreReader`].
+//!
+//! The crate root holds what a handler and its `main` name (also in [`prelude`]); the rest is
+//! in modules: [`time`] (windows, timers), [`tables`], [`codec`], [`worker`] (builders,
+//! pipelines, delivery and retry settings), [`testing`], [`state`] (stores and wire formats)
+//! and [`kafka`] (for tools beside the workers).
 //!
 //! Inside, the crate is layered: `observe` (metrics, health, progress) below `delivery`
 //! (retries, dead letters, outbox, changelog restore) below `processing` (codecs, handler
@@ -83,18 +88,39 @@ pub mod kafka;
 pub mod state;
 pub mod testing;
 
-pub use config::KeyPartitioner;
-pub use delivery::{DeadLetter, DeadLetterReason, RetryPolicy};
+/// Event time: window stores, their results, and timers (`docs/time.md`).
+pub mod time {
+    pub use crate::processing::{
+        FiredTimer, TimerAt, Window, WindowDef, WindowResult, WindowState, Windows,
+    };
+}
+
+/// Tables: the newest value per key of another topic, read by handlers (`docs/tables.md`).
+pub mod tables {
+    pub use crate::processing::{Table, TableDef};
+}
+
+/// Codecs of keys and values, and what an undecodable record reports.
+pub mod codec {
+    pub use crate::processing::{
+        Codec, DecodeError, Envelope, Enveloped, Json, Raw, UndecodableRecord, Utf8,
+    };
+}
+
+/// Running handlers: workers and their builders, pipelines, the embedded broker, and the
+/// delivery, retry and partitioning settings.
+pub mod worker {
+    pub use crate::config::KeyPartitioner;
+    pub use crate::delivery::RetryPolicy;
+    pub use crate::processing::Delivery;
+    pub use crate::runtime::{EmbeddedBroker, Pipeline, PipelineBuilder, Worker, WorkerBuilder};
+}
+
 pub use error::{BoxError, BrokerError, Error, Result};
-pub use processing::{
-    Codec, Ctx, DecodeError, Delivery, Envelope, Enveloped, FiredTimer, Handler, Json, Process,
-    Raw, Record, State, StoreDef, Table, TableDef, TimerAt, UndecodableRecord, Utf8, Window,
-    WindowDef, WindowResult, WindowState, Windows,
-};
-pub use runtime::{EmbeddedBroker, Pipeline, PipelineBuilder, Worker, WorkerBuilder};
+pub use processing::{Codec, Ctx, Handler, Json, Process, Raw, Record, State, StoreDef, Utf8};
+pub use runtime::{Pipeline, Worker, WorkerBuilder};
 /// Derives [`Handler`] from a `#[handler(...)]` attribute.
 pub use weir_macros::Handler;
-pub use weir_state::OutboxRecord;
 
 /// What `#[derive(Handler)]` expands to (and what a hand-written `Handler` implementation
 /// names): not a stable API.
@@ -105,8 +131,10 @@ pub mod __private {
 
 /// The types a handler and its `main` need.
 pub mod prelude {
+    pub use crate::codec::Envelope;
+    pub use crate::tables::TableDef;
+    pub use crate::time::{FiredTimer, TimerAt, Window, WindowDef, WindowResult, Windows};
     pub use crate::{
-        Codec, Ctx, Envelope, FiredTimer, Handler, Json, Process, Raw, Record, State, StoreDef,
-        TableDef, TimerAt, Utf8, Window, WindowDef, WindowResult, Windows, Worker,
+        Codec, Ctx, Handler, Json, Process, Raw, Record, State, StoreDef, Utf8, Worker,
     };
 }

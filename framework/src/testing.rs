@@ -37,10 +37,11 @@ use rdkafka::message::{Header, OwnedHeaders};
 use serde::{de::DeserializeOwned, Serialize};
 use weir_state::PartitionStore;
 
-use weir_state::OutboxRecord;
+pub use weir_state::OutboxRecord;
 
 use crate::config::Config;
-use crate::delivery::{DeadLetter, DeadLetterSink, OutboxSink};
+pub use crate::delivery::{DeadLetter, DeadLetterReason};
+use crate::delivery::{DeadLetterSink, OutboxSink};
 use crate::error::{Error, Result};
 use crate::inbound::Inbound;
 use crate::processing::batch::{BatchError, BatchRunner, BatchTime, Mode, Outcome};

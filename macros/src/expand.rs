@@ -20,9 +20,9 @@ pub(crate) fn handler(input: &DeriveInput, attrs: &HandlerAttrs) -> TokenStream 
     let linger_ms = option(attrs.linger_ms.as_ref());
     let queue_capacity = option(attrs.queue_capacity.as_ref());
     let delivery = if attrs.at_most_once {
-        quote!(::weir::Delivery::AtMostOnce)
+        quote!(::weir::worker::Delivery::AtMostOnce)
     } else {
-        quote!(::weir::Delivery::AtLeastOnce)
+        quote!(::weir::worker::Delivery::AtLeastOnce)
     };
     let max_attempts = option(attrs.max_attempts.as_ref());
     let backoff_ms = option(attrs.backoff_ms.as_ref());
@@ -59,7 +59,7 @@ pub(crate) fn handler(input: &DeriveInput, attrs: &HandlerAttrs) -> TokenStream 
             WindowKind::Tumbling { size_ms } => {
                 let size = ms(size_ms);
                 (
-                    quote!(::weir::Windows::tumbling(#size)),
+                    quote!(::weir::time::Windows::tumbling(#size)),
                     format!("tumbling {size_ms} ms"),
                 )
             }
@@ -69,14 +69,14 @@ pub(crate) fn handler(input: &DeriveInput, attrs: &HandlerAttrs) -> TokenStream 
             } => {
                 let (size, advance) = (ms(size_ms), ms(advance_ms));
                 (
-                    quote!(::weir::Windows::hopping(#size, #advance)),
+                    quote!(::weir::time::Windows::hopping(#size, #advance)),
                     format!("hopping {size_ms} ms every {advance_ms} ms"),
                 )
             }
             WindowKind::Session { gap_ms } => {
                 let gap = ms(gap_ms);
                 (
-                    quote!(::weir::Windows::session(#gap)),
+                    quote!(::weir::time::Windows::session(#gap)),
                     format!("session, gap {gap_ms} ms"),
                 )
             }
@@ -88,9 +88,9 @@ pub(crate) fn handler(input: &DeriveInput, attrs: &HandlerAttrs) -> TokenStream 
             #[derive(Debug, Clone, Copy)]
             #vis struct #wident;
 
-            impl ::weir::WindowDef for #wident {
+            impl ::weir::time::WindowDef for #wident {
                 const NAME: &'static str = #name;
-                const WINDOWS: ::weir::Windows = #windows.grace(#grace);
+                const WINDOWS: ::weir::time::Windows = #windows.grace(#grace);
                 type Key = #k;
                 type Value = #v;
             }
@@ -118,7 +118,7 @@ pub(crate) fn handler(input: &DeriveInput, attrs: &HandlerAttrs) -> TokenStream 
             #[derive(Debug, Clone, Copy)]
             #vis struct #tident;
 
-            impl ::weir::TableDef for #tident {
+            impl ::weir::tables::TableDef for #tident {
                 const NAME: &'static str = #name;
                 const TOPIC: &'static str = #topic;
                 const GLOBAL: bool = #global;

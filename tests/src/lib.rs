@@ -13,7 +13,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use weir::prelude::*;
-use weir::EmbeddedBroker;
+use weir::worker::EmbeddedBroker;
 use weir_state::PartitionStore;
 
 pub mod outage;
@@ -553,7 +553,7 @@ async fn await_all(inflight: &mut Vec<rdkafka::producer::DeliveryFuture>) {
 pub type HeadedRecord = (String, String, Vec<(String, String)>);
 
 /// A record fails twice, 10 ms apart, before it is dead-lettered.
-pub const TWO_QUICK_ATTEMPTS: weir::RetryPolicy = weir::RetryPolicy {
+pub const TWO_QUICK_ATTEMPTS: weir::worker::RetryPolicy = weir::worker::RetryPolicy {
     max_attempts: 2,
     backoff: Duration::from_millis(10),
     max_backoff: Duration::from_millis(10),

@@ -49,7 +49,7 @@ async fn failing_records_go_to_the_dead_letter_topic(kind: BrokerKind) {
 
     let worker = broker
         .worker(&group, &topic, dir.path())
-        .retry(weir::RetryPolicy {
+        .retry(weir::worker::RetryPolicy {
             max_attempts: 3,
             backoff: Duration::from_millis(20),
             max_backoff: Duration::from_millis(100),

@@ -155,12 +155,12 @@ async fn record_that_always_fails(kind: BrokerKind, how: Forever) {
     // Retried forever: the partition waits.
     let builder = broker.worker(&group, &topic, dir.path()).batch_size(100);
     let builder = match how {
-        Forever::NoAttemptLimit => builder.retry(weir::RetryPolicy {
+        Forever::NoAttemptLimit => builder.retry(weir::worker::RetryPolicy {
             max_attempts: 0,
             ..Default::default()
         }),
         Forever::NoDeadLetterTopic => builder
-            .retry(weir::RetryPolicy {
+            .retry(weir::worker::RetryPolicy {
                 max_attempts: 2,
                 backoff: Duration::from_millis(50),
                 max_backoff: Duration::from_millis(200),

@@ -27,7 +27,7 @@ impl Process for Twice {
     }
 }
 
-fn header<'a>(r: &'a weir::OutboxRecord, name: &str) -> &'a str {
+fn header<'a>(r: &'a weir::testing::OutboxRecord, name: &str) -> &'a str {
     r.headers
         .iter()
         .rev()
@@ -53,7 +53,7 @@ async fn emits_are_numbered_within_their_source_record_and_applied_once_downstre
     // Downstream: every emit, then (an upstream crash) the second half again, then all of it
     // once more in a later run.
     let mut downstream = TestKit::new(CountHandler::default()).expect("kit");
-    let send = |kit: &mut TestKit<CountHandler>, records: &[weir::OutboxRecord]| {
+    let send = |kit: &mut TestKit<CountHandler>, records: &[weir::testing::OutboxRecord]| {
         for r in records {
             let headers: Vec<(&str, &[u8])> = r
                 .headers
@@ -189,7 +189,7 @@ async fn two_writers_of_one_source_partition_are_each_applied_once() {
     // Interleaved as two producers' records land in one partition, then one writer's second
     // half again (its crash).
     let mut downstream = TestKit::new(CountHandler::default()).expect("kit");
-    let mut send = |r: &weir::OutboxRecord| {
+    let mut send = |r: &weir::testing::OutboxRecord| {
         let headers: Vec<(&str, &[u8])> = r
             .headers
             .iter()

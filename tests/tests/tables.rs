@@ -42,7 +42,7 @@ impl Process for Join {
 }
 
 /// Stores the order's customer country from table `T` ("?" when unknown) in `joined`.
-fn join<T: weir::TableDef<Value = Customer>>(
+fn join<T: weir::tables::TableDef<Value = Customer>>(
     r: &Record<'_, Order, String>,
     ctx: &mut Ctx<'_>,
 ) -> weir::Result<()> {

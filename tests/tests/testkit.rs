@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use weir::prelude::*;
+use weir::testing::DeadLetterReason;
 use weir::testing::TestKit;
-use weir::DeadLetterReason;
 use weir_tests::{CountError, CountHandler, COUNTS};
 
 fn counts<H: Process>(kit: &TestKit<H>) -> BTreeMap<String, u64> {

@@ -663,7 +663,11 @@ async fn absurd_event_times_are_dead_lettered_not_hung_on() {
     let dead = kit.dead_letters();
     assert_eq!(dead.len(), 2, "{dead:?}");
     for d in &dead {
-        assert_eq!(d.reason, weir::DeadLetterReason::Undecodable, "{d:?}");
+        assert_eq!(
+            d.reason,
+            weir::testing::DeadLetterReason::Undecodable,
+            "{d:?}"
+        );
         assert!(d.error.contains("event time"), "{}", d.error);
     }
     assert_eq!(kit.watermark("clicks", 0).expect("watermark"), Some(2_000));

@@ -104,7 +104,7 @@ impl<'a> Ctx<'a> {
     /// # #[derive(serde::Serialize, serde::Deserialize)]
     /// # struct Customer { country: String }
     /// # struct Customers;
-    /// # impl weir::TableDef for Customers {
+    /// # impl weir::tables::TableDef for Customers {
     /// #     const NAME: &'static str = "customers";
     /// #     const TOPIC: &'static str = "customers";
     /// #     const GLOBAL: bool = false;
@@ -135,9 +135,9 @@ impl<'a> Ctx<'a> {
     /// ```
     /// # use std::time::Duration;
     /// # struct PerMinute;
-    /// # impl weir::WindowDef for PerMinute {
+    /// # impl weir::time::WindowDef for PerMinute {
     /// #     const NAME: &'static str = "per_minute";
-    /// #     const WINDOWS: weir::Windows = weir::Windows::tumbling(Duration::from_secs(60));
+    /// #     const WINDOWS: weir::time::Windows = weir::time::Windows::tumbling(Duration::from_secs(60));
     /// #     type Key = String;
     /// #     type Value = u64;
     /// # }

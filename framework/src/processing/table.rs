@@ -28,7 +28,7 @@ pub(crate) const POSITIONS: &str = "__weir_tables";
 /// #[derive(serde::Serialize, serde::Deserialize)]
 /// struct Customer { country: String }
 /// struct Customers;
-/// impl weir::TableDef for Customers {
+/// impl weir::tables::TableDef for Customers {
 ///     const NAME: &'static str = "customers";
 ///     const TOPIC: &'static str = "customers";
 ///     const GLOBAL: bool = false;

@@ -373,7 +373,7 @@ impl WorkerBuilder {
     /// Runs several handlers in this worker process: a pipeline of stages, each in its own
     /// consumer group `<group>-<stage>`, sharing these settings (see [`Pipeline`](crate::Pipeline)).
     /// Topics given here (`topic`, `WEIR_TOPICS`) are refused: a stage consumes its handler's
-    /// declared topics, those given with [`stage_with`](crate::PipelineBuilder::stage_with), or
+    /// declared topics, those given with [`stage_with`](crate::worker::PipelineBuilder::stage_with), or
     /// its repartition topic.
     pub fn pipeline(self) -> PipelineBuilder {
         PipelineBuilder::new(self)

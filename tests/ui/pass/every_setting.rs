@@ -1,6 +1,7 @@
 use serde::Deserialize;
 use weir::prelude::*;
-use weir::{Delivery, Handler as _, StoreDef};
+use weir::worker::Delivery;
+use weir::{Handler as _, StoreDef};
 
 #[derive(Debug, Deserialize)]
 struct Order {

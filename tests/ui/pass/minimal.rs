@@ -18,6 +18,6 @@ impl Process for Bytes {
 
 fn main() {
     assert!(Bytes::settings().topics.is_empty());
-    assert_eq!(Bytes::settings().delivery, weir::Delivery::AtLeastOnce);
+    assert_eq!(Bytes::settings().delivery, weir::worker::Delivery::AtLeastOnce);
     assert_eq!(Bytes::settings().dead_letter_topic, Some(""));
 }

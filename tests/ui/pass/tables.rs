@@ -37,5 +37,5 @@ fn main() {
         (tables[1].name, tables[1].topic, tables[1].global),
         ("country_names", "countries", true)
     );
-    assert_eq!(<Countries as weir::TableDef>::NAME, "country_names");
+    assert_eq!(<Countries as weir::tables::TableDef>::NAME, "country_names");
 }

@@ -1,6 +1,6 @@
 use serde::Deserialize;
 use weir::prelude::*;
-use weir::WindowDef;
+use weir::time::WindowDef;
 
 #[derive(Debug, Deserialize)]
 struct View {

@@ -28,7 +28,7 @@ enum Kind {
 ///
 /// ```
 /// use std::time::Duration;
-/// use weir::Windows;
+/// use weir::time::Windows;
 ///
 /// // Kafka Streams' TimeWindows.ofSizeAndGrace(60 s, 10 s).
 /// const PER_MINUTE: Windows = Windows::tumbling(Duration::from_secs(60)).grace(Duration::from_secs(10));
@@ -148,10 +148,10 @@ impl Windows {
 /// ```
 /// use std::time::Duration;
 /// struct ViewsPerMinute;
-/// impl weir::WindowDef for ViewsPerMinute {
+/// impl weir::time::WindowDef for ViewsPerMinute {
 ///     const NAME: &'static str = "views_per_minute";
-///     const WINDOWS: weir::Windows =
-///         weir::Windows::tumbling(Duration::from_secs(60)).grace(Duration::from_secs(10));
+///     const WINDOWS: weir::time::Windows =
+///         weir::time::Windows::tumbling(Duration::from_secs(60)).grace(Duration::from_secs(10));
 ///     type Key = String;
 ///     type Value = u64;
 /// }
