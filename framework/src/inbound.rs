@@ -9,9 +9,26 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use rdkafka::message::{BorrowedMessage, Headers, Message, OwnedHeaders};
+/// A record as a broker's client hands it over, before it is copied into a run.
+pub(crate) trait Delivered {
+    fn partition(&self) -> i32;
+    fn offset(&self) -> i64;
+    fn timestamp_ms(&self) -> Option<i64>;
+    fn key(&self) -> Option<&[u8]>;
+    fn payload(&self) -> Option<&[u8]>;
+    /// Calls `f` with every header, in order.
+    fn for_each_header(&self, f: &mut dyn FnMut(&str, Option<&[u8]>));
+}
 
-/// One record of a partition, with its key and payload in a buffer shared with its run.
+/// Where one header's name and value are in the run's buffer.
+#[derive(Debug, Clone)]
+struct HeaderAt {
+    name: Range<usize>,
+    value: Option<Range<usize>>,
+}
+
+/// One record of a partition, with its key, payload and headers in a buffer shared with its
+/// run.
 #[derive(Debug, Clone)]
 pub(crate) struct Inbound {
     topic: Arc<str>,
@@ -21,7 +38,8 @@ pub(crate) struct Inbound {
     buf: Arc<[u8]>,
     key: Option<Range<usize>>,
     payload: Option<Range<usize>>,
-    headers: Option<OwnedHeaders>,
+    /// Empty (no allocation) for a record without headers.
+    headers: Box<[HeaderAt]>,
     /// Bytes this record holds in a queue (see [`weight`](Self::weight)).
     weight: usize,
 }
@@ -30,17 +48,37 @@ pub(crate) struct Inbound {
 /// the run's vector and buffer header), counted against the queue's byte bound.
 const RECORD_OVERHEAD: usize = 128;
 
-fn weight_of(key: Option<&[u8]>, payload: Option<&[u8]>, headers: Option<&OwnedHeaders>) -> usize {
-    let headers = headers.map_or(0, |h| {
-        h.iter()
-            .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
-            .sum()
+/// Copies `r`'s key, payload and headers into `buf`; returns where they are.
+#[allow(clippy::type_complexity)]
+fn copy_parts(
+    buf: &mut Vec<u8>,
+    key: Option<&[u8]>,
+    payload: Option<&[u8]>,
+    for_each_header: impl FnOnce(&mut dyn FnMut(&str, Option<&[u8]>)),
+) -> (Option<Range<usize>>, Option<Range<usize>>, Box<[HeaderAt]>) {
+    let key = key.map(|k| append(buf, k));
+    let payload = payload.map(|p| append(buf, p));
+    let mut headers = Vec::new();
+    for_each_header(&mut |name, value| {
+        let name = append(buf, name.as_bytes());
+        let value = value.map(|v| append(buf, v));
+        headers.push(HeaderAt { name, value });
     });
-    key.map_or(0, <[u8]>::len) + payload.map_or(0, <[u8]>::len) + headers + RECORD_OVERHEAD
+    (key, payload, headers.into_boxed_slice())
+}
+
+fn weight_of(
+    key: &Option<Range<usize>>,
+    payload: &Option<Range<usize>>,
+    headers: &[HeaderAt],
+) -> usize {
+    let len = |r: &Option<Range<usize>>| r.as_ref().map_or(0, Range::len);
+    let headers: usize = headers.iter().map(|h| h.name.len() + len(&h.value)).sum();
+    len(key) + len(payload) + headers + RECORD_OVERHEAD
 }
 
 impl Inbound {
-    /// A record on its own (the test kit's records).
+    /// A record on its own (the test kit's records, and tests).
     pub(crate) fn new(
         topic: Arc<str>,
         partition: i32,
@@ -48,57 +86,52 @@ impl Inbound {
         timestamp_ms: Option<i64>,
         key: Option<&[u8]>,
         payload: Option<&[u8]>,
-        headers: Option<OwnedHeaders>,
+        headers: &[(&str, Option<&[u8]>)],
     ) -> Self {
-        let weight = weight_of(key, payload, headers.as_ref());
         let mut scratch = Vec::new();
-        let key = key.map(|k| append(&mut scratch, k));
-        let payload = payload.map(|p| append(&mut scratch, p));
+        let (key, payload, headers) = copy_parts(&mut scratch, key, payload, |f| {
+            for (name, value) in headers {
+                f(name, *value);
+            }
+        });
         Self {
             topic,
             partition,
             offset,
             timestamp_ms,
+            weight: weight_of(&key, &payload, &headers),
             buf: Arc::from(scratch.as_slice()),
             key,
             payload,
             headers,
-            weight,
         }
     }
 
     /// Copies `msgs` (records of `topic`'s one partition) into one shared buffer; `scratch` is
     /// reused between calls to build it.
-    pub(crate) fn copy_run(
+    pub(crate) fn copy_run<M: Delivered>(
         topic: &Arc<str>,
-        msgs: &[BorrowedMessage<'_>],
+        msgs: &[M],
         scratch: &mut Vec<u8>,
     ) -> Vec<Self> {
         scratch.clear();
-        let ranges: Vec<_> = msgs
+        let parts: Vec<_> = msgs
             .iter()
-            .map(|m| {
-                let key = m.key().map(|k| append(scratch, k));
-                let payload = m.payload().map(|p| append(scratch, p));
-                (key, payload)
-            })
+            .map(|m| copy_parts(scratch, m.key(), m.payload(), |f| m.for_each_header(f)))
             .collect();
         let buf: Arc<[u8]> = Arc::from(scratch.as_slice());
         msgs.iter()
-            .zip(ranges)
-            .map(|(m, (key, payload))| {
-                let headers = m.headers().map(|h| h.detach());
-                Self {
-                    topic: Arc::clone(topic),
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    timestamp_ms: m.timestamp().to_millis(),
-                    weight: weight_of(m.key(), m.payload(), headers.as_ref()),
-                    buf: Arc::clone(&buf),
-                    key,
-                    payload,
-                    headers,
-                }
+            .zip(parts)
+            .map(|(m, (key, payload, headers))| Self {
+                topic: Arc::clone(topic),
+                partition: m.partition(),
+                offset: m.offset(),
+                timestamp_ms: m.timestamp_ms(),
+                weight: weight_of(&key, &payload, &headers),
+                buf: Arc::clone(&buf),
+                key,
+                payload,
+                headers,
             })
             .collect()
     }
@@ -134,9 +167,11 @@ impl Inbound {
 
     /// Every header, in order.
     pub(crate) fn headers(&self) -> impl Iterator<Item = (&str, Option<&[u8]>)> {
-        self.headers
-            .iter()
-            .flat_map(|h| h.iter().map(|h| (h.key, h.value)))
+        self.headers.iter().map(|h| {
+            // (Names were copied from `&str`s: always UTF-8.)
+            let name = std::str::from_utf8(&self.buf[h.name.clone()]).unwrap_or_default();
+            (name, h.value.clone().map(|r| &self.buf[r]))
+        })
     }
 }
 
@@ -152,10 +187,6 @@ mod tests {
 
     #[test]
     fn a_record_keeps_its_key_payload_and_headers_apart() {
-        let headers = OwnedHeaders::new().insert(rdkafka::message::Header {
-            key: "h",
-            value: Some(b"v".as_slice()),
-        });
         let r = Inbound::new(
             Arc::from("t"),
             3,
@@ -163,7 +194,7 @@ mod tests {
             Some(42),
             Some(b"key"),
             Some(b""),
-            Some(headers),
+            &[("h", Some(b"v".as_slice())), ("empty", None)],
         );
         assert_eq!((r.topic(), r.partition(), r.offset()), ("t", 3, 7));
         assert_eq!(r.timestamp_ms(), Some(42));
@@ -171,9 +202,9 @@ mod tests {
         assert_eq!(r.payload(), Some(b"".as_slice()));
         assert_eq!(
             r.headers().collect::<Vec<_>>(),
-            vec![("h", Some(b"v".as_slice()))]
+            vec![("h", Some(b"v".as_slice())), ("empty", None)]
         );
-        let none = Inbound::new(Arc::from("t"), 0, 0, None, None, None, None);
+        let none = Inbound::new(Arc::from("t"), 0, 0, None, None, None, &[]);
         assert_eq!((none.key(), none.payload()), (None, None));
         assert_eq!(none.headers().count(), 0);
     }

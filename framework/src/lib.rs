@@ -75,6 +75,7 @@
 // - `config`: every setting, declared once.
 // - `runtime`: the worker, its consumer thread, rebalances, flow control and partition tasks.
 // - `testing`: the test kit, which runs the batch runner without a broker.
+mod broker;
 mod config;
 mod delivery;
 mod error;

@@ -13,13 +13,14 @@ pub use weir_state::{Error, Progress, StoreReader, SCHEMA_VERSION};
 /// The workers' producer, for tools that change a store while no worker runs (`weir reset`):
 /// it sends what waits in a store's outbox as a worker does when it takes the partition.
 #[derive(Debug)]
-pub struct OutboxProducer(std::sync::Arc<crate::delivery::Producer>);
+pub struct OutboxProducer(std::sync::Arc<crate::broker::kafka::Producer>);
 
 impl OutboxProducer {
     /// Connects to `brokers` as a worker with the same `WEIR_KAFKA_*` environment would.
     pub fn connect(brokers: &str) -> crate::error::Result<Self> {
-        let producer = crate::delivery::Producer::new(crate::runtime::producer_from_env(brokers)?)
-            .map_err(crate::error::Error::kafka)?;
+        let producer =
+            crate::broker::kafka::Producer::new(crate::runtime::producer_from_env(brokers)?)
+                .map_err(crate::error::Error::kafka)?;
         Ok(Self(std::sync::Arc::new(producer)))
     }
 

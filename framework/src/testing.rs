@@ -33,7 +33,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use rdkafka::message::{Header, OwnedHeaders};
 use serde::{de::DeserializeOwned, Serialize};
 use weir_state::PartitionStore;
 
@@ -359,13 +358,8 @@ impl<H: Process> TestKit<H> {
             .partitions
             .entry((topic.to_owned(), partition))
             .or_default();
-        let mut hs = OwnedHeaders::new();
-        for (k, v) in headers {
-            hs = hs.insert(Header {
-                key: k,
-                value: Some(*v),
-            });
-        }
+        let headers: Vec<(&str, Option<&[u8]>)> =
+            headers.iter().map(|(k, v)| (*k, Some(*v))).collect();
         log.records.push(Inbound::new(
             std::sync::Arc::from(topic),
             partition,
@@ -373,7 +367,7 @@ impl<H: Process> TestKit<H> {
             Some(timestamp_ms),
             key,
             value,
-            (!headers.is_empty()).then_some(hs),
+            &headers,
         ));
         self
     }

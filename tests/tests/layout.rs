@@ -11,33 +11,29 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     &["error", "wall_clock", "inbound"],
     &["observe"],
+    &["broker"],
     &["delivery"],
     &["processing"],
     &["config"],
     &["runtime"],
 ];
 
-/// The framework's files that import `rdkafka`. The broker seam (issue 26) empties this list
-/// into `broker/kafka/`; a file that starts to import it fails the test.
+/// The framework's files outside `broker/kafka/` that still import `rdkafka`. The broker seam
+/// (issue 26) empties this list into `broker/kafka/`; any other file that starts to import it
+/// fails the test.
 const KAFKA_FILES: &[&str] = &[
-    "delivery/dead_letter.rs",
-    "delivery/outbox.rs",
-    "delivery/producer.rs",
     "delivery/restore.rs",
     "error.rs",
-    "inbound.rs",
-    "observe/client_log.rs",
     "runtime/admin.rs",
     "runtime/client.rs",
     "runtime/consumer.rs",
     "runtime/embedded_broker.rs",
+    "runtime/partition_task.rs",
     "runtime/pipeline.rs",
     "runtime/rebalance.rs",
     "runtime/shared.rs",
     "runtime/tables.rs",
     "runtime/worker.rs",
-    "testing.rs",
-    "runtime/partition_task.rs",
 ];
 
 /// One crate's modules: path (`["runtime", "consumer"]`) to file, source without comments.
@@ -476,7 +472,9 @@ fn only_the_listed_files_know_the_kafka_client() {
     let krate = Crate::read(&root);
     let mut knowing = BTreeSet::new();
     for (module, (_, text)) in &krate.modules {
-        if text.contains("rdkafka") {
+        if text.contains("rdkafka")
+            && !module.starts_with(&["broker".to_owned(), "kafka".to_owned()])
+        {
             knowing.insert(krate.name(module));
         }
     }

@@ -3,10 +3,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use rdkafka::message::{Header, OwnedHeaders};
 use weir_state::wire::header;
 
-use crate::delivery::Producer;
+use crate::broker::kafka::Producer;
+use crate::broker::Outgoing;
 use crate::inbound::Inbound;
 use crate::observe::metric_names::DEAD_LETTERS_TOTAL;
 use crate::wall_clock::now_ms;
@@ -109,12 +109,9 @@ impl DeadLetterSink {
                     .push(letter);
             }
             Self::Kafka(producer) => {
-                let mut headers = OwnedHeaders::new();
-                for (key, value) in msg.headers() {
-                    headers = headers.insert(Header { key, value });
-                }
                 let (partition, offset) = (msg.partition().to_string(), msg.offset().to_string());
                 let (attempts, now) = (attempts.to_string(), now_ms().to_string());
+                let mut headers: Vec<(&str, Option<&[u8]>)> = msg.headers().collect();
                 for (k, v) in [
                     (header::SOURCE_TOPIC, msg.topic()),
                     (header::SOURCE_PARTITION, partition.as_str()),
@@ -124,19 +121,18 @@ impl DeadLetterSink {
                     (header::FAILED_AT_MS, now.as_str()),
                     (header::REASON, reason.as_str()),
                 ] {
-                    headers = headers.insert(Header {
-                        key: k,
-                        value: Some(v),
-                    });
+                    headers.push((k, Some(v.as_bytes())));
                 }
                 // Unchanged: with the source record's timestamp too.
                 producer
-                    .produce(
-                        (&policy.topic, None),
-                        (msg.key(), msg.payload()),
-                        headers,
-                        msg.timestamp_ms(),
-                    )
+                    .send(Outgoing {
+                        topic: &policy.topic,
+                        partition: None,
+                        key: msg.key(),
+                        value: msg.payload(),
+                        headers: &headers,
+                        timestamp: msg.timestamp_ms(),
+                    })
                     .await
                     .map_err(|e| format!("dead-letter write to {} failed: {e}", policy.topic))?;
             }

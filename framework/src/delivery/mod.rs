@@ -3,12 +3,10 @@
 
 mod dead_letter;
 mod outbox;
-mod producer;
 pub(crate) mod restore;
 mod retry;
 
 pub use dead_letter::{DeadLetter, DeadLetterReason};
 pub(crate) use dead_letter::{DeadLetterPolicy, DeadLetterSink};
 pub(crate) use outbox::OutboxSink;
-pub(crate) use producer::Producer;
 pub use retry::RetryPolicy;

@@ -4,12 +4,11 @@
 
 use std::sync::{Arc, Mutex};
 
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
 use weir_state::wire::ChangelogEntry;
 use weir_state::{OutboxRecord, PartitionStore};
 
-use super::Producer;
+use crate::broker::kafka::Producer;
+use crate::broker::Outgoing;
 use crate::observe::metric_names::OUTBOX_SENT_TOTAL;
 
 /// Rows read from the outbox per round.
@@ -41,25 +40,6 @@ impl std::fmt::Display for OutboxError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.message)
     }
-}
-
-/// Whether the broker (or librdkafka) refuses `error`'s record for good.
-fn is_permanent(error: &KafkaError) -> bool {
-    use RDKafkaErrorCode::*;
-    matches!(
-        error.rdkafka_error_code(),
-        Some(
-            MessageSizeTooLarge
-                | InvalidMessageSize
-                | MessageBatchTooLarge
-                | InvalidRecord
-                | InvalidTopic
-                | TopicAuthorizationFailed
-                | ClusterAuthorizationFailed
-                | UnknownTopic
-                | UnknownPartition
-        )
-    )
 }
 
 /// Where outbox records go.
@@ -156,23 +136,23 @@ async fn send_all(producer: &Producer, rows: &[&OutboxRecord]) -> Result<(), Out
 }
 
 async fn send(producer: &Producer, r: &OutboxRecord) -> Result<(), OutboxError> {
-    let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
-    for (key, value) in &r.headers {
-        headers = headers.insert(Header {
-            key,
-            value: Some(value),
-        });
-    }
+    let headers: Vec<(&str, Option<&[u8]>)> = r
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), Some(v.as_slice())))
+        .collect();
     producer
-        .produce(
-            (&r.topic, r.partition),
-            (r.key.as_deref(), r.value.as_deref()),
-            headers,
-            r.timestamp,
-        )
+        .send(Outgoing {
+            topic: &r.topic,
+            partition: r.partition,
+            key: r.key.as_deref(),
+            value: r.value.as_deref(),
+            headers: &headers,
+            timestamp: r.timestamp,
+        })
         .await
         .map_err(|e| OutboxError {
             message: format!("sending to {} failed: {e}", r.topic),
-            permanent: is_permanent(&e),
+            permanent: e.permanent,
         })
 }

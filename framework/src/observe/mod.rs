@@ -2,7 +2,6 @@
 //! and the progress log. They read the worker through [`WorkerView`], which the runtime
 //! implements, so this layer knows nothing of how partitions are run.
 
-pub(crate) mod client_log;
 mod http;
 pub(crate) mod metric_names;
 mod progress;

@@ -317,17 +317,7 @@ mod tests {
     fn records(n: usize, payload_bytes: usize) -> Vec<Inbound> {
         let payload = vec![b'x'; payload_bytes];
         (0..n)
-            .map(|i| {
-                Inbound::new(
-                    Arc::from("t"),
-                    0,
-                    i as i64,
-                    None,
-                    None,
-                    Some(&payload),
-                    None,
-                )
-            })
+            .map(|i| Inbound::new(Arc::from("t"), 0, i as i64, None, None, Some(&payload), &[]))
             .collect()
     }
 

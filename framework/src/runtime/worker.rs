@@ -7,8 +7,9 @@ use std::sync::{mpsc as std_mpsc, Arc};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::BaseConsumer;
 
+use crate::broker::kafka::Producer;
 use crate::config::Config;
-use crate::delivery::{DeadLetterSink, OutboxSink, Producer};
+use crate::delivery::{DeadLetterSink, OutboxSink};
 use crate::error::{Error, Result};
 use crate::observe;
 use crate::processing::table::GlobalTables;

@@ -15,10 +15,12 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::error::KafkaError;
-use rdkafka::message::OwnedHeaders;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::ClientContext;
+
+use crate::broker::{Outgoing, SendError};
 
 type Inner = FutureProducer<ProducerLog>;
 
@@ -31,7 +33,7 @@ impl ClientContext for ProducerLog {
         if fac == "CONFWARN" && message.contains("enable.gapless.guarantee") {
             tracing::debug!(target: "librdkafka", "librdkafka: {fac} {message}");
         } else {
-            crate::observe::client_log::forward(level, fac, message);
+            super::log::forward(level, fac, message);
         }
     }
 }
@@ -68,27 +70,24 @@ impl Producer {
         )
     }
 
-    /// Produces one record to `(topic, partition)` (by key when no partition) with its
-    /// `timestamp` (the producer's clock when none) and waits for the broker's
-    /// acknowledgement. After a fatal error the next call goes through a new producer.
-    pub(crate) async fn produce(
-        &self,
-        (topic, partition): (&str, Option<i32>),
-        (key, value): (Option<&[u8]>, Option<&[u8]>),
-        headers: OwnedHeaders,
-        timestamp: Option<i64>,
-    ) -> Result<(), KafkaError> {
-        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
-        if let Some(p) = partition {
+    /// Produces `r` and waits for the broker's acknowledgement. After a fatal error the next
+    /// call goes through a new producer.
+    pub(crate) async fn send(&self, r: Outgoing<'_>) -> Result<(), SendError> {
+        let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
+        for (key, value) in r.headers {
+            headers = headers.insert(Header { key, value: *value });
+        }
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(r.topic).headers(headers);
+        if let Some(p) = r.partition {
             record = record.partition(p);
         }
-        if let Some(ms) = timestamp {
+        if let Some(ms) = r.timestamp {
             record = record.timestamp(ms);
         }
-        if let Some(k) = key {
+        if let Some(k) = r.key {
             record = record.key(k);
         }
-        if let Some(v) = value {
+        if let Some(v) = r.value {
             record = record.payload(v);
         }
         let producer = self.current();
@@ -97,10 +96,13 @@ impl Producer {
             .await
             .map(|_| ())
             .map_err(|(e, _)| e);
-        if sent.is_err() {
+        sent.map_err(|e| {
             self.replace_if_fatal(&producer);
-        }
-        sent
+            SendError {
+                permanent: is_permanent(&e),
+                message: e.to_string(),
+            }
+        })
     }
 
     /// Replaces `failed` (if still current) when it has stopped for good.
@@ -129,4 +131,23 @@ impl Producer {
             ),
         }
     }
+}
+
+/// Whether the broker (or librdkafka) refuses `error`'s record for good.
+fn is_permanent(error: &KafkaError) -> bool {
+    use RDKafkaErrorCode::*;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            MessageSizeTooLarge
+                | InvalidMessageSize
+                | MessageBatchTooLarge
+                | InvalidRecord
+                | InvalidTopic
+                | TopicAuthorizationFailed
+                | ClusterAuthorizationFailed
+                | UnknownTopic
+                | UnknownPartition
+        )
+    )
 }

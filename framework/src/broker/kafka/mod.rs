@@ -1,0 +1,7 @@
+//! Kafka, through librdkafka (`rdkafka`).
+
+mod delivered;
+pub(crate) mod log;
+mod producer;
+
+pub(crate) use producer::Producer;
