@@ -168,11 +168,6 @@ impl BrokerError {
 }
 
 impl Error {
-    /// A failure of the Kafka client.
-    pub(crate) fn kafka(e: rdkafka::error::KafkaError) -> Self {
-        Self::Broker(BrokerError::new("kafka", e))
-    }
-
     pub(crate) fn config(setting: impl Into<String>, message: impl Into<String>) -> Self {
         Self::Config {
             setting: setting.into(),

@@ -20,7 +20,7 @@ impl OutboxProducer {
     pub fn connect(brokers: &str) -> crate::error::Result<Self> {
         let producer =
             crate::broker::kafka::Producer::new(crate::runtime::producer_from_env(brokers)?)
-                .map_err(crate::error::Error::kafka)?;
+                .map_err(crate::broker::kafka::error)?;
         Ok(Self(std::sync::Arc::new(producer)))
     }
 

@@ -23,11 +23,9 @@ const LAYERS: &[&[&str]] = &[
 /// fails the test.
 const KAFKA_FILES: &[&str] = &[
     "delivery/restore.rs",
-    "error.rs",
     "runtime/admin.rs",
     "runtime/client.rs",
     "runtime/consumer.rs",
-    "runtime/embedded_broker.rs",
     "runtime/partition_task.rs",
     "runtime/pipeline.rs",
     "runtime/rebalance.rs",

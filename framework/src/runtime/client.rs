@@ -139,7 +139,7 @@ pub(crate) async fn check_brokers(
         .clone()
         .set_log_level(rdkafka::config::RDKafkaLogLevel::Warning)
         .create_with_context(ProbeContext::default())
-        .map_err(Error::kafka)?;
+        .map_err(crate::broker::kafka::error)?;
     let (answered, probe) = tokio::task::spawn_blocking(move || {
         let started = std::time::Instant::now();
         let answered = probe.fetch_metadata(None, timeout).map(drop);

@@ -10,7 +10,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::inbound::Inbound;
 use crate::observe::metric_names::{CONSUMER_ERRORS_TOTAL, STATE_CACHE_BYTES};
 use crate::processing::Process;
@@ -39,7 +39,9 @@ pub(crate) fn run<H: Process>(
     ready: std_mpsc::Receiver<Ready>,
 ) -> Result<()> {
     let topics: Vec<&str> = shared.config.topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&topics).map_err(Error::kafka)?;
+    consumer
+        .subscribe(&topics)
+        .map_err(crate::broker::kafka::error)?;
     let mut last_commit = Instant::now();
     let mut last_check = Instant::now();
     let mut errors = ConsumerErrors::default();

@@ -5,7 +5,6 @@ mod admin;
 mod builder;
 mod client;
 mod consumer;
-mod embedded_broker;
 mod flow;
 mod lifecycle;
 mod partition_task;
@@ -17,9 +16,9 @@ mod stages;
 mod tables;
 mod worker;
 
+pub use crate::broker::kafka::EmbeddedBroker;
 pub use builder::WorkerBuilder;
 pub use client::connection_from_env;
 pub(crate) use client::producer_from_env;
-pub use embedded_broker::EmbeddedBroker;
 pub use pipeline::{Pipeline, PipelineBuilder};
 pub use worker::Worker;

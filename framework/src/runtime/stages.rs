@@ -3,9 +3,9 @@
 
 use std::sync::{Arc, Mutex};
 
+use crate::broker::kafka::EmbeddedBroker;
 use crate::observe::WorkerView;
 use crate::runtime::admin::StageInputs;
-use crate::runtime::embedded_broker::EmbeddedBroker;
 
 /// What the stages share: the embedded broker, their views (for the one endpoint), and their
 /// input topics (for the repartition topics' partition counts).

@@ -268,7 +268,7 @@ impl<H: Process> Worker<H> {
             .create_with_context(WeirContext {
                 shared: Arc::clone(&shared),
             })
-            .map_err(Error::kafka)?;
+            .map_err(crate::broker::kafka::error)?;
         tracing::info!(
             group = %self.config.group, topics = ?self.config.topics, brokers = %self.brokers,
             embedded = self.embedded.is_some(), "worker starting"

@@ -167,6 +167,8 @@ impl EmbeddedBroker {
             .map_err(|e| Error::Embedded(format!("broker {broker} up: {e}")))
     }
 
+    // (Fault injection for weir's own tests: names librdkafka's types.)
+    #[doc(hidden)]
     /// Makes the next requests of kind `api` fail with `errors`, one error per request, in
     /// order (fault injection: e.g. `RDKafkaApiKey::OffsetCommit` with
     /// `RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT`).
@@ -180,6 +182,8 @@ impl EmbeddedBroker {
             .map_err(|e| Error::Embedded(format!("request errors: {e}")))
     }
 
+    // (Fault injection for weir's own tests: names librdkafka's types.)
+    #[doc(hidden)]
     /// Drops the injected errors of kind `api` not used yet.
     pub fn clear_request_errors(&self, api: RDKafkaApiKey) -> Result<()> {
         self.call(|reply| Command::ClearRequestErrors { api, reply })
