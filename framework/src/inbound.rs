@@ -16,8 +16,8 @@ pub(crate) trait Delivered {
     fn timestamp_ms(&self) -> Option<i64>;
     fn key(&self) -> Option<&[u8]>;
     fn payload(&self) -> Option<&[u8]>;
-    /// Calls `f` with every header, in order.
-    fn for_each_header(&self, f: &mut dyn FnMut(&str, Option<&[u8]>));
+    /// Every header, in order.
+    fn headers(&self) -> impl Iterator<Item = (&str, Option<&[u8]>)>;
 }
 
 /// Where one header's name and value are in the run's buffer.
@@ -50,20 +50,20 @@ const RECORD_OVERHEAD: usize = 128;
 
 /// Copies `r`'s key, payload and headers into `buf`; returns where they are.
 #[allow(clippy::type_complexity)]
-fn copy_parts(
+fn copy_parts<'h>(
     buf: &mut Vec<u8>,
     key: Option<&[u8]>,
     payload: Option<&[u8]>,
-    for_each_header: impl FnOnce(&mut dyn FnMut(&str, Option<&[u8]>)),
+    headers: impl Iterator<Item = (&'h str, Option<&'h [u8]>)>,
 ) -> (Option<Range<usize>>, Option<Range<usize>>, Box<[HeaderAt]>) {
     let key = key.map(|k| append(buf, k));
     let payload = payload.map(|p| append(buf, p));
-    let mut headers = Vec::new();
-    for_each_header(&mut |name, value| {
-        let name = append(buf, name.as_bytes());
-        let value = value.map(|v| append(buf, v));
-        headers.push(HeaderAt { name, value });
-    });
+    let headers: Vec<HeaderAt> = headers
+        .map(|(name, value)| HeaderAt {
+            name: append(buf, name.as_bytes()),
+            value: value.map(|v| append(buf, v)),
+        })
+        .collect();
     (key, payload, headers.into_boxed_slice())
 }
 
@@ -89,11 +89,8 @@ impl Inbound {
         headers: &[(&str, Option<&[u8]>)],
     ) -> Self {
         let mut scratch = Vec::new();
-        let (key, payload, headers) = copy_parts(&mut scratch, key, payload, |f| {
-            for (name, value) in headers {
-                f(name, *value);
-            }
-        });
+        let (key, payload, headers) =
+            copy_parts(&mut scratch, key, payload, headers.iter().copied());
         Self {
             topic,
             partition,
@@ -117,7 +114,7 @@ impl Inbound {
         scratch.clear();
         let parts: Vec<_> = msgs
             .iter()
-            .map(|m| copy_parts(scratch, m.key(), m.payload(), |f| m.for_each_header(f)))
+            .map(|m| copy_parts(scratch, m.key(), m.payload(), m.headers()))
             .collect();
         let buf: Arc<[u8]> = Arc::from(scratch.as_slice());
         msgs.iter()

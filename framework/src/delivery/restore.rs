@@ -1,19 +1,13 @@
 //! Rebuilding a partition's store from its changelog topic when the local copy is missing or
 //! behind (the partition was processed on another machine).
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::client::ClientContext;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::KafkaError;
-use rdkafka::message::{Headers, Message};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::types::RDKafkaErrorCode;
 use weir_state::wire::{header, ChangelogEntry, ChangelogPosition};
 use weir_state::PartitionStore;
 
+use crate::broker::kafka::{Connection, LogReader, Polled};
+use crate::inbound::Delivered;
 use crate::observe::metric_names::{RESTORED_RECORDS_TOTAL, RESTORE_DURATION_SECONDS};
 
 /// How long a restore waits for the broker without getting a record before giving up.
@@ -40,7 +34,7 @@ pub(crate) enum Restore {
 /// short): both are consistent, so the caller may go on from the store's offset, processing
 /// the partition from further back.
 pub(crate) fn restore_if_behind(
-    client: &ClientConfig,
+    connection: &Connection,
     store: &PartitionStore,
     topic: &str,
     partition: i32,
@@ -48,31 +42,12 @@ pub(crate) fn restore_if_behind(
     local_next: Option<i64>,
     cancelled: &(dyn Fn() -> bool + Sync),
 ) -> Result<Restore, String> {
-    let consumer = RestoreConsumer(Some(Arc::new(
-        client
-            .clone()
-            .set("group.id", "weir-restore")
-            .set("enable.auto.commit", "false")
-            // The end is where a fetch response's high watermark says (some brokers answer
-            // ListOffsets with less than the end), signalled as a partition EOF.
-            .set("enable.partition.eof", "true")
-            // Read as fast as the broker sends: no backoff once librdkafka's local queue fills
-            // (the restore drains it at once), and large fetches.
-            .set("fetch.queue.backoff.ms", "1")
-            .set("queued.min.messages", "200000")
-            .create_with_context(RestoreContext)
-            .map_err(|e| e.to_string())?,
-    )));
-    let consumer = consumer.get();
-    let (low, high) = watermarks(consumer, changelog, partition, cancelled)?;
+    let reader = connection.log_reader()?;
+    let (low, high) = reader.watermarks(changelog, partition, cancelled)?;
     // Read the newest record from just before the end as ListOffsets tells it; some brokers
     // (tansu) answer with less than the end, even with `low`, so reading goes on to the EOF.
-    let start = if high > low {
-        Offset::Offset(high - 1)
-    } else {
-        Offset::Beginning
-    };
-    let newest = newest_position(consumer, changelog, partition, start, cancelled)?;
+    let start = (high > low).then_some(high - 1);
+    let newest = newest_position(&reader, changelog, partition, start, cancelled)?;
     let local = store
         .position(topic, partition)
         .map_err(|e| e.to_string())?;
@@ -90,7 +65,7 @@ pub(crate) fn restore_if_behind(
         approx_records = high - low, "restoring the partition's store from its changelog"
     );
     store.reset(topic, partition).map_err(|e| e.to_string())?;
-    assign(consumer, changelog, partition, Offset::Beginning)?;
+    reader.read_from(changelog, partition, None)?;
     // Reading and writing overlap: this thread reads and coalesces the changelog while a
     // writer thread puts the previous chunk into SQLite (at most one chunk waits between them).
     let (records, next_offset) = std::thread::scope(|scope| {
@@ -109,7 +84,7 @@ pub(crate) fn restore_if_behind(
                 Ok(())
             })
             .map_err(|e| format!("cannot start the restore's writer thread: {e}"))?;
-        let read = read_changelog(consumer, (topic, changelog, partition), cancelled, |c| {
+        let read = read_changelog(&reader, (topic, changelog, partition), cancelled, |c| {
             chunks.send(c).is_ok()
         });
         drop(chunks);
@@ -153,7 +128,7 @@ struct Chunk {
 /// name that marker's position: entries of a batch whose marker never came (the sender died
 /// mid-flush, and the records were processed again, maybe in other batches) are dropped.
 fn read_changelog(
-    consumer: &BaseConsumer<RestoreContext>,
+    reader: &LogReader,
     (topic, changelog, partition): (&str, &str, i32),
     cancelled: &(dyn Fn() -> bool + Sync),
     mut write: impl FnMut(Chunk) -> bool,
@@ -178,8 +153,8 @@ fn read_changelog(
                 "stopped after {records} records (the partition is released)"
             ));
         }
-        let msg = match consumer.poll(Duration::from_millis(200)) {
-            None => {
+        let msg = match reader.poll(Duration::from_millis(200)) {
+            Polled::Nothing => {
                 if last_record.elapsed() > STALL_TIMEOUT {
                     return Err(format!(
                         "no changelog record for {STALL_TIMEOUT:?} after {records} records"
@@ -187,9 +162,9 @@ fn read_changelog(
                 }
                 continue;
             }
-            Some(Err(KafkaError::PartitionEOF(_))) => break,
-            Some(Err(e)) => return Err(format!("reading {changelog}/{partition}: {e}")),
-            Some(Ok(msg)) => msg,
+            Polled::End => break,
+            Polled::Failed(e) => return Err(format!("reading {changelog}/{partition}: {e}")),
+            Polled::Record(msg) => msg,
         };
         last_record = Instant::now();
         records += 1;
@@ -271,9 +246,11 @@ fn read_changelog(
 }
 
 /// A changelog record's position, from its headers.
-fn position_of(msg: &impl Message) -> Option<ChangelogPosition> {
-    let headers = msg.headers()?;
-    ChangelogPosition::from_headers(headers.iter().filter_map(|h| Some((h.key, h.value?))))
+fn position_of(msg: &impl Delivered) -> Option<ChangelogPosition> {
+    ChangelogPosition::from_headers(
+        msg.headers()
+            .filter_map(|(name, value)| Some((name, value?))),
+    )
 }
 
 /// Restored entries waiting to be written, the newest value per (store, key).
@@ -304,106 +281,17 @@ impl Coalesced {
     }
 }
 
-/// The changelog partition's watermarks, asked on a helper thread so that a stop does not
-/// wait for a slow broker's answer.
-fn watermarks(
-    consumer: &Arc<BaseConsumer<RestoreContext>>,
-    changelog: &str,
-    partition: i32,
-    cancelled: &(dyn Fn() -> bool + Sync),
-) -> Result<(i64, i64), String> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let (asker, name) = (Arc::clone(consumer), changelog.to_owned());
-    std::thread::Builder::new()
-        .name("weir-restore-offsets".into())
-        .spawn(move || {
-            let _ = tx.send(asker.fetch_watermarks(&name, partition, Duration::from_secs(60)));
-        })
-        .map_err(|e| e.to_string())?;
-    loop {
-        match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(answer) => {
-                return answer
-                    .map_err(|e| format!("reading {changelog}/{partition}'s offsets: {e}"))
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) if !cancelled() => {}
-            Err(_) => return Err("stopped while reading the changelog's offsets".into()),
-        }
-    }
-}
-
-/// The earliest offset of `topic`/`partition` (where a consumer from the beginning starts).
-pub(crate) fn low_watermark(
-    client: &ClientConfig,
-    topic: &str,
-    partition: i32,
-) -> Result<i64, String> {
-    let consumer: BaseConsumer = client.create().map_err(|e| e.to_string())?;
-    consumer
-        .fetch_watermarks(topic, partition, Duration::from_secs(10))
-        .map(|(low, _)| low)
-        .map_err(|e| format!("reading {topic}/{partition}'s offsets: {e}"))
-}
-
-/// The restore consumer, closed on a thread of its own when dropped: closing may wait for
-/// requests in flight, and a stopped restore must not wait for a slow broker.
-struct RestoreConsumer(Option<Arc<BaseConsumer<RestoreContext>>>);
-
-impl RestoreConsumer {
-    fn get(&self) -> &Arc<BaseConsumer<RestoreContext>> {
-        self.0.as_ref().expect("taken only on drop")
-    }
-}
-
-impl Drop for RestoreConsumer {
-    fn drop(&mut self) {
-        if let Some(consumer) = self.0.take() {
-            let _ = std::thread::Builder::new()
-                .name("weir-restore-close".into())
-                .spawn(move || drop(consumer));
-        }
-    }
-}
-
-/// The restore consumer's context: the end of the changelog is expected, not an error.
-struct RestoreContext;
-
-impl ClientContext for RestoreContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(
-            error,
-            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
-        ) {
-            tracing::warn!("changelog restore consumer: {error}: {reason}");
-        }
-    }
-}
-
-impl ConsumerContext for RestoreContext {}
-
-fn assign(
-    consumer: &BaseConsumer<RestoreContext>,
-    changelog: &str,
-    partition: i32,
-    offset: Offset,
-) -> Result<(), String> {
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(changelog, partition, offset)
-        .map_err(|e| e.to_string())?;
-    consumer.assign(&tpl).map_err(|e| e.to_string())
-}
-
 /// The highest position carried by the changelog's records from `start` to the end (every
 /// entry has the headers; compaction always keeps the newest record); `None` when the
 /// changelog has no records.
 fn newest_position(
-    consumer: &BaseConsumer<RestoreContext>,
+    reader: &LogReader,
     changelog: &str,
     partition: i32,
-    start: Offset,
+    start: Option<i64>,
     cancelled: &(dyn Fn() -> bool + Sync),
 ) -> Result<Option<ChangelogPosition>, String> {
-    assign(consumer, changelog, partition, start)?;
+    reader.read_from(changelog, partition, start)?;
     let mut any = false;
     let deadline = Instant::now() + STALL_TIMEOUT;
     let mut newest = None;
@@ -411,10 +299,10 @@ fn newest_position(
         if cancelled() {
             return Err("stopped while reading the changelog's end".into());
         }
-        match consumer.poll(Duration::from_millis(200)) {
-            None => {}
-            Some(Err(KafkaError::PartitionEOF(_))) if !any => return Ok(None),
-            Some(Err(KafkaError::PartitionEOF(_))) => {
+        match reader.poll(Duration::from_millis(200)) {
+            Polled::Nothing => {}
+            Polled::End if !any => return Ok(None),
+            Polled::End => {
                 return newest.map(Some).ok_or_else(|| {
                     format!(
                         "{changelog}/{partition}: no record with a {} header at its end",
@@ -422,8 +310,8 @@ fn newest_position(
                     )
                 })
             }
-            Some(Err(e)) => return Err(format!("reading {changelog}/{partition}: {e}")),
-            Some(Ok(msg)) => {
+            Polled::Failed(e) => return Err(format!("reading {changelog}/{partition}: {e}")),
+            Polled::Record(msg) => {
                 any = true;
                 newest = newest.max(position_of(&msg));
             }

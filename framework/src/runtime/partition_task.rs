@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::sync::{mpsc as std_mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
+use crate::broker::kafka::Connection;
 use tokio::sync::mpsc;
 use weir_state::PartitionStore;
 
@@ -67,7 +67,7 @@ pub(crate) struct TaskContext {
     pub(crate) allow_partial_history: bool,
     pub(crate) outbox: OutboxSink,
     /// Connection settings for the task's own clients (changelog restore, watermarks).
-    pub(crate) client: ClientConfig,
+    pub(crate) connection: Connection,
     /// Where a restoring task says that its store is ready.
     pub(crate) ready: std_mpsc::Sender<Ready>,
     pub(crate) lifecycle: Arc<Lifecycle>,
@@ -230,10 +230,10 @@ impl<H: Process> PartitionTask<H> {
         }
         if !self.ctx.tables.is_empty() {
             let store = Arc::clone(self.runner.store());
-            let (client, tables) = (self.ctx.client.clone(), Arc::clone(&self.ctx.tables));
+            let (connection, tables) = (self.ctx.connection.clone(), Arc::clone(&self.ctx.tables));
             let partition = self.partition;
             let opened = tokio::task::spawn_blocking(move || {
-                PartitionTables::open(&client, &store.store, &tables, partition)
+                PartitionTables::open(connection.client_config(), &store.store, &tables, partition)
             })
             .await;
             match opened {
@@ -316,11 +316,11 @@ impl<H: Process> PartitionTask<H> {
         let store = Arc::clone(self.runner.store());
         let flow = Arc::clone(&self.flow);
         let (topic, partition, local) = (Arc::clone(&self.topic), self.partition, self.next_offset);
-        let client = self.ctx.client.clone();
+        let connection = self.ctx.connection.clone();
         let result = tokio::task::spawn_blocking(move || {
             let stop = flow.stop_signal();
             let outcome = restore::restore_if_behind(
-                &client,
+                &connection,
                 &store.store,
                 &topic,
                 partition,
@@ -366,13 +366,12 @@ impl<H: Process> PartitionTask<H> {
         if self.next_offset.is_some() || first == 0 || self.ctx.allow_partial_history {
             return true;
         }
-        let client = self.ctx.client.clone();
+        let connection = self.ctx.connection.clone();
         let (topic, partition) = (self.topic.to_string(), self.partition);
-        let low =
-            tokio::task::spawn_blocking(move || restore::low_watermark(&client, &topic, partition))
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r);
+        let low = tokio::task::spawn_blocking(move || connection.low_watermark(&topic, partition))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
         let low = match low {
             Ok(low) => low,
             Err(e) => {

@@ -49,7 +49,7 @@ impl<H: Process> ClientContext for WeirContext<H> {
             // Kafka's committed offset is progress only; the truth is in SQLite.
             metrics::counter!(KAFKA_COMMIT_FAILURES_TOTAL).increment(1);
         }
-        crate::broker::kafka::log::forward(level, fac, message);
+        crate::broker::kafka::client_log::forward(level, fac, message);
     }
 
     /// librdkafka's statistics carry each partition's watermarks as learned from fetch

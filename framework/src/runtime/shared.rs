@@ -136,7 +136,7 @@ impl<H: crate::processing::Handler> Shared<H> {
             group: self.config.group.clone(),
             topics: self.config.topics.clone(),
             partitioner: self.config.key_partitioner,
-            client: self.task_ctx.client.clone(),
+            client: self.task_ctx.connection.client_config().clone(),
             partition_counts: Mutex::default(),
             stores: declared_stores(&H::settings()),
         })

@@ -7,7 +7,7 @@ use std::sync::{mpsc as std_mpsc, Arc};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::BaseConsumer;
 
-use crate::broker::kafka::Producer;
+use crate::broker::kafka::{Connection, Producer};
 use crate::config::Config;
 use crate::delivery::{DeadLetterSink, OutboxSink};
 use crate::error::{Error, Result};
@@ -251,7 +251,7 @@ impl<H: Process> Worker<H> {
                 linger: self.config.linger,
                 allow_partial_history: self.config.allow_partial_history,
                 outbox: self.outbox.clone(),
-                client: self.connection.clone(),
+                connection: Connection::new(self.connection.clone()),
                 ready: ready_tx,
                 lifecycle: Arc::clone(&lifecycle),
                 idle_close_after: self.config.idle_close_after,

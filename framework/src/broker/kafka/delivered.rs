@@ -25,11 +25,9 @@ impl Delivered for BorrowedMessage<'_> {
         Message::payload(self)
     }
 
-    fn for_each_header(&self, f: &mut dyn FnMut(&str, Option<&[u8]>)) {
-        if let Some(headers) = self.headers() {
-            for h in headers.iter() {
-                f(h.key, h.value);
-            }
-        }
+    fn headers(&self) -> impl Iterator<Item = (&str, Option<&[u8]>)> {
+        Message::headers(self)
+            .into_iter()
+            .flat_map(|h| h.iter().map(|h| (h.key, h.value)))
     }
 }

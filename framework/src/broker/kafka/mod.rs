@@ -1,11 +1,13 @@
 //! Kafka, through librdkafka (`rdkafka`).
 
+pub(crate) mod client_log;
 mod delivered;
 mod embedded;
-pub(crate) mod log;
+mod log_reader;
 mod producer;
 
 pub use embedded::EmbeddedBroker;
+pub(crate) use log_reader::{Connection, LogReader, Polled};
 pub(crate) use producer::Producer;
 
 /// A failure of the Kafka client, as weir's error.

@@ -33,7 +33,7 @@ impl ClientContext for ProducerLog {
         if fac == "CONFWARN" && message.contains("enable.gapless.guarantee") {
             tracing::debug!(target: "librdkafka", "librdkafka: {fac} {message}");
         } else {
-            super::log::forward(level, fac, message);
+            super::client_log::forward(level, fac, message);
         }
     }
 }

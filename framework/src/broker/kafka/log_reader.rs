@@ -1,0 +1,196 @@
+//! Reading a partition of a log from a position to its end (changelog restores), on a
+//! blocking thread.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::BorrowedMessage;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::inbound::Delivered;
+
+/// How a worker's own clients (restores, tables, offsets) connect: the worker's connection
+/// and security settings.
+#[derive(Clone)]
+pub(crate) struct Connection(ClientConfig);
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Connection")
+    }
+}
+
+impl Connection {
+    pub(crate) fn new(client: ClientConfig) -> Self {
+        Self(client)
+    }
+
+    /// The client settings, for the Kafka adapters not behind the seam yet.
+    pub(crate) fn client_config(&self) -> &ClientConfig {
+        &self.0
+    }
+
+    /// The earliest offset of `topic`/`partition` (where a consumer from the beginning
+    /// starts).
+    pub(crate) fn low_watermark(&self, topic: &str, partition: i32) -> Result<i64, String> {
+        let consumer: BaseConsumer = self.0.create().map_err(|e| e.to_string())?;
+        consumer
+            .fetch_watermarks(topic, partition, Duration::from_secs(10))
+            .map(|(low, _)| low)
+            .map_err(|e| format!("reading {topic}/{partition}'s offsets: {e}"))
+    }
+
+    /// A reader of logs, tuned to read as fast as the broker sends.
+    pub(crate) fn log_reader(&self) -> Result<LogReader, String> {
+        let consumer = self
+            .0
+            .clone()
+            .set("group.id", "weir-restore")
+            .set("enable.auto.commit", "false")
+            // The end is where a fetch response's high watermark says (some brokers answer
+            // ListOffsets with less than the end), signalled as a partition EOF.
+            .set("enable.partition.eof", "true")
+            // Read as fast as the broker sends: no backoff once librdkafka's local queue fills
+            // (the reader drains it at once), and large fetches.
+            .set("fetch.queue.backoff.ms", "1")
+            .set("queued.min.messages", "200000")
+            .create_with_context(ReaderContext)
+            .map_err(|e| e.to_string())?;
+        Ok(LogReader(Some(Arc::new(consumer))))
+    }
+}
+
+/// What a poll of the log gave.
+pub(crate) enum Polled<'a> {
+    /// Nothing within the poll's time.
+    Nothing,
+    /// The end of the partition as the broker knows it now.
+    End,
+    /// A record.
+    Record(LogRecord<'a>),
+    /// The client failed.
+    Failed(String),
+}
+
+/// A record read from a log.
+pub(crate) struct LogRecord<'a>(BorrowedMessage<'a>);
+
+impl Delivered for LogRecord<'_> {
+    fn partition(&self) -> i32 {
+        Delivered::partition(&self.0)
+    }
+
+    fn offset(&self) -> i64 {
+        Delivered::offset(&self.0)
+    }
+
+    fn timestamp_ms(&self) -> Option<i64> {
+        Delivered::timestamp_ms(&self.0)
+    }
+
+    fn key(&self) -> Option<&[u8]> {
+        Delivered::key(&self.0)
+    }
+
+    fn payload(&self) -> Option<&[u8]> {
+        Delivered::payload(&self.0)
+    }
+
+    fn headers(&self) -> impl Iterator<Item = (&str, Option<&[u8]>)> {
+        Delivered::headers(&self.0)
+    }
+}
+
+/// Reads one partition of a log at a time; closed on a thread of its own when dropped
+/// (closing may wait for requests in flight, and a stopped reader must not wait for a slow
+/// broker).
+pub(crate) struct LogReader(Option<Arc<BaseConsumer<ReaderContext>>>);
+
+impl LogReader {
+    fn consumer(&self) -> &Arc<BaseConsumer<ReaderContext>> {
+        self.0.as_ref().expect("taken only on drop")
+    }
+
+    /// `topic`/`partition`'s low and high watermarks, asked on a helper thread so that a stop
+    /// (`cancelled`) does not wait for a slow broker's answer.
+    pub(crate) fn watermarks(
+        &self,
+        topic: &str,
+        partition: i32,
+        cancelled: &(dyn Fn() -> bool + Sync),
+    ) -> Result<(i64, i64), String> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (asker, name) = (Arc::clone(self.consumer()), topic.to_owned());
+        std::thread::Builder::new()
+            .name("weir-log-offsets".into())
+            .spawn(move || {
+                let _ = tx.send(asker.fetch_watermarks(&name, partition, Duration::from_secs(60)));
+            })
+            .map_err(|e| e.to_string())?;
+        loop {
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(answer) => {
+                    return answer
+                        .map_err(|e| format!("reading {topic}/{partition}'s offsets: {e}"))
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if !cancelled() => {}
+                Err(_) => return Err(format!("stopped while reading {topic}'s offsets")),
+            }
+        }
+    }
+
+    /// Reads `topic`/`partition` from offset `from` (`None`: its beginning) on.
+    pub(crate) fn read_from(
+        &self,
+        topic: &str,
+        partition: i32,
+        from: Option<i64>,
+    ) -> Result<(), String> {
+        let mut tpl = TopicPartitionList::new();
+        let offset = from.map_or(Offset::Beginning, Offset::Offset);
+        tpl.add_partition_offset(topic, partition, offset)
+            .map_err(|e| e.to_string())?;
+        self.consumer().assign(&tpl).map_err(|e| e.to_string())
+    }
+
+    /// The next record, waiting at most `timeout`.
+    pub(crate) fn poll(&self, timeout: Duration) -> Polled<'_> {
+        match self.consumer().poll(timeout) {
+            None => Polled::Nothing,
+            Some(Err(KafkaError::PartitionEOF(_))) => Polled::End,
+            Some(Err(e)) => Polled::Failed(e.to_string()),
+            Some(Ok(msg)) => Polled::Record(LogRecord(msg)),
+        }
+    }
+}
+
+impl Drop for LogReader {
+    fn drop(&mut self) {
+        if let Some(consumer) = self.0.take() {
+            let _ = std::thread::Builder::new()
+                .name("weir-log-close".into())
+                .spawn(move || drop(consumer));
+        }
+    }
+}
+
+/// The reader's context: the end of a partition is expected, not an error.
+struct ReaderContext;
+
+impl ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        ) {
+            tracing::warn!("log reader: {error}: {reason}");
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
