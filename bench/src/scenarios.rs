@@ -1,0 +1,554 @@
+//! One scenario's run in its child process: weir workers and pipelines watched to their last
+//! commit, live traffic, restores.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use weir::prelude::*;
+
+use crate::args::Args;
+use crate::baselines::{consumer, hand_loop, hand_loop_batched, raw, TUNED};
+use crate::data::create_topic;
+use crate::handlers::{
+    customers_topic, BenchCustomers, BenchJoin, BenchRevenue, Counting, KeyedCount, Stateless,
+    WindowCount, WINDOWS_CLOSED,
+};
+use crate::probe::{now_ms, peak_rss_mib, watch_commits, Histogram, Probe};
+use crate::{Measured, Outcome};
+
+pub(crate) async fn run_child(args: &Args, brokers: &str, topic: &str) -> Result<(), String> {
+    let n = args.messages;
+    let probe = Arc::new(Probe::default());
+    let group = format!("bench-{}-{}", args.scenario, std::process::id());
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let measured = match args.scenario.as_str() {
+        "weir-restore" => Some(restore(brokers, topic, &group, n, dir.path()).await?),
+        "weir-live" => Some(live(brokers, topic, &group, n, args.rate, &probe, dir.path()).await?),
+        _ => None,
+    };
+    match args.scenario.as_str() {
+        _ if measured.is_some() => {}
+        "raw" => raw(consumer(brokers, topic, &group, TUNED)?, n, &probe)?,
+        "raw-defaults" => raw(consumer(brokers, topic, &group, &[])?, n, &probe)?,
+        "hand-loop" => hand_loop(brokers, topic, &group, n, &probe, dir.path())?,
+        "hand-loop-batched" => hand_loop_batched(brokers, topic, &group, n, &probe, dir.path())?,
+        "weir-keyed-count" => {
+            let worker = bench_worker(brokers, topic, &group, dir.path())
+                .build(KeyedCount(Arc::clone(&probe), None))
+                .map_err(|e| e.to_string())?;
+            run_worker_until(worker, &probe, n, dir.path(), topic).await?;
+        }
+        "weir-window-count" => {
+            let output = format!("{topic}.windows-{}", std::process::id());
+            if let Err(e) = create_topic(brokers, &output, 1).await {
+                eprintln!("window count: creating {output} failed ({e}); relying on the broker creating it");
+            }
+            let worker = bench_worker(brokers, topic, &group, dir.path())
+                .late_topic(None)
+                .build(WindowCount(Arc::clone(&probe), output))
+                .map_err(|e| e.to_string())?;
+            run_worker_until(worker, &probe, n, dir.path(), topic).await?;
+            eprintln!(
+                "window count: {} windows closed",
+                WINDOWS_CLOSED.load(Ordering::Relaxed)
+            );
+        }
+        "weir-enrich" => {
+            let customers = customers_topic(topic);
+            let repartition = format!("{group}-revenue-repartition");
+            let output = format!("{topic}.revenue-{}", std::process::id());
+            for t in [&repartition, &output] {
+                if let Err(e) = create_topic(brokers, t, args.partitions).await {
+                    eprintln!(
+                        "enrich: creating {t} failed ({e}); relying on the broker creating it"
+                    );
+                }
+            }
+            let input = topic.to_owned();
+            let pipeline = bench_builder(brokers, &group, dir.path())
+                .pipeline()
+                .stage_with("join", BenchJoin(Arc::clone(&probe)), move |b| {
+                    b.topic(input).table_topic::<BenchCustomers>(customers)
+                })
+                .repartitioned_stage("revenue", BenchRevenue(Arc::clone(&probe), output))
+                .build()
+                .map_err(|e| e.to_string())?;
+            // Done when the second stage has committed every record.
+            let watched = spawn_watched_run(
+                |stop| pipeline.run(stop),
+                &probe,
+                n,
+                dir.path(),
+                &repartition,
+            );
+            wait_watched(watched, &probe, n).await?;
+        }
+        "weir-stateless" => {
+            let worker = bench_worker(brokers, topic, &group, dir.path())
+                .build(Stateless(Arc::clone(&probe)))
+                .map_err(|e| e.to_string())?;
+            run_worker_until(worker, &probe, n, dir.path(), topic).await?;
+        }
+        "weir-wordcount" => {
+            let worker = bench_worker(brokers, topic, &group, dir.path())
+                .build(Counting(
+                    Arc::clone(&probe),
+                    weir_examples::wordcount::WordCount,
+                ))
+                .map_err(|e| e.to_string())?;
+            run_worker_until(worker, &probe, n, dir.path(), topic).await?;
+        }
+        other => return Err(format!("unknown scenario {other}")),
+    }
+    let Measured {
+        messages,
+        seconds,
+        latencies_ms: [p50, p99, p999],
+        output_latencies_ms,
+    } = measured.unwrap_or_else(|| Measured {
+        messages: n,
+        seconds: probe.seconds(),
+        latencies_ms: probe.percentiles(),
+        output_latencies_ms: None,
+    });
+    let outcome = Outcome {
+        scenario: args.scenario.clone(),
+        messages,
+        seconds,
+        messages_per_second: messages as f64 / seconds,
+        p50_latency_ms: p50,
+        p99_latency_ms: p99,
+        p999_latency_ms: p999,
+        output_latency_ms: output_latencies_ms,
+        peak_rss_mib: peak_rss_mib(),
+    };
+    println!(
+        "{}",
+        serde_json::to_string(&outcome).map_err(|e| e.to_string())?
+    );
+    Ok(())
+}
+
+/// A worker for the run; `WEIR_*` variables (e.g. `WEIR_QUEUE_CAPACITY`) override its
+/// settings, to measure them.
+pub(crate) fn bench_worker(
+    brokers: &str,
+    topic: &str,
+    group: &str,
+    dir: &std::path::Path,
+) -> weir::WorkerBuilder {
+    bench_builder(brokers, group, dir).topic(topic)
+}
+
+/// [`bench_worker`] without its topic (a pipeline's stages have their own).
+pub(crate) fn bench_builder(
+    brokers: &str,
+    group: &str,
+    dir: &std::path::Path,
+) -> weir::WorkerBuilder {
+    let builder = Worker::builder()
+        .brokers(brokers)
+        .group(group)
+        .state_dir(dir)
+        .dead_letter_topic(None)
+        .progress_interval(Duration::ZERO)
+        .kafka("session.timeout.ms", "6000");
+    match builder.clone().with_env() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("weir-bench: ignoring the environment: {e}");
+            builder
+        }
+    }
+}
+
+/// A worker running on its own task, with its SQLite commits watched into a probe.
+pub(crate) struct Watched {
+    /// Stops the worker gracefully.
+    pub(crate) stop: tokio::sync::oneshot::Sender<()>,
+    pub(crate) run: tokio::task::JoinHandle<weir::Result<()>>,
+    /// Ends the watcher before it has seen all records.
+    pub(crate) give_up: Arc<AtomicBool>,
+    pub(crate) watch: tokio::task::JoinHandle<()>,
+}
+
+/// Starts `worker`, and a watcher that tells `probe` what its SQLite files say is committed,
+/// until `n` records are.
+pub(crate) fn spawn_watched<H: Process>(
+    worker: Worker<H>,
+    probe: &Arc<Probe>,
+    n: u64,
+    dir: &Path,
+    topic: &str,
+) -> Watched {
+    spawn_watched_run(|stopped| worker.run(stopped), probe, n, dir, topic)
+}
+
+/// [`spawn_watched`] for what `run` starts (a worker, a pipeline) with a stop signal.
+pub(crate) fn spawn_watched_run<F>(
+    run: impl FnOnce(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) -> F,
+    probe: &Arc<Probe>,
+    n: u64,
+    dir: &Path,
+    topic: &str,
+) -> Watched
+where
+    F: std::future::Future<Output = weir::Result<()>> + Send + 'static,
+{
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(run(Box::pin(async {
+        let _ = stopped.await;
+    })));
+    let give_up = Arc::new(AtomicBool::new(false));
+    let watch = {
+        let (dir, topic, probe, give_up) = (
+            dir.to_owned(),
+            topic.to_owned(),
+            Arc::clone(probe),
+            Arc::clone(&give_up),
+        );
+        tokio::task::spawn_blocking(move || watch_commits(&dir, &topic, &probe, n, &give_up))
+    };
+    Watched {
+        stop,
+        run,
+        give_up,
+        watch,
+    }
+}
+
+/// Runs `worker` until the state of all `n` records is committed (as its SQLite files say),
+/// then stops it gracefully (not timed).
+pub(crate) async fn run_worker_until<H: Process>(
+    worker: Worker<H>,
+    probe: &Arc<Probe>,
+    n: u64,
+    dir: &Path,
+    topic: &str,
+) -> Result<(), String> {
+    wait_watched(spawn_watched(worker, probe, n, dir, topic), probe, n).await
+}
+
+/// Waits until all `n` records are committed, then stops what runs gracefully (not timed).
+pub(crate) async fn wait_watched(
+    watched: Watched,
+    probe: &Arc<Probe>,
+    n: u64,
+) -> Result<(), String> {
+    let Watched {
+        stop,
+        run,
+        give_up,
+        watch,
+    } = watched;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while probe.committed.load(Ordering::Relaxed) < n {
+        if Instant::now() > deadline || run.is_finished() {
+            give_up.store(true, Ordering::Relaxed);
+            return Err(format!(
+                "{} of {n} processed, {} committed, worker {}",
+                probe.done.load(Ordering::Relaxed),
+                probe.committed.load(Ordering::Relaxed),
+                if run.is_finished() {
+                    "ended"
+                } else {
+                    "still running after 600 s"
+                }
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let _ = watch.await;
+    let _ = stop.send(());
+    run.await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+}
+
+/// Live traffic: a keyed-count worker that emits each new count first catches up with the
+/// backlog (untimed); then the bench produces `rate` records/s for 10 s, each stamped with its
+/// produce time, and reports the latency from produce to state commit of those records, and
+/// (on stderr and in `bench-results.json`) from produce to the arrival of their emitted
+/// records on the output topic.
+pub(crate) async fn live(
+    brokers: &str,
+    topic: &str,
+    group: &str,
+    n: u64,
+    rate: u64,
+    probe: &Arc<Probe>,
+    dir: &Path,
+) -> Result<Measured, String> {
+    const SECONDS: u64 = 10;
+    let live_n = rate * SECONDS;
+    // Per run: `--rounds` runs the scenario again on the same topic.
+    let output = format!("{topic}.counts-{}", std::process::id());
+    if let Err(e) = create_topic(brokers, &output, 1).await {
+        // The embedded broker does not answer CreateTopics from here; it creates a topic when
+        // it is first produced to or asked about.
+        eprintln!("live: creating {output} failed ({e}); relying on the broker creating it");
+    }
+    let worker = bench_worker(brokers, topic, group, dir)
+        .build(KeyedCount(Arc::clone(probe), Some(output.clone())))
+        .map_err(|e| e.to_string())?;
+    let Watched {
+        stop,
+        run,
+        give_up,
+        watch,
+    } = spawn_watched(worker, probe, n + live_n, dir, topic);
+    let wait_committed = |target: u64| {
+        let probe = Arc::clone(probe);
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(600);
+            while probe.committed.load(Ordering::Relaxed) < target {
+                if Instant::now() > deadline {
+                    return Err(format!(
+                        "{} of {target} committed after 600 s",
+                        probe.committed.load(Ordering::Relaxed)
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Ok(())
+        }
+    };
+    wait_committed(n).await?;
+    // Caught up: from here on only the live records' latencies count.
+    *probe.latencies.lock().map_err(|e| e.to_string())? = Histogram::default();
+    let live_from_ms = now_ms();
+    let outputs = {
+        // Read from the output's end as it is now: what was emitted for the backlog is not
+        // read (it would delay the live records behind it).
+        let reader = output_reader(brokers, &output, &format!("{group}-out"))?;
+        let give_up = Arc::clone(&give_up);
+        std::thread::spawn(move || read_outputs(&reader, live_from_ms, live_n, &give_up))
+    };
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "1")
+        // Room for the whole run: the rate must not stall on a full local queue.
+        .set("queue.buffering.max.messages", "2000000")
+        .create()
+        .map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let mut deliveries = Vec::with_capacity(live_n as usize);
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let mut sent = 0u64;
+    while sent < live_n {
+        tick.tick().await;
+        // Records due by now at `rate`, so a late tick catches up rather than lowering it.
+        let due = (started.elapsed().as_secs_f64() * rate as f64).ceil() as u64;
+        while sent < due.min(live_n) {
+            let key = format!("k{}", sent % 10_000);
+            let record = FutureRecord::to(topic)
+                .key(&key)
+                .payload("live")
+                .timestamp(now_ms());
+            deliveries.push(
+                producer
+                    .send_result(record)
+                    .map_err(|(e, _)| e.to_string())?,
+            );
+            sent += 1;
+        }
+    }
+    for d in deliveries {
+        d.await
+            .map_err(|e| e.to_string())?
+            .map_err(|(e, _)| e.to_string())?;
+    }
+    let produced_in = started.elapsed();
+    wait_committed(n + live_n).await?;
+    let (p50, p99, p999) = probe
+        .latencies
+        .lock()
+        .map(|h| (h.quantile(0.5), h.quantile(0.99), h.quantile(0.999)))
+        .map_err(|e| e.to_string())?;
+    eprintln!(
+        "live: {live_n} records at {rate}/s produced in {produced_in:.1?}; produce to state \
+         commit p50 {p50} ms, p99 {p99} ms, p999 {p999} ms"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !outputs.is_finished() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    give_up.store(true, Ordering::Relaxed);
+    let out = outputs
+        .join()
+        .map_err(|_| "the output reader panicked".to_owned())?;
+    if out.count < live_n {
+        return Err(format!(
+            "{} of {live_n} emitted records arrived on {output} within 60 s",
+            out.count
+        ));
+    }
+    let emitted = [out.quantile(0.5), out.quantile(0.99), out.quantile(0.999)];
+    eprintln!(
+        "live: produce to emitted output p50 {} ms, p99 {} ms, p999 {} ms",
+        emitted[0], emitted[1], emitted[2]
+    );
+    let _ = watch.await;
+    let _ = stop.send(());
+    run.await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    // The rate is the offered one: the live records over the time they took to send.
+    Ok(Measured {
+        messages: live_n,
+        seconds: produced_in.as_secs_f64(),
+        latencies_ms: [p50, p99, p999],
+        output_latencies_ms: Some(emitted),
+    })
+}
+
+/// A consumer of all of `topic`'s partitions, each from its current end.
+pub(crate) fn output_reader(
+    brokers: &str,
+    topic: &str,
+    group: &str,
+) -> Result<BaseConsumer, String> {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false");
+    for (name, value) in TUNED {
+        config.set(*name, *value);
+    }
+    let reader: BaseConsumer = config.create().map_err(|e| e.to_string())?;
+    let timeout = Duration::from_secs(10);
+    let metadata = reader
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|e| format!("{topic}: {e}"))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        return Err(format!("{topic} has no partitions"));
+    }
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in partitions {
+        let (_, end) = reader
+            .fetch_watermarks(topic, p, timeout)
+            .map_err(|e| format!("{topic}/{p}: {e}"))?;
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Offset(end))
+            .map_err(|e| e.to_string())?;
+    }
+    reader.assign(&tpl).map_err(|e| e.to_string())?;
+    Ok(reader)
+}
+
+/// Reads the live worker's output topic until `n` records produced from `from_ms` on have
+/// arrived (or `give_up`): the latency from their source's produce time to their arrival.
+pub(crate) fn read_outputs(
+    reader: &BaseConsumer,
+    from_ms: i64,
+    n: u64,
+    give_up: &AtomicBool,
+) -> Histogram {
+    let mut latencies = Histogram::default();
+    while latencies.count < n && !give_up.load(Ordering::Relaxed) {
+        let Some(Ok(msg)) = reader.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let source_ms = msg
+            .payload()
+            .and_then(|p| std::str::from_utf8(p).ok()?.parse::<i64>().ok());
+        if let Some(ts) = source_ms.filter(|ts| *ts >= from_ms) {
+            latencies.record(now_ms() - ts);
+        }
+    }
+    latencies
+}
+
+/// Changelog restore: a keyed-count worker with the changelog on processes the backlog
+/// (untimed); then a worker with an empty state dir, in the same group, rebuilds every
+/// partition's store from the changelog. Its rate is changelog records per second of one
+/// partition's restore (`weir_restored_records_total` over the sum of
+/// `weir_restore_duration_seconds`).
+pub(crate) async fn restore(
+    brokers: &str,
+    topic: &str,
+    group: &str,
+    n: u64,
+    dir: &Path,
+) -> Result<Measured, String> {
+    let fill = Arc::new(Probe::default());
+    let worker = bench_worker(brokers, topic, group, dir)
+        .changelog(true)
+        .build(KeyedCount(Arc::clone(&fill), None))
+        .map_err(|e| e.to_string())?;
+    run_worker_until(worker, &fill, n, dir, topic).await?;
+    let fresh = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let worker = bench_worker(brokers, topic, group, fresh.path())
+        .changelog(true)
+        .metrics_addr("127.0.0.1:0")
+        .build(KeyedCount(Arc::new(Probe::default()), None))
+        .map_err(|e| e.to_string())?;
+    let addr = worker
+        .metrics_addr()
+        .ok_or("the restoring worker has no metrics address")?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+    let started = Instant::now();
+    let (records, seconds, restored) = loop {
+        let body = tokio::task::spawn_blocking(move || http_get_metrics(addr))
+            .await
+            .map_err(|e| e.to_string())??;
+        let value = |name: &str| {
+            body.lines()
+                .find(|l| l.split(' ').next() == Some(name))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        };
+        let partitions = value("weir_owned_partitions").unwrap_or(0.0);
+        let restored = value("weir_restore_duration_seconds_count").unwrap_or(0.0);
+        if partitions > 0.0 && restored >= partitions {
+            break (
+                value("weir_restored_records_total").unwrap_or(0.0),
+                value("weir_restore_duration_seconds_sum").unwrap_or(0.0),
+                restored,
+            );
+        }
+        if started.elapsed() > Duration::from_secs(600) || run.is_finished() {
+            return Err(format!("{restored} of {partitions} partitions restored"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    eprintln!(
+        "restored {records} changelog records into {restored} partitions in {:.2?} wall time; \
+         {seconds:.2} s of partition restores",
+        started.elapsed()
+    );
+    let _ = stop.send(());
+    run.await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok(Measured {
+        messages: records as u64,
+        seconds,
+        latencies_ms: [0; 3],
+        output_latencies_ms: None,
+    })
+}
+
+/// `GET /metrics` of a worker's endpoint.
+pub(crate) fn http_get_metrics(addr: std::net::SocketAddr) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).map_err(|e| e.to_string())?;
+    Ok(body)
+}
