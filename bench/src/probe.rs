@@ -6,7 +6,6 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-
 /// What a scenario has seen and committed, shared with its handler and commit watcher.
 #[derive(Debug, Default)]
 pub(crate) struct Probe {

@@ -38,3 +38,14 @@ pub(crate) struct Outgoing<'a> {
     /// Milliseconds since the Unix epoch; `None`: the producer's clock.
     pub(crate) timestamp: Option<i64>,
 }
+
+/// A topic a worker writes to, created when missing.
+#[derive(Debug, Clone)]
+pub(crate) struct WantedTopic {
+    pub(crate) name: String,
+    /// Created with as many partitions as the largest of these topics (at least 1).
+    pub(crate) partitions_like: Vec<String>,
+    /// What it is, for logs.
+    pub(crate) kind: &'static str,
+    pub(crate) compacted: bool,
+}

@@ -233,7 +233,7 @@ impl<H: Process> PartitionTask<H> {
             let (connection, tables) = (self.ctx.connection.clone(), Arc::clone(&self.ctx.tables));
             let partition = self.partition;
             let opened = tokio::task::spawn_blocking(move || {
-                PartitionTables::open(connection.client_config(), &store.store, &tables, partition)
+                PartitionTables::open(&connection, &store.store, &tables, partition)
             })
             .await;
             match opened {

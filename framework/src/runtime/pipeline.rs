@@ -7,8 +7,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use rdkafka::config::ClientConfig;
-
+use crate::broker::kafka::Connection;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::observe::{self, PartitionRow, StateAnswer, WorkerView};
@@ -160,7 +159,10 @@ impl PipelineBuilder {
             config.topics.clear();
             runs.push((name, make(config, Arc::clone(&stages))?));
         }
-        let connection = connection_config(&base, base.brokers.as_deref().unwrap_or_default());
+        let connection = Connection::new(connection_config(
+            &base,
+            base.brokers.as_deref().unwrap_or_default(),
+        ));
         Ok(Pipeline {
             http_token: base.http_token.clone(),
             state_dir: base.state_dir.clone(),
@@ -263,7 +265,7 @@ pub struct Pipeline {
     group: String,
     http_token: Option<crate::config::Secret>,
     state_dir: std::path::PathBuf,
-    connection: ClientConfig,
+    connection: Connection,
     stages: Arc<Stages>,
     runs: Vec<(String, Box<dyn StageRun>)>,
     metrics_listener: Option<std::net::TcpListener>,

@@ -7,6 +7,7 @@ use std::sync::{mpsc as std_mpsc, Arc, Mutex, MutexGuard};
 use tokio::sync::mpsc;
 use weir_state::CacheBudget;
 
+use crate::broker::kafka::Connection;
 use crate::config::Config;
 use crate::config::KeyPartitioner;
 use crate::delivery::DeadLetterSink;
@@ -16,7 +17,6 @@ use crate::observe::{PartitionRow, StateAnswer, WorkerView};
 use crate::runtime::flow::PartitionFlow;
 use crate::runtime::lifecycle::Lifecycle;
 use crate::runtime::partition_task::TaskContext;
-use crate::runtime::tables::partition_counts;
 use crate::wall_clock::now_ms;
 
 /// The consumer-thread side of one owned partition.
@@ -179,7 +179,8 @@ impl View {
                 return Ok(*n);
             }
         }
-        let n = partition_counts(&self.client, std::iter::once(topic))?
+        let n = Connection::new(self.client.clone())
+            .partition_counts(std::iter::once(topic))?
             .get(topic)
             .copied()
             .flatten()

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
@@ -18,6 +17,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
 use weir_state::PartitionStore;
 
+use crate::broker::kafka::Connection;
 use crate::config::{Config, TableSource};
 use crate::error::{Error, Result};
 use crate::observe::metric_names::{TABLE_RECORDS_SKIPPED_TOTAL, TABLE_RECORDS_TOTAL};
@@ -52,10 +52,11 @@ type Read<'m> = BorrowedMessage<'m>;
 impl TableReader {
     /// A reader of `partitions` (topic, partition, next offset or `None`: from the start).
     pub(crate) fn open(
-        client: &ClientConfig,
+        connection: &Connection,
         partitions: &[(String, i32, Option<i64>)],
     ) -> Result<Self, String> {
-        let consumer: BaseConsumer<ReaderContext> = client
+        let consumer: BaseConsumer<ReaderContext> = connection
+            .client_config()
             .clone()
             .set("group.id", "weir-table")
             .set("enable.auto.commit", "false")
@@ -254,7 +255,7 @@ pub(crate) struct PartitionTables {
 impl PartitionTables {
     /// A reader of `tables`' partition `partition`, from where `store` says each was read.
     pub(crate) fn open(
-        client: &ClientConfig,
+        connection: &Connection,
         store: &PartitionStore,
         tables: &[TableSource],
         partition: i32,
@@ -265,7 +266,7 @@ impl PartitionTables {
             from.push((t.topic.clone(), partition, next));
         }
         Ok(Self {
-            reader: TableReader::open(client, &from)?,
+            reader: TableReader::open(connection, &from)?,
             stores: tables.iter().map(|t| (t.topic.clone(), t.name)).collect(),
         })
     }
@@ -330,7 +331,7 @@ impl Drop for GlobalFollower {
 /// Reads the global `tables` in full into `globals` (blocking), then follows them on a thread
 /// of their own until the returned follower is dropped.
 pub(crate) fn follow_globals(
-    client: &ClientConfig,
+    connection: &Connection,
     tables: &[TableSource],
     globals: &Arc<GlobalTables>,
     cancelled: &dyn Fn() -> bool,
@@ -339,8 +340,9 @@ pub(crate) fn follow_globals(
         topics: tables.iter().map(|t| t.topic.clone()).collect(),
         message,
     };
-    let counts =
-        partition_counts(client, tables.iter().map(|t| t.topic.as_str())).map_err(failed)?;
+    let counts = connection
+        .partition_counts(tables.iter().map(|t| t.topic.as_str()))
+        .map_err(failed)?;
     let mut from = Vec::new();
     for t in tables {
         let n = counts
@@ -364,7 +366,7 @@ pub(crate) fn follow_globals(
         }
     };
     let started = Instant::now();
-    let mut reader = TableReader::open(client, &from).map_err(failed)?;
+    let mut reader = TableReader::open(connection, &from).map_err(failed)?;
     let records = reader
         .catch_up(cancelled, |chunk, _| {
             chunk.iter().for_each(&apply);
@@ -398,7 +400,7 @@ pub(crate) fn follow_globals(
 
 /// Refuses co-partitioned tables whose topic is missing or has another partition count than
 /// an input topic: their partitions would not hold the input partitions' keys.
-pub(crate) fn check_copartitioned(config: &Config, client: &ClientConfig) -> Result<()> {
+pub(crate) fn check_copartitioned(config: &Config, connection: &Connection) -> Result<()> {
     let tables = config.tables(false);
     if tables.is_empty() {
         return Ok(());
@@ -407,10 +409,12 @@ pub(crate) fn check_copartitioned(config: &Config, client: &ClientConfig) -> Res
         .iter()
         .map(|t| t.topic.as_str())
         .chain(config.topics.iter().map(String::as_str));
-    let counts = partition_counts(client, topics).map_err(|message| Error::Table {
-        topics: tables.iter().map(|t| t.topic.clone()).collect(),
-        message,
-    })?;
+    let counts = connection
+        .partition_counts(topics)
+        .map_err(|message| Error::Table {
+            topics: tables.iter().map(|t| t.topic.clone()).collect(),
+            message,
+        })?;
     for t in &tables {
         let Some(table_n) = counts.get(t.topic.as_str()).copied().flatten() else {
             return Err(Error::Table {
@@ -437,31 +441,6 @@ pub(crate) fn check_copartitioned(config: &Config, client: &ClientConfig) -> Res
         }
     }
     Ok(())
-}
-
-/// Each topic's partition count (`None`: no such topic).
-pub(crate) fn partition_counts<'t>(
-    client: &ClientConfig,
-    topics: impl Iterator<Item = &'t str>,
-) -> Result<HashMap<&'t str, Option<i32>>, String> {
-    let consumer: BaseConsumer = client
-        .clone()
-        .set("allow.auto.create.topics", "false")
-        .create()
-        .map_err(|e| e.to_string())?;
-    let mut counts = HashMap::new();
-    for topic in topics {
-        let md = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .map_err(|e| format!("reading the metadata of {topic:?}: {e}"))?;
-        let n = md
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
-            .map(|t| t.partitions().len() as i32);
-        counts.insert(topic, n);
-    }
-    Ok(counts)
 }
 
 struct ReaderContext;

@@ -47,7 +47,7 @@ pub struct Worker<H> {
     /// The group consumer's settings.
     consumer: ClientConfig,
     /// Connection settings for the worker's other clients.
-    connection: ClientConfig,
+    connection: Connection,
     metrics_listener: Option<std::net::TcpListener>,
     sink: DeadLetterSink,
     outbox: OutboxSink,
@@ -105,7 +105,7 @@ impl<H: Process> Worker<H> {
             }
         }
         let consumer = consumer_config(&config, &brokers)?;
-        let connection = connection_config(&config, &brokers);
+        let connection = Connection::new(connection_config(&config, &brokers));
         let producer = Arc::new(Producer::new(producer_config(&config, &brokers)).map_err(
             |e| {
                 Error::config(
@@ -251,7 +251,7 @@ impl<H: Process> Worker<H> {
                 linger: self.config.linger,
                 allow_partial_history: self.config.allow_partial_history,
                 outbox: self.outbox.clone(),
-                connection: Connection::new(self.connection.clone()),
+                connection: self.connection.clone(),
                 ready: ready_tx,
                 lifecycle: Arc::clone(&lifecycle),
                 idle_close_after: self.config.idle_close_after,

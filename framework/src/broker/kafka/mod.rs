@@ -5,6 +5,7 @@ mod delivered;
 mod embedded;
 mod log_reader;
 mod producer;
+mod topics;
 
 pub use embedded::EmbeddedBroker;
 pub(crate) use log_reader::{Connection, LogReader, Polled};
