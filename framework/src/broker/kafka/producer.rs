@@ -1,5 +1,5 @@
 //! The worker's producer of emitted records, changelog entries and dead letters: idempotent
-//! and gapless, so that within a partition no record of it lands after one that failed, and
+//! and gapless, so that librdkafka stops rather than carry on past a record that failed, and
 //! replaced by a new one when that guarantee stops it.
 //!
 //! Why gapless: a downstream stage drops a record whose source offset is at or below the
@@ -9,7 +9,8 @@
 //! instead stops the producer at the first failure that could leave a gap, failing every
 //! record still queued; `message.timeout.ms=0` keeps records from timing out (a timeout is
 //! outside the guarantee). The rows stay in the outbox and go out again, in order, through
-//! the producer that replaces the stopped one.
+//! the producer that replaces the stopped one. Requests already on their way when the
+//! failure comes may still land first (a known gap: `docs/delivery-guarantees.md`).
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
