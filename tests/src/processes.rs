@@ -10,7 +10,7 @@ use crate::broker::SESSION_TIMEOUT_MS;
 
 /// A command for a worker binary of this crate that inherits no `WEIR_*` variable from the
 /// test's environment (a worker refuses variables that are no setting, such as
-/// [`TANSU_ENV`]); the test sets the ones it means.
+/// [`TANSU_ENV`](crate::TANSU_ENV)); the test sets the ones it means.
 pub fn worker_command(bin: &str) -> std::process::Command {
     let mut cmd = std::process::Command::new(bin);
     for (name, _) in std::env::vars() {

@@ -27,7 +27,7 @@ where
     }
 }
 
-/// Waits until a [`CountHandler`] made with `stall_on` hangs at its record (`stalled`).
+/// Waits until a [`CountHandler`](crate::CountHandler) made with `stall_on` hangs at its record (`stalled`).
 pub async fn wait_stalled(stalled: &std::sync::atomic::AtomicBool) {
     wait_until(
         "the handler to hang at its record",
