@@ -9,15 +9,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::types::RDKafkaErrorCode;
 use weir_state::PartitionStore;
 
-use crate::broker::kafka::Connection;
+use crate::broker::kafka::{Connection, ReaderContext};
 use crate::config::{Config, TableSource};
 use crate::error::{Error, Result};
 use crate::observe::metric_names::{TABLE_RECORDS_SKIPPED_TOTAL, TABLE_RECORDS_TOTAL};
@@ -65,7 +63,7 @@ impl TableReader {
             // topic recreated shorter) reads the table again from its start, never skips to
             // its end (librdkafka's default); `take` says so.
             .set("auto.offset.reset", "earliest")
-            .create_with_context(ReaderContext)
+            .create_with_context(ReaderContext("table consumer"))
             .map_err(|e| format!("cannot create the table consumer: {e}"))?;
         let mut tpl = TopicPartitionList::new();
         let mut next = HashMap::new();
@@ -442,18 +440,3 @@ pub(crate) fn check_copartitioned(config: &Config, connection: &Connection) -> R
     }
     Ok(())
 }
-
-struct ReaderContext;
-
-impl ClientContext for ReaderContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(
-            error,
-            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
-        ) {
-            tracing::warn!("table consumer: {error}: {reason}");
-        }
-    }
-}
-
-impl ConsumerContext for ReaderContext {}

@@ -59,7 +59,7 @@ impl Connection {
             // (the reader drains it at once), and large fetches.
             .set("fetch.queue.backoff.ms", "1")
             .set("queued.min.messages", "200000")
-            .create_with_context(ReaderContext)
+            .create_with_context(ReaderContext("changelog restore consumer"))
             .map_err(|e| e.to_string())?;
         Ok(LogReader(Some(Arc::new(consumer))))
     }
@@ -179,8 +179,9 @@ impl Drop for LogReader {
     }
 }
 
-/// The reader's context: the end of a partition is expected, not an error.
-struct ReaderContext;
+/// The context of a consumer that reads logs to their end (restores, tables): the end of a
+/// partition is expected, not an error; other errors are logged with the reader's name.
+pub(crate) struct ReaderContext(pub(crate) &'static str);
 
 impl ClientContext for ReaderContext {
     fn error(&self, error: KafkaError, reason: &str) {
@@ -188,7 +189,7 @@ impl ClientContext for ReaderContext {
             error,
             KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
         ) {
-            tracing::warn!("log reader: {error}: {reason}");
+            tracing::warn!("{}: {error}: {reason}", self.0);
         }
     }
 }

@@ -8,7 +8,7 @@ mod producer;
 mod topics;
 
 pub use embedded::EmbeddedBroker;
-pub(crate) use log_reader::{Connection, LogReader, Polled};
+pub(crate) use log_reader::{Connection, LogReader, Polled, ReaderContext};
 pub(crate) use producer::Producer;
 
 /// A failure of the Kafka client, as weir's error.
