@@ -136,7 +136,7 @@ impl<H: crate::processing::Handler> Shared<H> {
             group: self.config.group.clone(),
             topics: self.config.topics.clone(),
             partitioner: self.config.key_partitioner,
-            client: self.task_ctx.connection.client_config().clone(),
+            connection: self.task_ctx.connection.clone(),
             partition_counts: Mutex::default(),
             stores: declared_stores(&H::settings()),
         })
@@ -150,7 +150,7 @@ struct View {
     topics: Vec<String>,
     partitioner: KeyPartitioner,
     /// Connection settings, to ask the brokers for partition counts.
-    client: rdkafka::config::ClientConfig,
+    connection: Connection,
     /// Partition count per topic, and when it was asked.
     partition_counts: Mutex<HashMap<String, (i32, std::time::Instant)>>,
     /// The stores, windows and tables the handler declares.
@@ -179,7 +179,8 @@ impl View {
                 return Ok(*n);
             }
         }
-        let n = Connection::new(self.client.clone())
+        let n = self
+            .connection
             .partition_counts(std::iter::once(topic))?
             .get(topic)
             .copied()
