@@ -17,6 +17,13 @@ pub mod header {
     /// stage's is `<pipeline>-<stage>`). Two writers reading the same source partition are
     /// told apart by it downstream.
     pub const SOURCE_GROUP: &str = "weir.source.group";
+    /// On emitted records, added when they are sent: every record the writer (its
+    /// `weir.source.group`) emitted from source offsets below this one, of the same source
+    /// partition, was acknowledged by the broker before this one was sent. So a downstream
+    /// partition has read all of them that it will ever get before it reads this record, and
+    /// need remember only what it applied at and above it (a send that failed and was made
+    /// again lands after later ones).
+    pub const SOURCE_ACKED_BELOW: &str = "weir.source.acked_below";
     /// On changelog entries: the next offset of the batch they came from.
     pub const SOURCE_NEXT_OFFSET: &str = "weir.source.next_offset";
     /// On changelog entries: the rewind generation of the store that wrote them (absent: 0).
@@ -53,6 +60,52 @@ pub mod header {
         }
         out
     }
+
+    /// The headers weir appends to a record a handler emitted while processing record
+    /// `offset` of `topic`/`partition`: the source position, `seq` and the writer's `group`,
+    /// in that order and last (see [`emitted_offset`]).
+    pub fn emitted(
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        seq: usize,
+        group: &str,
+    ) -> [(String, Vec<u8>); 5] {
+        [
+            (SOURCE_TOPIC.to_owned(), topic.as_bytes().to_vec()),
+            (
+                SOURCE_PARTITION.to_owned(),
+                partition.to_string().into_bytes(),
+            ),
+            (SOURCE_OFFSET.to_owned(), offset.to_string().into_bytes()),
+            (SOURCE_SEQ.to_owned(), seq.to_string().into_bytes()),
+            (SOURCE_GROUP.to_owned(), group.as_bytes().to_vec()),
+        ]
+    }
+
+    /// The source offset of a record a handler emitted, read from the headers
+    /// [`emitted`] appended; `None` for anything else (a timer's emit, a late record, a
+    /// changelog entry), whatever headers a handler passed along.
+    pub fn emitted_offset(headers: &[(String, Vec<u8>)]) -> Option<i64> {
+        let [(topic, _), (partition, _), (offset, value), (seq, _), (group, _)] =
+            headers.get(headers.len().checked_sub(5)?..)?
+        else {
+            return None;
+        };
+        let names = [topic, partition, offset, seq, group].map(String::as_str);
+        if names
+            != [
+                SOURCE_TOPIC,
+                SOURCE_PARTITION,
+                SOURCE_OFFSET,
+                SOURCE_SEQ,
+                SOURCE_GROUP,
+            ]
+        {
+            return None;
+        }
+        std::str::from_utf8(value).ok()?.parse().ok()
+    }
 }
 
 /// Where a record produced by weir came from, as its `weir.source.*` headers say.
@@ -70,6 +123,9 @@ pub struct SourcePosition {
     /// The group of the worker that emitted it, when given (emits carry it; late records,
     /// dead letters and emits of earlier weir versions do not).
     pub group: Option<String>,
+    /// Its `weir.source.acked_below`, when given: the writer's emits from source offsets
+    /// below it were all acknowledged before this one was sent.
+    pub acked_below: Option<i64>,
 }
 
 impl SourcePosition {
@@ -79,7 +135,7 @@ impl SourcePosition {
         headers: impl Iterator<Item = (&'h str, Option<&'h [u8]>)>,
     ) -> Option<Self> {
         let (mut topic, mut partition, mut offset, mut seq) = (None, None, None, None);
-        let mut group = None;
+        let (mut group, mut acked_below) = (None, None);
         for (name, value) in headers {
             let Some(text) = value.and_then(|v| std::str::from_utf8(v).ok()) else {
                 continue;
@@ -90,6 +146,7 @@ impl SourcePosition {
                 header::SOURCE_OFFSET => offset = text.parse().ok(),
                 header::SOURCE_SEQ => seq = text.parse().ok(),
                 header::SOURCE_GROUP => group = Some(text),
+                header::SOURCE_ACKED_BELOW => acked_below = text.parse().ok(),
                 _ => {}
             }
         }
@@ -99,6 +156,7 @@ impl SourcePosition {
             offset: offset?,
             seq: seq.unwrap_or(0),
             group: group.map(str::to_owned),
+            acked_below,
         })
     }
 }
@@ -325,6 +383,7 @@ mod tests {
                 offset: 41,
                 seq: 2,
                 group: None,
+                acked_below: None,
             })
         );
         assert_eq!(
@@ -334,6 +393,36 @@ mod tests {
         );
         assert_eq!(h(&full[1..3]), None, "no offset: not a record's emit");
         assert_eq!(h(&[(header::SOURCE_OFFSET, "x")]), None);
+    }
+
+    #[test]
+    fn only_weirs_own_trailing_headers_give_an_emitted_offset() {
+        let owned = |pairs: &[(&str, &str)]| -> Vec<(String, Vec<u8>)> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec()))
+                .collect()
+        };
+        let mut headers = owned(&[(header::SOURCE_OFFSET, "999"), ("app", "x")]);
+        headers.extend(header::emitted("orders", 3, 41, 1, "shop"));
+        assert_eq!(header::emitted_offset(&headers), Some(41));
+        let acked_below = [(header::SOURCE_ACKED_BELOW, Some(&b"40"[..]))];
+        let read = SourcePosition::from_headers(
+            headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), Some(v.as_slice())))
+                .chain(acked_below),
+        )
+        .expect("position");
+        assert_eq!((read.offset, read.seq), (41, 1));
+        assert_eq!(read.group.as_deref(), Some("shop"));
+        assert_eq!(read.acked_below, Some(40));
+        // A timer's emit passing along an upstream record's headers: not an emit of a record.
+        let mut forwarded = headers.clone();
+        forwarded.extend(header::source("orders", 3, None));
+        assert_eq!(header::emitted_offset(&forwarded), None);
+        assert_eq!(header::emitted_offset(&headers[3..]), None, "too few");
+        assert_eq!(header::emitted_offset(&[]), None);
     }
 
     #[test]

@@ -250,3 +250,116 @@ async fn an_emit_too_large_to_send_fails_its_record() {
         .collect();
     assert_eq!(sent, [10, 20]);
 }
+
+/// Emits a 150 kB record per input record to `<topic>-big`, keyed like it: a batch's emits
+/// fill several produce requests.
+#[derive(weir::Handler)]
+#[handler(key = weir::Utf8, value = weir::Utf8)]
+struct BigEmits;
+
+impl weir::Process for BigEmits {
+    type Error = weir::Error;
+
+    async fn process(
+        &self,
+        r: weir::Record<'_, String, String>,
+        ctx: &mut weir::Ctx<'_>,
+    ) -> weir::Result<()> {
+        let value = format!("{}:{}", r.value(), "x".repeat(150_000));
+        let out = format!("{}-big", r.topic());
+        ctx.emit(&out, Some(r.key().as_bytes()), value.as_bytes(), &[]);
+        Ok(())
+    }
+}
+
+/// Issue 25, item 5, end to end on the mock cluster: the broker refuses one produce request
+/// of a flush for good (topic authorization), so its records are sent again after later
+/// ones may have landed. Every emit carries how far its writer's emits were acknowledged
+/// (`weir.source.acked_below`, never above its own source offset), and a downstream worker
+/// applies each exactly once, whatever order the log holds them in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn emits_sent_again_out_of_order_are_applied_once_downstream() {
+    let Fixture {
+        broker,
+        topic,
+        group,
+        dir,
+    } = Fixture::new(BrokerKind::Mock, "outbox-order", 1).await;
+    let out = format!("{topic}-big");
+    // With its dead-letter topic: the downstream worker reads it.
+    broker.create_topic(&out, 1).await;
+    let records = keyed_records(0, 20, 20);
+    broker.produce(&topic, Some(0), records.clone()).await;
+    broker
+        .embedded()
+        .expect("mock")
+        .inject_request_errors(
+            RDKafkaApiKey::Produce,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED],
+        )
+        .expect("inject");
+    let upstream = RunningWorker::spawn(
+        broker
+            .worker(&group, &topic, dir.path())
+            .build(BigEmits)
+            .expect("build"),
+    );
+    let path = dir.path().join(&group).join(&topic).join("0.sqlite");
+    wait_until("every emit acknowledged", Duration::from_secs(90), || {
+        let path = path.clone();
+        let topic = topic.clone();
+        async move {
+            let store = PartitionStore::open(&path).map_err(|e| e.to_string())?;
+            let next = store.next_offset(&topic, 0).map_err(|e| e.to_string())?;
+            let pending = store.pending_outbox(1).map_err(|e| e.to_string())?.len();
+            match (next, pending) {
+                (Some(20), 0) => Ok(()),
+                seen => Err(format!("(next offset, outbox rows) {seen:?}")),
+            }
+        }
+    })
+    .await;
+    upstream.stop_cleanly().await;
+
+    let log = read_all(broker.bootstrap(), &out, 1);
+    let positions: Vec<(i64, i64)> = log
+        .iter()
+        .map(|m| {
+            let number = |name: &str| -> i64 {
+                header(m, name)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| panic!("{name} on every emit"))
+            };
+            (
+                number("weir.source.offset"),
+                number("weir.source.acked_below"),
+            )
+        })
+        .collect();
+    eprintln!("the log's (source offset, acked below): {positions:?}");
+    assert!(
+        positions.iter().all(|(offset, below)| below <= offset),
+        "a floor above its own record: {positions:?}"
+    );
+    let sent: std::collections::BTreeSet<i64> = positions.iter().map(|(o, _)| *o).collect();
+    assert_eq!(sent, (0..20).collect(), "every emit reached the log");
+
+    let downstream_group = unique("outbox-order-down");
+    let downstream = RunningWorker::spawn(
+        broker
+            .worker(&downstream_group, &out, dir.path())
+            .build(CountHandler::default())
+            .expect("build"),
+    );
+    let total = log.len() as i64;
+    wait_processed(Duration::from_secs(60), total, || {
+        StoredCounts::read(dir.path(), &downstream_group, &out)
+            .offsets
+            .values()
+            .sum()
+    })
+    .await;
+    downstream.stop_cleanly().await;
+    let counts = StoredCounts::read(dir.path(), &downstream_group, &out).counts;
+    assert_counts_exact(&counts, &expected_counts(&records));
+}

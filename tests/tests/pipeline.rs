@@ -212,3 +212,44 @@ async fn two_writers_of_one_source_partition_are_each_applied_once() {
     }
     assert_counts_exact(&counts, &expected);
 }
+
+/// One writer's emit of upstream record `offset` (seq 0) of `stage1`/0, keyed `e<offset>`,
+/// with the `weir.source.acked_below` its send carried.
+fn emit_of(offset: i64, acked_below: i64) -> (String, Vec<(&'static str, String)>) {
+    let headers = vec![
+        ("weir.source.topic", "stage1".to_owned()),
+        ("weir.source.partition", "0".to_owned()),
+        ("weir.source.offset", offset.to_string()),
+        ("weir.source.seq", "0".to_owned()),
+        ("weir.source.group", "shop".to_owned()),
+        ("weir.source.acked_below", acked_below.to_string()),
+    ];
+    (format!("e{offset}"), headers)
+}
+
+/// Issue 25, item 5: the broker refused the request holding an upstream flush's first emits
+/// (0..5) and took the next (6..11); the flush is made again, all of it. The downstream log
+/// holds 6..11 before 0..5. Each emit must be applied once (before the fix, the mark was
+/// the newest position applied, 11, and dropped 0..5 as re-sends: lost).
+#[tokio::test]
+async fn emits_sent_again_after_later_ones_landed_are_applied_once() {
+    let mut kit = TestKit::new(CountHandler::default()).expect("kit");
+    let send = |kit: &mut TestKit<CountHandler>, offset: i64, acked_below: i64| {
+        let (key, headers) = emit_of(offset, acked_below);
+        let headers: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+        kit.send_to("copies", 0, Some(key.as_bytes()), Some(b"1"), &headers);
+    };
+    for offset in (6..12).chain(0..12) {
+        send(&mut kit, offset, 0);
+    }
+    kit.run().await.expect("run");
+    // The next flush: everything below 12 acknowledged. A crash re-sends 3 and 12 (dropped);
+    // 13 is new.
+    for (offset, acked_below) in [(12, 12), (3, 12), (12, 12), (13, 12)] {
+        send(&mut kit, offset, acked_below);
+    }
+    kit.run().await.expect("run");
+    let counts: BTreeMap<String, u64> = kit.entries(COUNTS).expect("entries");
+    let expected: BTreeMap<String, u64> = (0..14).map(|o| (format!("e{o}"), 1)).collect();
+    assert_counts_exact(&counts, &expected);
+}

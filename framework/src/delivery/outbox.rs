@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use weir_state::wire::ChangelogEntry;
+use weir_state::wire::{header, ChangelogEntry};
 use weir_state::{OutboxRecord, PartitionStore};
 
 use crate::broker::kafka::Producer;
@@ -87,14 +87,16 @@ impl OutboxSink {
                     // once every row before it is acknowledged: a restore elsewhere then never
                     // takes a batch as done whose emitted records might be lost with this
                     // machine.
+                    let floor = AckedBelow::of(&rows);
                     let mut wave = Vec::new();
                     for (_, r) in &rows {
+                        let row = (r, floor.for_row(r));
                         if ChangelogEntry::is_offset_marker(r.key.as_deref()) {
                             send_all(producer, &wave).await?;
                             wave.clear();
-                            send(producer, r).await?;
+                            send(producer, row).await?;
                         } else {
-                            wave.push(r);
+                            wave.push(row);
                         }
                     }
                     send_all(producer, &wave).await?;
@@ -127,19 +129,44 @@ where
         .map_err(|e| e.to_string())
 }
 
-async fn send_all(producer: &Producer, rows: &[&OutboxRecord]) -> Result<(), OutboxError> {
-    let deliveries = rows.iter().map(|r| send(producer, r));
+/// The `weir.source.acked_below` of a round's emits: the lowest source offset among them.
+/// Rows are deleted only once acknowledged, so every emit from below it was acknowledged
+/// before this round is sent (the rows are in commit order, source offsets ascending).
+struct AckedBelow(Option<String>);
+
+impl AckedBelow {
+    fn of(rows: &[(i64, OutboxRecord)]) -> Self {
+        let lowest = rows
+            .iter()
+            .filter_map(|(_, r)| header::emitted_offset(&r.headers))
+            .min();
+        Self(lowest.map(|offset| offset.to_string()))
+    }
+
+    /// The header's value for `r`: only records a handler emitted carry it.
+    fn for_row(&self, r: &OutboxRecord) -> Option<&[u8]> {
+        let floor = self.0.as_deref()?;
+        header::emitted_offset(&r.headers).map(|_| floor.as_bytes())
+    }
+}
+
+/// A row to send, with its `weir.source.acked_below`, if any.
+type Row<'a> = (&'a OutboxRecord, Option<&'a [u8]>);
+
+async fn send_all(producer: &Producer, rows: &[Row<'_>]) -> Result<(), OutboxError> {
+    let deliveries = rows.iter().map(|r| send(producer, *r));
     for result in futures::future::join_all(deliveries).await {
         result?;
     }
     Ok(())
 }
 
-async fn send(producer: &Producer, r: &OutboxRecord) -> Result<(), OutboxError> {
+async fn send(producer: &Producer, (r, acked_below): Row<'_>) -> Result<(), OutboxError> {
     let headers: Vec<(&str, Option<&[u8]>)> = r
         .headers
         .iter()
         .map(|(k, v)| (k.as_str(), Some(v.as_slice())))
+        .chain(acked_below.map(|v| (header::SOURCE_ACKED_BELOW, Some(v))))
         .collect();
     producer
         .send(Outgoing {

@@ -22,7 +22,7 @@ use crate::observe::metric_names::{
 };
 use crate::processing::context::Scope;
 use crate::processing::time::{self, Due, RecordTime, TIMERS};
-use crate::processing::upstream::Upstream;
+use crate::processing::upstream::{Upstream, UpstreamMarks};
 use crate::processing::{
     Codec, Ctx, DecodeError, Delivery, FiredTimer, Handler, Process, Record, Source, TimerAt,
     UndecodableRecord, Window, WindowResult,
@@ -426,6 +426,7 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
             (Some(w), Some(idle)) => Some(w.max(idle)),
             (w, idle) => w.or(idle),
         };
+        let mut marks = UpstreamMarks::default();
         for (i, msg) in batch.iter().enumerate() {
             // (At most once, the whole batch's offset is committed already: it runs to its end.)
             if i > 0 && delivery != Delivery::AtMostOnce && self.stop_requested() {
@@ -462,7 +463,7 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
             }
             let upstream = Upstream::of(msg);
             if let Some(up) = &upstream {
-                if up.seen(store, &writes).map_err(BatchError::Bookkeeping)? {
+                if marks.seen(up, store).map_err(BatchError::Bookkeeping)? {
                     // Emitted by an upstream stage and applied already: a re-send.
                     metrics::counter!(DUPLICATES_DROPPED_TOTAL, "topic" => self.topic.to_string())
                         .increment(1);
@@ -485,7 +486,7 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
                         self.late(&mut writes, msg);
                     }
                     if let Some(up) = &upstream {
-                        up.applied(&mut writes).map_err(BatchError::Bookkeeping)?;
+                        marks.applied(up, store).map_err(BatchError::Bookkeeping)?;
                     }
                     if let Some(key) = revives {
                         writes.delete(DEAD_KEYS, key).map_err(BatchError::Commit)?;
@@ -518,6 +519,7 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
                 }
             }
         }
+        marks.write(&mut writes).map_err(BatchError::Bookkeeping)?;
         if let (Some(w), true) = (watermark, watermark != stored_watermark) {
             time::set_watermark(&mut writes, w).map_err(BatchError::Bookkeeping)?;
         }

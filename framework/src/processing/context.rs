@@ -179,9 +179,10 @@ impl<'a> Ctx<'a> {
     /// the batch. Each emitted record carries the headers `weir.source.topic`,
     /// `weir.source.partition` and `weir.source.offset` of the record it came from, and
     /// `weir.source.seq`, its place among that record's emits, by which a consumer can drop
-    /// duplicates; a weir worker downstream does so by itself (emitted from a timer or a closing
-    /// window: topic and partition only, which no one de-duplicates by). If the record's processing fails, nothing it emitted is
-    /// sent.
+    /// duplicates, and `weir.source.group`, the writer; the outbox adds
+    /// `weir.source.acked_below` as it sends. A weir worker downstream drops duplicates by
+    /// itself (emitted from a timer or a closing window: topic and partition only, which no
+    /// one de-duplicates by). If the record's processing fails, nothing it emitted is sent.
     pub fn emit(
         &mut self,
         topic: &str,
@@ -193,23 +194,20 @@ impl<'a> Ctx<'a> {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), v.to_vec()))
             .collect();
-        let offset = match self.source {
-            Source::Record(m) => Some(m.offset()),
-            Source::Time { .. } => None,
-        };
-        all.extend(header::source(
-            self.source.topic(),
-            self.source.partition(),
-            offset,
-        ));
-        if offset.is_some() {
-            // The record's emits so far (its savepoint holds only its own).
-            let seq = self.writes.emitted_since_savepoint();
-            all.push((header::SOURCE_SEQ.to_owned(), seq.to_string().into_bytes()));
-            all.push((
-                header::SOURCE_GROUP.to_owned(),
-                self.scope.group.as_bytes().to_vec(),
-            ));
+        let (topic_in, partition) = (self.source.topic(), self.source.partition());
+        match self.source {
+            Source::Record(m) => {
+                // The record's emits so far (its savepoint holds only its own).
+                let seq = self.writes.emitted_since_savepoint();
+                all.extend(header::emitted(
+                    topic_in,
+                    partition,
+                    m.offset(),
+                    seq,
+                    &self.scope.group,
+                ));
+            }
+            Source::Time { .. } => all.extend(header::source(topic_in, partition, None)),
         }
         self.writes.emit(OutboxRecord {
             topic: topic.to_owned(),
