@@ -227,6 +227,18 @@ fn emit_of(offset: i64, acked_below: i64) -> (String, Vec<(&'static str, String)
     (format!("e{offset}"), headers)
 }
 
+fn send_emit(kit: &mut TestKit<CountHandler>, offset: i64, acked_below: i64, value: &str) {
+    let (key, headers) = emit_of(offset, acked_below);
+    let headers: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+    kit.send_to(
+        "copies",
+        0,
+        Some(key.as_bytes()),
+        Some(value.as_bytes()),
+        &headers,
+    );
+}
+
 /// Issue 25, item 5: the broker refused the request holding an upstream flush's first emits
 /// (0..5) and took the next (6..11); the flush is made again, all of it. The downstream log
 /// holds 6..11 before 0..5. Each emit must be applied once (before the fix, the mark was
@@ -251,5 +263,25 @@ async fn emits_sent_again_after_later_ones_landed_are_applied_once() {
     kit.run().await.expect("run");
     let counts: BTreeMap<String, u64> = kit.entries(COUNTS).expect("entries");
     let expected: BTreeMap<String, u64> = (0..14).map(|o| (format!("e{o}"), 1)).collect();
+    assert_counts_exact(&counts, &expected);
+}
+
+/// A dead-lettered upstream emit was handled: an upstream re-send of it is dropped, not
+/// dead-lettered a second time.
+#[tokio::test]
+async fn a_dead_lettered_emit_sent_again_is_not_dead_lettered_twice() {
+    let mut kit = TestKit::new(CountHandler::with_poison("poison", u64::MAX))
+        .expect("kit")
+        .max_attempts(1);
+    send_emit(&mut kit, 0, 0, "1");
+    send_emit(&mut kit, 1, 0, "poison");
+    send_emit(&mut kit, 2, 0, "1");
+    kit.run().await.expect("run");
+    send_emit(&mut kit, 1, 0, "poison");
+    kit.run().await.expect("run");
+    let dead = kit.dead_letters();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let counts: BTreeMap<String, u64> = kit.entries(COUNTS).expect("entries");
+    let expected: BTreeMap<String, u64> = [("e0".to_owned(), 1), ("e2".to_owned(), 1)].into();
     assert_counts_exact(&counts, &expected);
 }

@@ -439,6 +439,10 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
                         .put(DEAD_KEYS, key, &true)
                         .map_err(BatchError::Commit)?;
                 }
+                // Handled: an upstream re-send of it is dropped, not dead-lettered again.
+                if let Some(up) = Upstream::of(msg) {
+                    marks.applied(&up, store).map_err(BatchError::Bookkeeping)?;
+                }
                 continue;
             }
             // A redriven record of a dead key is the operator putting the key back in order:
