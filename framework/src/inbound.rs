@@ -11,6 +11,8 @@ use std::sync::Arc;
 
 /// A record as a broker's client hands it over, before it is copied into a run.
 pub(crate) trait Delivered {
+    /// The topic (a lane's name, with its partition).
+    fn topic(&self) -> &str;
     fn partition(&self) -> i32;
     fn offset(&self) -> i64;
     fn timestamp_ms(&self) -> Option<i64>;

@@ -23,9 +23,7 @@ const LAYERS: &[&[&str]] = &[
 /// fails the test.
 const KAFKA_FILES: &[&str] = &[
     "runtime/client.rs",
-    "runtime/consumer.rs",
     "runtime/rebalance.rs",
-    "runtime/shared.rs",
     "runtime/tables.rs",
     "runtime/worker.rs",
 ];

@@ -2,13 +2,60 @@
 //! implementation in a folder of its own (`kafka/`, the only place that knows Kafka's client).
 //!
 //! The runtime needs from a broker: lanes assigned and revoked (a Kafka partition is a lane),
-//! runs of deliveries per lane ([`Delivered`](crate::inbound::Delivered): key, value, headers,
-//! timestamp and position), pause and resume per lane, settling what a committed batch
-//! covered, producing with an acknowledgement ([`SendError`] when it fails), reading a log from
-//! a position to its end, and making sure topics exist. (Producing and deliveries go through
-//! the seam so far; the rest still lives in `runtime/` and `delivery/restore.rs`.)
+//! deliveries per lane ([`Delivered`]: key, value, headers, timestamp and position), pause,
+//! resume and a new read position per lane, settling what a committed batch covered (all of
+//! these: [`Source`]), producing with an acknowledgement ([`SendError`] when it fails),
+//! reading a log from a position to its end, and making sure topics exist. (Lane assignment
+//! and revocation, and reading logs, still live in `runtime/` and `delivery/restore.rs`.)
+
+use std::time::Duration;
+
+use crate::error::Result;
+use crate::inbound::Delivered;
 
 pub(crate) mod kafka;
+
+/// A lane: a topic's partition on Kafka.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Lane<'a> {
+    pub(crate) topic: &'a str,
+    pub(crate) partition: i32,
+}
+
+impl std::fmt::Display for Lane<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.topic, self.partition)
+    }
+}
+
+/// What a worker consumes from: deliveries of the lanes the broker assigned it, and per lane
+/// pause, resume, a new read position, and settling. Used by the worker's one consumer
+/// thread.
+pub(crate) trait Source {
+    /// A delivery, borrowed from the source until the runtime copies it out.
+    type Delivery<'s>: Delivered
+    where
+        Self: 's;
+
+    /// Starts taking `topics`' lanes, as the broker assigns them.
+    fn subscribe(&self, topics: &[&str]) -> Result<()>;
+
+    /// The next delivery, waiting up to `timeout`; `Some(Err)`: an error the client reports,
+    /// of no lane in particular.
+    fn poll(&self, timeout: Duration) -> Option<Result<Self::Delivery<'_>, String>>;
+
+    /// Stops deliveries of `lane` (those already taken still come) until [`resume`](Self::resume).
+    fn pause(&self, lane: Lane<'_>) -> Result<(), String>;
+
+    fn resume(&self, lane: Lane<'_>) -> Result<(), String>;
+
+    /// Delivers `lane` from position `next` on (`None`: from its beginning).
+    fn seek(&self, lane: Lane<'_>, next: Option<i64>) -> Result<(), String>;
+
+    /// Tells the broker that the lanes' records below these positions are done, without
+    /// waiting (progress only: the lanes' stores hold what was committed).
+    fn settle(&self, done: &[(Lane<'_>, i64)]) -> Result<(), String>;
+}
 
 /// Why a record was not produced.
 #[derive(Debug, Clone)]

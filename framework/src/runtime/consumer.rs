@@ -1,25 +1,21 @@
-//! The consumer thread: polls the one rdkafka consumer, dispatches records to partition
+//! The consumer thread: polls the worker's one [`Source`], dispatches records to partition
 //! queues, pauses a partition whose queue is full (or whose store is being restored) and
-//! resumes it once drained, and commits SQLite-committed offsets to Kafka. It never blocks on
-//! SQLite, restores or produces.
+//! resumes it once drained, and settles SQLite-committed offsets with the broker. It never
+//! blocks on SQLite, restores or produces.
 
 use std::sync::{mpsc as std_mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-
+use crate::broker::{Lane, Source};
 use crate::error::Result;
-use crate::inbound::Inbound;
+use crate::inbound::{Delivered, Inbound};
 use crate::observe::metric_names::{CONSUMER_ERRORS_TOTAL, STATE_CACHE_BYTES};
 use crate::processing::Process;
 use crate::runtime::partition_task::Ready;
-use crate::runtime::rebalance::WeirContext;
 use crate::runtime::shared::{PartitionHandle, Shared};
 
-/// How often SQLite-committed offsets are committed to Kafka (progress only).
-const KAFKA_COMMIT_INTERVAL: Duration = Duration::from_millis(200);
+/// How often SQLite-committed offsets are settled with the broker (progress only).
+const SETTLE_INTERVAL: Duration = Duration::from_millis(200);
 /// Poll timeout while nothing is paused.
 const POLL_IDLE: Duration = Duration::from_millis(100);
 /// Poll timeout while a partition is paused, so it resumes promptly.
@@ -30,37 +26,33 @@ const MAX_BURST: usize = 512;
 const UNREADABLE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// The same consumer error is logged at most this often.
 const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
-/// How long a seek may take (a local operation of librdkafka's).
-const SEEK_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub(crate) fn run<H: Process>(
-    consumer: BaseConsumer<WeirContext<H>>,
+pub(crate) fn run<H: Process, S: Source>(
+    source: S,
     shared: Arc<Shared<H>>,
     ready: std_mpsc::Receiver<Ready>,
 ) -> Result<()> {
     let topics: Vec<&str> = shared.config.topics.iter().map(String::as_str).collect();
-    consumer
-        .subscribe(&topics)
-        .map_err(crate::broker::kafka::error)?;
-    let mut last_commit = Instant::now();
+    source.subscribe(&topics)?;
+    let mut last_settle = Instant::now();
     let mut last_check = Instant::now();
     let mut errors = ConsumerErrors::default();
     let mut any_paused = false;
     let mut scratch = Vec::new();
     while !shared.lifecycle.stopping() {
         let timeout = if any_paused { POLL_PAUSED } else { POLL_IDLE };
-        let burst = poll_burst(&consumer, timeout, &mut errors);
+        let burst = poll_burst(&source, timeout, &mut errors);
         if !burst.is_empty() {
-            dispatch(&shared, &burst, &mut scratch, |h, p| h.pause(&consumer, p));
+            dispatch(&shared, &burst, &mut scratch, |h, p| h.pause(&source, p));
         }
         drop(burst);
         for r in ready.try_iter() {
-            start_restored(&consumer, &shared, r);
+            start_restored(&source, &shared, r);
         }
-        any_paused = refill_paused(&consumer, &shared);
-        if last_commit.elapsed() >= KAFKA_COMMIT_INTERVAL {
-            commit_owned(&consumer, &shared);
-            last_commit = Instant::now();
+        any_paused = refill_paused(&source, &shared);
+        if last_settle.elapsed() >= SETTLE_INTERVAL {
+            settle_owned(&source, &shared);
+            last_settle = Instant::now();
         }
         if last_check.elapsed() >= UNREADABLE_CHECK_INTERVAL {
             mark_unreadable(&shared, &errors);
@@ -69,12 +61,12 @@ pub(crate) fn run<H: Process>(
         }
     }
     if !shared.lifecycle.is_abandoned() {
-        commit_owned(&consumer, &shared);
+        settle_owned(&source, &shared);
     }
     tracing::info!("leaving the consumer group");
-    // Dropping the consumer closes it: librdkafka revokes every partition through the
-    // rebalance callback (tasks finish and close their stores), then leaves the group.
-    drop(consumer);
+    // Dropping the source closes it: Kafka's revokes every partition through the rebalance
+    // callback (tasks finish and close their stores), then leaves the group.
+    drop(source);
     match shared.lifecycle.take_fatal() {
         Some(e) => Err(e),
         None => Ok(()),
@@ -84,11 +76,7 @@ pub(crate) fn run<H: Process>(
 /// A restored partition's store is ready: its consumption starts at the restored offset
 /// (records taken meanwhile are dropped, if the seek worked), and it resumes once its queue
 /// has room.
-fn start_restored<H: Process>(
-    consumer: &BaseConsumer<WeirContext<H>>,
-    shared: &Shared<H>,
-    r: Ready,
-) {
+fn start_restored<H: Process>(source: &impl Source, shared: &Shared<H>, r: Ready) {
     let mut owned = shared.owned();
     let Some(h) = owned
         .get_mut(&*r.topic)
@@ -96,12 +84,15 @@ fn start_restored<H: Process>(
     else {
         return; // released meanwhile
     };
-    let offset = r.next_offset.map_or(Offset::Beginning, Offset::Offset);
-    match consumer.seek(&r.topic, r.partition, offset, SEEK_TIMEOUT) {
+    let lane = Lane {
+        topic: &r.topic,
+        partition: r.partition,
+    };
+    match source.seek(lane, r.next_offset) {
         Ok(()) => h.overflow.clear(),
         // The records taken meanwhile are delivered; the task drops those already in state.
         Err(e) => {
-            tracing::warn!(topic = %r.topic, partition = r.partition, ?offset, "seek after the restore failed, reading on from where the consumer is: {e}")
+            tracing::warn!(topic = %r.topic, partition = r.partition, next_offset = ?r.next_offset, "seek after the restore failed, reading on from where the consumer is: {e}")
         }
     }
     h.flow.ready(r.next_offset);
@@ -110,17 +101,17 @@ fn start_restored<H: Process>(
 
 /// Waits up to `timeout` for a record, then takes whatever else librdkafka already holds, up
 /// to [`MAX_BURST`] records.
-fn poll_burst<'c, C: rdkafka::consumer::ConsumerContext>(
-    consumer: &'c BaseConsumer<C>,
+fn poll_burst<'s, S: Source>(
+    source: &'s S,
     timeout: Duration,
     errors: &mut ConsumerErrors,
-) -> Vec<BorrowedMessage<'c>> {
+) -> Vec<S::Delivery<'s>> {
     let mut burst = Vec::new();
     let mut wait = timeout;
     while burst.len() < MAX_BURST {
-        match consumer.poll(wait) {
+        match source.poll(wait) {
             Some(Ok(msg)) => burst.push(msg),
-            Some(Err(e)) => errors.record(e.to_string()),
+            Some(Err(e)) => errors.record(e),
             None => break,
         }
         wait = Duration::ZERO;
@@ -191,7 +182,7 @@ fn mark_unreadable<H: Process>(shared: &Shared<H>, errors: &ConsumerErrors) {
 /// same partition, so a partition task is woken once per chunk rather than once per record.
 fn dispatch<H: Process>(
     shared: &Shared<H>,
-    burst: &[BorrowedMessage<'_>],
+    burst: &[impl Delivered],
     scratch: &mut Vec<u8>,
     pause: impl Fn(&PartitionHandle, i32),
 ) {
@@ -252,7 +243,7 @@ fn send(h: &PartitionHandle, chunk: Vec<Inbound>) {
 
 /// Moves overflow into drained queues and resumes partitions whose overflow is empty.
 /// Returns whether any partition is still paused.
-fn refill_paused<H: Process>(consumer: &BaseConsumer<WeirContext<H>>, shared: &Shared<H>) -> bool {
+fn refill_paused<H: Process>(source: &impl Source, shared: &Shared<H>) -> bool {
     let mut owned = shared.owned();
     let mut still_paused = false;
     for (topic, partitions) in owned.iter_mut() {
@@ -274,9 +265,7 @@ fn refill_paused<H: Process>(consumer: &BaseConsumer<WeirContext<H>>, shared: &S
                 still_paused = true;
                 continue;
             }
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition(topic, partition);
-            if let Err(e) = consumer.resume(&tpl) {
+            if let Err(e) = source.resume(Lane { topic, partition }) {
                 tracing::warn!(%topic, partition, "resume failed: {e}");
             }
             h.flow.set_paused(false);
@@ -286,19 +275,18 @@ fn refill_paused<H: Process>(consumer: &BaseConsumer<WeirContext<H>>, shared: &S
     still_paused
 }
 
-/// Commits to Kafka the offsets of owned partitions that moved since the last commit.
-fn commit_owned<H: Process>(consumer: &BaseConsumer<WeirContext<H>>, shared: &Shared<H>) {
-    let mut tpl = TopicPartitionList::new();
-    for (topic, partitions) in shared.owned().iter() {
+/// Settles with the broker the positions of owned partitions that moved since the last time.
+fn settle_owned<H: Process>(source: &impl Source, shared: &Shared<H>) {
+    let owned = shared.owned();
+    let mut done = Vec::new();
+    for (topic, partitions) in owned.iter() {
         for (&partition, h) in partitions {
             if let Some(next) = h.flow.take_kafka_commit() {
-                let _ = tpl.add_partition_offset(topic, partition, Offset::Offset(next));
+                done.push((Lane { topic, partition }, next));
             }
         }
     }
-    if tpl.count() > 0 {
-        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
-            tracing::debug!("offset commit to Kafka not sent: {e}");
-        }
+    if let Err(e) = source.settle(&done) {
+        tracing::debug!("positions not settled with the broker: {e}");
     }
 }

@@ -8,6 +8,7 @@ use tokio::sync::mpsc;
 use weir_state::CacheBudget;
 
 use crate::broker::kafka::Connection;
+use crate::broker::{Lane, Source};
 use crate::config::Config;
 use crate::config::KeyPartitioner;
 use crate::delivery::DeadLetterSink;
@@ -41,17 +42,10 @@ pub(crate) type Owned = HashMap<String, HashMap<i32, PartitionHandle>>;
 
 impl PartitionHandle {
     /// Pauses the partition (its queue is full, or its store is being restored).
-    pub(crate) fn pause<C: rdkafka::consumer::ConsumerContext>(
-        &self,
-        consumer: &rdkafka::consumer::BaseConsumer<C>,
-        partition: i32,
-    ) {
-        use rdkafka::consumer::Consumer;
+    pub(crate) fn pause(&self, source: &impl Source, partition: i32) {
         let topic = &*self.topic;
         self.flow.set_paused(true);
-        let mut tpl = rdkafka::TopicPartitionList::new();
-        tpl.add_partition(topic, partition);
-        if let Err(e) = consumer.pause(&tpl) {
+        if let Err(e) = source.pause(Lane { topic, partition }) {
             tracing::warn!(%topic, partition, "pause failed: {e}");
         }
         metrics::counter!(PAUSES_TOTAL).increment(1);

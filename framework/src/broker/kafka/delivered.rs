@@ -5,6 +5,10 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use crate::inbound::Delivered;
 
 impl Delivered for BorrowedMessage<'_> {
+    fn topic(&self) -> &str {
+        Message::topic(self)
+    }
+
     fn partition(&self) -> i32 {
         Message::partition(self)
     }

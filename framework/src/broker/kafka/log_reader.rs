@@ -81,6 +81,10 @@ pub(crate) enum Polled<'a> {
 pub(crate) struct LogRecord<'a>(BorrowedMessage<'a>);
 
 impl Delivered for LogRecord<'_> {
+    fn topic(&self) -> &str {
+        Delivered::topic(&self.0)
+    }
+
     fn partition(&self) -> i32 {
         Delivered::partition(&self.0)
     }

@@ -5,6 +5,7 @@ mod delivered;
 mod embedded;
 mod log_reader;
 mod producer;
+mod source;
 mod topics;
 
 pub use embedded::EmbeddedBroker;
