@@ -23,9 +23,7 @@ const LAYERS: &[&[&str]] = &[
 /// fails the test.
 const KAFKA_FILES: &[&str] = &[
     "runtime/client.rs",
-    "runtime/rebalance.rs",
     "runtime/tables.rs",
-    "runtime/worker.rs",
 ];
 
 /// One crate's modules: path (`["runtime", "consumer"]`) to file, source without comments.

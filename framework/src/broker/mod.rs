@@ -5,9 +5,12 @@
 //! deliveries per lane ([`Delivered`]: key, value, headers, timestamp and position), pause,
 //! resume and a new read position per lane, settling what a committed batch covered (all of
 //! these: [`Source`]), producing with an acknowledgement ([`SendError`] when it fails),
-//! reading a log from a position to its end, and making sure topics exist. (Lane assignment
-//! and revocation, and reading logs, still live in `runtime/` and `delivery/restore.rs`.)
+//! reading a log from a position to its end, and making sure topics exist. Lanes come and go
+//! as the broker decides; the broker's client tells the runtime through [`Assignments`].
+//! (Reading logs is still called from `runtime/tables.rs` and `delivery/restore.rs` with
+//! Kafka's types.)
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::Result;
@@ -95,4 +98,31 @@ pub(crate) struct WantedTopic {
     /// What it is, for logs.
     pub(crate) kind: &'static str,
     pub(crate) compacted: bool,
+}
+
+/// Where an assigned lane's deliveries start.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Start {
+    /// The position of its first delivery (`None`: the lane's beginning).
+    pub(crate) next: Option<i64>,
+    /// Deliveries wait until the runtime resumes the lane (its store is being prepared).
+    pub(crate) paused: bool,
+}
+
+/// What the runtime does as the broker assigns lanes to this worker and takes them away.
+/// The broker's client calls it on the consumer thread, in the middle of a
+/// [`Source::poll`].
+pub(crate) trait Assignments: Send + Sync + 'static {
+    /// `lanes` are this worker's now: their stores are opened and claimed and their tasks
+    /// started. Where each starts, in order (`None`: a lane whose store failed; the worker
+    /// is failing, and the lane starts where the broker says).
+    fn assigned(&self, lanes: &[Lane<'_>]) -> Vec<Option<Start>>;
+
+    /// `lanes` are taken away (`lost`: another owner may have them already). Each lane's task
+    /// finishes its batch and closes its store before this returns. The positions to settle
+    /// before they go (none when lost, or when the worker is abandoned).
+    fn revoked(&self, lanes: &[Lane<'_>], lost: bool) -> Vec<(Arc<str>, i32, i64)>;
+
+    /// The owned lanes' low and high watermarks, as `of` reads them from the client.
+    fn watermarks(&self, of: &dyn Fn(Lane<'_>) -> Option<(i64, i64)>);
 }

@@ -1,124 +1,71 @@
-//! Rebalance callbacks: on assign, open each partition's store, claim it, and start its task
-//! at its stored offset (a partition whose store may need a changelog restore starts paused,
-//! and its task restores it off the consumer thread); on revoke, let each task finish its
-//! batch, commit, and close its store before the callback returns.
+//! The worker's side of rebalances: on assign, open each partition's store, claim it, and
+//! start its task at its stored offset (a partition whose store may need a changelog restore
+//! starts paused, and its task restores it off the consumer thread); on revoke, let each task
+//! finish its batch, commit, and close its store before returning the offsets to settle.
 
 use std::path::PathBuf;
 use std::sync::{mpsc as std_mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
-use rdkafka::statistics::Statistics;
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::types::RDKafkaRespErr;
-use rdkafka::ClientContext;
 use tokio::sync::mpsc;
 use weir_state::PartitionStore;
 
-use crate::observe::metric_names::{
-    CLIENT_ERRORS_TOTAL, KAFKA_COMMIT_FAILURES_TOTAL, REBALANCES_TOTAL,
-};
+use crate::broker::{Assignments, Lane, Start};
+use crate::observe::metric_names::{PAUSES_TOTAL, REBALANCES_TOTAL};
 use crate::processing::batch::{BatchRunner, Mode};
 use crate::processing::Process;
 use crate::runtime::flow::PartitionFlow;
 use crate::runtime::partition_task::{PartitionTask, TaskStore};
 use crate::runtime::shared::{PartitionHandle, Shared};
 
-/// The consumer's context: librdkafka calls it from the consumer thread's `poll`.
-pub(crate) struct WeirContext<H> {
-    pub(crate) shared: Arc<Shared<H>>,
+/// The worker's side of its broker's assignments.
+pub(crate) struct Rebalances<H> {
+    shared: Arc<Shared<H>>,
 }
 
-impl<H: Process> ClientContext for WeirContext<H> {
-    /// Client-level errors (broker connections down, transport failures): counted and logged;
-    /// librdkafka reconnects by itself.
-    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        let kind = error
-            .rdkafka_error_code()
-            .map_or_else(|| "other".to_owned(), |c| format!("{c:?}"));
-        metrics::counter!(CLIENT_ERRORS_TOTAL, "kind" => kind).increment(1);
-        tracing::warn!("kafka client error: {error}: {reason}");
+impl<H: Process> Rebalances<H> {
+    pub(crate) fn new(shared: Arc<Shared<H>>) -> Self {
+        Self { shared }
     }
+}
 
-    /// librdkafka's log lines, forwarded to `tracing` (target `librdkafka`). Failed offset
-    /// commits are counted here: librdkafka reports the result of a manual asynchronous
-    /// commit only in its log (`COMMITFAIL`).
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        if fac == "COMMITFAIL" {
-            // Kafka's committed offset is progress only; the truth is in SQLite.
-            metrics::counter!(KAFKA_COMMIT_FAILURES_TOTAL).increment(1);
+impl<H: Process> Assignments for Rebalances<H> {
+    fn assigned(&self, lanes: &[Lane<'_>]) -> Vec<Option<Start>> {
+        let starts = self.assign(lanes);
+        // Partitions whose store is still being prepared fetch nothing yet.
+        for (lane, start) in lanes.iter().zip(&starts) {
+            if let (Some(Start { paused: true, .. }), Some(h)) = (
+                start,
+                self.shared
+                    .owned()
+                    .get(lane.topic)
+                    .and_then(|m| m.get(&lane.partition)),
+            ) {
+                h.flow.set_paused(true);
+                metrics::counter!(PAUSES_TOTAL).increment(1);
+                tracing::debug!(%lane, "partition paused until its store is ready");
+            }
         }
-        crate::broker::kafka::client_log::forward(level, fac, message);
+        starts
     }
 
-    /// librdkafka's statistics carry each partition's watermarks as learned from fetch
-    /// responses: they feed the lag of the partitions this worker owns.
-    fn stats(&self, stats: Statistics) {
+    fn revoked(&self, lanes: &[Lane<'_>], lost: bool) -> Vec<(Arc<str>, i32, i64)> {
+        self.revoke(lanes, lost)
+    }
+
+    fn watermarks(&self, of: &dyn Fn(Lane<'_>) -> Option<(i64, i64)>) {
         let owned = self.shared.owned();
         for (topic, partitions) in owned.iter() {
-            let Some(t) = stats.topics.get(topic) else {
-                continue;
-            };
-            for (p, h) in partitions {
-                if let Some(s) = t.partitions.get(p) {
-                    h.flow.set_watermarks(s.lo_offset, s.hi_offset);
+            for (&partition, h) in partitions {
+                if let Some((low, high)) = of(Lane { topic, partition }) {
+                    h.flow.set_watermarks(low, high);
                 }
             }
         }
     }
 }
 
-impl<H: Process> ConsumerContext for WeirContext<H> {
-    fn rebalance(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        err: RDKafkaRespErr,
-        tpl: &mut TopicPartitionList,
-    ) {
-        let cooperative = matches!(
-            consumer.rebalance_protocol(),
-            RebalanceProtocol::Cooperative
-        );
-        let result = match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                self.assign(tpl);
-                let assigned = if cooperative {
-                    consumer.incremental_assign(tpl)
-                } else {
-                    consumer.assign(tpl)
-                };
-                // Partitions whose store is still being prepared fetch nothing yet.
-                for partitions in self.shared.owned().values() {
-                    for (&p, h) in partitions {
-                        if h.flow.is_restoring() && !h.flow.is_paused() {
-                            h.pause(consumer, p);
-                        }
-                    }
-                }
-                assigned
-            }
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                self.revoke(consumer, tpl, consumer.assignment_lost());
-                if cooperative {
-                    consumer.incremental_unassign(tpl)
-                } else {
-                    consumer.unassign()
-                }
-            }
-            other => {
-                tracing::error!("rebalance error: {other:?}");
-                let _ = consumer.unassign();
-                Ok(())
-            }
-        };
-        if let Err(e) = result {
-            tracing::error!("applying the new assignment failed: {e}");
-        }
-    }
-}
-
-impl<H: Process> WeirContext<H> {
+impl<H: Process> Rebalances<H> {
     fn store_path(&self, topic: &str, partition: i32) -> PathBuf {
         let c = &self.shared.config;
         c.state_dir
@@ -127,16 +74,16 @@ impl<H: Process> WeirContext<H> {
             .join(format!("{partition}.sqlite"))
     }
 
-    fn assign(&self, tpl: &mut TopicPartitionList) {
-        if tpl.count() > 0 {
+    fn assign(&self, lanes: &[Lane<'_>]) -> Vec<Option<Start>> {
+        if !lanes.is_empty() {
             metrics::counter!(REBALANCES_TOTAL, "kind" => "assign").increment(1);
         }
         let shared = &self.shared;
         shared.lifecycle.joined();
         let c = &shared.config;
-        let mut seeks = Vec::new();
-        for el in tpl.elements() {
-            let (topic, partition) = (el.topic().to_owned(), el.partition());
+        let mut starts = Vec::with_capacity(lanes.len());
+        for lane in lanes {
+            let (topic, partition) = (lane.topic.to_owned(), lane.partition);
             // Opening, claiming and reading the offset are quick local SQLite steps; a
             // changelog restore, which may take long, runs in the partition's task.
             let path = self.store_path(&topic, partition);
@@ -152,24 +99,25 @@ impl<H: Process> WeirContext<H> {
                 Ok(o) => o,
                 Err(e) => {
                     shared.lifecycle.fail(e.into());
+                    starts.push(None);
                     continue;
                 }
             };
             let changelog = c.changelog_topic_of(&topic);
-            // No stored offset: state is empty, so it must see the partition from its start.
-            seeks.push((
-                topic.clone(),
-                partition,
-                next_offset.map_or(Offset::Beginning, Offset::Offset),
-            ));
             tracing::info!(%topic, partition, ?next_offset, store = %path.display(), restore_check = changelog.is_some(), "partition assigned");
             let (store, closed) = TaskStore::new(store);
             let (tx, rx) = mpsc::unbounded_channel();
+            let restoring = changelog.is_some() || !shared.task_ctx.tables.is_empty();
             let flow = Arc::new(PartitionFlow::new(
                 (c.queue_capacity, c.queue_capacity_mb << 20),
                 next_offset,
-                changelog.is_some() || !shared.task_ctx.tables.is_empty(),
+                restoring,
             ));
+            // No stored offset: state is empty, so it must see the partition from its start.
+            starts.push(Some(Start {
+                next: next_offset,
+                paused: restoring,
+            }));
             let topic_name: Arc<str> = Arc::from(topic.as_str());
             let runner = BatchRunner::new(
                 Arc::clone(&shared.handler),
@@ -203,28 +151,24 @@ impl<H: Process> WeirContext<H> {
                 },
             );
         }
-        for (topic, partition, offset) in seeks {
-            if let Err(e) = tpl.set_partition_offset(&topic, partition, offset) {
-                tracing::error!(%topic, partition, "cannot set start offset: {e}");
-            }
-        }
+        starts
     }
 
-    fn revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList, lost: bool) {
+    fn revoke(&self, lanes: &[Lane<'_>], lost: bool) -> Vec<(Arc<str>, i32, i64)> {
         let kind = if lost { "lost" } else { "revoke" };
-        if tpl.count() > 0 {
+        if !lanes.is_empty() {
             metrics::counter!(REBALANCES_TOTAL, "kind" => kind).increment(1);
         }
         let abandon = self.shared.lifecycle.is_abandoned();
         let mut handles = Vec::new();
         {
             let mut owned = self.shared.owned();
-            for el in tpl.elements() {
+            for lane in lanes {
                 let removed = owned
-                    .get_mut(el.topic())
-                    .and_then(|m| m.remove(&el.partition()));
+                    .get_mut(lane.topic)
+                    .and_then(|m| m.remove(&lane.partition));
                 if let Some(h) = removed {
-                    handles.push((el.topic().to_owned(), el.partition(), h));
+                    handles.push((Arc::clone(&h.topic), lane.partition, h));
                 }
             }
             owned.retain(|_, m| !m.is_empty());
@@ -236,7 +180,7 @@ impl<H: Process> WeirContext<H> {
                 h.flow.request_stop();
             }
         }
-        let mut final_offsets = TopicPartitionList::new();
+        let mut final_offsets = Vec::new();
         for (t, p, _) in &handles {
             self.shared.set_releasing(format!("{t}/{p}"), true);
         }
@@ -252,17 +196,14 @@ impl<H: Process> WeirContext<H> {
             self.shared
                 .set_releasing(format!("{topic}/{partition}"), false);
             if let Some(next) = flow.committed_offset() {
-                let _ = final_offsets.add_partition_offset(&topic, partition, Offset::Offset(next));
+                final_offsets.push((Arc::clone(&topic), partition, next));
             }
             tracing::info!(%topic, partition, kind, committed = ?flow.committed_offset(), "partition released");
         }
-        if !lost && !abandon && final_offsets.count() > 0 {
-            if let Err(e) = consumer.commit(&final_offsets, CommitMode::Sync) {
-                tracing::warn!(
-                    "final offset commit to Kafka failed (state is safe in SQLite): {e}"
-                );
-            }
+        if lost || abandon {
+            final_offsets.clear();
         }
+        final_offsets
     }
 }
 

@@ -4,10 +4,7 @@
 use std::future::Future;
 use std::sync::{mpsc as std_mpsc, Arc};
 
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::BaseConsumer;
-
-use crate::broker::kafka::{Connection, Producer};
+use crate::broker::kafka::{Connection, GroupSettings, Producer};
 use crate::config::Config;
 use crate::delivery::{DeadLetterSink, OutboxSink};
 use crate::error::{Error, Result};
@@ -18,7 +15,7 @@ use crate::runtime::admin::ensure_topics;
 use crate::runtime::client::{check_brokers, connection_config, consumer_config, producer_config};
 use crate::runtime::lifecycle::Lifecycle;
 use crate::runtime::partition_task::TaskContext;
-use crate::runtime::rebalance::WeirContext;
+use crate::runtime::rebalance::Rebalances;
 use crate::runtime::shared::Shared;
 use crate::runtime::stages::Stages;
 use crate::runtime::tables::{check_copartitioned, follow_globals};
@@ -45,7 +42,7 @@ pub struct Worker<H> {
     config: Config,
     brokers: String,
     /// The group consumer's settings.
-    consumer: ClientConfig,
+    consumer: GroupSettings,
     /// Connection settings for the worker's other clients.
     connection: Connection,
     metrics_listener: Option<std::net::TcpListener>,
@@ -104,7 +101,7 @@ impl<H: Process> Worker<H> {
                 }
             }
         }
-        let consumer = consumer_config(&config, &brokers)?;
+        let consumer = GroupSettings::new(consumer_config(&config, &brokers)?);
         let connection = Connection::new(connection_config(&config, &brokers));
         let producer = Arc::new(Producer::new(producer_config(&config, &brokers)).map_err(
             |e| {
@@ -197,7 +194,12 @@ impl<H: Process> Worker<H> {
             // A stop requested while the broker is checked ends the worker at once: it has
             // joined nothing and owns nothing yet.
             let startup = async {
-                check_brokers(&self.consumer, &self.brokers, self.config.startup_timeout).await?;
+                check_brokers(
+                    self.consumer.client_config(),
+                    &self.brokers,
+                    self.config.startup_timeout,
+                )
+                .await?;
                 ensure_topics(&self.config, &self.connection).await;
                 Ok::<(), Error>(())
             };
@@ -263,12 +265,9 @@ impl<H: Process> Worker<H> {
                 },
             },
         ));
-        let kafka: BaseConsumer<WeirContext<H>> = self
+        let kafka = self
             .consumer
-            .create_with_context(WeirContext {
-                shared: Arc::clone(&shared),
-            })
-            .map_err(crate::broker::kafka::error)?;
+            .consumer(Rebalances::new(Arc::clone(&shared)))?;
         tracing::info!(
             group = %self.config.group, topics = ?self.config.topics, brokers = %self.brokers,
             embedded = self.embedded.is_some(), "worker starting"

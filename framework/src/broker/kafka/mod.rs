@@ -3,12 +3,14 @@
 pub(crate) mod client_log;
 mod delivered;
 mod embedded;
+mod group;
 mod log_reader;
 mod producer;
 mod source;
 mod topics;
 
 pub use embedded::EmbeddedBroker;
+pub(crate) use group::GroupSettings;
 pub(crate) use log_reader::{Connection, LogReader, Polled, ReaderContext};
 pub(crate) use producer::Producer;
 
