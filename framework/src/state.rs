@@ -18,9 +18,7 @@ pub struct OutboxProducer(std::sync::Arc<crate::broker::kafka::Producer>);
 impl OutboxProducer {
     /// Connects to `brokers` as a worker with the same `WEIR_KAFKA_*` environment would.
     pub fn connect(brokers: &str) -> crate::error::Result<Self> {
-        let producer =
-            crate::broker::kafka::Producer::new(crate::runtime::producer_from_env(brokers)?)
-                .map_err(crate::broker::kafka::error)?;
+        let producer = crate::runtime::producer_from_env(brokers)?;
         Ok(Self(std::sync::Arc::new(producer)))
     }
 

@@ -1,5 +1,5 @@
-//! Running a worker: its builder, the consumer thread, rebalances, flow control and the
-//! partition tasks, the Kafka clients and topic administration.
+//! Running a worker: its builder, the consumer thread, its side of rebalances, flow control
+//! and the partition tasks, its broker clients' settings and the topics it needs.
 
 mod admin;
 mod builder;

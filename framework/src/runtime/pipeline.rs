@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::observe::{self, PartitionRow, StateAnswer, WorkerView};
 use crate::processing::{repartition_topic, Process};
 use crate::runtime::admin::ensure_repartition_topics;
-use crate::runtime::client::connection_config;
+use crate::runtime::client::connection;
 use crate::runtime::stages::Stages;
 use crate::runtime::worker::{
     bind_metrics, embedded_state_dir, warn_embedded, AbortOnDrop, Worker,
@@ -159,10 +159,7 @@ impl PipelineBuilder {
             config.topics.clear();
             runs.push((name, make(config, Arc::clone(&stages))?));
         }
-        let connection = Connection::new(connection_config(
-            &base,
-            base.brokers.as_deref().unwrap_or_default(),
-        ));
+        let connection = connection(&base, base.brokers.as_deref().unwrap_or_default());
         Ok(Pipeline {
             http_token: base.http_token.clone(),
             state_dir: base.state_dir.clone(),

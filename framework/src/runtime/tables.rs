@@ -9,15 +9,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use weir_state::PartitionStore;
 
-use crate::broker::kafka::{Connection, ReaderContext};
+use crate::broker::kafka::{Connection, LogReader, LogRecord, Polled};
 use crate::config::{Config, TableSource};
 use crate::error::{Error, Result};
+use crate::inbound::Delivered;
 use crate::observe::metric_names::{TABLE_RECORDS_SKIPPED_TOTAL, TABLE_RECORDS_TOTAL};
 use crate::processing::table::{self, GlobalTables};
 
@@ -31,7 +28,7 @@ const CHUNK: usize = 20_000;
 
 /// Reads table partitions from a position up to their end.
 pub(crate) struct TableReader {
-    consumer: BaseConsumer<ReaderContext>,
+    reader: LogReader,
     /// Next offset to read, per (topic, partition).
     next: HashMap<(String, i32), i64>,
 }
@@ -45,7 +42,7 @@ impl std::fmt::Debug for TableReader {
 }
 
 /// One table record read.
-type Read<'m> = BorrowedMessage<'m>;
+type Read<'m> = LogRecord<'m>;
 
 impl TableReader {
     /// A reader of `partitions` (topic, partition, next offset or `None`: from the start).
@@ -53,28 +50,15 @@ impl TableReader {
         connection: &Connection,
         partitions: &[(String, i32, Option<i64>)],
     ) -> Result<Self, String> {
-        let consumer: BaseConsumer<ReaderContext> = connection
-            .client_config()
-            .clone()
-            .set("group.id", "weir-table")
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "true")
-            // A stored position the log no longer has (compacted or deleted below it, or the
-            // topic recreated shorter) reads the table again from its start, never skips to
-            // its end (librdkafka's default); `take` says so.
-            .set("auto.offset.reset", "earliest")
-            .create_with_context(ReaderContext("table consumer"))
-            .map_err(|e| format!("cannot create the table consumer: {e}"))?;
-        let mut tpl = TopicPartitionList::new();
-        let mut next = HashMap::new();
-        for (topic, partition, from) in partitions {
-            let offset = from.map_or(Offset::Beginning, Offset::Offset);
-            tpl.add_partition_offset(topic, *partition, offset)
-                .map_err(|e| e.to_string())?;
-            next.insert((topic.clone(), *partition), from.unwrap_or(0));
-        }
-        consumer.assign(&tpl).map_err(|e| e.to_string())?;
-        Ok(Self { consumer, next })
+        // A stored position the log no longer has reads the table again from its start;
+        // `take` says so.
+        let reader = connection.table_reader()?;
+        reader.read_each_from(partitions)?;
+        let next = partitions
+            .iter()
+            .map(|(topic, partition, from)| ((topic.clone(), *partition), from.unwrap_or(0)))
+            .collect();
+        Ok(Self { reader, next })
     }
 
     /// Reads every partition up to its end as the broker tells it now, handing the records to
@@ -86,10 +70,7 @@ impl TableReader {
     ) -> Result<u64, String> {
         let mut ends = HashMap::new();
         for ((topic, partition), next) in &mut self.next {
-            let (_, high) = self
-                .consumer
-                .fetch_watermarks(topic, *partition, Duration::from_secs(10))
-                .map_err(|e| format!("reading {topic}/{partition}'s end: {e}"))?;
+            let high = self.reader.end(topic, *partition)?;
             if high < *next {
                 // Only a topic deleted and created again (or a log truncated by an unclean
                 // leader election) ends below a position read from it.
@@ -100,14 +81,7 @@ impl TableReader {
                     end = high,
                     "the table's stored position is past its log's end (the topic recreated?): reading it again from the start"
                 );
-                self.consumer
-                    .seek(
-                        topic,
-                        *partition,
-                        Offset::Beginning,
-                        Duration::from_secs(10),
-                    )
-                    .map_err(|e| format!("reading {topic}/{partition} from its start: {e}"))?;
+                self.reader.rewind(topic, *partition)?;
                 *next = 0;
             }
             if high > *next {
@@ -131,14 +105,14 @@ impl TableReader {
             if cancelled() {
                 return Err("stopped while reading tables".into());
             }
-            match self.consumer.poll(Duration::from_millis(100)) {
-                None => {}
-                Some(Err(KafkaError::PartitionEOF(_))) => {
+            match self.reader.poll(Duration::from_millis(100)) {
+                Polled::Nothing => {}
+                Polled::End => {
                     eof_at.get_or_insert_with(Instant::now);
                     eofs += 1;
                 }
-                Some(Err(e)) => return Err(format!("reading tables: {e}")),
-                Some(Ok(msg)) => {
+                Polled::Failed(e) => return Err(format!("reading tables: {e}")),
+                Polled::Record(msg) => {
                     last_record = Instant::now();
                     eof_at = None;
                     eofs = 0;
@@ -183,11 +157,11 @@ impl TableReader {
         // offset plus one: the rest of that batch came in the same fetch response as its first
         // record, so it waits in the local queue.
         loop {
-            match self.consumer.poll(Duration::ZERO) {
-                None => break,
-                Some(Err(KafkaError::PartitionEOF(_))) => {}
-                Some(Err(e)) => return Err(format!("reading tables: {e}")),
-                Some(Ok(msg)) => records += take(next, &mut chunk, msg),
+            match self.reader.poll(Duration::ZERO) {
+                Polled::Nothing => break,
+                Polled::End => {}
+                Polled::Failed(e) => return Err(format!("reading tables: {e}")),
+                Polled::Record(msg) => records += take(next, &mut chunk, msg),
             }
         }
         if !chunk.is_empty() || moved {
@@ -200,14 +174,14 @@ impl TableReader {
     fn poll_some(&mut self, timeout: Duration, apply: impl Fn(&Read<'_>)) {
         let mut wait = timeout;
         for _ in 0..CHUNK {
-            match self.consumer.poll(wait) {
-                None => return,
-                Some(Err(KafkaError::PartitionEOF(_))) => {}
-                Some(Err(e)) => {
+            match self.reader.poll(wait) {
+                Polled::Nothing => return,
+                Polled::End => {}
+                Polled::Failed(e) => {
                     tracing::warn!("reading global tables: {e}");
                     return;
                 }
-                Some(Ok(msg)) => {
+                Polled::Record(msg) => {
                     self.next
                         .insert((msg.topic().to_owned(), msg.partition()), msg.offset() + 1);
                     apply(&msg);

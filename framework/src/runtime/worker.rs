@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::sync::{mpsc as std_mpsc, Arc};
 
-use crate::broker::kafka::{Connection, GroupSettings, Producer};
+use crate::broker::kafka::{check_brokers, Connection, GroupSettings};
 use crate::config::Config;
 use crate::delivery::{DeadLetterSink, OutboxSink};
 use crate::error::{Error, Result};
@@ -12,7 +12,7 @@ use crate::observe;
 use crate::processing::table::GlobalTables;
 use crate::processing::{Process, Scope};
 use crate::runtime::admin::ensure_topics;
-use crate::runtime::client::{check_brokers, connection_config, consumer_config, producer_config};
+use crate::runtime::client::{connection, group_settings};
 use crate::runtime::lifecycle::Lifecycle;
 use crate::runtime::partition_task::TaskContext;
 use crate::runtime::rebalance::Rebalances;
@@ -101,16 +101,9 @@ impl<H: Process> Worker<H> {
                 }
             }
         }
-        let consumer = GroupSettings::new(consumer_config(&config, &brokers)?);
-        let connection = Connection::new(connection_config(&config, &brokers));
-        let producer = Arc::new(Producer::new(producer_config(&config, &brokers)).map_err(
-            |e| {
-                Error::config(
-                    "kafka properties",
-                    format!("cannot create the producer (dead letters, outbox): {e}"),
-                )
-            },
-        )?);
+        let consumer = group_settings(&config, &brokers)?;
+        let connection = connection(&config, &brokers);
+        let producer = Arc::new(connection.producer()?);
         let metrics_listener = match &config.metrics_addr {
             Some(addr) => {
                 // Install the recorder now, so that nothing recorded from here on is lost.
@@ -194,12 +187,7 @@ impl<H: Process> Worker<H> {
             // A stop requested while the broker is checked ends the worker at once: it has
             // joined nothing and owns nothing yet.
             let startup = async {
-                check_brokers(
-                    self.consumer.client_config(),
-                    &self.brokers,
-                    self.config.startup_timeout,
-                )
-                .await?;
+                check_brokers(&self.consumer, &self.brokers, self.config.startup_timeout).await?;
                 ensure_topics(&self.config, &self.connection).await;
                 Ok::<(), Error>(())
             };

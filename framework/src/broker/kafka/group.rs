@@ -11,8 +11,9 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
 
+use super::Property;
 use crate::broker::{Assignments, Lane, Source};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::observe::metric_names::{CLIENT_ERRORS_TOTAL, KAFKA_COMMIT_FAILURES_TOTAL};
 
 /// The settings a worker's group consumer is made with.
@@ -20,11 +21,51 @@ use crate::observe::metric_names::{CLIENT_ERRORS_TOTAL, KAFKA_COMMIT_FAILURES_TO
 pub(crate) struct GroupSettings(ClientConfig);
 
 impl GroupSettings {
-    pub(crate) fn new(config: ClientConfig) -> Self {
-        Self(config)
+    /// The consumer of `group` on `brokers`: weir's defaults, then the user's librdkafka
+    /// `properties` (each checked on its own, so an error names the one that is wrong).
+    pub(crate) fn new(
+        brokers: &str,
+        group: &str,
+        instance_id: Option<&str>,
+        properties: &[Property<'_>],
+    ) -> Result<Self> {
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", brokers)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("session.timeout.ms", "10000")
+            // A member learns of a rebalance at its next heartbeat: librdkafka's 3 s default
+            // would add up to 3 s to every hand-off.
+            .set("heartbeat.interval.ms", "1000")
+            .set("enable.partition.eof", "false")
+            // librdkafka backs a partition's fetching off by this much once its local queue
+            // passes queued.min.messages; the consumer thread drains that queue at once, so
+            // the default 1000 ms only stalls the stream (docs/performance.md).
+            .set("fetch.queue.backoff.ms", "20")
+            // The statistics carry the high watermarks learned from fetch responses (lag).
+            .set("statistics.interval.ms", "1000");
+        if let Some(id) = instance_id {
+            client.set("group.instance.id", id);
+        }
+        for p in properties {
+            client.set(p.name, p.value);
+            let mut single = ClientConfig::new();
+            single.set(p.name, p.value);
+            if let Err(e) = single.create_native_config() {
+                return Err(Error::config(p.origin, e.to_string()));
+            }
+        }
+        client
+            .create_native_config()
+            .map_err(|e| Error::config("kafka properties", e.to_string()))?;
+        Ok(Self(client))
     }
 
-    pub(crate) fn client_config(&self) -> &ClientConfig {
+    pub(super) fn client_config(&self) -> &ClientConfig {
         &self.0
     }
 

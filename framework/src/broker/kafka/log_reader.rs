@@ -1,54 +1,24 @@
-//! Reading a partition of a log from a position to its end (changelog restores), on a
-//! blocking thread.
+//! Reading partitions of a log from a position to their end (changelog restores, tables), on
+//! a blocking thread.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::client::ClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
 
+use super::Connection;
 use crate::inbound::Delivered;
 
-/// How a worker's own clients (restores, tables, offsets) connect: the worker's connection
-/// and security settings.
-#[derive(Clone)]
-pub(crate) struct Connection(ClientConfig);
-
-impl std::fmt::Debug for Connection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Connection")
-    }
-}
-
 impl Connection {
-    pub(crate) fn new(client: ClientConfig) -> Self {
-        Self(client)
-    }
-
-    /// The client settings, for the Kafka adapters not behind the seam yet.
-    pub(crate) fn client_config(&self) -> &ClientConfig {
-        &self.0
-    }
-
-    /// The earliest offset of `topic`/`partition` (where a consumer from the beginning
-    /// starts).
-    pub(crate) fn low_watermark(&self, topic: &str, partition: i32) -> Result<i64, String> {
-        let consumer: BaseConsumer = self.0.create().map_err(|e| e.to_string())?;
-        consumer
-            .fetch_watermarks(topic, partition, Duration::from_secs(10))
-            .map(|(low, _)| low)
-            .map_err(|e| format!("reading {topic}/{partition}'s offsets: {e}"))
-    }
-
     /// A reader of logs, tuned to read as fast as the broker sends.
     pub(crate) fn log_reader(&self) -> Result<LogReader, String> {
         let consumer = self
-            .0
+            .client_config()
             .clone()
             .set("group.id", "weir-restore")
             .set("enable.auto.commit", "false")
@@ -61,6 +31,22 @@ impl Connection {
             .set("queued.min.messages", "200000")
             .create_with_context(ReaderContext("changelog restore consumer"))
             .map_err(|e| e.to_string())?;
+        Ok(LogReader(Some(Arc::new(consumer))))
+    }
+
+    /// A reader of tables: a stored position the log no longer has (compacted or deleted below
+    /// it, or the topic recreated shorter) reads the table again from its start, never skips
+    /// to its end (librdkafka's default).
+    pub(crate) fn table_reader(&self) -> Result<LogReader, String> {
+        let consumer: BaseConsumer<ReaderContext> = self
+            .client_config()
+            .clone()
+            .set("group.id", "weir-table")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .set("auto.offset.reset", "earliest")
+            .create_with_context(ReaderContext("table consumer"))
+            .map_err(|e| format!("cannot create the table consumer: {e}"))?;
         Ok(LogReader(Some(Arc::new(consumer))))
     }
 }
@@ -155,11 +141,37 @@ impl LogReader {
         partition: i32,
         from: Option<i64>,
     ) -> Result<(), String> {
+        self.read_each_from(&[(topic.to_owned(), partition, from)])
+    }
+
+    /// Reads each of `partitions` (topic, partition, offset or `None`: its beginning) from its
+    /// offset on; the records of all of them come through [`poll`](Self::poll).
+    pub(crate) fn read_each_from(
+        &self,
+        partitions: &[(String, i32, Option<i64>)],
+    ) -> Result<(), String> {
         let mut tpl = TopicPartitionList::new();
-        let offset = from.map_or(Offset::Beginning, Offset::Offset);
-        tpl.add_partition_offset(topic, partition, offset)
-            .map_err(|e| e.to_string())?;
+        for (topic, partition, from) in partitions {
+            let offset = from.map_or(Offset::Beginning, Offset::Offset);
+            tpl.add_partition_offset(topic, *partition, offset)
+                .map_err(|e| e.to_string())?;
+        }
         self.consumer().assign(&tpl).map_err(|e| e.to_string())
+    }
+
+    /// Reads `topic`/`partition` again from its beginning.
+    pub(crate) fn rewind(&self, topic: &str, partition: i32) -> Result<(), String> {
+        self.consumer()
+            .seek(topic, partition, Offset::Beginning, Duration::from_secs(10))
+            .map_err(|e| format!("reading {topic}/{partition} from its start: {e}"))
+    }
+
+    /// The offset after `topic`/`partition`'s last record, as the broker says now.
+    pub(crate) fn end(&self, topic: &str, partition: i32) -> Result<i64, String> {
+        self.consumer()
+            .fetch_watermarks(topic, partition, Duration::from_secs(10))
+            .map(|(_, high)| high)
+            .map_err(|e| format!("reading {topic}/{partition}'s end: {e}"))
     }
 
     /// The next record, waiting at most `timeout`.
@@ -185,7 +197,7 @@ impl Drop for LogReader {
 
 /// The context of a consumer that reads logs to their end (restores, tables): the end of a
 /// partition is expected, not an error; other errors are logged with the reader's name.
-pub(crate) struct ReaderContext(pub(crate) &'static str);
+struct ReaderContext(&'static str);
 
 impl ClientContext for ReaderContext {
     fn error(&self, error: KafkaError, reason: &str) {
