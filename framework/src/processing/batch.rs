@@ -4,12 +4,10 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::FutureExt;
 use tokio::sync::Notify;
 use weir_state::{PartitionStore, WriteSet};
 
@@ -18,14 +16,15 @@ use crate::error::BoxError;
 use crate::inbound::Inbound;
 use crate::observe::metric_names::{
     COMMIT_DURATION_SECONDS, COMMIT_FAILURES_TOTAL, DUPLICATES_DROPPED_TOTAL, FENCED_TOTAL,
-    LATE_RECORDS_TOTAL, MESSAGES_TOTAL, TIMERS_FIRED_TOTAL, WINDOWS_CLOSED_TOTAL,
+    LATE_RECORDS_TOTAL, MESSAGES_TOTAL,
 };
 use crate::processing::context::Scope;
-use crate::processing::time::{self, Due, RecordTime, TIMERS};
+use crate::processing::handler::caught;
+use crate::processing::time::{self, RecordTime};
 use crate::processing::upstream::{Upstream, UpstreamMarks};
 use crate::processing::{
-    Codec, Ctx, DecodeError, Delivery, FiredTimer, Handler, Process, Record, Source, TimerAt,
-    UndecodableRecord, Window, WindowResult,
+    Codec, Ctx, DecodeError, Delivery, Handler, Process, Record, Source, UndecodableRecord,
+    WindowResult,
 };
 use weir_state::wire::header;
 use weir_state::OutboxRecord;
@@ -136,10 +135,6 @@ impl BatchTime {
         }
     }
 }
-
-/// Timer rounds per batch: a callback that keeps scheduling timers already due cannot hold up
-/// the partition; what is left fires with the next batch.
-const MAX_TIMER_ROUNDS: usize = 64;
 
 /// At most one log line about late records per this many milliseconds per partition.
 const LATE_LOG_EVERY_MS: i64 = 10_000;
@@ -577,9 +572,7 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
         });
     }
 
-    /// Fires the timers due at `watermark` and `now`, in order, into `writes`: closes due
-    /// windows (`on_window_closed`, the window's rows deleted) and calls `on_timer` for user
-    /// timers; each timer's row is deleted in the same batch, so it fires once.
+    /// Fires the timers due at `watermark` and `now` into `writes` (see [`time::fire_due`]).
     async fn fire_due(
         &self,
         writes: &mut WriteSet,
@@ -587,76 +580,16 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
         now: i64,
     ) -> Result<(), BatchError> {
         let store: &PartitionStore = (*self.store).as_ref();
-        let source = Source::Time {
-            topic: &self.topic,
-            partition: self.partition,
-        };
-        let failed = |what: &'static str| {
-            let (topic, partition) = (self.topic.to_string(), self.partition);
-            move |source: BoxError| {
-                BatchError::Bookkeeping(crate::error::Error::Timer {
-                    topic,
-                    partition,
-                    what,
-                    source,
-                })
-            }
-        };
-        for _ in 0..MAX_TIMER_ROUNDS {
-            let due =
-                time::due_timers(store, writes, watermark, now).map_err(BatchError::Bookkeeping)?;
-            if due.is_empty() {
-                return Ok(());
-            }
-            for timer in due {
-                writes.put_encoded(TIMERS, &timer.row, None);
-                let (TimerAt::EventTime(t) | TimerAt::WallClock(t)) = timer.at;
-                let mut rt = RecordTime::new(t, watermark, false);
-                match timer.due {
-                    Due::Window {
-                        store: name,
-                        key,
-                        start,
-                        end,
-                    } => {
-                        let window = Window {
-                            start_ms: start,
-                            end_ms: end,
-                        };
-                        let Some(value) = time::take_window(store, writes, &name, &key, window)
-                            .map_err(BatchError::Bookkeeping)?
-                        else {
-                            continue;
-                        };
-                        metrics::counter!(WINDOWS_CLOSED_TOTAL, "store" => name.clone())
-                            .increment(1);
-                        let closed = WindowResult::new(name, key, window, value);
-                        // Its emits carry the window's last instant.
-                        rt.emit_at(end.saturating_sub(1));
-                        let mut ctx = Ctx::new((store, &self.scope), writes, source, &mut rt);
-                        caught(self.handler.on_window_closed(closed, &mut ctx))
-                            .await
-                            .map_err(failed("on_window_closed"))?;
-                    }
-                    Due::User { key } => {
-                        metrics::counter!(TIMERS_FIRED_TOTAL).increment(1);
-                        let mut ctx = Ctx::new((store, &self.scope), writes, source, &mut rt);
-                        caught(
-                            self.handler
-                                .on_timer(FiredTimer::new(timer.at, key), &mut ctx),
-                        )
-                        .await
-                        .map_err(failed("on_timer"))?;
-                    }
-                }
-            }
-        }
-        tracing::warn!(
-            topic = %self.topic,
-            partition = self.partition,
-            "timer callbacks keep scheduling timers that are due at once; the rest fire with the next batch"
-        );
-        Ok(())
+        let lane = (&*self.topic, self.partition);
+        time::fire_due(
+            &*self.handler,
+            (store, &self.scope),
+            writes,
+            lane,
+            (watermark, now),
+        )
+        .await
+        .map_err(BatchError::Bookkeeping)
     }
 
     /// Commits `writes` with the next offset `next` in one SQLite transaction, on a blocking
@@ -773,22 +706,4 @@ fn check_emit_sizes(writes: &WriteSet, max: usize) -> Result<(), BoxError> {
         }
     }
     Ok(())
-}
-
-/// Runs a handler callback, turning its error or panic into a [`BoxError`].
-async fn caught<E: Into<BoxError>>(
-    callback: impl std::future::Future<Output = Result<(), E>>,
-) -> Result<(), BoxError> {
-    match AssertUnwindSafe(callback).catch_unwind().await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(e.into()),
-        Err(panic) => {
-            let text = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "non-string panic payload".into());
-            Err(format!("handler panicked: {text}").into())
-        }
-    }
 }

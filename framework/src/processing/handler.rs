@@ -2,6 +2,9 @@
 //! one method users write.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
+
+use futures::FutureExt;
 
 use crate::error::BoxError;
 use crate::processing::{Codec, Ctx, FiredTimer, Record, TableInfo, WindowResult};
@@ -189,5 +192,23 @@ impl HandlerSettings {
 impl Default for HandlerSettings {
     fn default() -> Self {
         Self::DEFAULT
+    }
+}
+
+/// Runs a handler callback, turning its error or panic into a [`BoxError`].
+pub(crate) async fn caught<E: Into<BoxError>>(
+    callback: impl std::future::Future<Output = Result<(), E>>,
+) -> Result<(), BoxError> {
+    match AssertUnwindSafe(callback).catch_unwind().await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.into()),
+        Err(panic) => {
+            let text = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-string panic payload".into());
+            Err(format!("handler panicked: {text}").into())
+        }
     }
 }

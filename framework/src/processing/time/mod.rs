@@ -12,16 +12,18 @@
 //! | a window store (`W::NAME`) | `[key, start_ms]` (tumbling, hopping) or `key` (session) | the aggregate (session: `[[start, end, aggregate], ...]`) |
 //!
 //! `watermark` holds the watermark and a record's time, `timers` the timer store, `windows` the
-//! window stores (built on timers).
+//! window stores (built on timers), and `firing` fires what is due.
 
+mod firing;
 mod timers;
 mod watermark;
 mod windows;
 
-pub(crate) use timers::{cancel, due_timers, next_wall_timer, schedule, Due, TIMERS};
+pub(crate) use firing::fire_due;
+pub(crate) use timers::{cancel, due_timers, next_wall_timer, schedule, TIMERS};
 pub use timers::{FiredTimer, TimerAt};
 pub(crate) use watermark::{json_field_ms, set_watermark, watermark, RecordTime};
-pub(crate) use windows::{take_window, window_value};
+pub(crate) use windows::window_value;
 pub use windows::{WindowDef, WindowResult, WindowState, Windows};
 
 /// A window: from `start_ms` (inclusive) to `end_ms` (exclusive), event time in milliseconds
