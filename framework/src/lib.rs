@@ -65,9 +65,11 @@
 
 // The modules, lowest layer first; a module imports only from its own layer or lower ones.
 //
-// - `clock`, `error`, `inbound`: time, errors, and records as the runtime holds them.
+// - `wall_clock`, `error`, `inbound`, `stop`: time, errors, records as the runtime holds them,
+//   and a partition's stop signal.
 // - `observe`: metric names, the HTTP endpoint and the progress log, reading a view of the
 //   worker through a trait the runtime implements.
+// - `broker`: the broker seam, and each broker's implementation (`broker/kafka/`).
 // - `delivery`: what leaves a partition: retries and dead letters, the outbox, changelog
 //   restore.
 // - `processing`: codecs, records, handler traits, the per-record context and the batch
@@ -83,6 +85,7 @@ mod inbound;
 mod observe;
 mod processing;
 mod runtime;
+mod stop;
 mod wall_clock;
 
 pub mod kafka;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 /// The framework's layers, lowest first: a module imports only from its own layer and those
 /// below. (Modules not listed are the crate's facade: `lib.rs`, `state.rs`, `testing.rs`.)
 const LAYERS: &[&[&str]] = &[
-    &["error", "wall_clock", "inbound"],
+    &["error", "wall_clock", "inbound", "stop"],
     &["observe"],
     &["broker"],
     &["delivery"],

@@ -3,13 +3,16 @@
 //! broker acknowledged them. A crash in between sends them again: at least once.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use weir_state::wire::{header, ChangelogEntry};
 use weir_state::{OutboxRecord, PartitionStore};
 
+use super::retry::RetryPolicy;
 use crate::broker::kafka::Producer;
 use crate::broker::Outgoing;
 use crate::observe::metric_names::OUTBOX_SENT_TOTAL;
+use crate::stop::StopSignal;
 
 /// Rows read from the outbox per round.
 const OUTBOX_CHUNK: usize = 5000;
@@ -109,6 +112,77 @@ impl OutboxSink {
                 .map_err(OutboxError::transient)?;
             metrics::counter!(OUTBOX_SENT_TOTAL).increment(n as u64);
             sent += n;
+        }
+    }
+}
+
+/// How long a stop waits for outbox sends in flight (a slow broker must not hold up a revoke).
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+impl OutboxSink {
+    /// Sends everything in `store`'s outbox, retrying with `retry`'s backoff until it is
+    /// acknowledged. False if a stop came first, or a send is still unacknowledged
+    /// [`STOP_GRACE`] after a stop (the rows stay in the store and are sent again by the
+    /// partition's next run: at least once). `rejected` hears when the broker rejects an emit
+    /// for good (the reason) and when it takes them again (`None`), and says whether that
+    /// changed.
+    pub(crate) async fn send_retrying<S>(
+        &self,
+        store: &Arc<S>,
+        retry: RetryPolicy,
+        stop: &StopSignal,
+        rejected: &impl Fn(Option<String>) -> bool,
+        (topic, partition): (&str, i32),
+    ) -> bool
+    where
+        S: AsRef<PartitionStore> + Send + Sync + 'static,
+    {
+        let mut attempt = 0;
+        loop {
+            let give_up = async {
+                stop.requested().await;
+                tokio::time::sleep(STOP_GRACE).await;
+            };
+            let flushed = tokio::select! {
+                r = self.flush(store) => r,
+                () = give_up => return false,
+            };
+            match flushed {
+                Ok(_) => {
+                    if rejected(None) {
+                        tracing::info!(%topic, partition, "the broker takes the partition's emits again");
+                    }
+                    return true;
+                }
+                Err(e) => {
+                    attempt += 1;
+                    let delay = retry.delay(attempt, attempt.into());
+                    if e.is_permanent() {
+                        // Not a passing fault: say so (readiness, a gauge, the status page)
+                        // while retrying, in case the topic or the cluster is changed to take
+                        // them.
+                        rejected(Some(e.to_string()));
+                        tracing::error!(
+                            %topic,
+                            partition,
+                            attempt,
+                            "the broker rejects an emit of the partition for good; its outbox cannot drain until the topic or the cluster takes it (retrying in {delay:?}): {e}"
+                        );
+                    } else {
+                        tracing::error!(
+                            %topic,
+                            partition,
+                            attempt,
+                            "outbox not sent, retrying in {delay:?}: {e}"
+                        );
+                    }
+                    tokio::select! {
+                        biased;
+                        _ = stop.requested() => return false,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
         }
     }
 }

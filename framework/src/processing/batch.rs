@@ -4,11 +4,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
 use weir_state::{PartitionStore, WriteSet};
 
 use crate::delivery::{DeadLetterPolicy, DeadLetterReason, DeadLetterSink, RetryPolicy};
@@ -26,6 +24,7 @@ use crate::processing::{
     Codec, Ctx, DecodeError, Delivery, Handler, Process, Record, Source, UndecodableRecord,
     WindowResult,
 };
+use crate::stop::StopSignal;
 use weir_state::wire::header;
 use weir_state::OutboxRecord;
 
@@ -61,37 +60,6 @@ impl fmt::Display for BatchError {
 
 /// The store of keys whose records are dead-lettered, when key order is kept.
 pub(crate) const DEAD_KEYS: &str = "__weir_dead_keys";
-
-/// A partition's stop signal: set by a revoke or a shutdown; a batch sees it between records
-/// and while it waits to retry.
-#[derive(Debug, Default)]
-pub(crate) struct StopSignal {
-    stop: AtomicBool,
-    notify: Notify,
-}
-
-impl StopSignal {
-    /// Asks the partition to finish what it does and stop.
-    pub(crate) fn request(&self) {
-        self.stop.store(true, Ordering::SeqCst);
-        self.notify.notify_waiters();
-    }
-
-    pub(crate) fn is_requested(&self) -> bool {
-        self.stop.load(Ordering::SeqCst)
-    }
-
-    /// Completes once a stop is requested.
-    pub(crate) async fn requested(&self) {
-        loop {
-            let notified = self.notify.notified();
-            if self.is_requested() {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
 
 /// How a partition's batches are run: delivery mode, changelog, retries, dead letters.
 #[derive(Debug, Clone)]

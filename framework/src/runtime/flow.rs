@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::inbound::Inbound;
 use crate::observe::PartitionRow;
-use crate::processing::batch::StopSignal;
+use crate::stop::StopSignal;
 use crate::wall_clock::now_ms;
 
 /// One owned partition's flow: queue depth and pause state, stop signal, committed offset,

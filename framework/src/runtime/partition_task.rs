@@ -13,7 +13,6 @@ use weir_state::PartitionStore;
 use crate::config::TableSource;
 use crate::delivery::restore::{self, Restore};
 use crate::delivery::OutboxSink;
-use crate::delivery::RetryPolicy;
 use crate::error::Error;
 use crate::inbound::Inbound;
 use crate::observe::metric_names::{BATCHES_CUT_TOTAL, BATCH_DURATION_SECONDS, MESSAGES_TOTAL};
@@ -45,9 +44,6 @@ impl TaskStore {
         (Arc::new(Self { store, _closed: tx }), rx)
     }
 }
-
-/// How long a stop waits for outbox sends in flight (a slow broker must not hold up a revoke).
-const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// A task tells the consumer thread where its partition starts once its store is ready.
 #[derive(Debug)]
@@ -576,16 +572,22 @@ impl<H: Process> PartitionTask<H> {
     /// task; once it is acknowledged, Kafka may be told `next` (if given). Call only after
     /// [`flushed`](Self::flushed): one flush runs at a time.
     fn flush_in_background(&mut self, next: Option<i64>) {
-        let flush = flush_outbox(
-            self.ctx.outbox.clone(),
-            Arc::clone(self.runner.store()),
-            Arc::clone(&self.flow),
-            self.runner.policy().retry,
-            (Arc::clone(&self.topic), self.partition),
-        );
+        let outbox = self.ctx.outbox.clone();
+        let store = Arc::clone(self.runner.store());
+        let retry = self.runner.policy().retry;
+        let (topic, partition) = (Arc::clone(&self.topic), self.partition);
         let flow = Arc::clone(&self.flow);
         self.flushing = Some(tokio::spawn(async move {
-            let sent = flush.await;
+            let rejected = |reason| flow.set_emits_rejected(reason);
+            let sent = outbox
+                .send_retrying(
+                    &store,
+                    retry,
+                    flow.stop_signal(),
+                    &rejected,
+                    (&topic, partition),
+                )
+                .await;
             if let (true, Some(next)) = (sent, next) {
                 flow.set_committed(next);
             }
@@ -594,7 +596,7 @@ impl<H: Process> PartitionTask<H> {
     }
 
     /// Waits for the outbox flush in flight, if any. False if it gave up (a stop came first,
-    /// or sends stayed unacknowledged [`STOP_GRACE`] after it).
+    /// or sends stayed unacknowledged a grace after it: `OutboxSink::send_retrying`).
     async fn flushed(&mut self) -> bool {
         let Some(flushing) = self.flushing.take() else {
             return true;
@@ -644,65 +646,5 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
-    }
-}
-
-/// Sends everything in the store's outbox, retrying with the retry policy's backoff until it
-/// is acknowledged. False if a stop came first, or a send is still unacknowledged
-/// [`STOP_GRACE`] after a stop (the rows stay in the store and are sent again by the
-/// partition's next run: at least once).
-async fn flush_outbox(
-    outbox: OutboxSink,
-    store: Arc<TaskStore>,
-    flow: Arc<PartitionFlow>,
-    retry: RetryPolicy,
-    (topic, partition): (Arc<str>, i32),
-) -> bool {
-    let stop = flow.stop_signal();
-    let mut attempt = 0;
-    loop {
-        let give_up = async {
-            stop.requested().await;
-            tokio::time::sleep(STOP_GRACE).await;
-        };
-        let flushed = tokio::select! {
-            r = outbox.flush(&store) => r,
-            () = give_up => return false,
-        };
-        match flushed {
-            Ok(_) => {
-                if flow.set_emits_rejected(None) {
-                    tracing::info!(%topic, partition, "the broker takes the partition's emits again");
-                }
-                return true;
-            }
-            Err(e) => {
-                attempt += 1;
-                let delay = retry.delay(attempt, attempt.into());
-                if e.is_permanent() {
-                    // Not a passing fault: say so (readiness, a gauge, the status page) while
-                    // retrying, in case the topic or the cluster is changed to take them.
-                    flow.set_emits_rejected(Some(e.to_string()));
-                    tracing::error!(
-                        %topic,
-                        partition,
-                        attempt,
-                        "the broker rejects an emit of the partition for good; its outbox cannot drain until the topic or the cluster takes it (retrying in {delay:?}): {e}"
-                    );
-                } else {
-                    tracing::error!(
-                        %topic,
-                        partition,
-                        attempt,
-                        "outbox not sent, retrying in {delay:?}: {e}"
-                    );
-                }
-                tokio::select! {
-                    biased;
-                    _ = stop.requested() => return false,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
-        }
     }
 }
