@@ -63,9 +63,6 @@ pub(crate) struct StoreAttr {
     pub(crate) value: Type,
 }
 
-const KEYS: &str =
-    "topic, topics, group, key, value, store, window, table, global_table, event_time, late_topic, idle_close_after_ms, window_updates, batch_size, linger_ms, queue_capacity, delivery, retry, dead_letter";
-
 /// Collects errors so that all of them are reported together.
 #[derive(Default)]
 struct Errors(Option<syn::Error>);
@@ -108,273 +105,432 @@ impl<T> Once<T> {
 
 impl HandlerAttrs {
     pub(crate) fn from_input(input: &DeriveInput) -> syn::Result<Self> {
-        let mut errors = Errors::default();
+        let mut p = Parser::new();
         match &input.data {
             Data::Struct(_) => {}
-            Data::Enum(e) => errors.at(
+            Data::Enum(e) => p.errors.at(
                 e.enum_token.span(),
                 "#[derive(Handler)] needs a struct; an enum cannot be a handler",
             ),
-            Data::Union(u) => errors.at(
+            Data::Union(u) => p.errors.at(
                 u.union_token.span(),
                 "#[derive(Handler)] needs a struct; a union cannot be a handler",
             ),
         }
         if !input.generics.params.is_empty() {
-            errors.at(
+            p.errors.at(
                 input.generics.span(),
                 "#[derive(Handler)] does not support generic handlers; wrap the generic type in a concrete struct",
             );
         }
-
-        let mut topics: Vec<LitStr> = Vec::new();
-        let mut group = Once::new("group");
-        let mut key = Once::new("key");
-        let mut value = Once::new("value");
-        let mut stores: Vec<StoreAttr> = Vec::new();
-        let mut batch_size = Once::new("batch_size");
-        let mut linger_ms = Once::new("linger_ms");
-        let mut queue_capacity = Once::new("queue_capacity");
-        let mut delivery = Once::new("delivery");
-        let mut max_attempts = Once::new("max_attempts");
-        let mut backoff_ms = Once::new("backoff_ms");
-        let mut max_backoff_ms = Once::new("max_backoff_ms");
-        let mut dead_letter_topic = Once::new("dead_letter topic");
-        let mut keep_key_order = Once::new("keep_key_order");
-        let mut event_time = Once::new("event_time");
-        let mut windows: Vec<WindowAttr> = Vec::new();
-        let mut tables: Vec<TableAttr> = Vec::new();
-        // Every store, window store and table so far: (type, store name).
-        let mut declared: Vec<(Ident, String)> = Vec::new();
-        let mut late_topic = Once::new("late_topic");
-        let mut idle_close_after_ms = Once::new("idle_close_after_ms");
-        let mut window_updates = Once::new("window_updates");
         let mut seen_attr = false;
-
         for attr in input.attrs.iter().filter(|a| a.path().is_ident("handler")) {
             seen_attr = true;
-            let parsed = attr.parse_nested_meta(|meta| {
-                let Some(ident) = meta.path.get_ident().cloned() else {
-                    errors.at(
-                        meta.path.span(),
-                        format!("unknown handler attribute; expected one of: {KEYS}"),
-                    );
-                    return skip_value(&meta);
-                };
-                match ident.to_string().as_str() {
-                    "topic" => {
-                        let lit: LitStr = meta.value()?.parse()?;
-                        check_topic(&mut errors, &lit);
-                        topics.push(lit);
-                    }
-                    "topics" => {
-                        let arr: ExprArray = meta.value()?.parse()?;
-                        for el in arr.elems {
-                            match el {
-                                Expr::Lit(syn::ExprLit {
-                                    lit: Lit::Str(lit), ..
-                                }) => {
-                                    check_topic(&mut errors, &lit);
-                                    topics.push(lit);
-                                }
-                                other => {
-                                    errors.at(other.span(), "a topic name must be a string literal")
-                                }
-                            }
-                        }
-                    }
-                    "group" => {
-                        let lit: LitStr = meta.value()?.parse()?;
-                        if lit.value().trim().is_empty() {
-                            errors.at(lit.span(), "the consumer group must not be empty");
-                        }
-                        group.set(&mut errors, ident.span(), lit);
-                    }
-                    "key" => key.set(&mut errors, ident.span(), meta.value()?.parse::<Type>()?),
-                    "value" => value.set(&mut errors, ident.span(), meta.value()?.parse::<Type>()?),
-                    "store" => {
-                        if let Some(store) = parse_store(&meta, &ident, &mut errors)? {
-                            if unique_store(&mut errors, &mut declared, &store) {
-                                stores.push(store);
-                            }
-                        }
-                    }
-                    "window" => {
-                        if let Some(window) = parse_window(&meta, &ident, &mut errors)? {
-                            if unique_store(&mut errors, &mut declared, &window.store) {
-                                windows.push(window);
-                            }
-                        }
-                    }
-                    kw @ ("table" | "global_table") => {
-                        let global = kw == "global_table";
-                        if let Some(table) = parse_table(&meta, &ident, &mut errors, global)? {
-                            if unique_store(&mut errors, &mut declared, &table.store) {
-                                tables.push(table);
-                            }
-                        }
-                    }
-                    "event_time" => {
-                        let field: syn::Member = meta.value()?.parse()?;
-                        event_time.set(&mut errors, ident.span(), field);
-                    }
-                    "late_topic" => {
-                        let lit: LitStr = meta.value()?.parse()?;
-                        if !lit.value().is_empty() {
-                            let example = lit.value().replace("{topic}", "orders");
-                            check_topic(&mut errors, &LitStr::new(&example, lit.span()));
-                        }
-                        late_topic.set(&mut errors, ident.span(), lit);
-                    }
-                    "idle_close_after_ms" => {
-                        let lit = positive(&meta, &mut errors)?;
-                        idle_close_after_ms.set(&mut errors, ident.span(), lit);
-                    }
-                    "window_updates" => {
-                        let b: syn::LitBool = meta.value()?.parse()?;
-                        window_updates.set(&mut errors, ident.span(), b.value);
-                    }
-                    "batch_size" => {
-                        let lit = positive(&meta, &mut errors)?;
-                        batch_size.set(&mut errors, ident.span(), lit);
-                    }
-                    "linger_ms" => {
-                        let lit: LitInt = meta.value()?.parse()?;
-                        if lit.base10_parse::<u64>().is_err() {
-                            errors.at(
-                                lit.span(),
-                                "`linger_ms` must be a whole number of milliseconds",
-                            );
-                        }
-                        linger_ms.set(&mut errors, ident.span(), lit);
-                    }
-                    "queue_capacity" => {
-                        let lit = positive(&meta, &mut errors)?;
-                        if lit.base10_parse::<usize>().is_ok_and(|n| n < 2) {
-                            errors.at(lit.span(), "`queue_capacity` must be at least 2");
-                        }
-                        queue_capacity.set(&mut errors, ident.span(), lit);
-                    }
-                    "delivery" => {
-                        let mode: Ident = meta.value()?.parse()?;
-                        match mode.to_string().as_str() {
-                            "at_least_once" => delivery.set(&mut errors, ident.span(), false),
-                            "at_most_once" => delivery.set(&mut errors, ident.span(), true),
-                            _ => errors.at(
-                                mode.span(),
-                                "`delivery` is `at_least_once` or `at_most_once`",
-                            ),
-                        }
-                    }
-                    "retry" => {
-                        meta.parse_nested_meta(|inner| {
-                            let Some(id) = inner.path.get_ident().cloned() else {
-                                errors.at(inner.path.span(), "expected max_attempts, backoff_ms or max_backoff_ms");
-                                return skip_value(&inner);
-                            };
-                            let name = id.to_string();
-                            if !matches!(name.as_str(), "max_attempts" | "backoff_ms" | "max_backoff_ms") {
-                                errors.at(id.span(), format!("unknown retry setting `{name}`; expected max_attempts, backoff_ms or max_backoff_ms"));
-                                return skip_value(&inner);
-                            }
-                            let lit: LitInt = inner.value()?.parse()?;
-                            if lit.base10_parse::<u32>().is_err() {
-                                errors.at(lit.span(), "must be a whole number");
-                            }
-                            match name.as_str() {
-                                "max_attempts" => max_attempts.set(&mut errors, id.span(), lit),
-                                "backoff_ms" => backoff_ms.set(&mut errors, id.span(), lit),
-                                _ => max_backoff_ms.set(&mut errors, id.span(), lit),
-                            }
-                            Ok(())
-                        })?;
-                    }
-                    "dead_letter" => {
-                        if meta.input.peek(Token![=]) {
-                            let on: syn::LitBool = meta.value()?.parse()?;
-                            if on.value {
-                                errors.at(on.span(), "dead letters are on by default; write `dead_letter(topic = \"...\")` to choose the topic");
-                            } else {
-                                dead_letter_topic.set(&mut errors, ident.span(), LitStr::new("", on.span()));
-                            }
-                        } else {
-                            meta.parse_nested_meta(|inner| {
-                                let Some(id) = inner.path.get_ident().cloned() else {
-                                    errors.at(inner.path.span(), "expected topic or keep_key_order");
-                                    return skip_value(&inner);
-                                };
-                                match id.to_string().as_str() {
-                                    "topic" => {
-                                        let lit: LitStr = inner.value()?.parse()?;
-                                        let example = lit.value().replace("{topic}", "orders");
-                                        check_topic(&mut errors, &LitStr::new(&example, lit.span()));
-                                        dead_letter_topic.set(&mut errors, id.span(), lit);
-                                    }
-                                    "keep_key_order" => {
-                                        let b: syn::LitBool = inner.value()?.parse()?;
-                                        keep_key_order.set(&mut errors, id.span(), b);
-                                    }
-                                    other => {
-                                        errors.at(id.span(), format!("unknown dead_letter setting `{other}`; expected topic or keep_key_order"));
-                                        return skip_value(&inner);
-                                    }
-                                }
-                                Ok(())
-                            })?;
-                        }
-                    }
-                    other => {
-                        errors.at(
-                            ident.span(),
-                            format!("unknown handler attribute `{other}`; expected one of: {KEYS}"),
-                        );
-                        return skip_value(&meta);
-                    }
-                }
-                Ok(())
-            });
+            let parsed = attr.parse_nested_meta(|meta| p.setting(&meta));
             if let Err(e) = parsed {
-                errors.push(e);
+                p.errors.push(e);
             }
         }
-
         if !seen_attr {
-            errors.at(
+            p.errors.at(
                 input.ident.span(),
                 "missing #[handler(...)] attribute; at least `value = <codec>` is needed, e.g. #[handler(topic = \"orders\", value = Json<Order>)]",
             );
-        } else if value.value.is_none() {
-            errors.at(
+        } else if p.value.value.is_none() {
+            p.errors.at(
                 input.ident.span(),
                 "missing `value = <codec>` in #[handler(...)], e.g. `value = Json<Order>`, `value = Utf8` or `value = Raw`",
             );
         }
-        if let Some(e) = errors.0 {
+        p.finish(input)
+    }
+}
+
+/// Parses one `#[handler(...)]` key.
+type KeyParser = fn(&mut Parser, &Ident, &ParseNestedMeta<'_>) -> syn::Result<()>;
+
+/// Every `#[handler(...)]` key and its parser, in the order error messages list them.
+const KEYS: &[(&str, KeyParser)] = &[
+    ("topic", Parser::topic),
+    ("topics", Parser::topics),
+    ("group", Parser::group),
+    ("key", Parser::key),
+    ("value", Parser::value),
+    ("store", Parser::store),
+    ("window", Parser::window),
+    ("table", Parser::table),
+    ("global_table", Parser::global_table),
+    ("event_time", Parser::event_time),
+    ("late_topic", Parser::late_topic),
+    ("idle_close_after_ms", Parser::idle_close_after_ms),
+    ("window_updates", Parser::window_updates),
+    ("batch_size", Parser::batch_size),
+    ("linger_ms", Parser::linger_ms),
+    ("queue_capacity", Parser::queue_capacity),
+    ("delivery", Parser::delivery),
+    ("retry", Parser::retry),
+    ("dead_letter", Parser::dead_letter),
+];
+
+/// The keys, for error messages: `topic, topics, ...`.
+fn key_list() -> String {
+    KEYS.iter()
+        .map(|(name, _)| *name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// What the `#[handler(...)]` attributes said so far, and every mistake found.
+struct Parser {
+    errors: Errors,
+    topics: Vec<LitStr>,
+    group: Once<LitStr>,
+    key: Once<Type>,
+    value: Once<Type>,
+    stores: Vec<StoreAttr>,
+    batch_size: Once<LitInt>,
+    linger_ms: Once<LitInt>,
+    queue_capacity: Once<LitInt>,
+    delivery: Once<bool>,
+    max_attempts: Once<LitInt>,
+    backoff_ms: Once<LitInt>,
+    max_backoff_ms: Once<LitInt>,
+    dead_letter_topic: Once<LitStr>,
+    keep_key_order: Once<syn::LitBool>,
+    event_time: Once<syn::Member>,
+    windows: Vec<WindowAttr>,
+    tables: Vec<TableAttr>,
+    /// Every store, window store and table so far: (type, store name).
+    declared: Vec<(Ident, String)>,
+    late_topic: Once<LitStr>,
+    idle_close_after_ms: Once<LitInt>,
+    window_updates: Once<bool>,
+}
+
+impl Parser {
+    fn new() -> Self {
+        Self {
+            errors: Errors::default(),
+            topics: Vec::new(),
+            group: Once::new("group"),
+            key: Once::new("key"),
+            value: Once::new("value"),
+            stores: Vec::new(),
+            batch_size: Once::new("batch_size"),
+            linger_ms: Once::new("linger_ms"),
+            queue_capacity: Once::new("queue_capacity"),
+            delivery: Once::new("delivery"),
+            max_attempts: Once::new("max_attempts"),
+            backoff_ms: Once::new("backoff_ms"),
+            max_backoff_ms: Once::new("max_backoff_ms"),
+            dead_letter_topic: Once::new("dead_letter topic"),
+            keep_key_order: Once::new("keep_key_order"),
+            event_time: Once::new("event_time"),
+            windows: Vec::new(),
+            tables: Vec::new(),
+            declared: Vec::new(),
+            late_topic: Once::new("late_topic"),
+            idle_close_after_ms: Once::new("idle_close_after_ms"),
+            window_updates: Once::new("window_updates"),
+        }
+    }
+
+    /// One `key = ...` or `key(...)` of the attribute.
+    fn setting(&mut self, meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
+        let Some(ident) = meta.path.get_ident().cloned() else {
+            self.errors.at(
+                meta.path.span(),
+                format!("unknown handler attribute; expected one of: {}", key_list()),
+            );
+            return skip_value(meta);
+        };
+        let name = ident.to_string();
+        match KEYS.iter().find(|(key, _)| *key == name) {
+            Some((_, parse)) => parse(self, &ident, meta),
+            None => {
+                self.errors.at(
+                    ident.span(),
+                    format!(
+                        "unknown handler attribute `{name}`; expected one of: {}",
+                        key_list()
+                    ),
+                );
+                skip_value(meta)
+            }
+        }
+    }
+
+    fn topic(&mut self, _: &Ident, meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
+        let lit: LitStr = meta.value()?.parse()?;
+        check_topic(&mut self.errors, &lit);
+        self.topics.push(lit);
+        Ok(())
+    }
+
+    fn topics(&mut self, _: &Ident, meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
+        let arr: ExprArray = meta.value()?.parse()?;
+        for el in arr.elems {
+            match el {
+                Expr::Lit(syn::ExprLit {
+                    lit: Lit::Str(lit), ..
+                }) => {
+                    check_topic(&mut self.errors, &lit);
+                    self.topics.push(lit);
+                }
+                other => self
+                    .errors
+                    .at(other.span(), "a topic name must be a string literal"),
+            }
+        }
+        Ok(())
+    }
+
+    fn group(&mut self, ident: &Ident, meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
+        let lit: LitStr = meta.value()?.parse()?;
+        if lit.value().trim().is_empty() {
+            self.errors
+                .at(lit.span(), "the consumer group must not be empty");
+        }
+        self.group.set(&mut self.errors, ident.span(), lit);
+        Ok(())
+    }
+
+    fn key(&mut self, ident: &Ident, meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
+        let ty = meta.value()?.parse::<Type>()?;
+        self.key.set(&mut self.errors, ident.span(), ty);
+        Ok(())
+    }
+
+    fn value(&mut self, ident: &Ident, meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
+        let ty = meta.value()?.parse::<Type>()?;
+        self.value.set(&mut self.errors, ident.span(), ty);
+        Ok(())
+    }
+
+    fn store(&mut self, ident: &Ident, meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
+        if let Some(store) = parse_store(meta, ident, &mut self.errors)? {
+            if unique_store(&mut self.errors, &mut self.declared, &store) {
+                self.stores.push(store);
+            }
+        }
+        Ok(())
+    }
+
+    fn window(&mut self, ident: &Ident, meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
+        if let Some(window) = parse_window(meta, ident, &mut self.errors)? {
+            if unique_store(&mut self.errors, &mut self.declared, &window.store) {
+                self.windows.push(window);
+            }
+        }
+        Ok(())
+    }
+
+    fn table(&mut self, ident: &Ident, meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
+        self.any_table(ident, meta, false)
+    }
+
+    fn global_table(&mut self, ident: &Ident, meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
+        self.any_table(ident, meta, true)
+    }
+
+    fn any_table(
+        &mut self,
+        ident: &Ident,
+        meta: &ParseNestedMeta<'_>,
+        global: bool,
+    ) -> syn::Result<()> {
+        if let Some(table) = parse_table(meta, ident, &mut self.errors, global)? {
+            if unique_store(&mut self.errors, &mut self.declared, &table.store) {
+                self.tables.push(table);
+            }
+        }
+        Ok(())
+    }
+
+    fn event_time(&mut self, ident: &Ident, meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
+        let field: syn::Member = meta.value()?.parse()?;
+        self.event_time.set(&mut self.errors, ident.span(), field);
+        Ok(())
+    }
+
+    fn late_topic(&mut self, ident: &Ident, meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
+        let lit: LitStr = meta.value()?.parse()?;
+        if !lit.value().is_empty() {
+            let example = lit.value().replace("{topic}", "orders");
+            check_topic(&mut self.errors, &LitStr::new(&example, lit.span()));
+        }
+        self.late_topic.set(&mut self.errors, ident.span(), lit);
+        Ok(())
+    }
+
+    fn idle_close_after_ms(
+        &mut self,
+        ident: &Ident,
+        meta: &ParseNestedMeta<'_>,
+    ) -> syn::Result<()> {
+        let lit = positive(meta, &mut self.errors)?;
+        self.idle_close_after_ms
+            .set(&mut self.errors, ident.span(), lit);
+        Ok(())
+    }
+
+    fn window_updates(&mut self, ident: &Ident, meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
+        let b: syn::LitBool = meta.value()?.parse()?;
+        self.window_updates
+            .set(&mut self.errors, ident.span(), b.value);
+        Ok(())
+    }
+
+    fn batch_size(&mut self, ident: &Ident, meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
+        let lit = positive(meta, &mut self.errors)?;
+        self.batch_size.set(&mut self.errors, ident.span(), lit);
+        Ok(())
+    }
+
+    fn linger_ms(&mut self, ident: &Ident, meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
+        let lit: LitInt = meta.value()?.parse()?;
+        if lit.base10_parse::<u64>().is_err() {
+            self.errors.at(
+                lit.span(),
+                "`linger_ms` must be a whole number of milliseconds",
+            );
+        }
+        self.linger_ms.set(&mut self.errors, ident.span(), lit);
+        Ok(())
+    }
+
+    fn queue_capacity(&mut self, ident: &Ident, meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
+        let lit = positive(meta, &mut self.errors)?;
+        if lit.base10_parse::<usize>().is_ok_and(|n| n < 2) {
+            self.errors
+                .at(lit.span(), "`queue_capacity` must be at least 2");
+        }
+        self.queue_capacity.set(&mut self.errors, ident.span(), lit);
+        Ok(())
+    }
+
+    fn delivery(&mut self, ident: &Ident, meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
+        let mode: Ident = meta.value()?.parse()?;
+        match mode.to_string().as_str() {
+            "at_least_once" => self.delivery.set(&mut self.errors, ident.span(), false),
+            "at_most_once" => self.delivery.set(&mut self.errors, ident.span(), true),
+            _ => self.errors.at(
+                mode.span(),
+                "`delivery` is `at_least_once` or `at_most_once`",
+            ),
+        }
+        Ok(())
+    }
+
+    fn retry(&mut self, _: &Ident, meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
+        meta.parse_nested_meta(|inner| {
+            let Some(id) = inner.path.get_ident().cloned() else {
+                self.errors.at(
+                    inner.path.span(),
+                    "expected max_attempts, backoff_ms or max_backoff_ms",
+                );
+                return skip_value(&inner);
+            };
+            let name = id.to_string();
+            if !matches!(
+                name.as_str(),
+                "max_attempts" | "backoff_ms" | "max_backoff_ms"
+            ) {
+                self.errors.at(
+                    id.span(),
+                    format!("unknown retry setting `{name}`; expected max_attempts, backoff_ms or max_backoff_ms"),
+                );
+                return skip_value(&inner);
+            }
+            let lit: LitInt = inner.value()?.parse()?;
+            if lit.base10_parse::<u32>().is_err() {
+                self.errors.at(lit.span(), "must be a whole number");
+            }
+            let slot = match name.as_str() {
+                "max_attempts" => &mut self.max_attempts,
+                "backoff_ms" => &mut self.backoff_ms,
+                _ => &mut self.max_backoff_ms,
+            };
+            slot.set(&mut self.errors, id.span(), lit);
+            Ok(())
+        })
+    }
+
+    fn dead_letter(&mut self, ident: &Ident, meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
+        if meta.input.peek(Token![=]) {
+            let on: syn::LitBool = meta.value()?.parse()?;
+            if on.value {
+                self.errors.at(
+                    on.span(),
+                    "dead letters are on by default; write `dead_letter(topic = \"...\")` to choose the topic",
+                );
+            } else {
+                self.dead_letter_topic.set(
+                    &mut self.errors,
+                    ident.span(),
+                    LitStr::new("", on.span()),
+                );
+            }
+            return Ok(());
+        }
+        meta.parse_nested_meta(|inner| {
+            let Some(id) = inner.path.get_ident().cloned() else {
+                self.errors
+                    .at(inner.path.span(), "expected topic or keep_key_order");
+                return skip_value(&inner);
+            };
+            match id.to_string().as_str() {
+                "topic" => {
+                    let lit: LitStr = inner.value()?.parse()?;
+                    let example = lit.value().replace("{topic}", "orders");
+                    check_topic(&mut self.errors, &LitStr::new(&example, lit.span()));
+                    self.dead_letter_topic.set(&mut self.errors, id.span(), lit);
+                }
+                "keep_key_order" => {
+                    let b: syn::LitBool = inner.value()?.parse()?;
+                    self.keep_key_order.set(&mut self.errors, id.span(), b);
+                }
+                other => {
+                    self.errors.at(
+                        id.span(),
+                        format!("unknown dead_letter setting `{other}`; expected topic or keep_key_order"),
+                    );
+                    return skip_value(&inner);
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Every mistake at once, or what the attributes declare.
+    fn finish(self, input: &DeriveInput) -> syn::Result<HandlerAttrs> {
+        if let Some(e) = self.errors.0 {
             return Err(e);
         }
-        Ok(Self {
-            topics,
-            group: group.value,
-            key: key.value,
-            value: value
+        Ok(HandlerAttrs {
+            topics: self.topics,
+            group: self.group.value,
+            key: self.key.value,
+            value: self
+                .value
                 .value
                 .ok_or_else(|| syn::Error::new(input.ident.span(), "missing `value`"))?,
-            stores,
-            batch_size: batch_size.value,
-            linger_ms: linger_ms.value,
-            queue_capacity: queue_capacity.value,
-            at_most_once: delivery.value.unwrap_or(false),
-            max_attempts: max_attempts.value,
-            backoff_ms: backoff_ms.value,
-            max_backoff_ms: max_backoff_ms.value,
-            dead_letter_topic: dead_letter_topic.value,
-            keep_key_order: keep_key_order.value,
-            event_time: event_time.value,
-            windows,
-            late_topic: late_topic.value,
-            idle_close_after_ms: idle_close_after_ms.value,
-            window_updates: window_updates.value.unwrap_or(false),
-            tables,
+            stores: self.stores,
+            batch_size: self.batch_size.value,
+            linger_ms: self.linger_ms.value,
+            queue_capacity: self.queue_capacity.value,
+            at_most_once: self.delivery.value.unwrap_or(false),
+            max_attempts: self.max_attempts.value,
+            backoff_ms: self.backoff_ms.value,
+            max_backoff_ms: self.max_backoff_ms.value,
+            dead_letter_topic: self.dead_letter_topic.value,
+            keep_key_order: self.keep_key_order.value,
+            event_time: self.event_time.value,
+            windows: self.windows,
+            late_topic: self.late_topic.value,
+            idle_close_after_ms: self.idle_close_after_ms.value,
+            window_updates: self.window_updates.value.unwrap_or(false),
+            tables: self.tables,
         })
     }
 }
