@@ -206,7 +206,8 @@ async fn emits_the_broker_rejects_for_good_make_the_worker_unready() {
     worker.stop_cleanly().await;
 }
 
-/// Emits `value` of the size its record asks for (`<n>` bytes) to `big-out`.
+/// Emits a value of the size its record asks for (`<n>` bytes) to `<topic>-big`, keyed like
+/// it.
 #[derive(weir::Handler)]
 #[handler(topic = "in", key = weir::Utf8, value = weir::Utf8)]
 struct SizedEmits;
@@ -220,7 +221,8 @@ impl weir::Process for SizedEmits {
         ctx: &mut weir::Ctx<'_>,
     ) -> weir::Result<()> {
         let n: usize = r.value().parse().unwrap_or(0);
-        ctx.emit("big-out", Some(r.key().as_bytes()), &vec![b'x'; n], &[]);
+        let out = format!("{}-big", r.topic());
+        ctx.emit(&out, Some(r.key().as_bytes()), &vec![b'x'; n], &[]);
         Ok(())
     }
 }
@@ -239,37 +241,16 @@ async fn an_emit_too_large_to_send_fails_its_record() {
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0].key.as_deref(), Some(&b"b"[..]));
     assert!(
-        dead[0].error.contains("big-out") && dead[0].error.contains("message.max.bytes"),
+        dead[0].error.contains("in-big") && dead[0].error.contains("message.max.bytes"),
         "{}",
         dead[0].error
     );
     let sent: Vec<usize> = kit
-        .emitted_to("big-out")
+        .emitted_to("in-big")
         .iter()
         .map(|r| r.value.as_ref().map_or(0, Vec::len))
         .collect();
     assert_eq!(sent, [10, 20]);
-}
-
-/// Emits a 150 kB record per input record to `<topic>-big`, keyed like it: a batch's emits
-/// fill several produce requests.
-#[derive(weir::Handler)]
-#[handler(key = weir::Utf8, value = weir::Utf8)]
-struct BigEmits;
-
-impl weir::Process for BigEmits {
-    type Error = weir::Error;
-
-    async fn process(
-        &self,
-        r: weir::Record<'_, String, String>,
-        ctx: &mut weir::Ctx<'_>,
-    ) -> weir::Result<()> {
-        let value = format!("{}:{}", r.value(), "x".repeat(150_000));
-        let out = format!("{}-big", r.topic());
-        ctx.emit(&out, Some(r.key().as_bytes()), value.as_bytes(), &[]);
-        Ok(())
-    }
 }
 
 /// Issue 25, item 5, end to end on the mock cluster: the broker refuses one produce request
@@ -288,7 +269,10 @@ async fn emits_sent_again_out_of_order_are_applied_once_downstream() {
     let out = format!("{topic}-big");
     // With its dead-letter topic: the downstream worker reads it.
     broker.create_topic(&out, 1).await;
-    let records = keyed_records(0, 20, 20);
+    // 150 kB emits: a batch's emits fill several produce requests.
+    let records: Vec<(String, String)> = (0..20)
+        .map(|i| (format!("k{i}"), "150000".to_owned()))
+        .collect();
     broker.produce(&topic, Some(0), records.clone()).await;
     broker
         .embedded()
@@ -301,7 +285,7 @@ async fn emits_sent_again_out_of_order_are_applied_once_downstream() {
     let upstream = RunningWorker::spawn(
         broker
             .worker(&group, &topic, dir.path())
-            .build(BigEmits)
+            .build(SizedEmits)
             .expect("build"),
     );
     let path = dir.path().join(&group).join(&topic).join("0.sqlite");
