@@ -1,4 +1,6 @@
-//! One SQLite database per partition: keyed state and the partition's next offset.
+//! One SQLite database per partition: keyed state and the partition's next offset, committed
+//! with a batch's outbox rows (`outbox`: reading and deleting them) or written by a restore
+//! (`restore`).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -17,6 +19,9 @@ use crate::schema;
 use crate::wire::{ChangelogEntry, ChangelogPosition};
 use crate::write_set::{decode, with_key};
 use crate::write_set::{OutboxRecord, WriteSet};
+
+mod outbox;
+mod restore;
 
 /// Test builds only: how an interrupted commit ends.
 #[cfg(test)]
@@ -370,138 +375,6 @@ impl PartitionStore {
             Some(generation),
         )?;
         Ok(generation)
-    }
-
-    /// Up to `limit` records waiting in the outbox, oldest first, with their row ids.
-    pub fn pending_outbox(&self, limit: usize) -> Result<Vec<(i64, OutboxRecord)>> {
-        let rows: Vec<(i64, OutboxRecord, String)> = self
-            .conn()
-            .prepare_cached(
-                "SELECT id, topic, partition, key, value, headers, timestamp_ms FROM outbox \
-                 ORDER BY id LIMIT ?1",
-            )
-            .and_then(|mut s| {
-                s.query_map([limit as i64], |r| {
-                    Ok((
-                        r.get(0)?,
-                        OutboxRecord {
-                            topic: r.get(1)?,
-                            partition: r.get(2)?,
-                            key: r.get(3)?,
-                            value: r.get(4)?,
-                            headers: Vec::new(),
-                            timestamp: r.get(6)?,
-                        },
-                        r.get::<_, String>(5)?,
-                    ))
-                })?
-                .collect()
-            })
-            .map_err(|source| self.sqlite_err(source))?;
-        rows.into_iter()
-            .map(|(id, mut rec, headers)| {
-                rec.headers = decode("outbox", &headers)?;
-                Ok((id, rec))
-            })
-            .collect()
-    }
-
-    /// Deletes acknowledged outbox rows.
-    pub fn delete_outbox(&self, ids: &[i64]) -> Result<()> {
-        let mut conn = self.conn();
-        let run = |conn: &mut Connection| -> rusqlite::Result<()> {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            {
-                let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?;
-                for id in ids {
-                    delete.execute([id])?;
-                }
-            }
-            tx.commit()
-        };
-        run(&mut conn).map_err(|source| self.sqlite_err(source))
-    }
-
-    /// Empties the store for a restore: state, outbox and `topic`/`partition`'s offset go, in
-    /// one transaction (the owner epoch stays).
-    pub fn reset(&self, topic: &str, partition: i32) -> Result<()> {
-        self.with_cache_locked(StateCache::clear);
-        let mut conn = self.conn();
-        let run = |conn: &mut Connection| -> rusqlite::Result<()> {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            tx.execute("DELETE FROM state", [])?;
-            tx.execute("DELETE FROM outbox", [])?;
-            tx.execute(
-                "DELETE FROM offsets WHERE topic = ?1 AND partition = ?2",
-                params![topic, partition],
-            )?;
-            tx.commit()
-        };
-        run(&mut conn).map_err(|source| self.sqlite_err(source))
-    }
-
-    /// Writes restored entries `(store, JSON key, JSON value or None to delete)` in one
-    /// transaction, and the position (offset and rewind generation) when `end` is given (the
-    /// end of a restore).
-    pub fn apply_restored(
-        &self,
-        entries: &[(String, String, Option<String>)],
-        topic: &str,
-        partition: i32,
-        end: Option<ChangelogPosition>,
-    ) -> Result<()> {
-        self.with_cache_locked(StateCache::clear);
-        self.write_entries(entries, end.map(|p| (topic, partition, p)))
-    }
-
-    /// Writes entries `(store, JSON key, JSON value or None to delete)` in one transaction
-    /// of their own: not with a batch, not to the changelog, no offset. For state that follows
-    /// another topic by itself (a table, which keeps its position among its own entries): a
-    /// restore from the changelog empties it, and it is read again from its topic.
-    pub fn apply_unlogged(&self, entries: &[(String, String, Option<String>)]) -> Result<()> {
-        self.write_entries(entries, None)?;
-        self.with_cache_locked(|cache| {
-            for (store, key, value) in entries {
-                cache.insert(store, key, value.as_deref());
-            }
-        });
-        Ok(())
-    }
-
-    fn write_entries(
-        &self,
-        entries: &[(String, String, Option<String>)],
-        offset: Option<(&str, i32, ChangelogPosition)>,
-    ) -> Result<()> {
-        let mut conn = self.conn();
-        let run = |conn: &mut Connection| -> rusqlite::Result<()> {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            {
-                let mut upsert = tx.prepare_cached(UPSERT_STATE)?;
-                let mut delete = tx.prepare_cached(DELETE_STATE)?;
-                for (store, key, value) in entries {
-                    match value {
-                        Some(v) => upsert.execute(params![store, key, v])?,
-                        None => delete.execute(params![store, key])?,
-                    };
-                }
-                if let Some((topic, partition, at)) = offset {
-                    tx.prepare_cached(UPSERT_OFFSET)?.execute(params![
-                        topic,
-                        partition,
-                        at.next_offset,
-                        now_ms()
-                    ])?;
-                    tx.prepare_cached(UPSERT_GENERATION)?.execute(params![
-                        topic,
-                        partition,
-                        at.generation
-                    ])?;
-                }
-            }
-            tx.commit()
-        };
-        run(&mut conn).map_err(|source| self.sqlite_err(source))
     }
 
     /// Test builds only: the next commit dies (its transaction is abandoned, as by a killed
