@@ -285,3 +285,49 @@ async fn a_dead_lettered_emit_sent_again_is_not_dead_lettered_twice() {
     let expected: BTreeMap<String, u64> = [("e0".to_owned(), 1), ("e2".to_owned(), 1)].into();
     assert_counts_exact(&counts, &expected);
 }
+
+/// Emits every record to `copies` with all of its headers.
+#[derive(Handler)]
+#[handler(topic = "orders", key = Utf8, value = Utf8)]
+struct PassHeaders;
+
+impl Process for PassHeaders {
+    type Error = weir::Error;
+
+    async fn process(&self, r: Record<'_, String, String>, ctx: &mut Ctx<'_>) -> weir::Result<()> {
+        let headers: Vec<(&str, &[u8])> = r
+            .headers()
+            .map(|(k, v)| (k, v.unwrap_or_default()))
+            .collect();
+        ctx.emit(
+            "copies",
+            Some(r.key().as_bytes()),
+            r.value().as_bytes(),
+            &headers,
+        );
+        Ok(())
+    }
+}
+
+/// A stage that passes its input's headers along does not pass on the upstream writer's
+/// `weir.source.acked_below`: it would speak for the wrong writer (only the outbox sets a
+/// writer's own, as it sends).
+#[tokio::test]
+async fn an_upstream_writers_acked_below_is_not_passed_along() {
+    let mut kit = TestKit::new(PassHeaders).expect("kit");
+    let (key, headers) = emit_of(7, 5);
+    let mut headers: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+    headers.push(("app", b"kept"));
+    kit.send_to("orders", 0, Some(key.as_bytes()), Some(b"v"), &headers);
+    kit.run().await.expect("run");
+    let out = kit.emitted_to("copies");
+    assert_eq!(out.len(), 1);
+    let names: Vec<&str> = out[0].headers.iter().map(|(k, _)| k.as_str()).collect();
+    assert!(!names.contains(&"weir.source.acked_below"), "{names:?}");
+    assert!(names.contains(&"app"), "{names:?}");
+    assert_ne!(
+        header(&out[0], "weir.source.group"),
+        "shop",
+        "the stage's own writer comes last"
+    );
+}

@@ -190,8 +190,11 @@ impl<'a> Ctx<'a> {
         value: &[u8],
         headers: &[(&str, &[u8])],
     ) {
+        // A passed-along `weir.source.acked_below` speaks for another writer: only the
+        // outbox sets this writer's.
         let mut all: Vec<(String, Vec<u8>)> = headers
             .iter()
+            .filter(|(k, _)| *k != header::SOURCE_ACKED_BELOW)
             .map(|(k, v)| ((*k).to_owned(), v.to_vec()))
             .collect();
         let (topic_in, partition) = (self.source.topic(), self.source.partition());
