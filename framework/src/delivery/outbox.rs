@@ -90,10 +90,11 @@ impl OutboxSink {
                     // once every row before it is acknowledged: a restore elsewhere then never
                     // takes a batch as done whose emitted records might be lost with this
                     // machine.
-                    let floor = AckedBelow::of(&rows);
+                    let (floor, emitted) = acked_below(&rows);
                     let mut wave = Vec::new();
-                    for (_, r) in &rows {
-                        let row = (r, floor.for_row(r));
+                    for ((_, r), emitted) in rows.iter().zip(emitted) {
+                        let floor = floor.as_deref().filter(|_| emitted);
+                        let row = (r, floor.map(str::as_bytes));
                         if ChangelogEntry::is_offset_marker(r.key.as_deref()) {
                             send_all(producer, &wave).await?;
                             wave.clear();
@@ -203,25 +204,17 @@ where
         .map_err(|e| e.to_string())
 }
 
-/// The `weir.source.acked_below` of a round's emits: the lowest source offset among them.
-/// Rows are deleted only once acknowledged, so every emit from below it was acknowledged
-/// before this round is sent (the rows are in commit order, source offsets ascending).
-struct AckedBelow(Option<String>);
-
-impl AckedBelow {
-    fn of(rows: &[(i64, OutboxRecord)]) -> Self {
-        let lowest = rows
-            .iter()
-            .filter_map(|(_, r)| header::emitted_offset(&r.headers))
-            .min();
-        Self(lowest.map(|offset| offset.to_string()))
-    }
-
-    /// The header's value for `r`: only records a handler emitted carry it.
-    fn for_row(&self, r: &OutboxRecord) -> Option<&[u8]> {
-        let floor = self.0.as_deref()?;
-        header::emitted_offset(&r.headers).map(|_| floor.as_bytes())
-    }
+/// The `weir.source.acked_below` of each of a round's rows: the lowest source offset among the
+/// round's emits, on emits only. Rows are deleted only once acknowledged, so every emit from
+/// below it was acknowledged before this round is sent (the rows are in commit order, source
+/// offsets ascending).
+fn acked_below(rows: &[(i64, OutboxRecord)]) -> (Option<String>, Vec<bool>) {
+    let offsets: Vec<Option<i64>> = rows
+        .iter()
+        .map(|(_, r)| header::emitted_offset(&r.headers))
+        .collect();
+    let lowest = offsets.iter().flatten().min().map(i64::to_string);
+    (lowest, offsets.iter().map(Option::is_some).collect())
 }
 
 /// A row to send, with its `weir.source.acked_below`, if any.

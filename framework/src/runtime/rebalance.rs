@@ -31,22 +31,7 @@ impl<H: Process> Rebalances<H> {
 
 impl<H: Process> Assignments for Rebalances<H> {
     fn assigned(&self, lanes: &[Lane<'_>]) -> Vec<Option<Start>> {
-        let starts = self.assign(lanes);
-        // Partitions whose store is still being prepared fetch nothing yet.
-        for (lane, start) in lanes.iter().zip(&starts) {
-            if let (Some(Start { paused: true, .. }), Some(h)) = (
-                start,
-                self.shared
-                    .owned()
-                    .get(lane.topic)
-                    .and_then(|m| m.get(&lane.partition)),
-            ) {
-                h.flow.set_paused(true);
-                metrics::counter!(PAUSES_TOTAL).increment(1);
-                tracing::debug!(%lane, "partition paused until its store is ready");
-            }
-        }
-        starts
+        self.assign(lanes)
     }
 
     fn revoked(&self, lanes: &[Lane<'_>], lost: bool) -> Vec<(Arc<str>, i32, i64)> {
@@ -114,6 +99,11 @@ impl<H: Process> Rebalances<H> {
                 restoring,
             ));
             // No stored offset: state is empty, so it must see the partition from its start.
+            if restoring {
+                // Its store is still being prepared: it fetches nothing yet.
+                flow.set_paused(true);
+                metrics::counter!(PAUSES_TOTAL).increment(1);
+            }
             starts.push(Some(Start {
                 next: next_offset,
                 paused: restoring,
