@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test: rustfmt, clippy and rustdoc with warnings denied, then unit,
-# property, doc and integration tests on both brokers (the embedded mock cluster in-process,
-# and tansu, which this script installs and starts on 127.0.0.1).
+# property, doc and integration tests on every broker (Kafka: the embedded mock cluster
+# in-process and tansu; NATS: nats-server with JetStream; this script installs and starts the
+# servers on 127.0.0.1).
 #
 #   scripts/test.sh [extra nextest arguments]
 set -euo pipefail
@@ -19,18 +20,22 @@ if [ ${#missing[@]} -gt 0 ]; then
   $as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $as_root apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-# The interoperability tests produce with the Python confluent-kafka client.
+# The interoperability tests use Python's clients (confluent-kafka, nats-py).
 scripts/python-env.sh >/dev/null
 
-started_here=false
-if ! scripts/broker.sh status >/dev/null 2>&1; then
-  started_here=true
-fi
-scripts/broker.sh start
-if $started_here; then
-  trap 'scripts/broker.sh stop' EXIT
+# Each server started here is stopped on exit; one already running is left alone.
+stop_on_exit=()
+for server in broker nats; do
+  if ! "scripts/$server.sh" status >/dev/null 2>&1; then
+    stop_on_exit+=("scripts/$server.sh stop")
+  fi
+  "scripts/$server.sh" start
+done
+if [ ${#stop_on_exit[@]} -gt 0 ]; then
+  trap "$(printf '%s; ' "${stop_on_exit[@]}")" EXIT
 fi
 export WEIR_TEST_TANSU="127.0.0.1:${TANSU_PORT:-19092}"
+export WEIR_TEST_NATS="nats://127.0.0.1:${NATS_PORT:-14222}"
 
 # Lints first: they fail fast and cost little.
 cargo fmt --all -- --check

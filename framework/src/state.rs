@@ -13,13 +13,15 @@ pub use weir_state::{Error, Progress, StoreReader, SCHEMA_VERSION};
 /// The workers' producer, for tools that change a store while no worker runs (`weir reset`):
 /// it sends what waits in a store's outbox as a worker does when it takes the partition.
 #[derive(Debug)]
-pub struct OutboxProducer(std::sync::Arc<crate::broker::kafka::Producer>);
+pub struct OutboxProducer(std::sync::Arc<crate::broker::Producer>);
 
 impl OutboxProducer {
     /// Connects to `brokers` as a worker with the same `WEIR_KAFKA_*` environment would.
     pub fn connect(brokers: &str) -> crate::error::Result<Self> {
         let producer = crate::runtime::producer_from_env(brokers)?;
-        Ok(Self(std::sync::Arc::new(producer)))
+        Ok(Self(std::sync::Arc::new(crate::broker::Producer::Kafka(
+            producer,
+        ))))
     }
 
     /// Sends what waits in `store`'s outbox, in order: each changelog offset marker only after
@@ -29,7 +31,7 @@ impl OutboxProducer {
         &self,
         store: std::sync::Arc<weir_state::PartitionStore>,
     ) -> Result<usize, String> {
-        crate::delivery::OutboxSink::Kafka(std::sync::Arc::clone(&self.0))
+        crate::delivery::OutboxSink::Broker(std::sync::Arc::clone(&self.0))
             .flush(&store)
             .await
             .map_err(|e| e.to_string())

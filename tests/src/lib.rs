@@ -1,10 +1,11 @@
-//! Test harness for weir: the two brokers (embedded mock cluster and tansu), producing test
+//! Test harness for weir: the brokers (Kafka's embedded mock cluster and tansu; NATS), producing test
 //! data, a counting handler with fault injection, and readers of partition stores.
 
 mod broker;
 mod count_handler;
 mod fixtures;
 mod http;
+mod nats;
 mod processes;
 mod python;
 mod readers;
@@ -22,6 +23,7 @@ pub use broker::*;
 pub use count_handler::*;
 pub use fixtures::*;
 pub use http::*;
+pub use nats::*;
 pub use processes::*;
 pub use python::*;
 pub use readers::*;

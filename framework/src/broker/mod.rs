@@ -17,6 +17,85 @@ use crate::error::Result;
 use crate::inbound::Delivered;
 
 pub(crate) mod kafka;
+#[cfg(feature = "nats")]
+pub(crate) mod nats;
+
+/// Whether `brokers` names NATS servers (`nats://` or `tls://` URLs) rather than Kafka's.
+pub(crate) fn nats_url(brokers: &str) -> bool {
+    let b = brokers.trim_start();
+    b.starts_with("nats://") || b.starts_with("tls://")
+}
+
+/// How a worker's clients reach its broker.
+#[derive(Debug, Clone)]
+pub(crate) enum Connection {
+    Kafka(kafka::Connection),
+    #[cfg(feature = "nats")]
+    Nats(nats::Connection),
+}
+
+impl Connection {
+    /// The Kafka connection, for what only Kafka does yet (changelogs, tables).
+    #[cfg_attr(not(feature = "nats"), allow(unused_variables))]
+    pub(crate) fn kafka(&self, what: &str) -> Result<&kafka::Connection, String> {
+        match self {
+            Self::Kafka(k) => Ok(k),
+            #[cfg(feature = "nats")]
+            Self::Nats(_) => Err(format!("{what} is not available on NATS yet")),
+        }
+    }
+
+    /// The earliest position of `topic`'s lane `partition`. Blocks: call it off the runtime's
+    /// workers (on its blocking pool).
+    pub(crate) fn low_watermark(&self, topic: &str, partition: i32) -> Result<i64, String> {
+        match self {
+            Self::Kafka(k) => k.low_watermark(topic, partition),
+            #[cfg(feature = "nats")]
+            Self::Nats(n) => tokio::runtime::Handle::current().block_on(n.low_watermark(topic)),
+        }
+    }
+
+    /// The lane counts of `topics` (`None`: no such topic). Blocks, as
+    /// [`low_watermark`](Self::low_watermark).
+    pub(crate) fn partition_counts<'t>(
+        &self,
+        topics: impl Iterator<Item = &'t str>,
+    ) -> Result<std::collections::HashMap<&'t str, Option<i32>>, String> {
+        match self {
+            Self::Kafka(k) => k.partition_counts(topics),
+            #[cfg(feature = "nats")]
+            Self::Nats(n) => Ok(topics.map(|t| (t, n.lanes_of(t))).collect()),
+        }
+    }
+
+    /// Creates the topics of `wanted` that are missing.
+    pub(crate) async fn create_missing(&self, wanted: Vec<WantedTopic>) {
+        match self {
+            Self::Kafka(k) => k.create_missing(wanted).await,
+            #[cfg(feature = "nats")]
+            Self::Nats(n) => n.create_missing(wanted).await,
+        }
+    }
+}
+
+/// The worker's producer: emits, dead letters, late records and changelog entries.
+#[derive(Debug)]
+pub(crate) enum Producer {
+    Kafka(kafka::Producer),
+    #[cfg(feature = "nats")]
+    Nats(nats::Publisher),
+}
+
+impl Producer {
+    /// Produces `r` and waits for the broker's acknowledgement.
+    pub(crate) async fn send(&self, r: Outgoing<'_>) -> Result<(), SendError> {
+        match self {
+            Self::Kafka(k) => k.send(r).await,
+            #[cfg(feature = "nats")]
+            Self::Nats(n) => n.send(r).await,
+        }
+    }
+}
 
 /// A lane: a topic's partition on Kafka.
 #[derive(Debug, Clone, Copy)]

@@ -44,6 +44,13 @@ pub(crate) struct Config {
     /// MiB of committed state values the worker's partitions keep in memory together.
     pub(crate) state_cache_mb: usize,
     pub(crate) embedded_partitions: i32,
+    /// Lanes of a stream weir creates on NATS.
+    pub(crate) partitions: i32,
+    /// An NKey/JWT credentials file for NATS.
+    pub(crate) nats_creds: Option<PathBuf>,
+    /// How long NATS keeps a lane with a worker that stopped pulling (and its unacknowledged
+    /// messages from the next owner).
+    pub(crate) hand_off: Duration,
     pub(crate) delivery: Delivery,
     pub(crate) retry: RetryPolicy,
     /// Dead-letter topic template (`{topic}` is the source topic); `None`: no dead letters.
@@ -159,6 +166,9 @@ impl Default for Config {
             queue_capacity_mb: 16,
             state_cache_mb: 256,
             embedded_partitions: 4,
+            partitions: 4,
+            nats_creds: None,
+            hand_off: Duration::from_secs(10),
             delivery: Delivery::AtLeastOnce,
             retry: RetryPolicy::default(),
             dead_letter_topic: Some(DEFAULT_DEAD_LETTER_TOPIC.to_owned()),

@@ -238,6 +238,45 @@ pub(crate) const SETTINGS: &[Setting] = &[
         }),
     },
     Setting {
+        name: "partitions",
+        env: "WEIR_PARTITIONS",
+        default: "4 (NATS: lanes of a stream weir creates)",
+        apply: |c, v| {
+            c.partitions = num(v)?;
+            Ok(())
+        },
+        from_handler: None,
+        check: Some(|c| match (1..=1_000).contains(&c.partitions) {
+            true => Ok(()),
+            false => Err("must be between 1 and 1000".into()),
+        }),
+    },
+    Setting {
+        name: "nats_creds",
+        env: "WEIR_NATS_CREDS",
+        default: "unset: credentials in the URL, or none",
+        apply: |c, v| {
+            c.nats_creds = optional(v).map(PathBuf::from);
+            Ok(())
+        },
+        from_handler: None,
+        check: None,
+    },
+    Setting {
+        name: "hand_off",
+        env: "WEIR_HAND_OFF_MS",
+        default: "10 s (NATS: a dead worker's lanes move after it)",
+        apply: |c, v| {
+            c.hand_off = millis(v)?;
+            Ok(())
+        },
+        from_handler: None,
+        check: Some(|c| match c.hand_off >= Duration::from_secs(1) {
+            true => Ok(()),
+            false => Err("must be at least 1000 ms".into()),
+        }),
+    },
+    Setting {
         name: "metrics_addr",
         env: "WEIR_METRICS_ADDR",
         default: "unset: no endpoint",

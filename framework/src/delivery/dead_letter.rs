@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 
 use weir_state::wire::header;
 
-use crate::broker::kafka::Producer;
 use crate::broker::Outgoing;
+use crate::broker::Producer;
 use crate::inbound::Inbound;
 use crate::observe::metric_names::DEAD_LETTERS_TOTAL;
 use crate::wall_clock::now_ms;
@@ -64,14 +64,14 @@ pub(crate) struct DeadLetterPolicy {
 /// Where dead letters go: Kafka (the runtime) or memory (the test kit).
 #[derive(Clone)]
 pub(crate) enum DeadLetterSink {
-    Kafka(Arc<Producer>),
+    Broker(Arc<Producer>),
     Memory(Arc<Mutex<Vec<DeadLetter>>>),
 }
 
 impl std::fmt::Debug for DeadLetterSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Kafka(_) => f.write_str("DeadLetterSink::Kafka"),
+            Self::Broker(_) => f.write_str("DeadLetterSink::Broker"),
             Self::Memory(m) => write!(
                 f,
                 "DeadLetterSink::Memory({})",
@@ -108,7 +108,7 @@ impl DeadLetterSink {
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .push(letter);
             }
-            Self::Kafka(producer) => {
+            Self::Broker(producer) => {
                 let (partition, offset) = (msg.partition().to_string(), msg.offset().to_string());
                 let (attempts, now) = (attempts.to_string(), now_ms().to_string());
                 let mut headers: Vec<(&str, Option<&[u8]>)> = msg.headers().collect();

@@ -9,8 +9,8 @@ use weir_state::wire::{header, ChangelogEntry};
 use weir_state::{OutboxRecord, PartitionStore};
 
 use super::retry::RetryPolicy;
-use crate::broker::kafka::Producer;
 use crate::broker::Outgoing;
+use crate::broker::Producer;
 use crate::observe::metric_names::OUTBOX_SENT_TOTAL;
 use crate::stop::StopSignal;
 
@@ -49,7 +49,7 @@ impl std::fmt::Display for OutboxError {
 #[derive(Clone)]
 pub(crate) enum OutboxSink {
     /// The worker's producer.
-    Kafka(Arc<Producer>),
+    Broker(Arc<Producer>),
     /// The test kit's list of sent records.
     Memory(Arc<Mutex<Vec<OutboxRecord>>>),
 }
@@ -57,7 +57,7 @@ pub(crate) enum OutboxSink {
 impl std::fmt::Debug for OutboxSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Kafka(_) => f.write_str("OutboxSink::Kafka"),
+            Self::Broker(_) => f.write_str("OutboxSink::Broker"),
             Self::Memory(_) => f.write_str("OutboxSink::Memory"),
         }
     }
@@ -85,7 +85,7 @@ impl OutboxSink {
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .extend(rows.iter().map(|(_, r)| r.clone())),
-                Self::Kafka(producer) => {
+                Self::Broker(producer) => {
                     // Rows go out concurrently, but a batch's changelog offset marker only
                     // once every row before it is acknowledged: a restore elsewhere then never
                     // takes a batch as done whose emitted records might be lost with this

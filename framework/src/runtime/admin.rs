@@ -1,7 +1,7 @@
 //! Topic administration: the dead-letter, late-record, changelog and repartition topics a
 //! worker writes to.
 
-use crate::broker::kafka::Connection;
+use crate::broker::Connection;
 use crate::broker::WantedTopic;
 use crate::config::Config;
 use crate::error::{Error, Result};

@@ -119,6 +119,31 @@ impl WorkerBuilder {
         self
     }
 
+    /// Lanes of each stream weir creates on NATS (`WEIR_PARTITIONS`, default 4): a stream
+    /// `T` that is missing is made with subjects `T.>`, partitioned by key into `n` lanes.
+    pub fn partitions(mut self, n: i32) -> Self {
+        self.config.partitions = n;
+        self.config.given("partitions");
+        self
+    }
+
+    /// An NKey/JWT credentials file to connect to NATS with (`WEIR_NATS_CREDS`).
+    pub fn nats_creds(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.config.nats_creds = Some(path.into());
+        self.config.given("nats_creds");
+        self
+    }
+
+    /// On NATS, how long a worker that stopped pulling keeps its lanes, and its delivered
+    /// but unacknowledged messages wait, before another worker takes them
+    /// (`WEIR_HAND_OFF_MS`, default 10 s): the bound of a hand-off after a crash. A graceful
+    /// stop hands its lanes over at once.
+    pub fn hand_off(mut self, after: Duration) -> Self {
+        self.config.hand_off = after;
+        self.config.given("hand_off");
+        self
+    }
+
     /// Serves `/metrics`, `/health/live` and `/health/ready` on `addr` (`WEIR_METRICS_ADDR`,
     /// e.g. `0.0.0.0:9464`; port 0 picks a free one, see [`Worker::metrics_addr`]).
     pub fn metrics_addr(mut self, addr: impl Into<String>) -> Self {

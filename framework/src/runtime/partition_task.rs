@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::sync::{mpsc as std_mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use crate::broker::kafka::Connection;
+use crate::broker::Connection;
 use tokio::sync::mpsc;
 use weir_state::PartitionStore;
 
@@ -229,7 +229,8 @@ impl<H: Process> PartitionTask<H> {
             let (connection, tables) = (self.ctx.connection.clone(), Arc::clone(&self.ctx.tables));
             let partition = self.partition;
             let opened = tokio::task::spawn_blocking(move || {
-                PartitionTables::open(&connection, &store.store, &tables, partition)
+                let connection = connection.kafka("a table")?;
+                PartitionTables::open(connection, &store.store, &tables, partition)
             })
             .await;
             match opened {
@@ -315,15 +316,15 @@ impl<H: Process> PartitionTask<H> {
         let connection = self.ctx.connection.clone();
         let result = tokio::task::spawn_blocking(move || {
             let stop = flow.stop_signal();
-            let outcome = restore::restore_if_behind(
-                &connection,
+            let outcome = connection.kafka("the changelog").and_then(|connection| restore::restore_if_behind(
+                connection,
                 &store.store,
                 &topic,
                 partition,
                 &changelog,
                 local,
                 &|| stop.is_requested(),
-            );
+            ));
             match outcome {
                 Ok(Restore::Local(n)) => Ok(n),
                 Ok(Restore::Restored { next_offset }) => Ok(Some(next_offset)),

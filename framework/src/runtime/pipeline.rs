@@ -7,7 +7,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::broker::kafka::Connection;
+use crate::broker::Connection;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::observe::{self, PartitionRow, StateAnswer, WorkerView};
@@ -159,7 +159,10 @@ impl PipelineBuilder {
             config.topics.clear();
             runs.push((name, make(config, Arc::clone(&stages))?));
         }
-        let connection = connection(&base, base.brokers.as_deref().unwrap_or_default());
+        let connection = Connection::Kafka(connection(
+            &base,
+            base.brokers.as_deref().unwrap_or_default(),
+        ));
         Ok(Pipeline {
             http_token: base.http_token.clone(),
             state_dir: base.state_dir.clone(),

@@ -7,7 +7,7 @@ use std::sync::{mpsc as std_mpsc, Arc, Mutex, MutexGuard};
 use tokio::sync::mpsc;
 use weir_state::CacheBudget;
 
-use crate::broker::kafka::Connection;
+use crate::broker::Connection;
 use crate::broker::{Lane, Source};
 use crate::config::Config;
 use crate::config::KeyPartitioner;

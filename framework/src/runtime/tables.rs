@@ -372,7 +372,10 @@ pub(crate) fn follow_globals(
 
 /// Refuses co-partitioned tables whose topic is missing or has another partition count than
 /// an input topic: their partitions would not hold the input partitions' keys.
-pub(crate) fn check_copartitioned(config: &Config, connection: &Connection) -> Result<()> {
+pub(crate) fn check_copartitioned(
+    config: &Config,
+    connection: &crate::broker::Connection,
+) -> Result<()> {
     let tables = config.tables(false);
     if tables.is_empty() {
         return Ok(());

@@ -4,7 +4,8 @@
 use std::future::Future;
 use std::sync::{mpsc as std_mpsc, Arc};
 
-use crate::broker::kafka::{check_brokers, Connection, GroupSettings};
+use crate::broker::kafka::{self, check_brokers, GroupSettings};
+use crate::broker::{Connection, Producer};
 use crate::config::Config;
 use crate::delivery::{DeadLetterSink, OutboxSink};
 use crate::error::{Error, Result};
@@ -41,13 +42,8 @@ use crate::wall_clock::now_ms;
 pub struct Worker<H> {
     config: Config,
     brokers: String,
-    /// The group consumer's settings.
-    consumer: GroupSettings,
-    /// Connection settings for the worker's other clients.
-    connection: Connection,
+    clients: Clients,
     metrics_listener: Option<std::net::TcpListener>,
-    sink: DeadLetterSink,
-    outbox: OutboxSink,
     handler: Arc<H>,
     embedded: Option<Arc<EmbeddedBroker>>,
     /// The pipeline this worker is a stage of.
@@ -101,9 +97,7 @@ impl<H: Process> Worker<H> {
                 }
             }
         }
-        let consumer = group_settings(&config, &brokers)?;
-        let connection = connection(&config, &brokers);
-        let producer = Arc::new(connection.producer()?);
+        let clients = Clients::new(&config, &brokers, stages.is_some())?;
         let metrics_listener = match &config.metrics_addr {
             Some(addr) => {
                 // Install the recorder now, so that nothing recorded from here on is lost.
@@ -115,11 +109,8 @@ impl<H: Process> Worker<H> {
         Ok(Worker {
             config,
             brokers,
-            consumer,
-            connection,
+            clients,
             metrics_listener,
-            sink: DeadLetterSink::Kafka(Arc::clone(&producer)),
-            outbox: OutboxSink::Kafka(producer),
             handler: Arc::new(handler),
             embedded,
             stages,
@@ -183,26 +174,27 @@ impl<H: Process> Worker<H> {
             }
         };
         tokio::pin!(shutdown);
-        if self.embedded.is_none() {
-            // A stop requested while the broker is checked ends the worker at once: it has
-            // joined nothing and owns nothing yet.
-            let startup = async {
-                check_brokers(&self.consumer, &self.brokers, self.config.startup_timeout).await?;
-                ensure_topics(&self.config, &self.connection).await;
-                Ok::<(), Error>(())
-            };
-            tokio::select! {
-                r = startup => r?,
-                () = &mut shutdown => {
-                    tracing::info!("shutdown requested while starting: stopped");
-                    return Ok(());
-                }
+        // A stop requested while the broker is checked ends the worker at once: it has joined
+        // nothing and owns nothing yet.
+        let startup = self
+            .clients
+            .start(&self.config, &self.brokers, self.embedded.is_some());
+        let started = tokio::select! {
+            r = startup => r?,
+            () = &mut shutdown => {
+                tracing::info!("shutdown requested while starting: stopped");
+                return Ok(());
             }
-        }
+        };
+        let Started {
+            connection,
+            producer,
+            reader,
+        } = started;
         // Tables: co-partitioned ones checked, global ones read in full before joining.
         let globals = Arc::new(GlobalTables::default());
         let tables = async {
-            let (config, client) = (self.config.clone(), self.connection.clone());
+            let (config, client) = (self.config.clone(), connection.clone());
             let globals = Arc::clone(&globals);
             let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let cancel = StopOnDrop(Arc::clone(&stop));
@@ -213,7 +205,10 @@ impl<H: Process> Worker<H> {
                     return Ok(None);
                 }
                 let cancelled = || stop.load(std::sync::atomic::Ordering::SeqCst);
-                follow_globals(&client, &global, &globals, &cancelled).map(Some)
+                let client = client
+                    .kafka("a global table")
+                    .map_err(|m| Error::config("tables", m))?;
+                follow_globals(client, &global, &globals, &cancelled).map(Some)
             })
             .await;
             drop(cancel);
@@ -235,13 +230,13 @@ impl<H: Process> Worker<H> {
             Arc::clone(&self.handler),
             self.config.clone(),
             tokio::runtime::Handle::current(),
-            self.sink.clone(),
+            DeadLetterSink::Broker(Arc::clone(&producer)),
             TaskContext {
                 batch_size: self.config.batch_size,
                 linger: self.config.linger,
                 allow_partial_history: self.config.allow_partial_history,
-                outbox: self.outbox.clone(),
-                connection: self.connection.clone(),
+                outbox: OutboxSink::Broker(producer),
+                connection: connection.clone(),
                 ready: ready_tx,
                 lifecycle: Arc::clone(&lifecycle),
                 idle_close_after: self.config.idle_close_after,
@@ -253,9 +248,7 @@ impl<H: Process> Worker<H> {
                 },
             },
         ));
-        let kafka = self
-            .consumer
-            .consumer(Rebalances::new(Arc::clone(&shared)))?;
+        let source = reader.source(Arc::clone(&shared))?;
         tracing::info!(
             group = %self.config.group, topics = ?self.config.topics, brokers = %self.brokers,
             embedded = self.embedded.is_some(), "worker starting"
@@ -290,7 +283,11 @@ impl<H: Process> Worker<H> {
         std::thread::Builder::new()
             .name("weir-consumer".into())
             .spawn(move || {
-                let result = consumer::run(kafka, thread_shared, ready_rx);
+                let result = match source {
+                    Made::Kafka(s) => consumer::run(s, thread_shared, ready_rx),
+                    #[cfg(feature = "nats")]
+                    Made::Nats(s) => consumer::run(*s, thread_shared, ready_rx),
+                };
                 let _ = done_tx.send(result);
             })
             .map_err(|source| Error::Io {
@@ -321,6 +318,154 @@ impl<H: Process> Worker<H> {
             tracing::info!("worker stopped");
         }
         result
+    }
+}
+
+/// The worker's broker clients, as settings until the worker runs.
+#[derive(Debug)]
+enum Clients {
+    Kafka {
+        /// The group consumer's settings.
+        consumer: GroupSettings,
+        /// Connection settings for the worker's other clients.
+        connection: kafka::Connection,
+        producer: Arc<Producer>,
+    },
+    #[cfg(feature = "nats")]
+    Nats(crate::broker::nats::Settings),
+}
+
+/// The clients of a running worker.
+struct Started {
+    connection: Connection,
+    producer: Arc<Producer>,
+    reader: Reader,
+}
+
+/// What makes the source of a running worker's lanes.
+enum Reader {
+    Kafka(GroupSettings),
+    /// The connection and the group.
+    #[cfg(feature = "nats")]
+    Nats(crate::broker::nats::Connection, String),
+}
+
+/// The worker's source, made for its consumer thread.
+enum Made<C> {
+    Kafka(C),
+    #[cfg(feature = "nats")]
+    Nats(Box<crate::broker::nats::NatsSource>),
+}
+
+impl Clients {
+    /// The clients `brokers` call for (a `nats://` or `tls://` URL: NATS; else Kafka's
+    /// bootstrap servers), checking that the worker's settings are ones its broker supports.
+    fn new(config: &Config, brokers: &str, in_pipeline: bool) -> Result<Self> {
+        if crate::broker::nats_url(brokers) {
+            return Self::nats(config, brokers, in_pipeline);
+        }
+        let consumer = group_settings(config, brokers)?;
+        let connection = connection(config, brokers);
+        let producer = Arc::new(Producer::Kafka(connection.producer()?));
+        Ok(Self::Kafka {
+            consumer,
+            connection,
+            producer,
+        })
+    }
+
+    #[cfg(not(feature = "nats"))]
+    fn nats(_: &Config, brokers: &str, _: bool) -> Result<Self> {
+        Err(Error::config(
+            "brokers (WEIR_BROKERS)",
+            format!("{brokers:?} names NATS servers, and this build of weir has no NATS support: enable weir's `nats` feature"),
+        ))
+    }
+
+    #[cfg(feature = "nats")]
+    fn nats(config: &Config, brokers: &str, in_pipeline: bool) -> Result<Self> {
+        let unsupported = |what: &str| {
+            Error::config(
+                "brokers (WEIR_BROKERS)",
+                format!("{what} run on Kafka only so far, and {brokers:?} names NATS servers"),
+            )
+        };
+        if in_pipeline {
+            return Err(unsupported("pipelines"));
+        }
+        if config.changelog {
+            return Err(unsupported("changelogs (WEIR_CHANGELOG)"));
+        }
+        if !config.tables(false).is_empty() || !config.tables(true).is_empty() {
+            return Err(unsupported("tables"));
+        }
+        Ok(Self::Nats(crate::broker::nats::Settings {
+            servers: brokers.to_owned(),
+            creds: config.nats_creds.clone(),
+            partitions: config.partitions,
+            hand_off: config.hand_off,
+        }))
+    }
+
+    /// Checks the broker and makes the topics the worker writes to; the worker's clients.
+    async fn start(&self, config: &Config, brokers: &str, embedded: bool) -> Result<Started> {
+        match self {
+            Self::Kafka {
+                consumer,
+                connection,
+                producer,
+            } => {
+                let connection = Connection::Kafka(connection.clone());
+                if !embedded {
+                    check_brokers(consumer, brokers, config.startup_timeout).await?;
+                    ensure_topics(config, &connection).await;
+                }
+                Ok(Started {
+                    connection,
+                    producer: Arc::clone(producer),
+                    reader: Reader::Kafka(consumer.clone()),
+                })
+            }
+            #[cfg(feature = "nats")]
+            Self::Nats(settings) => {
+                let nats = crate::broker::nats::Connection::connect(
+                    settings.clone(),
+                    config.startup_timeout,
+                )
+                .await?;
+                for topic in &config.topics {
+                    nats.stream(topic, true).await?;
+                }
+                let connection = Connection::Nats(nats.clone());
+                ensure_topics(config, &connection).await;
+                Ok(Started {
+                    connection,
+                    producer: Arc::new(Producer::Nats(crate::broker::nats::Publisher::new(
+                        nats.clone(),
+                    ))),
+                    reader: Reader::Nats(nats, config.group.clone()),
+                })
+            }
+        }
+    }
+}
+
+impl Reader {
+    /// The source of the worker's lanes, telling `shared` of assignments.
+    fn source<H: Process>(
+        &self,
+        shared: Arc<Shared<H>>,
+    ) -> Result<Made<impl crate::broker::Source + Send + 'static>> {
+        let assignments = Rebalances::new(shared);
+        match self {
+            Self::Kafka(consumer) => Ok(Made::Kafka(consumer.consumer(assignments)?)),
+            #[cfg(feature = "nats")]
+            Self::Nats(nats, group) => Ok(Made::Nats(Box::new(nats.source(
+                group,
+                assignments,
+                tokio::runtime::Handle::current(),
+            )))),
+        }
     }
 }
 

@@ -1,0 +1,261 @@
+//! How weir's names map onto JetStream's, in one place: streams, subjects, key tokens,
+//! lanes, consumers and the message ids of what weir publishes.
+//!
+//! - Topic `T` is the stream `T` with subjects `T.>`; a name with dots (`orders.dlq`) has
+//!   them replaced by `_` in both (stream and subjects `orders_dlq.>`), so a dead-letter
+//!   topic's subjects are never inside its source's `T.>`.
+//! - A record's key is the subject's token after the topic (`T.<key>`, or `T.<lane>.<key>`
+//!   once a partitioned stream has put it in its lane). Bytes a token cannot hold (`.`, `*`,
+//!   `>`, `%`, spaces and controls, non-UTF-8) are written `%XX`; a record without a key is
+//!   published to `T.%`.
+//! - A partitioned stream maps `T.*` to `T.{{partition(N,1)}}.{{wildcard(1)}}`: lane `p` is
+//!   the subjects `T.p.*`. A stream without that transform is one lane, `T.>`.
+
+use weir_state::wire::header;
+
+/// The stream (and first subject token) of `topic`.
+pub(crate) fn stream_of(topic: &str) -> String {
+    topic.replace('.', "_")
+}
+
+/// The subject a record of `topic` with `key` is published to.
+pub(crate) fn publish_subject(topic: &str, key: Option<&[u8]>) -> String {
+    let mut subject = stream_of(topic);
+    subject.push('.');
+    match key {
+        Some(k) if !k.is_empty() => encode_key(k, &mut subject),
+        _ => subject.push('%'),
+    }
+    subject
+}
+
+/// The partition transform of a stream with `lanes` lanes: (source, destination).
+pub(crate) fn partition_transform(stream: &str, lanes: i32) -> (String, String) {
+    (
+        format!("{stream}.*"),
+        format!("{stream}.{{{{partition({lanes},1)}}}}.{{{{wildcard(1)}}}}"),
+    )
+}
+
+/// The lane count of a stream whose subject transform goes from `source` to `destination`:
+/// `Some(N)` for weir's partition transform, `None` for any other (or none).
+pub(crate) fn lanes_of_transform(stream: &str, source: &str, destination: &str) -> Option<i32> {
+    if source != format!("{stream}.*") {
+        return None;
+    }
+    let rest = destination.strip_prefix(&format!("{stream}.{{{{partition("))?;
+    let (lanes, rest) = rest.split_once(',')?;
+    let lanes: i32 = lanes.trim().parse().ok()?;
+    let rest = rest.trim_start().strip_prefix("1)}}.{{wildcard(1)}}")?;
+    (rest.is_empty() && lanes > 0).then_some(lanes)
+}
+
+/// The subjects lane `lane` of `stream` reads (`partitioned`: the stream has the transform).
+pub(crate) fn lane_filter(stream: &str, lane: i32, partitioned: bool) -> String {
+    if partitioned {
+        format!("{stream}.{lane}.*")
+    } else {
+        format!("{stream}.>")
+    }
+}
+
+/// A record's key from the subject it is stored under, `None` for no key (or a subject
+/// that is not one of the stream's record subjects).
+pub(crate) fn key_of(stream: &str, subject: &str, partitioned: bool) -> Option<Vec<u8>> {
+    let rest = subject.strip_prefix(stream)?.strip_prefix('.')?;
+    let token = if partitioned {
+        rest.split_once('.').map_or(rest, |(_, key)| key)
+    } else {
+        rest
+    };
+    decode_key(token)
+}
+
+/// The durable consumer of a group's lane: only characters a consumer name may hold.
+pub(crate) fn consumer_name(group: &str, lane: i32) -> String {
+    let group: String = group
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '-' | '_' => c,
+            _ => '_',
+        })
+        .collect();
+    format!("weir-{group}-{lane}")
+}
+
+fn encode_key(key: &[u8], out: &mut String) {
+    let plain = |b: u8| b > b' ' && b != 0x7f && !matches!(b, b'.' | b'*' | b'>' | b'%');
+    match std::str::from_utf8(key) {
+        Ok(s) if s.bytes().all(|b| plain(b) || b >= 0x80) => out.push_str(s),
+        _ => {
+            for &b in key {
+                if plain(b) && b < 0x80 {
+                    out.push(b as char);
+                } else {
+                    out.push_str(&format!("%{b:02X}"));
+                }
+            }
+        }
+    }
+}
+
+fn decode_key(token: &str) -> Option<Vec<u8>> {
+    if token == "%" || token.is_empty() {
+        return None;
+    }
+    let bytes = token.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = (bytes[i] == b'%')
+            .then(|| token.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match hex {
+            Some(b) => {
+                out.push(b);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    Some(out)
+}
+
+/// The `Nats-Msg-Id` of a record weir publishes, from weir's own headers, so that the
+/// stream's duplicate window drops a record sent again: an emit is named by its destination,
+/// group, source lane, position and index; a dead letter (or late record) by its destination
+/// and source lane and position. `None` for a record weir's headers do not name.
+pub(crate) fn message_id(topic: &str, headers: &[(&str, Option<&[u8]>)]) -> Option<String> {
+    let value = |name: &str| {
+        headers
+            .iter()
+            .rev()
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, v)| v.and_then(|v| std::str::from_utf8(v).ok()))
+    };
+    let (t, p, o) = (
+        value(header::SOURCE_TOPIC)?,
+        value(header::SOURCE_PARTITION)?,
+        value(header::SOURCE_OFFSET)?,
+    );
+    let mut id = format!("{topic}/{t}/{p}/{o}");
+    if let Some(seq) = value(header::SOURCE_SEQ) {
+        id = format!("{id}/{seq}/{}", value(header::SOURCE_GROUP).unwrap_or(""));
+    }
+    Some(id)
+}
+
+/// What an acknowledgement subject says of its message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct AckInfo {
+    /// The message's stream sequence.
+    pub(crate) stream_seq: i64,
+    /// When the stream stored it, in milliseconds since the Unix epoch.
+    pub(crate) timestamp_ms: i64,
+    /// Messages of the consumer still to deliver after this one.
+    pub(crate) pending: i64,
+}
+
+/// Reads `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>` (and the
+/// newer form with a domain and an account hash before the stream, and a token after).
+pub(crate) fn ack_info(reply: &str) -> Option<AckInfo> {
+    let tokens: Vec<&str> = reply.split('.').collect();
+    let at = match tokens.len() {
+        9 => 2,
+        n if n >= 11 => 4,
+        _ => return None,
+    };
+    if tokens.first() != Some(&"$JS") || tokens.get(1) != Some(&"ACK") {
+        return None;
+    }
+    let num = |i: usize| tokens.get(at + i)?.parse::<i64>().ok();
+    Some(AckInfo {
+        stream_seq: num(3)?,
+        timestamp_ms: num(5)? / 1_000_000,
+        pending: num(6)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_through_subjects() {
+        for key in [
+            &b"user-1"[..],
+            b"a.b",
+            b"with space",
+            b"*>%",
+            b"\xff\x00",
+            "ключ".as_bytes(),
+        ] {
+            let subject = publish_subject("orders", Some(key));
+            assert_eq!(subject.matches('.').count(), 1, "{subject}");
+            assert!(!subject.contains([' ', '*', '>']), "{subject}");
+            assert_eq!(key_of("orders", &subject, false).as_deref(), Some(key));
+            let stored = subject.replacen("orders.", "orders.3.", 1);
+            assert_eq!(key_of("orders", &stored, true).as_deref(), Some(key));
+        }
+        assert_eq!(publish_subject("orders", None), "orders.%");
+        assert_eq!(key_of("orders", "orders.%", false), None);
+        assert_eq!(key_of("orders", "orders.2.%", true), None);
+    }
+
+    #[test]
+    fn dotted_topics_get_their_own_streams() {
+        assert_eq!(stream_of("orders.dlq"), "orders_dlq");
+        assert_eq!(publish_subject("orders.dlq", Some(b"k")), "orders_dlq.k");
+    }
+
+    #[test]
+    fn the_partition_transform_is_recognised() {
+        let (src, dest) = partition_transform("orders", 4);
+        assert_eq!(src, "orders.*");
+        assert_eq!(dest, "orders.{{partition(4,1)}}.{{wildcard(1)}}");
+        assert_eq!(lanes_of_transform("orders", &src, &dest), Some(4));
+        assert_eq!(lanes_of_transform("orders", "orders.>", &dest), None);
+        assert_eq!(
+            lanes_of_transform("orders", &src, "orders.{{wildcard(1)}}"),
+            None
+        );
+    }
+
+    #[test]
+    fn ack_subjects_are_read_in_both_forms() {
+        let v1 = "$JS.ACK.orders.weir-g-0.1.42.40.1700000000123456789.7";
+        let want = AckInfo {
+            stream_seq: 42,
+            timestamp_ms: 1_700_000_000_123,
+            pending: 7,
+        };
+        assert_eq!(ack_info(v1), Some(want));
+        let v2 = "$JS.ACK.hub.ACCHASH.orders.weir-g-0.1.42.40.1700000000123456789.7.rand";
+        assert_eq!(ack_info(v2), Some(want));
+        assert_eq!(ack_info("_INBOX.x"), None);
+    }
+
+    #[test]
+    fn emits_and_dead_letters_have_stable_ids() {
+        let emit = [
+            (header::SOURCE_TOPIC, Some(&b"lines"[..])),
+            (header::SOURCE_PARTITION, Some(b"2")),
+            (header::SOURCE_OFFSET, Some(b"17")),
+            (header::SOURCE_SEQ, Some(b"3")),
+            (header::SOURCE_GROUP, Some(b"wc")),
+        ];
+        assert_eq!(
+            message_id("counts", &emit).as_deref(),
+            Some("counts/lines/2/17/3/wc")
+        );
+        assert_eq!(
+            message_id("lines.dlq", &emit[..3]).as_deref(),
+            Some("lines.dlq/lines/2/17")
+        );
+        assert_eq!(message_id("counts", &[]), None);
+    }
+}

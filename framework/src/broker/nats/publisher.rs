@@ -1,0 +1,52 @@
+//! Publishing to streams with the server's acknowledgement: emits, dead letters and late
+//! records, each with a `Nats-Msg-Id` from weir's headers (`names::message_id`).
+
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::HeaderMap;
+
+use super::{names, Connection};
+use crate::broker::{Outgoing, SendError};
+
+/// The worker's publisher.
+#[derive(Debug, Clone)]
+pub(crate) struct Publisher(Connection);
+
+impl Publisher {
+    pub(crate) fn new(connection: Connection) -> Self {
+        Self(connection)
+    }
+
+    /// Publishes `r` to its topic's stream and waits for the acknowledgement. The partition
+    /// is the stream's to choose (by key); headers are text on NATS (a value that is not
+    /// UTF-8 is sent with replacement characters).
+    pub(crate) async fn send(&self, r: Outgoing<'_>) -> Result<(), SendError> {
+        let subject = names::publish_subject(r.topic, r.key);
+        let mut headers = HeaderMap::new();
+        for (name, value) in r.headers {
+            let value = value.map(String::from_utf8_lossy).unwrap_or_default();
+            headers.append(*name, value.as_ref());
+        }
+        let mut message = PublishMessage::build()
+            .payload(r.value.map(|v| v.to_vec().into()).unwrap_or_default())
+            .headers(headers);
+        if let Some(id) = names::message_id(r.topic, r.headers) {
+            message = message.message_id(id);
+        }
+        let failed = |kind: Option<PublishErrorKind>, message: String| SendError {
+            // Nothing takes the subject (the stream is missing): sending again fails the
+            // same way until someone creates it.
+            permanent: kind == Some(PublishErrorKind::StreamNotFound),
+            message: format!("publishing to {subject}: {message}"),
+        };
+        let ack = self
+            .0
+            .js
+            .send_publish(subject.clone(), message)
+            .await
+            .map_err(|e| failed(Some(e.kind()), e.to_string()))?;
+        ack.await
+            .map(|_| ())
+            .map_err(|e| failed(Some(e.kind()), e.to_string()))
+    }
+}

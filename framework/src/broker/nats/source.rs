@@ -1,0 +1,794 @@
+//! JetStream lanes as the worker's [`Source`].
+//!
+//! Each lane of a subscribed topic has a durable pull consumer of the group
+//! (`weir-<group>-<lane>`) filtered to the lane's subjects, with a priority group whose
+//! `pinned_client` policy lets the server hand the lane to one worker at a time (ADR-42). A
+//! task per lane pulls for it; the first message that carries a `Nats-Pin-Id` makes the lane
+//! this worker's, and a pull the server answers with 423 (another client holds the pin) takes
+//! it away. A worker that stops pulling for [`Settings::hand_off`] loses the pin, and its
+//! unacknowledged messages come again to the next owner after the same time.
+//!
+//! Positions are stream sequences. A lane starts where its store says: what the consumer
+//! delivers at or below the stored position is dropped by the partition task (and
+//! acknowledged when the lane settles); what lies between the stored position and the first
+//! delivered message (the store is behind the consumer's acknowledgements: a new state dir, a
+//! worker on another machine) is read again with an ordered consumer first. Settling
+//! acknowledges every delivered message below the committed position.
+//!
+//! [`Settings::hand_off`]: super::Settings::hand_off
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+use async_nats::{HeaderMap, Message, Subject};
+use futures::StreamExt;
+use tokio::sync::{oneshot, Notify};
+
+use super::names::{self, AckInfo};
+use super::streams::Layout;
+use super::Connection;
+use crate::broker::{Assignments, Lane, Source};
+use crate::error::{Error, Result};
+use crate::inbound::Delivered;
+
+/// The priority group of every lane consumer.
+const GROUP: &str = "weir";
+/// The header that names the client a lane is pinned to.
+const PIN_HEADER: &str = "Nats-Pin-Id";
+/// Messages one pull asks for.
+const BATCH: usize = 512;
+/// How long a pull waits at the server for messages.
+const PULL_EXPIRES: Duration = Duration::from_secs(2);
+/// How often the server says a waiting pull is alive.
+const HEARTBEAT: Duration = Duration::from_millis(500);
+/// Messages a lane may have delivered and unacknowledged (the server stops delivering past
+/// it): more than a lane's queue holds.
+const MAX_ACK_PENDING: i64 = 50_000;
+/// How long a lane waits after an error before it pulls again.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// How long a read of the lane's history waits for its next message.
+const REPLAY_WAIT: Duration = Duration::from_secs(10);
+/// How often the owned lanes' watermarks are updated.
+const WATERMARK_INTERVAL: Duration = Duration::from_secs(1);
+
+type LaneKey = (Arc<str>, i32);
+
+/// A message of a lane, copied out of the client.
+#[derive(Debug)]
+pub(crate) struct Delivery {
+    topic: Arc<str>,
+    lane: i32,
+    seq: i64,
+    timestamp_ms: i64,
+    key: Option<Vec<u8>>,
+    message: Message,
+}
+
+impl Delivered for Delivery {
+    fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    fn partition(&self) -> i32 {
+        self.lane
+    }
+
+    fn offset(&self) -> i64 {
+        self.seq
+    }
+
+    fn timestamp_ms(&self) -> Option<i64> {
+        Some(self.timestamp_ms)
+    }
+
+    fn key(&self) -> Option<&[u8]> {
+        self.key.as_deref()
+    }
+
+    fn payload(&self) -> Option<&[u8]> {
+        Some(&self.message.payload)
+    }
+
+    fn headers(&self) -> impl Iterator<Item = (&str, Option<&[u8]>)> {
+        self.message
+            .headers
+            .iter()
+            .flat_map(HeaderMap::iter)
+            .filter(|(name, _)| AsRef::<str>::as_ref(name) != PIN_HEADER)
+            .flat_map(|(name, values)| {
+                values
+                    .iter()
+                    .map(move |v| (AsRef::<str>::as_ref(name), Some(v.as_str().as_bytes())))
+            })
+    }
+}
+
+/// What a lane's task tells the consumer thread.
+enum Event {
+    /// A message; `ack` is its acknowledgement subject (none for one read again from the
+    /// stream, which the consumer acknowledged before).
+    Message {
+        delivery: Box<Delivery>,
+        ack: Option<Subject>,
+        pending: i64,
+    },
+    /// The server pinned the lane to this worker: the thread answers where it starts.
+    Pinned {
+        lane: LaneKey,
+        start: oneshot::Sender<Option<i64>>,
+    },
+    /// The server pinned the lane to another client.
+    Lost { lane: LaneKey, why: String },
+    /// An error of the lane's pulls.
+    Error(String),
+}
+
+/// The consumer thread's hold on a lane's task.
+#[derive(Default)]
+struct LaneControl {
+    paused: AtomicBool,
+    stopped: AtomicBool,
+    changed: Notify,
+}
+
+impl LaneControl {
+    fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+}
+
+/// What the consumer thread keeps of a lane.
+struct LaneState {
+    control: Arc<LaneControl>,
+    stream: String,
+    consumer: String,
+    owned: bool,
+    /// Delivered messages not yet acknowledged, by stream sequence.
+    unacked: VecDeque<(i64, Subject)>,
+    /// The newest delivered message's sequence, and how many the consumer still holds after
+    /// it.
+    newest: Option<(i64, i64)>,
+}
+
+/// The worker's lanes on JetStream.
+pub(crate) struct NatsSource {
+    connection: Connection,
+    group: String,
+    runtime: tokio::runtime::Handle,
+    assignments: Arc<dyn Assignments>,
+    events: std_mpsc::Receiver<Event>,
+    sender: std_mpsc::Sender<Event>,
+    lanes: Mutex<HashMap<LaneKey, LaneState>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    watermarks_at: Mutex<Instant>,
+}
+
+impl std::fmt::Debug for NatsSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsSource")
+            .field("group", &self.group)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Connection {
+    /// The source of `group`'s lanes; `assignments` hears as the server pins lanes to this
+    /// worker and takes them away. Its calls block on `runtime`: use it off the runtime.
+    pub(crate) fn source(
+        &self,
+        group: &str,
+        assignments: impl Assignments,
+        runtime: tokio::runtime::Handle,
+    ) -> NatsSource {
+        let (sender, events) = std_mpsc::channel();
+        NatsSource {
+            connection: self.clone(),
+            group: group.to_owned(),
+            runtime,
+            assignments: Arc::new(assignments),
+            events,
+            sender,
+            lanes: Mutex::default(),
+            tasks: Mutex::default(),
+            watermarks_at: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Creates (or updates) the durable consumer of lane `lane` of `layout`'s stream.
+    async fn lane_consumer(&self, layout: &Layout, group: &str, lane: i32) -> Result<String> {
+        let name = names::consumer_name(group, lane);
+        let nanos = |d: Duration| d.as_nanos() as u64;
+        let request = serde_json::json!({
+            "stream_name": layout.stream,
+            "config": {
+                "name": name,
+                "durable_name": name,
+                "filter_subject": names::lane_filter(&layout.stream, lane, layout.partitioned),
+                "deliver_policy": "all",
+                "ack_policy": "explicit",
+                "ack_wait": nanos(self.settings.hand_off),
+                "max_ack_pending": MAX_ACK_PENDING,
+                "priority_groups": [GROUP],
+                "priority_policy": "pinned_client",
+                "priority_timeout": nanos(self.settings.hand_off),
+            },
+        });
+        let subject = format!("$JS.API.CONSUMER.CREATE.{}.{name}", layout.stream);
+        let answer = self
+            .client
+            .request(subject, request.to_string().into())
+            .await
+            .map_err(super::error)?;
+        let answer: serde_json::Value =
+            serde_json::from_slice(&answer.payload).map_err(super::error)?;
+        if let Some(e) = answer.get("error") {
+            return Err(Error::config(
+                "brokers (WEIR_BROKERS)",
+                format!(
+                    "cannot create the consumer {name} of stream {} (nats-server 2.11 or newer is needed for its priority group): {e}",
+                    layout.stream
+                ),
+            ));
+        }
+        Ok(name)
+    }
+
+    /// Asks the server to pin `consumer`'s lane to another client (a graceful hand-off).
+    async fn unpin(&self, stream: &str, consumer: &str) {
+        let subject = format!("$JS.API.CONSUMER.UNPIN.{stream}.{consumer}");
+        let body = serde_json::json!({ "group": GROUP }).to_string();
+        if let Err(e) = self.client.request(subject, body.into()).await {
+            tracing::debug!(%stream, %consumer, "unpin failed (the pin expires instead): {e}");
+        }
+    }
+}
+
+impl NatsSource {
+    fn state(&self) -> MutexGuard<'_, HashMap<LaneKey, LaneState>> {
+        lock(&self.lanes)
+    }
+
+    /// Acknowledges `subjects` (messages at or below a committed position).
+    fn ack(&self, subjects: Vec<Subject>) -> Result<(), String> {
+        if subjects.is_empty() {
+            return Ok(());
+        }
+        let client = self.connection.client.clone();
+        self.runtime.block_on(async move {
+            for s in subjects {
+                client
+                    .publish(s, Default::default())
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            client.flush().await.map_err(|e| e.to_string())
+        })
+    }
+
+    /// The lane's messages below `next` that were delivered, taken from its unacknowledged.
+    fn take_acks(state: &mut LaneState, next: i64) -> Vec<Subject> {
+        let mut acks = Vec::new();
+        while state.unacked.front().is_some_and(|(seq, _)| *seq < next) {
+            acks.extend(state.unacked.pop_front().map(|(_, s)| s));
+        }
+        acks
+    }
+
+    fn on_pinned(&self, lane: LaneKey, start: oneshot::Sender<Option<i64>>) {
+        let starts = self.assignments.assigned(&[Lane {
+            topic: &lane.0,
+            partition: lane.1,
+        }]);
+        let next = starts.first().copied().flatten();
+        if let Some(state) = self.state().get_mut(&lane) {
+            state.owned = true;
+            state.unacked.clear();
+            state.newest = None;
+            if let Some(s) = next {
+                state.control.set_paused(s.paused);
+            }
+        }
+        let _ = start.send(next.and_then(|s| s.next));
+    }
+
+    fn on_lost(&self, lane: LaneKey, why: &str) {
+        let owned = self
+            .state()
+            .get_mut(&lane)
+            .is_some_and(|s| std::mem::replace(&mut s.owned, false));
+        if owned {
+            tracing::warn!(topic = %lane.0, lane = lane.1, "lane taken away: {why}");
+            self.assignments.revoked(
+                &[Lane {
+                    topic: &lane.0,
+                    partition: lane.1,
+                }],
+                true,
+            );
+        }
+    }
+
+    fn update_watermarks(&self) {
+        let mut at = lock(&self.watermarks_at);
+        if at.elapsed() < WATERMARK_INTERVAL {
+            return;
+        }
+        *at = Instant::now();
+        drop(at);
+        let newest: HashMap<LaneKey, (i64, i64)> = self
+            .state()
+            .iter()
+            .filter(|(_, s)| s.owned)
+            .filter_map(|(k, s)| s.newest.map(|n| (k.clone(), n)))
+            .collect();
+        // The high watermark is the newest delivered sequence plus what the consumer still
+        // holds: exact when caught up, and an upper bound of the lag otherwise (sequences of
+        // other lanes lie between a lane's).
+        self.assignments.watermarks(&|lane| {
+            newest
+                .get(&(Arc::from(lane.topic), lane.partition))
+                .map(|(seq, pending)| (0, seq + 1 + pending))
+        });
+    }
+}
+
+impl Source for NatsSource {
+    type Delivery<'s> = Delivery;
+
+    fn subscribe(&self, topics: &[&str]) -> Result<()> {
+        for topic in topics {
+            let layout = self
+                .runtime
+                .block_on(self.connection.stream(topic, true))?
+                .ok_or_else(|| Error::config("topics", format!("no stream for {topic}")))?;
+            tracing::info!(%topic, stream = %layout.stream, lanes = layout.lanes, partitioned = layout.partitioned, "subscribing");
+            for lane in 0..layout.lanes {
+                let consumer = self.runtime.block_on(self.connection.lane_consumer(
+                    &layout,
+                    &self.group,
+                    lane,
+                ))?;
+                let key: LaneKey = (Arc::from(*topic), lane);
+                let control = Arc::new(LaneControl::default());
+                let task = LaneTask {
+                    connection: self.connection.clone(),
+                    lane: key.clone(),
+                    layout: layout.clone(),
+                    consumer: consumer.clone(),
+                    control: Arc::clone(&control),
+                    events: self.sender.clone(),
+                };
+                lock(&self.tasks).push(self.runtime.spawn(task.run()));
+                self.state().insert(
+                    key,
+                    LaneState {
+                        control,
+                        stream: layout.stream.clone(),
+                        consumer,
+                        owned: false,
+                        unacked: VecDeque::new(),
+                        newest: None,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn poll(&self, timeout: Duration) -> Option<Result<Delivery, String>> {
+        self.update_watermarks();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            let event = match self.events.recv_timeout(wait) {
+                Ok(e) => e,
+                Err(_) => return None,
+            };
+            match event {
+                Event::Message {
+                    delivery,
+                    ack,
+                    pending,
+                } => {
+                    let key: LaneKey = (Arc::clone(&delivery.topic), delivery.lane);
+                    let mut lanes = self.state();
+                    let Some(state) = lanes.get_mut(&key).filter(|s| s.owned) else {
+                        continue; // the lane is not (or no longer) this worker's
+                    };
+                    if let Some(ack) = ack {
+                        state.unacked.push_back((delivery.seq, ack));
+                        state.newest = Some((delivery.seq, pending));
+                    }
+                    return Some(Ok(*delivery));
+                }
+                Event::Pinned { lane, start } => self.on_pinned(lane, start),
+                Event::Lost { lane, why } => self.on_lost(lane, &why),
+                Event::Error(e) => return Some(Err(e)),
+            }
+        }
+    }
+
+    fn pause(&self, lane: Lane<'_>) -> Result<(), String> {
+        if let Some(s) = self.state().get(&(Arc::from(lane.topic), lane.partition)) {
+            s.control.set_paused(true);
+        }
+        Ok(())
+    }
+
+    fn resume(&self, lane: Lane<'_>) -> Result<(), String> {
+        if let Some(s) = self.state().get(&(Arc::from(lane.topic), lane.partition)) {
+            s.control.set_paused(false);
+        }
+        Ok(())
+    }
+
+    fn seek(&self, lane: Lane<'_>, _next: Option<i64>) -> Result<(), String> {
+        // Only a lane restored from a changelog or waiting for tables is sought, and neither
+        // runs on NATS yet: what was delivered meanwhile is dropped by the partition task.
+        Err(format!("{lane}: a lane of a NATS stream cannot be sought"))
+    }
+
+    fn settle(&self, done: &[(Lane<'_>, i64)]) -> Result<(), String> {
+        let mut acks = Vec::new();
+        {
+            let mut lanes = self.state();
+            for (lane, next) in done {
+                if let Some(state) = lanes.get_mut(&(Arc::from(lane.topic), lane.partition)) {
+                    acks.extend(Self::take_acks(state, *next));
+                }
+            }
+        }
+        self.ack(acks)
+    }
+}
+
+impl Drop for NatsSource {
+    /// Stops the lanes' pulls, releases the owned lanes (their tasks finish their batches),
+    /// acknowledges what they committed, and unpins them so another worker takes them now.
+    fn drop(&mut self) {
+        let owned: Vec<(LaneKey, String, String)> = {
+            let lanes = self.state();
+            for s in lanes.values() {
+                s.control.stop();
+            }
+            lanes
+                .iter()
+                .filter(|(_, s)| s.owned)
+                .map(|(k, s)| (k.clone(), s.stream.clone(), s.consumer.clone()))
+                .collect()
+        };
+        for t in lock(&self.tasks).drain(..) {
+            t.abort();
+        }
+        let lanes: Vec<Lane<'_>> = owned
+            .iter()
+            .map(|((topic, lane), _, _)| Lane {
+                topic,
+                partition: *lane,
+            })
+            .collect();
+        let done = self.assignments.revoked(&lanes, false);
+        let mut acks = Vec::new();
+        {
+            let mut state = self.state();
+            for (topic, lane, next) in done {
+                if let Some(s) = state.get_mut(&(topic, lane)) {
+                    acks.extend(Self::take_acks(s, next));
+                }
+            }
+        }
+        if let Err(e) = self.ack(acks) {
+            tracing::warn!("acknowledging the released lanes failed (they are delivered again and skipped): {e}");
+        }
+        let connection = self.connection.clone();
+        self.runtime.block_on(async move {
+            for (_, stream, consumer) in &owned {
+                connection.unpin(stream, consumer).await;
+            }
+        });
+    }
+}
+
+/// The pulls of one lane.
+struct LaneTask {
+    connection: Connection,
+    lane: LaneKey,
+    layout: Layout,
+    consumer: String,
+    control: Arc<LaneControl>,
+    events: std_mpsc::Sender<Event>,
+}
+
+/// How a pull ended.
+enum Pulled {
+    /// Done or expired: pull again.
+    Again,
+    /// The consumer thread is gone.
+    Gone,
+}
+
+impl LaneTask {
+    async fn run(self) {
+        let client = self.connection.client.clone();
+        let inbox = client.new_inbox();
+        let mut replies = match client.subscribe(inbox.clone()).await {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = self.events.send(Event::Error(format!(
+                    "{}/{}: cannot subscribe to its pulls' replies: {e}",
+                    self.lane.0, self.lane.1
+                )));
+                return;
+            }
+        };
+        let next_subject = format!(
+            "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
+            self.layout.stream, self.consumer
+        );
+        // The pin id while the server pins the lane to this worker.
+        let mut pin: Option<String> = None;
+        let keep_alive = self.connection.settings.hand_off / 3;
+        let mut last_pull: Option<Instant> = None;
+        while !self.control.stopped.load(Ordering::SeqCst) {
+            let paused = self.control.paused.load(Ordering::SeqCst) && pin.is_some();
+            if paused {
+                // A paused lane pulls one message now and then, so the pin stays.
+                let due =
+                    last_pull.map_or(Duration::ZERO, |t| keep_alive.saturating_sub(t.elapsed()));
+                if !due.is_zero() {
+                    let changed = self.control.changed.notified();
+                    tokio::select! {
+                        () = changed => {}
+                        () = tokio::time::sleep(due) => {}
+                    }
+                    continue;
+                }
+            }
+            let mut request = serde_json::json!({
+                "batch": if paused { 1 } else { BATCH },
+                "expires": PULL_EXPIRES.as_nanos() as u64,
+                "idle_heartbeat": HEARTBEAT.as_nanos() as u64,
+                "group": GROUP,
+            });
+            if let Some(id) = &pin {
+                request["id"] = id.clone().into();
+            }
+            let sent = client
+                .publish_with_reply(
+                    next_subject.clone(),
+                    inbox.clone(),
+                    request.to_string().into(),
+                )
+                .await;
+            if let Err(e) = sent {
+                self.error(format!("pull failed: {e}"));
+                tokio::time::sleep(RETRY_AFTER).await;
+                continue;
+            }
+            last_pull = Some(Instant::now());
+            let batch = if paused { 1 } else { BATCH };
+            match self.take_pull(&mut replies, batch, &mut pin).await {
+                Pulled::Again => {}
+                Pulled::Gone => return,
+            }
+        }
+    }
+
+    fn error(&self, message: String) {
+        let _ = self.events.send(Event::Error(format!(
+            "{}/{}: {message}",
+            self.lane.0, self.lane.1
+        )));
+    }
+
+    /// Takes one pull's replies: up to `batch` messages, heartbeats, and how it ended.
+    async fn take_pull(
+        &self,
+        replies: &mut async_nats::Subscriber,
+        batch: usize,
+        pin: &mut Option<String>,
+    ) -> Pulled {
+        let mut got = 0;
+        while got < batch {
+            let message =
+                match tokio::time::timeout(PULL_EXPIRES + HEARTBEAT * 4, replies.next()).await {
+                    Ok(Some(m)) => m,
+                    Ok(None) => return Pulled::Gone,
+                    // No heartbeat: the connection is down or being re-established; pull again.
+                    Err(_) => return Pulled::Again,
+                };
+            if let Some(status) = message.status {
+                match status.as_u16() {
+                    100 => continue,
+                    404 | 408 => return Pulled::Again,
+                    423 => {
+                        if pin.take().is_some() {
+                            let why = message
+                                .description
+                                .unwrap_or_else(|| "pinned to another client".into());
+                            if self
+                                .events
+                                .send(Event::Lost {
+                                    lane: self.lane.clone(),
+                                    why,
+                                })
+                                .is_err()
+                            {
+                                return Pulled::Gone;
+                            }
+                        }
+                        return Pulled::Again;
+                    }
+                    code => {
+                        let description = message.description.unwrap_or_default();
+                        if code != 409
+                            || !description.to_ascii_lowercase().contains("batch completed")
+                        {
+                            self.error(format!("pull answered {code} {description}"));
+                            tokio::time::sleep(RETRY_AFTER).await;
+                        }
+                        return Pulled::Again;
+                    }
+                }
+            }
+            got += 1;
+            let Some(info) = message.reply.as_deref().and_then(names::ack_info) else {
+                self.error(format!(
+                    "a message without an acknowledgement subject on {}",
+                    message.subject
+                ));
+                continue;
+            };
+            let header_pin = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(PIN_HEADER))
+                .map(|v| v.as_str().to_owned());
+            let Some(header_pin) = header_pin else {
+                self.error(format!(
+                    "message {} came without {PIN_HEADER}: the server ignores priority groups (nats-server 2.11 or newer is needed)",
+                    info.stream_seq
+                ));
+                tokio::time::sleep(RETRY_AFTER).await;
+                return Pulled::Again;
+            };
+            if pin.as_deref() != Some(header_pin.as_str()) {
+                *pin = Some(header_pin);
+                if !self.pinned(info.stream_seq).await {
+                    return Pulled::Gone;
+                }
+            }
+            let ack = message.reply.clone();
+            if !self.forward(message, info, ack) {
+                return Pulled::Gone;
+            }
+        }
+        Pulled::Again
+    }
+
+    /// The lane is this worker's from the message at `first` on: the consumer thread opens
+    /// its store and says where it starts; what lies between that and `first` is read again
+    /// from the stream. False if the consumer thread is gone.
+    async fn pinned(&self, first: i64) -> bool {
+        let (tx, rx) = oneshot::channel();
+        let asked = Event::Pinned {
+            lane: self.lane.clone(),
+            start: tx,
+        };
+        if self.events.send(asked).is_err() {
+            return false;
+        }
+        let Ok(next) = rx.await else {
+            return false;
+        };
+        if next.is_some_and(|n| n >= first) {
+            return true;
+        }
+        match self.replay(next, first).await {
+            Ok(n) => {
+                if n > 0 {
+                    tracing::info!(topic = %self.lane.0, lane = self.lane.1, from = ?next, to = first, messages = n, "read the lane's messages before the consumer's position again");
+                }
+                true
+            }
+            Err(e) => {
+                self.error(format!(
+                    "reading the lane from {next:?} to {first} failed: {e}"
+                ));
+                true
+            }
+        }
+    }
+
+    /// Sends the lane's messages from `from` (`None`: its start) up to before `until`, read
+    /// with an ordered consumer; how many.
+    async fn replay(&self, from: Option<i64>, until: i64) -> Result<usize, String> {
+        let stream = self
+            .connection
+            .js
+            .get_stream(&self.layout.stream)
+            .await
+            .map_err(|e| e.to_string())?;
+        let deliver_policy = match from {
+            Some(n) => DeliverPolicy::ByStartSequence {
+                start_sequence: n.max(1) as u64,
+            },
+            None => DeliverPolicy::All,
+        };
+        let consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: names::lane_filter(
+                    &self.layout.stream,
+                    self.lane.1,
+                    self.layout.partitioned,
+                ),
+                deliver_policy,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+        let mut sent = 0;
+        loop {
+            let next = tokio::time::timeout(REPLAY_WAIT, messages.next()).await;
+            let message = match next {
+                Ok(Some(m)) => m.map_err(|e| e.to_string())?,
+                Ok(None) => return Ok(sent),
+                Err(_) => return Err(format!("no message within {REPLAY_WAIT:?}")),
+            };
+            let info = message.info().map_err(|e| e.to_string())?;
+            let info = AckInfo {
+                stream_seq: info.stream_sequence as i64,
+                timestamp_ms: (info.published.unix_timestamp_nanos() / 1_000_000) as i64,
+                pending: info.pending as i64,
+            };
+            if info.stream_seq >= until {
+                return Ok(sent);
+            }
+            let last = info.pending == 0;
+            if !self.forward(message.message, info, None) {
+                return Ok(sent);
+            }
+            sent += 1;
+            if last {
+                return Ok(sent);
+            }
+        }
+    }
+
+    /// Hands `message` to the consumer thread; false if it is gone.
+    fn forward(&self, message: Message, info: AckInfo, ack: Option<Subject>) -> bool {
+        let delivery = Delivery {
+            topic: Arc::clone(&self.lane.0),
+            lane: self.lane.1,
+            seq: info.stream_seq,
+            timestamp_ms: info.timestamp_ms,
+            key: names::key_of(
+                &self.layout.stream,
+                &message.subject,
+                self.layout.partitioned,
+            ),
+            message,
+        };
+        self.events
+            .send(Event::Message {
+                delivery: Box::new(delivery),
+                ack,
+                pending: info.pending,
+            })
+            .is_ok()
+    }
+}

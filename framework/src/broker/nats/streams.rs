@@ -1,0 +1,120 @@
+//! The streams behind topics: read as they are, or created with weir's partition transform.
+
+use std::time::Duration;
+
+use async_nats::jetstream::context::GetStreamErrorKind;
+use async_nats::jetstream::stream::{Config, StorageType, SubjectTransform};
+use async_nats::jetstream::ErrorCode;
+
+use super::{names, Connection};
+use crate::broker::WantedTopic;
+use crate::error::{Error, Result};
+
+/// How long the stream drops a message whose `Nats-Msg-Id` it has seen (the server's
+/// default): an outbox row sent again within it lands once.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// A topic's stream as weir reads it.
+#[derive(Debug, Clone)]
+pub(crate) struct Layout {
+    pub(crate) stream: String,
+    pub(crate) lanes: i32,
+    /// The stream has weir's partition transform (else it is one lane).
+    pub(crate) partitioned: bool,
+}
+
+impl Connection {
+    /// Reads `topic`'s stream, creating it (file storage, [`Settings::partitions`] lanes) when
+    /// it is missing and `create` says so; `None` when it is missing and not created.
+    ///
+    /// [`Settings::partitions`]: super::Settings::partitions
+    pub(crate) async fn stream(&self, topic: &str, create: bool) -> Result<Option<Layout>> {
+        if let Some(layout) = self.layout(topic) {
+            return Ok(Some(layout));
+        }
+        let stream = names::stream_of(topic);
+        let config = match self.js.get_stream(&stream).await {
+            Ok(s) => s.cached_info().config.clone(),
+            Err(e) => {
+                let missing = matches!(e.kind(), GetStreamErrorKind::JetStream(j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND);
+                if !missing {
+                    return Err(Error::config(
+                        "brokers (WEIR_BROKERS)",
+                        format!("cannot read stream {stream} (of topic {topic}): {e}; is JetStream enabled on the server?"),
+                    ));
+                }
+                if !create {
+                    return Ok(None);
+                }
+                self.create(&stream, self.settings.partitions).await?
+            }
+        };
+        let lanes = config
+            .subject_transform
+            .as_ref()
+            .and_then(|t| names::lanes_of_transform(&stream, &t.source, &t.destination));
+        let layout = Layout {
+            stream,
+            lanes: lanes.unwrap_or(1),
+            partitioned: lanes.is_some(),
+        };
+        self.streams
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(topic.to_owned(), layout.clone());
+        Ok(Some(layout))
+    }
+
+    async fn create(&self, stream: &str, lanes: i32) -> Result<Config> {
+        let (source, destination) = names::partition_transform(stream, lanes);
+        let config = Config {
+            name: stream.to_owned(),
+            subjects: vec![format!("{stream}.>")],
+            subject_transform: Some(SubjectTransform {
+                source,
+                destination,
+            }),
+            storage: StorageType::File,
+            duplicate_window: DUPLICATE_WINDOW,
+            ..Default::default()
+        };
+        match self.js.create_stream(config.clone()).await {
+            Ok(_) => {
+                tracing::info!(%stream, lanes, "stream created");
+                Ok(config)
+            }
+            // Another worker created it first: read what it made.
+            Err(_) if self.js.get_stream(stream).await.is_ok() => {
+                let s = self.js.get_stream(stream).await.map_err(super::error)?;
+                Ok(s.cached_info().config.clone())
+            }
+            Err(e) => Err(Error::config(
+                "brokers (WEIR_BROKERS)",
+                format!("cannot create stream {stream}: {e}"),
+            )),
+        }
+    }
+
+    /// Creates the missing streams of `wanted` (dead letters, late records), with as many
+    /// lanes as the largest stream they are like; failures are warnings, as on Kafka.
+    pub(crate) async fn create_missing(&self, wanted: Vec<WantedTopic>) {
+        for w in wanted {
+            let like =
+                futures::future::join_all(w.partitions_like.iter().map(|t| self.stream(t, false)))
+                    .await;
+            let lanes = like
+                .into_iter()
+                .filter_map(|l| l.ok().flatten())
+                .map(|l| l.lanes)
+                .max()
+                .unwrap_or(self.settings.partitions);
+            let stream = names::stream_of(&w.name);
+            let exists = self.js.get_stream(&stream).await.is_ok();
+            if !exists {
+                if let Err(e) = self.create(&stream, lanes).await {
+                    tracing::warn!(topic = %w.name, kind = w.kind, "{e}");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! The NATS test server (nats-server with JetStream, started by `scripts/nats.sh`; its URL in
+//! `WEIR_TEST_NATS`), streams laid out as weir's contract says, and publishing to them.
+
+use std::path::Path;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use weir::prelude::*;
+
+/// The environment variable with the NATS test server's URL.
+pub const NATS_ENV: &str = "WEIR_TEST_NATS";
+
+/// The NATS test server's URL. Panics, saying how to start it, when it is not set.
+pub fn nats_url() -> String {
+    std::env::var(NATS_ENV).unwrap_or_else(|_| {
+        panic!("{NATS_ENV} is not set: start the server with scripts/nats.sh start and set {NATS_ENV}=nats://127.0.0.1:14222 (scripts/test.sh does both)")
+    })
+}
+
+/// A client of the test server.
+pub async fn nats_client() -> async_nats::Client {
+    async_nats::connect(nats_url())
+        .await
+        .expect("connect to the NATS test server")
+}
+
+/// Creates stream `topic` with `lanes` lanes, as the README tells a user to: subjects
+/// `topic.>`, and `topic.*` put into lane `partition(lanes)` of the key token.
+pub async fn create_nats_stream(topic: &str, lanes: i32) {
+    let js = jetstream::new(nats_client().await);
+    js.create_stream(stream::Config {
+        name: topic.to_owned(),
+        subjects: vec![format!("{topic}.>")],
+        subject_transform: Some(stream::SubjectTransform {
+            source: format!("{topic}.*"),
+            destination: format!("{topic}.{{{{partition({lanes},1)}}}}.{{{{wildcard(1)}}}}"),
+        }),
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .expect("create the stream");
+}
+
+/// Publishes `records` (key, value) to `topic`'s stream, key as the subject's last token,
+/// and waits until every one is acknowledged.
+pub async fn nats_publish(topic: &str, records: &[(String, String)]) {
+    let js = jetstream::new(nats_client().await);
+    let mut acks = Vec::with_capacity(records.len());
+    for (key, value) in records {
+        let ack = js
+            .publish(format!("{topic}.{key}"), value.clone().into())
+            .await
+            .expect("publish");
+        acks.push(ack);
+        if acks.len() >= 1000 {
+            for a in acks.drain(..) {
+                a.await.expect("acknowledged");
+            }
+        }
+    }
+    for a in acks {
+        a.await.expect("acknowledged");
+    }
+}
+
+/// A worker of `group` on the NATS test server reading `topic`, with its stores in
+/// `state_dir`, handing a dead worker's lanes over after 3 s.
+pub fn nats_worker(group: &str, topic: &str, state_dir: &Path) -> weir::WorkerBuilder {
+    Worker::builder()
+        .brokers(nats_url())
+        .group(group)
+        .topic(topic)
+        .state_dir(state_dir)
+        .hand_off(Duration::from_secs(3))
+}
