@@ -64,3 +64,198 @@ async fn one_worker_counts_exactly_and_resumes_at_its_position() {
     let stored = StoredCounts::read(dir.path(), &group, &topic);
     assert_counts_exact(&stored.counts, &expected_counts(&all));
 }
+
+/// Per lane, the counts and position of the store (among `dirs`) with the highest position;
+/// a store that cannot be read yet (a worker is creating it) is passed over.
+fn newest_stores(
+    dirs: &[tempfile::TempDir],
+    group: &str,
+    topic: &str,
+) -> (
+    std::collections::BTreeMap<String, u64>,
+    std::collections::BTreeMap<i32, i64>,
+) {
+    let mut best: std::collections::BTreeMap<i32, (i64, std::collections::BTreeMap<String, u64>)> =
+        Default::default();
+    for dir in dirs {
+        for (lane, path) in store_files(dir.path(), group, topic) {
+            let Ok(store) = weir_state::StoreReader::open(&path) else {
+                continue;
+            };
+            let Ok(Some(next)) = store.next_offset(topic, lane) else {
+                continue;
+            };
+            if best.get(&lane).is_some_and(|(n, _)| *n >= next) {
+                continue;
+            }
+            let Ok(entries) = store.entries::<String, u64>(COUNTS) else {
+                continue;
+            };
+            best.insert(lane, (next, entries.into_iter().collect()));
+        }
+    }
+    let mut counts = std::collections::BTreeMap::new();
+    let mut positions = std::collections::BTreeMap::new();
+    for (lane, (next, entries)) in best {
+        positions.insert(lane, next);
+        for (k, v) in entries {
+            *counts.entry(k).or_insert(0) += v;
+        }
+    }
+    (counts, positions)
+}
+
+/// Three worker processes, each with its own state dir (three machines), while records keep
+/// coming: a random one is SIGKILLed and restarted each round, every third restart with its
+/// state dir emptied. The server moves a dead worker's lanes to the others; a worker that
+/// gets a lane back reads it again from its own stored position. At the end, per lane, the
+/// store with the highest position counts exactly that lane's records, and every worker stops
+/// cleanly. Says how long the hand-off after a SIGKILL took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_count_exactly_under_sigkills() {
+    const ROUNDS: usize = 6;
+    const PER_ROUND: usize = 3_000;
+    let (topic, group) = (unique("nats-kill"), unique("g"));
+    create_nats_stream(&topic, 4).await;
+    let dirs: Vec<tempfile::TempDir> = (0..3)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    // Kept after the test: the workers' logs, for a failure's story.
+    let logs = tempfile::Builder::new()
+        .prefix("nats-kill-logs-")
+        .tempdir()
+        .expect("tempdir")
+        .keep();
+    eprintln!("worker logs in {}", logs.display());
+    let mut starts = 0;
+    let mut start = |i: usize| {
+        starts += 1;
+        let log = std::fs::File::create(logs.join(format!("{i}-{starts:03}.log"))).expect("log");
+        worker_command(env!("CARGO_BIN_EXE_count-worker"))
+            .env("WEIR_BROKERS", nats_url())
+            .env("WEIR_GROUP", &group)
+            .env("WEIR_TOPICS", &topic)
+            .env("WEIR_STATE_DIR", dirs[i].path())
+            .env("WEIR_HAND_OFF_MS", "3000")
+            .env("WEIR_BATCH_SIZE", "200")
+            .env("WEIR_PROGRESS_INTERVAL_MS", "0")
+            .env("COUNT_WORKER_DELAY_US", "200")
+            .env(
+                "RUST_LOG",
+                "warn,weir::broker=info,weir::runtime::rebalance=info",
+            )
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn count-worker")
+    };
+    let mut children: Vec<std::process::Child> = (0..3).map(&mut start).collect();
+    let mut all = Vec::new();
+    let mut rng = 0x9e37_79b9_7f4a_7c15_u64 ^ u64::from(std::process::id());
+    let mut hand_offs = Vec::new();
+    for round in 0..ROUNDS {
+        let records = keyed_records(round * PER_ROUND, PER_ROUND, 200);
+        nats_publish(&topic, &records).await;
+        all.extend(records);
+        // Let some of the round be processed, then kill a worker in the middle of it.
+        let want = (all.len() - PER_ROUND / 2) as u64;
+        wait_until(
+            "half the round counted",
+            Duration::from_secs(60),
+            || async {
+                let (counts, positions) = newest_stores(&dirs, &group, &topic);
+                let total: u64 = counts.values().sum();
+                if total >= want {
+                    Ok(())
+                } else {
+                    Err(format!("{total} counted, positions {positions:?}"))
+                }
+            },
+        )
+        .await;
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        // A worker that owns lanes now (its newest log assigned more than it released).
+        let owners: Vec<usize> = (0..3)
+            .filter(|i| {
+                let newest = std::fs::read_dir(&logs)
+                    .expect("logs")
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| {
+                        p.file_name()
+                            .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{i}-")))
+                    })
+                    .max();
+                let log = newest
+                    .map(std::fs::read_to_string)
+                    .transpose()
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
+                log.matches("partition assigned").count()
+                    > log.matches("partition released").count()
+            })
+            .collect();
+        assert!(
+            !owners.is_empty(),
+            "no worker owns a lane; logs in {}",
+            logs.display()
+        );
+        let victim = owners[(rng % owners.len() as u64) as usize];
+        let _ = children[victim].kill();
+        let _ = children[victim].wait();
+        let killed = Instant::now();
+        if round % 3 == 2 {
+            std::fs::remove_dir_all(dirs[victim].path().join(&group)).expect("empty the state dir");
+        }
+        // The others take its lanes: everything published so far gets counted.
+        let expected = expected_counts(&all);
+        wait_until(
+            "the killed worker's lanes counted by the others",
+            Duration::from_secs(60),
+            || async {
+                let (counts, positions) = newest_stores(&dirs, &group, &topic);
+                if counts == expected {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{} of {} counted, positions {positions:?}",
+                        counts.values().sum::<u64>(),
+                        all.len()
+                    ))
+                }
+            },
+        )
+        .await;
+        hand_offs.push(killed.elapsed());
+        children[victim] = start(victim);
+    }
+    let expected = expected_counts(&all);
+    wait_until("every record counted", Duration::from_secs(60), || async {
+        let (counts, _) = newest_stores(&dirs, &group, &topic);
+        if counts == expected {
+            Ok(())
+        } else {
+            Err(format!("{} of {}", counts.values().sum::<u64>(), all.len()))
+        }
+    })
+    .await;
+    for mut child in children {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let status = child.wait().expect("wait");
+        assert!(
+            status.success(),
+            "a worker did not stop cleanly: {status}; logs in {}",
+            logs.display()
+        );
+    }
+    let (counts, positions) = newest_stores(&dirs, &group, &topic);
+    assert_counts_exact(&counts, &expected);
+    assert_eq!(positions.len(), 4, "{positions:?}");
+    eprintln!("hand-offs after SIGKILLs of lane owners (hand_off 3 s): {hand_offs:?}");
+}

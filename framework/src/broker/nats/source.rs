@@ -246,6 +246,24 @@ impl Connection {
         Ok(name)
     }
 
+    /// The newest stream sequence `consumer` delivered (to any client).
+    async fn delivered(&self, stream: &str, consumer: &str) -> Result<i64, String> {
+        let subject = format!("$JS.API.CONSUMER.INFO.{stream}.{consumer}");
+        let answer = self
+            .client
+            .request(subject, Default::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let info: serde_json::Value =
+            serde_json::from_slice(&answer.payload).map_err(|e| e.to_string())?;
+        if let Some(e) = info.get("error") {
+            return Err(e.to_string());
+        }
+        info.pointer("/delivered/stream_seq")
+            .and_then(serde_json::Value::as_i64)
+            .ok_or_else(|| format!("consumer info without delivered.stream_seq: {info}"))
+    }
+
     /// Asks the server to pin `consumer`'s lane to another client (a graceful hand-off).
     async fn unpin(&self, stream: &str, consumer: &str) {
         let subject = format!("$JS.API.CONSUMER.UNPIN.{stream}.{consumer}");
@@ -680,8 +698,11 @@ impl LaneTask {
     }
 
     /// The lane is this worker's from the message at `first` on: the consumer thread opens
-    /// its store and says where it starts; what lies between that and `first` is read again
-    /// from the stream. False if the consumer thread is gone.
+    /// its store and says where it starts. Everything the consumer delivered before (to this
+    /// worker or to an earlier owner) is read again from the stream from there on: the
+    /// server redelivers what an earlier owner left unacknowledged mixed with new messages,
+    /// not before them, so the consumer's deliveries are in order only past that point.
+    /// False if the consumer thread is gone.
     async fn pinned(&self, first: i64) -> bool {
         let (tx, rx) = oneshot::channel();
         let asked = Event::Pinned {
@@ -694,34 +715,65 @@ impl LaneTask {
         let Ok(next) = rx.await else {
             return false;
         };
-        if next.is_some_and(|n| n >= first) {
+        let delivered = loop {
+            match self
+                .connection
+                .delivered(&self.layout.stream, &self.consumer)
+                .await
+            {
+                Ok(d) => break d,
+                Err(e) => {
+                    self.error(format!("reading its consumer's position failed (trying again in {RETRY_AFTER:?}): {e}"));
+                    if self.control.stopped.load(Ordering::SeqCst) {
+                        return false;
+                    }
+                    tokio::time::sleep(RETRY_AFTER).await;
+                }
+            }
+        };
+        let until = first.max(delivered + 1);
+        if next.is_some_and(|n| n >= until) {
             return true;
         }
-        match self.replay(next, first).await {
-            Ok(n) => {
-                if n > 0 {
-                    tracing::info!(topic = %self.lane.0, lane = self.lane.1, from = ?next, to = first, messages = n, "read the lane's messages before the consumer's position again");
+        // Until it is read whole: a lane that went on past a gap would skip records.
+        let mut from = next;
+        loop {
+            match self.replay(from, until).await {
+                Ok((n, _)) if n == 0 && from == next => return true,
+                Ok((n, _)) => {
+                    tracing::info!(topic = %self.lane.0, lane = self.lane.1, from = ?next, until, messages = n, "read the lane again from its stored position up to where its consumer stands");
+                    return true;
                 }
-                true
-            }
-            Err(e) => {
-                self.error(format!(
-                    "reading the lane from {next:?} to {first} failed: {e}"
-                ));
-                true
+                Err((e, read_up_to)) => {
+                    from = read_up_to.map(|n| n + 1).or(from);
+                    self.error(format!(
+                        "reading the lane again from {from:?} up to {until} failed (trying again in {RETRY_AFTER:?}): {e}"
+                    ));
+                    if self.control.stopped.load(Ordering::SeqCst) {
+                        return false;
+                    }
+                    tokio::time::sleep(RETRY_AFTER).await;
+                }
             }
         }
     }
 
     /// Sends the lane's messages from `from` (`None`: its start) up to before `until`, read
-    /// with an ordered consumer; how many.
-    async fn replay(&self, from: Option<i64>, until: i64) -> Result<usize, String> {
+    /// with an ordered consumer: how many, and the last one's sequence. On error, the error
+    /// and the last sequence sent.
+    async fn replay(
+        &self,
+        from: Option<i64>,
+        until: i64,
+    ) -> Result<(usize, Option<i64>), (String, Option<i64>)> {
+        let mut last = None;
+        let failed = |e: String, last: Option<i64>| (e, last);
         let stream = self
             .connection
             .js
             .get_stream(&self.layout.stream)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| failed(e.to_string(), None))?;
         let deliver_policy = match from {
             Some(n) => DeliverPolicy::ByStartSequence {
                 start_sequence: n.max(1) as u64,
@@ -739,32 +791,37 @@ impl LaneTask {
                 ..Default::default()
             })
             .await
-            .map_err(|e| e.to_string())?;
-        let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+            .map_err(|e| failed(e.to_string(), None))?;
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| failed(e.to_string(), None))?;
         let mut sent = 0;
         loop {
             let next = tokio::time::timeout(REPLAY_WAIT, messages.next()).await;
             let message = match next {
-                Ok(Some(m)) => m.map_err(|e| e.to_string())?,
-                Ok(None) => return Ok(sent),
-                Err(_) => return Err(format!("no message within {REPLAY_WAIT:?}")),
+                Ok(Some(Ok(m))) => m,
+                Ok(Some(Err(e))) => return Err(failed(e.to_string(), last)),
+                Ok(None) => return Err(failed("the stream's messages ended".into(), last)),
+                Err(_) => return Err(failed(format!("no message within {REPLAY_WAIT:?}"), last)),
             };
-            let info = message.info().map_err(|e| e.to_string())?;
+            let info = message.info().map_err(|e| failed(e.to_string(), last))?;
             let info = AckInfo {
                 stream_seq: info.stream_sequence as i64,
                 timestamp_ms: (info.published.unix_timestamp_nanos() / 1_000_000) as i64,
                 pending: info.pending as i64,
             };
             if info.stream_seq >= until {
-                return Ok(sent);
+                return Ok((sent, last));
             }
-            let last = info.pending == 0;
+            let done = info.pending == 0;
             if !self.forward(message.message, info, None) {
-                return Ok(sent);
+                return Ok((sent, last));
             }
             sent += 1;
-            if last {
-                return Ok(sent);
+            last = Some(info.stream_seq);
+            if done {
+                return Ok((sent, last));
             }
         }
     }
