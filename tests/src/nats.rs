@@ -74,3 +74,44 @@ pub fn nats_worker(group: &str, topic: &str, state_dir: &Path) -> weir::WorkerBu
         .state_dir(state_dir)
         .hand_off(Duration::from_secs(3))
 }
+
+fn nats_client_py(args: &[&str]) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/py/nats_client.py");
+    let out = std::process::Command::new(crate::python())
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("run nats_client.py");
+    assert!(
+        out.status.success(),
+        "nats_client.py {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Publishes `count` records to `topic` with Python's nats-py (key `k{i % 50}`, value `v{i}`,
+/// header `origin: python`, `Nats-Msg-Id: py-{i}`, record 0 twice); the number of distinct
+/// records the stream took.
+pub fn python_nats_publish(topic: &str, count: usize) -> usize {
+    let out = nats_client_py(&["publish", &nats_url(), topic, &count.to_string()]);
+    out.trim().parse().expect("a count")
+}
+
+/// Reads `stream` from its start with Python's nats-py until `count` messages came or
+/// `wait` passed: each message's subject, data, headers and sequence.
+pub fn python_nats_read(stream: &str, count: usize, wait: Duration) -> Vec<serde_json::Value> {
+    let wait = wait.as_secs_f64().to_string();
+    let out = nats_client_py(&[
+        "read",
+        &nats_url(),
+        stream,
+        &count.to_string(),
+        "--wait",
+        &wait,
+    ]);
+    out.lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}

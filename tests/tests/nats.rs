@@ -259,3 +259,90 @@ async fn three_workers_count_exactly_under_sigkills() {
     assert_eq!(positions.len(), 4, "{positions:?}");
     eprintln!("hand-offs after SIGKILLs of lane owners (hand_off 3 s): {hand_offs:?}");
 }
+
+/// Records published by Python's nats-py (with a header and a `Nats-Msg-Id`; one published
+/// twice, which the stream drops) are counted exactly, in a stream weir created itself; what
+/// weir emits lands in a stream it creates on first use, and nats-py reads each emit once,
+/// with weir's headers and a `Nats-Msg-Id`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_publishes_and_reads_what_weir_emits() {
+    use weir_tests::tally::{tallies_topic, Tally, TallyHandler, TALLIES};
+    let (topic, group) = (unique("nats-py"), unique("g"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let worker = nats_worker(&group, &topic, dir.path())
+        .build(TallyHandler::default())
+        .expect("build worker");
+    let running = RunningWorker::spawn(worker);
+    // The worker makes the stream at start.
+    let client = nats_client().await;
+    let js = async_nats::jetstream::new(client);
+    wait_until(
+        "the worker made its stream",
+        Duration::from_secs(30),
+        || {
+            let js = js.clone();
+            let topic = topic.clone();
+            async move {
+                js.get_stream(&topic)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        python_nats_publish(&topic, 300),
+        300,
+        "the stream dropped the duplicate"
+    );
+
+    let emitted = python_nats_read(&tallies_topic(&topic), 300, Duration::from_secs(30));
+    running.stop_cleanly().await;
+    assert_eq!(
+        emitted.len(),
+        300,
+        "one emit per record: {:?}",
+        emitted.last()
+    );
+    let mut tallies_stream = js
+        .get_stream(tallies_topic(&topic))
+        .await
+        .expect("the emits' stream");
+    let held = tallies_stream
+        .info()
+        .await
+        .expect("stream info")
+        .state
+        .messages;
+    assert_eq!(held, 300, "the emits' stream holds each emit once");
+    let mut ids = std::collections::BTreeSet::new();
+    for e in &emitted {
+        let headers = &e["headers"];
+        assert_eq!(headers["weir.source.topic"], topic.as_str(), "{e}");
+        assert_eq!(
+            headers["origin"],
+            serde_json::Value::Null,
+            "emits carry their own headers: {e}"
+        );
+        let id = headers["Nats-Msg-Id"].as_str().expect("a Nats-Msg-Id");
+        assert!(ids.insert(id.to_owned()), "ids are distinct: {id}");
+        let subject = e["subject"].as_str().expect("subject");
+        assert!(
+            subject.starts_with(&format!("{}.", tallies_topic(&topic))),
+            "{subject}"
+        );
+    }
+    let mut tallies: std::collections::BTreeMap<String, u64> = Default::default();
+    for (_, path) in store_files(dir.path(), &group, &topic) {
+        let store = weir_state::StoreReader::open(&path).expect("open store");
+        for (k, t) in store.entries::<String, Tally>(TALLIES).expect("entries") {
+            tallies.insert(k, t.count);
+        }
+    }
+    assert_eq!(tallies.len(), 50, "{tallies:?}");
+    assert!(
+        tallies.values().all(|c| *c == 6),
+        "each key counted 6 times: {tallies:?}"
+    );
+}

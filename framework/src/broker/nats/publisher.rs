@@ -34,19 +34,35 @@ impl Publisher {
             message = message.message_id(id);
         }
         let failed = |kind: Option<PublishErrorKind>, message: String| SendError {
-            // Nothing takes the subject (the stream is missing): sending again fails the
-            // same way until someone creates it.
+            // Nothing takes the subject (the stream is missing and cannot be made): sending
+            // again fails the same way until someone creates it.
             permanent: kind == Some(PublishErrorKind::StreamNotFound),
             message: format!("publishing to {subject}: {message}"),
         };
-        let ack = self
-            .0
-            .js
-            .send_publish(subject.clone(), message)
-            .await
-            .map_err(|e| failed(Some(e.kind()), e.to_string()))?;
-        ack.await
-            .map(|_| ())
-            .map_err(|e| failed(Some(e.kind()), e.to_string()))
+        match self.publish(&subject, message.clone()).await {
+            Err(e) if e.kind() == PublishErrorKind::StreamNotFound => {
+                // A topic no stream takes yet (a handler's emits): made as weir makes its
+                // topics' streams, then sent again.
+                self.0.stream(r.topic, true).await.map_err(|e| {
+                    failed(
+                        None,
+                        format!("no stream takes it, and making one failed: {e}"),
+                    )
+                })?;
+                self.publish(&subject, message)
+                    .await
+                    .map_err(|e| failed(Some(e.kind()), e.to_string()))
+            }
+            other => other.map_err(|e| failed(Some(e.kind()), e.to_string())),
+        }
+    }
+
+    async fn publish(
+        &self,
+        subject: &str,
+        message: PublishMessage,
+    ) -> Result<(), async_nats::jetstream::context::PublishError> {
+        let ack = self.0.js.send_publish(subject.to_owned(), message).await?;
+        ack.await.map(|_| ())
     }
 }
