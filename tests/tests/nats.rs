@@ -346,3 +346,97 @@ async fn python_publishes_and_reads_what_weir_emits() {
         "each key counted 6 times: {tallies:?}"
     );
 }
+
+/// Emits sent again (a worker crashed after the stream took them and before their outbox
+/// rows were deleted: here, rows put back into a stopped worker's store) land once: each
+/// carries the `Nats-Msg-Id` it had the first time, and the stream drops the copies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emits_sent_again_land_once() {
+    use weir_tests::tally::{tallies_topic, TallyHandler};
+    let (topic, group) = (unique("nats-resend"), unique("g"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    create_nats_stream(&topic, 2).await;
+    nats_publish(&topic, &keyed_records(0, 100, 10)).await;
+    let run = || {
+        let worker = nats_worker(&group, &topic, dir.path())
+            .build(TallyHandler::default())
+            .expect("build worker");
+        RunningWorker::spawn(worker)
+    };
+    let running = run();
+    let emitted = python_nats_read(&tallies_topic(&topic), 100, Duration::from_secs(30));
+    running.stop_cleanly().await;
+    assert_eq!(emitted.len(), 100);
+
+    // Lane 0's emits go back into its store's outbox, as if never acknowledged.
+    let stream = tallies_topic(&topic);
+    let source_lane = |e: &serde_json::Value| e["headers"]["weir.source.partition"] == "0";
+    let again: Vec<weir_state::OutboxRecord> = emitted
+        .iter()
+        .filter(|e| source_lane(e))
+        .map(|e| {
+            let subject = e["subject"].as_str().expect("subject");
+            let key = subject.rsplit('.').next().expect("a key token");
+            let headers = e["headers"]
+                .as_object()
+                .expect("headers")
+                .iter()
+                .filter(|(k, _)| *k != "Nats-Msg-Id" && *k != "weir.source.acked_below")
+                .map(|(k, v)| (k.clone(), v.as_str().expect("text").as_bytes().to_vec()))
+                .collect();
+            weir_state::OutboxRecord {
+                topic: stream.clone(),
+                partition: None,
+                key: Some(key.as_bytes().to_vec()),
+                value: Some(e["data"].as_str().expect("data").as_bytes().to_vec()),
+                headers,
+                timestamp: None,
+            }
+        })
+        .collect();
+    assert!(!again.is_empty(), "lane 0 emitted");
+    let key = again[0].key.clone().expect("key");
+    let store_path = store_files(dir.path(), &group, &topic)[&0].clone();
+    {
+        let store = weir_state::PartitionStore::open(&store_path).expect("open the store");
+        let next = store
+            .next_offset(&topic, 0)
+            .expect("offset")
+            .expect("a position");
+        let mut rows = weir_state::WriteSet::default();
+        for r in &again {
+            rows.emit(r.clone());
+        }
+        store
+            .commit(&rows, &topic, 0, next)
+            .expect("put the rows back");
+    }
+    // One more record of lane 0, so the worker takes the lane (and sends its outbox first).
+    let key = String::from_utf8(key).expect("utf-8 key");
+    nats_publish(&topic, &[(key, "v100".into())]).await;
+    let running = run();
+    let emitted = python_nats_read(&stream, 101, Duration::from_secs(30));
+    assert_eq!(emitted.len(), 101, "the new record's emit came");
+    running.stop_cleanly().await;
+    let js = async_nats::jetstream::new(nats_client().await);
+    let held = js
+        .get_stream(&stream)
+        .await
+        .expect("stream")
+        .info()
+        .await
+        .expect("info")
+        .state
+        .messages;
+    assert_eq!(
+        held,
+        101,
+        "{} emits were sent again; the stream holds each once",
+        again.len()
+    );
+    let outbox = weir_state::PartitionStore::open(&store_path)
+        .expect("open the store")
+        .pending_outbox(10)
+        .expect("outbox");
+    assert!(outbox.is_empty(), "the rows went out: {outbox:?}");
+}
