@@ -440,3 +440,55 @@ async fn emits_sent_again_land_once() {
         .expect("outbox");
     assert!(outbox.is_empty(), "the rows went out: {outbox:?}");
 }
+
+/// A record the handler keeps failing on goes, after its attempts, to the dead-letter
+/// topic's stream (`<topic>_dlq`: subjects outside `<topic>.>`, so it cannot loop back) with
+/// weir's error headers; the other records are counted exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_record_is_dead_lettered_to_its_own_stream() {
+    let (topic, group) = (unique("nats-dlq"), unique("g"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    create_nats_stream(&topic, 2).await;
+    let mut records = keyed_records(0, 200, 20);
+    records.insert(100, ("k3".into(), "poison".into()));
+    nats_publish(&topic, &records).await;
+    let worker = nats_worker(&group, &topic, dir.path())
+        .retry(TWO_QUICK_ATTEMPTS)
+        .build(CountHandler::with_poison("poison", u64::MAX))
+        .expect("build worker");
+    let running = RunningWorker::spawn(worker);
+    let counted: Vec<_> = records
+        .iter()
+        .filter(|(_, v)| v != "poison")
+        .cloned()
+        .collect();
+    wait_for_counts(
+        dir.path(),
+        &group,
+        &topic,
+        &expected_counts(&counted),
+        Duration::from_secs(60),
+    )
+    .await;
+    let dlq = format!("{topic}_dlq");
+    let letters = python_nats_read(&dlq, 1, Duration::from_secs(30));
+    running.stop_cleanly().await;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let letter = &letters[0];
+    assert_eq!(letter["data"], "poison");
+    assert_eq!(
+        letter["subject"]
+            .as_str()
+            .map(|s| s.starts_with(&format!("{dlq}."))),
+        Some(true),
+        "{letter}"
+    );
+    assert_eq!(letter["headers"]["weir.source.topic"], topic.as_str());
+    assert_eq!(letter["headers"]["weir.attempts"], "2");
+    assert!(
+        letter["headers"]["weir.error"]
+            .as_str()
+            .is_some_and(|e| e.contains("poison")),
+        "{letter}"
+    );
+}
