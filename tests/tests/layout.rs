@@ -451,19 +451,21 @@ fn layers_import_only_downwards() {
 /// Issue 26: only `broker/kafka/` knows the Kafka client; the rest of the framework speaks the
 /// broker seam's words.
 #[test]
-fn only_the_kafka_folder_knows_the_kafka_client() {
+fn only_each_brokers_folder_knows_its_client() {
     let root = workspace().join("framework/src");
     let krate = Crate::read(&root);
-    let mut knowing = BTreeSet::new();
-    for (module, (_, text)) in &krate.modules {
-        if text.contains("rdkafka")
-            && !module.starts_with(&["broker".to_owned(), "kafka".to_owned()])
-        {
-            knowing.insert(krate.name(module));
+    for (client, folder) in [("rdkafka", "kafka"), ("async_nats", "nats")] {
+        let mut knowing = BTreeSet::new();
+        for (module, (_, text)) in &krate.modules {
+            if text.contains(client)
+                && !module.starts_with(&["broker".to_owned(), folder.to_owned()])
+            {
+                knowing.insert(krate.name(module));
+            }
         }
+        assert!(
+            knowing.is_empty(),
+            "files outside broker/{folder}/ that import {client}: {knowing:?}"
+        );
     }
-    assert!(
-        knowing.is_empty(),
-        "files outside broker/kafka/ that import rdkafka: {knowing:?}"
-    );
 }
