@@ -492,3 +492,152 @@ async fn a_failing_record_is_dead_lettered_to_its_own_stream() {
         "{letter}"
     );
 }
+
+/// The `wordcount`, `orders` and `pageviews` examples' handlers run on NATS as on Kafka: word
+/// counts in state; order totals in state (a redelivered order counted once) and emitted to
+/// `<topic>-totals`; a closed minute of page views emitted to `pageviews-per-minute`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_examples_run_on_nats() {
+    use weir_examples::orders::{totals_topic, CustomerTotal, Order, OrderTotals};
+    use weir_examples::pageviews::{PageView, PageViews, PageViewsPerMinute, OUTPUT_TOPIC};
+    use weir_examples::wordcount::WordCount;
+    let group = unique("g");
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    let lines = unique("lines");
+    create_nats_stream(&lines, 2).await;
+    let text = [("a", "the fox and the dog"), ("b", "the end")];
+    nats_publish(&lines, &text.map(|(k, v)| (k.to_owned(), v.to_owned()))).await;
+    let running = RunningWorker::spawn(
+        nats_worker(&group, &lines, dir.path())
+            .build(WordCount)
+            .expect("build wordcount"),
+    );
+    wait_until("the words counted", Duration::from_secs(30), || async {
+        let mut counts = std::collections::BTreeMap::<String, u64>::new();
+        for (_, path) in store_files(dir.path(), &group, &lines) {
+            let Ok(store) = weir_state::StoreReader::open(&path) else {
+                continue;
+            };
+            for (w, n) in store.entries::<String, u64>("counts").unwrap_or_default() {
+                *counts.entry(w).or_default() += n;
+            }
+        }
+        if counts.get("the") == Some(&3) && counts.len() == 5 {
+            Ok(())
+        } else {
+            Err(format!("{counts:?}"))
+        }
+    })
+    .await;
+    running.stop_cleanly().await;
+
+    let orders = unique("orders");
+    create_nats_stream(&orders, 2).await;
+    let order = |id: &str, cents| {
+        serde_json::to_string(&Order {
+            order_id: id.into(),
+            cents,
+        })
+        .expect("json")
+    };
+    let placed = [
+        ("alice", order("o1", 100)),
+        ("bob", order("o2", 250)),
+        ("alice", order("o3", 50)),
+        ("alice", order("o3", 50)),
+    ];
+    nats_publish(&orders, &placed.map(|(k, v)| (k.to_owned(), v))).await;
+    let running = RunningWorker::spawn(
+        nats_worker(&group, &orders, dir.path())
+            .build(OrderTotals)
+            .expect("build orders"),
+    );
+    let totals = python_nats_read(&totals_topic(&orders), 3, Duration::from_secs(30));
+    running.stop_cleanly().await;
+    let mut last = std::collections::BTreeMap::new();
+    for t in &totals {
+        let t: CustomerTotal =
+            serde_json::from_str(t["data"].as_str().expect("data")).expect("a total");
+        last.insert(t.customer, t.cents);
+    }
+    assert_eq!(totals.len(), 3, "one total per new order: {totals:?}");
+    assert_eq!(
+        last,
+        [("alice".to_owned(), 150), ("bob".to_owned(), 250)].into(),
+        "{totals:?}"
+    );
+
+    let views = unique("pageviews");
+    create_nats_stream(&views, 2).await;
+    let view = |ts_ms| {
+        serde_json::to_string(&PageView {
+            page: "home".into(),
+            user: "u".into(),
+            ts_ms,
+        })
+        .expect("json")
+    };
+    let minute = 60_000 * 29_000_000; // a minute boundary in 2025
+    let seen = [
+        view(minute + 1_000),
+        view(minute + 2_000),
+        view(minute + 59_000),
+        view(minute + 3 * 60_000),
+    ];
+    nats_publish(&views, &seen.map(|v| ("home".to_owned(), v))).await;
+    let running = RunningWorker::spawn(
+        nats_worker(&group, &views, dir.path())
+            .build(PageViews)
+            .expect("build pageviews"),
+    );
+    let js = async_nats::jetstream::new(nats_client().await);
+    let closed = wait_for_window(&js, &views).await;
+    running.stop_cleanly().await;
+    assert_eq!(
+        closed,
+        PageViewsPerMinute {
+            page: "home".into(),
+            window_start_ms: minute,
+            window_end_ms: minute + 60_000,
+            views: 3
+        }
+    );
+
+    /// The first window result of source topic `topic` in `pageviews-per-minute`.
+    async fn wait_for_window(
+        js: &async_nats::jetstream::Context,
+        topic: &str,
+    ) -> PageViewsPerMinute {
+        use futures::StreamExt;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let stream = loop {
+            match js.get_stream(OUTPUT_TOPIC.replace('.', "_")).await {
+                Ok(s) => break s,
+                Err(e) if Instant::now() > deadline => panic!("no {OUTPUT_TOPIC} stream: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+        let consumer = stream
+            .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+            .await
+            .expect("consumer");
+        let mut messages = consumer.messages().await.expect("messages");
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let m = tokio::time::timeout(left, messages.next())
+                .await
+                .expect("a window closed within 30 s")
+                .expect("a message")
+                .expect("a message");
+            let from = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("weir.source.topic"))
+                .map(|v| v.as_str().to_owned());
+            if from.as_deref() == Some(topic) {
+                return serde_json::from_slice(&m.payload).expect("a window result");
+            }
+        }
+    }
+}
