@@ -115,3 +115,81 @@ pub fn python_nats_read(stream: &str, count: usize, wait: Duration) -> Vec<serde
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
         .collect()
 }
+
+/// A nats-server of a test's own (the binary `scripts/nats.sh` installed), on its own port
+/// and store dir, for tests that stop and start it. Killed when dropped.
+#[derive(Debug)]
+pub struct OwnNats {
+    port: u16,
+    store: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl OwnNats {
+    /// Starts a server with JetStream on a free port of 127.0.0.1.
+    pub fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut own = Self {
+            port,
+            store: tempfile::tempdir().expect("tempdir"),
+            child: None,
+        };
+        own.run();
+        own
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn run(&mut self) {
+        let bin = concat!(env!("CARGO_MANIFEST_DIR"), "/../.nats/bin/nats-server");
+        let child = std::process::Command::new(bin)
+            .args([
+                "--addr",
+                "127.0.0.1",
+                "--port",
+                &self.port.to_string(),
+                "--jetstream",
+            ])
+            .arg("--store_dir")
+            .arg(self.store.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {bin} (scripts/nats.sh start installs it): {e}"));
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nats-server did not listen on {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the server (SIGKILL, so nothing is flushed on the way out but what JetStream
+    /// synced) and starts it again on the same port and store.
+    pub fn restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.run();
+    }
+}
+
+impl Drop for OwnNats {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use weir::prelude::*;
 use weir_tests::*;
 
 /// One worker, a stream of 4 lanes made as the README says, 20k keyed records: per-key counts
@@ -120,7 +121,7 @@ async fn three_workers_count_exactly_under_sigkills() {
     let dirs: Vec<tempfile::TempDir> = (0..3)
         .map(|_| tempfile::tempdir().expect("tempdir"))
         .collect();
-    // Kept after the test: the workers' logs, for a failure's story.
+    // Kept after a failed run: the workers' logs, for the failure's story.
     let logs = tempfile::Builder::new()
         .prefix("nats-kill-logs-")
         .tempdir()
@@ -258,6 +259,7 @@ async fn three_workers_count_exactly_under_sigkills() {
     assert_counts_exact(&counts, &expected);
     assert_eq!(positions.len(), 4, "{positions:?}");
     eprintln!("hand-offs after SIGKILLs of lane owners (hand_off 3 s): {hand_offs:?}");
+    let _ = std::fs::remove_dir_all(&logs);
 }
 
 /// Records published by Python's nats-py (with a header and a `Nats-Msg-Id`; one published
@@ -640,4 +642,89 @@ async fn the_examples_run_on_nats() {
             }
         }
     }
+}
+
+/// The server is killed and started again while a worker counts and records keep coming:
+/// the worker reconnects, takes its lanes again and counts every record exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_restart_mid_stream_loses_and_doubles_nothing() {
+    let mut server = OwnNats::start();
+    let (topic, group) = (unique("nats-restart"), unique("g"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let publish = |records: Vec<(String, String)>| {
+        let js = js.clone();
+        let topic = topic.clone();
+        async move {
+            for (k, v) in records {
+                // Retried until the stream takes it: the server may be coming back.
+                let deadline = Instant::now() + Duration::from_secs(30);
+                loop {
+                    let sent = js.publish(format!("{topic}.{k}"), v.clone().into()).await;
+                    match sent {
+                        Ok(ack) => match ack.await {
+                            Ok(_) => break,
+                            Err(e) => assert!(Instant::now() < deadline, "publish: {e}"),
+                        },
+                        Err(e) => assert!(Instant::now() < deadline, "publish: {e}"),
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    };
+    let worker = Worker::builder()
+        .brokers(server.url())
+        .group(&group)
+        .topic(&topic)
+        .state_dir(dir.path())
+        .hand_off(Duration::from_secs(2))
+        .build(CountHandler {
+            delay: Some(Duration::from_micros(300)),
+            ..Default::default()
+        })
+        .expect("build worker");
+    let running = RunningWorker::spawn(worker);
+    wait_until(
+        "the worker made its stream",
+        Duration::from_secs(30),
+        || {
+            let js = js.clone();
+            let topic = topic.clone();
+            async move {
+                js.get_stream(&topic)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        },
+    )
+    .await;
+    let first = keyed_records(0, 3_000, 100);
+    publish(first.clone()).await;
+    wait_until("some counted", Duration::from_secs(30), || async {
+        let total = StoredCounts::read(dir.path(), &group, &topic).total();
+        if total >= 1_000 {
+            Ok(())
+        } else {
+            Err(format!("{total} counted"))
+        }
+    })
+    .await;
+    server.restart();
+    let second = keyed_records(3_000, 2_000, 100);
+    publish(second.clone()).await;
+    let all: Vec<_> = first.into_iter().chain(second).collect();
+    wait_for_counts(
+        dir.path(),
+        &group,
+        &topic,
+        &expected_counts(&all),
+        Duration::from_secs(60),
+    )
+    .await;
+    running.stop_cleanly().await;
+    let stored = StoredCounts::read(dir.path(), &group, &topic);
+    assert_counts_exact(&stored.counts, &expected_counts(&all));
 }
