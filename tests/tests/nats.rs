@@ -728,3 +728,68 @@ async fn a_server_restart_mid_stream_loses_and_doubles_nothing() {
     let stored = StoredCounts::read(dir.path(), &group, &topic);
     assert_counts_exact(&stored.counts, &expected_counts(&all));
 }
+
+/// `/metrics` says each lane's lag: the messages its consumer still holds plus those taken and
+/// not yet committed, above zero while a slow handler is behind and zero once it caught up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_per_lane_is_on_metrics() {
+    let (topic, group) = (unique("nats-lag"), unique("g"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    create_nats_stream(&topic, 2).await;
+    let records = keyed_records(0, 2_000, 40);
+    nats_publish(&topic, &records).await;
+    let worker = nats_worker(&group, &topic, dir.path())
+        .metrics_addr("127.0.0.1:0")
+        .batch_size(50)
+        .build(CountHandler {
+            delay: Some(Duration::from_millis(1)),
+            ..Default::default()
+        })
+        .expect("build worker");
+    let addr = worker.metrics_addr().expect("a metrics address");
+    let running = RunningWorker::spawn(worker);
+    let lag = |body: &str, lane: &str| {
+        sample(
+            body,
+            "weir_consumer_lag",
+            &[("topic", &topic), ("partition", lane)],
+        )
+    };
+    let highest = std::sync::Mutex::new(0.0_f64);
+    wait_until("a lane lagging", Duration::from_secs(30), || async {
+        let (_, body) = http_get(addr, "/metrics").await;
+        let seen = [lag(&body, "0"), lag(&body, "1")];
+        let mut high = highest.lock().expect("lock");
+        *high = seen.iter().flatten().fold(*high, |a, b| a.max(*b));
+        if *high >= 100.0 {
+            Ok(())
+        } else {
+            Err(format!("lag {seen:?}"))
+        }
+    })
+    .await;
+    let highest = *highest.lock().expect("lock");
+    assert!(
+        highest <= 2_000.0,
+        "the lag counts the lane's messages, not sequences: {highest}"
+    );
+    wait_for_counts(
+        dir.path(),
+        &group,
+        &topic,
+        &expected_counts(&records),
+        Duration::from_secs(60),
+    )
+    .await;
+    wait_until("no lag", Duration::from_secs(30), || async {
+        let (_, body) = http_get(addr, "/metrics").await;
+        let seen = [lag(&body, "0"), lag(&body, "1")];
+        if seen == [Some(0.0), Some(0.0)] {
+            Ok(())
+        } else {
+            Err(format!("lag {seen:?}"))
+        }
+    })
+    .await;
+    running.stop_cleanly().await;
+}

@@ -346,19 +346,25 @@ impl NatsSource {
         }
         *at = Instant::now();
         drop(at);
-        let newest: HashMap<LaneKey, (i64, i64)> = self
+        // Each owned lane's high watermark, so that the runtime's lag (the high watermark less
+        // the committed position) counts the lane's messages: those delivered and not yet
+        // settled (the first of them stands about where the committed position does), plus
+        // those the consumer still holds. Other lanes' sequences between the committed
+        // position and the first unsettled one add a few at most.
+        let highs: HashMap<LaneKey, i64> = self
             .state()
             .iter()
             .filter(|(_, s)| s.owned)
-            .filter_map(|(k, s)| s.newest.map(|n| (k.clone(), n)))
+            .filter_map(|(k, s)| {
+                let (newest, pending) = s.newest?;
+                let first = s.unacked.front().map_or(newest + 1, |(seq, _)| *seq);
+                Some((k.clone(), first + s.unacked.len() as i64 + pending))
+            })
             .collect();
-        // The high watermark is the newest delivered sequence plus what the consumer still
-        // holds: exact when caught up, and an upper bound of the lag otherwise (sequences of
-        // other lanes lie between a lane's).
         self.assignments.watermarks(&|lane| {
-            newest
+            highs
                 .get(&(Arc::from(lane.topic), lane.partition))
-                .map(|(seq, pending)| (0, seq + 1 + pending))
+                .map(|high| (0, *high))
         });
     }
 }
