@@ -17,6 +17,8 @@ use weir::state::header;
 use crate::error::{Error, Result};
 use crate::kafka;
 
+mod nats;
+
 #[derive(Debug, Subcommand)]
 pub(crate) enum DlqCommand {
     /// One line per dead letter: where it is, its source record, reason, attempts, age and
@@ -26,15 +28,17 @@ pub(crate) enum DlqCommand {
     Show(ShowArgs),
     /// Produce dead letters back into their source topic, with a `weir.redrive.from` header
     /// naming the dead letter. A dry run unless --execute. What was redriven is remembered (as
-    /// the offsets of the consumer group `weir-redrive-<topic>`), so a second run redrives only
-    /// dead letters that came since.
+    /// the offsets of the consumer group `weir-redrive-<topic>`; on NATS, the acknowledgements
+    /// of the stream's durable consumer `weir-redrive`), so a second run redrives only dead
+    /// letters that came since.
     Redrive(RedriveArgs),
 }
 
 /// The dead-letter topic.
 #[derive(Debug, Args)]
 pub(crate) struct Topic {
-    /// Kafka bootstrap servers.
+    /// Kafka bootstrap servers, or NATS servers (`nats://host:port`): the workers'
+    /// `WEIR_BROKERS`.
     #[arg(long)]
     brokers: String,
     /// The dead-letter topic, e.g. `orders.dlq` (a worker's default for `orders`).
@@ -55,10 +59,10 @@ pub(crate) struct ListArgs {
 pub(crate) struct ShowArgs {
     #[command(flatten)]
     dlq: Topic,
-    /// The dead letter's partition (in the dead-letter topic).
+    /// The dead letter's partition in the dead-letter topic (on NATS: its lane).
     #[arg(long)]
     partition: i32,
-    /// Its offset.
+    /// Its offset (on NATS: its stream sequence).
     #[arg(long)]
     offset: i64,
 }
@@ -76,7 +80,11 @@ pub(crate) struct RedriveArgs {
 const STALL: Duration = Duration::from_secs(30);
 
 pub(crate) fn run(cmd: &DlqCommand) -> Result<()> {
+    let on_nats = |t: &Topic| t.brokers.starts_with("nats://") || t.brokers.starts_with("tls://");
     match cmd {
+        DlqCommand::List(args) if on_nats(&args.dlq) => nats::list(args),
+        DlqCommand::Show(args) if on_nats(&args.dlq) => nats::show(args),
+        DlqCommand::Redrive(args) if on_nats(&args.dlq) => nats::redrive(args),
         DlqCommand::List(args) => list(args),
         DlqCommand::Show(args) => show(args),
         DlqCommand::Redrive(args) => redrive(args),

@@ -33,7 +33,7 @@ Exit codes:
   2  usage error (unknown subcommand or flag, missing or invalid argument)
   3  bad input: a missing state dir, group, topic or store; a corrupt or foreign state file;
      a topic that does not exist; a token a worker refused
-  4  Kafka or a worker could not be reached, or Kafka refused a request
+  4  the broker (Kafka, NATS) or a worker could not be reached, or the broker refused a request
   5  refused: the group has live members (reset; nothing was changed)";
 
 /// Offsets, lag, state and dead letters of weir workers, for operators. Reads state files

@@ -1051,3 +1051,110 @@ async fn commands_connect_with_the_workers_tls_settings() {
     assert_exit(&out, 0);
     assert!(json_lines(&out).is_empty(), "no dead letters yet");
 }
+
+/// On NATS: a record that fails its attempts is listed and shown from the dead-letter stream,
+/// redriven (a dry run first) back into its source topic's stream under its key, counted by
+/// the healed handler once, and a second redrive finds nothing left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_on_nats_are_listed_shown_and_redriven_once() {
+    let (topic, group) = (unique("cli-nats-dlq"), unique("g"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = nats_url();
+    let dlq = format!("{topic}.dlq");
+    create_nats_stream(&topic, 2).await;
+    let mut records = keyed_records(0, 30, 5);
+    records.push(("bad".into(), "poison".into()));
+    nats_publish(&topic, &records).await;
+    let handler = CountHandler::with_poison("poison", 2);
+    let worker = nats_worker(&group, &topic, dir.path())
+        .retry(TWO_QUICK_ATTEMPTS)
+        .build(handler.clone())
+        .expect("build worker");
+    let running = RunningWorker::spawn(worker);
+    let good: Vec<_> = records[..30].to_vec();
+    wait_for_counts(
+        dir.path(),
+        &group,
+        &topic,
+        &expected_counts(&good),
+        Duration::from_secs(60),
+    )
+    .await;
+    wait_until(
+        "the dead letter listed",
+        Duration::from_secs(30),
+        || async {
+            let out = weir(&["dlq", "list", "--brokers", &url, "--topic", &dlq, "--json"]);
+            match stdout(&out).lines().count() {
+                1 => Ok(()),
+                n => Err(format!("{n} letters: {}{}", stdout(&out), stderr(&out))),
+            }
+        },
+    )
+    .await;
+    let out = weir(&["dlq", "list", "--brokers", &url, "--topic", &dlq, "--json"]);
+    let letter: serde_json::Value = serde_json::from_str(stdout(&out).trim()).expect("json");
+    assert_eq!(letter["source_topic"], topic.as_str(), "{letter}");
+    assert_eq!(letter["attempts"], 2, "{letter}");
+    let (lane, seq) = (
+        letter["partition"].to_string(),
+        letter["offset"].to_string(),
+    );
+    let out = weir(&[
+        "dlq",
+        "show",
+        "--brokers",
+        &url,
+        "--topic",
+        &dlq,
+        "--partition",
+        &lane,
+        "--offset",
+        &seq,
+    ]);
+    assert_exit(&out, 0);
+    let shown: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("json");
+    assert_eq!(shown["key"], "bad", "{shown}");
+    assert_eq!(shown["value"], "poison", "{shown}");
+
+    let out = weir(&["dlq", "redrive", "--brokers", &url, "--topic", &dlq]);
+    assert_exit(&out, 0);
+    assert!(
+        stderr(&out).contains("dry run: 1 dead letters"),
+        "{}",
+        stderr(&out)
+    );
+    let out = weir(&[
+        "dlq",
+        "redrive",
+        "--brokers",
+        &url,
+        "--topic",
+        &dlq,
+        "--execute",
+    ]);
+    assert_exit(&out, 0);
+    assert!(
+        stderr(&out).contains("redrove 1 dead letters"),
+        "{}",
+        stderr(&out)
+    );
+    let all: Vec<_> = records.clone();
+    wait_for_counts(
+        dir.path(),
+        &group,
+        &topic,
+        &expected_counts(&all),
+        Duration::from_secs(60),
+    )
+    .await;
+    let out = weir(&["dlq", "redrive", "--brokers", &url, "--topic", &dlq]);
+    assert_exit(&out, 0);
+    assert!(
+        stderr(&out).contains("dry run: 0 dead letters"),
+        "{}",
+        stderr(&out)
+    );
+    running.stop_cleanly().await;
+    assert_eq!(handler.poison_left("poison"), 0);
+}

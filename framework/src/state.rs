@@ -37,3 +37,19 @@ impl OutboxProducer {
             .map_err(|e| e.to_string())
     }
 }
+
+/// How weir names things on NATS JetStream, for tools that read and write its streams: a
+/// topic's stream, the subject a keyed record is published to, and a stored record's lane and
+/// key.
+///
+/// ```
+/// use weir::state::nats::{lane_and_key, publish_subject, stream_of};
+/// assert_eq!(stream_of("orders.dlq"), "orders_dlq");
+/// assert_eq!(publish_subject("orders", Some(b"alice")), "orders.alice");
+/// // As a stream of 4 lanes stores it, in lane 2:
+/// assert_eq!(lane_and_key("orders", "orders.2.alice"), Some((Some(2), Some(b"alice".to_vec()))));
+/// ```
+#[cfg(feature = "nats")]
+pub mod nats {
+    pub use crate::broker::nats::names::{lane_and_key, publish_subject, stream_of};
+}

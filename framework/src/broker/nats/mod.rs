@@ -3,7 +3,7 @@
 //! group pins one client at a time (`source`); weir publishes with a `Nats-Msg-Id` so the
 //! stream's duplicate window drops what is sent again (`publisher`).
 
-mod names;
+pub(crate) mod names;
 mod publisher;
 mod source;
 mod streams;

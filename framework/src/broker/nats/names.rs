@@ -14,12 +14,12 @@
 use weir_state::wire::header;
 
 /// The stream (and first subject token) of `topic`.
-pub(crate) fn stream_of(topic: &str) -> String {
+pub fn stream_of(topic: &str) -> String {
     topic.replace('.', "_")
 }
 
 /// The subject a record of `topic` with `key` is published to.
-pub(crate) fn publish_subject(topic: &str, key: Option<&[u8]>) -> String {
+pub fn publish_subject(topic: &str, key: Option<&[u8]>) -> String {
     let mut subject = stream_of(topic);
     subject.push('.');
     match key {
@@ -61,14 +61,19 @@ pub(crate) fn lane_filter(stream: &str, lane: i32, partitioned: bool) -> String 
 
 /// A record's key from the subject it is stored under, `None` for no key (or a subject
 /// that is not one of the stream's record subjects).
-pub(crate) fn key_of(stream: &str, subject: &str, partitioned: bool) -> Option<Vec<u8>> {
+pub(crate) fn key_of(stream: &str, subject: &str) -> Option<Vec<u8>> {
+    lane_and_key(stream, subject).and_then(|(_, key)| key)
+}
+
+/// The lane (`None`: a stream of one lane) and the key of a record stored under `subject` in
+/// `stream`: `<stream>.<lane>.<key>` in a partitioned stream, `<stream>.<key>` in one of one
+/// lane. `None` for a subject outside the stream.
+pub fn lane_and_key(stream: &str, subject: &str) -> Option<(Option<i32>, Option<Vec<u8>>)> {
     let rest = subject.strip_prefix(stream)?.strip_prefix('.')?;
-    let token = if partitioned {
-        rest.split_once('.').map_or(rest, |(_, key)| key)
-    } else {
-        rest
-    };
-    decode_key(token)
+    Some(match rest.split_once('.') {
+        Some((lane, key)) => (lane.parse().ok(), decode_key(key)),
+        None => (None, decode_key(rest)),
+    })
 }
 
 /// The durable consumer of a group's lane: only characters a consumer name may hold.
@@ -197,13 +202,17 @@ mod tests {
             let subject = publish_subject("orders", Some(key));
             assert_eq!(subject.matches('.').count(), 1, "{subject}");
             assert!(!subject.contains([' ', '*', '>']), "{subject}");
-            assert_eq!(key_of("orders", &subject, false).as_deref(), Some(key));
+            assert_eq!(key_of("orders", &subject).as_deref(), Some(key));
             let stored = subject.replacen("orders.", "orders.3.", 1);
-            assert_eq!(key_of("orders", &stored, true).as_deref(), Some(key));
+            assert_eq!(key_of("orders", &stored).as_deref(), Some(key));
+            assert_eq!(
+                lane_and_key("orders", &stored).map(|(l, _)| l),
+                Some(Some(3))
+            );
         }
         assert_eq!(publish_subject("orders", None), "orders.%");
-        assert_eq!(key_of("orders", "orders.%", false), None);
-        assert_eq!(key_of("orders", "orders.2.%", true), None);
+        assert_eq!(key_of("orders", "orders.%"), None);
+        assert_eq!(key_of("orders", "orders.2.%"), None);
     }
 
     #[test]

@@ -839,11 +839,7 @@ impl LaneTask {
             lane: self.lane.1,
             seq: info.stream_seq,
             timestamp_ms: info.timestamp_ms,
-            key: names::key_of(
-                &self.layout.stream,
-                &message.subject,
-                self.layout.partitioned,
-            ),
+            key: names::key_of(&self.layout.stream, &message.subject),
             message,
         };
         self.events
