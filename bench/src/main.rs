@@ -18,6 +18,9 @@
 //! Records are 100 bytes of 8 words, or with `--values lines` lines of 16 words drawn with
 //! Zipf frequencies from a 5000-word vocabulary.
 //!
+//! With `WEIR_BROKERS=nats://...` it runs on NATS JetStream: `raw-nats` (an `async-nats` pull
+//! consumer per lane, the ceiling), `weir-stateless` and `weir-keyed-count` (`bench/src/nats.rs`).
+//!
 //! Without `WEIR_BROKERS` it runs on the embedded broker (which keeps only ~5 MiB per
 //! partition, so the default backlog there is 200k records over 8 partitions); with it, the
 //! default is 1M records. Results also go to `bench-results.json`. `WEIR_*` variables
@@ -39,6 +42,7 @@ mod args;
 mod baselines;
 mod data;
 mod handlers;
+mod nats;
 mod probe;
 mod scenarios;
 
@@ -107,15 +111,30 @@ async fn run_parent(args: &Args) -> Result<(), String> {
         None => std::env::var("WEIR_BROKERS").map_err(|e| e.to_string())?,
     };
     let topic = format!("bench-{}", std::process::id());
+    let on_nats = embedded.is_none() && nats::is_nats(&brokers);
+    if on_nats {
+        let started = Instant::now();
+        nats::prepare(&brokers, &topic, args.partitions, args.messages, args.keys).await?;
+        eprintln!(
+            "published {} records of 100 bytes with {} keys into {} lanes of stream {topic} in {:.1?} ({brokers})",
+            args.messages,
+            args.keys,
+            args.partitions,
+            started.elapsed(),
+        );
+    }
     match &embedded {
+        _ if on_nats => {}
         Some(b) => b
             .create_topic(&topic, args.partitions)
             .map_err(|e| e.to_string())?,
         None => create_topic(&brokers, &topic, args.partitions).await?,
     }
     let started = Instant::now();
-    produce(&brokers, &topic, args.messages, args.keys, args.lines).await?;
-    if matches!(args.scenario.as_str(), "all" | "weir-enrich") {
+    if !on_nats {
+        produce(&brokers, &topic, args.messages, args.keys, args.lines).await?;
+    }
+    if !on_nats && matches!(args.scenario.as_str(), "all" | "weir-enrich") {
         // The `weir-enrich` scenario's table, co-partitioned with the records.
         let customers = customers_topic(&topic);
         match &embedded {
@@ -130,7 +149,8 @@ async fn run_parent(args: &Args) -> Result<(), String> {
         });
         produce_records(&brokers, &customers, rows).await?;
     }
-    eprintln!(
+    if !on_nats {
+        eprintln!(
         "produced {} records of 100 bytes with {} keys into {} partitions of {topic} in {:.1?} ({})",
         args.messages,
         args.keys,
@@ -142,12 +162,16 @@ async fn run_parent(args: &Args) -> Result<(), String> {
             brokers.as_str()
         }
     );
+    }
     // With `all`, the raw consumers run first (straight after producing, when the broker's
     // page cache is warmest) and again last, and the ceiling is the best of them: no order
     // favours weir.
     // Scenarios vary by ±25% from one minute to the next on a shared machine: with
     // `--rounds N` the whole sequence runs N times and each scenario reports its best.
     let scenarios: Vec<&str> = match args.scenario.as_str() {
+        "all" if on_nats => (0..args.rounds.max(1))
+            .flat_map(|_| nats::SCENARIOS.iter().copied())
+            .collect(),
         "all" => (0..args.rounds.max(1))
             .flat_map(|_| SCENARIOS.iter().chain(RAW).copied())
             .collect(),
@@ -178,6 +202,7 @@ async fn run_parent(args: &Args) -> Result<(), String> {
                 .args(["--scenario", scenario, "--messages", &n.to_string()])
                 .args(["--keys", &args.keys.to_string()])
                 .args(["--rate", &args.rate.to_string()])
+                .args(["--partitions", &args.partitions.to_string()])
                 .args(["--child", &brokers, &topic])
                 .env_remove("WEIR_BROKERS")
                 .output()
