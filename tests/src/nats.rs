@@ -177,10 +177,21 @@ impl OwnNats {
     /// Stops the server (SIGKILL, so nothing is flushed on the way out but what JetStream
     /// synced) and starts it again on the same port and store.
     pub fn restart(&mut self) {
+        self.stop();
+        self.start_again();
+    }
+
+    /// Stops the server (SIGKILL).
+    pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Starts the stopped server again, on its port and store.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the server runs");
         self.run();
     }
 }

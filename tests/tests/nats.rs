@@ -793,3 +793,46 @@ async fn lag_per_lane_is_on_metrics() {
     .await;
     running.stop_cleanly().await;
 }
+
+/// While the server is down the worker says so (`/health/ready` 503 naming the lost
+/// connection, after `unreadable_after`) and is ready again once it reconnects; a stand-by
+/// worker that owns no lane is ready too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_connection_to_the_server() {
+    let mut server = OwnNats::start();
+    let (topic, group) = (unique("nats-ready"), unique("g"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let worker = Worker::builder()
+        .brokers(server.url())
+        .group(&group)
+        .topic(&topic)
+        .state_dir(dir.path())
+        .metrics_addr("127.0.0.1:0")
+        .unreadable_after(Duration::from_secs(1))
+        .build(CountHandler::default())
+        .expect("build worker");
+    let addr = worker.metrics_addr().expect("metrics address");
+    let running = RunningWorker::spawn(worker);
+    let ready = |want: u16, needle: &'static str| async move {
+        let (code, body) = http_get(addr, "/health/ready").await;
+        if code == want && body.contains(needle) {
+            Ok(())
+        } else {
+            Err(format!("{code} {body}"))
+        }
+    };
+    wait_until("ready with no lane", Duration::from_secs(30), || {
+        ready(200, "")
+    })
+    .await;
+    server.stop();
+    wait_until(
+        "not ready while the server is down",
+        Duration::from_secs(30),
+        || ready(503, "no connection to the broker"),
+    )
+    .await;
+    server.start_again();
+    wait_until("ready again", Duration::from_secs(30), || ready(200, "")).await;
+    running.stop_cleanly().await;
+}

@@ -137,6 +137,12 @@ pub(crate) trait Source {
     /// Tells the broker that the lanes' records below these positions are done, without
     /// waiting (progress only: the lanes' stores hold what was committed).
     fn settle(&self, done: &[(Lane<'_>, i64)]) -> Result<(), String>;
+
+    /// Since when the client has had no connection to the broker, while it has none (a
+    /// client that cannot tell says `None`: its lanes' stalls say it instead).
+    fn disconnected_since(&self) -> Option<std::time::Instant> {
+        None
+    }
 }
 
 /// Why a record was not produced.

@@ -55,6 +55,7 @@ pub(crate) fn run<H: Process, S: Source>(
             last_settle = Instant::now();
         }
         if last_check.elapsed() >= UNREADABLE_CHECK_INTERVAL {
+            mark_unreachable(&source, &shared);
             mark_unreadable(&shared, &errors);
             metrics::gauge!(STATE_CACHE_BYTES).set(shared.cache_budget.used() as f64);
             last_check = Instant::now();
@@ -149,6 +150,27 @@ impl ConsumerErrors {
             .as_ref()
             .filter(|(at, _)| at.elapsed() <= within)
             .map(|(_, e)| e.as_str())
+    }
+}
+
+/// Marks the worker not ready while its broker has been out of reach for `unreadable_after`
+/// (and ready again once it is back), with an ERROR line.
+fn mark_unreachable<H: Process>(source: &impl Source, shared: &Shared<H>) {
+    let after = shared.config.unreadable_after;
+    let why = source
+        .disconnected_since()
+        .filter(|since| since.elapsed() >= after)
+        .map(|since| {
+            format!(
+                "no connection to the broker for {} s (the client keeps reconnecting)",
+                since.elapsed().as_secs()
+            )
+        });
+    if shared.lifecycle.set_unreachable(why.clone()) {
+        match why {
+            Some(why) => tracing::error!("{why}"),
+            None => tracing::info!("connected to the broker again"),
+        }
     }
 }
 

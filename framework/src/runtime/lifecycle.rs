@@ -18,6 +18,8 @@ pub(crate) struct Lifecycle {
     abandon: AtomicBool,
     /// The error that stops the worker (the first one wins).
     fatal: Mutex<Option<Error>>,
+    /// Why the broker cannot be reached, while it cannot (for `unreadable_after` at least).
+    unreachable: Mutex<Option<String>>,
 }
 
 impl Default for Lifecycle {
@@ -28,6 +30,7 @@ impl Default for Lifecycle {
             stop: AtomicBool::new(false),
             abandon: AtomicBool::new(false),
             fatal: Mutex::new(None),
+            unreachable: Mutex::new(None),
         }
     }
 }
@@ -77,6 +80,25 @@ impl Lifecycle {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get_or_insert(error);
         self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Notes that the broker cannot be reached (`None`: it can); true if that changed.
+    pub(crate) fn set_unreachable(&self, why: Option<String>) -> bool {
+        let mut current = self
+            .unreachable
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let changed = current.is_some() != why.is_some();
+        *current = why;
+        changed
+    }
+
+    /// Why the broker cannot be reached, if it cannot.
+    pub(crate) fn unreachable(&self) -> Option<String> {
+        self.unreachable
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     pub(crate) fn take_fatal(&self) -> Option<Error> {

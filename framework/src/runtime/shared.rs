@@ -243,6 +243,8 @@ impl WorkerView for View {
     fn not_ready(&self) -> Option<String> {
         if !self.lifecycle.is_running() {
             Some("stopping".into())
+        } else if let Some(why) = self.lifecycle.unreachable() {
+            Some(why)
         } else if !self.lifecycle.has_joined() {
             Some("not in the group yet".into())
         } else {

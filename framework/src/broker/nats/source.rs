@@ -170,6 +170,8 @@ pub(crate) struct NatsSource {
     lanes: Mutex<HashMap<LaneKey, LaneState>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     watermarks_at: Mutex<Instant>,
+    /// Since when the client has had no connection.
+    disconnected: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for NatsSource {
@@ -204,6 +206,7 @@ impl Connection {
             lanes: Mutex::default(),
             tasks: Mutex::default(),
             watermarks_at: Mutex::new(Instant::now()),
+            disconnected: Mutex::default(),
         }
     }
 
@@ -409,7 +412,22 @@ impl Source for NatsSource {
                 );
             }
         }
+        // In the group now, owning no lane until the server pins one here (a worker of
+        // stand-by lanes is ready).
+        self.assignments.assigned(&[]);
         Ok(())
+    }
+
+    fn disconnected_since(&self) -> Option<Instant> {
+        let connected =
+            self.connection.client.connection_state() == async_nats::connection::State::Connected;
+        let mut since = lock(&self.disconnected);
+        match (connected, *since) {
+            (true, _) => *since = None,
+            (false, None) => *since = Some(Instant::now()),
+            (false, Some(_)) => {}
+        }
+        *since
     }
 
     fn poll(&self, timeout: Duration) -> Option<Result<Delivery, String>> {
