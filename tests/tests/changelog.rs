@@ -273,3 +273,78 @@ async fn entries_of_a_batch_whose_marker_never_came_are_not_restored() {
     let stored = StoredCounts::read(dir.path(), &group, &topic);
     assert_counts_exact(&stored.counts, &expected_counts(&records));
 }
+
+/// A changelog the log cleaner compacted keeps only the newest offset marker (every marker has
+/// the same key): the entries of earlier batches lost theirs. They are restored all the same,
+/// by the newest marker, which comes after them (this restore kept only the newest batch's
+/// entries: key `k`'s count was lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_compacted_changelog_restores_every_batch() {
+    let Fixture {
+        broker,
+        topic,
+        group,
+        dir,
+    } = Fixture::new(BrokerKind::Mock, "compacted", 1).await;
+    let changelog = weir::state::changelog_topic(&group, &topic);
+    broker.create_one_topic(&changelog, 1).await;
+    // Offsets 0..5: key k; 5..10: key j.
+    let records: Vec<(String, String)> = (0..10)
+        .map(|i| (if i < 5 { "k" } else { "j" }.to_owned(), format!("v{i}")))
+        .collect();
+    broker.produce(&topic, Some(0), records.clone()).await;
+    let headers = |batch_end: i64| {
+        vec![(
+            weir::state::header::SOURCE_NEXT_OFFSET.to_owned(),
+            batch_end.to_string(),
+        )]
+    };
+    let entry = |key: &str, value: &str, batch_end: i64| -> HeadedRecord {
+        let record_key = weir::state::ChangelogEntry::key(COUNTS, &format!("{key:?}"));
+        (
+            String::from_utf8(record_key).expect("utf-8"),
+            value.to_owned(),
+            headers(batch_end),
+        )
+    };
+    let (marker_key, marker_value) = weir::state::ChangelogEntry::offset_marker(10);
+    broker
+        .produce_with_headers(
+            &changelog,
+            0,
+            &[
+                // Batch 0..5; its marker was compacted away by batch 5..10's.
+                entry("k", "5", 5),
+                // Batch 5..10, and its marker.
+                entry("j", "5", 10),
+                (
+                    String::from_utf8(marker_key).expect("utf-8"),
+                    String::from_utf8(marker_value).expect("utf-8"),
+                    headers(10),
+                ),
+            ],
+        )
+        .await;
+    let worker = broker
+        .worker(&group, &topic, dir.path())
+        .changelog(true)
+        .build(CountHandler::default())
+        .expect("build");
+    let worker = RunningWorker::spawn(worker);
+    wait_until(
+        "the store restored to offset 10",
+        Duration::from_secs(60),
+        || async {
+            let now = StoredCounts::read(dir.path(), &group, &topic);
+            if now.offsets == BTreeMap::from([(0, 10)]) {
+                Ok(())
+            } else {
+                Err(format!("{now:?}"))
+            }
+        },
+    )
+    .await;
+    worker.stop_cleanly().await;
+    let stored = StoredCounts::read(dir.path(), &group, &topic);
+    assert_counts_exact(&stored.counts, &expected_counts(&records));
+}

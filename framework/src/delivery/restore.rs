@@ -124,9 +124,11 @@ struct Chunk {
 /// The log is followed in order, by generation: the first entry of a higher rewind generation
 /// starts the state over (a rewind deleted everything before it, including keys the rewound
 /// store never saw), and entries of a lower one (an old owner's outbox sent after a rewind)
-/// are dropped. A batch's entries are applied at their offset marker only if their headers
-/// name that marker's position: entries of a batch whose marker never came (the sender died
-/// mid-flush, and the records were processed again, maybe in other batches) are dropped.
+/// are dropped. A batch's entries (their headers name its position) are applied at the first
+/// offset marker at or past that position: their own, or a later one where compaction removed
+/// theirs (markers share one key). Entries past the last marker belong to a batch whose marker
+/// never came (the sender died mid-flush, and the records were processed again, maybe in
+/// other batches): they are dropped.
 fn read_changelog(
     reader: &LogReader,
     (topic, changelog, partition): (&str, &str, i32),
@@ -193,14 +195,19 @@ fn read_changelog(
         match entry {
             ChangelogEntry::Offset(n) => {
                 at.next_offset = at.next_offset.max(n);
-                for (of, entry) in unmarked.drain(..) {
+                // The marker completes every batch up to its own position: its own, and
+                // earlier ones whose markers compaction removed (all markers share a key).
+                // Entries of a later position wait for a marker that reaches them.
+                let mark = position.unwrap_or(ChangelogPosition {
+                    generation,
+                    next_offset: n,
+                });
+                let (done, later): (Vec<_>, Vec<_>) = unmarked
+                    .drain(..)
                     // Without headers (written before they existed), the marker's own.
-                    if of.is_none() || of == position {
-                        entries.extend(std::iter::once(entry));
-                    } else {
-                        dropped += 1;
-                    }
-                }
+                    .partition(|(of, _)| of.is_none_or(|of| of <= mark));
+                unmarked = later;
+                entries.extend(done.into_iter().map(|(_, entry)| entry));
                 if entries.len() >= APPLY_CHUNK {
                     let chunk = Chunk {
                         start_over: std::mem::take(&mut start_over),
