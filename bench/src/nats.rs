@@ -46,7 +46,11 @@ pub(crate) async fn prepare(
             source: format!("{topic}.*"),
             destination: format!("{topic}.{{{{partition({lanes},1)}}}}.{{{{wildcard(1)}}}}"),
         }),
-        storage: stream::StorageType::File,
+        storage: if std::env::var_os("WEIR_BENCH_NATS_MEMORY").is_some() {
+            stream::StorageType::Memory
+        } else {
+            stream::StorageType::File
+        },
         ..Default::default()
     })
     .await
@@ -76,6 +80,14 @@ pub(crate) async fn prepare(
     Ok(())
 }
 
+/// Messages a raw pull asks for (`WEIR_BENCH_NATS_BATCH`, default 512, as weir's).
+fn batch() -> usize {
+    std::env::var("WEIR_BENCH_NATS_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(512)
+}
+
 /// Reads the `n` records of `topic`'s `lanes` lanes with one raw pull consumer per lane.
 pub(crate) async fn raw(
     brokers: &str,
@@ -100,7 +112,7 @@ pub(crate) async fn raw(
         tasks.push(tokio::spawn(async move {
             let mut messages = consumer
                 .stream()
-                .max_messages_per_batch(512)
+                .max_messages_per_batch(batch())
                 .messages()
                 .await
                 .map_err(|e| e.to_string())?;

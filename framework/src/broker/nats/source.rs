@@ -10,10 +10,12 @@
 //!
 //! Positions are stream sequences. A lane starts where its store says: what the consumer
 //! delivers at or below the stored position is dropped by the partition task (and
-//! acknowledged when the lane settles); what lies between the stored position and the first
-//! delivered message (the store is behind the consumer's acknowledgements: a new state dir, a
-//! worker on another machine) is read again with an ordered consumer first. Settling
-//! acknowledges every delivered message below the committed position.
+//! acknowledged when the lane settles: the consumer acknowledges cumulatively, one
+//! acknowledgement per lane and settle). When the server pins a lane here, everything its
+//! consumer delivered so far (to this worker or an earlier owner) is read again from the
+//! stored position with an ordered consumer first: the server mixes an earlier owner's
+//! redeliveries with new messages, so the consumer's own deliveries are in order only past
+//! that point. Settling acknowledges every delivered message below the committed position.
 //!
 //! [`Settings::hand_off`]: super::Settings::hand_off
 
@@ -38,8 +40,10 @@ use crate::inbound::Delivered;
 const GROUP: &str = "weir";
 /// The header that names the client a lane is pinned to.
 const PIN_HEADER: &str = "Nats-Pin-Id";
-/// Messages one pull asks for.
-const BATCH: usize = 512;
+/// Messages one pull asks for (and at most [`BATCH_BYTES`] of them).
+const BATCH: usize = 4096;
+/// Bytes one pull asks for at most.
+const BATCH_BYTES: usize = 8 << 20;
 /// How long a pull waits at the server for messages.
 const PULL_EXPIRES: Duration = Duration::from_secs(2);
 /// How often the server says a waiting pull is alive.
@@ -108,13 +112,8 @@ impl Delivered for Delivery {
 
 /// What a lane's task tells the consumer thread.
 enum Event {
-    /// A message; `ack` is its acknowledgement subject (none for one read again from the
-    /// stream, which the consumer acknowledged before).
-    Message {
-        delivery: Box<Delivery>,
-        ack: Option<Subject>,
-        pending: i64,
-    },
+    /// Messages of one lane, in order.
+    Messages(Vec<Taken>),
     /// The server pinned the lane to this worker: the thread answers where it starts.
     Pinned {
         lane: LaneKey,
@@ -125,6 +124,18 @@ enum Event {
     /// An error of the lane's pulls.
     Error(String),
 }
+
+/// A message as a lane's task hands it over; `ack` is its acknowledgement subject (none for
+/// one read again from the stream, which the consumer acknowledged before), `pending` how many
+/// the consumer still holds after it.
+struct Taken {
+    delivery: Delivery,
+    ack: Option<Subject>,
+    pending: i64,
+}
+
+/// Messages a lane's task hands over at once (fewer when no more are at hand).
+const HAND_OVER: usize = 256;
 
 /// The consumer thread's hold on a lane's task.
 #[derive(Default)]
@@ -172,6 +183,8 @@ pub(crate) struct NatsSource {
     watermarks_at: Mutex<Instant>,
     /// Since when the client has had no connection.
     disconnected: Mutex<Option<Instant>>,
+    /// Messages handed over and not yet polled.
+    taken: Mutex<VecDeque<Delivery>>,
 }
 
 impl std::fmt::Debug for NatsSource {
@@ -207,6 +220,7 @@ impl Connection {
             tasks: Mutex::default(),
             watermarks_at: Mutex::new(Instant::now()),
             disconnected: Mutex::default(),
+            taken: Mutex::default(),
         }
     }
 
@@ -221,7 +235,7 @@ impl Connection {
                 "durable_name": name,
                 "filter_subject": names::lane_filter(&layout.stream, lane, layout.partitioned),
                 "deliver_policy": "all",
-                "ack_policy": "explicit",
+                "ack_policy": "all",
                 "ack_wait": nanos(self.settings.hand_off),
                 "max_ack_pending": MAX_ACK_PENDING,
                 "priority_groups": [GROUP],
@@ -282,7 +296,8 @@ impl NatsSource {
         lock(&self.lanes)
     }
 
-    /// Acknowledges `subjects` (messages at or below a committed position).
+    /// Acknowledges `subjects` (each the newest delivered message below a lane's committed
+    /// position: the consumers acknowledge everything before it with it).
     fn ack(&self, subjects: Vec<Subject>) -> Result<(), String> {
         if subjects.is_empty() {
             return Ok(());
@@ -299,13 +314,14 @@ impl NatsSource {
         })
     }
 
-    /// The lane's messages below `next` that were delivered, taken from its unacknowledged.
+    /// The acknowledgement of the lane's newest delivered message below `next` (which
+    /// acknowledges all before it), taking them all from its unacknowledged.
     fn take_acks(state: &mut LaneState, next: i64) -> Vec<Subject> {
-        let mut acks = Vec::new();
+        let mut last = None;
         while state.unacked.front().is_some_and(|(seq, _)| *seq < next) {
-            acks.extend(state.unacked.pop_front().map(|(_, s)| s));
+            last = state.unacked.pop_front().map(|(_, s)| s);
         }
-        acks
+        last.into_iter().collect()
     }
 
     fn on_pinned(&self, lane: LaneKey, start: oneshot::Sender<Option<i64>>) {
@@ -397,6 +413,7 @@ impl Source for NatsSource {
                     consumer: consumer.clone(),
                     control: Arc::clone(&control),
                     events: self.sender.clone(),
+                    taking: Mutex::default(),
                 };
                 lock(&self.tasks).push(self.runtime.spawn(task.run()));
                 self.state().insert(
@@ -431,6 +448,9 @@ impl Source for NatsSource {
     }
 
     fn poll(&self, timeout: Duration) -> Option<Result<Delivery, String>> {
+        if let Some(d) = lock(&self.taken).pop_front() {
+            return Some(Ok(d));
+        }
         self.update_watermarks();
         let deadline = Instant::now() + timeout;
         loop {
@@ -440,21 +460,23 @@ impl Source for NatsSource {
                 Err(_) => return None,
             };
             match event {
-                Event::Message {
-                    delivery,
-                    ack,
-                    pending,
-                } => {
-                    let key: LaneKey = (Arc::clone(&delivery.topic), delivery.lane);
+                Event::Messages(batch) => {
+                    let mut taken = lock(&self.taken);
                     let mut lanes = self.state();
-                    let Some(state) = lanes.get_mut(&key).filter(|s| s.owned) else {
-                        continue; // the lane is not (or no longer) this worker's
-                    };
-                    if let Some(ack) = ack {
-                        state.unacked.push_back((delivery.seq, ack));
-                        state.newest = Some((delivery.seq, pending));
+                    for t in batch {
+                        let key: LaneKey = (Arc::clone(&t.delivery.topic), t.delivery.lane);
+                        let Some(state) = lanes.get_mut(&key).filter(|s| s.owned) else {
+                            continue; // the lane is not (or no longer) this worker's
+                        };
+                        if let Some(ack) = t.ack {
+                            state.unacked.push_back((t.delivery.seq, ack));
+                            state.newest = Some((t.delivery.seq, t.pending));
+                        }
+                        taken.push_back(t.delivery);
                     }
-                    return Some(Ok(*delivery));
+                    if let Some(d) = taken.pop_front() {
+                        return Some(Ok(d));
+                    }
                 }
                 Event::Pinned { lane, start } => self.on_pinned(lane, start),
                 Event::Lost { lane, why } => self.on_lost(lane, &why),
@@ -552,6 +574,8 @@ struct LaneTask {
     consumer: String,
     control: Arc<LaneControl>,
     events: std_mpsc::Sender<Event>,
+    /// Messages not yet handed over.
+    taking: Mutex<Vec<Taken>>,
 }
 
 /// How a pull ended.
@@ -569,7 +593,7 @@ impl LaneTask {
         let mut replies = match client.subscribe(inbox.clone()).await {
             Ok(s) => s,
             Err(e) => {
-                let _ = self.events.send(Event::Error(format!(
+                let _ = self.send(Event::Error(format!(
                     "{}/{}: cannot subscribe to its pulls' replies: {e}",
                     self.lane.0, self.lane.1
                 )));
@@ -601,6 +625,7 @@ impl LaneTask {
             }
             let mut request = serde_json::json!({
                 "batch": if paused { 1 } else { BATCH },
+                "max_bytes": BATCH_BYTES,
                 "expires": PULL_EXPIRES.as_nanos() as u64,
                 "idle_heartbeat": HEARTBEAT.as_nanos() as u64,
                 "group": GROUP,
@@ -630,7 +655,7 @@ impl LaneTask {
     }
 
     fn error(&self, message: String) {
-        let _ = self.events.send(Event::Error(format!(
+        let _ = self.send(Event::Error(format!(
             "{}/{}: {message}",
             self.lane.0, self.lane.1
         )));
@@ -645,13 +670,23 @@ impl LaneTask {
     ) -> Pulled {
         let mut got = 0;
         while got < batch {
-            let message =
-                match tokio::time::timeout(PULL_EXPIRES + HEARTBEAT * 4, replies.next()).await {
-                    Ok(Some(m)) => m,
-                    Ok(None) => return Pulled::Gone,
-                    // No heartbeat: the connection is down or being re-established; pull again.
-                    Err(_) => return Pulled::Again,
-                };
+            let at_hand = futures::FutureExt::now_or_never(replies.next());
+            let next = match at_hand {
+                Some(next) => Ok(next),
+                None => {
+                    // Nothing more at hand: what was taken goes to the consumer thread now.
+                    if !self.hand_over() {
+                        return Pulled::Gone;
+                    }
+                    tokio::time::timeout(PULL_EXPIRES + HEARTBEAT * 4, replies.next()).await
+                }
+            };
+            let message = match next {
+                Ok(Some(m)) => m,
+                Ok(None) => return Pulled::Gone,
+                // No heartbeat: the connection is down or being re-established; pull again.
+                Err(_) => return Pulled::Again,
+            };
             if let Some(status) = message.status {
                 match status.as_u16() {
                     100 => continue,
@@ -661,14 +696,10 @@ impl LaneTask {
                             let why = message
                                 .description
                                 .unwrap_or_else(|| "pinned to another client".into());
-                            if self
-                                .events
-                                .send(Event::Lost {
-                                    lane: self.lane.clone(),
-                                    why,
-                                })
-                                .is_err()
-                            {
+                            if !self.send(Event::Lost {
+                                lane: self.lane.clone(),
+                                why,
+                            }) {
                                 return Pulled::Gone;
                             }
                         }
@@ -718,6 +749,9 @@ impl LaneTask {
                 return Pulled::Gone;
             }
         }
+        if !self.hand_over() {
+            return Pulled::Gone;
+        }
         Pulled::Again
     }
 
@@ -733,7 +767,7 @@ impl LaneTask {
             lane: self.lane.clone(),
             start: tx,
         };
-        if self.events.send(asked).is_err() {
+        if !self.send(asked) {
             return false;
         }
         let Ok(next) = rx.await else {
@@ -765,6 +799,9 @@ impl LaneTask {
             match self.replay(from, until).await {
                 Ok((n, _)) if n == 0 && from == next => return true,
                 Ok((n, _)) => {
+                    if !self.hand_over() {
+                        return false;
+                    }
                     tracing::info!(topic = %self.lane.0, lane = self.lane.1, from = ?next, until, messages = n, "read the lane again from its stored position up to where its consumer stands");
                     return true;
                 }
@@ -850,7 +887,8 @@ impl LaneTask {
         }
     }
 
-    /// Hands `message` to the consumer thread; false if it is gone.
+    /// Hands `message` to the consumer thread, with those taken before it once
+    /// [`HAND_OVER`] are together; false if the thread is gone.
     fn forward(&self, message: Message, info: AckInfo, ack: Option<Subject>) -> bool {
         let delivery = Delivery {
             topic: Arc::clone(&self.lane.0),
@@ -860,12 +898,26 @@ impl LaneTask {
             key: names::key_of(&self.layout.stream, &message.subject),
             message,
         };
-        self.events
-            .send(Event::Message {
-                delivery: Box::new(delivery),
+        let full = {
+            let mut taking = lock(&self.taking);
+            taking.push(Taken {
+                delivery,
                 ack,
                 pending: info.pending,
-            })
-            .is_ok()
+            });
+            taking.len() >= HAND_OVER
+        };
+        !full || self.hand_over()
+    }
+
+    /// Hands the messages taken so far to the consumer thread; false if it is gone.
+    fn hand_over(&self) -> bool {
+        let taken = std::mem::take(&mut *lock(&self.taking));
+        taken.is_empty() || self.events.send(Event::Messages(taken)).is_ok()
+    }
+
+    /// Sends `event` after the messages taken before it; false if the thread is gone.
+    fn send(&self, event: Event) -> bool {
+        self.hand_over() && self.events.send(event).is_ok()
     }
 }
