@@ -42,6 +42,21 @@ pub async fn create_nats_stream(topic: &str, lanes: i32) {
     .expect("create the stream");
 }
 
+/// Waits until stream `topic` exists (a worker makes it at start).
+pub async fn wait_for_stream(js: &jetstream::Context, topic: &str) {
+    crate::wait_until(
+        "the worker made its stream",
+        Duration::from_secs(30),
+        || async {
+            js.get_stream(topic)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        },
+    )
+    .await;
+}
+
 /// Publishes `records` (key, value) to `topic`'s stream, key as the subject's last token,
 /// and waits until every one is acknowledged.
 pub async fn nats_publish(topic: &str, records: &[(String, String)]) {

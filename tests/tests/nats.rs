@@ -278,21 +278,7 @@ async fn python_publishes_and_reads_what_weir_emits() {
     // The worker makes the stream at start.
     let client = nats_client().await;
     let js = async_nats::jetstream::new(client);
-    wait_until(
-        "the worker made its stream",
-        Duration::from_secs(30),
-        || {
-            let js = js.clone();
-            let topic = topic.clone();
-            async move {
-                js.get_stream(&topic)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            }
-        },
-    )
-    .await;
+    wait_for_stream(&js, &topic).await;
     assert_eq!(
         python_nats_publish(&topic, 300),
         300,
@@ -686,21 +672,7 @@ async fn a_server_restart_mid_stream_loses_and_doubles_nothing() {
         })
         .expect("build worker");
     let running = RunningWorker::spawn(worker);
-    wait_until(
-        "the worker made its stream",
-        Duration::from_secs(30),
-        || {
-            let js = js.clone();
-            let topic = topic.clone();
-            async move {
-                js.get_stream(&topic)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            }
-        },
-    )
-    .await;
+    wait_for_stream(&js, &topic).await;
     let first = keyed_records(0, 3_000, 100);
     publish(first.clone()).await;
     wait_until("some counted", Duration::from_secs(30), || async {
