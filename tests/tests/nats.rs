@@ -808,3 +808,114 @@ async fn readiness_follows_the_connection_to_the_server() {
     wait_until("ready again", Duration::from_secs(30), || ready(200, "")).await;
     running.stop_cleanly().await;
 }
+
+/// A worker with an empty state dir that takes a lane with a long history reads it all again
+/// before its first new message, for longer than the pin lasts without pulls: it keeps
+/// pulling meanwhile, so the server does not move the lane away in the middle (no lane lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_read_again_keeps_its_lane() {
+    let (topic, group) = (unique("nats-replay"), unique("g"));
+    create_nats_stream(&topic, 1).await;
+    let records = keyed_records(0, 200_000, 100);
+    nats_publish(&topic, &records).await;
+    let first = tempfile::tempdir().expect("tempdir");
+    let running = RunningWorker::spawn(
+        nats_worker(&group, &topic, first.path())
+            .build(CountHandler::default())
+            .expect("build worker"),
+    );
+    wait_for_counts(
+        first.path(),
+        &group,
+        &topic,
+        &expected_counts(&records),
+        Duration::from_secs(120),
+    )
+    .await;
+    running.stop_cleanly().await;
+
+    // A new machine: everything is acknowledged, and its store is empty.
+    let second = tempfile::tempdir().expect("tempdir");
+    let worker = nats_worker(&group, &topic, second.path())
+        .hand_off(Duration::from_secs(1))
+        .metrics_addr("127.0.0.1:0")
+        .build(CountHandler::default())
+        .expect("build worker");
+    let addr = worker.metrics_addr().expect("metrics address");
+    let running = RunningWorker::spawn(worker);
+    let more = keyed_records(200_000, 1, 100);
+    nats_publish(&topic, &more).await;
+    let all: Vec<_> = records.iter().chain(&more).cloned().collect();
+    let started = Instant::now();
+    wait_for_counts(
+        second.path(),
+        &group,
+        &topic,
+        &expected_counts(&all),
+        Duration::from_secs(120),
+    )
+    .await;
+    let took = started.elapsed();
+    let (_, body) = http_get(addr, "/metrics").await;
+    running.stop_cleanly().await;
+    let lost = sample(&body, "weir_rebalances_total", &[("kind", "lost")]).unwrap_or(0.0);
+    assert!(
+        took > Duration::from_secs(1),
+        "the read took longer than the pin lasts: {took:?}"
+    );
+    assert_eq!(
+        lost, 0.0,
+        "the lane was taken away during the read ({took:?})"
+    );
+}
+
+/// The server takes a lane away in the middle of a backlog (an operator's unpin, five times)
+/// and pins it here again: messages taken under the earlier pin and not yet processed are
+/// dropped with it and read again from the store's position, so every record is counted once
+/// (they were processed after the new start's, which skipped its read: records were lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lane_unpinned_mid_stream_counts_exactly() {
+    let (topic, group) = (unique("nats-unpin"), unique("g"));
+    create_nats_stream(&topic, 1).await;
+    let records = keyed_records(0, 150_000, 100);
+    nats_publish(&topic, &records).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let worker = nats_worker(&group, &topic, dir.path())
+        .metrics_addr("127.0.0.1:0")
+        .build(CountHandler::default())
+        .expect("build worker");
+    let addr = worker.metrics_addr().expect("metrics address");
+    let running = RunningWorker::spawn(worker);
+    let client = nats_client().await;
+    let unpin = format!("$JS.API.CONSUMER.UNPIN.{topic}.weir-{group}-0");
+    let expected = expected_counts(&records);
+    let mut unpinned = 0;
+    wait_until("every record counted", Duration::from_secs(120), || {
+        let (client, unpin) = (client.clone(), unpin.clone());
+        let stored = StoredCounts::read(dir.path(), &group, &topic);
+        let done = stored.counts == expected;
+        let total = stored.total();
+        // Five unpins, each after 5,000 more records, while the backlog is processed.
+        let unpin_now = !done && total > 5_000 * unpinned && unpinned < 5;
+        if unpin_now {
+            unpinned += 1;
+        }
+        async move {
+            if done {
+                return Ok(());
+            }
+            if unpin_now {
+                let body = serde_json::json!({ "group": "weir" }).to_string();
+                let _ = client.request(unpin, body.into()).await;
+            }
+            Err(format!("{total} counted"))
+        }
+    })
+    .await;
+    let (_, body) = http_get(addr, "/metrics").await;
+    running.stop_cleanly().await;
+    let stored = StoredCounts::read(dir.path(), &group, &topic);
+    assert_counts_exact(&stored.counts, &expected);
+    let lost = sample(&body, "weir_rebalances_total", &[("kind", "lost")]).unwrap_or(0.0);
+    assert!(lost >= 1.0, "the lane was taken away at least once: {lost}");
+}

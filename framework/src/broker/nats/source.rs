@@ -185,6 +185,12 @@ pub(crate) struct NatsSource {
     disconnected: Mutex<Option<Instant>>,
     /// Messages handed over and not yet polled.
     taken: Mutex<VecDeque<Delivery>>,
+    /// A lane pinned here or taken away, held back until the runtime has dispatched what
+    /// `poll` returned before it (see [`poll`](Source::poll)).
+    held: Mutex<Option<Event>>,
+    /// `poll` returned a message since it last returned nothing: the runtime holds a burst
+    /// it has not dispatched yet.
+    in_burst: AtomicBool,
 }
 
 impl std::fmt::Debug for NatsSource {
@@ -221,6 +227,8 @@ impl Connection {
             watermarks_at: Mutex::new(Instant::now()),
             disconnected: Mutex::default(),
             taken: Mutex::default(),
+            held: Mutex::default(),
+            in_burst: AtomicBool::new(false),
         }
     }
 
@@ -324,6 +332,25 @@ impl NatsSource {
         last.into_iter().collect()
     }
 
+    /// Applies a lane pinned here or taken away.
+    fn apply(&self, event: Event) {
+        let lane = match &event {
+            Event::Pinned { lane, .. } | Event::Lost { lane, .. } => lane.clone(),
+            Event::Messages(_) | Event::Error(_) => return,
+        };
+        lock(&self.taken).retain(|d| !(d.lane == lane.1 && *d.topic == *lane.0));
+        match event {
+            Event::Pinned { lane, start } => {
+                // Pinned anew while it was this worker's (a new pin id with no 423 between):
+                // its earlier run ends first, as if lost.
+                self.on_lost(lane.clone(), "pinned here again with a new pin id");
+                self.on_pinned(lane, start);
+            }
+            Event::Lost { lane, why } => self.on_lost(lane, &why),
+            Event::Messages(_) | Event::Error(_) => {}
+        }
+    }
+
     fn on_pinned(&self, lane: LaneKey, start: oneshot::Sender<Option<i64>>) {
         let starts = self.assignments.assigned(&[Lane {
             topic: &lane.0,
@@ -414,6 +441,7 @@ impl Source for NatsSource {
                     control: Arc::clone(&control),
                     events: self.sender.clone(),
                     taking: Mutex::default(),
+                    inbox: self.connection.client.new_inbox().into(),
                 };
                 lock(&self.tasks).push(self.runtime.spawn(task.run()));
                 self.state().insert(
@@ -447,8 +475,19 @@ impl Source for NatsSource {
         *since
     }
 
+    /// A lane pinned here or taken away changes where the runtime sends the lane's
+    /// messages, so it is applied only between bursts: when one comes while the runtime
+    /// holds messages `poll` returned (taken before it), `poll` holds it back and returns
+    /// nothing, the runtime dispatches its burst, and the next `poll` applies it. Messages
+    /// taken before it and not yet returned are dropped with it: they belong to the lane's
+    /// earlier ownership, and the lane's new start reads them again where they are due.
     fn poll(&self, timeout: Duration) -> Option<Result<Delivery, String>> {
+        let held = lock(&self.held).take();
+        if let Some(event) = held {
+            self.apply(event);
+        }
         if let Some(d) = lock(&self.taken).pop_front() {
+            self.in_burst.store(true, Ordering::Relaxed);
             return Some(Ok(d));
         }
         self.update_watermarks();
@@ -457,7 +496,10 @@ impl Source for NatsSource {
             let wait = deadline.saturating_duration_since(Instant::now());
             let event = match self.events.recv_timeout(wait) {
                 Ok(e) => e,
-                Err(_) => return None,
+                Err(_) => {
+                    self.in_burst.store(false, Ordering::Relaxed);
+                    return None;
+                }
             };
             match event {
                 Event::Messages(batch) => {
@@ -475,12 +517,16 @@ impl Source for NatsSource {
                         taken.push_back(t.delivery);
                     }
                     if let Some(d) = taken.pop_front() {
+                        self.in_burst.store(true, Ordering::Relaxed);
                         return Some(Ok(d));
                     }
                 }
-                Event::Pinned { lane, start } => self.on_pinned(lane, start),
-                Event::Lost { lane, why } => self.on_lost(lane, &why),
                 Event::Error(e) => return Some(Err(e)),
+                event if self.in_burst.swap(false, Ordering::Relaxed) => {
+                    *lock(&self.held) = Some(event);
+                    return None;
+                }
+                event => self.apply(event),
             }
         }
     }
@@ -576,6 +622,8 @@ struct LaneTask {
     events: std_mpsc::Sender<Event>,
     /// Messages not yet handed over.
     taking: Mutex<Vec<Taken>>,
+    /// Where the lane's pulls are answered.
+    inbox: Subject,
 }
 
 /// How a pull ended.
@@ -589,8 +637,7 @@ enum Pulled {
 impl LaneTask {
     async fn run(self) {
         let client = self.connection.client.clone();
-        let inbox = client.new_inbox();
-        let mut replies = match client.subscribe(inbox.clone()).await {
+        let mut replies = match client.subscribe(self.inbox.clone()).await {
             Ok(s) => s,
             Err(e) => {
                 let _ = self.send(Event::Error(format!(
@@ -600,13 +647,9 @@ impl LaneTask {
                 return;
             }
         };
-        let next_subject = format!(
-            "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
-            self.layout.stream, self.consumer
-        );
         // The pin id while the server pins the lane to this worker.
         let mut pin: Option<String> = None;
-        let keep_alive = self.connection.settings.hand_off / 3;
+        let keep_alive = self.keep_alive();
         let mut last_pull: Option<Instant> = None;
         while !self.control.stopped.load(Ordering::SeqCst) {
             let paused = self.control.paused.load(Ordering::SeqCst) && pin.is_some();
@@ -623,35 +666,48 @@ impl LaneTask {
                     continue;
                 }
             }
-            let mut request = serde_json::json!({
-                "batch": if paused { 1 } else { BATCH },
-                "max_bytes": BATCH_BYTES,
-                "expires": PULL_EXPIRES.as_nanos() as u64,
-                "idle_heartbeat": HEARTBEAT.as_nanos() as u64,
-                "group": GROUP,
-            });
-            if let Some(id) = &pin {
-                request["id"] = id.clone().into();
-            }
-            let sent = client
-                .publish_with_reply(
-                    next_subject.clone(),
-                    inbox.clone(),
-                    request.to_string().into(),
-                )
-                .await;
-            if let Err(e) = sent {
+            let batch = if paused { 1 } else { BATCH };
+            if let Err(e) = self.pull(batch, pin.as_deref()).await {
                 self.error(format!("pull failed: {e}"));
                 tokio::time::sleep(RETRY_AFTER).await;
                 continue;
             }
             last_pull = Some(Instant::now());
-            let batch = if paused { 1 } else { BATCH };
             match self.take_pull(&mut replies, batch, &mut pin).await {
                 Pulled::Again => {}
                 Pulled::Gone => return,
             }
         }
+    }
+
+    /// How often a lane that takes nothing (paused, or being read again) pulls all the same,
+    /// so that the server keeps it pinned here.
+    fn keep_alive(&self) -> Duration {
+        self.connection.settings.hand_off / 3
+    }
+
+    /// Asks the lane's consumer for up to `batch` messages, answered to the lane's inbox
+    /// (with the pin id once the lane is pinned here).
+    async fn pull(&self, batch: usize, pin: Option<&str>) -> Result<(), String> {
+        let mut request = serde_json::json!({
+            "batch": batch,
+            "max_bytes": BATCH_BYTES,
+            "expires": PULL_EXPIRES.as_nanos() as u64,
+            "idle_heartbeat": HEARTBEAT.as_nanos() as u64,
+            "group": GROUP,
+        });
+        if let Some(id) = pin {
+            request["id"] = id.into();
+        }
+        let subject = format!(
+            "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
+            self.layout.stream, self.consumer
+        );
+        self.connection
+            .client
+            .publish_with_reply(subject, self.inbox.clone(), request.to_string().into())
+            .await
+            .map_err(|e| e.to_string())
     }
 
     fn error(&self, message: String) {
@@ -739,8 +795,8 @@ impl LaneTask {
                 return Pulled::Again;
             };
             if pin.as_deref() != Some(header_pin.as_str()) {
-                *pin = Some(header_pin);
-                if !self.pinned(info.stream_seq).await {
+                *pin = Some(header_pin.clone());
+                if !self.pinned(info.stream_seq, &header_pin).await {
                     return Pulled::Gone;
                 }
             }
@@ -761,7 +817,7 @@ impl LaneTask {
     /// server redelivers what an earlier owner left unacknowledged mixed with new messages,
     /// not before them, so the consumer's deliveries are in order only past that point.
     /// False if the consumer thread is gone.
-    async fn pinned(&self, first: i64) -> bool {
+    async fn pinned(&self, first: i64, pin: &str) -> bool {
         let (tx, rx) = oneshot::channel();
         let asked = Event::Pinned {
             lane: self.lane.clone(),
@@ -796,7 +852,7 @@ impl LaneTask {
         // Until it is read whole: a lane that went on past a gap would skip records.
         let mut from = next;
         loop {
-            match self.replay(from, until).await {
+            match self.replay(from, until, pin).await {
                 Ok((n, _)) if n == 0 && from == next => return true,
                 Ok((n, _)) => {
                     if !self.hand_over() {
@@ -826,6 +882,7 @@ impl LaneTask {
         &self,
         from: Option<i64>,
         until: i64,
+        pin: &str,
     ) -> Result<(usize, Option<i64>), (String, Option<i64>)> {
         let mut last = None;
         let failed = |e: String, last: Option<i64>| (e, last);
@@ -858,7 +915,16 @@ impl LaneTask {
             .await
             .map_err(|e| failed(e.to_string(), None))?;
         let mut sent = 0;
+        // A long read must not cost the pin: the lane keeps pulling one message now and then
+        // (what comes is taken after the read, in order).
+        let mut last_pull = Instant::now();
         loop {
+            if last_pull.elapsed() >= self.keep_alive() {
+                last_pull = Instant::now();
+                if let Err(e) = self.pull(1, Some(pin)).await {
+                    tracing::debug!(topic = %self.lane.0, lane = self.lane.1, "keep-alive pull failed: {e}");
+                }
+            }
             let next = tokio::time::timeout(REPLAY_WAIT, messages.next()).await;
             let message = match next {
                 Ok(Some(Ok(m))) => m,
