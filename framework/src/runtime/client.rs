@@ -1,8 +1,17 @@
-//! The worker's broker clients, from its settings: its group consumer's and its connection's.
+//! The worker's broker clients, from its settings: the broker its `brokers` setting names
+//! (Kafka's bootstrap servers, or NATS servers), checked and connected at start, and the
+//! source of its lanes.
 
-use crate::broker::kafka::{Connection, GroupSettings, Producer, Property};
+use std::sync::Arc;
+
+use crate::broker::kafka::{self, check_brokers, GroupSettings, Property};
+use crate::broker::{Connection, Producer};
 use crate::config::{Config, KAFKA_ENV_PREFIX};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::processing::Process;
+use crate::runtime::admin::ensure_topics;
+use crate::runtime::rebalance::Rebalances;
+use crate::runtime::shared::Shared;
 
 /// The user's librdkafka properties.
 fn properties(config: &Config) -> Vec<Property<'_>> {
@@ -29,8 +38,8 @@ pub(crate) fn group_settings(config: &Config, brokers: &str) -> Result<GroupSett
 
 /// The connection of the worker's other clients (producer, changelog restores, tables,
 /// watermark and topic checks): the consumer's connection and security properties.
-pub(crate) fn connection(config: &Config, brokers: &str) -> Connection {
-    Connection::new(brokers, &properties(config))
+pub(crate) fn connection(config: &Config, brokers: &str) -> kafka::Connection {
+    kafka::Connection::new(brokers, &properties(config))
 }
 
 /// The settings of the `WEIR_KAFKA_*` environment variables.
@@ -57,6 +66,159 @@ pub fn connection_from_env(brokers: &str) -> Result<Vec<(String, String)>> {
 }
 
 /// A worker's producer, connected as the `WEIR_KAFKA_*` environment variables say, for tools.
-pub(crate) fn producer_from_env(brokers: &str) -> Result<Producer> {
+pub(crate) fn producer_from_env(brokers: &str) -> Result<kafka::Producer> {
     connection(&kafka_env()?, brokers).producer()
+}
+
+/// The worker's broker clients, as settings until the worker runs.
+#[derive(Debug)]
+pub(crate) enum Clients {
+    Kafka {
+        /// The group consumer's settings.
+        consumer: GroupSettings,
+        /// Connection settings for the worker's other clients.
+        connection: kafka::Connection,
+        producer: Arc<Producer>,
+    },
+    #[cfg(feature = "nats")]
+    Nats(crate::broker::nats::Settings),
+}
+
+/// The clients of a running worker.
+pub(crate) struct Started {
+    pub(crate) connection: Connection,
+    pub(crate) producer: Arc<Producer>,
+    pub(crate) reader: Reader,
+}
+
+/// What makes the source of a running worker's lanes.
+pub(crate) enum Reader {
+    Kafka(GroupSettings),
+    /// The connection and the group.
+    #[cfg(feature = "nats")]
+    Nats(crate::broker::nats::Connection, String),
+}
+
+/// The worker's source, made for its consumer thread.
+pub(crate) enum Made<C> {
+    Kafka(C),
+    #[cfg(feature = "nats")]
+    Nats(Box<crate::broker::nats::NatsSource>),
+}
+
+impl Clients {
+    /// The clients `brokers` call for (a `nats://` or `tls://` URL: NATS; else Kafka's
+    /// bootstrap servers), checking that the worker's settings are ones its broker supports.
+    pub(crate) fn new(config: &Config, brokers: &str, in_pipeline: bool) -> Result<Self> {
+        if crate::broker::nats_url(brokers) {
+            return Self::nats(config, brokers, in_pipeline);
+        }
+        let consumer = group_settings(config, brokers)?;
+        let connection = connection(config, brokers);
+        let producer = Arc::new(Producer::Kafka(connection.producer()?));
+        Ok(Self::Kafka {
+            consumer,
+            connection,
+            producer,
+        })
+    }
+
+    #[cfg(not(feature = "nats"))]
+    fn nats(_: &Config, brokers: &str, _: bool) -> Result<Self> {
+        Err(Error::config(
+            "brokers (WEIR_BROKERS)",
+            format!("{brokers:?} names NATS servers, and this build of weir has no NATS support: enable weir's `nats` feature"),
+        ))
+    }
+
+    #[cfg(feature = "nats")]
+    fn nats(config: &Config, brokers: &str, in_pipeline: bool) -> Result<Self> {
+        let unsupported = |what: &str| {
+            Error::config(
+                "brokers (WEIR_BROKERS)",
+                format!("{what} run on Kafka only so far, and {brokers:?} names NATS servers"),
+            )
+        };
+        if in_pipeline {
+            return Err(unsupported("pipelines"));
+        }
+        if config.changelog {
+            return Err(unsupported("changelogs (WEIR_CHANGELOG)"));
+        }
+        if !config.tables(false).is_empty() || !config.tables(true).is_empty() {
+            return Err(unsupported("tables"));
+        }
+        Ok(Self::Nats(crate::broker::nats::Settings {
+            servers: brokers.to_owned(),
+            creds: config.nats_creds.clone(),
+            partitions: config.partitions,
+            hand_off: config.hand_off,
+        }))
+    }
+
+    /// Checks the broker and makes the topics the worker writes to; the worker's clients.
+    pub(crate) async fn start(
+        &self,
+        config: &Config,
+        brokers: &str,
+        embedded: bool,
+    ) -> Result<Started> {
+        match self {
+            Self::Kafka {
+                consumer,
+                connection,
+                producer,
+            } => {
+                let connection = Connection::Kafka(connection.clone());
+                if !embedded {
+                    check_brokers(consumer, brokers, config.startup_timeout).await?;
+                    ensure_topics(config, &connection).await;
+                }
+                Ok(Started {
+                    connection,
+                    producer: Arc::clone(producer),
+                    reader: Reader::Kafka(consumer.clone()),
+                })
+            }
+            #[cfg(feature = "nats")]
+            Self::Nats(settings) => {
+                let nats = crate::broker::nats::Connection::connect(
+                    settings.clone(),
+                    config.startup_timeout,
+                )
+                .await?;
+                for topic in &config.topics {
+                    nats.stream(topic, true).await?;
+                }
+                let connection = Connection::Nats(nats.clone());
+                ensure_topics(config, &connection).await;
+                Ok(Started {
+                    connection,
+                    producer: Arc::new(Producer::Nats(crate::broker::nats::Publisher::new(
+                        nats.clone(),
+                    ))),
+                    reader: Reader::Nats(nats, config.group.clone()),
+                })
+            }
+        }
+    }
+}
+
+impl Reader {
+    /// The source of the worker's lanes, telling `shared` of assignments.
+    pub(crate) fn source<H: Process>(
+        &self,
+        shared: Arc<Shared<H>>,
+    ) -> Result<Made<impl crate::broker::Source + Send + 'static>> {
+        let assignments = Rebalances::new(shared);
+        match self {
+            Self::Kafka(consumer) => Ok(Made::Kafka(consumer.consumer(assignments)?)),
+            #[cfg(feature = "nats")]
+            Self::Nats(nats, group) => Ok(Made::Nats(Box::new(nats.source(
+                group,
+                assignments,
+                tokio::runtime::Handle::current(),
+            )))),
+        }
+    }
 }

@@ -325,11 +325,16 @@ impl NatsSource {
     /// The acknowledgement of the lane's newest delivered message below `next` (which
     /// acknowledges all before it), taking them all from its unacknowledged.
     fn take_acks(state: &mut LaneState, next: i64) -> Vec<Subject> {
-        let mut last = None;
+        // Delivery order, with redeliveries among them: the highest sequence acknowledges.
+        let mut newest: Option<(i64, Subject)> = None;
         while state.unacked.front().is_some_and(|(seq, _)| *seq < next) {
-            last = state.unacked.pop_front().map(|(_, s)| s);
+            if let Some((seq, subject)) = state.unacked.pop_front() {
+                if newest.as_ref().is_none_or(|(n, _)| seq > *n) {
+                    newest = Some((seq, subject));
+                }
+            }
         }
-        last.into_iter().collect()
+        newest.map(|(_, s)| s).into_iter().collect()
     }
 
     /// Applies a lane pinned here or taken away.
