@@ -268,6 +268,19 @@ impl Connection {
                 ),
             ));
         }
+        // Settling acknowledges only the newest message of each lane: a server that made the
+        // consumer acknowledge one by one instead would hold the rest until it stops
+        // delivering (or one that ignored the priority group would not pin).
+        let config = &answer["config"];
+        if config["ack_policy"] != "all" || config["priority_policy"] != "pinned_client" {
+            return Err(Error::config(
+                "brokers (WEIR_BROKERS)",
+                format!(
+                    "the server made the consumer {name} of stream {} with ack_policy {} and priority_policy {}, not all and pinned_client as asked",
+                    layout.stream, config["ack_policy"], config["priority_policy"]
+                ),
+            ));
+        }
         Ok(name)
     }
 
