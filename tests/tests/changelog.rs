@@ -214,28 +214,6 @@ async fn entries_of_a_batch_whose_marker_never_came_are_not_restored() {
         .map(|i| (if i < 7 { "k" } else { "j" }.to_owned(), format!("v{i}")))
         .collect();
     broker.produce(&topic, Some(0), records.clone()).await;
-    let entry = |key: &str, value: &str, batch_end: i64| -> HeadedRecord {
-        let record_key = weir::state::ChangelogEntry::key(COUNTS, &format!("{key:?}"));
-        (
-            String::from_utf8(record_key).expect("utf-8"),
-            value.to_owned(),
-            vec![(
-                weir::state::header::SOURCE_NEXT_OFFSET.to_owned(),
-                batch_end.to_string(),
-            )],
-        )
-    };
-    let marker = |batch_end: i64| -> HeadedRecord {
-        let (key, value) = weir::state::ChangelogEntry::offset_marker(batch_end);
-        (
-            String::from_utf8(key).expect("utf-8"),
-            String::from_utf8(value).expect("utf-8"),
-            vec![(
-                weir::state::header::SOURCE_NEXT_OFFSET.to_owned(),
-                batch_end.to_string(),
-            )],
-        )
-    };
     broker
         .produce_with_headers(
             &changelog,
@@ -293,21 +271,6 @@ async fn a_compacted_changelog_restores_every_batch() {
         .map(|i| (if i < 5 { "k" } else { "j" }.to_owned(), format!("v{i}")))
         .collect();
     broker.produce(&topic, Some(0), records.clone()).await;
-    let headers = |batch_end: i64| {
-        vec![(
-            weir::state::header::SOURCE_NEXT_OFFSET.to_owned(),
-            batch_end.to_string(),
-        )]
-    };
-    let entry = |key: &str, value: &str, batch_end: i64| -> HeadedRecord {
-        let record_key = weir::state::ChangelogEntry::key(COUNTS, &format!("{key:?}"));
-        (
-            String::from_utf8(record_key).expect("utf-8"),
-            value.to_owned(),
-            headers(batch_end),
-        )
-    };
-    let (marker_key, marker_value) = weir::state::ChangelogEntry::offset_marker(10);
     broker
         .produce_with_headers(
             &changelog,
@@ -317,11 +280,7 @@ async fn a_compacted_changelog_restores_every_batch() {
                 entry("k", "5", 5),
                 // Batch 5..10, and its marker.
                 entry("j", "5", 10),
-                (
-                    String::from_utf8(marker_key).expect("utf-8"),
-                    String::from_utf8(marker_value).expect("utf-8"),
-                    headers(10),
-                ),
+                marker(10),
             ],
         )
         .await;
@@ -347,4 +306,33 @@ async fn a_compacted_changelog_restores_every_batch() {
     worker.stop_cleanly().await;
     let stored = StoredCounts::read(dir.path(), &group, &topic);
     assert_counts_exact(&stored.counts, &expected_counts(&records));
+}
+
+/// A changelog state entry of `key` (counts store) with `value`, of the batch ending at
+/// `batch_end`.
+fn entry(key: &str, value: &str, batch_end: i64) -> HeadedRecord {
+    let record_key = weir::state::ChangelogEntry::key(COUNTS, &format!("{key:?}"));
+    (
+        String::from_utf8(record_key).expect("utf-8"),
+        value.to_owned(),
+        position(batch_end),
+    )
+}
+
+/// The offset marker of the batch ending at `batch_end`.
+fn marker(batch_end: i64) -> HeadedRecord {
+    let (key, value) = weir::state::ChangelogEntry::offset_marker(batch_end);
+    (
+        String::from_utf8(key).expect("utf-8"),
+        String::from_utf8(value).expect("utf-8"),
+        position(batch_end),
+    )
+}
+
+/// The headers naming a changelog entry's batch.
+fn position(batch_end: i64) -> Vec<(String, String)> {
+    vec![(
+        weir::state::header::SOURCE_NEXT_OFFSET.to_owned(),
+        batch_end.to_string(),
+    )]
 }

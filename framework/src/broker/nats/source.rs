@@ -521,13 +521,19 @@ impl Source for NatsSource {
             };
             match event {
                 Event::Messages(batch) => {
+                    // A batch is one lane's: it is looked up once.
+                    let Some(key) = batch
+                        .first()
+                        .map(|t| (Arc::clone(&t.delivery.topic), t.delivery.lane))
+                    else {
+                        continue;
+                    };
                     let mut taken = lock(&self.taken);
                     let mut lanes = self.state();
+                    let Some(state) = lanes.get_mut(&key).filter(|s| s.owned) else {
+                        continue; // the lane is not (or no longer) this worker's
+                    };
                     for t in batch {
-                        let key: LaneKey = (Arc::clone(&t.delivery.topic), t.delivery.lane);
-                        let Some(state) = lanes.get_mut(&key).filter(|s| s.owned) else {
-                            continue; // the lane is not (or no longer) this worker's
-                        };
                         if let Some(ack) = t.ack {
                             state.unacked.push_back((t.delivery.seq, ack));
                             state.newest = Some((t.delivery.seq, t.pending));
@@ -903,13 +909,12 @@ impl LaneTask {
         pin: &str,
     ) -> Result<(usize, Option<i64>), (String, Option<i64>)> {
         let mut last = None;
-        let failed = |e: String, last: Option<i64>| (e, last);
         let stream = self
             .connection
             .js
             .get_stream(&self.layout.stream)
             .await
-            .map_err(|e| failed(e.to_string(), None))?;
+            .map_err(|e| (e.to_string(), None))?;
         let deliver_policy = match from {
             Some(n) => DeliverPolicy::ByStartSequence {
                 start_sequence: n.max(1) as u64,
@@ -927,11 +932,11 @@ impl LaneTask {
                 ..Default::default()
             })
             .await
-            .map_err(|e| failed(e.to_string(), None))?;
+            .map_err(|e| (e.to_string(), None))?;
         let mut messages = consumer
             .messages()
             .await
-            .map_err(|e| failed(e.to_string(), None))?;
+            .map_err(|e| (e.to_string(), None))?;
         let mut sent = 0;
         // A long read must not cost the pin: the lane keeps pulling one message now and then
         // (what comes is taken after the read, in order).
@@ -946,11 +951,11 @@ impl LaneTask {
             let next = tokio::time::timeout(REPLAY_WAIT, messages.next()).await;
             let message = match next {
                 Ok(Some(Ok(m))) => m,
-                Ok(Some(Err(e))) => return Err(failed(e.to_string(), last)),
-                Ok(None) => return Err(failed("the stream's messages ended".into(), last)),
-                Err(_) => return Err(failed(format!("no message within {REPLAY_WAIT:?}"), last)),
+                Ok(Some(Err(e))) => return Err((e.to_string(), last)),
+                Ok(None) => return Err(("the stream's messages ended".into(), last)),
+                Err(_) => return Err((format!("no message within {REPLAY_WAIT:?}"), last)),
             };
-            let info = message.info().map_err(|e| failed(e.to_string(), last))?;
+            let info = message.info().map_err(|e| (e.to_string(), last))?;
             let info = AckInfo {
                 stream_seq: info.stream_sequence as i64,
                 timestamp_ms: (info.published.unix_timestamp_nanos() / 1_000_000) as i64,

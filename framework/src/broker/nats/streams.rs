@@ -83,15 +83,14 @@ impl Connection {
                 tracing::info!(%stream, lanes, "stream created");
                 Ok(config)
             }
-            // Another worker created it first: read what it made.
-            Err(_) if self.js.get_stream(stream).await.is_ok() => {
-                let s = self.js.get_stream(stream).await.map_err(super::error)?;
-                Ok(s.cached_info().config.clone())
-            }
-            Err(e) => Err(Error::config(
-                "brokers (WEIR_BROKERS)",
-                format!("cannot create stream {stream}: {e}"),
-            )),
+            Err(e) => match self.js.get_stream(stream).await {
+                // Another worker created it first: read what it made.
+                Ok(s) => Ok(s.cached_info().config.clone()),
+                Err(_) => Err(Error::config(
+                    "brokers (WEIR_BROKERS)",
+                    format!("cannot create stream {stream}: {e}"),
+                )),
+            },
         }
     }
 
