@@ -82,6 +82,7 @@ pub async fn nats_publish(topic: &str, records: &[(String, String)]) {
 /// A worker of `group` on the NATS test server reading `topic`, with its stores in
 /// `state_dir`, handing a dead worker's lanes over after 3 s.
 pub fn nats_worker(group: &str, topic: &str, state_dir: &Path) -> weir::WorkerBuilder {
+    crate::broker::init_tracing();
     Worker::builder()
         .brokers(nats_url())
         .group(group)

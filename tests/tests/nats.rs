@@ -919,3 +919,136 @@ async fn a_lane_unpinned_mid_stream_counts_exactly() {
     let lost = sample(&body, "weir_rebalances_total", &[("kind", "lost")]).unwrap_or(0.0);
     assert!(lost >= 1.0, "the lane was taken away at least once: {lost}");
 }
+
+/// State follows its lane through the changelog stream: a worker with no store (on another
+/// machine, as far as it knows) restores each lane from `<group>-<T>-changelog` before its first
+/// record, even though the stream no longer holds the records the state came from. An entry of
+/// a batch whose offset marker never came (its writer was lost mid-flush; forged here) is
+/// dropped, the key's version before it restored (the stream keeps a key's last two), and the
+/// orphan deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_follows_its_lane_through_the_changelog() {
+    use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+    use futures::StreamExt;
+    use weir::state::{changelog_topic, header, ChangelogEntry};
+
+    let (topic, group) = (unique("nats-changelog"), unique("g"));
+    let (first_dir, second_dir) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    create_nats_stream(&topic, 4).await;
+    let first = keyed_records(0, 10_000, 500);
+    nats_publish(&topic, &first).await;
+    let worker = nats_worker(&group, &topic, first_dir.path())
+        .changelog(true)
+        .build(CountHandler::default())
+        .expect("build worker");
+    let running = RunningWorker::spawn(worker);
+    wait_for_counts(
+        first_dir.path(),
+        &group,
+        &topic,
+        &expected_counts(&first),
+        Duration::from_secs(60),
+    )
+    .await;
+    running.stop_cleanly().await;
+
+    // The newest entry of one key, read from the changelog stream as another program would.
+    let js = async_nats::jetstream::new(nats_client().await);
+    let changelog = weir::state::nats::stream_of(&changelog_topic(&group, &topic));
+    let stream = js
+        .get_stream(&changelog)
+        .await
+        .expect("the changelog stream exists");
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: format!("{changelog}.>"),
+            deliver_policy: DeliverPolicy::LastPerSubject,
+            ..Default::default()
+        })
+        .await
+        .expect("read the changelog");
+    let mut messages = consumer.messages().await.expect("read the changelog");
+    let (subject, headers) = loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), messages.next())
+            .await
+            .expect("a changelog entry within 10 s")
+            .expect("the changelog's messages go on")
+            .expect("a changelog message");
+        let (lane, key) =
+            weir::state::nats::lane_and_key(&changelog, &m.subject).expect("a changelog subject");
+        assert!(
+            lane.is_some(),
+            "changelog subjects name the lane: {}",
+            m.subject
+        );
+        if let Some(ChangelogEntry::State { .. }) =
+            ChangelogEntry::parse(key.as_deref(), Some(&m.payload))
+        {
+            break (
+                m.subject.to_string(),
+                m.headers.clone().expect("changelog entries have headers"),
+            );
+        }
+    };
+    drop(messages);
+    // The same key's entry of a batch past the lane's last marker: the batch's marker never came.
+    let next: i64 = headers
+        .get(header::SOURCE_NEXT_OFFSET)
+        .expect("a position header")
+        .as_str()
+        .parse()
+        .expect("a number");
+    let mut orphan = async_nats::HeaderMap::new();
+    orphan.insert(
+        header::SOURCE_NEXT_OFFSET,
+        (next + 1_000).to_string().as_str(),
+    );
+    js.publish_with_headers(subject.clone(), orphan, "1000000".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("acknowledged");
+
+    // Nothing of the first records is left to read again: state must come from the changelog.
+    js.get_stream(&topic)
+        .await
+        .expect("stream")
+        .purge()
+        .await
+        .expect("purge the stream");
+    let second = keyed_records(10_000, 2_000, 500);
+    nats_publish(&topic, &second).await;
+    let all: Vec<_> = first.iter().chain(&second).cloned().collect();
+    let worker = nats_worker(&group, &topic, second_dir.path())
+        .changelog(true)
+        .build(CountHandler::default())
+        .expect("build worker");
+    let running = RunningWorker::spawn(worker);
+    let stored = wait_for_counts(
+        second_dir.path(),
+        &group,
+        &topic,
+        &expected_counts(&all),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_counts_exact(&stored.counts, &expected_counts(&all));
+    running.stop_cleanly().await;
+    let stored = StoredCounts::read(second_dir.path(), &group, &topic);
+    assert_counts_exact(&stored.counts, &expected_counts(&all));
+    let newest = js
+        .get_stream(&changelog)
+        .await
+        .expect("stream")
+        .get_last_raw_message_by_subject(&subject)
+        .await
+        .expect("the key's newest entry");
+    assert_ne!(
+        &newest.payload[..],
+        b"1000000",
+        "the orphaned entry was deleted from {subject}"
+    );
+}

@@ -5,10 +5,10 @@
 //! deliveries per lane ([`Delivered`]: key, value, headers, timestamp and position), pause,
 //! resume and a new read position per lane, settling what a committed batch covered (all of
 //! these: [`Source`]), producing with an acknowledgement ([`SendError`] when it fails),
-//! reading a log from a position to its end, and making sure topics exist. Lanes come and go
-//! as the broker decides; the broker's client tells the runtime through [`Assignments`].
-//! (Reading logs is still called from `runtime/tables.rs` and `delivery/restore.rs` with
-//! Kafka's types.)
+//! reading a lane of a log to its end ([`LogReader`]: changelog restores), and making sure
+//! topics exist. Lanes come and go as the broker decides; the broker's client tells the
+//! runtime through [`Assignments`]. (Tables still read their logs with Kafka's types, in
+//! `runtime/tables.rs`.)
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,7 +35,7 @@ pub(crate) enum Connection {
 }
 
 impl Connection {
-    /// The Kafka connection, for what only Kafka does yet (changelogs, tables).
+    /// The Kafka connection, for what only Kafka does yet (tables).
     #[cfg_attr(not(feature = "nats"), allow(unused_variables))]
     pub(crate) fn kafka(&self, what: &str) -> Result<&kafka::Connection, String> {
         match self {
@@ -68,6 +68,15 @@ impl Connection {
         }
     }
 
+    /// A reader of changelogs, for a blocking thread (a restore runs on one).
+    pub(crate) fn log_reader(&self) -> Result<LogReader, String> {
+        match self {
+            Self::Kafka(k) => k.log_reader().map(LogReader::Kafka),
+            #[cfg(feature = "nats")]
+            Self::Nats(n) => Ok(LogReader::Nats(n.log_reader())),
+        }
+    }
+
     /// Creates the topics of `wanted` that are missing.
     pub(crate) async fn create_missing(&self, wanted: Vec<WantedTopic>) {
         match self {
@@ -94,6 +103,155 @@ impl Producer {
             #[cfg(feature = "nats")]
             Self::Nats(n) => n.send(r).await,
         }
+    }
+}
+
+/// What a read of a log gave.
+pub(crate) enum Polled<R> {
+    /// Nothing within the poll's time.
+    Nothing,
+    /// The end of the lane as the broker knows it now.
+    End,
+    /// A record.
+    Record(R),
+    /// The client failed.
+    Failed(String),
+}
+
+/// Reads one lane of a log (a changelog) at a time, to its end, on a blocking thread.
+pub(crate) enum LogReader {
+    Kafka(kafka::LogReader),
+    #[cfg(feature = "nats")]
+    Nats(nats::LogReader),
+}
+
+/// A record a [`LogReader`] read. (Each is used where it is read: boxing a NATS record to
+/// shrink Kafka's would cost an allocation each.)
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum LogRecord<'a> {
+    Kafka(kafka::LogRecord<'a>),
+    #[cfg(feature = "nats")]
+    Nats(nats::LogRecord),
+}
+
+impl LogReader {
+    /// Reads `log`'s lane `lane` from its start on.
+    pub(crate) fn read_all(&self, log: &str, lane: i32) -> Result<(), String> {
+        match self {
+            Self::Kafka(k) => k.read_from(log, lane, None),
+            #[cfg(feature = "nats")]
+            Self::Nats(n) => n.read(log, lane, false),
+        }
+    }
+
+    /// Reads `log`'s lane `lane` from its last record on (an empty lane: only its end).
+    /// `cancelled` cuts short a wait for a slow broker.
+    pub(crate) fn read_last(
+        &self,
+        log: &str,
+        lane: i32,
+        cancelled: &(dyn Fn() -> bool + Sync),
+    ) -> Result<(), String> {
+        match self {
+            Self::Kafka(k) => {
+                // Some brokers (tansu) answer ListOffsets with less than the end, even with
+                // the low watermark, so reading goes on to the EOF.
+                let (low, high) = k.watermarks(log, lane, cancelled)?;
+                k.read_from(log, lane, (high > low).then_some(high - 1))
+            }
+            #[cfg(feature = "nats")]
+            Self::Nats(n) => n.read(log, lane, true),
+        }
+    }
+
+    /// The next record of what is read, waiting at most `timeout`.
+    pub(crate) fn poll(&self, timeout: Duration) -> Polled<LogRecord<'_>> {
+        match self {
+            Self::Kafka(k) => match k.poll(timeout) {
+                Polled::Record(r) => Polled::Record(LogRecord::Kafka(r)),
+                Polled::Nothing => Polled::Nothing,
+                Polled::End => Polled::End,
+                Polled::Failed(e) => Polled::Failed(e),
+            },
+            #[cfg(feature = "nats")]
+            Self::Nats(n) => match n.poll(timeout) {
+                Polled::Record(r) => Polled::Record(LogRecord::Nats(r)),
+                Polled::Nothing => Polled::Nothing,
+                Polled::End => Polled::End,
+                Polled::Failed(e) => Polled::Failed(e),
+            },
+        }
+    }
+
+    /// Removes the records at `positions` from `log`, where the broker can (NATS, whose
+    /// changelog keeps two records per key); a Kafka log keeps them (and compaction never
+    /// removes a key's last record, so nothing depends on it there).
+    #[cfg_attr(not(feature = "nats"), allow(unused_variables))]
+    pub(crate) fn forget(&self, log: &str, positions: &[i64]) -> Result<(), String> {
+        match self {
+            Self::Kafka(_) => Ok(()),
+            #[cfg(feature = "nats")]
+            Self::Nats(n) => n.forget(log, positions),
+        }
+    }
+}
+
+impl Delivered for LogRecord<'_> {
+    fn topic(&self) -> &str {
+        match self {
+            Self::Kafka(r) => r.topic(),
+            #[cfg(feature = "nats")]
+            Self::Nats(r) => r.topic(),
+        }
+    }
+
+    fn partition(&self) -> i32 {
+        match self {
+            Self::Kafka(r) => r.partition(),
+            #[cfg(feature = "nats")]
+            Self::Nats(r) => r.partition(),
+        }
+    }
+
+    fn offset(&self) -> i64 {
+        match self {
+            Self::Kafka(r) => r.offset(),
+            #[cfg(feature = "nats")]
+            Self::Nats(r) => r.offset(),
+        }
+    }
+
+    fn timestamp_ms(&self) -> Option<i64> {
+        match self {
+            Self::Kafka(r) => r.timestamp_ms(),
+            #[cfg(feature = "nats")]
+            Self::Nats(r) => r.timestamp_ms(),
+        }
+    }
+
+    fn key(&self) -> Option<&[u8]> {
+        match self {
+            Self::Kafka(r) => r.key(),
+            #[cfg(feature = "nats")]
+            Self::Nats(r) => r.key(),
+        }
+    }
+
+    fn payload(&self) -> Option<&[u8]> {
+        match self {
+            Self::Kafka(r) => r.payload(),
+            #[cfg(feature = "nats")]
+            Self::Nats(r) => r.payload(),
+        }
+    }
+
+    fn headers(&self) -> impl Iterator<Item = (&str, Option<&[u8]>)> {
+        let headers: Box<dyn Iterator<Item = (&str, Option<&[u8]>)>> = match self {
+            Self::Kafka(r) => Box::new(r.headers()),
+            #[cfg(feature = "nats")]
+            Self::Nats(r) => Box::new(r.headers()),
+        };
+        headers
     }
 }
 

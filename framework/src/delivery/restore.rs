@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use weir_state::wire::{header, ChangelogEntry, ChangelogPosition};
 use weir_state::PartitionStore;
 
-use crate::broker::kafka::{Connection, LogReader, Polled};
+use crate::broker::{Connection, LogReader, Polled};
 use crate::inbound::Delivered;
 use crate::observe::metric_names::{RESTORED_RECORDS_TOTAL, RESTORE_DURATION_SECONDS};
 
@@ -43,15 +43,11 @@ pub(crate) fn restore_if_behind(
     cancelled: &(dyn Fn() -> bool + Sync),
 ) -> Result<Restore, String> {
     let reader = connection.log_reader()?;
-    let (low, high) = reader.watermarks(changelog, partition, cancelled)?;
-    // Read the newest record from just before the end as ListOffsets tells it; some brokers
-    // (tansu) answer with less than the end, even with `low`, so reading goes on to the EOF.
-    let start = (high > low).then_some(high - 1);
-    let newest = newest_position(&reader, changelog, partition, start, cancelled)?;
+    let newest = newest_position(&reader, changelog, partition, cancelled)?;
     let local = store
         .position(topic, partition)
         .map_err(|e| e.to_string())?;
-    tracing::debug!(%changelog, partition, low, high, ?newest, ?local, "changelog checked");
+    tracing::debug!(%changelog, partition, ?newest, ?local, "changelog checked");
     let Some(latest) = newest else {
         return Ok(Restore::Local(local_next)); // an empty changelog
     };
@@ -62,13 +58,13 @@ pub(crate) fn restore_if_behind(
     tracing::info!(
         %topic, partition, %changelog, ?local_next, changelog_next = latest.next_offset,
         changelog_generation = latest.generation, local_generation = ?local.map(|l| l.generation),
-        approx_records = high - low, "restoring the partition's store from its changelog"
+        "restoring the partition's store from its changelog"
     );
     store.reset(topic, partition).map_err(|e| e.to_string())?;
-    reader.read_from(changelog, partition, None)?;
+    reader.read_all(changelog, partition)?;
     // Reading and writing overlap: this thread reads and coalesces the changelog while a
     // writer thread puts the previous chunk into SQLite (at most one chunk waits between them).
-    let (records, next_offset) = std::thread::scope(|scope| {
+    let (records, next_offset, orphans) = std::thread::scope(|scope| {
         let (chunks, written) = std::sync::mpsc::sync_channel::<Chunk>(1);
         let writer = std::thread::Builder::new()
             .name("weir-restore-write".into())
@@ -93,6 +89,14 @@ pub(crate) fn restore_if_behind(
             .unwrap_or_else(|_| Err("the restore's writer thread panicked".into()));
         written.and(read)
     })?;
+    if !orphans.is_empty() {
+        // Entries of a batch whose marker never came, gone before the lane writes new
+        // versions of their keys: where the log keeps only a key's last two records (NATS),
+        // they would otherwise push out the last version a restore can use.
+        reader.forget(changelog, &orphans).map_err(|e| {
+            format!("removing the changelog's entries of a batch without its offset marker: {e}")
+        })?;
+    }
     let took = started.elapsed();
     metrics::counter!(RESTORED_RECORDS_TOTAL).increment(records);
     metrics::histogram!(RESTORE_DURATION_SECONDS).record(took);
@@ -118,8 +122,8 @@ struct Chunk {
 
 /// Reads `changelog`'s `partition` from its start to its end, handing `write` chunks of
 /// coalesced entries, the last one with the position to process from. Returns the number of
-/// changelog records and the next offset. Stops when `write` answers false (the writer
-/// failed).
+/// changelog records, the next offset, and the positions of the orphaned entries (of a batch
+/// past the last offset marker). Stops when `write` answers false (the writer failed).
 ///
 /// The log is followed in order, by generation: the first entry of a higher rewind generation
 /// starts the state over (a rewind deleted everything before it, including keys the rewound
@@ -134,13 +138,14 @@ fn read_changelog(
     (topic, changelog, partition): (&str, &str, i32),
     cancelled: &(dyn Fn() -> bool + Sync),
     mut write: impl FnMut(Chunk) -> bool,
-) -> Result<(u64, i64), String> {
+) -> Result<(u64, i64, Vec<i64>), String> {
     const WRITER_FAILED: &str = "the restore's writer stopped";
     // Entries of marked batches, newest per key: a changelog not yet compacted holds many
     // versions of a hot key, and only the last one is written.
     let mut entries = Coalesced::default();
-    // Entries since the last offset marker, with the position their headers name.
-    let mut unmarked: Vec<(Option<ChangelogPosition>, Entry)> = Vec::new();
+    // Entries since the last offset marker, with the position their headers name and their
+    // own offset in the changelog.
+    let mut unmarked: Vec<(Option<ChangelogPosition>, i64, Entry)> = Vec::new();
     let mut at = ChangelogPosition {
         generation: 0,
         next_offset: 0,
@@ -205,9 +210,9 @@ fn read_changelog(
                 let (done, later): (Vec<_>, Vec<_>) = unmarked
                     .drain(..)
                     // Without headers (written before they existed), the marker's own.
-                    .partition(|(of, _)| of.is_none_or(|of| of <= mark));
+                    .partition(|(of, _, _)| of.is_none_or(|of| of <= mark));
                 unmarked = later;
-                entries.extend(done.into_iter().map(|(_, entry)| entry));
+                entries.extend(done.into_iter().map(|(_, _, entry)| entry));
                 if entries.len() >= APPLY_CHUNK {
                     let chunk = Chunk {
                         start_over: std::mem::take(&mut start_over),
@@ -224,7 +229,7 @@ fn read_changelog(
                 store: name,
                 key,
                 value,
-            } => unmarked.push((position, (name, key, value))),
+            } => unmarked.push((position, msg.offset(), (name, key, value))),
         }
         if last_log.elapsed() >= Duration::from_secs(2) {
             last_log = Instant::now();
@@ -235,6 +240,7 @@ fn read_changelog(
         }
     }
     dropped += unmarked.len() as u64;
+    let orphans = unmarked.iter().map(|(_, offset, _)| *offset).collect();
     if dropped > 0 {
         tracing::warn!(
             %topic, partition, entries = dropped,
@@ -249,7 +255,7 @@ fn read_changelog(
     if !write(chunk) {
         return Err(WRITER_FAILED.into());
     }
-    Ok((records, at.next_offset))
+    Ok((records, at.next_offset, orphans))
 }
 
 /// A changelog record's position, from its headers.
@@ -288,17 +294,16 @@ impl Coalesced {
     }
 }
 
-/// The highest position carried by the changelog's records from `start` to the end (every
-/// entry has the headers; compaction always keeps the newest record); `None` when the
+/// The highest position carried by the changelog's records from its last one to the end
+/// (every entry has the headers; compaction always keeps the newest record); `None` when the
 /// changelog has no records.
 fn newest_position(
     reader: &LogReader,
     changelog: &str,
     partition: i32,
-    start: Option<i64>,
     cancelled: &(dyn Fn() -> bool + Sync),
 ) -> Result<Option<ChangelogPosition>, String> {
-    reader.read_from(changelog, partition, start)?;
+    reader.read_last(changelog, partition, cancelled)?;
     let mut any = false;
     let deadline = Instant::now() + STALL_TIMEOUT;
     let mut newest = None;

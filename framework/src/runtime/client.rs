@@ -142,9 +142,6 @@ impl Clients {
         if in_pipeline {
             return Err(unsupported("pipelines"));
         }
-        if config.changelog {
-            return Err(unsupported("changelogs (WEIR_CHANGELOG)"));
-        }
         if !config.tables(false).is_empty() || !config.tables(true).is_empty() {
             return Err(unsupported("tables"));
         }

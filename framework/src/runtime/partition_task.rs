@@ -316,15 +316,15 @@ impl<H: Process> PartitionTask<H> {
         let connection = self.ctx.connection.clone();
         let result = tokio::task::spawn_blocking(move || {
             let stop = flow.stop_signal();
-            let outcome = connection.kafka("the changelog").and_then(|connection| restore::restore_if_behind(
-                connection,
+            let outcome = restore::restore_if_behind(
+                &connection,
                 &store.store,
                 &topic,
                 partition,
                 &changelog,
                 local,
                 &|| stop.is_requested(),
-            ));
+            );
             match outcome {
                 Ok(Restore::Local(n)) => Ok(n),
                 Ok(Restore::Restored { next_offset }) => Ok(Some(next_offset)),

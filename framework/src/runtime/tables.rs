@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use weir_state::PartitionStore;
 
-use crate::broker::kafka::{Connection, LogReader, LogRecord, Polled};
+use crate::broker::kafka::{Connection, LogReader, LogRecord};
+use crate::broker::Polled;
 use crate::config::{Config, TableSource};
 use crate::error::{Error, Result};
 use crate::inbound::Delivered;

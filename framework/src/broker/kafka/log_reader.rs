@@ -12,6 +12,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
 
 use super::Connection;
+use crate::broker::Polled;
 use crate::inbound::Delivered;
 
 impl Connection {
@@ -49,18 +50,6 @@ impl Connection {
             .map_err(|e| format!("cannot create the table consumer: {e}"))?;
         Ok(LogReader(Some(Arc::new(consumer))))
     }
-}
-
-/// What a poll of the log gave.
-pub(crate) enum Polled<'a> {
-    /// Nothing within the poll's time.
-    Nothing,
-    /// The end of the partition as the broker knows it now.
-    End,
-    /// A record.
-    Record(LogRecord<'a>),
-    /// The client failed.
-    Failed(String),
 }
 
 /// A record read from a log.
@@ -175,7 +164,7 @@ impl LogReader {
     }
 
     /// The next record, waiting at most `timeout`.
-    pub(crate) fn poll(&self, timeout: Duration) -> Polled<'_> {
+    pub(crate) fn poll(&self, timeout: Duration) -> Polled<LogRecord<'_>> {
         match self.consumer().poll(timeout) {
             None => Polled::Nothing,
             Some(Err(KafkaError::PartitionEOF(_))) => Polled::End,

@@ -14,7 +14,7 @@ mod topics;
 pub(crate) use connection::{Connection, Property};
 pub use embedded::EmbeddedBroker;
 pub(crate) use group::GroupSettings;
-pub(crate) use log_reader::{LogReader, LogRecord, Polled};
+pub(crate) use log_reader::{LogReader, LogRecord};
 pub(crate) use probe::check_brokers;
 pub(crate) use producer::Producer;
 

@@ -29,6 +29,18 @@ pub fn publish_subject(topic: &str, key: Option<&[u8]>) -> String {
     subject
 }
 
+/// The subject of a record of `topic`'s lane `lane` with `key`, `T.<lane>.<key>`: where a
+/// partitioned stream stores it, and where weir writes a changelog's records (a changelog
+/// stream has no transform; its lanes are its source's).
+pub(crate) fn lane_subject(topic: &str, lane: i32, key: Option<&[u8]>) -> String {
+    let mut subject = format!("{}.{lane}.", stream_of(topic));
+    match key {
+        Some(k) if !k.is_empty() => encode_key(k, &mut subject),
+        _ => subject.push('%'),
+    }
+    subject
+}
+
 /// The partition transform of a stream with `lanes` lanes: (source, destination).
 pub(crate) fn partition_transform(stream: &str, lanes: i32) -> (String, String) {
     (
@@ -152,6 +164,22 @@ pub(crate) fn message_id(topic: &str, headers: &[(&str, Option<&[u8]>)]) -> Opti
         id = format!("{id}/{seq}/{}", value(header::SOURCE_GROUP).unwrap_or(""));
     }
     Some(id)
+}
+
+/// The `Nats-Msg-Id` of a changelog record stored under `subject` (its lane and key): the
+/// subject and the position its batch's headers name, so a batch's entry sent again is
+/// dropped. `None` without the position.
+pub(crate) fn changelog_message_id(
+    subject: &str,
+    headers: &[(&str, Option<&[u8]>)],
+) -> Option<String> {
+    let position = weir_state::wire::ChangelogPosition::from_headers(
+        headers.iter().filter_map(|(n, v)| Some((*n, (*v)?))),
+    )?;
+    Some(format!(
+        "{subject}/{}/{}",
+        position.generation, position.next_offset
+    ))
 }
 
 /// What an acknowledgement subject says of its message.

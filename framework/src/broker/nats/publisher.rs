@@ -17,11 +17,15 @@ impl Publisher {
         Self(connection)
     }
 
-    /// Publishes `r` to its topic's stream and waits for the acknowledgement. The partition
-    /// is the stream's to choose (by key); headers are text on NATS (a value that is not
-    /// UTF-8 is sent with replacement characters).
+    /// Publishes `r` to its topic's stream and waits for the acknowledgement. Without a
+    /// partition the stream chooses the lane (by key); with one (changelog records) it is
+    /// written to the lane's subject. Headers are text on NATS (a value that is not UTF-8 is
+    /// sent with replacement characters).
     pub(crate) async fn send(&self, r: Outgoing<'_>) -> Result<(), SendError> {
-        let subject = names::publish_subject(r.topic, r.key);
+        let subject = match r.partition {
+            Some(lane) => names::lane_subject(r.topic, lane, r.key),
+            None => names::publish_subject(r.topic, r.key),
+        };
         let mut headers = HeaderMap::new();
         for (name, value) in r.headers {
             let value = value.map(String::from_utf8_lossy).unwrap_or_default();
@@ -30,7 +34,11 @@ impl Publisher {
         let mut message = PublishMessage::build()
             .payload(r.value.map(|v| v.to_vec().into()).unwrap_or_default())
             .headers(headers);
-        if let Some(id) = names::message_id(r.topic, r.headers) {
+        let id = match r.partition {
+            Some(_) => names::changelog_message_id(&subject, r.headers),
+            None => names::message_id(r.topic, r.headers),
+        };
+        if let Some(id) = id {
             message = message.message_id(id);
         }
         let failed = |kind: Option<PublishErrorKind>, message: String| SendError {
@@ -43,7 +51,11 @@ impl Publisher {
             Err(e) if e.kind() == PublishErrorKind::StreamNotFound => {
                 // A topic no stream takes yet (a handler's emits): made as weir makes its
                 // topics' streams, then sent again.
-                self.0.stream(r.topic, true).await.map_err(|e| {
+                let made = match r.partition {
+                    Some(_) => self.0.changelog_stream(r.topic).await,
+                    None => self.0.stream(r.topic, true).await.map(drop),
+                };
+                made.map_err(|e| {
                     failed(
                         None,
                         format!("no stream takes it, and making one failed: {e}"),

@@ -71,6 +71,26 @@ pub(crate) struct Delivery {
     message: Message,
 }
 
+impl Delivery {
+    /// `message`, stored under `info.stream_seq`, of `topic`'s lane `lane`.
+    pub(super) fn new(
+        topic: Arc<str>,
+        lane: i32,
+        info: AckInfo,
+        key: Option<Vec<u8>>,
+        message: Message,
+    ) -> Self {
+        Self {
+            topic,
+            lane,
+            seq: info.stream_seq,
+            timestamp_ms: info.timestamp_ms,
+            key,
+            message,
+        }
+    }
+}
+
 impl Delivered for Delivery {
     fn topic(&self) -> &str {
         &self.topic
@@ -168,6 +188,20 @@ struct LaneState {
     /// The newest delivered message's sequence, and how many the consumer still holds after
     /// it.
     newest: Option<(i64, i64)>,
+    /// A lane pinned here whose store is being prepared (a changelog restore): the lane's
+    /// task waits for where it starts, told at the seek to the restored position or, with
+    /// none, at the resume (the stored position, here).
+    starting: Option<(oneshot::Sender<Option<i64>>, Option<i64>)>,
+}
+
+impl LaneState {
+    /// Tells the lane's task where it starts, if it waits for that: `next`, or the position
+    /// it was assigned with.
+    fn start(&mut self, next: Option<Option<i64>>) {
+        if let Some((start, assigned)) = self.starting.take() {
+            let _ = start.send(next.unwrap_or(assigned));
+        }
+    }
 }
 
 /// The worker's lanes on JetStream.
@@ -375,22 +409,31 @@ impl NatsSource {
             partition: lane.1,
         }]);
         let next = starts.first().copied().flatten();
-        if let Some(state) = self.state().get_mut(&lane) {
-            state.owned = true;
-            state.unacked.clear();
-            state.newest = None;
-            if let Some(s) = next {
-                state.control.set_paused(s.paused);
+        let mut lanes = self.state();
+        let Some(state) = lanes.get_mut(&lane) else {
+            let _ = start.send(next.and_then(|s| s.next));
+            return;
+        };
+        state.owned = true;
+        state.unacked.clear();
+        state.newest = None;
+        match next {
+            Some(s) if s.paused => {
+                state.control.set_paused(true);
+                state.starting = Some((start, s.next));
+            }
+            _ => {
+                let _ = start.send(next.and_then(|s| s.next));
             }
         }
-        let _ = start.send(next.and_then(|s| s.next));
     }
 
     fn on_lost(&self, lane: LaneKey, why: &str) {
-        let owned = self
-            .state()
-            .get_mut(&lane)
-            .is_some_and(|s| std::mem::replace(&mut s.owned, false));
+        let owned = self.state().get_mut(&lane).is_some_and(|s| {
+            // A task waiting to start goes on (what it reads is dropped: the lane is not owned).
+            s.start(None);
+            std::mem::replace(&mut s.owned, false)
+        });
         if owned {
             tracing::warn!(topic = %lane.0, lane = lane.1, "lane taken away: {why}");
             self.assignments.revoked(
@@ -471,6 +514,7 @@ impl Source for NatsSource {
                         owned: false,
                         unacked: VecDeque::new(),
                         newest: None,
+                        starting: None,
                     },
                 );
             }
@@ -563,16 +607,32 @@ impl Source for NatsSource {
     }
 
     fn resume(&self, lane: Lane<'_>) -> Result<(), String> {
-        if let Some(s) = self.state().get(&(Arc::from(lane.topic), lane.partition)) {
+        if let Some(s) = self
+            .state()
+            .get_mut(&(Arc::from(lane.topic), lane.partition))
+        {
+            s.start(None);
             s.control.set_paused(false);
         }
         Ok(())
     }
 
-    fn seek(&self, lane: Lane<'_>, _next: Option<i64>) -> Result<(), String> {
-        // Only a lane restored from a changelog or waiting for tables is sought, and neither
-        // runs on NATS yet: what was delivered meanwhile is dropped by the partition task.
-        Err(format!("{lane}: a lane of a NATS stream cannot be sought"))
+    fn seek(&self, lane: Lane<'_>, next: Option<i64>) -> Result<(), String> {
+        // A lane is sought once its store is ready (restored from its changelog): its task
+        // waits to read the lane again from there. Once it reads, it cannot be sought (what
+        // it delivers at or below the stored position is dropped by the partition task).
+        match self
+            .state()
+            .get_mut(&(Arc::from(lane.topic), lane.partition))
+        {
+            Some(s) if s.starting.is_some() => {
+                s.start(Some(next));
+                Ok(())
+            }
+            _ => Err(format!(
+                "{lane}: a NATS lane that started reading cannot be sought"
+            )),
+        }
     }
 
     fn settle(&self, done: &[(Lane<'_>, i64)]) -> Result<(), String> {
@@ -850,8 +910,21 @@ impl LaneTask {
         if !self.send(asked) {
             return false;
         }
-        let Ok(next) = rx.await else {
-            return false;
+        // A lane whose store is being restored is told where it starts once that is done;
+        // meanwhile it keeps its pin.
+        let mut rx = rx;
+        let next = loop {
+            tokio::select! {
+                answer = &mut rx => match answer {
+                    Ok(next) => break next,
+                    Err(_) => return false,
+                },
+                _ = tokio::time::sleep(self.keep_alive()) => {
+                    if let Err(e) = self.pull(1, Some(pin)).await {
+                        tracing::debug!(topic = %self.lane.0, lane = self.lane.1, "keep-alive pull failed: {e}");
+                    }
+                }
+            }
         };
         let delivered = loop {
             match self
@@ -979,14 +1052,8 @@ impl LaneTask {
     /// Hands `message` to the consumer thread, with those taken before it once
     /// [`HAND_OVER`] are together; false if the thread is gone.
     fn forward(&self, message: Message, info: AckInfo, ack: Option<Subject>) -> bool {
-        let delivery = Delivery {
-            topic: Arc::clone(&self.lane.0),
-            lane: self.lane.1,
-            seq: info.stream_seq,
-            timestamp_ms: info.timestamp_ms,
-            key: names::key_of(&self.layout.stream, &message.subject),
-            message,
-        };
+        let key = names::key_of(&self.layout.stream, &message.subject);
+        let delivery = Delivery::new(Arc::clone(&self.lane.0), self.lane.1, info, key, message);
         let full = {
             let mut taking = lock(&self.taking);
             taking.push(Taken {

@@ -14,6 +14,12 @@ use crate::error::{Error, Result};
 /// default): an outbox row sent again within it lands once.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
+/// The records a changelog stream keeps per key (subject): the newest, and the one before
+/// it, which a restore uses when the newest belongs to a batch whose offset marker never
+/// came (its writer was lost mid-flush). A restore deletes such orphans before the lane
+/// writes again, so a key's last two records never both lack their marker.
+const CHANGELOG_VERSIONS: i64 = 2;
+
 /// A topic's stream as weir reads it.
 #[derive(Debug, Clone)]
 pub(crate) struct Layout {
@@ -67,7 +73,7 @@ impl Connection {
 
     async fn create(&self, stream: &str, lanes: i32) -> Result<Config> {
         let (source, destination) = names::partition_transform(stream, lanes);
-        let config = Config {
+        self.create_with(Config {
             name: stream.to_owned(),
             subjects: vec![format!("{stream}.>")],
             subject_transform: Some(SubjectTransform {
@@ -77,10 +83,35 @@ impl Connection {
             storage: StorageType::File,
             duplicate_window: DUPLICATE_WINDOW,
             ..Default::default()
-        };
+        })
+        .await
+    }
+
+    /// Creates changelog `topic`'s stream, when missing: subjects `S.>` with no transform
+    /// (records are written to `S.<lane>.<key>`, their source's lane), and the last
+    /// [`CHANGELOG_VERSIONS`] records of each key kept (NATS's compaction, at once).
+    pub(crate) async fn changelog_stream(&self, topic: &str) -> Result<()> {
+        let stream = names::stream_of(topic);
+        if self.js.get_stream(&stream).await.is_ok() {
+            return Ok(());
+        }
+        self.create_with(Config {
+            name: stream.clone(),
+            subjects: vec![format!("{stream}.>")],
+            max_messages_per_subject: CHANGELOG_VERSIONS,
+            storage: StorageType::File,
+            duplicate_window: DUPLICATE_WINDOW,
+            ..Default::default()
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn create_with(&self, config: Config) -> Result<Config> {
+        let stream = &config.name;
         match self.js.create_stream(config.clone()).await {
             Ok(_) => {
-                tracing::info!(%stream, lanes, "stream created");
+                tracing::info!(%stream, "stream created");
                 Ok(config)
             }
             Err(e) => match self.js.get_stream(stream).await {
@@ -107,12 +138,17 @@ impl Connection {
                 .map(|l| l.lanes)
                 .max()
                 .unwrap_or(self.settings.partitions);
-            let stream = names::stream_of(&w.name);
-            let exists = self.js.get_stream(&stream).await.is_ok();
-            if !exists {
-                if let Err(e) = self.create(&stream, lanes).await {
-                    tracing::warn!(topic = %w.name, kind = w.kind, "{e}");
+            let made = if w.compacted {
+                self.changelog_stream(&w.name).await
+            } else {
+                let stream = names::stream_of(&w.name);
+                match self.js.get_stream(&stream).await {
+                    Ok(_) => Ok(()),
+                    Err(_) => self.create(&stream, lanes).await.map(drop),
                 }
+            };
+            if let Err(e) = made {
+                tracing::warn!(topic = %w.name, kind = w.kind, "{e}");
             }
         }
     }
