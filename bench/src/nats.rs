@@ -80,6 +80,21 @@ pub(crate) async fn prepare(
     Ok(())
 }
 
+/// Publishes one record to each of a few hundred keys of `topic`: a worker takes a NATS lane
+/// only at a message the server pins to it, so a worker that comes after the backlog was
+/// read (the restore) needs new ones.
+pub(crate) async fn publish_more(brokers: &str, topic: &str) -> Result<(), String> {
+    let js = context(brokers).await?;
+    for i in 0..256 {
+        js.publish(format!("{topic}.more{i}"), words_of(i).into_bytes().into())
+            .await
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 /// Messages a raw pull asks for (`WEIR_BENCH_NATS_BATCH`, default 512, as weir's).
 fn batch() -> usize {
     std::env::var("WEIR_BENCH_NATS_BATCH")

@@ -187,6 +187,8 @@ pub(crate) fn changelog_message_id(
 pub(crate) struct AckInfo {
     /// The message's stream sequence.
     pub(crate) stream_seq: i64,
+    /// The message's sequence among its consumer's deliveries.
+    pub(crate) consumer_seq: i64,
     /// When the stream stored it, in milliseconds since the Unix epoch.
     pub(crate) timestamp_ms: i64,
     /// Messages of the consumer still to deliver after this one.
@@ -208,6 +210,7 @@ pub(crate) fn ack_info(reply: &str) -> Option<AckInfo> {
     let num = |i: usize| tokens.get(at + i)?.parse::<i64>().ok();
     Some(AckInfo {
         stream_seq: num(3)?,
+        consumer_seq: num(4)?,
         timestamp_ms: num(5)? / 1_000_000,
         pending: num(6)?,
     })
@@ -267,6 +270,7 @@ mod tests {
         let v1 = "$JS.ACK.orders.weir-g-0.1.42.40.1700000000123456789.7";
         let want = AckInfo {
             stream_seq: 42,
+            consumer_seq: 40,
             timestamp_ms: 1_700_000_000_123,
             pending: 7,
         };

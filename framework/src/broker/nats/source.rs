@@ -1028,11 +1028,8 @@ impl LaneTask {
                 Ok(None) => return Err(("the stream's messages ended".into(), last)),
                 Err(_) => return Err((format!("no message within {REPLAY_WAIT:?}"), last)),
             };
-            let info = message.info().map_err(|e| (e.to_string(), last))?;
-            let info = AckInfo {
-                stream_seq: info.stream_sequence as i64,
-                timestamp_ms: (info.published.unix_timestamp_nanos() / 1_000_000) as i64,
-                pending: info.pending as i64,
+            let Some(info) = message.reply.as_deref().and_then(names::ack_info) else {
+                return Err(("a message without its stream sequence".into(), last));
             };
             if info.stream_seq >= until {
                 return Ok((sent, last));
