@@ -13,6 +13,7 @@ mod dlq;
 mod error;
 mod kafka;
 mod locate;
+mod nats;
 mod query;
 mod reset;
 mod state_cmd;

@@ -1,5 +1,6 @@
-//! `weir status`: one row per partition store of a group, with Kafka's view of it when the
-//! brokers are given.
+//! `weir status`: one row per partition store of a group, with the broker's view of it when
+//! the brokers are given (Kafka's committed offsets and high watermarks; on NATS, each lane
+//! consumer's acknowledgement floor and the messages it holds).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -23,7 +24,8 @@ pub(crate) struct StatusArgs {
     /// The consumer group (WEIR_GROUP; a pipeline stage's is `<group>-<stage>`).
     #[arg(long)]
     group: String,
-    /// Kafka bootstrap servers, for the committed offsets, high watermarks and lag.
+    /// Kafka bootstrap servers, for the committed offsets, high watermarks and lag; or NATS
+    /// servers (`nats://host:port`), for each lane consumer's acknowledged position and lag.
     #[arg(long)]
     brokers: Option<String>,
     /// Only this topic's partitions.
@@ -43,8 +45,14 @@ struct Row {
     next_offset: Option<i64>,
     /// The group's committed offset in Kafka (progress for tools; SQLite's is the truth).
     kafka_committed: Option<i64>,
+    /// On NATS: the sequence after the lane consumer's acknowledgement floor (progress for
+    /// tools, as `kafka_committed` on Kafka).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nats_acked: Option<i64>,
     high_watermark: Option<i64>,
-    /// High watermark minus the next offset (0 when the broker reports less).
+    /// High watermark minus the next offset (0 when the broker reports less); on NATS, the
+    /// messages the lane's consumer holds that the group has not acknowledged (waiting, and
+    /// delivered unacknowledged).
     lag: Option<i64>,
     owner_epoch: Option<i64>,
     /// Records committed and not yet produced.
@@ -71,6 +79,7 @@ pub(crate) fn run(args: &StatusArgs) -> Result<()> {
                 partition,
                 next_offset: progress.next_offset,
                 kafka_committed: None,
+                nats_acked: None,
                 high_watermark: None,
                 lag: None,
                 owner_epoch: progress.owner_epoch,
@@ -80,8 +89,12 @@ pub(crate) fn run(args: &StatusArgs) -> Result<()> {
             });
         }
     }
-    if let Some(brokers) = &args.brokers {
-        add_kafka(&mut rows, brokers, &args.group)?;
+    match &args.brokers {
+        Some(servers) if crate::nats::is_nats(servers) => {
+            add_nats(&mut rows, servers, &args.group)?
+        }
+        Some(brokers) => add_kafka(&mut rows, brokers, &args.group)?,
+        None => {}
     }
     let mut out = std::io::stdout().lock();
     if args.json {
@@ -124,6 +137,27 @@ fn add_kafka(rows: &mut [Row], brokers: &str, group: &str) -> Result<()> {
     Ok(())
 }
 
+/// Fills in each lane consumer's acknowledgement floor and the messages it holds (a lane
+/// whose consumer does not exist keeps `-`).
+fn add_nats(rows: &mut [Row], servers: &str, group: &str) -> Result<()> {
+    use weir::state::nats::{consumer_name, stream_of};
+    crate::nats::runtime()?.block_on(async {
+        let js = crate::nats::connect(servers).await?;
+        for r in rows.iter_mut() {
+            let stream = stream_of(&r.topic);
+            let Ok(s) = js.get_stream(&stream).await else {
+                continue;
+            };
+            let Ok(info) = s.consumer_info(consumer_name(group, r.partition)).await else {
+                continue;
+            };
+            r.nats_acked = Some(info.ack_floor.stream_sequence as i64 + 1);
+            r.lag = Some((info.num_pending + info.num_ack_pending as u64) as i64);
+        }
+        Ok(())
+    })
+}
+
 fn table(out: &mut impl Write, rows: &[Row]) -> std::io::Result<()> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -132,7 +166,7 @@ fn table(out: &mut impl Write, rows: &[Row]) -> std::io::Result<()> {
     writeln!(
         out,
         "{:<30} {:>5} {:>12} {:>12} {:>12} {:>10} {:>6} {:>7} {:>12} {:>10}",
-        "topic", "part", "next", "kafka", "high", "lag", "epoch", "outbox", "last commit", "size"
+        "topic", "part", "next", "broker", "high", "lag", "epoch", "outbox", "last commit", "size"
     )?;
     for r in rows {
         let age = r
@@ -144,7 +178,7 @@ fn table(out: &mut impl Write, rows: &[Row]) -> std::io::Result<()> {
             r.topic,
             r.partition,
             opt(r.next_offset),
-            opt(r.kafka_committed),
+            opt(r.kafka_committed.or(r.nats_acked)),
             opt(r.high_watermark),
             opt(r.lag),
             opt(r.owner_epoch),

@@ -1158,3 +1158,76 @@ async fn dead_letters_on_nats_are_listed_shown_and_redriven_once() {
     running.stop_cleanly().await;
     assert_eq!(handler.poison_left("poison"), 0);
 }
+
+/// `weir status --brokers nats://...` on a group that read its lanes to the end and stopped:
+/// each lane's stored position, its consumer's acknowledged position (the same: the stop
+/// acknowledged what it committed) and a lag of 0; while records wait, the lag counts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_on_nats_shows_each_lanes_acknowledged_position_and_lag() {
+    let (topic, group) = (unique("cli-nats-status"), unique("g"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = nats_url();
+    create_nats_stream(&topic, 2).await;
+    let records = keyed_records(0, 200, 20);
+    nats_publish(&topic, &records).await;
+    let worker = nats_worker(&group, &topic, dir.path())
+        .build(CountHandler::default())
+        .expect("build worker");
+    let running = RunningWorker::spawn(worker);
+    wait_for_counts(
+        dir.path(),
+        &group,
+        &topic,
+        &expected_counts(&records),
+        Duration::from_secs(60),
+    )
+    .await;
+    running.stop_cleanly().await;
+    let state_dir = dir.path().to_str().expect("utf-8 path");
+    let status = |lanes: usize| {
+        let out = weir(&[
+            "status",
+            "--state-dir",
+            state_dir,
+            "--group",
+            &group,
+            "--brokers",
+            &url,
+            "--json",
+        ]);
+        assert_exit(&out, 0);
+        let rows: Vec<Value> = serde_json::from_str(&stdout(&out)).expect("a JSON array");
+        assert_eq!(rows.len(), lanes, "{rows:?}");
+        rows
+    };
+    for row in status(2) {
+        assert_eq!(row["nats_acked"], row["next_offset"], "{row}");
+        assert_eq!(row["lag"], Value::from(0), "{row}");
+    }
+    // 30 more wait for the stopped group: the lanes' lags add up to them.
+    nats_publish(&topic, &keyed_records(200, 30, 20)).await;
+    let lag: i64 = status(2)
+        .iter()
+        .map(|r| r["lag"].as_i64().expect("a lag"))
+        .sum();
+    assert_eq!(lag, 30);
+    // The table names the broker's position.
+    let out = weir(&[
+        "status",
+        "--state-dir",
+        state_dir,
+        "--group",
+        &group,
+        "--brokers",
+        &url,
+    ]);
+    assert_exit(&out, 0);
+    assert!(
+        stdout(&out)
+            .lines()
+            .next()
+            .is_some_and(|h| h.contains("broker")),
+        "{}",
+        stdout(&out)
+    );
+}

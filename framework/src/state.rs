@@ -51,5 +51,5 @@ impl OutboxProducer {
 /// ```
 #[cfg(feature = "nats")]
 pub mod nats {
-    pub use crate::broker::nats::names::{lane_and_key, publish_subject, stream_of};
+    pub use crate::broker::nats::names::{consumer_name, lane_and_key, publish_subject, stream_of};
 }

@@ -15,33 +15,14 @@ use weir::state::nats::{lane_and_key, publish_subject, stream_of};
 
 use super::{print_letters, Letter, ListArgs, RedriveArgs, ShowArgs, Topic, STALL};
 use crate::error::{Error, Result};
+use crate::nats::{connect, failed, runtime};
 
 /// The durable consumer whose acknowledgements say what was redriven.
 const REDRIVE_CONSUMER: &str = "weir-redrive";
 
-fn failed(e: impl std::fmt::Display) -> Error {
-    Error::Nats(e.to_string())
-}
-
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(Error::Output)
-}
-
 /// The dead-letter stream, connected.
 async fn open(dlq: &Topic) -> Result<(jetstream::Context, Stream)> {
-    let client = tokio::time::timeout(STALL, async_nats::connect(dlq.brokers.as_str()))
-        .await
-        .map_err(|_| {
-            Error::Nats(format!(
-                "no NATS server answered at {} within {STALL:?}",
-                dlq.brokers
-            ))
-        })?
-        .map_err(failed)?;
-    let js = jetstream::new(client);
+    let js = connect(&dlq.brokers).await?;
     let name = stream_of(&dlq.topic);
     let stream = js
         .get_stream(&name)

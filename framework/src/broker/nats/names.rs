@@ -89,7 +89,7 @@ pub fn lane_and_key(stream: &str, subject: &str) -> Option<(Option<i32>, Option<
 }
 
 /// The durable consumer of a group's lane: only characters a consumer name may hold.
-pub(crate) fn consumer_name(group: &str, lane: i32) -> String {
+pub fn consumer_name(group: &str, lane: i32) -> String {
     let group: String = group
         .chars()
         .map(|c| match c {
