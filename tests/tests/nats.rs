@@ -702,7 +702,8 @@ async fn a_server_restart_mid_stream_loses_and_doubles_nothing() {
 }
 
 /// `/metrics` says each lane's lag: the messages its consumer still holds plus those taken and
-/// not yet committed, above zero while a slow handler is behind and zero once it caught up.
+/// not yet committed, above zero while a slow handler is behind and zero once it caught up;
+/// the status page (`/status.json`) says it per lane too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lag_per_lane_is_on_metrics() {
     let (topic, group) = (unique("nats-lag"), unique("g"));
@@ -763,6 +764,16 @@ async fn lag_per_lane_is_on_metrics() {
         }
     })
     .await;
+    // The status page says the same per lane.
+    let (_, body) = http_get(addr, "/status.json").await;
+    let status: serde_json::Value = serde_json::from_str(&body).expect("status JSON");
+    let lanes = status["partitions"].as_array().expect("partitions");
+    assert_eq!(lanes.len(), 2, "{status}");
+    for lane in lanes {
+        assert_eq!(lane["topic"], topic.as_str(), "{lane}");
+        assert_eq!(lane["lag"], 0, "{lane}");
+        assert!(lane["processed"].as_u64().is_some_and(|n| n > 0), "{lane}");
+    }
     running.stop_cleanly().await;
 }
 
