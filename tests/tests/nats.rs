@@ -1063,3 +1063,91 @@ async fn state_follows_its_lane_through_the_changelog() {
         "the orphaned entry was deleted from {subject}"
     );
 }
+
+#[derive(Debug, weir::Handler)]
+#[handler(value = Utf8, delivery = at_most_once)]
+struct CoreCount {
+    inner: CountHandler,
+}
+
+impl Process for CoreCount {
+    type Error = CountError;
+
+    async fn process(&self, rec: Record<'_, String>, ctx: &mut Ctx<'_>) -> Result<(), CountError> {
+        self.inner.process(rec, ctx).await
+    }
+}
+
+/// `delivery = at_most_once` on NATS reads core NATS subjects `T.>` (no JetStream stream is
+/// read or made): what comes while the worker listens is counted once, and what was published
+/// before any worker listened is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_most_once_reads_core_subjects_and_misses_what_no_worker_heard() {
+    let (topic, group) = (unique("nats-core"), unique("g"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let client = nats_client().await;
+    for i in 0..20 {
+        client
+            .publish(format!("{topic}.early{i}"), "x".into())
+            .await
+            .expect("publish");
+    }
+    client.flush().await.expect("flush");
+    let worker = nats_worker(&group, &topic, dir.path())
+        .build(CoreCount {
+            inner: CountHandler::default(),
+        })
+        .expect("build worker");
+    let running = RunningWorker::spawn(worker);
+    // Core NATS has no backlog: probes until the worker's subscription hears them.
+    wait_until(
+        "the worker hears core NATS",
+        Duration::from_secs(30),
+        || async {
+            client
+                .publish(format!("{topic}.probe"), "p".into())
+                .await
+                .map_err(|e| e.to_string())?;
+            client.flush().await.map_err(|e| e.to_string())?;
+            let counts = StoredCounts::read(dir.path(), &group, &topic).counts;
+            match counts.get("probe") {
+                Some(_) => Ok(()),
+                None => Err(format!("counts {counts:?}")),
+            }
+        },
+    )
+    .await;
+    let records = keyed_records(0, 2_000, 50);
+    for (key, value) in &records {
+        client
+            .publish(format!("{topic}.{key}"), value.clone().into())
+            .await
+            .expect("publish");
+    }
+    client.flush().await.expect("flush");
+    let expected = expected_counts(&records);
+    wait_until("every record counted", Duration::from_secs(60), || async {
+        let counts = StoredCounts::read(dir.path(), &group, &topic).counts;
+        let counted: u64 = expected.keys().filter_map(|k| counts.get(k)).sum();
+        if counted >= 2_000 {
+            Ok(())
+        } else {
+            Err(format!("{counted} of 2000 counted"))
+        }
+    })
+    .await;
+    running.stop_cleanly().await;
+    let counts = StoredCounts::read(dir.path(), &group, &topic).counts;
+    for (key, n) in &expected {
+        assert_eq!(counts.get(key), Some(n), "{key}: {counts:?}");
+    }
+    assert!(
+        !counts.keys().any(|k| k.starts_with("early")),
+        "what was published before any worker listened is gone: {counts:?}"
+    );
+    let js = async_nats::jetstream::new(client.clone());
+    assert!(
+        js.get_stream(&topic).await.is_err(),
+        "no stream is made for a core NATS topic"
+    );
+}

@@ -94,9 +94,10 @@ pub(crate) struct Started {
 /// What makes the source of a running worker's lanes.
 pub(crate) enum Reader {
     Kafka(GroupSettings),
-    /// The connection and the group.
+    /// The connection, the group, and whether it reads core NATS subjects
+    /// (`delivery = at_most_once`) rather than JetStream streams.
     #[cfg(feature = "nats")]
-    Nats(crate::broker::nats::Connection, String),
+    Nats(crate::broker::nats::Connection, String, bool),
 }
 
 /// The worker's source, made for its consumer thread.
@@ -104,6 +105,8 @@ pub(crate) enum Made<C> {
     Kafka(C),
     #[cfg(feature = "nats")]
     Nats(Box<crate::broker::nats::NatsSource>),
+    #[cfg(feature = "nats")]
+    NatsCore(Box<crate::broker::nats::CoreSource>),
 }
 
 impl Clients {
@@ -145,6 +148,12 @@ impl Clients {
         if !config.tables(false).is_empty() || !config.tables(true).is_empty() {
             return Err(unsupported("tables"));
         }
+        if config.delivery == crate::processing::Delivery::AtMostOnce && config.changelog {
+            return Err(Error::config(
+                "changelog (WEIR_CHANGELOG)",
+                "at most once, NATS topics are core NATS subjects, which keep no position to restore a changelog to: turn the changelog off, or use JetStream (at least once)",
+            ));
+        }
         Ok(Self::Nats(crate::broker::nats::Settings {
             servers: brokers.to_owned(),
             creds: config.nats_creds.clone(),
@@ -184,8 +193,12 @@ impl Clients {
                     config.startup_timeout,
                 )
                 .await?;
-                for topic in &config.topics {
-                    nats.stream(topic, true).await?;
+                // At most once, topics are core NATS subjects: no stream is read or made.
+                let core = config.delivery == crate::processing::Delivery::AtMostOnce;
+                if !core {
+                    for topic in &config.topics {
+                        nats.stream(topic, true).await?;
+                    }
                 }
                 let connection = Connection::Nats(nats.clone());
                 ensure_topics(config, &connection).await;
@@ -194,7 +207,7 @@ impl Clients {
                     producer: Arc::new(Producer::Nats(crate::broker::nats::Publisher::new(
                         nats.clone(),
                     ))),
-                    reader: Reader::Nats(nats, config.group.clone()),
+                    reader: Reader::Nats(nats, config.group.clone(), core),
                 })
             }
         }
@@ -211,7 +224,13 @@ impl Reader {
         match self {
             Self::Kafka(consumer) => Ok(Made::Kafka(consumer.consumer(assignments)?)),
             #[cfg(feature = "nats")]
-            Self::Nats(nats, group) => Ok(Made::Nats(Box::new(nats.source(
+            Self::Nats(nats, group, true) => Ok(Made::NatsCore(Box::new(nats.core_source(
+                group,
+                assignments,
+                tokio::runtime::Handle::current(),
+            )))),
+            #[cfg(feature = "nats")]
+            Self::Nats(nats, group, false) => Ok(Made::Nats(Box::new(nats.source(
                 group,
                 assignments,
                 tokio::runtime::Handle::current(),

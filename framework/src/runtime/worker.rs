@@ -283,6 +283,8 @@ impl<H: Process> Worker<H> {
                     Made::Kafka(s) => consumer::run(s, thread_shared, ready_rx),
                     #[cfg(feature = "nats")]
                     Made::Nats(s) => consumer::run(*s, thread_shared, ready_rx),
+                    #[cfg(feature = "nats")]
+                    Made::NatsCore(s) => consumer::run(*s, thread_shared, ready_rx),
                 };
                 let _ = done_tx.send(result);
             })

@@ -3,6 +3,7 @@
 //! group pins one client at a time (`source`); weir publishes with a `Nats-Msg-Id` so the
 //! stream's duplicate window drops what is sent again (`publisher`).
 
+mod core_source;
 mod log_reader;
 pub(crate) mod names;
 mod publisher;
@@ -17,6 +18,7 @@ use async_nats::jetstream;
 
 use crate::error::{Error, Result};
 
+pub(crate) use core_source::CoreSource;
 pub(crate) use log_reader::{LogReader, LogRecord};
 pub(crate) use publisher::Publisher;
 pub(crate) use source::NatsSource;
