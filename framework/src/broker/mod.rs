@@ -246,12 +246,35 @@ impl Delivered for LogRecord<'_> {
     }
 
     fn headers(&self) -> impl Iterator<Item = (&str, Option<&[u8]>)> {
-        let headers: Box<dyn Iterator<Item = (&str, Option<&[u8]>)>> = match self {
-            Self::Kafka(r) => Box::new(r.headers()),
-            #[cfg(feature = "nats")]
-            Self::Nats(r) => Box::new(r.headers()),
-        };
-        headers
+        #[cfg(not(feature = "nats"))]
+        {
+            let Self::Kafka(r) = self;
+            r.headers()
+        }
+        #[cfg(feature = "nats")]
+        match self {
+            Self::Kafka(r) => Either::Kafka(r.headers()),
+            Self::Nats(r) => Either::Nats(r.headers()),
+        }
+    }
+}
+
+/// One broker's iterator or another's, as one type (no allocation per record).
+#[cfg(feature = "nats")]
+enum Either<K, N> {
+    Kafka(K),
+    Nats(N),
+}
+
+#[cfg(feature = "nats")]
+impl<T, K: Iterator<Item = T>, N: Iterator<Item = T>> Iterator for Either<K, N> {
+    type Item = T;
+
+    fn next(&mut self) -> Option<T> {
+        match self {
+            Self::Kafka(k) => k.next(),
+            Self::Nats(n) => n.next(),
+        }
     }
 }
 
