@@ -14,10 +14,7 @@ use futures::StreamExt;
 use crate::data::words_of;
 use crate::probe::Probe;
 
-/// Whether `brokers` names NATS servers.
-pub(crate) fn is_nats(brokers: &str) -> bool {
-    brokers.starts_with("nats://") || brokers.starts_with("tls://")
-}
+pub(crate) use weir::state::nats::is_nats;
 
 /// The scenarios of a NATS run, with `all`: the raw consumer first and last.
 pub(crate) const SCENARIOS: &[&str] =

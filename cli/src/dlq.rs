@@ -80,7 +80,7 @@ pub(crate) struct RedriveArgs {
 const STALL: Duration = Duration::from_secs(30);
 
 pub(crate) fn run(cmd: &DlqCommand) -> Result<()> {
-    let on_nats = |t: &Topic| crate::nats::is_nats(&t.brokers);
+    let on_nats = |t: &Topic| weir::state::nats::is_nats(&t.brokers);
     match cmd {
         DlqCommand::List(args) if on_nats(&args.dlq) => nats::list(args),
         DlqCommand::Show(args) if on_nats(&args.dlq) => nats::show(args),

@@ -33,8 +33,3 @@ pub(crate) async fn connect(servers: &str) -> Result<async_nats::jetstream::Cont
         .map_err(failed)?;
     Ok(async_nats::jetstream::new(client))
 }
-
-/// Whether `brokers` names NATS servers rather than Kafka's.
-pub(crate) fn is_nats(brokers: &str) -> bool {
-    brokers.starts_with("nats://") || brokers.starts_with("tls://")
-}

@@ -90,7 +90,7 @@ pub(crate) fn run(args: &StatusArgs) -> Result<()> {
         }
     }
     match &args.brokers {
-        Some(servers) if crate::nats::is_nats(servers) => {
+        Some(servers) if weir::state::nats::is_nats(servers) => {
             add_nats(&mut rows, servers, &args.group)?
         }
         Some(brokers) => add_kafka(&mut rows, brokers, &args.group)?,

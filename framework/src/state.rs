@@ -38,8 +38,8 @@ impl OutboxProducer {
     }
 }
 
-/// How weir names things on NATS JetStream, for tools that read and write its streams: a
-/// topic's stream, the subject a keyed record is published to, and a stored record's lane and
+/// How weir names things on NATS JetStream, for tools that read and write its streams: whether
+/// a `brokers` setting names NATS servers, a topic's stream, the subject a keyed record is published to, and a stored record's lane and
 /// key.
 ///
 /// ```
@@ -52,4 +52,5 @@ impl OutboxProducer {
 #[cfg(feature = "nats")]
 pub mod nats {
     pub use crate::broker::nats::names::{consumer_name, lane_and_key, publish_subject, stream_of};
+    pub use crate::broker::nats_url as is_nats;
 }

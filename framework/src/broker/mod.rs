@@ -20,8 +20,10 @@ pub(crate) mod kafka;
 #[cfg(feature = "nats")]
 pub(crate) mod nats;
 
-/// Whether `brokers` names NATS servers (`nats://` or `tls://` URLs) rather than Kafka's.
-pub(crate) fn nats_url(brokers: &str) -> bool {
+/// Whether `brokers` names NATS servers (`nats://` or `tls://` URLs) rather than Kafka's
+/// (`weir::state::nats::is_nats`, for tools).
+#[cfg_attr(not(feature = "nats"), allow(unreachable_pub))]
+pub fn nats_url(brokers: &str) -> bool {
     let b = brokers.trim_start();
     b.starts_with("nats://") || b.starts_with("tls://")
 }

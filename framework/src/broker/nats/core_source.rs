@@ -23,6 +23,8 @@ use crate::error::Result;
 
 /// A topic's subscription, as the consumer thread holds it.
 struct CoreLane {
+    /// The topic's stream name, the first token of its subjects.
+    stream: String,
     /// The position of the lane's next delivery.
     next: i64,
     paused: Arc<AtomicBool>,
@@ -117,7 +119,8 @@ impl Source for CoreSource {
 
     fn subscribe(&self, topics: &[&str]) -> Result<()> {
         for topic in topics {
-            let subject = format!("{}.>", names::stream_of(topic));
+            let stream = names::stream_of(topic);
+            let subject = format!("{stream}.>");
             let subscriber = self
                 .runtime
                 .block_on(
@@ -145,6 +148,7 @@ impl Source for CoreSource {
             self.lanes().insert(
                 key,
                 CoreLane {
+                    stream,
                     next: start.and_then(|s| s.next).unwrap_or(0),
                     paused,
                     resumed,
@@ -160,12 +164,12 @@ impl Source for CoreSource {
 
     fn poll(&self, timeout: Duration) -> Option<Result<Delivery, String>> {
         let (topic, message) = self.messages.recv_timeout(timeout).ok()?;
-        let seq = {
+        let (seq, key) = {
             let mut lanes = self.lanes();
             let lane = lanes.get_mut(&topic)?;
             let seq = lane.next;
             lane.next += 1;
-            seq
+            (seq, names::key_of(&lane.stream, &message.subject))
         };
         let info = AckInfo {
             stream_seq: seq,
@@ -173,7 +177,6 @@ impl Source for CoreSource {
             timestamp_ms: crate::wall_clock::now_ms(),
             pending: 0,
         };
-        let key = names::key_of(&names::stream_of(&topic), &message.subject);
         Some(Ok(Delivery::new(topic, 0, info, key, message)))
     }
 

@@ -67,9 +67,15 @@ pub(crate) struct LogRecord {
 const HEADERS: usize = 4;
 
 impl LogRecord {
-    fn new(topic: &Arc<str>, lane: i32, info: AckInfo, message: &async_nats::Message) -> Self {
+    /// `message` of `topic` (whose stream is `stream`), lane `lane`.
+    fn new(
+        (topic, stream): (&Arc<str>, &str),
+        lane: i32,
+        info: AckInfo,
+        message: &async_nats::Message,
+    ) -> Self {
         let mut buf = Vec::with_capacity(message.subject.len() + message.payload.len() + 64);
-        let key = names::key_of(&names::stream_of(topic), &message.subject).map(|k| {
+        let key = names::key_of(stream, &message.subject).map(|k| {
             buf.extend_from_slice(&k);
             buf.len()
         });
@@ -335,7 +341,12 @@ async fn read_lane(
                 }
                 delivered = info.consumer_seq;
                 let at_end = info.pending == 0;
-                run.push(Read::Record(LogRecord::new(&log, lane, info, &message)));
+                run.push(Read::Record(LogRecord::new(
+                    (&log, &stream),
+                    lane,
+                    info,
+                    &message,
+                )));
                 if at_end {
                     run.push(Read::End);
                 }
