@@ -107,7 +107,9 @@ async fn a_current_store_is_kept_and_a_store_behind_is_restored(kind: BrokerKind
         let addr = worker.metrics_addr().expect("metrics");
         (RunningWorker::spawn(worker), addr)
     };
-    let restored = |body: &str| sample(body, "weir_restored_records_total", &[]).unwrap_or(0.0);
+    let restored = |body: &str| {
+        sample(body, "weir_restored_records_total", &[("topic", &topic)]).unwrap_or(0.0)
+    };
 
     let (a, _) = run(dir.path(), CountHandler::default());
     wait_for_counts(

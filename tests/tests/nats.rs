@@ -869,7 +869,12 @@ async fn a_long_read_again_keeps_its_lane() {
     let took = started.elapsed();
     let (_, body) = http_get(addr, "/metrics").await;
     running.stop_cleanly().await;
-    let lost = sample(&body, "weir_rebalances_total", &[("kind", "lost")]).unwrap_or(0.0);
+    let lost = sample(
+        &body,
+        "weir_rebalances_total",
+        &[("kind", "lost"), ("group", &group)],
+    )
+    .unwrap_or(0.0);
     assert!(
         took > Duration::from_secs(1),
         "the read took longer than the pin lasts: {took:?}"
@@ -927,7 +932,12 @@ async fn a_lane_unpinned_mid_stream_counts_exactly() {
     running.stop_cleanly().await;
     let stored = StoredCounts::read(dir.path(), &group, &topic);
     assert_counts_exact(&stored.counts, &expected);
-    let lost = sample(&body, "weir_rebalances_total", &[("kind", "lost")]).unwrap_or(0.0);
+    let lost = sample(
+        &body,
+        "weir_rebalances_total",
+        &[("kind", "lost"), ("group", &group)],
+    )
+    .unwrap_or(0.0);
     assert!(lost >= 1.0, "the lane was taken away at least once: {lost}");
 }
 

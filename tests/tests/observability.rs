@@ -273,14 +273,28 @@ async fn handler_slower_than_max_poll_interval(kind: BrokerKind) {
     )
     .await;
     let body = scrape(addr).await;
-    let revokes = sample(&body, "weir_rebalances_total", &[("kind", "revoke")]).unwrap_or(0.0)
-        + sample(&body, "weir_rebalances_total", &[("kind", "lost")]).unwrap_or(0.0);
+    let revokes = sample(
+        &body,
+        "weir_rebalances_total",
+        &[("kind", "revoke"), ("group", &group)],
+    )
+    .unwrap_or(0.0)
+        + sample(
+            &body,
+            "weir_rebalances_total",
+            &[("kind", "lost"), ("group", &group)],
+        )
+        .unwrap_or(0.0);
     assert_eq!(
         revokes, 0.0,
         "the worker lost partitions while the handler was slow:\n{body}"
     );
     assert_eq!(
-        sample(&body, "weir_rebalances_total", &[("kind", "assign")]),
+        sample(
+            &body,
+            "weir_rebalances_total",
+            &[("kind", "assign"), ("group", &group)]
+        ),
         Some(1.0)
     );
     assert_eq!(

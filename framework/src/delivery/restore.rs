@@ -98,7 +98,7 @@ pub(crate) fn restore_if_behind(
         })?;
     }
     let took = started.elapsed();
-    metrics::counter!(RESTORED_RECORDS_TOTAL).increment(records);
+    metrics::counter!(RESTORED_RECORDS_TOTAL, "topic" => topic.to_owned()).increment(records);
     metrics::histogram!(RESTORE_DURATION_SECONDS).record(took);
     tracing::info!(
         %topic, partition, records, next_offset, took_ms = took.as_millis() as u64,

@@ -1,6 +1,6 @@
 //! Prometheus metric names, in one place.
 
-/// Records handled, by `outcome` (`ok`, `error`).
+/// Records handled, by `outcome` (`ok`, `error`, `skipped`) and source `topic`.
 pub(crate) const MESSAGES_TOTAL: &str = "weir_messages_total";
 /// Time to process and commit one batch.
 pub(crate) const BATCH_DURATION_SECONDS: &str = "weir_batch_duration_seconds";
@@ -11,13 +11,15 @@ pub(crate) const COMMIT_FAILURES_TOTAL: &str = "weir_commit_failures_total";
 /// Offset commits to Kafka that the broker refused or that timed out (progress only: the
 /// next commit carries the offsets again).
 pub(crate) const KAFKA_COMMIT_FAILURES_TOTAL: &str = "weir_kafka_commit_failures_total";
-/// Batches a stop (revoke, shutdown) cut short: their records done so far were committed, the
-/// rest left to the partition's next owner.
+/// Batches a stop (revoke, shutdown) cut short, by `topic`: their records done so far were
+/// committed, the rest left to the partition's next owner.
 pub(crate) const BATCHES_CUT_TOTAL: &str = "weir_batches_cut_total";
-/// Batches refused because a later owner claimed the partition's state file (the task stops).
+/// Batches refused because a later owner claimed the partition's state file (the task stops),
+/// by `topic`.
 pub(crate) const FENCED_TOTAL: &str = "weir_fenced_total";
-/// Rebalances that moved partitions to or from this worker, by `kind` (`assign`, `revoke`,
-/// `lost`); a cooperative rebalance that leaves this worker's partitions alone counts nothing.
+/// Rebalances that moved partitions to or from this worker, by `group` and `kind` (`assign`,
+/// `revoke`, `lost`); a cooperative rebalance that leaves this worker's partitions alone counts
+/// nothing.
 pub(crate) const REBALANCES_TOTAL: &str = "weir_rebalances_total";
 /// Bytes the worker's state caches hold (committed values kept in memory, all partitions).
 pub(crate) const STATE_CACHE_BYTES: &str = "weir_state_cache_bytes";
@@ -27,7 +29,7 @@ pub(crate) const DEAD_LETTERS_TOTAL: &str = "weir_dead_letters_total";
 pub(crate) const CLIENT_ERRORS_TOTAL: &str = "weir_client_errors_total";
 /// Emitted records and changelog entries produced from the outbox and acknowledged.
 pub(crate) const OUTBOX_SENT_TOTAL: &str = "weir_outbox_sent_total";
-/// Changelog records read to restore partition stores.
+/// Changelog records read to restore partition stores, by source `topic`.
 pub(crate) const RESTORED_RECORDS_TOTAL: &str = "weir_restored_records_total";
 /// Time to restore one partition's store from its changelog.
 pub(crate) const RESTORE_DURATION_SECONDS: &str = "weir_restore_duration_seconds";

@@ -224,7 +224,8 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
                 BatchError::Commit(e @ weir_state::Error::Fenced { .. }) => {
                     // Another worker owns the partition now: nothing of this batch is kept, and
                     // retrying cannot succeed.
-                    metrics::counter!(FENCED_TOTAL).increment(1);
+                    metrics::counter!(FENCED_TOTAL, "topic" => Arc::clone(&self.topic))
+                        .increment(1);
                     tracing::warn!(topic = %self.topic, partition = self.partition, "{e}");
                     Next::Return(Outcome::Stopped)
                 }
@@ -253,7 +254,8 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
         let n = attempts.per_record.entry(offset).or_insert(0);
         *n += 1;
         let n = *n;
-        metrics::counter!(MESSAGES_TOTAL, "outcome" => "error").increment(1);
+        metrics::counter!(MESSAGES_TOTAL, "outcome" => "error", "topic" => Arc::clone(&self.topic))
+            .increment(1);
         let retry = &self.policy.retry;
         let exhausted = retry.max_attempts > 0 && n >= retry.max_attempts;
         let to_dead_letter = match reason {
@@ -464,7 +466,8 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
                 }
                 Err(error) if delivery == Delivery::AtMostOnce => {
                     writes.rollback();
-                    metrics::counter!(MESSAGES_TOTAL, "outcome" => "skipped").increment(1);
+                    metrics::counter!(MESSAGES_TOTAL, "outcome" => "skipped", "topic" => Arc::clone(&self.topic))
+                        .increment(1);
                     tracing::error!(
                         topic = %self.topic,
                         partition = self.partition,

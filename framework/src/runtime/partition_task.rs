@@ -190,7 +190,8 @@ impl<H: Process> PartitionTask<H> {
             self.read_clock();
             if self.next_offset < batch.last().map(|m| m.offset() + 1) {
                 // A stop cut the batch short: the rest is the next owner's, never skipped.
-                metrics::counter!(BATCHES_CUT_TOTAL).increment(1);
+                metrics::counter!(BATCHES_CUT_TOTAL, "topic" => Arc::clone(&self.topic))
+                    .increment(1);
                 break;
             }
             batch.clear();
@@ -624,7 +625,8 @@ impl<H: Process> PartitionTask<H> {
                 // A stop may have committed only the batch's first records.
                 let done = batch.iter().take_while(|m| m.offset() < next).count();
                 metrics::histogram!(BATCH_DURATION_SECONDS).record(started.elapsed());
-                metrics::counter!(MESSAGES_TOTAL, "outcome" => "ok").increment(done as u64);
+                metrics::counter!(MESSAGES_TOTAL, "outcome" => "ok", "topic" => Arc::clone(&self.topic))
+                    .increment(done as u64);
                 self.next_offset = Some(next);
                 self.flow.batch_committed(done as u64, dead_letters as u64);
                 // The batch's outbox is sent while the next batch is processed; the one before

@@ -51,6 +51,11 @@ impl<H: Process> Assignments for Rebalances<H> {
 }
 
 impl<H: Process> Rebalances<H> {
+    /// The consumer group, the label of this worker's rebalance counts.
+    fn group(&self) -> String {
+        self.shared.config.group.clone()
+    }
+
     fn store_path(&self, topic: &str, partition: i32) -> PathBuf {
         let c = &self.shared.config;
         c.state_dir
@@ -61,7 +66,8 @@ impl<H: Process> Rebalances<H> {
 
     fn assign(&self, lanes: &[Lane<'_>]) -> Vec<Option<Start>> {
         if !lanes.is_empty() {
-            metrics::counter!(REBALANCES_TOTAL, "kind" => "assign").increment(1);
+            metrics::counter!(REBALANCES_TOTAL, "kind" => "assign", "group" => self.group())
+                .increment(1);
         }
         let shared = &self.shared;
         shared.lifecycle.joined();
@@ -147,7 +153,8 @@ impl<H: Process> Rebalances<H> {
     fn revoke(&self, lanes: &[Lane<'_>], lost: bool) -> Vec<(Arc<str>, i32, i64)> {
         let kind = if lost { "lost" } else { "revoke" };
         if !lanes.is_empty() {
-            metrics::counter!(REBALANCES_TOTAL, "kind" => kind).increment(1);
+            metrics::counter!(REBALANCES_TOTAL, "kind" => kind, "group" => self.group())
+                .increment(1);
         }
         let abandon = self.shared.lifecycle.is_abandoned();
         let mut handles = Vec::new();

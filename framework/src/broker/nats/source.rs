@@ -1012,21 +1012,33 @@ impl LaneTask {
             .map_err(|e| (e.to_string(), None))?;
         let mut sent = 0;
         // A long read must not cost the pin: the lane keeps pulling one message now and then
-        // (what comes is taken after the read, in order).
-        let mut last_pull = Instant::now();
+        // (what comes is taken after the read, in order), on its own timer, so a read that
+        // waits for its next message (the ordered consumer recreating itself) pulls too.
+        let mut keep_alive = tokio::time::interval(self.keep_alive());
+        keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let deadline = tokio::time::sleep(REPLAY_WAIT);
+        tokio::pin!(deadline);
         loop {
-            if last_pull.elapsed() >= self.keep_alive() {
-                last_pull = Instant::now();
-                if let Err(e) = self.pull(1, Some(pin)).await {
-                    tracing::debug!(topic = %self.lane.0, lane = self.lane.1, "keep-alive pull failed: {e}");
+            let next = tokio::select! {
+                biased;
+                _ = keep_alive.tick() => {
+                    if let Err(e) = self.pull(1, Some(pin)).await {
+                        tracing::debug!(topic = %self.lane.0, lane = self.lane.1, "keep-alive pull failed: {e}");
+                    }
+                    continue;
                 }
-            }
-            let next = tokio::time::timeout(REPLAY_WAIT, messages.next()).await;
+                () = &mut deadline => {
+                    return Err((format!("no message within {REPLAY_WAIT:?}"), last));
+                }
+                next = messages.next() => next,
+            };
+            deadline
+                .as_mut()
+                .reset(tokio::time::Instant::now() + REPLAY_WAIT);
             let message = match next {
-                Ok(Some(Ok(m))) => m,
-                Ok(Some(Err(e))) => return Err((e.to_string(), last)),
-                Ok(None) => return Err(("the stream's messages ended".into(), last)),
-                Err(_) => return Err((format!("no message within {REPLAY_WAIT:?}"), last)),
+                Some(Ok(m)) => m,
+                Some(Err(e)) => return Err((e.to_string(), last)),
+                None => return Err(("the stream's messages ended".into(), last)),
             };
             let Some(info) = message.reply.as_deref().and_then(names::ack_info) else {
                 return Err(("a message without its stream sequence".into(), last));
