@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test: rustfmt, clippy and rustdoc with warnings denied, then unit,
 # property, doc and integration tests on every broker (Kafka: the embedded mock cluster
-# in-process and tansu; NATS: nats-server with JetStream; this script installs and starts the
-# servers on 127.0.0.1).
+# in-process and tansu; NATS: nats-server with JetStream; RabbitMQ: Debian's rabbitmq-server;
+# this script installs and starts the servers on 127.0.0.1).
 #
 #   scripts/test.sh [extra nextest arguments]
 set -euo pipefail
@@ -20,12 +20,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   $as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $as_root apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-# The interoperability tests use Python's clients (confluent-kafka, nats-py).
+# The interoperability tests use Python's clients (confluent-kafka, nats-py, pika).
 scripts/python-env.sh >/dev/null
 
 # Each server started here is stopped on exit; one already running is left alone.
 stop_on_exit=()
-for server in broker nats; do
+for server in broker nats rabbitmq; do
   if ! "scripts/$server.sh" status >/dev/null 2>&1; then
     stop_on_exit+=("scripts/$server.sh stop")
   fi
@@ -36,6 +36,7 @@ if [ ${#stop_on_exit[@]} -gt 0 ]; then
 fi
 export WEIR_TEST_TANSU="127.0.0.1:${TANSU_PORT:-19092}"
 export WEIR_TEST_NATS="nats://127.0.0.1:${NATS_PORT:-14222}"
+export WEIR_TEST_RABBITMQ="amqp://guest:guest@127.0.0.1:${RABBITMQ_PORT:-15673}/%2f"
 
 # Lints first: they fail fast and cost little.
 cargo fmt --all -- --check

@@ -20,6 +20,24 @@ pub(crate) trait Delivered {
     fn payload(&self) -> Option<&[u8]>;
     /// Every header, in order.
     fn headers(&self) -> impl Iterator<Item = (&str, Option<&[u8]>)>;
+    /// What a queue (which keeps no positions) says of the message; `None` on logs.
+    fn queued(&self) -> Option<Queued> {
+        None
+    }
+}
+
+/// A queue's message beyond its record: a queue has no positions (a lane's positions count
+/// its deliveries), so a redelivered message is recognised by its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Queued {
+    /// The message's id (AMQP `message_id`); `None`: it cannot be told from a redelivery.
+    pub(crate) id: Option<Box<str>>,
+    /// The broker delivered it before (to this worker or another): it may be committed
+    /// already. A message delivered for the first time cannot be.
+    pub(crate) redelivered: bool,
+    /// Every delivery of the lane below this position was settled and the broker confirmed
+    /// it: none of them comes again, so their ids need not be kept.
+    pub(crate) settled_below: i64,
 }
 
 /// Where one header's name and value are in the run's buffer.
@@ -44,6 +62,8 @@ pub(crate) struct Inbound {
     headers: Box<[HeaderAt]>,
     /// Bytes this record holds in a queue (see [`weight`](Self::weight)).
     weight: usize,
+    /// A queue's message: its id and whether it came before (`None` on logs).
+    queued: Option<Box<Queued>>,
 }
 
 /// What a queued record costs beyond its key, payload and headers (this struct, its share of
@@ -103,7 +123,15 @@ impl Inbound {
             key,
             payload,
             headers,
+            queued: None,
         }
+    }
+
+    /// This record, as the queue message `queued` (tests).
+    #[cfg(test)]
+    pub(crate) fn with_queued(mut self, queued: Queued) -> Self {
+        self.queued = Some(Box::new(queued));
+        self
     }
 
     /// Copies `msgs` (records of `topic`'s one partition) into one shared buffer; `scratch` is
@@ -131,6 +159,7 @@ impl Inbound {
                 key,
                 payload,
                 headers,
+                queued: m.queued().map(Box::new),
             })
             .collect()
     }
@@ -162,6 +191,11 @@ impl Inbound {
 
     pub(crate) fn payload(&self) -> Option<&[u8]> {
         self.payload.clone().map(|r| &self.buf[r])
+    }
+
+    /// A queue's message: its id and whether it came before (`None` on logs).
+    pub(crate) fn queued(&self) -> Option<&Queued> {
+        self.queued.as_deref()
     }
 
     /// Every header, in order.

@@ -1,5 +1,6 @@
-//! Test harness for weir: the brokers (Kafka's embedded mock cluster and tansu; NATS), producing test
-//! data, a counting handler with fault injection, and readers of partition stores.
+//! Test harness for weir: the brokers (Kafka's embedded mock cluster and tansu; NATS;
+//! RabbitMQ), producing test data, a counting handler with fault injection, and readers of
+//! partition stores.
 
 mod broker;
 mod count_handler;
@@ -8,6 +9,7 @@ mod http;
 mod nats;
 mod processes;
 mod python;
+mod rabbitmq;
 mod readers;
 mod running;
 mod stores;
@@ -26,6 +28,7 @@ pub use http::*;
 pub use nats::*;
 pub use processes::*;
 pub use python::*;
+pub use rabbitmq::*;
 pub use readers::*;
 pub use running::*;
 pub use stores::*;

@@ -19,6 +19,8 @@ use crate::inbound::Delivered;
 pub(crate) mod kafka;
 #[cfg(feature = "nats")]
 pub(crate) mod nats;
+#[cfg(feature = "rabbitmq")]
+pub(crate) mod rabbitmq;
 
 /// Whether `brokers` names NATS servers (`nats://` or `tls://` URLs) rather than Kafka's
 /// (`weir::state::nats::is_nats`, for tools).
@@ -28,22 +30,61 @@ pub fn nats_url(brokers: &str) -> bool {
     b.starts_with("nats://") || b.starts_with("tls://")
 }
 
+/// The broker's id of a record weir publishes (NATS `Nats-Msg-Id`, AMQP `message_id`), from
+/// weir's own headers, so that a record sent again is recognised: an emit is named by its destination,
+/// group, source lane, position and index; a dead letter (or late record) by its destination
+/// and source lane and position. `None` for a record weir's headers do not name.
+#[cfg_attr(not(any(feature = "nats", feature = "rabbitmq")), allow(dead_code))]
+pub(crate) fn message_id(topic: &str, headers: &[(&str, Option<&[u8]>)]) -> Option<String> {
+    use weir_state::wire::header;
+    let value = |name: &str| {
+        headers
+            .iter()
+            .rev()
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, v)| v.and_then(|v| std::str::from_utf8(v).ok()))
+    };
+    let (t, p, o) = (
+        value(header::SOURCE_TOPIC)?,
+        value(header::SOURCE_PARTITION)?,
+        value(header::SOURCE_OFFSET)?,
+    );
+    let mut id = format!("{topic}/{t}/{p}/{o}");
+    if let Some(seq) = value(header::SOURCE_SEQ) {
+        id = format!("{id}/{seq}/{}", value(header::SOURCE_GROUP).unwrap_or(""));
+    }
+    Some(id)
+}
+
+/// Whether `brokers` names a RabbitMQ server (`amqp://` or `amqps://` URL).
+pub(crate) fn amqp_url(brokers: &str) -> bool {
+    let b = brokers.trim_start();
+    b.starts_with("amqp://") || b.starts_with("amqps://")
+}
+
 /// How a worker's clients reach its broker.
 #[derive(Debug, Clone)]
 pub(crate) enum Connection {
     Kafka(kafka::Connection),
     #[cfg(feature = "nats")]
     Nats(nats::Connection),
+    #[cfg(feature = "rabbitmq")]
+    RabbitMq(rabbitmq::Connection),
 }
 
 impl Connection {
     /// The Kafka connection, for what only Kafka does yet (tables).
-    #[cfg_attr(not(feature = "nats"), allow(unused_variables))]
+    #[cfg_attr(
+        not(any(feature = "nats", feature = "rabbitmq")),
+        allow(unused_variables)
+    )]
     pub(crate) fn kafka(&self, what: &str) -> Result<&kafka::Connection, String> {
         match self {
             Self::Kafka(k) => Ok(k),
             #[cfg(feature = "nats")]
             Self::Nats(_) => Err(format!("{what} is not available on NATS yet")),
+            #[cfg(feature = "rabbitmq")]
+            Self::RabbitMq(_) => Err(format!("{what} is not available on RabbitMQ yet")),
         }
     }
 
@@ -54,6 +95,9 @@ impl Connection {
             Self::Kafka(k) => k.low_watermark(topic, partition),
             #[cfg(feature = "nats")]
             Self::Nats(n) => tokio::runtime::Handle::current().block_on(n.low_watermark(topic)),
+            // A queue's positions count its deliveries: none was lost before the first.
+            #[cfg(feature = "rabbitmq")]
+            Self::RabbitMq(_) => Ok(0),
         }
     }
 
@@ -67,6 +111,8 @@ impl Connection {
             Self::Kafka(k) => k.partition_counts(topics),
             #[cfg(feature = "nats")]
             Self::Nats(n) => Ok(topics.map(|t| (t, n.lanes_of(t))).collect()),
+            #[cfg(feature = "rabbitmq")]
+            Self::RabbitMq(r) => Ok(topics.map(|t| (t, r.lanes_of(t))).collect()),
         }
     }
 
@@ -76,6 +122,8 @@ impl Connection {
             Self::Kafka(k) => k.log_reader().map(LogReader::Kafka),
             #[cfg(feature = "nats")]
             Self::Nats(n) => Ok(LogReader::Nats(n.log_reader())),
+            #[cfg(feature = "rabbitmq")]
+            Self::RabbitMq(_) => Err("changelogs are not available on RabbitMQ yet".into()),
         }
     }
 
@@ -85,6 +133,8 @@ impl Connection {
             Self::Kafka(k) => k.create_missing(wanted).await,
             #[cfg(feature = "nats")]
             Self::Nats(n) => n.create_missing(wanted).await,
+            #[cfg(feature = "rabbitmq")]
+            Self::RabbitMq(r) => r.create_missing(wanted).await,
         }
     }
 }
@@ -95,6 +145,8 @@ pub(crate) enum Producer {
     Kafka(kafka::Producer),
     #[cfg(feature = "nats")]
     Nats(nats::Publisher),
+    #[cfg(feature = "rabbitmq")]
+    RabbitMq(rabbitmq::Publisher),
 }
 
 impl Producer {
@@ -104,6 +156,8 @@ impl Producer {
             Self::Kafka(k) => k.send(r).await,
             #[cfg(feature = "nats")]
             Self::Nats(n) => n.send(r).await,
+            #[cfg(feature = "rabbitmq")]
+            Self::RabbitMq(p) => p.send(r).await,
         }
     }
 }
@@ -393,4 +447,30 @@ pub(crate) trait Assignments: Send + Sync + 'static {
 
     /// The owned lanes' low and high watermarks, as `of` reads them from the client.
     fn watermarks(&self, of: &dyn Fn(Lane<'_>) -> Option<(i64, i64)>);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_state::wire::header;
+
+    #[test]
+    fn emits_and_dead_letters_have_stable_ids() {
+        let emit = [
+            (header::SOURCE_TOPIC, Some(&b"lines"[..])),
+            (header::SOURCE_PARTITION, Some(b"2")),
+            (header::SOURCE_OFFSET, Some(b"17")),
+            (header::SOURCE_SEQ, Some(b"3")),
+            (header::SOURCE_GROUP, Some(b"wc")),
+        ];
+        assert_eq!(
+            message_id("counts", &emit).as_deref(),
+            Some("counts/lines/2/17/3/wc")
+        );
+        assert_eq!(
+            message_id("lines.dlq", &emit[..3]).as_deref(),
+            Some("lines.dlq/lines/2/17")
+        );
+        assert_eq!(message_id("counts", &[]), None);
+    }
 }

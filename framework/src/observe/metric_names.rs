@@ -73,6 +73,9 @@ pub(crate) const TIMERS_FIRED_TOTAL: &str = "weir_timers_fired_total";
 /// Counter: input records emitted by an upstream weir stage and applied already (re-sends
 /// after an upstream crash), dropped, by topic.
 pub(crate) const DUPLICATES_DROPPED_TOTAL: &str = "weir_duplicates_dropped_total";
+/// Counter: queue messages without a message id, by topic: a redelivery of one cannot be
+/// recognised, so it is processed at least once rather than exactly once.
+pub(crate) const MESSAGES_WITHOUT_ID_TOTAL: &str = "weir_messages_without_id_total";
 /// Counter: table records read (co-partitioned and global tables), by table topic.
 pub(crate) const TABLE_RECORDS_TOTAL: &str = "weir_table_records_total";
 /// Counter: table records skipped (no key, a key that is not text, a value that is not

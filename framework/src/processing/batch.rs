@@ -14,10 +14,11 @@ use crate::error::BoxError;
 use crate::inbound::Inbound;
 use crate::observe::metric_names::{
     COMMIT_DURATION_SECONDS, COMMIT_FAILURES_TOTAL, DUPLICATES_DROPPED_TOTAL, FENCED_TOTAL,
-    LATE_RECORDS_TOTAL, MESSAGES_TOTAL,
+    LATE_RECORDS_TOTAL, MESSAGES_TOTAL, MESSAGES_WITHOUT_ID_TOTAL,
 };
 use crate::processing::context::Scope;
 use crate::processing::handler::caught;
+use crate::processing::message_ids::MessageIds;
 use crate::processing::time::{self, RecordTime};
 use crate::processing::upstream::{Upstream, UpstreamMarks};
 use crate::processing::{
@@ -392,6 +393,7 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
             (w, idle) => w.or(idle),
         };
         let mut marks = UpstreamMarks::default();
+        let mut ids = MessageIds::default();
         for (i, msg) in batch.iter().enumerate() {
             // (At most once, the whole batch's offset is committed already: it runs to its end.)
             if i > 0 && delivery != Delivery::AtMostOnce && self.stop_requested() {
@@ -408,6 +410,7 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
                 if let Some(up) = Upstream::of(msg) {
                     marks.applied(&up, store).map_err(BatchError::Bookkeeping)?;
                 }
+                ids.applied(msg);
                 continue;
             }
             // A redriven record of a dead key is the operator putting the key back in order:
@@ -429,6 +432,15 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
                         reason: DeadLetterReason::FollowsDeadLetter,
                     });
                 }
+            }
+            if ids
+                .seen(msg, store, &writes)
+                .map_err(BatchError::Bookkeeping)?
+            {
+                // A queue's redelivery of a message a committed batch applied.
+                metrics::counter!(DUPLICATES_DROPPED_TOTAL, "topic" => Arc::clone(&self.topic))
+                    .increment(1);
+                continue;
             }
             let upstream = Upstream::of(msg);
             if let Some(up) = &upstream {
@@ -460,6 +472,7 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
                     if let Some(key) = revives {
                         writes.delete(DEAD_KEYS, key).map_err(BatchError::Commit)?;
                     }
+                    ids.applied(msg);
                     writes.release();
                     let t = time.event_time();
                     watermark = Some(watermark.map_or(t, |w| w.max(t)));
@@ -490,11 +503,17 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
             }
         }
         marks.write(&mut writes).map_err(BatchError::Bookkeeping)?;
+        ids.write(store, &mut writes, next)
+            .map_err(BatchError::Bookkeeping)?;
         if let (Some(w), true) = (watermark, watermark != stored_watermark) {
             time::set_watermark(&mut writes, w).map_err(BatchError::Bookkeeping)?;
         }
         self.fire_due(&mut writes, watermark, clock.now_ms).await?;
         self.commit(writes, next).await?;
+        if ids.anonymous() > 0 {
+            metrics::counter!(MESSAGES_WITHOUT_ID_TOTAL, "topic" => Arc::clone(&self.topic))
+                .increment(ids.anonymous());
+        }
         Ok(next)
     }
 

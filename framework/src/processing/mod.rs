@@ -6,6 +6,7 @@ pub(crate) mod batch;
 mod codec;
 mod context;
 mod handler;
+mod message_ids;
 mod record;
 pub(crate) mod table;
 pub(crate) mod time;

@@ -82,6 +82,8 @@ pub(crate) enum Clients {
     },
     #[cfg(feature = "nats")]
     Nats(crate::broker::nats::Settings),
+    #[cfg(feature = "rabbitmq")]
+    RabbitMq(crate::broker::rabbitmq::Settings),
 }
 
 /// The clients of a running worker.
@@ -98,6 +100,9 @@ pub(crate) enum Reader {
     /// (`delivery = at_most_once`) rather than JetStream streams.
     #[cfg(feature = "nats")]
     Nats(crate::broker::nats::Connection, String, bool),
+    /// The connection and the group.
+    #[cfg(feature = "rabbitmq")]
+    RabbitMq(crate::broker::rabbitmq::Connection, String),
 }
 
 /// The worker's source, made for its consumer thread.
@@ -107,6 +112,8 @@ pub(crate) enum Made<C> {
     Nats(Box<crate::broker::nats::NatsSource>),
     #[cfg(feature = "nats")]
     NatsCore(Box<crate::broker::nats::CoreSource>),
+    #[cfg(feature = "rabbitmq")]
+    RabbitMq(Box<crate::broker::rabbitmq::RabbitSource>),
 }
 
 impl Clients {
@@ -115,6 +122,9 @@ impl Clients {
     pub(crate) fn new(config: &Config, brokers: &str, in_pipeline: bool) -> Result<Self> {
         if crate::broker::nats_url(brokers) {
             return Self::nats(config, brokers, in_pipeline);
+        }
+        if crate::broker::amqp_url(brokers) {
+            return Self::rabbitmq(config, brokers, in_pipeline);
         }
         let consumer = group_settings(config, brokers)?;
         let connection = connection(config, brokers);
@@ -132,6 +142,43 @@ impl Clients {
             "brokers (WEIR_BROKERS)",
             format!("{brokers:?} names NATS servers, and this build of weir has no NATS support: enable weir's `nats` feature"),
         ))
+    }
+
+    #[cfg(not(feature = "rabbitmq"))]
+    fn rabbitmq(_: &Config, brokers: &str, _: bool) -> Result<Self> {
+        Err(Error::config(
+            "brokers (WEIR_BROKERS)",
+            format!("{brokers:?} names a RabbitMQ server, and this build of weir has no RabbitMQ support: enable weir's `rabbitmq` feature"),
+        ))
+    }
+
+    #[cfg(feature = "rabbitmq")]
+    fn rabbitmq(config: &Config, brokers: &str, in_pipeline: bool) -> Result<Self> {
+        let unsupported = |what: &str| {
+            Error::config(
+                "brokers (WEIR_BROKERS)",
+                format!("{what} run on Kafka and NATS only so far, and {brokers:?} names a RabbitMQ server"),
+            )
+        };
+        if in_pipeline {
+            return Err(unsupported("pipelines"));
+        }
+        if !config.tables(false).is_empty() || !config.tables(true).is_empty() {
+            return Err(unsupported("tables"));
+        }
+        if config.changelog {
+            return Err(Error::config(
+                "changelog (WEIR_CHANGELOG)",
+                format!("changelogs run on Kafka and NATS only so far, and {brokers:?} names a RabbitMQ server: turn the changelog off"),
+            ));
+        }
+        Ok(Self::RabbitMq(crate::broker::rabbitmq::Settings {
+            url: brokers.trim().to_owned(),
+            partitions: config.partitions,
+            prefetch: u16::try_from(config.queue_capacity)
+                .unwrap_or(u16::MAX)
+                .max(1),
+        }))
     }
 
     #[cfg(feature = "nats")]
@@ -210,6 +257,28 @@ impl Clients {
                     reader: Reader::Nats(nats, config.group.clone(), core),
                 })
             }
+            #[cfg(feature = "rabbitmq")]
+            Self::RabbitMq(settings) => {
+                let rabbit = crate::broker::rabbitmq::Connection::connect(
+                    settings.clone(),
+                    config.startup_timeout,
+                )
+                .await?;
+                for topic in &config.topics {
+                    rabbit
+                        .topic(topic, config.dead_letter_topic_of(topic).as_deref())
+                        .await?;
+                }
+                let connection = Connection::RabbitMq(rabbit.clone());
+                ensure_topics(config, &connection).await;
+                Ok(Started {
+                    connection,
+                    producer: Arc::new(Producer::RabbitMq(
+                        crate::broker::rabbitmq::Publisher::new(rabbit.clone()),
+                    )),
+                    reader: Reader::RabbitMq(rabbit, config.group.clone()),
+                })
+            }
         }
     }
 }
@@ -231,6 +300,12 @@ impl Reader {
             )))),
             #[cfg(feature = "nats")]
             Self::Nats(nats, group, false) => Ok(Made::Nats(Box::new(nats.source(
+                group,
+                assignments,
+                tokio::runtime::Handle::current(),
+            )))),
+            #[cfg(feature = "rabbitmq")]
+            Self::RabbitMq(rabbit, group) => Ok(Made::RabbitMq(Box::new(rabbit.source(
                 group,
                 assignments,
                 tokio::runtime::Handle::current(),

@@ -285,6 +285,8 @@ impl<H: Process> Worker<H> {
                     Made::Nats(s) => consumer::run(*s, thread_shared, ready_rx),
                     #[cfg(feature = "nats")]
                     Made::NatsCore(s) => consumer::run(*s, thread_shared, ready_rx),
+                    #[cfg(feature = "rabbitmq")]
+                    Made::RabbitMq(s) => consumer::run(*s, thread_shared, ready_rx),
                 };
                 let _ = done_tx.send(result);
             })

@@ -11,8 +11,6 @@
 //! - A partitioned stream maps `T.*` to `T.{{partition(N,1)}}.{{wildcard(1)}}`: lane `p` is
 //!   the subjects `T.p.*`. A stream without that transform is one lane, `T.>`.
 
-use weir_state::wire::header;
-
 /// The stream (and first subject token) of `topic`.
 pub fn stream_of(topic: &str) -> String {
     topic.replace('.', "_")
@@ -142,30 +140,6 @@ fn decode_key(token: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// The `Nats-Msg-Id` of a record weir publishes, from weir's own headers, so that the
-/// stream's duplicate window drops a record sent again: an emit is named by its destination,
-/// group, source lane, position and index; a dead letter (or late record) by its destination
-/// and source lane and position. `None` for a record weir's headers do not name.
-pub(crate) fn message_id(topic: &str, headers: &[(&str, Option<&[u8]>)]) -> Option<String> {
-    let value = |name: &str| {
-        headers
-            .iter()
-            .rev()
-            .find(|(n, _)| *n == name)
-            .and_then(|(_, v)| v.and_then(|v| std::str::from_utf8(v).ok()))
-    };
-    let (t, p, o) = (
-        value(header::SOURCE_TOPIC)?,
-        value(header::SOURCE_PARTITION)?,
-        value(header::SOURCE_OFFSET)?,
-    );
-    let mut id = format!("{topic}/{t}/{p}/{o}");
-    if let Some(seq) = value(header::SOURCE_SEQ) {
-        id = format!("{id}/{seq}/{}", value(header::SOURCE_GROUP).unwrap_or(""));
-    }
-    Some(id)
-}
-
 /// The `Nats-Msg-Id` of a changelog record stored under `subject` (its lane and key): the
 /// subject and the position its batch's headers name, so a batch's entry sent again is
 /// dropped. `None` without the position.
@@ -278,25 +252,5 @@ mod tests {
         let v2 = "$JS.ACK.hub.ACCHASH.orders.weir-g-0.1.42.40.1700000000123456789.7.rand";
         assert_eq!(ack_info(v2), Some(want));
         assert_eq!(ack_info("_INBOX.x"), None);
-    }
-
-    #[test]
-    fn emits_and_dead_letters_have_stable_ids() {
-        let emit = [
-            (header::SOURCE_TOPIC, Some(&b"lines"[..])),
-            (header::SOURCE_PARTITION, Some(b"2")),
-            (header::SOURCE_OFFSET, Some(b"17")),
-            (header::SOURCE_SEQ, Some(b"3")),
-            (header::SOURCE_GROUP, Some(b"wc")),
-        ];
-        assert_eq!(
-            message_id("counts", &emit).as_deref(),
-            Some("counts/lines/2/17/3/wc")
-        );
-        assert_eq!(
-            message_id("lines.dlq", &emit[..3]).as_deref(),
-            Some("lines.dlq/lines/2/17")
-        );
-        assert_eq!(message_id("counts", &[]), None);
     }
 }

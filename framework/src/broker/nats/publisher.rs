@@ -1,5 +1,5 @@
 //! Publishing to streams with the server's acknowledgement: emits, dead letters and late
-//! records, each with a `Nats-Msg-Id` from weir's headers (`names::message_id`).
+//! records, each with a `Nats-Msg-Id` from weir's headers (`broker::message_id`).
 
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
@@ -36,7 +36,7 @@ impl Publisher {
             .headers(headers);
         let id = match r.partition {
             Some(_) => names::changelog_message_id(&subject, r.headers),
-            None => names::message_id(r.topic, r.headers),
+            None => crate::broker::message_id(r.topic, r.headers),
         };
         if let Some(id) = id {
             message = message.message_id(id);

@@ -1,0 +1,356 @@
+//! RabbitMQ, through `lapin`. Topic `T` is the exchange `T`, a consistent-hash exchange that
+//! feeds its lanes, the quorum queues `T.0 .. T.<N-1>`, by routing key (the record's key), so
+//! one key always reaches one lane. Each lane is consumed with single active consumer: the
+//! broker gives it to one worker of the group at a time, and to the next when that one's
+//! connection goes (`source`). weir publishes with publisher confirms and a deterministic
+//! `message_id` (`publisher`).
+
+mod publisher;
+mod source;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Channel, ConnectionProperties, ExchangeKind};
+
+use crate::broker::WantedTopic;
+use crate::error::{Error, Result};
+
+pub(crate) use publisher::Publisher;
+pub(crate) use source::RabbitSource;
+
+/// The exchange type that routes by a hash of the routing key (the
+/// `rabbitmq_consistent_hash_exchange` plugin).
+const CONSISTENT_HASH: &str = "x-consistent-hash";
+/// Deliveries of a lane's message after which the broker dead-letters it on its own: a
+/// backstop, above weir's own attempts, for a message that crashes every worker that takes it
+/// (weir's retries run in the worker and are not redeliveries).
+const DELIVERY_LIMIT: i64 = 20;
+
+/// How a worker connects to RabbitMQ and lays out what it declares.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    /// `amqp://user:pass@host:port/vhost` (`amqps://` for TLS).
+    pub(crate) url: String,
+    /// The lanes of a topic weir declares (`WEIR_PARTITIONS`).
+    pub(crate) partitions: i32,
+    /// Messages a lane's consumer holds unacknowledged at most (`basic.qos`): the lane's queue
+    /// capacity, so the broker's flow control is the backpressure.
+    pub(crate) prefetch: u16,
+}
+
+/// A connection to RabbitMQ, shared by the worker's clients; made again when it drops.
+#[derive(Clone)]
+pub(crate) struct Connection(Arc<Inner>);
+
+pub(crate) struct Inner {
+    settings: Settings,
+    connection: tokio::sync::Mutex<Option<lapin::Connection>>,
+    /// The lanes of each topic read or declared.
+    topics: Mutex<HashMap<String, i32>>,
+    /// Since when no connection could be made, while none can.
+    down_since: Mutex<Option<Instant>>,
+}
+
+impl std::ops::Deref for Connection {
+    type Target = Inner;
+
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("rabbitmq::Connection")
+            .field("url", &redacted(&self.settings.url))
+            .finish_non_exhaustive()
+    }
+}
+
+/// `url` without its password, for messages.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Connection {
+    /// Connects, waiting up to `timeout` for the broker to answer.
+    pub(crate) async fn connect(settings: Settings, timeout: Duration) -> Result<Self> {
+        let connection = Self(Arc::new(Inner {
+            settings,
+            connection: tokio::sync::Mutex::new(None),
+            topics: Mutex::default(),
+            down_since: Mutex::default(),
+        }));
+        match tokio::time::timeout(timeout, connection.channel()).await {
+            Ok(Ok(_)) => Ok(connection),
+            Ok(Err(e)) => Err(connection.unreachable(e, timeout)),
+            Err(_) => Err(connection.unreachable("the connection timed out".into(), timeout)),
+        }
+    }
+
+    fn unreachable(&self, cause: String, timeout: Duration) -> Error {
+        Error::config(
+            "brokers (WEIR_BROKERS)",
+            format!(
+                "no RabbitMQ server answered at {} within {timeout:?}: {cause}",
+                redacted(&self.settings.url)
+            ),
+        )
+    }
+
+    /// A new channel, on the connection, made again if it dropped.
+    pub(crate) async fn channel(&self) -> Result<Channel, String> {
+        let mut held = self.connection.lock().await;
+        if let Some(c) = held.as_ref().filter(|c| c.status().connected()) {
+            return c.create_channel().await.map_err(|e| e.to_string());
+        }
+        let properties = ConnectionProperties::default()
+            .with_connection_name("weir".into())
+            .with_executor(tokio_executor_trait::Tokio::current())
+            .with_reactor(tokio_reactor_trait::Tokio);
+        match lapin::Connection::connect(&self.settings.url, properties).await {
+            Ok(c) => {
+                if lock(&self.down_since).take().is_some() {
+                    tracing::info!("connected to RabbitMQ again");
+                }
+                let channel = c.create_channel().await.map_err(|e| e.to_string());
+                *held = Some(c);
+                channel
+            }
+            Err(e) => {
+                let mut since = lock(&self.down_since);
+                if since.is_none() {
+                    tracing::warn!(
+                        "cannot connect to RabbitMQ at {}: {e}; trying again",
+                        redacted(&self.settings.url)
+                    );
+                    *since = Some(Instant::now());
+                }
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// Since when no connection could be made, while none can.
+    pub(crate) fn disconnected_since(&self) -> Option<Instant> {
+        *lock(&self.down_since)
+    }
+
+    /// The lanes of `topic` (read or declared before).
+    pub(crate) fn lanes_of(&self, topic: &str) -> Option<i32> {
+        lock(&self.topics).get(topic).copied()
+    }
+
+    /// The lane queues of `topic`: those of its exchange as it exists (`T.0`, `T.1`, ...), or,
+    /// when the exchange is missing, the exchange and [`Settings::partitions`] lanes declared,
+    /// each dead-lettering to `dead_letters` when given.
+    pub(crate) async fn topic(&self, topic: &str, dead_letters: Option<&str>) -> Result<i32> {
+        if let Some(n) = self.lanes_of(topic) {
+            return Ok(n);
+        }
+        let failed = |what: String| Error::config("topics (WEIR_TOPICS)", what);
+        let channel = self
+            .channel()
+            .await
+            .map_err(|e| failed(format!("topic {topic}: {e}")))?;
+        let exists = channel
+            .exchange_declare(
+                topic,
+                ExchangeKind::Custom(CONSISTENT_HASH.into()),
+                ExchangeDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .is_ok();
+        let lanes = if exists {
+            let lanes = self.count_lanes(topic).await.map_err(failed)?;
+            if lanes == 0 {
+                return Err(failed(format!(
+                    "exchange {topic} exists without lane queues {topic}.0, {topic}.1, ...: declare them (quorum queues with single active consumer, bound to it) or remove the exchange so that weir declares it"
+                )));
+            }
+            lanes
+        } else {
+            let lanes = self.settings.partitions.max(1);
+            self.declare(topic, lanes, dead_letters)
+                .await
+                .map_err(|e| failed(format!("declaring topic {topic}: {e}")))?;
+            tracing::info!(%topic, lanes, "declared exchange {topic} and its lane queues");
+            lanes
+        };
+        lock(&self.topics).insert(topic.to_owned(), lanes);
+        Ok(lanes)
+    }
+
+    /// How many of `T.0`, `T.1`, ... exist (a missing one ends the count).
+    async fn count_lanes(&self, topic: &str) -> Result<i32, String> {
+        let mut lanes = 0;
+        loop {
+            // A failed passive declare closes its channel: one channel per question.
+            let channel = self.channel().await?;
+            let found = channel
+                .queue_declare(
+                    &lane_queue(topic, lanes),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .is_ok();
+            if !found {
+                return Ok(lanes);
+            }
+            let _ = channel.close(200, "done").await;
+            lanes += 1;
+        }
+    }
+
+    async fn declare(
+        &self,
+        topic: &str,
+        lanes: i32,
+        dead_letters: Option<&str>,
+    ) -> Result<(), String> {
+        let channel = self.channel().await?;
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        channel
+            .exchange_declare(
+                topic,
+                ExchangeKind::Custom(CONSISTENT_HASH.into()),
+                durable,
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        for lane in 0..lanes {
+            let queue = lane_queue(topic, lane);
+            let mut args = FieldTable::default();
+            args.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString(LongString::from("quorum")),
+            );
+            args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+            args.insert(
+                "x-delivery-limit".into(),
+                AMQPValue::LongLongInt(DELIVERY_LIMIT),
+            );
+            if let Some(dlx) = dead_letters {
+                args.insert(
+                    "x-dead-letter-exchange".into(),
+                    AMQPValue::LongString(LongString::from(dlx)),
+                );
+            }
+            channel
+                .queue_declare(
+                    &queue,
+                    QueueDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    args,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            // Equal weights: each lane takes an equal share of the hash space.
+            channel
+                .queue_bind(
+                    &queue,
+                    topic,
+                    "1",
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let _ = channel.close(200, "done").await;
+        Ok(())
+    }
+
+    /// Declares the topics of `wanted` that are missing (emits, dead letters, late records),
+    /// with as many lanes as the largest topic they are like.
+    pub(crate) async fn create_missing(&self, wanted: Vec<WantedTopic>) {
+        for w in wanted {
+            if w.compacted {
+                continue; // changelogs are refused on RabbitMQ at start
+            }
+            let like = w
+                .partitions_like
+                .iter()
+                .filter_map(|t| self.lanes_of(t))
+                .max()
+                .unwrap_or(self.settings.partitions);
+            let missing = self.lanes_of(&w.name).is_none();
+            let made = async {
+                let n = self.topic_lanes_or(&w.name, like).await?;
+                lock(&self.topics).insert(w.name.clone(), n);
+                Ok::<_, String>(())
+            };
+            if missing {
+                if let Err(e) = made.await {
+                    tracing::warn!(topic = %w.name, kind = w.kind, "{e}");
+                }
+            }
+        }
+    }
+
+    /// The lanes of `topic`, declaring it with `lanes` lanes when its exchange is missing.
+    async fn topic_lanes_or(&self, topic: &str, lanes: i32) -> Result<i32, String> {
+        let channel = self.channel().await?;
+        let exists = channel
+            .exchange_declare(
+                topic,
+                ExchangeKind::Custom(CONSISTENT_HASH.into()),
+                ExchangeDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .is_ok();
+        if exists {
+            return self.count_lanes(topic).await;
+        }
+        self.declare(topic, lanes.max(1), None).await?;
+        tracing::info!(%topic, lanes, "declared exchange {topic} and its lane queues");
+        Ok(lanes.max(1))
+    }
+}
+
+/// The queue of `topic`'s lane `lane`.
+pub(crate) fn lane_queue(topic: &str, lane: i32) -> String {
+    format!("{topic}.{lane}")
+}
+
+/// A short string for AMQP, cut at its 255-byte limit (on a character boundary).
+pub(crate) fn short(s: &str) -> ShortString {
+    let mut end = s.len().min(255);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    ShortString::from(&s[..end])
+}

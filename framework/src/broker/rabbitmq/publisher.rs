@@ -1,0 +1,97 @@
+//! Publishing to exchanges with publisher confirms: emits, dead letters and late records,
+//! persistent, routed by key, each with a `message_id` from weir's headers
+//! (`broker::message_id`) so a downstream weir recognises a record sent again.
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::publisher_confirm::Confirmation;
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Channel};
+
+use super::{short, Connection};
+use crate::broker::{Outgoing, SendError, WantedTopic};
+
+/// AMQP's persistent delivery mode.
+const PERSISTENT: u8 = 2;
+
+/// The worker's publisher: one confirming channel, made again after it fails.
+#[derive(Debug)]
+pub(crate) struct Publisher {
+    connection: Connection,
+    channel: tokio::sync::Mutex<Option<Channel>>,
+}
+
+impl Publisher {
+    pub(crate) fn new(connection: Connection) -> Self {
+        Self {
+            connection,
+            channel: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    async fn channel(&self) -> Result<Channel, String> {
+        let mut held = self.channel.lock().await;
+        if let Some(c) = held.as_ref().filter(|c| c.status().connected()) {
+            return Ok(c.clone());
+        }
+        let channel = self.connection.channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        *held = Some(channel.clone());
+        Ok(channel)
+    }
+
+    /// Publishes `r` to its topic's exchange with its key as routing key, and waits for the
+    /// broker's confirm. A topic not declared yet is declared first (a handler's emits).
+    /// Header values are AMQP long strings (bytes); the timestamp is in seconds, as AMQP's.
+    pub(crate) async fn send(&self, r: Outgoing<'_>) -> Result<(), SendError> {
+        let failed = |permanent: bool, message: String| SendError {
+            permanent,
+            message: format!("publishing to exchange {}: {message}", r.topic),
+        };
+        if self.connection.lanes_of(r.topic).is_none() {
+            self.connection
+                .create_missing(vec![WantedTopic {
+                    name: r.topic.to_owned(),
+                    partitions_like: Vec::new(),
+                    kind: "emits",
+                    compacted: false,
+                }])
+                .await;
+        }
+        let mut headers = FieldTable::default();
+        for (name, value) in r.headers {
+            headers.insert(
+                short(name),
+                AMQPValue::LongString(LongString::from(value.unwrap_or_default())),
+            );
+        }
+        let mut properties = BasicProperties::default()
+            .with_delivery_mode(PERSISTENT)
+            .with_headers(headers);
+        if let Some(id) = crate::broker::message_id(r.topic, r.headers) {
+            properties = properties.with_message_id(short(&id));
+        }
+        let ts_ms = r.timestamp.unwrap_or_else(crate::wall_clock::now_ms);
+        properties = properties.with_timestamp((ts_ms.max(0) / 1000) as u64);
+        let key = r.key.map(String::from_utf8_lossy).unwrap_or_default();
+        let channel = self.channel().await.map_err(|e| failed(false, e))?;
+        let confirm = channel
+            .basic_publish(
+                r.topic,
+                &key,
+                BasicPublishOptions::default(),
+                r.value.unwrap_or_default(),
+                properties,
+            )
+            .await
+            .map_err(|e| failed(false, e.to_string()))?;
+        match confirm.await {
+            Ok(Confirmation::Ack(_)) => Ok(()),
+            Ok(Confirmation::Nack(_)) => Err(failed(false, "the broker refused it (nack)".into())),
+            Ok(Confirmation::NotRequested) => Ok(()),
+            Err(e) => Err(failed(false, e.to_string())),
+        }
+    }
+}

@@ -1,0 +1,682 @@
+//! RabbitMQ lane queues as the worker's [`Source`].
+//!
+//! Every worker of the group consumes every lane queue of its topics, with single active
+//! consumer: the broker delivers a lane's messages to one of them at a time, and to the next
+//! when that one's channel closes (it stopped, died, or lost its connection). The first
+//! message of a lane makes it this worker's; a closed channel takes it away (lost: its
+//! unacknowledged messages go back to the queue, for the next active consumer).
+//!
+//! A queue has no positions: a lane's positions count the deliveries it handed over, going on
+//! from its store's. Settling acknowledges (`multiple`) the lane's deliveries below the
+//! committed position, then makes a round trip on the channel: once it returns, the broker
+//! has the acknowledgement, and those messages never come again. Deliveries carry that
+//! confirmed position, so the batch forgets the ids it no longer needs to recognise
+//! redeliveries (`processing::message_ids`).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use tokio::sync::mpsc;
+
+use super::{lane_queue, Connection};
+use crate::broker::{Assignments, Lane, Source};
+use crate::error::Result;
+use crate::inbound::{Delivered, Queued};
+
+/// How long a lane waits after its channel failed before it consumes again.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// How often a lane reads its queue's depth.
+const DEPTH_INTERVAL: Duration = Duration::from_secs(1);
+
+type LaneKey = (Arc<str>, i32);
+
+/// A message of a lane, copied out of the client.
+#[derive(Debug)]
+pub(crate) struct Delivery {
+    topic: Arc<str>,
+    lane: i32,
+    position: i64,
+    timestamp_ms: Option<i64>,
+    key: Vec<u8>,
+    payload: Vec<u8>,
+    headers: Vec<(String, Vec<u8>)>,
+    queued: Queued,
+}
+
+impl Delivered for Delivery {
+    fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    fn partition(&self) -> i32 {
+        self.lane
+    }
+
+    fn offset(&self) -> i64 {
+        self.position
+    }
+
+    fn timestamp_ms(&self) -> Option<i64> {
+        self.timestamp_ms
+    }
+
+    fn key(&self) -> Option<&[u8]> {
+        Some(&self.key)
+    }
+
+    fn payload(&self) -> Option<&[u8]> {
+        Some(&self.payload)
+    }
+
+    fn headers(&self) -> impl Iterator<Item = (&str, Option<&[u8]>)> {
+        self.headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), Some(v.as_slice())))
+    }
+
+    fn queued(&self) -> Option<Queued> {
+        Some(self.queued.clone())
+    }
+}
+
+/// A header value as bytes: strings as they are, other values as their text.
+fn header_bytes(value: &AMQPValue) -> Vec<u8> {
+    match value {
+        AMQPValue::LongString(s) => s.as_bytes().to_vec(),
+        AMQPValue::ShortString(s) => s.as_str().as_bytes().to_vec(),
+        AMQPValue::ByteArray(b) => b.as_slice().to_vec(),
+        AMQPValue::Boolean(b) => b.to_string().into_bytes(),
+        AMQPValue::ShortShortInt(v) => v.to_string().into_bytes(),
+        AMQPValue::ShortShortUInt(v) => v.to_string().into_bytes(),
+        AMQPValue::ShortInt(v) => v.to_string().into_bytes(),
+        AMQPValue::ShortUInt(v) => v.to_string().into_bytes(),
+        AMQPValue::LongInt(v) => v.to_string().into_bytes(),
+        AMQPValue::LongUInt(v) => v.to_string().into_bytes(),
+        AMQPValue::LongLongInt(v) => v.to_string().into_bytes(),
+        AMQPValue::Timestamp(v) => v.to_string().into_bytes(),
+        AMQPValue::Float(v) => v.to_string().into_bytes(),
+        AMQPValue::Double(v) => v.to_string().into_bytes(),
+        other => format!("{other:?}").into_bytes(),
+    }
+}
+
+/// A message as a lane's task hands it over (not yet numbered).
+struct Taken {
+    tag: u64,
+    redelivered: bool,
+    message_id: Option<Box<str>>,
+    timestamp_ms: Option<i64>,
+    key: Vec<u8>,
+    payload: Vec<u8>,
+    headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Taken {
+    fn of(d: lapin::message::Delivery) -> Self {
+        let p = &d.properties;
+        let headers = p
+            .headers()
+            .as_ref()
+            .map(|h| {
+                h.inner()
+                    .iter()
+                    .map(|(k, v)| (k.as_str().to_owned(), header_bytes(v)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            tag: d.delivery_tag,
+            redelivered: d.redelivered,
+            message_id: p.message_id().as_ref().map(|m| m.as_str().into()),
+            timestamp_ms: p.timestamp().map(|s| (s as i64).saturating_mul(1000)),
+            key: d.routing_key.as_str().as_bytes().to_vec(),
+            payload: d.data,
+            headers,
+        }
+    }
+}
+
+/// What a lane's task tells the consumer thread.
+enum Event {
+    /// A message of the lane, from its channel of generation `generation`.
+    Message {
+        lane: LaneKey,
+        generation: u64,
+        taken: Taken,
+    },
+    /// The lane's channel of generation `generation` closed: its unacknowledged messages went
+    /// back to the queue.
+    Lost {
+        lane: LaneKey,
+        generation: u64,
+        why: String,
+    },
+    /// An error of the lane's channel.
+    Error(String),
+}
+
+/// An acknowledgement for a lane's task to send.
+struct Ack {
+    generation: u64,
+    tag: u64,
+    /// Confirmed once the broker has it: deliveries below this position never come again.
+    below: i64,
+}
+
+/// A lane as the consumer thread holds it.
+struct LaneState {
+    /// The generation of the channel whose messages this worker owns (`None`: not owned).
+    owned: Option<u64>,
+    /// The position of the next delivery handed over.
+    next: i64,
+    paused: bool,
+    /// Messages of a paused lane, handed over at its resume.
+    held: VecDeque<Taken>,
+    /// Handed-over deliveries not yet acknowledged: position and delivery tag.
+    unacked: VecDeque<(i64, u64)>,
+    acks: mpsc::UnboundedSender<Ack>,
+    /// Below this position, the broker confirmed the acknowledgements.
+    confirmed: Arc<AtomicI64>,
+    /// Messages ready in the queue, as last read.
+    ready: Arc<AtomicI64>,
+}
+
+/// The worker's lane queues.
+pub(crate) struct RabbitSource {
+    connection: Connection,
+    group: String,
+    runtime: tokio::runtime::Handle,
+    assignments: Arc<dyn Assignments>,
+    events: std_mpsc::Receiver<Event>,
+    sender: std_mpsc::Sender<Event>,
+    lanes: Mutex<HashMap<LaneKey, LaneState>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Deliveries of a resumed lane, handed over before new ones.
+    ready: Mutex<VecDeque<Delivery>>,
+    /// An event held back to hand over the deliveries before it first.
+    held: Mutex<Option<Event>>,
+    in_burst: std::sync::atomic::AtomicBool,
+    watermarks_at: Mutex<Instant>,
+}
+
+impl std::fmt::Debug for RabbitSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RabbitSource")
+            .field("group", &self.group)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Connection {
+    /// The source of `group`'s lanes, telling `assignments` of them.
+    pub(crate) fn source(
+        &self,
+        group: &str,
+        assignments: impl Assignments,
+        runtime: tokio::runtime::Handle,
+    ) -> RabbitSource {
+        let (sender, events) = std_mpsc::channel();
+        RabbitSource {
+            connection: self.clone(),
+            group: group.to_owned(),
+            runtime,
+            assignments: Arc::new(assignments),
+            events,
+            sender,
+            lanes: Mutex::default(),
+            tasks: Mutex::default(),
+            ready: Mutex::default(),
+            held: Mutex::default(),
+            in_burst: Default::default(),
+            watermarks_at: Mutex::new(Instant::now()),
+        }
+    }
+}
+
+/// What a lane's task needs.
+struct LaneTask {
+    connection: Connection,
+    lane: LaneKey,
+    queue: String,
+    tag: String,
+    to: std_mpsc::Sender<Event>,
+    confirmed: Arc<AtomicI64>,
+    ready: Arc<AtomicI64>,
+}
+
+impl LaneTask {
+    /// Consumes the lane's queue, on a new channel after each failure, until the source is
+    /// dropped (its acknowledgements' sender with it).
+    async fn run(self, mut acks: mpsc::UnboundedReceiver<Ack>) {
+        let prefetch = self.connection.settings.prefetch;
+        let mut generation = 0u64;
+        loop {
+            generation += 1;
+            let consumed = async {
+                let channel = self.connection.channel().await?;
+                channel
+                    .basic_qos(prefetch, BasicQosOptions::default())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let consumer = channel
+                    .basic_consume(
+                        &self.queue,
+                        &self.tag,
+                        BasicConsumeOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok::<_, String>((channel, consumer))
+            };
+            let (channel, mut consumer) = match consumed.await {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = self.to.send(Event::Error(format!(
+                        "{}/{}: cannot consume queue {}: {e}",
+                        self.lane.0, self.lane.1, self.queue
+                    )));
+                    if self.wait_or_stop(&mut acks).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let mut depth = tokio::time::interval(DEPTH_INTERVAL);
+            let why = loop {
+                tokio::select! {
+                    next = consumer.next() => match next {
+                        Some(Ok(d)) => {
+                            let event = Event::Message {
+                                lane: self.lane.clone(),
+                                generation,
+                                taken: Taken::of(d),
+                            };
+                            if self.to.send(event).is_err() {
+                                return;
+                            }
+                        }
+                        Some(Err(e)) => break e.to_string(),
+                        None => break "the consumer was cancelled".to_owned(),
+                    },
+                    ack = acks.recv() => match ack {
+                        Some(a) if a.generation == generation => {
+                            let sent = channel
+                                .basic_ack(a.tag, BasicAckOptions { multiple: true })
+                                .await;
+                            // A round trip on the channel after the acknowledgement: when it
+                            // returns, the broker has it.
+                            let confirmed = match sent {
+                                Ok(()) => channel.basic_qos(prefetch, BasicQosOptions::default()).await,
+                                Err(e) => Err(e),
+                            };
+                            match confirmed {
+                                Ok(()) => {
+                                    self.confirmed.fetch_max(a.below, Ordering::SeqCst);
+                                }
+                                Err(e) => break format!("acknowledging failed: {e}"),
+                            }
+                        }
+                        Some(_) => {} // for a closed channel: those messages come again
+                        None => {
+                            let _ = channel.close(200, "stopping").await;
+                            return;
+                        }
+                    },
+                    _ = depth.tick() => {
+                        let declared = channel
+                            .queue_declare(
+                                &self.queue,
+                                QueueDeclareOptions { passive: true, ..Default::default() },
+                                FieldTable::default(),
+                            )
+                            .await;
+                        match declared {
+                            Ok(q) => self.ready.store(i64::from(q.message_count()), Ordering::Relaxed),
+                            Err(e) => break format!("reading the queue's depth failed: {e}"),
+                        }
+                    }
+                }
+            };
+            let _ = self.to.send(Event::Lost {
+                lane: self.lane.clone(),
+                generation,
+                why,
+            });
+            if self.wait_or_stop(&mut acks).await {
+                return;
+            }
+        }
+    }
+
+    /// Waits [`RETRY_AFTER`], dropping acknowledgements (their channel is gone); true if the
+    /// source was dropped meanwhile.
+    async fn wait_or_stop(&self, acks: &mut mpsc::UnboundedReceiver<Ack>) -> bool {
+        let wait = tokio::time::sleep(RETRY_AFTER);
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                () = &mut wait => return false,
+                ack = acks.recv() => if ack.is_none() { return true },
+            }
+        }
+    }
+}
+
+impl RabbitSource {
+    fn state(&self) -> MutexGuard<'_, HashMap<LaneKey, LaneState>> {
+        lock(&self.lanes)
+    }
+
+    /// Numbers `taken` as the lane's next delivery.
+    fn number(key: &LaneKey, state: &mut LaneState, taken: Taken) -> Delivery {
+        let position = state.next;
+        state.next += 1;
+        state.unacked.push_back((position, taken.tag));
+        Delivery {
+            topic: Arc::clone(&key.0),
+            lane: key.1,
+            position,
+            timestamp_ms: taken.timestamp_ms,
+            key: taken.key,
+            payload: taken.payload,
+            headers: taken.headers,
+            queued: Queued {
+                id: taken.message_id,
+                redelivered: taken.redelivered,
+                settled_below: state.confirmed.load(Ordering::SeqCst),
+            },
+        }
+    }
+
+    /// A message of a lane: the first of a lane not owned makes it this worker's. `None`: it
+    /// is held (its lane is paused) or dropped (its channel is gone).
+    fn take(&self, lane: LaneKey, generation: u64, taken: Taken) -> Option<Delivery> {
+        let owned = self.state().get(&lane).and_then(|s| s.owned);
+        match owned {
+            Some(g) if g == generation => {}
+            Some(_) => return None, // of a closed channel: it comes again
+            None => self.assign(&lane, generation),
+        }
+        let mut lanes = self.state();
+        let state = lanes.get_mut(&lane)?;
+        if state.owned != Some(generation) {
+            return None;
+        }
+        if state.paused {
+            state.held.push_back(taken);
+            return None;
+        }
+        Some(Self::number(&lane, state, taken))
+    }
+
+    fn assign(&self, key: &LaneKey, generation: u64) {
+        let lane = Lane {
+            topic: &key.0,
+            partition: key.1,
+        };
+        tracing::info!(%lane, "the broker made this worker the lane's active consumer");
+        let start = self
+            .assignments
+            .assigned(&[lane])
+            .first()
+            .copied()
+            .flatten();
+        if let Some(state) = self.state().get_mut(key) {
+            state.owned = Some(generation);
+            state.next = start.and_then(|s| s.next).unwrap_or(0);
+            state.paused = start.is_some_and(|s| s.paused);
+            state.held.clear();
+            state.unacked.clear();
+            state.confirmed.store(0, Ordering::SeqCst);
+        }
+    }
+
+    fn lose(&self, key: &LaneKey, generation: u64, why: &str) {
+        let owned = self.state().get(key).and_then(|s| s.owned);
+        if owned != Some(generation) {
+            return;
+        }
+        let lane = Lane {
+            topic: &key.0,
+            partition: key.1,
+        };
+        tracing::warn!(%lane, "lane lost (its channel closed: {why}); its unacknowledged messages go to the next active consumer");
+        self.assignments.revoked(&[lane], true);
+        if let Some(state) = self.state().get_mut(key) {
+            state.owned = None;
+            state.held.clear();
+            state.unacked.clear();
+        }
+        lock(&self.ready).retain(|d| (&d.topic, d.lane) != (&key.0, key.1));
+    }
+
+    /// Sends the acknowledgement of `state`'s deliveries below `next`.
+    fn ack_below(state: &mut LaneState, next: i64) {
+        let mut last = None;
+        while state.unacked.front().is_some_and(|(p, _)| *p < next) {
+            last = state.unacked.pop_front();
+        }
+        if let (Some((_, tag)), Some(generation)) = (last, state.owned) {
+            let _ = state.acks.send(Ack {
+                generation,
+                tag,
+                below: next,
+            });
+        }
+    }
+
+    fn update_watermarks(&self) {
+        {
+            let mut at = lock(&self.watermarks_at);
+            if at.elapsed() < DEPTH_INTERVAL {
+                return;
+            }
+            *at = Instant::now();
+        }
+        let lanes = self.state();
+        self.assignments.watermarks(&|lane| {
+            let s = lanes.get(&(Arc::from(lane.topic), lane.partition))?;
+            // Lag is what waits: handed over and not acknowledged, held, and ready in the queue.
+            let high = s.next + s.held.len() as i64 + s.ready.load(Ordering::Relaxed);
+            Some((0, high))
+        });
+    }
+}
+
+impl Source for RabbitSource {
+    type Delivery<'s> = Delivery;
+
+    fn subscribe(&self, topics: &[&str]) -> Result<()> {
+        for topic in topics {
+            let lanes = self.connection.lanes_of(topic).unwrap_or(1);
+            for lane in 0..lanes {
+                let key: LaneKey = (Arc::from(*topic), lane);
+                let queue = lane_queue(topic, lane);
+                let (acks, acks_rx) = mpsc::unbounded_channel();
+                let confirmed = Arc::new(AtomicI64::new(0));
+                let ready = Arc::new(AtomicI64::new(0));
+                let task = LaneTask {
+                    connection: self.connection.clone(),
+                    lane: key.clone(),
+                    tag: format!("weir-{}-{queue}", self.group),
+                    queue,
+                    to: self.sender.clone(),
+                    confirmed: Arc::clone(&confirmed),
+                    ready: Arc::clone(&ready),
+                };
+                self.state().insert(
+                    key,
+                    LaneState {
+                        owned: None,
+                        next: 0,
+                        paused: false,
+                        held: VecDeque::new(),
+                        unacked: VecDeque::new(),
+                        acks,
+                        confirmed,
+                        ready,
+                    },
+                );
+                lock(&self.tasks).push(self.runtime.spawn(task.run(acks_rx)));
+            }
+            tracing::info!(%topic, lanes, group = %self.group, "consuming the topic's lane queues (single active consumer)");
+        }
+        // Nothing is owned until the broker delivers: the worker has joined.
+        self.assignments.assigned(&[]);
+        Ok(())
+    }
+
+    fn poll(&self, timeout: Duration) -> Option<Result<Delivery, String>> {
+        if let Some(Event::Lost {
+            lane,
+            generation,
+            why,
+        }) = lock(&self.held).take()
+        {
+            self.lose(&lane, generation, &why);
+        }
+        if let Some(d) = lock(&self.ready).pop_front() {
+            self.in_burst.store(true, Ordering::Relaxed);
+            return Some(Ok(d));
+        }
+        self.update_watermarks();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            let Ok(event) = self.events.recv_timeout(wait) else {
+                self.in_burst.store(false, Ordering::Relaxed);
+                return None;
+            };
+            match event {
+                Event::Message {
+                    lane,
+                    generation,
+                    taken,
+                } => {
+                    if let Some(d) = self.take(lane, generation, taken) {
+                        self.in_burst.store(true, Ordering::Relaxed);
+                        return Some(Ok(d));
+                    }
+                }
+                Event::Error(e) => return Some(Err(e)),
+                // The deliveries handed over so far go to their lane's task first.
+                event @ Event::Lost { .. } if self.in_burst.swap(false, Ordering::Relaxed) => {
+                    *lock(&self.held) = Some(event);
+                    return None;
+                }
+                Event::Lost {
+                    lane,
+                    generation,
+                    why,
+                } => self.lose(&lane, generation, &why),
+            }
+        }
+    }
+
+    fn pause(&self, lane: Lane<'_>) -> Result<(), String> {
+        if let Some(s) = self
+            .state()
+            .get_mut(&(Arc::from(lane.topic), lane.partition))
+        {
+            s.paused = true;
+        }
+        Ok(())
+    }
+
+    fn resume(&self, lane: Lane<'_>) -> Result<(), String> {
+        let key: LaneKey = (Arc::from(lane.topic), lane.partition);
+        let mut lanes = self.state();
+        if let Some(s) = lanes.get_mut(&key) {
+            s.paused = false;
+            let held: Vec<Taken> = s.held.drain(..).collect();
+            let mut ready = lock(&self.ready);
+            for taken in held {
+                ready.push_back(Self::number(&key, s, taken));
+            }
+        }
+        Ok(())
+    }
+
+    /// A queue cannot be read from a position: the lane's deliveries are numbered from `next`
+    /// on (a restore's position).
+    fn seek(&self, lane: Lane<'_>, next: Option<i64>) -> Result<(), String> {
+        if let Some(s) = self
+            .state()
+            .get_mut(&(Arc::from(lane.topic), lane.partition))
+        {
+            if s.unacked.is_empty() {
+                s.next = next.unwrap_or(0);
+                return Ok(());
+            }
+        }
+        Err(format!(
+            "{lane}: a queue's lane cannot be sought once it handed deliveries over"
+        ))
+    }
+
+    fn settle(&self, done: &[(Lane<'_>, i64)]) -> Result<(), String> {
+        let mut lanes = self.state();
+        for (lane, next) in done {
+            if let Some(s) = lanes.get_mut(&(Arc::from(lane.topic), lane.partition)) {
+                Self::ack_below(s, *next);
+            }
+        }
+        Ok(())
+    }
+
+    fn disconnected_since(&self) -> Option<Instant> {
+        self.connection.disconnected_since()
+    }
+}
+
+impl Drop for RabbitSource {
+    /// Releases the owned lanes (their tasks finish their batches), acknowledges what they
+    /// committed, and closes the channels, so the broker makes another consumer active.
+    fn drop(&mut self) {
+        let owned: Vec<LaneKey> = self
+            .state()
+            .iter()
+            .filter(|(_, s)| s.owned.is_some())
+            .map(|(k, _)| k.clone())
+            .collect();
+        let lanes: Vec<Lane<'_>> = owned
+            .iter()
+            .map(|(topic, lane)| Lane {
+                topic,
+                partition: *lane,
+            })
+            .collect();
+        let done = self.assignments.revoked(&lanes, false);
+        {
+            let mut state = self.state();
+            for (topic, lane, next) in done {
+                if let Some(s) = state.get_mut(&(topic, lane)) {
+                    Self::ack_below(s, next);
+                }
+            }
+            // Dropping the senders ends each task once its acknowledgements are sent.
+            state.clear();
+        }
+        let tasks: Vec<_> = lock(&self.tasks).drain(..).collect();
+        self.runtime.block_on(async move {
+            for t in tasks {
+                if tokio::time::timeout(Duration::from_secs(5), t)
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!("a lane's channel did not close within 5 s");
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,197 @@
+//! Redeliveries of a queue (RabbitMQ) recognised by message id: a queue has no positions, so a
+//! message whose batch committed and whose acknowledgement was lost (a crash between the two, a
+//! connection cut) comes again, and only its id tells it apart.
+//!
+//! A batch writes, in its own transaction, each message's id (store [`IDS`]: id → the
+//! position it was committed at) and the list of its ids under its end position (store
+//! [`BATCHES`]). A message the broker says it delivered before is looked up; found, it is
+//! dropped (and settled with its batch). Ids are kept only while they can come again: the
+//! source says below which position the broker confirmed the acknowledgements
+//! ([`Queued::settled_below`]), and the batches below it are forgotten, ids and all. So the
+//! stores hold the ids of a few batches, whatever the traffic. Both stores are state like any
+//! other: they travel in the changelog, so the ids follow the lane to its next worker.
+
+use std::collections::HashMap;
+
+use weir_state::{PartitionStore, WriteSet};
+
+use crate::error::Result;
+use crate::inbound::{Inbound, Queued};
+
+/// Message id → the position its batch committed at.
+const IDS: &str = "__weir_message_ids";
+/// A batch's end position (zero-padded, so text order is numeric order) → its message ids.
+const BATCHES: &str = "__weir_message_id_batches";
+
+/// The key of a batch ending at `next` in [`BATCHES`].
+fn batch_key(next: i64) -> String {
+    format!("{:020}", next.max(0))
+}
+
+/// The message ids a batch met.
+#[derive(Default)]
+pub(crate) struct MessageIds {
+    /// Ids applied by this batch, with their positions.
+    applied: Vec<(Box<str>, i64)>,
+    /// The highest confirmed-settled position the batch's messages carried.
+    settled_below: Option<i64>,
+    /// Messages without an id: processed at least once, not exactly once.
+    anonymous: u64,
+}
+
+impl MessageIds {
+    /// Whether `msg` was applied already by a committed batch (or earlier in this one): a
+    /// redelivery, to drop. Notes what it needs for [`write`](Self::write).
+    pub(crate) fn seen(
+        &mut self,
+        msg: &Inbound,
+        store: &PartitionStore,
+        writes: &WriteSet,
+    ) -> Result<bool> {
+        let Some(q) = msg.queued() else {
+            return Ok(false);
+        };
+        self.settled_below = Some(
+            self.settled_below
+                .map_or(q.settled_below, |s| s.max(q.settled_below)),
+        );
+        let Some(id) = &q.id else {
+            self.anonymous += 1;
+            return Ok(false);
+        };
+        // A message delivered for the first time cannot have been committed.
+        if !q.redelivered {
+            return Ok(false);
+        }
+        if self.applied.iter().any(|(a, _)| a == id) {
+            return Ok(true);
+        }
+        Ok(store.get_through::<_, i64>(writes, IDS, &**id)?.is_some())
+    }
+
+    /// Notes that `msg` was applied (or dead-lettered) in this batch.
+    pub(crate) fn applied(&mut self, msg: &Inbound) {
+        if let Some(Queued { id: Some(id), .. }) = msg.queued() {
+            self.applied.push((id.clone(), msg.offset()));
+        }
+    }
+
+    /// Messages without an id this batch met.
+    pub(crate) fn anonymous(&self) -> u64 {
+        self.anonymous
+    }
+
+    /// Puts the batch's ids (ending at `next`) into its writes, and forgets the ids of the
+    /// batches the broker confirmed settled.
+    pub(crate) fn write(
+        &self,
+        store: &PartitionStore,
+        writes: &mut WriteSet,
+        next: i64,
+    ) -> Result<()> {
+        if let Some(below) = self.settled_below {
+            // Batches whose end is at or below the confirmed position: all theirs settled.
+            let to = serde_json::to_string(&batch_key(below.saturating_add(1))).unwrap_or_default();
+            let done = store.range_through(writes, BATCHES, "\"", &to)?;
+            for (key, ids) in done {
+                let ids: Vec<String> = serde_json::from_str(&ids).unwrap_or_default();
+                for id in ids {
+                    writes.delete(IDS, &id)?;
+                }
+                let key: String = serde_json::from_str(&key).unwrap_or_default();
+                writes.delete(BATCHES, &key)?;
+            }
+        }
+        let applied: Vec<_> = self.applied.iter().filter(|(_, p)| *p < next).collect();
+        if applied.is_empty() {
+            return Ok(());
+        }
+        let mut ids = Vec::with_capacity(applied.len());
+        let mut positions: HashMap<&str, i64> = HashMap::with_capacity(applied.len());
+        for (id, position) in applied {
+            positions.insert(id, *position);
+            ids.push(&**id);
+        }
+        for (id, position) in positions {
+            writes.put(IDS, id, &position)?;
+        }
+        writes.put(BATCHES, &batch_key(next), &ids)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn message(offset: i64, id: &str, redelivered: bool, settled_below: i64) -> Inbound {
+        Inbound::new(Arc::from("t"), 0, offset, None, Some(b"k"), Some(b"v"), &[]).with_queued(
+            Queued {
+                id: Some(id.into()),
+                redelivered,
+                settled_below,
+            },
+        )
+    }
+
+    /// Runs one batch of `msgs` through [`MessageIds`] and commits it: the ones applied.
+    fn batch(store: &PartitionStore, msgs: &[Inbound]) -> Vec<i64> {
+        let mut ids = MessageIds::default();
+        let writes = WriteSet::default();
+        let mut applied = Vec::new();
+        for m in msgs {
+            if !ids.seen(m, store, &writes).expect("seen") {
+                ids.applied(m);
+                applied.push(m.offset());
+            }
+        }
+        let next = msgs.last().map_or(0, |m| m.offset() + 1);
+        let mut writes = writes;
+        ids.write(store, &mut writes, next).expect("write");
+        store.commit(&writes, "t", 0, next).expect("commit");
+        applied
+    }
+
+    #[test]
+    fn a_redelivery_is_dropped_until_its_acknowledgement_is_confirmed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = PartitionStore::open(dir.path().join("0.sqlite")).expect("open");
+        assert_eq!(
+            batch(
+                &store,
+                &[message(0, "a", false, 0), message(1, "b", false, 0)]
+            ),
+            [0, 1]
+        );
+        // The acknowledgement was lost: both come again, with a new message.
+        let again = [
+            message(2, "a", true, 0),
+            message(3, "b", true, 0),
+            message(4, "c", true, 0),
+        ];
+        assert_eq!(
+            batch(&store, &again),
+            [4],
+            "only the new message is applied"
+        );
+        let kept: Vec<(String, i64)> = store.entries(IDS).expect("ids");
+        assert_eq!(kept.len(), 3, "{kept:?}");
+        // The broker confirmed everything below 5: the ids are forgotten.
+        assert_eq!(batch(&store, &[message(5, "d", false, 5)]), [5]);
+        let kept: Vec<(String, i64)> = store.entries(IDS).expect("ids");
+        assert_eq!(kept, [("d".to_owned(), 5)]);
+        let batches: Vec<(String, Vec<String>)> = store.entries(BATCHES).expect("batches");
+        assert_eq!(batches, [(batch_key(6), vec!["d".to_owned()])]);
+    }
+
+    #[test]
+    fn a_message_seen_for_the_first_time_is_not_looked_up() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = PartitionStore::open(dir.path().join("0.sqlite")).expect("open");
+        assert_eq!(batch(&store, &[message(0, "a", false, 0)]), [0]);
+        // Not redelivered: a producer reusing an id is not a redelivery (and costs no read).
+        assert_eq!(batch(&store, &[message(1, "a", false, 0)]), [1]);
+    }
+}

@@ -1,0 +1,104 @@
+"""Publishes to and reads RabbitMQ with the Python pika client (not weir's own).
+
+    amqp_client.py publish URL EXCHANGE START COUNT [--keys N] [--no-id]
+        Record i (START <= i < START+COUNT) goes to exchange EXCHANGE with routing key
+        k{i % keys}, body v{i}, header "origin: python", message_id py-{i}, persistent, with
+        publisher confirms. Prints the number of records the broker confirmed.
+    amqp_client.py depth URL QUEUE...
+        Prints each queue's ready and unacknowledged message counts as JSON.
+    amqp_client.py read URL QUEUE COUNT [--wait SECONDS]
+        Takes up to COUNT messages from QUEUE (acknowledging them) and prints one JSON object
+        per message: routing key, body, headers, message_id.
+"""
+
+import argparse
+import json
+import sys
+import time
+
+import pika
+
+
+def connect(url):
+    return pika.BlockingConnection(pika.URLParameters(url))
+
+
+def publish(a) -> int:
+    conn = connect(a.url)
+    ch = conn.channel()
+    ch.confirm_delivery()
+    confirmed = 0
+    for i in range(a.start, a.start + a.count):
+        props = pika.BasicProperties(
+            delivery_mode=2,
+            headers={"origin": "python"},
+            message_id=None if a.no_id else f"py-{i}",
+            timestamp=int(time.time()),
+        )
+        ch.basic_publish(a.exchange, f"k{i % a.keys}", f"v{i}".encode(), props)
+        confirmed += 1
+    conn.close()
+    print(confirmed)
+    return 0
+
+
+def depth(a) -> int:
+    conn = connect(a.url)
+    out = {}
+    for q in a.queues:
+        ch = conn.channel()
+        ok = ch.queue_declare(q, passive=True)
+        out[q] = ok.method.message_count
+    conn.close()
+    print(json.dumps(out))
+    return 0
+
+
+def read(a) -> int:
+    conn = connect(a.url)
+    ch = conn.channel()
+    got = 0
+    deadline = time.time() + a.wait
+    while got < a.count and time.time() < deadline:
+        method, props, body = ch.basic_get(a.queue, auto_ack=True)
+        if method is None:
+            time.sleep(0.05)
+            continue
+        headers = {
+            k: (v.decode() if isinstance(v, bytes) else v) for k, v in (props.headers or {}).items()
+        }
+        print(json.dumps({
+            "routing_key": method.routing_key,
+            "body": body.decode(errors="replace"),
+            "headers": headers,
+            "message_id": props.message_id,
+        }))
+        got += 1
+    conn.close()
+    return 0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="cmd", required=True)
+    pub = sub.add_parser("publish")
+    pub.add_argument("url")
+    pub.add_argument("exchange")
+    pub.add_argument("start", type=int)
+    pub.add_argument("count", type=int)
+    pub.add_argument("--keys", type=int, default=50)
+    pub.add_argument("--no-id", action="store_true")
+    d = sub.add_parser("depth")
+    d.add_argument("url")
+    d.add_argument("queues", nargs="+")
+    r = sub.add_parser("read")
+    r.add_argument("url")
+    r.add_argument("queue")
+    r.add_argument("count", type=int)
+    r.add_argument("--wait", type=float, default=10.0)
+    a = p.parse_args()
+    return {"publish": publish, "depth": depth, "read": read}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
