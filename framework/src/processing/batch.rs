@@ -510,6 +510,14 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
         }
         self.fire_due(&mut writes, watermark, clock.now_ms).await?;
         self.commit(writes, next).await?;
+        if ids.dropped() > 0 {
+            tracing::info!(
+                topic = %self.topic,
+                partition = self.partition,
+                dropped = ids.dropped(),
+                "redelivered messages that a committed batch applied already were dropped"
+            );
+        }
         if ids.anonymous() > 0 {
             metrics::counter!(MESSAGES_WITHOUT_ID_TOTAL, "topic" => Arc::clone(&self.topic))
                 .increment(ids.anonymous());

@@ -37,6 +37,8 @@ pub(crate) struct MessageIds {
     settled_below: Option<i64>,
     /// Messages without an id: processed at least once, not exactly once.
     anonymous: u64,
+    /// Redeliveries dropped.
+    dropped: u64,
 }
 
 impl MessageIds {
@@ -63,10 +65,15 @@ impl MessageIds {
         if !q.redelivered {
             return Ok(false);
         }
-        if self.applied.iter().any(|(a, _)| a == id) {
-            return Ok(true);
-        }
-        Ok(store.get_through::<_, i64>(writes, IDS, &**id)?.is_some())
+        let seen = self.applied.iter().any(|(a, _)| a == id)
+            || store.get_through::<_, i64>(writes, IDS, &**id)?.is_some();
+        self.dropped += u64::from(seen);
+        Ok(seen)
+    }
+
+    /// Redeliveries this batch dropped.
+    pub(crate) fn dropped(&self) -> u64 {
+        self.dropped
     }
 
     /// Notes that `msg` was applied (or dead-lettered) in this batch.
