@@ -7,8 +7,9 @@
     amqp_client.py depth URL QUEUE...
         Prints each queue's ready and unacknowledged message counts as JSON.
     amqp_client.py read URL QUEUE COUNT [--wait SECONDS]
-        Takes up to COUNT messages from QUEUE (acknowledging them) and prints one JSON object
-        per message: routing key, body, headers, message_id.
+        Takes up to COUNT messages from QUEUE (acknowledging them; it stops once none came for
+        SECONDS) and prints one JSON object per message: routing key, body, headers,
+        message_id.
 """
 
 import argparse
@@ -58,12 +59,11 @@ def read(a) -> int:
     conn = connect(a.url)
     ch = conn.channel()
     got = 0
-    deadline = time.time() + a.wait
-    while got < a.count and time.time() < deadline:
-        method, props, body = ch.basic_get(a.queue, auto_ack=True)
+    # (A consumer: quorum queues with single active consumer refuse basic.get.)
+    for method, props, body in ch.consume(a.queue, inactivity_timeout=a.wait):
         if method is None:
-            time.sleep(0.05)
-            continue
+            break
+        ch.basic_ack(method.delivery_tag)
         headers = {
             k: (v.decode() if isinstance(v, bytes) else v) for k, v in (props.headers or {}).items()
         }
@@ -74,6 +74,9 @@ def read(a) -> int:
             "message_id": props.message_id,
         }))
         got += 1
+        if got >= a.count:
+            break
+    ch.cancel()
     conn.close()
     return 0
 

@@ -229,3 +229,136 @@ async fn three_workers_count_exactly_under_sigkills() {
     eprintln!("hand-offs after SIGKILLs of lane owners: {hand_offs:?}; redeliveries dropped (logged): {dropped}");
     let _ = std::fs::remove_dir_all(&logs);
 }
+
+/// What weir emits lands in an exchange it declares on first use (`T-tallies`, with its own
+/// lane queues), each emit once, persistent, with weir's headers and a distinct
+/// `message_id`; Python's pika reads them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pika_reads_what_weir_emits() {
+    use weir_tests::tally::{tallies_topic, TallyHandler};
+    let (topic, group) = (unique("amqp-emit"), unique("g"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let running = RunningWorker::spawn(
+        rabbitmq_worker(&group, &topic, dir.path())
+            .partitions(2)
+            .build(TallyHandler::default())
+            .expect("build worker"),
+    );
+    let lanes: Vec<String> = (0..2).map(|i| format!("{topic}.{i}")).collect();
+    wait_until(
+        "the worker declared its lanes",
+        Duration::from_secs(30),
+        || {
+            let lanes = lanes.clone();
+            async move {
+                std::panic::catch_unwind(|| python_amqp_depth(&lanes))
+                    .map(drop)
+                    .map_err(|_| "not yet".to_owned())
+            }
+        },
+    )
+    .await;
+    python_amqp_publish(&topic, 0, 300, 30, true);
+    let emits: Vec<String> = (0..2)
+        .map(|i| format!("{}.{i}", tallies_topic(&topic)))
+        .collect();
+    let mut read = Vec::new();
+    wait_until("300 emits read", Duration::from_secs(60), || {
+        let got = emits
+            .iter()
+            .flat_map(|q| {
+                std::panic::catch_unwind(|| python_amqp_read(q, 300, Duration::from_millis(200)))
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>();
+        read.extend(got);
+        let n = read.len();
+        async move {
+            if n >= 300 {
+                Ok(())
+            } else {
+                Err(format!("{n} read"))
+            }
+        }
+    })
+    .await;
+    running.stop_cleanly().await;
+    assert_eq!(read.len(), 300, "each emit once");
+    let mut ids = std::collections::BTreeSet::new();
+    for e in &read {
+        assert_eq!(e["headers"]["weir.source.topic"], topic.as_str(), "{e}");
+        let id = e["message_id"].as_str().expect("a message id");
+        assert!(ids.insert(id.to_owned()), "ids are distinct: {id}");
+        let key = e["routing_key"].as_str().expect("a key");
+        assert!(e["body"].as_str().expect("a body").contains(key), "{e}");
+    }
+}
+
+/// A message that keeps failing goes, after weir's attempts, to the dead-letter exchange
+/// `T.dlq` (declared by weir, the lanes' dead-letter exchange too) with weir's error headers,
+/// under its key; every other message is counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_message_is_dead_lettered_with_weirs_headers() {
+    let (topic, group) = (unique("amqp-dlq"), unique("g"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let running = RunningWorker::spawn(
+        rabbitmq_worker(&group, &topic, dir.path())
+            .partitions(2)
+            .retry(weir::worker::RetryPolicy {
+                max_attempts: 2,
+                backoff: Duration::from_millis(20),
+                max_backoff: Duration::from_millis(50),
+            })
+            .build(CountHandler::with_poison("v7", u64::MAX))
+            .expect("build worker"),
+    );
+    let lanes: Vec<String> = (0..2).map(|i| format!("{topic}.{i}")).collect();
+    wait_until(
+        "the worker declared its lanes",
+        Duration::from_secs(30),
+        || {
+            let lanes = lanes.clone();
+            async move {
+                std::panic::catch_unwind(|| python_amqp_depth(&lanes))
+                    .map(drop)
+                    .map_err(|_| "not yet".to_owned())
+            }
+        },
+    )
+    .await;
+    python_amqp_publish(&topic, 0, 50, 10, true);
+    let records: Vec<_> = keyed_records(0, 50, 10)
+        .into_iter()
+        .filter(|(_, v)| v != "v7")
+        .collect();
+    wait_for_counts(
+        dir.path(),
+        &group,
+        &topic,
+        &expected_counts(&records),
+        Duration::from_secs(60),
+    )
+    .await;
+    let dead: Vec<_> = (0..2)
+        .flat_map(|i| python_amqp_read(&format!("{topic}.dlq.{i}"), 10, Duration::from_millis(500)))
+        .collect();
+    running.stop_cleanly().await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let d = &dead[0];
+    assert_eq!(
+        (d["routing_key"].as_str(), d["body"].as_str()),
+        (Some("k7"), Some("v7")),
+        "{d}"
+    );
+    assert_eq!(d["headers"]["weir.attempts"], "2", "{d}");
+    assert!(
+        d["headers"]["weir.error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty()),
+        "{d}"
+    );
+    assert_eq!(
+        d["headers"]["origin"], "python",
+        "the message's own headers go with it: {d}"
+    );
+}

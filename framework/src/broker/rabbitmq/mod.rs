@@ -53,6 +53,8 @@ pub(crate) struct Inner {
     topics: Mutex<HashMap<String, i32>>,
     /// Since when no connection could be made, while none can.
     down_since: Mutex<Option<Instant>>,
+    /// Held while a topic is looked up or declared.
+    declaring: tokio::sync::Mutex<()>,
 }
 
 impl std::ops::Deref for Connection {
@@ -95,6 +97,7 @@ impl Connection {
             connection: tokio::sync::Mutex::new(None),
             topics: Mutex::default(),
             down_since: Mutex::default(),
+            declaring: tokio::sync::Mutex::new(()),
         }));
         match tokio::time::timeout(timeout, connection.channel()).await {
             Ok(Ok(_)) => Ok(connection),
@@ -163,40 +166,16 @@ impl Connection {
         if let Some(n) = self.lanes_of(topic) {
             return Ok(n);
         }
-        let failed = |what: String| Error::config("topics (WEIR_TOPICS)", what);
-        let channel = self
-            .channel()
+        let lanes = self
+            .ensure(topic, self.settings.partitions, dead_letters)
             .await
-            .map_err(|e| failed(format!("topic {topic}: {e}")))?;
-        let exists = channel
-            .exchange_declare(
-                topic,
-                ExchangeKind::Custom(CONSISTENT_HASH.into()),
-                ExchangeDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .is_ok();
-        let lanes = if exists {
-            let lanes = self.count_lanes(topic).await.map_err(failed)?;
-            if lanes == 0 {
-                return Err(failed(format!(
-                    "exchange {topic} exists without lane queues {topic}.0, {topic}.1, ...: declare them (quorum queues with single active consumer, bound to it) or remove the exchange so that weir declares it"
-                )));
-            }
-            lanes
-        } else {
-            let lanes = self.settings.partitions.max(1);
-            self.declare(topic, lanes, dead_letters)
-                .await
-                .map_err(|e| failed(format!("declaring topic {topic}: {e}")))?;
-            tracing::info!(%topic, lanes, "declared exchange {topic} and its lane queues");
-            lanes
-        };
-        lock(&self.topics).insert(topic.to_owned(), lanes);
+            .map_err(|e| Error::config("topics (WEIR_TOPICS)", format!("topic {topic}: {e}")))?;
+        if lanes == 0 {
+            return Err(Error::config(
+                "topics (WEIR_TOPICS)",
+                format!("exchange {topic} exists without lane queues {topic}.0, {topic}.1, ...: declare them (quorum queues with single active consumer, bound to it) or remove the exchange so that weir declares it"),
+            ));
+        }
         Ok(lanes)
     }
 
@@ -303,22 +282,28 @@ impl Connection {
                 .filter_map(|t| self.lanes_of(t))
                 .max()
                 .unwrap_or(self.settings.partitions);
-            let missing = self.lanes_of(&w.name).is_none();
-            let made = async {
-                let n = self.topic_lanes_or(&w.name, like).await?;
-                lock(&self.topics).insert(w.name.clone(), n);
-                Ok::<_, String>(())
-            };
-            if missing {
-                if let Err(e) = made.await {
+            if self.lanes_of(&w.name).is_none() {
+                if let Err(e) = self.ensure(&w.name, like, None).await {
                     tracing::warn!(topic = %w.name, kind = w.kind, "{e}");
                 }
             }
         }
     }
 
-    /// The lanes of `topic`, declaring it with `lanes` lanes when its exchange is missing.
-    async fn topic_lanes_or(&self, topic: &str, lanes: i32) -> Result<i32, String> {
+    /// The lanes of `topic` as its exchange has them, declaring the exchange and `lanes` lanes
+    /// (dead-lettering to `dead_letters`) when it is missing; remembered for
+    /// [`lanes_of`](Self::lanes_of). One declaration at a time: a record published while
+    /// another task is still binding the lanes would find no queue.
+    async fn ensure(
+        &self,
+        topic: &str,
+        lanes: i32,
+        dead_letters: Option<&str>,
+    ) -> Result<i32, String> {
+        let _one = self.declaring.lock().await;
+        if let Some(n) = self.lanes_of(topic) {
+            return Ok(n);
+        }
         let channel = self.channel().await?;
         let exists = channel
             .exchange_declare(
@@ -332,12 +317,18 @@ impl Connection {
             )
             .await
             .is_ok();
-        if exists {
-            return self.count_lanes(topic).await;
+        let lanes = if exists {
+            self.count_lanes(topic).await?
+        } else {
+            let lanes = lanes.max(1);
+            self.declare(topic, lanes, dead_letters).await?;
+            tracing::info!(%topic, lanes, "declared exchange {topic} and its lane queues");
+            lanes
+        };
+        if lanes > 0 {
+            lock(&self.topics).insert(topic.to_owned(), lanes);
         }
-        self.declare(topic, lanes.max(1), None).await?;
-        tracing::info!(%topic, lanes, "declared exchange {topic} and its lane queues");
-        Ok(lanes.max(1))
+        Ok(lanes)
     }
 }
 

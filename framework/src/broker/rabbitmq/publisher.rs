@@ -81,14 +81,25 @@ impl Publisher {
             .basic_publish(
                 r.topic,
                 &key,
-                BasicPublishOptions::default(),
+                // Returned when no queue takes it, rather than dropped.
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
                 r.value.unwrap_or_default(),
                 properties,
             )
             .await
             .map_err(|e| failed(false, e.to_string()))?;
         match confirm.await {
-            Ok(Confirmation::Ack(_)) => Ok(()),
+            Ok(Confirmation::Ack(None)) => Ok(()),
+            Ok(Confirmation::Ack(Some(returned))) => Err(failed(
+                false,
+                format!(
+                    "no queue took it ({}): the exchange's lane queues are missing or unbound",
+                    returned.reply_text
+                ),
+            )),
             Ok(Confirmation::Nack(_)) => Err(failed(false, "the broker refused it (nack)".into())),
             Ok(Confirmation::NotRequested) => Ok(()),
             Err(e) => Err(failed(false, e.to_string())),
