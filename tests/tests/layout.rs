@@ -454,7 +454,11 @@ fn layers_import_only_downwards() {
 fn only_each_brokers_folder_knows_its_client() {
     let root = workspace().join("framework/src");
     let krate = Crate::read(&root);
-    for (client, folder) in [("rdkafka", "kafka"), ("async_nats", "nats")] {
+    for (client, folder) in [
+        ("rdkafka", "kafka"),
+        ("async_nats", "nats"),
+        ("lapin", "rabbitmq"),
+    ] {
         let mut knowing = BTreeSet::new();
         for (module, (_, text)) in &krate.modules {
             if text.contains(client)

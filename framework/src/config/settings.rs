@@ -240,7 +240,7 @@ pub(crate) const SETTINGS: &[Setting] = &[
     Setting {
         name: "partitions",
         env: "WEIR_PARTITIONS",
-        default: "4 (NATS: lanes of a stream weir creates)",
+        default: "4 (NATS, RabbitMQ: lanes of a stream or exchange weir creates)",
         apply: |c, v| {
             c.partitions = num(v)?;
             Ok(())

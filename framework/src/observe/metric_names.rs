@@ -71,7 +71,8 @@ pub(crate) const WINDOWS_CLOSED_TOTAL: &str = "weir_windows_closed_total";
 /// Counter: user timers fired.
 pub(crate) const TIMERS_FIRED_TOTAL: &str = "weir_timers_fired_total";
 /// Counter: input records emitted by an upstream weir stage and applied already (re-sends
-/// after an upstream crash), dropped, by topic.
+/// after an upstream crash), and queue redeliveries of messages applied already, dropped, by
+/// topic.
 pub(crate) const DUPLICATES_DROPPED_TOTAL: &str = "weir_duplicates_dropped_total";
 /// Counter: queue messages without a message id, by topic: a redelivery of one cannot be
 /// recognised, so it is processed at least once rather than exactly once.
