@@ -20,6 +20,9 @@
 //!
 //! With `WEIR_BROKERS=nats://...` it runs on NATS JetStream: `raw-nats` (an `async-nats` pull
 //! consumer per lane, the ceiling), `weir-stateless` and `weir-keyed-count` (`bench/src/nats.rs`).
+//! With `WEIR_BROKERS=amqp://...` it runs on RabbitMQ: `raw-amqp` (a `lapin` consumer per lane
+//! queue acknowledging every 500, the ceiling) and the same two, each scenario on a backlog of
+//! its own (`bench/src/rabbitmq.rs`).
 //!
 //! Without `WEIR_BROKERS` it runs on the embedded broker (which keeps only ~5 MiB per
 //! partition, so the default backlog there is 200k records over 8 partitions); with it, the
@@ -44,6 +47,7 @@ mod data;
 mod handlers;
 mod nats;
 mod probe;
+mod rabbitmq;
 mod scenarios;
 
 use args::{parse_args, Args, RAW, SCENARIOS, SLOW};
@@ -112,6 +116,9 @@ async fn run_parent(args: &Args) -> Result<(), String> {
     };
     let topic = format!("bench-{}", std::process::id());
     let on_nats = embedded.is_none() && nats::is_nats(&brokers);
+    // On RabbitMQ each scenario gets a topic and a backlog of its own (a queue is emptied by
+    // whoever reads it), made just before it runs.
+    let on_amqp = embedded.is_none() && rabbitmq::is_amqp(&brokers);
     if on_nats {
         let started = Instant::now();
         nats::prepare(&brokers, &topic, args.partitions, args.messages, args.keys).await?;
@@ -124,17 +131,17 @@ async fn run_parent(args: &Args) -> Result<(), String> {
         );
     }
     match &embedded {
-        _ if on_nats => {}
+        _ if on_nats || on_amqp => {}
         Some(b) => b
             .create_topic(&topic, args.partitions)
             .map_err(|e| e.to_string())?,
         None => create_topic(&brokers, &topic, args.partitions).await?,
     }
     let started = Instant::now();
-    if !on_nats {
+    if !on_nats && !on_amqp {
         produce(&brokers, &topic, args.messages, args.keys, args.lines).await?;
     }
-    if !on_nats && matches!(args.scenario.as_str(), "all" | "weir-enrich") {
+    if !on_nats && !on_amqp && matches!(args.scenario.as_str(), "all" | "weir-enrich") {
         // The `weir-enrich` scenario's table, co-partitioned with the records.
         let customers = customers_topic(&topic);
         match &embedded {
@@ -149,7 +156,7 @@ async fn run_parent(args: &Args) -> Result<(), String> {
         });
         produce_records(&brokers, &customers, rows).await?;
     }
-    if !on_nats {
+    if !on_nats && !on_amqp {
         eprintln!(
         "produced {} records of 100 bytes with {} keys into {} partitions of {topic} in {:.1?} ({})",
         args.messages,
@@ -172,13 +179,31 @@ async fn run_parent(args: &Args) -> Result<(), String> {
         "all" if on_nats => (0..args.rounds.max(1))
             .flat_map(|_| nats::SCENARIOS.iter().copied())
             .collect(),
+        "all" if on_amqp => (0..args.rounds.max(1))
+            .flat_map(|_| rabbitmq::SCENARIOS.iter().copied())
+            .collect(),
         "all" => (0..args.rounds.max(1))
             .flat_map(|_| SCENARIOS.iter().chain(RAW).copied())
             .collect(),
         one => vec![one],
     };
     let mut outcomes = Vec::new();
-    for scenario in scenarios {
+    for (run, scenario) in scenarios.into_iter().enumerate() {
+        let topic = if on_amqp {
+            let topic = format!("{topic}-{run}");
+            let started = Instant::now();
+            rabbitmq::prepare(&brokers, &topic, args.partitions, args.messages, args.keys).await?;
+            eprintln!(
+                "published {} records of 100 bytes with {} keys into {} lanes of exchange {topic} in {:.1?} ({brokers})",
+                args.messages,
+                args.keys,
+                args.partitions,
+                started.elapsed(),
+            );
+            topic
+        } else {
+            topic.clone()
+        };
         if scenario == "quix" && embedded.is_some() {
             // Quix Streams inspects the topic's configuration (DescribeConfigs), which the
             // mock cluster does not serve.

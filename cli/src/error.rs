@@ -18,6 +18,9 @@ pub(crate) enum Error {
     /// NATS could not be reached, or refused (exit 4).
     #[error("nats: {0}")]
     Nats(String),
+    /// RabbitMQ could not be reached, or refused (exit 4).
+    #[error("rabbitmq: {0}")]
+    RabbitMq(String),
     /// A worker could not be reached (exit 4).
     #[error("{0}")]
     Unreachable(String),
@@ -34,7 +37,7 @@ impl Error {
         match self {
             Self::NotFound(_) => 1,
             Self::Input(_) | Self::State(_) | Self::Output(_) => 3,
-            Self::Kafka(_) | Self::Nats(_) | Self::Unreachable(_) => 4,
+            Self::Kafka(_) | Self::Nats(_) | Self::RabbitMq(_) | Self::Unreachable(_) => 4,
             Self::Refused(_) => 5,
         }
     }

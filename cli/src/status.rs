@@ -1,6 +1,7 @@
 //! `weir status`: one row per partition store of a group, with the broker's view of it when
 //! the brokers are given (Kafka's committed offsets and high watermarks; on NATS, each lane
-//! consumer's acknowledgement floor and the messages it holds).
+//! consumer's acknowledgement floor and the messages it holds; on RabbitMQ, the messages
+//! waiting in each lane's queue).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -24,8 +25,9 @@ pub(crate) struct StatusArgs {
     /// The consumer group (WEIR_GROUP; a pipeline stage's is `<group>-<stage>`).
     #[arg(long)]
     group: String,
-    /// Kafka bootstrap servers, for the committed offsets, high watermarks and lag; or NATS
-    /// servers (`nats://host:port`), for each lane consumer's acknowledged position and lag.
+    /// Kafka bootstrap servers, for the committed offsets, high watermarks and lag; NATS
+    /// servers (`nats://host:port`), for each lane consumer's acknowledged position and lag;
+    /// or a RabbitMQ server (`amqp://...`), for the messages waiting in each lane's queue.
     #[arg(long)]
     brokers: Option<String>,
     /// Only this topic's partitions.
@@ -52,7 +54,7 @@ struct Row {
     high_watermark: Option<i64>,
     /// High watermark minus the next offset (0 when the broker reports less); on NATS, the
     /// messages the lane's consumer holds that the group has not acknowledged (waiting, and
-    /// delivered unacknowledged).
+    /// delivered unacknowledged); on RabbitMQ, the messages ready in the lane's queue.
     lag: Option<i64>,
     owner_epoch: Option<i64>,
     /// Records committed and not yet produced.
@@ -93,6 +95,7 @@ pub(crate) fn run(args: &StatusArgs) -> Result<()> {
         Some(servers) if weir::state::nats::is_nats(servers) => {
             add_nats(&mut rows, servers, &args.group)?
         }
+        Some(url) if weir::state::rabbitmq::is_amqp(url) => add_rabbitmq(&mut rows, url)?,
         Some(brokers) => add_kafka(&mut rows, brokers, &args.group)?,
         None => {}
     }
@@ -156,6 +159,23 @@ fn add_nats(rows: &mut [Row], servers: &str, group: &str) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// Fills in the messages ready in each lane's queue (a lane whose queue does not exist keeps
+/// `-`).
+fn add_rabbitmq(rows: &mut [Row], url: &str) -> Result<()> {
+    use weir::state::rabbitmq::{lane_queue, queue_depths};
+    let queues: Vec<String> = rows
+        .iter()
+        .map(|r| lane_queue(&r.topic, r.partition))
+        .collect();
+    let depths = crate::nats::runtime()?
+        .block_on(queue_depths(url, &queues, crate::nats::STALL))
+        .map_err(|e| Error::RabbitMq(e.to_string()))?;
+    for (r, depth) in rows.iter_mut().zip(depths) {
+        r.lag = depth.map(|d| d as i64);
+    }
+    Ok(())
 }
 
 fn table(out: &mut impl Write, rows: &[Row]) -> std::io::Result<()> {

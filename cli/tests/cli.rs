@@ -1231,3 +1231,60 @@ async fn status_on_nats_shows_each_lanes_acknowledged_position_and_lag() {
         stdout(&out)
     );
 }
+
+/// `weir status --brokers amqp://...` after a worker counted and stopped: each lane's stored
+/// position and a lag of 0 (every message acknowledged); while messages wait for the stopped
+/// group, the lanes' lags (their queues' ready messages) add up to them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_on_rabbitmq_shows_each_lanes_waiting_messages() {
+    let (topic, group) = (unique("cli-amqp-status"), unique("g"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = rabbitmq_url();
+    let worker = rabbitmq_worker(&group, &topic, dir.path())
+        .partitions(2)
+        .build(CountHandler::default())
+        .expect("build worker");
+    let running = RunningWorker::spawn(worker);
+    wait_for_lanes(&url, &topic, 2).await;
+    python_amqp_publish(&topic, 0, 200, 20, true);
+    wait_for_counts(
+        dir.path(),
+        &group,
+        &topic,
+        &expected_counts(&keyed_records(0, 200, 20)),
+        Duration::from_secs(60),
+    )
+    .await;
+    running.stop_cleanly().await;
+    let state_dir = dir.path().to_str().expect("utf-8 path");
+    let status = || {
+        let out = weir(&[
+            "status",
+            "--state-dir",
+            state_dir,
+            "--group",
+            &group,
+            "--brokers",
+            &url,
+            "--json",
+        ]);
+        assert_exit(&out, 0);
+        let rows: Vec<Value> = serde_json::from_str(&stdout(&out)).expect("a JSON array");
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        rows
+    };
+    let positions: i64 = status()
+        .iter()
+        .map(|r| {
+            assert_eq!(r["lag"], Value::from(0), "{r}");
+            r["next_offset"].as_i64().expect("a position")
+        })
+        .sum();
+    assert_eq!(positions, 200, "positions count deliveries");
+    python_amqp_publish(&topic, 200, 30, 20, true);
+    let lag: i64 = status()
+        .iter()
+        .map(|r| r["lag"].as_i64().expect("a lag"))
+        .sum();
+    assert_eq!(lag, 30);
+}

@@ -54,3 +54,18 @@ pub mod nats {
     pub use crate::broker::nats::names::{consumer_name, lane_and_key, publish_subject, stream_of};
     pub use crate::broker::nats_url as is_nats;
 }
+
+/// How weir lays out topics on RabbitMQ, for tools: whether a `brokers` setting names a
+/// RabbitMQ server, a topic's lane queues, declaring a topic as a worker does, and how many
+/// messages wait in queues.
+///
+/// ```
+/// use weir::state::rabbitmq::{is_amqp, lane_queue};
+/// assert!(is_amqp("amqp://guest:guest@localhost:5672/%2f"));
+/// assert_eq!(lane_queue("orders", 2), "orders.2");
+/// ```
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq {
+    pub use crate::broker::amqp_url as is_amqp;
+    pub use crate::broker::rabbitmq::{declare_topic, lane_queue, queue_depths};
+}

@@ -49,10 +49,20 @@ fn amqp_client_py(args: &[&str]) -> String {
 /// `v{i}`), each with message id `py-{i}` (none with `ids` false), header `origin: python`,
 /// persistent, confirmed.
 pub fn python_amqp_publish(topic: &str, start: usize, count: usize, keys: usize, ids: bool) {
+    python_amqp_publish_at(&rabbitmq_url(), topic, start, count, keys, ids);
+}
+
+/// [`python_amqp_publish`] to the server at `url`.
+pub fn python_amqp_publish_at(
+    url: &str,
+    topic: &str,
+    start: usize,
+    count: usize,
+    keys: usize,
+    ids: bool,
+) {
     let (start, count, keys) = (start.to_string(), count.to_string(), keys.to_string());
-    let mut args = vec!["publish", "", topic, &start, &count, "--keys", &keys];
-    let url = rabbitmq_url();
-    args[1] = &url;
+    let mut args = vec!["publish", url, topic, &start, &count, "--keys", &keys];
     if !ids {
         args.push("--no-id");
     }
@@ -62,8 +72,12 @@ pub fn python_amqp_publish(topic: &str, start: usize, count: usize, keys: usize,
 
 /// The ready messages of each of `queues`.
 pub fn python_amqp_depth(queues: &[String]) -> BTreeMap<String, u64> {
-    let url = rabbitmq_url();
-    let mut args = vec!["depth", url.as_str()];
+    python_amqp_depth_at(&rabbitmq_url(), queues)
+}
+
+/// [`python_amqp_depth`] on the server at `url`.
+pub fn python_amqp_depth_at(url: &str, queues: &[String]) -> BTreeMap<String, u64> {
+    let mut args = vec!["depth", url];
     args.extend(queues.iter().map(String::as_str));
     serde_json::from_str(amqp_client_py(&args).trim()).expect("JSON depths")
 }
@@ -77,4 +91,141 @@ pub fn python_amqp_read(queue: &str, count: usize, wait: Duration) -> Vec<serde_
         .lines()
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
         .collect()
+}
+
+/// Waits until the lane queues of `topic` (`lanes` of them) exist on the server at `url`: a
+/// worker declared them.
+pub async fn wait_for_lanes(url: &str, topic: &str, lanes: i32) {
+    let queues: Vec<String> = (0..lanes).map(|i| format!("{topic}.{i}")).collect();
+    crate::wait_until(
+        "the worker declared its lanes",
+        Duration::from_secs(30),
+        || {
+            let queues = queues.clone();
+            let url = url.to_owned();
+            async move {
+                std::panic::catch_unwind(|| python_amqp_depth_at(&url, &queues))
+                    .map(drop)
+                    .map_err(|_| format!("{queues:?} not declared yet"))
+            }
+        },
+    )
+    .await;
+}
+
+/// A RabbitMQ server of a test's own (Debian's, as `scripts/rabbitmq.sh` runs it), on free
+/// ports and its own database folder, for tests that kill and start it. Killed when dropped.
+#[derive(Debug)]
+pub struct OwnRabbit {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+impl OwnRabbit {
+    /// Starts a server on a free port of 127.0.0.1 (about 7 s), with the consistent-hash
+    /// exchange plugin.
+    pub fn start() -> Self {
+        let mut own = Self {
+            port: free_port(),
+            dir: tempfile::tempdir().expect("tempdir"),
+            child: None,
+        };
+        let d = own.dir.path();
+        std::fs::write(
+            d.join("rabbitmq.conf"),
+            format!(
+                "listeners.tcp.default = 127.0.0.1:{}\nloopback_users = none\n",
+                own.port
+            ),
+        )
+        .expect("config");
+        std::fs::write(
+            d.join("enabled_plugins"),
+            "[rabbitmq_consistent_hash_exchange].",
+        )
+        .expect("plugins");
+        own.run();
+        own
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    fn run(&mut self) {
+        let d = self.dir.path();
+        let _ = std::fs::remove_file(d.join("beam.pid"));
+        let log = std::fs::File::create(d.join("server.log")).expect("log");
+        let child = std::process::Command::new("/usr/lib/rabbitmq/bin/rabbitmq-server")
+            .env("HOME", d)
+            .env(
+                "RABBITMQ_NODENAME",
+                format!("weir-own-{}@localhost", self.port),
+            )
+            .env("RABBITMQ_DIST_PORT", free_port().to_string())
+            .env("RABBITMQ_CONFIG_FILE", d.join("rabbitmq.conf"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", d.join("enabled_plugins"))
+            .env("RABBITMQ_MNESIA_BASE", d.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", d.join("logs"))
+            .env("RABBITMQ_PID_FILE", d.join("beam.pid"))
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start rabbitmq-server (scripts/rabbitmq.sh start installs it)");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "rabbitmq-server did not listen on {} within 60 s; its log: {}",
+                self.port,
+                std::fs::read_to_string(d.join("server.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills the server (SIGKILL to the Erlang VM: nothing but what it synced survives) and
+    /// starts it again on the same port and database.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.run();
+    }
+
+    fn kill(&mut self) {
+        // The start script waits on the VM, whose pid it writes: the VM is what is killed.
+        if let Ok(pid) = std::fs::read_to_string(self.dir.path().join("beam.pid")) {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", pid.trim()])
+                .status();
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for OwnRabbit {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }

@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use weir::prelude::*;
 use weir_tests::*;
 
 /// A worker declares the exchange and its lanes at start; messages published by Python's pika
@@ -21,19 +22,7 @@ async fn pika_messages_are_counted_once_and_acknowledged() {
             .expect("build worker"),
     );
     let queues: Vec<String> = (0..3).map(|i| format!("{topic}.{i}")).collect();
-    wait_until(
-        "the worker declared its lanes",
-        Duration::from_secs(30),
-        || {
-            let queues = queues.clone();
-            async move {
-                std::panic::catch_unwind(|| python_amqp_depth(&queues))
-                    .map(drop)
-                    .map_err(|_| "not yet".to_owned())
-            }
-        },
-    )
-    .await;
+    wait_for_lanes(&rabbitmq_url(), &topic, 3).await;
     let records = keyed_records(0, 3_000, 40);
     python_amqp_publish(&topic, 0, 3_000, 40, true);
     wait_for_counts(
@@ -115,21 +104,14 @@ async fn three_workers_count_exactly_under_sigkills() {
             .spawn()
             .expect("spawn count-worker")
     };
-    let mut children: Vec<std::process::Child> = vec![start(0)];
+    // Killed when dropped: a failing run leaves no worker behind.
+    let mut children: Vec<WorkerProcess> = vec![WorkerProcess(Some(start(0)))];
     // The first declares the topic; the others join it.
     let queues: Vec<String> = (0..4).map(|i| format!("{topic}.{i}")).collect();
-    wait_until("the topic declared", Duration::from_secs(30), || {
-        let queues = queues.clone();
-        async move {
-            std::panic::catch_unwind(|| python_amqp_depth(&queues))
-                .map(drop)
-                .map_err(|_| "not yet".to_owned())
-        }
-    })
-    .await;
-    children.push(start(1));
-    children.push(start(2));
-    let owns = |i: usize| {
+    wait_for_lanes(&rabbitmq_url(), &topic, 4).await;
+    children.push(WorkerProcess(Some(start(1))));
+    children.push(WorkerProcess(Some(start(2))));
+    let newest_log = |i: usize| {
         let newest = std::fs::read_dir(&logs)
             .expect("logs")
             .flatten()
@@ -145,8 +127,20 @@ async fn three_workers_count_exactly_under_sigkills() {
             .ok()
             .flatten()
             .unwrap_or_default()
-            .contains("active consumer")
     };
+    let owns = |i: usize| newest_log(i).contains("active consumer");
+    // A worker is up once it consumes its lanes (a SIGTERM before its handler is installed
+    // would end it by the signal's default).
+    let up = |i: usize| async move {
+        if newest_log(i).contains("consuming the topic's lane queues") {
+            Ok(())
+        } else {
+            Err(format!("worker {i} not consuming yet"))
+        }
+    };
+    for i in 0..3 {
+        wait_until("the worker consuming", Duration::from_secs(30), || up(i)).await;
+    }
     let mut all = Vec::new();
     let mut rng = 0x9e37_79b9_7f4a_7c15_u64 ^ u64::from(std::process::id());
     let mut hand_offs = Vec::new();
@@ -182,8 +176,7 @@ async fn three_workers_count_exactly_under_sigkills() {
             logs.display()
         );
         let victim = owners[(rng % owners.len() as u64) as usize];
-        let _ = children[victim].kill();
-        let _ = children[victim].wait();
+        children[victim].kill();
         let killed = Instant::now();
         let expected = expected_counts(&all);
         wait_until(
@@ -204,18 +197,17 @@ async fn three_workers_count_exactly_under_sigkills() {
         )
         .await;
         hand_offs.push(killed.elapsed());
-        children[victim] = start(victim);
+        children[victim] = WorkerProcess(Some(start(victim)));
+        wait_until(
+            "the restarted worker consuming",
+            Duration::from_secs(30),
+            || up(victim),
+        )
+        .await;
     }
+    eprintln!("logs in {}", logs.display());
     for mut child in children {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let status = child.wait().expect("wait");
-        assert!(
-            status.success(),
-            "a worker did not stop cleanly: {status}; logs in {}",
-            logs.display()
-        );
+        child.stop();
     }
     let (counts, positions) = counted(dir.path());
     assert_counts_exact(&counts, &expected_counts(&all));
@@ -244,20 +236,7 @@ async fn pika_reads_what_weir_emits() {
             .build(TallyHandler::default())
             .expect("build worker"),
     );
-    let lanes: Vec<String> = (0..2).map(|i| format!("{topic}.{i}")).collect();
-    wait_until(
-        "the worker declared its lanes",
-        Duration::from_secs(30),
-        || {
-            let lanes = lanes.clone();
-            async move {
-                std::panic::catch_unwind(|| python_amqp_depth(&lanes))
-                    .map(drop)
-                    .map_err(|_| "not yet".to_owned())
-            }
-        },
-    )
-    .await;
+    wait_for_lanes(&rabbitmq_url(), &topic, 2).await;
     python_amqp_publish(&topic, 0, 300, 30, true);
     let emits: Vec<String> = (0..2)
         .map(|i| format!("{}.{i}", tallies_topic(&topic)))
@@ -312,20 +291,7 @@ async fn a_failing_message_is_dead_lettered_with_weirs_headers() {
             .build(CountHandler::with_poison("v7", u64::MAX))
             .expect("build worker"),
     );
-    let lanes: Vec<String> = (0..2).map(|i| format!("{topic}.{i}")).collect();
-    wait_until(
-        "the worker declared its lanes",
-        Duration::from_secs(30),
-        || {
-            let lanes = lanes.clone();
-            async move {
-                std::panic::catch_unwind(|| python_amqp_depth(&lanes))
-                    .map(drop)
-                    .map_err(|_| "not yet".to_owned())
-            }
-        },
-    )
-    .await;
+    wait_for_lanes(&rabbitmq_url(), &topic, 2).await;
     python_amqp_publish(&topic, 0, 50, 10, true);
     let records: Vec<_> = keyed_records(0, 50, 10)
         .into_iter()
@@ -361,4 +327,162 @@ async fn a_failing_message_is_dead_lettered_with_weirs_headers() {
         d["headers"]["origin"], "python",
         "the message's own headers go with it: {d}"
     );
+}
+
+/// The server is killed (SIGKILL) and started again while a worker counts and messages keep
+/// coming: the worker's channels fail, it takes its lanes again once the server is back, the
+/// messages it had not acknowledged come again, and every message is counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_restart_mid_stream_loses_and_doubles_nothing() {
+    let mut server = OwnRabbit::start();
+    let (topic, group) = (unique("amqp-restart"), unique("g"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let worker = Worker::builder()
+        .brokers(server.url())
+        .group(&group)
+        .topic(&topic)
+        .state_dir(dir.path())
+        .partitions(2)
+        .metrics_addr("127.0.0.1:0")
+        .unreadable_after(Duration::from_secs(1))
+        .build(CountHandler {
+            delay: Some(Duration::from_micros(500)),
+            ..Default::default()
+        })
+        .expect("build worker");
+    let addr = worker.metrics_addr().expect("metrics address");
+    let running = RunningWorker::spawn(worker);
+    wait_for_lanes(&server.url(), &topic, 2).await;
+    python_amqp_publish_at(&server.url(), &topic, 0, 3_000, 100, true);
+    wait_until("some counted", Duration::from_secs(30), || async {
+        let total = StoredCounts::read(dir.path(), &group, &topic).total();
+        if total >= 1_000 {
+            Ok(())
+        } else {
+            Err(format!("{total} counted"))
+        }
+    })
+    .await;
+    server.restart();
+    python_amqp_publish_at(&server.url(), &topic, 3_000, 2_000, 100, true);
+    let all = keyed_records(0, 5_000, 100);
+    wait_for_counts(
+        dir.path(),
+        &group,
+        &topic,
+        &expected_counts(&all),
+        Duration::from_secs(90),
+    )
+    .await;
+    let (status, _) = http_get(addr, "/health/ready").await;
+    assert_eq!(status, 200, "ready again once reconnected");
+    running.stop_cleanly().await;
+    let stored = StoredCounts::read(dir.path(), &group, &topic);
+    assert_counts_exact(&stored.counts, &expected_counts(&all));
+}
+
+/// Each lane's queue depth is its lag on `/metrics` and the status page: ready messages plus
+/// those delivered and not yet committed; zero once the worker caught up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_depth_is_each_lanes_lag() {
+    let (topic, group) = (unique("amqp-lag"), unique("g"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let worker = rabbitmq_worker(&group, &topic, dir.path())
+        .partitions(2)
+        .metrics_addr("127.0.0.1:0")
+        .batch_size(50)
+        .build(CountHandler {
+            delay: Some(Duration::from_millis(3)),
+            ..Default::default()
+        })
+        .expect("build worker");
+    let addr = worker.metrics_addr().expect("a metrics address");
+    let running = RunningWorker::spawn(worker);
+    wait_for_lanes(&rabbitmq_url(), &topic, 2).await;
+    python_amqp_publish(&topic, 0, 2_000, 40, true);
+    let lag = |body: &str, lane: &str| {
+        sample(
+            body,
+            "weir_consumer_lag",
+            &[("topic", &topic), ("partition", lane)],
+        )
+    };
+    let highest = std::sync::Mutex::new(0.0_f64);
+    wait_until("a lane lagging", Duration::from_secs(30), || async {
+        let (_, body) = http_get(addr, "/metrics").await;
+        let seen = [lag(&body, "0"), lag(&body, "1")];
+        let mut high = highest.lock().expect("lock");
+        *high = seen.iter().flatten().fold(*high, |a, b| a.max(*b));
+        if *high >= 100.0 {
+            Ok(())
+        } else {
+            Err(format!("lag {seen:?}"))
+        }
+    })
+    .await;
+    let highest = *highest.lock().expect("lock");
+    assert!(
+        highest <= 2_000.0,
+        "the lag counts the lane's messages: {highest}"
+    );
+    wait_for_counts(
+        dir.path(),
+        &group,
+        &topic,
+        &expected_counts(&keyed_records(0, 2_000, 40)),
+        Duration::from_secs(60),
+    )
+    .await;
+    wait_until("no lag", Duration::from_secs(30), || async {
+        let (_, body) = http_get(addr, "/metrics").await;
+        let seen = [lag(&body, "0"), lag(&body, "1")];
+        if seen == [Some(0.0), Some(0.0)] {
+            Ok(())
+        } else {
+            Err(format!("lag {seen:?}"))
+        }
+    })
+    .await;
+    let (_, body) = http_get(addr, "/status.json").await;
+    let status: serde_json::Value = serde_json::from_str(&body).expect("status JSON");
+    let lanes = status["partitions"].as_array().expect("partitions");
+    assert_eq!(lanes.len(), 2, "{status}");
+    for lane in lanes {
+        assert_eq!(lane["lag"], 0, "{lane}");
+    }
+    running.stop_cleanly().await;
+}
+
+/// Messages without a `message_id` are processed (at least once: a redelivery of one could
+/// not be recognised) and counted in `weir_messages_without_id_total`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_without_an_id_are_counted_as_such() {
+    let (topic, group) = (unique("amqp-noid"), unique("g"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let worker = rabbitmq_worker(&group, &topic, dir.path())
+        .partitions(2)
+        .metrics_addr("127.0.0.1:0")
+        .build(CountHandler::default())
+        .expect("build worker");
+    let addr = worker.metrics_addr().expect("a metrics address");
+    let running = RunningWorker::spawn(worker);
+    wait_for_lanes(&rabbitmq_url(), &topic, 2).await;
+    python_amqp_publish(&topic, 0, 40, 8, false);
+    python_amqp_publish(&topic, 40, 10, 8, true);
+    wait_for_counts(
+        dir.path(),
+        &group,
+        &topic,
+        &expected_counts(&keyed_records(0, 50, 8)),
+        Duration::from_secs(60),
+    )
+    .await;
+    let (_, body) = http_get(addr, "/metrics").await;
+    running.stop_cleanly().await;
+    let without = sample(
+        &body,
+        "weir_messages_without_id_total",
+        &[("topic", &topic)],
+    );
+    assert_eq!(without, Some(40.0), "{body}");
 }

@@ -56,8 +56,10 @@ pub(crate) fn message_id(topic: &str, headers: &[(&str, Option<&[u8]>)]) -> Opti
     Some(id)
 }
 
-/// Whether `brokers` names a RabbitMQ server (`amqp://` or `amqps://` URL).
-pub(crate) fn amqp_url(brokers: &str) -> bool {
+/// Whether `brokers` names a RabbitMQ server (`amqp://` or `amqps://` URL)
+/// (`weir::state::rabbitmq::is_amqp`, for tools).
+#[cfg_attr(not(feature = "rabbitmq"), allow(unreachable_pub))]
+pub fn amqp_url(brokers: &str) -> bool {
     let b = brokers.trim_start();
     b.starts_with("amqp://") || b.starts_with("amqps://")
 }

@@ -106,6 +106,23 @@ impl Connection {
         }
     }
 
+    /// A connection for a tool's few requests.
+    async fn tool(url: &str, timeout: Duration) -> Result<Self> {
+        let settings = Settings {
+            url: url.to_owned(),
+            partitions: 1,
+            prefetch: 1,
+        };
+        Self::connect(settings, timeout).await
+    }
+
+    /// Closes the connection (a tool's, once done).
+    async fn close(&self) {
+        if let Some(c) = self.connection.lock().await.take() {
+            let _ = c.close(200, "done").await;
+        }
+    }
+
     fn unreachable(&self, cause: String, timeout: Duration) -> Error {
         Error::config(
             "brokers (WEIR_BROKERS)",
@@ -232,11 +249,13 @@ impl Connection {
                 AMQPValue::LongString(LongString::from("quorum")),
             );
             args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
-            args.insert(
-                "x-delivery-limit".into(),
-                AMQPValue::LongLongInt(DELIVERY_LIMIT),
-            );
+            // The broker's delivery limit only where its dead letters go somewhere: past it a
+            // message without a dead-letter exchange would be dropped.
             if let Some(dlx) = dead_letters {
+                args.insert(
+                    "x-delivery-limit".into(),
+                    AMQPValue::LongLongInt(DELIVERY_LIMIT),
+                );
                 args.insert(
                     "x-dead-letter-exchange".into(),
                     AMQPValue::LongString(LongString::from(dlx)),
@@ -332,9 +351,57 @@ impl Connection {
     }
 }
 
-/// The queue of `topic`'s lane `lane`.
-pub(crate) fn lane_queue(topic: &str, lane: i32) -> String {
+/// The queue of `topic`'s lane `lane`: `T.<lane>`.
+pub fn lane_queue(topic: &str, lane: i32) -> String {
     format!("{topic}.{lane}")
+}
+
+/// Declares topic `topic` on the RabbitMQ server at `url` as a worker does when it is missing:
+/// the consistent-hash exchange and `lanes` lane queues, dead-lettering to `dead_letters` when
+/// given; for tools (a topic that exists is left as it is).
+pub async fn declare_topic(
+    url: &str,
+    topic: &str,
+    lanes: i32,
+    dead_letters: Option<&str>,
+    timeout: Duration,
+) -> Result<()> {
+    let connection = Connection::tool(url, timeout).await?;
+    let declared = connection.ensure(topic, lanes, dead_letters).await;
+    connection.close().await;
+    declared
+        .map(drop)
+        .map_err(|e| crate::error::BrokerError::new("rabbitmq", std::io::Error::other(e)).into())
+}
+
+/// The messages ready in each of `queues` on the RabbitMQ server at `url` (`None`: no such
+/// queue), for tools; gives up after `timeout` without an answer.
+pub async fn queue_depths(
+    url: &str,
+    queues: &[String],
+    timeout: Duration,
+) -> Result<Vec<Option<u64>>> {
+    let connection = Connection::tool(url, timeout).await?;
+    let mut depths = Vec::with_capacity(queues.len());
+    for queue in queues {
+        let channel = connection
+            .channel()
+            .await
+            .map_err(|e| crate::error::BrokerError::new("rabbitmq", std::io::Error::other(e)))?;
+        let declared = channel
+            .queue_declare(
+                queue,
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        depths.push(declared.ok().map(|q| u64::from(q.message_count())));
+    }
+    connection.close().await;
+    Ok(depths)
 }
 
 /// A short string for AMQP, cut at its 255-byte limit (on a character boundary).
