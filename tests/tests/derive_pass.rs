@@ -1,5 +1,5 @@
 //! `#[derive(Handler)]` uses that compile, and the settings they declare. (The messages of
-//! those that do not are trybuild's, in `derive_ui.rs`.)
+//! those that do not are trybuild's, in `macros/tests/derive_ui.rs`.)
 
 macro_rules! pass {
     ($($name:ident),*) => {$(
