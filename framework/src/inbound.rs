@@ -38,6 +38,9 @@ pub(crate) struct Queued {
     /// Every delivery of the lane below this position was settled and the broker confirmed
     /// it: none of them comes again, so their ids need not be kept.
     pub(crate) settled_below: i64,
+    /// The lane's first position on this worker's current hold of it. What earlier holders
+    /// left unacknowledged comes back first, at the hold's first positions.
+    pub(crate) hold_start: i64,
 }
 
 /// Where one header's name and value are in the run's buffer.

@@ -5,11 +5,17 @@
 //! A batch writes, in its own transaction, each message's id (store [`IDS`]: id → the
 //! position it was committed at) and the list of its ids under its end position (store
 //! [`BATCHES`]). A message the broker says it delivered before is looked up; found, it is
-//! dropped (and settled with its batch). Ids are kept only while they can come again: the
-//! source says below which position the broker confirmed the acknowledgements
-//! ([`Queued::settled_below`]), and the batches below it are forgotten, ids and all. So the
-//! stores hold the ids of a few batches, whatever the traffic. Both stores are state like any
-//! other: they travel in the changelog, so the ids follow the lane to its next worker.
+//! dropped (and settled with its batch). Ids are kept only while they can come again:
+//!
+//! - the worker's own batches until the broker confirmed their acknowledgements (the source
+//!   says below which position: [`Queued::settled_below`]);
+//! - the batches of the lane's earlier holders (ending at or below where this worker's hold
+//!   began, [`Queued::hold_start`]) until this hold has gone past as many positions as they
+//!   hold ids: what an earlier holder left unacknowledged comes back before anything new, so
+//!   by then every one of those messages has come and been checked.
+//!
+//! So the stores hold the ids of a few batches, whatever the traffic. Both stores are state
+//! like any other: they travel in the changelog, so the ids follow the lane to its next worker.
 
 use std::collections::HashMap;
 
@@ -33,8 +39,9 @@ fn batch_key(next: i64) -> String {
 pub(crate) struct MessageIds {
     /// Ids applied by this batch, with their positions.
     applied: Vec<(Box<str>, i64)>,
-    /// The highest confirmed-settled position the batch's messages carried.
-    settled_below: Option<i64>,
+    /// The highest confirmed-settled position the batch's messages carried, and where the
+    /// worker's hold of the lane began.
+    settled: Option<(i64, i64)>,
     /// Messages without an id: processed at least once, not exactly once.
     anonymous: u64,
     /// Redeliveries dropped.
@@ -53,10 +60,10 @@ impl MessageIds {
         let Some(q) = msg.queued() else {
             return Ok(false);
         };
-        self.settled_below = Some(
-            self.settled_below
-                .map_or(q.settled_below, |s| s.max(q.settled_below)),
-        );
+        self.settled = Some(match self.settled {
+            Some((below, _)) => (below.max(q.settled_below), q.hold_start),
+            None => (q.settled_below, q.hold_start),
+        });
         let Some(id) = &q.id else {
             self.anonymous += 1;
             return Ok(false);
@@ -96,10 +103,28 @@ impl MessageIds {
         writes: &mut WriteSet,
         next: i64,
     ) -> Result<()> {
-        if let Some(below) = self.settled_below {
-            // Batches whose end is at or below the confirmed position: all theirs settled.
-            let to = serde_json::to_string(&batch_key(below.saturating_add(1))).unwrap_or_default();
-            let done = store.range_through(writes, BATCHES, "\"", &to)?;
+        if let Some((below, hold_start)) = self.settled {
+            let key = |p: i64| serde_json::to_string(&batch_key(p)).unwrap_or_default();
+            let mut done = Vec::new();
+            // Earlier holders' batches: once this hold has gone past as many positions as
+            // they hold ids, each of their unacknowledged messages came back and was checked.
+            let earlier = store.range_through(writes, BATCHES, "\"", &key(hold_start + 1))?;
+            let ids_held: i64 = earlier
+                .iter()
+                .map(|(_, ids)| serde_json::from_str::<Vec<String>>(ids).map_or(0, |v| v.len()))
+                .sum::<usize>() as i64;
+            if next.saturating_sub(hold_start) >= ids_held {
+                done.extend(earlier);
+            }
+            // This hold's batches whose acknowledgements the broker confirmed.
+            if below > hold_start {
+                done.extend(store.range_through(
+                    writes,
+                    BATCHES,
+                    &key(hold_start + 1),
+                    &key(below + 1),
+                )?);
+            }
             for (key, ids) in done {
                 let ids: Vec<String> = serde_json::from_str(&ids).unwrap_or_default();
                 for id in ids {
@@ -134,11 +159,23 @@ mod tests {
     use super::*;
 
     fn message(offset: i64, id: &str, redelivered: bool, settled_below: i64) -> Inbound {
+        held(offset, id, redelivered, settled_below, 0)
+    }
+
+    /// A message of a hold that began at `hold_start`.
+    fn held(
+        offset: i64,
+        id: &str,
+        redelivered: bool,
+        settled_below: i64,
+        hold_start: i64,
+    ) -> Inbound {
         Inbound::new(Arc::from("t"), 0, offset, None, Some(b"k"), Some(b"v"), &[]).with_queued(
             Queued {
                 id: Some(id.into()),
                 redelivered,
                 settled_below,
+                hold_start,
             },
         )
     }
@@ -200,5 +237,29 @@ mod tests {
         assert_eq!(batch(&store, &[message(0, "a", false, 0)]), [0]);
         // Not redelivered: a producer reusing an id is not a redelivery (and costs no read).
         assert_eq!(batch(&store, &[message(1, "a", false, 0)]), [1]);
+    }
+
+    /// A worker took the lane over (its hold began at 6) from one that left six messages
+    /// committed and unacknowledged: they come back first, over the new holder's first three
+    /// batches, while the broker confirms the new holder's own acknowledgements. The earlier
+    /// holder's ids are kept until all six came (forgetting them at the new holder's first
+    /// confirmation applied the last two again).
+    #[test]
+    fn an_earlier_holders_ids_are_kept_until_its_messages_came_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = PartitionStore::open(dir.path().join("0.sqlite")).expect("open");
+        let first: Vec<_> = (0..6)
+            .map(|i| held(i, &format!("a{i}"), false, 0, 0))
+            .collect();
+        assert_eq!(batch(&store, &first), [0, 1, 2, 3, 4, 5]);
+        let again = |p: i64, i: i64, confirmed: i64| held(p, &format!("a{i}"), true, confirmed, 6);
+        assert!(batch(&store, &[again(6, 0, 0), again(7, 1, 0)]).is_empty());
+        assert!(batch(&store, &[again(8, 2, 8), again(9, 3, 8)]).is_empty());
+        assert!(
+            batch(&store, &[again(10, 4, 10), again(11, 5, 10)]).is_empty(),
+            "the earlier holder's last messages are recognised"
+        );
+        let kept: Vec<(String, i64)> = store.entries(IDS).expect("ids");
+        assert!(kept.is_empty(), "all six came back: forgotten ({kept:?})");
     }
 }

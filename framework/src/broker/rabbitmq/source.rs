@@ -174,6 +174,8 @@ struct LaneState {
     owned: Option<u64>,
     /// The position of the next delivery handed over.
     next: i64,
+    /// The position this worker's hold of the lane started at.
+    hold_start: i64,
     paused: bool,
     /// Messages of a paused lane, handed over at its resume.
     held: VecDeque<Taken>,
@@ -394,6 +396,7 @@ impl RabbitSource {
                 id: taken.message_id,
                 redelivered: taken.redelivered,
                 settled_below: state.confirmed.load(Ordering::SeqCst),
+                hold_start: state.hold_start,
             },
         }
     }
@@ -434,6 +437,7 @@ impl RabbitSource {
         if let Some(state) = self.state().get_mut(key) {
             state.owned = Some(generation);
             state.next = start.and_then(|s| s.next).unwrap_or(0);
+            state.hold_start = state.next;
             state.paused = start.is_some_and(|s| s.paused);
             state.held.clear();
             state.unacked.clear();
@@ -519,6 +523,7 @@ impl Source for RabbitSource {
                     LaneState {
                         owned: None,
                         next: 0,
+                        hold_start: 0,
                         paused: false,
                         held: VecDeque::new(),
                         unacked: VecDeque::new(),
@@ -616,6 +621,7 @@ impl Source for RabbitSource {
         {
             if s.unacked.is_empty() {
                 s.next = next.unwrap_or(0);
+                s.hold_start = s.next;
                 return Ok(());
             }
         }
