@@ -23,7 +23,7 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, Queu
 use lapin::types::{AMQPValue, FieldTable};
 use tokio::sync::mpsc;
 
-use super::{lane_queue, Connection};
+use super::{lane_queue, lock, Connection};
 use crate::broker::{Assignments, Lane, Source};
 use crate::error::Result;
 use crate::inbound::{Delivered, Queued};
@@ -212,10 +212,6 @@ impl std::fmt::Debug for RabbitSource {
             .field("group", &self.group)
             .finish_non_exhaustive()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Connection {
