@@ -132,14 +132,19 @@ async fn three_workers_count_exactly_under_sigkills() {
     // A worker is up once it consumes its lanes (a SIGTERM before its handler is installed
     // would end it by the signal's default).
     let up = |i: usize| async move {
-        if newest_log(i).contains("consuming the topic's lane queues") {
+        let log = newest_log(i);
+        if log.contains("consuming the topic's lane queues") {
             Ok(())
         } else {
-            Err(format!("worker {i} not consuming yet"))
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            Err(format!(
+                "worker {i} not consuming yet; its log ends {:?}",
+                tail.into_iter().rev().collect::<Vec<_>>()
+            ))
         }
     };
     for i in 0..3 {
-        wait_until("the worker consuming", Duration::from_secs(30), || up(i)).await;
+        wait_until("the worker consuming", Duration::from_secs(60), || up(i)).await;
     }
     let mut all = Vec::new();
     let mut rng = 0x9e37_79b9_7f4a_7c15_u64 ^ u64::from(std::process::id());
@@ -200,7 +205,7 @@ async fn three_workers_count_exactly_under_sigkills() {
         children[victim] = WorkerProcess(Some(start(victim)));
         wait_until(
             "the restarted worker consuming",
-            Duration::from_secs(30),
+            Duration::from_secs(60),
             || up(victim),
         )
         .await;
@@ -382,19 +387,23 @@ async fn a_server_restart_mid_stream_loses_and_doubles_nothing() {
 }
 
 /// Each lane's queue depth is its lag on `/metrics` and the status page: ready messages plus
-/// those delivered and not yet committed; zero once the worker caught up.
+/// those delivered and not yet committed; zero once the worker caught up. The handler stalls
+/// at the first message until the test saw the lag, so the lag does not hang on how fast the
+/// publisher is against the worker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_depth_is_each_lanes_lag() {
     let (topic, group) = (unique("amqp-lag"), unique("g"));
     let dir = tempfile::tempdir().expect("tempdir");
+    let handler = CountHandler {
+        stall_on: Some("v0".into()),
+        ..Default::default()
+    };
+    let release = handler.release.clone();
     let worker = rabbitmq_worker(&group, &topic, dir.path())
         .partitions(2)
         .metrics_addr("127.0.0.1:0")
         .batch_size(50)
-        .build(CountHandler {
-            delay: Some(Duration::from_millis(3)),
-            ..Default::default()
-        })
+        .build(handler)
         .expect("build worker");
     let addr = worker.metrics_addr().expect("a metrics address");
     let running = RunningWorker::spawn(worker);
@@ -420,6 +429,7 @@ async fn queue_depth_is_each_lanes_lag() {
         }
     })
     .await;
+    release.open();
     let highest = *highest.lock().expect("lock");
     assert!(
         highest <= 2_000.0,
@@ -485,4 +495,41 @@ async fn messages_without_an_id_are_counted_as_such() {
         &[("topic", &topic)],
     );
     assert_eq!(without, Some(40.0), "{body}");
+}
+
+/// Workers that start together on a topic nobody declared yet each find all of its lanes:
+/// one declares the exchange and its queues while the others look, and none sees the exchange
+/// before its lane queues (that worker would stop with "exchange exists without lane queues",
+/// or consume fewer lanes than the topic has).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_starting_together_on_a_new_topic_each_find_all_its_lanes() {
+    const WORKERS: usize = 6;
+    let (topic, group) = (unique("amqp-together"), unique("g"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let running: Vec<RunningWorker> = (0..WORKERS)
+        .map(|_| {
+            RunningWorker::spawn(
+                rabbitmq_worker(&group, &topic, dir.path())
+                    .partitions(8)
+                    .build(CountHandler::default())
+                    .expect("build worker"),
+            )
+        })
+        .collect();
+    wait_for_lanes(&rabbitmq_url(), &topic, 8).await;
+    python_amqp_publish(&topic, 0, 800, 80, true);
+    let records = keyed_records(0, 800, 80);
+    wait_for_counts(
+        dir.path(),
+        &group,
+        &topic,
+        &expected_counts(&records),
+        Duration::from_secs(60),
+    )
+    .await;
+    for (i, worker) in running.into_iter().enumerate() {
+        if let Err(e) = worker.stop().await {
+            panic!("worker {i} of {WORKERS} failed: {e}");
+        }
+    }
 }

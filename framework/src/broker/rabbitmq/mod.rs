@@ -221,6 +221,8 @@ impl Connection {
         }
     }
 
+    /// Declares `topic`'s lane queues, then its exchange, then the bindings: a topic whose
+    /// exchange exists has all of its lanes, even where its declarer died half-way.
     async fn declare(
         &self,
         topic: &str,
@@ -228,21 +230,8 @@ impl Connection {
         dead_letters: Option<&str>,
     ) -> Result<(), String> {
         let channel = self.channel().await?;
-        let durable = ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
-        channel
-            .exchange_declare(
-                topic,
-                ExchangeKind::Custom(CONSISTENT_HASH.into()),
-                durable,
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        for lane in 0..lanes {
-            let queue = lane_queue(topic, lane);
+        let queues: Vec<String> = (0..lanes).map(|lane| lane_queue(topic, lane)).collect();
+        for queue in &queues {
             let mut args = FieldTable::default();
             args.insert(
                 "x-queue-type".into(),
@@ -263,7 +252,7 @@ impl Connection {
             }
             channel
                 .queue_declare(
-                    &queue,
+                    queue,
                     QueueDeclareOptions {
                         durable: true,
                         ..Default::default()
@@ -272,10 +261,15 @@ impl Connection {
                 )
                 .await
                 .map_err(|e| e.to_string())?;
+        }
+        exchange(&channel, topic, false)
+            .await
+            .map_err(|e| e.to_string())?;
+        for queue in &queues {
             // Equal weights: each lane takes an equal share of the hash space.
             channel
                 .queue_bind(
-                    &queue,
+                    queue,
                     topic,
                     "1",
                     QueueBindOptions::default(),
@@ -286,6 +280,45 @@ impl Connection {
         }
         let _ = channel.close(200, "done").await;
         Ok(())
+    }
+
+    /// Holds the server-side lock on declaring `topic`: the exclusive queue `T.declaring`,
+    /// which the server gives to one connection at a time and drops with a connection that
+    /// dies. Waits up to [`DECLARING_WAIT`] for another client's declaration to end.
+    async fn declaring_lock(&self, topic: &str) -> Result<DeclaringLock, String> {
+        let name = format!("{topic}.declaring");
+        let waited = Instant::now();
+        loop {
+            let channel = self.channel().await?;
+            let mut args = FieldTable::default();
+            args.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString(LongString::from("classic")),
+            );
+            let held = channel
+                .queue_declare(
+                    &name,
+                    QueueDeclareOptions {
+                        exclusive: true,
+                        auto_delete: true,
+                        ..Default::default()
+                    },
+                    args,
+                )
+                .await;
+            match held {
+                Ok(_) => return Ok(DeclaringLock { channel, name }),
+                Err(e) if is_locked(&e) && waited.elapsed() < DECLARING_WAIT => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) if is_locked(&e) => {
+                    return Err(format!(
+                        "another client has been declaring it for {DECLARING_WAIT:?} (it holds the exclusive queue {name})"
+                    ));
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
     }
 
     /// Declares the topics of `wanted` that are missing (emits, dead letters, late records),
@@ -311,8 +344,9 @@ impl Connection {
 
     /// The lanes of `topic` as its exchange has them, declaring the exchange and `lanes` lanes
     /// (dead-lettering to `dead_letters`) when it is missing; remembered for
-    /// [`lanes_of`](Self::lanes_of). One declaration at a time: a record published while
-    /// another task is still binding the lanes would find no queue.
+    /// [`lanes_of`](Self::lanes_of). One declaration at a time, in this process and on the
+    /// server: a record published while another task is still binding the lanes would find no
+    /// queue, and a worker counting the lanes of a topic another is declaring would miss some.
     async fn ensure(
         &self,
         topic: &str,
@@ -323,19 +357,25 @@ impl Connection {
         if let Some(n) = self.lanes_of(topic) {
             return Ok(n);
         }
+        // Workers starting together on a new topic: one declares, the others then count.
+        let held = self.declaring_lock(topic).await?;
+        let lanes = self.look_up_or_declare(topic, lanes, dead_letters).await;
+        held.release().await;
+        let lanes = lanes?;
+        if lanes > 0 {
+            lock(&self.topics).insert(topic.to_owned(), lanes);
+        }
+        Ok(lanes)
+    }
+
+    async fn look_up_or_declare(
+        &self,
+        topic: &str,
+        lanes: i32,
+        dead_letters: Option<&str>,
+    ) -> Result<i32, String> {
         let channel = self.channel().await?;
-        let exists = channel
-            .exchange_declare(
-                topic,
-                ExchangeKind::Custom(CONSISTENT_HASH.into()),
-                ExchangeDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .is_ok();
+        let exists = exchange(&channel, topic, true).await.is_ok();
         let lanes = if exists {
             self.count_lanes(topic).await?
         } else {
@@ -344,11 +384,51 @@ impl Connection {
             tracing::info!(%topic, lanes, "declared exchange {topic} and its lane queues");
             lanes
         };
-        if lanes > 0 {
-            lock(&self.topics).insert(topic.to_owned(), lanes);
-        }
+        let _ = channel.close(200, "done").await;
         Ok(lanes)
     }
+}
+
+/// How long a worker waits for another client's declaration of a topic.
+const DECLARING_WAIT: Duration = Duration::from_secs(60);
+
+/// The held lock on declaring a topic ([`Connection::declaring_lock`]).
+struct DeclaringLock {
+    channel: Channel,
+    name: String,
+}
+
+impl DeclaringLock {
+    /// Deletes the lock's queue (were that to fail, the server deletes it with the connection).
+    async fn release(self) {
+        if let Err(e) = self
+            .channel
+            .queue_delete(&self.name, Default::default())
+            .await
+        {
+            tracing::warn!(queue = %self.name, "could not delete the declaration lock: {e}");
+        }
+        let _ = self.channel.close(200, "done").await;
+    }
+}
+
+/// Declares `topic`'s durable consistent-hash exchange, or only asks whether it exists
+/// (`passive`: a missing one fails and closes the channel).
+async fn exchange(channel: &Channel, topic: &str, passive: bool) -> lapin::Result<()> {
+    let options = ExchangeDeclareOptions {
+        passive,
+        durable: true,
+        ..Default::default()
+    };
+    let kind = ExchangeKind::Custom(CONSISTENT_HASH.into());
+    channel
+        .exchange_declare(topic, kind, options, FieldTable::default())
+        .await
+}
+
+/// Whether the server refused `e` because another connection holds the resource (405).
+fn is_locked(e: &lapin::Error) -> bool {
+    matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 405)
 }
 
 /// The queue of `topic`'s lane `lane`: `T.<lane>`.
