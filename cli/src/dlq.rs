@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::kafka;
 
 mod nats;
+mod rabbitmq;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum DlqCommand {
@@ -29,16 +30,16 @@ pub(crate) enum DlqCommand {
     /// Produce dead letters back into their source topic, with a `weir.redrive.from` header
     /// naming the dead letter. A dry run unless --execute. What was redriven is remembered (as
     /// the offsets of the consumer group `weir-redrive-<topic>`; on NATS, the acknowledgements
-    /// of the stream's durable consumer `weir-redrive`), so a second run redrives only dead
-    /// letters that came since.
+    /// of the stream's durable consumer `weir-redrive`; on RabbitMQ, redriven letters leave the
+    /// dead-letter queues), so a second run redrives only dead letters that came since.
     Redrive(RedriveArgs),
 }
 
 /// The dead-letter topic.
 #[derive(Debug, Args)]
 pub(crate) struct Topic {
-    /// Kafka bootstrap servers, or NATS servers (`nats://host:port`): the workers'
-    /// `WEIR_BROKERS`.
+    /// Kafka bootstrap servers, NATS servers (`nats://host:port`) or a RabbitMQ server
+    /// (`amqp://user:pass@host:port/vhost`): the workers' `WEIR_BROKERS`.
     #[arg(long)]
     brokers: String,
     /// The dead-letter topic, e.g. `orders.dlq` (a worker's default for `orders`).
@@ -59,10 +60,11 @@ pub(crate) struct ListArgs {
 pub(crate) struct ShowArgs {
     #[command(flatten)]
     dlq: Topic,
-    /// The dead letter's partition in the dead-letter topic (on NATS: its lane).
+    /// The dead letter's partition in the dead-letter topic (on NATS and RabbitMQ: its lane).
     #[arg(long)]
     partition: i32,
-    /// Its offset (on NATS: its stream sequence).
+    /// Its offset (on NATS: its stream sequence; on RabbitMQ: its place in the lane's queue,
+    /// 0 the head, as `list` shows it).
     #[arg(long)]
     offset: i64,
 }
@@ -81,7 +83,11 @@ const STALL: Duration = Duration::from_secs(30);
 
 pub(crate) fn run(cmd: &DlqCommand) -> Result<()> {
     let on_nats = |t: &Topic| weir::state::nats::is_nats(&t.brokers);
+    let on_rabbitmq = |t: &Topic| weir::state::rabbitmq::is_amqp(&t.brokers);
     match cmd {
+        DlqCommand::List(args) if on_rabbitmq(&args.dlq) => rabbitmq::list(args),
+        DlqCommand::Show(args) if on_rabbitmq(&args.dlq) => rabbitmq::show(args),
+        DlqCommand::Redrive(args) if on_rabbitmq(&args.dlq) => rabbitmq::redrive(args),
         DlqCommand::List(args) if on_nats(&args.dlq) => nats::list(args),
         DlqCommand::Show(args) if on_nats(&args.dlq) => nats::show(args),
         DlqCommand::Redrive(args) if on_nats(&args.dlq) => nats::redrive(args),

@@ -46,6 +46,53 @@ fn json_lines(out: &Output) -> Vec<Value> {
         .collect()
 }
 
+/// `weir dlq show` of the letter at `partition`/`offset` of `dlq`.
+fn dlq_show(brokers: &str, dlq: &str, partition: &str, offset: &str) -> Output {
+    weir(&[
+        "dlq",
+        "show",
+        "--brokers",
+        brokers,
+        "--topic",
+        dlq,
+        "--partition",
+        partition,
+        "--offset",
+        offset,
+    ])
+}
+
+/// `weir dlq show` of `letter` (a line of `weir dlq list --json`), as JSON.
+fn show_letter(brokers: &str, dlq: &str, letter: &Value) -> Value {
+    let (partition, offset) = (
+        letter["partition"].to_string(),
+        letter["offset"].to_string(),
+    );
+    let out = dlq_show(brokers, dlq, &partition, &offset);
+    assert_exit(&out, 0);
+    serde_json::from_str(&stdout(&out)).expect("json")
+}
+
+/// A dry run of `weir dlq redrive` on `dlq` that says `dry`, then the redrive, which says
+/// `done`.
+fn redrive_dry_then_executed(brokers: &str, dlq: &str, dry: &str, done: &str) {
+    let out = dlq_redrive(brokers, dlq, false);
+    assert_exit(&out, 0);
+    assert!(stderr(&out).contains(dry), "{}", stderr(&out));
+    let out = dlq_redrive(brokers, dlq, true);
+    assert_exit(&out, 0);
+    assert!(stderr(&out).contains(done), "{}", stderr(&out));
+}
+
+/// `weir dlq redrive` of `dlq`, a dry run unless `execute`.
+fn dlq_redrive(brokers: &str, dlq: &str, execute: bool) -> Output {
+    let mut args = vec!["dlq", "redrive", "--brokers", brokers, "--topic", dlq];
+    if execute {
+        args.push("--execute");
+    }
+    weir(&args)
+}
+
 /// A group whose worker counted `records` and stopped cleanly.
 struct Counted {
     fixture: Fixture,
@@ -1096,48 +1143,15 @@ async fn dead_letters_on_nats_are_listed_shown_and_redriven_once() {
     let letter: serde_json::Value = serde_json::from_str(stdout(&out).trim()).expect("json");
     assert_eq!(letter["source_topic"], topic.as_str(), "{letter}");
     assert_eq!(letter["attempts"], 2, "{letter}");
-    let (lane, seq) = (
-        letter["partition"].to_string(),
-        letter["offset"].to_string(),
-    );
-    let out = weir(&[
-        "dlq",
-        "show",
-        "--brokers",
-        &url,
-        "--topic",
-        &dlq,
-        "--partition",
-        &lane,
-        "--offset",
-        &seq,
-    ]);
-    assert_exit(&out, 0);
-    let shown: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("json");
+    let shown = show_letter(&url, &dlq, &letter);
     assert_eq!(shown["key"], "bad", "{shown}");
     assert_eq!(shown["value"], "poison", "{shown}");
 
-    let out = weir(&["dlq", "redrive", "--brokers", &url, "--topic", &dlq]);
-    assert_exit(&out, 0);
-    assert!(
-        stderr(&out).contains("dry run: 1 dead letters"),
-        "{}",
-        stderr(&out)
-    );
-    let out = weir(&[
-        "dlq",
-        "redrive",
-        "--brokers",
+    redrive_dry_then_executed(
         &url,
-        "--topic",
         &dlq,
-        "--execute",
-    ]);
-    assert_exit(&out, 0);
-    assert!(
-        stderr(&out).contains("redrove 1 dead letters"),
-        "{}",
-        stderr(&out)
+        "dry run: 1 dead letters",
+        "redrove 1 dead letters",
     );
     let all: Vec<_> = records.clone();
     wait_for_counts(
@@ -1148,7 +1162,7 @@ async fn dead_letters_on_nats_are_listed_shown_and_redriven_once() {
         Duration::from_secs(60),
     )
     .await;
-    let out = weir(&["dlq", "redrive", "--brokers", &url, "--topic", &dlq]);
+    let out = dlq_redrive(&url, &dlq, false);
     assert_exit(&out, 0);
     assert!(
         stderr(&out).contains("dry run: 0 dead letters"),
@@ -1287,4 +1301,118 @@ async fn status_on_rabbitmq_shows_each_lanes_waiting_messages() {
         .map(|r| r["lag"].as_i64().expect("a lag"))
         .sum();
     assert_eq!(lag, 30);
+}
+
+/// On RabbitMQ: a message that fails its attempts is listed (twice alike: reading gives the
+/// messages back) and shown from its lane's dead-letter queue, redriven (a dry run first) back
+/// into its source exchange under its key, counted by the healed handler once, and gone from
+/// the dead-letter queue. A dead letter of the broker's (its `x-death` names the source
+/// exchange and lane queue) is listed and redriven as well; a message with neither is left in
+/// the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_on_rabbitmq_are_listed_shown_and_redriven_once() {
+    let (topic, group) = (unique("cli-amqp-dlq"), unique("g"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = rabbitmq_url();
+    let dlq = format!("{topic}.dlq");
+    let handler = CountHandler::with_poison("v7", 2);
+    let worker = rabbitmq_worker(&group, &topic, dir.path())
+        .partitions(2)
+        .retry(TWO_QUICK_ATTEMPTS)
+        .build(handler.clone())
+        .expect("build worker");
+    let running = RunningWorker::spawn(worker);
+    wait_for_lanes(&url, &topic, 2).await;
+    wait_for_lanes(&url, &dlq, 2).await;
+    python_amqp_publish(&topic, 0, 40, 10, true);
+    // Not a dead letter: published to the dead-letter exchange by hand.
+    python_amqp_publish(&dlq, 100, 1, 1, true);
+    // A dead letter of the broker's (past lane 1's delivery limit), as RabbitMQ's `x-death`
+    // describes it.
+    let broker_dead = ("k3".to_owned(), "v3-again".to_owned());
+    python_amqp_publish_with_headers(
+        &dlq,
+        std::slice::from_ref(&broker_dead),
+        &serde_json::json!({"x-death": [{
+            "exchange": topic,
+            "queue": format!("{topic}.1"),
+            "reason": "delivery_limit",
+            "count": 1,
+            "routing-keys": ["k3"],
+        }]}),
+    );
+    let mut records = keyed_records(0, 40, 10);
+    let good: Vec<_> = records.iter().filter(|(_, v)| v != "v7").cloned().collect();
+    wait_for_counts(
+        dir.path(),
+        &group,
+        &topic,
+        &expected_counts(&good),
+        Duration::from_secs(60),
+    )
+    .await;
+    let list = || weir(&["dlq", "list", "--brokers", &url, "--topic", &dlq, "--json"]);
+    wait_until(
+        "the dead letter listed",
+        Duration::from_secs(30),
+        || async {
+            let out = list();
+            match stdout(&out).lines().count() {
+                3 => Ok(()),
+                n => Err(format!("{n} letters: {}{}", stdout(&out), stderr(&out))),
+            }
+        },
+    )
+    .await;
+    let first = list();
+    assert_exit(&first, 0);
+    assert_eq!(
+        stdout(&list()),
+        stdout(&first),
+        "a second list reads the same"
+    );
+    let letters = json_lines(&first);
+    let letter = letters
+        .iter()
+        .find(|l| l["source_topic"] == topic.as_str())
+        .unwrap_or_else(|| panic!("weir's dead letter among {letters:?}"));
+    assert_eq!(letter["attempts"], 2, "{letter}");
+    assert!(
+        letter["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{letter}"
+    );
+    let by_broker = letters
+        .iter()
+        .find(|l| l["reason"] == "delivery_limit")
+        .unwrap_or_else(|| panic!("the broker's dead letter among {letters:?}"));
+    assert_eq!(by_broker["source_topic"], topic.as_str(), "{by_broker}");
+    assert_eq!(by_broker["source_partition"], 1, "{by_broker}");
+    let shown = show_letter(&url, &dlq, letter);
+    assert_eq!(shown["key"], "k7", "{shown}");
+    assert_eq!(shown["value"], "v7", "{shown}");
+    let out = dlq_show(&url, &dlq, &letter["partition"].to_string(), "9");
+    assert_exit(&out, 1);
+
+    redrive_dry_then_executed(
+        &url,
+        &dlq,
+        "dry run: 3 dead letters",
+        "redrove 2 dead letters (1 skipped",
+    );
+    records.push(broker_dead);
+    wait_for_counts(
+        dir.path(),
+        &group,
+        &topic,
+        &expected_counts(&records),
+        Duration::from_secs(60),
+    )
+    .await;
+    let left = json_lines(&list());
+    assert_eq!(left.len(), 1, "only the foreign message is left: {left:?}");
+    assert_eq!(left[0]["source_topic"], Value::Null, "{left:?}");
+    running.stop_cleanly().await;
+    assert_eq!(handler.poison_left("v7"), 0);
+    let stored = StoredCounts::read(dir.path(), &group, &topic);
+    assert_counts_exact(&stored.counts, &expected_counts(&records));
 }

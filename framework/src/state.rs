@@ -56,8 +56,8 @@ pub mod nats {
 }
 
 /// How weir lays out topics on RabbitMQ, for tools: whether a `brokers` setting names a
-/// RabbitMQ server, a topic's lane queues, declaring a topic as a worker does, and how many
-/// messages wait in queues.
+/// RabbitMQ server, a topic's lane queues, declaring a topic as a worker does, how many
+/// messages wait in queues, and a connection (lapin's) with header values as bytes.
 ///
 /// ```
 /// use weir::state::rabbitmq::{is_amqp, lane_queue};
@@ -67,5 +67,7 @@ pub mod nats {
 #[cfg(feature = "rabbitmq")]
 pub mod rabbitmq {
     pub use crate::broker::amqp_url as is_amqp;
-    pub use crate::broker::rabbitmq::{declare_topic, lane_queue, queue_depths};
+    pub use crate::broker::rabbitmq::{
+        connect, declare_topic, header_bytes, lane_queue, queue_depths,
+    };
 }

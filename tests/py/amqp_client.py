@@ -4,6 +4,10 @@
         Record i (START <= i < START+COUNT) goes to exchange EXCHANGE with routing key
         k{i % keys}, body v{i}, header "origin: python", message_id py-{i}, persistent, with
         publisher confirms. Prints the number of records the broker confirmed.
+    amqp_client.py records URL EXCHANGE JSON [--headers JSON]
+        Publishes each [key, value] of the JSON array as above, record i with message_id
+        py-EXCHANGE-{i} and, besides "origin", the headers of the JSON object given (a list of
+        objects is an AMQP array of tables). Prints the number confirmed.
     amqp_client.py depth URL QUEUE...
         Prints each queue's ready and unacknowledged message counts as JSON.
     amqp_client.py read URL QUEUE COUNT [--wait SECONDS]
@@ -37,6 +41,26 @@ def publish(a) -> int:
             timestamp=int(time.time()),
         )
         ch.basic_publish(a.exchange, f"k{i % a.keys}", f"v{i}".encode(), props)
+        confirmed += 1
+    conn.close()
+    print(confirmed)
+    return 0
+
+
+def records(a) -> int:
+    conn = connect(a.url)
+    ch = conn.channel()
+    ch.confirm_delivery()
+    confirmed = 0
+    headers = {"origin": "python", **json.loads(a.headers)}
+    for i, (key, value) in enumerate(json.loads(a.records)):
+        props = pika.BasicProperties(
+            delivery_mode=2,
+            headers=headers,
+            message_id=f"py-{a.exchange}-{i}",
+            timestamp=int(time.time()),
+        )
+        ch.basic_publish(a.exchange, key, value.encode(), props)
         confirmed += 1
     conn.close()
     print(confirmed)
@@ -91,6 +115,11 @@ def main() -> int:
     pub.add_argument("count", type=int)
     pub.add_argument("--keys", type=int, default=50)
     pub.add_argument("--no-id", action="store_true")
+    rec = sub.add_parser("records")
+    rec.add_argument("url")
+    rec.add_argument("exchange")
+    rec.add_argument("records")
+    rec.add_argument("--headers", default="{}")
     d = sub.add_parser("depth")
     d.add_argument("url")
     d.add_argument("queues", nargs="+")
@@ -100,7 +129,7 @@ def main() -> int:
     r.add_argument("count", type=int)
     r.add_argument("--wait", type=float, default=10.0)
     a = p.parse_args()
-    return {"publish": publish, "depth": depth, "read": read}[a.cmd](a)
+    return {"publish": publish, "records": records, "depth": depth, "read": read}[a.cmd](a)
 
 
 if __name__ == "__main__":

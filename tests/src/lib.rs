@@ -4,6 +4,7 @@
 
 mod broker;
 mod count_handler;
+mod examples;
 mod fixtures;
 mod http;
 mod nats;
@@ -23,6 +24,7 @@ pub mod tls;
 
 pub use broker::*;
 pub use count_handler::*;
+pub use examples::*;
 pub use fixtures::*;
 pub use http::*;
 pub use nats::*;

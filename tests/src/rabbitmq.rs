@@ -70,6 +70,30 @@ pub fn python_amqp_publish_at(
     assert_eq!(confirmed.to_string(), count, "every record confirmed");
 }
 
+/// Publishes `records` (key, value) to exchange `topic` with Python's pika, record `i` with
+/// message id `py-<topic>-<i>`, otherwise as [`python_amqp_publish`].
+pub fn python_amqp_publish_records(topic: &str, records: &[(String, String)]) {
+    python_amqp_publish_with_headers(topic, records, &serde_json::json!({}));
+}
+
+/// [`python_amqp_publish_records`] with `headers` (a JSON object) on each message besides
+/// `origin`.
+pub fn python_amqp_publish_with_headers(
+    topic: &str,
+    records: &[(String, String)],
+    headers: &serde_json::Value,
+) {
+    let json = serde_json::to_string(records).expect("records as JSON");
+    let headers = headers.to_string();
+    let url = rabbitmq_url();
+    let confirmed = amqp_client_py(&["records", &url, topic, &json, "--headers", &headers]);
+    assert_eq!(
+        confirmed.trim(),
+        records.len().to_string(),
+        "every record confirmed"
+    );
+}
+
 /// The ready messages of each of `queues`.
 pub fn python_amqp_depth(queues: &[String]) -> BTreeMap<String, u64> {
     python_amqp_depth_at(&rabbitmq_url(), queues)

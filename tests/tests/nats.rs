@@ -486,7 +486,7 @@ async fn a_failing_record_is_dead_lettered_to_its_own_stream() {
 /// `<topic>-totals`; a closed minute of page views emitted to `pageviews-per-minute`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_examples_run_on_nats() {
-    use weir_examples::orders::{totals_topic, CustomerTotal, Order, OrderTotals};
+    use weir_examples::orders::{totals_topic, OrderTotals};
     use weir_examples::pageviews::{PageView, PageViews, PageViewsPerMinute, OUTPUT_TOPIC};
     use weir_examples::wordcount::WordCount;
     let group = unique("g");
@@ -494,48 +494,18 @@ async fn the_examples_run_on_nats() {
 
     let lines = unique("lines");
     create_nats_stream(&lines, 2).await;
-    let text = [("a", "the fox and the dog"), ("b", "the end")];
-    nats_publish(&lines, &text.map(|(k, v)| (k.to_owned(), v.to_owned()))).await;
+    nats_publish(&lines, &wordcount_lines()).await;
     let running = RunningWorker::spawn(
         nats_worker(&group, &lines, dir.path())
             .build(WordCount)
             .expect("build wordcount"),
     );
-    wait_until("the words counted", Duration::from_secs(30), || async {
-        let mut counts = std::collections::BTreeMap::<String, u64>::new();
-        for (_, path) in store_files(dir.path(), &group, &lines) {
-            let Ok(store) = weir_state::StoreReader::open(&path) else {
-                continue;
-            };
-            for (w, n) in store.entries::<String, u64>("counts").unwrap_or_default() {
-                *counts.entry(w).or_default() += n;
-            }
-        }
-        if counts.get("the") == Some(&3) && counts.len() == 5 {
-            Ok(())
-        } else {
-            Err(format!("{counts:?}"))
-        }
-    })
-    .await;
+    wait_for_word_counts(dir.path(), &group, &lines).await;
     running.stop_cleanly().await;
 
     let orders = unique("orders");
     create_nats_stream(&orders, 2).await;
-    let order = |id: &str, cents| {
-        serde_json::to_string(&Order {
-            order_id: id.into(),
-            cents,
-        })
-        .expect("json")
-    };
-    let placed = [
-        ("alice", order("o1", 100)),
-        ("bob", order("o2", 250)),
-        ("alice", order("o3", 50)),
-        ("alice", order("o3", 50)),
-    ];
-    nats_publish(&orders, &placed.map(|(k, v)| (k.to_owned(), v))).await;
+    nats_publish(&orders, &placed_orders()).await;
     let running = RunningWorker::spawn(
         nats_worker(&group, &orders, dir.path())
             .build(OrderTotals)
@@ -543,18 +513,11 @@ async fn the_examples_run_on_nats() {
     );
     let totals = python_nats_read(&totals_topic(&orders), 3, Duration::from_secs(30));
     running.stop_cleanly().await;
-    let mut last = std::collections::BTreeMap::new();
-    for t in &totals {
-        let t: CustomerTotal =
-            serde_json::from_str(t["data"].as_str().expect("data")).expect("a total");
-        last.insert(t.customer, t.cents);
-    }
-    assert_eq!(totals.len(), 3, "one total per new order: {totals:?}");
-    assert_eq!(
-        last,
-        [("alice".to_owned(), 150), ("bob".to_owned(), 250)].into(),
-        "{totals:?}"
-    );
+    let payloads: Vec<&str> = totals
+        .iter()
+        .map(|t| t["data"].as_str().expect("data"))
+        .collect();
+    assert_order_totals(&payloads);
 
     let views = unique("pageviews");
     create_nats_stream(&views, 2).await;

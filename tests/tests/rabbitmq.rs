@@ -533,3 +533,59 @@ async fn workers_starting_together_on_a_new_topic_each_find_all_its_lanes() {
         }
     }
 }
+
+/// The `wordcount` and `orders` examples' handlers run on RabbitMQ as on Kafka, with nothing
+/// but the brokers changed: word counts in state; order totals in state (an order placed
+/// twice counted once) and emitted to `<topic>-totals`, which weir declares on first use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_examples_run_on_rabbitmq() {
+    use weir_examples::orders::{totals_topic, OrderTotals};
+    use weir_examples::wordcount::WordCount;
+    let group = unique("g");
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    let lines = unique("lines");
+    let running = RunningWorker::spawn(
+        rabbitmq_worker(&group, &lines, dir.path())
+            .build(WordCount)
+            .expect("build wordcount"),
+    );
+    wait_for_lanes(&rabbitmq_url(), &lines, 4).await;
+    python_amqp_publish_records(&lines, &wordcount_lines());
+    wait_for_word_counts(dir.path(), &group, &lines).await;
+    running.stop_cleanly().await;
+
+    let orders = unique("orders");
+    let running = RunningWorker::spawn(
+        rabbitmq_worker(&group, &orders, dir.path())
+            .partitions(1)
+            .build(OrderTotals)
+            .expect("build orders"),
+    );
+    wait_for_lanes(&rabbitmq_url(), &orders, 1).await;
+    python_amqp_publish_records(&orders, &placed_orders());
+    let totals_queue = format!("{}.0", totals_topic(&orders));
+    let mut totals = Vec::new();
+    wait_until("three totals emitted", Duration::from_secs(30), || {
+        totals.extend(python_amqp_read(
+            &totals_queue,
+            3,
+            Duration::from_millis(500),
+        ));
+        let seen = totals.len();
+        async move {
+            if seen >= 3 {
+                Ok(())
+            } else {
+                Err(format!("{seen} totals"))
+            }
+        }
+    })
+    .await;
+    running.stop_cleanly().await;
+    let payloads: Vec<&str> = totals
+        .iter()
+        .map(|t| t["body"].as_str().expect("body"))
+        .collect();
+    assert_order_totals(&payloads);
+}

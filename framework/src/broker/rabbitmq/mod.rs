@@ -101,8 +101,12 @@ impl Connection {
         }));
         match tokio::time::timeout(timeout, connection.channel()).await {
             Ok(Ok(_)) => Ok(connection),
-            Ok(Err(e)) => Err(connection.unreachable(e, timeout)),
-            Err(_) => Err(connection.unreachable("the connection timed out".into(), timeout)),
+            Ok(Err(e)) => Err(unreachable(&connection.settings.url, e, timeout)),
+            Err(_) => Err(unreachable(
+                &connection.settings.url,
+                "the connection timed out".into(),
+                timeout,
+            )),
         }
     }
 
@@ -123,27 +127,13 @@ impl Connection {
         }
     }
 
-    fn unreachable(&self, cause: String, timeout: Duration) -> Error {
-        Error::config(
-            "brokers (WEIR_BROKERS)",
-            format!(
-                "no RabbitMQ server answered at {} within {timeout:?}: {cause}",
-                redacted(&self.settings.url)
-            ),
-        )
-    }
-
     /// A new channel, on the connection, made again if it dropped.
     pub(crate) async fn channel(&self) -> Result<Channel, String> {
         let mut held = self.connection.lock().await;
         if let Some(c) = held.as_ref().filter(|c| c.status().connected()) {
             return c.create_channel().await.map_err(|e| e.to_string());
         }
-        let properties = ConnectionProperties::default()
-            .with_connection_name("weir".into())
-            .with_executor(tokio_executor_trait::Tokio::current())
-            .with_reactor(tokio_reactor_trait::Tokio);
-        match lapin::Connection::connect(&self.settings.url, properties).await {
+        match lapin::Connection::connect(&self.settings.url, properties()).await {
             Ok(c) => {
                 if lock(&self.down_since).take().is_some() {
                     tracing::info!("connected to RabbitMQ again");
@@ -409,6 +399,55 @@ impl DeclaringLock {
             tracing::warn!(queue = %self.name, "could not delete the declaration lock: {e}");
         }
         let _ = self.channel.close(200, "done").await;
+    }
+}
+
+/// Lapin on the current tokio runtime.
+fn properties() -> ConnectionProperties {
+    ConnectionProperties::default()
+        .with_connection_name("weir".into())
+        .with_executor(tokio_executor_trait::Tokio::current())
+        .with_reactor(tokio_reactor_trait::Tokio)
+}
+
+/// A connection to the RabbitMQ server at `url` on the current tokio runtime, for a tool's
+/// own requests (`weir dlq`); gives up after `timeout` without an answer.
+pub async fn connect(url: &str, timeout: Duration) -> Result<lapin::Connection> {
+    match tokio::time::timeout(timeout, lapin::Connection::connect(url, properties())).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(unreachable(url, e.to_string(), timeout)),
+        Err(_) => Err(unreachable(url, "the connection timed out".into(), timeout)),
+    }
+}
+
+fn unreachable(url: &str, cause: String, timeout: Duration) -> Error {
+    Error::config(
+        "brokers (WEIR_BROKERS)",
+        format!(
+            "no RabbitMQ server answered at {} within {timeout:?}: {cause}",
+            redacted(url)
+        ),
+    )
+}
+
+/// A header value (or table field) as bytes: strings as they are, other values as their text.
+pub fn header_bytes(value: &AMQPValue) -> Vec<u8> {
+    match value {
+        AMQPValue::LongString(s) => s.as_bytes().to_vec(),
+        AMQPValue::ShortString(s) => s.as_str().as_bytes().to_vec(),
+        AMQPValue::ByteArray(b) => b.as_slice().to_vec(),
+        AMQPValue::Boolean(b) => b.to_string().into_bytes(),
+        AMQPValue::ShortShortInt(v) => v.to_string().into_bytes(),
+        AMQPValue::ShortShortUInt(v) => v.to_string().into_bytes(),
+        AMQPValue::ShortInt(v) => v.to_string().into_bytes(),
+        AMQPValue::ShortUInt(v) => v.to_string().into_bytes(),
+        AMQPValue::LongInt(v) => v.to_string().into_bytes(),
+        AMQPValue::LongUInt(v) => v.to_string().into_bytes(),
+        AMQPValue::LongLongInt(v) => v.to_string().into_bytes(),
+        AMQPValue::Timestamp(v) => v.to_string().into_bytes(),
+        AMQPValue::Float(v) => v.to_string().into_bytes(),
+        AMQPValue::Double(v) => v.to_string().into_bytes(),
+        other => format!("{other:?}").into_bytes(),
     }
 }
 

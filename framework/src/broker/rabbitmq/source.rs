@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::FieldTable;
 use tokio::sync::mpsc;
 
 use super::{lane_queue, lock, Connection};
@@ -84,27 +84,6 @@ impl Delivered for Delivery {
     }
 }
 
-/// A header value as bytes: strings as they are, other values as their text.
-fn header_bytes(value: &AMQPValue) -> Vec<u8> {
-    match value {
-        AMQPValue::LongString(s) => s.as_bytes().to_vec(),
-        AMQPValue::ShortString(s) => s.as_str().as_bytes().to_vec(),
-        AMQPValue::ByteArray(b) => b.as_slice().to_vec(),
-        AMQPValue::Boolean(b) => b.to_string().into_bytes(),
-        AMQPValue::ShortShortInt(v) => v.to_string().into_bytes(),
-        AMQPValue::ShortShortUInt(v) => v.to_string().into_bytes(),
-        AMQPValue::ShortInt(v) => v.to_string().into_bytes(),
-        AMQPValue::ShortUInt(v) => v.to_string().into_bytes(),
-        AMQPValue::LongInt(v) => v.to_string().into_bytes(),
-        AMQPValue::LongUInt(v) => v.to_string().into_bytes(),
-        AMQPValue::LongLongInt(v) => v.to_string().into_bytes(),
-        AMQPValue::Timestamp(v) => v.to_string().into_bytes(),
-        AMQPValue::Float(v) => v.to_string().into_bytes(),
-        AMQPValue::Double(v) => v.to_string().into_bytes(),
-        other => format!("{other:?}").into_bytes(),
-    }
-}
-
 /// A message as a lane's task hands it over (not yet numbered).
 struct Taken {
     tag: u64,
@@ -125,7 +104,7 @@ impl Taken {
             .map(|h| {
                 h.inner()
                     .iter()
-                    .map(|(k, v)| (k.as_str().to_owned(), header_bytes(v)))
+                    .map(|(k, v)| (k.as_str().to_owned(), super::header_bytes(v)))
                     .collect()
             })
             .unwrap_or_default();
