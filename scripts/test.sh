@@ -41,8 +41,12 @@ export WEIR_TEST_RABBITMQ="amqp://guest:guest@127.0.0.1:${RABBITMQ_PORT:-15673}/
 # Lints first: they fail fast and cost little.
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
-# weir alone, as a Kafka-only user builds it (the workspace turns its `nats` feature on).
+# weir alone, as a Kafka-only user builds it (the workspace turns its `nats` feature on),
+# and without Kafka, as a NATS and RabbitMQ user builds it (no librdkafka); its unit tests
+# in that build too.
 cargo clippy -p weir --all-targets -- -D warnings
+cargo clippy -p weir --no-default-features --features nats,rabbitmq --all-targets -- -D warnings
+cargo test -p weir --no-default-features --features nats,rabbitmq --lib --quiet
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 
 cargo test --workspace --doc

@@ -55,7 +55,11 @@
 //! The crate root holds what a handler and its `main` name (also in [`prelude`]); the rest is
 //! in modules: [`time`] (windows, timers), [`tables`], [`codec`], [`worker`] (builders,
 //! pipelines, delivery and retry settings), [`testing`], [`state`] (stores and wire formats)
-//! and [`kafka`] (for tools beside the workers).
+//! and `kafka` (for tools beside the workers).
+//!
+//! Brokers are features: `kafka` (on by default; also the embedded broker, tables and
+//! pipelines), `nats` and `rabbitmq`. A worker on NATS or RabbitMQ alone builds without
+//! librdkafka: `weir = { version = "0.1", default-features = false, features = ["nats"] }`.
 //!
 //! Inside, the crate is layered: `observe` (metrics, health, progress) below `delivery`
 //! (retries, dead letters, outbox, changelog restore) below `processing` (codecs, handler
@@ -88,6 +92,10 @@ mod runtime;
 mod stop;
 mod wall_clock;
 
+#[cfg(not(any(feature = "kafka", feature = "nats", feature = "rabbitmq")))]
+compile_error!("weir needs at least one broker: turn on its `kafka`, `nats` or `rabbitmq` feature");
+
+#[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod state;
 pub mod testing;
@@ -117,12 +125,16 @@ pub mod worker {
     pub use crate::config::KeyPartitioner;
     pub use crate::delivery::RetryPolicy;
     pub use crate::processing::Delivery;
-    pub use crate::runtime::{EmbeddedBroker, Pipeline, PipelineBuilder, Worker, WorkerBuilder};
+    #[cfg(feature = "kafka")]
+    pub use crate::runtime::{EmbeddedBroker, Pipeline, PipelineBuilder};
+    pub use crate::runtime::{Worker, WorkerBuilder};
 }
 
 pub use error::{BoxError, BrokerError, Error, Result};
 pub use processing::{Codec, Ctx, Handler, Json, Process, Raw, Record, State, StoreDef, Utf8};
-pub use runtime::{Pipeline, Worker, WorkerBuilder};
+#[cfg(feature = "kafka")]
+pub use runtime::Pipeline;
+pub use runtime::{Worker, WorkerBuilder};
 /// Derives [`Handler`] from a `#[handler(...)]` attribute.
 pub use weir_macros::Handler;
 

@@ -12,9 +12,11 @@ pub use weir_state::{Error, Progress, StoreReader, SCHEMA_VERSION};
 
 /// The workers' producer, for tools that change a store while no worker runs (`weir reset`):
 /// it sends what waits in a store's outbox as a worker does when it takes the partition.
+#[cfg(feature = "kafka")]
 #[derive(Debug)]
 pub struct OutboxProducer(std::sync::Arc<crate::broker::Producer>);
 
+#[cfg(feature = "kafka")]
 impl OutboxProducer {
     /// Connects to `brokers` as a worker with the same `WEIR_KAFKA_*` environment would.
     pub fn connect(brokers: &str) -> crate::error::Result<Self> {

@@ -16,6 +16,7 @@ use std::time::Duration;
 use crate::error::Result;
 use crate::inbound::Delivered;
 
+#[cfg(feature = "kafka")]
 pub(crate) mod kafka;
 #[cfg(feature = "nats")]
 pub(crate) mod nats;
@@ -67,6 +68,7 @@ pub fn amqp_url(brokers: &str) -> bool {
 /// How a worker's clients reach its broker.
 #[derive(Debug, Clone)]
 pub(crate) enum Connection {
+    #[cfg(feature = "kafka")]
     Kafka(kafka::Connection),
     #[cfg(feature = "nats")]
     Nats(nats::Connection),
@@ -76,12 +78,14 @@ pub(crate) enum Connection {
 
 impl Connection {
     /// The Kafka connection, for what only Kafka does yet (tables).
+    #[cfg(feature = "kafka")]
     #[cfg_attr(
         not(any(feature = "nats", feature = "rabbitmq")),
         allow(unused_variables)
     )]
     pub(crate) fn kafka(&self, what: &str) -> Result<&kafka::Connection, String> {
         match self {
+            #[cfg(feature = "kafka")]
             Self::Kafka(k) => Ok(k),
             #[cfg(feature = "nats")]
             Self::Nats(_) => Err(format!("{what} is not available on NATS yet")),
@@ -92,8 +96,10 @@ impl Connection {
 
     /// The earliest position of `topic`'s lane `partition`. Blocks: call it off the runtime's
     /// workers (on its blocking pool).
+    #[cfg_attr(not(feature = "kafka"), allow(unused_variables))]
     pub(crate) fn low_watermark(&self, topic: &str, partition: i32) -> Result<i64, String> {
         match self {
+            #[cfg(feature = "kafka")]
             Self::Kafka(k) => k.low_watermark(topic, partition),
             #[cfg(feature = "nats")]
             Self::Nats(n) => tokio::runtime::Handle::current().block_on(n.low_watermark(topic)),
@@ -110,6 +116,7 @@ impl Connection {
         topics: impl Iterator<Item = &'t str>,
     ) -> Result<std::collections::HashMap<&'t str, Option<i32>>, String> {
         match self {
+            #[cfg(feature = "kafka")]
             Self::Kafka(k) => k.partition_counts(topics),
             #[cfg(feature = "nats")]
             Self::Nats(n) => Ok(topics.map(|t| (t, n.lanes_of(t))).collect()),
@@ -121,6 +128,7 @@ impl Connection {
     /// A reader of changelogs, for a blocking thread (a restore runs on one).
     pub(crate) fn log_reader(&self) -> Result<LogReader, String> {
         match self {
+            #[cfg(feature = "kafka")]
             Self::Kafka(k) => k.log_reader().map(LogReader::Kafka),
             #[cfg(feature = "nats")]
             Self::Nats(n) => Ok(LogReader::Nats(n.log_reader())),
@@ -132,6 +140,7 @@ impl Connection {
     /// Creates the topics of `wanted` that are missing.
     pub(crate) async fn create_missing(&self, wanted: Vec<WantedTopic>) {
         match self {
+            #[cfg(feature = "kafka")]
             Self::Kafka(k) => k.create_missing(wanted).await,
             #[cfg(feature = "nats")]
             Self::Nats(n) => n.create_missing(wanted).await,
@@ -143,7 +152,10 @@ impl Connection {
 
 /// The worker's producer: emits, dead letters, late records and changelog entries.
 #[derive(Debug)]
+// One per worker, behind an `Arc`: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Producer {
+    #[cfg(feature = "kafka")]
     Kafka(kafka::Producer),
     #[cfg(feature = "nats")]
     Nats(nats::Publisher),
@@ -155,6 +167,7 @@ impl Producer {
     /// Produces `r` and waits for the broker's acknowledgement.
     pub(crate) async fn send(&self, r: Outgoing<'_>) -> Result<(), SendError> {
         match self {
+            #[cfg(feature = "kafka")]
             Self::Kafka(k) => k.send(r).await,
             #[cfg(feature = "nats")]
             Self::Nats(n) => n.send(r).await,
@@ -165,6 +178,7 @@ impl Producer {
 }
 
 /// What a read of a log gave.
+#[cfg_attr(not(any(feature = "kafka", feature = "nats")), allow(dead_code))]
 pub(crate) enum Polled<R> {
     /// Nothing within the poll's time.
     Nothing,
@@ -178,32 +192,61 @@ pub(crate) enum Polled<R> {
 
 /// Reads one lane of a log (a changelog) at a time, to its end, on a blocking thread.
 pub(crate) enum LogReader {
+    #[cfg(feature = "kafka")]
     Kafka(kafka::LogReader),
     #[cfg(feature = "nats")]
     Nats(nats::LogReader),
+    /// (No broker of this build has logs to read.)
+    #[cfg(not(any(feature = "kafka", feature = "nats")))]
+    #[allow(dead_code)]
+    None(std::convert::Infallible),
 }
 
 /// A record a [`LogReader`] read. (Each is used where it is read: boxing a NATS record to
 /// shrink Kafka's would cost an allocation each.)
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum LogRecord<'a> {
+    #[cfg(feature = "kafka")]
     Kafka(kafka::LogRecord<'a>),
     #[cfg(feature = "nats")]
     Nats(nats::LogRecord),
+    /// (Only Kafka's records borrow from their reader.)
+    #[cfg(not(feature = "kafka"))]
+    #[allow(dead_code)]
+    Never(std::convert::Infallible, std::marker::PhantomData<&'a ()>),
 }
 
+/// `$body` with `$r` bound to the record inside the [`LogRecord`] `$record`.
+macro_rules! each_log_record {
+    ($record:expr, $r:ident => $body:expr) => {
+        match $record {
+            #[cfg(feature = "kafka")]
+            LogRecord::Kafka($r) => $body,
+            #[cfg(feature = "nats")]
+            LogRecord::Nats($r) => $body,
+            #[cfg(not(feature = "kafka"))]
+            LogRecord::Never(never, _) => match *never {},
+        }
+    };
+}
+
+#[cfg_attr(not(any(feature = "kafka", feature = "nats")), allow(unused_variables))]
 impl LogReader {
     /// Reads `log`'s lane `lane` from its start on.
     pub(crate) fn read_all(&self, log: &str, lane: i32) -> Result<(), String> {
         match self {
+            #[cfg(feature = "kafka")]
             Self::Kafka(k) => k.read_from(log, lane, None),
             #[cfg(feature = "nats")]
             Self::Nats(n) => n.read(log, lane, false),
+            #[cfg(not(any(feature = "kafka", feature = "nats")))]
+            Self::None(never) => match *never {},
         }
     }
 
     /// Reads `log`'s lane `lane` from its last record on (an empty lane: only its end).
     /// `cancelled` cuts short a wait for a slow broker.
+    #[cfg_attr(not(feature = "kafka"), allow(unused_variables))]
     pub(crate) fn read_last(
         &self,
         log: &str,
@@ -211,6 +254,7 @@ impl LogReader {
         cancelled: &(dyn Fn() -> bool + Sync),
     ) -> Result<(), String> {
         match self {
+            #[cfg(feature = "kafka")]
             Self::Kafka(k) => {
                 // Some brokers (tansu) answer ListOffsets with less than the end, even with
                 // the low watermark, so reading goes on to the EOF.
@@ -219,12 +263,15 @@ impl LogReader {
             }
             #[cfg(feature = "nats")]
             Self::Nats(n) => n.read(log, lane, true),
+            #[cfg(not(any(feature = "kafka", feature = "nats")))]
+            Self::None(never) => match *never {},
         }
     }
 
     /// The next record of what is read, waiting at most `timeout`.
     pub(crate) fn poll(&self, timeout: Duration) -> Polled<LogRecord<'_>> {
         match self {
+            #[cfg(feature = "kafka")]
             Self::Kafka(k) => match k.poll(timeout) {
                 Polled::Record(r) => Polled::Record(LogRecord::Kafka(r)),
                 Polled::Nothing => Polled::Nothing,
@@ -238,6 +285,8 @@ impl LogReader {
                 Polled::End => Polled::End,
                 Polled::Failed(e) => Polled::Failed(e),
             },
+            #[cfg(not(any(feature = "kafka", feature = "nats")))]
+            Self::None(never) => match *never {},
         }
     }
 
@@ -247,84 +296,76 @@ impl LogReader {
     #[cfg_attr(not(feature = "nats"), allow(unused_variables))]
     pub(crate) fn forget(&self, log: &str, positions: &[i64]) -> Result<(), String> {
         match self {
+            #[cfg(feature = "kafka")]
             Self::Kafka(_) => Ok(()),
             #[cfg(feature = "nats")]
             Self::Nats(n) => n.forget(log, positions),
+            #[cfg(not(any(feature = "kafka", feature = "nats")))]
+            Self::None(never) => match *never {},
         }
     }
 }
 
 impl Delivered for LogRecord<'_> {
     fn topic(&self) -> &str {
-        match self {
-            Self::Kafka(r) => r.topic(),
-            #[cfg(feature = "nats")]
-            Self::Nats(r) => r.topic(),
-        }
+        each_log_record!(self, r => r.topic())
     }
 
     fn partition(&self) -> i32 {
-        match self {
-            Self::Kafka(r) => r.partition(),
-            #[cfg(feature = "nats")]
-            Self::Nats(r) => r.partition(),
-        }
+        each_log_record!(self, r => r.partition())
     }
 
     fn offset(&self) -> i64 {
-        match self {
-            Self::Kafka(r) => r.offset(),
-            #[cfg(feature = "nats")]
-            Self::Nats(r) => r.offset(),
-        }
+        each_log_record!(self, r => r.offset())
     }
 
     fn timestamp_ms(&self) -> Option<i64> {
-        match self {
-            Self::Kafka(r) => r.timestamp_ms(),
-            #[cfg(feature = "nats")]
-            Self::Nats(r) => r.timestamp_ms(),
-        }
+        each_log_record!(self, r => r.timestamp_ms())
     }
 
     fn key(&self) -> Option<&[u8]> {
-        match self {
-            Self::Kafka(r) => r.key(),
-            #[cfg(feature = "nats")]
-            Self::Nats(r) => r.key(),
-        }
+        each_log_record!(self, r => r.key())
     }
 
     fn payload(&self) -> Option<&[u8]> {
-        match self {
-            Self::Kafka(r) => r.payload(),
-            #[cfg(feature = "nats")]
-            Self::Nats(r) => r.payload(),
-        }
+        each_log_record!(self, r => r.payload())
     }
 
     fn headers(&self) -> impl Iterator<Item = (&str, Option<&[u8]>)> {
-        #[cfg(not(feature = "nats"))]
+        #[cfg(all(feature = "kafka", feature = "nats"))]
+        return match self {
+            Self::Kafka(r) => Either::Kafka(r.headers()),
+            Self::Nats(r) => Either::Nats(r.headers()),
+        };
+        #[cfg(all(feature = "kafka", not(feature = "nats")))]
         {
             let Self::Kafka(r) = self;
             r.headers()
         }
-        #[cfg(feature = "nats")]
+        #[cfg(all(feature = "nats", not(feature = "kafka")))]
         match self {
-            Self::Kafka(r) => Either::Kafka(r.headers()),
-            Self::Nats(r) => Either::Nats(r.headers()),
+            Self::Nats(r) => r.headers(),
+            Self::Never(never, _) => match *never {},
+        }
+        // No log to read without Kafka or NATS: there is no such record.
+        #[cfg(not(any(feature = "kafka", feature = "nats")))]
+        #[allow(unreachable_code, unused_variables)]
+        {
+            let Self::Never(never, _) = self;
+            let none: std::iter::Empty<(&str, Option<&[u8]>)> = match *never {};
+            none
         }
     }
 }
 
 /// One broker's iterator or another's, as one type (no allocation per record).
-#[cfg(feature = "nats")]
+#[cfg(all(feature = "kafka", feature = "nats"))]
 enum Either<K, N> {
     Kafka(K),
     Nats(N),
 }
 
-#[cfg(feature = "nats")]
+#[cfg(all(feature = "kafka", feature = "nats"))]
 impl<T, K: Iterator<Item = T>, N: Iterator<Item = T>> Iterator for Either<K, N> {
     type Item = T;
 
@@ -405,11 +446,13 @@ impl std::fmt::Display for SendError {
 pub(crate) struct Outgoing<'a> {
     pub(crate) topic: &'a str,
     /// The partition; `None`: by key (murmur2, as Kafka's Java client), or any without a key.
+    #[cfg_attr(not(any(feature = "kafka", feature = "nats")), allow(dead_code))]
     pub(crate) partition: Option<i32>,
     pub(crate) key: Option<&'a [u8]>,
     pub(crate) value: Option<&'a [u8]>,
     pub(crate) headers: &'a [(&'a str, Option<&'a [u8]>)],
     /// Milliseconds since the Unix epoch; `None`: the producer's clock.
+    #[cfg_attr(not(any(feature = "kafka", feature = "rabbitmq")), allow(dead_code))]
     pub(crate) timestamp: Option<i64>,
 }
 

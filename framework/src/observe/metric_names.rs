@@ -10,6 +10,7 @@ pub(crate) const COMMIT_DURATION_SECONDS: &str = "weir_commit_duration_seconds";
 pub(crate) const COMMIT_FAILURES_TOTAL: &str = "weir_commit_failures_total";
 /// Offset commits to Kafka that the broker refused or that timed out (progress only: the
 /// next commit carries the offsets again).
+#[cfg(feature = "kafka")]
 pub(crate) const KAFKA_COMMIT_FAILURES_TOTAL: &str = "weir_kafka_commit_failures_total";
 /// Batches a stop (revoke, shutdown) cut short, by `topic`: their records done so far were
 /// committed, the rest left to the partition's next owner.
@@ -26,6 +27,7 @@ pub(crate) const STATE_CACHE_BYTES: &str = "weir_state_cache_bytes";
 /// Records sent to a dead-letter topic, by source `topic` and `reason`.
 pub(crate) const DEAD_LETTERS_TOTAL: &str = "weir_dead_letters_total";
 /// Errors of the Kafka client (broker down, transport failures), by librdkafka error `kind`.
+#[cfg(feature = "kafka")]
 pub(crate) const CLIENT_ERRORS_TOTAL: &str = "weir_client_errors_total";
 /// Emitted records and changelog entries produced from the outbox and acknowledged.
 pub(crate) const OUTBOX_SENT_TOTAL: &str = "weir_outbox_sent_total";
@@ -78,7 +80,9 @@ pub(crate) const DUPLICATES_DROPPED_TOTAL: &str = "weir_duplicates_dropped_total
 /// recognised, so it is processed at least once rather than exactly once.
 pub(crate) const MESSAGES_WITHOUT_ID_TOTAL: &str = "weir_messages_without_id_total";
 /// Counter: table records read (co-partitioned and global tables), by table topic.
+#[cfg(feature = "kafka")]
 pub(crate) const TABLE_RECORDS_TOTAL: &str = "weir_table_records_total";
 /// Counter: table records skipped (no key, a key that is not text, a value that is not
 /// JSON), by table topic.
+#[cfg(feature = "kafka")]
 pub(crate) const TABLE_RECORDS_SKIPPED_TOTAL: &str = "weir_table_records_skipped_total";

@@ -67,6 +67,7 @@ pub(crate) trait WorkerView: Send + Sync + 'static {
 
     /// The handler declares `store` (a store, window or table of its derive): a pipeline asks
     /// the stages that declare a store for it, not the others.
+    #[cfg_attr(not(feature = "kafka"), allow(dead_code))]
     fn declares_store(&self, _store: &str) -> bool {
         false
     }

@@ -13,8 +13,10 @@ pub(crate) mod time;
 mod upstream;
 
 pub use codec::{Codec, DecodeError, Envelope, Enveloped, Json, Raw, UndecodableRecord, Utf8};
-pub(crate) use context::{repartition_topic, Scope, Source};
+#[cfg(feature = "kafka")]
+pub(crate) use context::repartition_topic;
 pub use context::{Ctx, State, StoreDef};
+pub(crate) use context::{Scope, Source};
 pub use handler::{Delivery, Handler, HandlerSettings, KeyOf, Process, StoreInfo, ValueOf};
 pub use record::Record;
 pub use table::{Table, TableDef, TableInfo};

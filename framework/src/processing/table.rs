@@ -17,6 +17,7 @@ use weir_state::{PartitionStore, WriteSet};
 use crate::error::Result;
 
 /// The store holding each table partition's next offset: key `[table topic, partition]`.
+#[cfg(feature = "kafka")]
 pub(crate) const POSITIONS: &str = "__weir_tables";
 
 /// A table a handler reads: the newest value of each key of `TOPIC`. Keys are the records'
@@ -88,6 +89,7 @@ pub(crate) fn entry(
 }
 
 /// The position entry of `topic`'s `partition`: its next offset.
+#[cfg(feature = "kafka")]
 pub(crate) fn position_entry(
     topic: &str,
     partition: i32,
@@ -101,10 +103,12 @@ pub(crate) fn position_entry(
 }
 
 /// The stored next offset of `topic`'s `partition`, if any of it was read.
+#[cfg(feature = "kafka")]
 pub(crate) fn position(store: &PartitionStore, topic: &str, partition: i32) -> Result<Option<i64>> {
     Ok(store.get(POSITIONS, &(topic, partition))?)
 }
 
+#[cfg(feature = "kafka")]
 fn position_key(topic: &str, partition: i32) -> String {
     serde_json::json!([topic, partition]).to_string()
 }
@@ -143,6 +147,7 @@ impl GlobalTables {
     }
 
     /// Keys in table `name`.
+    #[cfg(feature = "kafka")]
     pub(crate) fn len(&self, name: &str) -> usize {
         self.tables
             .read()

@@ -4,10 +4,13 @@
 use crate::broker::Connection;
 use crate::broker::WantedTopic;
 use crate::config::Config;
+#[cfg(feature = "kafka")]
 use crate::error::{Error, Result};
+#[cfg(feature = "kafka")]
 use crate::processing::repartition_topic;
 
 /// A pipeline stage's name, input topics, and the folder of its stores.
+#[cfg(feature = "kafka")]
 pub(crate) type StageInputs = (String, Vec<String>, std::path::PathBuf);
 
 /// Creates missing dead-letter, late-record and changelog topics (a changelog compacted, with
@@ -43,6 +46,7 @@ pub(crate) async fn ensure_topics(config: &Config, connection: &Connection) {
 /// after records went through it: that is an error, since a new topic's offsets start again
 /// at 0 and the stores would skip its first records. A stage reading a repartition topic with
 /// no stage before it is an error too.
+#[cfg(feature = "kafka")]
 pub(crate) async fn ensure_repartition_topics(
     group: &str,
     inputs: &[StageInputs],

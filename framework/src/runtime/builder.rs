@@ -5,10 +5,16 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::delivery::RetryPolicy;
-use crate::error::{Error, Result};
-use crate::processing::{repartition_topic, Process};
+#[cfg(feature = "kafka")]
+use crate::error::Error;
+use crate::error::Result;
+#[cfg(feature = "kafka")]
+use crate::processing::repartition_topic;
+use crate::processing::Process;
+#[cfg(feature = "kafka")]
 use crate::runtime::stages::Stages;
 use crate::runtime::Worker;
+#[cfg(feature = "kafka")]
 use std::sync::Arc;
 
 /// Builds a [`Worker`]. Every setting can also come from the environment (see
@@ -19,8 +25,9 @@ pub struct WorkerBuilder {
 }
 
 impl WorkerBuilder {
-    /// Kafka bootstrap servers (`WEIR_BROKERS`). Without them the worker starts an embedded
-    /// broker.
+    /// The broker (`WEIR_BROKERS`): Kafka bootstrap servers, NATS servers (`nats://...`) or a
+    /// RabbitMQ server (`amqp://...`). Without it the worker starts an embedded broker (Kafka's,
+    /// with the `kafka` feature).
     pub fn brokers(mut self, brokers: impl Into<String>) -> Self {
         self.config.brokers = Some(brokers.into());
         self.config.given("brokers");
@@ -290,21 +297,25 @@ impl WorkerBuilder {
         self
     }
 
+    #[cfg(feature = "kafka")]
     pub(crate) fn from_config(config: Config) -> Self {
         Self { config }
     }
 
+    #[cfg(feature = "kafka")]
     pub(crate) fn into_config(self) -> Config {
         self.config
     }
 
     /// Consumes the repartition topic of pipeline stage `stage`.
+    #[cfg(feature = "kafka")]
     pub(crate) fn repartitioned_input(self, stage: &str) -> Self {
         let topic = repartition_topic(self.config.pipeline_group(), stage);
         self.topic(topic)
     }
 
     /// Builds the worker of pipeline stage `stage`.
+    #[cfg(feature = "kafka")]
     pub(crate) fn build_stage<H: Process>(
         self,
         stage: &str,

@@ -4,15 +4,19 @@
 
 use std::sync::Arc;
 
+#[cfg(feature = "kafka")]
 use crate::broker::kafka::{self, check_brokers, GroupSettings, Property};
 use crate::broker::{Connection, Producer};
-use crate::config::{Config, KAFKA_ENV_PREFIX};
+use crate::config::Config;
+#[cfg(feature = "kafka")]
+use crate::config::KAFKA_ENV_PREFIX;
 use crate::error::{Error, Result};
 use crate::processing::Process;
 use crate::runtime::admin::ensure_topics;
 use crate::runtime::rebalance::Rebalances;
 use crate::runtime::shared::Shared;
 
+#[cfg(feature = "kafka")]
 /// The user's librdkafka properties.
 fn properties(config: &Config) -> Vec<Property<'_>> {
     config
@@ -26,6 +30,7 @@ fn properties(config: &Config) -> Vec<Property<'_>> {
         .collect()
 }
 
+#[cfg(feature = "kafka")]
 /// The worker's group consumer.
 pub(crate) fn group_settings(config: &Config, brokers: &str) -> Result<GroupSettings> {
     GroupSettings::new(
@@ -36,12 +41,14 @@ pub(crate) fn group_settings(config: &Config, brokers: &str) -> Result<GroupSett
     )
 }
 
+#[cfg(feature = "kafka")]
 /// The connection of the worker's other clients (producer, changelog restores, tables,
 /// watermark and topic checks): the consumer's connection and security properties.
 pub(crate) fn connection(config: &Config, brokers: &str) -> kafka::Connection {
     kafka::Connection::new(brokers, &properties(config))
 }
 
+#[cfg(feature = "kafka")]
 /// The settings of the `WEIR_KAFKA_*` environment variables.
 fn kafka_env() -> Result<Config> {
     let mut config = Config::default();
@@ -49,6 +56,7 @@ fn kafka_env() -> Result<Config> {
     Ok(config)
 }
 
+#[cfg(feature = "kafka")]
 /// The librdkafka properties of a client of `brokers`: `bootstrap.servers` and the
 /// connection and security properties (`security.*`, `ssl.*`, `sasl.*`, `socket.*`, ...) of
 /// the `WEIR_KAFKA_*` environment variables, so that a tool beside the workers (such as the
@@ -65,6 +73,7 @@ pub fn connection_from_env(brokers: &str) -> Result<Vec<(String, String)>> {
     Ok(connection(&kafka_env()?, brokers).properties())
 }
 
+#[cfg(feature = "kafka")]
 /// A worker's producer, connected as the `WEIR_KAFKA_*` environment variables say, for tools.
 pub(crate) fn producer_from_env(brokers: &str) -> Result<kafka::Producer> {
     connection(&kafka_env()?, brokers).producer()
@@ -73,6 +82,7 @@ pub(crate) fn producer_from_env(brokers: &str) -> Result<kafka::Producer> {
 /// The worker's broker clients, as settings until the worker runs.
 #[derive(Debug)]
 pub(crate) enum Clients {
+    #[cfg(feature = "kafka")]
     Kafka {
         /// The group consumer's settings.
         consumer: GroupSettings,
@@ -95,6 +105,7 @@ pub(crate) struct Started {
 
 /// What makes the source of a running worker's lanes.
 pub(crate) enum Reader {
+    #[cfg(feature = "kafka")]
     Kafka(GroupSettings),
     /// The connection, the group, and whether it reads core NATS subjects
     /// (`delivery = at_most_once`) rather than JetStream streams.
@@ -107,7 +118,12 @@ pub(crate) enum Reader {
 
 /// The worker's source, made for its consumer thread.
 pub(crate) enum Made<C> {
+    #[cfg(feature = "kafka")]
     Kafka(C),
+    /// (Only Kafka's source is a type of its own here.)
+    #[cfg(not(feature = "kafka"))]
+    #[allow(dead_code)]
+    Never(std::convert::Infallible, std::marker::PhantomData<C>),
     #[cfg(feature = "nats")]
     Nats(Box<crate::broker::nats::NatsSource>),
     #[cfg(feature = "nats")]
@@ -126,6 +142,19 @@ impl Clients {
         if crate::broker::amqp_url(brokers) {
             return Self::rabbitmq(config, brokers, in_pipeline);
         }
+        Self::kafka(config, brokers)
+    }
+
+    #[cfg(not(feature = "kafka"))]
+    fn kafka(_: &Config, brokers: &str) -> Result<Self> {
+        Err(Error::config(
+            "brokers (WEIR_BROKERS)",
+            format!("{brokers:?} names Kafka's bootstrap servers (neither nats:// nor amqp://), and this build of weir has no Kafka support: enable weir's `kafka` feature"),
+        ))
+    }
+
+    #[cfg(feature = "kafka")]
+    fn kafka(config: &Config, brokers: &str) -> Result<Self> {
         let consumer = group_settings(config, brokers)?;
         let connection = connection(config, brokers);
         let producer = Arc::new(Producer::Kafka(connection.producer()?));
@@ -210,6 +239,7 @@ impl Clients {
     }
 
     /// Checks the broker and makes the topics the worker writes to; the worker's clients.
+    #[cfg_attr(not(feature = "kafka"), allow(unused_variables))]
     pub(crate) async fn start(
         &self,
         config: &Config,
@@ -217,6 +247,7 @@ impl Clients {
         embedded: bool,
     ) -> Result<Started> {
         match self {
+            #[cfg(feature = "kafka")]
             Self::Kafka {
                 consumer,
                 connection,
@@ -285,6 +316,7 @@ impl Clients {
 
 impl Reader {
     /// The source of the worker's lanes, telling `shared` of assignments.
+    #[cfg(feature = "kafka")]
     pub(crate) fn source<H: Process>(
         &self,
         shared: Arc<Shared<H>>,
@@ -292,6 +324,29 @@ impl Reader {
         let assignments = Rebalances::new(shared);
         match self {
             Self::Kafka(consumer) => Ok(Made::Kafka(consumer.consumer(assignments)?)),
+            #[cfg(any(feature = "nats", feature = "rabbitmq"))]
+            other => other.queue_source(assignments),
+        }
+    }
+
+    /// The source of the worker's lanes, telling `shared` of assignments.
+    #[cfg(not(feature = "kafka"))]
+    pub(crate) fn source<H: Process>(
+        &self,
+        shared: Arc<Shared<H>>,
+    ) -> Result<Made<std::convert::Infallible>> {
+        self.queue_source(Rebalances::new(shared))
+    }
+
+    /// The source of a worker on NATS or RabbitMQ (whose sources are boxed in [`Made`]).
+    #[cfg(any(feature = "nats", feature = "rabbitmq"))]
+    fn queue_source<H: Process, C>(&self, assignments: Rebalances<H>) -> Result<Made<C>> {
+        match self {
+            #[cfg(feature = "kafka")]
+            Self::Kafka(_) => Err(Error::config(
+                "brokers (WEIR_BROKERS)",
+                "Kafka's bootstrap servers are read by a consumer group, not a queue source",
+            )),
             #[cfg(feature = "nats")]
             Self::Nats(nats, group, true) => Ok(Made::NatsCore(Box::new(nats.core_source(
                 group,
@@ -311,5 +366,19 @@ impl Reader {
                 tokio::runtime::Handle::current(),
             )))),
         }
+    }
+}
+
+#[cfg(all(test, not(feature = "kafka")))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kafka_brokers_are_refused_by_name_without_the_kafka_feature() {
+        let e = Clients::new(&Config::default(), "localhost:9092", false)
+            .map(drop)
+            .expect_err("refused")
+            .to_string();
+        assert!(e.contains("enable weir's `kafka` feature"), "{e}");
     }
 }

@@ -22,6 +22,7 @@ use crate::processing::Process;
 use crate::processing::Scope;
 use crate::runtime::flow::PartitionFlow;
 use crate::runtime::lifecycle::Lifecycle;
+#[cfg(feature = "kafka")]
 use crate::runtime::tables::PartitionTables;
 
 /// The partition's store, and the signal that it is closed: `closed` disconnects once the last
@@ -114,6 +115,7 @@ pub(crate) struct PartitionTask<H: Process> {
     /// The outbox of the last committed batch, being sent while the next batch is processed.
     flushing: Option<tokio::task::JoinHandle<bool>>,
     /// The partition's tables, once opened.
+    #[cfg(feature = "kafka")]
     tables: Option<Arc<std::sync::Mutex<PartitionTables>>>,
     idle: Idle,
     ctx: TaskContext,
@@ -139,6 +141,7 @@ impl<H: Process> PartitionTask<H> {
             next_offset,
             changelog,
             flushing: None,
+            #[cfg(feature = "kafka")]
             tables: None,
             idle: Idle {
                 last_records_at: Instant::now(),
@@ -225,35 +228,8 @@ impl<H: Process> PartitionTask<H> {
                 None => return false,
             }
         }
-        if !self.ctx.tables.is_empty() {
-            let store = Arc::clone(self.runner.store());
-            let (connection, tables) = (self.ctx.connection.clone(), Arc::clone(&self.ctx.tables));
-            let partition = self.partition;
-            let opened = tokio::task::spawn_blocking(move || {
-                let connection = connection.kafka("a table")?;
-                PartitionTables::open(connection, &store.store, &tables, partition)
-            })
-            .await;
-            match opened {
-                Ok(Ok(t)) => self.tables = Some(Arc::new(std::sync::Mutex::new(t))),
-                Ok(Err(e)) => {
-                    self.ctx.lifecycle.fail(Error::Table {
-                        topics: self.ctx.tables.iter().map(|t| t.topic.clone()).collect(),
-                        message: e,
-                    });
-                    return false;
-                }
-                Err(e) => {
-                    self.ctx.lifecycle.fail(Error::Panic {
-                        context: format!("opening the tables of {}/{}", self.topic, self.partition),
-                        message: e.to_string(),
-                    });
-                    return false;
-                }
-            }
-            if !self.read_tables().await {
-                return false;
-            }
+        if !self.ctx.tables.is_empty() && !self.open_tables().await {
+            return false;
         }
         if self.flow.is_restoring() {
             self.flow.ready(self.next_offset);
@@ -266,8 +242,47 @@ impl<H: Process> PartitionTask<H> {
         !self.flow.stop_signal().is_requested()
     }
 
+    /// Opens the partition's co-partitioned tables and reads them to their end (tables are
+    /// Kafka's). False if that failed for good (the worker fails) or a stop came first.
+    #[cfg(feature = "kafka")]
+    async fn open_tables(&mut self) -> bool {
+        let store = Arc::clone(self.runner.store());
+        let (connection, tables) = (self.ctx.connection.clone(), Arc::clone(&self.ctx.tables));
+        let partition = self.partition;
+        let opened = tokio::task::spawn_blocking(move || {
+            let connection = connection.kafka("a table")?;
+            PartitionTables::open(connection, &store.store, &tables, partition)
+        })
+        .await;
+        match opened {
+            Ok(Ok(t)) => self.tables = Some(Arc::new(std::sync::Mutex::new(t))),
+            Ok(Err(e)) => {
+                self.ctx.lifecycle.fail(Error::Table {
+                    topics: self.ctx.tables.iter().map(|t| t.topic.clone()).collect(),
+                    message: e,
+                });
+                return false;
+            }
+            Err(e) => {
+                self.ctx.lifecycle.fail(Error::Panic {
+                    context: format!("opening the tables of {}/{}", self.topic, self.partition),
+                    message: e.to_string(),
+                });
+                return false;
+            }
+        }
+        self.read_tables().await
+    }
+
+    /// Tables are Kafka's: a worker on another broker has none (its settings were refused).
+    #[cfg(not(feature = "kafka"))]
+    async fn open_tables(&mut self) -> bool {
+        true
+    }
+
     /// Reads the partition's tables up to their end into its store, retrying with the retry
     /// policy's backoff while they cannot be read. False if a stop came first.
+    #[cfg(feature = "kafka")]
     async fn read_tables(&mut self) -> bool {
         let Some(tables) = &self.tables else {
             return true;
@@ -306,6 +321,12 @@ impl<H: Process> PartitionTask<H> {
                 _ = tokio::time::sleep(delay) => {}
             }
         }
+    }
+
+    /// Tables are Kafka's: there are none to read.
+    #[cfg(not(feature = "kafka"))]
+    async fn read_tables(&mut self) -> bool {
+        true
     }
 
     /// Rebuilds the store from the changelog when it is missing or behind, on a blocking

@@ -14,9 +14,14 @@ use crate::runtime::client::{Clients, Made, Started};
 use crate::runtime::lifecycle::Lifecycle;
 use crate::runtime::partition_task::TaskContext;
 use crate::runtime::shared::Shared;
+#[cfg(feature = "kafka")]
 use crate::runtime::stages::Stages;
+#[cfg(feature = "kafka")]
 use crate::runtime::tables::{check_copartitioned, follow_globals};
-use crate::runtime::{consumer, signals, EmbeddedBroker};
+#[cfg(feature = "kafka")]
+use crate::runtime::EmbeddedBroker;
+use crate::runtime::{consumer, signals};
+#[cfg(feature = "kafka")]
 use crate::wall_clock::now_ms;
 
 /// A worker process's runtime: one consumer in the group, one task per owned partition.
@@ -41,20 +46,46 @@ pub struct Worker<H> {
     clients: Clients,
     metrics_listener: Option<std::net::TcpListener>,
     handler: Arc<H>,
+    #[cfg(feature = "kafka")]
     embedded: Option<Arc<EmbeddedBroker>>,
     /// The pipeline this worker is a stage of.
+    #[cfg(feature = "kafka")]
     stages: Option<Arc<Stages>>,
 }
 
 impl<H: Process> Worker<H> {
     /// Prepares a worker with checked settings; starts the embedded broker (creating the
     /// topics) when no broker is configured.
+    #[cfg(feature = "kafka")]
     pub(crate) fn prepare(config: Config, handler: H) -> Result<Self> {
         Self::prepare_in(config, handler, None)
     }
 
+    /// Prepares a worker with checked settings (a broker must be configured: the embedded
+    /// one is Kafka's).
+    #[cfg(not(feature = "kafka"))]
+    pub(crate) fn prepare(config: Config, handler: H) -> Result<Self> {
+        let Some(brokers) = config.brokers.clone() else {
+            return Err(Error::config(
+                "brokers (WEIR_BROKERS)",
+                "no broker configured, and the embedded broker needs weir's `kafka` feature: set WEIR_BROKERS to nats://... or amqp://...",
+            ));
+        };
+        check_state_dir(&config)?;
+        let clients = Clients::new(&config, &brokers, false)?;
+        let metrics_listener = metrics_listener(&config)?;
+        Ok(Worker {
+            config,
+            brokers,
+            clients,
+            metrics_listener,
+            handler: Arc::new(handler),
+        })
+    }
+
     /// [`prepare`](Self::prepare), as a stage of a pipeline when `stages` is given (on its
     /// embedded broker, if it runs on one).
+    #[cfg(feature = "kafka")]
     pub(crate) fn prepare_in(
         mut config: Config,
         handler: H,
@@ -94,14 +125,7 @@ impl<H: Process> Worker<H> {
             }
         }
         let clients = Clients::new(&config, &brokers, stages.is_some())?;
-        let metrics_listener = match &config.metrics_addr {
-            Some(addr) => {
-                // Install the recorder now, so that nothing recorded from here on is lost.
-                observe::prometheus();
-                Some(bind_metrics(addr)?)
-            }
-            None => None,
-        };
+        let metrics_listener = metrics_listener(&config)?;
         Ok(Worker {
             config,
             brokers,
@@ -135,8 +159,17 @@ impl<H: Process> Worker<H> {
         &self.config.group
     }
 
+    /// Whether the worker runs on the embedded broker.
+    fn is_embedded(&self) -> bool {
+        #[cfg(feature = "kafka")]
+        return self.embedded.is_some();
+        #[cfg(not(feature = "kafka"))]
+        false
+    }
+
     /// The embedded broker, when no broker was configured. It lives as long as the worker or
     /// any clone of this handle (keep one in a producer so it outlives the worker).
+    #[cfg(feature = "kafka")]
     pub fn embedded_broker(&self) -> Option<Arc<EmbeddedBroker>> {
         self.embedded.clone()
     }
@@ -174,7 +207,7 @@ impl<H: Process> Worker<H> {
         // nothing and owns nothing yet.
         let startup = self
             .clients
-            .start(&self.config, &self.brokers, self.embedded.is_some());
+            .start(&self.config, &self.brokers, self.is_embedded());
         let started = tokio::select! {
             r = startup => r?,
             () = &mut shutdown => {
@@ -189,30 +222,7 @@ impl<H: Process> Worker<H> {
         } = started;
         // Tables: co-partitioned ones checked, global ones read in full before joining.
         let globals = Arc::new(GlobalTables::default());
-        let tables = async {
-            let (config, client) = (self.config.clone(), connection.clone());
-            let globals = Arc::clone(&globals);
-            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let cancel = StopOnDrop(Arc::clone(&stop));
-            let read = tokio::task::spawn_blocking(move || {
-                check_copartitioned(&config, &client)?;
-                let global = config.tables(true);
-                if global.is_empty() {
-                    return Ok(None);
-                }
-                let cancelled = || stop.load(std::sync::atomic::Ordering::SeqCst);
-                let client = client
-                    .kafka("a global table")
-                    .map_err(|m| Error::config("tables", m))?;
-                follow_globals(client, &global, &globals, &cancelled).map(Some)
-            })
-            .await;
-            drop(cancel);
-            read.map_err(|e| Error::Panic {
-                context: "reading tables".into(),
-                message: e.to_string(),
-            })?
-        };
+        let tables = read_tables(&self.config, &connection, &globals);
         let _globals_follower = tokio::select! {
             r = tables => r?,
             () = &mut shutdown => {
@@ -247,8 +257,9 @@ impl<H: Process> Worker<H> {
         let source = reader.source(Arc::clone(&shared))?;
         tracing::info!(
             group = %self.config.group, topics = ?self.config.topics, brokers = %self.brokers,
-            embedded = self.embedded.is_some(), "worker starting"
+            embedded = self.is_embedded(), "worker starting"
         );
+        #[cfg(feature = "kafka")]
         if let Some(stages) = &self.stages {
             stages.add_view(shared.view());
         }
@@ -280,7 +291,10 @@ impl<H: Process> Worker<H> {
             .name("weir-consumer".into())
             .spawn(move || {
                 let result = match source {
+                    #[cfg(feature = "kafka")]
                     Made::Kafka(s) => consumer::run(s, thread_shared, ready_rx),
+                    #[cfg(not(feature = "kafka"))]
+                    Made::Never(never, _) => match never {},
                     #[cfg(feature = "nats")]
                     Made::Nats(s) => consumer::run(*s, thread_shared, ready_rx),
                     #[cfg(feature = "nats")]
@@ -322,8 +336,10 @@ impl<H: Process> Worker<H> {
 }
 
 /// Cancels a blocking step (reading global tables) when the step's future is dropped.
+#[cfg(feature = "kafka")]
 struct StopOnDrop(Arc<std::sync::atomic::AtomicBool>);
 
+#[cfg(feature = "kafka")]
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
         self.0.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -343,6 +359,7 @@ impl Drop for AbortOnDrop {
 }
 
 /// Says that the worker (or pipeline) runs on the embedded broker, and what that means.
+#[cfg(feature = "kafka")]
 pub(crate) fn warn_embedded(broker: &EmbeddedBroker, state_dir: &std::path::Path) {
     tracing::warn!(
         bootstrap = broker.bootstrap_servers(),
@@ -354,9 +371,65 @@ pub(crate) fn warn_embedded(broker: &EmbeddedBroker, state_dir: &std::path::Path
 
 /// Where an embedded broker's worker keeps its stores: a fresh folder in the state dir, since
 /// offsets from an earlier broker's life would not match the new one's.
+#[cfg(feature = "kafka")]
 pub(crate) fn embedded_state_dir(state_dir: &std::path::Path) -> std::path::PathBuf {
     let secs = now_ms() / 1000;
     state_dir.join(format!("embedded-{}-{secs}", std::process::id()))
+}
+
+/// The metrics endpoint's listener, when a metrics address is set, with the recorder
+/// installed now, so that nothing recorded from here on is lost.
+fn metrics_listener(config: &Config) -> Result<Option<std::net::TcpListener>> {
+    config
+        .metrics_addr
+        .as_deref()
+        .map(|addr| {
+            observe::prometheus();
+            bind_metrics(addr)
+        })
+        .transpose()
+}
+
+/// Checks the worker's co-partitioned tables, and reads its global ones in full (on a
+/// blocking thread; stopped when the future is dropped): their follower, if any.
+#[cfg(feature = "kafka")]
+async fn read_tables(
+    config: &Config,
+    connection: &crate::broker::Connection,
+    globals: &Arc<GlobalTables>,
+) -> Result<Option<crate::runtime::tables::GlobalFollower>> {
+    let (config, client) = (config.clone(), connection.clone());
+    let globals = Arc::clone(globals);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cancel = StopOnDrop(Arc::clone(&stop));
+    let read = tokio::task::spawn_blocking(move || {
+        check_copartitioned(&config, &client)?;
+        let global = config.tables(true);
+        if global.is_empty() {
+            return Ok(None);
+        }
+        let cancelled = || stop.load(std::sync::atomic::Ordering::SeqCst);
+        let client = client
+            .kafka("a global table")
+            .map_err(|m| Error::config("tables", m))?;
+        follow_globals(client, &global, &globals, &cancelled).map(Some)
+    })
+    .await;
+    drop(cancel);
+    read.map_err(|e| Error::Panic {
+        context: "reading tables".into(),
+        message: e.to_string(),
+    })?
+}
+
+/// Tables run on Kafka only: a worker on another broker has none (its settings were refused).
+#[cfg(not(feature = "kafka"))]
+async fn read_tables(
+    _: &Config,
+    _: &crate::broker::Connection,
+    _: &Arc<GlobalTables>,
+) -> Result<Option<()>> {
+    Ok(None)
 }
 
 pub(crate) fn bind_metrics(addr: &str) -> Result<std::net::TcpListener> {
