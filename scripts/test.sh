@@ -8,6 +8,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Says how long the run has taken as each step starts, so a slow CI run shows where it went.
+step() { echo "test.sh: $1 (at ${SECONDS} s)" >&2; }
+step "installing what is missing"
+
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
 # The TLS tests put stunnel in front of tansu and make their certificates with openssl; the
 # status page test renders the worker's page in Debian's chromium, headless.
@@ -23,6 +27,7 @@ fi
 # The interoperability tests use Python's clients (confluent-kafka, nats-py, pika).
 scripts/python-env.sh >/dev/null
 
+step "starting the servers"
 # Each server started here is stopped on exit; one already running is left alone.
 stop_on_exit=()
 for server in broker nats rabbitmq; do
@@ -39,17 +44,23 @@ export WEIR_TEST_NATS="nats://127.0.0.1:${NATS_PORT:-14222}"
 export WEIR_TEST_RABBITMQ="amqp://guest:guest@127.0.0.1:${RABBITMQ_PORT:-15673}/%2f"
 
 # Lints first: they fail fast and cost little.
+step "lints: rustfmt, clippy on the workspace"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+step "clippy on weir alone, with Kafka and without"
 # weir alone, as a Kafka-only user builds it (the workspace turns its `nats` feature on),
 # and without Kafka, as a NATS and RabbitMQ user builds it (no librdkafka); its unit tests
 # in that build too.
 cargo clippy -p weir --all-targets -- -D warnings
 cargo clippy -p weir --no-default-features --features nats,rabbitmq --all-targets -- -D warnings
 cargo test -p weir --no-default-features --features nats,rabbitmq --lib --quiet
+step "rustdoc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 
+step "doc tests"
 cargo test --workspace --doc
+step "every other test (nextest)"
 # Three tests at a time on 2 cores: most of them wait on brokers, and with two the run was
 # 32 minutes (1,044 s of tests; 726 s with three, the whole run 1,593 s, 2026-12-06).
 cargo nextest run --workspace --no-fail-fast --test-threads 3 "$@"
+step "done"
