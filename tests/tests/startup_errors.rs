@@ -156,3 +156,45 @@ async fn corrupt_state_file_stops_the_worker(kind: BrokerKind) {
     );
 }
 on_both_brokers!(corrupt_state, corrupt_state_file_stops_the_worker);
+
+/// Workers that share a state dir (one machine, or a shared volume) and start at the same
+/// instant each find it writable: one's check does not remove another's probe file under it
+/// (a clean-clone CI run failed a worker so, "... is not a writable directory: No such file or
+/// directory").
+#[test]
+fn workers_starting_together_in_one_state_dir_each_find_it_writable() {
+    const THREADS: usize = 8;
+    const BUILDS: usize = 40;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let failures: Vec<String> = std::thread::scope(|s| {
+        let builds: Vec<_> = (0..THREADS)
+            .map(|_| {
+                s.spawn(|| {
+                    (0..BUILDS)
+                        .filter_map(|_| {
+                            weir::Worker::builder()
+                                .brokers("127.0.0.1:1")
+                                .group("shared")
+                                .topic("t")
+                                .state_dir(dir.path())
+                                .build(CountHandler::default())
+                                .err()
+                                .map(|e| e.to_string())
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        builds
+            .into_iter()
+            .flat_map(|b| b.join().expect("a build thread"))
+            .collect()
+    });
+    assert!(
+        failures.is_empty(),
+        "{} of {} builds failed, e.g. {:?}",
+        failures.len(),
+        THREADS * BUILDS,
+        failures.first()
+    );
+}

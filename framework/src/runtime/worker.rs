@@ -462,7 +462,10 @@ fn check_state_dir(config: &Config) -> Result<()> {
         )
     };
     std::fs::create_dir_all(&dir).map_err(err)?;
-    let probe = dir.join(".weir-write-probe");
+    // A name of this check's own: workers sharing the state dir may check it at once.
+    static CHECKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = CHECKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let probe = dir.join(format!(".weir-write-probe-{}-{n}", std::process::id()));
     std::fs::write(&probe, b"ok").map_err(err)?;
     std::fs::remove_file(&probe).map_err(err)?;
     Ok(())
