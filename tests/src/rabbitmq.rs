@@ -117,6 +117,34 @@ pub fn python_amqp_read(queue: &str, count: usize, wait: Duration) -> Vec<serde_
         .collect()
 }
 
+/// Takes messages from `queues` with pika until `want` came (a queue not declared yet reads
+/// as empty), waiting at most `timeout`: every message taken.
+pub async fn python_amqp_read_until(
+    queues: &[String],
+    want: usize,
+    timeout: Duration,
+) -> Vec<serde_json::Value> {
+    let mut read = Vec::new();
+    crate::wait_until(&format!("{want} messages read"), timeout, || {
+        for q in queues {
+            read.extend(
+                std::panic::catch_unwind(|| python_amqp_read(q, want, Duration::from_millis(200)))
+                    .unwrap_or_default(),
+            );
+        }
+        let n = read.len();
+        async move {
+            if n >= want {
+                Ok(())
+            } else {
+                Err(format!("{n} read"))
+            }
+        }
+    })
+    .await;
+    read
+}
+
 /// Waits until the lane queues of `topic` (`lanes` of them) exist on the server at `url`: a
 /// worker declared them.
 pub async fn wait_for_lanes(url: &str, topic: &str, lanes: i32) {

@@ -246,26 +246,7 @@ async fn pika_reads_what_weir_emits() {
     let emits: Vec<String> = (0..2)
         .map(|i| format!("{}.{i}", tallies_topic(&topic)))
         .collect();
-    let mut read = Vec::new();
-    wait_until("300 emits read", Duration::from_secs(60), || {
-        let got = emits
-            .iter()
-            .flat_map(|q| {
-                std::panic::catch_unwind(|| python_amqp_read(q, 300, Duration::from_millis(200)))
-                    .unwrap_or_default()
-            })
-            .collect::<Vec<_>>();
-        read.extend(got);
-        let n = read.len();
-        async move {
-            if n >= 300 {
-                Ok(())
-            } else {
-                Err(format!("{n} read"))
-            }
-        }
-    })
-    .await;
+    let read = python_amqp_read_until(&emits, 300, Duration::from_secs(60)).await;
     running.stop_cleanly().await;
     assert_eq!(read.len(), 300, "each emit once");
     let mut ids = std::collections::BTreeSet::new();
@@ -565,23 +546,7 @@ async fn the_examples_run_on_rabbitmq() {
     wait_for_lanes(&rabbitmq_url(), &orders, 1).await;
     python_amqp_publish_records(&orders, &placed_orders());
     let totals_queue = format!("{}.0", totals_topic(&orders));
-    let mut totals = Vec::new();
-    wait_until("three totals emitted", Duration::from_secs(30), || {
-        totals.extend(python_amqp_read(
-            &totals_queue,
-            3,
-            Duration::from_millis(500),
-        ));
-        let seen = totals.len();
-        async move {
-            if seen >= 3 {
-                Ok(())
-            } else {
-                Err(format!("{seen} totals"))
-            }
-        }
-    })
-    .await;
+    let totals = python_amqp_read_until(&[totals_queue], 3, Duration::from_secs(30)).await;
     running.stop_cleanly().await;
     let payloads: Vec<&str> = totals
         .iter()
