@@ -92,6 +92,23 @@ pub(crate) async fn publish_more(brokers: &str, topic: &str) -> Result<(), Strin
     Ok(())
 }
 
+/// Deletes the streams weir made for `group` (its changelogs), so that repeated runs on one
+/// server do not leave it holding every earlier run's subjects: the server's garbage
+/// collector then takes more of the 2 cores with each run.
+pub(crate) async fn delete_streams_of(brokers: &str, group: &str) -> Result<(), String> {
+    let js = context(brokers).await?;
+    let names: Vec<String> = js
+        .stream_names()
+        .filter_map(|n| async move { n.ok() })
+        .filter(|n| futures::future::ready(n.starts_with(group)))
+        .collect()
+        .await;
+    for name in names {
+        js.delete_stream(&name).await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 /// Messages a raw pull asks for (`WEIR_BENCH_NATS_BATCH`, default 512, as weir's).
 fn batch() -> usize {
     std::env::var("WEIR_BENCH_NATS_BATCH")

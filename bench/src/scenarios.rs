@@ -511,10 +511,12 @@ pub(crate) async fn restore(
         let body = tokio::task::spawn_blocking(move || http_get_metrics(addr))
             .await
             .map_err(|e| e.to_string())??;
+        // Summed over the metric's labels (the restored records are counted per topic).
         let value = |name: &str| {
             body.lines()
-                .find(|l| l.split(' ').next() == Some(name))
-                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .filter(|l| l.split([' ', '{']).next() == Some(name))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .reduce(|a, b| a + b)
         };
         let partitions = value("weir_owned_partitions").unwrap_or(0.0);
         let restored = value("weir_restore_duration_seconds_count").unwrap_or(0.0);
@@ -539,6 +541,9 @@ pub(crate) async fn restore(
     run.await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
+    if crate::nats::is_nats(brokers) {
+        crate::nats::delete_streams_of(brokers, group).await?;
+    }
     Ok(Measured {
         messages: records as u64,
         seconds,

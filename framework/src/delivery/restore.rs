@@ -44,6 +44,8 @@ pub(crate) fn restore_if_behind(
 ) -> Result<Restore, String> {
     let reader = connection.log_reader()?;
     let newest = newest_position(&reader, changelog, partition, cancelled)?;
+    let last_marker = newest.and_then(|n| n.last_marker);
+    let newest = newest.map(|n| n.position);
     let local = store
         .position(topic, partition)
         .map_err(|e| e.to_string())?;
@@ -61,34 +63,34 @@ pub(crate) fn restore_if_behind(
         "restoring the partition's store from its changelog"
     );
     store.reset(topic, partition).map_err(|e| e.to_string())?;
-    reader.read_all(changelog, partition)?;
-    // Reading and writing overlap: this thread reads and coalesces the changelog while a
-    // writer thread puts the previous chunk into SQLite (at most one chunk waits between them).
-    let (records, next_offset, orphans) = std::thread::scope(|scope| {
-        let (chunks, written) = std::sync::mpsc::sync_channel::<Chunk>(1);
-        let writer = std::thread::Builder::new()
-            .name("weir-restore-write".into())
-            .spawn_scoped(scope, move || -> Result<(), String> {
-                for chunk in written {
-                    if chunk.start_over {
-                        store.reset(topic, partition).map_err(|e| e.to_string())?;
-                    }
-                    store
-                        .apply_restored(&chunk.entries, topic, partition, chunk.end)
-                        .map_err(|e| e.to_string())?;
-                }
-                Ok(())
-            })
-            .map_err(|e| format!("cannot start the restore's writer thread: {e}"))?;
-        let read = read_changelog(&reader, (topic, changelog, partition), cancelled, |c| {
-            chunks.send(c).is_ok()
-        });
-        drop(chunks);
-        let written = writer
-            .join()
-            .unwrap_or_else(|_| Err("the restore's writer thread panicked".into()));
-        written.and(read)
-    })?;
+    // The changelog is read in order first when its last record is an offset marker, and
+    // again with markers awaited if it turns out not to be (see `Mode`).
+    let mut mode = match last_marker {
+        Some(last) => Mode::InOrder { last },
+        None => Mode::Marked,
+    };
+    let Read {
+        records,
+        next_offset,
+        orphans,
+    } = loop {
+        match read_and_write(
+            &reader,
+            store,
+            (topic, changelog, partition),
+            mode,
+            cancelled,
+        )? {
+            Ok(read) => break read,
+            Err(OutOfOrder(why)) => {
+                tracing::info!(
+                    %topic, partition, %changelog, why,
+                    "the changelog is not in order: reading it again, applying each batch at its offset marker"
+                );
+                mode = Mode::Marked;
+            }
+        }
+    };
     if !orphans.is_empty() {
         // Entries of a batch whose marker never came, gone before the lane writes new
         // versions of their keys: where the log keeps only a key's last two records (NATS),
@@ -108,12 +110,84 @@ pub(crate) fn restore_if_behind(
     Ok(Restore::Restored { next_offset })
 }
 
+/// How a restore applies the changelog's state entries.
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    /// Each batch's entries when an offset marker at or past their position comes (see
+    /// [`read_changelog`]).
+    Marked,
+    /// Each entry as it is read, for a log whose last record is the offset marker `last` and
+    /// whose positions never go back. There every marker completes all the entries before it,
+    /// so applying them at once, in log order, is the same, and a compacted log (which keeps
+    /// one marker, the last) is written while it is still being read rather than all at its
+    /// end. An entry against the order (a position lower than one before it, past `last`,
+    /// without a position, or after the last marker) ends the read with [`OutOfOrder`].
+    InOrder { last: ChangelogPosition },
+}
+
+/// Why a read in [`Mode::InOrder`] stopped.
+struct OutOfOrder(&'static str);
+
+/// What a read of the changelog found.
+struct Read {
+    /// Changelog records read.
+    records: u64,
+    /// The offset to process from.
+    next_offset: i64,
+    /// The positions of the entries dropped as orphans (of a batch past the last offset
+    /// marker).
+    orphans: Vec<i64>,
+}
+
+/// Reads `changelog`'s `partition` from its start and writes it into `store` (emptied
+/// first), reading and writing at once: this thread reads and coalesces the changelog while a
+/// writer thread puts the previous chunk into SQLite (at most one chunk waits between them).
+fn read_and_write(
+    reader: &LogReader,
+    store: &PartitionStore,
+    (topic, changelog, partition): (&str, &str, i32),
+    mode: Mode,
+    cancelled: &(dyn Fn() -> bool + Sync),
+) -> Result<Result<Read, OutOfOrder>, String> {
+    reader.read_all(changelog, partition)?;
+    std::thread::scope(|scope| {
+        let (chunks, written) = std::sync::mpsc::sync_channel::<Chunk>(1);
+        let writer = std::thread::Builder::new()
+            .name("weir-restore-write".into())
+            .spawn_scoped(scope, move || -> Result<(), String> {
+                for chunk in written {
+                    if chunk.start_over {
+                        store.reset(topic, partition).map_err(|e| e.to_string())?;
+                    }
+                    store
+                        .apply_restored(&chunk.entries, topic, partition, chunk.end)
+                        .map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            })
+            .map_err(|e| format!("cannot start the restore's writer thread: {e}"))?;
+        let read = read_changelog(
+            reader,
+            (topic, changelog, partition),
+            mode,
+            cancelled,
+            |c| chunks.send(c).is_ok(),
+        );
+        drop(chunks);
+        let written = writer
+            .join()
+            .unwrap_or_else(|_| Err("the restore's writer thread panicked".into()));
+        written.and(read)
+    })
+}
+
 /// A restored entry: store, JSON key, JSON value (`None` deletes).
 type Entry = (String, String, Option<String>);
 
 /// Restored entries for one SQLite transaction.
 struct Chunk {
-    /// Empty the store first: a rewind began a new generation after what was written so far.
+    /// Empty the store first: the read's first chunk, or a rewind began a new generation
+    /// after what was written so far.
     start_over: bool,
     entries: Vec<Entry>,
     /// With the last chunk: the position to store.
@@ -121,9 +195,8 @@ struct Chunk {
 }
 
 /// Reads `changelog`'s `partition` from its start to its end, handing `write` chunks of
-/// coalesced entries, the last one with the position to process from. Returns the number of
-/// changelog records, the next offset, and the positions of the orphaned entries (of a batch
-/// past the last offset marker). Stops when `write` answers false (the writer failed).
+/// coalesced entries, the last one with the position to process from, and says what it found.
+/// Stops when `write` answers false (the writer failed).
 ///
 /// The log is followed in order, by generation: the first entry of a higher rewind generation
 /// starts the state over (a rewind deleted everything before it, including keys the rewound
@@ -133,12 +206,16 @@ struct Chunk {
 /// theirs (markers share one key). Entries past the last marker belong to a batch whose marker
 /// never came (the sender died mid-flush, and the records were processed again, maybe in
 /// other batches): they are dropped.
+///
+/// In [`Mode::InOrder`] entries are applied as they are read, and chunks written whenever
+/// they are full; a record against the order returns [`OutOfOrder`].
 fn read_changelog(
     reader: &LogReader,
     (topic, changelog, partition): (&str, &str, i32),
+    mode: Mode,
     cancelled: &(dyn Fn() -> bool + Sync),
     mut write: impl FnMut(Chunk) -> bool,
-) -> Result<(u64, i64, Vec<i64>), String> {
+) -> Result<Result<Read, OutOfOrder>, String> {
     const WRITER_FAILED: &str = "the restore's writer stopped";
     // Entries of marked batches, newest per key: a changelog not yet compacted holds many
     // versions of a hot key, and only the last one is written.
@@ -150,7 +227,12 @@ fn read_changelog(
         generation: 0,
         next_offset: 0,
     };
-    let (mut start_over, mut dropped) = (false, 0u64);
+    // Every read starts from an empty store: the first chunk empties what an earlier read
+    // (one that found the log out of order) wrote.
+    let (mut start_over, mut dropped) = (true, 0u64);
+    // In order: the highest position so far, and whether an entry came after the last marker.
+    let mut highest = None;
+    let mut entry_after_marker = false;
     let mut records = 0u64;
     let mut last_log = Instant::now();
     let mut last_record = Instant::now();
@@ -184,6 +266,19 @@ fn read_changelog(
             dropped += 1;
             continue;
         }
+        if let Mode::InOrder { last } = mode {
+            if position.is_none_or(|p| p > last) {
+                return Ok(Err(OutOfOrder(
+                    "a record past the last offset marker, or without a position",
+                )));
+            }
+            if position < highest {
+                return Ok(Err(OutOfOrder(
+                    "a record at a lower position than one before it",
+                )));
+            }
+            highest = position;
+        }
         if generation > at.generation {
             tracing::info!(
                 %topic, partition, generation, previous = at.generation,
@@ -199,6 +294,7 @@ fn read_changelog(
         }
         match entry {
             ChangelogEntry::Offset(n) => {
+                entry_after_marker = false;
                 at.next_offset = at.next_offset.max(n);
                 // The marker completes every batch up to its own position: its own, and
                 // earlier ones whose markers compaction removed (all markers share a key).
@@ -229,6 +325,24 @@ fn read_changelog(
                 store: name,
                 key,
                 value,
+            } if matches!(mode, Mode::InOrder { .. }) => {
+                entry_after_marker = true;
+                entries.extend(std::iter::once((name, key, value)));
+                if entries.len() >= APPLY_CHUNK {
+                    let chunk = Chunk {
+                        start_over: std::mem::take(&mut start_over),
+                        entries: entries.take(),
+                        end: None,
+                    };
+                    if !write(chunk) {
+                        return Err(WRITER_FAILED.into());
+                    }
+                }
+            }
+            ChangelogEntry::State {
+                store: name,
+                key,
+                value,
             } => unmarked.push((position, msg.offset(), (name, key, value))),
         }
         if last_log.elapsed() >= Duration::from_secs(2) {
@@ -238,6 +352,9 @@ fn read_changelog(
                 "restoring from the changelog"
             );
         }
+    }
+    if entry_after_marker {
+        return Ok(Err(OutOfOrder("entries after the last offset marker")));
     }
     dropped += unmarked.len() as u64;
     let orphans = unmarked.iter().map(|(_, offset, _)| *offset).collect();
@@ -255,7 +372,11 @@ fn read_changelog(
     if !write(chunk) {
         return Err(WRITER_FAILED.into());
     }
-    Ok((records, at.next_offset, orphans))
+    Ok(Ok(Read {
+        records,
+        next_offset: at.next_offset,
+        orphans,
+    }))
 }
 
 /// A changelog record's position, from its headers.
@@ -266,12 +387,25 @@ fn position_of(msg: &impl Delivered) -> Option<ChangelogPosition> {
     )
 }
 
-/// Restored entries waiting to be written, the newest value per (store, key).
-#[derive(Default)]
-struct Coalesced(std::collections::HashMap<(String, String), Option<String>>);
+/// Restored entries waiting to be written, the newest value per (store, key). (Hashed with
+/// foldhash: SipHash was a fifth of a restore's reading thread.)
+struct Coalesced(
+    std::collections::HashMap<(String, String), Option<String>, foldhash::fast::RandomState>,
+);
+
+impl Default for Coalesced {
+    fn default() -> Self {
+        // A chunk is written once it reaches APPLY_CHUNK keys (read in order, at once;
+        // otherwise at the next offset marker).
+        Self(std::collections::HashMap::with_capacity_and_hasher(
+            APPLY_CHUNK + APPLY_CHUNK / 4,
+            foldhash::fast::RandomState::default(),
+        ))
+    }
+}
 
 impl Coalesced {
-    fn extend(&mut self, entries: impl Iterator<Item = (String, String, Option<String>)>) {
+    fn extend(&mut self, entries: impl Iterator<Item = Entry>) {
         for (store, key, value) in entries {
             self.0.insert((store, key), value);
         }
@@ -281,9 +415,9 @@ impl Coalesced {
         self.0.len()
     }
 
-    /// The entries in key order: SQLite inserts into its B-tree in order far faster than at
-    /// random places.
-    fn take(&mut self) -> Vec<(String, String, Option<String>)> {
+    /// The entries in key order (SQLite inserts into its B-tree in order far faster than at
+    /// random places), leaving the map empty.
+    fn take(&mut self) -> Vec<Entry> {
         let mut entries: Vec<_> = self
             .0
             .drain()
@@ -294,19 +428,29 @@ impl Coalesced {
     }
 }
 
-/// The highest position carried by the changelog's records from its last one to the end
-/// (every entry has the headers; compaction always keeps the newest record); `None` when the
-/// changelog has no records.
+/// The end of a changelog's lane.
+#[derive(Debug, Clone, Copy)]
+struct Newest {
+    /// The highest position carried by its records from its last one to the end.
+    position: ChangelogPosition,
+    /// That position, when the last record is an offset marker at it.
+    last_marker: Option<ChangelogPosition>,
+}
+
+/// The end of the changelog's lane, read from its last record to the end (every entry has
+/// the headers; compaction always keeps the newest record); `None` when the changelog has no
+/// records.
 fn newest_position(
     reader: &LogReader,
     changelog: &str,
     partition: i32,
     cancelled: &(dyn Fn() -> bool + Sync),
-) -> Result<Option<ChangelogPosition>, String> {
+) -> Result<Option<Newest>, String> {
     reader.read_last(changelog, partition, cancelled)?;
     let mut any = false;
     let deadline = Instant::now() + STALL_TIMEOUT;
     let mut newest = None;
+    let mut last_marker = None;
     while Instant::now() < deadline {
         if cancelled() {
             return Err("stopped while reading the changelog's end".into());
@@ -315,17 +459,23 @@ fn newest_position(
             Polled::Nothing => {}
             Polled::End if !any => return Ok(None),
             Polled::End => {
-                return newest.map(Some).ok_or_else(|| {
+                let position = newest.ok_or_else(|| {
                     format!(
                         "{changelog}/{partition}: no record with a {} header at its end",
                         header::SOURCE_NEXT_OFFSET
                     )
-                })
+                })?;
+                return Ok(Some(Newest {
+                    position,
+                    last_marker: last_marker.filter(|&m| m == position),
+                }));
             }
             Polled::Failed(e) => return Err(format!("reading {changelog}/{partition}: {e}")),
             Polled::Record(msg) => {
                 any = true;
-                newest = newest.max(position_of(&msg));
+                let position = position_of(&msg);
+                newest = newest.max(position);
+                last_marker = position.filter(|_| ChangelogEntry::is_offset_marker(msg.key()));
             }
         }
     }

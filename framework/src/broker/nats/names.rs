@@ -171,17 +171,26 @@ pub(crate) struct AckInfo {
 
 /// Reads `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>` (and the
 /// newer form with a domain and an account hash before the stream, and a token after).
+/// It runs once per message read, so it reads the tokens in place (no list of them).
 pub(crate) fn ack_info(reply: &str) -> Option<AckInfo> {
-    let tokens: Vec<&str> = reply.split('.').collect();
-    let at = match tokens.len() {
+    let mut tokens = [""; 12];
+    let mut count = 0;
+    for token in reply.split('.') {
+        if count == tokens.len() {
+            return None;
+        }
+        tokens[count] = token;
+        count += 1;
+    }
+    let at = match count {
         9 => 2,
-        n if n >= 11 => 4,
+        11 | 12 => 4,
         _ => return None,
     };
-    if tokens.first() != Some(&"$JS") || tokens.get(1) != Some(&"ACK") {
+    if tokens[..2] != ["$JS", "ACK"] {
         return None;
     }
-    let num = |i: usize| tokens.get(at + i)?.parse::<i64>().ok();
+    let num = |i: usize| tokens[at + i].parse::<i64>().ok();
     Some(AckInfo {
         stream_seq: num(3)?,
         consumer_seq: num(4)?,
