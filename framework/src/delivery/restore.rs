@@ -307,15 +307,8 @@ fn read_changelog<R: Delivered>(
                     .partition(|(of, _, _)| of.is_none_or(|of| of <= mark));
                 unmarked = later;
                 entries.extend(done.into_iter().map(|(_, _, entry)| entry));
-                if entries.len() >= APPLY_CHUNK {
-                    let chunk = Chunk {
-                        start_over: std::mem::take(&mut start_over),
-                        entries: entries.take(),
-                        end: None,
-                    };
-                    if !write(chunk) {
-                        return Err(WRITER_FAILED.into());
-                    }
+                if !write_if_full(&mut entries, &mut start_over, &mut write) {
+                    return Err(WRITER_FAILED.into());
                 }
                 continue;
             }
@@ -326,15 +319,8 @@ fn read_changelog<R: Delivered>(
             } if matches!(mode, Mode::InOrder) => {
                 entry_after_marker = true;
                 entries.extend(std::iter::once((name, key, value)));
-                if entries.len() >= APPLY_CHUNK {
-                    let chunk = Chunk {
-                        start_over: std::mem::take(&mut start_over),
-                        entries: entries.take(),
-                        end: None,
-                    };
-                    if !write(chunk) {
-                        return Err(WRITER_FAILED.into());
-                    }
+                if !write_if_full(&mut entries, &mut start_over, &mut write) {
+                    return Err(WRITER_FAILED.into());
                 }
             }
             ChangelogEntry::State {
@@ -375,6 +361,22 @@ fn read_changelog<R: Delivered>(
         next_offset: at.next_offset,
         orphans,
     }))
+}
+
+/// Hands `write` the coalesced entries as a chunk once there are [`APPLY_CHUNK`] of them (the
+/// first chunk of a read, or of a new generation, starts the store over); false when the
+/// writer failed.
+fn write_if_full(
+    entries: &mut Coalesced,
+    start_over: &mut bool,
+    write: &mut impl FnMut(Chunk) -> bool,
+) -> bool {
+    entries.len() < APPLY_CHUNK
+        || write(Chunk {
+            start_over: std::mem::take(start_over),
+            entries: entries.take(),
+            end: None,
+        })
 }
 
 /// A changelog record's position, from its headers.
