@@ -2,7 +2,7 @@
 # Runs every check and test: rustfmt, clippy and rustdoc with warnings denied, then unit,
 # property, doc and integration tests on every broker (Kafka: the embedded mock cluster
 # in-process and tansu; NATS: nats-server with JetStream; RabbitMQ: Debian's rabbitmq-server;
-# this script installs and starts the servers on 127.0.0.1).
+# SQS: moto's server; this script installs and starts the servers on 127.0.0.1).
 #
 #   scripts/test.sh [extra nextest arguments]
 set -euo pipefail
@@ -24,13 +24,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   $as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $as_root apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-# The interoperability tests use Python's clients (confluent-kafka, nats-py, pika).
+# The interoperability tests use Python's clients (confluent-kafka, nats-py, pika, boto3).
 scripts/python-env.sh >/dev/null
 
 step "starting the servers"
 # Each server started here is stopped on exit; one already running is left alone.
 stop_on_exit=()
-for server in broker nats rabbitmq; do
+for server in broker nats rabbitmq sqs; do
   if ! "scripts/$server.sh" status >/dev/null 2>&1; then
     stop_on_exit+=("scripts/$server.sh stop")
   fi
@@ -42,6 +42,7 @@ fi
 export WEIR_TEST_TANSU="127.0.0.1:${TANSU_PORT:-19092}"
 export WEIR_TEST_NATS="nats://127.0.0.1:${NATS_PORT:-14222}"
 export WEIR_TEST_RABBITMQ="amqp://guest:guest@127.0.0.1:${RABBITMQ_PORT:-15673}/%2f"
+export WEIR_TEST_SQS="http://127.0.0.1:${SQS_PORT:-14566}"
 
 # Lints first: they fail fast and cost little.
 step "lints: rustfmt, clippy on the workspace"

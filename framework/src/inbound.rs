@@ -41,6 +41,11 @@ pub(crate) struct Queued {
     /// The lane's first position on this worker's current hold of it. What earlier holders
     /// left unacknowledged comes back first, at the hold's first positions.
     pub(crate) hold_start: i64,
+    /// How long a message can come again after it was settled (SQS: the queue's retention
+    /// period, since a standard queue may deliver a copy of a deleted message); its id is kept
+    /// that long after its batch committed. `None`: never (RabbitMQ, once the broker
+    /// confirmed the acknowledgement: `settled_below`).
+    pub(crate) keep_ids_for: Option<std::time::Duration>,
 }
 
 /// Where one header's name and value are in the run's buffer.

@@ -1,5 +1,5 @@
 //! Test harness for weir: the brokers (Kafka's embedded mock cluster and tansu; NATS;
-//! RabbitMQ), producing test data, a counting handler with fault injection, and readers of
+//! RabbitMQ; SQS), producing test data, a counting handler with fault injection, and readers of
 //! partition stores.
 
 mod broker;
@@ -13,6 +13,7 @@ mod python;
 mod rabbitmq;
 mod readers;
 mod running;
+mod sqs;
 mod stores;
 mod waits;
 
@@ -33,5 +34,6 @@ pub use python::*;
 pub use rabbitmq::*;
 pub use readers::*;
 pub use running::*;
+pub use sqs::*;
 pub use stores::*;
 pub use waits::*;

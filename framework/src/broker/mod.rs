@@ -20,8 +20,12 @@ use crate::inbound::Delivered;
 pub(crate) mod kafka;
 #[cfg(feature = "nats")]
 pub(crate) mod nats;
+#[cfg(any(feature = "rabbitmq", feature = "sqs"))]
+mod queue_message;
 #[cfg(feature = "rabbitmq")]
 pub(crate) mod rabbitmq;
+#[cfg(feature = "sqs")]
+pub(crate) mod sqs;
 
 /// Whether `brokers` names NATS servers (`nats://` or `tls://` URLs) rather than Kafka's
 /// (`weir::state::nats::is_nats`, for tools).
@@ -35,7 +39,10 @@ pub fn nats_url(brokers: &str) -> bool {
 /// weir's own headers, so that a record sent again is recognised: an emit is named by its destination,
 /// group, source lane, position and index; a dead letter (or late record) by its destination
 /// and source lane and position. `None` for a record weir's headers do not name.
-#[cfg_attr(not(any(feature = "nats", feature = "rabbitmq")), allow(dead_code))]
+#[cfg_attr(
+    not(any(feature = "nats", feature = "rabbitmq", feature = "sqs")),
+    allow(dead_code)
+)]
 pub(crate) fn message_id(topic: &str, headers: &[(&str, Option<&[u8]>)]) -> Option<String> {
     use weir_state::wire::header;
     let value = |name: &str| {
@@ -65,6 +72,11 @@ pub fn amqp_url(brokers: &str) -> bool {
     b.starts_with("amqp://") || b.starts_with("amqps://")
 }
 
+/// Whether `brokers` selects Amazon SQS (`sqs://`).
+pub(crate) fn sqs_url(brokers: &str) -> bool {
+    brokers.trim_start().starts_with("sqs://")
+}
+
 /// How a worker's clients reach its broker.
 #[derive(Debug, Clone)]
 pub(crate) enum Connection {
@@ -74,13 +86,15 @@ pub(crate) enum Connection {
     Nats(nats::Connection),
     #[cfg(feature = "rabbitmq")]
     RabbitMq(rabbitmq::Connection),
+    #[cfg(feature = "sqs")]
+    Sqs(sqs::Connection),
 }
 
 impl Connection {
     /// The Kafka connection, for what only Kafka does yet (tables).
     #[cfg(feature = "kafka")]
     #[cfg_attr(
-        not(any(feature = "nats", feature = "rabbitmq")),
+        not(any(feature = "nats", feature = "rabbitmq", feature = "sqs")),
         allow(unused_variables)
     )]
     pub(crate) fn kafka(&self, what: &str) -> Result<&kafka::Connection, String> {
@@ -91,6 +105,8 @@ impl Connection {
             Self::Nats(_) => Err(format!("{what} is not available on NATS yet")),
             #[cfg(feature = "rabbitmq")]
             Self::RabbitMq(_) => Err(format!("{what} is not available on RabbitMQ yet")),
+            #[cfg(feature = "sqs")]
+            Self::Sqs(_) => Err(format!("{what} is not available on SQS yet")),
         }
     }
 
@@ -106,6 +122,8 @@ impl Connection {
             // A queue's positions count its deliveries: none was lost before the first.
             #[cfg(feature = "rabbitmq")]
             Self::RabbitMq(_) => Ok(0),
+            #[cfg(feature = "sqs")]
+            Self::Sqs(_) => Ok(0),
         }
     }
 
@@ -122,6 +140,8 @@ impl Connection {
             Self::Nats(n) => Ok(topics.map(|t| (t, n.lanes_of(t))).collect()),
             #[cfg(feature = "rabbitmq")]
             Self::RabbitMq(r) => Ok(topics.map(|t| (t, r.lanes_of(t))).collect()),
+            #[cfg(feature = "sqs")]
+            Self::Sqs(s) => Ok(topics.map(|t| (t, s.lanes_of(t))).collect()),
         }
     }
 
@@ -134,6 +154,8 @@ impl Connection {
             Self::Nats(n) => Ok(LogReader::Nats(n.log_reader())),
             #[cfg(feature = "rabbitmq")]
             Self::RabbitMq(_) => Err("changelogs are not available on RabbitMQ yet".into()),
+            #[cfg(feature = "sqs")]
+            Self::Sqs(_) => Err("changelogs are not available on SQS yet".into()),
         }
     }
 
@@ -146,6 +168,8 @@ impl Connection {
             Self::Nats(n) => n.create_missing(wanted).await,
             #[cfg(feature = "rabbitmq")]
             Self::RabbitMq(r) => r.create_missing(wanted).await,
+            #[cfg(feature = "sqs")]
+            Self::Sqs(s) => s.create_missing(wanted).await,
         }
     }
 }
@@ -161,6 +185,8 @@ pub(crate) enum Producer {
     Nats(nats::Publisher),
     #[cfg(feature = "rabbitmq")]
     RabbitMq(rabbitmq::Publisher),
+    #[cfg(feature = "sqs")]
+    Sqs(sqs::Publisher),
 }
 
 impl Producer {
@@ -173,6 +199,8 @@ impl Producer {
             Self::Nats(n) => n.send(r).await,
             #[cfg(feature = "rabbitmq")]
             Self::RabbitMq(p) => p.send(r).await,
+            #[cfg(feature = "sqs")]
+            Self::Sqs(p) => p.send(r).await,
         }
     }
 }

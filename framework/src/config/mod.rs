@@ -48,6 +48,8 @@ pub(crate) struct Config {
     pub(crate) partitions: i32,
     /// An NKey/JWT credentials file for NATS.
     pub(crate) nats_creds: Option<PathBuf>,
+    /// Receives in flight per SQS queue.
+    pub(crate) sqs_receives: usize,
     /// How long NATS keeps a lane with a worker that stopped pulling (and its unacknowledged
     /// messages from the next owner).
     pub(crate) hand_off: Duration,
@@ -167,6 +169,7 @@ impl Default for Config {
             state_cache_mb: 256,
             embedded_partitions: 4,
             partitions: 4,
+            sqs_receives: 4,
             nats_creds: None,
             hand_off: Duration::from_secs(10),
             delivery: Delivery::AtLeastOnce,
@@ -299,9 +302,17 @@ impl Config {
 
     /// The late-record topic of source `topic`, if late records are sent anywhere.
     pub(crate) fn late_topic_of(&self, topic: &str) -> Option<String> {
-        self.late_topic
-            .as_ref()
-            .map(|t| t.replace("{topic}", topic))
+        self.late_topic.as_ref().map(|t| self.topic_named(t, topic))
+    }
+
+    /// The topic template `template` names for source `topic` (on SQS, whose names allow no
+    /// dots, with dashes: `{topic}.dlq` is `{topic}-dlq`).
+    fn topic_named(&self, template: &str, topic: &str) -> String {
+        #[cfg(feature = "sqs")]
+        if self.brokers.as_deref().is_some_and(crate::broker::sqs_url) {
+            return crate::broker::sqs::queue_name(template, topic);
+        }
+        template.replace("{topic}", topic)
     }
 
     /// The changelog topic of the stores of source `topic`'s partitions, if the changelog is on:
@@ -315,7 +326,7 @@ impl Config {
     pub(crate) fn dead_letter_topic_of(&self, topic: &str) -> Option<String> {
         self.dead_letter_topic
             .as_ref()
-            .map(|t| t.replace("{topic}", topic))
+            .map(|t| self.topic_named(t, topic))
     }
 
     pub(crate) fn set_kafka(&mut self, name: String, value: String, origin: String) {

@@ -252,6 +252,20 @@ pub(crate) const SETTINGS: &[Setting] = &[
         }),
     },
     Setting {
+        name: "sqs_receives",
+        env: "WEIR_SQS_RECEIVES",
+        default: "4 (SQS: long-polling receives in flight per queue, 10 messages each)",
+        apply: |c, v| {
+            c.sqs_receives = num(v)?;
+            Ok(())
+        },
+        from_handler: None,
+        check: Some(|c| match (1..=64).contains(&c.sqs_receives) {
+            true => Ok(()),
+            false => Err("must be between 1 and 64".into()),
+        }),
+    },
+    Setting {
         name: "nats_creds",
         env: "WEIR_NATS_CREDS",
         default: "unset: credentials in the URL, or none",

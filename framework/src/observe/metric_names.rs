@@ -38,6 +38,12 @@ pub(crate) const RESTORE_DURATION_SECONDS: &str = "weir_restore_duration_seconds
 /// Times a partition was paused because its queue was full.
 pub(crate) const PAUSES_TOTAL: &str = "weir_partition_pauses_total";
 
+/// An SQS queue's messages as SQS counts them, by `state`: `visible` (waiting:
+/// `ApproximateNumberOfMessages`) and `not_visible` (received by someone and not deleted:
+/// `...NotVisible`).
+#[cfg(feature = "sqs")]
+pub(crate) const SQS_MESSAGES: &str = "weir_sqs_messages";
+
 // Per-partition series, rendered at scrape time from the partitions this worker owns right
 // now (so a revoked partition's series are gone at once), by `observe::http`.
 

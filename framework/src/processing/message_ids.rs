@@ -14,8 +14,11 @@
 //!   hold ids: what an earlier holder left unacknowledged comes back before anything new, so
 //!   by then every one of those messages has come and been checked.
 //!
-//! So the stores hold the ids of a few batches, whatever the traffic. Both stores are state
-//! like any other: they travel in the changelog, so the ids follow the lane to its next worker.
+//! So the stores hold the ids of a few batches, whatever the traffic. A queue whose settled
+//! messages can still come again (SQS: a standard queue may deliver a copy of a deleted
+//! message) keeps its ids for a time instead ([`Queued::keep_ids_for`], the queue's retention
+//! period): its batches are listed by commit time (store [`TIMED`]). The stores are state like
+//! any other: they travel in the changelog, so the ids follow the lane to its next worker.
 
 use std::collections::HashMap;
 
@@ -28,6 +31,9 @@ use crate::inbound::{Inbound, Queued};
 const IDS: &str = "__weir_message_ids";
 /// A batch's end position (zero-padded, so text order is numeric order) → its message ids.
 const BATCHES: &str = "__weir_message_id_batches";
+
+/// Commit time in ms and end position (each zero-padded) → the batch's message ids.
+const TIMED: &str = "__weir_message_id_times";
 
 /// The key of a batch ending at `next` in [`BATCHES`].
 fn batch_key(next: i64) -> String {
@@ -42,6 +48,8 @@ pub(crate) struct MessageIds {
     /// The highest confirmed-settled position the batch's messages carried, and where the
     /// worker's hold of the lane began.
     settled: Option<(i64, i64)>,
+    /// How long the ids are kept after their commit, when by time.
+    keep_for: Option<std::time::Duration>,
     /// Messages without an id: processed at least once, not exactly once.
     anonymous: u64,
     /// Redeliveries dropped.
@@ -64,6 +72,7 @@ impl MessageIds {
             Some((below, _)) => (below.max(q.settled_below), q.hold_start),
             None => (q.settled_below, q.hold_start),
         });
+        self.keep_for = self.keep_for.max(q.keep_ids_for);
         let Some(id) = &q.id else {
             self.anonymous += 1;
             return Ok(false);
@@ -103,6 +112,20 @@ impl MessageIds {
         writes: &mut WriteSet,
         next: i64,
     ) -> Result<()> {
+        self.write_at(store, writes, next, crate::wall_clock::now_ms())
+    }
+
+    /// [`write`](Self::write), at `now` (ms since the Unix epoch).
+    fn write_at(
+        &self,
+        store: &PartitionStore,
+        writes: &mut WriteSet,
+        next: i64,
+        now: i64,
+    ) -> Result<()> {
+        if let Some(keep_for) = self.keep_for {
+            return self.write_timed(store, writes, next, keep_for, now);
+        }
         if let Some((below, hold_start)) = self.settled {
             let key = |p: i64| serde_json::to_string(&batch_key(p)).unwrap_or_default();
             let mut done = Vec::new();
@@ -150,6 +173,39 @@ impl MessageIds {
         writes.put(BATCHES, &batch_key(next), &ids)?;
         Ok(())
     }
+
+    /// [`write`](Self::write) for ids kept `keep_for` after their batch committed: lists the
+    /// batch's under its commit time, and forgets those of batches older than that.
+    fn write_timed(
+        &self,
+        store: &PartitionStore,
+        writes: &mut WriteSet,
+        next: i64,
+        keep_for: std::time::Duration,
+        now: i64,
+    ) -> Result<()> {
+        let now = now.max(0);
+        let horizon = now.saturating_sub(i64::try_from(keep_for.as_millis()).unwrap_or(i64::MAX));
+        let upto = serde_json::to_string(&format!("{horizon:020}")).unwrap_or_default();
+        for (key, ids) in store.range_through(writes, TIMED, "\"", &upto)? {
+            for id in serde_json::from_str::<Vec<String>>(&ids).unwrap_or_default() {
+                writes.delete(IDS, &id)?;
+            }
+            let key: String = serde_json::from_str(&key).unwrap_or_default();
+            writes.delete(TIMED, &key)?;
+        }
+        let applied: Vec<&(Box<str>, i64)> =
+            self.applied.iter().filter(|(_, p)| *p < next).collect();
+        if applied.is_empty() {
+            return Ok(());
+        }
+        for (id, position) in &applied {
+            writes.put(IDS, &**id, position)?;
+        }
+        let ids: Vec<&str> = applied.iter().map(|(id, _)| &**id).collect();
+        writes.put(TIMED, &format!("{now:020}{:020}", next.max(0)), &ids)?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -176,12 +232,18 @@ mod tests {
                 redelivered,
                 settled_below,
                 hold_start,
+                keep_ids_for: None,
             },
         )
     }
 
     /// Runs one batch of `msgs` through [`MessageIds`] and commits it: the ones applied.
     fn batch(store: &PartitionStore, msgs: &[Inbound]) -> Vec<i64> {
+        batch_at(store, msgs, crate::wall_clock::now_ms())
+    }
+
+    /// [`batch`], committed at `now`.
+    fn batch_at(store: &PartitionStore, msgs: &[Inbound], now: i64) -> Vec<i64> {
         let mut ids = MessageIds::default();
         let writes = WriteSet::default();
         let mut applied = Vec::new();
@@ -193,7 +255,7 @@ mod tests {
         }
         let next = msgs.last().map_or(0, |m| m.offset() + 1);
         let mut writes = writes;
-        ids.write(store, &mut writes, next).expect("write");
+        ids.write_at(store, &mut writes, next, now).expect("write");
         store.commit(&writes, "t", 0, next).expect("commit");
         applied
     }
@@ -261,5 +323,38 @@ mod tests {
         );
         let kept: Vec<(String, i64)> = store.entries(IDS).expect("ids");
         assert!(kept.is_empty(), "all six came back: forgotten ({kept:?})");
+    }
+
+    /// SQS: a deleted message's copy may still come, so ids are kept for the queue's
+    /// retention period, however far the confirmed deletions went; then forgotten.
+    #[test]
+    fn ids_kept_for_a_time_outlive_their_settling_and_then_go() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = PartitionStore::open(dir.path().join("0.sqlite")).expect("open");
+        let timed = |offset: i64, id: &str, settled_below: i64, keep: u64| {
+            message(offset, id, true, settled_below).with_queued(Queued {
+                id: Some(id.into()),
+                redelivered: true,
+                settled_below,
+                hold_start: 0,
+                keep_ids_for: Some(std::time::Duration::from_secs(keep)),
+            })
+        };
+        let hour = 3_600_000;
+        assert_eq!(batch_at(&store, &[timed(0, "a", 0, 3600)], hour), [0]);
+        assert_eq!(batch_at(&store, &[timed(1, "b", 1, 3600)], hour + 1), [1]);
+        // Everything below 2 was deleted, and a copy of "a" comes: still recognised.
+        assert!(batch_at(&store, &[timed(2, "a", 2, 3600)], 2 * hour).is_empty());
+        let kept: Vec<(String, i64)> = store.entries(IDS).expect("ids");
+        assert_eq!(kept.len(), 2, "{kept:?}");
+        // An hour after "a" committed (and before "b" is an hour old): "a" is forgotten.
+        assert_eq!(
+            batch_at(&store, &[timed(3, "c", 3, 3600)], 2 * hour + 1),
+            [3]
+        );
+        let kept: Vec<(String, i64)> = store.entries(IDS).expect("ids");
+        assert_eq!(kept, [("b".to_owned(), 1), ("c".to_owned(), 3)]);
+        let batches: Vec<(String, Vec<String>)> = store.entries(BATCHES).expect("batches");
+        assert!(batches.is_empty(), "{batches:?}");
     }
 }

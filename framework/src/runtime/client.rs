@@ -94,6 +94,8 @@ pub(crate) enum Clients {
     Nats(crate::broker::nats::Settings),
     #[cfg(feature = "rabbitmq")]
     RabbitMq(crate::broker::rabbitmq::Settings),
+    #[cfg(feature = "sqs")]
+    Sqs(crate::broker::sqs::Settings, String),
 }
 
 /// The clients of a running worker.
@@ -114,6 +116,9 @@ pub(crate) enum Reader {
     /// The connection and the group.
     #[cfg(feature = "rabbitmq")]
     RabbitMq(crate::broker::rabbitmq::Connection, String),
+    /// The connection and the group.
+    #[cfg(feature = "sqs")]
+    Sqs(crate::broker::sqs::Connection, String),
 }
 
 /// The worker's source, made for its consumer thread.
@@ -130,6 +135,8 @@ pub(crate) enum Made<C> {
     NatsCore(Box<crate::broker::nats::CoreSource>),
     #[cfg(feature = "rabbitmq")]
     RabbitMq(Box<crate::broker::rabbitmq::RabbitSource>),
+    #[cfg(feature = "sqs")]
+    Sqs(Box<crate::broker::sqs::SqsSource>),
 }
 
 impl Clients {
@@ -141,6 +148,9 @@ impl Clients {
         }
         if crate::broker::amqp_url(brokers) {
             return Self::rabbitmq(config, brokers, in_pipeline);
+        }
+        if crate::broker::sqs_url(brokers) {
+            return Self::sqs(config, brokers, in_pipeline);
         }
         Self::kafka(config, brokers)
     }
@@ -170,6 +180,38 @@ impl Clients {
     #[cfg(not(feature = "rabbitmq"))]
     fn rabbitmq(_: &Config, brokers: &str, _: bool) -> Result<Self> {
         Err(without_feature(brokers, RABBITMQ))
+    }
+
+    #[cfg(not(feature = "sqs"))]
+    fn sqs(_: &Config, brokers: &str, _: bool) -> Result<Self> {
+        Err(without_feature(brokers, SQS))
+    }
+
+    #[cfg(feature = "sqs")]
+    fn sqs(config: &Config, brokers: &str, in_pipeline: bool) -> Result<Self> {
+        let unsupported = |what: &str| {
+            Error::config(
+                "brokers (WEIR_BROKERS)",
+                format!("{what} run on Kafka and NATS only so far, and {brokers:?} selects SQS"),
+            )
+        };
+        if in_pipeline {
+            return Err(unsupported("pipelines"));
+        }
+        if !config.tables(false).is_empty() || !config.tables(true).is_empty() {
+            return Err(unsupported("tables"));
+        }
+        if config.changelog {
+            return Err(Error::config(
+                "changelog (WEIR_CHANGELOG)",
+                "changelogs run on Kafka and NATS only so far, and WEIR_BROKERS selects SQS (one worker per queue keeps its state in its state dir): turn the changelog off",
+            ));
+        }
+        let settings = crate::broker::sqs::Settings {
+            receives: config.sqs_receives,
+            capacity: config.queue_capacity,
+        };
+        Ok(Self::Sqs(settings, brokers.to_owned()))
     }
 
     #[cfg(feature = "rabbitmq")]
@@ -301,6 +343,28 @@ impl Clients {
                     reader: Reader::RabbitMq(rabbit, config.group.clone()),
                 })
             }
+            #[cfg(feature = "sqs")]
+            Self::Sqs(settings, brokers) => {
+                let sqs = crate::broker::sqs::Connection::connect(
+                    brokers,
+                    settings.clone(),
+                    config.startup_timeout,
+                )
+                .await?;
+                for topic in &config.topics {
+                    sqs.queue(topic, config.dead_letter_topic_of(topic).as_deref())
+                        .await?;
+                }
+                let connection = Connection::Sqs(sqs.clone());
+                ensure_topics(config, &connection).await;
+                Ok(Started {
+                    connection,
+                    producer: Arc::new(Producer::Sqs(crate::broker::sqs::Publisher::new(
+                        sqs.clone(),
+                    ))),
+                    reader: Reader::Sqs(sqs, config.group.clone()),
+                })
+            }
         }
     }
 }
@@ -315,7 +379,7 @@ impl Reader {
         let assignments = Rebalances::new(shared);
         match self {
             Self::Kafka(consumer) => Ok(Made::Kafka(consumer.consumer(assignments)?)),
-            #[cfg(any(feature = "nats", feature = "rabbitmq"))]
+            #[cfg(any(feature = "nats", feature = "rabbitmq", feature = "sqs"))]
             other => other.queue_source(assignments),
         }
     }
@@ -330,7 +394,7 @@ impl Reader {
     }
 
     /// The source of a worker on NATS or RabbitMQ (whose sources are boxed in [`Made`]).
-    #[cfg(any(feature = "nats", feature = "rabbitmq"))]
+    #[cfg(any(feature = "nats", feature = "rabbitmq", feature = "sqs"))]
     fn queue_source<H: Process, C>(&self, assignments: Rebalances<H>) -> Result<Made<C>> {
         match self {
             #[cfg(feature = "kafka")]
@@ -356,6 +420,12 @@ impl Reader {
                 assignments,
                 tokio::runtime::Handle::current(),
             )))),
+            #[cfg(feature = "sqs")]
+            Self::Sqs(sqs, group) => Ok(Made::Sqs(Box::new(sqs.source(
+                group,
+                assignments,
+                tokio::runtime::Handle::current(),
+            )))),
         }
     }
 }
@@ -365,7 +435,7 @@ impl Reader {
 type BrokerFeature = (&'static str, &'static str, &'static str);
 #[cfg_attr(feature = "kafka", allow(dead_code))]
 const KAFKA: BrokerFeature = (
-    "Kafka's bootstrap servers (neither nats:// nor amqp://)",
+    "Kafka's bootstrap servers (not nats://, amqp:// or sqs://)",
     "Kafka",
     "kafka",
 );
@@ -373,11 +443,18 @@ const KAFKA: BrokerFeature = (
 const NATS: BrokerFeature = ("NATS servers", "NATS", "nats");
 #[cfg_attr(feature = "rabbitmq", allow(dead_code))]
 const RABBITMQ: BrokerFeature = ("a RabbitMQ server", "RabbitMQ", "rabbitmq");
+#[cfg_attr(feature = "sqs", allow(dead_code))]
+const SQS: BrokerFeature = ("Amazon SQS", "SQS", "sqs");
 
 /// The error for `brokers` naming a broker this build of weir was built without. (Built in
 /// every build, so that the test below checks it where the features are all on.)
 #[cfg_attr(
-    all(feature = "kafka", feature = "nats", feature = "rabbitmq"),
+    all(
+        feature = "kafka",
+        feature = "nats",
+        feature = "rabbitmq",
+        feature = "sqs"
+    ),
     allow(dead_code)
 )]
 fn without_feature(brokers: &str, (names, broker, feature): BrokerFeature) -> Error {

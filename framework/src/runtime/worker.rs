@@ -301,6 +301,8 @@ impl<H: Process> Worker<H> {
                     Made::NatsCore(s) => consumer::run(*s, thread_shared, ready_rx),
                     #[cfg(feature = "rabbitmq")]
                     Made::RabbitMq(s) => consumer::run(*s, thread_shared, ready_rx),
+                    #[cfg(feature = "sqs")]
+                    Made::Sqs(s) => consumer::run(*s, thread_shared, ready_rx),
                 };
                 let _ = done_tx.send(result);
             })

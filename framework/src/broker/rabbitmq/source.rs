@@ -24,6 +24,7 @@ use lapin::types::FieldTable;
 use tokio::sync::mpsc;
 
 use super::{lane_queue, lock, Connection};
+use crate::broker::queue_message::{QueueDelivery as Delivery, QueueMessage};
 use crate::broker::{Assignments, Lane, Source};
 use crate::error::Result;
 use crate::inbound::{Delivered, Queued};
@@ -35,64 +36,12 @@ const DEPTH_INTERVAL: Duration = Duration::from_secs(1);
 
 type LaneKey = (Arc<str>, i32);
 
-/// A message of a lane, copied out of the client.
-#[derive(Debug)]
-pub(crate) struct Delivery {
-    topic: Arc<str>,
-    lane: i32,
-    position: i64,
-    timestamp_ms: Option<i64>,
-    key: Vec<u8>,
-    payload: Vec<u8>,
-    headers: Vec<(String, Vec<u8>)>,
-    queued: Queued,
-}
-
-impl Delivered for Delivery {
-    fn topic(&self) -> &str {
-        &self.topic
-    }
-
-    fn partition(&self) -> i32 {
-        self.lane
-    }
-
-    fn offset(&self) -> i64 {
-        self.position
-    }
-
-    fn timestamp_ms(&self) -> Option<i64> {
-        self.timestamp_ms
-    }
-
-    fn key(&self) -> Option<&[u8]> {
-        Some(&self.key)
-    }
-
-    fn payload(&self) -> Option<&[u8]> {
-        Some(&self.payload)
-    }
-
-    fn headers(&self) -> impl Iterator<Item = (&str, Option<&[u8]>)> {
-        self.headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), Some(v.as_slice())))
-    }
-
-    fn queued(&self) -> Option<Queued> {
-        Some(self.queued.clone())
-    }
-}
-
 /// A message as a lane's task hands it over (not yet numbered).
 struct Taken {
     tag: u64,
     redelivered: bool,
     message_id: Option<Box<str>>,
-    timestamp_ms: Option<i64>,
-    key: Vec<u8>,
-    payload: Vec<u8>,
-    headers: Vec<(String, Vec<u8>)>,
+    message: QueueMessage,
 }
 
 impl Taken {
@@ -104,7 +53,7 @@ impl Taken {
             .map(|h| {
                 h.inner()
                     .iter()
-                    .map(|(k, v)| (k.as_str().to_owned(), super::header_bytes(v)))
+                    .map(|(k, v)| (k.as_str().to_owned(), Some(super::header_bytes(v))))
                     .collect()
             })
             .unwrap_or_default();
@@ -112,10 +61,12 @@ impl Taken {
             tag: d.delivery_tag,
             redelivered: d.redelivered,
             message_id: p.message_id().as_ref().map(|m| m.as_str().into()),
-            timestamp_ms: p.timestamp().map(|s| (s as i64).saturating_mul(1000)),
-            key: d.routing_key.as_str().as_bytes().to_vec(),
-            payload: d.data,
-            headers,
+            message: QueueMessage {
+                timestamp_ms: p.timestamp().map(|s| (s as i64).saturating_mul(1000)),
+                key: Some(d.routing_key.as_str().as_bytes().to_vec()),
+                payload: Some(d.data),
+                headers,
+            },
         }
     }
 }
@@ -359,21 +310,14 @@ impl RabbitSource {
         let position = state.next;
         state.next += 1;
         state.unacked.push_back((position, taken.tag));
-        Delivery {
-            topic: Arc::clone(&key.0),
-            lane: key.1,
-            position,
-            timestamp_ms: taken.timestamp_ms,
-            key: taken.key,
-            payload: taken.payload,
-            headers: taken.headers,
-            queued: Queued {
-                id: taken.message_id,
-                redelivered: taken.redelivered,
-                settled_below: state.confirmed.load(Ordering::SeqCst),
-                hold_start: state.hold_start,
-            },
-        }
+        let queued = Queued {
+            id: taken.message_id,
+            redelivered: taken.redelivered,
+            settled_below: state.confirmed.load(Ordering::SeqCst),
+            hold_start: state.hold_start,
+            keep_ids_for: None,
+        };
+        Delivery::new(Arc::clone(&key.0), key.1, position, taken.message, queued)
     }
 
     /// A message of a lane: the first of a lane not owned makes it this worker's. `None`: it
@@ -436,7 +380,7 @@ impl RabbitSource {
             state.held.clear();
             state.unacked.clear();
         }
-        lock(&self.ready).retain(|d| (&d.topic, d.lane) != (&key.0, key.1));
+        lock(&self.ready).retain(|d| (d.topic(), d.partition()) != (&*key.0, key.1));
     }
 
     /// Sends the acknowledgement of `state`'s deliveries below `next`.

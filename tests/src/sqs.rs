@@ -1,0 +1,148 @@
+//! The SQS test endpoint (moto's server, started by `scripts/sqs.sh`; its URL in
+//! `WEIR_TEST_SQS`), and sending to it and reading it with Python's boto3.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use weir::prelude::*;
+
+/// The environment variable with the SQS test endpoint's URL.
+pub const SQS_ENV: &str = "WEIR_TEST_SQS";
+
+/// The SQS test endpoint's URL. Panics, saying how to start it, when it is not set.
+pub fn sqs_endpoint() -> String {
+    std::env::var(SQS_ENV).unwrap_or_else(|_| {
+        panic!("{SQS_ENV} is not set: start the endpoint with scripts/sqs.sh start and set {SQS_ENV}=http://127.0.0.1:14566 (scripts/test.sh does both)")
+    })
+}
+
+/// The AWS configuration of a worker on the test endpoint (any credentials do), for a worker
+/// process's environment.
+pub fn sqs_env() -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_REGION", "us-east-1".to_owned()),
+        ("AWS_ENDPOINT_URL_SQS", sqs_endpoint()),
+        ("AWS_ACCESS_KEY_ID", "test".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "test".to_owned()),
+    ]
+}
+
+/// A worker of `group` on the SQS test endpoint reading queue `topic`, with its stores in
+/// `state_dir`. Sets the AWS configuration in this test's environment (each test is a process
+/// of its own under nextest; with `cargo test`, every test sets the same values).
+pub fn sqs_worker(group: &str, topic: &str, state_dir: &Path) -> weir::WorkerBuilder {
+    crate::broker::init_tracing();
+    static SET: std::sync::Once = std::sync::Once::new();
+    SET.call_once(|| {
+        for (name, value) in sqs_env() {
+            std::env::set_var(name, value);
+        }
+    });
+    Worker::builder()
+        .brokers("sqs://")
+        .group(group)
+        .topic(topic)
+        .state_dir(state_dir)
+}
+
+fn sqs_client_py(args: &[&str]) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/py/sqs_client.py");
+    let out = std::process::Command::new(crate::python())
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("run sqs_client.py");
+    assert!(
+        out.status.success(),
+        "sqs_client.py {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Creates `queue` with boto3 (FIFO for a `.fifo` name) with a visibility timeout of
+/// `visibility`.
+pub fn python_sqs_create(queue: &str, visibility: Duration) {
+    let visibility = visibility.as_secs().to_string();
+    sqs_client_py(&[
+        "create",
+        &sqs_endpoint(),
+        queue,
+        "--visibility",
+        &visibility,
+    ]);
+}
+
+/// Sends records `start..start + count` to `queue` with boto3, as
+/// [`keyed_records`](crate::keyed_records)`(start, count, keys)` (attribute `key` =
+/// `k{i % keys}`, body `v{i}`), each with attribute `origin: python`.
+pub fn python_sqs_send(queue: &str, start: usize, count: usize, keys: usize) {
+    let (start, count_s, keys) = (start.to_string(), count.to_string(), keys.to_string());
+    let took = sqs_client_py(&[
+        "send",
+        &sqs_endpoint(),
+        queue,
+        &start,
+        &count_s,
+        "--keys",
+        &keys,
+    ]);
+    assert_eq!(took.trim(), count_s, "SQS took every record");
+}
+
+/// Sends `records` (key, value) to `queue` with boto3, in order.
+pub fn python_sqs_send_records(queue: &str, records: &[(String, String)]) {
+    let json = serde_json::to_string(records).expect("records as JSON");
+    let took = sqs_client_py(&["records", &sqs_endpoint(), queue, &json]);
+    assert_eq!(
+        took.trim(),
+        records.len().to_string(),
+        "SQS took every record"
+    );
+}
+
+/// Each of `queues`' visible and not-visible counts (`None`: no such queue).
+pub fn python_sqs_depth(queues: &[String]) -> BTreeMap<String, Option<serde_json::Value>> {
+    let endpoint = sqs_endpoint();
+    let mut args = vec!["depth", &endpoint];
+    args.extend(queues.iter().map(String::as_str));
+    serde_json::from_str(sqs_client_py(&args).trim()).expect("JSON depths")
+}
+
+/// Waits until every one of `queues` is empty: nothing visible, nothing received and not
+/// deleted.
+pub async fn wait_for_empty_queues(queues: &[String], timeout: Duration) {
+    crate::wait_until("every queue empty", timeout, || {
+        let depth = python_sqs_depth(queues);
+        async move {
+            let empty = depth.values().all(|d| {
+                d.as_ref()
+                    .is_some_and(|d| d["visible"] == 0 && d["not_visible"] == 0)
+            });
+            if empty {
+                Ok(())
+            } else {
+                Err(format!("{depth:?}"))
+            }
+        }
+    })
+    .await;
+}
+
+/// The attributes of `queue`.
+pub fn python_sqs_attributes(queue: &str) -> serde_json::Value {
+    serde_json::from_str(sqs_client_py(&["attributes", &sqs_endpoint(), queue]).trim())
+        .expect("JSON attributes")
+}
+
+/// Receives and deletes up to `count` messages of `queue` with boto3 (until none came for
+/// `wait`): body and attributes of each.
+pub fn python_sqs_read(queue: &str, count: usize, wait: Duration) -> Vec<serde_json::Value> {
+    let (count, wait) = (count.to_string(), wait.as_secs_f64().to_string());
+    sqs_client_py(&["read", &sqs_endpoint(), queue, &count, "--wait", &wait])
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
