@@ -26,7 +26,7 @@ async fn boto3_messages_are_counted_once_and_deleted() {
         "the worker's queue created",
         Duration::from_secs(30),
         || {
-            let depth = python_sqs_depth(&[topic.clone()]);
+            let depth = python_sqs_depth(std::slice::from_ref(&topic));
             async move {
                 match depth.values().next() {
                     Some(Some(_)) => Ok(()),
@@ -46,7 +46,7 @@ async fn boto3_messages_are_counted_once_and_deleted() {
         Duration::from_secs(60),
     )
     .await;
-    wait_for_empty_queues(&[topic.clone()], Duration::from_secs(30)).await;
+    wait_for_empty_queues(std::slice::from_ref(&topic), Duration::from_secs(30)).await;
     running.stop_cleanly().await;
     let stored = StoredCounts::read(dir.path(), &group, &topic);
     assert_counts_exact(&stored.counts, &expected_counts(&records));
@@ -71,4 +71,248 @@ async fn boto3_messages_are_counted_once_and_deleted() {
         policy["maxReceiveCount"].to_string().trim_matches('"'),
         "20"
     );
+}
+
+/// A worker process is SIGKILLed mid-round, again and again, while messages keep coming, and
+/// started again on the same state dir. What it received and had not deleted comes back once
+/// the visibility timeout (2 s here) runs out: the messages its last batches committed are
+/// recognised by id and dropped, the others counted. At the end every message is counted once
+/// and the queue is empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_sigkilled_again_and_again_counts_every_message_once() {
+    const ROUNDS: usize = 4;
+    const PER_ROUND: usize = 150;
+    let (topic, group) = (unique("sqs-kill"), unique("g"));
+    python_sqs_create(&topic, Duration::from_secs(2));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let logs = tempfile::tempdir().expect("tempdir");
+    let mut starts = 0;
+    let mut start = || {
+        starts += 1;
+        let mut cmd = worker_command(env!("CARGO_BIN_EXE_count-worker"));
+        cmd.envs(sqs_env())
+            .env("WEIR_BROKERS", "sqs://")
+            .env("WEIR_GROUP", &group)
+            .env("WEIR_TOPICS", &topic)
+            .env("WEIR_STATE_DIR", dir.path())
+            .env("WEIR_BATCH_SIZE", "20")
+            .env("COUNT_WORKER_DELAY_US", "10000");
+        WorkerProcess::start(cmd, &logs.path().join(format!("{starts:03}.log")))
+    };
+    let mut worker = start();
+    let mut all = Vec::new();
+    let counted = || StoredCounts::read(dir.path(), &group, &topic).counts;
+    for round in 0..ROUNDS {
+        python_sqs_send(&topic, round * PER_ROUND, PER_ROUND, 20);
+        all.extend(keyed_records(round * PER_ROUND, PER_ROUND, 20));
+        let want = (all.len() - PER_ROUND / 2) as u64;
+        wait_until("half the round counted", Duration::from_secs(60), || {
+            let total: u64 = counted().values().sum();
+            async move {
+                if total >= want {
+                    Ok(())
+                } else {
+                    Err(format!("{total} counted"))
+                }
+            }
+        })
+        .await;
+        worker.kill();
+        worker = start();
+    }
+    let expected = expected_counts(&all);
+    let sent = all.len();
+    wait_until("every message counted", Duration::from_secs(60), || {
+        let counts = counted();
+        let done = counts == expected;
+        async move {
+            if done {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{} of {} counted",
+                    counts.values().sum::<u64>(),
+                    sent
+                ))
+            }
+        }
+    })
+    .await;
+    wait_for_empty_queues(std::slice::from_ref(&topic), Duration::from_secs(30)).await;
+    worker.stop();
+    assert_counts_exact(&counted(), &expected);
+    let position = StoredCounts::read(dir.path(), &group, &topic).offsets[&0];
+    eprintln!(
+        "{} messages, {position} deliveries over {ROUNDS} SIGKILLs",
+        ROUNDS * PER_ROUND
+    );
+    assert!(
+        position > (ROUNDS * PER_ROUND) as i64,
+        "the killed workers' messages came again ({position} deliveries)"
+    );
+}
+
+/// A batch slower than the queue's visibility timeout (2 s; the handler takes 5 s over one
+/// record): the worker extends the visibility of what it holds, so no message comes again
+/// meanwhile; each is processed once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_batch_keeps_its_messages_from_coming_again() {
+    let (topic, group) = (unique("sqs-slow"), unique("g"));
+    python_sqs_create(&topic, Duration::from_secs(2));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let handler = CountHandler {
+        slow_on: Some(("v5".to_owned(), Duration::from_secs(5))),
+        ..CountHandler::default()
+    };
+    let attempts = std::sync::Arc::clone(&handler.attempts);
+    let running = RunningWorker::spawn(
+        sqs_worker(&group, &topic, dir.path())
+            .build(handler)
+            .expect("build worker"),
+    );
+    python_sqs_send(&topic, 0, 60, 10);
+    let records = keyed_records(0, 60, 10);
+    wait_for_counts(
+        dir.path(),
+        &group,
+        &topic,
+        &expected_counts(&records),
+        Duration::from_secs(60),
+    )
+    .await;
+    wait_for_empty_queues(std::slice::from_ref(&topic), Duration::from_secs(30)).await;
+    running.stop_cleanly().await;
+    let position = StoredCounts::read(dir.path(), &group, &topic).offsets[&0];
+    assert_eq!(
+        (attempts.load(std::sync::atomic::Ordering::SeqCst), position),
+        (60, 60),
+        "no message came again while the slow batch ran"
+    );
+}
+
+/// A message that keeps failing goes, after weir's attempts, to the dead-letter queue
+/// `T-dlq` (created by weir with the queue) with weir's error headers, its key and its own
+/// attributes; every other message is counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_message_is_dead_lettered_to_the_queues_dlq() {
+    let (topic, group) = (unique("sqs-dlq"), unique("g"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let running = RunningWorker::spawn(
+        sqs_worker(&group, &topic, dir.path())
+            .retry(weir::worker::RetryPolicy {
+                max_attempts: 2,
+                backoff: Duration::from_millis(20),
+                max_backoff: Duration::from_millis(50),
+            })
+            .build(CountHandler::with_poison("v7", u64::MAX))
+            .expect("build worker"),
+    );
+    wait_until(
+        "the worker's queue created",
+        Duration::from_secs(30),
+        || {
+            let depth = python_sqs_depth(std::slice::from_ref(&topic));
+            async move {
+                match depth.values().next() {
+                    Some(Some(_)) => Ok(()),
+                    _ => Err(format!("{depth:?}")),
+                }
+            }
+        },
+    )
+    .await;
+    python_sqs_send(&topic, 0, 50, 10);
+    let records: Vec<_> = keyed_records(0, 50, 10)
+        .into_iter()
+        .filter(|(_, v)| v != "v7")
+        .collect();
+    wait_for_counts(
+        dir.path(),
+        &group,
+        &topic,
+        &expected_counts(&records),
+        Duration::from_secs(60),
+    )
+    .await;
+    let mut dead = Vec::new();
+    wait_until("the dead letter read", Duration::from_secs(30), || {
+        dead.extend(python_sqs_read(
+            &format!("{topic}-dlq"),
+            10,
+            Duration::from_millis(300),
+        ));
+        let n = dead.len();
+        async move {
+            if n >= 1 {
+                Ok(())
+            } else {
+                Err("none yet".to_owned())
+            }
+        }
+    })
+    .await;
+    running.stop_cleanly().await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let d = &dead[0];
+    // Ten attributes at most: weir's headers travel packed when they do not fit.
+    let headers = d.get("headers").unwrap_or(&d["attributes"]);
+    assert_eq!(
+        (d["attributes"]["key"].as_str(), d["body"].as_str()),
+        (Some("k7"), Some("v7")),
+        "{d}"
+    );
+    assert_eq!(headers["weir.attempts"], "2", "{d}");
+    assert!(
+        headers["weir.error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty()),
+        "{d}"
+    );
+    assert_eq!(
+        headers["origin"], "python",
+        "the message's own attributes go with it: {d}"
+    );
+}
+
+/// What weir emits lands in a queue it creates on first use (`T-tallies`), each emit once,
+/// with its key, weir's headers and a distinct `weir.id`; Python's boto3 reads them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boto3_reads_what_weir_emits() {
+    use weir_tests::tally::{tallies_topic, TallyHandler};
+    let (topic, group) = (unique("sqs-emit"), unique("g"));
+    python_sqs_create(&topic, Duration::from_secs(30));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let running = RunningWorker::spawn(
+        sqs_worker(&group, &topic, dir.path())
+            .build(TallyHandler::default())
+            .expect("build worker"),
+    );
+    python_sqs_send(&topic, 0, 100, 10);
+    let tallies = tallies_topic(&topic);
+    let mut read = Vec::new();
+    wait_until("100 emits read", Duration::from_secs(60), || {
+        if python_sqs_depth(std::slice::from_ref(&tallies))[&tallies].is_some() {
+            read.extend(python_sqs_read(&tallies, 100, Duration::from_millis(300)));
+        }
+        let n = read.len();
+        async move {
+            if n >= 100 {
+                Ok(())
+            } else {
+                Err(format!("{n} read"))
+            }
+        }
+    })
+    .await;
+    running.stop_cleanly().await;
+    assert_eq!(read.len(), 100, "each emit once");
+    let mut ids = std::collections::BTreeSet::new();
+    for e in &read {
+        let a = &e["attributes"];
+        assert_eq!(a["weir.source.topic"], topic.as_str(), "{e}");
+        let id = a["weir.id"].as_str().expect("weir's id");
+        assert!(ids.insert(id.to_owned()), "ids are distinct: {id}");
+        let key = a["key"].as_str().expect("a key");
+        assert!(e["body"].as_str().expect("a body").contains(key), "{e}");
+    }
 }
