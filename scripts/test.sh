@@ -50,11 +50,11 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 step "clippy on weir alone, with Kafka and without"
 # weir alone, as a Kafka-only user builds it (the workspace turns its `nats` feature on),
-# and without Kafka, as a NATS and RabbitMQ user builds it (no librdkafka). Its unit tests run
+# and without Kafka, as a NATS, RabbitMQ and SQS user builds it (no librdkafka). Its unit tests run
 # in the workspace's build only: building them once more without Kafka took 165 s, for one
 # test of its own (the refusal of Kafka's servers, now tested in every build).
 cargo clippy -p weir --all-targets -- -D warnings
-cargo clippy -p weir --no-default-features --features nats,rabbitmq --all-targets -- -D warnings
+cargo clippy -p weir --no-default-features --features nats,rabbitmq,sqs --all-targets -- -D warnings
 step "rustdoc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 

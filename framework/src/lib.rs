@@ -58,8 +58,8 @@
 //! and `kafka` (for tools beside the workers).
 //!
 //! Brokers are features: `kafka` (on by default; also the embedded broker, tables and
-//! pipelines), `nats` and `rabbitmq`. A worker on NATS or RabbitMQ alone builds without
-//! librdkafka: `weir = { version = "0.1", default-features = false, features = ["nats"] }`.
+//! pipelines), `nats`, `rabbitmq` and `sqs`. A worker on NATS, RabbitMQ or SQS alone builds
+//! without librdkafka: `weir = { version = "0.1", default-features = false, features = ["nats"] }`.
 //!
 //! Inside, the crate is layered: `observe` (metrics, health, progress) below `delivery`
 //! (retries, dead letters, outbox, changelog restore) below `processing` (codecs, handler
@@ -92,8 +92,15 @@ mod runtime;
 mod stop;
 mod wall_clock;
 
-#[cfg(not(any(feature = "kafka", feature = "nats", feature = "rabbitmq")))]
-compile_error!("weir needs at least one broker: turn on its `kafka`, `nats` or `rabbitmq` feature");
+#[cfg(not(any(
+    feature = "kafka",
+    feature = "nats",
+    feature = "rabbitmq",
+    feature = "sqs"
+)))]
+compile_error!(
+    "weir needs at least one broker: turn on its `kafka`, `nats`, `rabbitmq` or `sqs` feature"
+);
 
 #[cfg(feature = "kafka")]
 pub mod kafka;

@@ -146,3 +146,46 @@ pub fn python_sqs_read(queue: &str, count: usize, wait: Duration) -> Vec<serde_j
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
         .collect()
 }
+
+/// Waits until `queue` exists (a worker creates it at start).
+pub async fn wait_for_queue(queue: &str) {
+    crate::wait_until(
+        "the worker's queue created",
+        Duration::from_secs(30),
+        || {
+            let depth = python_sqs_depth(&[queue.to_owned()]);
+            async move {
+                match depth.values().next() {
+                    Some(Some(_)) => Ok(()),
+                    _ => Err(format!("{depth:?}")),
+                }
+            }
+        },
+    )
+    .await;
+}
+
+/// Receives and deletes messages of `queue` with boto3 until `want` came (a queue not made
+/// yet reads as empty), waiting at most `timeout`: every message taken.
+pub async fn python_sqs_read_until(
+    queue: &str,
+    want: usize,
+    timeout: Duration,
+) -> Vec<serde_json::Value> {
+    let mut read = Vec::new();
+    crate::wait_until(&format!("{want} messages read"), timeout, || {
+        if python_sqs_depth(&[queue.to_owned()])[queue].is_some() {
+            read.extend(python_sqs_read(queue, want, Duration::from_millis(300)));
+        }
+        let n = read.len();
+        async move {
+            if n >= want {
+                Ok(())
+            } else {
+                Err(format!("{n} read"))
+            }
+        }
+    })
+    .await;
+    read
+}

@@ -22,20 +22,7 @@ async fn boto3_messages_are_counted_once_and_deleted() {
             .build(CountHandler::default())
             .expect("build worker"),
     );
-    wait_until(
-        "the worker's queue created",
-        Duration::from_secs(30),
-        || {
-            let depth = python_sqs_depth(std::slice::from_ref(&topic));
-            async move {
-                match depth.values().next() {
-                    Some(Some(_)) => Ok(()),
-                    _ => Err(format!("{depth:?}")),
-                }
-            }
-        },
-    )
-    .await;
+    wait_for_queue(&topic).await;
     let records = keyed_records(0, 300, 20);
     python_sqs_send(&topic, 0, 300, 20);
     wait_for_counts(
@@ -207,20 +194,7 @@ async fn a_failing_message_is_dead_lettered_to_the_queues_dlq() {
             .build(CountHandler::with_poison("v7", u64::MAX))
             .expect("build worker"),
     );
-    wait_until(
-        "the worker's queue created",
-        Duration::from_secs(30),
-        || {
-            let depth = python_sqs_depth(std::slice::from_ref(&topic));
-            async move {
-                match depth.values().next() {
-                    Some(Some(_)) => Ok(()),
-                    _ => Err(format!("{depth:?}")),
-                }
-            }
-        },
-    )
-    .await;
+    wait_for_queue(&topic).await;
     python_sqs_send(&topic, 0, 50, 10);
     let records: Vec<_> = keyed_records(0, 50, 10)
         .into_iter()
@@ -234,23 +208,7 @@ async fn a_failing_message_is_dead_lettered_to_the_queues_dlq() {
         Duration::from_secs(60),
     )
     .await;
-    let mut dead = Vec::new();
-    wait_until("the dead letter read", Duration::from_secs(30), || {
-        dead.extend(python_sqs_read(
-            &format!("{topic}-dlq"),
-            10,
-            Duration::from_millis(300),
-        ));
-        let n = dead.len();
-        async move {
-            if n >= 1 {
-                Ok(())
-            } else {
-                Err("none yet".to_owned())
-            }
-        }
-    })
-    .await;
+    let dead = python_sqs_read_until(&format!("{topic}-dlq"), 1, Duration::from_secs(30)).await;
     running.stop_cleanly().await;
     assert_eq!(dead.len(), 1, "{dead:?}");
     let d = &dead[0];
@@ -289,21 +247,7 @@ async fn boto3_reads_what_weir_emits() {
     );
     python_sqs_send(&topic, 0, 100, 10);
     let tallies = tallies_topic(&topic);
-    let mut read = Vec::new();
-    wait_until("100 emits read", Duration::from_secs(60), || {
-        if python_sqs_depth(std::slice::from_ref(&tallies))[&tallies].is_some() {
-            read.extend(python_sqs_read(&tallies, 100, Duration::from_millis(300)));
-        }
-        let n = read.len();
-        async move {
-            if n >= 100 {
-                Ok(())
-            } else {
-                Err(format!("{n} read"))
-            }
-        }
-    })
-    .await;
+    let read = python_sqs_read_until(&tallies, 100, Duration::from_secs(60)).await;
     running.stop_cleanly().await;
     assert_eq!(read.len(), 100, "each emit once");
     let mut ids = std::collections::BTreeSet::new();
@@ -315,4 +259,116 @@ async fn boto3_reads_what_weir_emits() {
         let key = a["key"].as_str().expect("a key");
         assert!(e["body"].as_str().expect("a body").contains(key), "{e}");
     }
+}
+
+/// The `wordcount` and `orders` examples run on SQS with nothing but the broker changed: the
+/// words are counted in state, and `orders` emits its 3 totals (alice's order placed twice is
+/// counted once) to the queue `<topic>-totals`, which weir creates on first use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_examples_run_on_sqs() {
+    use weir_examples::orders::{totals_topic, OrderTotals};
+    use weir_examples::wordcount::WordCount;
+    let group = unique("g");
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    let lines = unique("lines");
+    python_sqs_create(&lines, Duration::from_secs(30));
+    let running = RunningWorker::spawn(
+        sqs_worker(&group, &lines, dir.path())
+            .build(WordCount)
+            .expect("build wordcount"),
+    );
+    python_sqs_send_records(&lines, &wordcount_lines());
+    wait_for_word_counts(dir.path(), &group, &lines).await;
+    running.stop_cleanly().await;
+
+    let orders = unique("orders");
+    python_sqs_create(&orders, Duration::from_secs(30));
+    let running = RunningWorker::spawn(
+        sqs_worker(&group, &orders, dir.path())
+            .build(OrderTotals)
+            .expect("build orders"),
+    );
+    python_sqs_send_records(&orders, &placed_orders());
+    let totals_queue = totals_topic(&orders);
+    let totals = python_sqs_read_until(&totals_queue, 3, Duration::from_secs(30)).await;
+    running.stop_cleanly().await;
+    let payloads: Vec<&str> = totals
+        .iter()
+        .map(|t| t["body"].as_str().expect("body"))
+        .collect();
+    assert_order_totals(&payloads);
+}
+
+/// While the handler is stuck, the messages waiting in the queue are the lane's lag on
+/// `/metrics` (and SQS's own counts, visible and not visible, in `weir_sqs_messages`); once
+/// it goes on, the lag comes back to 0, on the status page too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_messages_are_the_lanes_lag() {
+    let (topic, group) = (unique("sqs-lag"), unique("g"));
+    python_sqs_create(&topic, Duration::from_secs(30));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let handler = CountHandler {
+        stall_on: Some("v0".into()),
+        ..Default::default()
+    };
+    let release = handler.release.clone();
+    let worker = sqs_worker(&group, &topic, dir.path())
+        .metrics_addr("127.0.0.1:0")
+        .queue_capacity(20)
+        .batch_size(10)
+        .build(handler)
+        .expect("build worker");
+    let addr = worker.metrics_addr().expect("a metrics address");
+    let running = RunningWorker::spawn(worker);
+    python_sqs_send(&topic, 0, 200, 20);
+    let lag = |body: &str| {
+        sample(
+            body,
+            "weir_consumer_lag",
+            &[("topic", &topic), ("partition", "0")],
+        )
+    };
+    let visible = |body: &str| {
+        sample(
+            body,
+            "weir_sqs_messages",
+            &[("topic", &topic), ("state", "visible")],
+        )
+    };
+    wait_until("the lane lagging", Duration::from_secs(30), || async {
+        let (_, body) = http_get(addr, "/metrics").await;
+        let (lag, visible) = (lag(&body), visible(&body));
+        // The worker holds at most its queue's capacity (20) and its receives' (10 each):
+        // most of the 200 wait in the queue.
+        if lag.is_some_and(|l| l >= 100.0) && visible.is_some_and(|v| v >= 100.0) {
+            Ok(())
+        } else {
+            Err(format!("lag {lag:?}, visible {visible:?}"))
+        }
+    })
+    .await;
+    release.open();
+    wait_for_counts(
+        dir.path(),
+        &group,
+        &topic,
+        &expected_counts(&keyed_records(0, 200, 20)),
+        Duration::from_secs(60),
+    )
+    .await;
+    wait_until("no lag", Duration::from_secs(30), || async {
+        let (_, body) = http_get(addr, "/metrics").await;
+        match lag(&body) {
+            Some(0.0) => Ok(()),
+            l => Err(format!("lag {l:?}")),
+        }
+    })
+    .await;
+    let (_, body) = http_get(addr, "/status.json").await;
+    let status: serde_json::Value = serde_json::from_str(&body).expect("status JSON");
+    let lanes = status["partitions"].as_array().expect("partitions");
+    assert_eq!(lanes.len(), 1, "{status}");
+    assert_eq!(lanes[0]["lag"], 0, "{status}");
+    running.stop_cleanly().await;
 }

@@ -488,10 +488,20 @@ pub(crate) struct Outgoing<'a> {
 #[derive(Debug, Clone)]
 pub(crate) struct WantedTopic {
     pub(crate) name: String,
-    /// Created with as many partitions as the largest of these topics (at least 1).
+    /// Created with as many partitions as the largest of these topics (at least 1; an SQS
+    /// queue is one lane).
+    #[cfg_attr(
+        not(any(feature = "kafka", feature = "nats", feature = "rabbitmq")),
+        allow(dead_code)
+    )]
     pub(crate) partitions_like: Vec<String>,
     /// What it is, for logs.
     pub(crate) kind: &'static str,
+    /// (A queue is never compacted.)
+    #[cfg_attr(
+        not(any(feature = "kafka", feature = "nats", feature = "rabbitmq")),
+        allow(dead_code)
+    )]
     pub(crate) compacted: bool,
 }
 
