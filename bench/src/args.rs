@@ -15,13 +15,14 @@ pub(crate) const SCENARIOS: &[&str] = &[
     "weir-live",
     "raw-nats",
     "raw-amqp",
+    "raw-sqs",
 ];
 /// Scenarios too slow to read the whole backlog in reasonable time: they read only
 /// `--slow-messages` records (their msg/s is still comparable). `quix` reads for 50 s at most
 /// instead (bench/quix/wordcount.py), ten times its commit interval.
 pub(crate) const SLOW: &[&str] = &["hand-loop"];
 /// The raw consumers: the ceiling of a run is the best of them.
-pub(crate) const RAW: &[&str] = &["raw", "raw-defaults", "raw-nats", "raw-amqp"];
+pub(crate) const RAW: &[&str] = &["raw", "raw-defaults", "raw-nats", "raw-amqp", "raw-sqs"];
 pub(crate) const WORDS: &[&str] = &[
     "alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta",
 ];

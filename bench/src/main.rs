@@ -22,7 +22,9 @@
 //! consumer per lane, the ceiling), `weir-stateless` and `weir-keyed-count` (`bench/src/nats.rs`).
 //! With `WEIR_BROKERS=amqp://...` it runs on RabbitMQ: `raw-amqp` (a `lapin` consumer per lane
 //! queue acknowledging every 500, the ceiling) and the same two, each scenario on a backlog of
-//! its own (`bench/src/rabbitmq.rs`).
+//! its own (`bench/src/rabbitmq.rs`). With `WEIR_BROKERS=sqs://` (and the AWS configuration) it
+//! runs on SQS: `raw-sqs` (weir's receive pattern without weir, the ceiling) and the same two,
+//! each on a queue of its own (`bench/src/sqs.rs`).
 //!
 //! Without `WEIR_BROKERS` it runs on the embedded broker (which keeps only ~5 MiB per
 //! partition, so the default backlog there is 200k records over 8 partitions); with it, the
@@ -49,6 +51,7 @@ mod nats;
 mod probe;
 mod rabbitmq;
 mod scenarios;
+mod sqs;
 
 use args::{parse_args, Args, RAW, SCENARIOS, SLOW};
 use baselines::quix_command;
@@ -119,6 +122,7 @@ async fn run_parent(args: &Args) -> Result<(), String> {
     // On RabbitMQ each scenario gets a topic and a backlog of its own (a queue is emptied by
     // whoever reads it), made just before it runs.
     let on_amqp = embedded.is_none() && rabbitmq::is_amqp(&brokers);
+    let on_sqs = embedded.is_none() && sqs::is_sqs(&brokers);
     if on_nats {
         let started = Instant::now();
         nats::prepare(&brokers, &topic, args.partitions, args.messages, args.keys).await?;
@@ -131,17 +135,17 @@ async fn run_parent(args: &Args) -> Result<(), String> {
         );
     }
     match &embedded {
-        _ if on_nats || on_amqp => {}
+        _ if on_nats || on_amqp || on_sqs => {}
         Some(b) => b
             .create_topic(&topic, args.partitions)
             .map_err(|e| e.to_string())?,
         None => create_topic(&brokers, &topic, args.partitions).await?,
     }
     let started = Instant::now();
-    if !on_nats && !on_amqp {
+    if !on_nats && !on_amqp && !on_sqs {
         produce(&brokers, &topic, args.messages, args.keys, args.lines).await?;
     }
-    if !on_nats && !on_amqp && matches!(args.scenario.as_str(), "all" | "weir-enrich") {
+    if !on_nats && !on_amqp && !on_sqs && matches!(args.scenario.as_str(), "all" | "weir-enrich") {
         // The `weir-enrich` scenario's table, co-partitioned with the records.
         let customers = customers_topic(&topic);
         match &embedded {
@@ -156,7 +160,7 @@ async fn run_parent(args: &Args) -> Result<(), String> {
         });
         produce_records(&brokers, &customers, rows).await?;
     }
-    if !on_nats && !on_amqp {
+    if !on_nats && !on_amqp && !on_sqs {
         eprintln!(
         "produced {} records of 100 bytes with {} keys into {} partitions of {topic} in {:.1?} ({})",
         args.messages,
@@ -182,6 +186,9 @@ async fn run_parent(args: &Args) -> Result<(), String> {
         "all" if on_amqp => (0..args.rounds.max(1))
             .flat_map(|_| rabbitmq::SCENARIOS.iter().copied())
             .collect(),
+        "all" if on_sqs => (0..args.rounds.max(1))
+            .flat_map(|_| sqs::SCENARIOS.iter().copied())
+            .collect(),
         "all" => (0..args.rounds.max(1))
             .flat_map(|_| SCENARIOS.iter().chain(RAW).copied())
             .collect(),
@@ -201,6 +208,17 @@ async fn run_parent(args: &Args) -> Result<(), String> {
                 started.elapsed(),
             );
             topic
+        } else if on_sqs {
+            let queue = format!("{topic}-{run}");
+            let started = Instant::now();
+            sqs::prepare(&queue, args.messages, args.keys).await?;
+            eprintln!(
+                "sent {} records of 100 bytes with {} keys to queue {queue} in {:.1?}",
+                args.messages,
+                args.keys,
+                started.elapsed(),
+            );
+            queue
         } else {
             topic.clone()
         };

@@ -37,6 +37,7 @@ pub(crate) async fn run_child(args: &Args, brokers: &str, topic: &str) -> Result
         "raw" => raw(consumer(brokers, topic, &group, TUNED)?, n, &probe)?,
         "raw-nats" => crate::nats::raw(brokers, topic, args.partitions, n, &probe).await?,
         "raw-amqp" => crate::rabbitmq::raw(brokers, topic, args.partitions, n, &probe).await?,
+        "raw-sqs" => crate::sqs::raw(topic, n, &probe).await?,
         "raw-defaults" => raw(consumer(brokers, topic, &group, &[])?, n, &probe)?,
         "hand-loop" => hand_loop(brokers, topic, &group, n, &probe, dir.path())?,
         "hand-loop-batched" => hand_loop_batched(brokers, topic, &group, n, &probe, dir.path())?,

@@ -19,6 +19,7 @@ use crate::kafka;
 
 mod nats;
 mod rabbitmq;
+mod sqs;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum DlqCommand {
@@ -30,19 +31,22 @@ pub(crate) enum DlqCommand {
     /// Produce dead letters back into their source topic, with a `weir.redrive.from` header
     /// naming the dead letter. A dry run unless --execute. What was redriven is remembered (as
     /// the offsets of the consumer group `weir-redrive-<topic>`; on NATS, the acknowledgements
-    /// of the stream's durable consumer `weir-redrive`; on RabbitMQ, redriven letters leave the
-    /// dead-letter queues), so a second run redrives only dead letters that came since.
+    /// of the stream's durable consumer `weir-redrive`; on RabbitMQ and SQS, redriven letters
+    /// leave the dead-letter queues), so a second run redrives only dead letters that came
+    /// since.
     Redrive(RedriveArgs),
 }
 
 /// The dead-letter topic.
 #[derive(Debug, Args)]
 pub(crate) struct Topic {
-    /// Kafka bootstrap servers, NATS servers (`nats://host:port`) or a RabbitMQ server
-    /// (`amqp://user:pass@host:port/vhost`): the workers' `WEIR_BROKERS`.
+    /// Kafka bootstrap servers, NATS servers (`nats://host:port`), a RabbitMQ server
+    /// (`amqp://user:pass@host:port/vhost`) or `sqs://` (with the AWS configuration in the
+    /// environment): the workers' `WEIR_BROKERS`.
     #[arg(long)]
     brokers: String,
-    /// The dead-letter topic, e.g. `orders.dlq` (a worker's default for `orders`).
+    /// The dead-letter topic, e.g. `orders.dlq` (a worker's default for `orders`; on SQS
+    /// `orders-dlq`).
     #[arg(long)]
     topic: String,
 }
@@ -84,7 +88,11 @@ const STALL: Duration = Duration::from_secs(30);
 pub(crate) fn run(cmd: &DlqCommand) -> Result<()> {
     let on_nats = |t: &Topic| weir::state::nats::is_nats(&t.brokers);
     let on_rabbitmq = |t: &Topic| weir::state::rabbitmq::is_amqp(&t.brokers);
+    let on_sqs = |t: &Topic| weir::state::sqs::is_sqs(&t.brokers);
     match cmd {
+        DlqCommand::List(args) if on_sqs(&args.dlq) => sqs::list(args),
+        DlqCommand::Show(args) if on_sqs(&args.dlq) => sqs::show(args),
+        DlqCommand::Redrive(args) if on_sqs(&args.dlq) => sqs::redrive(args),
         DlqCommand::List(args) if on_rabbitmq(&args.dlq) => rabbitmq::list(args),
         DlqCommand::Show(args) if on_rabbitmq(&args.dlq) => rabbitmq::show(args),
         DlqCommand::Redrive(args) if on_rabbitmq(&args.dlq) => rabbitmq::redrive(args),

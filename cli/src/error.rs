@@ -21,6 +21,9 @@ pub(crate) enum Error {
     /// RabbitMQ could not be reached, or refused (exit 4).
     #[error("rabbitmq: {0}")]
     RabbitMq(String),
+    /// SQS could not be reached, or refused (exit 4).
+    #[error("sqs: {0}")]
+    Sqs(String),
     /// A worker could not be reached (exit 4).
     #[error("{0}")]
     Unreachable(String),
@@ -37,7 +40,11 @@ impl Error {
         match self {
             Self::NotFound(_) => 1,
             Self::Input(_) | Self::State(_) | Self::Output(_) => 3,
-            Self::Kafka(_) | Self::Nats(_) | Self::RabbitMq(_) | Self::Unreachable(_) => 4,
+            Self::Kafka(_)
+            | Self::Nats(_)
+            | Self::RabbitMq(_)
+            | Self::Sqs(_)
+            | Self::Unreachable(_) => 4,
             Self::Refused(_) => 5,
         }
     }

@@ -1,7 +1,7 @@
 //! `weir status`: one row per partition store of a group, with the broker's view of it when
 //! the brokers are given (Kafka's committed offsets and high watermarks; on NATS, each lane
 //! consumer's acknowledgement floor and the messages it holds; on RabbitMQ, the messages
-//! waiting in each lane's queue).
+//! waiting in each lane's queue; on SQS, the messages waiting in each queue).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -27,7 +27,9 @@ pub(crate) struct StatusArgs {
     group: String,
     /// Kafka bootstrap servers, for the committed offsets, high watermarks and lag; NATS
     /// servers (`nats://host:port`), for each lane consumer's acknowledged position and lag;
-    /// or a RabbitMQ server (`amqp://...`), for the messages waiting in each lane's queue.
+    /// a RabbitMQ server (`amqp://...`), for the messages waiting in each lane's queue; or
+    /// `sqs://` (the AWS configuration in the environment), for the messages waiting in each
+    /// queue.
     #[arg(long)]
     brokers: Option<String>,
     /// Only this topic's partitions.
@@ -54,7 +56,7 @@ struct Row {
     high_watermark: Option<i64>,
     /// High watermark minus the next offset (0 when the broker reports less); on NATS, the
     /// messages the lane's consumer holds that the group has not acknowledged (waiting, and
-    /// delivered unacknowledged); on RabbitMQ, the messages ready in the lane's queue.
+    /// delivered unacknowledged); on RabbitMQ and SQS, the messages ready in the lane's queue.
     lag: Option<i64>,
     owner_epoch: Option<i64>,
     /// Records committed and not yet produced.
@@ -96,6 +98,7 @@ pub(crate) fn run(args: &StatusArgs) -> Result<()> {
             add_nats(&mut rows, servers, &args.group)?
         }
         Some(url) if weir::state::rabbitmq::is_amqp(url) => add_rabbitmq(&mut rows, url)?,
+        Some(url) if weir::state::sqs::is_sqs(url) => add_sqs(&mut rows)?,
         Some(brokers) => add_kafka(&mut rows, brokers, &args.group)?,
         None => {}
     }
@@ -176,6 +179,22 @@ fn add_rabbitmq(rows: &mut [Row], url: &str) -> Result<()> {
         r.lag = depth.map(|d| d as i64);
     }
     Ok(())
+}
+
+/// Fills in the messages waiting in each topic's queue (a queue that does not exist keeps
+/// `-`).
+fn add_sqs(rows: &mut [Row]) -> Result<()> {
+    use weir::state::sqs::{connect, queue_counts};
+    crate::nats::runtime()?.block_on(async {
+        let client = connect(crate::nats::STALL)
+            .await
+            .map_err(|e| Error::Sqs(e.to_string()))?;
+        for r in rows.iter_mut() {
+            let counts = queue_counts(&client, &r.topic).await.map_err(Error::Sqs)?;
+            r.lag = counts.map(|(visible, _)| visible);
+        }
+        Ok(())
+    })
 }
 
 fn table(out: &mut impl Write, rows: &[Row]) -> std::io::Result<()> {

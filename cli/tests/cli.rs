@@ -84,6 +84,59 @@ fn redrive_dry_then_executed(brokers: &str, dlq: &str, dry: &str, done: &str) {
     assert!(stderr(&out).contains(done), "{}", stderr(&out));
 }
 
+/// Waits until `weir dlq list` shows `count` letters of `dlq` on `brokers`, checks that a
+/// second list reads the same (reading gives the letters back), and returns the letters and
+/// weir's letter of `topic` (2 attempts, an error).
+async fn weirs_letter_listed(
+    brokers: &str,
+    dlq: &str,
+    count: usize,
+    topic: &str,
+) -> (Vec<Value>, Value) {
+    let list = || {
+        weir(&[
+            "dlq",
+            "list",
+            "--brokers",
+            brokers,
+            "--topic",
+            dlq,
+            "--json",
+        ])
+    };
+    wait_until(
+        "the dead letter listed",
+        Duration::from_secs(30),
+        || async {
+            let out = list();
+            match stdout(&out).lines().count() {
+                n if n == count => Ok(()),
+                n => Err(format!("{n} letters: {}{}", stdout(&out), stderr(&out))),
+            }
+        },
+    )
+    .await;
+    let first = list();
+    assert_exit(&first, 0);
+    assert_eq!(
+        stdout(&list()),
+        stdout(&first),
+        "a second list reads the same"
+    );
+    let letters = json_lines(&first);
+    let letter = letters
+        .iter()
+        .find(|l| l["source_topic"] == topic)
+        .unwrap_or_else(|| panic!("weir's dead letter among {letters:?}"))
+        .clone();
+    assert_eq!(letter["attempts"], 2, "{letter}");
+    assert!(
+        letter["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{letter}"
+    );
+    (letters, letter)
+}
+
 /// `weir dlq redrive` of `dlq`, a dry run unless `execute`.
 fn dlq_redrive(brokers: &str, dlq: &str, execute: bool) -> Output {
     let mut args = vec!["dlq", "redrive", "--brokers", brokers, "--topic", dlq];
@@ -1352,42 +1405,14 @@ async fn dead_letters_on_rabbitmq_are_listed_shown_and_redriven_once() {
     )
     .await;
     let list = || weir(&["dlq", "list", "--brokers", &url, "--topic", &dlq, "--json"]);
-    wait_until(
-        "the dead letter listed",
-        Duration::from_secs(30),
-        || async {
-            let out = list();
-            match stdout(&out).lines().count() {
-                3 => Ok(()),
-                n => Err(format!("{n} letters: {}{}", stdout(&out), stderr(&out))),
-            }
-        },
-    )
-    .await;
-    let first = list();
-    assert_exit(&first, 0);
-    assert_eq!(
-        stdout(&list()),
-        stdout(&first),
-        "a second list reads the same"
-    );
-    let letters = json_lines(&first);
-    let letter = letters
-        .iter()
-        .find(|l| l["source_topic"] == topic.as_str())
-        .unwrap_or_else(|| panic!("weir's dead letter among {letters:?}"));
-    assert_eq!(letter["attempts"], 2, "{letter}");
-    assert!(
-        letter["error"].as_str().is_some_and(|e| !e.is_empty()),
-        "{letter}"
-    );
+    let (letters, letter) = weirs_letter_listed(&url, &dlq, 3, &topic).await;
     let by_broker = letters
         .iter()
         .find(|l| l["reason"] == "delivery_limit")
         .unwrap_or_else(|| panic!("the broker's dead letter among {letters:?}"));
     assert_eq!(by_broker["source_topic"], topic.as_str(), "{by_broker}");
     assert_eq!(by_broker["source_partition"], 1, "{by_broker}");
-    let shown = show_letter(&url, &dlq, letter);
+    let shown = show_letter(&url, &dlq, &letter);
     assert_eq!(shown["key"], "k7", "{shown}");
     assert_eq!(shown["value"], "v7", "{shown}");
     let out = dlq_show(&url, &dlq, &letter["partition"].to_string(), "9");
@@ -1400,6 +1425,127 @@ async fn dead_letters_on_rabbitmq_are_listed_shown_and_redriven_once() {
         "redrove 2 dead letters (1 skipped",
     );
     records.push(broker_dead);
+    wait_for_counts(
+        dir.path(),
+        &group,
+        &topic,
+        &expected_counts(&records),
+        Duration::from_secs(60),
+    )
+    .await;
+    let left = json_lines(&list());
+    assert_eq!(left.len(), 1, "only the foreign message is left: {left:?}");
+    assert_eq!(left[0]["source_topic"], Value::Null, "{left:?}");
+    running.stop_cleanly().await;
+    assert_eq!(handler.poison_left("v7"), 0);
+    let stored = StoredCounts::read(dir.path(), &group, &topic);
+    assert_counts_exact(&stored.counts, &expected_counts(&records));
+}
+
+/// `weir status --brokers sqs://` after a worker counted and stopped: the queue's stored
+/// position and a lag of 0 (every message deleted); while messages wait for the stopped
+/// worker, the lag is their number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_on_sqs_shows_the_queues_waiting_messages() {
+    let (topic, group) = (unique("cli-sqs-status"), unique("g"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let worker = sqs_worker(&group, &topic, dir.path())
+        .build(CountHandler::default())
+        .expect("build worker");
+    let running = RunningWorker::spawn(worker);
+    wait_for_queue(&topic).await;
+    python_sqs_send(&topic, 0, 100, 20);
+    wait_for_counts(
+        dir.path(),
+        &group,
+        &topic,
+        &expected_counts(&keyed_records(0, 100, 20)),
+        Duration::from_secs(60),
+    )
+    .await;
+    wait_for_empty_queues(std::slice::from_ref(&topic), Duration::from_secs(30)).await;
+    running.stop_cleanly().await;
+    let state_dir = dir.path().to_str().expect("utf-8 path");
+    let status = || {
+        let out = weir(&[
+            "status",
+            "--state-dir",
+            state_dir,
+            "--group",
+            &group,
+            "--brokers",
+            "sqs://",
+            "--json",
+        ]);
+        assert_exit(&out, 0);
+        let rows: Vec<Value> = serde_json::from_str(&stdout(&out)).expect("a JSON array");
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        rows.into_iter().next().expect("a row")
+    };
+    let row = status();
+    assert_eq!(row["lag"], Value::from(0), "{row}");
+    assert!(
+        row["next_offset"].as_i64().is_some_and(|n| n >= 100),
+        "positions count deliveries: {row}"
+    );
+    python_sqs_send(&topic, 100, 30, 20);
+    assert_eq!(status()["lag"], Value::from(30));
+}
+
+/// On SQS: a message that fails its attempts is listed (twice alike: reading gives the
+/// messages back) and shown from the queue's dead-letter queue `T-dlq`, redriven (a dry run
+/// first) back into its source queue with its key, counted by the healed handler once, and
+/// gone from the dead-letter queue; a message sent there by hand is left in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_on_sqs_are_listed_shown_and_redriven_once() {
+    let (topic, group) = (unique("cli-sqs-dlq"), unique("g"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dlq = format!("{topic}-dlq");
+    let handler = CountHandler::with_poison("v7", 2);
+    let worker = sqs_worker(&group, &topic, dir.path())
+        .retry(TWO_QUICK_ATTEMPTS)
+        .build(handler.clone())
+        .expect("build worker");
+    let running = RunningWorker::spawn(worker);
+    wait_for_queue(&topic).await;
+    wait_for_queue(&dlq).await;
+    python_sqs_send(&topic, 0, 40, 10);
+    // Not a dead letter: sent to the dead-letter queue by hand.
+    python_sqs_send(&dlq, 100, 1, 1);
+    let records = keyed_records(0, 40, 10);
+    let good: Vec<_> = records.iter().filter(|(_, v)| v != "v7").cloned().collect();
+    wait_for_counts(
+        dir.path(),
+        &group,
+        &topic,
+        &expected_counts(&good),
+        Duration::from_secs(60),
+    )
+    .await;
+    let list = || {
+        weir(&[
+            "dlq",
+            "list",
+            "--brokers",
+            "sqs://",
+            "--topic",
+            &dlq,
+            "--json",
+        ])
+    };
+    let (_, letter) = weirs_letter_listed("sqs://", &dlq, 2, &topic).await;
+    let shown = show_letter("sqs://", &dlq, &letter);
+    assert_eq!(shown["key"], "k7", "{shown}");
+    assert_eq!(shown["value"], "v7", "{shown}");
+    let out = dlq_show("sqs://", &dlq, "0", "9");
+    assert_exit(&out, 1);
+
+    redrive_dry_then_executed(
+        "sqs://",
+        &dlq,
+        "dry run: 2 dead letters",
+        "redrove 1 dead letters (1 skipped",
+    );
     wait_for_counts(
         dir.path(),
         &group,

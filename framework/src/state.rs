@@ -73,3 +73,25 @@ pub mod rabbitmq {
         connect, declare_topic, header_bytes, lane_queue, queue_depths,
     };
 }
+
+/// How weir lays out SQS queues and messages, for tools: whether a `brokers` setting selects
+/// SQS, a client of the AWS configuration in the environment, a queue's counts, a topic
+/// template's queue name (`{topic}.dlq` of `orders` is `orders-dlq`), and a message as weir
+/// reads it and writes it.
+///
+/// ```
+/// use weir::state::sqs::{is_sqs, message_of, queue_name};
+/// assert!(is_sqs("sqs://"));
+/// assert_eq!(queue_name("{topic}.dlq", "orders.fifo"), "orders-dlq.fifo");
+/// let (body, attributes) = message_of(Some(b"alice"), Some(b"{\"cents\":100}"), &[], None);
+/// assert_eq!(body, "{\"cents\":100}");
+/// assert!(attributes.contains_key("key"));
+/// ```
+#[cfg(feature = "sqs")]
+pub mod sqs {
+    pub use crate::broker::sqs::{
+        checked_client as connect, describe, message_of, queue_counts, queue_name, record_of,
+        SqsRecord,
+    };
+    pub use crate::broker::sqs_url as is_sqs;
+}

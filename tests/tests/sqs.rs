@@ -372,3 +372,46 @@ async fn waiting_messages_are_the_lanes_lag() {
     assert_eq!(lanes[0]["lag"], 0, "{status}");
     running.stop_cleanly().await;
 }
+
+/// A FIFO queue (`T.fifo`, its message group the key): each key's messages are processed in
+/// the order they were sent, and each is counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_queue_keeps_each_keys_order() {
+    let group = unique("g");
+    let topic = format!("{}.fifo", unique("sqs-fifo"));
+    python_sqs_create(&topic, Duration::from_secs(30));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let handler = CountHandler::default();
+    let log = std::sync::Arc::clone(&handler.log);
+    let running = RunningWorker::spawn(
+        sqs_worker(&group, &topic, dir.path())
+            .build(handler)
+            .expect("build worker"),
+    );
+    // (moto delivers a FIFO queue's next messages only to receives that began after the
+    // previous ones were deleted, a receive wait (5 s) at a time: a short backlog.)
+    python_sqs_send(&topic, 0, 30, 3);
+    let records = keyed_records(0, 30, 3);
+    wait_for_counts(
+        dir.path(),
+        &group,
+        &topic,
+        &expected_counts(&records),
+        Duration::from_secs(60),
+    )
+    .await;
+    running.stop_cleanly().await;
+    let seen: Vec<u64> = log
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|(_, v, _)| v.trim_start_matches('v').parse().expect("a numbered value"))
+        .collect();
+    assert_eq!(seen.len(), 30, "each processed once: {seen:?}");
+    for key in 0..3 {
+        let of_key: Vec<u64> = seen.iter().copied().filter(|v| v % 3 == key).collect();
+        let mut sorted = of_key.clone();
+        sorted.sort_unstable();
+        assert_eq!(of_key, sorted, "key k{key} in the order sent");
+    }
+}

@@ -72,8 +72,9 @@ pub fn amqp_url(brokers: &str) -> bool {
     b.starts_with("amqp://") || b.starts_with("amqps://")
 }
 
-/// Whether `brokers` selects Amazon SQS (`sqs://`).
-pub(crate) fn sqs_url(brokers: &str) -> bool {
+/// Whether `brokers` selects Amazon SQS (`sqs://`) (`weir::state::sqs::is_sqs`, for tools).
+#[cfg_attr(not(feature = "sqs"), allow(unreachable_pub))]
+pub fn sqs_url(brokers: &str) -> bool {
     brokers.trim_start().starts_with("sqs://")
 }
 

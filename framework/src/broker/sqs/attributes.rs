@@ -200,6 +200,46 @@ fn value_of(v: &MessageAttributeValue) -> Option<Vec<u8>> {
     }
 }
 
+/// A received message as a record, for tools (`weir::state::sqs::record_of`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqsRecord {
+    /// Attribute `key`, else the FIFO message group.
+    pub key: Option<Vec<u8>>,
+    /// The body, as weir wrote it (`weir.body`).
+    pub value: Option<Vec<u8>>,
+    /// Every header, `None` for a missing value.
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    /// `SentTimestamp`, in ms since the Unix epoch.
+    pub timestamp_ms: Option<i64>,
+    /// The id weir recognises it by: `weir.id`, else the FIFO deduplication id, else
+    /// `MessageId`.
+    pub id: Option<String>,
+}
+
+/// A received message as weir reads it.
+pub fn record_of(m: &Message) -> SqsRecord {
+    let (q, id) = decode(m);
+    SqsRecord {
+        key: q.key,
+        value: q.payload,
+        headers: q.headers,
+        timestamp_ms: q.timestamp_ms,
+        id: id.map(String::from),
+    }
+}
+
+/// A record as weir sends it: the body and the message attributes (`id`: weir's id of it,
+/// the `weir.id` attribute). For tools.
+pub fn message_of(
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+    headers: &[(&str, Option<&[u8]>)],
+    id: Option<&str>,
+) -> (String, HashMap<String, MessageAttributeValue>) {
+    let e = encode(key, value, headers, id);
+    (e.body, e.attributes)
+}
+
 /// A received message as a record, and the id its redeliveries are recognised by.
 pub(crate) fn decode(m: &Message) -> (QueueMessage, Option<Box<str>>) {
     let attributes = m.message_attributes();

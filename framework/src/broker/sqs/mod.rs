@@ -22,6 +22,7 @@ use aws_sdk_sqs::Client;
 use crate::broker::WantedTopic;
 use crate::error::{Error, Result};
 
+pub use attributes::{message_of, record_of, SqsRecord};
 pub(crate) use publisher::Publisher;
 pub(crate) use source::SqsSource;
 
@@ -107,8 +108,60 @@ async fn client() -> Result<Client, String> {
     Ok(Client::new(&config))
 }
 
+/// An SQS client of the AWS configuration in the environment (`AWS_REGION`,
+/// `AWS_ENDPOINT_URL_SQS`, credentials), checked to answer (listing one queue) within
+/// `timeout`; for tools beside the workers too (`weir::state::sqs::connect`).
+pub async fn checked_client(timeout: Duration) -> Result<Client> {
+    let unreachable = |cause: String| {
+        Error::config(
+            "brokers (WEIR_BROKERS)",
+            format!("SQS did not answer within {timeout:?}: {cause}"),
+        )
+    };
+    let client = client().await.map_err(unreachable)?;
+    let listed = tokio::time::timeout(timeout, client.list_queues().max_results(1).send()).await;
+    match listed {
+        Ok(Ok(_)) => Ok(client),
+        Ok(Err(e)) => Err(unreachable(describe(&e))),
+        Err(_) => Err(unreachable("no answer".into())),
+    }
+}
+
+/// The messages of `queue` that wait (`ApproximateNumberOfMessages`) and that were received
+/// and not deleted (`...NotVisible`); `None`: no such queue. For tools.
+pub async fn queue_counts(client: &Client, queue: &str) -> Result<Option<(i64, i64)>, String> {
+    let url = match client.get_queue_url().queue_name(queue).send().await {
+        Ok(found) => found.queue_url().unwrap_or_default().to_owned(),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_queue_does_not_exist()) =>
+        {
+            return Ok(None)
+        }
+        Err(e) => return Err(describe(&e)),
+    };
+    let read = client
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .map_err(|e| describe(&e))?;
+    let count = |name: QueueAttributeName| {
+        read.attributes()
+            .and_then(|a| a.get(&name))
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(0)
+    };
+    Ok(Some((
+        count(QueueAttributeName::ApproximateNumberOfMessages),
+        count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+    )))
+}
+
 /// The error's message with its causes (the SDK's own says only "service error").
-pub(crate) fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
@@ -135,20 +188,7 @@ impl Connection {
                 format!("{brokers:?}: SQS is selected by `sqs://` alone; the region, endpoint and credentials come from the AWS configuration (AWS_REGION, AWS_ENDPOINT_URL_SQS, ...)"),
             ));
         }
-        let unreachable = |cause: String| {
-            Error::config(
-                "brokers (WEIR_BROKERS)",
-                format!("SQS did not answer within {timeout:?}: {cause}"),
-            )
-        };
-        let client = client().await.map_err(unreachable)?;
-        let listed =
-            tokio::time::timeout(timeout, client.list_queues().max_results(1).send()).await;
-        match listed {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(unreachable(describe(&e))),
-            Err(_) => return Err(unreachable("no answer".into())),
-        }
+        let client = checked_client(timeout).await?;
         Ok(Self(Arc::new(Inner {
             settings,
             client,
@@ -313,7 +353,7 @@ impl Connection {
 /// The name a `{topic}` template gives on SQS, whose names allow no dots but a FIFO queue's
 /// `.fifo` ending: dots become dashes, and a FIFO topic's queue is FIFO too
 /// (`{topic}.dlq` of `orders.fifo` is `orders-dlq.fifo`).
-pub(crate) fn queue_name(template: &str, topic: &str) -> String {
+pub fn queue_name(template: &str, topic: &str) -> String {
     let (base, fifo) = match topic.strip_suffix(".fifo") {
         Some(base) => (base, true),
         None => (topic, false),

@@ -32,8 +32,9 @@ use crate::error::Result;
 use crate::inbound::Queued;
 use crate::observe::metric_names::SQS_MESSAGES;
 
-/// How long a receive waits for messages (SQS allows up to 20 s).
-const RECEIVE_WAIT_SECONDS: i32 = 10;
+/// How long a receive waits for messages (SQS allows up to 20 s; a stopping worker waits for
+/// its receives to end).
+const RECEIVE_WAIT_SECONDS: i32 = 5;
 /// Messages one receive takes at most (SQS's limit).
 const PER_RECEIVE: usize = 10;
 /// Entries of one batch request at most (SQS's limit).
@@ -144,7 +145,8 @@ struct LaneTask {
 
 impl LaneTask {
     /// Receives, extends, deletes and reads the depth, until the source is dropped (its
-    /// deletes' sender with it); then makes what is still held visible again.
+    /// deletes' sender with it); then lets its receives end and makes what is still held
+    /// and not committed visible again.
     async fn run(self, mut deletes: mpsc::UnboundedReceiver<u64>) {
         let settings = &self.connection.settings;
         let mut held: BTreeMap<u64, Held> = BTreeMap::new();
@@ -190,7 +192,17 @@ impl LaneTask {
                         self.delete_committed(&mut held).await;
                     }
                     None => {
-                        drop(receives);
+                        // SQS answers a long poll whose caller has gone, and what it took stays
+                        // hidden for the visibility timeout: the receives in flight finish,
+                        // and what they took is given back with the rest.
+                        while let Some(received) = receives.next().await {
+                            for m in received.unwrap_or_default() {
+                                if let Some(receipt) = m.receipt_handle().map(str::to_owned) {
+                                    next_tag += 1;
+                                    held.insert(next_tag, Held { receipt, visible_from: Instant::now(), committed: false });
+                                }
+                            }
+                        }
                         self.delete_committed(&mut held).await;
                         self.release(&held).await;
                         return;
@@ -585,11 +597,11 @@ impl Drop for SqsSource {
         let tasks: Vec<_> = lock(&self.tasks).drain(..).collect();
         self.runtime.block_on(async move {
             for t in tasks {
-                if tokio::time::timeout(Duration::from_secs(10), t)
-                    .await
-                    .is_err()
-                {
-                    tracing::warn!("a queue's last deletes did not finish within 10 s");
+                let limit = Duration::from_secs(RECEIVE_WAIT_SECONDS as u64 + 10);
+                if tokio::time::timeout(limit, t).await.is_err() {
+                    tracing::warn!(
+                        "a queue's last receives and deletes did not finish within {limit:?}"
+                    );
                 }
             }
         });
