@@ -39,6 +39,8 @@ const RECEIVE_WAIT_SECONDS: i32 = 5;
 const PER_RECEIVE: usize = 10;
 /// Entries of one batch request at most (SQS's limit).
 const PER_BATCH: usize = 10;
+/// Batch requests (deletes, visibility changes) a lane has in flight at once.
+const REQUESTS_IN_FLIGHT: usize = 16;
 /// How long a lane waits after a failed request before it tries again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// How often a lane extends visibilities, retries deletes and reads its queue's depth.
@@ -251,31 +253,41 @@ impl LaneTask {
             .filter(|(_, h)| h.committed)
             .map(|(t, _)| *t)
             .collect();
-        for chunk in committed.chunks(PER_BATCH) {
-            let entries: Vec<DeleteMessageBatchRequestEntry> = chunk
-                .iter()
-                .filter_map(|t| {
-                    DeleteMessageBatchRequestEntry::builder()
-                        .id(t.to_string())
-                        .receipt_handle(&held[t].receipt)
-                        .build()
-                        .ok()
-                })
-                .collect();
-            let sent = self
-                .connection
-                .client
-                .delete_message_batch()
-                .queue_url(&self.queue.url)
-                .set_entries(Some(entries))
-                .send()
-                .await;
+        let requests: Vec<_> = committed
+            .chunks(PER_BATCH)
+            .map(|chunk| {
+                let entries: Vec<DeleteMessageBatchRequestEntry> = chunk
+                    .iter()
+                    .filter_map(|t| {
+                        DeleteMessageBatchRequestEntry::builder()
+                            .id(t.to_string())
+                            .receipt_handle(&held[t].receipt)
+                            .build()
+                            .ok()
+                    })
+                    .collect();
+                let n = entries.len();
+                let sent = self
+                    .connection
+                    .client
+                    .delete_message_batch()
+                    .queue_url(&self.queue.url)
+                    .set_entries(Some(entries))
+                    .send();
+                async move { (n, sent.await) }
+            })
+            .collect();
+        let answers: Vec<_> = futures::stream::iter(requests)
+            .buffer_unordered(REQUESTS_IN_FLIGHT)
+            .collect()
+            .await;
+        for (n, sent) in answers {
             let r = match sent {
                 Ok(r) => r,
                 Err(e) => {
                     self.connection.failed(&e);
-                    tracing::warn!(lane = %self.lane.0, "deleting {} committed messages failed (tried again): {}", chunk.len(), describe(&e));
-                    return;
+                    tracing::warn!(lane = %self.lane.0, "deleting {n} committed messages failed (tried again): {}", describe(&e));
+                    continue;
                 }
             };
             self.connection.answered(true);
@@ -327,34 +339,44 @@ impl LaneTask {
 
     async fn set_visibility(&self, held: &BTreeMap<u64, Held>, tags: &[u64], timeout: Duration) {
         let seconds = i32::try_from(timeout.as_secs()).unwrap_or(i32::MAX);
-        for chunk in tags.chunks(PER_BATCH) {
-            let entries: Vec<_> = chunk
-                .iter()
-                .filter_map(|t| {
-                    ChangeMessageVisibilityBatchRequestEntry::builder()
-                        .id(t.to_string())
-                        .receipt_handle(&held.get(t)?.receipt)
-                        .visibility_timeout(seconds)
-                        .build()
-                        .ok()
-                })
-                .collect();
-            let sent = self
-                .connection
-                .client
-                .change_message_visibility_batch()
-                .queue_url(&self.queue.url)
-                .set_entries(Some(entries))
-                .send()
-                .await;
+        let requests: Vec<_> = tags
+            .chunks(PER_BATCH)
+            .map(|chunk| {
+                let entries: Vec<_> = chunk
+                    .iter()
+                    .filter_map(|t| {
+                        ChangeMessageVisibilityBatchRequestEntry::builder()
+                            .id(t.to_string())
+                            .receipt_handle(&held.get(t)?.receipt)
+                            .visibility_timeout(seconds)
+                            .build()
+                            .ok()
+                    })
+                    .collect();
+                let n = chunk.len();
+                let sent = self
+                    .connection
+                    .client
+                    .change_message_visibility_batch()
+                    .queue_url(&self.queue.url)
+                    .set_entries(Some(entries))
+                    .send();
+                async move { (n, sent.await) }
+            })
+            .collect();
+        let answers: Vec<_> = futures::stream::iter(requests)
+            .buffer_unordered(REQUESTS_IN_FLIGHT)
+            .collect()
+            .await;
+        for (n, sent) in answers {
             match sent {
                 Ok(r) if r.failed().is_empty() => {}
                 Ok(r) => {
-                    tracing::warn!(lane = %self.lane.0, "setting the visibility of {} messages to {seconds} s failed: {:?}", r.failed().len(), r.failed().first().map(|f| f.code()))
+                    tracing::warn!(lane = %self.lane.0, "setting the visibility of {} of {n} messages to {seconds} s failed: {:?}", r.failed().len(), r.failed().first().map(|f| f.code()))
                 }
                 Err(e) => {
                     self.connection.failed(&e);
-                    tracing::warn!(lane = %self.lane.0, "setting the visibility of {} messages to {seconds} s failed: {}", chunk.len(), describe(&e));
+                    tracing::warn!(lane = %self.lane.0, "setting the visibility of {n} messages to {seconds} s failed: {}", describe(&e));
                 }
             }
         }
