@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the SQS test endpoint: moto's server (PyPI moto[server], pinned in python-env.sh), which
+# Runs the SQS test endpoint: moto's server (PyPI moto with Flask, pinned in python-env.sh), which
 # speaks SQS's API on 127.0.0.1:$SQS_PORT with any credentials.
 #
 #   scripts/sqs.sh start    install if missing, start if not running

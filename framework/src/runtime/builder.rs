@@ -134,6 +134,14 @@ impl WorkerBuilder {
         self
     }
 
+    /// SQS: long-polling receives in flight per queue, ten messages each (`WEIR_SQS_RECEIVES`,
+    /// default 4).
+    pub fn sqs_receives(mut self, n: usize) -> Self {
+        self.config.sqs_receives = n;
+        self.config.given("sqs_receives");
+        self
+    }
+
     /// An NKey/JWT credentials file to connect to NATS with (`WEIR_NATS_CREDS`).
     pub fn nats_creds(mut self, path: impl Into<std::path::PathBuf>) -> Self {
         self.config.nats_creds = Some(path.into());
