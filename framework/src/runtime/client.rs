@@ -189,24 +189,12 @@ impl Clients {
 
     #[cfg(feature = "sqs")]
     fn sqs(config: &Config, brokers: &str, in_pipeline: bool) -> Result<Self> {
-        let unsupported = |what: &str| {
-            Error::config(
-                "brokers (WEIR_BROKERS)",
-                format!("{what} run on Kafka and NATS only so far, and {brokers:?} selects SQS"),
-            )
-        };
-        if in_pipeline {
-            return Err(unsupported("pipelines"));
-        }
-        if !config.tables(false).is_empty() || !config.tables(true).is_empty() {
-            return Err(unsupported("tables"));
-        }
-        if config.changelog {
-            return Err(Error::config(
-                "changelog (WEIR_CHANGELOG)",
-                "changelogs run on Kafka and NATS only so far, and WEIR_BROKERS selects SQS (one worker per queue keeps its state in its state dir): turn the changelog off",
-            ));
-        }
+        kafka_and_nats_only(
+            config,
+            in_pipeline,
+            &format!("{brokers:?} selects SQS"),
+            " (one worker per queue keeps its state in its state dir)",
+        )?;
         let settings = crate::broker::sqs::Settings {
             receives: config.sqs_receives,
             capacity: config.queue_capacity,
@@ -216,24 +204,12 @@ impl Clients {
 
     #[cfg(feature = "rabbitmq")]
     fn rabbitmq(config: &Config, brokers: &str, in_pipeline: bool) -> Result<Self> {
-        let unsupported = |what: &str| {
-            Error::config(
-                "brokers (WEIR_BROKERS)",
-                format!("{what} run on Kafka and NATS only so far, and {brokers:?} names a RabbitMQ server"),
-            )
-        };
-        if in_pipeline {
-            return Err(unsupported("pipelines"));
-        }
-        if !config.tables(false).is_empty() || !config.tables(true).is_empty() {
-            return Err(unsupported("tables"));
-        }
-        if config.changelog {
-            return Err(Error::config(
-                "changelog (WEIR_CHANGELOG)",
-                format!("changelogs run on Kafka and NATS only so far, and {brokers:?} names a RabbitMQ server: turn the changelog off"),
-            ));
-        }
+        kafka_and_nats_only(
+            config,
+            in_pipeline,
+            &format!("{brokers:?} names a RabbitMQ server"),
+            "",
+        )?;
         Ok(Self::RabbitMq(crate::broker::rabbitmq::Settings {
             url: brokers.trim().to_owned(),
             partitions: config.partitions,
@@ -428,6 +404,32 @@ impl Reader {
             )))),
         }
     }
+}
+
+/// Refuses what runs on Kafka and NATS only (pipelines, tables, changelogs) on a queue
+/// broker: `on` says which (`"amqp://..." names a RabbitMQ server`), `why` what a changelog's
+/// refusal adds.
+#[cfg(any(feature = "rabbitmq", feature = "sqs"))]
+fn kafka_and_nats_only(config: &Config, in_pipeline: bool, on: &str, why: &str) -> Result<()> {
+    let unsupported = |what: &str| {
+        Error::config(
+            "brokers (WEIR_BROKERS)",
+            format!("{what} run on Kafka and NATS only so far, and {on}"),
+        )
+    };
+    if in_pipeline {
+        return Err(unsupported("pipelines"));
+    }
+    if !config.tables(false).is_empty() || !config.tables(true).is_empty() {
+        return Err(unsupported("tables"));
+    }
+    if config.changelog {
+        return Err(Error::config(
+            "changelog (WEIR_CHANGELOG)",
+            format!("changelogs run on Kafka and NATS only so far, and {on}{why}: turn the changelog off"),
+        ));
+    }
+    Ok(())
 }
 
 /// A broker weir supports behind a cargo feature: what `WEIR_BROKERS` names, the broker's
