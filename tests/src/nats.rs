@@ -92,19 +92,7 @@ pub fn nats_worker(group: &str, topic: &str, state_dir: &Path) -> weir::WorkerBu
 }
 
 fn nats_client_py(args: &[&str]) -> String {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/py/nats_client.py");
-    let out = std::process::Command::new(crate::python())
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("run nats_client.py");
-    assert!(
-        out.status.success(),
-        "nats_client.py {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    crate::python::run_script("nats_client.py", args)
 }
 
 /// Publishes `count` records to `topic` with Python's nats-py (key `k{i % 50}`, value `v{i}`,

@@ -29,6 +29,23 @@ pub fn python() -> &'static Path {
     })
 }
 
+/// Runs `tests/py/<script>` with `args`; its stdout. Panics, with its output, when it fails.
+pub(crate) fn run_script(script: &str, args: &[&str]) -> String {
+    let path = format!("{}/py/{script}", env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(python())
+        .arg(&path)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {script}: {e}"));
+    assert!(
+        out.status.success(),
+        "{script} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Produces `count` records (key `k{i % 50}`, value `v{i}`, i from `start`) to `topic` with
 /// the Python confluent-kafka client, compressed with `codec`, plus librdkafka properties
 /// `settings`; panics unless all are acknowledged.

@@ -29,19 +29,7 @@ pub fn rabbitmq_worker(group: &str, topic: &str, state_dir: &Path) -> weir::Work
 }
 
 fn amqp_client_py(args: &[&str]) -> String {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/py/amqp_client.py");
-    let out = std::process::Command::new(crate::python())
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("run amqp_client.py");
-    assert!(
-        out.status.success(),
-        "amqp_client.py {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    crate::python::run_script("amqp_client.py", args)
 }
 
 /// Publishes records `start..start + count` to exchange `topic` with Python's pika, as

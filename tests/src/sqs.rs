@@ -47,19 +47,7 @@ pub fn sqs_worker(group: &str, topic: &str, state_dir: &Path) -> weir::WorkerBui
 }
 
 fn sqs_client_py(args: &[&str]) -> String {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/py/sqs_client.py");
-    let out = std::process::Command::new(crate::python())
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("run sqs_client.py");
-    assert!(
-        out.status.success(),
-        "sqs_client.py {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    crate::python::run_script("sqs_client.py", args)
 }
 
 /// Creates `queue` with boto3 (FIFO for a `.fifo` name) with a visibility timeout of
