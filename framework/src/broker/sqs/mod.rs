@@ -1,7 +1,7 @@
 //! Amazon SQS, through the AWS SDK for Rust. Topic `T` is the queue `T` (a FIFO queue is
 //! `T.fifo`), one lane; a missing queue is created (standard) with a dead-letter queue
 //! `T-dlq` and a redrive policy above weir's own attempts. The worker receives with long
-//! polls, several in flight (`source`), deletes a batch's messages once it committed, and
+//! polls, several in flight (`source`, each queue's task in `lane`), deletes a batch's messages once it committed, and
 //! extends the visibility of what it holds; weir sends with its record's key and headers as
 //! message attributes (`publisher`, the mapping in `attributes`).
 //!
@@ -9,6 +9,7 @@
 //! (README, "Brokers").
 
 mod attributes;
+mod lane;
 mod publisher;
 mod source;
 
