@@ -69,7 +69,9 @@ pub enum Error {
     #[error("embedded broker: {0}")]
     Embedded(String),
     /// A graceful stop did not finish within the drain timeout.
-    #[error("graceful stop did not finish within {timeout:?}; partitions not released (their in-flight batches are not committed and will be processed again): {partitions:?}")]
+    #[error(
+        "graceful stop did not finish within {timeout:?}; partitions not released (their in-flight batches are not committed and will be processed again): {partitions:?}"
+    )]
     DrainTimeout {
         /// The drain timeout.
         timeout: std::time::Duration,
@@ -78,7 +80,9 @@ pub enum Error {
     },
     /// A partition has no stored offset and its earliest record is past offset 0 (retention
     /// deleted records): its state would be the fold of only part of its history.
-    #[error("{topic}/{partition} has no stored state and its records before offset {earliest} are deleted: its state would fold only part of its history; restore its state (e.g. turn the changelog on) or accept this with allow_partial_history (WEIR_ALLOW_PARTIAL_HISTORY=true)")]
+    #[error(
+        "{topic}/{partition} has no stored state and its records before offset {earliest} are deleted: its state would fold only part of its history; restore its state (e.g. turn the changelog on) or accept this with allow_partial_history (WEIR_ALLOW_PARTIAL_HISTORY=true)"
+    )]
     PartialHistory {
         /// The topic.
         topic: String,
@@ -97,7 +101,9 @@ pub enum Error {
     },
     /// A co-partitioned table's topic has another partition count than an input topic, so
     /// its partitions would not hold the keys of the input partitions.
-    #[error("table topic {table:?} has {table_partitions} partitions but input topic {input:?} has {input_partitions}: a table must be co-partitioned with its input (same partition count, same keys); recreate one of them, or declare the table global")]
+    #[error(
+        "table topic {table:?} has {table_partitions} partitions but input topic {input:?} has {input_partitions}: a table must be co-partitioned with its input (same partition count, same keys); recreate one of them, or declare the table global"
+    )]
     NotCopartitioned {
         /// The table's topic.
         table: String,

@@ -7,8 +7,8 @@
 //! # Ok::<(), weir::state::Error>(())
 //! ```
 
-pub use weir_state::wire::{changelog_topic, header, ChangelogEntry, CHANGELOG_OFFSET_STORE};
-pub use weir_state::{Error, Progress, StoreReader, SCHEMA_VERSION};
+pub use weir_state::wire::{CHANGELOG_OFFSET_STORE, ChangelogEntry, changelog_topic, header};
+pub use weir_state::{Error, Progress, SCHEMA_VERSION, StoreReader};
 
 /// The workers' producer, for tools that change a store while no worker runs (`weir reset`):
 /// it sends what waits in a store's outbox as a worker does when it takes the partition.
@@ -90,8 +90,8 @@ pub mod rabbitmq {
 #[cfg(feature = "sqs")]
 pub mod sqs {
     pub use crate::broker::sqs::{
-        checked_client as connect, describe, message_of, queue_counts, queue_name, record_of,
-        SqsRecord,
+        SqsRecord, checked_client as connect, describe, message_of, queue_counts, queue_name,
+        record_of,
     };
     pub use crate::broker::sqs_url as is_sqs;
 }

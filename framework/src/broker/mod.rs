@@ -247,7 +247,7 @@ pub(crate) enum LogRecord<'a> {
 
 /// `$body` with `$r` bound to the record inside the [`LogRecord`] `$record`.
 macro_rules! each_log_record {
-    ($record:expr, $r:ident => $body:expr) => {
+    ($record:expr_2021, $r:ident => $body:expr_2021) => {
         match $record {
             #[cfg(feature = "kafka")]
             LogRecord::Kafka($r) => $body,

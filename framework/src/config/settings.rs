@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::{validate_topic_name, Config, KeyPartitioner, Secret};
+use crate::config::{Config, KeyPartitioner, Secret, validate_topic_name};
 use crate::processing::HandlerSettings;
 
 /// A check of a setting's final value; the error says what is wrong.

@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use weir_state::wire::{header, ChangelogEntry};
+use weir_state::wire::{ChangelogEntry, header};
 use weir_state::{OutboxRecord, PartitionStore};
 
 use super::retry::RetryPolicy;

@@ -3,12 +3,12 @@
 
 use std::time::{Duration, Instant};
 
-use weir_state::wire::{header, ChangelogEntry, ChangelogPosition};
 use weir_state::PartitionStore;
+use weir_state::wire::{ChangelogEntry, ChangelogPosition, header};
 
 use crate::broker::{Connection, LogReader, Polled};
 use crate::inbound::Delivered;
-use crate::observe::metric_names::{RESTORED_RECORDS_TOTAL, RESTORE_DURATION_SECONDS};
+use crate::observe::metric_names::{RESTORE_DURATION_SECONDS, RESTORED_RECORDS_TOTAL};
 
 /// How long a restore waits for the broker without getting a record before giving up.
 const STALL_TIMEOUT: Duration = Duration::from_secs(30);

@@ -281,7 +281,10 @@ const PARTITION_COLUMNS: [Column; 10] = [
     (
         PARTITION_WATERMARK_SECONDS,
         "The partition's event-time watermark (largest event time seen), in seconds since the epoch.",
-        |r| r.event_watermark_ms.map(|w| format!("{:.3}", w as f64 / 1000.0)),
+        |r| {
+            r.event_watermark_ms
+                .map(|w| format!("{:.3}", w as f64 / 1000.0))
+        },
     ),
 ];
 

@@ -26,8 +26,8 @@ use crate::processing::{
     WindowResult,
 };
 use crate::stop::StopSignal;
-use weir_state::wire::header;
 use weir_state::OutboxRecord;
+use weir_state::wire::header;
 
 /// Why a batch failed; nothing of it was committed.
 #[derive(Debug)]

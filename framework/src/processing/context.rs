@@ -3,7 +3,7 @@
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use serde::{de::DeserializeOwned, Serialize};
+use serde::{Serialize, de::DeserializeOwned};
 use weir_state::wire::header;
 use weir_state::{OutboxRecord, PartitionStore, WriteSet};
 

@@ -73,7 +73,9 @@ impl<'a, V, K> Record<'a, V, K> {
     }
 
     /// Every header, in order.
-    pub fn headers(&self) -> impl Iterator<Item = (&'a str, Option<&'a [u8]>)> + 'a {
+    pub fn headers(
+        &self,
+    ) -> impl Iterator<Item = (&'a str, Option<&'a [u8]>)> + 'a + use<'a, V, K> {
         self.msg.headers()
     }
 }

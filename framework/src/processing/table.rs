@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::RwLock;
 
-use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use weir_state::{PartitionStore, WriteSet};
 
 use crate::error::Result;

@@ -61,7 +61,9 @@ pub(crate) async fn ensure_repartition_topics(
         let Some((_, before, _)) = i.checked_sub(1).and_then(|i| inputs.get(i)) else {
             return Err(Error::config(
                 "pipeline stage",
-                format!("stage {stage:?} reads its repartition topic {own:?}, but no stage comes before it to feed it"),
+                format!(
+                    "stage {stage:?} reads its repartition topic {own:?}, but no stage comes before it to feed it"
+                ),
             ));
         };
         let (connection, name) = (connection.clone(), own.clone());

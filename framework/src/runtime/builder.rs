@@ -8,12 +8,12 @@ use crate::delivery::RetryPolicy;
 #[cfg(feature = "kafka")]
 use crate::error::Error;
 use crate::error::Result;
-#[cfg(feature = "kafka")]
-use crate::processing::repartition_topic;
 use crate::processing::Process;
 #[cfg(feature = "kafka")]
-use crate::runtime::stages::Stages;
+use crate::processing::repartition_topic;
 use crate::runtime::Worker;
+#[cfg(feature = "kafka")]
+use crate::runtime::stages::Stages;
 #[cfg(feature = "kafka")]
 use std::sync::Arc;
 
@@ -335,7 +335,9 @@ impl WorkerBuilder {
         if config.topics.is_empty() {
             return Err(Error::config(
                 "pipeline stage",
-                format!("stage {stage:?} has no input topic: declare one with the handler, give one with stage_with, or use repartitioned_stage"),
+                format!(
+                    "stage {stage:?} has no input topic: declare one with the handler, give one with stage_with, or use repartitioned_stage"
+                ),
             ));
         }
         config.validate()?;

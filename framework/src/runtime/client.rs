@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 #[cfg(feature = "kafka")]
-use crate::broker::kafka::{self, check_brokers, GroupSettings, Property};
+use crate::broker::kafka::{self, GroupSettings, Property, check_brokers};
 use crate::broker::{Connection, Producer};
 use crate::config::Config;
 #[cfg(feature = "kafka")]
@@ -351,7 +351,7 @@ impl Reader {
     pub(crate) fn source<H: Process>(
         &self,
         shared: Arc<Shared<H>>,
-    ) -> Result<Made<impl crate::broker::Source + Send + 'static>> {
+    ) -> Result<Made<impl crate::broker::Source + Send + 'static + use<H>>> {
         let assignments = Rebalances::new(shared);
         match self {
             Self::Kafka(consumer) => Ok(Made::Kafka(consumer.consumer(assignments)?)),
@@ -426,7 +426,9 @@ fn kafka_and_nats_only(config: &Config, in_pipeline: bool, on: &str, why: &str) 
     if config.changelog {
         return Err(Error::config(
             "changelog (WEIR_CHANGELOG)",
-            format!("changelogs run on Kafka and NATS only so far, and {on}{why}: turn the changelog off"),
+            format!(
+                "changelogs run on Kafka and NATS only so far, and {on}{why}: turn the changelog off"
+            ),
         ));
     }
     Ok(())
@@ -462,7 +464,9 @@ const SQS: BrokerFeature = ("Amazon SQS", "SQS", "sqs");
 fn without_feature(brokers: &str, (names, broker, feature): BrokerFeature) -> Error {
     Error::config(
         "brokers (WEIR_BROKERS)",
-        format!("{brokers:?} names {names}, and this build of weir has no {broker} support: enable weir's `{feature}` feature"),
+        format!(
+            "{brokers:?} names {names}, and this build of weir has no {broker} support: enable weir's `{feature}` feature"
+        ),
     )
 }
 

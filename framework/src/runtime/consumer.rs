@@ -3,7 +3,7 @@
 //! resumes it once drained, and settles SQLite-committed offsets with the broker. It never
 //! blocks on SQLite, restores or produces.
 
-use std::sync::{mpsc as std_mpsc, Arc};
+use std::sync::{Arc, mpsc as std_mpsc};
 use std::time::{Duration, Instant};
 
 use crate::broker::{Lane, Source};

@@ -1,7 +1,7 @@
 //! Where a worker is in its life: joined, running, stopping, abandoned, or failed.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::error::Error;
 

@@ -3,7 +3,7 @@
 //! through the batch runner, in order.
 
 use std::collections::VecDeque;
-use std::sync::{mpsc as std_mpsc, Arc};
+use std::sync::{Arc, mpsc as std_mpsc};
 use std::time::{Duration, Instant};
 
 use crate::broker::Connection;
@@ -11,15 +11,15 @@ use tokio::sync::mpsc;
 use weir_state::PartitionStore;
 
 use crate::config::TableSource;
-use crate::delivery::restore::{self, Restore};
 use crate::delivery::OutboxSink;
+use crate::delivery::restore::{self, Restore};
 use crate::error::Error;
 use crate::inbound::Inbound;
-use crate::observe::metric_names::{BATCHES_CUT_TOTAL, BATCH_DURATION_SECONDS, MESSAGES_TOTAL};
-use crate::processing::batch::{BatchRunner, BatchTime, Outcome};
-use crate::processing::time;
+use crate::observe::metric_names::{BATCH_DURATION_SECONDS, BATCHES_CUT_TOTAL, MESSAGES_TOTAL};
 use crate::processing::Process;
 use crate::processing::Scope;
+use crate::processing::batch::{BatchRunner, BatchTime, Outcome};
+use crate::processing::time;
 use crate::runtime::flow::PartitionFlow;
 use crate::runtime::lifecycle::Lifecycle;
 #[cfg(feature = "kafka")]

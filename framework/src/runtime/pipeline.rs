@@ -11,14 +11,14 @@ use crate::broker::Connection;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::observe::{self, PartitionRow, StateAnswer, WorkerView};
-use crate::processing::{repartition_topic, Process};
+use crate::processing::{Process, repartition_topic};
 use crate::runtime::admin::ensure_repartition_topics;
 use crate::runtime::client::connection;
 use crate::runtime::stages::Stages;
 use crate::runtime::worker::{
-    bind_metrics, embedded_state_dir, warn_embedded, AbortOnDrop, Worker,
+    AbortOnDrop, Worker, bind_metrics, embedded_state_dir, warn_embedded,
 };
-use crate::runtime::{signals, EmbeddedBroker, WorkerBuilder};
+use crate::runtime::{EmbeddedBroker, WorkerBuilder, signals};
 
 type StageFuture = Pin<Box<dyn Future<Output = Result<()>> + Send>>;
 

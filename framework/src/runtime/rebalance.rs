@@ -4,7 +4,7 @@
 //! finish its batch, commit, and close its store before returning the offsets to settle.
 
 use std::path::PathBuf;
-use std::sync::{mpsc as std_mpsc, Arc};
+use std::sync::{Arc, mpsc as std_mpsc};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -12,8 +12,8 @@ use weir_state::PartitionStore;
 
 use crate::broker::{Assignments, Lane, Start};
 use crate::observe::metric_names::{PAUSES_TOTAL, REBALANCES_TOTAL};
-use crate::processing::batch::{BatchRunner, Mode};
 use crate::processing::Process;
+use crate::processing::batch::{BatchRunner, Mode};
 use crate::runtime::flow::PartitionFlow;
 use crate::runtime::partition_task::{PartitionTask, TaskStore};
 use crate::runtime::shared::{PartitionHandle, Shared};

@@ -2,7 +2,7 @@
 //! the owned partitions and the worker's settings.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::{mpsc as std_mpsc, Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc as std_mpsc};
 
 use tokio::sync::mpsc;
 use weir_state::CacheBudget;
@@ -197,14 +197,14 @@ impl WorkerView for View {
                 return StateAnswer::Invalid(format!(
                     "this worker does not consume {t:?} (it consumes {})",
                     all.join(", ")
-                ))
+                ));
             }
             (None, [only]) => only.clone(),
             (None, all) => {
                 return StateAnswer::Invalid(format!(
                     "say which topic with ?topic= (this worker consumes {})",
                     all.join(", ")
-                ))
+                ));
             }
         };
         let n = match self.partition_count(&topic) {

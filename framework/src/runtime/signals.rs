@@ -2,8 +2,8 @@
 //! arrives while the worker builds, checks the broker, creates topics, joins the group or
 //! restores a store is kept, and stops the worker gracefully as soon as it runs.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::Notify;
 
@@ -88,7 +88,7 @@ impl Streams {
 
 #[cfg(unix)]
 fn streams() -> std::io::Result<Streams> {
-    use tokio::signal::unix::{signal, SignalKind};
+    use tokio::signal::unix::{SignalKind, signal};
     Ok(Streams {
         int: signal(SignalKind::interrupt())?,
         term: signal(SignalKind::terminate())?,

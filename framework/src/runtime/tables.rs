@@ -5,14 +5,14 @@
 //! tables have their inputs' partition counts.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use weir_state::PartitionStore;
 
-use crate::broker::kafka::{Connection, LogReader, LogRecord};
 use crate::broker::Polled;
+use crate::broker::kafka::{Connection, LogReader, LogRecord};
 use crate::config::{Config, TableSource};
 use crate::error::{Error, Result};
 use crate::inbound::Delivered;

@@ -2,7 +2,7 @@
 //! and stopping gracefully.
 
 use std::future::Future;
-use std::sync::{mpsc as std_mpsc, Arc};
+use std::sync::{Arc, mpsc as std_mpsc};
 
 use crate::config::Config;
 use crate::delivery::{DeadLetterSink, OutboxSink};
@@ -10,6 +10,8 @@ use crate::error::{Error, Result};
 use crate::observe;
 use crate::processing::table::GlobalTables;
 use crate::processing::{Process, Scope};
+#[cfg(feature = "kafka")]
+use crate::runtime::EmbeddedBroker;
 use crate::runtime::client::{Clients, Made, Started};
 use crate::runtime::lifecycle::Lifecycle;
 use crate::runtime::partition_task::TaskContext;
@@ -18,8 +20,6 @@ use crate::runtime::shared::Shared;
 use crate::runtime::stages::Stages;
 #[cfg(feature = "kafka")]
 use crate::runtime::tables::{check_copartitioned, follow_globals};
-#[cfg(feature = "kafka")]
-use crate::runtime::EmbeddedBroker;
 use crate::runtime::{consumer, signals};
 #[cfg(feature = "kafka")]
 use crate::wall_clock::now_ms;

@@ -4,12 +4,12 @@
 //! released, then their final offsets committed). Client errors are counted and logged, and
 //! the statistics give each owned partition's watermarks.
 
+use rdkafka::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
-use rdkafka::ClientContext;
 
 use super::Property;
 use crate::broker::{Assignments, Lane, Source};

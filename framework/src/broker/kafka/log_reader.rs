@@ -115,7 +115,7 @@ impl LogReader {
             match rx.recv_timeout(Duration::from_millis(200)) {
                 Ok(answer) => {
                     return answer
-                        .map_err(|e| format!("reading {topic}/{partition}'s offsets: {e}"))
+                        .map_err(|e| format!("reading {topic}/{partition}'s offsets: {e}"));
                 }
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) if !cancelled() => {}
                 Err(_) => return Err(format!("stopped while reading {topic}'s offsets")),

@@ -3,8 +3,8 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, ConsumerContext};
 use rdkafka::ClientContext;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext};
 
 use super::GroupSettings;
 use crate::error::{Error, Result};
@@ -161,9 +161,11 @@ mod tests {
             "Connect to ipv4#127.0.0.1:1 failed: Connection refused".to_owned(),
             "Receive failed: tlsv13 alert certificate required: SSL alert number 116".to_owned(),
         ];
-        assert!(classify(&late_alert)
-            .0
-            .contains("WEIR_KAFKA_SSL_CERTIFICATE_LOCATION"));
+        assert!(
+            classify(&late_alert)
+                .0
+                .contains("WEIR_KAFKA_SSL_CERTIFICATE_LOCATION")
+        );
         assert!(classify(&late_alert).2);
         let tls = ["SSL handshake failed: certificate verify failed".to_owned()];
         assert!(classify(&tls).0.contains("WEIR_KAFKA_SSL_CA_LOCATION"));

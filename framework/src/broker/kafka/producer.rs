@@ -15,11 +15,11 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use rdkafka::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
-use rdkafka::ClientContext;
 
 use crate::broker::{Outgoing, SendError};
 

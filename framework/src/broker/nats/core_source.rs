@@ -8,16 +8,16 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc as std_mpsc, Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc as std_mpsc};
 use std::time::{Duration, Instant};
 
 use async_nats::Message;
 use futures::StreamExt;
 use tokio::sync::Notify;
 
+use super::Connection;
 use super::names::{self, AckInfo};
 use super::source::Delivery;
-use super::Connection;
 use crate::broker::{Assignments, Lane, Source};
 use crate::error::Result;
 

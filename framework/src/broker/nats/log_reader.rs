@@ -8,13 +8,13 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use futures::StreamExt;
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 
-use super::names::{self, AckInfo};
 use super::Connection;
+use super::names::{self, AckInfo};
 use crate::broker::Polled;
 use crate::inbound::Delivered;
 

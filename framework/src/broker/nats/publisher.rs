@@ -1,11 +1,11 @@
 //! Publishing to streams with the server's acknowledgement: emits, dead letters and late
 //! records, each with a `Nats-Msg-Id` from weir's headers (`broker::message_id`).
 
+use async_nats::HeaderMap;
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
-use async_nats::HeaderMap;
 
-use super::{names, Connection};
+use super::{Connection, names};
 use crate::broker::{Outgoing, SendError};
 
 /// The worker's publisher.

@@ -21,17 +21,17 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc as std_mpsc, Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc as std_mpsc};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use async_nats::{HeaderMap, Message, Subject};
 use futures::StreamExt;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::{Notify, oneshot};
 
+use super::Connection;
 use super::names::{self, AckInfo};
 use super::streams::Layout;
-use super::Connection;
 use crate::broker::{Assignments, Lane, Source};
 use crate::error::{Error, Result};
 use crate::inbound::Delivered;
@@ -685,7 +685,9 @@ impl Drop for NatsSource {
             }
         }
         if let Err(e) = self.ack(acks) {
-            tracing::warn!("acknowledging the released lanes failed (they are delivered again and skipped): {e}");
+            tracing::warn!(
+                "acknowledging the released lanes failed (they are delivered again and skipped): {e}"
+            );
         }
         let connection = self.connection.clone();
         self.runtime.block_on(async move {

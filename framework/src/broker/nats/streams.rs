@@ -2,11 +2,11 @@
 
 use std::time::Duration;
 
+use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::context::GetStreamErrorKind;
 use async_nats::jetstream::stream::{Config, StorageType, SubjectTransform};
-use async_nats::jetstream::ErrorCode;
 
-use super::{names, Connection};
+use super::{Connection, names};
 use crate::broker::WantedTopic;
 use crate::error::{Error, Result};
 
@@ -46,7 +46,9 @@ impl Connection {
                 if !missing {
                     return Err(Error::config(
                         "brokers (WEIR_BROKERS)",
-                        format!("cannot read stream {stream} (of topic {topic}): {e}; is JetStream enabled on the server?"),
+                        format!(
+                            "cannot read stream {stream} (of topic {topic}): {e}; is JetStream enabled on the server?"
+                        ),
                     ));
                 }
                 if !create {

@@ -180,7 +180,9 @@ impl Connection {
         if lanes == 0 {
             return Err(Error::config(
                 "topics (WEIR_TOPICS)",
-                format!("exchange {topic} exists without lane queues {topic}.0, {topic}.1, ...: declare them (quorum queues with single active consumer, bound to it) or remove the exchange so that weir declares it"),
+                format!(
+                    "exchange {topic} exists without lane queues {topic}.0, {topic}.1, ...: declare them (quorum queues with single active consumer, bound to it) or remove the exchange so that weir declares it"
+                ),
             ));
         }
         Ok(lanes)

@@ -7,7 +7,7 @@ use lapin::publisher_confirm::Confirmation;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel};
 
-use super::{short, Connection};
+use super::{Connection, short};
 use crate::broker::{Outgoing, SendError, WantedTopic};
 
 /// AMQP's persistent delivery mode.

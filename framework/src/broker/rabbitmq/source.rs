@@ -15,7 +15,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{mpsc as std_mpsc, Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc as std_mpsc};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -23,7 +23,7 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, Queu
 use lapin::types::FieldTable;
 use tokio::sync::mpsc;
 
-use super::{lane_queue, lock, Connection};
+use super::{Connection, lane_queue, lock};
 use crate::broker::queue_message::{QueueDelivery as Delivery, QueueMessage};
 use crate::broker::{Assignments, Lane, Source};
 use crate::error::Result;

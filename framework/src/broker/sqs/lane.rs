@@ -12,19 +12,19 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{mpsc as std_mpsc, Arc};
+use std::sync::{Arc, mpsc as std_mpsc};
 use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::{
     BatchResultErrorEntry, ChangeMessageVisibilityBatchRequestEntry,
     DeleteMessageBatchRequestEntry, MessageSystemAttributeName, QueueAttributeName,
 };
+use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
-use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use super::{attributes, describe, Connection, Queue};
+use super::{Connection, Queue, attributes, describe};
 use crate::broker::queue_message::QueueMessage;
 use crate::observe::metric_names::SQS_MESSAGES;
 
@@ -414,7 +414,7 @@ impl LaneTask {
         &self,
         messages: &[(u64, &str)],
         timeout: Duration,
-    ) -> impl std::future::Future<Output = Result<Vec<BatchResultErrorEntry>, String>> + Send + '_
+    ) -> impl std::future::Future<Output = Result<Vec<BatchResultErrorEntry>, String>> + Send + use<'_>
     {
         let seconds = i32::try_from(timeout.as_secs()).unwrap_or(i32::MAX);
         let entries: Vec<_> = messages

@@ -17,13 +17,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aws_sdk_sqs::types::QueueAttributeName;
 use aws_sdk_sqs::Client;
+use aws_sdk_sqs::types::QueueAttributeName;
 
 use crate::broker::WantedTopic;
 use crate::error::{Error, Result};
 
-pub use attributes::{message_of, record_of, SqsRecord};
+pub use attributes::{SqsRecord, message_of, record_of};
 pub(crate) use publisher::Publisher;
 pub(crate) use source::SqsSource;
 
@@ -95,7 +95,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The SQS client of the AWS configuration in the environment (region, endpoint,
 /// credentials), speaking HTTPS through rustls.
 async fn client() -> Result<Client, String> {
-    use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+    use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
     let http = aws_smithy_http_client::Builder::new()
         .tls_provider(Provider::Rustls(CryptoMode::Ring))
         .build_https();
@@ -137,7 +137,7 @@ pub async fn queue_counts(client: &Client, queue: &str) -> Result<Option<(i64, i
             if e.as_service_error()
                 .is_some_and(|s| s.is_queue_does_not_exist()) =>
         {
-            return Ok(None)
+            return Ok(None);
         }
         Err(e) => return Err(describe(&e)),
     };
@@ -186,7 +186,9 @@ impl Connection {
         if !rest.is_empty() {
             return Err(Error::config(
                 "brokers (WEIR_BROKERS)",
-                format!("{brokers:?}: SQS is selected by `sqs://` alone; the region, endpoint and credentials come from the AWS configuration (AWS_REGION, AWS_ENDPOINT_URL_SQS, ...)"),
+                format!(
+                    "{brokers:?}: SQS is selected by `sqs://` alone; the region, endpoint and credentials come from the AWS configuration (AWS_REGION, AWS_ENDPOINT_URL_SQS, ...)"
+                ),
             ));
         }
         let client = checked_client(timeout).await?;
@@ -360,11 +362,7 @@ pub fn queue_name(template: &str, topic: &str) -> String {
         None => (topic, false),
     };
     let name = template.replace("{topic}", base).replace('.', "-");
-    if fifo {
-        format!("{name}.fifo")
-    } else {
-        name
-    }
+    if fifo { format!("{name}.fifo") } else { name }
 }
 
 #[cfg(test)]

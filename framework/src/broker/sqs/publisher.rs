@@ -5,7 +5,7 @@
 
 use aws_sdk_sqs::error::ProvideErrorMetadata;
 
-use super::{attributes, describe, Connection};
+use super::{Connection, attributes, describe};
 use crate::broker::{Outgoing, SendError};
 
 /// A FIFO deduplication id's longest (SQS's limit).
@@ -110,8 +110,10 @@ mod tests {
         let d = deduplication_id(&long);
         assert!(d.len() <= MAX_DEDUPLICATION_ID, "{d}");
         assert_ne!(d, deduplication_id(&"t".repeat(301)));
-        assert!(deduplication_id("a b/é")
-            .chars()
-            .all(|c| c.is_ascii_graphic()));
+        assert!(
+            deduplication_id("a b/é")
+                .chars()
+                .all(|c| c.is_ascii_graphic())
+        );
     }
 }

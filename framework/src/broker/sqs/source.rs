@@ -9,13 +9,13 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{mpsc as std_mpsc, Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc as std_mpsc};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::lane::{Event, LaneKey, LaneTask, Taken, RECEIVE_WAIT_SECONDS, TICK};
-use super::{lock, Connection};
+use super::lane::{Event, LaneKey, LaneTask, RECEIVE_WAIT_SECONDS, TICK, Taken};
+use super::{Connection, lock};
 use crate::broker::queue_message::QueueDelivery as Delivery;
 use crate::broker::{Assignments, Lane, Source};
 use crate::error::Result;

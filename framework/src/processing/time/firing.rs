@@ -4,14 +4,14 @@
 
 use weir_state::{PartitionStore, WriteSet};
 
-use super::timers::{due_timers, Due, TIMERS};
+use super::timers::{Due, TIMERS, due_timers};
 use super::watermark::RecordTime;
 use super::windows::take_window;
 use super::{FiredTimer, TimerAt, Window, WindowResult};
 use crate::error::{BoxError, Error, Result};
 use crate::observe::metric_names::{TIMERS_FIRED_TOTAL, WINDOWS_CLOSED_TOTAL};
 use crate::processing::context::{Ctx, Scope, Source};
-use crate::processing::handler::{caught, Process};
+use crate::processing::handler::{Process, caught};
 
 /// Timer rounds per batch: a callback that keeps scheduling timers already due cannot hold up
 /// the partition; what is left fires with the next batch.

@@ -20,9 +20,9 @@ mod watermark;
 mod windows;
 
 pub(crate) use firing::fire_due;
-pub(crate) use timers::{cancel, due_timers, next_wall_timer, schedule, TIMERS};
 pub use timers::{FiredTimer, TimerAt};
-pub(crate) use watermark::{json_field_ms, set_watermark, watermark, RecordTime};
+pub(crate) use timers::{TIMERS, cancel, due_timers, next_wall_timer, schedule};
+pub(crate) use watermark::{RecordTime, json_field_ms, set_watermark, watermark};
 pub(crate) use windows::window_value;
 pub use windows::{WindowDef, WindowResult, WindowState, Windows};
 

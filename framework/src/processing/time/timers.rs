@@ -1,7 +1,7 @@
 //! Timers: rows of the `__weir_timers` store keyed by due time, for window closes and user
 //! timers.
 
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use weir_state::{PartitionStore, WriteSet};
 
 use super::codec_err;

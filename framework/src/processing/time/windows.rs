@@ -4,12 +4,12 @@ use std::borrow::Borrow;
 use std::marker::PhantomData;
 use std::time::Duration;
 
-use serde::{de::DeserializeOwned, Serialize};
+use serde::{Serialize, de::DeserializeOwned};
 use weir_state::{PartitionStore, WriteSet};
 
-use super::timers::{delete_timer, put_timer, window_tag, Due, TimerAt};
+use super::timers::{Due, TimerAt, delete_timer, put_timer, window_tag};
 use super::watermark::RecordTime;
-use super::{codec_err, Window};
+use super::{Window, codec_err};
 use crate::error::Result;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +108,7 @@ impl Windows {
     }
 
     /// The time windows (tumbling or hopping) that contain event time `t`, latest first.
-    fn containing(&self, t: i64) -> impl Iterator<Item = Window> {
+    fn containing(&self, t: i64) -> impl Iterator<Item = Window> + use<> {
         let (size, advance) = match self.kind {
             Kind::Tumbling { size } => (size, size),
             Kind::Hopping { size, advance } => (size, advance),
