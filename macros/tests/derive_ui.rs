@@ -1,6 +1,6 @@
 //! `#[derive(Handler)]`: the exact messages for what does not compile (trybuild, `ui/fail`),
 //! checked against `weir` with its default features. What compiles is in the suite's
-//! `tests/tests/derive_pass.rs`: built with the suite, not by trybuild, so trybuild only checks
+//! `tests/tests/suite/derive_pass.rs`: built with the suite, not by trybuild, so trybuild only checks
 //! (no code generation, no linking).
 
 #[test]

@@ -20,9 +20,14 @@ pub fn sqs_endpoint() -> String {
 /// The AWS configuration of a worker on the test endpoint (any credentials do), for a worker
 /// process's environment.
 pub fn sqs_env() -> Vec<(&'static str, String)> {
+    sqs_env_at(&sqs_endpoint())
+}
+
+/// [`sqs_env`] for the endpoint `endpoint`.
+pub fn sqs_env_at(endpoint: &str) -> Vec<(&'static str, String)> {
     vec![
         ("AWS_REGION", "us-east-1".to_owned()),
-        ("AWS_ENDPOINT_URL_SQS", sqs_endpoint()),
+        ("AWS_ENDPOINT_URL_SQS", endpoint.to_owned()),
         ("AWS_ACCESS_KEY_ID", "test".to_owned()),
         ("AWS_SECRET_ACCESS_KEY", "test".to_owned()),
     ]
@@ -53,14 +58,70 @@ fn sqs_client_py(args: &[&str]) -> String {
 /// Creates `queue` with boto3 (FIFO for a `.fifo` name) with a visibility timeout of
 /// `visibility`.
 pub fn python_sqs_create(queue: &str, visibility: Duration) {
+    python_sqs_create_at(&sqs_endpoint(), queue, visibility);
+}
+
+/// [`python_sqs_create`] on the endpoint `endpoint`.
+pub fn python_sqs_create_at(endpoint: &str, queue: &str, visibility: Duration) {
     let visibility = visibility.as_secs().to_string();
-    sqs_client_py(&[
-        "create",
-        &sqs_endpoint(),
-        queue,
-        "--visibility",
-        &visibility,
-    ]);
+    sqs_client_py(&["create", endpoint, queue, "--visibility", &visibility]);
+}
+
+/// A moto server of the test's own (the one `scripts/sqs.sh` installs) on a free port of
+/// 127.0.0.1, to stop and start again. It keeps its queues in memory: a start is empty.
+#[derive(Debug)]
+pub struct OwnSqs {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnSqs {
+    /// Starts the server and waits until it listens.
+    pub fn start() -> Self {
+        let mut own = Self {
+            port: crate::own_tansu::free_port(),
+            child: None,
+        };
+        own.start_again();
+        own
+    }
+
+    /// Its URL, for `AWS_ENDPOINT_URL_SQS`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server again after [`stop`](Self::stop), on the same port.
+    pub fn start_again(&mut self) {
+        let bin = crate::python::python().with_file_name("moto_server");
+        let child = std::process::Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", &self.port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "start {} (scripts/sqs.sh start installs it): {e}",
+                    bin.display()
+                )
+            });
+        self.child = Some(child);
+        crate::own_tansu::wait_listening(([127, 0, 0, 1], self.port).into(), "moto_server");
+    }
+
+    /// Kills the server (SIGKILL) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for OwnSqs {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 /// Sends records `start..start + count` to `queue` with boto3, as

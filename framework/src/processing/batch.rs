@@ -381,22 +381,40 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
             .as_ref()
             .is_some_and(|d| d.keep_key_order);
         let mut next = batch.last().map_or(clock.next_offset, |m| m.offset() + 1);
-        if delivery == Delivery::AtMostOnce {
-            // The offset first: a crash from here on skips the batch rather than repeating it.
-            self.commit(WriteSet::default(), next).await?;
+        let store: &PartitionStore = (*self.store).as_ref();
+        let mut ids = MessageIds::default();
+        // At most once, the messages a committed batch took already (a queue's redeliveries).
+        let mut taken_before = HashSet::new();
+        let at_most_once = delivery == Delivery::AtMostOnce;
+        if at_most_once {
+            // The offset first, with the messages' ids (a queue delivers again what a crash
+            // left unacknowledged, and its id drops it): a crash from here on skips the batch
+            // rather than repeating it.
+            let mut taken = WriteSet::default();
+            for msg in batch {
+                if ids
+                    .seen(msg, store, &taken)
+                    .map_err(BatchError::Bookkeeping)?
+                {
+                    taken_before.insert(msg.offset());
+                } else {
+                    ids.applied(msg);
+                }
+            }
+            ids.write(store, &mut taken, next)
+                .map_err(BatchError::Bookkeeping)?;
+            self.commit(taken, next).await?;
         }
         let mut writes = WriteSet::default();
-        let store: &PartitionStore = (*self.store).as_ref();
         let stored_watermark = time::watermark(store, &writes).map_err(BatchError::Bookkeeping)?;
         let mut watermark = match (stored_watermark, clock.idle_watermark) {
             (Some(w), Some(idle)) => Some(w.max(idle)),
             (w, idle) => w.or(idle),
         };
         let mut marks = UpstreamMarks::default();
-        let mut ids = MessageIds::default();
         for (i, msg) in batch.iter().enumerate() {
             // (At most once, the whole batch's offset is committed already: it runs to its end.)
-            if i > 0 && delivery != Delivery::AtMostOnce && self.stop_requested() {
+            if i > 0 && !at_most_once && self.stop_requested() {
                 next = msg.offset();
                 break;
             }
@@ -433,10 +451,13 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
                     });
                 }
             }
-            if ids
-                .seen(msg, store, &writes)
-                .map_err(BatchError::Bookkeeping)?
-            {
+            let seen = if at_most_once {
+                taken_before.contains(&msg.offset())
+            } else {
+                ids.seen(msg, store, &writes)
+                    .map_err(BatchError::Bookkeeping)?
+            };
+            if seen {
                 // A queue's redelivery of a message a committed batch applied.
                 metrics::counter!(DUPLICATES_DROPPED_TOTAL, "topic" => Arc::clone(&self.topic))
                     .increment(1);
@@ -472,7 +493,9 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
                     if let Some(key) = revives {
                         writes.delete(DEAD_KEYS, key).map_err(BatchError::Commit)?;
                     }
-                    ids.applied(msg);
+                    if !at_most_once {
+                        ids.applied(msg);
+                    }
                     writes.release();
                     let t = time.event_time();
                     watermark = Some(watermark.map_or(t, |w| w.max(t)));
@@ -503,8 +526,10 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
             }
         }
         marks.write(&mut writes).map_err(BatchError::Bookkeeping)?;
-        ids.write(store, &mut writes, next)
-            .map_err(BatchError::Bookkeeping)?;
+        if !at_most_once {
+            ids.write(store, &mut writes, next)
+                .map_err(BatchError::Bookkeeping)?;
+        }
         if let (Some(w), true) = (watermark, watermark != stored_watermark) {
             time::set_watermark(&mut writes, w).map_err(BatchError::Bookkeeping)?;
         }

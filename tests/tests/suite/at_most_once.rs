@@ -84,3 +84,57 @@ async fn a_crash_mid_batch_skips_the_batch(kind: BrokerKind) {
 }
 
 on_both_brokers!(crash_mid_batch, a_crash_mid_batch_skips_the_batch);
+
+/// On SQS, a batch's messages are taken (their ids committed with its position) before its
+/// handler runs: after a crash while the handler hangs at the one message sent, the message
+/// comes again (its visibility ran out, or the stopping worker gave it back), and the next
+/// worker drops it by its id; what comes after is counted once each, and the queue ends empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_mid_batch_skips_the_batch_on_sqs() {
+    let (topic, group) = (unique("sqs-amo"), unique("g"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    python_sqs_create(&topic, Duration::from_secs(3));
+    python_sqs_send(&topic, 0, 1, 1);
+    let inner = CountHandler {
+        stall_on: Some("v0".into()),
+        ..Default::default()
+    };
+    let stalled = inner.stalled.clone();
+    let worker = RunningWorker::spawn(
+        sqs_worker(&group, &topic, dir.path())
+            .build(AtMostOnce { inner })
+            .expect("build"),
+    );
+    wait_stalled(&stalled).await;
+    worker.crash().await;
+
+    let inner = CountHandler::default();
+    let attempts = std::sync::Arc::clone(&inner.attempts);
+    let worker = RunningWorker::spawn(
+        sqs_worker(&group, &topic, dir.path())
+            .build(AtMostOnce { inner })
+            .expect("build"),
+    );
+    python_sqs_send(&topic, 1, 20, 10);
+    let kept = keyed_records(1, 20, 10);
+    wait_for_counts(
+        dir.path(),
+        &group,
+        &topic,
+        &expected_counts(&kept),
+        Duration::from_secs(60),
+    )
+    .await;
+    wait_for_empty_queues(std::slice::from_ref(&topic), Duration::from_secs(30)).await;
+    worker.stop_cleanly().await;
+    let stored = StoredCounts::read(dir.path(), &group, &topic);
+    assert_counts_exact(&stored.counts, &expected_counts(&kept));
+    assert_eq!(
+        (
+            attempts.load(std::sync::atomic::Ordering::SeqCst),
+            stored.offsets[&0]
+        ),
+        (20, 22),
+        "the second worker ran 20 messages of 21 deliveries (the crashed one came again)"
+    );
+}

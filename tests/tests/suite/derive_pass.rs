@@ -6,7 +6,7 @@ macro_rules! pass {
         // (Each file was a crate of its own under trybuild: some imports are redundant here.)
         #[allow(unused_imports)]
         mod $name {
-            include!(concat!("../ui/pass/", stringify!($name), ".rs"));
+            include!(concat!("../../ui/pass/", stringify!($name), ".rs"));
 
             #[test]
             fn declares_its_settings() {

@@ -432,3 +432,47 @@ async fn a_fifo_queue_keeps_each_keys_order() {
         assert_eq!(of_key, sorted, "key k{key} in the order sent");
     }
 }
+
+/// While SQS does not answer (the test's own moto server, killed) the worker says so
+/// (`/health/ready` 503 naming the lost connection, after `unreadable_after`), and it is ready
+/// again once SQS answers (the server started again, the queue made again: moto keeps
+/// nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_answers_of_sqs() {
+    let mut server = OwnSqs::start();
+    let (topic, group) = (unique("sqs-ready"), unique("g"));
+    python_sqs_create_at(&server.endpoint(), &topic, Duration::from_secs(30));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let logs = tempfile::tempdir().expect("tempdir");
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], own_tansu::free_port()).into();
+    let mut cmd = worker_command(env!("CARGO_BIN_EXE_count-worker"));
+    cmd.envs(sqs_env_at(&server.endpoint()))
+        .env("WEIR_BROKERS", "sqs://")
+        .env("WEIR_GROUP", &group)
+        .env("WEIR_TOPICS", &topic)
+        .env("WEIR_STATE_DIR", dir.path())
+        .env("WEIR_METRICS_ADDR", addr.to_string())
+        .env("WEIR_UNREADABLE_AFTER_MS", "1000");
+    let mut worker = WorkerProcess::start(cmd, &logs.path().join("worker.log"));
+    own_tansu::wait_listening(addr, "the worker's metrics endpoint");
+    let ready = |want: u16, needle: &'static str| async move {
+        let (code, body) = http_get(addr, "/health/ready").await;
+        if code == want && body.contains(needle) {
+            Ok(())
+        } else {
+            Err(format!("{code} {body}"))
+        }
+    };
+    wait_until("ready", Duration::from_secs(30), || ready(200, "")).await;
+    server.stop();
+    wait_until(
+        "not ready while SQS does not answer",
+        Duration::from_secs(30),
+        || ready(503, "no connection to the broker"),
+    )
+    .await;
+    server.start_again();
+    python_sqs_create_at(&server.endpoint(), &topic, Duration::from_secs(30));
+    wait_until("ready again", Duration::from_secs(30), || ready(200, "")).await;
+    worker.stop();
+}

@@ -1,0 +1,40 @@
+//! The integration suite, one test binary: each module was a binary of its own, and each linked
+//! weir and every broker client again (CI spent 134 s building 36 of them).
+
+mod at_most_once;
+mod changelog;
+mod codecs;
+mod compat;
+mod count_exact;
+mod crash;
+mod dead_letters;
+mod deploy;
+mod derive_pass;
+mod docs;
+mod emit;
+mod enrich;
+mod fencing;
+mod group;
+mod handler_errors;
+mod kill;
+mod layout;
+mod nats;
+mod observability;
+mod outage;
+mod outbox;
+mod partial_history;
+mod pipeline;
+mod rabbitmq;
+mod restore;
+mod resume;
+mod sasl;
+mod signals;
+mod sqs;
+mod startup_errors;
+mod status_page;
+mod tables;
+mod testkit;
+mod time;
+mod tls;
+mod unreadable;
+mod windows;
