@@ -138,3 +138,68 @@ async fn a_crash_mid_batch_skips_the_batch_on_sqs() {
         "the second worker ran 20 messages of 21 deliveries (the crashed one came again)"
     );
 }
+
+/// On RabbitMQ as on SQS: the message a crash left unacknowledged comes again to the lane's
+/// next consumer, which drops it by its `message_id`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_mid_batch_skips_the_batch_on_rabbitmq() {
+    let (topic, group) = (unique("amqp-amo"), unique("g"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let inner = CountHandler {
+        stall_on: Some("v0".into()),
+        ..Default::default()
+    };
+    let stalled = inner.stalled.clone();
+    let worker = RunningWorker::spawn(
+        rabbitmq_worker(&group, &topic, dir.path())
+            .partitions(1)
+            .build(AtMostOnce { inner })
+            .expect("build"),
+    );
+    wait_for_lanes(&rabbitmq_url(), &topic, 1).await;
+    python_amqp_publish(&topic, 0, 1, 1, true);
+    wait_stalled(&stalled).await;
+    worker.crash().await;
+
+    let inner = CountHandler::default();
+    let attempts = std::sync::Arc::clone(&inner.attempts);
+    let worker = RunningWorker::spawn(
+        rabbitmq_worker(&group, &topic, dir.path())
+            .partitions(1)
+            .build(AtMostOnce { inner })
+            .expect("build"),
+    );
+    python_amqp_publish(&topic, 1, 20, 10, true);
+    let kept = keyed_records(1, 20, 10);
+    wait_for_counts(
+        dir.path(),
+        &group,
+        &topic,
+        &expected_counts(&kept),
+        Duration::from_secs(60),
+    )
+    .await;
+    let queue = vec![format!("{topic}.0")];
+    wait_until("the lane's queue empty", Duration::from_secs(30), || {
+        let depth = python_amqp_depth(&queue);
+        async move {
+            if depth.values().all(|d| *d == 0) {
+                Ok(())
+            } else {
+                Err(format!("{depth:?}"))
+            }
+        }
+    })
+    .await;
+    worker.stop_cleanly().await;
+    let stored = StoredCounts::read(dir.path(), &group, &topic);
+    assert_counts_exact(&stored.counts, &expected_counts(&kept));
+    assert_eq!(
+        (
+            attempts.load(std::sync::atomic::Ordering::SeqCst),
+            stored.offsets[&0]
+        ),
+        (20, 22),
+        "the second worker ran 20 messages of 21 deliveries (the crashed one came again)"
+    );
+}

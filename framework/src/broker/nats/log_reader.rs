@@ -307,6 +307,9 @@ async fn read_lane(
         // for each reply between them, and a restore read at 160k messages/s with the server
         // idle a fifth of the time).
         let mut owed = 0;
+        // When the read last moved: status answers (a pull that ended, a heartbeat) do not
+        // count, so pulls answered at once with nothing (a consumer gone for good) end the read.
+        let mut moved_at = tokio::time::Instant::now();
         loop {
             if owed < BATCH / 2 {
                 connection
@@ -316,7 +319,7 @@ async fn read_lane(
                     .map_err(|e| failed(&e))?;
                 owed += BATCH;
             }
-            let message = match tokio::time::timeout(STALL, replies.next()).await {
+            let message = match tokio::time::timeout_at(moved_at + STALL, replies.next()).await {
                 Ok(Some(m)) => m,
                 Ok(None) => return Err(failed(&"the subscription ended")),
                 Err(_) => return Err(failed(&format!("no message within {STALL:?}"))),
@@ -324,6 +327,10 @@ async fn read_lane(
             if let Some(status) = message.status {
                 match status.as_u16() {
                     100 => continue,
+                    409 if pull_refused_for_good(message.description.as_deref()) => {
+                        let description = message.description.unwrap_or_default();
+                        return Err(failed(&format!("the pull was answered 409 {description}")));
+                    }
                     // A pull ended (expired, or its batch or bytes were served) owing an
                     // unknown number: the next one goes out now, and a pull still waiting
                     // at the server expires by itself.
@@ -351,6 +358,7 @@ async fn read_lane(
                 )));
             }
             delivered = info.consumer_seq;
+            moved_at = tokio::time::Instant::now();
             let at_end = info.pending == 0;
             run.push(Read::Record(LogRecord::new(
                 (&log, &stream),
@@ -365,11 +373,51 @@ async fn read_lane(
                 if runs.send(std::mem::take(&mut run)).await.is_err() || at_end {
                     return Ok(());
                 }
+                // (Waiting for the restore to take the run is not the server's stall.)
+                moved_at = tokio::time::Instant::now();
                 run.reserve(RUN);
             }
         }
     };
     if let Err(e) = read.await {
         let _ = runs.send(vec![Read::Failed(e)]).await;
+    }
+}
+
+/// A pull answered 409 for a reason a next pull cannot change (the consumer was deleted or is
+/// not a pull consumer, or the pull asked for more than the consumer allows), as against the
+/// end of a pull (`Batch Completed`, a leadership change, too many pulls waiting).
+fn pull_refused_for_good(description: Option<&str>) -> bool {
+    let description = description.unwrap_or_default().to_ascii_lowercase();
+    ["consumer deleted", "push based", "exceeded maxrequest"]
+        .iter()
+        .any(|reason| description.contains(reason))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pull_refused_for_good;
+
+    #[test]
+    fn a_deleted_consumer_ends_the_read_and_an_ended_pull_does_not() {
+        for gone in [
+            "Consumer Deleted",
+            "Consumer is push based",
+            "Exceeded MaxRequestBatch of 256",
+            "Exceeded MaxRequestExpires of 1s",
+            "Exceeded MaxRequestMaxBytes of 1024",
+        ] {
+            assert!(pull_refused_for_good(Some(gone)), "{gone}");
+        }
+        for ended in [
+            "Batch Completed",
+            "Leadership Change",
+            "Exceeded MaxWaiting",
+            "Message Size Exceeds MaxBytes",
+            "",
+        ] {
+            assert!(!pull_refused_for_good(Some(ended)), "{ended}");
+        }
+        assert!(!pull_refused_for_good(None));
     }
 }
