@@ -94,6 +94,21 @@ pub fn python_amqp_depth_at(url: &str, queues: &[String]) -> BTreeMap<String, u6
     serde_json::from_str(amqp_client_py(&args).trim()).expect("JSON depths")
 }
 
+/// Waits until none of `queues` holds a ready message.
+pub async fn wait_for_empty_amqp_queues(queues: &[String], timeout: Duration) {
+    crate::wait_until("every queue empty", timeout, || {
+        let depth = python_amqp_depth(queues);
+        async move {
+            if depth.values().all(|d| *d == 0) {
+                Ok(())
+            } else {
+                Err(format!("{depth:?}"))
+            }
+        }
+    })
+    .await;
+}
+
 /// Takes up to `count` messages from `queue` with pika (waiting up to `wait`): routing key,
 /// body, headers and message id of each.
 pub fn python_amqp_read(queue: &str, count: usize, wait: Duration) -> Vec<serde_json::Value> {
@@ -162,19 +177,12 @@ pub struct OwnRabbit {
     child: Option<std::process::Child>,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 impl OwnRabbit {
     /// Starts a server on a free port of 127.0.0.1 (about 7 s), with the consistent-hash
     /// exchange plugin.
     pub fn start() -> Self {
         let mut own = Self {
-            port: free_port(),
+            port: crate::own_tansu::free_port(),
             dir: tempfile::tempdir().expect("tempdir"),
             child: None,
         };
@@ -211,7 +219,10 @@ impl OwnRabbit {
                 "RABBITMQ_NODENAME",
                 format!("weir-own-{}@localhost", self.port),
             )
-            .env("RABBITMQ_DIST_PORT", free_port().to_string())
+            .env(
+                "RABBITMQ_DIST_PORT",
+                crate::own_tansu::free_port().to_string(),
+            )
             .env("RABBITMQ_CONFIG_FILE", d.join("rabbitmq.conf"))
             .env("RABBITMQ_ENABLED_PLUGINS_FILE", d.join("enabled_plugins"))
             .env("RABBITMQ_MNESIA_BASE", d.join("mnesia"))

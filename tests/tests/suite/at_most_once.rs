@@ -179,18 +179,7 @@ async fn a_crash_mid_batch_skips_the_batch_on_rabbitmq() {
         Duration::from_secs(60),
     )
     .await;
-    let queue = vec![format!("{topic}.0")];
-    wait_until("the lane's queue empty", Duration::from_secs(30), || {
-        let depth = python_amqp_depth(&queue);
-        async move {
-            if depth.values().all(|d| *d == 0) {
-                Ok(())
-            } else {
-                Err(format!("{depth:?}"))
-            }
-        }
-    })
-    .await;
+    wait_for_empty_amqp_queues(&[format!("{topic}.0")], Duration::from_secs(30)).await;
     worker.stop_cleanly().await;
     let stored = StoredCounts::read(dir.path(), &group, &topic);
     assert_counts_exact(&stored.counts, &expected_counts(&kept));

@@ -33,18 +33,7 @@ async fn pika_messages_are_counted_once_and_acknowledged() {
         Duration::from_secs(60),
     )
     .await;
-    wait_until("every lane's queue empty", Duration::from_secs(30), || {
-        let queues = queues.clone();
-        async move {
-            let depth = python_amqp_depth(&queues);
-            if depth.values().all(|d| *d == 0) {
-                Ok(())
-            } else {
-                Err(format!("{depth:?}"))
-            }
-        }
-    })
-    .await;
+    wait_for_empty_amqp_queues(&queues, Duration::from_secs(30)).await;
     running.stop_cleanly().await;
     let stored = StoredCounts::read(dir.path(), &group, &topic);
     assert_counts_exact(&stored.counts, &expected_counts(&records));
