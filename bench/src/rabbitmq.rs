@@ -51,6 +51,25 @@ pub(crate) async fn prepare(
     weir::state::rabbitmq::declare_topic(url, topic, lanes, None, Duration::from_secs(30))
         .await
         .map_err(|e| e.to_string())?;
+    let records = (0..n).map(|i| (format!("k{}", i % keys.max(1)), format!("m{i}"), i));
+    publish(url, topic, records).await
+}
+
+/// Publishes one record to each of a few hundred keys of `topic`: a worker takes a RabbitMQ
+/// lane only at a message the broker delivers to it, so a worker that comes after the backlog
+/// was read (the restore) needs new ones.
+pub(crate) async fn publish_more(url: &str, topic: &str) -> Result<(), String> {
+    let records = (0..256).map(|i| (format!("more{i}"), format!("more{i}"), i));
+    publish(url, topic, records).await
+}
+
+/// Publishes `records` (routing key, message id, and the number their words are made from)
+/// to exchange `topic`, persistent, with confirms.
+async fn publish(
+    url: &str,
+    topic: &str,
+    records: impl Iterator<Item = (String, String, u64)>,
+) -> Result<(), String> {
     let connection = connect(url).await?;
     let channel = connection
         .create_channel()
@@ -61,15 +80,15 @@ pub(crate) async fn prepare(
         .await
         .map_err(|e| e.to_string())?;
     let mut confirms = Vec::with_capacity(4096);
-    for i in 0..n {
+    for (key, id, i) in records {
         let properties = BasicProperties::default()
             .with_delivery_mode(2)
-            .with_message_id(format!("m{i}").into())
+            .with_message_id(id.into())
             .with_timestamp((crate::probe::now_ms() / 1000) as u64);
         let confirm = channel
             .basic_publish(
                 topic,
-                &format!("k{}", i % keys.max(1)),
+                &key,
                 BasicPublishOptions::default(),
                 words_of(i).as_bytes(),
                 properties,

@@ -475,7 +475,8 @@ pub(crate) fn read_outputs(
 
 /// Changelog restore: a keyed-count worker with the changelog on processes the backlog
 /// (untimed); then a worker with an empty state dir, in the same group, rebuilds every
-/// partition's store from the changelog (on NATS, at the new records that give it the lanes). Its rate is changelog records per second of one
+/// partition's store from the changelog (on NATS and RabbitMQ, at the new records that give it
+/// the lanes). Its rate is changelog records per second of one
 /// partition's restore (`weir_restored_records_total` over the sum of
 /// `weir_restore_duration_seconds`).
 pub(crate) async fn restore(
@@ -493,6 +494,9 @@ pub(crate) async fn restore(
     run_worker_until(worker, &fill, n, dir, topic).await?;
     if crate::nats::is_nats(brokers) {
         crate::nats::publish_more(brokers, topic).await?;
+    }
+    if crate::rabbitmq::is_amqp(brokers) {
+        crate::rabbitmq::publish_more(brokers, topic).await?;
     }
     let fresh = tempfile::tempdir().map_err(|e| e.to_string())?;
     let worker = bench_worker(brokers, topic, group, fresh.path())

@@ -43,6 +43,13 @@ pub mod header {
     pub const REDRIVE_FROM: &str = "weir.redrive.from";
     /// On redriven records: where the dead letter came from, `<topic>/<partition>/<offset>`.
     pub const REDRIVE_SOURCE: &str = "weir.redrive.source";
+    /// On changelog entries in a RabbitMQ stream (`<changelog>.<lane>`, published through the
+    /// default exchange, so the routing key is the stream's name): the entry's key.
+    pub const KEY: &str = "weir.key";
+    /// On the end marks a changelog read publishes to a RabbitMQ stream (an AMQP read of a
+    /// stream never says where it ends): the read's id. The read ends at its own mark; every
+    /// read skips the others.
+    pub const READ_END: &str = "weir.read_end";
 
     /// The `weir.source.*` headers of a record produced because of record `offset` of
     /// `topic`/`partition` (no offset header when no single record caused it: a timer, a

@@ -64,6 +64,38 @@ impl StoredCounts {
         out
     }
 
+    /// Per lane, the counts and position of the store (among the state dirs `dirs`, one per
+    /// machine) with the highest position: the lane's newest state. A store that cannot be read
+    /// yet (a worker is creating it) is passed over.
+    pub fn newest(dirs: &[tempfile::TempDir], group: &str, topic: &str) -> Self {
+        let mut best: BTreeMap<i32, (i64, Vec<(String, u64)>)> = BTreeMap::new();
+        for dir in dirs {
+            for (lane, path) in store_files(dir.path(), group, topic) {
+                let Ok(store) = weir_state::StoreReader::open(&path) else {
+                    continue;
+                };
+                let Ok(Some(next)) = store.next_offset(topic, lane) else {
+                    continue;
+                };
+                if best.get(&lane).is_some_and(|(n, _)| *n >= next) {
+                    continue;
+                }
+                let Ok(entries) = store.entries::<String, u64>(COUNTS) else {
+                    continue;
+                };
+                best.insert(lane, (next, entries));
+            }
+        }
+        let mut out = Self::default();
+        for (lane, (next, entries)) in best {
+            out.offsets.insert(lane, next);
+            for (k, v) in entries {
+                *out.counts.entry(k).or_insert(0) += v;
+            }
+        }
+        out
+    }
+
     /// Records counted in all.
     pub fn total(&self) -> u64 {
         self.counts.values().sum()

@@ -18,6 +18,8 @@ use crate::inbound::Delivered;
 
 #[cfg(feature = "kafka")]
 pub(crate) mod kafka;
+#[cfg(any(feature = "nats", feature = "rabbitmq"))]
+mod log_runs;
 #[cfg(feature = "nats")]
 pub(crate) mod nats;
 #[cfg(any(feature = "rabbitmq", feature = "sqs"))]
@@ -154,7 +156,7 @@ impl Connection {
             #[cfg(feature = "nats")]
             Self::Nats(n) => Ok(LogReader::Nats(n.log_reader())),
             #[cfg(feature = "rabbitmq")]
-            Self::RabbitMq(_) => Err("changelogs are not available on RabbitMQ yet".into()),
+            Self::RabbitMq(r) => Ok(LogReader::RabbitMq(r.log_reader())),
             #[cfg(feature = "sqs")]
             Self::Sqs(_) => Err("changelogs are not available on SQS yet".into()),
         }
@@ -207,7 +209,10 @@ impl Producer {
 }
 
 /// What a read of a log gave.
-#[cfg_attr(not(any(feature = "kafka", feature = "nats")), allow(dead_code))]
+#[cfg_attr(
+    not(any(feature = "kafka", feature = "nats", feature = "rabbitmq")),
+    allow(dead_code)
+)]
 pub(crate) enum Polled<R> {
     /// Nothing within the poll's time.
     Nothing,
@@ -219,14 +224,32 @@ pub(crate) enum Polled<R> {
     Failed(String),
 }
 
+impl<R> Polled<R> {
+    /// The record, made into another.
+    #[cfg_attr(
+        not(any(feature = "kafka", feature = "nats", feature = "rabbitmq")),
+        allow(dead_code)
+    )]
+    fn map<S>(self, f: impl FnOnce(R) -> S) -> Polled<S> {
+        match self {
+            Self::Record(r) => Polled::Record(f(r)),
+            Self::Nothing => Polled::Nothing,
+            Self::End => Polled::End,
+            Self::Failed(e) => Polled::Failed(e),
+        }
+    }
+}
+
 /// Reads one lane of a log (a changelog) at a time, to its end, on a blocking thread.
 pub(crate) enum LogReader {
     #[cfg(feature = "kafka")]
     Kafka(kafka::LogReader),
     #[cfg(feature = "nats")]
     Nats(nats::LogReader),
+    #[cfg(feature = "rabbitmq")]
+    RabbitMq(rabbitmq::LogReader),
     /// (No broker of this build has logs to read.)
-    #[cfg(not(any(feature = "kafka", feature = "nats")))]
+    #[cfg(not(any(feature = "kafka", feature = "nats", feature = "rabbitmq")))]
     #[allow(dead_code)]
     None(std::convert::Infallible),
 }
@@ -239,6 +262,8 @@ pub(crate) enum LogRecord<'a> {
     Kafka(kafka::LogRecord<'a>),
     #[cfg(feature = "nats")]
     Nats(nats::LogRecord),
+    #[cfg(feature = "rabbitmq")]
+    RabbitMq(rabbitmq::LogRecord),
     /// (Only Kafka's records borrow from their reader.)
     #[cfg(not(feature = "kafka"))]
     #[allow(dead_code)]
@@ -253,13 +278,18 @@ macro_rules! each_log_record {
             LogRecord::Kafka($r) => $body,
             #[cfg(feature = "nats")]
             LogRecord::Nats($r) => $body,
+            #[cfg(feature = "rabbitmq")]
+            LogRecord::RabbitMq($r) => $body,
             #[cfg(not(feature = "kafka"))]
             LogRecord::Never(never, _) => match *never {},
         }
     };
 }
 
-#[cfg_attr(not(any(feature = "kafka", feature = "nats")), allow(unused_variables))]
+#[cfg_attr(
+    not(any(feature = "kafka", feature = "nats", feature = "rabbitmq")),
+    allow(unused_variables)
+)]
 impl LogReader {
     /// Reads `log`'s lane `lane` from its start on.
     pub(crate) fn read_all(&self, log: &str, lane: i32) -> Result<(), String> {
@@ -268,7 +298,12 @@ impl LogReader {
             Self::Kafka(k) => k.read_from(log, lane, None),
             #[cfg(feature = "nats")]
             Self::Nats(n) => n.read(log, lane, false),
-            #[cfg(not(any(feature = "kafka", feature = "nats")))]
+            #[cfg(feature = "rabbitmq")]
+            Self::RabbitMq(r) => {
+                r.read(log, lane, false);
+                Ok(())
+            }
+            #[cfg(not(any(feature = "kafka", feature = "nats", feature = "rabbitmq")))]
             Self::None(never) => match *never {},
         }
     }
@@ -292,7 +327,12 @@ impl LogReader {
             }
             #[cfg(feature = "nats")]
             Self::Nats(n) => n.read(log, lane, true),
-            #[cfg(not(any(feature = "kafka", feature = "nats")))]
+            #[cfg(feature = "rabbitmq")]
+            Self::RabbitMq(r) => {
+                r.read(log, lane, true);
+                Ok(())
+            }
+            #[cfg(not(any(feature = "kafka", feature = "nats", feature = "rabbitmq")))]
             Self::None(never) => match *never {},
         }
     }
@@ -301,27 +341,20 @@ impl LogReader {
     pub(crate) fn poll(&self, timeout: Duration) -> Polled<LogRecord<'_>> {
         match self {
             #[cfg(feature = "kafka")]
-            Self::Kafka(k) => match k.poll(timeout) {
-                Polled::Record(r) => Polled::Record(LogRecord::Kafka(r)),
-                Polled::Nothing => Polled::Nothing,
-                Polled::End => Polled::End,
-                Polled::Failed(e) => Polled::Failed(e),
-            },
+            Self::Kafka(k) => k.poll(timeout).map(LogRecord::Kafka),
             #[cfg(feature = "nats")]
-            Self::Nats(n) => match n.poll(timeout) {
-                Polled::Record(r) => Polled::Record(LogRecord::Nats(r)),
-                Polled::Nothing => Polled::Nothing,
-                Polled::End => Polled::End,
-                Polled::Failed(e) => Polled::Failed(e),
-            },
-            #[cfg(not(any(feature = "kafka", feature = "nats")))]
+            Self::Nats(n) => n.poll(timeout).map(LogRecord::Nats),
+            #[cfg(feature = "rabbitmq")]
+            Self::RabbitMq(r) => r.poll(timeout).map(LogRecord::RabbitMq),
+            #[cfg(not(any(feature = "kafka", feature = "nats", feature = "rabbitmq")))]
             Self::None(never) => match *never {},
         }
     }
 
     /// Removes the records at `positions` from `log`, where the broker can (NATS, whose
     /// changelog keeps two records per key); a Kafka log keeps them (and compaction never
-    /// removes a key's last record, so nothing depends on it there).
+    /// removes a key's last record, so nothing depends on it there), and so does a RabbitMQ
+    /// stream (which keeps every record).
     #[cfg_attr(not(feature = "nats"), allow(unused_variables))]
     pub(crate) fn forget(&self, log: &str, positions: &[i64]) -> Result<(), String> {
         match self {
@@ -329,7 +362,9 @@ impl LogReader {
             Self::Kafka(_) => Ok(()),
             #[cfg(feature = "nats")]
             Self::Nats(n) => n.forget(log, positions),
-            #[cfg(not(any(feature = "kafka", feature = "nats")))]
+            #[cfg(feature = "rabbitmq")]
+            Self::RabbitMq(_) => Ok(()),
+            #[cfg(not(any(feature = "kafka", feature = "nats", feature = "rabbitmq")))]
             Self::None(never) => match *never {},
         }
     }
@@ -360,48 +395,57 @@ impl Delivered for LogRecord<'_> {
         each_log_record!(self, r => r.payload())
     }
 
+    // (No log to read without Kafka, NATS or RabbitMQ: there is no such record.)
+    #[cfg_attr(
+        not(any(feature = "kafka", feature = "nats", feature = "rabbitmq")),
+        allow(unreachable_code, unused_variables)
+    )]
     fn headers(&self) -> impl Iterator<Item = (&str, Option<&[u8]>)> {
-        #[cfg(all(feature = "kafka", feature = "nats"))]
-        return match self {
-            Self::Kafka(r) => Either::Kafka(r.headers()),
-            Self::Nats(r) => Either::Nats(r.headers()),
-        };
-        #[cfg(all(feature = "kafka", not(feature = "nats")))]
-        {
-            let Self::Kafka(r) = self;
-            r.headers()
-        }
-        #[cfg(all(feature = "nats", not(feature = "kafka")))]
-        match self {
-            Self::Nats(r) => r.headers(),
+        let headers = match self {
+            #[cfg(feature = "kafka")]
+            Self::Kafka(r) => OneOf::Kafka(r.headers()),
+            #[cfg(feature = "nats")]
+            Self::Nats(r) => OneOf::Nats(r.headers()),
+            #[cfg(feature = "rabbitmq")]
+            Self::RabbitMq(r) => OneOf::RabbitMq(r.headers()),
+            #[cfg(not(feature = "kafka"))]
             Self::Never(never, _) => match *never {},
-        }
-        // No log to read without Kafka or NATS: there is no such record.
-        #[cfg(not(any(feature = "kafka", feature = "nats")))]
-        #[allow(unreachable_code, unused_variables)]
-        {
-            let Self::Never(never, _) = self;
-            let none: std::iter::Empty<(&str, Option<&[u8]>)> = match *never {};
-            none
-        }
+        };
+        // The iterator types of the brokers this build lacks (never made).
+        #[cfg(not(feature = "kafka"))]
+        let headers: OneOf<std::iter::Empty<_>, _, _> = headers;
+        #[cfg(not(feature = "nats"))]
+        let headers: OneOf<_, std::iter::Empty<_>, _> = headers;
+        #[cfg(not(feature = "rabbitmq"))]
+        let headers: OneOf<_, _, std::iter::Empty<_>> = headers;
+        headers
     }
 }
 
 /// One broker's iterator or another's, as one type (no allocation per record).
-#[cfg(all(feature = "kafka", feature = "nats"))]
-enum Either<K, N> {
+#[cfg_attr(
+    not(all(feature = "kafka", feature = "nats", feature = "rabbitmq")),
+    allow(dead_code)
+)]
+enum OneOf<K, N, R> {
     Kafka(K),
     Nats(N),
+    RabbitMq(R),
 }
 
-#[cfg(all(feature = "kafka", feature = "nats"))]
-impl<T, K: Iterator<Item = T>, N: Iterator<Item = T>> Iterator for Either<K, N> {
+impl<T, K, N, R> Iterator for OneOf<K, N, R>
+where
+    K: Iterator<Item = T>,
+    N: Iterator<Item = T>,
+    R: Iterator<Item = T>,
+{
     type Item = T;
 
     fn next(&mut self) -> Option<T> {
         match self {
             Self::Kafka(k) => k.next(),
             Self::Nats(n) => n.next(),
+            Self::RabbitMq(r) => r.next(),
         }
     }
 }

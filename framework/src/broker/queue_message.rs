@@ -1,5 +1,6 @@
 //! A message of a queue's lane (RabbitMQ, SQS), copied out of its client and numbered by the
-//! source as the lane's next delivery: queues have no positions of their own.
+//! source as the lane's next delivery: queues have no positions of their own. (A record of a
+//! RabbitMQ stream, which has positions, is one too, without [`Queued`].)
 
 use std::sync::Arc;
 
@@ -21,7 +22,7 @@ pub(crate) struct QueueDelivery {
     lane: i32,
     position: i64,
     message: QueueMessage,
-    queued: Queued,
+    queued: Option<Queued>,
 }
 
 impl QueueDelivery {
@@ -37,7 +38,20 @@ impl QueueDelivery {
             lane,
             position,
             message,
-            queued,
+            queued: Some(queued),
+        }
+    }
+
+    /// A record of a log (a RabbitMQ stream) at `position`: not a queue's message, so nothing
+    /// to recognise as a redelivery.
+    #[cfg(feature = "rabbitmq")]
+    pub(crate) fn logged(topic: Arc<str>, lane: i32, position: i64, message: QueueMessage) -> Self {
+        Self {
+            topic,
+            lane,
+            position,
+            message,
+            queued: None,
         }
     }
 }
@@ -75,6 +89,6 @@ impl Delivered for QueueDelivery {
     }
 
     fn queued(&self) -> Option<Queued> {
-        Some(self.queued.clone())
+        self.queued.clone()
     }
 }

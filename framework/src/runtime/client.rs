@@ -193,7 +193,7 @@ impl Clients {
             config,
             in_pipeline,
             &format!("{brokers:?} selects SQS"),
-            " (one worker per queue keeps its state in its state dir)",
+            Some(" (one worker per queue keeps its state in its state dir)"),
         )?;
         let settings = crate::broker::sqs::Settings {
             receives: config.sqs_receives,
@@ -208,7 +208,7 @@ impl Clients {
             config,
             in_pipeline,
             &format!("{brokers:?} names a RabbitMQ server"),
-            "",
+            None,
         )?;
         Ok(Self::RabbitMq(crate::broker::rabbitmq::Settings {
             url: brokers.trim().to_owned(),
@@ -406,11 +406,16 @@ impl Reader {
     }
 }
 
-/// Refuses what runs on Kafka and NATS only (pipelines, tables, changelogs) on a queue
-/// broker: `on` says which (`"amqp://..." names a RabbitMQ server`), `why` what a changelog's
-/// refusal adds.
+/// Refuses what runs on Kafka and NATS only (pipelines, tables) on a queue broker, and a
+/// changelog where `changelog_refused` says why (what the refusal adds): `on` says which
+/// broker (`"amqp://..." names a RabbitMQ server`).
 #[cfg(any(feature = "rabbitmq", feature = "sqs"))]
-fn kafka_and_nats_only(config: &Config, in_pipeline: bool, on: &str, why: &str) -> Result<()> {
+fn kafka_and_nats_only(
+    config: &Config,
+    in_pipeline: bool,
+    on: &str,
+    changelog_refused: Option<&str>,
+) -> Result<()> {
     let unsupported = |what: &str| {
         Error::config(
             "brokers (WEIR_BROKERS)",
@@ -423,11 +428,11 @@ fn kafka_and_nats_only(config: &Config, in_pipeline: bool, on: &str, why: &str) 
     if !config.tables(false).is_empty() || !config.tables(true).is_empty() {
         return Err(unsupported("tables"));
     }
-    if config.changelog {
+    if let (true, Some(why)) = (config.changelog, changelog_refused) {
         return Err(Error::config(
             "changelog (WEIR_CHANGELOG)",
             format!(
-                "changelogs run on Kafka and NATS only so far, and {on}{why}: turn the changelog off"
+                "changelogs run on Kafka, NATS and RabbitMQ only so far, and {on}{why}: turn the changelog off"
             ),
         ));
     }

@@ -66,46 +66,6 @@ async fn one_worker_counts_exactly_and_resumes_at_its_position() {
     assert_counts_exact(&stored.counts, &expected_counts(&all));
 }
 
-/// Per lane, the counts and position of the store (among `dirs`) with the highest position;
-/// a store that cannot be read yet (a worker is creating it) is passed over.
-fn newest_stores(
-    dirs: &[tempfile::TempDir],
-    group: &str,
-    topic: &str,
-) -> (
-    std::collections::BTreeMap<String, u64>,
-    std::collections::BTreeMap<i32, i64>,
-) {
-    let mut best: std::collections::BTreeMap<i32, (i64, std::collections::BTreeMap<String, u64>)> =
-        Default::default();
-    for dir in dirs {
-        for (lane, path) in store_files(dir.path(), group, topic) {
-            let Ok(store) = weir_state::StoreReader::open(&path) else {
-                continue;
-            };
-            let Ok(Some(next)) = store.next_offset(topic, lane) else {
-                continue;
-            };
-            if best.get(&lane).is_some_and(|(n, _)| *n >= next) {
-                continue;
-            }
-            let Ok(entries) = store.entries::<String, u64>(COUNTS) else {
-                continue;
-            };
-            best.insert(lane, (next, entries.into_iter().collect()));
-        }
-    }
-    let mut counts = std::collections::BTreeMap::new();
-    let mut positions = std::collections::BTreeMap::new();
-    for (lane, (next, entries)) in best {
-        positions.insert(lane, next);
-        for (k, v) in entries {
-            *counts.entry(k).or_insert(0) += v;
-        }
-    }
-    (counts, positions)
-}
-
 /// Three worker processes, each with its own state dir (three machines), while records keep
 /// coming: a random one is SIGKILLed and restarted each round, every third restart with its
 /// state dir emptied. The server moves a dead worker's lanes to the others; a worker that
@@ -165,7 +125,10 @@ async fn three_workers_count_exactly_under_sigkills() {
             "half the round counted",
             Duration::from_secs(60),
             || async {
-                let (counts, positions) = newest_stores(&dirs, &group, &topic);
+                let StoredCounts {
+                    counts,
+                    offsets: positions,
+                } = StoredCounts::newest(&dirs, &group, &topic);
                 let total: u64 = counts.values().sum();
                 if total >= want {
                     Ok(())
@@ -218,7 +181,10 @@ async fn three_workers_count_exactly_under_sigkills() {
             "the killed worker's lanes counted by the others",
             Duration::from_secs(60),
             || async {
-                let (counts, positions) = newest_stores(&dirs, &group, &topic);
+                let StoredCounts {
+                    counts,
+                    offsets: positions,
+                } = StoredCounts::newest(&dirs, &group, &topic);
                 if counts == expected {
                     Ok(())
                 } else {
@@ -236,7 +202,7 @@ async fn three_workers_count_exactly_under_sigkills() {
     }
     let expected = expected_counts(&all);
     wait_until("every record counted", Duration::from_secs(60), || async {
-        let (counts, _) = newest_stores(&dirs, &group, &topic);
+        let counts = StoredCounts::newest(&dirs, &group, &topic).counts;
         if counts == expected {
             Ok(())
         } else {
@@ -255,7 +221,10 @@ async fn three_workers_count_exactly_under_sigkills() {
             logs.display()
         );
     }
-    let (counts, positions) = newest_stores(&dirs, &group, &topic);
+    let StoredCounts {
+        counts,
+        offsets: positions,
+    } = StoredCounts::newest(&dirs, &group, &topic);
     assert_counts_exact(&counts, &expected);
     assert_eq!(positions.len(), 4, "{positions:?}");
     eprintln!("hand-offs after SIGKILLs of lane owners (hand_off 3 s): {hand_offs:?}");

@@ -51,18 +51,23 @@ async fn pika_messages_are_counted_once_and_acknowledged() {
     );
 }
 
-/// Three worker processes sharing one state dir (one machine, or a shared volume), while
-/// messages keep coming: each round a worker that is some lane's active consumer is SIGKILLed
-/// mid-round and started again. The broker makes another worker the lane's active consumer
-/// and gives it the dead worker's unacknowledged messages again; those its last batches
-/// committed are recognised by id and dropped. At the end every message is counted once and
-/// every worker stops cleanly. Says how long the hand-off after a SIGKILL took.
+/// Three worker processes, each with its own state dir (three machines) and the changelog on,
+/// while messages keep coming: each round a worker that is some lane's active consumer is
+/// SIGKILLed mid-round and started again, every third one with its state dir emptied. The
+/// broker makes another worker the lane's active consumer and gives it the dead worker's
+/// unacknowledged messages again; that worker first restores the lane's state (and the ids of
+/// its committed messages) from the changelog's stream, so those the dead worker's last batches
+/// committed are recognised by id and dropped. At the end, per lane, the store with the
+/// highest position counts exactly that lane's messages, and every worker stops cleanly. Says
+/// how long the hand-off after a SIGKILL took.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_workers_count_exactly_under_sigkills() {
     const ROUNDS: usize = 6;
     const PER_ROUND: usize = 4_000;
     let (topic, group) = (unique("amqp-kill"), unique("g"));
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dirs: Vec<tempfile::TempDir> = (0..3)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
     // Kept after a failed run: the workers' logs, for the failure's story.
     let logs = tempfile::Builder::new()
         .prefix("amqp-kill-logs-")
@@ -78,14 +83,15 @@ async fn three_workers_count_exactly_under_sigkills() {
             .env("WEIR_BROKERS", rabbitmq_url())
             .env("WEIR_GROUP", &group)
             .env("WEIR_TOPICS", &topic)
-            .env("WEIR_STATE_DIR", dir.path())
+            .env("WEIR_STATE_DIR", dirs[i].path())
+            .env("WEIR_CHANGELOG", "true")
             .env("WEIR_PARTITIONS", "4")
             .env("WEIR_BATCH_SIZE", "100")
             .env("WEIR_PROGRESS_INTERVAL_MS", "0")
             .env("COUNT_WORKER_DELAY_US", "2000")
             .env(
                 "RUST_LOG",
-                "warn,weir::broker=info,weir::processing::batch=info",
+                "warn,weir::broker=info,weir::processing::batch=info,weir::delivery::restore=info",
             )
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone().expect("log"))
@@ -117,7 +123,14 @@ async fn three_workers_count_exactly_under_sigkills() {
             .flatten()
             .unwrap_or_default()
     };
-    let owns = |i: usize| newest_log(i).contains("active consumer");
+    // A worker that holds lanes now: made some lane's active consumer more often than it lost
+    // one (not "consuming ... (single active consumer)": every worker says that).
+    let owns = |i: usize| {
+        let log = newest_log(i);
+        log.matches("made this worker the lane's active consumer")
+            .count()
+            > log.matches("lane lost").count()
+    };
     // A worker is up once it consumes its lanes (a SIGTERM before its handler is installed
     // would end it by the signal's default).
     let up = |i: usize| async move {
@@ -138,8 +151,8 @@ async fn three_workers_count_exactly_under_sigkills() {
     let mut all = Vec::new();
     let mut rng = 0x9e37_79b9_7f4a_7c15_u64 ^ u64::from(std::process::id());
     let mut hand_offs = Vec::new();
-    let counted = |dir: &std::path::Path| {
-        let s = StoredCounts::read(dir, &group, &topic);
+    let counted = || {
+        let s = StoredCounts::newest(&dirs, &group, &topic);
         (s.counts, s.offsets)
     };
     for round in 0..ROUNDS {
@@ -150,7 +163,7 @@ async fn three_workers_count_exactly_under_sigkills() {
             "half the round counted",
             Duration::from_secs(60),
             || async {
-                let (counts, positions) = counted(dir.path());
+                let (counts, positions) = counted();
                 let total: u64 = counts.values().sum();
                 if total >= want {
                     Ok(())
@@ -172,12 +185,15 @@ async fn three_workers_count_exactly_under_sigkills() {
         let victim = owners[(rng % owners.len() as u64) as usize];
         children[victim].kill();
         let killed = Instant::now();
+        if round % 3 == 2 {
+            std::fs::remove_dir_all(dirs[victim].path().join(&group)).expect("empty the state dir");
+        }
         let expected = expected_counts(&all);
         wait_until(
             "the killed worker's lanes counted by the others",
             Duration::from_secs(60),
             || async {
-                let (counts, positions) = counted(dir.path());
+                let (counts, positions) = counted();
                 if counts == expected {
                     Ok(())
                 } else {
@@ -203,7 +219,7 @@ async fn three_workers_count_exactly_under_sigkills() {
     for mut child in children {
         child.stop();
     }
-    let (counts, positions) = counted(dir.path());
+    let (counts, positions) = counted();
     assert_counts_exact(&counts, &expected_counts(&all));
     assert_eq!(positions.len(), 4, "{positions:?}");
     let depth = python_amqp_depth(&queues);
@@ -212,7 +228,13 @@ async fn three_workers_count_exactly_under_sigkills() {
         "every message acknowledged: {depth:?}"
     );
     let dropped = count_in_logs(&logs, "redelivered messages that a committed batch");
-    eprintln!("hand-offs after SIGKILLs of lane owners: {hand_offs:?}; redeliveries dropped (logged): {dropped}");
+    let restored = count_in_logs(&logs, "partition store restored from its changelog");
+    eprintln!("hand-offs after SIGKILLs of lane owners: {hand_offs:?}; restores: {restored}; redeliveries dropped (logged): {dropped}");
+    assert!(
+        restored > 0,
+        "lanes moved between state dirs, so their state came from the changelog; logs in {}",
+        logs.display()
+    );
     let _ = std::fs::remove_dir_all(&logs);
 }
 

@@ -3,25 +3,21 @@
 //! the pull protocol itself, and hands the records over in runs. A delivery missing on the
 //! way (consumer sequences not one after another) fails the read, and with it the restore.
 
-use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use futures::StreamExt;
 use tokio::runtime::Handle;
-use tokio::sync::mpsc;
 
 use super::Connection;
 use super::names::{self, AckInfo};
 use crate::broker::Polled;
+use crate::broker::log_runs::{LogRuns, Read, RunSender};
 use crate::inbound::Delivered;
 
 /// Records the reading task hands over at once (fewer at the end).
 const RUN: usize = 128;
-/// Runs waiting between the reading task and the reader.
-const RUNS_AHEAD: usize = 64;
 /// Messages one pull asks for.
 const BATCH: usize = 8192;
 /// How long a pull waits at the server for messages.
@@ -39,8 +35,7 @@ impl Connection {
     pub(crate) fn log_reader(&self) -> LogReader {
         LogReader {
             connection: self.clone(),
-            runtime: Handle::current(),
-            reading: RefCell::default(),
+            runs: LogRuns::new(Handle::current()),
         }
     }
 }
@@ -152,85 +147,31 @@ impl Delivered for LogRecord {
     }
 }
 
-/// What the reading task hands over. (Mostly records: boxing them to shrink the rest would
-/// cost an allocation each.)
-#[allow(clippy::large_enum_variant)]
-enum Read {
-    Record(LogRecord),
-    End,
-    Failed(String),
-}
-
 /// Reads one changelog lane at a time (see [`crate::broker::LogReader`]).
 pub(crate) struct LogReader {
     connection: Connection,
-    runtime: Handle,
-    reading: RefCell<Reading>,
-}
-
-#[derive(Default)]
-struct Reading {
-    runs: Option<mpsc::Receiver<Vec<Read>>>,
-    ready: VecDeque<Read>,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Drop for Reading {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
-    }
+    runs: LogRuns<LogRecord>,
 }
 
 impl LogReader {
     /// Reads `log`'s lane `lane` (its subjects `S.<lane>.*`) from its start, or from its last
     /// message when `last_only`.
     pub(crate) fn read(&self, log: &str, lane: i32, last_only: bool) -> Result<(), String> {
-        let (tx, rx) = mpsc::channel(RUNS_AHEAD);
-        let task = self.runtime.spawn(read_lane(
-            self.connection.clone(),
-            Arc::from(log),
-            lane,
-            last_only,
-            tx,
-        ));
-        *self.reading.borrow_mut() = Reading {
-            runs: Some(rx),
-            ready: VecDeque::new(),
-            task: Some(task),
-        };
+        let (connection, log) = (self.connection.clone(), Arc::from(log));
+        self.runs
+            .start(move |runs| read_lane(connection, log, lane, last_only, runs));
         Ok(())
     }
 
     /// The next record, waiting at most `timeout`.
     pub(crate) fn poll(&self, timeout: Duration) -> Polled<LogRecord> {
-        let mut reading = self.reading.borrow_mut();
-        if reading.ready.is_empty() {
-            let Some(runs) = reading.runs.as_mut() else {
-                return Polled::Failed("nothing is being read".into());
-            };
-            match self
-                .runtime
-                .block_on(async { tokio::time::timeout(timeout, runs.recv()).await })
-            {
-                Err(_) => return Polled::Nothing,
-                Ok(None) => return Polled::Failed("the changelog's reader stopped".into()),
-                Ok(Some(run)) => reading.ready.extend(run),
-            }
-        }
-        match reading.ready.pop_front() {
-            Some(Read::Record(r)) => Polled::Record(r),
-            Some(Read::End) => Polled::End,
-            Some(Read::Failed(e)) => Polled::Failed(e),
-            None => Polled::Nothing,
-        }
+        self.runs.poll(timeout)
     }
 
     /// Deletes the messages at stream sequences `positions` from `log`'s stream.
     pub(crate) fn forget(&self, log: &str, positions: &[i64]) -> Result<(), String> {
         let stream = names::stream_of(log);
-        self.runtime.block_on(async {
+        self.runs.runtime().block_on(async {
             let s = self
                 .connection
                 .js
@@ -255,7 +196,7 @@ async fn read_lane(
     log: Arc<str>,
     lane: i32,
     last_only: bool,
-    runs: mpsc::Sender<Vec<Read>>,
+    runs: RunSender<LogRecord>,
 ) {
     let stream = names::stream_of(&log);
     let failed = |e: &dyn std::fmt::Display| format!("reading stream {stream}: {e}");

@@ -3,8 +3,10 @@
 //! one key always reaches one lane. Each lane is consumed with single active consumer: the
 //! broker gives it to one worker of the group at a time, and to the next when that one's
 //! connection goes (`source`). weir publishes with publisher confirms and a deterministic
-//! `message_id` (`publisher`).
+//! `message_id` (`publisher`). A changelog `C` is a stream per lane, `C.0 .. C.<N-1>`
+//! (`log_reader`).
 
+mod log_reader;
 mod publisher;
 mod source;
 
@@ -19,6 +21,7 @@ use lapin::{Channel, ConnectionProperties, ExchangeKind};
 use crate::broker::WantedTopic;
 use crate::error::{Error, Result};
 
+pub(crate) use log_reader::{LogReader, LogRecord};
 pub(crate) use publisher::Publisher;
 pub(crate) use source::RabbitSource;
 
@@ -29,6 +32,8 @@ const CONSISTENT_HASH: &str = "x-consistent-hash";
 /// backstop, above weir's own attempts, for a message that crashes every worker that takes it
 /// (weir's retries run in the worker and are not redeliveries).
 const DELIVERY_LIMIT: i64 = 20;
+/// AMQP's persistent delivery mode.
+const PERSISTENT: u8 = 2;
 
 /// How a worker connects to RabbitMQ and lays out what it declares.
 #[derive(Debug, Clone)]
@@ -188,27 +193,34 @@ impl Connection {
         Ok(lanes)
     }
 
+    /// The messages ready in queue (or stream) `queue`; `None`: no such queue.
+    async fn ready_in(&self, queue: &str) -> Result<Option<u32>, String> {
+        // A failed passive declare closes its channel: one channel per question.
+        let channel = self.channel().await?;
+        let declared = channel
+            .queue_declare(
+                queue,
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        let ready = declared.ok().map(|q| q.message_count());
+        if ready.is_some() {
+            let _ = channel.close(200, "done").await;
+        }
+        Ok(ready)
+    }
+
     /// How many of `T.0`, `T.1`, ... exist (a missing one ends the count).
     async fn count_lanes(&self, topic: &str) -> Result<i32, String> {
         let mut lanes = 0;
         loop {
-            // A failed passive declare closes its channel: one channel per question.
-            let channel = self.channel().await?;
-            let found = channel
-                .queue_declare(
-                    &lane_queue(topic, lanes),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..Default::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await
-                .is_ok();
-            if !found {
+            if self.ready_in(&lane_queue(topic, lanes)).await?.is_none() {
                 return Ok(lanes);
             }
-            let _ = channel.close(200, "done").await;
             lanes += 1;
         }
     }
@@ -313,25 +325,61 @@ impl Connection {
         }
     }
 
-    /// Declares the topics of `wanted` that are missing (emits, dead letters, late records),
-    /// with as many lanes as the largest topic they are like.
+    /// Declares the topics of `wanted` that are missing (emits, dead letters, late records;
+    /// changelogs as streams), with as many lanes as the largest topic they are like.
     pub(crate) async fn create_missing(&self, wanted: Vec<WantedTopic>) {
         for w in wanted {
-            if w.compacted {
-                continue; // changelogs are refused on RabbitMQ at start
-            }
             let like = w
                 .partitions_like
                 .iter()
                 .filter_map(|t| self.lanes_of(t))
                 .max()
                 .unwrap_or(self.settings.partitions);
-            if self.lanes_of(&w.name).is_none() {
-                if let Err(e) = self.ensure(&w.name, like, None).await {
-                    tracing::warn!(topic = %w.name, kind = w.kind, "{e}");
-                }
+            if self.lanes_of(&w.name).is_some() {
+                continue;
+            }
+            let declared = if w.compacted {
+                self.changelog_streams(&w.name, like).await
+            } else {
+                self.ensure(&w.name, like, None).await.map(drop)
+            };
+            if let Err(e) = declared {
+                tracing::warn!(topic = %w.name, kind = w.kind, "{e}");
             }
         }
+    }
+
+    /// Declares changelog `topic`'s streams `T.0 .. T.<lanes-1>` (a declaration of a stream
+    /// that exists changes nothing). weir gives them no retention: a stream does not compact,
+    /// and one that dropped its oldest records could drop a key's last value.
+    async fn changelog_streams(&self, topic: &str, lanes: i32) -> Result<(), String> {
+        for lane in 0..lanes.max(1) {
+            let stream = lane_queue(topic, lane);
+            // A stream that exists is used as it is (its arguments may be the user's).
+            if self.ready_in(&stream).await?.is_some() {
+                continue;
+            }
+            let channel = self.channel().await?;
+            let mut args = FieldTable::default();
+            args.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString(LongString::from("stream")),
+            );
+            channel
+                .queue_declare(
+                    &stream,
+                    QueueDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    args,
+                )
+                .await
+                .map_err(|e| format!("declaring stream {stream}: {e}"))?;
+            let _ = channel.close(200, "done").await;
+        }
+        lock(&self.topics).insert(topic.to_owned(), lanes.max(1));
+        Ok(())
     }
 
     /// The lanes of `topic` as its exchange has them, declaring the exchange and `lanes` lanes
@@ -505,21 +553,11 @@ pub async fn queue_depths(
     let connection = Connection::tool(url, timeout).await?;
     let mut depths = Vec::with_capacity(queues.len());
     for queue in queues {
-        let channel = connection
-            .channel()
+        let ready = connection
+            .ready_in(queue)
             .await
             .map_err(|e| crate::error::BrokerError::new("rabbitmq", std::io::Error::other(e)))?;
-        let declared = channel
-            .queue_declare(
-                queue,
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await;
-        depths.push(declared.ok().map(|q| u64::from(q.message_count())));
+        depths.push(ready.map(u64::from));
     }
     connection.close().await;
     Ok(depths)

@@ -1,17 +1,18 @@
-//! Publishing to exchanges with publisher confirms: emits, dead letters and late records,
-//! persistent, routed by key, each with a `message_id` from weir's headers
-//! (`broker::message_id`) so a downstream weir recognises a record sent again.
+//! Publishing with publisher confirms: emits, dead letters and late records to their topic's
+//! exchange, persistent, routed by key, each with a `message_id` from weir's headers
+//! (`broker::message_id`) so a downstream weir recognises a record sent again; changelog
+//! entries to their lane's stream (`<changelog>.<lane>`, through the default exchange), the
+//! key in the `weir.key` header.
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::publisher_confirm::Confirmation;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel};
 
-use super::{Connection, short};
-use crate::broker::{Outgoing, SendError, WantedTopic};
+use weir_state::wire::header;
 
-/// AMQP's persistent delivery mode.
-const PERSISTENT: u8 = 2;
+use super::{Connection, PERSISTENT, lane_queue, short};
+use crate::broker::{Outgoing, SendError, WantedTopic};
 
 /// The worker's publisher: one confirming channel, made again after it fails.
 #[derive(Debug)]
@@ -42,15 +43,30 @@ impl Publisher {
         Ok(channel)
     }
 
-    /// Publishes `r` to its topic's exchange with its key as routing key, and waits for the
-    /// broker's confirm. A topic not declared yet is declared first (a handler's emits).
-    /// Header values are AMQP long strings (bytes); the timestamp is in seconds, as AMQP's.
+    /// Publishes `r` to its topic's exchange with its key as routing key (a changelog entry,
+    /// which names its lane: to the lane's stream), and waits for the broker's confirm. A
+    /// topic not declared yet is declared first (a handler's emits). Header values are AMQP
+    /// long strings (bytes); the timestamp is in seconds, as AMQP's.
     pub(crate) async fn send(&self, r: Outgoing<'_>) -> Result<(), SendError> {
+        let (exchange, routing_key) = match r.partition {
+            // (Only changelog entries name their lane: the worker declared their streams.)
+            Some(lane) => (String::new(), lane_queue(r.topic, lane)),
+            None => (
+                r.topic.to_owned(),
+                r.key
+                    .map(String::from_utf8_lossy)
+                    .unwrap_or_default()
+                    .into_owned(),
+            ),
+        };
         let failed = |permanent: bool, message: String| SendError {
             permanent,
-            message: format!("publishing to exchange {}: {message}", r.topic),
+            message: match r.partition {
+                Some(_) => format!("publishing to stream {routing_key}: {message}"),
+                None => format!("publishing to exchange {}: {message}", r.topic),
+            },
         };
-        if self.connection.lanes_of(r.topic).is_none() {
+        if r.partition.is_none() && self.connection.lanes_of(r.topic).is_none() {
             self.connection
                 .create_missing(vec![WantedTopic {
                     name: r.topic.to_owned(),
@@ -67,6 +83,12 @@ impl Publisher {
                 AMQPValue::LongString(LongString::from(value.unwrap_or_default())),
             );
         }
+        if let (Some(_), Some(key)) = (r.partition, r.key) {
+            headers.insert(
+                short(header::KEY),
+                AMQPValue::LongString(LongString::from(key)),
+            );
+        }
         let mut properties = BasicProperties::default()
             .with_delivery_mode(PERSISTENT)
             .with_headers(headers);
@@ -75,12 +97,11 @@ impl Publisher {
         }
         let ts_ms = r.timestamp.unwrap_or_else(crate::wall_clock::now_ms);
         properties = properties.with_timestamp((ts_ms.max(0) / 1000) as u64);
-        let key = r.key.map(String::from_utf8_lossy).unwrap_or_default();
         let channel = self.channel().await.map_err(|e| failed(false, e))?;
         let confirm = channel
             .basic_publish(
-                r.topic,
-                &key,
+                &exchange,
+                &routing_key,
                 // Returned when no queue takes it, rather than dropped.
                 BasicPublishOptions {
                     mandatory: true,
@@ -95,10 +116,13 @@ impl Publisher {
             Ok(Confirmation::Ack(None)) => Ok(()),
             Ok(Confirmation::Ack(Some(returned))) => Err(failed(
                 false,
-                format!(
-                    "no queue took it ({}): the exchange's lane queues are missing or unbound",
-                    returned.reply_text
-                ),
+                match r.partition {
+                    Some(_) => format!("no such stream ({})", returned.reply_text),
+                    None => format!(
+                        "no queue took it ({}): the exchange's lane queues are missing or unbound",
+                        returned.reply_text
+                    ),
+                },
             )),
             Ok(Confirmation::Nack(_)) => Err(failed(false, "the broker refused it (nack)".into())),
             Ok(Confirmation::NotRequested) => Ok(()),
