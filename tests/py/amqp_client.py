@@ -8,6 +8,9 @@
         Publishes each [key, value] of the JSON array as above, record i with message_id
         py-EXCHANGE-{i} and, besides "origin", the headers of the JSON object given (a list of
         objects is an AMQP array of tables). Prints the number confirmed.
+    amqp_client.py stream URL STREAM
+        Declares the stream STREAM (x-queue-type: stream) and the fanout exchange STREAM-in
+        bound to it: what is published there keeps its routing key (the record's key).
     amqp_client.py depth URL QUEUE...
         Prints each queue's ready and unacknowledged message counts as JSON.
     amqp_client.py read URL QUEUE COUNT [--wait SECONDS]
@@ -67,6 +70,16 @@ def records(a) -> int:
     return 0
 
 
+def stream(a) -> int:
+    conn = connect(a.url)
+    ch = conn.channel()
+    ch.queue_declare(a.stream, durable=True, arguments={"x-queue-type": "stream"})
+    ch.exchange_declare(f"{a.stream}-in", exchange_type="fanout", durable=True)
+    ch.queue_bind(a.stream, f"{a.stream}-in")
+    conn.close()
+    return 0
+
+
 def depth(a) -> int:
     conn = connect(a.url)
     out = {}
@@ -120,6 +133,9 @@ def main() -> int:
     rec.add_argument("exchange")
     rec.add_argument("records")
     rec.add_argument("--headers", default="{}")
+    st = sub.add_parser("stream")
+    st.add_argument("url")
+    st.add_argument("stream")
     d = sub.add_parser("depth")
     d.add_argument("url")
     d.add_argument("queues", nargs="+")
@@ -129,7 +145,9 @@ def main() -> int:
     r.add_argument("count", type=int)
     r.add_argument("--wait", type=float, default=10.0)
     a = p.parse_args()
-    return {"publish": publish, "records": records, "depth": depth, "read": read}[a.cmd](a)
+    return {
+        "publish": publish, "records": records, "stream": stream, "depth": depth, "read": read,
+    }[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,12 @@ pub fn python_amqp_publish(topic: &str, start: usize, count: usize, keys: usize,
     python_amqp_publish_at(&rabbitmq_url(), topic, start, count, keys, ids);
 }
 
+/// Declares the stream `stream` with Python's pika, fed by the fanout exchange `<stream>-in`:
+/// [`python_amqp_publish`] to that exchange puts records in the stream with their keys.
+pub fn python_amqp_stream(stream: &str) {
+    amqp_client_py(&["stream", &rabbitmq_url(), stream]);
+}
+
 /// [`python_amqp_publish`] to the server at `url`.
 pub fn python_amqp_publish_at(
     url: &str,

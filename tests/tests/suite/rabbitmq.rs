@@ -565,3 +565,83 @@ async fn the_examples_run_on_rabbitmq() {
         .collect();
     assert_order_totals(&payloads);
 }
+
+/// A RabbitMQ stream `S` (a queue of that name and no exchange `S`) is a topic of one lane,
+/// read from the store's position, which is the stream's next offset. A worker counts what
+/// Python's pika put in it (through a fanout exchange, so each record keeps its key), stops,
+/// and started again counts only what came since. A second worker of the group, with its own
+/// state dir, owns nothing while the first runs (the stream's owner lock); it takes the stream
+/// when the first stops and, with no store of its own, folds the stream from its first record:
+/// every record once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_is_one_lane_read_from_its_stored_position() {
+    let (stream, group) = (unique("amqp-stream"), unique("g"));
+    let input = format!("{stream}-in");
+    python_amqp_stream(&stream);
+    let (first_dir, second_dir) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let worker = |dir: &std::path::Path| {
+        rabbitmq_worker(&group, &stream, dir)
+            .build(CountHandler::default())
+            .expect("build worker")
+    };
+    python_amqp_publish(&input, 0, 1_000, 40, true);
+    let running = RunningWorker::spawn(worker(first_dir.path()));
+    let counted = |n: usize| expected_counts(&keyed_records(0, n, 40));
+    wait_for_counts(
+        first_dir.path(),
+        &group,
+        &stream,
+        &counted(1_000),
+        Duration::from_secs(60),
+    )
+    .await;
+    running.stop_cleanly().await;
+    let stored = StoredCounts::read(first_dir.path(), &group, &stream);
+    assert_eq!(
+        stored.offsets.into_iter().collect::<Vec<_>>(),
+        [(0, 1_000)],
+        "one lane, at the stream's next offset"
+    );
+
+    python_amqp_publish(&input, 1_000, 500, 40, true);
+    let running = RunningWorker::spawn(worker(first_dir.path()));
+    wait_for_counts(
+        first_dir.path(),
+        &group,
+        &stream,
+        &counted(1_500),
+        Duration::from_secs(60),
+    )
+    .await;
+    let second = RunningWorker::spawn(worker(second_dir.path()));
+    python_amqp_publish(&input, 1_500, 500, 40, true);
+    wait_for_counts(
+        first_dir.path(),
+        &group,
+        &stream,
+        &counted(2_000),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(
+        store_files(second_dir.path(), &group, &stream).is_empty(),
+        "the second worker owns nothing while the first holds the stream"
+    );
+    running.stop_cleanly().await;
+    let stored = wait_for_counts(
+        second_dir.path(),
+        &group,
+        &stream,
+        &counted(2_000),
+        Duration::from_secs(60),
+    )
+    .await;
+    second.stop_cleanly().await;
+    assert_counts_exact(&stored.counts, &counted(2_000));
+    let stored = StoredCounts::read(second_dir.path(), &group, &stream);
+    assert_counts_exact(&stored.counts, &counted(2_000));
+    assert_eq!(stored.offsets.into_iter().collect::<Vec<_>>(), [(0, 2_000)]);
+}

@@ -34,8 +34,9 @@ const RUN: usize = 256;
 const PREFETCH: u16 = 4096;
 /// How long the reading task waits for the stream's next message before it fails.
 const STALL: Duration = Duration::from_secs(30);
-/// The consumer argument that says where a stream read starts.
-const STREAM_OFFSET: &str = "x-stream-offset";
+/// The consumer argument that says where a stream read starts, and the header that gives a
+/// stream message's offset.
+pub(super) const STREAM_OFFSET: &str = "x-stream-offset";
 
 /// A record of a changelog stream: its position is its stream offset.
 pub(crate) type LogRecord = QueueDelivery;
@@ -191,7 +192,7 @@ impl Logged {
 }
 
 /// An AMQP integer as an `i64`.
-fn integer(value: &AMQPValue) -> Option<i64> {
+pub(super) fn integer(value: &AMQPValue) -> Option<i64> {
     match *value {
         AMQPValue::LongLongInt(v) => Some(v),
         AMQPValue::LongInt(v) => Some(v.into()),

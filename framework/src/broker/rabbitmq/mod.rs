@@ -56,6 +56,8 @@ pub(crate) struct Inner {
     connection: tokio::sync::Mutex<Option<lapin::Connection>>,
     /// The lanes of each topic read or declared.
     topics: Mutex<HashMap<String, i32>>,
+    /// The topics that are streams (a stream `T` and no exchange `T`): one lane each.
+    streams: Mutex<std::collections::HashSet<String>>,
     /// Since when no connection could be made, while none can.
     down_since: Mutex<Option<Instant>>,
     /// Held while a topic is looked up or declared.
@@ -101,6 +103,7 @@ impl Connection {
             settings,
             connection: tokio::sync::Mutex::new(None),
             topics: Mutex::default(),
+            streams: Mutex::default(),
             down_since: Mutex::default(),
             declaring: tokio::sync::Mutex::new(()),
         }));
@@ -164,6 +167,11 @@ impl Connection {
     /// Since when no connection could be made, while none can.
     pub(crate) fn disconnected_since(&self) -> Option<Instant> {
         *lock(&self.down_since)
+    }
+
+    /// Whether `topic` was found to be a stream (read or declared before).
+    pub(crate) fn is_stream(&self, topic: &str) -> bool {
+        lock(&self.streams).contains(topic)
     }
 
     /// The lanes of `topic` (read or declared before).
@@ -293,35 +301,45 @@ impl Connection {
         let name = format!("{topic}.declaring");
         let waited = Instant::now();
         loop {
-            let channel = self.channel().await?;
-            let mut args = FieldTable::default();
-            args.insert(
-                "x-queue-type".into(),
-                AMQPValue::LongString(LongString::from("classic")),
-            );
-            let held = channel
-                .queue_declare(
-                    &name,
-                    QueueDeclareOptions {
-                        exclusive: true,
-                        auto_delete: true,
-                        ..Default::default()
-                    },
-                    args,
-                )
-                .await;
-            match held {
-                Ok(_) => return Ok(DeclaringLock { channel, name }),
-                Err(e) if is_locked(&e) && waited.elapsed() < DECLARING_WAIT => {
+            match self.exclusive(&name).await? {
+                Some(channel) => return Ok(DeclaringLock { channel, name }),
+                None if waited.elapsed() < DECLARING_WAIT => {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                Err(e) if is_locked(&e) => {
+                None => {
                     return Err(format!(
                         "another client has been declaring it for {DECLARING_WAIT:?} (it holds the exclusive queue {name})"
                     ));
                 }
-                Err(e) => return Err(e.to_string()),
             }
+        }
+    }
+
+    /// Declares the exclusive queue `name`, a lock the server gives to one connection at a
+    /// time and drops with the connection that holds it: the channel it was declared on, or
+    /// `None` while another connection holds it.
+    pub(crate) async fn exclusive(&self, name: &str) -> Result<Option<Channel>, String> {
+        let channel = self.channel().await?;
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString(LongString::from("classic")),
+        );
+        let held = channel
+            .queue_declare(
+                name,
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                args,
+            )
+            .await;
+        match held {
+            Ok(_) => Ok(Some(channel)),
+            Err(e) if is_locked(&e) => Ok(None),
+            Err(e) => Err(e.to_string()),
         }
     }
 
@@ -418,6 +436,11 @@ impl Connection {
         let exists = exchange(&channel, topic, true).await.is_ok();
         let lanes = if exists {
             self.count_lanes(topic).await?
+        } else if self.ready_in(topic).await?.is_some() {
+            // No exchange, and a queue of the topic's own name: a stream, read as one lane.
+            lock(&self.streams).insert(topic.to_owned());
+            tracing::info!(%topic, "{topic} is a stream: read as one lane, from the stored position");
+            1
         } else {
             let lanes = lanes.max(1);
             self.declare(topic, lanes, dead_letters).await?;

@@ -48,9 +48,12 @@ impl Publisher {
     /// topic not declared yet is declared first (a handler's emits). Header values are AMQP
     /// long strings (bytes); the timestamp is in seconds, as AMQP's.
     pub(crate) async fn send(&self, r: Outgoing<'_>) -> Result<(), SendError> {
+        // A stream is written through the default exchange: a changelog's lane (only changelog
+        // entries name their lane; the worker declared their streams), or a topic that is a
+        // stream. Its routing key is the stream's name, so the key goes in a header.
         let (exchange, routing_key) = match r.partition {
-            // (Only changelog entries name their lane: the worker declared their streams.)
             Some(lane) => (String::new(), lane_queue(r.topic, lane)),
+            None if self.connection.is_stream(r.topic) => (String::new(), r.topic.to_owned()),
             None => (
                 r.topic.to_owned(),
                 r.key
@@ -59,14 +62,16 @@ impl Publisher {
                     .into_owned(),
             ),
         };
+        let to_stream = exchange.is_empty();
         let failed = |permanent: bool, message: String| SendError {
             permanent,
-            message: match r.partition {
-                Some(_) => format!("publishing to stream {routing_key}: {message}"),
-                None => format!("publishing to exchange {}: {message}", r.topic),
+            message: if to_stream {
+                format!("publishing to stream {routing_key}: {message}")
+            } else {
+                format!("publishing to exchange {}: {message}", r.topic)
             },
         };
-        if r.partition.is_none() && self.connection.lanes_of(r.topic).is_none() {
+        if !to_stream && self.connection.lanes_of(r.topic).is_none() {
             self.connection
                 .create_missing(vec![WantedTopic {
                     name: r.topic.to_owned(),
@@ -83,7 +88,7 @@ impl Publisher {
                 AMQPValue::LongString(LongString::from(value.unwrap_or_default())),
             );
         }
-        if let (Some(_), Some(key)) = (r.partition, r.key) {
+        if let (true, Some(key)) = (to_stream, r.key) {
             headers.insert(
                 short(header::KEY),
                 AMQPValue::LongString(LongString::from(key)),
@@ -116,12 +121,13 @@ impl Publisher {
             Ok(Confirmation::Ack(None)) => Ok(()),
             Ok(Confirmation::Ack(Some(returned))) => Err(failed(
                 false,
-                match r.partition {
-                    Some(_) => format!("no such stream ({})", returned.reply_text),
-                    None => format!(
+                if to_stream {
+                    format!("no such stream ({})", returned.reply_text)
+                } else {
+                    format!(
                         "no queue took it ({}): the exchange's lane queues are missing or unbound",
                         returned.reply_text
-                    ),
+                    )
                 },
             )),
             Ok(Confirmation::Nack(_)) => Err(failed(false, "the broker refused it (nack)".into())),

@@ -12,6 +12,14 @@
 //! has the acknowledgement, and those messages never come again. Deliveries carry that
 //! confirmed position, so the batch forgets the ids it no longer needs to recognise
 //! redeliveries (`processing::message_ids`).
+//!
+//! A topic that is a stream (`T`, with no exchange `T`) is one lane, read from the store's
+//! position (`x-stream-offset`), its positions the stream's offsets. Single active consumer
+//! needs the stream protocol for streams (RabbitMQ 3.11+), and an AMQP consumer's `exclusive`
+//! flag is not enforced on them, so the broker arbitrates with an exclusive queue instead,
+//! `<T>.<group>.owner`: the worker whose connection declared it owns the stream, until it
+//! deletes it (a stop) or its connection goes (the server deletes it); the others try again
+//! every second. Acknowledgements there only give the server credit to send more.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -20,9 +28,11 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use tokio::sync::mpsc;
+use weir_state::wire::header;
 
+use super::log_reader::{STREAM_OFFSET, integer};
 use super::{Connection, lane_queue, lock};
 use crate::broker::queue_message::{QueueDelivery as Delivery, QueueMessage};
 use crate::broker::{Assignments, Lane, Source};
@@ -39,6 +49,8 @@ type LaneKey = (Arc<str>, i32);
 /// A message as a lane's task hands it over (not yet numbered).
 struct Taken {
     tag: u64,
+    /// A stream message's offset.
+    offset: Option<i64>,
     redelivered: bool,
     message_id: Option<Box<str>>,
     message: QueueMessage,
@@ -47,23 +59,25 @@ struct Taken {
 impl Taken {
     fn of(d: lapin::message::Delivery) -> Self {
         let p = &d.properties;
-        let headers = p
-            .headers()
-            .as_ref()
-            .map(|h| {
-                h.inner()
-                    .iter()
-                    .map(|(k, v)| (k.as_str().to_owned(), Some(super::header_bytes(v))))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let (mut offset, mut key) = (None, None);
+        let mut headers = Vec::new();
+        for (name, value) in p.headers().iter().flat_map(|h| h.inner()) {
+            match name.as_str() {
+                STREAM_OFFSET => offset = integer(value),
+                // A record weir wrote to a stream (through the default exchange, so the
+                // routing key is the stream's name).
+                header::KEY => key = Some(super::header_bytes(value)),
+                name => headers.push((name.to_owned(), Some(super::header_bytes(value)))),
+            }
+        }
         Self {
             tag: d.delivery_tag,
+            offset,
             redelivered: d.redelivered,
             message_id: p.message_id().as_ref().map(|m| m.as_str().into()),
             message: QueueMessage {
                 timestamp_ms: p.timestamp().map(|s| (s as i64).saturating_mul(1000)),
-                key: Some(d.routing_key.as_str().as_bytes().to_vec()),
+                key: Some(key.unwrap_or_else(|| d.routing_key.as_str().as_bytes().to_vec())),
                 payload: Some(d.data),
                 headers,
             },
@@ -73,6 +87,9 @@ impl Taken {
 
 /// What a lane's task tells the consumer thread.
 enum Event {
+    /// The stream lane's channel of generation `generation` holds the stream's owner lock: the
+    /// lane is this worker's, and its task waits for [`Command::Start`].
+    Owned { lane: LaneKey, generation: u64 },
     /// A message of the lane, from its channel of generation `generation`.
     Message {
         lane: LaneKey,
@@ -88,6 +105,17 @@ enum Event {
     },
     /// An error of the lane's channel.
     Error(String),
+}
+
+/// What the consumer thread tells a lane's task.
+enum Command {
+    Ack(Ack),
+    /// Consume the stream lane on the channel of `generation` from offset `from` (`None`: its
+    /// first record).
+    Start {
+        generation: u64,
+        from: Option<i64>,
+    },
 }
 
 /// An acknowledgement for a lane's task to send.
@@ -111,7 +139,12 @@ struct LaneState {
     held: VecDeque<Taken>,
     /// Handed-over deliveries not yet acknowledged: position and delivery tag.
     unacked: VecDeque<(i64, u64)>,
-    acks: mpsc::UnboundedSender<Ack>,
+    /// The lane is a stream.
+    stream: bool,
+    /// A stream lane owned and not consumed yet (its store is being prepared): where its
+    /// consumption is to start (`None`: the stream's first record).
+    start_from: Option<Option<i64>>,
+    commands: mpsc::UnboundedSender<Command>,
     /// Below this position, the broker confirmed the acknowledgements.
     confirmed: Arc<AtomicI64>,
     /// Messages ready in the queue, as last read.
@@ -175,51 +208,57 @@ struct LaneTask {
     connection: Connection,
     lane: LaneKey,
     queue: String,
+    /// A stream lane's owner lock (an exclusive queue).
+    owner_lock: Option<String>,
     tag: String,
     to: std_mpsc::Sender<Event>,
     confirmed: Arc<AtomicI64>,
     ready: Arc<AtomicI64>,
 }
 
+/// How a lane's task came to consume (or not). (Made once per channel: its size does not
+/// matter.)
+#[allow(clippy::large_enum_variant)]
+enum Opened {
+    Consuming(lapin::Channel, lapin::Consumer),
+    /// Another worker owns the stream.
+    Held,
+    Failed(String),
+    /// The source was dropped.
+    Stopped,
+}
+
 impl LaneTask {
     /// Consumes the lane's queue, on a new channel after each failure, until the source is
-    /// dropped (its acknowledgements' sender with it).
-    async fn run(self, mut acks: mpsc::UnboundedReceiver<Ack>) {
+    /// dropped (its commands' sender with it).
+    async fn run(self, mut commands: mpsc::UnboundedReceiver<Command>) {
         let prefetch = self.connection.settings.prefetch;
         let mut generation = 0u64;
         loop {
             generation += 1;
-            let consumed = async {
-                let channel = self.connection.channel().await?;
-                channel
-                    .basic_qos(prefetch, BasicQosOptions::default())
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let consumer = channel
-                    .basic_consume(
-                        &self.queue,
-                        &self.tag,
-                        BasicConsumeOptions::default(),
-                        FieldTable::default(),
-                    )
-                    .await
-                    .map_err(|e| e.to_string())?;
-                Ok::<_, String>((channel, consumer))
-            };
-            let (channel, mut consumer) = match consumed.await {
-                Ok(c) => c,
-                Err(e) => {
+            let (channel, mut consumer) = match self.open(generation, &mut commands).await {
+                Opened::Consuming(channel, consumer) => (channel, consumer),
+                Opened::Stopped => return,
+                Opened::Held => {
+                    if self.wait_or_stop(&mut commands).await {
+                        return;
+                    }
+                    continue;
+                }
+                Opened::Failed(e) => {
                     let _ = self.to.send(Event::Error(format!(
                         "{}/{}: cannot consume queue {}: {e}",
                         self.lane.0, self.lane.1, self.queue
                     )));
-                    if self.wait_or_stop(&mut acks).await {
+                    if self.wait_or_stop(&mut commands).await {
                         return;
                     }
                     continue;
                 }
             };
             let mut depth = tokio::time::interval(DEPTH_INTERVAL);
+            // (A stream's depth is not its backlog: AMQP says nothing of where it ends.)
+            let queue = self.owner_lock.is_none();
             let why = loop {
                 tokio::select! {
                     next = consumer.next() => match next {
@@ -236,8 +275,8 @@ impl LaneTask {
                         Some(Err(e)) => break e.to_string(),
                         None => break "the consumer was cancelled".to_owned(),
                     },
-                    ack = acks.recv() => match ack {
-                        Some(a) if a.generation == generation => {
+                    command = commands.recv() => match command {
+                        Some(Command::Ack(a)) if a.generation == generation => {
                             let sent = channel
                                 .basic_ack(a.tag, BasicAckOptions { multiple: true })
                                 .await;
@@ -256,11 +295,11 @@ impl LaneTask {
                         }
                         Some(_) => {} // for a closed channel: those messages come again
                         None => {
-                            let _ = channel.close(200, "stopping").await;
+                            self.release(&channel).await;
                             return;
                         }
                     },
-                    _ = depth.tick() => {
+                    _ = depth.tick(), if queue => {
                         let declared = channel
                             .queue_declare(
                                 &self.queue,
@@ -280,21 +319,95 @@ impl LaneTask {
                 generation,
                 why,
             });
-            if self.wait_or_stop(&mut acks).await {
+            if self.wait_or_stop(&mut commands).await {
                 return;
             }
         }
     }
 
-    /// Waits [`RETRY_AFTER`], dropping acknowledgements (their channel is gone); true if the
-    /// source was dropped meanwhile.
-    async fn wait_or_stop(&self, acks: &mut mpsc::UnboundedReceiver<Ack>) -> bool {
+    /// A channel consuming the lane: a queue's at once; a stream's once this worker holds its
+    /// owner lock and the consumer thread said where to start.
+    async fn open(
+        &self,
+        generation: u64,
+        commands: &mut mpsc::UnboundedReceiver<Command>,
+    ) -> Opened {
+        let channel = match &self.owner_lock {
+            None => self.connection.channel().await,
+            Some(lock) => match self.connection.exclusive(lock).await {
+                Ok(Some(channel)) => Ok(channel),
+                Ok(None) => return Opened::Held,
+                Err(e) => Err(e),
+            },
+        };
+        let channel = match channel {
+            Ok(c) => c,
+            Err(e) => return Opened::Failed(e),
+        };
+        let prefetch = self.connection.settings.prefetch;
+        if let Err(e) = channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await
+        {
+            return Opened::Failed(e.to_string());
+        }
+        let mut args = FieldTable::default();
+        if self.owner_lock.is_some() {
+            let owned = Event::Owned {
+                lane: self.lane.clone(),
+                generation,
+            };
+            if self.to.send(owned).is_err() {
+                return Opened::Stopped;
+            }
+            let from = loop {
+                match commands.recv().await {
+                    Some(Command::Start {
+                        generation: g,
+                        from,
+                    }) if g == generation => break from,
+                    Some(_) => {} // of an earlier channel
+                    None => {
+                        self.release(&channel).await;
+                        return Opened::Stopped;
+                    }
+                }
+            };
+            let from = match from {
+                Some(offset) => AMQPValue::LongLongInt(offset),
+                None => AMQPValue::LongString("first".into()),
+            };
+            args.insert(STREAM_OFFSET.into(), from);
+        }
+        match channel
+            .basic_consume(&self.queue, &self.tag, BasicConsumeOptions::default(), args)
+            .await
+        {
+            Ok(consumer) => Opened::Consuming(channel, consumer),
+            Err(e) => Opened::Failed(e.to_string()),
+        }
+    }
+
+    /// Closes the lane's channel at a stop, deleting a stream's owner lock first, so that
+    /// another worker takes the stream at once.
+    async fn release(&self, channel: &lapin::Channel) {
+        if let Some(lock) = &self.owner_lock {
+            if let Err(e) = channel.queue_delete(lock, Default::default()).await {
+                tracing::warn!(queue = %lock, "could not delete the stream's owner lock (the server deletes it with the connection): {e}");
+            }
+        }
+        let _ = channel.close(200, "stopping").await;
+    }
+
+    /// Waits [`RETRY_AFTER`], dropping commands (their channel is gone); true if the source
+    /// was dropped meanwhile.
+    async fn wait_or_stop(&self, commands: &mut mpsc::UnboundedReceiver<Command>) -> bool {
         let wait = tokio::time::sleep(RETRY_AFTER);
         tokio::pin!(wait);
         loop {
             tokio::select! {
                 () = &mut wait => return false,
-                ack = acks.recv() => if ack.is_none() { return true },
+                command = commands.recv() => if command.is_none() { return true },
             }
         }
     }
@@ -305,11 +418,15 @@ impl RabbitSource {
         lock(&self.lanes)
     }
 
-    /// Numbers `taken` as the lane's next delivery.
+    /// Numbers `taken` as the lane's next delivery (a stream's message: at its offset).
     fn number(key: &LaneKey, state: &mut LaneState, taken: Taken) -> Delivery {
-        let position = state.next;
-        state.next += 1;
+        let position = taken.offset.filter(|_| state.stream).unwrap_or(state.next);
+        state.next = position + 1;
         state.unacked.push_back((position, taken.tag));
+        if state.stream {
+            // A log's record: behind the stored position it is dropped by its offset.
+            return Delivery::logged(Arc::clone(&key.0), key.1, position, taken.message);
+        }
         let queued = Queued {
             id: taken.message_id,
             redelivered: taken.redelivered,
@@ -323,10 +440,14 @@ impl RabbitSource {
     /// A message of a lane: the first of a lane not owned makes it this worker's. `None`: it
     /// is held (its lane is paused) or dropped (its channel is gone).
     fn take(&self, lane: LaneKey, generation: u64, taken: Taken) -> Option<Delivery> {
-        let owned = self.state().get(&lane).and_then(|s| s.owned);
+        let (owned, stream) = self
+            .state()
+            .get(&lane)
+            .map_or((None, false), |s| (s.owned, s.stream));
         match owned {
             Some(g) if g == generation => {}
             Some(_) => return None, // of a closed channel: it comes again
+            None if stream => return None, // (a stream's lane is owned before it delivers)
             None => self.assign(&lane, generation),
         }
         let mut lanes = self.state();
@@ -346,7 +467,11 @@ impl RabbitSource {
             topic: &key.0,
             partition: key.1,
         };
-        tracing::info!(%lane, "the broker made this worker the lane's active consumer");
+        if self.state().get(key).is_some_and(|s| s.stream) {
+            tracing::info!(%lane, "this worker owns the stream (it holds the stream's owner lock)");
+        } else {
+            tracing::info!(%lane, "the broker made this worker the lane's active consumer");
+        }
         let start = self
             .assignments
             .assigned(&[lane])
@@ -361,6 +486,21 @@ impl RabbitSource {
             state.held.clear();
             state.unacked.clear();
             state.confirmed.store(0, Ordering::SeqCst);
+            if state.stream {
+                state.start_from = Some(start.and_then(|s| s.next));
+                Self::start_stream(state);
+            }
+        }
+    }
+
+    /// Has an owned stream lane that is not paused (its store is ready) start consuming.
+    fn start_stream(state: &mut LaneState) {
+        if state.paused {
+            return;
+        }
+        if let (Some(from), Some(generation)) = (state.start_from, state.owned) {
+            state.start_from = None;
+            let _ = state.commands.send(Command::Start { generation, from });
         }
     }
 
@@ -377,6 +517,7 @@ impl RabbitSource {
         self.assignments.revoked(&[lane], true);
         if let Some(state) = self.state().get_mut(key) {
             state.owned = None;
+            state.start_from = None;
             state.held.clear();
             state.unacked.clear();
         }
@@ -390,11 +531,11 @@ impl RabbitSource {
             last = state.unacked.pop_front();
         }
         if let (Some((_, tag)), Some(generation)) = (last, state.owned) {
-            let _ = state.acks.send(Ack {
+            let _ = state.commands.send(Command::Ack(Ack {
                 generation,
                 tag,
                 below: next,
-            });
+            }));
         }
     }
 
@@ -422,16 +563,22 @@ impl Source for RabbitSource {
     fn subscribe(&self, topics: &[&str]) -> Result<()> {
         for topic in topics {
             let lanes = self.connection.lanes_of(topic).unwrap_or(1);
+            let stream = self.connection.is_stream(topic);
             for lane in 0..lanes {
                 let key: LaneKey = (Arc::from(*topic), lane);
-                let queue = lane_queue(topic, lane);
-                let (acks, acks_rx) = mpsc::unbounded_channel();
+                let queue = if stream {
+                    (*topic).to_owned()
+                } else {
+                    lane_queue(topic, lane)
+                };
+                let (commands, commands_rx) = mpsc::unbounded_channel();
                 let confirmed = Arc::new(AtomicI64::new(0));
                 let ready = Arc::new(AtomicI64::new(0));
                 let task = LaneTask {
                     connection: self.connection.clone(),
                     lane: key.clone(),
                     tag: format!("weir-{}-{queue}", self.group),
+                    owner_lock: stream.then(|| format!("{topic}.{}.owner", self.group)),
                     queue,
                     to: self.sender.clone(),
                     confirmed: Arc::clone(&confirmed),
@@ -446,14 +593,20 @@ impl Source for RabbitSource {
                         paused: false,
                         held: VecDeque::new(),
                         unacked: VecDeque::new(),
-                        acks,
+                        stream,
+                        start_from: None,
+                        commands,
                         confirmed,
                         ready,
                     },
                 );
-                lock(&self.tasks).push(self.runtime.spawn(task.run(acks_rx)));
+                lock(&self.tasks).push(self.runtime.spawn(task.run(commands_rx)));
             }
-            tracing::info!(%topic, lanes, group = %self.group, "consuming the topic's lane queues (single active consumer)");
+            if stream {
+                tracing::info!(%topic, group = %self.group, "reading the stream once this worker holds its owner lock");
+            } else {
+                tracing::info!(%topic, lanes, group = %self.group, "consuming the topic's lane queues (single active consumer)");
+            }
         }
         // Nothing is owned until the broker delivers: the worker has joined.
         self.assignments.assigned(&[]);
@@ -492,6 +645,7 @@ impl Source for RabbitSource {
                         return Some(Ok(d));
                     }
                 }
+                Event::Owned { lane, generation } => self.assign(&lane, generation),
                 Event::Error(e) => return Some(Err(e)),
                 // The deliveries handed over so far go to their lane's task first.
                 event @ Event::Lost { .. } if self.in_burst.swap(false, Ordering::Relaxed) => {
@@ -522,6 +676,7 @@ impl Source for RabbitSource {
         let mut lanes = self.state();
         if let Some(s) = lanes.get_mut(&key) {
             s.paused = false;
+            Self::start_stream(s);
             let held: Vec<Taken> = s.held.drain(..).collect();
             let mut ready = lock(&self.ready);
             for taken in held {
@@ -532,13 +687,17 @@ impl Source for RabbitSource {
     }
 
     /// A queue cannot be read from a position: the lane's deliveries are numbered from `next`
-    /// on (a restore's position).
+    /// on (a restore's position). A stream lane not consumed yet starts at `next`.
     fn seek(&self, lane: Lane<'_>, next: Option<i64>) -> Result<(), String> {
         if let Some(s) = self
             .state()
             .get_mut(&(Arc::from(lane.topic), lane.partition))
         {
-            if s.unacked.is_empty() {
+            if s.stream && s.start_from.is_some() {
+                s.start_from = Some(next);
+                return Ok(());
+            }
+            if s.unacked.is_empty() && !s.stream {
                 s.next = next.unwrap_or(0);
                 s.hold_start = s.next;
                 return Ok(());
