@@ -1,9 +1,10 @@
 """Publishes to and reads RabbitMQ with the Python pika client (not weir's own).
 
-    amqp_client.py publish URL EXCHANGE START COUNT [--keys N] [--no-id]
+    amqp_client.py publish URL EXCHANGE START COUNT [--keys N] [--no-id] [--nacks]
         Record i (START <= i < START+COUNT) goes to exchange EXCHANGE with routing key
         k{i % keys}, body v{i}, header "origin: python", message_id py-{i}, persistent, with
-        publisher confirms. Prints the number of records the broker confirmed.
+        publisher confirms. Prints the number of records the broker confirmed (with --nacks, a
+        record the broker refuses is counted out instead of failing the run).
     amqp_client.py records URL EXCHANGE JSON [--headers JSON]
         Publishes each [key, value] of the JSON array as above, record i with message_id
         py-EXCHANGE-{i} and, besides "origin", the headers of the JSON object given (a list of
@@ -43,7 +44,12 @@ def publish(a) -> int:
             message_id=None if a.no_id else f"py-{i}",
             timestamp=int(time.time()),
         )
-        ch.basic_publish(a.exchange, f"k{i % a.keys}", f"v{i}".encode(), props)
+        try:
+            ch.basic_publish(a.exchange, f"k{i % a.keys}", f"v{i}".encode(), props)
+        except pika.exceptions.NackError:
+            if not a.nacks:
+                raise
+            continue
         confirmed += 1
     conn.close()
     print(confirmed)
@@ -128,6 +134,7 @@ def main() -> int:
     pub.add_argument("count", type=int)
     pub.add_argument("--keys", type=int, default=50)
     pub.add_argument("--no-id", action="store_true")
+    pub.add_argument("--nacks", action="store_true")
     rec = sub.add_parser("records")
     rec.add_argument("url")
     rec.add_argument("exchange")

@@ -40,6 +40,22 @@ pub fn python_amqp_publish(topic: &str, start: usize, count: usize, keys: usize,
     python_amqp_publish_at(&rabbitmq_url(), topic, start, count, keys, ids);
 }
 
+/// [`python_amqp_publish`], except that the broker may refuse records (a full queue): how
+/// many it confirmed.
+pub fn python_amqp_publish_refusable(
+    topic: &str,
+    start: usize,
+    count: usize,
+    keys: usize,
+) -> usize {
+    let (start, count, keys) = (start.to_string(), count.to_string(), keys.to_string());
+    let url = rabbitmq_url();
+    let args = [
+        "publish", &url, topic, &start, &count, "--keys", &keys, "--nacks",
+    ];
+    amqp_client_py(&args).trim().parse().expect("a count")
+}
+
 /// Declares the stream `stream` with Python's pika, fed by the fanout exchange `<stream>-in`:
 /// [`python_amqp_publish`] to that exchange puts records in the stream with their keys.
 pub fn python_amqp_stream(stream: &str) {

@@ -50,6 +50,9 @@ pub(crate) struct Config {
     pub(crate) nats_creds: Option<PathBuf>,
     /// Receives in flight per SQS queue.
     pub(crate) sqs_receives: usize,
+    /// RabbitMQ: the ready messages a lane queue holds at most (declared by weir with it, or
+    /// declared so by the user): the lanes' fill is watched against it.
+    pub(crate) queue_max_length: Option<u32>,
     /// How long NATS keeps a lane with a worker that stopped pulling (and its unacknowledged
     /// messages from the next owner).
     pub(crate) hand_off: Duration,
@@ -170,6 +173,7 @@ impl Default for Config {
             embedded_partitions: 4,
             partitions: 4,
             sqs_receives: 4,
+            queue_max_length: None,
             nats_creds: None,
             hand_off: Duration::from_secs(10),
             delivery: Delivery::AtLeastOnce,

@@ -266,6 +266,20 @@ pub(crate) const SETTINGS: &[Setting] = &[
         }),
     },
     Setting {
+        name: "queue_max_length",
+        env: "WEIR_QUEUE_MAX_LENGTH",
+        default: "unset (RabbitMQ: no limit on a lane queue weir declares)",
+        apply: |c, v| {
+            c.queue_max_length = Some(num(v)?);
+            Ok(())
+        },
+        from_handler: None,
+        check: Some(|c| match c.queue_max_length {
+            Some(0) => Err("must be at least 1".into()),
+            _ => Ok(()),
+        }),
+    },
+    Setting {
         name: "nats_creds",
         env: "WEIR_NATS_CREDS",
         default: "unset: credentials in the URL, or none",

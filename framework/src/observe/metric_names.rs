@@ -44,6 +44,11 @@ pub(crate) const PAUSES_TOTAL: &str = "weir_partition_pauses_total";
 #[cfg(feature = "sqs")]
 pub(crate) const SQS_MESSAGES: &str = "weir_sqs_messages";
 
+/// Gauge: a RabbitMQ lane queue's ready messages over its length limit (`queue_max_length`),
+/// by `topic` and `partition`, while this worker owns the lane.
+#[cfg(feature = "rabbitmq")]
+pub(crate) const BROKER_QUEUE_FILL_RATIO: &str = "weir_broker_queue_fill_ratio";
+
 // Per-partition series, rendered at scrape time from the partitions this worker owns right
 // now (so a revoked partition's series are gone at once), by `observe::http`.
 

@@ -142,6 +142,17 @@ impl WorkerBuilder {
         self
     }
 
+    /// RabbitMQ: the ready messages each lane queue holds at most (`WEIR_QUEUE_MAX_LENGTH`,
+    /// default none). Lane queues weir declares get it as `x-max-length` with
+    /// `x-overflow: reject-publish` (a full lane refuses publishes instead of dropping its
+    /// oldest messages); for lanes declared elsewhere, say the limit they were given. Each
+    /// lane's fill shows as `weir_queue_fill_ratio`, with a warning past 80%.
+    pub fn queue_max_length(mut self, n: u32) -> Self {
+        self.config.queue_max_length = Some(n);
+        self.config.given("queue_max_length");
+        self
+    }
+
     /// An NKey/JWT credentials file to connect to NATS with (`WEIR_NATS_CREDS`).
     pub fn nats_creds(mut self, path: impl Into<std::path::PathBuf>) -> Self {
         self.config.nats_creds = Some(path.into());

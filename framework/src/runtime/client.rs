@@ -216,6 +216,7 @@ impl Clients {
             prefetch: u16::try_from(config.queue_capacity)
                 .unwrap_or(u16::MAX)
                 .max(1),
+            max_length: config.queue_max_length,
         }))
     }
 

@@ -645,3 +645,65 @@ async fn a_stream_is_one_lane_read_from_its_stored_position() {
     assert_counts_exact(&stored.counts, &counted(2_000));
     assert_eq!(stored.offsets.into_iter().collect::<Vec<_>>(), [(0, 2_000)]);
 }
+
+/// With `queue_max_length`, the lane queues weir declares hold that many ready messages at
+/// most and refuse more (`x-overflow: reject-publish`: the publisher gets a nack rather than
+/// the oldest messages being dropped), and a lane's fill shows before that: on `/metrics`
+/// (`weir_broker_queue_fill_ratio`) and in a warning. The worker stalls at the first message
+/// with a small prefetch, so the queue fills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lane_near_its_length_limit_is_visible_before_publishes_are_refused() {
+    let (topic, group) = (unique("amqp-limit"), unique("g"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let handler = CountHandler {
+        stall_on: Some("v0".into()),
+        ..Default::default()
+    };
+    let release = handler.release.clone();
+    let worker = rabbitmq_worker(&group, &topic, dir.path())
+        .partitions(1)
+        .queue_capacity(10)
+        .queue_max_length(200)
+        .metrics_addr("127.0.0.1:0")
+        .build(handler)
+        .expect("build worker");
+    let addr = worker.metrics_addr().expect("a metrics address");
+    let running = RunningWorker::spawn(worker);
+    wait_for_lanes(&rabbitmq_url(), &topic, 1).await;
+    python_amqp_publish(&topic, 0, 180, 40, true);
+    let fill = |body: &str| {
+        sample(
+            body,
+            "weir_broker_queue_fill_ratio",
+            &[("topic", &topic), ("partition", "0")],
+        )
+    };
+    wait_until(
+        "the lane shown nearly full",
+        Duration::from_secs(30),
+        || async {
+            let (_, body) = http_get(addr, "/metrics").await;
+            match fill(&body) {
+                Some(f) if f >= 0.8 => Ok(()),
+                seen => Err(format!("fill {seen:?}")),
+            }
+        },
+    )
+    .await;
+    // Past the limit the broker refuses: nothing is dropped that it confirmed.
+    let confirmed = python_amqp_publish_refusable(&topic, 180, 50, 40);
+    assert!(
+        confirmed < 50,
+        "the full lane refused some of 50 more: {confirmed} confirmed"
+    );
+    release.open();
+    wait_for_counts(
+        dir.path(),
+        &group,
+        &topic,
+        &expected_counts(&keyed_records(0, 180 + confirmed, 40)),
+        Duration::from_secs(60),
+    )
+    .await;
+    running.stop_cleanly().await;
+}

@@ -45,6 +45,8 @@ pub(crate) struct Settings {
     /// Messages a lane's consumer holds unacknowledged at most (`basic.qos`): the lane's queue
     /// capacity, so the broker's flow control is the backpressure.
     pub(crate) prefetch: u16,
+    /// The ready messages a lane queue holds at most (`queue_max_length`).
+    pub(crate) max_length: Option<u32>,
 }
 
 /// A connection to RabbitMQ, shared by the worker's clients; made again when it drops.
@@ -124,6 +126,7 @@ impl Connection {
             url: url.to_owned(),
             partitions: 1,
             prefetch: 1,
+            max_length: None,
         };
         Self::connect(settings, timeout).await
     }
@@ -250,6 +253,15 @@ impl Connection {
                 AMQPValue::LongString(LongString::from("quorum")),
             );
             args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+            // A full lane refuses what is published to it (publishers with confirms get a
+            // nack) rather than dropping its oldest messages.
+            if let Some(limit) = self.settings.max_length {
+                args.insert("x-max-length".into(), AMQPValue::LongLongInt(limit.into()));
+                args.insert(
+                    "x-overflow".into(),
+                    AMQPValue::LongString(LongString::from("reject-publish")),
+                );
+            }
             // The broker's delivery limit only where its dead letters go somewhere: past it a
             // message without a dead-letter exchange would be dropped.
             if let Some(dlx) = dead_letters {

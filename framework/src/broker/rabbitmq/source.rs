@@ -38,11 +38,16 @@ use crate::broker::queue_message::{QueueDelivery as Delivery, QueueMessage};
 use crate::broker::{Assignments, Lane, Source};
 use crate::error::Result;
 use crate::inbound::{Delivered, Queued};
+use crate::observe::metric_names::BROKER_QUEUE_FILL_RATIO;
 
 /// How long a lane waits after its channel failed before it consumes again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// How often a lane reads its queue's depth.
 const DEPTH_INTERVAL: Duration = Duration::from_secs(1);
+/// The fill of a length-limited lane queue past which the worker warns (past the limit the
+/// broker refuses publishes), and below which it says the lane has room again.
+const FILL_WARNING: f64 = 0.8;
+const FILL_RELIEF: f64 = 0.7;
 
 type LaneKey = (Arc<str>, i32);
 
@@ -149,6 +154,8 @@ struct LaneState {
     confirmed: Arc<AtomicI64>,
     /// Messages ready in the queue, as last read.
     ready: Arc<AtomicI64>,
+    /// Past [`FILL_WARNING`] of its length limit (and not yet back below [`FILL_RELIEF`]).
+    near_full: bool,
 }
 
 /// The worker's lane queues.
@@ -547,13 +554,40 @@ impl RabbitSource {
             }
             *at = Instant::now();
         }
-        let lanes = self.state();
+        let mut lanes = self.state();
         self.assignments.watermarks(&|lane| {
             let s = lanes.get(&(Arc::from(lane.topic), lane.partition))?;
             // Lag is what waits: handed over and not acknowledged, held, and ready in the queue.
             let high = s.next + s.held.len() as i64 + s.ready.load(Ordering::Relaxed);
             Some((0, high))
         });
+        if let Some(limit) = self.connection.settings.max_length {
+            for ((topic, lane), s) in lanes.iter_mut() {
+                if s.owned.is_some() && !s.stream {
+                    Self::watch_fill(topic, *lane, s, limit);
+                }
+            }
+        }
+    }
+
+    /// Shows how full a length-limited lane queue is, warning before the broker refuses
+    /// publishes to it.
+    fn watch_fill(topic: &Arc<str>, lane: i32, s: &mut LaneState, limit: u32) {
+        let ready = s.ready.load(Ordering::Relaxed);
+        let fill = ready as f64 / f64::from(limit.max(1));
+        metrics::gauge!(BROKER_QUEUE_FILL_RATIO, "topic" => Arc::clone(topic), "partition" => lane.to_string())
+            .set(fill);
+        let lane = Lane {
+            topic,
+            partition: lane,
+        };
+        if !s.near_full && fill >= FILL_WARNING {
+            s.near_full = true;
+            tracing::warn!(%lane, ready, limit, "the lane's queue is {:.0}% full: past its length limit the broker refuses what is published to it", fill * 100.0);
+        } else if s.near_full && fill < FILL_RELIEF {
+            s.near_full = false;
+            tracing::info!(%lane, ready, limit, "the lane's queue has room again");
+        }
     }
 }
 
@@ -595,6 +629,7 @@ impl Source for RabbitSource {
                         unacked: VecDeque::new(),
                         stream,
                         start_from: None,
+                        near_full: false,
                         commands,
                         confirmed,
                         ready,
