@@ -1562,3 +1562,99 @@ async fn dead_letters_on_sqs_are_listed_shown_and_redriven_once() {
     let stored = StoredCounts::read(dir.path(), &group, &topic);
     assert_counts_exact(&stored.counts, &expected_counts(&records));
 }
+
+/// `weir reset` on a RabbitMQ stream topic: refused while a worker of the group holds the
+/// stream (exit 5), a dry run changes nothing, and an executed reset to offset 100 starts the
+/// store over there and tells the RabbitMQ changelog, so that a worker on another machine
+/// (a fresh state dir) restores the reset state, not the old one, and counts only records
+/// 100.. of the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_on_rabbitmq_moves_a_stream_topic() {
+    let (stream, group) = (unique("cli-amqp-reset"), unique("g"));
+    let url = rabbitmq_url();
+    python_amqp_stream(&stream);
+    python_amqp_publish(&format!("{stream}-in"), 0, 300, 20, true);
+    let (dir, fresh) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let start = |dir: &std::path::Path| {
+        RunningWorker::spawn(
+            rabbitmq_worker(&group, &stream, dir)
+                .changelog(true)
+                .build(CountHandler::default())
+                .expect("build worker"),
+        )
+    };
+    let running = start(dir.path());
+    wait_for_counts(
+        dir.path(),
+        &group,
+        &stream,
+        &expected_counts(&keyed_records(0, 300, 20)),
+        Duration::from_secs(60),
+    )
+    .await;
+    let state_dir = dir.path().to_str().expect("utf-8 path").to_owned();
+    let reset = |to: &str, execute: bool| {
+        let mut args = vec![
+            "reset",
+            "--brokers",
+            &url,
+            "--state-dir",
+            &state_dir,
+            "--group",
+            &group,
+            "--to",
+            to,
+        ];
+        if execute {
+            args.push("--execute");
+        }
+        weir(&args)
+    };
+    let refused = reset("100", true);
+    assert_exit(&refused, 5);
+    assert!(
+        stderr(&refused).contains("holds stream"),
+        "{}",
+        stderr(&refused)
+    );
+    running.stop_cleanly().await;
+
+    let dry = reset("100", false);
+    assert_exit(&dry, 0);
+    assert_eq!(
+        stdout(&dry).trim(),
+        format!("{stream}/0: next offset 300 -> 100")
+    );
+    let stored = StoredCounts::read(dir.path(), &group, &stream);
+    assert_eq!(
+        stored.offsets.get(&0),
+        Some(&300),
+        "a dry run changes nothing"
+    );
+
+    let done = reset("100", true);
+    assert_exit(&done, 0);
+    let stored = StoredCounts::read(dir.path(), &group, &stream);
+    assert_eq!(stored.offsets.get(&0), Some(&100));
+    assert_eq!(stored.total(), 0, "the store starts over");
+
+    let running = start(fresh.path());
+    let stored = wait_for_counts(
+        fresh.path(),
+        &group,
+        &stream,
+        &expected_counts(&keyed_records(100, 200, 20)),
+        Duration::from_secs(60),
+    )
+    .await;
+    running.stop_cleanly().await;
+    assert_counts_exact(
+        &stored.counts,
+        &expected_counts(&keyed_records(100, 200, 20)),
+    );
+    let stored = StoredCounts::read(fresh.path(), &group, &stream);
+    assert_eq!(stored.offsets.get(&0), Some(&300));
+}

@@ -11,19 +11,24 @@ pub use weir_state::wire::{CHANGELOG_OFFSET_STORE, ChangelogEntry, changelog_top
 pub use weir_state::{Error, Progress, SCHEMA_VERSION, StoreReader};
 
 /// The workers' producer, for tools that change a store while no worker runs (`weir reset`):
-/// it sends what waits in a store's outbox as a worker does when it takes the partition.
-#[cfg(feature = "kafka")]
+/// it sends what waits in a store's outbox as a worker does when it takes the partition
+/// (Kafka: [`connect`](Self::connect); RabbitMQ: `rabbitmq::StreamTool::producer`).
+#[cfg(any(feature = "kafka", feature = "rabbitmq"))]
 #[derive(Debug)]
 pub struct OutboxProducer(std::sync::Arc<crate::broker::Producer>);
 
-#[cfg(feature = "kafka")]
+#[cfg(any(feature = "kafka", feature = "rabbitmq"))]
 impl OutboxProducer {
     /// Connects to `brokers` as a worker with the same `WEIR_KAFKA_*` environment would.
+    #[cfg(feature = "kafka")]
     pub fn connect(brokers: &str) -> crate::error::Result<Self> {
         let producer = crate::runtime::producer_from_env(brokers)?;
-        Ok(Self(std::sync::Arc::new(crate::broker::Producer::Kafka(
-            producer,
-        ))))
+        Ok(Self::of(crate::broker::Producer::Kafka(producer)))
+    }
+
+    /// Sends through `producer`.
+    pub(crate) fn of(producer: crate::broker::Producer) -> Self {
+        Self(std::sync::Arc::new(producer))
     }
 
     /// Sends what waits in `store`'s outbox, in order: each changelog offset marker only after
@@ -70,7 +75,7 @@ pub mod nats {
 pub mod rabbitmq {
     pub use crate::broker::amqp_url as is_amqp;
     pub use crate::broker::rabbitmq::{
-        connect, declare_topic, header_bytes, lane_queue, queue_depths,
+        StreamPoint, StreamTool, connect, declare_topic, header_bytes, lane_queue, queue_depths,
     };
 }
 

@@ -145,6 +145,61 @@ async fn read_lane(
     }
 }
 
+/// A place in a stream, whose offset a tool asks for (`StreamTool::offset_at`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamPoint {
+    /// Its first record.
+    First,
+    /// Its end: the offset the next record gets.
+    End,
+    /// Its first record at or after this time (ms since the epoch), at RabbitMQ's resolution:
+    /// the stream's chunk of that time, which may begin with a few records before it; the end
+    /// when nothing came since.
+    Time(i64),
+}
+
+/// The offset of `stream` at `point`: a consumer attached there gets, first, the record at
+/// that offset, or else the end mark published once it is attached (whose offset is the
+/// stream's end).
+pub(crate) async fn offset_at(
+    connection: &Connection,
+    stream: &str,
+    point: StreamPoint,
+) -> Result<i64, String> {
+    let channel = connection.channel().await?;
+    channel
+        .basic_qos(1, BasicQosOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let at = match point {
+        StreamPoint::First => AMQPValue::LongString("first".into()),
+        StreamPoint::End => AMQPValue::LongString("next".into()),
+        StreamPoint::Time(ms) => AMQPValue::Timestamp(u64::try_from(ms / 1000).unwrap_or(0)),
+    };
+    let mut args = FieldTable::default();
+    args.insert(STREAM_OFFSET.into(), at);
+    let mut consumer = channel
+        .basic_consume(stream, "", BasicConsumeOptions::default(), args)
+        .await
+        .map_err(|e| e.to_string())?;
+    publish_mark(connection, stream, &new_mark()).await?;
+    let first = match tokio::time::timeout(STALL, consumer.next()).await {
+        Ok(Some(Ok(d))) => d,
+        Ok(Some(Err(e))) => return Err(e.to_string()),
+        Ok(None) => return Err("the consumer was cancelled".into()),
+        Err(_) => return Err(format!("no message within {STALL:?}")),
+    };
+    let offset = first
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(STREAM_OFFSET))
+        .and_then(integer)
+        .ok_or_else(|| format!("a message without its {STREAM_OFFSET}"))?;
+    let _ = channel.close(200, "done").await;
+    Ok(offset)
+}
+
 /// A message of a changelog stream.
 enum Logged {
     Record(LogRecord),

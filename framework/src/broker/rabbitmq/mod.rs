@@ -21,6 +21,7 @@ use lapin::{Channel, ConnectionProperties, ExchangeKind};
 use crate::broker::WantedTopic;
 use crate::error::{Error, Result};
 
+pub use log_reader::StreamPoint;
 pub(crate) use log_reader::{LogReader, LogRecord};
 pub(crate) use publisher::Publisher;
 pub(crate) use source::RabbitSource;
@@ -578,6 +579,70 @@ pub async fn declare_topic(
         .map_err(|e| crate::error::BrokerError::new("rabbitmq", std::io::Error::other(e)).into())
 }
 
+/// What a tool (`weir reset`) needs of a stream topic on the RabbitMQ server at `url`.
+#[derive(Debug)]
+pub struct StreamTool(Connection);
+
+impl StreamTool {
+    /// Connects, waiting up to `timeout` for the server.
+    pub async fn connect(url: &str, timeout: Duration) -> Result<Self> {
+        Connection::tool(url, timeout).await.map(Self)
+    }
+
+    /// Whether `topic` is read as a stream: a queue of its name and no exchange (`false`: an
+    /// exchange with lane queues, or nothing).
+    pub async fn is_stream(&self, topic: &str) -> Result<bool> {
+        let channel = self.0.channel().await.map_err(tool_error)?;
+        if exchange(&channel, topic, true).await.is_ok() {
+            let _ = channel.close(200, "done").await;
+            return Ok(false);
+        }
+        Ok(self.0.ready_in(topic).await.map_err(tool_error)?.is_some())
+    }
+
+    /// Whether a worker of `group` holds stream `topic` (its owner lock exists).
+    pub async fn owned(&self, topic: &str, group: &str) -> Result<bool> {
+        let lock = source::owner_lock(topic, group);
+        match self.0.exclusive(&lock).await.map_err(tool_error)? {
+            // Declared here, so nobody held it: let it go again.
+            Some(channel) => {
+                let _ = channel.queue_delete(&lock, Default::default()).await;
+                let _ = channel.close(200, "done").await;
+                Ok(false)
+            }
+            None => Ok(true),
+        }
+    }
+
+    /// Whether queue (or stream) `queue` exists.
+    pub async fn exists(&self, queue: &str) -> Result<bool> {
+        Ok(self.0.ready_in(queue).await.map_err(tool_error)?.is_some())
+    }
+
+    /// The offset of `stream` at `point`.
+    pub async fn offset_at(&self, stream: &str, point: StreamPoint) -> Result<i64> {
+        log_reader::offset_at(&self.0, stream, point)
+            .await
+            .map_err(tool_error)
+    }
+
+    /// A producer for a store's outbox (a reset's changelog entries).
+    pub fn producer(&self) -> crate::state::OutboxProducer {
+        crate::state::OutboxProducer::of(crate::broker::Producer::RabbitMq(Publisher::new(
+            self.0.clone(),
+        )))
+    }
+
+    /// Closes the connection.
+    pub async fn close(self) {
+        self.0.close().await;
+    }
+}
+
+fn tool_error(e: String) -> Error {
+    crate::error::BrokerError::new("rabbitmq", std::io::Error::other(e)).into()
+}
+
 /// The messages ready in each of `queues` on the RabbitMQ server at `url` (`None`: no such
 /// queue), for tools; gives up after `timeout` without an answer.
 pub async fn queue_depths(
@@ -588,10 +653,7 @@ pub async fn queue_depths(
     let connection = Connection::tool(url, timeout).await?;
     let mut depths = Vec::with_capacity(queues.len());
     for queue in queues {
-        let ready = connection
-            .ready_in(queue)
-            .await
-            .map_err(|e| crate::error::BrokerError::new("rabbitmq", std::io::Error::other(e)))?;
+        let ready = connection.ready_in(queue).await.map_err(tool_error)?;
         depths.push(ready.map(u64::from));
     }
     connection.close().await;

@@ -56,6 +56,8 @@ struct Taken {
     tag: u64,
     /// A stream message's offset.
     offset: Option<i64>,
+    /// An end mark a read of the stream published (`weir.read_end`): not a record.
+    mark: bool,
     redelivered: bool,
     message_id: Option<Box<str>>,
     message: QueueMessage,
@@ -64,11 +66,12 @@ struct Taken {
 impl Taken {
     fn of(d: lapin::message::Delivery) -> Self {
         let p = &d.properties;
-        let (mut offset, mut key) = (None, None);
+        let (mut offset, mut key, mut mark) = (None, None, false);
         let mut headers = Vec::new();
         for (name, value) in p.headers().iter().flat_map(|h| h.inner()) {
             match name.as_str() {
                 STREAM_OFFSET => offset = integer(value),
+                header::READ_END => mark = true,
                 // A record weir wrote to a stream (through the default exchange, so the
                 // routing key is the stream's name).
                 header::KEY => key = Some(super::header_bytes(value)),
@@ -78,6 +81,7 @@ impl Taken {
         Self {
             tag: d.delivery_tag,
             offset,
+            mark,
             redelivered: d.redelivered,
             message_id: p.message_id().as_ref().map(|m| m.as_str().into()),
             message: QueueMessage {
@@ -88,6 +92,11 @@ impl Taken {
             },
         }
     }
+}
+
+/// The exclusive queue whose holder owns stream `topic` for `group`: `<T>.<group>.owner`.
+pub(super) fn owner_lock(topic: &str, group: &str) -> String {
+    format!("{topic}.{group}.owner")
 }
 
 /// What a lane's task tells the consumer thread.
@@ -447,6 +456,9 @@ impl RabbitSource {
     /// A message of a lane: the first of a lane not owned makes it this worker's. `None`: it
     /// is held (its lane is paused) or dropped (its channel is gone).
     fn take(&self, lane: LaneKey, generation: u64, taken: Taken) -> Option<Delivery> {
+        if taken.mark {
+            return None; // (acknowledged with the records after it)
+        }
         let (owned, stream) = self
             .state()
             .get(&lane)
@@ -612,7 +624,7 @@ impl Source for RabbitSource {
                     connection: self.connection.clone(),
                     lane: key.clone(),
                     tag: format!("weir-{}-{queue}", self.group),
-                    owner_lock: stream.then(|| format!("{topic}.{}.owner", self.group)),
+                    owner_lock: stream.then(|| owner_lock(topic, &self.group)),
                     queue,
                     to: self.sender.clone(),
                     confirmed: Arc::clone(&confirmed),

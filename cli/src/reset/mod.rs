@@ -2,7 +2,10 @@
 //! Kafka. A fold cannot un-apply records, so each store starts over empty at the new
 //! position, as Kafka Streams' reset tool has applications wipe their local state; the
 //! changelog learns the same (a tombstone per key, then the new offset), so a restore on
-//! another machine does not bring the old state back.
+//! another machine does not bring the old state back. On RabbitMQ, a stream topic's stores
+//! move (`rabbitmq`): a queue cannot be rewound.
+
+mod rabbitmq;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -21,7 +24,7 @@ use crate::locate::GroupDir;
 
 #[derive(Debug, Args)]
 pub(crate) struct ResetArgs {
-    /// Kafka bootstrap servers.
+    /// Kafka bootstrap servers, or a RabbitMQ server (`amqp://...`) for stream topics.
     #[arg(long)]
     brokers: String,
     /// The workers' state dir (WEIR_STATE_DIR).
@@ -63,6 +66,20 @@ struct Move {
     to: i64,
 }
 
+impl Move {
+    /// The move of `topic`'s store of lane `partition` at `path`, from its position to `to`.
+    fn of(topic: &str, partition: i32, path: PathBuf, to: i64) -> Result<Self> {
+        let from = StoreReader::open(&path)?.next_offset(topic, partition)?;
+        Ok(Self {
+            topic: topic.to_owned(),
+            partition,
+            path,
+            from,
+            to,
+        })
+    }
+}
+
 pub(crate) fn run(args: &ResetArgs) -> Result<()> {
     let target = parse_target(&args.to)?;
     let group = GroupDir::open(&args.state_dir, &args.group)?;
@@ -73,6 +90,9 @@ pub(crate) fn run(args: &ResetArgs) -> Result<()> {
         }
         None => group.topics(),
     };
+    if weir::state::rabbitmq::is_amqp(&args.brokers) {
+        return rabbitmq::run(args, target, &group, &topics);
+    }
     // Not subscribed: its commit is a "simple" one, which a broker refuses while the group
     // has members.
     let consumer: BaseConsumer = kafka::client(&args.brokers)?
@@ -90,33 +110,7 @@ pub(crate) fn run(args: &ResetArgs) -> Result<()> {
         .filter(|(_, c)| topic_exists(&consumer, c))
         .collect();
 
-    eprintln!(
-        "{} group {:?} to {}:",
-        if args.execute {
-            "resetting"
-        } else {
-            "dry run: would reset"
-        },
-        args.group,
-        args.to
-    );
-    for m in &plan {
-        let from = m.from.map_or_else(|| "-".to_owned(), |n| n.to_string());
-        println!(
-            "{}/{}: next offset {from} -> {}",
-            m.topic, m.partition, m.to
-        );
-    }
-    eprintln!(
-        "their stores start over empty at the new position: a store holds the result of every \
-         record before it, which cannot be taken apart (to rebuild state from the whole log, \
-         reset to earliest)"
-    );
-    for c in changelogs.values() {
-        eprintln!("changelog {c}: a tombstone per key and the new offset, so that restores agree");
-    }
-    if !args.execute {
-        eprintln!("nothing changed; run again with --execute");
+    if !show(args, &plan, changelogs.values()) {
         return Ok(());
     }
 
@@ -149,26 +143,70 @@ pub(crate) fn run(args: &ResetArgs) -> Result<()> {
         .enable_all()
         .build()
         .map_err(|e| Error::Kafka(format!("starting the producer's runtime: {e}")))?;
+    rewind(&plan, &changelogs, Error::Kafka, |store| {
+        runtime.block_on(producer.flush(store))
+    })
+}
+
+/// Prints what the reset does (or would do); whether to go on (`--execute`).
+fn show<'c>(args: &ResetArgs, plan: &[Move], changelogs: impl Iterator<Item = &'c String>) -> bool {
+    eprintln!(
+        "{} group {:?} to {}:",
+        if args.execute {
+            "resetting"
+        } else {
+            "dry run: would reset"
+        },
+        args.group,
+        args.to
+    );
+    for m in plan {
+        let from = m.from.map_or_else(|| "-".to_owned(), |n| n.to_string());
+        println!(
+            "{}/{}: next offset {from} -> {}",
+            m.topic, m.partition, m.to
+        );
+    }
+    eprintln!(
+        "their stores start over empty at the new position: a store holds the result of every \
+         record before it, which cannot be taken apart (to rebuild state from the whole log, \
+         reset to earliest)"
+    );
+    for c in changelogs {
+        eprintln!("changelog {c}: a tombstone per key and the new offset, so that restores agree");
+    }
+    if !args.execute {
+        eprintln!("nothing changed; run again with --execute");
+    }
+    args.execute
+}
+
+/// Moves each store of `plan` (empty, at its new position, telling its topic's changelog in
+/// `changelogs`) and sends its outbox with `flush` (whose failure is the broker's error).
+fn rewind(
+    plan: &[Move],
+    changelogs: &BTreeMap<&str, String>,
+    broker_error: fn(String) -> Error,
+    flush: impl Fn(Arc<PartitionStore>) -> std::result::Result<usize, String>,
+) -> Result<()> {
     let bar = indicatif::ProgressBar::new(plan.len() as u64).with_style(
         indicatif::ProgressStyle::with_template(
             "resetting {pos}/{len} partitions [{bar:30}] {eta}",
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    for m in &plan {
+    for m in plan {
         let store = Arc::new(PartitionStore::open(&m.path)?);
         let changelog = changelogs.get(m.topic.as_str()).map(String::as_str);
         store.rewind(&m.topic, m.partition, m.to, changelog)?;
         // The tombstones and the offset (and any records still waiting from before) go out
         // now, not when a worker next opens this file: the partition may restart elsewhere.
-        runtime
-            .block_on(producer.flush(store))
-            .map_err(|e| {
-                Error::Kafka(format!(
-                    "{}/{} was reset, but its outbox was not sent ({e}); a worker starting here sends it, or run the reset again",
-                    m.topic, m.partition
-                ))
-            })?;
+        flush(store).map_err(|e| {
+            broker_error(format!(
+                "{}/{} was reset, but its outbox was not sent ({e}); a worker starting here sends it, or run the reset again",
+                m.topic, m.partition
+            ))
+        })?;
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -229,7 +267,6 @@ fn plan(
             _ => BTreeMap::new(),
         };
         for (partition, path) in files {
-            let from = StoreReader::open(&path)?.next_offset(topic, partition)?;
             let (low, high) = consumer
                 .fetch_watermarks(topic, partition, kafka::TIMEOUT)
                 .map_err(|e| {
@@ -247,13 +284,7 @@ fn plan(
                     _ => high,
                 },
             };
-            plan.push(Move {
-                topic: topic.clone(),
-                partition,
-                path,
-                from,
-                to,
-            });
+            plan.push(Move::of(topic, partition, path, to)?);
         }
     }
     Ok(plan)
