@@ -12,7 +12,7 @@ pub use weir_state::{Error, Progress, SCHEMA_VERSION, StoreReader};
 
 /// The workers' producer, for tools that change a store while no worker runs (`weir reset`):
 /// it sends what waits in a store's outbox as a worker does when it takes the partition
-/// (Kafka: [`connect`](Self::connect); RabbitMQ: `rabbitmq::StreamTool::producer`).
+/// (Kafka: `connect`; RabbitMQ: `rabbitmq`).
 #[cfg(any(feature = "kafka", feature = "rabbitmq"))]
 #[derive(Debug)]
 pub struct OutboxProducer(std::sync::Arc<crate::broker::Producer>);
@@ -26,8 +26,14 @@ impl OutboxProducer {
         Ok(Self::of(crate::broker::Producer::Kafka(producer)))
     }
 
+    /// Publishes on `tool`'s connection to RabbitMQ (a reset's changelog entries).
+    #[cfg(feature = "rabbitmq")]
+    pub fn rabbitmq(tool: &rabbitmq::StreamTool) -> Self {
+        Self::of(crate::broker::Producer::RabbitMq(tool.publisher()))
+    }
+
     /// Sends through `producer`.
-    pub(crate) fn of(producer: crate::broker::Producer) -> Self {
+    fn of(producer: crate::broker::Producer) -> Self {
         Self(std::sync::Arc::new(producer))
     }
 

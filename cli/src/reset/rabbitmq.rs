@@ -42,7 +42,7 @@ pub(super) fn run(
         runtime.block_on(tool.close());
         return Ok(());
     }
-    let producer = tool.producer();
+    let producer = weir::state::OutboxProducer::rabbitmq(&tool);
     let rewound = rewind(&plan, &changelogs, Error::RabbitMq, |store| {
         runtime.block_on(producer.flush(store))
     });

@@ -626,11 +626,9 @@ impl StreamTool {
             .map_err(tool_error)
     }
 
-    /// A producer for a store's outbox (a reset's changelog entries).
-    pub fn producer(&self) -> crate::state::OutboxProducer {
-        crate::state::OutboxProducer::of(crate::broker::Producer::RabbitMq(Publisher::new(
-            self.0.clone(),
-        )))
+    /// A publisher on the tool's connection (`weir::state::OutboxProducer::rabbitmq`).
+    pub(crate) fn publisher(&self) -> Publisher {
+        Publisher::new(self.0.clone())
     }
 
     /// Closes the connection.
