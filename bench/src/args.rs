@@ -5,6 +5,7 @@ pub(crate) const SCENARIOS: &[&str] = &[
     "raw-defaults",
     "weir-stateless",
     "weir-keyed-count",
+    "weir-keyed-count-emit",
     "weir-window-count",
     "weir-enrich",
     "weir-wordcount",
@@ -91,9 +92,10 @@ pub(crate) fn parse_args() -> Result<Args, String> {
             other => return Err(format!("unknown argument {other}; see the crate docs")),
         }
     }
-    if args.scenario != "all" && !SCENARIOS.contains(&args.scenario.as_str()) {
+    // `all`, one scenario, or several, comma-separated (run in that order, as `all` runs).
+    if args.scenario != "all" && !args.scenario.split(',').all(|s| SCENARIOS.contains(&s)) {
         return Err(format!(
-            "--scenario is one of all, {}",
+            "--scenario is all, or one or more (comma-separated) of {}",
             SCENARIOS.join(", ")
         ));
     }

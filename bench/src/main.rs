@@ -145,7 +145,8 @@ async fn run_parent(args: &Args) -> Result<(), String> {
     if !on_nats && !on_amqp && !on_sqs {
         produce(&brokers, &topic, args.messages, args.keys, args.lines).await?;
     }
-    if !on_nats && !on_amqp && !on_sqs && matches!(args.scenario.as_str(), "all" | "weir-enrich") {
+    let enriching = args.scenario == "all" || args.scenario.split(',').any(|s| s == "weir-enrich");
+    if !on_nats && !on_amqp && !on_sqs && enriching {
         // The `weir-enrich` scenario's table, co-partitioned with the records.
         let customers = customers_topic(&topic);
         match &embedded {
@@ -192,7 +193,9 @@ async fn run_parent(args: &Args) -> Result<(), String> {
         "all" => (0..args.rounds.max(1))
             .flat_map(|_| SCENARIOS.iter().chain(RAW).copied())
             .collect(),
-        one => vec![one],
+        some => (0..args.rounds.max(1))
+            .flat_map(|_| some.split(','))
+            .collect(),
     };
     let mut outcomes = Vec::new();
     for (run, scenario) in scenarios.into_iter().enumerate() {

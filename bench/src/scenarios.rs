@@ -47,6 +47,18 @@ pub(crate) async fn run_child(args: &Args, brokers: &str, topic: &str) -> Result
                 .map_err(|e| e.to_string())?;
             run_worker_until(worker, &probe, n, dir.path(), topic).await?;
         }
+        "weir-keyed-count-emit" => {
+            // The keyed count, emitting one record per input (its timestamp) to an output
+            // topic with as many partitions: what every emitting handler pays.
+            let output = format!("{topic}.emits-{}", std::process::id());
+            if let Err(e) = create_topic(brokers, &output, args.partitions).await {
+                eprintln!("keyed count emit: creating {output} failed ({e}); relying on the broker creating it");
+            }
+            let worker = bench_worker(brokers, topic, &group, dir.path())
+                .build(KeyedCount(Arc::clone(&probe), Some(output)))
+                .map_err(|e| e.to_string())?;
+            run_worker_until(worker, &probe, n, dir.path(), topic).await?;
+        }
         "weir-window-count" => {
             let output = format!("{topic}.windows-{}", std::process::id());
             if let Err(e) = create_topic(brokers, &output, 1).await {
