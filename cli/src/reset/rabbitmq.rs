@@ -1,8 +1,8 @@
 //! `weir reset` on RabbitMQ: a stream topic's store moves to another offset of its stream (a
 //! queue cannot be rewound: what it delivered is gone). Nothing is told to the broker, which
-//! keeps no position for weir; the group's worker holds no stream while it runs (the
-//! stream's owner lock `T.<group>.owner` says whether one does), and a RabbitMQ changelog gets
-//! the tombstones and the new offset as on Kafka.
+//! keeps no position for weir; no worker of the group may run (the stream's ownership queue
+//! `T.<group>.owner` has a consumer for each), and a RabbitMQ changelog gets the tombstones
+//! and the new offset as on Kafka.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -70,7 +70,7 @@ async fn plan<'t>(
         }
         if tool.owned(topic, &args.group).await.map_err(rabbit)? {
             return Err(Error::Refused(format!(
-                "a worker of group {:?} holds stream {topic} (the exclusive queue {topic}.{}.owner exists): it would overwrite the reset with its next commit; stop its workers first. Nothing was changed",
+                "a worker of group {:?} holds stream {topic} or waits for it (the queue {topic}.{}.owner has consumers): it would overwrite the reset with its next commit; stop its workers first. Nothing was changed",
                 args.group, args.group
             )));
         }

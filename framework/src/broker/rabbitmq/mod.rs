@@ -331,7 +331,7 @@ impl Connection {
     /// Declares the exclusive queue `name`, a lock the server gives to one connection at a
     /// time and drops with the connection that holds it: the channel it was declared on, or
     /// `None` while another connection holds it.
-    pub(crate) async fn exclusive(&self, name: &str) -> Result<Option<Channel>, String> {
+    async fn exclusive(&self, name: &str) -> Result<Option<Channel>, String> {
         let channel = self.channel().await?;
         let mut args = FieldTable::default();
         args.insert(
@@ -600,18 +600,26 @@ impl StreamTool {
         Ok(self.0.ready_in(topic).await.map_err(tool_error)?.is_some())
     }
 
-    /// Whether a worker of `group` holds stream `topic` (its owner lock exists).
+    /// Whether a worker of `group` reads stream `topic` or waits to (its ownership queue has
+    /// consumers).
     pub async fn owned(&self, topic: &str, group: &str) -> Result<bool> {
         let lock = source::owner_lock(topic, group);
-        match self.0.exclusive(&lock).await.map_err(tool_error)? {
-            // Declared here, so nobody held it: let it go again.
-            Some(channel) => {
-                let _ = channel.queue_delete(&lock, Default::default()).await;
-                let _ = channel.close(200, "done").await;
-                Ok(false)
-            }
-            None => Ok(true),
+        let channel = self.0.channel().await.map_err(tool_error)?;
+        let declared = channel
+            .queue_declare(
+                &lock,
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        let consumers = declared.map_or(0, |q| q.consumer_count());
+        if consumers > 0 {
+            let _ = channel.close(200, "done").await;
         }
+        Ok(consumers > 0)
     }
 
     /// Whether queue (or stream) `queue` exists.

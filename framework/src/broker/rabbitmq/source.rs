@@ -16,10 +16,12 @@
 //! A topic that is a stream (`T`, with no exchange `T`) is one lane, read from the store's
 //! position (`x-stream-offset`), its positions the stream's offsets. Single active consumer
 //! needs the stream protocol for streams (RabbitMQ 3.11+), and an AMQP consumer's `exclusive`
-//! flag is not enforced on them, so the broker arbitrates with an exclusive queue instead,
-//! `<T>.<group>.owner`: the worker whose connection declared it owns the stream, until it
-//! deletes it (a stop) or its connection goes (the server deletes it); the others try again
-//! every second. Acknowledgements there only give the server credit to send more.
+//! flag is not enforced on them, so the broker arbitrates through a queue of the group's,
+//! `<T>.<group>.owner`, with single active consumer and a token message in it (at most one
+//! waits: `x-max-length` 1). Every worker consumes it on a channel of its own; the broker
+//! delivers the token to the active one, which holds it unacknowledged while it owns the
+//! stream; when that channel closes (a stop, a death) the token goes back and the broker
+//! delivers it to the next. Acknowledgements on a stream only give the server credit.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -99,9 +101,28 @@ pub(super) fn owner_lock(topic: &str, group: &str) -> String {
     format!("{topic}.{group}.owner")
 }
 
+/// A stream's token, held: the channel it came on and its consumer (dropping either would let
+/// the broker give the token to another worker).
+struct Token {
+    channel: lapin::Channel,
+    consumer: lapin::Consumer,
+}
+
+/// The next event of the held token's channel (never, without one): any means it is lost.
+async fn token_event(token: &mut Option<Token>) -> String {
+    match token {
+        Some(t) => match t.consumer.next().await {
+            Some(Ok(_)) => "a second token came (the ownership queue was changed)".into(),
+            Some(Err(e)) => format!("the stream's ownership channel failed: {e}"),
+            None => "the stream's ownership consumer was cancelled".into(),
+        },
+        None => std::future::pending().await,
+    }
+}
+
 /// What a lane's task tells the consumer thread.
 enum Event {
-    /// The stream lane's channel of generation `generation` holds the stream's owner lock: the
+    /// The stream lane's channel of generation `generation` holds the stream's token: the
     /// lane is this worker's, and its task waits for [`Command::Start`].
     Owned { lane: LaneKey, generation: u64 },
     /// A message of the lane, from its channel of generation `generation`.
@@ -224,7 +245,7 @@ struct LaneTask {
     connection: Connection,
     lane: LaneKey,
     queue: String,
-    /// A stream lane's owner lock (an exclusive queue).
+    /// A stream lane's ownership queue (its token makes the lane this worker's).
     owner_lock: Option<String>,
     tag: String,
     to: std_mpsc::Sender<Event>,
@@ -236,9 +257,8 @@ struct LaneTask {
 /// matter.)
 #[allow(clippy::large_enum_variant)]
 enum Opened {
-    Consuming(lapin::Channel, lapin::Consumer),
-    /// Another worker owns the stream.
-    Held,
+    /// With a stream's token.
+    Consuming(lapin::Channel, lapin::Consumer, Option<Token>),
     Failed(String),
     /// The source was dropped.
     Stopped,
@@ -252,26 +272,21 @@ impl LaneTask {
         let mut generation = 0u64;
         loop {
             generation += 1;
-            let (channel, mut consumer) = match self.open(generation, &mut commands).await {
-                Opened::Consuming(channel, consumer) => (channel, consumer),
-                Opened::Stopped => return,
-                Opened::Held => {
-                    if self.wait_or_stop(&mut commands).await {
-                        return;
+            let (channel, mut consumer, mut token) =
+                match self.open(generation, &mut commands).await {
+                    Opened::Consuming(channel, consumer, token) => (channel, consumer, token),
+                    Opened::Stopped => return,
+                    Opened::Failed(e) => {
+                        let _ = self.to.send(Event::Error(format!(
+                            "{}/{}: cannot consume queue {}: {e}",
+                            self.lane.0, self.lane.1, self.queue
+                        )));
+                        if self.wait_or_stop(&mut commands).await {
+                            return;
+                        }
+                        continue;
                     }
-                    continue;
-                }
-                Opened::Failed(e) => {
-                    let _ = self.to.send(Event::Error(format!(
-                        "{}/{}: cannot consume queue {}: {e}",
-                        self.lane.0, self.lane.1, self.queue
-                    )));
-                    if self.wait_or_stop(&mut commands).await {
-                        return;
-                    }
-                    continue;
-                }
-            };
+                };
             let mut depth = tokio::time::interval(DEPTH_INTERVAL);
             // (A stream's depth is not its backlog: AMQP says nothing of where it ends.)
             let queue = self.owner_lock.is_none();
@@ -291,6 +306,7 @@ impl LaneTask {
                         Some(Err(e)) => break e.to_string(),
                         None => break "the consumer was cancelled".to_owned(),
                     },
+                    why = token_event(&mut token) => break why,
                     command = commands.recv() => match command {
                         Some(Command::Ack(a)) if a.generation == generation => {
                             let sent = channel
@@ -311,7 +327,11 @@ impl LaneTask {
                         }
                         Some(_) => {} // for a closed channel: those messages come again
                         None => {
-                            self.release(&channel).await;
+                            let _ = channel.close(200, "stopping").await;
+                            // (The token goes back to its queue, for the next owner.)
+                            if let Some(t) = token {
+                                let _ = t.channel.close(200, "stopping").await;
+                            }
                             return;
                         }
                     },
@@ -330,6 +350,10 @@ impl LaneTask {
                     }
                 }
             };
+            let _ = channel.close(200, "lost").await;
+            if let Some(t) = token.take() {
+                let _ = t.channel.close(200, "lost").await;
+            }
             let _ = self.to.send(Event::Lost {
                 lane: self.lane.clone(),
                 generation,
@@ -341,22 +365,22 @@ impl LaneTask {
         }
     }
 
-    /// A channel consuming the lane: a queue's at once; a stream's once this worker holds its
-    /// owner lock and the consumer thread said where to start.
+    /// A channel consuming the lane: a queue's at once; a stream's once the broker gave this
+    /// worker the stream's token and the consumer thread said where to start.
     async fn open(
         &self,
         generation: u64,
         commands: &mut mpsc::UnboundedReceiver<Command>,
     ) -> Opened {
-        let channel = match &self.owner_lock {
-            None => self.connection.channel().await,
-            Some(lock) => match self.connection.exclusive(lock).await {
-                Ok(Some(channel)) => Ok(channel),
-                Ok(None) => return Opened::Held,
-                Err(e) => Err(e),
+        let token = match &self.owner_lock {
+            None => None,
+            Some(lock) => match self.take_token(lock, commands).await {
+                Ok(Some(token)) => Some(token),
+                Ok(None) => return Opened::Stopped,
+                Err(e) => return Opened::Failed(format!("waiting for the stream's token: {e}")),
             },
         };
-        let channel = match channel {
+        let channel = match self.connection.channel().await {
             Ok(c) => c,
             Err(e) => return Opened::Failed(e),
         };
@@ -384,7 +408,10 @@ impl LaneTask {
                     }) if g == generation => break from,
                     Some(_) => {} // of an earlier channel
                     None => {
-                        self.release(&channel).await;
+                        let _ = channel.close(200, "stopping").await;
+                        if let Some(t) = token {
+                            let _ = t.channel.close(200, "stopping").await;
+                        }
                         return Opened::Stopped;
                     }
                 }
@@ -399,20 +426,72 @@ impl LaneTask {
             .basic_consume(&self.queue, &self.tag, BasicConsumeOptions::default(), args)
             .await
         {
-            Ok(consumer) => Opened::Consuming(channel, consumer),
+            Ok(consumer) => Opened::Consuming(channel, consumer, token),
             Err(e) => Opened::Failed(e.to_string()),
         }
     }
 
-    /// Closes the lane's channel at a stop, deleting a stream's owner lock first, so that
-    /// another worker takes the stream at once.
-    async fn release(&self, channel: &lapin::Channel) {
-        if let Some(lock) = &self.owner_lock {
-            if let Err(e) = channel.queue_delete(lock, Default::default()).await {
-                tracing::warn!(queue = %lock, "could not delete the stream's owner lock (the server deletes it with the connection): {e}");
+    /// Waits, on a channel of its own, until the broker delivers the stream's token from its
+    /// ownership queue `lock` (declared, with a token put in, first); `None` if the source was
+    /// dropped first.
+    async fn take_token(
+        &self,
+        lock: &str,
+        commands: &mut mpsc::UnboundedReceiver<Command>,
+    ) -> Result<Option<Token>, String> {
+        let channel = self.connection.channel().await?;
+        let e = |e: lapin::Error| e.to_string();
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("classic".into()),
+        );
+        args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+        args.insert("x-max-length".into(), AMQPValue::LongLongInt(1));
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        channel
+            .queue_declare(lock, durable, args)
+            .await
+            .map_err(e)?;
+        let put = channel
+            .basic_publish(
+                "",
+                lock,
+                lapin::options::BasicPublishOptions::default(),
+                b"token",
+                lapin::BasicProperties::default().with_delivery_mode(super::PERSISTENT),
+            )
+            .await;
+        put.map_err(e)?;
+        channel
+            .basic_qos(1, BasicQosOptions::default())
+            .await
+            .map_err(e)?;
+        let mut consumer = channel
+            .basic_consume(
+                lock,
+                &format!("{}-token", self.tag),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(e)?;
+        loop {
+            tokio::select! {
+                first = consumer.next() => return match first {
+                    Some(Ok(_)) => Ok(Some(Token { channel, consumer })),
+                    Some(Err(err)) => Err(err.to_string()),
+                    None => Err("the consumer was cancelled".into()),
+                },
+                command = commands.recv() => if command.is_none() {
+                    let _ = channel.close(200, "stopping").await;
+                    return Ok(None);
+                },
             }
         }
-        let _ = channel.close(200, "stopping").await;
     }
 
     /// Waits [`RETRY_AFTER`], dropping commands (their channel is gone); true if the source
@@ -487,7 +566,7 @@ impl RabbitSource {
             partition: key.1,
         };
         if self.state().get(key).is_some_and(|s| s.stream) {
-            tracing::info!(%lane, "this worker owns the stream (it holds the stream's owner lock)");
+            tracing::info!(%lane, "this worker owns the stream (the broker gave it the stream's token)");
         } else {
             tracing::info!(%lane, "the broker made this worker the lane's active consumer");
         }
@@ -650,7 +729,7 @@ impl Source for RabbitSource {
                 lock(&self.tasks).push(self.runtime.spawn(task.run(commands_rx)));
             }
             if stream {
-                tracing::info!(%topic, group = %self.group, "reading the stream once this worker holds its owner lock");
+                tracing::info!(%topic, group = %self.group, "reading the stream once the broker gives this worker its token (single active consumer on the stream's ownership queue)");
             } else {
                 tracing::info!(%topic, lanes, group = %self.group, "consuming the topic's lane queues (single active consumer)");
             }
