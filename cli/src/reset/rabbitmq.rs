@@ -82,22 +82,16 @@ async fn plan<'t>(
         {
             changelogs.insert(topic.as_str(), changelog);
         }
-        let (first, end) = (
-            tool.offset_at(topic, StreamPoint::First)
-                .await
-                .map_err(rabbit)?,
-            tool.offset_at(topic, StreamPoint::End)
-                .await
-                .map_err(rabbit)?,
-        );
+        // Each offset asked for publishes an end mark to the stream: only those the target needs.
+        let at = |point| async move { tool.offset_at(topic, point).await.map_err(rabbit) };
         let to = match target {
-            Target::Earliest => first,
-            Target::Latest => end,
-            Target::Offset(o) => o.clamp(first, end.max(first)),
-            Target::Time(ms) => tool
-                .offset_at(topic, StreamPoint::Time(ms))
-                .await
-                .map_err(rabbit)?,
+            Target::Earliest => at(StreamPoint::First).await?,
+            Target::Latest => at(StreamPoint::End).await?,
+            Target::Offset(o) => {
+                let (first, end) = (at(StreamPoint::First).await?, at(StreamPoint::End).await?);
+                o.clamp(first, end.max(first))
+            }
+            Target::Time(ms) => at(StreamPoint::Time(ms)).await?,
         };
         for (partition, path) in group.partitions(topic, None)? {
             plan.push(Move::of(topic, partition, path, to)?);
