@@ -51,18 +51,26 @@ async fn pika_messages_are_counted_once_and_acknowledged() {
     );
 }
 
-/// Three worker processes sharing one state dir (one machine, or a shared volume), while
-/// messages keep coming: each round a worker that is some lane's active consumer is SIGKILLed
-/// mid-round and started again. The broker makes another worker the lane's active consumer
-/// and gives it the dead worker's unacknowledged messages again; those its last batches
-/// committed are recognised by id and dropped. At the end every message is counted once and
-/// every worker stops cleanly. Says how long the hand-off after a SIGKILL took.
+/// Three worker processes, each with its own state dir (three machines) and the changelog on,
+/// while messages keep coming: each round a worker that is some lane's active consumer is
+/// SIGKILLed mid-round and started again, every third one with its state dir emptied. The
+/// broker makes another worker the lane's active consumer and gives it the dead worker's
+/// unacknowledged messages again; that worker first restores the lane's state (and the ids of
+/// its committed messages) from the changelog's stream, so those the dead worker's last batches
+/// committed are recognised by id and dropped. After each kill every lane gets a message, so
+/// that a lane the dead worker had finished moves too (with no message, nothing tells the next
+/// active consumer). At the end, per lane, the store with the highest position counts exactly
+/// that lane's messages, and every worker stops cleanly. Says how long the hand-off after a
+/// SIGKILL took.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_workers_count_exactly_under_sigkills() {
     const ROUNDS: usize = 6;
     const PER_ROUND: usize = 4_000;
+    const KEYS: usize = 200;
     let (topic, group) = (unique("amqp-kill"), unique("g"));
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dirs: Vec<tempfile::TempDir> = (0..3)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
     // Kept after a failed run: the workers' logs, for the failure's story.
     let logs = tempfile::Builder::new()
         .prefix("amqp-kill-logs-")
@@ -78,14 +86,15 @@ async fn three_workers_count_exactly_under_sigkills() {
             .env("WEIR_BROKERS", rabbitmq_url())
             .env("WEIR_GROUP", &group)
             .env("WEIR_TOPICS", &topic)
-            .env("WEIR_STATE_DIR", dir.path())
+            .env("WEIR_STATE_DIR", dirs[i].path())
+            .env("WEIR_CHANGELOG", "true")
             .env("WEIR_PARTITIONS", "4")
             .env("WEIR_BATCH_SIZE", "100")
             .env("WEIR_PROGRESS_INTERVAL_MS", "0")
             .env("COUNT_WORKER_DELAY_US", "2000")
             .env(
                 "RUST_LOG",
-                "warn,weir::broker=info,weir::processing::batch=info",
+                "warn,weir::broker=info,weir::processing::batch=info,weir::delivery::restore=info",
             )
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone().expect("log"))
@@ -145,19 +154,19 @@ async fn three_workers_count_exactly_under_sigkills() {
     let mut all = Vec::new();
     let mut rng = 0x9e37_79b9_7f4a_7c15_u64 ^ u64::from(std::process::id());
     let mut hand_offs = Vec::new();
-    let counted = |dir: &std::path::Path| {
-        let s = StoredCounts::read(dir, &group, &topic);
+    let counted = || {
+        let s = StoredCounts::newest(&dirs, &group, &topic);
         (s.counts, s.offsets)
     };
     for round in 0..ROUNDS {
-        python_amqp_publish(&topic, round * PER_ROUND, PER_ROUND, 200, true);
-        all.extend(keyed_records(round * PER_ROUND, PER_ROUND, 200));
+        python_amqp_publish(&topic, round * PER_ROUND, PER_ROUND, KEYS, true);
+        all.extend(keyed_records(round * PER_ROUND, PER_ROUND, KEYS));
         let want = (all.len() - PER_ROUND / 2) as u64;
         wait_until(
             "half the round counted",
             Duration::from_secs(60),
             || async {
-                let (counts, positions) = counted(dir.path());
+                let (counts, positions) = counted();
                 let total: u64 = counts.values().sum();
                 if total >= want {
                     Ok(())
@@ -179,12 +188,22 @@ async fn three_workers_count_exactly_under_sigkills() {
         let victim = owners[(rng % owners.len() as u64) as usize];
         children[victim].kill();
         let killed = Instant::now();
+        if round % 3 == 2 {
+            std::fs::remove_dir_all(dirs[victim].path().join(&group)).expect("empty the state dir");
+        }
+        // A message for every lane (one per key), so that each of the dead worker's lanes moves:
+        // the broker tells the next active consumer by delivering, so a lane whose messages
+        // were all acknowledged has its newest state only in the changelog (and in the emptied
+        // dir) until its next message.
+        let after_kill = ROUNDS * PER_ROUND + round * KEYS;
+        python_amqp_publish(&topic, after_kill, KEYS, KEYS, true);
+        all.extend(keyed_records(after_kill, KEYS, KEYS));
         let expected = expected_counts(&all);
         wait_until(
             "the killed worker's lanes counted by the others",
             Duration::from_secs(60),
             || async {
-                let (counts, positions) = counted(dir.path());
+                let (counts, positions) = counted();
                 if counts == expected {
                     Ok(())
                 } else {
@@ -210,7 +229,7 @@ async fn three_workers_count_exactly_under_sigkills() {
     for mut child in children {
         child.stop();
     }
-    let (counts, positions) = counted(dir.path());
+    let (counts, positions) = counted();
     assert_counts_exact(&counts, &expected_counts(&all));
     assert_eq!(positions.len(), 4, "{positions:?}");
     let depth = python_amqp_depth(&queues);
@@ -219,7 +238,13 @@ async fn three_workers_count_exactly_under_sigkills() {
         "every message acknowledged: {depth:?}"
     );
     let dropped = count_in_logs(&logs, "redelivered messages that a committed batch");
-    eprintln!("hand-offs after SIGKILLs of lane owners: {hand_offs:?}; redeliveries dropped (logged): {dropped}");
+    let restored = count_in_logs(&logs, "partition store restored from its changelog");
+    eprintln!("hand-offs after SIGKILLs of lane owners: {hand_offs:?}; restores: {restored}; redeliveries dropped (logged): {dropped}");
+    assert!(
+        restored > 0,
+        "lanes moved between state dirs, so their state came from the changelog; logs in {}",
+        logs.display()
+    );
     let _ = std::fs::remove_dir_all(&logs);
 }
 
