@@ -69,6 +69,8 @@ pub struct PartitionStore {
     claim: Mutex<Option<(String, i32, i64)>>,
     /// Committed values read or written through this handle (see [`with_cache`](Self::with_cache)).
     cache: Option<Mutex<StateCache>>,
+    /// The outbox rows this handle committed and has not handed out yet.
+    outbox_tail: Mutex<outbox::OutboxTail>,
     /// Test builds only: abandon the next commit's transaction after this many row writes,
     /// the on-disk effect of a process that dies in the middle of a commit.
     #[cfg(test)]
@@ -138,6 +140,7 @@ impl PartitionStore {
             path,
             claim: Mutex::new(None),
             cache: None,
+            outbox_tail: Mutex::default(),
             #[cfg(test)]
             crash_after: Mutex::new(None),
         })
@@ -423,6 +426,7 @@ impl PartitionStore {
         // Ok(Some(current epoch)) when a later owner claimed the partition.
         let run = |conn: &mut Connection| -> rusqlite::Result<Option<i64>> {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut written = Vec::new();
             if let Some(mine) = claimed {
                 let current: i64 = tx
                     .query_row(
@@ -462,9 +466,9 @@ impl PartitionStore {
                     "INSERT INTO outbox (topic, partition, key, value, headers, timestamp_ms) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )?;
-                let mut queue = |r: &OutboxRecord| -> rusqlite::Result<()> {
-                    let headers = serde_json::to_string(&r.headers)
-                        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+                // Each row written, with its id, for the outbox's tail in memory.
+                let mut queue = |r: OutboxRecord| -> rusqlite::Result<()> {
+                    let headers = outbox::encode_headers(&r.headers)?;
                     outbox.execute(params![
                         r.topic,
                         r.partition,
@@ -473,6 +477,7 @@ impl PartitionStore {
                         headers,
                         r.timestamp
                     ])?;
+                    written.push((tx.last_insert_rowid(), r));
                     Ok(())
                 };
                 // Order matters to restores elsewhere: the batch's offset marker goes last, and
@@ -503,7 +508,7 @@ impl PartitionStore {
                         timestamp: None,
                     };
                     for (store, key, value) in batch.iter() {
-                        queue(&entry(
+                        queue(entry(
                             ChangelogEntry::key(store, key),
                             value.map(|v| v.as_bytes().to_vec()),
                         ))?;
@@ -512,9 +517,9 @@ impl PartitionStore {
                     marker = Some(entry(key, Some(value)));
                 }
                 for r in batch.outbox() {
-                    queue(r)?;
+                    queue(r.clone())?;
                 }
-                if let Some(marker) = &marker {
+                if let Some(marker) = marker {
                     queue(marker)?;
                 }
                 tx.prepare_cached(UPSERT_OFFSET)?.execute(params![
@@ -525,6 +530,7 @@ impl PartitionStore {
                 ])?;
             }
             tx.commit()?;
+            self.outbox_tail().committed(written);
             // Committed: the cache learns the batch's values (never before, so a failed or
             // abandoned transaction leaves it holding committed state only).
             self.with_cache_locked(|cache| {

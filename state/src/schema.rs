@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 const APPLICATION_ID: i32 = 0x7765_6972;
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS state (
@@ -41,6 +41,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     partition INTEGER,
     key       BLOB,
     value     BLOB,
+    -- A JSON array up to version 4; from version 5 a BLOB of length-prefixed parts
+    -- (`partition_store/outbox.rs`), older rows staying as they are.
     headers   TEXT    NOT NULL,
     -- Version 4 (added to older files by ALTER TABLE): the record's timestamp, if it has one.
     timestamp_ms INTEGER

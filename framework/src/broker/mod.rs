@@ -206,6 +206,21 @@ impl Producer {
             Self::Sqs(p) => p.send(r).await,
         }
     }
+
+    /// Produces `records` (concurrently, in order where the broker keeps one) and waits for
+    /// the broker's acknowledgement of all of them; the first failure if any failed.
+    pub(crate) async fn send_all(&self, records: &[Outgoing<'_>]) -> Result<(), SendError> {
+        match self {
+            // One delivery report per record, counted, rather than a future per record.
+            #[cfg(feature = "kafka")]
+            Self::Kafka(k) => k.send_all(records).await,
+            #[allow(unreachable_patterns)]
+            _ => {
+                let sent = futures::future::join_all(records.iter().map(|r| self.send(*r))).await;
+                sent.into_iter().collect()
+            }
+        }
+    }
 }
 
 /// What a read of a log gave.

@@ -74,7 +74,7 @@ impl OutboxSink {
     {
         let mut sent = 0;
         loop {
-            let rows = on_store(store, |s| s.pending_outbox(OUTBOX_CHUNK))
+            let rows = on_store(store, |s| s.take_outbox(OUTBOX_CHUNK))
                 .await
                 .map_err(OutboxError::transient)?;
             if rows.is_empty() {
@@ -220,33 +220,47 @@ fn acked_below(rows: &[(i64, OutboxRecord)]) -> (Option<String>, Vec<bool>) {
 /// A row to send, with its `weir.source.acked_below`, if any.
 type Row<'a> = (&'a OutboxRecord, Option<&'a [u8]>);
 
-async fn send_all(producer: &Producer, rows: &[Row<'_>]) -> Result<(), OutboxError> {
-    let deliveries = rows.iter().map(|r| send(producer, *r));
-    for result in futures::future::join_all(deliveries).await {
-        result?;
-    }
-    Ok(())
-}
+/// A record's headers as the producer takes them.
+type Headers<'a> = Vec<(&'a str, Option<&'a [u8]>)>;
 
-async fn send(producer: &Producer, (r, acked_below): Row<'_>) -> Result<(), OutboxError> {
-    let headers: Vec<(&str, Option<&[u8]>)> = r
-        .headers
+/// Sends `rows` together and waits for all of them.
+async fn send_all(producer: &Producer, rows: &[Row<'_>]) -> Result<(), OutboxError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let headers: Vec<Headers<'_>> = rows
         .iter()
-        .map(|(k, v)| (k.as_str(), Some(v.as_slice())))
-        .chain(acked_below.map(|v| (header::SOURCE_ACKED_BELOW, Some(v))))
+        .map(|(r, acked_below)| {
+            r.headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), Some(v.as_slice())))
+                .chain(acked_below.map(|v| (header::SOURCE_ACKED_BELOW, Some(v))))
+                .collect()
+        })
         .collect();
-    producer
-        .send(Outgoing {
+    let records: Vec<Outgoing<'_>> = rows
+        .iter()
+        .zip(&headers)
+        .map(|((r, _), headers)| Outgoing {
             topic: &r.topic,
             partition: r.partition,
             key: r.key.as_deref(),
             value: r.value.as_deref(),
-            headers: &headers,
+            headers,
             timestamp: r.timestamp,
         })
-        .await
-        .map_err(|e| OutboxError {
-            message: format!("sending to {} failed: {e}", r.topic),
+        .collect();
+    producer.send_all(&records).await.map_err(|e| {
+        let mut topics: Vec<&str> = rows.iter().map(|(r, _)| r.topic.as_str()).collect();
+        topics.sort_unstable();
+        topics.dedup();
+        OutboxError {
+            message: format!("sending to {} failed: {e}", topics.join(", ")),
             permanent: e.permanent,
-        })
+        }
+    })
+}
+
+async fn send(producer: &Producer, row: Row<'_>) -> Result<(), OutboxError> {
+    send_all(producer, &[row]).await
 }

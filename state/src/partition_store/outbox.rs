@@ -1,22 +1,150 @@
 //! The outbox rows a committed batch left: read oldest first, deleted once acknowledged.
+//!
+//! The rows this handle committed stay in memory too ([`OutboxTail`]), so that sending them
+//! needs no read back from SQLite (nor decoding their headers): [`take_outbox`] hands them
+//! out from memory once the table holds nothing older, and reads SQLite only for rows it
+//! cannot vouch for (written before this handle opened the file, or handed out and never
+//! acknowledged).
+//!
+//! [`take_outbox`]: PartitionStore::take_outbox
 
+use std::collections::VecDeque;
+
+use rusqlite::types::{Type, ValueRef};
 use rusqlite::{Connection, TransactionBehavior};
 
 use super::PartitionStore;
 use crate::error::Result;
 use crate::write_set::{decode, OutboxRecord};
 
+/// Rows kept in memory at most; past it the tail is dropped and the rows are read from SQLite
+/// (an outbox that cannot drain must not grow the heap without bound).
+const TAIL_LIMIT: usize = 100_000;
+
+/// The newest outbox rows this handle committed, in id order.
+#[derive(Debug, Default)]
+pub(super) struct OutboxTail {
+    rows: VecDeque<(i64, OutboxRecord)>,
+    /// The table holds no row older than `rows` but those handed out and deleted since: every
+    /// row of the table is in `rows`. False at first (rows may wait from an earlier run), after
+    /// a hand-out that was never acknowledged, and after the tail overflowed.
+    whole: bool,
+    /// The last id handed out and not yet deleted.
+    handed_out: Option<i64>,
+}
+
+impl OutboxTail {
+    /// Appends rows a commit just wrote (ids ascending, above every row before).
+    pub(super) fn committed(&mut self, rows: Vec<(i64, OutboxRecord)>) {
+        if self.rows.len() + rows.len() > TAIL_LIMIT {
+            self.rows.clear();
+            self.whole = false;
+            return;
+        }
+        self.rows.extend(rows);
+    }
+
+    /// Forgets the rows (the table was emptied).
+    pub(super) fn forget(&mut self) {
+        *self = Self::default();
+    }
+}
+
+/// The outbox's `headers` column: each header as the length of its name (u32, little
+/// endian), the name, the length of its value and the value, in order, in a BLOB. (Rows of
+/// schema version 4 and before hold a JSON array instead, TEXT, still read.)
+pub(super) fn encode_headers(headers: &[(String, Vec<u8>)]) -> rusqlite::Result<Vec<u8>> {
+    let size = headers.iter().map(|(k, v)| 8 + k.len() + v.len()).sum();
+    let mut out = Vec::with_capacity(size);
+    for part in headers.iter().flat_map(|(k, v)| [k.as_bytes(), v]) {
+        let len = u32::try_from(part.len())
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(part);
+    }
+    Ok(out)
+}
+
+/// Reads what [`encode_headers`] wrote.
+pub(super) fn decode_headers(mut b: &[u8]) -> std::result::Result<Vec<(String, Vec<u8>)>, String> {
+    let mut headers = Vec::new();
+    while !b.is_empty() {
+        let name = String::from_utf8(part(&mut b)?.to_vec()).map_err(|e| e.to_string())?;
+        headers.push((name, part(&mut b)?.to_vec()));
+    }
+    Ok(headers)
+}
+
+/// The next length-prefixed part of `b`, which moves past it.
+fn part<'a>(b: &mut &'a [u8]) -> std::result::Result<&'a [u8], String> {
+    let short = || "outbox headers cut short".to_owned();
+    let (len, rest) = b.split_first_chunk::<4>().ok_or_else(short)?;
+    let len = u32::from_le_bytes(*len) as usize;
+    if rest.len() < len {
+        return Err(short());
+    }
+    let (part, rest) = rest.split_at(len);
+    *b = rest;
+    Ok(part)
+}
+
 impl PartitionStore {
+    /// Hands out up to `limit` rows of the outbox, oldest first, with their ids: from memory
+    /// when the table holds nothing older, else from SQLite. Delete them with
+    /// [`delete_outbox`](Self::delete_outbox) once acknowledged; rows handed out and not
+    /// deleted by the next call are read again from SQLite (a failed or abandoned send loses
+    /// nothing).
+    pub fn take_outbox(&self, limit: usize) -> Result<Vec<(i64, OutboxRecord)>> {
+        let mut tail = self.outbox_tail();
+        if tail.handed_out.take().is_some() {
+            tail.whole = false;
+        }
+        let mut rows = Vec::new();
+        if !tail.whole {
+            let below = tail.rows.front().map_or(i64::MAX, |(id, _)| *id);
+            rows = self.outbox_rows_below(below, limit)?;
+            // Fewer than asked: every older row is handed out now.
+            tail.whole = rows.len() < limit;
+        }
+        if tail.whole {
+            let n = (limit - rows.len()).min(tail.rows.len());
+            rows.extend(tail.rows.drain(..n));
+        }
+        tail.handed_out = rows.last().map(|(id, _)| *id);
+        Ok(rows)
+    }
+
+    pub(super) fn outbox_tail(&self) -> std::sync::MutexGuard<'_, OutboxTail> {
+        self.outbox_tail
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Up to `limit` records waiting in the outbox, oldest first, with their row ids.
     pub fn pending_outbox(&self, limit: usize) -> Result<Vec<(i64, OutboxRecord)>> {
-        let rows: Vec<(i64, OutboxRecord, String)> = self
+        self.outbox_rows_below(i64::MAX, limit)
+    }
+
+    /// Up to `limit` rows of the table with ids below `below`, oldest first.
+    fn outbox_rows_below(&self, below: i64, limit: usize) -> Result<Vec<(i64, OutboxRecord)>> {
+        // Headers: decoded from their binary form, or kept as the JSON of an older row.
+        let rows: Vec<(i64, OutboxRecord, Option<String>)> = self
             .conn()
             .prepare_cached(
                 "SELECT id, topic, partition, key, value, headers, timestamp_ms FROM outbox \
-                 ORDER BY id LIMIT ?1",
+                 WHERE id < ?1 ORDER BY id LIMIT ?2",
             )
             .and_then(|mut s| {
-                s.query_map([limit as i64], |r| {
+                s.query_map([below, limit as i64], |r| {
+                    let (headers, json) = match r.get_ref(5)? {
+                        ValueRef::Blob(b) => (
+                            decode_headers(b).map_err(|e| {
+                                rusqlite::Error::FromSqlConversionFailure(5, Type::Blob, e.into())
+                            })?,
+                            None,
+                        ),
+                        other => (Vec::new(), Some(other.as_str()?.to_owned())),
+                    };
                     Ok((
                         r.get(0)?,
                         OutboxRecord {
@@ -24,29 +152,39 @@ impl PartitionStore {
                             partition: r.get(2)?,
                             key: r.get(3)?,
                             value: r.get(4)?,
-                            headers: Vec::new(),
+                            headers,
                             timestamp: r.get(6)?,
                         },
-                        r.get::<_, String>(5)?,
+                        json,
                     ))
                 })?
                 .collect()
             })
             .map_err(|source| self.sqlite_err(source))?;
         rows.into_iter()
-            .map(|(id, mut rec, headers)| {
-                rec.headers = decode("outbox", &headers)?;
+            .map(|(id, mut rec, json)| {
+                if let Some(json) = json {
+                    rec.headers = decode("outbox", &json)?;
+                }
                 Ok((id, rec))
             })
             .collect()
     }
 
-    /// Deletes acknowledged outbox rows.
+    /// Deletes acknowledged outbox rows (`ids` ascending, as handed out): a run of
+    /// consecutive ids in one statement.
     pub fn delete_outbox(&self, ids: &[i64]) -> Result<()> {
+        let (Some(&first), Some(&last)) = (ids.first(), ids.last()) else {
+            return Ok(());
+        };
+        let consecutive = last - first + 1 == ids.len() as i64;
         let mut conn = self.conn();
         let run = |conn: &mut Connection| -> rusqlite::Result<()> {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            {
+            if consecutive {
+                tx.prepare_cached("DELETE FROM outbox WHERE id BETWEEN ?1 AND ?2")?
+                    .execute([first, last])?;
+            } else {
                 let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?;
                 for id in ids {
                     delete.execute([id])?;
@@ -54,6 +192,19 @@ impl PartitionStore {
             }
             tx.commit()
         };
-        run(&mut conn).map_err(|source| self.sqlite_err(source))
+        run(&mut conn).map_err(|source| self.sqlite_err(source))?;
+        let mut tail = self.outbox_tail();
+        if tail.handed_out == Some(last) {
+            tail.handed_out = None;
+        }
+        // (Rows read with `pending_outbox` may still be in memory.)
+        while tail
+            .rows
+            .front()
+            .is_some_and(|(id, _)| (first..=last).contains(id))
+        {
+            tail.rows.pop_front();
+        }
+        Ok(())
     }
 }

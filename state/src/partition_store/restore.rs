@@ -24,7 +24,9 @@ impl PartitionStore {
             )?;
             tx.commit()
         };
-        run(&mut conn).map_err(|source| self.sqlite_err(source))
+        run(&mut conn).map_err(|source| self.sqlite_err(source))?;
+        self.outbox_tail().forget();
+        Ok(())
     }
 
     /// Writes restored entries `(store, JSON key, JSON value or None to delete)` in one
