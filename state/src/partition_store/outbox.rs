@@ -95,6 +95,9 @@ impl PartitionStore {
     /// deleted by the next call are read again from SQLite (a failed or abandoned send loses
     /// nothing).
     pub fn take_outbox(&self, limit: usize) -> Result<Vec<(i64, OutboxRecord)>> {
+        // The connection before the tail, as a commit takes them: a hand-out and a commit at
+        // once (a batch commits while the one before is sent) must not wait on each other.
+        let conn = self.conn();
         let mut tail = self.outbox_tail();
         if tail.handed_out.take().is_some() {
             tail.whole = false;
@@ -102,7 +105,7 @@ impl PartitionStore {
         let mut rows = Vec::new();
         if !tail.whole {
             let below = tail.rows.front().map_or(i64::MAX, |(id, _)| *id);
-            rows = self.outbox_rows_below(below, limit)?;
+            rows = self.outbox_rows_below(&conn, below, limit)?;
             // Fewer than asked: every older row is handed out now.
             tail.whole = rows.len() < limit;
         }
@@ -122,14 +125,18 @@ impl PartitionStore {
 
     /// Up to `limit` records waiting in the outbox, oldest first, with their row ids.
     pub fn pending_outbox(&self, limit: usize) -> Result<Vec<(i64, OutboxRecord)>> {
-        self.outbox_rows_below(i64::MAX, limit)
+        self.outbox_rows_below(&self.conn(), i64::MAX, limit)
     }
 
     /// Up to `limit` rows of the table with ids below `below`, oldest first.
-    fn outbox_rows_below(&self, below: i64, limit: usize) -> Result<Vec<(i64, OutboxRecord)>> {
+    fn outbox_rows_below(
+        &self,
+        conn: &Connection,
+        below: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, OutboxRecord)>> {
         // Headers: decoded from their binary form, or kept as the JSON of an older row.
-        let rows: Vec<(i64, OutboxRecord, Option<String>)> = self
-            .conn()
+        let rows: Vec<(i64, OutboxRecord, Option<String>)> = conn
             .prepare_cached(
                 "SELECT id, topic, partition, key, value, headers, timestamp_ms FROM outbox \
                  WHERE id < ?1 ORDER BY id LIMIT ?2",

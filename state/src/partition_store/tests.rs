@@ -757,3 +757,49 @@ proptest! {
         }
     }
 }
+
+/// A batch commits while the outbox of the one before is being sent (the partition task does
+/// both at once): a hand-out that reads SQLite and a commit that adds to the tail in memory
+/// must not wait on each other for ever.
+#[test]
+fn a_commit_and_a_hand_out_at_once_never_deadlock() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(PartitionStore::open(dir.path().join("0.sqlite")).expect("open"));
+    let (done, finished) = std::sync::mpsc::channel();
+    let committer = {
+        let (store, done) = (Arc::clone(&store), done.clone());
+        std::thread::spawn(move || {
+            for offset in 1..=2_000 {
+                let mut ws = WriteSet::default();
+                ws.emit(OutboxRecord {
+                    topic: "out".into(),
+                    partition: None,
+                    key: None,
+                    value: Some(b"v".to_vec()),
+                    headers: Vec::new(),
+                    timestamp: None,
+                });
+                store.commit(&ws, "t", 0, offset).expect("commit");
+            }
+            let _ = done.send("committer");
+        })
+    };
+    let taker = {
+        let store = Arc::clone(&store);
+        std::thread::spawn(move || {
+            for _ in 0..2_000 {
+                // Never acknowledged: every hand-out reads SQLite again.
+                store.take_outbox(1).expect("take");
+            }
+            let _ = done.send("taker");
+        })
+    };
+    for _ in 0..2 {
+        let who = finished
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("a commit and a hand-out deadlocked (no thread finished within 60 s)");
+        eprintln!("{who} finished");
+    }
+    committer.join().expect("committer");
+    taker.join().expect("taker");
+}
