@@ -44,6 +44,18 @@ impl OutboxTail {
         self.rows.extend(rows);
     }
 
+    /// `rows` topped up to `limit` from the tail's front, noted as handed out.
+    fn hand_out(
+        &mut self,
+        mut rows: Vec<(i64, OutboxRecord)>,
+        limit: usize,
+    ) -> Vec<(i64, OutboxRecord)> {
+        let n = limit.saturating_sub(rows.len()).min(self.rows.len());
+        rows.extend(self.rows.drain(..n));
+        self.handed_out = rows.last().map(|(id, _)| *id);
+        rows
+    }
+
     /// Forgets the rows (the table was emptied).
     pub(super) fn forget(&mut self) {
         *self = Self::default();
@@ -95,13 +107,20 @@ impl PartitionStore {
     /// deleted by the next call are read again from SQLite (a failed or abandoned send loses
     /// nothing).
     pub fn take_outbox(&self, limit: usize) -> Result<Vec<(i64, OutboxRecord)>> {
+        {
+            let mut tail = self.outbox_tail();
+            if tail.handed_out.take().is_some() {
+                tail.whole = false;
+            }
+            if tail.whole {
+                // From memory alone, without waiting for a commit that holds the connection.
+                return Ok(tail.hand_out(Vec::new(), limit));
+            }
+        }
         // The connection before the tail, as a commit takes them: a hand-out and a commit at
         // once (a batch commits while the one before is sent) must not wait on each other.
         let conn = self.conn();
         let mut tail = self.outbox_tail();
-        if tail.handed_out.take().is_some() {
-            tail.whole = false;
-        }
         let mut rows = Vec::new();
         if !tail.whole {
             let below = tail.rows.front().map_or(i64::MAX, |(id, _)| *id);
@@ -110,8 +129,7 @@ impl PartitionStore {
             tail.whole = rows.len() < limit;
         }
         if tail.whole {
-            let n = (limit - rows.len()).min(tail.rows.len());
-            rows.extend(tail.rows.drain(..n));
+            return Ok(tail.hand_out(rows, limit));
         }
         tail.handed_out = rows.last().map(|(id, _)| *id);
         Ok(rows)
