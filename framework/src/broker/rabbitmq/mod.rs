@@ -616,9 +616,8 @@ impl StreamTool {
             )
             .await;
         let consumers = declared.map_or(0, |q| q.consumer_count());
-        if consumers > 0 {
-            let _ = channel.close(200, "done").await;
-        }
+        // (A missing queue closed the channel already.)
+        let _ = channel.close(200, "done").await;
         Ok(consumers > 0)
     }
 

@@ -120,6 +120,15 @@ async fn token_event(token: &mut Option<Token>) -> String {
     }
 }
 
+/// Closes a lane's channel and, for a stream, the channel of its token, which goes back to its
+/// queue for the next owner.
+async fn close(channel: &lapin::Channel, token: Option<Token>, why: &str) {
+    let _ = channel.close(200, why).await;
+    if let Some(t) = token {
+        let _ = t.channel.close(200, why).await;
+    }
+}
+
 /// What a lane's task tells the consumer thread.
 enum Event {
     /// The stream lane's channel of generation `generation` holds the stream's token: the
@@ -327,11 +336,7 @@ impl LaneTask {
                         }
                         Some(_) => {} // for a closed channel: those messages come again
                         None => {
-                            let _ = channel.close(200, "stopping").await;
-                            // (The token goes back to its queue, for the next owner.)
-                            if let Some(t) = token {
-                                let _ = t.channel.close(200, "stopping").await;
-                            }
+                            close(&channel, token, "stopping").await;
                             return;
                         }
                     },
@@ -350,10 +355,7 @@ impl LaneTask {
                     }
                 }
             };
-            let _ = channel.close(200, "lost").await;
-            if let Some(t) = token.take() {
-                let _ = t.channel.close(200, "lost").await;
-            }
+            close(&channel, token, "lost").await;
             let _ = self.to.send(Event::Lost {
                 lane: self.lane.clone(),
                 generation,
@@ -408,10 +410,7 @@ impl LaneTask {
                     }) if g == generation => break from,
                     Some(_) => {} // of an earlier channel
                     None => {
-                        let _ = channel.close(200, "stopping").await;
-                        if let Some(t) = token {
-                            let _ = t.channel.close(200, "stopping").await;
-                        }
+                        close(&channel, token, "stopping").await;
                         return Opened::Stopped;
                     }
                 }
