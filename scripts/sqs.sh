@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs the SQS test endpoint: moto's server (PyPI moto with Flask, pinned in python-env.sh), which
-# speaks SQS's API on 127.0.0.1:$SQS_PORT with any credentials.
+# speaks SQS's API on 127.0.0.1:$SQS_PORT with any credentials. It runs through sqs-server.py,
+# which answers one request at a time: moto's model is not thread-safe, and its threaded server
+# lost messages and deletes under concurrent requests.
 #
 #   scripts/sqs.sh start    install if missing, start if not running
 #   scripts/sqs.sh stop     stop the server started here (by PID)
@@ -23,11 +25,11 @@ source "$root/scripts/server.sh"
 install_server() {
   local python
   python=$("$root/scripts/python-env.sh")
-  bin="$(dirname "$python")/moto_server"
+  bin="$python"
 }
 
 launch() {
-  nohup "$bin" -H 127.0.0.1 -p "$port" >"$log" 2>&1 &
+  nohup "$bin" "$root/scripts/sqs-server.py" -H 127.0.0.1 -p "$port" >"$log" 2>&1 &
 }
 
 serve "$@"

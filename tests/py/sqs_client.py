@@ -17,23 +17,33 @@
         Receives and deletes up to COUNT messages (it stops once none came for SECONDS) and
         prints one JSON object per message: body, message attributes (text; Binary ones as
         lists of bytes; weir's packed `weir.headers` unpacked under "headers").
+    sqs_client.py race ENDPOINT QUEUE COUNT [--senders N] [--receivers N]
+        Creates QUEUE (visibility 30 s) and has N senders send COUNT messages each, ten a
+        request, while N receivers receive and delete them at once, each request tried once.
+        When every message came (or 30 s went by) prints as JSON: sent, received (distinct
+        bodies), twice (bodies received more than once), errors (requests that failed, and
+        delete entries refused), and the queue's visible and not-visible counts (a delete
+        that was answered and undone leaves its message there).
 """
 
 import argparse
 import json
 import sys
+import threading
 import time
 
 import boto3
+from botocore.config import Config
 
 
-def client(endpoint):
+def client(endpoint, config=None):
     return boto3.client(
         "sqs",
         endpoint_url=endpoint,
         region_name="us-east-1",
         aws_access_key_id="test",
         aws_secret_access_key="test",
+        config=config,
     )
 
 
@@ -165,6 +175,90 @@ def read(a) -> int:
     return 0
 
 
+def race(a) -> int:
+    once = Config(retries={"max_attempts": 1, "mode": "standard"})
+    url = client(a.endpoint).create_queue(
+        QueueName=a.queue, Attributes={"VisibilityTimeout": "30"}
+    )["QueueUrl"]
+    lock = threading.Lock()
+    seen = {}
+    errors = []
+    sending = [a.senders]
+
+    def failed(e):
+        with lock:
+            errors.append(str(e))
+
+    def sender(n):
+        sqs = client(a.endpoint, once)
+        for start in range(0, a.count, 10):
+            entries = [
+                {"Id": str(i), "MessageBody": f"s{n}-{start + i}"}
+                for i in range(min(10, a.count - start))
+            ]
+            try:
+                sent = sqs.send_message_batch(QueueUrl=url, Entries=entries)
+                errors.extend(sent.get("Failed", []))
+            except Exception as e:
+                failed(e)
+        with lock:
+            sending[0] -= 1
+
+    def receiver():
+        sqs = client(a.endpoint, once)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            with lock:
+                if sending[0] == 0 and len(seen) >= a.senders * a.count:
+                    return
+            try:
+                got = sqs.receive_message(
+                    QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1
+                ).get("Messages", [])
+                with lock:
+                    for m in got:
+                        seen[m["Body"]] = seen.get(m["Body"], 0) + 1
+                if got:
+                    done = sqs.delete_message_batch(
+                        QueueUrl=url,
+                        Entries=[
+                            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
+                            for i, m in enumerate(got)
+                        ],
+                    )
+                    with lock:
+                        errors.extend(done.get("Failed", []))
+            except Exception as e:
+                failed(e)
+
+    threads = [threading.Thread(target=sender, args=(n,)) for n in range(a.senders)]
+    threads += [threading.Thread(target=receiver) for _ in range(a.receivers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    left = client(a.endpoint).get_queue_attributes(
+        QueueUrl=url,
+        AttributeNames=[
+            "ApproximateNumberOfMessages",
+            "ApproximateNumberOfMessagesNotVisible",
+        ],
+    )["Attributes"]
+    print(
+        json.dumps(
+            {
+                "sent": a.senders * a.count,
+                "received": len(seen),
+                "twice": sum(1 for n in seen.values() if n > 1),
+                "errors": [str(e) for e in errors],
+                "visible": int(left["ApproximateNumberOfMessages"]),
+                "not_visible": int(left["ApproximateNumberOfMessagesNotVisible"]),
+            }
+        )
+    )
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -193,6 +287,12 @@ def main() -> int:
     rd.add_argument("queue")
     rd.add_argument("count", type=int)
     rd.add_argument("--wait", type=float, default=2.0)
+    rc = sub.add_parser("race")
+    rc.add_argument("endpoint")
+    rc.add_argument("queue")
+    rc.add_argument("count", type=int)
+    rc.add_argument("--senders", type=int, default=3)
+    rc.add_argument("--receivers", type=int, default=8)
     a = p.parse_args()
     return {
         "create": create,
@@ -201,6 +301,7 @@ def main() -> int:
         "depth": depth,
         "attributes": attributes,
         "read": read,
+        "race": race,
     }[a.cmd](a)
 
 

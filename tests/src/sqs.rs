@@ -67,19 +67,33 @@ pub fn python_sqs_create_at(endpoint: &str, queue: &str, visibility: Duration) {
     sqs_client_py(&["create", endpoint, queue, "--visibility", &visibility]);
 }
 
-/// A moto server of the test's own (the one `scripts/sqs.sh` installs) on a free port of
-/// 127.0.0.1, to stop and start again. It keeps its queues in memory: a start is empty.
+/// A moto server of the test's own (`scripts/sqs-server.py`, as `scripts/sqs.sh` runs it) on a
+/// free port of 127.0.0.1, to stop and start again. It keeps its queues in memory: a start is
+/// empty.
 #[derive(Debug)]
 pub struct OwnSqs {
     port: u16,
+    /// Python's thread switch interval, in seconds, when not its default.
+    switch_interval: Option<f64>,
     child: Option<std::process::Child>,
 }
 
 impl OwnSqs {
     /// Starts the server and waits until it listens.
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// Starts the server with Python switching threads every `seconds` (its default is 5 ms):
+    /// a race between its requests that is rare by default shows within a few.
+    pub fn start_switching_every(seconds: f64) -> Self {
+        Self::start_with(Some(seconds))
+    }
+
+    fn start_with(switch_interval: Option<f64>) -> Self {
         let mut own = Self {
             port: crate::own_tansu::free_port(),
+            switch_interval,
             child: None,
         };
         own.start_again();
@@ -93,18 +107,23 @@ impl OwnSqs {
 
     /// Starts the server again after [`stop`](Self::stop), on the same port.
     pub fn start_again(&mut self) {
-        let bin = crate::python::python().with_file_name("moto_server");
-        let child = std::process::Command::new(&bin)
-            .args(["-H", "127.0.0.1", "-p", &self.port.to_string()])
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/sqs-server.py");
+        let port = self.port.to_string();
+        let switch = self
+            .switch_interval
+            .map(|s| format!("sys.setswitchinterval({s}); "))
+            .unwrap_or_default();
+        let launch = format!(
+            "import runpy, sys; {switch}\
+             sys.argv = ['sqs-server', '-H', '127.0.0.1', '-p', '{port}']; \
+             runpy.run_path({script:?}, run_name='__main__')"
+        );
+        let child = std::process::Command::new(crate::python::python())
+            .args(["-c", &launch])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "start {} (scripts/sqs.sh start installs it): {e}",
-                    bin.display()
-                )
-            });
+            .unwrap_or_else(|e| panic!("start {script} (scripts/sqs.sh start installs moto): {e}"));
         self.child = Some(child);
         crate::own_tansu::wait_listening(([127, 0, 0, 1], self.port).into(), "moto_server");
     }
@@ -178,6 +197,12 @@ pub async fn wait_for_empty_queues(queues: &[String], timeout: Duration) {
         }
     })
     .await;
+}
+
+/// What `sqs_client.py race` saw: senders and receivers at once on one queue of `endpoint`.
+pub fn python_sqs_race(endpoint: &str, queue: &str, per_sender: usize) -> serde_json::Value {
+    let out = sqs_client_py(&["race", endpoint, queue, &per_sender.to_string()]);
+    serde_json::from_str(out.trim()).expect("the race's JSON")
 }
 
 /// The attributes of `queue`.

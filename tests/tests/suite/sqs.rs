@@ -481,3 +481,31 @@ async fn readiness_follows_the_answers_of_sqs() {
     wait_until("ready again", Duration::from_secs(30), || ready(200, "")).await;
     worker.stop();
 }
+
+/// The test endpoint is no test unless it behaves as SQS does under concurrent requests:
+/// boto3 senders and receivers at once get each message once, every delete sticks, and no
+/// request fails. moto's own threaded server did none of this (a receive handed a message out
+/// twice, a delete undone by another left its message in the queue, a receive failed with a
+/// 500 after hiding messages); Python switching threads every microsecond shows it in a run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_test_endpoint_takes_concurrent_requests_as_sqs_does() {
+    let own = OwnSqs::start_switching_every(1e-6);
+    let seen = python_sqs_race(&own.endpoint(), &unique("sqs-race"), 100);
+    assert_eq!(
+        (
+            &seen["received"],
+            &seen["twice"],
+            &seen["errors"],
+            &seen["visible"],
+            &seen["not_visible"]
+        ),
+        (
+            &seen["sent"],
+            &serde_json::json!(0),
+            &serde_json::json!([]),
+            &serde_json::json!(0),
+            &serde_json::json!(0)
+        ),
+        "each message received once, nothing left, no request failed: {seen}"
+    );
+}

@@ -247,28 +247,44 @@ impl LaneTask {
         }
     }
 
-    /// The end of the lane: SQS answers a long poll whose caller has gone, and what it took
-    /// stays hidden for the visibility timeout, so the receives in flight finish and what they
-    /// took is given back with the rest; the requests in flight finish, the committed messages
-    /// are deleted (once more for those that failed), and the rest is made visible.
+    /// The end of the lane. What is held and did not commit is given back at once (its
+    /// visibility was kept up to now), and so is what each receive still in flight brings
+    /// (SQS answers a long poll whose caller has gone, and hides what it took), as soon as it
+    /// comes: held on while the other receives end, its visibility could run out, the message
+    /// go to another receiver, and a late give-back cut that receiver's visibility short. The
+    /// committed messages are deleted meanwhile, and once more those that failed.
     async fn finish<'a>(
         &'a self,
         mut holding: Holding,
         mut receives: FuturesUnordered<impl std::future::Future<Output = Received>>,
         mut requests: FuturesUnordered<BoxFuture<'a, Answer>>,
     ) {
-        while let Some((sent, received)) = receives.next().await {
-            for m in received.unwrap_or_default() {
-                if let Some(receipt) = m.receipt_handle().map(str::to_owned) {
-                    holding.hold(receipt, sent);
+        let mut giving_back = FuturesUnordered::new();
+        let unprocessed: Vec<&str> = holding
+            .held
+            .values()
+            .filter(|h| !h.committed)
+            .map(|h| h.receipt.as_str())
+            .collect();
+        giving_back.push(self.give_back(&unprocessed));
+        holding.held.retain(|_, h| h.committed);
+        self.delete_committed(&mut holding, &mut requests);
+        while !(receives.is_empty() && requests.is_empty() && giving_back.is_empty()) {
+            tokio::select! {
+                Some((_, received)) = receives.next(), if !receives.is_empty() => {
+                    let received = received.unwrap_or_default();
+                    let receipts: Vec<&str> = received.iter().filter_map(|m| m.receipt_handle()).collect();
+                    giving_back.push(self.give_back(&receipts));
                 }
+                Some(answer) = requests.next(), if !requests.is_empty() => {
+                    self.settle(&mut holding, answer);
+                }
+                Some(()) = giving_back.next(), if !giving_back.is_empty() => {}
             }
         }
-        // Rounds of deletes while they delete something (not forever while SQS is away).
+        // Rounds of deletes of those that failed, while they delete something (not forever
+        // while SQS is away).
         loop {
-            while let Some(answer) = requests.next().await {
-                self.settle(&mut holding, answer);
-            }
             let before = holding.held.len();
             self.delete_committed(&mut holding, &mut requests);
             if requests.is_empty() {
@@ -281,25 +297,27 @@ impl LaneTask {
                 break;
             }
         }
-        let unprocessed: Vec<(u64, &str)> = holding
-            .held
-            .iter()
-            .filter(|(_, h)| !h.committed)
-            .map(|(t, h)| (*t, h.receipt.as_str()))
+    }
+
+    /// Makes the messages of these receipts visible again (sent when polled).
+    fn give_back(
+        &self,
+        receipts: &[&str],
+    ) -> impl std::future::Future<Output = ()> + Send + use<'_> {
+        let receipts: Vec<(u64, &str)> = (0..).zip(receipts.iter().copied()).collect();
+        let sent: Vec<_> = receipts
+            .chunks(PER_BATCH)
+            .map(|chunk| self.set_visibility(chunk, Duration::ZERO))
             .collect();
-        let released = futures::future::join_all(
-            unprocessed
-                .chunks(PER_BATCH)
-                .map(|chunk| self.set_visibility(chunk, Duration::ZERO)),
-        )
-        .await;
-        for outcome in released {
-            let failure = match outcome {
-                Ok(failed) => failed.first().map(|f| f.code().to_owned()),
-                Err(e) => Some(e),
-            };
-            if let Some(e) = failure {
-                tracing::warn!(lane = %self.lane.0, "making unprocessed messages visible again failed ({e}); they come again after their visibility timeout");
+        async move {
+            for outcome in futures::future::join_all(sent).await {
+                let failure = match outcome {
+                    Ok(failed) => failed.first().map(|f| f.code().to_owned()),
+                    Err(e) => Some(e),
+                };
+                if let Some(e) = failure {
+                    tracing::warn!(lane = %self.lane.0, "making unprocessed messages visible again failed ({e}); they come again after their visibility timeout");
+                }
             }
         }
     }
