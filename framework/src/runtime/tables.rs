@@ -32,6 +32,9 @@ pub(crate) struct TableReader {
     reader: LogReader,
     /// Next offset to read, per (topic, partition).
     next: HashMap<(String, i32), i64>,
+    /// A catch-up has run: the positions in `next` were read from the logs by this reader,
+    /// not stored by an earlier one.
+    caught_up_once: bool,
 }
 
 impl std::fmt::Debug for TableReader {
@@ -59,7 +62,11 @@ impl TableReader {
             .iter()
             .map(|(topic, partition, from)| ((topic.clone(), *partition), from.unwrap_or(0)))
             .collect();
-        Ok(Self { reader, next })
+        Ok(Self {
+            reader,
+            next,
+            caught_up_once: false,
+        })
     }
 
     /// Reads every partition up to its end as the broker tells it now, handing the records to
@@ -72,9 +79,16 @@ impl TableReader {
         let mut ends = HashMap::new();
         for ((topic, partition), next) in &mut self.next {
             let high = self.reader.end(topic, *partition)?;
+            if high < *next && self.caught_up_once {
+                // Some brokers (tansu) answer the offsets query with less than the end (see
+                // below): a position this reader read to stands. A topic recreated since is
+                // read from its start when a fetch finds the position out of range (`take`).
+                continue;
+            }
             if high < *next {
-                // Only a topic deleted and created again (or a log truncated by an unclean
-                // leader election) ends below a position read from it.
+                // A stored position: only a topic deleted and created again (or a log
+                // truncated by an unclean leader election) ends below it, or the offsets
+                // query answered short (tansu), and then the table is read again once.
                 tracing::warn!(
                     %topic,
                     partition,
@@ -168,6 +182,7 @@ impl TableReader {
         if !chunk.is_empty() || moved {
             apply(&chunk, next)?;
         }
+        self.caught_up_once = true;
         Ok(records)
     }
 

@@ -506,3 +506,70 @@ async fn a_transactional_table_costs_no_wait_per_batch() {
         .expect("read");
     assert_eq!(position, Some(high));
 }
+
+/// Issue 30: a table is read once, then only what is new, not again at every batch. tansu
+/// answers the offsets query with the first offset of the log's last record batch plus one,
+/// so a table written in one batch "ends" at 1 while it was read to 200; catching up took that
+/// for a recreated topic and read the whole table again before every batch (about a second a
+/// batch: the two-stage `weir-enrich` bench ran at one batch a second per partition). On
+/// tansu: the mock cluster answers the offsets query right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_table_is_read_once_not_before_every_batch() {
+    const CUSTOMERS: usize = 200;
+    let Fixture {
+        broker,
+        topic,
+        group,
+        dir,
+    } = Fixture::new(BrokerKind::Tansu, "once-orders", 1).await;
+    let customers = unique("once-customers");
+    broker.create_one_topic(&customers, 1).await;
+    broker
+        .produce(
+            &customers,
+            Some(0),
+            (0..CUSTOMERS).map(|i| (format!("c{i}"), customer("FR"))),
+        )
+        .await;
+    // The premise: the offsets query answers short of the 200 records.
+    let high = {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let c: BaseConsumer = broker.client().create().expect("consumer");
+        c.fetch_watermarks(&customers, 0, Duration::from_secs(30))
+            .expect("watermarks")
+            .1
+    };
+    assert!(
+        high < CUSTOMERS as i64,
+        "tansu's offsets query says {high} for {CUSTOMERS} records written together"
+    );
+    let worker = broker
+        .worker(&group, &topic, dir.path())
+        .table_topic::<Customers>(&customers)
+        .metrics_addr("127.0.0.1:0")
+        .build(Join)
+        .expect("build");
+    let addr = worker.metrics_addr().expect("metrics address");
+    let worker = RunningWorker::spawn(worker);
+    // Three batches, each after the one before was joined.
+    for (i, id) in ["first", "second", "third"].into_iter().enumerate() {
+        broker
+            .produce(&topic, None, [(format!("c{i}"), order(id))])
+            .await;
+        assert_eq!(wait_joined(dir.path(), &group, &topic, id).await, "FR");
+    }
+    let (status, body) = http_get(addr, "/metrics").await;
+    worker.stop_cleanly().await;
+    assert_eq!(status, 200);
+    let read: Vec<&str> = body
+        .lines()
+        .filter(|l| l.starts_with("weir_table_records_total{"))
+        .collect();
+    assert_eq!(
+        read,
+        [format!(
+            "weir_table_records_total{{topic=\"{customers}\"}} {CUSTOMERS}"
+        )],
+        "each table record read once"
+    );
+}

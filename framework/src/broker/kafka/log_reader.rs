@@ -32,23 +32,36 @@ impl Connection {
             .set("queued.min.messages", "200000")
             .create_with_context(ReaderContext("changelog restore consumer"))
             .map_err(|e| e.to_string())?;
-        Ok(LogReader(Some(Arc::new(consumer))))
+        Ok(LogReader {
+            consumer: Some(Arc::new(consumer)),
+            asker: None,
+        })
     }
 
     /// A reader of tables: a stored position the log no longer has (compacted or deleted below
     /// it, or the topic recreated shorter) reads the table again from its start, never skips
     /// to its end (librdkafka's default).
+    ///
+    /// Its ends are asked on a connection of its own: a broker answers a connection's requests
+    /// in order, so on the reading one the offsets query waits behind the fetch that waits at
+    /// the end for new records (`fetch.wait.max.ms`, 500 ms), before every batch.
     pub(crate) fn table_reader(&self) -> Result<LogReader, String> {
-        let consumer: BaseConsumer<ReaderContext> = self
-            .client_config()
-            .clone()
+        let mut config = self.client_config().clone();
+        config
             .set("group.id", "weir-table")
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
-            .set("auto.offset.reset", "earliest")
+            .set("auto.offset.reset", "earliest");
+        let consumer: BaseConsumer<ReaderContext> = config
             .create_with_context(ReaderContext("table consumer"))
             .map_err(|e| format!("cannot create the table consumer: {e}"))?;
-        Ok(LogReader(Some(Arc::new(consumer))))
+        let asker: BaseConsumer<ReaderContext> = config
+            .create_with_context(ReaderContext("table offsets"))
+            .map_err(|e| format!("cannot create the table consumer: {e}"))?;
+        Ok(LogReader {
+            consumer: Some(Arc::new(consumer)),
+            asker: Some(Arc::new(asker)),
+        })
     }
 }
 
@@ -88,11 +101,16 @@ impl Delivered for LogRecord<'_> {
 /// Reads one partition of a log at a time; closed on a thread of its own when dropped
 /// (closing may wait for requests in flight, and a stopped reader must not wait for a slow
 /// broker).
-pub(crate) struct LogReader(Option<Arc<BaseConsumer<ReaderContext>>>);
+pub(crate) struct LogReader {
+    consumer: Option<Arc<BaseConsumer<ReaderContext>>>,
+    /// A client that asks for [`end`](Self::end)s and reads nothing (tables), if not the
+    /// consumer.
+    asker: Option<Arc<BaseConsumer<ReaderContext>>>,
+}
 
 impl LogReader {
     fn consumer(&self) -> &Arc<BaseConsumer<ReaderContext>> {
-        self.0.as_ref().expect("taken only on drop")
+        self.consumer.as_ref().expect("taken only on drop")
     }
 
     /// `topic`/`partition`'s low and high watermarks, asked on a helper thread so that a stop
@@ -157,7 +175,9 @@ impl LogReader {
 
     /// The offset after `topic`/`partition`'s last record, as the broker says now.
     pub(crate) fn end(&self, topic: &str, partition: i32) -> Result<i64, String> {
-        self.consumer()
+        self.asker
+            .as_ref()
+            .unwrap_or_else(|| self.consumer())
             .fetch_watermarks(topic, partition, Duration::from_secs(10))
             .map(|(_, high)| high)
             .map_err(|e| format!("reading {topic}/{partition}'s end: {e}"))
@@ -176,11 +196,10 @@ impl LogReader {
 
 impl Drop for LogReader {
     fn drop(&mut self) {
-        if let Some(consumer) = self.0.take() {
-            let _ = std::thread::Builder::new()
-                .name("weir-log-close".into())
-                .spawn(move || drop(consumer));
-        }
+        let clients = (self.consumer.take(), self.asker.take());
+        let _ = std::thread::Builder::new()
+            .name("weir-log-close".into())
+            .spawn(move || drop(clients));
     }
 }
 
