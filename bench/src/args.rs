@@ -13,6 +13,7 @@ pub(crate) const SCENARIOS: &[&str] = &[
     "hand-loop",
     "quix",
     "weir-restore",
+    "raw-live",
     "weir-live",
     "raw-nats",
     "raw-amqp",

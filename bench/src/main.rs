@@ -13,7 +13,10 @@
 //! table, re-keyed by one of 64 countries, revenue per country with every new total emitted;
 //! timed to the second stage's last commit), `weir-wordcount`,
 //! `hand-loop-batched`, `hand-loop`, `quix` (Quix
-//! Streams, installed by `bench/setup.sh` on first use; real broker only) and `weir-restore`.
+//! Streams, installed by `bench/setup.sh` on first use; real broker only), `weir-restore`,
+//! `weir-live` (latency under `--rate` records/s for 10 s, to the state commit and to the
+//! emitted output) and `raw-live` (its floor: the raw consumer under the same traffic, produce
+//! to receive; each live reader, weir's included, fetches with `fetch.wait.max.ms=5`).
 //! `hand-loop` reads only `--slow-messages` records (default 50k), `quix` at most 50 s of them.
 //! Records are 100 bytes of 8 words, or with `--values lines` lines of 16 words drawn with
 //! Zipf frequencies from a 5000-word vocabulary.

@@ -30,6 +30,7 @@ pub(crate) async fn run_child(args: &Args, brokers: &str, topic: &str) -> Result
     let measured = match args.scenario.as_str() {
         "weir-restore" => Some(restore(brokers, topic, &group, n, dir.path()).await?),
         "weir-live" => Some(live(brokers, topic, &group, n, args.rate, &probe, dir.path()).await?),
+        "raw-live" => Some(raw_live(brokers, topic, &group, args.rate, args.partitions).await?),
         _ => None,
     };
     match args.scenario.as_str() {
@@ -167,13 +168,27 @@ pub(crate) fn bench_builder(
     group: &str,
     dir: &std::path::Path,
 ) -> weir::WorkerBuilder {
-    let builder = Worker::builder()
+    bench_builder_with(brokers, group, dir, &[])
+}
+
+/// [`bench_builder`] with librdkafka `properties`, set before the environment (which still
+/// overrides them).
+pub(crate) fn bench_builder_with(
+    brokers: &str,
+    group: &str,
+    dir: &std::path::Path,
+    properties: &[(&str, &str)],
+) -> weir::WorkerBuilder {
+    let mut builder = Worker::builder()
         .brokers(brokers)
         .group(group)
         .state_dir(dir)
         .dead_letter_topic(None)
         .progress_interval(Duration::ZERO)
         .kafka("session.timeout.ms", "6000");
+    for (name, value) in properties {
+        builder = builder.kafka(*name, *value);
+    }
     match builder.clone().with_env() {
         Ok(b) => b,
         Err(e) => {
@@ -300,8 +315,9 @@ pub(crate) async fn live(
     probe: &Arc<Probe>,
     dir: &Path,
 ) -> Result<Measured, String> {
-    const SECONDS: u64 = 10;
-    let live_n = rate * SECONDS;
+    let live_n = rate * LIVE_SECONDS;
+    // The backlog is the whole topic: with `--rounds` an earlier run's live records are in it.
+    let n = n.max(records_in(brokers, topic)?);
     // Per run: `--rounds` runs the scenario again on the same topic.
     let output = format!("{topic}.counts-{}", std::process::id());
     if let Err(e) = create_topic(brokers, &output, 1).await {
@@ -309,9 +325,15 @@ pub(crate) async fn live(
         // it is first produced to or asked about.
         eprintln!("live: creating {output} failed ({e}); relying on the broker creating it");
     }
-    let worker = bench_worker(brokers, topic, group, dir)
-        .build(KeyedCount(Arc::clone(probe), Some(output.clone())))
-        .map_err(|e| e.to_string())?;
+    let worker = bench_builder_with(
+        brokers,
+        group,
+        dir,
+        &[("fetch.wait.max.ms", LIVE_FETCH_WAIT_MS)],
+    )
+    .topic(topic)
+    .build(KeyedCount(Arc::clone(probe), Some(output.clone())))
+    .map_err(|e| e.to_string())?;
     let Watched {
         stop,
         run,
@@ -345,41 +367,7 @@ pub(crate) async fn live(
         let give_up = Arc::clone(&give_up);
         std::thread::spawn(move || read_outputs(&reader, live_from_ms, live_n, &give_up))
     };
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("linger.ms", "1")
-        // Room for the whole run: the rate must not stall on a full local queue.
-        .set("queue.buffering.max.messages", "2000000")
-        .create()
-        .map_err(|e| e.to_string())?;
-    let started = Instant::now();
-    let mut deliveries = Vec::with_capacity(live_n as usize);
-    let mut tick = tokio::time::interval(Duration::from_millis(10));
-    let mut sent = 0u64;
-    while sent < live_n {
-        tick.tick().await;
-        // Records due by now at `rate`, so a late tick catches up rather than lowering it.
-        let due = (started.elapsed().as_secs_f64() * rate as f64).ceil() as u64;
-        while sent < due.min(live_n) {
-            let key = format!("k{}", sent % 10_000);
-            let record = FutureRecord::to(topic)
-                .key(&key)
-                .payload("live")
-                .timestamp(now_ms());
-            deliveries.push(
-                producer
-                    .send_result(record)
-                    .map_err(|(e, _)| e.to_string())?,
-            );
-            sent += 1;
-        }
-    }
-    for d in deliveries {
-        d.await
-            .map_err(|e| e.to_string())?
-            .map_err(|(e, _)| e.to_string())?;
-    }
-    let produced_in = started.elapsed();
+    let produced_in = produce_live(brokers, topic, rate, live_n).await?;
     wait_committed(n + live_n).await?;
     let (p50, p99, p999) = probe
         .latencies
@@ -423,7 +411,135 @@ pub(crate) async fn live(
     })
 }
 
-/// A consumer of all of `topic`'s partitions, each from its current end.
+/// How long the live scenarios produce.
+const LIVE_SECONDS: u64 = 10;
+/// librdkafka's `fetch.wait.max.ms` of every reader in the live scenarios: the raw floor's, the
+/// output's and weir's. Kafka answers a fetch as soon as a record comes; tansu holds it for the
+/// whole wait, so with librdkafka's 500 ms the floor itself was 130 ms (p50) there, and 5 ms is
+/// the best the raw consumer does. Both sides get it: it is one property of the worker's
+/// (`WEIR_KAFKA_FETCH_WAIT_MAX_MS`, which still overrides it).
+const LIVE_FETCH_WAIT_MS: &str = "5";
+
+/// Produces `n` records to `topic` at `rate` a second (keys `k0`..`k9999`, the produce time
+/// as the record's timestamp), as live traffic comes; the time they took to send.
+async fn produce_live(brokers: &str, topic: &str, rate: u64, n: u64) -> Result<Duration, String> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "1")
+        // Room for the whole run: the rate must not stall on a full local queue.
+        .set("queue.buffering.max.messages", "2000000")
+        .create()
+        .map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let mut deliveries = Vec::with_capacity(n as usize);
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let mut sent = 0u64;
+    while sent < n {
+        tick.tick().await;
+        // Records due by now at `rate`, so a late tick catches up rather than lowering it.
+        let due = (started.elapsed().as_secs_f64() * rate as f64).ceil() as u64;
+        while sent < due.min(n) {
+            let key = format!("k{}", sent % 10_000);
+            let record = FutureRecord::to(topic)
+                .key(&key)
+                .payload("live")
+                .timestamp(now_ms());
+            deliveries.push(
+                producer
+                    .send_result(record)
+                    .map_err(|(e, _)| e.to_string())?,
+            );
+            sent += 1;
+        }
+    }
+    for d in deliveries {
+        d.await
+            .map_err(|e| e.to_string())?
+            .map_err(|(e, _)| e.to_string())?;
+    }
+    Ok(started.elapsed())
+}
+
+/// The floor of `weir-live`: the raw consumer (tuned as `raw`) reading a topic with the input's
+/// partition count from its end while the same live traffic is produced into it; latency from
+/// produce to receive. The topic is its own: what it produces must not add to the backlog of
+/// a `weir-live` that runs after it.
+pub(crate) async fn raw_live(
+    brokers: &str,
+    topic: &str,
+    group: &str,
+    rate: u64,
+    partitions: i32,
+) -> Result<Measured, String> {
+    let live_n = rate * LIVE_SECONDS;
+    let topic = &format!("{topic}.raw-live-{}", std::process::id());
+    if let Err(e) = create_topic(brokers, topic, partitions).await {
+        // The embedded broker does not answer CreateTopics from here: it creates the topic at
+        // a first record (read past: the reader starts at the end).
+        eprintln!("raw live: creating {topic} failed ({e}); producing a first record creates it");
+        produce_live(brokers, topic, 1000, 1).await?;
+    }
+    let reader = output_reader(brokers, topic, group)?;
+    let give_up = Arc::new(AtomicBool::new(false));
+    let received = {
+        let give_up = Arc::clone(&give_up);
+        std::thread::spawn(move || {
+            let mut latencies = Histogram::default();
+            while latencies.count < live_n && !give_up.load(Ordering::Relaxed) {
+                if let Some(Ok(msg)) = reader.poll(Duration::from_millis(100)) {
+                    if let Some(ts) = msg.timestamp().to_millis() {
+                        latencies.record(now_ms() - ts);
+                    }
+                }
+            }
+            latencies
+        })
+    };
+    let produced_in = produce_live(brokers, topic, rate, live_n).await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !received.is_finished() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    give_up.store(true, Ordering::Relaxed);
+    let got = received
+        .join()
+        .map_err(|_| "the raw live reader panicked".to_owned())?;
+    if got.count < live_n {
+        return Err(format!(
+            "{} of {live_n} live records arrived within 60 s",
+            got.count
+        ));
+    }
+    let floor = [got.quantile(0.5), got.quantile(0.99), got.quantile(0.999)];
+    eprintln!(
+        "raw live: {live_n} records at {rate}/s; produce to receive p50 {} ms, p99 {} ms, p999 {} ms",
+        floor[0], floor[1], floor[2]
+    );
+    Ok(Measured {
+        messages: live_n,
+        seconds: produced_in.as_secs_f64(),
+        latencies_ms: floor,
+        output_latencies_ms: None,
+    })
+}
+
+/// The records in `topic` now: the sum of its partitions' ends (the bench's topics start at
+/// offset 0 and are not compacted).
+fn records_in(brokers: &str, topic: &str) -> Result<u64, String> {
+    let reader = output_reader(brokers, topic, &format!("{topic}-count"))?;
+    let ends = reader.assignment().map_err(|e| e.to_string())?;
+    Ok(ends
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            rdkafka::Offset::Offset(end) => u64::try_from(end).ok(),
+            _ => None,
+        })
+        .sum())
+}
+
+/// A consumer of all of `topic`'s partitions, each from its current end, fetching as the live
+/// scenarios do.
 pub(crate) fn output_reader(
     brokers: &str,
     topic: &str,
@@ -437,6 +553,7 @@ pub(crate) fn output_reader(
     for (name, value) in TUNED {
         config.set(*name, *value);
     }
+    config.set("fetch.wait.max.ms", LIVE_FETCH_WAIT_MS);
     let reader: BaseConsumer = config.create().map_err(|e| e.to_string())?;
     let timeout = Duration::from_secs(10);
     let metadata = reader
