@@ -17,7 +17,7 @@
 //!
 //! let mut batch = WriteSet::default();
 //! batch.put("totals", &"alice", &42u64)?;
-//! store.commit(&batch, "orders", 0, 7)?;
+//! store.commit(&mut batch, "orders", 0, 7)?;
 //! drop(store);
 //!
 //! let store = PartitionStore::open(&path)?;

@@ -313,9 +313,11 @@ impl PartitionStore {
     /// Writes the batch's state changes and its next offset in ONE transaction.
     ///
     /// Either all of it is durable afterwards or none of it (on error, or a crash at any point).
+    /// Once committed, the batch's emitted records move out of it (to be sent from memory); on
+    /// an error it keeps them.
     pub fn commit(
         &self,
-        batch: &WriteSet,
+        batch: &mut WriteSet,
         topic: &str,
         partition: i32,
         next_offset: i64,
@@ -328,7 +330,7 @@ impl PartitionStore {
     /// deleted) and one carrying `next_offset`, so that the store can be rebuilt elsewhere.
     pub fn commit_with_changelog(
         &self,
-        batch: &WriteSet,
+        batch: &mut WriteSet,
         topic: &str,
         partition: i32,
         next_offset: i64,
@@ -372,7 +374,7 @@ impl PartitionStore {
         }
         let generation = (current + 1).max(now_ms());
         self.commit_inner(
-            &emptied,
+            &mut emptied,
             (topic, partition, next_offset),
             changelog,
             Some(generation),
@@ -404,7 +406,7 @@ impl PartitionStore {
     /// `changelog` is given, raising the rewind generation to `rewind` when given.
     fn commit_inner(
         &self,
-        batch: &WriteSet,
+        batch: &mut WriteSet,
         (topic, partition, next_offset): (&str, i32, i64),
         changelog: Option<&str>,
         rewind: Option<i64>,
@@ -424,9 +426,14 @@ impl PartitionStore {
             .map(|(_, _, epoch)| *epoch);
         let mut conn = self.conn();
         // Ok(Some(current epoch)) when a later owner claimed the partition.
-        let run = |conn: &mut Connection| -> rusqlite::Result<Option<i64>> {
+        let mut run = |conn: &mut Connection| -> rusqlite::Result<Option<i64>> {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            // The rows written, with their ids, for the outbox's tail in memory: the changelog
+            // entries, the batch's own records (ids only: they move out of the batch once it
+            // committed), then the offset marker.
             let mut written = Vec::new();
+            let mut emitted_ids = Vec::with_capacity(batch.outbox().len());
+            let mut marker_row = None;
             if let Some(mine) = claimed {
                 let current: i64 = tx
                     .query_row(
@@ -466,8 +473,7 @@ impl PartitionStore {
                     "INSERT INTO outbox (topic, partition, key, value, headers, timestamp_ms) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )?;
-                // Each row written, with its id, for the outbox's tail in memory.
-                let mut queue = |r: OutboxRecord| -> rusqlite::Result<()> {
+                let mut insert = |r: &OutboxRecord| -> rusqlite::Result<i64> {
                     let headers = outbox::encode_headers(&r.headers)?;
                     outbox.execute(params![
                         r.topic,
@@ -477,8 +483,7 @@ impl PartitionStore {
                         headers,
                         r.timestamp
                     ])?;
-                    written.push((tx.last_insert_rowid(), r));
-                    Ok(())
+                    Ok(tx.last_insert_rowid())
                 };
                 // Order matters to restores elsewhere: the batch's offset marker goes last, and
                 // the outbox sends it only once every row before it is acknowledged, so a
@@ -508,19 +513,20 @@ impl PartitionStore {
                         timestamp: None,
                     };
                     for (store, key, value) in batch.iter() {
-                        queue(entry(
+                        let r = entry(
                             ChangelogEntry::key(store, key),
                             value.map(|v| v.as_bytes().to_vec()),
-                        ))?;
+                        );
+                        written.push((insert(&r)?, r));
                     }
                     let (key, value) = ChangelogEntry::offset_marker(next_offset);
                     marker = Some(entry(key, Some(value)));
                 }
                 for r in batch.outbox() {
-                    queue(r.clone())?;
+                    emitted_ids.push(insert(r)?);
                 }
                 if let Some(marker) = marker {
-                    queue(marker)?;
+                    marker_row = Some((insert(&marker)?, marker));
                 }
                 tx.prepare_cached(UPSERT_OFFSET)?.execute(params![
                     topic,
@@ -530,6 +536,8 @@ impl PartitionStore {
                 ])?;
             }
             tx.commit()?;
+            written.extend(emitted_ids.into_iter().zip(batch.take_outbox()));
+            written.extend(marker_row);
             self.outbox_tail().committed(written);
             // Committed: the cache learns the batch's values (never before, so a failed or
             // abandoned transaction leaves it holding committed state only).

@@ -32,7 +32,7 @@ pub struct Progress {
 /// # let store = weir_state::PartitionStore::open(&path)?;
 /// # let mut batch = weir_state::WriteSet::default();
 /// # batch.put("totals", &"alice", &42u64)?;
-/// # store.commit(&batch, "orders", 0, 7)?;
+/// # store.commit(&mut batch, "orders", 0, 7)?;
 /// let reader = weir_state::StoreReader::open(&path)?;
 /// assert_eq!(reader.get::<_, u64>("totals", &"alice")?, Some(42));
 /// assert_eq!(reader.next_offset("orders", 0)?, Some(7));

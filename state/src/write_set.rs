@@ -163,6 +163,11 @@ impl WriteSet {
         &self.outbox
     }
 
+    /// Takes the queued records out (a commit that wrote them keeps them for sending).
+    pub(crate) fn take_outbox(&mut self) -> Vec<OutboxRecord> {
+        std::mem::take(&mut self.outbox)
+    }
+
     /// Number of buffered key changes.
     pub fn len(&self) -> usize {
         self.stores.iter().map(|(_, m)| m.len()).sum()

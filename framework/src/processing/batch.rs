@@ -617,7 +617,7 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
 
     /// Commits `writes` with the next offset `next` in one SQLite transaction, on a blocking
     /// thread.
-    async fn commit(&self, writes: WriteSet, next: i64) -> Result<(), BatchError> {
+    async fn commit(&self, mut writes: WriteSet, next: i64) -> Result<(), BatchError> {
         let store = Arc::clone(&self.store);
         let topic = Arc::clone(&self.topic);
         let partition = self.partition;
@@ -626,8 +626,8 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
         let committed = tokio::task::spawn_blocking(move || {
             let store = (*store).as_ref();
             match &changelog {
-                Some(cl) => store.commit_with_changelog(&writes, &topic, partition, next, cl),
-                None => store.commit(&writes, &topic, partition, next),
+                Some(cl) => store.commit_with_changelog(&mut writes, &topic, partition, next, cl),
+                None => store.commit(&mut writes, &topic, partition, next),
             }
         })
         .await;

@@ -190,13 +190,26 @@ impl<'a> Ctx<'a> {
         value: &[u8],
         headers: &[(&str, &[u8])],
     ) {
+        self.emit_value(topic, key, value.to_vec(), headers);
+    }
+
+    /// [`emit`](Self::emit) of a value already owned.
+    fn emit_value(
+        &mut self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: Vec<u8>,
+        headers: &[(&str, &[u8])],
+    ) {
         // A passed-along `weir.source.acked_below` speaks for another writer: only the
-        // outbox sets this writer's.
-        let mut all: Vec<(String, Vec<u8>)> = headers
-            .iter()
-            .filter(|(k, _)| *k != header::SOURCE_ACKED_BELOW)
-            .map(|(k, v)| ((*k).to_owned(), v.to_vec()))
-            .collect();
+        // outbox sets this writer's. weir's own (at most five) follow.
+        let mut all: Vec<(String, Vec<u8>)> = Vec::with_capacity(headers.len() + 5);
+        all.extend(
+            headers
+                .iter()
+                .filter(|(k, _)| *k != header::SOURCE_ACKED_BELOW)
+                .map(|(k, v)| ((*k).to_owned(), v.to_vec())),
+        );
         let (topic_in, partition) = (self.source.topic(), self.source.partition());
         match self.source {
             Source::Record(m) => {
@@ -216,7 +229,7 @@ impl<'a> Ctx<'a> {
             topic: topic.to_owned(),
             partition: None,
             key: key.map(<[u8]>::to_vec),
-            value: Some(value.to_vec()),
+            value: Some(value),
             headers: all,
             timestamp: Some(self.time.emit_time()),
         });
@@ -247,7 +260,7 @@ impl<'a> Ctx<'a> {
             topic: topic.to_owned(),
             reason: e.to_string(),
         })?;
-        self.emit(topic, key, &json, &[]);
+        self.emit_value(topic, key, json, &[]);
         Ok(())
     }
 

@@ -256,7 +256,7 @@ mod tests {
         let next = msgs.last().map_or(0, |m| m.offset() + 1);
         let mut writes = writes;
         ids.write_at(store, &mut writes, next, now).expect("write");
-        store.commit(&writes, "t", 0, next).expect("commit");
+        store.commit(&mut writes, "t", 0, next).expect("commit");
         applied
     }
 

@@ -117,14 +117,14 @@ fn run(
             Some(Crash::MidCommit { rows }) => {
                 store.crash_next_commit_after(rows % (ws.len() + 1));
                 store
-                    .commit(&ws, "t", 3, end as i64)
+                    .commit(&mut ws, "t", 3, end as i64)
                     .expect("interrupted commit");
                 return;
             }
             Some(Crash::FailedCommit { rows }) => {
                 store.fail_next_commit_after(rows % (ws.len() + 1));
                 store
-                    .commit(&ws, "t", 3, end as i64)
+                    .commit(&mut ws, "t", 3, end as i64)
                     .expect_err("failed commit");
                 // The batch runs again from its first record.
                 crash = None;
@@ -132,7 +132,7 @@ fn run(
             }
             _ => {}
         }
-        store.commit(&ws, "t", 3, end as i64).expect("commit");
+        store.commit(&mut ws, "t", 3, end as i64).expect("commit");
         offset = end;
         crash = None;
     }
@@ -251,9 +251,9 @@ fn a_later_claim_fences_the_earlier_owner() {
     let mut ws = WriteSet::default();
     ws.put("s", "k", &1).expect("put");
     assert_eq!(old.claim("t", 0).expect("claim"), 1);
-    old.commit(&ws, "t", 0, 10).expect("the owner commits");
+    old.commit(&mut ws, "t", 0, 10).expect("the owner commits");
     assert_eq!(new.claim("t", 0).expect("claim"), 2);
-    let err = old.commit(&ws, "t", 0, 20).expect_err("fenced");
+    let err = old.commit(&mut ws, "t", 0, 20).expect_err("fenced");
     assert!(
         matches!(
             err,
@@ -266,10 +266,11 @@ fn a_later_claim_fences_the_earlier_owner() {
         "{err}"
     );
     assert_eq!(new.next_offset("t", 0).expect("offset"), Some(10));
-    new.commit(&ws, "t", 0, 30).expect("the new owner commits");
+    new.commit(&mut ws, "t", 0, 30)
+        .expect("the new owner commits");
     assert_eq!(old.next_offset("t", 0).expect("offset"), Some(30));
     // Another partition of the same file is not fenced by this claim.
-    old.commit(&ws, "t", 1, 5).expect("other partition");
+    old.commit(&mut ws, "t", 1, 5).expect("other partition");
 }
 
 #[test]
@@ -278,7 +279,8 @@ fn a_version_1_file_is_upgraded_in_place() {
     let path = dir.path().join("0.sqlite");
     {
         let s = PartitionStore::open(&path).expect("open");
-        s.commit(&WriteSet::default(), "t", 0, 7).expect("commit");
+        s.commit(&mut WriteSet::default(), "t", 0, 7)
+            .expect("commit");
     }
     {
         let conn = Connection::open(&path).expect("raw open");
@@ -300,7 +302,7 @@ fn a_version_3_file_is_upgraded_in_place() {
         let s = PartitionStore::open(&path).expect("open");
         let mut ws = WriteSet::default();
         ws.put("totals", "alice", &5).expect("put");
-        s.commit(&ws, "t", 0, 7).expect("commit");
+        s.commit(&mut ws, "t", 0, 7).expect("commit");
     }
     {
         let conn = Connection::open(&path).expect("raw open");
@@ -348,7 +350,7 @@ fn outbox_and_changelog_entries_commit_with_the_batch_and_leave_once_acknowledge
     };
     ws.emit(out.clone());
     store
-        .commit_with_changelog(&ws, "in", 2, 10, "in.changelog")
+        .commit_with_changelog(&mut ws, "in", 2, 10, "in.changelog")
         .expect("commit");
     let pending = store.pending_outbox(100).expect("pending");
     let records: Vec<&OutboxRecord> = pending.iter().map(|(_, r)| r).collect();
@@ -429,7 +431,7 @@ fn a_rewind_empties_the_store_under_a_higher_generation_and_tells_the_changelog(
     batch.put("totals", &"alice", &3u64).expect("put");
     batch.put("totals", &"bob", &4u64).expect("put");
     store
-        .commit_with_changelog(&batch, "in", 0, 100, "cl")
+        .commit_with_changelog(&mut batch, "in", 0, 100, "cl")
         .expect("commit");
     let before = store.position("in", 0).expect("position").expect("some");
     assert_eq!(before.generation, 0);
@@ -477,7 +479,7 @@ fn a_rewind_empties_the_store_under_a_higher_generation_and_tells_the_changelog(
     // Later batches carry the generation; a second rewind raises it again.
     store.delete_outbox(&ids_of(&store)).expect("sent");
     store
-        .commit_with_changelog(&batch, "in", 0, 25, "cl")
+        .commit_with_changelog(&mut batch, "in", 0, 25, "cl")
         .expect("commit");
     let marker = store
         .pending_outbox(100)
@@ -581,7 +583,7 @@ fn long_commit_child(path: &Path) {
     for k in 0..10u32 {
         first.put("big", &k, &1u64).expect("put");
     }
-    store.commit(&first, "t", 0, 10).expect("first commit");
+    store.commit(&mut first, "t", 0, 10).expect("first commit");
     let mut long = WriteSet::default();
     for k in 0..3_000_000u32 {
         long.put("big", &k, &2u64).expect("put");
@@ -589,7 +591,9 @@ fn long_commit_child(path: &Path) {
     println!("long commit");
     use std::io::Write as _;
     std::io::stdout().flush().expect("flush");
-    store.commit(&long, "t", 0, 3_000_010).expect("long commit");
+    store
+        .commit(&mut long, "t", 0, 3_000_010)
+        .expect("long commit");
     // Not reached when the parent kills us in time; then the parent's assertions fail.
     println!("committed");
 }
@@ -648,9 +652,9 @@ proptest! {
                     }
                     offset += 1;
                     if changelog {
-                        store.commit_with_changelog(&ws, "t", 0, offset, "t-changelog")
+                        store.commit_with_changelog(&mut ws, "t", 0, offset, "t-changelog")
                     } else {
-                        store.commit(&ws, "t", 0, offset)
+                        store.commit(&mut ws, "t", 0, offset)
                     }
                     .expect("commit");
                 }
@@ -710,7 +714,7 @@ fn outbox_rows_of_an_older_version_with_json_headers_are_still_sent() {
         timestamp: None,
     };
     ws.emit(new.clone());
-    store.commit(&ws, "t", 0, 1).expect("commit");
+    store.commit(&mut ws, "t", 0, 1).expect("commit");
     let taken: Vec<OutboxRecord> = store
         .take_outbox(10)
         .expect("take")
@@ -779,7 +783,7 @@ fn a_commit_and_a_hand_out_at_once_never_deadlock() {
                     headers: Vec::new(),
                     timestamp: None,
                 });
-                store.commit(&ws, "t", 0, offset).expect("commit");
+                store.commit(&mut ws, "t", 0, offset).expect("commit");
             }
             let _ = done.send("committer");
         })

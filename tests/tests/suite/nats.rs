@@ -365,7 +365,7 @@ async fn emits_sent_again_land_once() {
             rows.emit(r.clone());
         }
         store
-            .commit(&rows, &topic, 0, next)
+            .commit(&mut rows, &topic, 0, next)
             .expect("put the rows back");
     }
     // One more record of lane 0, so the worker takes the lane (and sends its outbox first).

@@ -36,7 +36,7 @@ async fn rows_left_by_a_crash_are_sent_when_the_store_opens(kind: BrokerKind) {
             headers: vec![("weir.source.offset".into(), b"0".to_vec())],
             timestamp: None,
         });
-        store.commit(&batch, &topic, 0, 1).expect("commit");
+        store.commit(&mut batch, &topic, 0, 1).expect("commit");
     }
     // The input topic stays empty: only opening the store can send the row.
     let worker = RunningWorker::spawn(
