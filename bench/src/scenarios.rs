@@ -364,8 +364,12 @@ pub(crate) async fn live(
         // Read from the output's end as it is now: what was emitted for the backlog is not
         // read (it would delay the live records behind it).
         let reader = output_reader(brokers, &output, &format!("{group}-out"))?;
-        let give_up = Arc::clone(&give_up);
-        std::thread::spawn(move || read_outputs(&reader, live_from_ms, live_n, &give_up))
+        // An output's value is its source record's produce time.
+        spawn_latency_reader(reader, live_n, Arc::clone(&give_up), move |msg| {
+            msg.payload()
+                .and_then(|p| std::str::from_utf8(p).ok()?.parse::<i64>().ok())
+                .filter(|ts| *ts >= live_from_ms)
+        })
     };
     let produced_in = produce_live(brokers, topic, rate, live_n).await?;
     wait_committed(n + live_n).await?;
@@ -378,21 +382,13 @@ pub(crate) async fn live(
         "live: {live_n} records at {rate}/s produced in {produced_in:.1?}; produce to state \
          commit p50 {p50} ms, p99 {p99} ms, p999 {p999} ms"
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !outputs.is_finished() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    give_up.store(true, Ordering::Relaxed);
-    let out = outputs
-        .join()
-        .map_err(|_| "the output reader panicked".to_owned())?;
-    if out.count < live_n {
-        return Err(format!(
-            "{} of {live_n} emitted records arrived on {output} within 60 s",
-            out.count
-        ));
-    }
-    let emitted = [out.quantile(0.5), out.quantile(0.99), out.quantile(0.999)];
+    let emitted = latencies_read(
+        outputs,
+        &give_up,
+        live_n,
+        &format!("emitted records on {output}"),
+    )
+    .await?;
     eprintln!(
         "live: produce to emitted output p50 {} ms, p99 {} ms, p999 {} ms",
         emitted[0], emitted[1], emitted[2]
@@ -481,36 +477,11 @@ pub(crate) async fn raw_live(
     }
     let reader = output_reader(brokers, topic, group)?;
     let give_up = Arc::new(AtomicBool::new(false));
-    let received = {
-        let give_up = Arc::clone(&give_up);
-        std::thread::spawn(move || {
-            let mut latencies = Histogram::default();
-            while latencies.count < live_n && !give_up.load(Ordering::Relaxed) {
-                if let Some(Ok(msg)) = reader.poll(Duration::from_millis(100)) {
-                    if let Some(ts) = msg.timestamp().to_millis() {
-                        latencies.record(now_ms() - ts);
-                    }
-                }
-            }
-            latencies
-        })
-    };
+    let received = spawn_latency_reader(reader, live_n, Arc::clone(&give_up), |msg| {
+        msg.timestamp().to_millis()
+    });
     let produced_in = produce_live(brokers, topic, rate, live_n).await?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !received.is_finished() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    give_up.store(true, Ordering::Relaxed);
-    let got = received
-        .join()
-        .map_err(|_| "the raw live reader panicked".to_owned())?;
-    if got.count < live_n {
-        return Err(format!(
-            "{} of {live_n} live records arrived within 60 s",
-            got.count
-        ));
-    }
-    let floor = [got.quantile(0.5), got.quantile(0.99), got.quantile(0.999)];
+    let floor = latencies_read(received, &give_up, live_n, "live records").await?;
     eprintln!(
         "raw live: {live_n} records at {rate}/s; produce to receive p50 {} ms, p99 {} ms, p999 {} ms",
         floor[0], floor[1], floor[2]
@@ -579,27 +550,49 @@ pub(crate) fn output_reader(
     Ok(reader)
 }
 
-/// Reads the live worker's output topic until `n` records produced from `from_ms` on have
-/// arrived (or `give_up`): the latency from their source's produce time to their arrival.
-pub(crate) fn read_outputs(
-    reader: &BaseConsumer,
-    from_ms: i64,
+/// Reads with `reader` on a thread of its own until `n` records have arrived whose produce
+/// time `sent_ms` gives (the others are not counted), or `give_up`: their latencies from
+/// produce to arrival.
+fn spawn_latency_reader(
+    reader: BaseConsumer,
     n: u64,
-    give_up: &AtomicBool,
-) -> Histogram {
-    let mut latencies = Histogram::default();
-    while latencies.count < n && !give_up.load(Ordering::Relaxed) {
-        let Some(Ok(msg)) = reader.poll(Duration::from_millis(100)) else {
-            continue;
-        };
-        let source_ms = msg
-            .payload()
-            .and_then(|p| std::str::from_utf8(p).ok()?.parse::<i64>().ok());
-        if let Some(ts) = source_ms.filter(|ts| *ts >= from_ms) {
-            latencies.record(now_ms() - ts);
+    give_up: Arc<AtomicBool>,
+    sent_ms: impl Fn(&rdkafka::message::BorrowedMessage<'_>) -> Option<i64> + Send + 'static,
+) -> std::thread::JoinHandle<Histogram> {
+    std::thread::spawn(move || {
+        let mut latencies = Histogram::default();
+        while latencies.count < n && !give_up.load(Ordering::Relaxed) {
+            let Some(Ok(msg)) = reader.poll(Duration::from_millis(100)) else {
+                continue;
+            };
+            if let Some(ts) = sent_ms(&msg) {
+                latencies.record(now_ms() - ts);
+            }
         }
+        latencies
+    })
+}
+
+/// Waits up to 60 s for a [`spawn_latency_reader`] to have read its `n` records (`what`), then
+/// stops it: their p50, p99 and p999.
+async fn latencies_read(
+    reader: std::thread::JoinHandle<Histogram>,
+    give_up: &AtomicBool,
+    n: u64,
+    what: &str,
+) -> Result<[i64; 3], String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !reader.is_finished() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    latencies
+    give_up.store(true, Ordering::Relaxed);
+    let got = reader
+        .join()
+        .map_err(|_| format!("the reader of {what} panicked"))?;
+    if got.count < n {
+        return Err(format!("{} of {n} {what} arrived within 60 s", got.count));
+    }
+    Ok([0.5, 0.99, 0.999].map(|q| got.quantile(q)))
 }
 
 /// Changelog restore: a keyed-count worker with the changelog on processes the backlog

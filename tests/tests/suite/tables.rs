@@ -284,6 +284,15 @@ async fn a_recreated_table_topic_is_read_from_its_start() {
     worker.stop_cleanly().await;
 }
 
+/// The end of `topic`'s partition 0 as the broker answers the offsets query.
+fn offsets_query_end(broker: &TestBroker, topic: &str) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = broker.client().create().expect("consumer");
+    c.fetch_watermarks(topic, 0, Duration::from_secs(30))
+        .expect("watermarks")
+        .1
+}
+
 /// Produces a record without a value to `topic`, keyed `key`, partitioned like keyed records.
 async fn produce_tombstone(broker: &TestBroker, topic: &str, key: &str) {
     use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -493,13 +502,7 @@ async fn a_transactional_table_costs_no_wait_per_batch() {
     assert_eq!(wait_joined(dir.path(), &group, &topic, "first").await, "FR");
     worker.stop_cleanly().await;
     // The premise: the log's end is past the last record (the commit marker).
-    let high = {
-        use rdkafka::consumer::{BaseConsumer, Consumer};
-        let c: BaseConsumer = broker.client().create().expect("consumer");
-        c.fetch_watermarks(&customers, 0, timeout)
-            .expect("watermarks")
-            .1
-    };
+    let high = offsets_query_end(&broker, &customers);
     assert_eq!(high, 2, "one record and its transaction's commit marker");
     // The table's position is at the end, so the next batch does not wait for the marker
     // again (before the fix: 1, and every batch waited the grace).
@@ -536,13 +539,7 @@ async fn a_table_is_read_once_not_before_every_batch() {
         )
         .await;
     // The premise: the offsets query answers short of the 200 records.
-    let high = {
-        use rdkafka::consumer::{BaseConsumer, Consumer};
-        let c: BaseConsumer = broker.client().create().expect("consumer");
-        c.fetch_watermarks(&customers, 0, Duration::from_secs(30))
-            .expect("watermarks")
-            .1
-    };
+    let high = offsets_query_end(&broker, &customers);
     assert!(
         high < CUSTOMERS as i64,
         "tansu's offsets query says {high} for {CUSTOMERS} records written together"

@@ -57,7 +57,7 @@ impl Connection {
             .map_err(|e| format!("cannot create the table consumer: {e}"))?;
         let asker: BaseConsumer<ReaderContext> = config
             .create_with_context(ReaderContext("table offsets"))
-            .map_err(|e| format!("cannot create the table consumer: {e}"))?;
+            .map_err(|e| format!("cannot create the table offsets client: {e}"))?;
         Ok(LogReader {
             consumer: Some(Arc::new(consumer)),
             asker: Some(Arc::new(asker)),
