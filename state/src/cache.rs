@@ -7,7 +7,7 @@
 //! All caches of a worker share one [`CacheBudget`] of bytes; a cache over it evicts its
 //! entries not read since its previous sweep (a clock-like second chance).
 
-use std::collections::HashMap;
+use crate::KeyMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -77,7 +77,7 @@ const RETRY_AFTER: u64 = 2_000_000;
 /// again after two million lookups.
 #[derive(Debug)]
 pub(crate) struct StateCache {
-    stores: Vec<(String, HashMap<String, Entry>)>,
+    stores: Vec<(String, KeyMap<Entry>)>,
     bytes: usize,
     budget: Arc<CacheBudget>,
     /// New keys enter the cache.
@@ -143,7 +143,7 @@ impl StateCache {
         let index = match self.stores.iter().position(|(name, _)| name == store) {
             Some(i) => i,
             None => {
-                self.stores.push((store.to_owned(), HashMap::new()));
+                self.stores.push((store.to_owned(), KeyMap::default()));
                 self.stores.len() - 1
             }
         };

@@ -1,7 +1,7 @@
 //! The state changes of one batch, buffered in memory until the batch commits.
 
+use crate::KeyMap;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::ops::Range;
 
 use serde::{de::DeserializeOwned, Serialize};
@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 #[derive(Debug, Default, Clone)]
 pub struct WriteSet {
     /// Per store (a handler has few, so a list beats hashing the name), its changed keys.
-    stores: Vec<(String, HashMap<String, Option<String>>)>,
+    stores: Vec<(String, KeyMap<Option<String>>)>,
     /// What the open savepoint can undo.
     undo: UndoLog,
     /// Records to produce once the batch commits, in order.
@@ -261,7 +261,7 @@ impl WriteSet {
         match self.stores.iter().position(|(name, _)| name == store) {
             Some(i) => i,
             None => {
-                self.stores.push((store.to_owned(), HashMap::new()));
+                self.stores.push((store.to_owned(), KeyMap::default()));
                 self.stores.len() - 1
             }
         }
