@@ -3,6 +3,7 @@
 pub(crate) const SCENARIOS: &[&str] = &[
     "raw",
     "raw-defaults",
+    "raw-pipe",
     "weir-stateless",
     "weir-keyed-count",
     "weir-keyed-count-emit",

@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
 
 use crate::probe::Probe;
 
@@ -93,6 +96,116 @@ pub(crate) fn raw(c: BaseConsumer, n: u64, probe: &Probe) -> Result<(), String> 
         }
     }
     std::hint::black_box(bytes);
+    Ok(())
+}
+
+/// The ceiling of the emitting scenarios: [`raw`] producing one record per input to `output`
+/// (its key, the input's timestamp as the value, as `weir-keyed-count-emit` does), with no
+/// state and none of weir's guarantees (no idempotence, no headers, nothing stored). Timed to
+/// the delivery of the last record it produced.
+///
+/// `WEIR_BENCH_PIPE=guarantees` gives its producer weir's settings (idempotent, `acks=all`,
+/// gapless, murmur2), and `WEIR_BENCH_PIPE=weir` adds the five `weir.source.*` headers weir
+/// puts on every emit, to show what each costs.
+pub(crate) fn raw_pipe(
+    c: BaseConsumer,
+    brokers: &str,
+    output: &str,
+    n: u64,
+    probe: &Probe,
+) -> Result<(), String> {
+    let like = std::env::var("WEIR_BENCH_PIPE").unwrap_or_default();
+    let (guarantees, headers) = match like.as_str() {
+        "" => (false, false),
+        "guarantees" => (true, false),
+        "weir" => (true, true),
+        other => {
+            return Err(format!(
+                "WEIR_BENCH_PIPE={other}: expected guarantees or weir"
+            ))
+        }
+    };
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000");
+    if guarantees {
+        config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("enable.gapless.guarantee", "true")
+            .set("message.timeout.ms", "0")
+            .set("partitioner", "murmur2_random");
+    }
+    let producer: BaseProducer = config.create().map_err(|e| e.to_string())?;
+    let mut offset = String::new();
+    let mut seen = 0u64;
+    let mut timestamps = Vec::with_capacity(1000);
+    let mut value = String::new();
+    while seen < n {
+        producer.poll(Duration::ZERO);
+        let Some(m) = c.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let m = m.map_err(|e| e.to_string())?;
+        if seen == 0 {
+            probe.first.get_or_init(Instant::now);
+        }
+        seen += 1;
+        let ts = m.timestamp().to_millis().unwrap_or(0);
+        value.clear();
+        std::fmt::Write::write_fmt(&mut value, format_args!("{ts}")).map_err(|e| e.to_string())?;
+        let mut record = BaseRecord::<[u8], str>::to(output).payload(value.as_str());
+        if let Some(key) = m.key() {
+            record = record.key(key);
+        }
+        if headers {
+            offset.clear();
+            std::fmt::Write::write_fmt(&mut offset, format_args!("{}", m.offset()))
+                .map_err(|e| e.to_string())?;
+            let partition = m.partition().to_string();
+            record = record.headers(
+                [
+                    ("weir.source.topic", m.topic()),
+                    ("weir.source.partition", partition.as_str()),
+                    ("weir.source.offset", offset.as_str()),
+                    ("weir.source.seq", "0"),
+                    ("weir.source.group", "bench-weir-keyed-count-emit-1234"),
+                ]
+                .into_iter()
+                .fold(OwnedHeaders::new_with_capacity(5), |h, (key, value)| {
+                    h.insert(Header {
+                        key,
+                        value: Some(value),
+                    })
+                }),
+            );
+        }
+        while let Err((e, back)) = producer.send(record) {
+            if e != KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) {
+                return Err(e.to_string());
+            }
+            record = back;
+            producer.poll(Duration::from_millis(1));
+        }
+        timestamps.push(ts);
+        // The last records count once all are delivered (below).
+        if timestamps.len() == 1000 && seen < n {
+            probe
+                .done
+                .fetch_add(timestamps.len() as u64, Ordering::Relaxed);
+            probe.commit(timestamps.drain(..));
+        }
+    }
+    producer
+        .flush(Duration::from_secs(60))
+        .map_err(|e| format!("flushing the pipe's producer: {e}"))?;
+    probe
+        .done
+        .fetch_add(timestamps.len() as u64, Ordering::Relaxed);
+    probe.commit(timestamps.drain(..));
     Ok(())
 }
 

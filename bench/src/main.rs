@@ -6,7 +6,9 @@
 //! cargo run --release -p weir-bench -- --scenario all [--messages N] [--partitions P] [--slow-messages M] [--keys K] [--values words|lines] [--rate R] [--rounds N]
 //! ```
 //!
-//! Scenarios: `raw` and `raw-defaults` (with `all`, run first and again last), `weir-stateless`,
+//! Scenarios: `raw` and `raw-defaults` (with `all`, run first and again last), `raw-pipe` (the
+//! raw consumer producing one record per input, `WEIR_BENCH_PIPE` for weir's guarantees and
+//! headers), `weir-stateless`,
 //! `weir-keyed-count`, `weir-window-count` (the keyed count in tumbling one-second windows of
 //! the records' timestamps, each closed window's count emitted), `weir-enrich` (the `enrich`
 //! example's two-stage pipeline: each record joined with its key's row of a co-partitioned

@@ -13,7 +13,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use weir::prelude::*;
 
 use crate::args::Args;
-use crate::baselines::{consumer, hand_loop, hand_loop_batched, raw, TUNED};
+use crate::baselines::{consumer, hand_loop, hand_loop_batched, raw, raw_pipe, TUNED};
 use crate::data::create_topic;
 use crate::handlers::{
     customers_topic, BenchCustomers, BenchJoin, BenchRevenue, Counting, KeyedCount, Stateless,
@@ -40,6 +40,21 @@ pub(crate) async fn run_child(args: &Args, brokers: &str, topic: &str) -> Result
         "raw-amqp" => crate::rabbitmq::raw(brokers, topic, args.partitions, n, &probe).await?,
         "raw-sqs" => crate::sqs::raw(topic, n, &probe).await?,
         "raw-defaults" => raw(consumer(brokers, topic, &group, &[])?, n, &probe)?,
+        "raw-pipe" => {
+            let output = format!("{topic}.pipe-{}", std::process::id());
+            if let Err(e) = create_topic(brokers, &output, args.partitions).await {
+                eprintln!(
+                    "raw pipe: creating {output} failed ({e}); relying on the broker creating it"
+                );
+            }
+            raw_pipe(
+                consumer(brokers, topic, &group, TUNED)?,
+                brokers,
+                &output,
+                n,
+                &probe,
+            )?;
+        }
         "hand-loop" => hand_loop(brokers, topic, &group, n, &probe, dir.path())?,
         "hand-loop-batched" => hand_loop_batched(brokers, topic, &group, n, &probe, dir.path())?,
         "weir-keyed-count" => {
