@@ -7,9 +7,10 @@
 //! All caches of a worker share one [`CacheBudget`] of bytes; a cache over it evicts its
 //! entries not read since its previous sweep (a clock-like second chance).
 
-use crate::KeyMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+
+use crate::KeyMap;
 
 /// Memory per entry beyond its key and value bytes: the hash table's slot (56 bytes) at its
 /// load factor after growth (half to seven eighths full), the two strings' allocator chunks

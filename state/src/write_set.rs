@@ -1,12 +1,12 @@
 //! The state changes of one batch, buffered in memory until the batch commits.
 
-use crate::KeyMap;
 use std::cell::RefCell;
 use std::ops::Range;
 
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::error::{Error, Result};
+use crate::KeyMap;
 
 /// State changes of one batch: per named store, key (JSON) to new value (JSON) or deletion.
 ///

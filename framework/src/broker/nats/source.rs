@@ -40,6 +40,7 @@ use crate::inbound::Delivered;
 const GROUP: &str = "weir";
 /// The header that names the client a lane is pinned to.
 const PIN_HEADER: &str = "Nats-Pin-Id";
+/// [`PIN_HEADER`] as a header name made once: looked up by `&str`, the name is copied first.
 const PIN_NAME: async_nats::HeaderName = async_nats::HeaderName::from_static(PIN_HEADER);
 /// Messages one pull asks for (and at most [`BATCH_BYTES`] of them).
 const BATCH: usize = 4096;
@@ -871,7 +872,6 @@ impl LaneTask {
             let header_pin = message
                 .headers
                 .as_ref()
-                // (A name made once: by `&str`, every lookup copies it first.)
                 .and_then(|h| h.get(PIN_NAME))
                 .map(|v| v.as_str().to_owned());
             let Some(header_pin) = header_pin else {
