@@ -10,7 +10,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::KeyMap;
+use crate::key_map::KeyMap;
 
 /// Memory per entry beyond its key and value bytes: the hash table's slot (56 bytes) at its
 /// load factor after growth (half to seven eighths full), the two strings' allocator chunks

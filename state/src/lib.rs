@@ -28,15 +28,12 @@
 
 mod cache;
 mod error;
+mod key_map;
 mod partition_store;
 mod reader;
 mod schema;
 pub mod wire;
 mod write_set;
-
-/// Keys to what a store holds for them, hashed with foldhash: std's SipHash was 7% of a word
-/// count's samples. The seed is still random per map.
-type KeyMap<V> = std::collections::HashMap<String, V, foldhash::fast::RandomState>;
 
 pub use cache::CacheBudget;
 pub use error::{Error, Result};

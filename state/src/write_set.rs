@@ -6,7 +6,7 @@ use std::ops::Range;
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::error::{Error, Result};
-use crate::KeyMap;
+use crate::key_map::KeyMap;
 
 /// State changes of one batch: per named store, key (JSON) to new value (JSON) or deletion.
 ///
