@@ -26,6 +26,8 @@ pub(crate) const SCENARIOS: &[&str] = &[
 pub(crate) const SLOW: &[&str] = &["hand-loop"];
 /// The raw consumers: the ceiling of a run is the best of them.
 pub(crate) const RAW: &[&str] = &["raw", "raw-defaults", "raw-nats", "raw-amqp", "raw-sqs"];
+/// The raw consumers of NATS, RabbitMQ and SQS, left out of a Kafka run's `all`.
+pub(crate) const OTHER_BROKERS_RAW: &[&str] = &["raw-nats", "raw-amqp", "raw-sqs"];
 pub(crate) const WORDS: &[&str] = &[
     "alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta",
 ];

@@ -58,7 +58,7 @@ mod rabbitmq;
 mod scenarios;
 mod sqs;
 
-use args::{parse_args, Args, RAW, SCENARIOS, SLOW};
+use args::{parse_args, Args, OTHER_BROKERS_RAW, RAW, SCENARIOS, SLOW};
 use baselines::quix_command;
 use data::{create_topic, produce, produce_records};
 use handlers::customers_topic;
@@ -195,8 +195,15 @@ async fn run_parent(args: &Args) -> Result<(), String> {
         "all" if on_sqs => (0..args.rounds.max(1))
             .flat_map(|_| sqs::SCENARIOS.iter().copied())
             .collect(),
+        // Kafka's: the other brokers' raw consumers are theirs alone.
         "all" => (0..args.rounds.max(1))
-            .flat_map(|_| SCENARIOS.iter().chain(RAW).copied())
+            .flat_map(|_| {
+                SCENARIOS
+                    .iter()
+                    .chain(RAW)
+                    .copied()
+                    .filter(|s| !OTHER_BROKERS_RAW.contains(s))
+            })
             .collect(),
         some => (0..args.rounds.max(1))
             .flat_map(|_| some.split(','))
