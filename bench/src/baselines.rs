@@ -13,6 +13,9 @@ use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 
+use weir::state::header;
+
+use crate::data::producer_config;
 use crate::probe::Probe;
 
 /// The `quix` scenario: installs Quix Streams (bench/setup.sh) if needed, then runs
@@ -125,12 +128,7 @@ pub(crate) fn raw_pipe(
             ))
         }
     };
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", brokers)
-        .set("linger.ms", "20")
-        .set("batch.num.messages", "10000")
-        .set("queue.buffering.max.messages", "1000000");
+    let mut config = producer_config(brokers);
     if guarantees {
         config
             .set("enable.idempotence", "true")
@@ -168,11 +166,11 @@ pub(crate) fn raw_pipe(
             let partition = m.partition().to_string();
             record = record.headers(
                 [
-                    ("weir.source.topic", m.topic()),
-                    ("weir.source.partition", partition.as_str()),
-                    ("weir.source.offset", offset.as_str()),
-                    ("weir.source.seq", "0"),
-                    ("weir.source.group", "bench-weir-keyed-count-emit-1234"),
+                    (header::SOURCE_TOPIC, m.topic()),
+                    (header::SOURCE_PARTITION, partition.as_str()),
+                    (header::SOURCE_OFFSET, offset.as_str()),
+                    (header::SOURCE_SEQ, "0"),
+                    (header::SOURCE_GROUP, "bench-weir-keyed-count-emit-1234"),
                 ]
                 .into_iter()
                 .fold(OwnedHeaders::new_with_capacity(5), |h, (key, value)| {

@@ -50,17 +50,24 @@ pub(crate) async fn produce(
     produce_records(brokers, topic, records).await
 }
 
+/// The bench's producer settings: large batches after a short linger.
+pub(crate) fn producer_config(brokers: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000");
+    config
+}
+
 /// Produces `(key, value)` records, partitioned by key, and waits for their acknowledgement.
 pub(crate) async fn produce_records(
     brokers: &str,
     topic: &str,
     records: impl Iterator<Item = (String, String)>,
 ) -> Result<(), String> {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("linger.ms", "20")
-        .set("batch.num.messages", "10000")
-        .set("queue.buffering.max.messages", "1000000")
+    let producer: FutureProducer = producer_config(brokers)
         .create()
         .map_err(|e| e.to_string())?;
     let mut inflight = Vec::new();
