@@ -37,6 +37,8 @@ pub fn tallies_topic(topic: &str) -> String {
 pub struct TallyHandler {
     /// Sleep this long on every record (so that a kill finds records in flight).
     pub delay: Option<std::time::Duration>,
+    /// Emit to this topic rather than [`tallies_topic`].
+    pub to: Option<String>,
 }
 
 impl Process for TallyHandler {
@@ -69,10 +71,33 @@ impl Process for TallyHandler {
             key: rec.key().clone(),
             tally,
         };
-        ctx.emit_json(
-            &tallies_topic(rec.topic()),
-            Some(rec.key().as_bytes()),
-            &out,
-        )
+        let to = match &self.to {
+            Some(to) => to.clone(),
+            None => tallies_topic(rec.topic()),
+        };
+        ctx.emit_json(&to, Some(rec.key().as_bytes()), &out)
     }
+}
+
+/// Asserts that `emitted` (the payloads of [`Emitted`] tallies, in the order the broker holds
+/// them) are `per_key` tallies of each of `keys` keys, each key's counting up 1, 2, 3...:
+/// every key's emits landed in the order they were emitted.
+pub fn assert_tallies_in_order<'a>(
+    emitted: impl IntoIterator<Item = &'a str>,
+    keys: usize,
+    per_key: u64,
+) {
+    let mut counts: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
+    for e in emitted {
+        let e: Emitted = serde_json::from_str(e).expect("a tally");
+        counts.entry(e.key).or_default().push(e.tally.count);
+    }
+    let expected: Vec<u64> = (1..=per_key).collect();
+    for (key, seen) in &counts {
+        assert_eq!(
+            seen, &expected,
+            "key {key}'s tallies in the order they landed"
+        );
+    }
+    assert_eq!(counts.len(), keys, "{counts:?}");
 }

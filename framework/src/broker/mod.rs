@@ -199,7 +199,7 @@ impl Producer {
             #[cfg(feature = "kafka")]
             Self::Kafka(k) => k.send(r).await,
             #[cfg(feature = "nats")]
-            Self::Nats(n) => n.send(r).await,
+            Self::Nats(n) => n.send_all(std::slice::from_ref(&r)).await,
             #[cfg(feature = "rabbitmq")]
             Self::RabbitMq(p) => p.send(r).await,
             #[cfg(feature = "sqs")]
@@ -214,6 +214,12 @@ impl Producer {
             // One delivery report per record, counted, rather than a future per record.
             #[cfg(feature = "kafka")]
             Self::Kafka(k) => k.send_all(records).await,
+            // In order: a stream made for them first, then published one after another.
+            #[cfg(feature = "nats")]
+            Self::Nats(n) => n.send_all(records).await,
+            // A FIFO queue's message group one after another.
+            #[cfg(feature = "sqs")]
+            Self::Sqs(s) => s.send_all(records).await,
             #[allow(unreachable_patterns)]
             _ => {
                 let sent = futures::future::join_all(records.iter().map(|r| self.send(*r))).await;

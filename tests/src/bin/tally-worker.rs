@@ -9,6 +9,7 @@ async fn main() {
             .ok()
             .and_then(|v| v.parse().ok())
             .map(std::time::Duration::from_micros),
+        to: None,
     };
     weir_tests::run_worker_process("tally-worker", handler).await;
 }

@@ -89,9 +89,12 @@ async fn three_workers_count_exactly_under_sigkills() {
         .keep();
     eprintln!("worker logs in {}", logs.display());
     let mut starts = 0;
+    // Each worker's current log.
+    let mut log_of = vec![std::path::PathBuf::new(); 3];
     let mut start = |i: usize| {
         starts += 1;
-        let log = std::fs::File::create(logs.join(format!("{i}-{starts:03}.log"))).expect("log");
+        log_of[i] = logs.join(format!("{i}-{starts:03}.log"));
+        let log = std::fs::File::create(&log_of[i]).expect("log");
         worker_command(env!("CARGO_BIN_EXE_count-worker"))
             .env("WEIR_BROKERS", nats_url())
             .env("WEIR_GROUP", &group)
@@ -210,6 +213,26 @@ async fn three_workers_count_exactly_under_sigkills() {
         }
     })
     .await;
+    // A worker just started may not listen for SIGTERM yet (it would die of it, not stop):
+    // each has subscribed, which it does after it listens.
+    wait_until(
+        "every worker subscribed",
+        Duration::from_secs(30),
+        || async {
+            let quiet: Vec<_> = log_of
+                .iter()
+                .filter(|log| {
+                    !std::fs::read_to_string(log).is_ok_and(|text| text.contains("subscribing"))
+                })
+                .collect();
+            if quiet.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("not yet: {quiet:?}"))
+            }
+        },
+    )
+    .await;
     for mut child in children {
         let _ = std::process::Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
@@ -301,6 +324,34 @@ async fn python_publishes_and_reads_what_weir_emits() {
     assert!(
         tallies.values().all(|c| *c == 6),
         "each key counted 6 times: {tallies:?}"
+    );
+}
+
+/// A key's emits land in the order they were emitted, also when their stream is missing and
+/// the first of them make it: 200 records of 2 keys in a new stream, each emitting its key's
+/// new tally to a topic no stream takes yet; read back in stream order, each key's tallies
+/// count up 1, 2, 3...
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keys_emits_land_in_order_in_a_stream_made_for_them() {
+    use weir_tests::tally::{assert_tallies_in_order, tallies_topic, TallyHandler};
+    let (topic, group) = (unique("nats-order"), unique("g"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    create_nats_stream(&topic, 1).await;
+    nats_publish(&topic, &keyed_records(0, 200, 2)).await;
+    let running = RunningWorker::spawn(
+        nats_worker(&group, &topic, dir.path())
+            .build(TallyHandler::default())
+            .expect("build worker"),
+    );
+    let emitted = python_nats_read(&tallies_topic(&topic), 200, Duration::from_secs(30));
+    running.stop_cleanly().await;
+    assert_eq!(emitted.len(), 200, "one emit per record");
+    assert_tallies_in_order(
+        emitted
+            .iter()
+            .map(|e| e["data"].as_str().expect("a payload")),
+        2,
+        100,
     );
 }
 

@@ -250,10 +250,10 @@ async fn three_workers_count_exactly_under_sigkills() {
 
 /// What weir emits lands in an exchange it declares on first use (`T-tallies`, with its own
 /// lane queues), each emit once, persistent, with weir's headers and a distinct
-/// `message_id`; Python's pika reads them.
+/// `message_id`, each key's in the order emitted; Python's pika reads them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pika_reads_what_weir_emits() {
-    use weir_tests::tally::{tallies_topic, TallyHandler};
+    use weir_tests::tally::{assert_tallies_in_order, tallies_topic, TallyHandler};
     let (topic, group) = (unique("amqp-emit"), unique("g"));
     let dir = tempfile::tempdir().expect("tempdir");
     let running = RunningWorker::spawn(
@@ -278,6 +278,13 @@ async fn pika_reads_what_weir_emits() {
         let key = e["routing_key"].as_str().expect("a key");
         assert!(e["body"].as_str().expect("a body").contains(key), "{e}");
     }
+    // Read queue by queue: each key's emits in the order emitted, although the first of them
+    // declared the exchange.
+    assert_tallies_in_order(
+        read.iter().map(|e| e["body"].as_str().expect("a body")),
+        30,
+        10,
+    );
 }
 
 /// A message that keeps failing goes, after weir's attempts, to the dead-letter exchange

@@ -265,6 +265,35 @@ async fn boto3_reads_what_weir_emits() {
     }
 }
 
+/// A key's emits to a FIFO queue (`T-tallies.fifo`, made on first use, its message group the
+/// key) arrive in the order they were emitted: 100 messages of 2 keys, each emitting its
+/// key's new tally; read back, each key's tallies count up 1, 2, 3...
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keys_emits_to_a_fifo_queue_keep_their_order() {
+    use weir_tests::tally::{assert_tallies_in_order, tallies_topic, TallyHandler};
+    let (topic, group) = (unique("sqs-order"), unique("g"));
+    python_sqs_create(&topic, Duration::from_secs(30));
+    let out = format!("{}.fifo", tallies_topic(&topic));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let running = RunningWorker::spawn(
+        sqs_worker(&group, &topic, dir.path())
+            .build(TallyHandler {
+                to: Some(out.clone()),
+                ..Default::default()
+            })
+            .expect("build worker"),
+    );
+    python_sqs_send(&topic, 0, 100, 2);
+    let read = python_sqs_read_until(&out, 100, Duration::from_secs(60)).await;
+    running.stop_cleanly().await;
+    assert_eq!(read.len(), 100, "each emit once");
+    assert_tallies_in_order(
+        read.iter().map(|e| e["body"].as_str().expect("a payload")),
+        2,
+        50,
+    );
+}
+
 /// The `wordcount` and `orders` examples run on SQS with nothing but the broker changed: the
 /// words are counted in state, and `orders` emits its 3 totals (alice's order placed twice is
 /// counted once) to the queue `<topic>-totals`, which weir creates on first use.

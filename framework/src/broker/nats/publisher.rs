@@ -1,12 +1,21 @@
 //! Publishing to streams with the server's acknowledgement: emits, dead letters and late
 //! records, each with a `Nats-Msg-Id` from weir's headers (`broker::message_id`).
 
+use std::collections::BTreeSet;
+
 use async_nats::HeaderMap;
-use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::context::{PublishAckFuture, PublishError, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 
 use super::{Connection, names};
 use crate::broker::{Outgoing, SendError};
+
+/// Acknowledgements a send of many records waits for at once. They are waited for while
+/// later records are published, so the client's own bound on them (`MAX_ACK_INFLIGHT`,
+/// shared by the lanes) is never held by a send that cannot go on.
+const ACKS_IN_FLIGHT: usize = 1024;
 
 /// The worker's publisher.
 #[derive(Debug, Clone)]
@@ -17,11 +26,68 @@ impl Publisher {
         Self(connection)
     }
 
-    /// Publishes `r` to its topic's stream and waits for the acknowledgement. Without a
-    /// partition the stream chooses the lane (by key); with one (changelog records) it is
-    /// written to the lane's subject. Headers are text on NATS (a value that is not UTF-8 is
-    /// sent with replacement characters).
-    pub(crate) async fn send(&self, r: Outgoing<'_>) -> Result<(), SendError> {
+    /// Publishes `records`, in their order, and waits for the server's acknowledgement of all
+    /// of them; the first failure if any failed. Without a partition, the stream chooses the
+    /// lane (by key); with one (changelog records), a record is written to the lane's subject.
+    /// Headers are text on NATS (a value that is not UTF-8 is sent with replacement
+    /// characters).
+    ///
+    /// The streams the records go to are read (or made, as weir makes its topics' streams)
+    /// before any of them is published: a record sent again after its stream was made
+    /// would land after the records that followed it.
+    pub(crate) async fn send_all(&self, records: &[Outgoing<'_>]) -> Result<(), SendError> {
+        self.make_streams(records).await?;
+        let mut acks = FuturesUnordered::new();
+        for r in records {
+            // Acknowledgements are waited for while publishing: a publish may wait for one.
+            let publish = self.publish(r);
+            tokio::pin!(publish);
+            let (subject, ack) = loop {
+                tokio::select! {
+                    biased;
+                    published = &mut publish => break published?,
+                    Some(acked) = acks.next() => acked?,
+                }
+            };
+            acks.push(async move {
+                ack.await
+                    .map(drop)
+                    .map_err(|e| self.failed(r.topic, &subject, e))
+            });
+            while acks.len() >= ACKS_IN_FLIGHT {
+                acks.next().await.transpose()?;
+            }
+        }
+        while let Some(acked) = acks.next().await {
+            acked?;
+        }
+        Ok(())
+    }
+
+    /// Reads or makes the streams of `records`' topics (a handler's emits may go to a topic
+    /// no stream takes yet).
+    async fn make_streams(&self, records: &[Outgoing<'_>]) -> Result<(), SendError> {
+        let topics: BTreeSet<(&str, bool)> = records
+            .iter()
+            .map(|r| (r.topic, r.partition.is_some()))
+            .collect();
+        for (topic, changelog) in topics {
+            let made = match changelog {
+                true => self.0.changelog_stream(topic).await,
+                false => self.0.stream(topic, true).await.map(drop),
+            };
+            made.map_err(|e| SendError {
+                permanent: false,
+                message: format!(
+                    "publishing to topic {topic}: no stream takes it, and making one failed: {e}"
+                ),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Publishes `r`; its subject and the acknowledgement to wait for.
+    async fn publish(&self, r: &Outgoing<'_>) -> Result<(String, PublishAckFuture), SendError> {
         let subject = match r.partition {
             Some(lane) => names::lane_subject(r.topic, lane, r.key),
             None => names::publish_subject(r.topic, r.key),
@@ -41,40 +107,23 @@ impl Publisher {
         if let Some(id) = id {
             message = message.message_id(id);
         }
-        let failed = |kind: Option<PublishErrorKind>, message: String| SendError {
-            // Nothing takes the subject (the stream is missing and cannot be made): sending
-            // again fails the same way until someone creates it.
-            permanent: kind == Some(PublishErrorKind::StreamNotFound),
-            message: format!("publishing to {subject}: {message}"),
-        };
-        match self.publish(&subject, message.clone()).await {
-            Err(e) if e.kind() == PublishErrorKind::StreamNotFound => {
-                // A topic no stream takes yet (a handler's emits): made as weir makes its
-                // topics' streams, then sent again.
-                let made = match r.partition {
-                    Some(_) => self.0.changelog_stream(r.topic).await,
-                    None => self.0.stream(r.topic, true).await.map(drop),
-                };
-                made.map_err(|e| {
-                    failed(
-                        None,
-                        format!("no stream takes it, and making one failed: {e}"),
-                    )
-                })?;
-                self.publish(&subject, message)
-                    .await
-                    .map_err(|e| failed(Some(e.kind()), e.to_string()))
-            }
-            other => other.map_err(|e| failed(Some(e.kind()), e.to_string())),
+        match self.0.js.send_publish(subject.clone(), message).await {
+            Ok(ack) => Ok((subject, ack)),
+            Err(e) => Err(self.failed(r.topic, &subject, e)),
         }
     }
 
-    async fn publish(
-        &self,
-        subject: &str,
-        message: PublishMessage,
-    ) -> Result<(), async_nats::jetstream::context::PublishError> {
-        let ack = self.0.js.send_publish(subject.to_owned(), message).await?;
-        ack.await.map(|_| ())
+    fn failed(&self, topic: &str, subject: &str, e: PublishError) -> SendError {
+        // Nothing takes the subject: the stream was deleted since it was read (made again by
+        // the next send), or it does not take `T.>`. Sending again fails the same way until
+        // someone creates or changes it.
+        let permanent = e.kind() == PublishErrorKind::StreamNotFound;
+        if permanent {
+            self.0.forget_stream(topic);
+        }
+        SendError {
+            permanent,
+            message: format!("publishing to {subject}: {e}"),
+        }
     }
 }

@@ -66,10 +66,7 @@ impl Connection {
             lanes: lanes.unwrap_or(1),
             partitioned: lanes.is_some(),
         };
-        self.streams
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(topic.to_owned(), layout.clone());
+        self.remember(topic, layout.clone());
         Ok(Some(layout))
     }
 
@@ -93,20 +90,45 @@ impl Connection {
     /// (records are written to `S.<lane>.<key>`, their source's lane), and the last
     /// [`CHANGELOG_VERSIONS`] records of each key kept (NATS's compaction, at once).
     pub(crate) async fn changelog_stream(&self, topic: &str) -> Result<()> {
-        let stream = names::stream_of(topic);
-        if self.js.get_stream(&stream).await.is_ok() {
+        if self.layout(topic).is_some() {
             return Ok(());
         }
-        self.create_with(Config {
-            name: stream.clone(),
-            subjects: vec![format!("{stream}.>")],
-            max_messages_per_subject: CHANGELOG_VERSIONS,
-            storage: StorageType::File,
-            duplicate_window: DUPLICATE_WINDOW,
-            ..Default::default()
-        })
-        .await
-        .map(drop)
+        let stream = names::stream_of(topic);
+        if self.js.get_stream(&stream).await.is_err() {
+            self.create_with(Config {
+                name: stream.clone(),
+                subjects: vec![format!("{stream}.>")],
+                max_messages_per_subject: CHANGELOG_VERSIONS,
+                storage: StorageType::File,
+                duplicate_window: DUPLICATE_WINDOW,
+                ..Default::default()
+            })
+            .await?;
+        }
+        self.remember(
+            topic,
+            Layout {
+                stream,
+                lanes: 1,
+                partitioned: false,
+            },
+        );
+        Ok(())
+    }
+
+    fn remember(&self, topic: &str, layout: Layout) {
+        self.streams
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(topic.to_owned(), layout);
+    }
+
+    /// Forgets what was read of `topic`'s stream (it is gone): the next use reads it again.
+    pub(crate) fn forget_stream(&self, topic: &str) {
+        self.streams
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(topic);
     }
 
     async fn create_with(&self, config: Config) -> Result<Config> {

@@ -3,6 +3,8 @@
 //! record's key and its deduplication id weir's id, so SQS itself drops a re-send within
 //! its five-minute window; on a standard queue a downstream weir recognises it by the id.
 
+use std::collections::HashMap;
+
 use aws_sdk_sqs::error::ProvideErrorMetadata;
 
 use super::{Connection, attributes, describe};
@@ -20,6 +22,35 @@ pub(crate) struct Publisher {
 impl Publisher {
     pub(crate) fn new(connection: Connection) -> Self {
         Self { connection }
+    }
+
+    /// Sends `records` and waits for SQS's answers; the first failure if any failed. A FIFO
+    /// queue keeps the order of a message group only among messages sent one after another,
+    /// so each group's records are sent in turn; everything else is sent at once.
+    pub(crate) async fn send_all(&self, records: &[Outgoing<'_>]) -> Result<(), SendError> {
+        let mut chains: Vec<Vec<&Outgoing<'_>>> = Vec::new();
+        let mut chain_of: HashMap<(&str, String), usize> = HashMap::new();
+        for r in records {
+            if r.topic.ends_with(".fifo") {
+                let chain = *chain_of
+                    .entry((r.topic, message_group(r.key)))
+                    .or_insert_with(|| {
+                        chains.push(Vec::new());
+                        chains.len() - 1
+                    });
+                chains[chain].push(r);
+            } else {
+                chains.push(vec![r]);
+            }
+        }
+        let sent = futures::future::join_all(chains.iter().map(|chain| async move {
+            for r in chain {
+                self.send(**r).await?;
+            }
+            Ok(())
+        }))
+        .await;
+        sent.into_iter().collect()
     }
 
     /// Sends `r` to its topic's queue (created when missing: a handler's emits) and waits for
@@ -44,12 +75,7 @@ impl Publisher {
             .message_body(encoded.body)
             .set_message_attributes(Some(encoded.attributes));
         if queue.fifo {
-            let group = r
-                .key
-                .map(|k| String::from_utf8_lossy(k).into_owned())
-                .filter(|k| !k.is_empty())
-                .unwrap_or_else(|| "weir".to_owned());
-            send = send.message_group_id(group);
+            send = send.message_group_id(message_group(r.key));
             if let Some(id) = &id {
                 send = send.message_deduplication_id(deduplication_id(id));
             }
@@ -77,6 +103,13 @@ impl Publisher {
             }
         }
     }
+}
+
+/// The FIFO message group of a record with `key`: the key, or `weir` for a record without one.
+fn message_group(key: Option<&[u8]>) -> String {
+    key.map(|k| String::from_utf8_lossy(k).into_owned())
+        .filter(|k| !k.is_empty())
+        .unwrap_or_else(|| "weir".to_owned())
 }
 
 /// `id` as a FIFO deduplication id: as it is when SQS allows it, else its start and a hash of
