@@ -178,11 +178,7 @@ mod tests {
         let mut revenue = TestKit::new(RevenueByCountry).expect("kit");
         for r in &rekeyed {
             assert_eq!(r.key.as_deref(), Some(&b"FR"[..]));
-            let headers: Vec<(&str, &[u8])> = r
-                .headers
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_slice()))
-                .collect();
+            let headers: Vec<(&str, &[u8])> = r.headers.iter().collect();
             revenue.send_to("revenue", 0, r.key.as_deref(), r.value.as_deref(), &headers);
         }
         revenue.run().await.expect("run");

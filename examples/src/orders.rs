@@ -119,7 +119,7 @@ mod tests {
             first
                 .headers
                 .iter()
-                .find(|(k, _)| k == name)
+                .find(|(k, _)| *k == name)
                 .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
         };
         assert_eq!(header("weir.source.topic").as_deref(), Some("orders"));

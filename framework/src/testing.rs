@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::{Serialize, de::DeserializeOwned};
 use weir_state::PartitionStore;
 
-pub use weir_state::OutboxRecord;
+pub use weir_state::{Headers, OutboxRecord};
 
 use crate::config::Config;
 pub use crate::delivery::{DeadLetter, DeadLetterReason};

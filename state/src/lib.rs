@@ -28,6 +28,7 @@
 
 mod cache;
 mod error;
+mod headers;
 mod key_map;
 mod partition_store;
 mod reader;
@@ -37,6 +38,7 @@ mod write_set;
 
 pub use cache::CacheBudget;
 pub use error::{Error, Result};
+pub use headers::Headers;
 pub use partition_store::PartitionStore;
 pub use reader::{Progress, StoreReader};
 pub use schema::SCHEMA_VERSION;

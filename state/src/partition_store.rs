@@ -474,13 +474,12 @@ impl PartitionStore {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )?;
                 let mut insert = |r: &OutboxRecord| -> rusqlite::Result<i64> {
-                    let headers = outbox::encode_headers(&r.headers)?;
                     outbox.execute(params![
                         r.topic,
                         r.partition,
                         r.key,
                         r.value,
-                        headers,
+                        r.headers.as_bytes(),
                         r.timestamp
                     ])?;
                     Ok(tx.last_insert_rowid())

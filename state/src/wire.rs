@@ -2,8 +2,12 @@
 //! framework's outbox and dead letters) and the readers (changelog restore, tools):
 //! record headers and changelog entries.
 
+use crate::headers::Headers;
+
 /// Headers weir adds to the records it produces.
 pub mod header {
+    use crate::headers::Headers;
+
     /// Topic of the record an emitted record or dead letter came from.
     pub const SOURCE_TOPIC: &str = "weir.source.topic";
     /// Partition of the record an emitted record or dead letter came from.
@@ -51,67 +55,65 @@ pub mod header {
     /// read skips the others.
     pub const READ_END: &str = "weir.read_end";
 
-    /// The `weir.source.*` headers of a record produced because of record `offset` of
-    /// `topic`/`partition` (no offset header when no single record caused it: a timer, a
+    /// Appends the `weir.source.*` headers of a record produced because of record `offset`
+    /// of `topic`/`partition` (no offset header when no single record caused it: a timer, a
     /// closing window).
-    pub fn source(topic: &str, partition: i32, offset: Option<i64>) -> Vec<(String, Vec<u8>)> {
-        let mut out = vec![
-            (SOURCE_TOPIC.to_owned(), topic.as_bytes().to_vec()),
-            (
-                SOURCE_PARTITION.to_owned(),
-                partition.to_string().into_bytes(),
-            ),
-        ];
+    pub fn push_source(to: &mut Headers, topic: &str, partition: i32, offset: Option<i64>) {
+        to.push(SOURCE_TOPIC, topic.as_bytes());
+        push_number(to, SOURCE_PARTITION, partition);
         if let Some(offset) = offset {
-            out.push((SOURCE_OFFSET.to_owned(), offset.to_string().into_bytes()));
+            push_number(to, SOURCE_OFFSET, offset);
         }
-        out
     }
 
-    /// The headers weir appends to a record a handler emitted while processing record
+    /// Appends the headers weir gives a record a handler emitted while processing record
     /// `offset` of `topic`/`partition`: the source position, `seq` and the writer's `group`,
     /// in that order and last (see [`emitted_offset`]).
-    pub fn emitted(
+    pub fn push_emitted(
+        to: &mut Headers,
         topic: &str,
         partition: i32,
         offset: i64,
         seq: usize,
         group: &str,
-    ) -> [(String, Vec<u8>); 5] {
-        [
-            (SOURCE_TOPIC.to_owned(), topic.as_bytes().to_vec()),
-            (
-                SOURCE_PARTITION.to_owned(),
-                partition.to_string().into_bytes(),
-            ),
-            (SOURCE_OFFSET.to_owned(), offset.to_string().into_bytes()),
-            (SOURCE_SEQ.to_owned(), seq.to_string().into_bytes()),
-            (SOURCE_GROUP.to_owned(), group.as_bytes().to_vec()),
-        ]
+    ) {
+        to.push(SOURCE_TOPIC, topic.as_bytes());
+        push_number(to, SOURCE_PARTITION, partition);
+        push_number(to, SOURCE_OFFSET, offset);
+        push_number(to, SOURCE_SEQ, seq);
+        to.push(SOURCE_GROUP, group.as_bytes());
+    }
+
+    /// Appends `name` = `n` in decimal.
+    pub(crate) fn push_number(to: &mut Headers, name: &str, n: impl std::fmt::Display) {
+        use std::io::Write;
+        to.push_with(name, |b| {
+            let _ = write!(b, "{n}");
+        });
     }
 
     /// The source offset of a record a handler emitted, read from the headers
-    /// [`emitted`] appended; `None` for anything else (a timer's emit, a late record, a
+    /// [`push_emitted`] appended; `None` for anything else (a timer's emit, a late record, a
     /// changelog entry), whatever headers a handler passed along.
-    pub fn emitted_offset(headers: &[(String, Vec<u8>)]) -> Option<i64> {
-        let [(topic, _), (partition, _), (offset, value), (seq, _), (group, _)] =
-            headers.get(headers.len().checked_sub(5)?..)?
-        else {
-            return None;
-        };
-        let names = [topic, partition, offset, seq, group].map(String::as_str);
-        if names
-            != [
-                SOURCE_TOPIC,
-                SOURCE_PARTITION,
-                SOURCE_OFFSET,
-                SOURCE_SEQ,
-                SOURCE_GROUP,
-            ]
-        {
-            return None;
+    pub fn emitted_offset(headers: &Headers) -> Option<i64> {
+        let mut last = headers.iter().skip(headers.len().checked_sub(5)?);
+        let mut offset = None;
+        for name in [
+            SOURCE_TOPIC,
+            SOURCE_PARTITION,
+            SOURCE_OFFSET,
+            SOURCE_SEQ,
+            SOURCE_GROUP,
+        ] {
+            let (n, value) = last.next()?;
+            if n != name {
+                return None;
+            }
+            if name == SOURCE_OFFSET {
+                offset = Some(value);
+            }
         }
-        std::str::from_utf8(value).ok()?.parse().ok()
+        std::str::from_utf8(offset?).ok()?.parse().ok()
     }
 }
 
@@ -296,16 +298,11 @@ pub struct ChangelogPosition {
 impl ChangelogPosition {
     /// The headers every changelog entry of a batch carries (no generation header at 0, so
     /// stores that were never rewound write what earlier versions wrote).
-    pub fn headers(self) -> Vec<(String, Vec<u8>)> {
-        let mut out = vec![(
-            header::SOURCE_NEXT_OFFSET.to_owned(),
-            self.next_offset.to_string().into_bytes(),
-        )];
+    pub fn headers(self) -> Headers {
+        let mut out = Headers::with_capacity(2, 48);
+        header::push_number(&mut out, header::SOURCE_NEXT_OFFSET, self.next_offset);
         if self.generation != 0 {
-            out.push((
-                header::SOURCE_GENERATION.to_owned(),
-                self.generation.to_string().into_bytes(),
-            ));
+            header::push_number(&mut out, header::SOURCE_GENERATION, self.generation);
         }
         out
     }
@@ -404,21 +401,14 @@ mod tests {
 
     #[test]
     fn only_weirs_own_trailing_headers_give_an_emitted_offset() {
-        let owned = |pairs: &[(&str, &str)]| -> Vec<(String, Vec<u8>)> {
-            pairs
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec()))
-                .collect()
-        };
-        let mut headers = owned(&[(header::SOURCE_OFFSET, "999"), ("app", "x")]);
-        headers.extend(header::emitted("orders", 3, 41, 1, "shop"));
+        let mut headers: Headers = [(header::SOURCE_OFFSET, "999"), ("app", "x")]
+            .into_iter()
+            .collect();
+        header::push_emitted(&mut headers, "orders", 3, 41, 1, "shop");
         assert_eq!(header::emitted_offset(&headers), Some(41));
         let acked_below = [(header::SOURCE_ACKED_BELOW, Some(&b"40"[..]))];
         let read = SourcePosition::from_headers(
-            headers
-                .iter()
-                .map(|(k, v)| (k.as_str(), Some(v.as_slice())))
-                .chain(acked_below),
+            headers.iter().map(|(k, v)| (k, Some(v))).chain(acked_below),
         )
         .expect("position");
         assert_eq!((read.offset, read.seq), (41, 1));
@@ -426,10 +416,11 @@ mod tests {
         assert_eq!(read.acked_below, Some(40));
         // A timer's emit passing along an upstream record's headers: not an emit of a record.
         let mut forwarded = headers.clone();
-        forwarded.extend(header::source("orders", 3, None));
+        header::push_source(&mut forwarded, "orders", 3, None);
         assert_eq!(header::emitted_offset(&forwarded), None);
-        assert_eq!(header::emitted_offset(&headers[3..]), None, "too few");
-        assert_eq!(header::emitted_offset(&[]), None);
+        let too_few: Headers = headers.iter().skip(3).collect();
+        assert_eq!(header::emitted_offset(&too_few), None, "too few");
+        assert_eq!(header::emitted_offset(&Headers::default()), None);
     }
 
     #[test]
@@ -469,9 +460,7 @@ mod tests {
         assert_eq!(ChangelogPosition::from_headers([("x", &b"1"[..])]), None);
         for p in [at(0, 17), at(1_795_000_000_000, 3)] {
             let headers = p.headers();
-            let back = ChangelogPosition::from_headers(
-                headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
-            );
+            let back = ChangelogPosition::from_headers(headers.iter());
             assert_eq!(back, Some(p));
         }
         assert_eq!(

@@ -6,6 +6,7 @@ use std::ops::Range;
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::error::{Error, Result};
+use crate::headers::Headers;
 use crate::key_map::KeyMap;
 
 /// State changes of one batch: per named store, key (JSON) to new value (JSON) or deletion.
@@ -95,7 +96,7 @@ pub struct OutboxRecord {
     /// The record's value; `None` is a tombstone.
     pub value: Option<Vec<u8>>,
     /// Headers, in order.
-    pub headers: Vec<(String, Vec<u8>)>,
+    pub headers: Headers,
     /// The record's timestamp, ms since the Unix epoch; `None` leaves it to the producer (the
     /// time it is sent).
     pub timestamp: Option<i64>,
@@ -418,7 +419,7 @@ mod tests {
             partition: None,
             key: None,
             value: Some(value.as_bytes().to_vec()),
-            headers: Vec::new(),
+            headers: Headers::default(),
             timestamp: None,
         }
     }

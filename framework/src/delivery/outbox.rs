@@ -233,7 +233,7 @@ async fn send_all(producer: &Producer, rows: &[Row<'_>]) -> Result<(), OutboxErr
         .map(|(r, acked_below)| {
             r.headers
                 .iter()
-                .map(|(k, v)| (k.as_str(), Some(v.as_slice())))
+                .map(|(k, v)| (k, Some(v)))
                 .chain(acked_below.map(|v| (header::SOURCE_ACKED_BELOW, Some(v))))
                 .collect()
         })

@@ -498,7 +498,7 @@ mod tests {
         offset: i64,
         key: Vec<u8>,
         value: Option<Vec<u8>>,
-        headers: Vec<(String, Vec<u8>)>,
+        headers: weir_state::Headers,
     }
 
     impl Delivered for Logged {
@@ -521,9 +521,7 @@ mod tests {
             self.value.as_deref()
         }
         fn headers(&self) -> impl Iterator<Item = (&str, Option<&[u8]>)> {
-            self.headers
-                .iter()
-                .map(|(name, value)| (name.as_str(), Some(value.as_slice())))
+            self.headers.iter().map(|(name, value)| (name, Some(value)))
         }
     }
 
@@ -613,7 +611,7 @@ mod tests {
                     next_offset,
                 };
                 let headers = if headerless {
-                    Vec::new()
+                    weir_state::Headers::default()
                 } else {
                     position.headers()
                 };

@@ -26,8 +26,8 @@ use crate::processing::{
     WindowResult,
 };
 use crate::stop::StopSignal;
-use weir_state::OutboxRecord;
 use weir_state::wire::header;
+use weir_state::{Headers, OutboxRecord};
 
 /// Why a batch failed; nothing of it was committed.
 #[derive(Debug)]
@@ -576,15 +576,16 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
         let Some(topic) = &self.policy.late_topic else {
             return;
         };
-        let mut headers: Vec<(String, Vec<u8>)> = msg
+        let mut headers: Headers = msg
             .headers()
-            .map(|(k, v)| (k.to_owned(), v.unwrap_or_default().to_vec()))
+            .map(|(k, v)| (k, v.unwrap_or_default()))
             .collect();
-        headers.extend(header::source(
+        header::push_source(
+            &mut headers,
             msg.topic(),
             msg.partition(),
             Some(msg.offset()),
-        ));
+        );
         writes.emit(OutboxRecord {
             topic: topic.clone(),
             partition: None,
@@ -716,10 +717,7 @@ fn check_emit_sizes(writes: &WriteSet, max: usize) -> Result<(), BoxError> {
     for r in mine {
         let size = r.key.as_ref().map_or(0, Vec::len)
             + r.value.as_ref().map_or(0, Vec::len)
-            + r.headers
-                .iter()
-                .map(|(k, v)| k.len() + v.len())
-                .sum::<usize>();
+            + r.headers.size();
         if size > max {
             return Err(format!(
                 "an emit to {} of {size} bytes is larger than the producer sends (message.max.bytes = {max})",

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde::{Serialize, de::DeserializeOwned};
 use weir_state::wire::header;
-use weir_state::{OutboxRecord, PartitionStore, WriteSet};
+use weir_state::{Headers, OutboxRecord, PartitionStore, WriteSet};
 
 use crate::inbound::Inbound;
 use crate::processing::table::{GlobalTables, Table, TableDef};
@@ -203,27 +203,26 @@ impl<'a> Ctx<'a> {
     ) {
         // A passed-along `weir.source.acked_below` speaks for another writer: only the
         // outbox sets this writer's. weir's own (at most five) follow.
-        let mut all: Vec<(String, Vec<u8>)> = Vec::with_capacity(headers.len() + 5);
-        all.extend(
-            headers
-                .iter()
-                .filter(|(k, _)| *k != header::SOURCE_ACKED_BELOW)
-                .map(|(k, v)| ((*k).to_owned(), v.to_vec())),
-        );
         let (topic_in, partition) = (self.source.topic(), self.source.partition());
+        let group = &self.scope.group;
+        // Room for weir's five: names of 22 bytes at most, numbers of 20 digits at most.
+        let passed: usize = headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let mut all = Headers::with_capacity(
+            headers.len() + 5,
+            passed + topic_in.len() + group.len() + 5 * 22 + 3 * 20,
+        );
+        for (k, v) in headers {
+            if *k != header::SOURCE_ACKED_BELOW {
+                all.push(k, v);
+            }
+        }
         match self.source {
             Source::Record(m) => {
                 // The record's emits so far (its savepoint holds only its own).
                 let seq = self.writes.emitted_since_savepoint();
-                all.extend(header::emitted(
-                    topic_in,
-                    partition,
-                    m.offset(),
-                    seq,
-                    &self.scope.group,
-                ));
+                header::push_emitted(&mut all, topic_in, partition, m.offset(), seq, group);
             }
-            Source::Time { .. } => all.extend(header::source(topic_in, partition, None)),
+            Source::Time { .. } => header::push_source(&mut all, topic_in, partition, None),
         }
         self.writes.emit(OutboxRecord {
             topic: topic.to_owned(),

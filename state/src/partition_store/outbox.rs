@@ -15,6 +15,7 @@ use rusqlite::{Connection, TransactionBehavior};
 
 use super::PartitionStore;
 use crate::error::Result;
+use crate::headers::Headers;
 use crate::write_set::{decode, OutboxRecord};
 
 /// Rows kept in memory at most; past it the tail is dropped and the rows are read from SQLite
@@ -60,44 +61,6 @@ impl OutboxTail {
     pub(super) fn forget(&mut self) {
         *self = Self::default();
     }
-}
-
-/// The outbox's `headers` column: each header as the length of its name (u32, little
-/// endian), the name, the length of its value and the value, in order, in a BLOB. (Rows of
-/// schema version 4 and before hold a JSON array instead, TEXT, still read.)
-pub(super) fn encode_headers(headers: &[(String, Vec<u8>)]) -> rusqlite::Result<Vec<u8>> {
-    let size = headers.iter().map(|(k, v)| 8 + k.len() + v.len()).sum();
-    let mut out = Vec::with_capacity(size);
-    for part in headers.iter().flat_map(|(k, v)| [k.as_bytes(), v]) {
-        let len = u32::try_from(part.len())
-            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-        out.extend_from_slice(&len.to_le_bytes());
-        out.extend_from_slice(part);
-    }
-    Ok(out)
-}
-
-/// Reads what [`encode_headers`] wrote.
-pub(super) fn decode_headers(mut b: &[u8]) -> std::result::Result<Vec<(String, Vec<u8>)>, String> {
-    let mut headers = Vec::new();
-    while !b.is_empty() {
-        let name = String::from_utf8(part(&mut b)?.to_vec()).map_err(|e| e.to_string())?;
-        headers.push((name, part(&mut b)?.to_vec()));
-    }
-    Ok(headers)
-}
-
-/// The next length-prefixed part of `b`, which moves past it.
-fn part<'a>(b: &mut &'a [u8]) -> std::result::Result<&'a [u8], String> {
-    let short = || "outbox headers cut short".to_owned();
-    let (len, rest) = b.split_first_chunk::<4>().ok_or_else(short)?;
-    let len = u32::from_le_bytes(*len) as usize;
-    if rest.len() < len {
-        return Err(short());
-    }
-    let (part, rest) = rest.split_at(len);
-    *b = rest;
-    Ok(part)
 }
 
 impl PartitionStore {
@@ -153,7 +116,7 @@ impl PartitionStore {
         below: i64,
         limit: usize,
     ) -> Result<Vec<(i64, OutboxRecord)>> {
-        // Headers: decoded from their binary form, or kept as the JSON of an older row.
+        // Headers: in their binary form, or kept as the JSON of an older row.
         let rows: Vec<(i64, OutboxRecord, Option<String>)> = conn
             .prepare_cached(
                 "SELECT id, topic, partition, key, value, headers, timestamp_ms FROM outbox \
@@ -163,12 +126,12 @@ impl PartitionStore {
                 s.query_map([below, limit as i64], |r| {
                     let (headers, json) = match r.get_ref(5)? {
                         ValueRef::Blob(b) => (
-                            decode_headers(b).map_err(|e| {
+                            Headers::from_bytes(b.to_vec()).map_err(|e| {
                                 rusqlite::Error::FromSqlConversionFailure(5, Type::Blob, e.into())
                             })?,
                             None,
                         ),
-                        other => (Vec::new(), Some(other.as_str()?.to_owned())),
+                        other => (Headers::default(), Some(other.as_str()?.to_owned())),
                     };
                     Ok((
                         r.get(0)?,
@@ -189,7 +152,9 @@ impl PartitionStore {
         rows.into_iter()
             .map(|(id, mut rec, json)| {
                 if let Some(json) = json {
-                    rec.headers = decode("outbox", &json)?;
+                    rec.headers = decode::<Vec<(String, Vec<u8>)>>("outbox", &json)?
+                        .into_iter()
+                        .collect();
                 }
                 Ok((id, rec))
             })

@@ -345,7 +345,7 @@ fn outbox_and_changelog_entries_commit_with_the_batch_and_leave_once_acknowledge
         partition: None,
         key: Some(b"alice".to_vec()),
         value: Some(b"5".to_vec()),
-        headers: vec![("h".into(), b"v".to_vec())],
+        headers: [("h", b"v")].into_iter().collect(),
         timestamp: Some(1_700_000_000_000),
     };
     ws.emit(out.clone());
@@ -363,10 +363,9 @@ fn outbox_and_changelog_entries_commit_with_the_batch_and_leave_once_acknowledge
             assert_eq!(r.partition, Some(2));
             assert_eq!(
                 r.headers,
-                vec![(
-                    crate::wire::header::SOURCE_NEXT_OFFSET.to_owned(),
-                    b"10".to_vec()
-                )]
+                [(crate::wire::header::SOURCE_NEXT_OFFSET, b"10")]
+                    .into_iter()
+                    .collect::<crate::headers::Headers>()
             );
             ChangelogEntry::parse(r.key.as_deref(), r.value.as_deref()).expect("entry")
         })
@@ -453,9 +452,7 @@ fn a_rewind_empties_the_store_under_a_higher_generation_and_tells_the_changelog(
         .into_iter()
         .map(|(_, r)| {
             let entry = ChangelogEntry::parse(r.key.as_deref(), r.value.as_deref()).expect("entry");
-            let at = ChangelogPosition::from_headers(
-                r.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
-            );
+            let at = ChangelogPosition::from_headers(r.headers.iter());
             (entry, at)
         })
         .collect();
@@ -488,12 +485,7 @@ fn a_rewind_empties_the_store_under_a_higher_generation_and_tells_the_changelog(
         .expect("marker")
         .1;
     assert_eq!(
-        ChangelogPosition::from_headers(
-            marker
-                .headers
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_slice()))
-        ),
+        ChangelogPosition::from_headers(marker.headers.iter()),
         Some(ChangelogPosition {
             generation,
             next_offset: 25
@@ -646,7 +638,7 @@ proptest! {
                             partition: None,
                             key: Some(emitted.to_string().into_bytes()),
                             value: Some(b"v".to_vec()),
-                            headers: vec![("h".into(), emitted.to_be_bytes().to_vec())],
+                            headers: [("h", emitted.to_be_bytes())].into_iter().collect(),
                             timestamp: None,
                         });
                     }
@@ -710,7 +702,7 @@ fn outbox_rows_of_an_older_version_with_json_headers_are_still_sent() {
         partition: Some(1),
         key: None,
         value: None,
-        headers: vec![("a".into(), Vec::new()), (String::new(), vec![0, 255])],
+        headers: [("a", &[][..]), ("", &[0, 255])].into_iter().collect(),
         timestamp: None,
     };
     ws.emit(new.clone());
@@ -726,7 +718,7 @@ fn outbox_rows_of_an_older_version_with_json_headers_are_still_sent() {
         partition: None,
         key: Some(b"k".to_vec()),
         value: Some(b"v".to_vec()),
-        headers: vec![("h".into(), vec![1, 2])],
+        headers: [("h", [1, 2])].into_iter().collect(),
         timestamp: Some(7),
     };
     assert_eq!(taken, vec![old.clone(), new.clone()], "the older row first");
@@ -749,13 +741,19 @@ proptest! {
     fn outbox_headers_read_back_as_written(
         headers in prop::collection::vec((".{0,8}", prop::collection::vec(any::<u8>(), 0..12)), 0..6),
     ) {
-        let encoded = outbox::encode_headers(&headers).expect("encode");
-        prop_assert_eq!(outbox::decode_headers(&encoded).expect("decode"), headers.clone());
+        let written: crate::headers::Headers = headers.iter().cloned().collect();
+        let encoded = written.as_bytes().to_vec();
+        let read = crate::headers::Headers::from_bytes(encoded.clone()).expect("decode");
+        let pairs: Vec<(String, Vec<u8>)> =
+            read.iter().map(|(k, v)| (k.to_owned(), v.to_vec())).collect();
+        prop_assert_eq!(pairs, headers.clone());
+        prop_assert_eq!(read.len(), headers.len());
         if !encoded.is_empty() {
-            // Cut short anywhere: an error, never other headers.
+            // Cut short anywhere: an error, or fewer headers (cut between two), never others.
             for cut in 0..encoded.len() {
-                if let Ok(h) = outbox::decode_headers(&encoded[..cut]) {
-                    prop_assert!(h.len() < headers.len() || headers.is_empty(), "{:?}", h);
+                if let Ok(h) = crate::headers::Headers::from_bytes(encoded[..cut].to_vec()) {
+                    prop_assert!(h.len() < headers.len(), "{:?}", h);
+                    prop_assert!(h.iter().zip(&headers).all(|((k, v), (hk, hv))| k == hk && v == &hv[..]));
                 }
             }
         }
@@ -780,7 +778,7 @@ fn a_commit_and_a_hand_out_at_once_never_deadlock() {
                     partition: None,
                     key: None,
                     value: Some(b"v".to_vec()),
-                    headers: Vec::new(),
+                    headers: crate::headers::Headers::default(),
                     timestamp: None,
                 });
                 store.commit(&mut ws, "t", 0, offset).expect("commit");

@@ -534,11 +534,7 @@ async fn an_order_rekeyed_elsewhere_on_reprocessing_counts_in_both_countries() {
         async move {
             let mut revenue = weir::testing::TestKit::new(RevenueByCountry).expect("kit");
             for (r, p) in joined.iter().zip(partitions) {
-                let headers: Vec<(&str, &[u8])> = r
-                    .headers
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_slice()))
-                    .collect();
+                let headers: Vec<(&str, &[u8])> = r.headers.iter().collect();
                 revenue.send_to(
                     "repartition",
                     p,

@@ -33,7 +33,7 @@ async fn rows_left_by_a_crash_are_sent_when_the_store_opens(kind: BrokerKind) {
             partition: None,
             key: Some(b"k".to_vec()),
             value: Some(b"left by a crash".to_vec()),
-            headers: vec![("weir.source.offset".into(), b"0".to_vec())],
+            headers: [("weir.source.offset", b"0")].into_iter().collect(),
             timestamp: None,
         });
         store.commit(&mut batch, &topic, 0, 1).expect("commit");

@@ -171,7 +171,7 @@ async fn out_of_order_records_within_grace_count_and_later_ones_are_late_and_now
         late[0]
             .headers
             .iter()
-            .find(|(k, _)| k == name)
+            .find(|(k, _)| *k == name)
             .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
     };
     assert_eq!(header("weir.source.topic").as_deref(), Some("clicks"));
@@ -558,7 +558,7 @@ fn late_offsets(kit: &TestKit<impl Process>) -> Vec<usize> {
             let (_, v) = r
                 .headers
                 .iter()
-                .find(|(k, _)| k == "weir.source.offset")
+                .find(|(k, _)| *k == "weir.source.offset")
                 .expect("source offset");
             String::from_utf8_lossy(v).parse().expect("offset")
         })

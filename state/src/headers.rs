@@ -1,0 +1,176 @@
+//! A record's headers in one buffer: what an emit carries, the outbox table stores and the
+//! producer is handed, without a name and a value allocated per header.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Headers, in order, each as the length of its name (u32, little endian), the name, the
+/// length of its value and the value: the outbox table's `headers` column as it is stored.
+///
+/// ```
+/// let mut h = weir_state::Headers::default();
+/// h.push("origin", b"shop");
+/// h.push("weir.source.offset", b"41");
+/// assert_eq!(h.iter().last(), Some(("weir.source.offset", &b"41"[..])));
+/// assert_eq!(weir_state::Headers::from_bytes(h.as_bytes().to_vec()), Ok(h));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Headers {
+    /// Length-prefixed parts, names valid UTF-8 (checked by [`Headers::from_bytes`]).
+    buf: Vec<u8>,
+    /// How many headers `buf` holds.
+    len: usize,
+}
+
+impl Headers {
+    /// Room for headers of `bytes` names and values in all, `n` of them.
+    pub fn with_capacity(n: usize, bytes: usize) -> Self {
+        Self {
+            buf: Vec::with_capacity(bytes + 8 * n),
+            len: 0,
+        }
+    }
+
+    /// Appends header `name` = `value`.
+    ///
+    /// # Panics
+    /// If the name or the value is 4 GiB or longer (no broker takes such a record).
+    pub fn push(&mut self, name: &str, value: &[u8]) {
+        self.part(name.as_bytes());
+        self.part(value);
+        self.len += 1;
+    }
+
+    /// Appends `name` = `value` written by `write` (a number, without a string of its own).
+    pub fn push_with(&mut self, name: &str, write: impl FnOnce(&mut Vec<u8>)) {
+        self.part(name.as_bytes());
+        let at = self.buf.len();
+        self.buf.extend_from_slice(&[0; 4]);
+        write(&mut self.buf);
+        let len = self.buf.len() - at - 4;
+        self.buf[at..at + 4].copy_from_slice(&part_len(len).to_le_bytes());
+        self.len += 1;
+    }
+
+    fn part(&mut self, part: &[u8]) {
+        self.buf
+            .extend_from_slice(&part_len(part.len()).to_le_bytes());
+        self.buf.extend_from_slice(part);
+    }
+
+    /// The headers, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
+        let mut rest = &self.buf[..];
+        std::iter::from_fn(move || {
+            if rest.is_empty() {
+                return None;
+            }
+            // Both parts are there and the name is UTF-8: `push` and `from_bytes` saw to it.
+            let name = take(&mut rest).ok()?;
+            let value = take(&mut rest).ok()?;
+            Some((std::str::from_utf8(name).ok()?, value))
+        })
+    }
+
+    /// How many headers there are.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The bytes of all names and values.
+    pub fn size(&self) -> usize {
+        self.buf.len() - 8 * self.len
+    }
+
+    /// The stored form.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Reads the stored form back, checking it.
+    pub fn from_bytes(buf: Vec<u8>) -> Result<Self, String> {
+        let mut rest = &buf[..];
+        let mut len = 0;
+        while !rest.is_empty() {
+            std::str::from_utf8(take(&mut rest)?).map_err(|e| format!("a header name: {e}"))?;
+            take(&mut rest)?;
+            len += 1;
+        }
+        Ok(Self { buf, len })
+    }
+}
+
+fn part_len(len: usize) -> u32 {
+    u32::try_from(len).expect("a header part under 4 GiB")
+}
+
+/// The next length-prefixed part of `b`, which moves past it.
+fn take<'a>(b: &mut &'a [u8]) -> Result<&'a [u8], String> {
+    let short = || "headers cut short".to_owned();
+    let (len, rest) = b.split_first_chunk::<4>().ok_or_else(short)?;
+    let len = u32::from_le_bytes(*len) as usize;
+    if rest.len() < len {
+        return Err(short());
+    }
+    let (part, rest) = rest.split_at(len);
+    *b = rest;
+    Ok(part)
+}
+
+impl<N: AsRef<str>, V: AsRef<[u8]>> FromIterator<(N, V)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (N, V)>>(iter: I) -> Self {
+        let mut h = Self::default();
+        h.extend(iter);
+        h
+    }
+}
+
+impl<N: AsRef<str>, V: AsRef<[u8]>> Extend<(N, V)> for Headers {
+    fn extend<I: IntoIterator<Item = (N, V)>>(&mut self, iter: I) {
+        for (n, v) in iter {
+            self.push(n.as_ref(), v.as_ref());
+        }
+    }
+}
+
+/// As a list of `(name, value bytes)` pairs.
+impl Serialize for Headers {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Headers {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let pairs = Vec::<(String, Vec<u8>)>::deserialize(d)?;
+        Ok(pairs.into_iter().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_read_back_as_written() {
+        let mut h: Headers = [("a", &b""[..]), ("", b"x")].into_iter().collect();
+        h.push_with("n", |b| b.extend_from_slice(b"12345"));
+        let read: Vec<_> = h.iter().collect();
+        assert_eq!(read, [("a", &b""[..]), ("", b"x"), ("n", b"12345")]);
+        assert_eq!((h.len(), h.size()), (3, 8));
+        assert_eq!(Headers::from_bytes(h.as_bytes().to_vec()), Ok(h.clone()));
+        let json = serde_json::to_string(&h).expect("json");
+        assert_eq!(serde_json::from_str::<Headers>(&json).expect("back"), h);
+    }
+
+    #[test]
+    fn broken_stored_headers_are_refused() {
+        assert!(Headers::from_bytes(vec![5, 0, 0, 0, b'a']).is_err());
+        assert!(Headers::from_bytes(vec![1, 0, 0, 0, 0xff, 0, 0, 0, 0]).is_err());
+        assert!(Headers::from_bytes(vec![1, 0, 0]).is_err());
+    }
+}
