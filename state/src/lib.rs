@@ -30,6 +30,7 @@ mod cache;
 mod error;
 mod headers;
 mod key_map;
+mod outbox_run;
 mod partition_store;
 mod reader;
 mod schema;

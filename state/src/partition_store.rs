@@ -11,6 +11,7 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::cache::{CacheBudget, StateCache};
 use crate::error::{Error, Result};
+use crate::outbox_run::RunWriter;
 use crate::reader::{
     decode_entries, query_entries, query_first_in_range, query_next_offset, query_range,
     query_value,
@@ -428,12 +429,12 @@ impl PartitionStore {
         // Ok(Some(current epoch)) when a later owner claimed the partition.
         let mut run = |conn: &mut Connection| -> rusqlite::Result<Option<i64>> {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            // The rows written, with their ids, for the outbox's tail in memory: the changelog
-            // entries, the batch's own records (ids only: they move out of the batch once it
-            // committed), then the offset marker.
-            let mut written = Vec::new();
-            let mut emitted_ids = Vec::with_capacity(batch.outbox().len());
-            let mut marker_row = None;
+            // The changelog entries and offset marker written, for the outbox's tail in memory
+            // (the batch's own records move out of it once it committed), and the runs'
+            // ids and sizes.
+            let mut entries = Vec::new();
+            let mut marker = None;
+            let mut runs = Vec::new();
             if let Some(mine) = claimed {
                 let current: i64 = tx
                     .query_row(
@@ -469,30 +470,14 @@ impl PartitionStore {
                 if let Some((_, end)) = crash_after {
                     return end.result();
                 }
-                let mut outbox = tx.prepare_cached(
-                    "INSERT INTO outbox (topic, partition, key, value, headers, timestamp_ms) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )?;
-                let mut insert = |r: &OutboxRecord| -> rusqlite::Result<i64> {
-                    outbox.execute(params![
-                        r.topic,
-                        r.partition,
-                        r.key,
-                        r.value,
-                        r.headers.as_bytes(),
-                        r.timestamp
-                    ])?;
-                    Ok(tx.last_insert_rowid())
-                };
                 // Order matters to restores elsewhere: the batch's offset marker goes last, and
-                // the outbox sends it only once every row before it is acknowledged, so a
+                // the outbox sends it only once every record before it is acknowledged, so a
                 // restored batch never lacks its emitted records (they are sent at least once
                 // even if this machine is lost).
                 if let Some(generation) = rewind {
                     tx.prepare_cached(UPSERT_GENERATION)?
                         .execute(params![topic, partition, generation])?;
                 }
-                let mut marker = None;
                 if let Some(changelog) = changelog {
                     let generation = match rewind {
                         Some(g) => g,
@@ -512,20 +497,25 @@ impl PartitionStore {
                         timestamp: None,
                     };
                     for (store, key, value) in batch.iter() {
-                        let r = entry(
+                        entries.push(entry(
                             ChangelogEntry::key(store, key),
                             value.map(|v| v.as_bytes().to_vec()),
-                        );
-                        written.push((insert(&r)?, r));
+                        ));
                     }
                     let (key, value) = ChangelogEntry::offset_marker(next_offset);
                     marker = Some(entry(key, Some(value)));
                 }
-                for r in batch.outbox() {
-                    emitted_ids.push(insert(r)?);
+                let mut writer = RunWriter::default();
+                for r in entries.iter().chain(batch.outbox()).chain(&marker) {
+                    writer
+                        .push(r)
+                        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?;
                 }
-                if let Some(marker) = marker {
-                    marker_row = Some((insert(&marker)?, marker));
+                let mut insert =
+                    tx.prepare_cached("INSERT INTO outbox_runs (count, records) VALUES (?1, ?2)")?;
+                for (records, count) in writer.finish() {
+                    insert.execute(params![count as i64, records])?;
+                    runs.push((tx.last_insert_rowid(), count));
                 }
                 tx.prepare_cached(UPSERT_OFFSET)?.execute(params![
                     topic,
@@ -535,9 +525,15 @@ impl PartitionStore {
                 ])?;
             }
             tx.commit()?;
-            written.extend(emitted_ids.into_iter().zip(batch.take_outbox()));
-            written.extend(marker_row);
-            self.outbox_tail().committed(written);
+            let mut records = entries.into_iter().chain(batch.take_outbox()).chain(marker);
+            let runs = runs
+                .into_iter()
+                .map(|(id, count)| outbox::Run {
+                    id,
+                    records: records.by_ref().take(count).collect(),
+                })
+                .collect();
+            self.outbox_tail().committed(runs);
             // Committed: the cache learns the batch's values (never before, so a failed or
             // abandoned transaction leaves it holding committed state only).
             self.with_cache_locked(|cache| {

@@ -165,9 +165,19 @@ impl StoreReader {
                 .prepare_cached("SELECT epoch FROM owners WHERE topic = ?1 AND partition = ?2")?
                 .query_row(params![topic, partition], |r| r.get(0))
                 .optional()?;
+            // A file of version 5 or older (read-only here, so not brought up to date) has
+            // a row per record in `outbox`.
+            let version: i32 = self
+                .conn
+                .query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            let count = match version {
+                ..3 => "SELECT 0",
+                3..6 => "SELECT COUNT(*) FROM outbox",
+                _ => "SELECT COALESCE(SUM(count), 0) FROM outbox_runs",
+            };
             let outbox: i64 = self
                 .conn
-                .prepare_cached("SELECT COUNT(*) FROM outbox")?
+                .prepare_cached(count)?
                 .query_row([], |r| r.get(0))?;
             Ok(Progress {
                 next_offset: offset.map(|o| o.0),

@@ -3,15 +3,20 @@
 
 use std::path::Path;
 
-use rusqlite::{Connection, Transaction};
+use rusqlite::types::{Type, ValueRef};
+use rusqlite::Error::FromSqlConversionFailure;
+use rusqlite::{params, Connection, Transaction};
 
 use crate::error::{Error, Result};
+use crate::headers::Headers;
+use crate::outbox_run::RunWriter;
+use crate::write_set::{decode, OutboxRecord};
 
 /// `PRAGMA application_id` of every weir store: ASCII "weir".
 const APPLICATION_ID: i32 = 0x7765_6972;
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i32 = 5;
+pub const SCHEMA_VERSION: i32 = 6;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS state (
@@ -34,19 +39,6 @@ CREATE TABLE IF NOT EXISTS owners (
     epoch     INTEGER NOT NULL,
     PRIMARY KEY (topic, partition)
 );
--- Version 3: records to produce once their batch committed, deleted once acknowledged.
-CREATE TABLE IF NOT EXISTS outbox (
-    id        INTEGER PRIMARY KEY AUTOINCREMENT,
-    topic     TEXT    NOT NULL,
-    partition INTEGER,
-    key       BLOB,
-    value     BLOB,
-    -- A JSON array up to version 4; from version 5 a BLOB of length-prefixed parts
-    -- (`partition_store/outbox.rs`), older rows staying as they are.
-    headers   TEXT    NOT NULL,
-    -- Version 4 (added to older files by ALTER TABLE): the record's timestamp, if it has one.
-    timestamp_ms INTEGER
-);
 -- Version 4: the rewind generation of a partition's state (no row: 0), raised by every rewind
 -- (`weir reset`) and carried on its changelog entries.
 CREATE TABLE IF NOT EXISTS rewinds (
@@ -54,6 +46,15 @@ CREATE TABLE IF NOT EXISTS rewinds (
     partition  INTEGER NOT NULL,
     generation INTEGER NOT NULL,
     PRIMARY KEY (topic, partition)
+);
+-- Version 6: the records a commit left to send, in order, in one row (more for a very large
+-- commit) in the form `outbox_run.rs` writes; deleted once the broker acknowledged them all.
+-- It replaces the table `outbox` of versions 3 to 5 (a row per record), whose rows move into
+-- one run when a file of those versions is opened.
+CREATE TABLE IF NOT EXISTS outbox_runs (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    count   INTEGER NOT NULL,
+    records BLOB    NOT NULL
 );
 ";
 
@@ -76,14 +77,53 @@ pub(crate) fn initialise(tx: &Transaction<'_>, path: &Path) -> Result<()> {
         // later versions brought and keeps the rest; columns added to tables of earlier
         // versions follow.
         tx.execute_batch(SCHEMA).map_err(open_err)?;
-        if version == 3 {
-            tx.execute_batch("ALTER TABLE outbox ADD COLUMN timestamp_ms INTEGER")
-                .map_err(open_err)?;
+        if (3..6).contains(&version) {
+            move_outbox_rows(tx, version).map_err(open_err)?;
         }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(open_err)?;
     }
     Ok(())
+}
+
+/// Moves the rows of the outbox table of versions 3 to 5 (a row per record; headers a JSON
+/// array up to version 4, length-prefixed parts in a BLOB from 5; no timestamps in version 3)
+/// into runs, in order, and drops the table.
+fn move_outbox_rows(tx: &Transaction<'_>, version: i32) -> rusqlite::Result<()> {
+    let timestamp = if version == 3 { "NULL" } else { "timestamp_ms" };
+    let conversion = |e: String| FromSqlConversionFailure(5, Type::Blob, e.into());
+    let mut runs = RunWriter::default();
+    {
+        let mut rows = tx.prepare(&format!(
+            "SELECT topic, partition, key, value, headers, {timestamp} FROM outbox ORDER BY id"
+        ))?;
+        let mut rows = rows.query([])?;
+        while let Some(r) = rows.next()? {
+            let headers = match r.get_ref(4)? {
+                ValueRef::Blob(b) => Headers::from_bytes(b.to_vec()).map_err(conversion)?,
+                other => decode::<Vec<(String, Vec<u8>)>>("outbox", other.as_str()?)
+                    .map_err(|e| conversion(e.to_string()))?
+                    .into_iter()
+                    .collect(),
+            };
+            let record = OutboxRecord {
+                topic: r.get(0)?,
+                partition: r.get(1)?,
+                key: r.get(2)?,
+                value: r.get(3)?,
+                headers,
+                timestamp: r.get(5)?,
+            };
+            runs.push(&record).map_err(conversion)?;
+        }
+    }
+    for (records, count) in runs.finish() {
+        tx.execute(
+            "INSERT INTO outbox_runs (count, records) VALUES (?1, ?2)",
+            params![count as i64, records],
+        )?;
+    }
+    tx.execute_batch("DROP TABLE outbox")
 }
 
 /// Checks that `conn` is a weir store of a known schema; returns true for a new, empty file.

@@ -1,74 +1,98 @@
-//! The outbox rows a committed batch left: read oldest first, deleted once acknowledged.
+//! The outbox records a committed batch left (a run of them per commit, see `outbox_run.rs`):
+//! read oldest first, deleted once acknowledged.
 //!
-//! The rows this handle committed stay in memory too ([`OutboxTail`]), so that sending them
-//! needs no read back from SQLite (nor decoding their headers): [`take_outbox`] hands them
-//! out from memory once the table holds nothing older, and reads SQLite only for rows it
-//! cannot vouch for (written before this handle opened the file, or handed out and never
-//! acknowledged).
+//! The runs this handle committed stay in memory too ([`OutboxTail`]), so that sending them
+//! needs no read back from SQLite (nor decoding): [`take_outbox`] hands them out from memory
+//! once the table holds nothing older, and reads SQLite only for runs it cannot vouch for
+//! (written before this handle opened the file, or handed out and never acknowledged).
 //!
 //! [`take_outbox`]: PartitionStore::take_outbox
 
 use std::collections::VecDeque;
 
-use rusqlite::types::{Type, ValueRef};
+use rusqlite::types::Type;
 use rusqlite::{Connection, TransactionBehavior};
 
 use super::PartitionStore;
 use crate::error::Result;
-use crate::headers::Headers;
-use crate::write_set::{decode, OutboxRecord};
+use crate::outbox_run::{decode, record_id, run_of};
+use crate::write_set::OutboxRecord;
 
-/// Rows kept in memory at most; past it the tail is dropped and the rows are read from SQLite
-/// (an outbox that cannot drain must not grow the heap without bound).
+/// Records kept in memory at most; past it the tail is dropped and the records are read from
+/// SQLite (an outbox that cannot drain must not grow the heap without bound).
 const TAIL_LIMIT: usize = 100_000;
 
-/// The newest outbox rows this handle committed, in id order.
+/// The records of one run (a row of `outbox_runs`), in order.
+#[derive(Debug)]
+pub(super) struct Run {
+    pub(super) id: i64,
+    pub(super) records: Vec<OutboxRecord>,
+}
+
+/// The newest runs this handle committed, in id order.
 #[derive(Debug, Default)]
 pub(super) struct OutboxTail {
-    rows: VecDeque<(i64, OutboxRecord)>,
-    /// The table holds no row older than `rows` but those handed out and deleted since: every
-    /// row of the table is in `rows`. False at first (rows may wait from an earlier run), after
+    runs: VecDeque<Run>,
+    /// Records in `runs`.
+    records: usize,
+    /// The table holds no run older than `runs` but those handed out and deleted since: every
+    /// run of the table is in `runs`. False at first (runs may wait from an earlier run), after
     /// a hand-out that was never acknowledged, and after the tail overflowed.
     whole: bool,
-    /// The last id handed out and not yet deleted.
+    /// The last record id handed out and not yet deleted.
     handed_out: Option<i64>,
 }
 
 impl OutboxTail {
-    /// Appends rows a commit just wrote (ids ascending, above every row before).
-    pub(super) fn committed(&mut self, rows: Vec<(i64, OutboxRecord)>) {
-        if self.rows.len() + rows.len() > TAIL_LIMIT {
-            self.rows.clear();
+    /// Appends runs a commit just wrote (ids ascending, above every run before).
+    pub(super) fn committed(&mut self, runs: Vec<Run>) {
+        let added: usize = runs.iter().map(|r| r.records.len()).sum();
+        if self.records + added > TAIL_LIMIT {
+            self.runs.clear();
+            self.records = 0;
             self.whole = false;
             return;
         }
-        self.rows.extend(rows);
+        self.records += added;
+        self.runs.extend(runs);
     }
 
-    /// `rows` topped up to `limit` from the tail's front, noted as handed out.
+    /// `records` topped up from the tail's front with whole runs until there are `limit` or
+    /// the tail is empty, noted as handed out.
     fn hand_out(
         &mut self,
-        mut rows: Vec<(i64, OutboxRecord)>,
+        mut records: Vec<(i64, OutboxRecord)>,
         limit: usize,
     ) -> Vec<(i64, OutboxRecord)> {
-        let n = limit.saturating_sub(rows.len()).min(self.rows.len());
-        rows.extend(self.rows.drain(..n));
-        self.handed_out = rows.last().map(|(id, _)| *id);
-        rows
+        while records.len() < limit {
+            let Some(run) = self.runs.pop_front() else {
+                break;
+            };
+            self.records -= run.records.len();
+            records.extend(with_ids(run));
+        }
+        self.handed_out = records.last().map(|(id, _)| *id);
+        records
     }
 
-    /// Forgets the rows (the table was emptied).
+    /// Forgets the runs (the table was emptied).
     pub(super) fn forget(&mut self) {
         *self = Self::default();
     }
 }
 
+/// A run's records with their ids.
+fn with_ids(run: Run) -> impl Iterator<Item = (i64, OutboxRecord)> {
+    let id = run.id;
+    (run.records.into_iter().enumerate()).map(move |(i, r)| (record_id(id, i), r))
+}
+
 impl PartitionStore {
-    /// Hands out up to `limit` rows of the outbox, oldest first, with their ids: from memory
-    /// when the table holds nothing older, else from SQLite. Delete them with
-    /// [`delete_outbox`](Self::delete_outbox) once acknowledged; rows handed out and not
-    /// deleted by the next call are read again from SQLite (a failed or abandoned send loses
-    /// nothing).
+    /// Hands out the outbox's oldest records with their ids, whole commits at a time until
+    /// there are `limit` (or none is left): from memory when the table holds nothing older,
+    /// else from SQLite. Delete them with [`delete_outbox`](Self::delete_outbox) once
+    /// acknowledged; records handed out and not deleted by the next call are read again from
+    /// SQLite (a failed or abandoned send loses nothing).
     pub fn take_outbox(&self, limit: usize) -> Result<Vec<(i64, OutboxRecord)>> {
         {
             let mut tail = self.outbox_tail();
@@ -84,18 +108,18 @@ impl PartitionStore {
         // once (a batch commits while the one before is sent) must not wait on each other.
         let conn = self.conn();
         let mut tail = self.outbox_tail();
-        let mut rows = Vec::new();
+        let mut records = Vec::new();
         if !tail.whole {
-            let below = tail.rows.front().map_or(i64::MAX, |(id, _)| *id);
-            rows = self.outbox_rows_below(&conn, below, limit)?;
-            // Fewer than asked: every older row is handed out now.
-            tail.whole = rows.len() < limit;
+            let below = tail.runs.front().map_or(i64::MAX, |r| r.id);
+            let read_all;
+            (records, read_all) = self.outbox_records_below(&conn, below, limit)?;
+            tail.whole = read_all;
         }
         if tail.whole {
-            return Ok(tail.hand_out(rows, limit));
+            return Ok(tail.hand_out(records, limit));
         }
-        tail.handed_out = rows.last().map(|(id, _)| *id);
-        Ok(rows)
+        tail.handed_out = records.last().map(|(id, _)| *id);
+        Ok(records)
     }
 
     pub(super) fn outbox_tail(&self) -> std::sync::MutexGuard<'_, OutboxTail> {
@@ -104,96 +128,92 @@ impl PartitionStore {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Up to `limit` records waiting in the outbox, oldest first, with their row ids.
+    /// The oldest records waiting in the outbox, with their ids: whole commits until there are
+    /// `limit`.
     pub fn pending_outbox(&self, limit: usize) -> Result<Vec<(i64, OutboxRecord)>> {
-        self.outbox_rows_below(&self.conn(), i64::MAX, limit)
+        Ok(self.outbox_records_below(&self.conn(), i64::MAX, limit)?.0)
     }
 
-    /// Up to `limit` rows of the table with ids below `below`, oldest first.
-    fn outbox_rows_below(
+    /// The records of the oldest runs with ids below `below`, whole runs until there are
+    /// `limit`; and whether that read every such run.
+    fn outbox_records_below(
         &self,
         conn: &Connection,
         below: i64,
         limit: usize,
-    ) -> Result<Vec<(i64, OutboxRecord)>> {
-        // Headers: in their binary form, or kept as the JSON of an older row.
-        let rows: Vec<(i64, OutboxRecord, Option<String>)> = conn
-            .prepare_cached(
-                "SELECT id, topic, partition, key, value, headers, timestamp_ms FROM outbox \
-                 WHERE id < ?1 ORDER BY id LIMIT ?2",
-            )
-            .and_then(|mut s| {
-                s.query_map([below, limit as i64], |r| {
-                    let (headers, json) = match r.get_ref(5)? {
-                        ValueRef::Blob(b) => (
-                            Headers::from_bytes(b.to_vec()).map_err(|e| {
-                                rusqlite::Error::FromSqlConversionFailure(5, Type::Blob, e.into())
-                            })?,
-                            None,
-                        ),
-                        other => (Headers::default(), Some(other.as_str()?.to_owned())),
-                    };
-                    Ok((
-                        r.get(0)?,
-                        OutboxRecord {
-                            topic: r.get(1)?,
-                            partition: r.get(2)?,
-                            key: r.get(3)?,
-                            value: r.get(4)?,
-                            headers,
-                            timestamp: r.get(6)?,
-                        },
-                        json,
-                    ))
-                })?
-                .collect()
-            })
-            .map_err(|source| self.sqlite_err(source))?;
-        rows.into_iter()
-            .map(|(id, mut rec, json)| {
-                if let Some(json) = json {
-                    rec.headers = decode::<Vec<(String, Vec<u8>)>>("outbox", &json)?
-                        .into_iter()
-                        .collect();
-                }
-                Ok((id, rec))
-            })
-            .collect()
+    ) -> Result<(Vec<(i64, OutboxRecord)>, bool)> {
+        let read = || -> rusqlite::Result<(Vec<(i64, OutboxRecord)>, bool)> {
+            let mut select = conn
+                .prepare_cached("SELECT id, records FROM outbox_runs WHERE id < ?1 ORDER BY id")?;
+            let mut runs = select.query([below])?;
+            let mut records = Vec::new();
+            while records.len() < limit {
+                let Some(row) = runs.next()? else {
+                    return Ok((records, true));
+                };
+                let id = row.get(0)?;
+                let run = decode(row.get_ref(1)?.as_blob()?).map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(1, Type::Blob, e.into())
+                })?;
+                records.extend(with_ids(Run { id, records: run }));
+            }
+            Ok((records, runs.next()?.is_none()))
+        };
+        read().map_err(|source| self.sqlite_err(source))
     }
 
-    /// Deletes acknowledged outbox rows (`ids` ascending, as handed out): a run of
-    /// consecutive ids in one statement.
+    /// Deletes acknowledged outbox records (`ids` ascending, as handed out): the runs they
+    /// fill, a run of consecutive ones in one statement. A run of which only some records are
+    /// given stays (to be sent again: at least once).
     pub fn delete_outbox(&self, ids: &[i64]) -> Result<()> {
-        let (Some(&first), Some(&last)) = (ids.first(), ids.last()) else {
+        // Each run given, with how many of its records.
+        let mut given: Vec<(i64, i64)> = Vec::new();
+        for &id in ids {
+            match given.last_mut() {
+                Some((run, n)) if *run == run_of(id) => *n += 1,
+                _ => given.push((run_of(id), 1)),
+            }
+        }
+        let (Some(&(first, _)), Some(&(last, _))) = (given.first(), given.last()) else {
             return Ok(());
         };
-        let consecutive = last - first + 1 == ids.len() as i64;
         let mut conn = self.conn();
-        let run = |conn: &mut Connection| -> rusqlite::Result<()> {
+        let run = |conn: &mut Connection| -> rusqlite::Result<Vec<i64>> {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            if consecutive {
-                tx.prepare_cached("DELETE FROM outbox WHERE id BETWEEN ?1 AND ?2")?
+            let stored: Vec<(i64, i64)> = tx
+                .prepare_cached("SELECT id, count FROM outbox_runs WHERE id BETWEEN ?1 AND ?2")?
+                .query_map([first, last], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let filled: Vec<i64> = given
+                .iter()
+                .filter(|given| stored.contains(given))
+                .map(|(run, _)| *run)
+                .collect();
+            if filled.len() == stored.len() && filled.len() as i64 == last - first + 1 {
+                tx.prepare_cached("DELETE FROM outbox_runs WHERE id BETWEEN ?1 AND ?2")?
                     .execute([first, last])?;
             } else {
-                let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?;
-                for id in ids {
+                let mut delete = tx.prepare_cached("DELETE FROM outbox_runs WHERE id = ?1")?;
+                for id in &filled {
                     delete.execute([id])?;
                 }
             }
-            tx.commit()
+            tx.commit()?;
+            Ok(filled)
         };
-        run(&mut conn).map_err(|source| self.sqlite_err(source))?;
+        let deleted = run(&mut conn).map_err(|source| self.sqlite_err(source))?;
         let mut tail = self.outbox_tail();
-        if tail.handed_out == Some(last) {
+        let all = deleted.len() == given.len();
+        if all && tail.handed_out.is_some_and(|id| ids.last() == Some(&id)) {
             tail.handed_out = None;
         }
-        // (Rows read with `pending_outbox` may still be in memory.)
-        while tail
-            .rows
-            .front()
-            .is_some_and(|(id, _)| (first..=last).contains(id))
-        {
-            tail.rows.pop_front();
+        // (Runs read with `pending_outbox` may still be in memory.)
+        while let Some(run) = tail.runs.front() {
+            if deleted.binary_search(&run.id).is_err() {
+                break;
+            }
+            tail.records -= run.records.len();
+            tail.runs.pop_front();
         }
         Ok(())
     }

@@ -17,7 +17,7 @@ impl PartitionStore {
         let run = |conn: &mut Connection| -> rusqlite::Result<()> {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute("DELETE FROM state", [])?;
-            tx.execute("DELETE FROM outbox", [])?;
+            tx.execute("DELETE FROM outbox_runs", [])?;
             tx.execute(
                 "DELETE FROM offsets WHERE topic = ?1 AND partition = ?2",
                 params![topic, partition],

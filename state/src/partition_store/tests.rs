@@ -7,6 +7,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::cache::CacheBudget;
+use crate::reader::StoreReader;
 use crate::schema::SCHEMA_VERSION;
 
 /// One message: add `amount` to `key`, or delete `key` when `amount` is 0; when the flag is
@@ -307,7 +308,7 @@ fn a_version_3_file_is_upgraded_in_place() {
     {
         let conn = Connection::open(&path).expect("raw open");
         conn.execute_batch(
-            "DROP TABLE rewinds; DROP TABLE outbox;
+            "DROP TABLE rewinds; DROP TABLE outbox_runs;
              CREATE TABLE outbox (
                  id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, partition INTEGER,
                  key BLOB, value BLOB, headers TEXT NOT NULL);
@@ -390,7 +391,11 @@ fn outbox_and_changelog_entries_commit_with_the_batch_and_leave_once_acknowledge
 
     let ids: Vec<i64> = pending.iter().take(2).map(|(id, _)| *id).collect();
     store.delete_outbox(&ids).expect("delete");
-    assert_eq!(store.pending_outbox(100).expect("pending").len(), 2);
+    assert_eq!(
+        store.pending_outbox(100).expect("pending").len(),
+        4,
+        "a commit's records leave together, once all are acknowledged"
+    );
 
     // A restore empties the store, then applies entries and finally the offset.
     store.reset("in", 2).expect("reset");
@@ -682,20 +687,58 @@ proptest! {
     }
 }
 
+/// Rows of the outbox table of versions 3 to 5 (a row per record; headers a JSON array up to
+/// version 4, a BLOB from 5) move into a run when the file is opened, and are sent first.
 #[test]
-fn outbox_rows_of_an_older_version_with_json_headers_are_still_sent() {
+fn outbox_rows_of_an_older_version_are_still_sent_first() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("0.sqlite");
+    drop(PartitionStore::open(&path).expect("open"));
+    // Rows as schema version 5 wrote them, one of them by version 4, waiting when the new
+    // version opens the file.
+    let binary = crate::headers::Headers::from_iter([("b", [3])]);
+    let conn = Connection::open(&path).expect("open");
+    conn.execute_batch(
+        "DROP TABLE outbox_runs;
+         CREATE TABLE outbox (
+             id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, partition INTEGER,
+             key BLOB, value BLOB, headers TEXT NOT NULL, timestamp_ms INTEGER);
+         INSERT INTO outbox (topic, partition, key, value, headers, timestamp_ms)
+             VALUES ('out', NULL, x'6b', x'76', '[[\"h\",[1,2]]]', 7);
+         PRAGMA user_version = 5;",
+    )
+    .expect("make it version 5");
+    conn.execute(
+        "INSERT INTO outbox (topic, partition, key, value, headers) VALUES ('out', 3, NULL, NULL, ?1)",
+        [binary.as_bytes()],
+    )
+    .expect("insert");
+    drop(conn);
+    let waiting = || {
+        let reader = StoreReader::open(&path).expect("reader");
+        reader.progress("t", 0).expect("progress").outbox
+    };
+    assert_eq!(waiting(), 2, "counted in the old table");
     let store = PartitionStore::open(&path).expect("open");
-    // A row as schema version 4 wrote it, waiting when the new version opens the file.
-    Connection::open(&path)
-        .expect("open")
-        .execute(
-            "INSERT INTO outbox (topic, partition, key, value, headers, timestamp_ms) \
-             VALUES ('out', NULL, x'6b', x'76', '[[\"h\",[1,2]]]', 7)",
-            [],
-        )
-        .expect("insert");
+    assert_eq!(waiting(), 2, "counted in their run");
+    let old = [
+        OutboxRecord {
+            topic: "out".into(),
+            partition: None,
+            key: Some(b"k".to_vec()),
+            value: Some(b"v".to_vec()),
+            headers: [("h", [1, 2])].into_iter().collect(),
+            timestamp: Some(7),
+        },
+        OutboxRecord {
+            topic: "out".into(),
+            partition: Some(3),
+            key: None,
+            value: None,
+            headers: binary,
+            timestamp: None,
+        },
+    ];
     let mut ws = WriteSet::default();
     let new = OutboxRecord {
         topic: "out".into(),
@@ -713,15 +756,8 @@ fn outbox_rows_of_an_older_version_with_json_headers_are_still_sent() {
         .into_iter()
         .map(|(_, r)| r)
         .collect();
-    let old = OutboxRecord {
-        topic: "out".into(),
-        partition: None,
-        key: Some(b"k".to_vec()),
-        value: Some(b"v".to_vec()),
-        headers: [("h", [1, 2])].into_iter().collect(),
-        timestamp: Some(7),
-    };
-    assert_eq!(taken, vec![old.clone(), new.clone()], "the older row first");
+    let expected: Vec<OutboxRecord> = old.iter().cloned().chain([new.clone()]).collect();
+    assert_eq!(taken, expected, "the older rows first");
     let read: Vec<OutboxRecord> = PartitionStore::open(&path)
         .expect("reopen")
         .pending_outbox(10)
@@ -729,11 +765,7 @@ fn outbox_rows_of_an_older_version_with_json_headers_are_still_sent() {
         .into_iter()
         .map(|(_, r)| r)
         .collect();
-    assert_eq!(
-        read,
-        vec![old, new],
-        "the new row read back from its binary headers"
-    );
+    assert_eq!(read, expected, "read back from their runs");
 }
 
 proptest! {
