@@ -8,6 +8,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use crate::error::{Error, Result};
 use crate::headers::Headers;
 use crate::key_map::KeyMap;
+use crate::small_bytes::SmallBytes;
 
 /// State changes of one batch: per named store, key (JSON) to new value (JSON) or deletion.
 ///
@@ -16,12 +17,15 @@ use crate::key_map::KeyMap;
 #[derive(Debug, Default, Clone)]
 pub struct WriteSet {
     /// Per store (a handler has few, so a list beats hashing the name), its changed keys.
-    stores: Vec<(String, KeyMap<Option<String>>)>,
+    stores: Vec<(String, Changes)>,
     /// What the open savepoint can undo.
     undo: UndoLog,
     /// Records to produce once the batch commits, in order.
     outbox: Vec<OutboxRecord>,
 }
+
+/// A store's changed keys (JSON) and their new values (JSON; `None`: deleted).
+type Changes = KeyMap<Option<SmallBytes>, SmallBytes>;
 
 /// While a savepoint is open: what each changed key held before, newest last. Keys and values
 /// are copied into one buffer, reused from savepoint to savepoint, so recording costs no
@@ -30,7 +34,7 @@ pub struct WriteSet {
 struct UndoLog {
     open: bool,
     entries: Vec<Undo>,
-    bytes: String,
+    bytes: Vec<u8>,
     /// `outbox.len()` when the savepoint was taken.
     outbox_len: usize,
 }
@@ -54,14 +58,14 @@ enum Before {
 }
 
 impl UndoLog {
-    fn text(&mut self, s: &str) -> Range<usize> {
+    fn text(&mut self, s: &[u8]) -> Range<usize> {
         let start = self.bytes.len();
-        self.bytes.push_str(s);
+        self.bytes.extend_from_slice(s);
         start..self.bytes.len()
     }
 
     /// Remembers what `key` of `store` held before a write (if a savepoint is open).
-    fn record(&mut self, store: usize, key: &str, before: Option<Option<&str>>) {
+    fn record(&mut self, store: usize, key: &[u8], before: Option<Option<&SmallBytes>>) {
         if !self.open {
             return;
         }
@@ -69,7 +73,7 @@ impl UndoLog {
         let before = match before {
             None => Before::Untouched,
             Some(None) => Before::Deleted,
-            Some(Some(json)) => Before::Value(self.text(json)),
+            Some(Some(json)) => Before::Value(self.text(json.as_bytes())),
         };
         self.entries.push(Undo { store, key, before });
     }
@@ -212,10 +216,10 @@ impl WriteSet {
                     map.remove(key);
                 }
                 Before::Deleted => {
-                    map.insert(key.to_owned(), None);
+                    map.insert(SmallBytes::new(key), None);
                 }
                 Before::Value(json) => {
-                    map.insert(key.to_owned(), Some(bytes[json].to_owned()));
+                    map.insert(SmallBytes::new(key), Some(SmallBytes::new(&bytes[json])));
                 }
             }
         }
@@ -234,23 +238,27 @@ impl WriteSet {
     ) -> Result<()> {
         let index = self.store_index(store);
         let map = &mut self.stores[index].1;
+        let key = key.as_bytes();
         let Some(slot) = map.get_mut(key) else {
-            let value = f(committed()?).map(|v| encode(store, &v)).transpose()?;
+            let value = match f(committed()?) {
+                Some(v) => with_json(store, &v, |json| Ok(Some(SmallBytes::new(json.as_bytes()))))?,
+                None => None,
+            };
             self.undo.record(index, key, None);
-            map.insert(key.to_owned(), value);
+            map.insert(SmallBytes::new(key), value);
             return Ok(());
         };
         let current = slot
-            .as_deref()
-            .map(|json| decode(store, json))
+            .as_ref()
+            .map(|json| decode_bytes(store, json.as_bytes()))
             .transpose()?;
         match f(current) {
             None => {
-                self.undo.record(index, key, Some(slot.as_deref()));
+                self.undo.record(index, key, Some(slot.as_ref()));
                 *slot = None;
             }
             Some(value) => with_json(store, &value, |json| {
-                self.undo.record(index, key, Some(slot.as_deref()));
+                self.undo.record(index, key, Some(slot.as_ref()));
                 overwrite(slot, Some(json));
                 Ok(())
             })?,
@@ -271,14 +279,16 @@ impl WriteSet {
     fn replace(&mut self, store: &str, key: &str, value: Option<&str>) {
         let index = self.store_index(store);
         let map = &mut self.stores[index].1;
+        let key = key.as_bytes();
         match map.get_mut(key) {
             Some(slot) => {
-                self.undo.record(index, key, Some(slot.as_deref()));
+                self.undo.record(index, key, Some(slot.as_ref()));
                 overwrite(slot, value);
             }
             None => {
                 self.undo.record(index, key, None);
-                map.insert(key.to_owned(), value.map(str::to_owned));
+                let value = value.map(|json| SmallBytes::new(json.as_bytes()));
+                map.insert(SmallBytes::new(key), value);
             }
         }
     }
@@ -297,8 +307,8 @@ impl WriteSet {
         self.stores
             .iter()
             .find(|(name, _)| name == store)
-            .and_then(|(_, m)| m.get(key))
-            .map(Option::as_deref)
+            .and_then(|(_, m)| m.get(key.as_bytes()))
+            .map(|v| v.as_ref().map(SmallBytes::as_str))
     }
 
     /// Every change of one store as (key, value-or-deletion).
@@ -309,26 +319,31 @@ impl WriteSet {
         self.stores
             .iter()
             .filter(move |(name, _)| name == store)
-            .flat_map(|(_, m)| m.iter().map(|(k, v)| (k.as_str(), v.as_deref())))
+            .flat_map(|(_, m)| {
+                m.iter()
+                    .map(|(k, v)| (k.as_str(), v.as_ref().map(SmallBytes::as_str)))
+            })
     }
 
     /// Every change as (store, key, value-or-deletion).
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &str, Option<&str>)> {
         self.stores.iter().flat_map(|(store, m)| {
-            m.iter()
-                .map(move |(k, v)| (store.as_str(), k.as_str(), v.as_deref()))
+            m.iter().map(move |(k, v)| {
+                (
+                    store.as_str(),
+                    k.as_str(),
+                    v.as_ref().map(SmallBytes::as_str),
+                )
+            })
         })
     }
 }
 
 /// Sets a buffered value, reusing its memory.
-fn overwrite(slot: &mut Option<String>, value: Option<&str>) {
+fn overwrite(slot: &mut Option<SmallBytes>, value: Option<&str>) {
     match (slot.as_mut(), value) {
-        (Some(old), Some(json)) => {
-            old.clear();
-            old.push_str(json);
-        }
-        (_, json) => *slot = json.map(str::to_owned),
+        (Some(old), Some(json)) => old.set(json.as_bytes()),
+        (_, json) => *slot = json.map(|json| SmallBytes::new(json.as_bytes())),
     }
 }
 
@@ -403,7 +418,11 @@ pub(crate) fn encode<T: Serialize + ?Sized>(store: &str, value: &T) -> Result<St
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(store: &str, json: &str) -> Result<T> {
-    serde_json::from_str(json).map_err(|source| Error::Codec {
+    decode_bytes(store, json.as_bytes())
+}
+
+fn decode_bytes<T: DeserializeOwned>(store: &str, json: &[u8]) -> Result<T> {
+    serde_json::from_slice(json).map_err(|source| Error::Codec {
         store: store.to_owned(),
         source,
     })
@@ -411,6 +430,10 @@ pub(crate) fn decode<T: DeserializeOwned>(store: &str, json: &str) -> Result<T> 
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
     use super::*;
 
     fn record(value: &str) -> OutboxRecord {
@@ -453,5 +476,84 @@ mod tests {
             ws.lookup::<_, i32>("s", "c").expect("lookup"),
             Some(Some(3))
         );
+    }
+
+    /// A change to the write set, on keys and values short enough to be kept in place and too
+    /// long for it.
+    #[derive(Debug, Clone)]
+    enum Op {
+        Put(usize, usize),
+        Delete(usize),
+        /// Appends to the value (or starts it); with `true`, deletes it instead.
+        Update(usize, bool),
+        Savepoint,
+        Release,
+        Rollback,
+    }
+
+    const KEYS: [&str; 4] = ["a", "b", "a key that is longer than thirty bytes", "c"];
+    const VALUES: [&str; 3] = ["", "short", "a value that is longer than thirty bytes"];
+
+    fn op() -> impl Strategy<Value = Op> {
+        let key = || 0..KEYS.len();
+        prop_oneof![
+            3 => (key(), 0..VALUES.len()).prop_map(|(k, v)| Op::Put(k, v)),
+            1 => key().prop_map(Op::Delete),
+            4 => (key(), prop::bool::weighted(0.1)).prop_map(|(k, d)| Op::Update(k, d)),
+            1 => Just(Op::Savepoint),
+            1 => Just(Op::Release),
+            1 => Just(Op::Rollback),
+        ]
+    }
+
+    proptest! {
+        /// The write set holds what a plain map of the same changes holds (savepoints copying
+        /// it), whatever the keys' and values' lengths and however they change.
+        #[test]
+        fn the_write_set_holds_what_a_plain_map_holds(ops in prop::collection::vec(op(), 1..80)) {
+            let mut ws = WriteSet::default();
+            let mut model: BTreeMap<String, Option<String>> = BTreeMap::new();
+            let mut saved = None;
+            for op in ops {
+                match op {
+                    Op::Put(k, v) => {
+                        ws.put("s", KEYS[k], VALUES[v]).expect("put");
+                        model.insert(KEYS[k].into(), Some(VALUES[v].into()));
+                    }
+                    Op::Delete(k) => {
+                        ws.delete("s", KEYS[k]).expect("delete");
+                        model.insert(KEYS[k].into(), None);
+                    }
+                    Op::Update(k, delete) => {
+                        let key = with_key("s", KEYS[k], |key| Ok(key.to_owned())).expect("key");
+                        ws.update_with("s", &key, || Ok(None), |v: Option<String>| {
+                            (!delete).then(|| v.unwrap_or_default() + "more text")
+                        })
+                        .expect("update");
+                        let entry = model.entry(KEYS[k].into()).or_insert(None);
+                        *entry = (!delete).then(|| entry.take().unwrap_or_default() + "more text");
+                    }
+                    Op::Savepoint => {
+                        ws.savepoint();
+                        saved = Some(model.clone());
+                    }
+                    Op::Release => {
+                        ws.release();
+                        saved = None;
+                    }
+                    Op::Rollback => {
+                        ws.rollback();
+                        if let Some(saved) = saved.take() {
+                            model = saved;
+                        }
+                    }
+                }
+                for (key, value) in &model {
+                    let held = ws.lookup::<_, String>("s", key.as_str()).expect("lookup");
+                    prop_assert_eq!(held.as_ref(), Some(value), "{}", key);
+                }
+                prop_assert_eq!(ws.len(), model.len());
+            }
+        }
     }
 }
