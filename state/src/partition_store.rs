@@ -511,8 +511,7 @@ impl PartitionStore {
                         .push(r)
                         .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?;
                 }
-                let mut insert =
-                    tx.prepare_cached("INSERT INTO outbox_runs (count, records) VALUES (?1, ?2)")?;
+                let mut insert = tx.prepare_cached(schema::INSERT_OUTBOX_RUN)?;
                 for (records, count) in writer.finish() {
                     insert.execute(params![count as i64, records])?;
                     runs.push((tx.last_insert_rowid(), count));

@@ -58,6 +58,10 @@ CREATE TABLE IF NOT EXISTS outbox_runs (
 );
 ";
 
+/// Writes a run of outbox records (its count and its records).
+pub(crate) const INSERT_OUTBOX_RUN: &str =
+    "INSERT INTO outbox_runs (count, records) VALUES (?1, ?2)";
+
 /// Makes the file behind `tx` a store of this build's schema: a new file gets every table, an
 /// older one what later versions added; a foreign or newer file is refused.
 pub(crate) fn initialise(tx: &Transaction<'_>, path: &Path) -> Result<()> {
@@ -118,10 +122,7 @@ fn move_outbox_rows(tx: &Transaction<'_>, version: i32) -> rusqlite::Result<()> 
         }
     }
     for (records, count) in runs.finish() {
-        tx.execute(
-            "INSERT INTO outbox_runs (count, records) VALUES (?1, ?2)",
-            params![count as i64, records],
-        )?;
+        tx.execute(INSERT_OUTBOX_RUN, params![count as i64, records])?;
     }
     tx.execute_batch("DROP TABLE outbox")
 }
