@@ -18,7 +18,7 @@ use crate::reader::{
 };
 use crate::schema;
 use crate::wire::{ChangelogEntry, ChangelogPosition};
-use crate::write_set::{decode, with_key};
+use crate::write_set::{decode, decode_bytes, with_key};
 use crate::write_set::{OutboxRecord, WriteSet};
 
 mod outbox;
@@ -240,8 +240,8 @@ impl PartitionStore {
         store: &str,
         key: &K,
     ) -> Result<Option<V>> {
-        with_key(store, key, |key| match pending.lookup_encoded(store, key) {
-            Some(Some(json)) => decode(store, json).map(Some),
+        with_key(store, key, |key| match pending.lookup_slot(store, key) {
+            Some(Some(json)) => decode_bytes(store, json.as_bytes()).map(Some),
             Some(None) => Ok(None),
             None => self.get_committed(store, key),
         })
@@ -254,8 +254,8 @@ impl PartitionStore {
         store: &str,
         key: &str,
     ) -> Result<Option<String>> {
-        match pending.lookup_encoded(store, key) {
-            Some(v) => Ok(v.map(str::to_owned)),
+        match pending.lookup_slot(store, key) {
+            Some(v) => Ok(v.map(|json| json.as_str().to_owned())),
             None => {
                 let cached = self.with_cache_locked(|cache| {
                     cache.get(store, key).map(|hit| hit.map(str::to_owned))

@@ -132,7 +132,7 @@ impl WriteSet {
 
     /// Buffers an already encoded change: `key` and `value` are JSON (`None` deletes).
     pub fn put_encoded(&mut self, store: &str, key: &str, value: Option<&str>) {
-        self.replace(store, key, value);
+        self.replace(store, key, value.map(str::as_bytes));
     }
 
     /// What this batch wrote for `key`: `None` if untouched, `Some(None)` if deleted.
@@ -141,10 +141,10 @@ impl WriteSet {
         store: &str,
         key: &K,
     ) -> Result<Option<Option<V>>> {
-        with_key(store, key, |key| match self.lookup_encoded(store, key) {
+        with_key(store, key, |key| match self.lookup_slot(store, key) {
             None => Ok(None),
             Some(None) => Ok(Some(None)),
-            Some(Some(json)) => decode(store, json).map(|v| Some(Some(v))),
+            Some(Some(json)) => decode_bytes(store, json.as_bytes()).map(|v| Some(Some(v))),
         })
     }
 
@@ -241,7 +241,7 @@ impl WriteSet {
         let key = key.as_bytes();
         let Some(slot) = map.get_mut(key) else {
             let value = match f(committed()?) {
-                Some(v) => with_json(store, &v, |json| Ok(Some(SmallBytes::new(json.as_bytes()))))?,
+                Some(v) => with_json(store, &v, |json| Ok(Some(SmallBytes::new(json))))?,
                 None => None,
             };
             self.undo.record(index, key, None);
@@ -276,7 +276,7 @@ impl WriteSet {
         }
     }
 
-    fn replace(&mut self, store: &str, key: &str, value: Option<&str>) {
+    fn replace(&mut self, store: &str, key: &str, value: Option<&[u8]>) {
         let index = self.store_index(store);
         let map = &mut self.stores[index].1;
         let key = key.as_bytes();
@@ -287,7 +287,7 @@ impl WriteSet {
             }
             None => {
                 self.undo.record(index, key, None);
-                let value = value.map(|json| SmallBytes::new(json.as_bytes()));
+                let value = value.map(SmallBytes::new);
                 map.insert(SmallBytes::new(key), value);
             }
         }
@@ -303,12 +303,13 @@ impl WriteSet {
         v
     }
 
-    pub(crate) fn lookup_encoded(&self, store: &str, key: &str) -> Option<Option<&str>> {
+    /// What this batch wrote for the JSON `key`: `None` if untouched, `Some(None)` if deleted.
+    pub(crate) fn lookup_slot(&self, store: &str, key: &str) -> Option<Option<&SmallBytes>> {
         self.stores
             .iter()
             .find(|(name, _)| name == store)
             .and_then(|(_, m)| m.get(key.as_bytes()))
-            .map(|v| v.as_ref().map(SmallBytes::as_str))
+            .map(Option::as_ref)
     }
 
     /// Every change of one store as (key, value-or-deletion).
@@ -340,10 +341,10 @@ impl WriteSet {
 }
 
 /// Sets a buffered value, reusing its memory.
-fn overwrite(slot: &mut Option<SmallBytes>, value: Option<&str>) {
+fn overwrite(slot: &mut Option<SmallBytes>, value: Option<&[u8]>) {
     match (slot.as_mut(), value) {
-        (Some(old), Some(json)) => old.set(json.as_bytes()),
-        (_, json) => *slot = json.map(|json| SmallBytes::new(json.as_bytes())),
+        (Some(old), Some(json)) => old.set(json),
+        (_, json) => *slot = json.map(SmallBytes::new),
     }
 }
 
@@ -360,14 +361,20 @@ pub(crate) fn with_key<K: Serialize + ?Sized, T>(
     key: &K,
     f: impl FnOnce(&str) -> Result<T>,
 ) -> Result<T> {
-    encoded_in(&KEY_BUF, store, key, f)
+    encoded_in(&KEY_BUF, store, key, |json| {
+        match std::str::from_utf8(json) {
+            Ok(json) => f(json),
+            Err(_) => unreachable_json(store),
+        }
+    })
 }
 
-/// Runs `f` with `value` encoded as JSON (in a per-thread buffer).
+/// Runs `f` with `value` encoded as JSON (in a per-thread buffer). The write set keeps values
+/// as bytes, so they are not checked for UTF-8 (serde_json writes nothing else).
 fn with_json<V: Serialize + ?Sized, T>(
     store: &str,
     value: &V,
-    f: impl FnOnce(&str) -> Result<T>,
+    f: impl FnOnce(&[u8]) -> Result<T>,
 ) -> Result<T> {
     encoded_in(&VALUE_BUF, store, value, f)
 }
@@ -376,7 +383,7 @@ fn encoded_in<V: Serialize + ?Sized, T>(
     buf: &'static std::thread::LocalKey<RefCell<Vec<u8>>>,
     store: &str,
     value: &V,
-    f: impl FnOnce(&str) -> Result<T>,
+    f: impl FnOnce(&[u8]) -> Result<T>,
 ) -> Result<T> {
     buf.with(|buf| {
         // A nested call (a `Serialize` impl that reads state) finds the buffer taken and uses
@@ -391,10 +398,7 @@ fn encoded_in<V: Serialize + ?Sized, T>(
                 store: store.to_owned(),
                 source,
             })
-            .and_then(|()| match std::str::from_utf8(&mine) {
-                Ok(json) => f(json),
-                Err(_) => unreachable_json(store),
-            });
+            .and_then(|()| f(&mine));
         if let Ok(mut b) = buf.try_borrow_mut() {
             *b = mine;
         }
@@ -421,7 +425,7 @@ pub(crate) fn decode<T: DeserializeOwned>(store: &str, json: &str) -> Result<T> 
     decode_bytes(store, json.as_bytes())
 }
 
-fn decode_bytes<T: DeserializeOwned>(store: &str, json: &[u8]) -> Result<T> {
+pub(crate) fn decode_bytes<T: DeserializeOwned>(store: &str, json: &[u8]) -> Result<T> {
     serde_json::from_slice(json).map_err(|source| Error::Codec {
         store: store.to_owned(),
         source,
