@@ -4,7 +4,7 @@
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Headers, in order, each as the length of its name (u32, little endian), the name, the
-/// length of its value and the value: the outbox table's `headers` column as it is stored.
+/// length of its value and the value: as an outbox run stores them (`outbox_run.rs`).
 ///
 /// ```
 /// let mut h = weir_state::Headers::default();
@@ -52,9 +52,9 @@ impl Headers {
     }
 
     fn part(&mut self, part: &[u8]) {
-        self.buf
-            .extend_from_slice(&part_len(part.len()).to_le_bytes());
-        self.buf.extend_from_slice(part);
+        if !push_part(&mut self.buf, part) {
+            panic!("a header part of {} bytes (4 GiB at most)", part.len());
+        }
     }
 
     /// The headers, in order.
@@ -65,8 +65,8 @@ impl Headers {
                 return None;
             }
             // Both parts are there and the name is UTF-8: `push` and `from_bytes` saw to it.
-            let name = take(&mut rest).ok()?;
-            let value = take(&mut rest).ok()?;
+            let name = take_part(&mut rest)?;
+            let value = take_part(&mut rest)?;
             Some((std::str::from_utf8(name).ok()?, value))
         })
     }
@@ -95,9 +95,11 @@ impl Headers {
     pub fn from_bytes(buf: Vec<u8>) -> Result<Self, String> {
         let mut rest = &buf[..];
         let mut len = 0;
+        let short = || "headers cut short".to_owned();
         while !rest.is_empty() {
-            std::str::from_utf8(take(&mut rest)?).map_err(|e| format!("a header name: {e}"))?;
-            take(&mut rest)?;
+            let name = take_part(&mut rest).ok_or_else(short)?;
+            std::str::from_utf8(name).map_err(|e| format!("a header name: {e}"))?;
+            take_part(&mut rest).ok_or_else(short)?;
             len += 1;
         }
         Ok(Self { buf, len })
@@ -108,17 +110,28 @@ fn part_len(len: usize) -> u32 {
     u32::try_from(len).expect("a header part under 4 GiB")
 }
 
-/// The next length-prefixed part of `b`, which moves past it.
-fn take<'a>(b: &mut &'a [u8]) -> Result<&'a [u8], String> {
-    let short = || "headers cut short".to_owned();
-    let (len, rest) = b.split_first_chunk::<4>().ok_or_else(short)?;
+/// Appends `part` to `buf` as its length (u32, little endian) and its bytes: the form of a
+/// header's name and value, and of an outbox run's parts. False (and `buf` as it was) if it is
+/// 4 GiB or longer.
+pub(crate) fn push_part(buf: &mut Vec<u8>, part: &[u8]) -> bool {
+    let Ok(len) = u32::try_from(part.len()) else {
+        return false;
+    };
+    buf.extend_from_slice(&len.to_le_bytes());
+    buf.extend_from_slice(part);
+    true
+}
+
+/// The next part [`push_part`] wrote in `b`, which moves past it; `None` if `b` is cut short.
+pub(crate) fn take_part<'a>(b: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let (len, rest) = b.split_first_chunk::<4>()?;
     let len = u32::from_le_bytes(*len) as usize;
     if rest.len() < len {
-        return Err(short());
+        return None;
     }
     let (part, rest) = rest.split_at(len);
     *b = rest;
-    Ok(part)
+    Some(part)
 }
 
 impl<N: AsRef<str>, V: AsRef<[u8]>> FromIterator<(N, V)> for Headers {

@@ -6,7 +6,7 @@
 //! A record's id is its run's row id and its place in the run ([`record_id`]), so ids rise in
 //! the order records were committed.
 
-use crate::headers::Headers;
+use crate::headers::{push_part, take_part, Headers};
 use crate::write_set::OutboxRecord;
 
 /// The first byte of a run: the form of what follows.
@@ -85,15 +85,13 @@ impl RunWriter {
 }
 
 fn part(buf: &mut Vec<u8>, bytes: &[u8]) -> Result<(), String> {
-    let len = u32::try_from(bytes.len()).map_err(|_| {
-        format!(
+    match push_part(buf, bytes) {
+        true => Ok(()),
+        false => Err(format!(
             "an outbox record's part of {} bytes (4 GiB at most)",
             bytes.len()
-        )
-    })?;
-    buf.extend_from_slice(&len.to_le_bytes());
-    buf.extend_from_slice(bytes);
-    Ok(())
+        )),
+    }
 }
 
 /// The records of a stored run, checked.
@@ -138,13 +136,7 @@ const CUT_SHORT: &str = "an outbox run cut short";
 
 /// The next length-prefixed part of `b`, which moves past it.
 fn take<'a>(b: &mut &'a [u8]) -> Result<&'a [u8], String> {
-    let len = u32::from_le_bytes(fixed(b)?) as usize;
-    if b.len() < len {
-        return Err(CUT_SHORT.to_owned());
-    }
-    let (part, rest) = b.split_at(len);
-    *b = rest;
-    Ok(part)
+    take_part(b).ok_or_else(|| CUT_SHORT.to_owned())
 }
 
 /// The next `N` bytes of `b`, which moves past them.
