@@ -33,8 +33,6 @@ pub(super) struct Run {
 #[derive(Debug, Default)]
 pub(super) struct OutboxTail {
     runs: VecDeque<Run>,
-    /// Records in `runs`.
-    records: usize,
     /// The table holds no run older than `runs` but those handed out and deleted since: every
     /// run of the table is in `runs`. False at first (runs may wait from an earlier run), after
     /// a hand-out that was never acknowledged, and after the tail overflowed.
@@ -46,14 +44,14 @@ pub(super) struct OutboxTail {
 impl OutboxTail {
     /// Appends runs a commit just wrote (ids ascending, above every run before).
     pub(super) fn committed(&mut self, runs: Vec<Run>) {
-        let added: usize = runs.iter().map(|r| r.records.len()).sum();
-        if self.records + added > TAIL_LIMIT {
+        let held: usize = (self.runs.iter().chain(&runs))
+            .map(|r| r.records.len())
+            .sum();
+        if held > TAIL_LIMIT {
             self.runs.clear();
-            self.records = 0;
             self.whole = false;
             return;
         }
-        self.records += added;
         self.runs.extend(runs);
     }
 
@@ -68,7 +66,6 @@ impl OutboxTail {
             let Some(run) = self.runs.pop_front() else {
                 break;
             };
-            self.records -= run.records.len();
             records.extend(with_ids(run));
         }
         self.handed_out = records.last().map(|(id, _)| *id);
@@ -212,7 +209,6 @@ impl PartitionStore {
             if deleted.binary_search(&run.id).is_err() {
                 break;
             }
-            tail.records -= run.records.len();
             tail.runs.pop_front();
         }
         Ok(())
