@@ -547,10 +547,52 @@ pub(crate) struct Outgoing<'a> {
     pub(crate) partition: Option<i32>,
     pub(crate) key: Option<&'a [u8]>,
     pub(crate) value: Option<&'a [u8]>,
-    pub(crate) headers: &'a [(&'a str, Option<&'a [u8]>)],
+    pub(crate) headers: HeaderList<'a>,
     /// Milliseconds since the Unix epoch; `None`: the producer's clock.
     #[cfg_attr(not(any(feature = "kafka", feature = "rabbitmq")), allow(dead_code))]
     pub(crate) timestamp: Option<i64>,
+}
+
+/// A record's headers as a producer takes them: a list, or headers as the outbox stores them
+/// and one more added as they are sent (`weir.source.acked_below`), without a list built per
+/// record.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum HeaderList<'a> {
+    List(&'a [(&'a str, Option<&'a [u8]>)]),
+    Stored(&'a weir_state::Headers, Option<(&'a str, &'a [u8])>),
+}
+
+impl<'a> HeaderList<'a> {
+    /// How many headers there are.
+    #[cfg_attr(not(feature = "kafka"), allow(dead_code))]
+    pub(crate) fn len(self) -> usize {
+        match self {
+            Self::List(list) => list.len(),
+            Self::Stored(stored, extra) => stored.len() + usize::from(extra.is_some()),
+        }
+    }
+
+    /// The headers, in order.
+    pub(crate) fn iter(self) -> impl Iterator<Item = (&'a str, Option<&'a [u8]>)> + 'a {
+        let (list, stored, extra): (&[_], _, _) = match self {
+            Self::List(list) => (list, None, None),
+            Self::Stored(stored, extra) => (&[], Some(stored), extra),
+        };
+        let stored = stored
+            .into_iter()
+            .flat_map(|h| h.iter().map(|(k, v)| (k, Some(v))));
+        let extra = extra.map(|(k, v)| (k, Some(v)));
+        list.iter().copied().chain(stored).chain(extra)
+    }
+
+    /// The headers as a list.
+    #[cfg_attr(
+        not(any(feature = "nats", feature = "rabbitmq", feature = "sqs")),
+        allow(dead_code)
+    )]
+    pub(crate) fn to_vec(self) -> Vec<(&'a str, Option<&'a [u8]>)> {
+        self.iter().collect()
+    }
 }
 
 /// A topic a worker writes to, created when missing.

@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 
 use weir_state::wire::header;
 
-use crate::broker::Outgoing;
 use crate::broker::Producer;
+use crate::broker::{HeaderList, Outgoing};
 use crate::inbound::Inbound;
 use crate::observe::metric_names::DEAD_LETTERS_TOTAL;
 use crate::wall_clock::now_ms;
@@ -130,7 +130,7 @@ impl DeadLetterSink {
                         partition: None,
                         key: msg.key(),
                         value: msg.payload(),
-                        headers: &headers,
+                        headers: HeaderList::List(&headers),
                         timestamp: msg.timestamp_ms(),
                     })
                     .await

@@ -9,8 +9,8 @@ use weir_state::wire::{ChangelogEntry, header};
 use weir_state::{OutboxRecord, PartitionStore};
 
 use super::retry::RetryPolicy;
-use crate::broker::Outgoing;
 use crate::broker::Producer;
+use crate::broker::{HeaderList, Outgoing};
 use crate::observe::metric_names::OUTBOX_SENT_TOTAL;
 use crate::stop::StopSignal;
 
@@ -209,44 +209,39 @@ where
 /// below it was acknowledged before this round is sent (the rows are in commit order, source
 /// offsets ascending).
 fn acked_below(rows: &[(i64, OutboxRecord)]) -> (Option<String>, Vec<bool>) {
-    let offsets: Vec<Option<i64>> = rows
+    let mut lowest: Option<i64> = None;
+    let emitted = rows
         .iter()
-        .map(|(_, r)| header::emitted_offset(&r.headers))
+        .map(|(_, r)| {
+            let offset = header::emitted_offset(&r.headers);
+            if let Some(o) = offset {
+                lowest = Some(lowest.map_or(o, |l| l.min(o)));
+            }
+            offset.is_some()
+        })
         .collect();
-    let lowest = offsets.iter().flatten().min().map(i64::to_string);
-    (lowest, offsets.iter().map(Option::is_some).collect())
+    (lowest.map(|l| l.to_string()), emitted)
 }
 
 /// A row to send, with its `weir.source.acked_below`, if any.
 type Row<'a> = (&'a OutboxRecord, Option<&'a [u8]>);
-
-/// A record's headers as the producer takes them.
-type Headers<'a> = Vec<(&'a str, Option<&'a [u8]>)>;
 
 /// Sends `rows` together and waits for all of them.
 async fn send_all(producer: &Producer, rows: &[Row<'_>]) -> Result<(), OutboxError> {
     if rows.is_empty() {
         return Ok(());
     }
-    let headers: Vec<Headers<'_>> = rows
-        .iter()
-        .map(|(r, acked_below)| {
-            r.headers
-                .iter()
-                .map(|(k, v)| (k, Some(v)))
-                .chain(acked_below.map(|v| (header::SOURCE_ACKED_BELOW, Some(v))))
-                .collect()
-        })
-        .collect();
     let records: Vec<Outgoing<'_>> = rows
         .iter()
-        .zip(&headers)
-        .map(|((r, _), headers)| Outgoing {
+        .map(|(r, acked_below)| Outgoing {
             topic: &r.topic,
             partition: r.partition,
             key: r.key.as_deref(),
             value: r.value.as_deref(),
-            headers,
+            headers: HeaderList::Stored(
+                &r.headers,
+                acked_below.map(|v| (header::SOURCE_ACKED_BELOW, v)),
+            ),
             timestamp: r.timestamp,
         })
         .collect();

@@ -210,8 +210,8 @@ fn is_permanent(error: &KafkaError) -> bool {
 /// Hands `r` to librdkafka, counted in `wave` (waiting while its queue is full).
 async fn queue(producer: &Inner, wave: &Arc<Wave>, r: &Outgoing<'_>) -> Result<(), KafkaError> {
     let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
-    for (key, value) in r.headers {
-        headers = headers.insert(Header { key, value: *value });
+    for (key, value) in r.headers.iter() {
+        headers = headers.insert(Header { key, value });
     }
     let mut record: BaseRecord<'_, [u8], [u8], Arc<Wave>> =
         BaseRecord::with_opaque_to(r.topic, Arc::clone(wave)).headers(headers);

@@ -92,8 +92,9 @@ impl Publisher {
             Some(lane) => names::lane_subject(r.topic, lane, r.key),
             None => names::publish_subject(r.topic, r.key),
         };
+        let listed = r.headers.to_vec();
         let mut headers = HeaderMap::new();
-        for (name, value) in r.headers {
+        for (name, value) in &listed {
             let value = value.map(String::from_utf8_lossy).unwrap_or_default();
             headers.append(*name, value.as_ref());
         }
@@ -101,8 +102,8 @@ impl Publisher {
             .payload(r.value.map(|v| v.to_vec().into()).unwrap_or_default())
             .headers(headers);
         let id = match r.partition {
-            Some(_) => names::changelog_message_id(&subject, r.headers),
-            None => crate::broker::message_id(r.topic, r.headers),
+            Some(_) => names::changelog_message_id(&subject, &listed),
+            None => crate::broker::message_id(r.topic, &listed),
         };
         if let Some(id) = id {
             message = message.message_id(id);

@@ -82,7 +82,8 @@ impl Publisher {
                 .await;
         }
         let mut headers = FieldTable::default();
-        for (name, value) in r.headers {
+        let listed = r.headers.to_vec();
+        for (name, value) in &listed {
             headers.insert(
                 short(name),
                 AMQPValue::LongString(LongString::from(value.unwrap_or_default())),
@@ -97,7 +98,7 @@ impl Publisher {
         let mut properties = BasicProperties::default()
             .with_delivery_mode(PERSISTENT)
             .with_headers(headers);
-        if let Some(id) = crate::broker::message_id(r.topic, r.headers) {
+        if let Some(id) = crate::broker::message_id(r.topic, &listed) {
             properties = properties.with_message_id(short(&id));
         }
         let ts_ms = r.timestamp.unwrap_or_else(crate::wall_clock::now_ms);

@@ -65,8 +65,9 @@ impl Publisher {
             .queue(r.topic, None)
             .await
             .map_err(|e| failed(false, e.to_string()))?;
-        let id = crate::broker::message_id(r.topic, r.headers);
-        let encoded = attributes::encode(r.key, r.value, r.headers, id.as_deref());
+        let headers = r.headers.to_vec();
+        let id = crate::broker::message_id(r.topic, &headers);
+        let encoded = attributes::encode(r.key, r.value, &headers, id.as_deref());
         let mut send = self
             .connection
             .client
