@@ -507,9 +507,7 @@ impl PartitionStore {
                 }
                 let mut writer = RunWriter::default();
                 for r in entries.iter().chain(batch.outbox()).chain(&marker) {
-                    writer
-                        .push(r)
-                        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?;
+                    writer.push(r);
                 }
                 let mut insert = tx.prepare_cached(schema::INSERT_OUTBOX_RUN)?;
                 for (records, count) in writer.finish() {

@@ -16,7 +16,7 @@ use crate::write_set::{decode, OutboxRecord};
 const APPLICATION_ID: i32 = 0x7765_6972;
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i32 = 6;
+pub const SCHEMA_VERSION: i32 = 7;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS state (
@@ -50,7 +50,8 @@ CREATE TABLE IF NOT EXISTS rewinds (
 -- Version 6: the records a commit left to send, in order, in one row (more for a very large
 -- commit) in the form `outbox_run.rs` writes; deleted once the broker acknowledged them all.
 -- It replaces the table `outbox` of versions 3 to 5 (a row per record), whose rows move into
--- one run when a file of those versions is opened.
+-- one run when a file of those versions is opened. Version 7 writes runs in a shorter form
+-- (form 2); runs of form 1, from version 6, are still read.
 CREATE TABLE IF NOT EXISTS outbox_runs (
     id      INTEGER PRIMARY KEY AUTOINCREMENT,
     count   INTEGER NOT NULL,
@@ -118,7 +119,7 @@ fn move_outbox_rows(tx: &Transaction<'_>, version: i32) -> rusqlite::Result<()> 
                 headers,
                 timestamp: r.get(5)?,
             };
-            runs.push(&record).map_err(conversion)?;
+            runs.push(&record);
         }
     }
     for (records, count) in runs.finish() {

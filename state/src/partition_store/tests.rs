@@ -768,6 +768,66 @@ fn outbox_rows_of_an_older_version_are_still_sent_first() {
     assert_eq!(read, expected, "read back from their runs");
 }
 
+#[test]
+fn runs_of_version_6_are_still_sent_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("0.sqlite");
+    drop(PartitionStore::open(&path).expect("open"));
+    // A run as schema version 6 wrote it (form 1), waiting when the new version opens the file.
+    let old = OutboxRecord {
+        topic: "out".into(),
+        partition: Some(2),
+        key: Some(b"k".to_vec()),
+        value: Some(b"v".to_vec()),
+        headers: [(crate::wire::header::SOURCE_OFFSET, "5"), ("x", "y")]
+            .into_iter()
+            .collect(),
+        timestamp: Some(9),
+    };
+    let conn = Connection::open(&path).expect("open");
+    conn.execute(
+        crate::schema::INSERT_OUTBOX_RUN,
+        rusqlite::params![1, crate::outbox_run::format_1(std::slice::from_ref(&old))],
+    )
+    .expect("insert");
+    conn.execute_batch("PRAGMA user_version = 6;")
+        .expect("make it version 6");
+    drop(conn);
+    let store = PartitionStore::open(&path).expect("open");
+    let version: i32 = Connection::open(&path)
+        .expect("open")
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .expect("version");
+    assert_eq!(version, SCHEMA_VERSION);
+    let new = OutboxRecord {
+        topic: "out".into(),
+        partition: None,
+        key: None,
+        value: Some(b"w".to_vec()),
+        headers: [(crate::wire::header::SOURCE_OFFSET, "6")]
+            .into_iter()
+            .collect(),
+        timestamp: None,
+    };
+    let mut ws = WriteSet::default();
+    ws.emit(new.clone());
+    store.commit(&mut ws, "t", 0, 1).expect("commit");
+    let records = |taken: Vec<(i64, OutboxRecord)>| -> Vec<OutboxRecord> {
+        taken.into_iter().map(|(_, r)| r).collect()
+    };
+    let expected = vec![old, new];
+    assert_eq!(
+        records(store.take_outbox(10).expect("take")),
+        expected,
+        "the older run first"
+    );
+    let read = PartitionStore::open(&path)
+        .expect("reopen")
+        .pending_outbox(10)
+        .expect("pending");
+    assert_eq!(records(read), expected, "read back from both forms");
+}
+
 proptest! {
     #[test]
     fn outbox_headers_read_back_as_written(
