@@ -66,6 +66,14 @@ pub enum Error {
         #[source]
         source: rusqlite::Error,
     },
+    /// A run of outbox records could not be read (a damaged file).
+    #[error("outbox run {run}: {reason}")]
+    Outbox {
+        /// The run's id (0: a batch's records, not committed yet).
+        run: i64,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A key or value could not be encoded or decoded as JSON.
     #[error("state store {store:?}: cannot encode or decode a key or value: {source}")]
     Codec {

@@ -1,10 +1,11 @@
-//! A record's headers in one buffer: what an emit carries, the outbox table stores and the
-//! producer is handed, without a name and a value allocated per header.
+//! A record's headers in one buffer, without a name and a value allocated per header: an
+//! owned outbox record's (`OutboxRecord`, the test kit's), a changelog entry's.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Headers, in order, each as the length of its name (u32, little endian), the name, the
-/// length of its value and the value: as an outbox run stores them (`outbox_run.rs`).
+/// length of its value and the value: as the outbox stored them up to schema version 6 (an
+/// outbox run of version 7 has a shorter form of its own: `outbox_run.rs`).
 ///
 /// ```
 /// let mut h = weir_state::Headers::default();
@@ -19,6 +20,18 @@ pub struct Headers {
     buf: Vec<u8>,
     /// How many headers `buf` holds.
     len: usize,
+}
+
+/// Where headers are appended: [`Headers`], or an outbox record being written in place.
+pub trait HeaderSink {
+    /// Appends header `name` = `value`.
+    fn push(&mut self, name: &str, value: &[u8]);
+}
+
+impl HeaderSink for Headers {
+    fn push(&mut self, name: &str, value: &[u8]) {
+        Headers::push(self, name, value);
+    }
 }
 
 impl Headers {
@@ -37,17 +50,6 @@ impl Headers {
     pub fn push(&mut self, name: &str, value: &[u8]) {
         self.part(name.as_bytes());
         self.part(value);
-        self.len += 1;
-    }
-
-    /// Appends `name` = `value` written by `write` (a number, without a string of its own).
-    pub fn push_with(&mut self, name: &str, write: impl FnOnce(&mut Vec<u8>)) {
-        self.part(name.as_bytes());
-        let at = self.buf.len();
-        self.buf.extend_from_slice(&[0; 4]);
-        write(&mut self.buf);
-        let len = self.buf.len() - at - 4;
-        self.buf[at..at + 4].copy_from_slice(&part_len(len).to_le_bytes());
         self.len += 1;
     }
 
@@ -106,13 +108,9 @@ impl Headers {
     }
 }
 
-fn part_len(len: usize) -> u32 {
-    u32::try_from(len).expect("a header part under 4 GiB")
-}
-
 /// Appends `part` to `buf` as its length (u32, little endian) and its bytes: the form of a
-/// header's name and value, and of an outbox run's parts. False (and `buf` as it was) if it is
-/// 4 GiB or longer.
+/// header's name and value, and of the parts of an outbox run of form 1. False (and `buf` as
+/// it was) if it is 4 GiB or longer.
 pub(crate) fn push_part(buf: &mut Vec<u8>, part: &[u8]) -> bool {
     let Ok(len) = u32::try_from(part.len()) else {
         return false;
@@ -171,7 +169,7 @@ mod tests {
     #[test]
     fn headers_read_back_as_written() {
         let mut h: Headers = [("a", &b""[..]), ("", b"x")].into_iter().collect();
-        h.push_with("n", |b| b.extend_from_slice(b"12345"));
+        h.push("n", b"12345");
         let read: Vec<_> = h.iter().collect();
         assert_eq!(read, [("a", &b""[..]), ("", b"x"), ("n", b"12345")]);
         assert_eq!((h.len(), h.size()), (3, 8));

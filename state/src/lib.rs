@@ -40,8 +40,10 @@ mod write_set;
 
 pub use cache::CacheBudget;
 pub use error::{Error, Result};
-pub use headers::Headers;
+pub use headers::{HeaderSink, Headers};
+pub use outbox_run::OutboxRecord;
+pub use outbox_run::{HeaderWriter, HeadersView, OutboxRun, RecordView};
 pub use partition_store::PartitionStore;
 pub use reader::{Progress, StoreReader};
 pub use schema::SCHEMA_VERSION;
-pub use write_set::{OutboxRecord, WriteSet};
+pub use write_set::WriteSet;

@@ -11,15 +11,16 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::cache::{CacheBudget, StateCache};
 use crate::error::{Error, Result};
-use crate::outbox_run::RunWriter;
+use crate::headers::HeaderSink;
+use crate::outbox_run::{OutboxRun, Parts, Records};
 use crate::reader::{
     decode_entries, query_entries, query_first_in_range, query_next_offset, query_range,
     query_value,
 };
 use crate::schema;
 use crate::wire::{ChangelogEntry, ChangelogPosition};
+use crate::write_set::WriteSet;
 use crate::write_set::{decode, decode_bytes, with_key};
-use crate::write_set::{OutboxRecord, WriteSet};
 
 mod outbox;
 mod restore;
@@ -429,11 +430,9 @@ impl PartitionStore {
         // Ok(Some(current epoch)) when a later owner claimed the partition.
         let mut run = |conn: &mut Connection| -> rusqlite::Result<Option<i64>> {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            // The changelog entries and offset marker written, for the outbox's tail in memory
-            // (the batch's own records move out of it once it committed), and the runs'
-            // ids and sizes.
-            let mut entries = Vec::new();
-            let mut marker = None;
+            // The outbox records (changelog entries, the batch's emits, the offset marker, in
+            // that order), and the runs written of them, for the outbox's tail in memory.
+            let mut records = Records::default();
             let mut runs = Vec::new();
             if let Some(mine) = claimed {
                 let current: i64 = tx
@@ -488,31 +487,36 @@ impl PartitionStore {
                         next_offset,
                     }
                     .headers();
-                    let entry = |key: Vec<u8>, value: Option<Vec<u8>>| OutboxRecord {
-                        topic: changelog.to_owned(),
-                        partition: Some(partition),
-                        key: Some(key),
-                        value,
-                        headers: source.clone(),
-                        timestamp: None,
+                    let entry = |records: &mut Records, key: &[u8], value: Option<&[u8]>| {
+                        let parts = Parts {
+                            topic: changelog,
+                            partition: Some(partition),
+                            key: Some(key),
+                            value,
+                            timestamp: None,
+                        };
+                        records.push_with(parts, |h| {
+                            source.iter().for_each(|(k, v)| h.push(k, v));
+                        });
                     };
                     for (store, key, value) in batch.iter() {
-                        entries.push(entry(
-                            ChangelogEntry::key(store, key),
-                            value.map(|v| v.as_bytes().to_vec()),
-                        ));
+                        let key = ChangelogEntry::key(store, key);
+                        entry(&mut records, &key, value.map(str::as_bytes));
                     }
+                    records.append(batch.outbox_records());
                     let (key, value) = ChangelogEntry::offset_marker(next_offset);
-                    marker = Some(entry(key, Some(value)));
-                }
-                let mut writer = RunWriter::default();
-                for r in entries.iter().chain(batch.outbox()).chain(&marker) {
-                    writer.push(r);
+                    entry(&mut records, &key, Some(&value));
+                } else {
+                    records.append(batch.outbox_records());
                 }
                 let mut insert = tx.prepare_cached(schema::INSERT_OUTBOX_RUN)?;
-                for (records, count) in writer.finish() {
-                    insert.execute(params![count as i64, records])?;
-                    runs.push((tx.last_insert_rowid(), count));
+                let written = std::mem::take(&mut records)
+                    .into_runs()
+                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?;
+                for (bytes, count) in written {
+                    insert.execute(params![count as i64, &bytes[..]])?;
+                    let id = tx.last_insert_rowid();
+                    runs.push(OutboxRun { id, count, bytes });
                 }
                 tx.prepare_cached(UPSERT_OFFSET)?.execute(params![
                     topic,
@@ -522,14 +526,7 @@ impl PartitionStore {
                 ])?;
             }
             tx.commit()?;
-            let mut records = entries.into_iter().chain(batch.take_outbox()).chain(marker);
-            let runs = runs
-                .into_iter()
-                .map(|(id, count)| outbox::Run {
-                    id,
-                    records: records.by_ref().take(count).collect(),
-                })
-                .collect();
+            batch.take_outbox();
             self.outbox_tail().committed(runs);
             // Committed: the cache learns the batch's values (never before, so a failed or
             // abandoned transaction leaves it holding committed state only).

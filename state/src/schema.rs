@@ -9,8 +9,9 @@ use rusqlite::{params, Connection, Transaction};
 
 use crate::error::{Error, Result};
 use crate::headers::Headers;
-use crate::outbox_run::RunWriter;
-use crate::write_set::{decode, OutboxRecord};
+use crate::outbox_run::OutboxRecord;
+use crate::outbox_run::{in_form_2, Records};
+use crate::write_set::decode;
 
 /// `PRAGMA application_id` of every weir store: ASCII "weir".
 const APPLICATION_ID: i32 = 0x7765_6972;
@@ -85,6 +86,9 @@ pub(crate) fn initialise(tx: &Transaction<'_>, path: &Path) -> Result<()> {
         if (3..6).contains(&version) {
             move_outbox_rows(tx, version).map_err(open_err)?;
         }
+        if version == 6 {
+            rewrite_outbox_runs(tx).map_err(open_err)?;
+        }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(open_err)?;
     }
@@ -97,7 +101,7 @@ pub(crate) fn initialise(tx: &Transaction<'_>, path: &Path) -> Result<()> {
 fn move_outbox_rows(tx: &Transaction<'_>, version: i32) -> rusqlite::Result<()> {
     let timestamp = if version == 3 { "NULL" } else { "timestamp_ms" };
     let conversion = |e: String| FromSqlConversionFailure(5, Type::Blob, e.into());
-    let mut runs = RunWriter::default();
+    let mut runs = Records::default();
     {
         let mut rows = tx.prepare(&format!(
             "SELECT topic, partition, key, value, headers, {timestamp} FROM outbox ORDER BY id"
@@ -122,10 +126,31 @@ fn move_outbox_rows(tx: &Transaction<'_>, version: i32) -> rusqlite::Result<()> 
             runs.push(&record);
         }
     }
-    for (records, count) in runs.finish() {
+    for (records, count) in runs.into_runs().map_err(conversion)? {
         tx.execute(INSERT_OUTBOX_RUN, params![count as i64, records])?;
     }
     tx.execute_batch("DROP TABLE outbox")
+}
+
+/// Rewrites the outbox runs of version 6 (form 1) in form 2, each in its row.
+fn rewrite_outbox_runs(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    let conversion = |e: String| FromSqlConversionFailure(1, Type::Blob, e.into());
+    let mut rewritten = Vec::new();
+    {
+        let mut rows = tx.prepare("SELECT id, records FROM outbox_runs ORDER BY id")?;
+        let mut rows = rows.query([])?;
+        while let Some(r) = rows.next()? {
+            let id: i64 = r.get(0)?;
+            if let Some(run) = in_form_2(r.get_ref(1)?.as_blob()?).map_err(conversion)? {
+                rewritten.push((id, run));
+            }
+        }
+    }
+    let mut update = tx.prepare("UPDATE outbox_runs SET records = ?2 WHERE id = ?1")?;
+    for (id, run) in rewritten {
+        update.execute(params![id, run])?;
+    }
+    Ok(())
 }
 
 /// Checks that `conn` is a weir store of a known schema; returns true for a new, empty file.

@@ -6,7 +6,7 @@ use crate::headers::Headers;
 
 /// Headers weir adds to the records it produces.
 pub mod header {
-    use crate::headers::Headers;
+    use crate::headers::{HeaderSink, Headers};
 
     /// Topic of the record an emitted record or dead letter came from.
     pub const SOURCE_TOPIC: &str = "weir.source.topic";
@@ -58,9 +58,9 @@ pub mod header {
     /// Appends the `weir.source.*` headers of a record produced because of record `offset`
     /// of `topic`/`partition` (no offset header when no single record caused it: a timer, a
     /// closing window).
-    pub fn push_source(to: &mut Headers, topic: &str, partition: i32, offset: Option<i64>) {
+    pub fn push_source(to: &mut impl HeaderSink, topic: &str, partition: i32, offset: Option<i64>) {
         to.push(SOURCE_TOPIC, topic.as_bytes());
-        push_number(to, SOURCE_PARTITION, partition);
+        push_number(to, SOURCE_PARTITION, partition.into());
         if let Some(offset) = offset {
             push_number(to, SOURCE_OFFSET, offset);
         }
@@ -70,7 +70,7 @@ pub mod header {
     /// `offset` of `topic`/`partition`: the source position, `seq` and the writer's `group`,
     /// in that order and last (see [`emitted_offset`]).
     pub fn push_emitted(
-        to: &mut Headers,
+        to: &mut impl HeaderSink,
         topic: &str,
         partition: i32,
         offset: i64,
@@ -78,25 +78,35 @@ pub mod header {
         group: &str,
     ) {
         to.push(SOURCE_TOPIC, topic.as_bytes());
-        push_number(to, SOURCE_PARTITION, partition);
+        push_number(to, SOURCE_PARTITION, partition.into());
         push_number(to, SOURCE_OFFSET, offset);
-        push_number(to, SOURCE_SEQ, seq);
+        push_number(to, SOURCE_SEQ, i64::try_from(seq).unwrap_or(i64::MAX));
         to.push(SOURCE_GROUP, group.as_bytes());
     }
 
     /// Appends `name` = `n` in decimal.
-    pub(crate) fn push_number(to: &mut Headers, name: &str, n: impl std::fmt::Display) {
+    pub(crate) fn push_number(to: &mut impl HeaderSink, name: &str, n: i64) {
         use std::io::Write;
-        to.push_with(name, |b| {
-            let _ = write!(b, "{n}");
-        });
+        let mut digits = [0u8; 20];
+        let mut at = &mut digits[..];
+        let _ = write!(at, "{n}");
+        let len = 20 - at.len();
+        to.push(name, &digits[..len]);
     }
 
     /// The source offset of a record a handler emitted, read from the headers
     /// [`push_emitted`] appended; `None` for anything else (a timer's emit, a late record, a
     /// changelog entry), whatever headers a handler passed along.
     pub fn emitted_offset(headers: &Headers) -> Option<i64> {
-        let mut last = headers.iter().skip(headers.len().checked_sub(5)?);
+        emitted_offset_in(headers.iter(), headers.len())
+    }
+
+    /// [`emitted_offset`] of `len` headers read in order.
+    pub fn emitted_offset_in<'a>(
+        headers: impl Iterator<Item = (&'a str, &'a [u8])>,
+        len: usize,
+    ) -> Option<i64> {
+        let mut last = headers.skip(len.checked_sub(5)?);
         let mut offset = None;
         for name in [
             SOURCE_TOPIC,

@@ -6,8 +6,8 @@ use std::ops::Range;
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::error::{Error, Result};
-use crate::headers::Headers;
 use crate::key_map::KeyMap;
+use crate::outbox_run::{HeaderWriter, Mark, OutboxRecord, Parts, RecordView, Records};
 use crate::small_bytes::SmallBytes;
 
 /// State changes of one batch: per named store, key (JSON) to new value (JSON) or deletion.
@@ -20,8 +20,8 @@ pub struct WriteSet {
     stores: Vec<(String, Changes)>,
     /// What the open savepoint can undo.
     undo: UndoLog,
-    /// Records to produce once the batch commits, in order.
-    outbox: Vec<OutboxRecord>,
+    /// Records to produce once the batch commits, in order, as the outbox stores them.
+    outbox: Records,
 }
 
 /// A store's changed keys (JSON) and their new values (JSON; `None`: deleted).
@@ -35,8 +35,8 @@ struct UndoLog {
     open: bool,
     entries: Vec<Undo>,
     bytes: Vec<u8>,
-    /// `outbox.len()` when the savepoint was taken.
-    outbox_len: usize,
+    /// Where the outbox stood when the savepoint was taken.
+    outbox: Mark,
 }
 
 /// A key's buffered change before a write after the savepoint.
@@ -78,32 +78,12 @@ impl UndoLog {
         self.entries.push(Undo { store, key, before });
     }
 
-    fn reset(&mut self, open: bool, outbox_len: usize) {
+    fn reset(&mut self, open: bool, outbox: Mark) {
         self.entries.clear();
         self.bytes.clear();
         self.open = open;
-        self.outbox_len = outbox_len;
+        self.outbox = outbox;
     }
-}
-
-/// A record to produce once its batch is committed: a handler's output, or a changelog entry.
-/// It is written to the partition's outbox table in the batch's transaction and deleted once
-/// the broker acknowledged it, so it is sent at least once.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct OutboxRecord {
-    /// Destination topic.
-    pub topic: String,
-    /// Destination partition; `None` leaves it to the producer's partitioner (by key).
-    pub partition: Option<i32>,
-    /// The record's key.
-    pub key: Option<Vec<u8>>,
-    /// The record's value; `None` is a tombstone.
-    pub value: Option<Vec<u8>>,
-    /// Headers, in order.
-    pub headers: Headers,
-    /// The record's timestamp, ms since the Unix epoch; `None` leaves it to the producer (the
-    /// time it is sent).
-    pub timestamp: Option<i64>,
 }
 
 impl WriteSet {
@@ -150,26 +130,59 @@ impl WriteSet {
 
     /// Queues `record` for sending after the batch commits.
     pub fn emit(&mut self, record: OutboxRecord) {
-        self.outbox.push(record);
+        self.outbox.push(&record);
+    }
+
+    /// Queues a record for sending after the batch commits, written in place: to `topic`
+    /// (`partition`; `None`: by key) with `key`, `value` and `timestamp`, its headers appended
+    /// by `headers`. Nothing is allocated per record.
+    pub fn emit_with(
+        &mut self,
+        (topic, partition): (&str, Option<i32>),
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        timestamp: Option<i64>,
+        headers: impl FnOnce(&mut HeaderWriter<'_>),
+    ) {
+        let parts = Parts {
+            topic,
+            partition,
+            key,
+            value,
+            timestamp,
+        };
+        self.outbox.push_with(parts, headers);
     }
 
     /// Records queued since the open savepoint (all of them when none is open).
     pub fn emitted_since_savepoint(&self) -> usize {
-        let since = if self.undo.open {
-            self.undo.outbox_len
-        } else {
-            0
-        };
-        self.outbox.len() - since
+        self.outbox.len() - self.savepoint_mark().map_or(0, |m| m.count())
     }
 
-    /// Records queued by [`emit`](Self::emit), in order.
-    pub fn outbox(&self) -> &[OutboxRecord] {
+    /// The records queued since the open savepoint (all of them when none is open), in place.
+    pub fn emits_since_savepoint(&self) -> Result<Vec<RecordView<'_>>> {
+        let mark = self.savepoint_mark().cloned().unwrap_or_default();
+        (self.outbox.since(&mark)).map_err(|reason| Error::Outbox { run: 0, reason })
+    }
+
+    fn savepoint_mark(&self) -> Option<&Mark> {
+        self.undo.open.then_some(&self.undo.outbox)
+    }
+
+    /// Records queued by [`emit`](Self::emit), in order, owned.
+    pub fn outbox(&self) -> Result<Vec<OutboxRecord>> {
+        let all = (self.outbox.since(&Mark::default()))
+            .map_err(|reason| Error::Outbox { run: 0, reason })?;
+        Ok(all.iter().map(RecordView::to_record).collect())
+    }
+
+    /// The queued records, as the outbox stores them.
+    pub(crate) fn outbox_records(&self) -> &Records {
         &self.outbox
     }
 
     /// Takes the queued records out (a commit that wrote them keeps them for sending).
-    pub(crate) fn take_outbox(&mut self) -> Vec<OutboxRecord> {
+    pub(crate) fn take_outbox(&mut self) -> Records {
         std::mem::take(&mut self.outbox)
     }
 
@@ -186,19 +199,19 @@ impl WriteSet {
     /// Drops every buffered change (a failed batch).
     pub fn clear(&mut self) {
         self.stores.clear();
-        self.undo.reset(false, 0);
+        self.undo.reset(false, Mark::default());
         self.outbox.clear();
     }
 
     /// Opens a savepoint: later changes can be undone with [`rollback`](Self::rollback)
     /// (the writes of one failed record) or kept with [`release`](Self::release).
     pub fn savepoint(&mut self) {
-        self.undo.reset(true, self.outbox.len());
+        self.undo.reset(true, self.outbox.mark());
     }
 
     /// Keeps the changes made since the savepoint and closes it.
     pub fn release(&mut self) {
-        self.undo.reset(false, 0);
+        self.undo.reset(false, Mark::default());
     }
 
     /// Undoes the changes made since the savepoint and closes it.
@@ -206,7 +219,7 @@ impl WriteSet {
         if !self.undo.open {
             return;
         }
-        self.outbox.truncate(self.undo.outbox_len);
+        self.outbox.truncate(&self.undo.outbox);
         let bytes = &self.undo.bytes;
         for Undo { store, key, before } in self.undo.entries.drain(..).rev() {
             let map = &mut self.stores[store].1;
@@ -223,7 +236,7 @@ impl WriteSet {
                 }
             }
         }
-        self.undo.reset(false, 0);
+        self.undo.reset(false, Mark::default());
     }
 
     /// Applies `f` to `key`'s (JSON) value in this batch, or to `committed()` if the batch
@@ -439,6 +452,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::headers::{HeaderSink, Headers};
 
     fn record(value: &str) -> OutboxRecord {
         OutboxRecord {
@@ -469,13 +483,13 @@ mod tests {
         ws.savepoint();
         ws.emit(record("undone"));
         ws.rollback();
-        assert_eq!(ws.outbox(), &[record("kept")]);
+        assert_eq!(ws.outbox().expect("outbox"), [record("kept")]);
         ws.savepoint();
         ws.put("s", "c", &3).expect("put");
         ws.emit(record("released"));
         ws.release();
         ws.rollback();
-        assert_eq!(ws.outbox().len(), 2);
+        assert_eq!(ws.outbox().expect("outbox").len(), 2);
         assert_eq!(
             ws.lookup::<_, i32>("s", "c").expect("lookup"),
             Some(Some(3))
@@ -493,7 +507,11 @@ mod tests {
         Savepoint,
         Release,
         Rollback,
+        /// Emits to a topic (topics repeat), through `emit` or, with `true`, `emit_with`.
+        Emit(usize, usize, bool),
     }
+
+    const TOPICS: [&str; 3] = ["out", "other", ""];
 
     const KEYS: [&str; 4] = ["a", "b", "a key that is longer than thirty bytes", "c"];
     const VALUES: [&str; 3] = ["", "short", "a value that is longer than thirty bytes"];
@@ -507,6 +525,8 @@ mod tests {
             1 => Just(Op::Savepoint),
             1 => Just(Op::Release),
             1 => Just(Op::Rollback),
+            3 => (0..TOPICS.len(), 0..VALUES.len(), any::<bool>())
+                .prop_map(|(t, v, with)| Op::Emit(t, v, with)),
         ]
     }
 
@@ -518,6 +538,7 @@ mod tests {
             let mut ws = WriteSet::default();
             let mut model: BTreeMap<String, Option<String>> = BTreeMap::new();
             let mut saved = None;
+            let mut emits: Vec<OutboxRecord> = Vec::new();
             for op in ops {
                 match op {
                     Op::Put(k, v) => {
@@ -539,7 +560,7 @@ mod tests {
                     }
                     Op::Savepoint => {
                         ws.savepoint();
-                        saved = Some(model.clone());
+                        saved = Some((model.clone(), emits.len()));
                     }
                     Op::Release => {
                         ws.release();
@@ -547,9 +568,33 @@ mod tests {
                     }
                     Op::Rollback => {
                         ws.rollback();
-                        if let Some(saved) = saved.take() {
+                        if let Some((saved, emitted)) = saved.take() {
                             model = saved;
+                            emits.truncate(emitted);
                         }
+                    }
+                    Op::Emit(t, v, with) => {
+                        let record = OutboxRecord {
+                            topic: TOPICS[t].into(),
+                            partition: with.then_some(3),
+                            key: Some(KEYS[t].into()),
+                            value: Some(VALUES[v].into()),
+                            headers: [(crate::wire::header::SOURCE_SEQ, VALUES[v]), ("x", "")]
+                                .into_iter()
+                                .collect(),
+                            timestamp: (!with).then_some(7),
+                        };
+                        match with {
+                            false => ws.emit(record.clone()),
+                            true => ws.emit_with(
+                                (&record.topic, record.partition),
+                                record.key.as_deref(),
+                                record.value.as_deref(),
+                                record.timestamp,
+                                |h| record.headers.iter().for_each(|(k, v)| h.push(k, v)),
+                            ),
+                        }
+                        emits.push(record);
                     }
                 }
                 for (key, value) in &model {
@@ -557,6 +602,12 @@ mod tests {
                     prop_assert_eq!(held.as_ref(), Some(value), "{}", key);
                 }
                 prop_assert_eq!(ws.len(), model.len());
+                prop_assert_eq!(ws.outbox().expect("outbox"), emits.clone());
+                let since = saved.as_ref().map_or(0, |(_, emitted)| *emitted);
+                prop_assert_eq!(ws.emitted_since_savepoint(), emits.len() - since);
+                let mine: Vec<OutboxRecord> = ws.emits_since_savepoint().expect("read")
+                    .iter().map(RecordView::to_record).collect();
+                prop_assert_eq!(&mine[..], &emits[since..]);
             }
         }
     }

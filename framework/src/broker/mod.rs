@@ -559,7 +559,7 @@ pub(crate) struct Outgoing<'a> {
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum HeaderList<'a> {
     List(&'a [(&'a str, Option<&'a [u8]>)]),
-    Stored(&'a weir_state::Headers, Option<(&'a str, &'a [u8])>),
+    Stored(weir_state::HeadersView<'a>, Option<(&'a str, &'a [u8])>),
 }
 
 impl<'a> HeaderList<'a> {

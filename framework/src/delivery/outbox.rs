@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use weir_state::wire::{ChangelogEntry, header};
-use weir_state::{OutboxRecord, PartitionStore};
+use weir_state::{OutboxRecord, OutboxRun, PartitionStore, RecordView};
 
 use super::retry::RetryPolicy;
 use crate::broker::Producer;
@@ -74,17 +74,25 @@ impl OutboxSink {
     {
         let mut sent = 0;
         loop {
-            let rows = on_store(store, |s| s.take_outbox(OUTBOX_CHUNK))
+            let runs = on_store(store, |s| s.take_outbox_runs(OUTBOX_CHUNK))
                 .await
                 .map_err(OutboxError::transient)?;
-            if rows.is_empty() {
+            if runs.is_empty() {
                 return Ok(sent);
+            }
+            // Read in place from the runs the commit wrote.
+            let mut rows = Vec::new();
+            for run in &runs {
+                rows.extend(
+                    run.records()
+                        .map_err(|e| OutboxError::transient(e.to_string()))?,
+                );
             }
             match self {
                 Self::Memory(out) => out
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .extend(rows.iter().map(|(_, r)| r.clone())),
+                    .extend(rows.iter().map(RecordView::to_record)),
                 Self::Broker(producer) => {
                     // Rows go out concurrently, but a batch's changelog offset marker only
                     // once every row before it is acknowledged: a restore elsewhere then never
@@ -92,10 +100,10 @@ impl OutboxSink {
                     // machine.
                     let (floor, emitted) = acked_below(&rows);
                     let mut wave = Vec::new();
-                    for ((_, r), emitted) in rows.iter().zip(emitted) {
+                    for (r, emitted) in rows.iter().zip(emitted) {
                         let floor = floor.as_deref().filter(|_| emitted);
                         let row = (r, floor.map(str::as_bytes));
-                        if ChangelogEntry::is_offset_marker(r.key.as_deref()) {
+                        if ChangelogEntry::is_offset_marker(r.key) {
                             send_all(producer, &wave).await?;
                             wave.clear();
                             send(producer, row).await?;
@@ -106,7 +114,8 @@ impl OutboxSink {
                     send_all(producer, &wave).await?;
                 }
             }
-            let ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
+            drop(rows);
+            let ids: Vec<i64> = runs.iter().flat_map(OutboxRun::ids).collect();
             let n = ids.len();
             on_store(store, move |s| s.delete_outbox(&ids))
                 .await
@@ -208,12 +217,12 @@ where
 /// round's emits, on emits only. Rows are deleted only once acknowledged, so every emit from
 /// below it was acknowledged before this round is sent (the rows are in commit order, source
 /// offsets ascending).
-fn acked_below(rows: &[(i64, OutboxRecord)]) -> (Option<String>, Vec<bool>) {
+fn acked_below(rows: &[RecordView<'_>]) -> (Option<String>, Vec<bool>) {
     let mut lowest: Option<i64> = None;
     let emitted = rows
         .iter()
-        .map(|(_, r)| {
-            let offset = header::emitted_offset(&r.headers);
+        .map(|r| {
+            let offset = header::emitted_offset_in(r.headers.iter(), r.headers.len());
             if let Some(o) = offset {
                 lowest = Some(lowest.map_or(o, |l| l.min(o)));
             }
@@ -224,7 +233,7 @@ fn acked_below(rows: &[(i64, OutboxRecord)]) -> (Option<String>, Vec<bool>) {
 }
 
 /// A row to send, with its `weir.source.acked_below`, if any.
-type Row<'a> = (&'a OutboxRecord, Option<&'a [u8]>);
+type Row<'a> = (&'a RecordView<'a>, Option<&'a [u8]>);
 
 /// Sends `rows` together and waits for all of them.
 async fn send_all(producer: &Producer, rows: &[Row<'_>]) -> Result<(), OutboxError> {
@@ -234,19 +243,19 @@ async fn send_all(producer: &Producer, rows: &[Row<'_>]) -> Result<(), OutboxErr
     let records: Vec<Outgoing<'_>> = rows
         .iter()
         .map(|(r, acked_below)| Outgoing {
-            topic: &r.topic,
+            topic: r.topic,
             partition: r.partition,
-            key: r.key.as_deref(),
-            value: r.value.as_deref(),
+            key: r.key,
+            value: r.value,
             headers: HeaderList::Stored(
-                &r.headers,
+                r.headers,
                 acked_below.map(|v| (header::SOURCE_ACKED_BELOW, v)),
             ),
             timestamp: r.timestamp,
         })
         .collect();
     producer.send_all(&records).await.map_err(|e| {
-        let mut topics: Vec<&str> = rows.iter().map(|(r, _)| r.topic.as_str()).collect();
+        let mut topics: Vec<&str> = rows.iter().map(|(r, _)| r.topic).collect();
         topics.sort_unstable();
         topics.dedup();
         OutboxError {

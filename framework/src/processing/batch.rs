@@ -712,12 +712,8 @@ async fn run_record<H: Process>(
 /// Fails the record if one of its emits is larger than the producer sends: the broker would
 /// reject it after the batch committed, and it could never leave the outbox.
 fn check_emit_sizes(writes: &WriteSet, max: usize) -> Result<(), BoxError> {
-    let outbox = writes.outbox();
-    let mine = &outbox[outbox.len() - writes.emitted_since_savepoint()..];
-    for r in mine {
-        let size = r.key.as_ref().map_or(0, Vec::len)
-            + r.value.as_ref().map_or(0, Vec::len)
-            + r.headers.size();
+    for r in writes.emits_since_savepoint()? {
+        let size = r.key.map_or(0, <[u8]>::len) + r.value.map_or(0, <[u8]>::len) + r.headers.size();
         if size > max {
             return Err(format!(
                 "an emit to {} of {size} bytes is larger than the producer sends (message.max.bytes = {max})",

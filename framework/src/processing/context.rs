@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde::{Serialize, de::DeserializeOwned};
 use weir_state::wire::header;
-use weir_state::{Headers, OutboxRecord, PartitionStore, WriteSet};
+use weir_state::{HeaderSink, PartitionStore, WriteSet};
 
 use crate::inbound::Inbound;
 use crate::processing::table::{GlobalTables, Table, TableDef};
@@ -190,48 +190,28 @@ impl<'a> Ctx<'a> {
         value: &[u8],
         headers: &[(&str, &[u8])],
     ) {
-        self.emit_value(topic, key, value.to_vec(), headers);
-    }
-
-    /// [`emit`](Self::emit) of a value already owned.
-    fn emit_value(
-        &mut self,
-        topic: &str,
-        key: Option<&[u8]>,
-        value: Vec<u8>,
-        headers: &[(&str, &[u8])],
-    ) {
         // A passed-along `weir.source.acked_below` speaks for another writer: only the
         // outbox sets this writer's. weir's own (at most five) follow.
         let (topic_in, partition) = (self.source.topic(), self.source.partition());
         let group = &self.scope.group;
-        // Room for weir's five: names of 22 bytes at most, numbers of 20 digits at most.
-        let passed: usize = headers.iter().map(|(k, v)| k.len() + v.len()).sum();
-        let mut all = Headers::with_capacity(
-            headers.len() + 5,
-            passed + topic_in.len() + group.len() + 5 * 22 + 3 * 20,
-        );
-        for (k, v) in headers {
-            if *k != header::SOURCE_ACKED_BELOW {
-                all.push(k, v);
-            }
-        }
-        match self.source {
-            Source::Record(m) => {
-                // The record's emits so far (its savepoint holds only its own).
-                let seq = self.writes.emitted_since_savepoint();
-                header::push_emitted(&mut all, topic_in, partition, m.offset(), seq, group);
-            }
-            Source::Time { .. } => header::push_source(&mut all, topic_in, partition, None),
-        }
-        self.writes.emit(OutboxRecord {
-            topic: topic.to_owned(),
-            partition: None,
-            key: key.map(<[u8]>::to_vec),
-            value: Some(value),
-            headers: all,
-            timestamp: Some(self.time.emit_time()),
-        });
+        // The record's emits so far (its savepoint holds only its own).
+        let seq = self.writes.emitted_since_savepoint();
+        let source = &self.source;
+        let timestamp = Some(self.time.emit_time());
+        self.writes
+            .emit_with((topic, None), key, Some(value), timestamp, |all| {
+                for (k, v) in headers {
+                    if *k != header::SOURCE_ACKED_BELOW {
+                        all.push(k, v);
+                    }
+                }
+                match source {
+                    Source::Record(m) => {
+                        header::push_emitted(all, topic_in, partition, m.offset(), seq, group);
+                    }
+                    Source::Time { .. } => header::push_source(all, topic_in, partition, None),
+                }
+            });
     }
 
     /// Re-keys the record: emits `value` (as JSON) with `key` to the repartition topic of the
@@ -259,7 +239,7 @@ impl<'a> Ctx<'a> {
             topic: topic.to_owned(),
             reason: e.to_string(),
         })?;
-        self.emit_value(topic, key, json, &[]);
+        self.emit(topic, key, &json, &[]);
         Ok(())
     }
 

@@ -10,29 +10,20 @@
 
 use std::collections::VecDeque;
 
-use rusqlite::types::Type;
 use rusqlite::{Connection, TransactionBehavior};
 
 use super::PartitionStore;
 use crate::error::Result;
-use crate::outbox_run::{decode, record_id, run_of};
-use crate::write_set::OutboxRecord;
+use crate::outbox_run::{run_of, OutboxRecord, OutboxRun, RecordView};
 
 /// Records kept in memory at most; past it the tail is dropped and the records are read from
 /// SQLite (an outbox that cannot drain must not grow the heap without bound).
 const TAIL_LIMIT: usize = 100_000;
 
-/// The records of one run (a row of `outbox_runs`), in order.
-#[derive(Debug)]
-pub(super) struct Run {
-    pub(super) id: i64,
-    pub(super) records: Vec<OutboxRecord>,
-}
-
 /// The newest runs this handle committed, in id order.
 #[derive(Debug, Default)]
 pub(super) struct OutboxTail {
-    runs: VecDeque<Run>,
+    runs: VecDeque<OutboxRun>,
     /// The table holds no run older than `runs` but those handed out and deleted since: every
     /// run of the table is in `runs`. False at first (runs may wait from an earlier run), after
     /// a hand-out that was never acknowledged, and after the tail overflowed.
@@ -43,10 +34,8 @@ pub(super) struct OutboxTail {
 
 impl OutboxTail {
     /// Appends runs a commit just wrote (ids ascending, above every run before).
-    pub(super) fn committed(&mut self, runs: Vec<Run>) {
-        let held: usize = (self.runs.iter().chain(&runs))
-            .map(|r| r.records.len())
-            .sum();
+    pub(super) fn committed(&mut self, runs: Vec<OutboxRun>) {
+        let held: usize = (self.runs.iter().chain(&runs)).map(OutboxRun::len).sum();
         if held > TAIL_LIMIT {
             self.runs.clear();
             self.whole = false;
@@ -55,21 +44,19 @@ impl OutboxTail {
         self.runs.extend(runs);
     }
 
-    /// `records` topped up from the tail's front with whole runs until there are `limit` or
-    /// the tail is empty, noted as handed out.
-    fn hand_out(
-        &mut self,
-        mut records: Vec<(i64, OutboxRecord)>,
-        limit: usize,
-    ) -> Vec<(i64, OutboxRecord)> {
-        while records.len() < limit {
+    /// `runs` topped up from the tail's front with whole runs until they hold `limit` records
+    /// or the tail is empty, noted as handed out.
+    fn hand_out(&mut self, mut runs: Vec<OutboxRun>, limit: usize) -> Vec<OutboxRun> {
+        let mut held: usize = runs.iter().map(OutboxRun::len).sum();
+        while held < limit {
             let Some(run) = self.runs.pop_front() else {
                 break;
             };
-            records.extend(with_ids(run));
+            held += run.len();
+            runs.push(run);
         }
-        self.handed_out = records.last().map(|(id, _)| *id);
-        records
+        self.handed_out = last_id(&runs);
+        runs
     }
 
     /// Forgets the runs (the table was emptied).
@@ -78,19 +65,28 @@ impl OutboxTail {
     }
 }
 
-/// A run's records with their ids.
-fn with_ids(run: Run) -> impl Iterator<Item = (i64, OutboxRecord)> {
-    let id = run.id;
-    (run.records.into_iter().enumerate()).map(move |(i, r)| (record_id(id, i), r))
+/// The id of the last record of `runs`.
+fn last_id(runs: &[OutboxRun]) -> Option<i64> {
+    runs.iter().rev().find_map(|run| run.ids().last())
+}
+
+/// The records of `runs`, owned, with their ids.
+fn owned(runs: &[OutboxRun]) -> Result<Vec<(i64, OutboxRecord)>> {
+    let mut records = Vec::new();
+    for run in runs {
+        let read = run.records()?;
+        records.extend(run.ids().zip(read.iter().map(RecordView::to_record)));
+    }
+    Ok(records)
 }
 
 impl PartitionStore {
-    /// Hands out the outbox's oldest records with their ids, whole commits at a time until
-    /// there are `limit` (or none is left): from memory when the table holds nothing older,
-    /// else from SQLite. Delete them with [`delete_outbox`](Self::delete_outbox) once
+    /// Hands out the outbox's oldest runs (a commit's records each), until they hold `limit`
+    /// records (or none is left): from memory when the table holds nothing older, else from
+    /// SQLite. Delete their records with [`delete_outbox`](Self::delete_outbox) once
     /// acknowledged; records handed out and not deleted by the next call are read again from
     /// SQLite (a failed or abandoned send loses nothing).
-    pub fn take_outbox(&self, limit: usize) -> Result<Vec<(i64, OutboxRecord)>> {
+    pub fn take_outbox_runs(&self, limit: usize) -> Result<Vec<OutboxRun>> {
         {
             let mut tail = self.outbox_tail();
             if tail.handed_out.take().is_some() {
@@ -105,18 +101,23 @@ impl PartitionStore {
         // once (a batch commits while the one before is sent) must not wait on each other.
         let conn = self.conn();
         let mut tail = self.outbox_tail();
-        let mut records = Vec::new();
+        let mut runs = Vec::new();
         if !tail.whole {
             let below = tail.runs.front().map_or(i64::MAX, |r| r.id);
             let read_all;
-            (records, read_all) = self.outbox_records_below(&conn, below, limit)?;
+            (runs, read_all) = self.outbox_runs_below(&conn, below, limit)?;
             tail.whole = read_all;
         }
         if tail.whole {
-            return Ok(tail.hand_out(records, limit));
+            return Ok(tail.hand_out(runs, limit));
         }
-        tail.handed_out = records.last().map(|(id, _)| *id);
-        Ok(records)
+        tail.handed_out = last_id(&runs);
+        Ok(runs)
+    }
+
+    /// [`take_outbox_runs`](Self::take_outbox_runs), as owned records with their ids.
+    pub fn take_outbox(&self, limit: usize) -> Result<Vec<(i64, OutboxRecord)>> {
+        owned(&self.take_outbox_runs(limit)?)
     }
 
     pub(super) fn outbox_tail(&self) -> std::sync::MutexGuard<'_, OutboxTail> {
@@ -128,33 +129,37 @@ impl PartitionStore {
     /// The oldest records waiting in the outbox, with their ids: whole commits until there are
     /// `limit`.
     pub fn pending_outbox(&self, limit: usize) -> Result<Vec<(i64, OutboxRecord)>> {
-        Ok(self.outbox_records_below(&self.conn(), i64::MAX, limit)?.0)
+        owned(&self.outbox_runs_below(&self.conn(), i64::MAX, limit)?.0)
     }
 
-    /// The records of the oldest runs with ids below `below`, whole runs until there are
-    /// `limit`; and whether that read every such run.
-    fn outbox_records_below(
+    /// The oldest runs with ids below `below`, until they hold `limit` records; and whether
+    /// that read every such run.
+    fn outbox_runs_below(
         &self,
         conn: &Connection,
         below: i64,
         limit: usize,
-    ) -> Result<(Vec<(i64, OutboxRecord)>, bool)> {
-        let read = || -> rusqlite::Result<(Vec<(i64, OutboxRecord)>, bool)> {
-            let mut select = conn
-                .prepare_cached("SELECT id, records FROM outbox_runs WHERE id < ?1 ORDER BY id")?;
-            let mut runs = select.query([below])?;
-            let mut records = Vec::new();
-            while records.len() < limit {
-                let Some(row) = runs.next()? else {
-                    return Ok((records, true));
+    ) -> Result<(Vec<OutboxRun>, bool)> {
+        let read = || -> rusqlite::Result<(Vec<OutboxRun>, bool)> {
+            let mut select = conn.prepare_cached(
+                "SELECT id, count, records FROM outbox_runs WHERE id < ?1 ORDER BY id",
+            )?;
+            let mut rows = select.query([below])?;
+            let (mut runs, mut held) = (Vec::new(), 0);
+            while held < limit {
+                let Some(row) = rows.next()? else {
+                    return Ok((runs, true));
                 };
-                let id = row.get(0)?;
-                let run = decode(row.get_ref(1)?.as_blob()?).map_err(|e| {
-                    rusqlite::Error::FromSqlConversionFailure(1, Type::Blob, e.into())
-                })?;
-                records.extend(with_ids(Run { id, records: run }));
+                let count: i64 = row.get(1)?;
+                let run = OutboxRun {
+                    id: row.get(0)?,
+                    count: usize::try_from(count).unwrap_or(0),
+                    bytes: row.get(2)?,
+                };
+                held += run.len();
+                runs.push(run);
             }
-            Ok((records, runs.next()?.is_none()))
+            Ok((runs, rows.next()?.is_none()))
         };
         read().map_err(|source| self.sqlite_err(source))
     }

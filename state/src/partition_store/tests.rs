@@ -7,6 +7,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::cache::CacheBudget;
+use crate::outbox_run::OutboxRecord;
 use crate::reader::StoreReader;
 use crate::schema::SCHEMA_VERSION;
 
