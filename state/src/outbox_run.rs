@@ -5,6 +5,10 @@
 //!
 //! A record's id is its run's row id and its place in the run ([`record_id`]), so ids rise in
 //! the order records were committed.
+//!
+//! A batch's emits are written in this form as the handler makes them ([`Records`], in the
+//! write set), stored as they are, and sent read in place ([`OutboxRun::records`]): an emit
+//! allocates nothing of its own between the handler and the producer.
 
 use std::ops::Range;
 

@@ -52,7 +52,7 @@ CREATE TABLE IF NOT EXISTS rewinds (
 -- commit) in the form `outbox_run.rs` writes; deleted once the broker acknowledged them all.
 -- It replaces the table `outbox` of versions 3 to 5 (a row per record), whose rows move into
 -- one run when a file of those versions is opened. Version 7 writes runs in a shorter form
--- (form 2); runs of form 1, from version 6, are still read.
+-- (form 2); the runs of a version 6 file (form 1) are rewritten in it when it is opened.
 CREATE TABLE IF NOT EXISTS outbox_runs (
     id      INTEGER PRIMARY KEY AUTOINCREMENT,
     count   INTEGER NOT NULL,
