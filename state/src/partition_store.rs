@@ -526,7 +526,7 @@ impl PartitionStore {
                 ])?;
             }
             tx.commit()?;
-            batch.take_outbox();
+            batch.clear_outbox();
             self.outbox_tail().committed(runs);
             // Committed: the cache learns the batch's values (never before, so a failed or
             // abandoned transaction leaves it holding committed state only).

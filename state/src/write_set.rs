@@ -181,9 +181,9 @@ impl WriteSet {
         &self.outbox
     }
 
-    /// Takes the queued records out (a commit that wrote them keeps them for sending).
-    pub(crate) fn take_outbox(&mut self) -> Records {
-        std::mem::take(&mut self.outbox)
+    /// Drops the queued records, once a commit stored them.
+    pub(crate) fn clear_outbox(&mut self) {
+        self.outbox.clear();
     }
 
     /// Number of buffered key changes.
