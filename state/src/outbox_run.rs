@@ -160,7 +160,16 @@ impl Records {
             value: r.value.as_deref(),
             timestamp: r.timestamp,
         };
-        self.push_with(parts, |h| r.headers.iter().for_each(|(k, v)| h.push(k, v)));
+        self.push_headers(parts, r.headers.iter());
+    }
+
+    /// Appends a record of `parts` with `headers`.
+    fn push_headers<'h>(
+        &mut self,
+        parts: Parts<'_>,
+        headers: impl Iterator<Item = (&'h str, &'h [u8])>,
+    ) {
+        self.push_with(parts, |h| headers.for_each(|(k, v)| h.push(k, v)));
     }
 
     /// Appends a record of `parts`, its headers written by `headers`.
@@ -280,9 +289,7 @@ impl Records {
 
     /// Appends a record read from a run.
     fn push_view(&mut self, r: &RecordView<'_>) {
-        self.push_with(r.parts(), |h| {
-            r.headers.iter().for_each(|(k, v)| h.push(k, v))
-        });
+        self.push_headers(r.parts(), r.headers.iter());
     }
 }
 
@@ -312,23 +319,19 @@ pub struct OutboxRun {
 impl OutboxRun {
     /// Its records, read in place (checked).
     pub fn records(&self) -> Result<Vec<RecordView<'_>>> {
-        let read = match self.bytes.split_first() {
-            Some((&FORMAT, records)) => parse_records(records, None),
-            Some((format, _)) => Err(format!("an outbox run of unknown form {format}")),
-            None => Err("an empty outbox run".to_owned()),
-        };
-        read.and_then(|records| match records.len() == self.count {
-            true => Ok(records),
-            false => Err(format!(
-                "an outbox run of {} records where {} were written",
-                records.len(),
-                self.count
-            )),
-        })
-        .map_err(|reason| Error::Outbox {
-            run: self.id,
-            reason,
-        })
+        parse_run(&self.bytes)
+            .and_then(|records| match records.len() == self.count {
+                true => Ok(records),
+                false => Err(format!(
+                    "an outbox run of {} records where {} were written",
+                    records.len(),
+                    self.count
+                )),
+            })
+            .map_err(|reason| Error::Outbox {
+                run: self.id,
+                reason,
+            })
     }
 
     /// The ids of its records, in order (for [`delete_outbox`]).
@@ -501,13 +504,17 @@ pub(crate) fn in_form_2(run: &[u8]) -> Result<Option<Vec<u8>>, String> {
 /// The records of a stored run, owned and checked.
 pub(crate) fn decode(run: &[u8]) -> Result<Vec<OutboxRecord>, String> {
     match run.split_first() {
-        None => Err("an empty outbox run".to_owned()),
-        Some((&FORMAT, rest)) => Ok(parse_records(rest, None)?
-            .iter()
-            .map(RecordView::to_record)
-            .collect()),
         Some((&FORMAT_1, rest)) => decode_format_1(rest),
+        _ => Ok(parse_run(run)?.iter().map(RecordView::to_record).collect()),
+    }
+}
+
+/// The records of a stored run of form 2, read in place and checked.
+fn parse_run(run: &[u8]) -> Result<Vec<RecordView<'_>>, String> {
+    match run.split_first() {
+        Some((&FORMAT, records)) => parse_records(records, None),
         Some((format, _)) => Err(format!("an outbox run of unknown form {format}")),
+        None => Err("an empty outbox run".to_owned()),
     }
 }
 

@@ -161,8 +161,11 @@ impl WriteSet {
 
     /// The records queued since the open savepoint (all of them when none is open), in place.
     pub fn emits_since_savepoint(&self) -> Result<Vec<RecordView<'_>>> {
-        let mark = self.savepoint_mark().cloned().unwrap_or_default();
-        (self.outbox.since(&mark)).map_err(|reason| Error::Outbox { run: 0, reason })
+        self.outbox_since(&self.savepoint_mark().cloned().unwrap_or_default())
+    }
+
+    fn outbox_since(&self, mark: &Mark) -> Result<Vec<RecordView<'_>>> {
+        (self.outbox.since(mark)).map_err(|reason| Error::Outbox { run: 0, reason })
     }
 
     fn savepoint_mark(&self) -> Option<&Mark> {
@@ -171,8 +174,7 @@ impl WriteSet {
 
     /// Records queued by [`emit`](Self::emit), in order, owned.
     pub fn outbox(&self) -> Result<Vec<OutboxRecord>> {
-        let all = (self.outbox.since(&Mark::default()))
-            .map_err(|reason| Error::Outbox { run: 0, reason })?;
+        let all = self.outbox_since(&Mark::default())?;
         Ok(all.iter().map(RecordView::to_record).collect())
     }
 
