@@ -482,7 +482,9 @@ impl<H: Process> TestKit<H> {
                 offset,
                 source: error,
             }),
-            Outcome::GaveUp(BatchError::Commit(e)) => Err(Error::State(e)),
+            Outcome::GaveUp(BatchError::Commit(e) | BatchError::Unencodable(e)) => {
+                Err(Error::State(e))
+            }
             Outcome::GaveUp(BatchError::Bookkeeping(e)) => Err(e),
             Outcome::GaveUp(BatchError::CommitPanicked(message)) => Err(Error::Panic {
                 context: format!("committing a batch of {topic}/{partition}"),

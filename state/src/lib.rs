@@ -34,6 +34,7 @@ mod outbox_run;
 mod partition_store;
 mod reader;
 mod schema;
+mod slot;
 mod small_bytes;
 pub mod wire;
 mod write_set;

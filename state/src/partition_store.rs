@@ -20,7 +20,7 @@ use crate::reader::{
 use crate::schema;
 use crate::wire::{ChangelogEntry, ChangelogPosition};
 use crate::write_set::WriteSet;
-use crate::write_set::{decode, decode_bytes, with_key};
+use crate::write_set::{decode, with_key};
 
 mod outbox;
 mod restore;
@@ -222,7 +222,10 @@ impl PartitionStore {
 
     /// Applies `f` to `key`'s current value as [`get_through`](Self::get_through) sees it and
     /// buffers the result in `pending` (`None` deletes), encoding the key once.
-    pub fn update_through<K: Serialize + ?Sized, V: Serialize + DeserializeOwned>(
+    pub fn update_through<
+        K: Serialize + ?Sized,
+        V: Serialize + DeserializeOwned + Send + 'static,
+    >(
         &self,
         pending: &mut WriteSet,
         store: &str,
@@ -242,8 +245,7 @@ impl PartitionStore {
         key: &K,
     ) -> Result<Option<V>> {
         with_key(store, key, |key| match pending.lookup_slot(store, key) {
-            Some(Some(json)) => decode_bytes(store, json.as_bytes()).map(Some),
-            Some(None) => Ok(None),
+            Some(slot) => slot.decode(store),
             None => self.get_committed(store, key),
         })
     }
@@ -256,7 +258,7 @@ impl PartitionStore {
         key: &str,
     ) -> Result<Option<String>> {
         match pending.lookup_slot(store, key) {
-            Some(v) => Ok(v.map(|json| json.as_str().to_owned())),
+            Some(slot) => slot.to_json(store),
             None => {
                 let cached = self.with_cache_locked(|cache| {
                     cache.get(store, key).map(|hit| hit.map(str::to_owned))
@@ -290,10 +292,11 @@ impl PartitionStore {
         let rows =
             query_range(&self.conn(), store, from, to).map_err(|source| self.sqlite_err(source))?;
         let mut rows: std::collections::BTreeMap<String, String> = rows.into_iter().collect();
-        for (key, value) in pending.iter_store(store) {
+        for change in pending.iter_store(store) {
+            let (key, value) = change?;
             if key >= from && key < to {
                 match value {
-                    Some(v) => rows.insert(key.to_owned(), v.to_owned()),
+                    Some(v) => rows.insert(key.to_owned(), v),
                     None => rows.remove(key),
                 };
             }
@@ -372,7 +375,7 @@ impl PartitionStore {
         };
         let mut emptied = WriteSet::default();
         for (store, key) in &keys {
-            emptied.put_encoded(store, key, None);
+            emptied.put_encoded(store, key, None)?;
         }
         let generation = (current + 1).max(now_ms());
         self.commit_inner(
@@ -413,6 +416,7 @@ impl PartitionStore {
         changelog: Option<&str>,
         rewind: Option<i64>,
     ) -> Result<()> {
+        batch.settle()?;
         #[cfg(test)]
         let crash_after = self
             .crash_after

@@ -8,13 +8,14 @@ use serde::{de::DeserializeOwned, Serialize};
 use crate::error::{Error, Result};
 use crate::key_map::KeyMap;
 use crate::outbox_run::{HeaderWriter, Mark, OutboxRecord, Parts, RecordView, Records};
+use crate::slot::{decode_bytes, Slot};
 use crate::small_bytes::SmallBytes;
 
 /// State changes of one batch: per named store, key (JSON) to new value (JSON) or deletion.
 ///
 /// Repeated writes to the same key coalesce, so a hot key costs one row write per batch, and
 /// rewrite its value in place: updating a key the batch already holds allocates nothing.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub struct WriteSet {
     /// Per store (a handler has few, so a list beats hashing the name), its changed keys.
     stores: Vec<(String, Changes)>,
@@ -22,17 +23,19 @@ pub struct WriteSet {
     undo: UndoLog,
     /// Records to produce once the batch commits, in order, as the outbox stores them.
     outbox: Records,
+    /// Encode every value as it is written, keeping none as it is ([`eager`](Self::eager)).
+    eager: bool,
 }
 
-/// A store's changed keys (JSON) and their new values (JSON; `None`: deleted).
-type Changes = KeyMap<Option<SmallBytes>, SmallBytes>;
+/// A store's changed keys (JSON) and their changes.
+type Changes = KeyMap<Slot, SmallBytes>;
 
 /// While a savepoint is open: what each changed key held before, newest last. Keys and values
 /// are copied into one buffer, reused from savepoint to savepoint, so recording costs no
 /// allocation.
 #[derive(Debug, Default, Clone)]
 struct UndoLog {
-    open: bool,
+    open: Open,
     entries: Vec<Undo>,
     bytes: Vec<u8>,
     /// Where the outbox stood when the savepoint was taken.
@@ -57,6 +60,18 @@ enum Before {
     Value(Range<usize>),
 }
 
+/// Whether a savepoint is open, and what it can undo.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Open {
+    /// No savepoint.
+    #[default]
+    No,
+    /// A savepoint that marks where a record's emits start and undoes nothing.
+    Emits,
+    /// A savepoint that can undo state writes and emits.
+    Full,
+}
+
 impl UndoLog {
     fn text(&mut self, s: &[u8]) -> Range<usize> {
         let start = self.bytes.len();
@@ -64,21 +79,40 @@ impl UndoLog {
         start..self.bytes.len()
     }
 
-    /// Remembers what `key` of `store` held before a write (if a savepoint is open).
-    fn record(&mut self, store: usize, key: &[u8], before: Option<Option<&SmallBytes>>) {
-        if !self.open {
-            return;
+    /// Remembers what `key` of store `index` held before a write (if a savepoint is open).
+    fn record(
+        &mut self,
+        (index, store): (usize, &str),
+        key: &[u8],
+        before: Option<&Slot>,
+    ) -> Result<()> {
+        if self.open != Open::Full {
+            return Ok(());
         }
         let key = self.text(key);
         let before = match before {
             None => Before::Untouched,
-            Some(None) => Before::Deleted,
-            Some(Some(json)) => Before::Value(self.text(json.as_bytes())),
+            Some(slot) => {
+                let start = self.bytes.len();
+                match slot.write_json(store, &mut self.bytes) {
+                    Ok(true) => Before::Value(start..self.bytes.len()),
+                    Ok(false) => Before::Deleted,
+                    Err(e) => {
+                        self.bytes.truncate(key.start);
+                        return Err(e);
+                    }
+                }
+            }
         };
-        self.entries.push(Undo { store, key, before });
+        self.entries.push(Undo {
+            store: index,
+            key,
+            before,
+        });
+        Ok(())
     }
 
-    fn reset(&mut self, open: bool, outbox: Mark) {
+    fn reset(&mut self, open: Open, outbox: Mark) {
         self.entries.clear();
         self.bytes.clear();
         self.open = open;
@@ -95,24 +129,18 @@ impl WriteSet {
         value: &V,
     ) -> Result<()> {
         with_json(store, value, |json| {
-            with_key(store, key, |key| {
-                self.replace(store, key, Some(json));
-                Ok(())
-            })
+            with_key(store, key, |key| self.replace(store, key, Some(json)))
         })
     }
 
     /// Buffers the deletion of `key` from `store`.
     pub fn delete<K: Serialize + ?Sized>(&mut self, store: &str, key: &K) -> Result<()> {
-        with_key(store, key, |key| {
-            self.replace(store, key, None);
-            Ok(())
-        })
+        with_key(store, key, |key| self.replace(store, key, None))
     }
 
     /// Buffers an already encoded change: `key` and `value` are JSON (`None` deletes).
-    pub fn put_encoded(&mut self, store: &str, key: &str, value: Option<&str>) {
-        self.replace(store, key, value.map(str::as_bytes));
+    pub fn put_encoded(&mut self, store: &str, key: &str, value: Option<&str>) -> Result<()> {
+        self.replace(store, key, value.map(str::as_bytes))
     }
 
     /// What this batch wrote for `key`: `None` if untouched, `Some(None)` if deleted.
@@ -123,8 +151,7 @@ impl WriteSet {
     ) -> Result<Option<Option<V>>> {
         with_key(store, key, |key| match self.lookup_slot(store, key) {
             None => Ok(None),
-            Some(None) => Ok(Some(None)),
-            Some(Some(json)) => decode_bytes(store, json.as_bytes()).map(|v| Some(Some(v))),
+            Some(slot) => slot.decode(store).map(Some),
         })
     }
 
@@ -169,7 +196,7 @@ impl WriteSet {
     }
 
     fn savepoint_mark(&self) -> Option<&Mark> {
-        self.undo.open.then_some(&self.undo.outbox)
+        (self.undo.open != Open::No).then_some(&self.undo.outbox)
     }
 
     /// Records queued by [`emit`](Self::emit), in order, owned.
@@ -201,25 +228,38 @@ impl WriteSet {
     /// Drops every buffered change (a failed batch).
     pub fn clear(&mut self) {
         self.stores.clear();
-        self.undo.reset(false, Mark::default());
+        self.undo.reset(Open::No, Mark::default());
         self.outbox.clear();
     }
 
     /// Opens a savepoint: later changes can be undone with [`rollback`](Self::rollback)
     /// (the writes of one failed record) or kept with [`release`](Self::release).
     pub fn savepoint(&mut self) {
-        self.undo.reset(true, self.outbox.mark());
+        self.undo.reset(Open::Full, self.outbox.mark());
+    }
+
+    /// Opens a savepoint that only marks where the next emits start (for
+    /// [`emits_since_savepoint`](Self::emits_since_savepoint)) and remembers nothing to undo,
+    /// for a batch that is run again from its start when a record fails. It must not be rolled
+    /// back; [`release`](Self::release) closes it.
+    pub fn mark_emits(&mut self) {
+        self.undo.reset(Open::Emits, self.outbox.mark());
     }
 
     /// Keeps the changes made since the savepoint and closes it.
     pub fn release(&mut self) {
-        self.undo.reset(false, Mark::default());
+        self.undo.reset(Open::No, Mark::default());
     }
 
     /// Undoes the changes made since the savepoint and closes it.
     pub fn rollback(&mut self) {
-        if !self.undo.open {
-            return;
+        match self.undo.open {
+            Open::No => return,
+            Open::Emits => {
+                debug_assert!(false, "a savepoint of `mark_emits` cannot be rolled back");
+                return;
+            }
+            Open::Full => {}
         }
         self.outbox.truncate(&self.undo.outbox);
         let bytes = &self.undo.bytes;
@@ -231,52 +271,88 @@ impl WriteSet {
                     map.remove(key);
                 }
                 Before::Deleted => {
-                    map.insert(SmallBytes::new(key), None);
+                    map.insert(SmallBytes::new(key), Slot::Deleted);
                 }
                 Before::Value(json) => {
-                    map.insert(SmallBytes::new(key), Some(SmallBytes::new(&bytes[json])));
+                    map.insert(
+                        SmallBytes::new(key),
+                        Slot::Json(SmallBytes::new(&bytes[json])),
+                    );
                 }
             }
         }
-        self.undo.reset(false, Mark::default());
+        self.undo.reset(Open::No, Mark::default());
     }
 
-    /// Applies `f` to `key`'s (JSON) value in this batch, or to `committed()` if the batch
-    /// has not touched it, and buffers the result (`None` deletes). A value the batch already
-    /// holds is rewritten in place: no allocation.
-    pub(crate) fn update_with<V: Serialize + DeserializeOwned>(
+    /// Applies `f` to `key`'s value in this batch, or to `committed()` if the batch has not
+    /// touched it, and buffers the result (`None` deletes).
+    ///
+    /// The result is kept as it is, not encoded, unless the write set is [`eager`](Self::eager)
+    /// or a savepoint that can be rolled back is open: the next update of the key takes it
+    /// back without decoding, and the batch's commit encodes it once.
+    pub(crate) fn update_with<V: Serialize + DeserializeOwned + Send + 'static>(
         &mut self,
         store: &str,
         key: &str,
         committed: impl FnOnce() -> Result<Option<V>>,
         f: impl FnOnce(Option<V>) -> Option<V>,
     ) -> Result<()> {
+        let keep = !self.eager && self.undo.open != Open::Full;
         let index = self.store_index(store);
         let map = &mut self.stores[index].1;
         let key = key.as_bytes();
         let Some(slot) = map.get_mut(key) else {
-            let value = match f(committed()?) {
-                Some(v) => with_json(store, &v, |json| Ok(Some(SmallBytes::new(json))))?,
-                None => None,
+            let slot = match f(committed()?) {
+                Some(v) if keep => Slot::typed(v),
+                Some(v) => with_json(store, &v, |json| Ok(Slot::Json(SmallBytes::new(json))))?,
+                None => Slot::Deleted,
             };
-            self.undo.record(index, key, None);
-            map.insert(SmallBytes::new(key), value);
+            self.undo.record((index, store), key, None)?;
+            map.insert(SmallBytes::new(key), slot);
             return Ok(());
         };
-        let current = slot
-            .as_ref()
-            .map(|json| decode_bytes(store, json.as_bytes()))
-            .transpose()?;
-        match f(current) {
-            None => {
-                self.undo.record(index, key, Some(slot.as_ref()));
-                *slot = None;
+        if keep {
+            if let Some(held) = slot.held_mut::<V>() {
+                // Nothing to undo: no savepoint that rolls back is open.
+                match f(held.take()) {
+                    Some(value) => *held = Some(value),
+                    None => *slot = Slot::Deleted,
+                }
+                return Ok(());
             }
+        }
+        let current = slot.decode(store)?;
+        self.undo.record((index, store), key, Some(slot))?;
+        match f(current) {
+            None => *slot = Slot::Deleted,
+            Some(value) if keep => *slot = Slot::typed(value),
             Some(value) => with_json(store, &value, |json| {
-                self.undo.record(index, key, Some(slot.as_ref()));
-                overwrite(slot, Some(json));
+                slot.overwrite(Some(json));
                 Ok(())
             })?,
+        }
+        Ok(())
+    }
+
+    /// A write set that encodes every value as it is written (as one that rolls back does),
+    /// so that a value that cannot be encoded fails the update that made it rather than the
+    /// batch's commit.
+    pub fn eager() -> Self {
+        Self {
+            eager: true,
+            ..Self::default()
+        }
+    }
+
+    /// Encodes the values that updates kept as they are, so that every buffered value is JSON.
+    /// A commit does it first; a batch runner does it before, to tell a value that cannot be
+    /// encoded from a failed commit.
+    pub fn settle(&mut self) -> Result<()> {
+        let mut buf = Vec::new();
+        for (store, map) in &mut self.stores {
+            for slot in map.values_mut() {
+                slot.settle(store, &mut buf)?;
+            }
         }
         Ok(())
     }
@@ -291,75 +367,72 @@ impl WriteSet {
         }
     }
 
-    fn replace(&mut self, store: &str, key: &str, value: Option<&[u8]>) {
+    fn replace(&mut self, store: &str, key: &str, value: Option<&[u8]>) -> Result<()> {
         let index = self.store_index(store);
         let map = &mut self.stores[index].1;
         let key = key.as_bytes();
         match map.get_mut(key) {
             Some(slot) => {
-                self.undo.record(index, key, Some(slot.as_ref()));
-                overwrite(slot, value);
+                self.undo.record((index, store), key, Some(slot))?;
+                slot.overwrite(value);
             }
             None => {
-                self.undo.record(index, key, None);
-                let value = value.map(SmallBytes::new);
-                map.insert(SmallBytes::new(key), value);
+                self.undo.record((index, store), key, None)?;
+                let slot = value.map_or(Slot::Deleted, |v| Slot::Json(SmallBytes::new(v)));
+                map.insert(SmallBytes::new(key), slot);
             }
         }
+        Ok(())
     }
 
     #[cfg(test)]
     pub(crate) fn snapshot(&self) -> Vec<(String, String, Option<String>)> {
-        let mut v: Vec<_> = self
-            .iter()
-            .map(|(s, k, v)| (s.to_owned(), k.to_owned(), v.map(str::to_owned)))
+        let mut v: Vec<_> = (self.stores.iter())
+            .flat_map(|(s, m)| m.iter().map(move |(k, v)| (s, k, v)))
+            .map(|(s, k, v)| {
+                (
+                    s.clone(),
+                    k.as_str().to_owned(),
+                    v.to_json(s).expect("json"),
+                )
+            })
             .collect();
         v.sort();
         v
     }
 
-    /// What this batch wrote for the JSON `key`: `None` if untouched, `Some(None)` if deleted.
-    pub(crate) fn lookup_slot(&self, store: &str, key: &str) -> Option<Option<&SmallBytes>> {
+    /// What this batch wrote for the JSON `key` (`None`: untouched).
+    pub(crate) fn lookup_slot(&self, store: &str, key: &str) -> Option<&Slot> {
         self.stores
             .iter()
             .find(|(name, _)| name == store)
             .and_then(|(_, m)| m.get(key.as_bytes()))
-            .map(Option::as_ref)
     }
 
-    /// Every change of one store as (key, value-or-deletion).
+    /// Every change of one store as (key, JSON value or deletion), encoding the values that
+    /// updates kept as they are.
     pub(crate) fn iter_store<'a>(
         &'a self,
         store: &'a str,
-    ) -> impl Iterator<Item = (&'a str, Option<&'a str>)> + 'a {
+    ) -> impl Iterator<Item = Result<(&'a str, Option<String>)>> + 'a {
         self.stores
             .iter()
             .filter(move |(name, _)| name == store)
-            .flat_map(|(_, m)| {
+            .flat_map(move |(_, m)| {
                 m.iter()
-                    .map(|(k, v)| (k.as_str(), v.as_ref().map(SmallBytes::as_str)))
+                    .map(move |(k, v)| Ok((k.as_str(), v.to_json(store)?)))
             })
     }
 
-    /// Every change as (store, key, value-or-deletion).
+    /// Every change as (store, key, value-or-deletion), once [`settle`](Self::settle)d.
+    ///
+    /// # Panics
+    /// On a value an update kept as it is, when called before `settle`.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &str, Option<&str>)> {
         self.stores.iter().flat_map(|(store, m)| {
-            m.iter().map(move |(k, v)| {
-                (
-                    store.as_str(),
-                    k.as_str(),
-                    v.as_ref().map(SmallBytes::as_str),
-                )
-            })
+            m.iter()
+                .map(move |(k, v)| (store.as_str(), k.as_str(), v.settled_json()))
         })
-    }
-}
-
-/// Sets a buffered value, reusing its memory.
-fn overwrite(slot: &mut Option<SmallBytes>, value: Option<&[u8]>) {
-    match (slot.as_mut(), value) {
-        (Some(old), Some(json)) => old.set(json),
-        (_, json) => *slot = json.map(SmallBytes::new),
     }
 }
 
@@ -440,13 +513,6 @@ pub(crate) fn decode<T: DeserializeOwned>(store: &str, json: &str) -> Result<T> 
     decode_bytes(store, json.as_bytes())
 }
 
-pub(crate) fn decode_bytes<T: DeserializeOwned>(store: &str, json: &[u8]) -> Result<T> {
-    serde_json::from_slice(json).map_err(|source| Error::Codec {
-        store: store.to_owned(),
-        source,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -506,7 +572,13 @@ mod tests {
         Delete(usize),
         /// Appends to the value (or starts it); with `true`, deletes it instead.
         Update(usize, bool),
+        /// Appends to the value, reading and writing it as another type than `Update` does.
+        UpdateAsJson(usize),
         Savepoint,
+        /// A savepoint that only marks the emits (never rolled back).
+        MarkEmits,
+        /// Encodes the values kept as they are, as a commit does.
+        Settle,
         Release,
         Rollback,
         /// Emits to a topic (topics repeat), through `emit` or, with `true`, `emit_with`.
@@ -524,7 +596,10 @@ mod tests {
             3 => (key(), 0..VALUES.len()).prop_map(|(k, v)| Op::Put(k, v)),
             1 => key().prop_map(Op::Delete),
             4 => (key(), prop::bool::weighted(0.1)).prop_map(|(k, d)| Op::Update(k, d)),
+            1 => key().prop_map(Op::UpdateAsJson),
             1 => Just(Op::Savepoint),
+            1 => Just(Op::MarkEmits),
+            1 => Just(Op::Settle),
             1 => Just(Op::Release),
             1 => Just(Op::Rollback),
             3 => (0..TOPICS.len(), 0..VALUES.len(), any::<bool>())
@@ -534,12 +609,18 @@ mod tests {
 
     proptest! {
         /// The write set holds what a plain map of the same changes holds (savepoints copying
-        /// it), whatever the keys' and values' lengths and however they change.
+        /// it), whatever the keys' and values' lengths and however they change, whether it
+        /// keeps updated values as they are or encodes them at once.
         #[test]
-        fn the_write_set_holds_what_a_plain_map_holds(ops in prop::collection::vec(op(), 1..80)) {
-            let mut ws = WriteSet::default();
+        fn the_write_set_holds_what_a_plain_map_holds(
+            ops in prop::collection::vec(op(), 1..80),
+            eager in any::<bool>(),
+        ) {
+            let mut ws = if eager { WriteSet::eager() } else { WriteSet::default() };
             let mut model: BTreeMap<String, Option<String>> = BTreeMap::new();
             let mut saved = None;
+            // The open savepoint can be rolled back (not one of `mark_emits`).
+            let mut undoable = false;
             let mut emits: Vec<OutboxRecord> = Vec::new();
             for op in ops {
                 match op {
@@ -560,14 +641,32 @@ mod tests {
                         let entry = model.entry(KEYS[k].into()).or_insert(None);
                         *entry = (!delete).then(|| entry.take().unwrap_or_default() + "more text");
                     }
+                    Op::UpdateAsJson(k) => {
+                        let key = with_key("s", KEYS[k], |key| Ok(key.to_owned())).expect("key");
+                        ws.update_with("s", &key, || Ok(None), |v: Option<serde_json::Value>| {
+                            let text = v.as_ref().and_then(serde_json::Value::as_str);
+                            Some(serde_json::Value::from(text.unwrap_or_default().to_owned() + "+"))
+                        })
+                        .expect("update");
+                        let entry = model.entry(KEYS[k].into()).or_insert(None);
+                        *entry = Some(entry.take().unwrap_or_default() + "+");
+                    }
                     Op::Savepoint => {
                         ws.savepoint();
                         saved = Some((model.clone(), emits.len()));
+                        undoable = true;
                     }
+                    Op::MarkEmits => {
+                        ws.mark_emits();
+                        saved = Some((model.clone(), emits.len()));
+                        undoable = false;
+                    }
+                    Op::Settle => ws.settle().expect("settle"),
                     Op::Release => {
                         ws.release();
                         saved = None;
                     }
+                    Op::Rollback if saved.is_some() && !undoable => {}
                     Op::Rollback => {
                         ws.rollback();
                         if let Some((saved, emitted)) = saved.take() {
@@ -604,6 +703,16 @@ mod tests {
                     prop_assert_eq!(held.as_ref(), Some(value), "{}", key);
                 }
                 prop_assert_eq!(ws.len(), model.len());
+                let encoded: BTreeMap<String, Option<String>> = ws
+                    .iter_store("s")
+                    .map(|change| change.map(|(k, v)| (k.to_owned(), v)))
+                    .collect::<Result<_>>()
+                    .expect("iter_store");
+                let expected: BTreeMap<String, Option<String>> = model
+                    .iter()
+                    .map(|(k, v)| (encode("s", k).expect("k"), v.as_ref().map(|v| encode("s", v).expect("v"))))
+                    .collect();
+                prop_assert_eq!(&encoded, &expected);
                 prop_assert_eq!(ws.outbox().expect("outbox"), emits.clone());
                 let since = saved.as_ref().map_or(0, |(_, emitted)| *emitted);
                 prop_assert_eq!(ws.emitted_since_savepoint(), emits.len() - since);
@@ -611,6 +720,16 @@ mod tests {
                     .iter().map(RecordView::to_record).collect();
                 prop_assert_eq!(&mine[..], &emits[since..]);
             }
+            ws.settle().expect("settle");
+            let settled: BTreeMap<String, Option<String>> = ws
+                .iter()
+                .map(|(_, k, v)| (k.to_owned(), v.map(str::to_owned)))
+                .collect();
+            let expected: BTreeMap<String, Option<String>> = model
+                .iter()
+                .map(|(k, v)| (encode("s", k).expect("k"), v.as_ref().map(|v| encode("s", v).expect("v"))))
+                .collect();
+            prop_assert_eq!(settled, expected);
         }
     }
 }

@@ -40,6 +40,9 @@ pub(crate) enum BatchError {
     },
     /// The SQLite commit failed.
     Commit(weir_state::Error),
+    /// A value an update kept as it is could not be encoded at the end of the batch: which
+    /// record made it shows when the batch runs again encoding each value as it is written.
+    Unencodable(weir_state::Error),
     /// The SQLite commit panicked (a bug, not the fault of any record).
     CommitPanicked(String),
     /// The partition's own bookkeeping (watermark, timers, upstream marks) could not be read,
@@ -53,6 +56,7 @@ impl fmt::Display for BatchError {
         match self {
             Self::Record { offset, error, .. } => write!(f, "record at offset {offset}: {error}"),
             Self::Commit(e) => write!(f, "commit failed: {e}"),
+            Self::Unencodable(e) => write!(f, "a value could not be encoded: {e}"),
             Self::CommitPanicked(e) => write!(f, "commit panicked: {e}"),
             Self::Bookkeeping(e) => write!(f, "{e}"),
         }
@@ -164,6 +168,9 @@ struct Attempts {
     commit_failures: u32,
     /// Records of the batch already dead-lettered, skipped when it runs again.
     dead: HashSet<i64>,
+    /// Encode each value as it is written ([`WriteSet::eager`]), after a value could not be
+    /// encoded at the end of the batch.
+    eager: bool,
 }
 
 impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H, S> {
@@ -209,7 +216,7 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
     pub(crate) async fn run_until_committed(&self, batch: &[Inbound], clock: BatchTime) -> Outcome {
         let mut attempts = Attempts::default();
         loop {
-            let error = match self.run_once(batch, &attempts.dead, clock).await {
+            let error = match self.run_once(batch, &attempts, clock).await {
                 Ok(next) => return Outcome::Committed(next, attempts.dead.len()),
                 Err(e) => e,
             };
@@ -229,6 +236,16 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
                         .increment(1);
                     tracing::warn!(topic = %self.topic, partition = self.partition, "{e}");
                     Next::Return(Outcome::Stopped)
+                }
+                BatchError::Unencodable(e) if !attempts.eager => {
+                    tracing::warn!(
+                        topic = %self.topic,
+                        partition = self.partition,
+                        "{e}; running the batch again, encoding each value as it is written, to \
+                         find the record that made it"
+                    );
+                    attempts.eager = true;
+                    Next::Again
                 }
                 other => self.after_commit_failure(&mut attempts, other),
             };
@@ -371,9 +388,10 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
     async fn run_once(
         &self,
         batch: &[Inbound],
-        dead: &HashSet<i64>,
+        attempts: &Attempts,
         clock: BatchTime,
     ) -> Result<i64, BatchError> {
+        let dead = &attempts.dead;
         let delivery = self.policy.delivery;
         let keep_key_order = self
             .policy
@@ -405,7 +423,10 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
                 .map_err(BatchError::Bookkeeping)?;
             self.commit(taken, next).await?;
         }
-        let mut writes = WriteSet::default();
+        let mut writes = match attempts.eager {
+            true => WriteSet::eager(),
+            false => WriteSet::default(),
+        };
         let stored_watermark = time::watermark(store, &writes).map_err(BatchError::Bookkeeping)?;
         let mut watermark = match (stored_watermark, clock.idle_watermark) {
             (Some(w), Some(idle)) => Some(w.max(idle)),
@@ -472,7 +493,13 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
                     continue;
                 }
             }
-            writes.savepoint();
+            if at_most_once {
+                // A failed record is skipped: its writes are undone, the batch goes on.
+                writes.savepoint();
+            } else {
+                // A failed record fails the batch, which runs again from its start.
+                writes.mark_emits();
+            }
             let record_clock = RecordClock {
                 watermark,
                 now_ms: clock.now_ms,
@@ -534,6 +561,7 @@ impl<H: Process, S: AsRef<PartitionStore> + Send + Sync + 'static> BatchRunner<H
             time::set_watermark(&mut writes, w).map_err(BatchError::Bookkeeping)?;
         }
         self.fire_due(&mut writes, watermark, clock.now_ms).await?;
+        writes.settle().map_err(BatchError::Unencodable)?;
         self.commit(writes, next).await?;
         if ids.dropped() > 0 {
             tracing::info!(

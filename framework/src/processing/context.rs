@@ -279,7 +279,7 @@ pub trait StoreDef {
     /// The key type.
     type Key: Serialize + ?Sized;
     /// The value type.
-    type Value: Serialize + DeserializeOwned;
+    type Value: Serialize + DeserializeOwned + Send + 'static;
 }
 
 /// A typed view of one named store for the current batch.
@@ -291,7 +291,7 @@ pub struct State<'c, K: ?Sized, V> {
     types: PhantomData<fn(&K) -> V>,
 }
 
-impl<K: Serialize + ?Sized, V: Serialize + DeserializeOwned> State<'_, K, V> {
+impl<K: Serialize + ?Sized, V: Serialize + DeserializeOwned + Send + 'static> State<'_, K, V> {
     /// The current value of `key`, including this batch's earlier writes.
     pub fn get(&self, key: &K) -> Result<Option<V>> {
         Ok(self.store.get_through(self.writes, self.name, key)?)

@@ -149,3 +149,58 @@ async fn at_most_once_skips_a_failing_record_without_retrying_it() {
     );
     assert_eq!(kit.committed_offset("test", 0).expect("offset"), Some(3));
 }
+
+/// A tally whose JSON cannot be written when it is 13.
+#[derive(Debug, serde::Deserialize)]
+struct Tally(u64);
+
+impl serde::Serialize for Tally {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            13 => Err(serde::ser::Error::custom("13 cannot be written")),
+            n => s.serialize_u64(n),
+        }
+    }
+}
+
+/// Adds each record's number to its key's tally.
+#[derive(Debug, weir::Handler)]
+#[handler(value = Utf8)]
+struct Tallies;
+
+impl Process for Tallies {
+    type Error = weir::Error;
+
+    async fn process(&self, rec: Record<'_, String>, ctx: &mut Ctx<'_>) -> weir::Result<()> {
+        let n: u64 = rec.value().parse().unwrap_or(0);
+        let key = rec.key_str().unwrap_or_default().to_owned();
+        ctx.state::<str, Tally>("tallies")
+            .update(&key, |t| Some(Tally(t.map_or(0, |t| t.0) + n)))
+    }
+}
+
+#[tokio::test]
+async fn a_value_that_cannot_be_written_dead_letters_the_record_that_made_it() {
+    // Updates keep values as they are until the batch's end: there, b's 13 cannot be written,
+    // so the batch runs again writing each value at once, which finds its record.
+    let mut kit = TestKit::new(Tallies).expect("kit").max_attempts(2);
+    send(&mut kit, &[("a", "1"), ("b", "13"), ("a", "2"), ("c", "6")]);
+    assert_eq!(kit.run().await.expect("run"), 4);
+    // A value that cannot be written but is updated again in the same batch is never written.
+    send(&mut kit, &[("c", "7"), ("c", "1")]);
+    assert_eq!(kit.run().await.expect("run"), 2);
+    let dead = kit.dead_letters();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].source.2, 1, "{dead:?}");
+    assert_eq!(
+        (dead[0].reason, dead[0].attempts),
+        (DeadLetterReason::Failed, 2)
+    );
+    assert!(
+        dead[0].error.contains("13 cannot be written"),
+        "{}",
+        dead[0].error
+    );
+    let tallies: BTreeMap<String, u64> = kit.entries("tallies").expect("entries");
+    assert_eq!(tallies, BTreeMap::from([("a".into(), 3), ("c".into(), 14)]));
+}

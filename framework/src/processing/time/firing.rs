@@ -41,7 +41,7 @@ pub(crate) async fn fire_due<H: Process>(
             return Ok(());
         }
         for timer in due {
-            writes.put_encoded(TIMERS, &timer.row, None);
+            writes.put_encoded(TIMERS, &timer.row, None)?;
             let (TimerAt::EventTime(t) | TimerAt::WallClock(t)) = timer.at;
             let mut rt = RecordTime::new(t, watermark, false);
             match timer.due {

@@ -164,7 +164,7 @@ pub trait WindowDef: Send + Sync + 'static {
     /// The key type.
     type Key: Serialize + DeserializeOwned;
     /// The aggregate kept per key and window.
-    type Value: Serialize + DeserializeOwned;
+    type Value: Serialize + DeserializeOwned + Send + 'static;
 }
 
 /// A session: its window and aggregate.
@@ -442,7 +442,7 @@ pub(crate) fn take_window(
     match stored(store, writes, name, key_json, window)? {
         None => Ok(None),
         Some(Stored::Row { row, value }) => {
-            writes.put_encoded(name, &row, None);
+            writes.put_encoded(name, &row, None)?;
             Ok(Some(value))
         }
         Some(Stored::Session {
@@ -451,10 +451,10 @@ pub(crate) fn take_window(
         }) => {
             let (_, _, value) = sessions.remove(index);
             if sessions.is_empty() {
-                writes.put_encoded(name, key_json, None);
+                writes.put_encoded(name, key_json, None)?;
             } else {
                 let rest = serde_json::to_string(&sessions).map_err(|e| codec_err(name, e))?;
-                writes.put_encoded(name, key_json, Some(&rest));
+                writes.put_encoded(name, key_json, Some(&rest))?;
             }
             Ok(Some(
                 serde_json::to_string(&value).map_err(|e| codec_err(name, e))?,
