@@ -287,9 +287,11 @@ impl WriteSet {
     /// Applies `f` to `key`'s value in this batch, or to `committed()` if the batch has not
     /// touched it, and buffers the result (`None` deletes).
     ///
-    /// The result is kept as it is, not encoded, unless the write set is [`eager`](Self::eager)
-    /// or a savepoint that can be rolled back is open: the next update of the key takes it
-    /// back without decoding, and the batch's commit encodes it once.
+    /// From the key's second update in the batch on, the result is kept as it is, not encoded
+    /// (unless the write set is [`eager`](Self::eager) or a savepoint that can be rolled back is
+    /// open): the next update takes it back without decoding, and the commit encodes it once.
+    /// A key's first update is encoded at once: most keys updated once in a batch would only pay
+    /// for an allocation.
     pub(crate) fn update_with<V: Serialize + DeserializeOwned + Send + 'static>(
         &mut self,
         store: &str,
@@ -303,7 +305,6 @@ impl WriteSet {
         let key = key.as_bytes();
         let Some(slot) = map.get_mut(key) else {
             let slot = match f(committed()?) {
-                Some(v) if keep => Slot::typed(v),
                 Some(v) => with_json(store, &v, |json| Ok(Slot::Json(SmallBytes::new(json))))?,
                 None => Slot::Deleted,
             };
