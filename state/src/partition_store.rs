@@ -20,7 +20,7 @@ use crate::reader::{
 use crate::schema;
 use crate::wire::{ChangelogEntry, ChangelogPosition};
 use crate::write_set::WriteSet;
-use crate::write_set::{decode, with_key};
+use crate::write_set::{decode, key_text, with_key, with_key_bytes};
 
 mod outbox;
 mod restore;
@@ -232,8 +232,9 @@ impl PartitionStore {
         key: &K,
         f: impl FnOnce(Option<V>) -> Option<V>,
     ) -> Result<()> {
-        with_key(store, key, |key| {
-            pending.update_with(store, key, || self.get_committed(store, key), f)
+        with_key_bytes(store, key, |key| {
+            let committed = || self.get_committed(store, key_text(store, key)?);
+            pending.update_with(store, key, committed, f)
         })
     }
 

@@ -295,14 +295,13 @@ impl WriteSet {
     pub(crate) fn update_with<V: Serialize + DeserializeOwned + Send + 'static>(
         &mut self,
         store: &str,
-        key: &str,
+        key: &[u8],
         committed: impl FnOnce() -> Result<Option<V>>,
         f: impl FnOnce(Option<V>) -> Option<V>,
     ) -> Result<()> {
         let keep = !self.eager && self.undo.open != Open::Full;
         let index = self.store_index(store);
         let map = &mut self.stores[index].1;
-        let key = key.as_bytes();
         let Some(slot) = map.get_mut(key) else {
             let slot = match f(committed()?) {
                 Some(v) => with_json(store, &v, |json| Ok(Slot::Json(SmallBytes::new(json))))?,
@@ -450,12 +449,23 @@ pub(crate) fn with_key<K: Serialize + ?Sized, T>(
     key: &K,
     f: impl FnOnce(&str) -> Result<T>,
 ) -> Result<T> {
-    encoded_in(&KEY_BUF, store, key, |json| {
-        match std::str::from_utf8(json) {
-            Ok(json) => f(json),
-            Err(_) => unreachable_json(store),
-        }
-    })
+    with_key_bytes(store, key, |json| f(key_text(store, json)?))
+}
+
+/// Runs `f` with `key` encoded as JSON (in a per-thread buffer), as bytes: a key found in the
+/// write set is not checked for UTF-8 again (serde_json writes nothing else, and a key enters
+/// the write set through [`key_text`] or as text).
+pub(crate) fn with_key_bytes<K: Serialize + ?Sized, T>(
+    store: &str,
+    key: &K,
+    f: impl FnOnce(&[u8]) -> Result<T>,
+) -> Result<T> {
+    encoded_in(&KEY_BUF, store, key, f)
+}
+
+/// A key's JSON as text.
+pub(crate) fn key_text<'a>(store: &str, json: &'a [u8]) -> Result<&'a str> {
+    std::str::from_utf8(json).or_else(|_| unreachable_json(store))
 }
 
 /// Runs `f` with `value` encoded as JSON (in a per-thread buffer). The write set keeps values
@@ -635,7 +645,7 @@ mod tests {
                     }
                     Op::Update(k, delete) => {
                         let key = with_key("s", KEYS[k], |key| Ok(key.to_owned())).expect("key");
-                        ws.update_with("s", &key, || Ok(None), |v: Option<String>| {
+                        ws.update_with("s", key.as_bytes(), || Ok(None), |v: Option<String>| {
                             (!delete).then(|| v.unwrap_or_default() + "more text")
                         })
                         .expect("update");
@@ -644,7 +654,7 @@ mod tests {
                     }
                     Op::UpdateAsJson(k) => {
                         let key = with_key("s", KEYS[k], |key| Ok(key.to_owned())).expect("key");
-                        ws.update_with("s", &key, || Ok(None), |v: Option<serde_json::Value>| {
+                        ws.update_with("s", key.as_bytes(), || Ok(None), |v: Option<serde_json::Value>| {
                             let text = v.as_ref().and_then(serde_json::Value::as_str);
                             Some(serde_json::Value::from(text.unwrap_or_default().to_owned() + "+"))
                         })
