@@ -11,11 +11,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::key_map::KeyMap;
+use crate::small_bytes::SmallBytes;
 
-/// Memory per entry beyond its key and value bytes: the hash table's slot (56 bytes) at its
-/// load factor after growth (half to seven eighths full), the two strings' allocator chunks
-/// and headers, the table's growth. Measured over 10M distinct keys with a 256 MiB budget:
-/// with 96 here the worker's RSS grew by 510 MiB, with this by 230 MiB (docs/performance.md).
+/// Memory per entry beyond its key and value bytes: the hash table's slot (72 bytes, holding
+/// keys and values up to 30 bytes) at its load factor after growth (half to seven eighths
+/// full), longer ones' allocator chunks and headers, the table's growth. Set when the slot was
+/// 56 bytes and both were allocated apart, over 10M distinct keys with a 256 MiB budget: with
+/// 96 here the worker's RSS grew by 510 MiB, with this by 230 MiB (docs/performance.md).
 const ENTRY_OVERHEAD: usize = 288;
 
 /// The memory the state caches of one worker may hold together.
@@ -52,14 +54,14 @@ impl CacheBudget {
 #[derive(Debug)]
 struct Entry {
     /// The committed JSON value; `None`: the key has no value.
-    value: Option<String>,
+    value: Option<SmallBytes>,
     /// Read since the last sweep.
     hot: bool,
 }
 
 impl Entry {
-    fn weight(key: &str, value: Option<&str>) -> usize {
-        key.len() + value.map_or(0, str::len) + ENTRY_OVERHEAD
+    fn weight(key: &[u8], value: Option<&[u8]>) -> usize {
+        key.len() + value.map_or(0, <[u8]>::len) + ENTRY_OVERHEAD
     }
 }
 
@@ -78,7 +80,9 @@ const RETRY_AFTER: u64 = 2_000_000;
 /// again after two million lookups.
 #[derive(Debug)]
 pub(crate) struct StateCache {
-    stores: Vec<(String, KeyMap<Entry>)>,
+    /// Per store, JSON key to entry; short keys and values are held in the slot itself, as in
+    /// the write set.
+    stores: Vec<(String, KeyMap<Entry, SmallBytes>)>,
     bytes: usize,
     budget: Arc<CacheBudget>,
     /// New keys enter the cache.
@@ -104,14 +108,14 @@ impl StateCache {
 
     /// The cached committed value of `key`: `None` when not cached, `Some(None)` when the key
     /// is known to have no value.
-    pub(crate) fn get(&mut self, store: &str, key: &str) -> Option<Option<&str>> {
+    pub(crate) fn get(&mut self, store: &str, key: &str) -> Option<Option<&[u8]>> {
         self.lookups += 1;
         self.check_hit_rate();
         let (_, map) = self.stores.iter_mut().find(|(name, _)| name == store)?;
-        let entry = map.get_mut(key)?;
+        let entry = map.get_mut(key.as_bytes())?;
         entry.hot = true;
         self.hits += 1;
-        Some(entry.value.as_deref())
+        Some(entry.value.as_ref().map(SmallBytes::as_bytes))
     }
 
     /// Decides whether new keys enter the cache, from the hits of the last lookups.
@@ -149,23 +153,21 @@ impl StateCache {
             }
         };
         let map = &mut self.stores[index].1;
+        let (key, value) = (key.as_bytes(), value.map(str::as_bytes));
         let added = Entry::weight(key, value);
         let removed = match map.get_mut(key) {
             Some(entry) => {
-                let before = Entry::weight(key, entry.value.as_deref());
+                let before = Entry::weight(key, entry.value.as_ref().map(SmallBytes::as_bytes));
                 match (&mut entry.value, value) {
-                    (Some(old), Some(new)) => {
-                        old.clear();
-                        old.push_str(new);
-                    }
-                    (slot, new) => *slot = new.map(str::to_owned),
+                    (Some(old), Some(new)) => old.set(new),
+                    (slot, new) => *slot = new.map(SmallBytes::new),
                 }
                 before
             }
             None if !self.admitting => return,
             None => {
-                let value = value.map(str::to_owned);
-                map.insert(key.to_owned(), Entry { value, hot: false });
+                let value = value.map(SmallBytes::new);
+                map.insert(SmallBytes::new(key), Entry { value, hot: false });
                 0
             }
         };
@@ -204,7 +206,10 @@ impl StateCache {
             map.retain(|key, entry| {
                 let keep = std::mem::take(&mut entry.hot);
                 if !keep {
-                    freed += Entry::weight(key, entry.value.as_deref());
+                    freed += Entry::weight(
+                        key.as_bytes(),
+                        entry.value.as_ref().map(SmallBytes::as_bytes),
+                    );
                 }
                 keep
             });
@@ -216,7 +221,10 @@ impl StateCache {
                     if left == 0 {
                         return true;
                     }
-                    let w = Entry::weight(key, entry.value.as_deref());
+                    let w = Entry::weight(
+                        key.as_bytes(),
+                        entry.value.as_ref().map(SmallBytes::as_bytes),
+                    );
                     left = left.saturating_sub(w);
                     freed += w;
                     false
@@ -243,11 +251,11 @@ mod tests {
         let mut cache = StateCache::new(Arc::clone(&budget));
         cache.insert("s", "hot", Some("1"));
         for i in 0..1_000 {
-            assert_eq!(cache.get("s", "hot"), Some(Some("1")));
+            assert_eq!(cache.get("s", "hot"), Some(Some(&b"1"[..])));
             cache.insert("s", &format!("k{i:05}"), Some("v"));
             assert!(budget.used() <= budget.limit() + ENTRY_OVERHEAD + 10);
         }
-        assert_eq!(cache.get("s", "hot"), Some(Some("1")));
+        assert_eq!(cache.get("s", "hot"), Some(Some(&b"1"[..])));
         assert_eq!(cache.get("s", "k00000"), None, "a cold entry was evicted");
         drop(cache);
         assert_eq!(budget.used(), 0);
@@ -280,7 +288,7 @@ mod tests {
         // What it holds is still kept current.
         if cache.get("s", "kept").is_some() {
             cache.insert("s", "kept", Some("2"));
-            assert_eq!(cache.get("s", "kept"), Some(Some("2")));
+            assert_eq!(cache.get("s", "kept"), Some(Some(&b"2"[..])));
         }
         for _ in 0..RETRY_AFTER {
             miss(&mut cache);
@@ -290,7 +298,7 @@ mod tests {
             cache.admitting,
             "it tries again after {RETRY_AFTER} lookups"
         );
-        assert_eq!(cache.get("s", &key), Some(Some("v")));
+        assert_eq!(cache.get("s", &key), Some(Some(&b"v"[..])));
     }
 
     #[test]

@@ -18,6 +18,7 @@ use crate::reader::{
     query_value,
 };
 use crate::schema;
+use crate::slot::decode_bytes;
 use crate::wire::{ChangelogEntry, ChangelogPosition};
 use crate::write_set::WriteSet;
 use crate::write_set::{decode, key_text, with_key, with_key_bytes};
@@ -228,7 +229,7 @@ impl PartitionStore {
     >(
         &self,
         pending: &mut WriteSet,
-        store: &str,
+        store: &'static str,
         key: &K,
         f: impl FnOnce(Option<V>) -> Option<V>,
     ) -> Result<()> {
@@ -262,7 +263,8 @@ impl PartitionStore {
             Some(slot) => slot.to_json(store),
             None => {
                 let cached = self.with_cache_locked(|cache| {
-                    cache.get(store, key).map(|hit| hit.map(str::to_owned))
+                    (cache.get(store, key))
+                        .map(|hit| hit.map(|json| String::from_utf8_lossy(json).into_owned()))
                 });
                 if let Some(Some(hit)) = cached {
                     return Ok(hit);
@@ -559,7 +561,7 @@ impl PartitionStore {
         let cached = self.with_cache_locked(|cache| {
             cache
                 .get(store, key)
-                .map(|hit| hit.map(|json| decode(store, json)).transpose())
+                .map(|hit| hit.map(|json| decode_bytes(store, json)).transpose())
         });
         if let Some(Some(hit)) = cached {
             return hit;

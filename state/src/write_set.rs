@@ -25,6 +25,9 @@ pub struct WriteSet {
     outbox: Records,
     /// Encode every value as it is written, keeping none as it is ([`eager`](Self::eager)).
     eager: bool,
+    /// The store an update last named and its index: an update names its store by a constant,
+    /// found again by its address instead of comparing names.
+    last_store: Option<(&'static str, usize)>,
 }
 
 /// A store's changed keys (JSON) and their changes.
@@ -228,6 +231,7 @@ impl WriteSet {
     /// Drops every buffered change (a failed batch).
     pub fn clear(&mut self) {
         self.stores.clear();
+        self.last_store = None;
         self.undo.reset(Open::No, Mark::default());
         self.outbox.clear();
     }
@@ -294,13 +298,21 @@ impl WriteSet {
     /// for an allocation.
     pub(crate) fn update_with<V: Serialize + DeserializeOwned + Send + 'static>(
         &mut self,
-        store: &str,
+        store: &'static str,
         key: &[u8],
         committed: impl FnOnce() -> Result<Option<V>>,
         f: impl FnOnce(Option<V>) -> Option<V>,
     ) -> Result<()> {
         let keep = !self.eager && self.undo.open != Open::Full;
-        let index = self.store_index(store);
+        let index = match self.last_store {
+            // The same text at the same address: a `'static` str never changes.
+            Some((last, index)) if std::ptr::eq(last, store) => index,
+            _ => {
+                let index = self.store_index(store);
+                self.last_store = Some((store, index));
+                index
+            }
+        };
         let map = &mut self.stores[index].1;
         let Some(slot) = map.get_mut(key) else {
             let slot = match f(committed()?) {
@@ -542,6 +554,37 @@ mod tests {
             headers: Headers::default(),
             timestamp: None,
         }
+    }
+
+    #[test]
+    fn updates_find_their_store_by_name_whatever_the_names_address() {
+        let mut ws = WriteSet::default();
+        // The same name at another address, and another name, in turns.
+        let again: &'static str = Box::leak(String::from("s").into_boxed_str());
+        let add = |ws: &mut WriteSet, store: &'static str, key: &str| {
+            let key = with_key(store, key, |k| Ok(k.to_owned())).expect("key");
+            ws.update_with(
+                store,
+                key.as_bytes(),
+                || Ok(None),
+                |n: Option<u64>| Some(n.unwrap_or(0) + 1),
+            )
+            .expect("update");
+        };
+        for store in ["s", "t", again, "s", again, "t", "s"] {
+            add(&mut ws, store, "k");
+        }
+        // A cleared write set forgets the store it named last.
+        ws.clear();
+        add(&mut ws, "s", "k");
+        add(&mut ws, "t", "k");
+        add(&mut ws, again, "k");
+        ws.settle().expect("settle");
+        let expected = [("s", "\"k\"", Some("2")), ("t", "\"k\"", Some("1"))];
+        let expected: Vec<_> = (expected.iter())
+            .map(|(s, k, v)| (s.to_string(), k.to_string(), v.map(str::to_owned)))
+            .collect();
+        assert_eq!(ws.snapshot(), expected);
     }
 
     #[test]
