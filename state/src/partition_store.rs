@@ -295,10 +295,9 @@ impl PartitionStore {
         let rows =
             query_range(&self.conn(), store, from, to).map_err(|source| self.sqlite_err(source))?;
         let mut rows: std::collections::BTreeMap<String, String> = rows.into_iter().collect();
-        for change in pending.iter_store(store) {
-            let (key, value) = change?;
+        for (key, change) in pending.iter_store(store) {
             if key >= from && key < to {
-                match value {
+                match change.to_json(store)? {
                     Some(v) => rows.insert(key.to_owned(), v),
                     None => rows.remove(key),
                 };

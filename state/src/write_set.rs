@@ -11,10 +11,12 @@ use crate::outbox_run::{HeaderWriter, Mark, OutboxRecord, Parts, RecordView, Rec
 use crate::slot::{decode_bytes, Slot};
 use crate::small_bytes::SmallBytes;
 
-/// State changes of one batch: per named store, key (JSON) to new value (JSON) or deletion.
+/// State changes of one batch: per named store, key (JSON) to new value or deletion.
 ///
-/// Repeated writes to the same key coalesce, so a hot key costs one row write per batch, and
-/// rewrite its value in place: updating a key the batch already holds allocates nothing.
+/// Repeated writes to the same key coalesce, so a hot key costs one row write per batch. A
+/// value is held as JSON, rewritten in place, or (from a key's second update in the batch on)
+/// as the update's own type, encoded once before the commit: updating a key the batch already
+/// holds allocates nothing and, updated as the same type, decodes nothing.
 #[derive(Debug, Default)]
 pub struct WriteSet {
     /// Per store (a handler has few, so a list beats hashing the name), its changed keys.
@@ -421,19 +423,15 @@ impl WriteSet {
             .and_then(|(_, m)| m.get(key.as_bytes()))
     }
 
-    /// Every change of one store as (key, JSON value or deletion), encoding the values that
-    /// updates kept as they are.
+    /// Every change of one store as (key, change).
     pub(crate) fn iter_store<'a>(
         &'a self,
         store: &'a str,
-    ) -> impl Iterator<Item = Result<(&'a str, Option<String>)>> + 'a {
+    ) -> impl Iterator<Item = (&'a str, &'a Slot)> + 'a {
         self.stores
             .iter()
             .filter(move |(name, _)| name == store)
-            .flat_map(move |(_, m)| {
-                m.iter()
-                    .map(move |(k, v)| Ok((k.as_str(), v.to_json(store)?)))
-            })
+            .flat_map(|(_, m)| m.iter().map(|(k, v)| (k.as_str(), v)))
     }
 
     /// Every change as (store, key, value-or-deletion), once [`settle`](Self::settle)d.
@@ -759,7 +757,7 @@ mod tests {
                 prop_assert_eq!(ws.len(), model.len());
                 let encoded: BTreeMap<String, Option<String>> = ws
                     .iter_store("s")
-                    .map(|change| change.map(|(k, v)| (k.to_owned(), v)))
+                    .map(|(k, v)| Ok((k.to_owned(), v.to_json("s")?)))
                     .collect::<Result<_>>()
                     .expect("iter_store");
                 let expected: BTreeMap<String, Option<String>> = model
