@@ -63,6 +63,11 @@ impl Entry {
     fn weight(key: &[u8], value: Option<&[u8]>) -> usize {
         key.len() + value.map_or(0, <[u8]>::len) + ENTRY_OVERHEAD
     }
+
+    /// This entry's weight under `key`.
+    fn weight_as(&self, key: &[u8]) -> usize {
+        Self::weight(key, self.value.as_ref().map(SmallBytes::as_bytes))
+    }
 }
 
 /// Lookups between two checks of the hit rate.
@@ -157,7 +162,7 @@ impl StateCache {
         let added = Entry::weight(key, value);
         let removed = match map.get_mut(key) {
             Some(entry) => {
-                let before = Entry::weight(key, entry.value.as_ref().map(SmallBytes::as_bytes));
+                let before = entry.weight_as(key);
                 match (&mut entry.value, value) {
                     (Some(old), Some(new)) => old.set(new),
                     (slot, new) => *slot = new.map(SmallBytes::new),
@@ -206,10 +211,7 @@ impl StateCache {
             map.retain(|key, entry| {
                 let keep = std::mem::take(&mut entry.hot);
                 if !keep {
-                    freed += Entry::weight(
-                        key.as_bytes(),
-                        entry.value.as_ref().map(SmallBytes::as_bytes),
-                    );
+                    freed += entry.weight_as(key.as_bytes());
                 }
                 keep
             });
@@ -221,10 +223,7 @@ impl StateCache {
                     if left == 0 {
                         return true;
                     }
-                    let w = Entry::weight(
-                        key.as_bytes(),
-                        entry.value.as_ref().map(SmallBytes::as_bytes),
-                    );
+                    let w = entry.weight_as(key.as_bytes());
                     left = left.saturating_sub(w);
                     freed += w;
                     false

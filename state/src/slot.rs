@@ -68,9 +68,9 @@ impl Slot {
         match self {
             Self::Deleted => Ok(None),
             Self::Json(json) => decode_bytes(store, json.as_bytes()).map(Some),
-            Self::Typed(held) => {
+            Self::Typed(_) => {
                 let mut json = Vec::new();
-                codec(store, held.encode(&mut json))?;
+                self.write_json(store, &mut json)?;
                 decode_bytes(store, &json).map(Some)
             }
         }
@@ -142,7 +142,8 @@ impl fmt::Debug for Slot {
     }
 }
 
-fn codec<T>(store: &str, result: serde_json::Result<T>) -> Result<T> {
+/// `result`, its error as the store's codec error.
+pub(crate) fn codec<T>(store: &str, result: serde_json::Result<T>) -> Result<T> {
     result.map_err(|source| Error::Codec {
         store: store.to_owned(),
         source,

@@ -8,7 +8,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use crate::error::{Error, Result};
 use crate::key_map::KeyMap;
 use crate::outbox_run::{HeaderWriter, Mark, OutboxRecord, Parts, RecordView, Records};
-use crate::slot::{decode_bytes, Slot};
+use crate::slot::{codec, decode_bytes, Slot};
 use crate::small_bytes::SmallBytes;
 
 /// State changes of one batch: per named store, key (JSON) to new value or deletion.
@@ -30,6 +30,9 @@ pub struct WriteSet {
     /// The store an update last named and its index: an update names its store by a constant,
     /// found again by its address instead of comparing names.
     last_store: Option<(&'static str, usize)>,
+    /// An update kept a value as it is since the last [`settle`](Self::settle), so the batch
+    /// runner's settle and the commit's do not both walk every slot.
+    unsettled: bool,
 }
 
 /// A store's changed keys (JSON) and their changes.
@@ -339,7 +342,10 @@ impl WriteSet {
         self.undo.record((index, store), key, Some(slot))?;
         match f(current) {
             None => *slot = Slot::Deleted,
-            Some(value) if keep => *slot = Slot::typed(value),
+            Some(value) if keep => {
+                *slot = Slot::typed(value);
+                self.unsettled = true;
+            }
             Some(value) => with_json(store, &value, |json| {
                 slot.overwrite(Some(json));
                 Ok(())
@@ -362,12 +368,16 @@ impl WriteSet {
     /// A commit does it first; a batch runner does it before, to tell a value that cannot be
     /// encoded from a failed commit.
     pub fn settle(&mut self) -> Result<()> {
+        if !self.unsettled {
+            return Ok(());
+        }
         let mut buf = Vec::new();
         for (store, map) in &mut self.stores {
             for slot in map.values_mut() {
                 slot.settle(store, &mut buf)?;
             }
         }
+        self.unsettled = false;
         Ok(())
     }
 
@@ -502,12 +512,7 @@ fn encoded_in<V: Serialize + ?Sized, T>(
             .map(|mut b| std::mem::take(&mut *b))
             .unwrap_or_default();
         mine.clear();
-        let result = serde_json::to_writer(&mut mine, value)
-            .map_err(|source| Error::Codec {
-                store: store.to_owned(),
-                source,
-            })
-            .and_then(|()| f(&mine));
+        let result = codec(store, serde_json::to_writer(&mut mine, value)).and_then(|()| f(&mine));
         if let Ok(mut b) = buf.try_borrow_mut() {
             *b = mine;
         }
@@ -517,17 +522,14 @@ fn encoded_in<V: Serialize + ?Sized, T>(
 
 /// serde_json writes UTF-8 only; should that ever fail, it is a codec error, not a panic.
 fn unreachable_json<T>(store: &str) -> Result<T> {
-    Err(Error::Codec {
-        store: store.to_owned(),
-        source: <serde_json::Error as serde::ser::Error>::custom("JSON output is not UTF-8"),
-    })
+    codec(
+        store,
+        Err(serde::ser::Error::custom("JSON output is not UTF-8")),
+    )
 }
 
 pub(crate) fn encode<T: Serialize + ?Sized>(store: &str, value: &T) -> Result<String> {
-    serde_json::to_string(value).map_err(|source| Error::Codec {
-        store: store.to_owned(),
-        source,
-    })
+    codec(store, serde_json::to_string(value))
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(store: &str, json: &str) -> Result<T> {
